@@ -1,0 +1,220 @@
+//! hearth-bench: load scenarios for any Matrix homeserver on loopback, through the public
+//! Client-Server API only, so Hearth and Synapse can be measured side by side.
+
+mod matrix;
+mod procstat;
+mod report;
+mod scenarios;
+mod target;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::report::Report;
+use crate::scenarios::{Ctx, DEFAULT_SYNC_FILTER};
+
+#[derive(Parser, Debug)]
+#[command(name = "hearth-bench", version, about)]
+struct Cli {
+    /// Homeserver base URL; must be plain HTTP on loopback.
+    #[arg(
+        long,
+        global = true,
+        env = "HEARTH_BENCH_URL",
+        default_value = "http://127.0.0.1:8008"
+    )]
+    url: String,
+    /// Server process to sample (VmRSS/VmHWM and utime+stime from /proc/PID).
+    #[arg(long, global = true)]
+    pid: Option<u32>,
+    /// Also write the results as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    /// Name of the server/configuration in the output (e.g. hearth-sqlite).
+    #[arg(long, global = true, default_value = "server")]
+    label: String,
+    /// Password of every benchmark user.
+    #[arg(long, global = true, default_value = "hearth-bench-password")]
+    password: String,
+    /// Registration token, for servers that require m.login.registration_token.
+    #[arg(long, global = true, env = "HEARTH_BENCH_REGISTRATION_TOKEN")]
+    registration_token: Option<String>,
+    /// Requests in flight during setup (registration, joins, seeding).
+    #[arg(long, global = true, default_value_t = 8)]
+    setup_concurrency: usize,
+    /// Use the server's default /sync filter instead of the benchmark's inline filter.
+    #[arg(long, global = true)]
+    no_sync_filter: bool,
+    /// Hard limit on the whole run, seconds.
+    #[arg(long, global = true, default_value_t = 900)]
+    max_time: u64,
+    /// Timeout of each ordinary request, seconds.
+    #[arg(long, global = true, default_value_t = 60)]
+    request_timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Message send throughput and PUT latency.
+    Send(scenarios::send::SendArgs),
+    /// Send→/sync delivery latency at a fixed send rate.
+    Deliver(scenarios::deliver::DeliverArgs),
+    /// Many idle /sync long-polls: how many are held, their cost, and fan-out latency.
+    Connections(scenarios::connections::ConnectionsArgs),
+    /// Initial and incremental /sync time for a user in many rooms.
+    InitialSync(scenarios::initial_sync::InitialSyncArgs),
+    /// Compare two directories of JSON results (candidate / baseline ratios).
+    Compare {
+        #[arg(long)]
+        candidate: PathBuf,
+        #[arg(long)]
+        baseline: PathBuf,
+        #[arg(long, default_value = "hearth")]
+        candidate_label: String,
+        #[arg(long, default_value = "synapse")]
+        baseline_label: String,
+        #[arg(long, default_value = "comparison")]
+        title: String,
+    },
+}
+
+/// Raises the soft open-file limit to the hard limit (each held long-poll is a socket).
+fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                lim = wanted;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "hearth_bench=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+
+    if let Command::Compare {
+        candidate,
+        baseline,
+        candidate_label,
+        baseline_label,
+        title,
+    } = &cli.command
+    {
+        let rows = report::compare(&report::load_dir(candidate)?, &report::load_dir(baseline)?);
+        if rows.is_empty() {
+            bail!(
+                "no scenario/metric present in both {} and {}",
+                candidate.display(),
+                baseline.display()
+            );
+        }
+        report::print_comparison(title, candidate_label, baseline_label, &rows);
+        return Ok(());
+    }
+
+    let base = target::parse_loopback_url(&cli.url)?;
+    let nofile = raise_nofile_limit();
+    tracing::debug!(nofile, "open-file limit");
+    let request_timeout = Duration::from_secs(cli.request_timeout);
+    let api = matrix::Api::new(base.clone(), None, request_timeout)?;
+    let versions = api.versions().await.with_context(|| {
+        format!("homeserver at {base} does not answer /_matrix/client/versions")
+    })?;
+    let run_id = format!(
+        "{:08x}",
+        (matrix::now_micros() as u32) ^ std::process::id().rotate_left(16)
+    );
+    let ctx = Ctx {
+        api,
+        run_id,
+        password: cli.password.clone(),
+        registration_token: cli.registration_token.clone(),
+        setup_concurrency: cli.setup_concurrency,
+        pid: cli.pid,
+        sync_filter: (!cli.no_sync_filter).then(|| DEFAULT_SYNC_FILTER.to_owned()),
+        request_timeout,
+    };
+    if let Some(pid) = cli.pid {
+        procstat::sample(Some(pid)).with_context(|| format!("cannot read /proc/{pid}"))?;
+    }
+
+    let (name, params) = match &cli.command {
+        Command::Send(a) => (
+            "send",
+            json!({"senders": a.senders, "rooms": a.rooms, "in_flight": a.in_flight, "duration_s": a.duration, "max_messages": a.max_messages}),
+        ),
+        Command::Deliver(a) => (
+            "deliver",
+            json!({"senders": a.senders, "receivers": a.receivers, "rooms": a.rooms, "rate": a.rate, "duration_s": a.duration}),
+        ),
+        Command::Connections(a) => (
+            "connections",
+            json!({"clients": a.clients, "hold_s": a.hold}),
+        ),
+        Command::InitialSync(a) => (
+            "initial-sync",
+            json!({"rooms": a.rooms, "members": a.members, "messages": a.messages, "repeat": a.repeat}),
+        ),
+        Command::Compare { .. } => unreachable!("handled above"),
+    };
+    let mut report = Report::new(name, &cli.label, base.as_str(), params);
+    report.server_versions = versions;
+    report.params["run_id"] = json!(ctx.run_id);
+    report.params["sync_filter"] = json!(ctx.sync_filter.is_some());
+    tracing::info!(scenario = name, url = %base, run = %ctx.run_id, "starting");
+
+    let work = async {
+        match &cli.command {
+            Command::Send(a) => scenarios::send::run(&ctx, a, &mut report).await,
+            Command::Deliver(a) => scenarios::deliver::run(&ctx, a, &mut report).await,
+            Command::Connections(a) => scenarios::connections::run(&ctx, a, &mut report).await,
+            Command::InitialSync(a) => scenarios::initial_sync::run(&ctx, a, &mut report).await,
+            Command::Compare { .. } => unreachable!("handled above"),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(cli.max_time), work)
+        .await
+        .map_err(|_| anyhow::anyhow!("scenario {name} exceeded --max-time {} s", cli.max_time))??;
+
+    report.push(
+        "requests_total",
+        ctx.api
+            .counters
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed) as f64,
+        "reqs",
+        report::Better::None,
+    );
+    report.print();
+    if let Some(path) = &cli.json {
+        report.write_json(path)?;
+    }
+    Ok(())
+}

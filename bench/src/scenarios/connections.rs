@@ -1,0 +1,241 @@
+//! `connections`: C idle clients each hold an open /sync long-poll. Measures how many the server
+//! holds, its memory, file descriptors and CPU while holding them, and the latency of one message
+//! to all of them (they share one room).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clap::Args;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use super::{Ctx, finish_process, read_stamp, self_cpu, stamped_content};
+use crate::matrix::{self, Api, now_micros};
+use crate::report::{Better, Report, ms};
+use crate::target;
+
+#[derive(Args, Debug, Clone)]
+pub struct ConnectionsArgs {
+    /// Idle clients, each a separate user with its own long-poll connection.
+    #[arg(long, default_value_t = 200)]
+    pub clients: usize,
+    /// How long to hold them all before sending, seconds (CPU and memory are measured over it).
+    #[arg(long, default_value_t = 10)]
+    pub hold: u64,
+    /// Loopback source addresses to spread connections over (127.0.0.1, .2, …); 0 = one per
+    /// 20000 clients.
+    #[arg(long, default_value_t = 0)]
+    pub sources: usize,
+    /// Initial /syncs in flight while bringing the clients up.
+    #[arg(long, default_value_t = 32)]
+    pub ramp_concurrency: usize,
+    /// Long-poll timeout, milliseconds; must outlast the ramp and the hold.
+    #[arg(long, default_value_t = 300_000)]
+    pub poll_timeout_ms: u64,
+    /// After the message is sent, how long to wait for it to reach every client, seconds.
+    #[arg(long, default_value_t = 30)]
+    pub drain: u64,
+}
+
+#[derive(Default)]
+struct State {
+    latencies_ms: Vec<f64>,
+    first_error: Option<String>,
+}
+
+pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Result<()> {
+    if args.clients == 0 || args.clients > 200_000 {
+        bail!("--clients must be in 1..=200000");
+    }
+    let sources = if !target::is_ipv4_loopback(&ctx.api.url(&[])) {
+        Vec::new()
+    } else if args.sources == 0 {
+        target::loopback_sources(args.clients.div_ceil(20_000))
+    } else {
+        target::loopback_sources(args.sources)
+    };
+    let timeout = Duration::from_millis(args.poll_timeout_ms) + ctx.request_timeout;
+    let apis: Vec<Api> = if sources.is_empty() {
+        vec![ctx.api.with_local_address(None, timeout)?]
+    } else {
+        sources
+            .iter()
+            .map(|ip| ctx.api.with_local_address(Some(*ip), timeout))
+            .collect::<Result<_>>()?
+    };
+    report.params["source_addresses"] = serde_json::json!(apis.len());
+
+    let sender = ctx.register_users("cs", 1).await?.remove(0);
+    let clients = ctx.register_users("c", args.clients).await?;
+    let room = ctx
+        .api
+        .create_room(&sender.access_token, "bench connections")
+        .await?;
+    ctx.join_all(clients.iter().map(|u| (u.clone(), room.clone())).collect())
+        .await?;
+
+    let monitor = ctx.monitor()?;
+    let cpu0 = self_cpu();
+    let started = Arc::new(AtomicU64::new(0));
+    let in_poll = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let early_returns = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let state = Arc::new(Mutex::new(State::default()));
+    let ramp = Arc::new(Semaphore::new(args.ramp_concurrency.max(1)));
+    let ramp_start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (i, u) in clients.iter().enumerate() {
+        let api = apis[i % apis.len()].clone();
+        let token = u.access_token.clone();
+        let filter = ctx.sync_filter.clone();
+        let run_id = ctx.run_id.clone();
+        let ramp = ramp.clone();
+        let (started, in_poll, failed, early, delivered, state) = (
+            started.clone(),
+            in_poll.clone(),
+            failed.clone(),
+            early_returns.clone(),
+            delivered.clone(),
+            state.clone(),
+        );
+        let poll_ms = args.poll_timeout_ms;
+        tasks.spawn(async move {
+            let fail = |e: anyhow::Error| {
+                failed.fetch_add(1, Ordering::Relaxed);
+                state
+                    .lock()
+                    .expect("state")
+                    .first_error
+                    .get_or_insert(format!("{e:#}"));
+            };
+            let permit = ramp.acquire().await.expect("semaphore open");
+            let mut since = match api.sync(&token, None, 0, filter.as_deref()).await {
+                Ok(resp) => match matrix::next_batch(&resp.body) {
+                    Ok(s) => s,
+                    Err(e) => return fail(e),
+                },
+                Err(e) => return fail(e),
+            };
+            drop(permit);
+            started.fetch_add(1, Ordering::Relaxed);
+            // Bounded: the poll timeout is long, and the scenario aborts these tasks at its end.
+            for _ in 0..10_000 {
+                in_poll.fetch_add(1, Ordering::Relaxed);
+                let resp = api
+                    .sync(&token, Some(&since), poll_ms, filter.as_deref())
+                    .await;
+                let now = now_micros();
+                in_poll.fetch_sub(1, Ordering::Relaxed);
+                let resp = match resp {
+                    Ok(r) => r,
+                    Err(e) => return fail(e),
+                };
+                let stamp =
+                    matrix::timeline_events(&resp.body).find_map(|(_, ev)| read_stamp(ev, &run_id));
+                if let Some((_, sent_at)) = stamp {
+                    let latency = now.saturating_sub(sent_at) as f64 / 1000.0;
+                    state.lock().expect("state").latencies_ms.push(latency);
+                    delivered.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                early.fetch_add(1, Ordering::Relaxed);
+                match matrix::next_batch(&resp.body) {
+                    Ok(next) => since = next,
+                    Err(e) => return fail(e),
+                }
+            }
+        });
+    }
+
+    // Wait for every client to be in its long-poll (or to have failed).
+    let n = args.clients as u64;
+    let ramp_deadline = ramp_start + Duration::from_secs(900);
+    while started.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < n {
+        if Instant::now() > ramp_deadline {
+            bail!("clients did not all reach their long-poll within 900 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ramp_time = ramp_start.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hold_start = monitor.as_ref().map(|m| m.now()).transpose()?;
+    tokio::time::sleep(Duration::from_secs(args.hold)).await;
+    let hold_end = monitor.as_ref().map(|m| m.now()).transpose()?;
+    let held = in_poll.load(Ordering::Relaxed);
+    let early_before_send = early_returns.load(Ordering::Relaxed);
+
+    let t_send = Instant::now();
+    let content = stamped_content(&ctx.run_id, 0, now_micros());
+    ctx.api
+        .send_message(&sender.access_token, &room, "hbc0", &content)
+        .await?;
+    let put_ms = ms(t_send.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(args.drain);
+    while delivered.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < n
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fanout = monitor.as_ref().map(|m| m.now()).transpose()?;
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+
+    let st = std::mem::take(&mut *state.lock().expect("state"));
+    let failed = failed.load(Ordering::Relaxed);
+    report.push("clients", n as f64, "", Better::None);
+    report.push("clients_failed", failed as f64, "", Better::Lower);
+    report.push("long_polls_held", held as f64, "", Better::Higher);
+    report.push(
+        "early_returns_before_send",
+        early_before_send as f64,
+        "",
+        Better::None,
+    );
+    report.push("ramp_time", ramp_time.as_secs_f64(), "s", Better::Lower);
+    report.push("send_put_latency", put_ms, "ms", Better::Lower);
+    report.push(
+        "delivered",
+        st.latencies_ms.len() as f64,
+        "",
+        Better::Higher,
+    );
+    report.push(
+        "missing",
+        n.saturating_sub(st.latencies_ms.len() as u64) as f64,
+        "",
+        Better::Lower,
+    );
+    report.push_latency("fanout_latency", &st.latencies_ms);
+    if let Some(e) = st.first_error {
+        report.note(format!("first client error: {e}"));
+    }
+    if let (Some(m), Some(hs), Some(he), Some(fo)) = (&monitor, hold_start, hold_end, fanout) {
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let base = m.before;
+        report.push("server_rss_idle", mib(base.rss_kib), "MiB", Better::None);
+        report.push("server_rss_holding", mib(he.rss_kib), "MiB", Better::Lower);
+        if held > 0 {
+            let per = he.rss_kib.saturating_sub(base.rss_kib) as f64 / held as f64;
+            report.push("server_rss_growth_per_client", per, "KiB", Better::Lower);
+        }
+        report.push(
+            "server_open_fds_holding",
+            he.open_fds as f64,
+            "",
+            Better::None,
+        );
+        report.push("server_cpu_ramp", hs.cpu_s - base.cpu_s, "s", Better::Lower);
+        report.push(
+            "server_cpu_while_holding",
+            he.cpu_s - hs.cpu_s,
+            "s",
+            Better::Lower,
+        );
+        report.push("server_cpu_fanout", fo.cpu_s - he.cpu_s, "s", Better::Lower);
+    }
+    finish_process(report, monitor, "server", cpu0)?;
+    Ok(())
+}
