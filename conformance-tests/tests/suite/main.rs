@@ -1,0 +1,18 @@
+//! The conformance suite: one module per module of the Client-Server API specification.
+//! Test names are `<module>::<test>`; `conformance-report` groups results by `<module>`.
+
+mod account;
+mod devices;
+mod directory;
+mod discovery;
+mod errors;
+mod filters;
+mod login;
+mod logout;
+mod membership;
+mod messages;
+mod profile;
+mod registration;
+mod room_state;
+mod rooms_create;
+mod sync;
