@@ -1,1 +1,67 @@
-fn main() {}
+//! The `hearth` command.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use hearth::config::Config;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "hearth", version, about = "Hearth, a Matrix homeserver")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the homeserver.
+    Serve {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Development defaults: localhost:8008, SQLite in ./hearth-data, open registration.
+        #[arg(long, conflicts_with = "config")]
+        dev: bool,
+    },
+    /// Print a commented configuration file for a new server.
+    GenerateConfig {
+        #[arg(long)]
+        server_name: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::GenerateConfig { server_name } => {
+            if let Err(e) = ruma::ServerName::parse(&server_name) {
+                tracing::error!("invalid server name {server_name:?}: {e}");
+                return std::process::ExitCode::from(2);
+            }
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(Config::generate(&server_name).as_bytes());
+            Ok(())
+        }
+        Command::Serve { config, dev } => match Config::load(config.as_deref(), dev) {
+            Ok(config) => hearth::serve(config).await,
+            Err(e) => {
+                tracing::error!("{e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Registration, login, logout and account management.
+
+use axum::{
+    Json,
+    extract::{Query, State},
+    http::HeaderMap,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{
+    api::extract::{Auth, JsonBody},
+    error::{ApiError, ApiResult},
+    ratelimit::Action,
+    services::{Services, now_ms},
+    users::{self, login_device, uia},
+};
+
+fn client_ip(headers: &HeaderMap) -> String {
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("local")
+        .to_owned()
+}
+
+#[derive(Deserialize)]
+pub struct RegisterQuery {
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct RegisterBody {
+    username: Option<String>,
+    password: Option<String>,
+    device_id: Option<String>,
+    initial_device_display_name: Option<String>,
+    #[serde(default)]
+    inhibit_login: bool,
+    #[serde(flatten)]
+    rest: Value,
+}
+
+/// `POST /register`
+pub async fn register(
+    State(svc): State<Services>,
+    headers: HeaderMap,
+    Query(query): Query<RegisterQuery>,
+    JsonBody(body): JsonBody<RegisterBody>,
+) -> ApiResult<Json<Value>> {
+    svc.rate_limiter.check(Action::Register, &client_ip(&headers))?;
+    if query.kind.as_deref().unwrap_or("user") != "user" {
+        return Err(ApiError::forbidden("Guest access is not enabled"));
+    }
+    let registration = &svc.config.registration;
+    if !registration.enabled {
+        return Err(ApiError::forbidden("Registration is disabled"));
+    }
+    let localpart = match &body.username {
+        Some(name) => name.to_lowercase(),
+        None => users::random_string(12).to_lowercase(),
+    };
+    let user_id = users::user_id_for(&localpart, svc.server_name())?;
+    // Checking availability before UIA saves a client from completing stages for nothing.
+    if svc.store.user(user_id.as_str()).await?.is_some() {
+        return Err(ApiError::user_in_use("User ID already taken"));
+    }
+    let password = body
+        .password
+        .as_deref()
+        .ok_or_else(|| ApiError::bad_json("Missing password"))?;
+    if password.len() > 512 {
+        return Err(ApiError::bad_json("Password too long"));
+    }
+    let flows: Vec<uia::Flow> = match &registration.token {
+        Some(_) => vec![vec!["m.login.registration_token"]],
+        None => vec![vec!["m.login.dummy"]],
+    };
+    let mut auth_body = body.rest.clone();
+    if auth_body.get("auth").is_none() {
+        auth_body = json!({});
+    }
+    uia::authenticate(&svc, &auth_body, &flows, None, registration.token.as_deref()).await?;
+
+    let hash = users::hash_password(password).await?;
+    if !svc
+        .store
+        .create_user(user_id.as_str(), Some(&hash), &localpart, now_ms())
+        .await?
+    {
+        return Err(ApiError::user_in_use("User ID already taken"));
+    }
+    tracing::info!(%user_id, "registered");
+    if body.inhibit_login {
+        return Ok(Json(json!({ "user_id": user_id })));
+    }
+    let (token, device_id) = login_device(
+        &svc,
+        &user_id,
+        body.device_id.as_deref(),
+        body.initial_device_display_name.as_deref(),
+    )
+    .await?;
+    Ok(Json(
+        json!({ "user_id": user_id, "access_token": token, "device_id": device_id, "home_server": svc.server_name() }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct AvailableQuery {
+    username: String,
+}
+
+/// `GET /register/available`
+pub async fn register_available(
+    State(svc): State<Services>,
+    Query(q): Query<AvailableQuery>,
+) -> ApiResult<Json<Value>> {
+    let user_id = users::user_id_for(&q.username.to_lowercase(), svc.server_name())?;
+    if svc.store.user(user_id.as_str()).await?.is_some() {
+        return Err(ApiError::user_in_use("User ID already taken"));
+    }
+    Ok(Json(json!({ "available": true })))
+}
+
+/// `GET /login`
+pub async fn login_flows() -> Json<Value> {
+    Json(json!({ "flows": [{ "type": "m.login.password" }] }))
+}
+
+#[derive(Deserialize)]
+pub struct LoginBody {
+    #[serde(rename = "type")]
+    login_type: String,
+    password: Option<String>,
+    device_id: Option<String>,
+    initial_device_display_name: Option<String>,
+    #[serde(flatten)]
+    rest: Value,
+}
+
+/// `POST /login`
+pub async fn login(
+    State(svc): State<Services>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<LoginBody>,
+) -> ApiResult<Json<Value>> {
+    svc.rate_limiter.check(Action::Login, &client_ip(&headers))?;
+    if body.login_type != "m.login.password" {
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "M_UNKNOWN",
+            "Unsupported login type",
+        ));
+    }
+    let user_id = users::login_user_id(&body.rest, svc.server_name())?;
+    svc.rate_limiter.check(Action::Login, user_id.as_str())?;
+    let password = body
+        .password
+        .as_deref()
+        .ok_or_else(|| ApiError::bad_json("Missing password"))?;
+    let user = svc.store.user(user_id.as_str()).await?;
+    let valid = match user.as_ref().and_then(|u| u.password_hash.clone()) {
+        Some(hash) => users::verify_password(password, &hash).await,
+        None => false,
+    };
+    if user.as_ref().is_some_and(|u| u.deactivated) {
+        return Err(ApiError::user_deactivated("This account has been deactivated"));
+    }
+    if !valid {
+        return Err(ApiError::forbidden("Invalid username or password"));
+    }
+    let (token, device_id) = login_device(
+        &svc,
+        &user_id,
+        body.device_id.as_deref(),
+        body.initial_device_display_name.as_deref(),
+    )
+    .await?;
+    Ok(Json(json!({
+        "user_id": user_id,
+        "access_token": token,
+        "device_id": device_id,
+        "home_server": svc.server_name(),
+        "well_known": { "m.homeserver": { "base_url": svc.config.public_baseurl.clone().unwrap_or_else(|| format!("http://{}", svc.config.listen)) } },
+    })))
+}
+
+/// `POST /logout`
+pub async fn logout(State(svc): State<Services>, auth: Auth) -> ApiResult<Json<Value>> {
+    svc.store
+        .delete_device(auth.user_id.as_str(), &auth.device_id)
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// `POST /logout/all`
+pub async fn logout_all(State(svc): State<Services>, auth: Auth) -> ApiResult<Json<Value>> {
+    svc.store
+        .delete_devices_except(auth.user_id.as_str(), None)
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// `GET /account/whoami`
+pub async fn whoami(auth: Auth) -> Json<Value> {
+    Json(json!({ "user_id": auth.user_id, "device_id": auth.device_id, "is_guest": false }))
+}
+
+#[derive(Deserialize)]
+pub struct PasswordBody {
+    new_password: String,
+    #[serde(default = "default_true")]
+    logout_devices: bool,
+    #[serde(flatten)]
+    rest: Value,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `POST /account/password`
+pub async fn change_password(
+    State(svc): State<Services>,
+    auth: Auth,
+    JsonBody(body): JsonBody<PasswordBody>,
+) -> ApiResult<Json<Value>> {
+    uia::authenticate(
+        &svc,
+        &body.rest,
+        &[vec!["m.login.password"]],
+        Some(auth.user_id.as_str()),
+        None,
+    )
+    .await?;
+    let hash = users::hash_password(&body.new_password).await?;
+    svc.store
+        .set_password_hash(auth.user_id.as_str(), Some(&hash))
+        .await?;
+    if body.logout_devices {
+        svc.store
+            .delete_devices_except(auth.user_id.as_str(), Some(&auth.device_id))
+            .await?;
+    }
+    Ok(Json(json!({})))
+}
+
+/// `POST /account/deactivate`
+pub async fn deactivate(
+    State(svc): State<Services>,
+    auth: Auth,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult<Json<Value>> {
+    uia::authenticate(
+        &svc,
+        &body,
+        &[vec!["m.login.password"]],
+        Some(auth.user_id.as_str()),
+        None,
+    )
+    .await?;
+    // Leave every room first, so other members see the account go.
+    for (room_id, membership, _) in svc.store.rooms_of_user(auth.user_id.as_str()).await? {
+        if matches!(membership.as_str(), "join" | "invite" | "knock")
+            && let Ok(room_id) = ruma::RoomId::parse(room_id.as_str())
+        {
+            let left = crate::rooms::membership::set_membership(
+                &svc,
+                &auth.user_id,
+                &room_id,
+                &auth.user_id,
+                "leave",
+                None,
+                false,
+            )
+            .await;
+            if let Err(e) = left {
+                tracing::warn!(%room_id, error = %e.message, "could not leave room on deactivation");
+            }
+        }
+    }
+    svc.store.deactivate_user(auth.user_id.as_str()).await?;
+    Ok(Json(json!({ "id_server_unbind_result": "no-support" })))
+}

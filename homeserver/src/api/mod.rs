@@ -1,0 +1,139 @@
+//! The HTTP surface: axum routes by spec area. Handlers are thin: they parse, authenticate,
+//! call a domain service and serialize.
+
+pub mod account;
+pub mod account_data;
+pub mod devices;
+pub mod directory;
+pub mod discovery;
+pub mod extract;
+pub mod messages;
+pub mod profile;
+pub mod rooms;
+pub mod state;
+pub mod sync;
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::{HeaderName, Method, StatusCode, header},
+    routing::{get, post, put},
+};
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    trace::TraceLayer,
+};
+
+use crate::{error::ApiError, services::Services};
+
+/// Client-Server endpoints that exist under both `/v3` and the older `/r0`.
+fn client_routes() -> Router<Services> {
+    Router::new()
+        .route("/capabilities", get(discovery::capabilities))
+        .route("/register", post(account::register))
+        .route("/register/available", get(account::register_available))
+        .route("/login", get(account::login_flows).post(account::login))
+        .route("/logout", post(account::logout))
+        .route("/logout/all", post(account::logout_all))
+        .route("/account/whoami", get(account::whoami))
+        .route("/account/password", post(account::change_password))
+        .route("/account/deactivate", post(account::deactivate))
+        .route("/devices", get(devices::list))
+        .route(
+            "/devices/{device_id}",
+            get(devices::get).put(devices::update).delete(devices::delete),
+        )
+        .route("/delete_devices", post(devices::delete_many))
+        .route("/profile/{user_id}", get(profile::get))
+        .route(
+            "/profile/{user_id}/{field}",
+            get(profile::get_field).put(profile::set_field),
+        )
+        .route("/createRoom", post(rooms::create_room))
+        .route("/join/{room_id_or_alias}", post(rooms::join_by_id_or_alias))
+        .route("/joined_rooms", get(rooms::joined_rooms))
+        .route("/rooms/{room_id}/join", post(rooms::join))
+        .route("/rooms/{room_id}/leave", post(rooms::leave))
+        .route("/rooms/{room_id}/forget", post(rooms::forget))
+        .route("/rooms/{room_id}/{action}", post(rooms::target_membership))
+        .route("/rooms/{room_id}/members", get(rooms::members))
+        .route("/rooms/{room_id}/joined_members", get(rooms::joined_members))
+        .route("/rooms/{room_id}/state", get(state::all))
+        .route(
+            "/rooms/{room_id}/state/{event_type}",
+            get(state::get_empty).put(state::put_empty),
+        )
+        .route(
+            "/rooms/{room_id}/state/{event_type}/",
+            get(state::get_empty).put(state::put_empty),
+        )
+        .route(
+            "/rooms/{room_id}/state/{event_type}/{state_key}",
+            get(state::get_keyed).put(state::put_keyed),
+        )
+        .route("/rooms/{room_id}/send/{event_type}/{txn_id}", put(messages::send))
+        .route(
+            "/rooms/{room_id}/redact/{event_id}/{txn_id}",
+            put(messages::redact),
+        )
+        .route("/rooms/{room_id}/event/{event_id}", get(messages::get_event))
+        .route("/rooms/{room_id}/messages", get(messages::messages))
+        .route("/rooms/{room_id}/context/{event_id}", get(messages::context))
+        .route("/rooms/{room_id}/aliases", get(directory::room_aliases))
+        .route(
+            "/directory/room/{alias}",
+            get(directory::get_alias)
+                .put(directory::put_alias)
+                .delete(directory::delete_alias),
+        )
+        .route(
+            "/directory/list/room/{room_id}",
+            get(directory::get_visibility).put(directory::set_visibility),
+        )
+        .route("/sync", get(sync::sync))
+        .route("/user/{user_id}/filter", post(sync::create_filter))
+        .route("/user/{user_id}/filter/{filter_id}", get(sync::get_filter))
+        .route(
+            "/user/{user_id}/account_data/{data_type}",
+            get(account_data::get_global).put(account_data::put_global),
+        )
+        .route(
+            "/user/{user_id}/rooms/{room_id}/account_data/{data_type}",
+            get(account_data::get_room).put(account_data::put_room),
+        )
+}
+
+pub fn router(svc: Services) -> Router {
+    let body_limit = svc.config.limits.max_request_bytes;
+    let client = client_routes();
+    Router::new()
+        .route("/_matrix/client/versions", get(discovery::versions))
+        .route("/.well-known/matrix/client", get(discovery::well_known_client))
+        .route("/.well-known/matrix/server", get(discovery::well_known_server))
+        .nest("/_matrix/client/v3", client.clone())
+        .nest("/_matrix/client/r0", client)
+        .fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND) })
+        .method_not_allowed_fallback(|| async { ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED) })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(cors())
+        .layer(TraceLayer::new_for_http())
+        .with_state(svc)
+}
+
+/// The CORS headers the spec asks every response to carry, so web clients work.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            HeaderName::from_static("x-requested-with"),
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+        ])
+}

@@ -1,0 +1,330 @@
+//! Server configuration: a TOML file, overridden by `HEARTH_*` environment variables.
+//!
+//! An environment variable names a key path with `__` between levels: `HEARTH_DATABASE__URL`
+//! sets `database.url`. Unknown keys and wrong types stop start-up with a message naming the key.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The server name in user and room IDs, e.g. `example.org` or `localhost:8008`.
+    pub server_name: String,
+    /// Address the Client-Server API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory for the SQLite database and other local files.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub registration: RegistrationConfig,
+    #[serde(default)]
+    pub rate_limits: RateLimitConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// URL clients should use, published in `/.well-known/matrix/client`.
+    #[serde(default)]
+    pub public_baseurl: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://…`; SQLite under `data_dir` when absent.
+    pub url: Option<String>,
+    /// Connections in the pool.
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// Whether anyone may register.
+    #[serde(default)]
+    pub enabled: bool,
+    /// When set, registration requires this token (`m.login.registration_token`).
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Sustained requests per second, and burst, for each user (or IP when unauthenticated).
+    pub messages_per_second: f64,
+    pub messages_burst: f64,
+    pub login_per_second: f64,
+    pub login_burst: f64,
+    pub register_per_second: f64,
+    pub register_burst: f64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            messages_per_second: 10.0,
+            messages_burst: 50.0,
+            login_per_second: 0.5,
+            login_burst: 5.0,
+            register_per_second: 0.2,
+            register_burst: 5.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body accepted, in bytes.
+    pub max_request_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 1024 * 1024,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:8008".parse().expect("valid address")
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./hearth-data")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// The development defaults: `localhost:8008`, SQLite under `./hearth-data/`, open
+    /// registration, generous rate limits.
+    pub fn dev() -> Self {
+        Self {
+            server_name: "localhost:8008".into(),
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            database: DatabaseConfig::default(),
+            registration: RegistrationConfig {
+                enabled: true,
+                token: None,
+            },
+            rate_limits: RateLimitConfig {
+                messages_per_second: 1000.0,
+                messages_burst: 10_000.0,
+                login_per_second: 100.0,
+                login_burst: 1000.0,
+                register_per_second: 100.0,
+                register_burst: 1000.0,
+                ..RateLimitConfig::default()
+            },
+            limits: LimitsConfig::default(),
+            public_baseurl: None,
+        }
+    }
+
+    /// Reads a TOML file, applies environment overrides, validates.
+    pub fn load(path: Option<&std::path::Path>, dev: bool) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Invalid(e.to_string()))?
+            }
+            None if dev => toml::Table::try_from(Self::dev()).expect("defaults serialize"),
+            None => {
+                return Err(ConfigError::Invalid(
+                    "no config file given (use --config FILE or --dev)".into(),
+                ));
+            }
+        };
+        apply_env(&mut table, std::env::vars())?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        ruma::ServerName::parse(&self.server_name).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "server_name {:?} is not a valid server name: {e}",
+                self.server_name
+            ))
+        })?;
+        if let Some(url) = &self.database.url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "database.url must start with sqlite: or postgres:// (got {url:?})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to SQLite in the data directory.
+    pub fn database_url(&self) -> String {
+        self.database
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("hearth.db").display()))
+    }
+
+    /// A commented TOML config for `hearth generate-config`.
+    pub fn generate(server_name: &str) -> String {
+        format!(
+            r#"# Hearth configuration. Every key can be overridden by an environment variable:
+# HEARTH_<KEY>, with __ between levels (HEARTH_DATABASE__URL sets database.url).
+
+# The name in your users' IDs (@alice:{server_name}). It cannot change later.
+server_name = "{server_name}"
+listen = "127.0.0.1:8008"
+data_dir = "./hearth-data"
+# public_baseurl = "https://matrix.{server_name}"
+
+[database]
+# SQLite by default; for PostgreSQL: url = "postgres://user@localhost/hearth"
+url = "sqlite://./hearth-data/hearth.db"
+
+[registration]
+enabled = false
+# token = "a shared secret"   # require m.login.registration_token
+
+[rate_limits]
+enabled = true
+messages_per_second = 10.0
+messages_burst = 50.0
+login_per_second = 0.5
+login_burst = 5.0
+register_per_second = 0.2
+register_burst = 5.0
+
+[limits]
+max_request_bytes = 1048576
+"#
+        )
+    }
+}
+
+/// Applies `HEARTH_A__B=value` overrides. Values parse as TOML scalars when they can
+/// (`true`, `8`, `1.5`), else they are strings.
+fn apply_env(
+    table: &mut toml::Table,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, value) in vars {
+        let Some(path) = name.strip_prefix("HEARTH_") else {
+            continue;
+        };
+        if path.is_empty() || path.starts_with("TEST") || path == "BIN" {
+            continue;
+        }
+        let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .filter(|v| !v.is_table())
+            .unwrap_or(toml::Value::String(value));
+        let (last, parents) = keys.split_last().expect("split of a non-empty string");
+        let mut current = &mut *table;
+        for key in parents {
+            let entry = current
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            current = entry
+                .as_table_mut()
+                .ok_or_else(|| ConfigError::Invalid(format!("{name}: `{key}` is not a section")))?;
+        }
+        current.insert(last.clone(), parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut table = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        apply_env(
+            &mut table,
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let c = load_str(
+            "server_name = \"a.example\"\n[database]\nurl = \"sqlite://x.db\"\n",
+            &[
+                ("HEARTH_DATABASE__URL", "postgres://p@h/db"),
+                ("HEARTH_REGISTRATION__ENABLED", "true"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.database.url.as_deref(), Some("postgres://p@h/db"));
+        assert!(c.registration.enabled);
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_in_the_error() {
+        let err = load_str("server_name = \"a.example\"\nlisten_on = \"x\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("listen_on"), "{err}");
+    }
+
+    #[test]
+    fn a_wrong_type_is_named_in_the_error() {
+        let err = load_str(
+            "server_name = \"a.example\"\n[registration]\nenabled = \"yes\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("enabled"), "{err}");
+    }
+
+    #[test]
+    fn an_invalid_server_name_is_refused() {
+        assert!(load_str("server_name = \"not a name\"\n", &[]).is_err());
+    }
+
+    #[test]
+    fn the_generated_config_loads() {
+        let c = load_str(&Config::generate("example.org"), &[]).unwrap();
+        assert_eq!(c.server_name, "example.org");
+        assert!(!c.registration.enabled);
+    }
+}

@@ -1,0 +1,63 @@
+//! Hearth, a Matrix homeserver. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod ratelimit;
+pub mod rooms;
+pub mod services;
+pub mod store;
+pub mod sync;
+pub mod users;
+
+use std::sync::Arc;
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use hearth_federation::SigningKey;
+
+use crate::{config::Config, services::Services, store::Store, sync::notifier::LocalNotifier};
+
+/// Opens storage, loads (or creates) the signing key, and assembles the services.
+pub async fn build(config: Config) -> anyhow::Result<Services> {
+    let store = Store::connect(&config.database_url(), config.database.max_connections).await?;
+    let signing_key = load_signing_key(&store).await?;
+    tracing::info!(server_name = %config.server_name, key_id = %signing_key.key_id(), backend = ?store.backend(), "storage ready");
+    Ok(Services::new(
+        config,
+        store,
+        signing_key,
+        Arc::new(LocalNotifier::default()),
+    ))
+}
+
+/// The server's signing key, generated and stored on first start.
+async fn load_signing_key(store: &Store) -> anyhow::Result<SigningKey> {
+    let (key_id, pkcs8) = match store.signing_key().await? {
+        Some(found) => found,
+        None => {
+            let version = users::random_string(6);
+            let key = SigningKey::generate(&version)?;
+            store
+                .insert_signing_key(&key.key_id(), &STANDARD.encode(key.pkcs8()), services::now_ms())
+                .await?
+        }
+    };
+    let version = key_id
+        .strip_prefix("ed25519:")
+        .ok_or_else(|| anyhow::anyhow!("stored key {key_id} is not ed25519"))?;
+    Ok(SigningKey::from_pkcs8(&STANDARD.decode(pkcs8)?, version)?)
+}
+
+/// Serves the Client-Server API until the process is stopped.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let svc = build(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(address = %listener.local_addr()?, "listening");
+    axum::serve(listener, api::router(svc))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Stored PDUs as clients see them (the spec's ClientEvent format).
+
+use ruma::{CanonicalJsonObject, canonical_json::redact};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    error::ApiResult,
+    rooms::rules_of,
+    services::{Services, now_ms},
+    store::EventRow,
+};
+
+/// Fields of a PDU that only servers care about.
+const SERVER_ONLY: &[&str] = &[
+    "auth_events",
+    "prev_events",
+    "depth",
+    "hashes",
+    "signatures",
+    "origin",
+    "unsigned",
+];
+
+/// Who is looking: the transaction ID is only shown to the device that sent the event.
+#[derive(Clone, Copy)]
+pub struct Viewer<'a> {
+    pub user_id: &'a str,
+    pub device_id: &'a str,
+}
+
+/// Formats an event for a client: redacted if a redaction applies, with `unsigned` filled in.
+pub async fn client_event(
+    svc: &Services,
+    row: &EventRow,
+    version: &str,
+    viewer: Option<Viewer<'_>>,
+) -> ApiResult<Value> {
+    let rules = rules_of(version)?;
+    let mut pdu: CanonicalJsonObject =
+        serde_json::from_str(&row.json).map_err(crate::error::ApiError::internal)?;
+    let mut unsigned = Map::new();
+    if let Some(redaction_id) = &row.redacted_by {
+        pdu = redact(pdu.clone(), &rules.redaction, None).unwrap_or(pdu);
+        if let Some(redaction) = svc.store.event(redaction_id).await? {
+            let redaction_json: Value = serde_json::from_str(&redaction.json).unwrap_or_default();
+            unsigned.insert("redacted_because".into(), strip(redaction_json, &redaction, None));
+        }
+    }
+    if let Some(replaced) = &row.replaces_state
+        && let Some(prev) = svc.store.event(replaced).await?
+    {
+        let prev_json: Value = serde_json::from_str(&prev.json).unwrap_or_default();
+        if let Some(content) = prev_json.get("content") {
+            let content = if prev.redacted_by.is_some() {
+                json!({})
+            } else {
+                content.clone()
+            };
+            unsigned.insert("prev_content".into(), content);
+            unsigned.insert("replaces_state".into(), json!(replaced));
+        }
+    }
+    unsigned.insert("age".into(), json!((now_ms() - row.origin_server_ts).max(0)));
+    if let (Some(viewer), Some(txn_id), Some(device)) = (viewer, &row.txn_id, &row.txn_device_id)
+        && viewer.user_id == row.sender
+        && viewer.device_id == device
+    {
+        unsigned.insert("transaction_id".into(), json!(txn_id));
+    }
+    let value = serde_json::to_value(pdu).map_err(crate::error::ApiError::internal)?;
+    Ok(strip(value, row, Some(unsigned)))
+}
+
+/// Drops server-only fields and adds `event_id`, `room_id`, `unsigned`, and the top-level
+/// `redacts` that clients of room versions ≥ 11 still read.
+fn strip(mut value: Value, row: &EventRow, unsigned: Option<Map<String, Value>>) -> Value {
+    if let Some(object) = value.as_object_mut() {
+        for key in SERVER_ONLY {
+            object.remove(*key);
+        }
+        object.insert("event_id".into(), json!(row.event_id));
+        object.insert("room_id".into(), json!(row.room_id));
+        if row.event_type == "m.room.redaction"
+            && !object.contains_key("redacts")
+            && let Some(redacts) = object.get("content").and_then(|c| c.get("redacts")).cloned()
+        {
+            object.insert("redacts".into(), redacts);
+        }
+        let unsigned = unsigned.unwrap_or_else(|| {
+            let mut m = Map::new();
+            m.insert("age".into(), json!((now_ms() - row.origin_server_ts).max(0)));
+            m
+        });
+        object.insert("unsigned".into(), Value::Object(unsigned));
+    }
+    value
+}
+
+/// Formats several events of one room.
+pub async fn client_events(
+    svc: &Services,
+    rows: &[EventRow],
+    version: &str,
+    viewer: Option<Viewer<'_>>,
+) -> ApiResult<Vec<Value>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(client_event(svc, row, version, viewer).await?);
+    }
+    Ok(out)
+}
+
+/// The stripped state event form used in invites (`invite_state`).
+pub fn stripped_state(row: &EventRow) -> Value {
+    let pdu: Value = serde_json::from_str(&row.json).unwrap_or_default();
+    json!({
+        "type": row.event_type,
+        "state_key": row.state_key,
+        "sender": row.sender,
+        "content": pdu.get("content").cloned().unwrap_or_else(|| json!({})),
+    })
+}

@@ -1,0 +1,62 @@
+//! Rooms: creating them, membership, redaction, and presenting stored events to clients.
+
+pub mod client_event;
+pub mod create;
+pub mod membership;
+pub mod timeline;
+
+use ruma::{RoomId, RoomVersionId, room_version_rules::RoomVersionRules};
+
+pub use timeline::{EventSpec, Timeline};
+
+use crate::{
+    error::{ApiError, ApiResult},
+    services::Services,
+    store::RoomRow,
+};
+
+/// A room known to this server, with its version's rules.
+pub struct Room {
+    pub row: RoomRow,
+    pub rules: RoomVersionRules,
+}
+
+/// Loads a room or answers 404 `M_NOT_FOUND`.
+pub async fn room(svc: &Services, room_id: &RoomId) -> ApiResult<Room> {
+    let row = svc
+        .store
+        .room(room_id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found("Room not found"))?;
+    let rules = rules_of(&row.room_version)?;
+    Ok(Room { row, rules })
+}
+
+pub fn rules_of(version: &str) -> ApiResult<RoomVersionRules> {
+    let version = RoomVersionId::try_from(version).map_err(ApiError::internal)?;
+    hearth_federation::rules_for(&version)
+        .ok_or_else(|| ApiError::internal("stored room has an unsupported version"))
+}
+
+/// Whether a user may read a room's events and state: members who are joined now, or who
+/// were when they left (up to that point) — the `shared` history visibility of local rooms.
+pub async fn require_joined(svc: &Services, room_id: &RoomId, user_id: &str) -> ApiResult<()> {
+    match svc.store.membership(room_id.as_str(), user_id).await?.as_deref() {
+        Some("join") => Ok(()),
+        _ => Err(ApiError::forbidden("You are not joined to this room")),
+    }
+}
+
+/// The stream position up to which a user may see a room: now when joined, else the point
+/// they left; `None` if they never were a member.
+pub async fn visible_until(svc: &Services, room_id: &RoomId, user_id: &str) -> ApiResult<Option<i64>> {
+    let memberships = svc.store.rooms_of_user(user_id).await?;
+    Ok(memberships
+        .into_iter()
+        .find(|(r, _, _)| r == room_id.as_str())
+        .and_then(|(_, m, at)| match m.as_str() {
+            "join" => Some(i64::MAX),
+            "leave" | "ban" => Some(at),
+            _ => None,
+        }))
+}

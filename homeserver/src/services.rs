@@ -1,0 +1,55 @@
+//! The shared state every request handler reaches the server through.
+
+use std::sync::Arc;
+
+use hearth_federation::SigningKey;
+
+use crate::{
+    config::Config, ratelimit::RateLimiter, rooms::Timeline, store::Store, sync::notifier::Notifier,
+};
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct Services(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub store: Store,
+    pub signing_key: SigningKey,
+    pub notifier: Arc<dyn Notifier>,
+    pub rate_limiter: RateLimiter,
+    pub timeline: Timeline,
+}
+
+impl std::ops::Deref for Services {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl Services {
+    pub fn new(config: Config, store: Store, signing_key: SigningKey, notifier: Arc<dyn Notifier>) -> Self {
+        let rate_limiter = RateLimiter::new(config.rate_limits.clone());
+        Self(Arc::new(Inner {
+            config,
+            store,
+            signing_key,
+            notifier,
+            rate_limiter,
+            timeline: Timeline::default(),
+        }))
+    }
+
+    pub fn server_name(&self) -> &str {
+        &self.config.server_name
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

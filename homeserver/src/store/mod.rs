@@ -1,0 +1,146 @@
+//! All SQL lives here, one file per domain, behind one `Store` that works the same whether
+//! SQLite or PostgreSQL is behind it.
+//!
+//! Queries are written once in the dialect both databases accept (`$1` parameters, `ON CONFLICT`,
+//! `RETURNING`); integers are `BIGINT`/`i64` everywhere. Migrations differ per backend only where
+//! DDL must (auto-increment keys) and are embedded in the binary.
+
+mod account_data;
+mod aliases;
+mod events;
+mod filters;
+mod keys;
+mod rooms;
+mod state;
+mod users;
+
+use std::{borrow::Cow, path::Path, time::Duration};
+
+use sqlx::{
+    Any, AnyPool, Executor,
+    any::{AnyArguments, AnyPoolOptions},
+    migrate::{Migration, MigrationType, Migrator},
+    query::Query,
+};
+
+pub use events::{EventRow, NewEvent};
+pub use rooms::RoomRow;
+pub use state::StateMap;
+pub use users::{DeviceRow, UserRow};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("cannot create data directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The storage API the rest of the server uses.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "foundation",
+    include_str!("../../../migrations/sqlite/0001_foundation.sql"),
+)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "foundation",
+    include_str!("../../../migrations/postgres/0001_foundation.sql"),
+)];
+
+/// Shorthand for a query on the `Any` driver.
+fn q(sql: &'static str) -> Query<'static, Any, AnyArguments> {
+    sqlx::query(sql)
+}
+
+impl Store {
+    /// Connects, creating the SQLite file (and its directory) when needed, and migrates.
+    pub async fn connect(url: &str, max_connections: Option<u32>) -> StoreResult<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let (url, max) = match backend {
+            Backend::Sqlite => {
+                let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+                let path = path.split('?').next().unwrap_or(path);
+                if let Some(dir) = Path::new(path).parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(dir)?;
+                }
+                (format!("sqlite://{path}?mode=rwc"), max_connections.unwrap_or(8))
+            }
+            Backend::Postgres => (url.to_owned(), max_connections.unwrap_or(16)),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the single writer; NORMAL sync is durable
+                        // across process crashes, which is what WAL mode needs.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let store = Self { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let files = match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS,
+            Backend::Postgres => POSTGRES_MIGRATIONS,
+        };
+        let migrations = files
+            .iter()
+            .map(|(version, name, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*name),
+                    MigrationType::Simple,
+                    sqlx::SqlSafeStr::into_sql_str(*sql),
+                    false,
+                )
+            })
+            .collect();
+        Migrator::with_migrations(migrations).run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}

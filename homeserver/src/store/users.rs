@@ -1,0 +1,306 @@
+//! Accounts, devices, access tokens and user-interactive auth sessions.
+
+use sqlx::Row;
+
+use super::{Store, StoreResult, q};
+
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    pub user_id: String,
+    pub password_hash: Option<String>,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+    pub deactivated: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceRow {
+    pub device_id: String,
+    pub display_name: Option<String>,
+    pub last_seen_ts: Option<i64>,
+    pub last_seen_ip: Option<String>,
+}
+
+impl Store {
+    /// Creates an account; `false` when the user ID is taken.
+    pub async fn create_user(
+        &self,
+        user_id: &str,
+        password_hash: Option<&str>,
+        displayname: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let done = q(
+            "INSERT INTO users (user_id, password_hash, displayname, created_ts) \
+                      VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(user_id.to_owned())
+        .bind(password_hash.map(ToOwned::to_owned))
+        .bind(displayname.to_owned())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn user(&self, user_id: &str) -> StoreResult<Option<UserRow>> {
+        let row = q(
+            "SELECT user_id, password_hash, displayname, avatar_url, deactivated \
+                     FROM users WHERE user_id = $1",
+        )
+        .bind(user_id.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| UserRow {
+            user_id: r.get(0),
+            password_hash: r.get(1),
+            displayname: r.get(2),
+            avatar_url: r.get(3),
+            deactivated: r.get::<i64, _>(4) != 0,
+        }))
+    }
+
+    pub async fn set_password_hash(&self, user_id: &str, hash: Option<&str>) -> StoreResult<()> {
+        q("UPDATE users SET password_hash = $2 WHERE user_id = $1")
+            .bind(user_id.to_owned())
+            .bind(hash.map(ToOwned::to_owned))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_displayname(&self, user_id: &str, name: Option<&str>) -> StoreResult<()> {
+        q("UPDATE users SET displayname = $2 WHERE user_id = $1")
+            .bind(user_id.to_owned())
+            .bind(name.map(ToOwned::to_owned))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_avatar_url(&self, user_id: &str, url: Option<&str>) -> StoreResult<()> {
+        q("UPDATE users SET avatar_url = $2 WHERE user_id = $1")
+            .bind(user_id.to_owned())
+            .bind(url.map(ToOwned::to_owned))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks the account deactivated and removes its password, devices and tokens.
+    pub async fn deactivate_user(&self, user_id: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        q(
+            "UPDATE users SET deactivated = 1, password_hash = NULL, displayname = NULL, \
+           avatar_url = NULL WHERE user_id = $1",
+        )
+        .bind(user_id.to_owned())
+        .execute(&mut *tx)
+        .await?;
+        q("DELETE FROM access_tokens WHERE user_id = $1")
+            .bind(user_id.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        q("DELETE FROM devices WHERE user_id = $1")
+            .bind(user_id.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Creates the device if new (keeping its display name otherwise) and issues a token for it.
+    pub async fn create_device_with_token(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        display_name: Option<&str>,
+        token_hash: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        q(
+            "INSERT INTO devices (user_id, device_id, display_name, last_seen_ts) VALUES ($1, $2, $3, $4) \
+           ON CONFLICT (user_id, device_id) DO UPDATE SET last_seen_ts = excluded.last_seen_ts",
+        )
+        .bind(user_id.to_owned())
+        .bind(device_id.to_owned())
+        .bind(display_name.map(ToOwned::to_owned))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        // Logging in again with a known device ID replaces that device's old token.
+        q("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id.to_owned())
+            .bind(device_id.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        q("INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)")
+            .bind(token_hash.to_owned())
+            .bind(user_id.to_owned())
+            .bind(device_id.to_owned())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The (user ID, device ID) a token hash belongs to.
+    pub async fn token_owner(&self, token_hash: &str) -> StoreResult<Option<(String, String)>> {
+        let row = q("SELECT user_id, device_id FROM access_tokens WHERE token_hash = $1")
+            .bind(token_hash.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    pub async fn touch_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        ip: Option<&str>,
+        now: i64,
+    ) -> StoreResult<()> {
+        q("UPDATE devices SET last_seen_ts = $3, last_seen_ip = $4 WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id.to_owned())
+            .bind(device_id.to_owned())
+            .bind(now)
+            .bind(ip.map(ToOwned::to_owned))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_token(&self, token_hash: &str) -> StoreResult<()> {
+        q("DELETE FROM access_tokens WHERE token_hash = $1")
+            .bind(token_hash.to_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a device and every token issued to it.
+    pub async fn delete_device(&self, user_id: &str, device_id: &str) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        q("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id.to_owned())
+            .bind(device_id.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        let done = q("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id.to_owned())
+            .bind(device_id.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Removes every device of a user except `keep`, with their tokens.
+    pub async fn delete_devices_except(&self, user_id: &str, keep: Option<&str>) -> StoreResult<()> {
+        let keep = keep.unwrap_or("").to_owned();
+        let mut tx = self.pool.begin().await?;
+        q("DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2")
+            .bind(user_id.to_owned())
+            .bind(keep.clone())
+            .execute(&mut *tx)
+            .await?;
+        q("DELETE FROM devices WHERE user_id = $1 AND device_id <> $2")
+            .bind(user_id.to_owned())
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn devices(&self, user_id: &str) -> StoreResult<Vec<DeviceRow>> {
+        let rows = q(
+            "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices \
+                      WHERE user_id = $1 ORDER BY device_id",
+        )
+        .bind(user_id.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(device_row).collect())
+    }
+
+    pub async fn device(&self, user_id: &str, device_id: &str) -> StoreResult<Option<DeviceRow>> {
+        let row = q(
+            "SELECT device_id, display_name, last_seen_ts, last_seen_ip FROM devices \
+                     WHERE user_id = $1 AND device_id = $2",
+        )
+        .bind(user_id.to_owned())
+        .bind(device_id.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(device_row))
+    }
+
+    pub async fn set_device_display_name(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        name: Option<&str>,
+    ) -> StoreResult<bool> {
+        let done = q("UPDATE devices SET display_name = $3 WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id.to_owned())
+            .bind(device_id.to_owned())
+            .bind(name.map(ToOwned::to_owned))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Starts a user-interactive auth session.
+    pub async fn create_uia_session(
+        &self,
+        session_id: &str,
+        user_id: Option<&str>,
+        now: i64,
+    ) -> StoreResult<()> {
+        q("INSERT INTO uia_sessions (session_id, user_id, completed, created_ts) VALUES ($1, $2, '[]', $3)")
+            .bind(session_id.to_owned())
+            .bind(user_id.map(ToOwned::to_owned))
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The session's owner and completed stages (a JSON array), if the session exists.
+    pub async fn uia_session(&self, session_id: &str) -> StoreResult<Option<(Option<String>, String)>> {
+        let row = q("SELECT user_id, completed FROM uia_sessions WHERE session_id = $1")
+            .bind(session_id.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    pub async fn set_uia_completed(&self, session_id: &str, completed: &str) -> StoreResult<()> {
+        q("UPDATE uia_sessions SET completed = $2 WHERE session_id = $1")
+            .bind(session_id.to_owned())
+            .bind(completed.to_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_uia_session(&self, session_id: &str) -> StoreResult<()> {
+        q("DELETE FROM uia_sessions WHERE session_id = $1")
+            .bind(session_id.to_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn device_row(r: sqlx::any::AnyRow) -> DeviceRow {
+    DeviceRow {
+        device_id: r.get(0),
+        display_name: r.get(1),
+        last_seen_ts: r.get(2),
+        last_seen_ip: r.get(3),
+    }
+}
