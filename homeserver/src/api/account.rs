@@ -123,6 +123,24 @@ pub async fn register_available(
     Ok(Json(json!({ "available": true })))
 }
 
+#[derive(Deserialize)]
+pub struct TokenValidityQuery {
+    token: String,
+}
+
+/// `GET /_matrix/client/v1/register/m.login.registration_token/validity`
+pub async fn registration_token_validity(
+    State(svc): State<Services>,
+    headers: HeaderMap,
+    Query(q): Query<TokenValidityQuery>,
+) -> ApiResult<Json<Value>> {
+    // Rate limited like registration, so the endpoint cannot be used to guess tokens.
+    svc.rate_limiter.check(Action::Register, &client_ip(&headers))?;
+    let valid =
+        svc.config.registration.enabled && svc.config.registration.token.as_deref() == Some(q.token.as_str());
+    Ok(Json(json!({ "valid": valid })))
+}
+
 /// `GET /login`
 pub async fn login_flows() -> Json<Value> {
     Json(json!({ "flows": [{ "type": "m.login.password" }] }))

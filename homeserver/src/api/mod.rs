@@ -51,6 +51,7 @@ fn client_routes() -> Router<Services> {
         )
         .route("/createRoom", post(rooms::create_room))
         .route("/join/{room_id_or_alias}", post(rooms::join_by_id_or_alias))
+        .route("/knock/{room_id_or_alias}", post(rooms::knock))
         .route("/joined_rooms", get(rooms::joined_rooms))
         .route("/rooms/{room_id}/join", post(rooms::join))
         .route("/rooms/{room_id}/leave", post(rooms::leave))
@@ -110,6 +111,10 @@ pub fn router(svc: Services) -> Router {
         .route("/_matrix/client/versions", get(discovery::versions))
         .route("/.well-known/matrix/client", get(discovery::well_known_client))
         .route("/.well-known/matrix/server", get(discovery::well_known_server))
+        .route(
+            "/_matrix/client/v1/register/m.login.registration_token/validity",
+            get(account::registration_token_validity),
+        )
         .nest("/_matrix/client/v3", client.clone())
         .nest("/_matrix/client/r0", client)
         .fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND) })

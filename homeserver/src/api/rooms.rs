@@ -45,6 +45,18 @@ pub async fn join_by_id_or_alias(
     Ok(Json(json!({ "room_id": room_id })))
 }
 
+/// `POST /knock/{roomIdOrAlias}`
+pub async fn knock(
+    State(svc): State<Services>,
+    auth: Auth,
+    Path(target): Path<String>,
+    JsonBody(body): JsonBody<ReasonBody>,
+) -> ApiResult<Json<Value>> {
+    let room_id = resolve_room(&svc, &target).await?;
+    membership::knock(&svc, &auth.user_id, &room_id, body.reason.as_deref()).await?;
+    Ok(Json(json!({ "room_id": room_id })))
+}
+
 /// `POST /rooms/{roomId}/join`
 pub async fn join(
     State(svc): State<Services>,

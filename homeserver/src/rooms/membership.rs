@@ -64,6 +64,25 @@ pub async fn join(svc: &Services, user: &UserId, room_id: &RoomId) -> ApiResult<
     Ok(())
 }
 
+/// Asks to join a room whose join rule allows knocking.
+pub async fn knock(svc: &Services, user: &UserId, room_id: &RoomId, reason: Option<&str>) -> ApiResult<()> {
+    room(svc, room_id).await?;
+    let mut content = member_content(svc, user, "knock").await?;
+    if let Some(reason) = reason {
+        content["reason"] = json!(reason);
+    }
+    svc.timeline
+        .append(
+            svc,
+            room_id,
+            user,
+            EventSpec::state("m.room.member", user.as_str(), content),
+            None,
+        )
+        .await?;
+    Ok(())
+}
+
 /// Sends a membership event about `target`, sent by `sender` (invite, kick, ban, unban, leave).
 pub async fn set_membership(
     svc: &Services,
