@@ -40,7 +40,7 @@ pub struct DatabaseConfig {
     pub max_connections: Option<u32>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrationConfig {
     /// Whether anyone may register.
@@ -49,15 +49,6 @@ pub struct RegistrationConfig {
     /// When set, registration requires this token (`m.login.registration_token`).
     #[serde(default)]
     pub token: Option<String>,
-}
-
-impl Default for RegistrationConfig {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            token: None,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

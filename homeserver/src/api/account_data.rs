@@ -59,7 +59,7 @@ async fn put(
     svc.store
         .put_account_data(user_id, room_id, data_type, &text)
         .await?;
-    svc.notifier.notify();
+    svc.notifier.notify(vec![user_id.to_owned()]);
     Ok(Json(json!({})))
 }
 

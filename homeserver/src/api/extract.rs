@@ -9,11 +9,7 @@ use ruma::{OwnedUserId, UserId};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::{
-    error::ApiError,
-    services::{Services, now_ms},
-    users::hash_token,
-};
+use crate::{error::ApiError, services::Services, users::hash_token};
 
 /// The user and device an access token belongs to.
 #[derive(Debug, Clone)]
@@ -34,7 +30,7 @@ pub fn access_token(parts: &Parts) -> Option<String> {
     }
     parts.uri.query().and_then(|q| {
         q.split('&')
-            .find_map(|pair| pair.strip_prefix("access_token=").map(|t| percent_decode(t)))
+            .find_map(|pair| pair.strip_prefix("access_token=").map(percent_decode))
     })
 }
 
@@ -74,9 +70,7 @@ impl FromRequestParts<Services> for Auth {
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
             .map(ToOwned::to_owned);
-        svc.store
-            .touch_device(user_id.as_str(), &device_id, ip.as_deref(), now_ms())
-            .await?;
+        crate::users::record_last_seen(svc, user_id.as_str(), &device_id, ip.as_deref()).await?;
         Ok(Self {
             user_id,
             device_id,

@@ -270,7 +270,11 @@ impl Timeline {
             json: pdu.to_canonical_string(),
         };
         let stream_ordering = svc.store.append_event(&new).await?;
-        svc.notifier.notify();
+        let mut keys = vec![room_id.to_string()];
+        if let (Some(_), Some(target)) = (&new.membership, &new.state_key) {
+            keys.push(target.clone());
+        }
+        svc.notifier.notify(keys);
         Ok(Appended {
             event_id: pdu.event_id,
             room_id,

@@ -112,17 +112,8 @@ impl Store {
         .get(0);
 
         if let Some(state_key) = &event.state_key {
-            let (group, replaced) = Self::apply_state_event(
-                &mut tx,
-                &event.room_id,
-                previous_group,
-                &event.event_type,
-                state_key,
-                &event.event_id,
-                event.membership.as_deref(),
-                stream,
-            )
-            .await?;
+            let (group, replaced) =
+                Self::apply_state_event(&mut tx, event, state_key, previous_group, stream).await?;
             q("UPDATE events SET state_group = $2, replaces_state = $3 WHERE stream_ordering = $1")
                 .bind(stream)
                 .bind(group)

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use sqlx::{Any, Row, Transaction};
 
-use super::{Store, StoreResult, q};
+use super::{NewEvent, Store, StoreResult, q};
 
 /// (event type, state key) → event ID.
 pub type StateMap = HashMap<(String, String), String>;
@@ -132,14 +132,13 @@ impl Store {
     /// new state group and the event the new one replaced, if any.
     pub(super) async fn apply_state_event(
         tx: &mut Transaction<'static, Any>,
-        room_id: &str,
-        previous_group: Option<i64>,
-        event_type: &str,
+        event: &NewEvent,
         state_key: &str,
-        event_id: &str,
-        membership: Option<&str>,
+        previous_group: Option<i64>,
         stream_ordering: i64,
     ) -> StoreResult<(i64, Option<String>)> {
+        let (room_id, event_type, event_id) = (&event.room_id, &event.event_type, &event.event_id);
+        let membership = event.membership.as_deref();
         let chain_len = match previous_group {
             Some(g) => q("SELECT chain_len FROM state_groups WHERE id = $1")
                 .bind(g)

@@ -12,6 +12,7 @@ use std::{
 
 use ruma::RoomId;
 use serde_json::{Map, Value, json};
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::{
     error::{ApiError, ApiResult},
@@ -45,28 +46,32 @@ const DEFAULT_TIMELINE_LIMIT: usize = 10;
 /// Runs a sync, long-polling up to `timeout` when an incremental sync finds nothing new.
 pub async fn sync(svc: &Services, user_id: &str, device_id: &str, req: SyncRequest) -> ApiResult<Value> {
     let deadline = tokio::time::Instant::now() + req.timeout;
+    // Subscribed before computing: whatever is stored after the positions were read is heard.
     let mut changes = svc.notifier.subscribe();
     loop {
-        changes.borrow_and_update();
-        let (response, has_changes) = compute(svc, user_id, device_id, &req).await?;
+        let (response, has_changes, interest) = compute(svc, user_id, device_id, &req).await?;
         if req.since.is_none() || req.full_state || has_changes {
             return Ok(response);
         }
-        if tokio::time::timeout_at(deadline, changes.changed())
-            .await
-            .is_err()
-        {
-            return Ok(response);
+        loop {
+            match tokio::time::timeout_at(deadline, changes.recv()).await {
+                Err(_) | Ok(Err(RecvError::Closed)) => return Ok(response),
+                Ok(Err(RecvError::Lagged(_))) => break,
+                Ok(Ok(keys)) if keys.iter().any(|k| interest.contains(k)) => break,
+                Ok(Ok(_)) => {}
+            }
         }
     }
 }
 
+/// The response, whether it has anything new, and the keys (rooms, the user) whose
+/// notifications should wake this sync.
 async fn compute(
     svc: &Services,
     user_id: &str,
     device_id: &str,
     req: &SyncRequest,
-) -> ApiResult<(Value, bool)> {
+) -> ApiResult<(Value, bool, HashSet<String>)> {
     // Positions first: everything up to them is committed, so nothing can be skipped.
     let now = StreamToken {
         events: svc.store.max_stream_ordering().await?,
@@ -102,7 +107,9 @@ async fn compute(
         }
     }
 
+    let mut interest: HashSet<String> = HashSet::from([user_id.to_owned()]);
     for (room_id, membership, at) in svc.store.memberships_at(user_id, now.events).await? {
+        interest.insert(room_id.clone());
         if !room_filter.allows_room(&room_id) {
             continue;
         }
@@ -200,7 +207,7 @@ async fn compute(
         "device_lists": { "changed": [], "left": [] },
         "device_one_time_keys_count": {},
     });
-    Ok((response, has_changes))
+    Ok((response, has_changes, interest))
 }
 
 fn empty_joined(since: StreamToken) -> Value {

@@ -1,35 +1,43 @@
-//! Wakes long-polling `/sync` requests when something new is stored.
+//! Wakes long-polling `/sync` requests when something they care about is stored.
 //!
-//! Behind a trait so that several Hearth processes can later share wake-ups through Redis
-//! pub/sub; the in-process implementation is a `watch` channel carrying a change counter.
+//! A notification names what changed: room IDs (a new event) and user IDs (an invite, account
+//! data). Waiters keep only the ones that concern them, so one message does not make every
+//! syncing user recompute. Behind a trait so that several Hearth processes can later share
+//! notifications through Redis pub/sub.
 
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+/// What changed: room IDs and user IDs.
+pub type Keys = Arc<[String]>;
 
 pub trait Notifier: Send + Sync {
-    /// Something changed (an event, account data, …): wake every waiter.
-    fn notify(&self);
-    /// A receiver that changes whenever `notify` is called.
-    fn subscribe(&self) -> watch::Receiver<u64>;
+    fn notify(&self, keys: Vec<String>);
+    /// A receiver of every notification from now on. A receiver that falls behind gets
+    /// `Lagged` and should treat it as "anything may have changed".
+    fn subscribe(&self) -> broadcast::Receiver<Keys>;
 }
 
 pub struct LocalNotifier {
-    sender: watch::Sender<u64>,
+    sender: broadcast::Sender<Keys>,
 }
 
 impl Default for LocalNotifier {
     fn default() -> Self {
         Self {
-            sender: watch::channel(0).0,
+            sender: broadcast::channel(4096).0,
         }
     }
 }
 
 impl Notifier for LocalNotifier {
-    fn notify(&self) {
-        self.sender.send_modify(|n| *n = n.wrapping_add(1));
+    fn notify(&self, keys: Vec<String>) {
+        // No receivers is fine: nobody is waiting.
+        let _ = self.sender.send(keys.into());
     }
 
-    fn subscribe(&self) -> watch::Receiver<u64> {
+    fn subscribe(&self) -> broadcast::Receiver<Keys> {
         self.sender.subscribe()
     }
 }

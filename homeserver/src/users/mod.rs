@@ -109,6 +109,35 @@ pub async fn login_device(
     Ok((token, device_id))
 }
 
+/// How stale a device's stored last-seen time may get before a request refreshes it.
+const LAST_SEEN_RESOLUTION_MS: i64 = 60_000;
+
+/// Records that a device made a request, writing to the database at most once a minute.
+pub async fn record_last_seen(
+    svc: &Services,
+    user_id: &str,
+    device_id: &str,
+    ip: Option<&str>,
+) -> ApiResult<()> {
+    let now = now_ms();
+    let key = (user_id.to_owned(), device_id.to_owned());
+    {
+        let mut written = svc.last_seen_written.lock().unwrap_or_else(|e| e.into_inner());
+        if written
+            .get(&key)
+            .is_some_and(|at| now - at < LAST_SEEN_RESOLUTION_MS)
+        {
+            return Ok(());
+        }
+        if written.len() > 100_000 {
+            written.clear();
+        }
+        written.insert(key, now);
+    }
+    svc.store.touch_device(user_id, device_id, ip, now).await?;
+    Ok(())
+}
+
 /// Resolves the `identifier` (or legacy `user`) of a login request to a local user ID.
 pub fn login_user_id(body: &serde_json::Value, server_name: &str) -> ApiResult<OwnedUserId> {
     let user = match body.get("identifier") {

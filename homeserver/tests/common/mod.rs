@@ -1,0 +1,609 @@
+//! Test harness: runs the real `hearth` binary on a free loopback port with its own database,
+//! talks to it over HTTP, and opens its database for inspection.
+//!
+//! The backend comes from `HEARTH_TEST_DB` (`sqlite`, the default, or `postgres`). For
+//! PostgreSQL every server gets a fresh database on the server named by `HEARTH_TEST_PG_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/test`), dropped again when the server is dropped.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    fs,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::{
+    AnyPool, Executor, Row,
+    any::{AnyPoolOptions, install_default_drivers},
+};
+use tempfile::TempDir;
+
+pub const SERVER_NAME: &str = "hearth.test";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Which database the servers under test use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn from_env() -> Self {
+        match std::env::var("HEARTH_TEST_DB").as_deref() {
+            Ok("postgres") | Ok("postgresql") | Ok("pg") => Backend::Postgres,
+            Ok("sqlite") | Ok("") | Err(_) => Backend::Sqlite,
+            Ok(other) => panic!("HEARTH_TEST_DB must be sqlite or postgres, not {other:?}"),
+        }
+    }
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("HEARTH_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// `base` with its database name replaced by `db`.
+fn pg_url_with_db(base: &str, db: &str) -> String {
+    let (without_query, query) = match base.split_once('?') {
+        Some((a, q)) => (a, Some(q)),
+        None => (base, None),
+    };
+    let scheme_end = without_query.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_part = match without_query[scheme_end..].find('/') {
+        Some(slash) => &without_query[..scheme_end + slash],
+        None => without_query,
+    };
+    match query {
+        Some(q) => format!("{host_part}/{db}?{q}"),
+        None => format!("{host_part}/{db}"),
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+pub fn hearth_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hearth")
+}
+
+/// A `Command` for the hearth binary with no `HEARTH_*` variables inherited from the test's
+/// environment (they would override the generated config).
+pub fn hearth_command() -> Command {
+    let mut cmd = Command::new(hearth_bin());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("HEARTH_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("RUST_LOG", "info,tower_http=warn");
+    cmd
+}
+
+/// A running (or stopped) Hearth with its data directory and database.
+pub struct Server {
+    pub backend: Backend,
+    pub base_url: String,
+    pub port: u16,
+    pub db_url: String,
+    pub http: reqwest::Client,
+    dir: TempDir,
+    config_path: PathBuf,
+    child: Option<Child>,
+    pg_db: Option<String>,
+    starts: u32,
+}
+
+impl Server {
+    /// Starts a server on the backend chosen by `HEARTH_TEST_DB`.
+    pub async fn start() -> Server {
+        Self::start_on(Backend::from_env()).await
+    }
+
+    pub async fn start_on(backend: Backend) -> Server {
+        install_default_drivers();
+        let dir = tempfile::Builder::new()
+            .prefix("hearth-it-")
+            .tempdir()
+            .expect("tempdir");
+        let (db_url, pg_db) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("hearth.db").display()),
+                None,
+            ),
+            Backend::Postgres => {
+                let name = unique("hearth_it");
+                let admin = pg_admin_url();
+                let pool = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {admin}: {e}"));
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                    .execute(&pool)
+                    .await
+                    .expect("create test database");
+                pool.close().await;
+                (pg_url_with_db(&admin, &name), Some(name))
+            }
+        };
+        let port = free_port();
+        let config_path = dir.path().join("hearth.toml");
+        let config = format!(
+            "server_name = \"{SERVER_NAME}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\
+             [database]\nurl = \"{db_url}\"\n[registration]\nenabled = true\n\
+             [rate_limits]\nenabled = false\n",
+            data = dir.path().join("data").display(),
+        );
+        fs::write(&config_path, config).expect("write config");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        let mut server = Server {
+            backend,
+            base_url: format!("http://127.0.0.1:{port}"),
+            port,
+            db_url,
+            http,
+            dir,
+            config_path,
+            child: None,
+            pg_db,
+            starts: 0,
+        };
+        server.spawn().await;
+        server
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("hearth-{}.log", self.starts))
+    }
+
+    /// The server's output so far (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    async fn spawn(&mut self) {
+        self.starts += 1;
+        let log = fs::File::create(self.log_path()).expect("log file");
+        let child = hearth_command()
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn hearth");
+        self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = format!("{}/_matrix/client/versions", self.base_url);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("hearth exited during start-up ({status}):\n{}", self.log_tail());
+            }
+            if let Ok(resp) = self.http.get(&url).timeout(Duration::from_secs(2)).send().await
+                && resp.status().is_success()
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("hearth did not answer {url} within 20 s:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the process: SIGTERM, then SIGKILL if it has not exited after 5 s.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stops the server and starts it again on the same config, port and data.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.spawn().await;
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// A read-only connection pool on the server's database.
+    pub async fn db(&self) -> AnyPool {
+        install_default_drivers();
+        let (url, backend) = match self.backend {
+            Backend::Sqlite => (format!("{}?mode=ro", self.db_url), Backend::Sqlite),
+            Backend::Postgres => (self.db_url.clone(), Backend::Postgres),
+        };
+        AnyPoolOptions::new()
+            .max_connections(2)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    match backend {
+                        Backend::Sqlite => {
+                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                            conn.execute("PRAGMA query_only = ON").await?;
+                        }
+                        Backend::Postgres => {
+                            conn.execute("SET default_transaction_read_only = on").await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("open {url}: {e}"))
+    }
+
+    /// A client with no access token.
+    pub fn anon(&self) -> Client {
+        Client {
+            http: self.http.clone(),
+            base_url: self.base_url.clone(),
+            token: None,
+            user_id: String::new(),
+            device_id: String::new(),
+        }
+    }
+
+    /// A client authenticated with a known access token.
+    pub fn client_with_token(&self, user_id: &str, device_id: &str, token: &str) -> Client {
+        Client {
+            http: self.http.clone(),
+            base_url: self.base_url.clone(),
+            token: Some(token.to_owned()),
+            user_id: user_id.to_owned(),
+            device_id: device_id.to_owned(),
+        }
+    }
+
+    /// Registers `localpart` through the two-step `m.login.dummy` flow.
+    pub async fn register(&self, localpart: &str) -> Client {
+        let anon = self.anon();
+        let body = json!({ "username": localpart, "password": PASSWORD });
+        let (status, first) = anon.request(Method::POST, "/register", Some(&body)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "first /register step: {first}");
+        let session = first["session"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no UIA session in {first}"))
+            .to_owned();
+        let body = json!({
+            "username": localpart,
+            "password": PASSWORD,
+            "auth": { "type": "m.login.dummy", "session": session },
+        });
+        let (status, done) = anon.request(Method::POST, "/register", Some(&body)).await;
+        assert_eq!(status, StatusCode::OK, "second /register step: {done}");
+        let token = done["access_token"].as_str().expect("access_token");
+        self.client_with_token(
+            done["user_id"].as_str().expect("user_id"),
+            done["device_id"].as_str().expect("device_id"),
+            token,
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(name) = self.pg_db.take() {
+            let admin = pg_admin_url();
+            // Drop runs inside the test's runtime; a fresh thread with its own runtime avoids
+            // blocking it.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let pool = AnyPoolOptions::new()
+                        .max_connections(1)
+                        .connect(&admin)
+                        .await
+                        .ok()?;
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    )))
+                    .execute(&pool)
+                    .await
+                    .ok()?;
+                    pool.close().await;
+                    Some(())
+                })
+            })
+            .join();
+        }
+    }
+}
+
+static TXN: AtomicU64 = AtomicU64::new(0);
+
+/// A new transaction ID, unique within this test process.
+pub fn txn_id() -> String {
+    format!("t{}", TXN.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Percent-encodes a query parameter value.
+pub fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A Client-Server API client for one user (or none).
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base_url: String,
+    pub token: Option<String>,
+    pub user_id: String,
+    pub device_id: String,
+}
+
+impl Client {
+    /// Sends a request to `/_matrix/client/v3{path}`; returns the status and the JSON body
+    /// (`Value::Null` when the body is not JSON).
+    pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> (StatusCode, Value) {
+        let url = format!("{}/_matrix/client/v3{path}", self.base_url);
+        let mut req = self.http.request(method.clone(), &url);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Like `request`, but panics unless the status is 200.
+    pub async fn ok(&self, method: Method, path: &str, body: Option<&Value>) -> Value {
+        let (status, value) = self.request(method.clone(), path, body).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{method} {path} as {}: {value}",
+            self.user_id
+        );
+        value
+    }
+
+    pub async fn create_room(&self, body: Value) -> String {
+        let resp = self.ok(Method::POST, "/createRoom", Some(&body)).await;
+        resp["room_id"].as_str().expect("room_id").to_owned()
+    }
+
+    pub async fn invite(&self, room_id: &str, user_id: &str) {
+        self.ok(
+            Method::POST,
+            &format!("/rooms/{}/invite", encode(room_id)),
+            Some(&json!({ "user_id": user_id })),
+        )
+        .await;
+    }
+
+    pub async fn join(&self, room_id: &str) {
+        self.ok(
+            Method::POST,
+            &format!("/rooms/{}/join", encode(room_id)),
+            Some(&json!({})),
+        )
+        .await;
+    }
+
+    pub async fn leave(&self, room_id: &str) {
+        self.ok(
+            Method::POST,
+            &format!("/rooms/{}/leave", encode(room_id)),
+            Some(&json!({})),
+        )
+        .await;
+    }
+
+    /// Sends an `m.room.message` text; returns its event ID.
+    pub async fn send_text(&self, room_id: &str, text: &str) -> String {
+        self.send(
+            room_id,
+            "m.room.message",
+            json!({ "msgtype": "m.text", "body": text }),
+        )
+        .await
+    }
+
+    pub async fn send(&self, room_id: &str, event_type: &str, content: Value) -> String {
+        let resp = self
+            .ok(Method::PUT, &self.send_path(room_id, event_type), Some(&content))
+            .await;
+        resp["event_id"].as_str().expect("event_id").to_owned()
+    }
+
+    pub fn send_path(&self, room_id: &str, event_type: &str) -> String {
+        format!(
+            "/rooms/{}/send/{}/{}",
+            encode(room_id),
+            encode(event_type),
+            txn_id()
+        )
+    }
+
+    pub fn state_path(room_id: &str, event_type: &str, state_key: &str) -> String {
+        format!(
+            "/rooms/{}/state/{}/{}",
+            encode(room_id),
+            encode(event_type),
+            encode(state_key)
+        )
+    }
+
+    /// Sets a state event; returns its event ID.
+    pub async fn set_state(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        state_key: &str,
+        content: Value,
+    ) -> String {
+        let resp = self
+            .ok(
+                Method::PUT,
+                &Self::state_path(room_id, event_type, state_key),
+                Some(&content),
+            )
+            .await;
+        resp["event_id"].as_str().expect("event_id").to_owned()
+    }
+
+    pub async fn get_state_content(&self, room_id: &str, event_type: &str, state_key: &str) -> Value {
+        self.ok(
+            Method::GET,
+            &Self::state_path(room_id, event_type, state_key),
+            None,
+        )
+        .await
+    }
+
+    /// Redacts an event; returns the redaction's event ID.
+    pub async fn redact(&self, room_id: &str, event_id: &str) -> String {
+        let resp = self
+            .ok(
+                Method::PUT,
+                &format!(
+                    "/rooms/{}/redact/{}/{}",
+                    encode(room_id),
+                    encode(event_id),
+                    txn_id()
+                ),
+                Some(&json!({ "reason": "test" })),
+            )
+            .await;
+        resp["event_id"].as_str().expect("event_id").to_owned()
+    }
+
+    /// The room's current state as (type, state_key) → event ID, from `GET /rooms/{id}/state`.
+    pub async fn room_state_ids(&self, room_id: &str) -> HashMap<(String, String), String> {
+        let resp = self
+            .ok(Method::GET, &format!("/rooms/{}/state", encode(room_id)), None)
+            .await;
+        resp.as_array()
+            .expect("state is an array")
+            .iter()
+            .map(|e| {
+                (
+                    (
+                        e["type"].as_str().expect("type").to_owned(),
+                        e["state_key"].as_str().expect("state_key").to_owned(),
+                    ),
+                    e["event_id"].as_str().expect("event_id").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// `/sync` with an inline filter that lets `timeline_limit` events through per room.
+    pub async fn sync(&self, since: Option<&str>, timeout_ms: u64, timeline_limit: u32) -> Value {
+        let filter = json!({ "room": { "timeline": { "limit": timeline_limit } } }).to_string();
+        let mut path = format!("/sync?timeout={timeout_ms}&filter={}", encode(&filter));
+        if let Some(since) = since {
+            path.push_str(&format!("&since={}", encode(since)));
+        }
+        self.ok(Method::GET, &path, None).await
+    }
+}
+
+/// Row count of a query returning one integer.
+pub async fn count(pool: &AnyPool, sql: &str, binds: &[&str]) -> i64 {
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+    for b in binds {
+        query = query.bind(b.to_string());
+    }
+    let row = query
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    row.try_get::<i64, _>(0)
+        .unwrap_or_else(|_| row.get::<i32, _>(0) as i64)
+}
+
+/// Event IDs of a joined room's timeline in a sync response.
+pub fn timeline_ids(sync: &Value, room_id: &str) -> Vec<String> {
+    sync["rooms"]["join"][room_id]["timeline"]["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| e["event_id"].as_str().map(ToOwned::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
