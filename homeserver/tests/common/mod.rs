@@ -28,6 +28,12 @@ use tempfile::TempDir;
 pub const SERVER_NAME: &str = "hearth.test";
 pub const PASSWORD: &str = "correct horse battery staple";
 
+/// The rate limit numbers. Hearth refuses a `[rate_limits]` table that only sets `enabled`
+/// (every field is required; see the config tests), so the harness spells them all out.
+pub const RATE_LIMIT_FIELDS: &str = "messages_per_second = 1000.0\nmessages_burst = 10000.0\n\
+     login_per_second = 1000.0\nlogin_burst = 10000.0\nregister_per_second = 1000.0\n\
+     register_burst = 10000.0\n";
+
 /// Which database the servers under test use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -157,7 +163,7 @@ impl Server {
         let config = format!(
             "server_name = \"{SERVER_NAME}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\
              [database]\nurl = \"{db_url}\"\n[registration]\nenabled = true\n\
-             [rate_limits]\nenabled = false\n",
+             [rate_limits]\nenabled = false\n{RATE_LIMIT_FIELDS}",
             data = dir.path().join("data").display(),
         );
         fs::write(&config_path, config).expect("write config");
