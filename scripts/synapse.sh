@@ -151,7 +151,8 @@ cmd_start() {
     local pid deadline
     pid="$(cat "$dir/synapse.pid")"
     deadline=$(( $(date +%s) + ${SYNAPSE_START_TIMEOUT:-60} ))
-    until curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1; do
+    until "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+            "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1; do
         if ! kill -0 "$pid" 2>/dev/null; then
             tail -n 30 "$dir/stdout.log" "$dir/homeserver.log" >&2 2>/dev/null || true
             rm -f "$dir/synapse.pid"

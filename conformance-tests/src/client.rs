@@ -136,11 +136,7 @@ impl Client {
     }
 
     pub fn localpart(&self) -> &str {
-        self.user_id
-            .trim_start_matches('@')
-            .split(':')
-            .next()
-            .unwrap()
+        self.user_id.trim_start_matches('@').split(':').next().unwrap()
     }
 
     /// A client of the same server with `token` (or none) as access token.
@@ -280,12 +276,7 @@ impl Client {
         let resp = anon.register_raw(&localpart, &password, json!({})).await;
         let body = resp.ok();
         let mut c = anon.clone();
-        c.access_token = Some(
-            body["access_token"]
-                .as_str()
-                .expect("access_token")
-                .to_string(),
-        );
+        c.access_token = Some(body["access_token"].as_str().expect("access_token").to_string());
         c.user_id = body["user_id"].as_str().expect("user_id").to_string();
         c.device_id = body["device_id"].as_str().expect("device_id").to_string();
         c.password = password;
@@ -399,20 +390,13 @@ impl Client {
     /// Send an event with a fresh transaction ID; returns its event ID.
     pub async fn send(&self, room: &str, ty: &str, content: Value) -> String {
         let resp = self.send_txn(room, ty, &self.txn_id(), &content).await;
-        resp.ok()["event_id"]
-            .as_str()
-            .expect("event_id")
-            .to_string()
+        resp.ok()["event_id"].as_str().expect("event_id").to_string()
     }
 
     /// Send an `m.text` message; returns its event ID.
     pub async fn send_text(&self, room: &str, body: &str) -> String {
-        self.send(
-            room,
-            "m.room.message",
-            json!({"msgtype": "m.text", "body": body}),
-        )
-        .await
+        self.send(room, "m.room.message", json!({"msgtype": "m.text", "body": body}))
+            .await
     }
 
     pub async fn put_state(&self, room: &str, ty: &str, key: &str, content: &Value) -> Response {
@@ -447,8 +431,7 @@ impl Client {
         if let Some(f) = filter {
             q.push_str(&format!("&filter={}", enc(&f.to_string())));
         }
-        self.get(&format!("{V3}/rooms/{}/messages?{q}", enc(room)))
-            .await
+        self.get(&format!("{V3}/rooms/{}/messages?{q}", enc(room))).await
     }
 
     // ---- sync ----------------------------------------------------------------------------
@@ -534,11 +517,7 @@ pub fn event_ids(events: &[&Value]) -> Vec<String> {
 }
 
 fn violation_panic(what: &str, resp: &Response, violations: &[crate::spec::Violation]) -> ! {
-    let list: Vec<String> = violations
-        .iter()
-        .take(8)
-        .map(|v| format!("  - {v}"))
-        .collect();
+    let list: Vec<String> = violations.iter().take(8).map(|v| format!("  - {v}")).collect();
     panic!(
         "spec violation in {what} of {} {} (HTTP {}):\n{}\nbody: {}",
         resp.method,

@@ -131,10 +131,7 @@ impl PgDatabase {
             .await
             .unwrap_or_else(|e| panic!("CREATE DATABASE {name} failed: {e}"));
         let _ = conn.close().await;
-        let base = admin_url
-            .rsplit_once('/')
-            .map(|(b, _)| b)
-            .unwrap_or(&admin_url);
+        let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin_url);
         let url = format!("{base}/{name}");
         (PgDatabase { admin_url, name }, url)
     }
@@ -202,10 +199,7 @@ impl TestServer {
         };
         crate::client::set_lenient_nulls(kind != ServerKind::Hearth);
         if hearth_only && kind != ServerKind::Hearth {
-            eprintln!(
-                "SKIPPED {name}: Hearth extension test, target is {}",
-                kind.name()
-            );
+            eprintln!("SKIPPED {name}: Hearth extension test, target is {}", kind.name());
             return None;
         }
         if kind == ServerKind::Hearth
@@ -362,10 +356,7 @@ impl Drop for TestServer {
             let _ = child.kill();
             let _ = child.wait();
             if std::thread::panicking() {
-                eprintln!(
-                    "--- last lines of the hearth log ---\n{}",
-                    self.log_tail(60)
-                );
+                eprintln!("--- last lines of the hearth log ---\n{}", self.log_tail(60));
             }
         }
         if let Some(pg) = self.pg.take() {

@@ -38,10 +38,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not within 10 s: {what}"
-        );
+        assert!(std::time::Instant::now() < deadline, "not within 10 s: {what}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

@@ -75,9 +75,7 @@ fn yaml_to_json(v: serde_yaml::Value) -> Value {
             }
         }
         serde_yaml::Value::String(s) => Value::String(s),
-        serde_yaml::Value::Sequence(seq) => {
-            Value::Array(seq.into_iter().map(yaml_to_json).collect())
-        }
+        serde_yaml::Value::Sequence(seq) => Value::Array(seq.into_iter().map(yaml_to_json).collect()),
         serde_yaml::Value::Mapping(map) => {
             let mut out = Map::new();
             for (k, v) in map {
@@ -99,8 +97,8 @@ fn yaml_to_json(v: serde_yaml::Value) -> Value {
 }
 
 fn load_yaml(path: &Path) -> Value {
-    let text = fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read spec file {}: {e}", path.display()));
+    let text =
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read spec file {}: {e}", path.display()));
     let yaml: serde_yaml::Value = serde_yaml::from_str(&text)
         .unwrap_or_else(|e| panic!("cannot parse spec file {}: {e}", path.display()));
     yaml_to_json(yaml)
@@ -211,9 +209,8 @@ impl Spec {
                         file.to_path_buf()
                     } else {
                         let joined = file.parent().unwrap().join(file_part);
-                        fs::canonicalize(&joined).unwrap_or_else(|e| {
-                            panic!("broken $ref {reference} in {}: {e}", file.display())
-                        })
+                        fs::canonicalize(&joined)
+                            .unwrap_or_else(|e| panic!("broken $ref {reference} in {}: {e}", file.display()))
                     };
                     let key = format!("{}#{pointer}", target_file.display());
                     let resolved = if stack.contains(&key) {
@@ -222,9 +219,7 @@ impl Spec {
                         let doc = self.doc(&target_file);
                         let target = doc
                             .pointer(pointer)
-                            .unwrap_or_else(|| {
-                                panic!("broken $ref {reference} in {}", file.display())
-                            })
+                            .unwrap_or_else(|| panic!("broken $ref {reference} in {}", file.display()))
                             .clone();
                         stack.push(key);
                         let r = self.inline(&target, &target_file, stack);
@@ -256,9 +251,7 @@ impl Spec {
                 }
                 Value::Object(out)
             }
-            Value::Array(items) => {
-                Value::Array(items.iter().map(|v| self.inline(v, file, stack)).collect())
-            }
+            Value::Array(items) => Value::Array(items.iter().map(|v| self.inline(v, file, stack)).collect()),
             other => other.clone(),
         }
     }
@@ -325,9 +318,7 @@ impl Spec {
                 .or_else(|| responses.get("default"))?;
             let mut stack = Vec::new();
             let response = self.inline(response, &op.file, &mut stack);
-            let schema = response
-                .pointer("/content/application~1json/schema")?
-                .clone();
+            let schema = response.pointer("/content/application~1json/schema")?.clone();
             Some(schema)
         });
         match validator {
@@ -367,11 +358,7 @@ impl Spec {
             }
             candidates.push(format!("{ty}.yaml"));
         }
-        let Some(file) = candidates
-            .iter()
-            .map(|c| schemas.join(c))
-            .find(|p| p.is_file())
-        else {
+        let Some(file) = candidates.iter().map(|c| schemas.join(c)).find(|p| p.is_file()) else {
             return Ok(false);
         };
         let file = fs::canonicalize(&file).expect("canonical event schema path");
@@ -396,11 +383,7 @@ fn check(validator: &Validator, instance: &Value) -> Result<(), Vec<Violation>> 
             message: e.to_string(),
         })
         .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
 
 #[cfg(test)]
@@ -411,10 +394,7 @@ mod tests {
     fn finds_operations_by_template() {
         let spec = Spec::get();
         assert!(spec.has_operation("GET", "/_matrix/client/v3/account/whoami"));
-        assert!(spec.has_operation(
-            "PUT",
-            "/_matrix/client/v3/rooms/!a:b/send/m.room.message/txn1"
-        ));
+        assert!(spec.has_operation("PUT", "/_matrix/client/v3/rooms/!a:b/send/m.room.message/txn1"));
         assert!(spec.has_operation("PUT", "/_matrix/client/v3/rooms/!a:b/state/m.room.topic/"));
         assert!(!spec.has_operation("GET", "/_matrix/client/v3/no/such/endpoint"));
     }
