@@ -81,6 +81,9 @@ enum Command {
         baseline_label: String,
         #[arg(long, default_value = "comparison")]
         title: String,
+        /// Also list informational metrics (counts, sizes) that have no better direction.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -116,6 +119,7 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| "hearth_bench=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
 
@@ -125,9 +129,13 @@ async fn main() -> Result<()> {
         candidate_label,
         baseline_label,
         title,
+        all,
     } = &cli.command
     {
-        let rows = report::compare(&report::load_dir(candidate)?, &report::load_dir(baseline)?);
+        let mut rows = report::compare(&report::load_dir(candidate)?, &report::load_dir(baseline)?);
+        if !all {
+            rows.retain(|r| r.better != report::Better::None);
+        }
         if rows.is_empty() {
             bail!(
                 "no scenario/metric present in both {} and {}",
@@ -144,9 +152,10 @@ async fn main() -> Result<()> {
     tracing::debug!(nofile, "open-file limit");
     let request_timeout = Duration::from_secs(cli.request_timeout);
     let api = matrix::Api::new(base.clone(), None, request_timeout)?;
-    let versions = api.versions().await.with_context(|| {
-        format!("homeserver at {base} does not answer /_matrix/client/versions")
-    })?;
+    let versions = api
+        .versions()
+        .await
+        .with_context(|| format!("homeserver at {base} does not answer /_matrix/client/versions"))?;
     let run_id = format!(
         "{:08x}",
         (matrix::now_micros() as u32) ^ std::process::id().rotate_left(16)
@@ -174,10 +183,7 @@ async fn main() -> Result<()> {
             "deliver",
             json!({"senders": a.senders, "receivers": a.receivers, "rooms": a.rooms, "rate": a.rate, "duration_s": a.duration}),
         ),
-        Command::Connections(a) => (
-            "connections",
-            json!({"clients": a.clients, "hold_s": a.hold}),
-        ),
+        Command::Connections(a) => ("connections", json!({"clients": a.clients, "hold_s": a.hold})),
         Command::InitialSync(a) => (
             "initial-sync",
             json!({"rooms": a.rooms, "members": a.members, "messages": a.messages, "repeat": a.repeat}),

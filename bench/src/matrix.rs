@@ -81,11 +81,7 @@ impl Api {
     }
 
     /// Same server and counters, different HTTP client (e.g. another source address).
-    pub fn with_local_address(
-        &self,
-        addr: Option<IpAddr>,
-        request_timeout: Duration,
-    ) -> Result<Api> {
+    pub fn with_local_address(&self, addr: Option<IpAddr>, request_timeout: Duration) -> Result<Api> {
         let mut api = Api::new(self.base.clone(), addr, request_timeout)?;
         api.counters = self.counters.clone();
         Ok(api)
@@ -190,9 +186,7 @@ impl Api {
             "password": password,
             "initial_device_display_name": "hearth-bench",
         });
-        let mut resp = self
-            .call(Method::POST, url.clone(), None, Some(&body))
-            .await?;
+        let mut resp = self.call(Method::POST, url.clone(), None, Some(&body)).await?;
         // Each round completes one stage; a flow has only a handful of stages.
         for _ in 0..5 {
             if resp.status.is_success() {
@@ -239,9 +233,7 @@ impl Api {
                 auth["token"] = json!(registration_token);
             }
             body["auth"] = auth;
-            resp = self
-                .call(Method::POST, url.clone(), None, Some(&body))
-                .await?;
+            resp = self.call(Method::POST, url.clone(), None, Some(&body)).await?;
         }
         bail!("registration of {username} did not finish within 5 rounds")
     }
@@ -265,12 +257,7 @@ impl Api {
     pub async fn create_room(&self, token: &str, name: &str) -> Result<String> {
         let body = json!({"preset": "public_chat", "name": name, "visibility": "private"});
         let resp = self
-            .call(
-                Method::POST,
-                self.url(&["createRoom"]),
-                Some(token),
-                Some(&body),
-            )
+            .call(Method::POST, self.url(&["createRoom"]), Some(token), Some(&body))
             .await?
             .ok_or_error("POST /createRoom")?;
         string_field(&resp.body, "room_id")

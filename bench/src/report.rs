@@ -122,10 +122,7 @@ impl Report {
     }
 
     pub fn metric(&self, name: &str) -> Option<f64> {
-        self.metrics
-            .iter()
-            .find(|m| m.name == name)
-            .map(|m| m.value)
+        self.metrics.iter().find(|m| m.name == name).map(|m| m.value)
     }
 
     /// The human table on stdout.
@@ -136,19 +133,9 @@ impl Report {
             self.scenario, self.label, self.server_url
         );
         println!("   params: {}", self.params);
-        let width = self
-            .metrics
-            .iter()
-            .map(|m| m.name.len())
-            .max()
-            .unwrap_or(10);
+        let width = self.metrics.iter().map(|m| m.name.len()).max().unwrap_or(10);
         for m in &self.metrics {
-            println!(
-                "   {:<width$}  {:>14}  {}",
-                m.name,
-                fmt_value(m.value),
-                m.unit
-            );
+            println!("   {:<width$}  {:>14}  {}", m.name, fmt_value(m.value), m.unit);
         }
         for n in &self.notes {
             println!("   note: {n}");
@@ -234,14 +221,12 @@ pub struct Ratio {
     pub candidate: f64,
     pub baseline: f64,
     pub ratio: Option<f64>,
+    pub better: Better,
     /// Whether the candidate is better (None for informational metrics or equal values).
     pub candidate_better: Option<bool>,
 }
 
-pub fn compare(
-    candidate: &BTreeMap<String, Report>,
-    baseline: &BTreeMap<String, Report>,
-) -> Vec<Ratio> {
+pub fn compare(candidate: &BTreeMap<String, Report>, baseline: &BTreeMap<String, Report>) -> Vec<Ratio> {
     let mut rows = Vec::new();
     for (scenario, cand) in candidate {
         let Some(base) = baseline.get(scenario) else {
@@ -265,6 +250,7 @@ pub fn compare(
                 candidate: m.value,
                 baseline: b,
                 ratio,
+                better: m.better,
                 candidate_better,
             });
         }
@@ -285,10 +271,7 @@ pub fn print_comparison(title: &str, cand_label: &str, base_label: &str, rows: &
         "scenario.metric", cand_label, base_label, "ratio", "unit"
     );
     for r in rows {
-        let ratio = r
-            .ratio
-            .map(|x| format!("{x:.3}"))
-            .unwrap_or_else(|| "-".into());
+        let ratio = r.ratio.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
         let better = match r.candidate_better {
             Some(true) => cand_label,
             Some(false) => base_label,

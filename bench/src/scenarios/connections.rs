@@ -124,17 +124,14 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
             // Bounded: the poll timeout is long, and the scenario aborts these tasks at its end.
             for _ in 0..10_000 {
                 in_poll.fetch_add(1, Ordering::Relaxed);
-                let resp = api
-                    .sync(&token, Some(&since), poll_ms, filter.as_deref())
-                    .await;
+                let resp = api.sync(&token, Some(&since), poll_ms, filter.as_deref()).await;
                 let now = now_micros();
                 in_poll.fetch_sub(1, Ordering::Relaxed);
                 let resp = match resp {
                     Ok(r) => r,
                     Err(e) => return fail(e),
                 };
-                let stamp =
-                    matrix::timeline_events(&resp.body).find_map(|(_, ev)| read_stamp(ev, &run_id));
+                let stamp = matrix::timeline_events(&resp.body).find_map(|(_, ev)| read_stamp(ev, &run_id));
                 if let Some((_, sent_at)) = stamp {
                     let latency = now.saturating_sub(sent_at) as f64 / 1000.0;
                     state.lock().expect("state").latencies_ms.push(latency);
@@ -174,8 +171,7 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
         .await?;
     let put_ms = ms(t_send.elapsed());
     let deadline = Instant::now() + Duration::from_secs(args.drain);
-    while delivered.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < n
-        && Instant::now() < deadline
+    while delivered.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < n && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -196,12 +192,7 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
     );
     report.push("ramp_time", ramp_time.as_secs_f64(), "s", Better::Lower);
     report.push("send_put_latency", put_ms, "ms", Better::Lower);
-    report.push(
-        "delivered",
-        st.latencies_ms.len() as f64,
-        "",
-        Better::Higher,
-    );
+    report.push("delivered", st.latencies_ms.len() as f64, "", Better::Higher);
     report.push(
         "missing",
         n.saturating_sub(st.latencies_ms.len() as u64) as f64,
@@ -221,12 +212,7 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
             let per = he.rss_kib.saturating_sub(base.rss_kib) as f64 / held as f64;
             report.push("server_rss_growth_per_client", per, "KiB", Better::Lower);
         }
-        report.push(
-            "server_open_fds_holding",
-            he.open_fds as f64,
-            "",
-            Better::None,
-        );
+        report.push("server_open_fds_holding", he.open_fds as f64, "", Better::None);
         report.push("server_cpu_ramp", hs.cpu_s - base.cpu_s, "s", Better::Lower);
         report.push(
             "server_cpu_while_holding",

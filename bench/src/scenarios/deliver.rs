@@ -102,9 +102,7 @@ pub async fn run(ctx: &Ctx, args: &DeliverArgs, report: &mut Report) -> Result<(
             let mut since = since;
             let mut seen = HashSet::new();
             loop {
-                let resp = api
-                    .sync(&token, Some(&since), poll_ms, filter.as_deref())
-                    .await;
+                let resp = api.sync(&token, Some(&since), poll_ms, filter.as_deref()).await;
                 let now = now_micros();
                 let failed = {
                     let mut rx = received.lock().expect("received lock");
@@ -113,8 +111,7 @@ pub async fn run(ctx: &Ctx, args: &DeliverArgs, report: &mut Report) -> Result<(
                             for (_, ev) in matrix::timeline_events(&resp.body) {
                                 if let Some((seq, sent_at)) = read_stamp(ev, &run_id) {
                                     if seen.insert(seq) {
-                                        rx.latencies_ms
-                                            .push(now.saturating_sub(sent_at) as f64 / 1000.0);
+                                        rx.latencies_ms.push(now.saturating_sub(sent_at) as f64 / 1000.0);
                                         deliveries.fetch_add(1, Ordering::Relaxed);
                                     } else {
                                         rx.duplicates += 1;
@@ -193,10 +190,7 @@ pub async fn run(ctx: &Ctx, args: &DeliverArgs, report: &mut Report) -> Result<(
                 Ok(_) => lat.lock().expect("lat lock").push(ms(t.elapsed())),
                 Err(e) => {
                     errs.fetch_add(1, Ordering::Relaxed);
-                    first
-                        .lock()
-                        .expect("err lock")
-                        .get_or_insert(format!("{e:#}"));
+                    first.lock().expect("err lock").get_or_insert(format!("{e:#}"));
                 }
             }
             drop(permit);
@@ -238,12 +232,7 @@ pub async fn run(ctx: &Ctx, args: &DeliverArgs, report: &mut Report) -> Result<(
         "",
         Better::Lower,
     );
-    report.push(
-        "duplicate_deliveries",
-        rx.duplicates as f64,
-        "",
-        Better::Lower,
-    );
+    report.push("duplicate_deliveries", rx.duplicates as f64, "", Better::Lower);
     report.push("limited_timelines", rx.limited as f64, "", Better::None);
     report.push("sync_errors", rx.sync_errors as f64, "reqs", Better::Lower);
     report.push_latency("delivery_latency", &rx.latencies_ms);

@@ -35,9 +35,7 @@ pub async fn run(ctx: &Ctx, args: &InitialSyncArgs, report: &mut Report) -> Resu
     if args.rooms == 0 || args.members == 0 || args.repeat == 0 {
         bail!("--rooms, --members and --repeat must be at least 1");
     }
-    if args.rooms * args.members > 1_000_000
-        || args.rooms * args.messages > 10_000_000
-        || args.repeat > 1000
+    if args.rooms * args.members > 1_000_000 || args.rooms * args.messages > 10_000_000 || args.repeat > 1000
     {
         bail!("sizes too large (rooms*members ≤ 1e6, rooms*messages ≤ 1e7, repeat ≤ 1000)");
     }
@@ -133,27 +131,12 @@ pub async fn run(ctx: &Ctx, args: &InitialSyncArgs, report: &mut Report) -> Resu
         let resp = ctx.api.sync(&device.access_token, None, 0, None).await?;
         default.push(ms(t.elapsed()));
         if rep == 0 {
-            report.push(
-                "initial_sync_default_bytes",
-                resp.bytes as f64,
-                "B",
-                Better::None,
-            );
+            report.push("initial_sync_default_bytes", resp.bytes as f64, "B", Better::None);
         }
     }
     report.push("initial_sync_first", filtered[0], "ms", Better::Lower);
-    report.push(
-        "initial_sync_median",
-        median(&filtered),
-        "ms",
-        Better::Lower,
-    );
-    report.push(
-        "initial_sync_default_first",
-        default[0],
-        "ms",
-        Better::Lower,
-    );
+    report.push("initial_sync_median", median(&filtered), "ms", Better::Lower);
+    report.push("initial_sync_default_first", default[0], "ms", Better::Lower);
     report.push(
         "initial_sync_default_median",
         median(&default),
@@ -178,12 +161,7 @@ pub async fn run(ctx: &Ctx, args: &InitialSyncArgs, report: &mut Report) -> Resu
         let t = Instant::now();
         let resp = ctx
             .api
-            .sync(
-                &device.access_token,
-                Some(&since),
-                0,
-                Some(INITIAL_SYNC_FILTER),
-            )
+            .sync(&device.access_token, Some(&since), 0, Some(INITIAL_SYNC_FILTER))
             .await?;
         incremental.push(ms(t.elapsed()));
         since = matrix::next_batch(&resp.body)?;
@@ -198,12 +176,7 @@ pub async fn run(ctx: &Ctx, args: &InitialSyncArgs, report: &mut Report) -> Resu
         let t = Instant::now();
         let resp = ctx
             .api
-            .sync(
-                &device.access_token,
-                Some(&since),
-                0,
-                Some(INITIAL_SYNC_FILTER),
-            )
+            .sync(&device.access_token, Some(&since), 0, Some(INITIAL_SYNC_FILTER))
             .await?;
         empty.push(ms(t.elapsed()));
         since = matrix::next_batch(&resp.body)?;

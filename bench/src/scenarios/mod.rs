@@ -120,10 +120,7 @@ where
     while let Some(done) = set.join_next().await {
         store(done)?;
     }
-    Ok(results
-        .into_iter()
-        .map(|r| r.expect("every index ran"))
-        .collect())
+    Ok(results.into_iter().map(|r| r.expect("every index ran")).collect())
 }
 
 /// Content of a benchmark message: a visible body plus a stamp the receivers read back.

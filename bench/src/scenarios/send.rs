@@ -130,12 +130,7 @@ pub async fn run(ctx: &Ctx, args: &SendArgs, report: &mut Report) -> Result<()> 
         Better::Lower,
     );
     report.push("elapsed", elapsed.as_secs_f64(), "s", Better::None);
-    report.push(
-        "throughput",
-        ok / elapsed.as_secs_f64(),
-        "msg/s",
-        Better::Higher,
-    );
+    report.push("throughput", ok / elapsed.as_secs_f64(), "msg/s", Better::Higher);
     report.push_latency("put_latency", &latencies);
     let cpu_before = monitor.as_ref().map(|m| m.before.cpu_s);
     let after = finish_process(report, monitor, "server", cpu0)?;
