@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::{Client, Server, encode};
+use common::{Client, Server, encode, state_of_group};
 use hearth_federation::SigningKey;
 use reqwest::Method;
 use ruma::{
@@ -126,40 +126,6 @@ impl ruma::state_res::Event for Stored {
 }
 
 type StateKey = (String, String);
-
-/// Rebuilds the state of a state group from `state_groups` / `state_group_entries`, walking the
-/// delta chain (independently of Hearth's own query).
-pub async fn state_of_group(db: &AnyPool, group: i64) -> HashMap<StateKey, String> {
-    let mut chain = Vec::new();
-    let mut next = Some(group);
-    while let Some(id) = next {
-        assert!(
-            chain.len() < 10_000,
-            "state group chain does not end (cycle at {id}?)"
-        );
-        chain.push(id);
-        let row = sqlx::query("SELECT prev_group FROM state_groups WHERE id = $1")
-            .bind(id)
-            .fetch_optional(db)
-            .await
-            .expect("read state_groups")
-            .unwrap_or_else(|| panic!("state group {id} does not exist"));
-        next = row.get::<Option<i64>, _>(0);
-    }
-    let mut state = HashMap::new();
-    for id in chain.into_iter().rev() {
-        let rows =
-            sqlx::query("SELECT type, state_key, event_id FROM state_group_entries WHERE state_group = $1")
-                .bind(id)
-                .fetch_all(db)
-                .await
-                .expect("read state_group_entries");
-        for r in rows {
-            state.insert((r.get(0), r.get(1)), r.get(2));
-        }
-    }
-    state
-}
 
 async fn public_keys(db: &AnyPool, server_name: &str) -> PublicKeyMap {
     let row = sqlx::query("SELECT key_id, pkcs8 FROM server_signing_keys")

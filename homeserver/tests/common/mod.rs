@@ -587,6 +587,40 @@ impl Client {
     }
 }
 
+/// Rebuilds the state of a state group from `state_groups` / `state_group_entries`, walking the
+/// delta chain (independently of Hearth's own query).
+pub async fn state_of_group(db: &AnyPool, group: i64) -> HashMap<(String, String), String> {
+    let mut chain = Vec::new();
+    let mut next = Some(group);
+    while let Some(id) = next {
+        assert!(
+            chain.len() < 10_000,
+            "state group chain does not end (cycle at {id}?)"
+        );
+        chain.push(id);
+        let row = sqlx::query("SELECT prev_group FROM state_groups WHERE id = $1")
+            .bind(id)
+            .fetch_optional(db)
+            .await
+            .expect("read state_groups")
+            .unwrap_or_else(|| panic!("state group {id} does not exist"));
+        next = row.get::<Option<i64>, _>(0);
+    }
+    let mut state = HashMap::new();
+    for id in chain.into_iter().rev() {
+        let rows =
+            sqlx::query("SELECT type, state_key, event_id FROM state_group_entries WHERE state_group = $1")
+                .bind(id)
+                .fetch_all(db)
+                .await
+                .expect("read state_group_entries");
+        for r in rows {
+            state.insert((r.get(0), r.get(1)), r.get(2));
+        }
+    }
+    state
+}
+
 /// Row count of a query returning one integer.
 pub async fn count(pool: &AnyPool, sql: &str, binds: &[&str]) -> i64 {
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));

@@ -1,0 +1,154 @@
+//! Room state is stored as deltas: many state events cost about one row each, not a copy of the
+//! whole state, and the state rebuilt from the deltas is what clients were shown at the time.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{Client, Server, count, state_of_group};
+use serde_json::json;
+use sqlx::Row;
+
+const STATE_EVENTS: usize = 120;
+const KEYS: usize = 40;
+
+#[tokio::test]
+async fn state_deltas_are_compact() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let mut members: Vec<Client> = Vec::new();
+    for name in ["bob", "carol", "dave", "erin"] {
+        members.push(server.register(name).await);
+    }
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "name": "deltas" }))
+        .await;
+    for m in &members {
+        m.join(&room).await;
+    }
+
+    // Checkpoints: after these state events, what GET /state says, and which event it was.
+    let checkpoints = [0usize, 17, 48, 49, 50, 51, 88, 100, 119];
+    let mut shown: Vec<(String, HashMap<(String, String), String>)> = Vec::new();
+    for i in 0..STATE_EVENTS {
+        // A mix of new keys, overwritten keys and a replaced well-known event.
+        let (event_type, state_key, content) = if i % 3 == 0 {
+            (
+                "m.room.topic".to_owned(),
+                String::new(),
+                json!({ "topic": format!("topic {i}") }),
+            )
+        } else {
+            (
+                "org.hearth.counter".to_owned(),
+                format!("k{}", i % KEYS),
+                json!({ "i": i }),
+            )
+        };
+        let event_id = alice.set_state(&room, &event_type, &state_key, content).await;
+        if i % 10 == 5 {
+            alice.send_text(&room, &format!("message after {i}")).await;
+        }
+        if checkpoints.contains(&i) {
+            let state = alice.room_state_ids(&room).await;
+            assert_eq!(
+                state.get(&(event_type, state_key)),
+                Some(&event_id),
+                "GET /state does not show the event just sent"
+            );
+            shown.push((event_id, state));
+        }
+    }
+
+    let db = server.db().await;
+    let final_state = alice.room_state_ids(&room).await;
+    let state_size = final_state.len();
+    let state_events = count(
+        &db,
+        "SELECT COUNT(*) FROM events WHERE room_id = $1 AND state_key IS NOT NULL",
+        &[&room],
+    )
+    .await as usize;
+    let groups: Vec<(i64, Option<i64>)> =
+        sqlx::query("SELECT id, prev_group FROM state_groups WHERE room_id = $1 ORDER BY id")
+            .bind(room.clone())
+            .fetch_all(&db)
+            .await
+            .expect("read state_groups")
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+    let rows = count(
+        &db,
+        "SELECT COUNT(*) FROM state_group_entries e JOIN state_groups g ON g.id = e.state_group \
+         WHERE g.room_id = $1",
+        &[&room],
+    )
+    .await as usize;
+
+    // The state rebuilt at every checkpoint is what the client was shown then.
+    for (event_id, state) in &shown {
+        let group: i64 = sqlx::query("SELECT state_group FROM events WHERE event_id = $1")
+            .bind(event_id.clone())
+            .fetch_one(&db)
+            .await
+            .expect("checkpoint event stored")
+            .get(0);
+        assert_eq!(
+            &state_of_group(&db, group).await,
+            state,
+            "state rebuilt from group {group} (after {event_id}) differs from GET /state at the time"
+        );
+    }
+
+    // Size: what a full copy per state group would cost, against what is stored.
+    let mut full_copies = 0;
+    let mut longest_chain = 0;
+    let by_id: HashMap<i64, Option<i64>> = groups.iter().copied().collect();
+    for (id, _) in &groups {
+        full_copies += state_of_group(&db, *id).await.len();
+        let mut len = 0;
+        let mut next = by_id[id];
+        while let Some(prev) = next {
+            len += 1;
+            next = by_id.get(&prev).copied().flatten();
+        }
+        longest_chain = longest_chain.max(len);
+        if by_id[id].is_some() {
+            let n: i64 = sqlx::query("SELECT COUNT(*) FROM state_group_entries WHERE state_group = $1")
+                .bind(*id)
+                .fetch_one(&db)
+                .await
+                .expect("count entries")
+                .get(0);
+            assert_eq!(n, 1, "delta group {id} holds {n} rows for one state event");
+        }
+    }
+    println!(
+        "{state_events} state events, final state {state_size} entries, {} groups, {rows} rows stored \
+         (a full copy per group would be {full_copies}), longest delta chain {longest_chain}",
+        groups.len()
+    );
+    assert!(
+        state_events >= STATE_EVENTS,
+        "only {state_events} state events stored"
+    );
+    assert!(
+        groups.len() <= state_events,
+        "{} state groups for {state_events} state events: messages should not make groups",
+        groups.len()
+    );
+    assert!(
+        rows * 5 <= STATE_EVENTS * state_size,
+        "{rows} state rows is not far below {STATE_EVENTS} × {state_size}"
+    );
+    assert!(
+        rows * 4 <= full_copies,
+        "{rows} rows vs {full_copies} for full copies"
+    );
+    assert!(
+        longest_chain < STATE_EVENTS / 2,
+        "delta chain of {longest_chain}: reading state would walk most of the history"
+    );
+    db.close().await;
+}
