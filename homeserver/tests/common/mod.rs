@@ -28,8 +28,8 @@ use tempfile::TempDir;
 pub const SERVER_NAME: &str = "hearth.test";
 pub const PASSWORD: &str = "correct horse battery staple";
 
-/// The rate limit numbers. Hearth refuses a `[rate_limits]` table that only sets `enabled`
-/// (every field is required; see the config tests), so the harness spells them all out.
+/// The rate limit numbers, spelled out: Hearth at abf6f49 refused a `[rate_limits]` table that
+/// only sets `enabled` (the config tests check that the contract's short form loads).
 pub const RATE_LIMIT_FIELDS: &str = "messages_per_second = 1000.0\nmessages_burst = 10000.0\n\
      login_per_second = 1000.0\nlogin_burst = 10000.0\nregister_per_second = 1000.0\n\
      register_burst = 10000.0\n";
