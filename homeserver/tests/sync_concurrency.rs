@@ -1,0 +1,166 @@
+//! Incremental sync under concurrent writers: every event reaches a syncing client exactly once,
+//! in the order each sender sent it, whether the client long-polls or polls.
+
+mod common;
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use common::{Client, Server};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+const SENDERS: usize = 4;
+const ROOMS: usize = 3;
+const PER_SENDER: usize = 30;
+
+/// (room, event ID, sender) in the order the syncs delivered them.
+type Seen = Vec<(String, String, String)>;
+
+async fn observe(client: Client, since: String, timeout_ms: u64, expected: usize, deadline: Instant) -> Seen {
+    let mut since = since;
+    let mut seen: Seen = Vec::new();
+    let mut syncs = 0;
+    while seen.len() < expected && Instant::now() < deadline {
+        let resp: Value = client.sync(Some(&since), timeout_ms, 1000).await;
+        syncs += 1;
+        let next = resp["next_batch"].as_str().expect("next_batch").to_owned();
+        if let Some(rooms) = resp["rooms"]["join"].as_object() {
+            for (room_id, room) in rooms {
+                assert_ne!(
+                    room["timeline"]["limited"],
+                    json!(true),
+                    "timeline limited with a 1000-event limit: {room}"
+                );
+                for event in room["timeline"]["events"].as_array().into_iter().flatten() {
+                    if event["type"] == "m.room.message" {
+                        seen.push((
+                            room_id.clone(),
+                            event["event_id"].as_str().expect("event_id").to_owned(),
+                            event["sender"].as_str().expect("sender").to_owned(),
+                        ));
+                    }
+                }
+            }
+        }
+        since = next;
+    }
+    println!(
+        "observer (timeout {timeout_ms} ms): {} events in {syncs} syncs",
+        seen.len()
+    );
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_tokens_never_skip_or_repeat() {
+    let server = Server::start().await;
+    let watcher = server.register("watcher").await;
+    let poller = server.register("poller").await;
+    let mut senders = Vec::new();
+    for i in 0..SENDERS {
+        senders.push(server.register(&format!("sender{i}")).await);
+    }
+    let mut rooms = Vec::new();
+    for i in 0..ROOMS {
+        let room = watcher
+            .create_room(json!({ "preset": "public_chat", "name": format!("busy {i}") }))
+            .await;
+        poller.join(&room).await;
+        for s in &senders {
+            s.join(&room).await;
+        }
+        rooms.push(room);
+    }
+    let since_w = watcher.sync(None, 0, 1).await["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+    let since_p = poller.sync(None, 0, 1).await["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+
+    let total = SENDERS * PER_SENDER;
+    let deadline = Instant::now() + Duration::from_secs(18);
+    let long_poll = tokio::spawn(observe(watcher.clone(), since_w, 3000, total, deadline));
+    let short_poll = tokio::spawn(observe(poller.clone(), since_p, 0, total, deadline));
+
+    let mut tasks = Vec::new();
+    for (i, sender) in senders.iter().enumerate() {
+        let sender = sender.clone();
+        let rooms = rooms.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for k in 0..PER_SENDER {
+                let room = &rooms[(k + i) % ROOMS];
+                let id = sender.send_text(room, &format!("{} #{k}", sender.user_id)).await;
+                sent.push((room.clone(), id));
+            }
+            (sender.user_id.clone(), sent)
+        }));
+    }
+    let mut sent: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for t in tasks {
+        let (user, events) = t.await.expect("sender task");
+        sent.insert(user, events);
+    }
+
+    let db = server.db().await;
+    let mut stream_of: HashMap<String, i64> = HashMap::new();
+    for r in sqlx::query("SELECT event_id, stream_ordering FROM events")
+        .fetch_all(&db)
+        .await
+        .expect("read events")
+    {
+        stream_of.insert(r.get(0), r.get(1));
+    }
+    db.close().await;
+
+    for (name, handle) in [("long-poll", long_poll), ("poll", short_poll)] {
+        let seen = handle.await.expect("observer task");
+        // Exactly once.
+        let mut unique = HashSet::new();
+        for (_, id, _) in &seen {
+            assert!(unique.insert(id.clone()), "{name}: {id} delivered twice");
+        }
+        for (user, events) in &sent {
+            for (room, id) in events {
+                assert!(
+                    seen.iter().any(|(r, e, _)| r == room && e == id),
+                    "{name}: {id} from {user} in {room} never delivered"
+                );
+            }
+        }
+        assert_eq!(seen.len(), total, "{name}: unexpected extra events");
+        // In each sender's order, per room; and in stream order per room.
+        for (user, events) in &sent {
+            for room in &rooms {
+                let sent_order: Vec<&String> =
+                    events.iter().filter(|(r, _)| r == room).map(|(_, e)| e).collect();
+                let seen_order: Vec<&String> = seen
+                    .iter()
+                    .filter(|(r, _, s)| r == room && s == user)
+                    .map(|(_, e, _)| e)
+                    .collect();
+                assert_eq!(
+                    seen_order, sent_order,
+                    "{name}: {user}'s events in {room} out of order"
+                );
+            }
+        }
+        for room in &rooms {
+            let positions: Vec<i64> = seen
+                .iter()
+                .filter(|(r, _, _)| r == room)
+                .map(|(_, e, _)| stream_of[e])
+                .collect();
+            assert!(
+                positions.windows(2).all(|w| w[0] < w[1]),
+                "{name}: {room} delivered out of stream order: {positions:?}"
+            );
+        }
+    }
+}
