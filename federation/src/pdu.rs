@@ -112,8 +112,10 @@ impl PduTemplate {
             object.insert("redacts".into(), CanonicalJsonValue::String(redacts.to_string()));
         }
 
-        hash_and_sign_event(server_name, key.pair(), &mut object, &rules.redaction)
-            .map_err(|e| PduError::Signing(e.to_string()))?;
+        hash_and_sign_event(server_name, key.pair(), &mut object, &rules.redaction).map_err(|e| match e {
+            ruma::signatures::JsonError::PduTooLarge => PduError::TooLarge,
+            e => PduError::Signing(e.to_string()),
+        })?;
         if serialized_len(&object) > MAX_PDU_BYTES {
             return Err(PduError::TooLarge);
         }

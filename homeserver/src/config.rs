@@ -32,7 +32,7 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `sqlite://PATH` or `postgres://…`; SQLite under `data_dir` when absent.
     pub url: Option<String>,
@@ -41,7 +41,7 @@ pub struct DatabaseConfig {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RegistrationConfig {
     /// Whether anyone may register.
     #[serde(default)]
@@ -52,7 +52,7 @@ pub struct RegistrationConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub enabled: bool,
     /// Sustained requests per second, and burst, for each user (or IP when unauthenticated).
@@ -79,7 +79,7 @@ impl Default for RateLimitConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Largest request body accepted, in bytes.
     pub max_request_bytes: usize,
@@ -305,6 +305,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("enabled"), "{err}");
+    }
+
+    #[test]
+    fn a_partial_section_keeps_the_other_defaults() {
+        let c = load_str(
+            "server_name = \"a.example\"\n[rate_limits]\nenabled = false\n",
+            &[],
+        )
+        .unwrap();
+        assert!(!c.rate_limits.enabled);
+        assert_eq!(c.rate_limits.login_burst, RateLimitConfig::default().login_burst);
     }
 
     #[test]

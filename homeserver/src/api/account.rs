@@ -3,26 +3,17 @@
 use axum::{
     Json,
     extract::{Query, State},
-    http::HeaderMap,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    api::extract::{Auth, JsonBody},
+    api::extract::{Auth, ClientIp, JsonBody},
     error::{ApiError, ApiResult},
     ratelimit::Action,
     services::{Services, now_ms},
     users::{self, login_device, uia},
 };
-
-fn client_ip(headers: &HeaderMap) -> String {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("local")
-        .to_owned()
-}
 
 #[derive(Deserialize)]
 pub struct RegisterQuery {
@@ -44,11 +35,11 @@ pub struct RegisterBody {
 /// `POST /register`
 pub async fn register(
     State(svc): State<Services>,
-    headers: HeaderMap,
+    ClientIp(ip): ClientIp,
     Query(query): Query<RegisterQuery>,
     JsonBody(body): JsonBody<RegisterBody>,
 ) -> ApiResult<Json<Value>> {
-    svc.rate_limiter.check(Action::Register, &client_ip(&headers))?;
+    svc.rate_limiter.check(Action::Register, &ip)?;
     if query.kind.as_deref().unwrap_or("user") != "user" {
         return Err(ApiError::forbidden("Guest access is not enabled"));
     }
@@ -131,11 +122,11 @@ pub struct TokenValidityQuery {
 /// `GET /_matrix/client/v1/register/m.login.registration_token/validity`
 pub async fn registration_token_validity(
     State(svc): State<Services>,
-    headers: HeaderMap,
+    ClientIp(ip): ClientIp,
     Query(q): Query<TokenValidityQuery>,
 ) -> ApiResult<Json<Value>> {
     // Rate limited like registration, so the endpoint cannot be used to guess tokens.
-    svc.rate_limiter.check(Action::Register, &client_ip(&headers))?;
+    svc.rate_limiter.check(Action::Register, &ip)?;
     let valid =
         svc.config.registration.enabled && svc.config.registration.token.as_deref() == Some(q.token.as_str());
     Ok(Json(json!({ "valid": valid })))
@@ -160,10 +151,10 @@ pub struct LoginBody {
 /// `POST /login`
 pub async fn login(
     State(svc): State<Services>,
-    headers: HeaderMap,
+    ClientIp(ip): ClientIp,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> ApiResult<Json<Value>> {
-    svc.rate_limiter.check(Action::Login, &client_ip(&headers))?;
+    svc.rate_limiter.check(Action::Login, &ip)?;
     if body.login_type != "m.login.password" {
         return Err(ApiError::new(
             axum::http::StatusCode::BAD_REQUEST,
@@ -236,6 +227,11 @@ pub struct PasswordBody {
 
 fn default_true() -> bool {
     true
+}
+
+/// `GET /account/3pid`: Hearth binds no third-party identifiers yet.
+pub async fn threepids(_auth: Auth) -> Json<Value> {
+    Json(json!({ "threepids": [] }))
 }
 
 /// `POST /account/password`

@@ -15,13 +15,19 @@ use crate::{
     users::uia,
 };
 
+/// A device as the spec shows it: absent fields are left out, never `null`.
 fn device_json(device: &DeviceRow) -> Value {
-    json!({
-        "device_id": device.device_id,
-        "display_name": device.display_name,
-        "last_seen_ts": device.last_seen_ts,
-        "last_seen_ip": device.last_seen_ip,
-    })
+    let mut out = json!({ "device_id": device.device_id });
+    if let Some(name) = &device.display_name {
+        out["display_name"] = json!(name);
+    }
+    if let Some(ts) = device.last_seen_ts {
+        out["last_seen_ts"] = json!(ts);
+    }
+    if let Some(ip) = &device.last_seen_ip {
+        out["last_seen_ip"] = json!(ip);
+    }
+    out
 }
 
 /// `GET /devices`

@@ -1,8 +1,10 @@
 //! Request extractors that fail with the spec's errors: the authenticated user, and JSON bodies.
 
+use std::net::SocketAddr;
+
 use axum::{
     body::Bytes,
-    extract::{FromRequest, FromRequestParts, Request},
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Request},
     http::{header, request::Parts},
 };
 use ruma::{OwnedUserId, UserId};
@@ -53,6 +55,25 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The peer address of the connection. (Behind a reverse proxy this is the proxy's.)
+pub fn client_ip(parts: &Parts) -> Option<String> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+}
+
+/// The client's IP address, for rate limits keyed by IP.
+pub struct ClientIp(pub String);
+
+impl FromRequestParts<Services> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &Services) -> Result<Self, ApiError> {
+        Ok(Self(client_ip(parts).unwrap_or_else(|| "unknown".into())))
+    }
+}
+
 impl FromRequestParts<Services> for Auth {
     type Rejection = ApiError;
 
@@ -65,11 +86,7 @@ impl FromRequestParts<Services> for Auth {
             .await?
             .ok_or_else(|| ApiError::unknown_token(false))?;
         let user_id = UserId::parse(user_id).map_err(ApiError::internal)?;
-        let ip = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .map(ToOwned::to_owned);
+        let ip = client_ip(parts);
         crate::users::record_last_seen(svc, user_id.as_str(), &device_id, ip.as_deref()).await?;
         Ok(Self {
             user_id,

@@ -243,6 +243,24 @@ pub async fn messages(
     {
         out["end"] = json!(from.at_events(end).to_string());
     }
+    if filter.lazy_load_members == Some(true) {
+        // The member events of the chunk's senders, so the client can show their names.
+        let keys: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| ("m.room.member".to_owned(), r.sender.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let ids: Vec<String> = svc
+            .store
+            .current_state_entries(room_id.as_str(), &keys)
+            .await?
+            .into_iter()
+            .map(|(_, id, _)| id)
+            .collect();
+        let members = svc.store.events(&ids).await?;
+        out["state"] = json!(client_events(&svc, &members, &room.row.room_version, Some(viewer)).await?);
+    }
     Ok(Json(out))
 }
 

@@ -91,6 +91,11 @@ fn client_routes() -> Router<Services> {
             "/directory/list/room/{room_id}",
             get(directory::get_visibility).put(directory::set_visibility),
         )
+        .route(
+            "/publicRooms",
+            get(directory::public_rooms_get).post(directory::public_rooms_post),
+        )
+        .route("/account/3pid", get(account::threepids))
         .route("/sync", get(sync::sync))
         .route("/user/{user_id}/filter", post(sync::create_filter))
         .route("/user/{user_id}/filter/{filter_id}", get(sync::get_filter))

@@ -235,10 +235,13 @@ pub async fn joined_members(
     let mut joined = serde_json::Map::new();
     for user_id in svc.store.members_with(room_id.as_str(), "join").await? {
         let content = membership::state_content(&svc, &room_id, "m.room.member", &user_id).await?;
-        joined.insert(
-            user_id,
-            json!({ "display_name": content.get("displayname"), "avatar_url": content.get("avatar_url") }),
-        );
+        let mut profile = serde_json::Map::new();
+        for (from, to) in [("displayname", "display_name"), ("avatar_url", "avatar_url")] {
+            if let Some(value) = content.get(from).filter(|v| v.is_string()) {
+                profile.insert(to.into(), value.clone());
+            }
+        }
+        joined.insert(user_id, Value::Object(profile));
     }
     Ok(Json(json!({ "joined": joined })))
 }

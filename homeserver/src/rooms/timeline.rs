@@ -148,10 +148,6 @@ impl Timeline {
         let rules = rules_for(version)
             .ok_or_else(|| ApiError::unsupported_room_version("Unsupported room version"))?;
         let event_type = TimelineEventType::from(spec.event_type.as_str());
-        let state = match room_id {
-            Some(room_id) => svc.store.current_state(room_id.as_str()).await?,
-            None => HashMap::new(),
-        };
         let raw_content = to_raw_value(&spec.content).map_err(|e| ApiError::bad_json(e.to_string()))?;
         let auth_types = auth_types_for_event(
             &event_type,
@@ -169,18 +165,13 @@ impl Timeline {
             .map(|(t, k)| (t.to_string(), k.clone()))
             .collect();
         wanted.push(("m.room.create".into(), String::new()));
+        wanted.sort();
+        wanted.dedup();
         let mut state_pdus: HashMap<(String, String), Pdu> = HashMap::new();
-        for key in wanted {
-            if state_pdus.contains_key(&key) {
-                continue;
-            }
-            if let Some(event_id) = state.get(&key) {
-                let row = svc
-                    .store
-                    .event(event_id)
-                    .await?
-                    .ok_or_else(|| ApiError::internal("state event missing"))?;
-                state_pdus.insert(key, pdu_of(&row)?);
+        if let Some(room_id) = room_id {
+            for (key, event_id, json) in svc.store.current_state_entries(room_id.as_str(), &wanted).await? {
+                let pdu = Pdu::from_stored(parse_event_id(&event_id)?, &json).map_err(ApiError::internal)?;
+                state_pdus.insert(key, pdu);
             }
         }
         let auth_events: Vec<OwnedEventId> = auth_types

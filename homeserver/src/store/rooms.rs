@@ -54,6 +54,14 @@ impl Store {
         Ok(())
     }
 
+    /// Rooms published in the room directory.
+    pub async fn public_rooms(&self) -> StoreResult<Vec<String>> {
+        let rows = q("SELECT room_id FROM rooms WHERE is_public = 1 ORDER BY created_ts")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
     pub async fn forget_room(&self, user_id: &str, room_id: &str) -> StoreResult<()> {
         q("INSERT INTO forgotten_rooms (user_id, room_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(user_id.to_owned())

@@ -26,6 +26,34 @@ impl Store {
             .collect())
     }
 
+    /// Chosen entries of the current state with their PDUs: ((type, state key), event ID, JSON).
+    pub async fn current_state_entries(
+        &self,
+        room_id: &str,
+        keys: &[(String, String)],
+    ) -> StoreResult<Vec<((String, String), String, String)>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conditions: Vec<String> = (0..keys.len())
+            .map(|i| format!("(c.type = ${} AND c.state_key = ${})", 2 * i + 2, 2 * i + 3))
+            .collect();
+        let sql = format!(
+            "SELECT c.type, c.state_key, c.event_id, e.json FROM current_state c \
+             JOIN events e ON e.event_id = c.event_id WHERE c.room_id = $1 AND ({})",
+            conditions.join(" OR ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_id.to_owned());
+        for (event_type, state_key) in keys {
+            query = query.bind(event_type.clone()).bind(state_key.clone());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ((r.get(0), r.get(1)), r.get(2), r.get(3)))
+            .collect())
+    }
+
     /// One entry of the current state.
     pub async fn current_state_event(
         &self,
