@@ -230,6 +230,33 @@ async fn build_history(version: &str, users: &[Client; 5]) -> String {
         .remove(bob.user_id.as_str());
     alice.set_state(&room, "m.room.power_levels", "", pl).await;
     bob.send_text(&room, "demoted").await;
+    // Concurrent writers: the DAG must stay a single well-formed chain.
+    let mut tasks = Vec::new();
+    for client in [alice.clone(), bob.clone()] {
+        let room = room.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                client.send_text(&room, &format!("concurrent {i}")).await;
+            }
+        }));
+    }
+    let room_for_state = room.clone();
+    let alice_state = alice.clone();
+    tasks.push(tokio::spawn(async move {
+        for i in 0..5 {
+            alice_state
+                .set_state(
+                    &room_for_state,
+                    "org.hearth.test",
+                    &format!("c{i}"),
+                    json!({ "i": i }),
+                )
+                .await;
+        }
+    }));
+    for t in tasks {
+        t.await.expect("writer task");
+    }
     room
 }
 
@@ -463,7 +490,7 @@ async fn check_room(db: &AnyPool, keys: &PublicKeyMap, room: &str, version: &Roo
     events.len()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn dag_is_valid() {
     let server = Server::start().await;
     let users = [

@@ -46,6 +46,17 @@ async fn restart_keeps_everything() {
         sent.push(alice.send_text(&room, &format!("alice {i}")).await);
         sent.push(bob.send_text(&room, &format!("bob {i}")).await);
     }
+    let txn_event = alice
+        .ok(
+            Method::PUT,
+            &format!("/rooms/{}/send/m.room.message/before-restart", encode(&room)),
+            Some(&json!({ "msgtype": "m.text", "body": "dup" })),
+        )
+        .await["event_id"]
+        .as_str()
+        .expect("event_id")
+        .to_owned();
+    sent.push(txn_event.clone());
     alice
         .ok(
             Method::PUT,
@@ -119,6 +130,21 @@ async fn restart_keeps_everything() {
     );
 
     // New events can be sent, they continue the DAG, and the old token sees exactly them.
+    // A transaction ID used before the restart still maps to its event (no second event).
+    let txn_path = format!("/rooms/{}/send/m.room.message/before-restart", encode(&room));
+    let again = alice
+        .ok(
+            Method::PUT,
+            &txn_path,
+            Some(&json!({ "msgtype": "m.text", "body": "dup" })),
+        )
+        .await;
+    assert_eq!(
+        again["event_id"].as_str(),
+        Some(txn_event.as_str()),
+        "txn ID not idempotent across restart"
+    );
+
     let new_event = bob.send_text(&room, "after the restart").await;
     let (status, dup) = bob
         .request(
