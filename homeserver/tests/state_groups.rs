@@ -9,6 +9,9 @@ use common::{Client, Server, count, state_of_group};
 use serde_json::json;
 use sqlx::Row;
 
+/// (type, state key) → event ID.
+type StateMap = HashMap<(String, String), String>;
+
 const STATE_EVENTS: usize = 120;
 const KEYS: usize = 40;
 
@@ -29,7 +32,7 @@ async fn state_deltas_are_compact() {
 
     // Checkpoints: after these state events, what GET /state says, and which event it was.
     let checkpoints = [0usize, 17, 48, 49, 50, 51, 88, 100, 119];
-    let mut shown: Vec<(String, HashMap<(String, String), String>)> = Vec::new();
+    let mut shown: Vec<(String, StateMap)> = Vec::new();
     for i in 0..STATE_EVENTS {
         // A mix of new keys, overwritten keys and a replaced well-known event.
         let (event_type, state_key, content) = if i % 3 == 0 {

@@ -269,6 +269,15 @@ impl Server {
         self.spawn().await;
     }
 
+    /// Kills the process with SIGKILL (no chance to clean up) and starts it again.
+    pub async fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL hearth");
+            let _ = child.wait();
+        }
+        self.spawn().await;
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
@@ -431,6 +440,27 @@ impl Client {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Like `request`, but a transport error (server gone) is returned, not a panic.
+    pub async fn try_request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), reqwest::Error> {
+        let url = format!("{}/_matrix/client/v3{path}", self.base_url);
+        let mut req = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
     /// Like `request`, but panics unless the status is 200.
