@@ -26,6 +26,8 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
     /// URL clients should use, published in `/.well-known/matrix/client`.
     #[serde(default)]
     pub public_baseurl: Option<String>,
@@ -93,6 +95,33 @@ impl Default for LimitsConfig {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Where uploaded files and thumbnails are kept; `<data_dir>/media` when absent.
+    pub path: Option<PathBuf>,
+    /// Largest upload accepted, in bytes (`m.upload.size`).
+    pub max_upload_bytes: u64,
+    /// Images with more pixels than this are not thumbnailed (413 `M_TOO_LARGE`).
+    pub max_thumbnail_pixels: u64,
+    /// How many `/create`d media IDs a user may hold without having uploaded to them.
+    pub max_pending_uploads: u64,
+    /// URL previews (`/preview_url`). Not implemented yet: must stay `false`.
+    pub url_preview: bool,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            max_upload_bytes: 50 * 1024 * 1024,
+            max_thumbnail_pixels: 32_000_000,
+            max_pending_uploads: 100,
+            url_preview: false,
+        }
+    }
+}
+
 fn default_listen() -> SocketAddr {
     "127.0.0.1:8008".parse().expect("valid address")
 }
@@ -132,6 +161,7 @@ impl Config {
                 ..RateLimitConfig::default()
             },
             limits: LimitsConfig::default(),
+            media: MediaConfig::default(),
             public_baseurl: None,
         }
     }
@@ -176,7 +206,20 @@ impl Config {
                 "database.url must start with sqlite: or postgres:// (got {url:?})"
             )));
         }
+        if self.media.url_preview {
+            return Err(ConfigError::Invalid(
+                "media.url_preview = true is not supported yet (URL previews are not implemented)".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The directory for media files: `media.path`, else `<data_dir>/media`.
+    pub fn media_path(&self) -> PathBuf {
+        self.media
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("media"))
     }
 
     /// The database URL, defaulting to SQLite in the data directory.
@@ -218,6 +261,13 @@ register_burst = 5.0
 
 [limits]
 max_request_bytes = 1048576
+
+[media]
+# path = "./hearth-data/media"   # default: <data_dir>/media
+max_upload_bytes = 52428800       # 50 MiB
+max_thumbnail_pixels = 32000000
+max_pending_uploads = 100         # /create'd media IDs not yet uploaded, per user
+url_preview = false               # URL previews are not implemented yet
 "#
         )
     }
@@ -316,6 +366,22 @@ mod tests {
         .unwrap();
         assert!(!c.rate_limits.enabled);
         assert_eq!(c.rate_limits.login_burst, RateLimitConfig::default().login_burst);
+    }
+
+    #[test]
+    fn media_defaults_and_overrides() {
+        let c = load_str("server_name = \"a.example\"\n", &[]).unwrap();
+        assert_eq!(c.media.max_upload_bytes, 50 * 1024 * 1024);
+        assert_eq!(c.media_path(), c.data_dir.join("media"));
+        let c = load_str(
+            "server_name = \"a.example\"\n[media]\npath = \"/srv/m\"\n",
+            &[("HEARTH_MEDIA__MAX_UPLOAD_BYTES", "1000")],
+        )
+        .unwrap();
+        assert_eq!(c.media.max_upload_bytes, 1000);
+        assert_eq!(c.media_path(), PathBuf::from("/srv/m"));
+        assert!(load_str("server_name = \"a.example\"\n[media]\nurl_preview = true\n", &[]).is_err());
+        assert!(load_str("server_name = \"a.example\"\n[media]\nmax_upload = 1\n", &[]).is_err());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod media;
 pub mod ratelimit;
 pub mod rooms;
 pub mod services;
@@ -22,12 +23,14 @@ pub async fn build(config: Config) -> anyhow::Result<Services> {
     let store = Store::connect(&config.database_url(), config.database.max_connections).await?;
     let signing_key = load_signing_key(&store).await?;
     tracing::info!(server_name = %config.server_name, key_id = %signing_key.key_id(), backend = ?store.backend(), "storage ready");
-    Ok(Services::new(
-        config,
-        store,
-        signing_key,
-        Arc::new(LocalNotifier::default()),
-    ))
+    let svc = Services::new(config, store, signing_key, Arc::new(LocalNotifier::default()));
+    svc.media.init().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot create the media directory {}: {e}",
+            svc.config.media_path().display()
+        )
+    })?;
+    Ok(svc)
 }
 
 /// The server's signing key, generated and stored on first start.

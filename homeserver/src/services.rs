@@ -5,7 +5,8 @@ use std::sync::Arc;
 use hearth_federation::SigningKey;
 
 use crate::{
-    config::Config, ratelimit::RateLimiter, rooms::Timeline, store::Store, sync::notifier::Notifier,
+    config::Config, media::MediaRepo, ratelimit::RateLimiter, rooms::Timeline, store::Store,
+    sync::notifier::Notifier,
 };
 
 /// Everything a handler needs; cheap to clone.
@@ -19,6 +20,7 @@ pub struct Inner {
     pub notifier: Arc<dyn Notifier>,
     pub rate_limiter: RateLimiter,
     pub timeline: Timeline,
+    pub media: MediaRepo,
     /// When each device's last-seen time was last written, so requests do not each write it.
     pub last_seen_written: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
 }
@@ -33,6 +35,7 @@ impl std::ops::Deref for Services {
 impl Services {
     pub fn new(config: Config, store: Store, signing_key: SigningKey, notifier: Arc<dyn Notifier>) -> Self {
         let rate_limiter = RateLimiter::new(config.rate_limits.clone());
+        let media = MediaRepo::new(config.media_path());
         Self(Arc::new(Inner {
             config,
             store,
@@ -40,6 +43,7 @@ impl Services {
             notifier,
             rate_limiter,
             timeline: Timeline::default(),
+            media,
             last_seen_written: Default::default(),
         }))
     }

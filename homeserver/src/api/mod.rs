@@ -7,6 +7,7 @@ pub mod devices;
 pub mod directory;
 pub mod discovery;
 pub mod extract;
+pub mod media;
 pub mod messages;
 pub mod profile;
 pub mod rooms;
@@ -109,9 +110,60 @@ fn client_routes() -> Router<Services> {
         )
 }
 
+/// The content repository: uploads and the deprecated endpoints under `/_matrix/media/…`, the
+/// authenticated downloads under `/_matrix/client/v1/media/…`. Upload routes take bodies up to
+/// `media.max_upload_bytes` instead of the global request limit.
+fn media_routes(max_upload_bytes: u64) -> Router<Services> {
+    let upload_limit = DefaultBodyLimit::max(usize::try_from(max_upload_bytes).unwrap_or(usize::MAX));
+    let mut router = Router::new()
+        .route("/_matrix/media/v1/create", post(media::create))
+        .route(
+            "/_matrix/media/v3/upload/{server_name}/{media_id}",
+            put(media::upload_to).layer(upload_limit),
+        )
+        .route(
+            "/_matrix/client/v1/media/download/{server_name}/{media_id}",
+            get(media::download),
+        )
+        .route(
+            "/_matrix/client/v1/media/download/{server_name}/{media_id}/{file_name}",
+            get(media::download_named),
+        )
+        .route(
+            "/_matrix/client/v1/media/thumbnail/{server_name}/{media_id}",
+            get(media::thumbnail),
+        )
+        .route("/_matrix/client/v1/media/config", get(media::config))
+        .route(
+            "/_matrix/client/v1/media/preview_url",
+            get(media::preview_url_disabled),
+        );
+    for version in ["v3", "r0"] {
+        let base = format!("/_matrix/media/{version}");
+        router = router
+            .route(&format!("{base}/upload"), post(media::upload).layer(upload_limit))
+            .route(&format!("{base}/config"), get(media::config))
+            .route(&format!("{base}/preview_url"), get(media::preview_url_disabled))
+            .route(
+                &format!("{base}/download/{{server_name}}/{{media_id}}"),
+                get(media::frozen),
+            )
+            .route(
+                &format!("{base}/download/{{server_name}}/{{media_id}}/{{file_name}}"),
+                get(media::frozen),
+            )
+            .route(
+                &format!("{base}/thumbnail/{{server_name}}/{{media_id}}"),
+                get(media::frozen),
+            );
+    }
+    router
+}
+
 pub fn router(svc: Services) -> Router {
     let body_limit = svc.config.limits.max_request_bytes;
     let client = client_routes();
+    let media = media_routes(svc.config.media.max_upload_bytes);
     Router::new()
         .route("/_matrix/client/versions", get(discovery::versions))
         .route("/.well-known/matrix/client", get(discovery::well_known_client))
@@ -122,6 +174,7 @@ pub fn router(svc: Services) -> Router {
         )
         .nest("/_matrix/client/v3", client.clone())
         .nest("/_matrix/client/r0", client)
+        .merge(media)
         .fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED) })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -10,6 +10,7 @@ mod aliases;
 mod events;
 mod filters;
 mod keys;
+mod media;
 mod rooms;
 mod state;
 mod users;
@@ -24,6 +25,7 @@ use sqlx::{
 };
 
 pub use events::{EventRow, NewEvent};
+pub use media::{MediaRow, UploadedContent};
 pub use rooms::RoomRow;
 pub use state::StateMap;
 pub use users::{DeviceRow, UserRow};
@@ -55,16 +57,30 @@ pub struct Store {
     backend: Backend,
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "foundation",
-    include_str!("../../../migrations/sqlite/0001_foundation.sql"),
-)];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "foundation",
-    include_str!("../../../migrations/postgres/0001_foundation.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "foundation",
+        include_str!("../../../migrations/sqlite/0001_foundation.sql"),
+    ),
+    (
+        2,
+        "media",
+        include_str!("../../../migrations/sqlite/0002_media.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "foundation",
+        include_str!("../../../migrations/postgres/0001_foundation.sql"),
+    ),
+    (
+        2,
+        "media",
+        include_str!("../../../migrations/postgres/0002_media.sql"),
+    ),
+];
 
 /// Shorthand for a query on the `Any` driver.
 fn q(sql: &'static str) -> Query<'static, Any, AnyArguments> {

@@ -94,8 +94,10 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-pub fn hearth_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_hearth")
+/// The binary under test: `HEARTH_BIN` when set (a private copy, when several worktrees share
+/// one target directory and so one `target/debug/hearth`), else the one cargo built.
+pub fn hearth_bin() -> String {
+    std::env::var("HEARTH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hearth").to_owned())
 }
 
 /// A `Command` for the hearth binary with no `HEARTH_*` variables inherited from the test's
