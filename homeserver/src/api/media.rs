@@ -37,6 +37,24 @@ fn upload_meta(headers: &HeaderMap, params: &HashMap<String, String>) -> UploadM
     }
 }
 
+/// An upload's answer. A refused body may be partly unread, so a 413 also closes the
+/// connection (`Connection: close`): the client must not send its next request on it.
+fn upload_response(result: ApiResult<Value>) -> Response {
+    match result {
+        Ok(body) => Json(body).into_response(),
+        Err(e) => {
+            let close = e.status == StatusCode::PAYLOAD_TOO_LARGE;
+            let mut response = e.into_response();
+            if close {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }
+    }
+}
+
 /// `POST /_matrix/media/v3/upload`
 pub async fn upload(
     State(svc): State<Services>,
@@ -44,9 +62,13 @@ pub async fn upload(
     Query(params): Params,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<Value>> {
-    let uri = media::upload(&svc, &auth.user_id, upload_meta(&headers, &params), body).await?;
-    Ok(Json(json!({ "content_uri": uri })))
+) -> Response {
+    let meta = upload_meta(&headers, &params);
+    upload_response(
+        media::upload(&svc, &auth.user_id, meta, body)
+            .await
+            .map(|uri| json!({ "content_uri": uri })),
+    )
 }
 
 /// `POST /_matrix/media/v1/create`
@@ -63,10 +85,13 @@ pub async fn upload_to(
     Query(params): Params,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<Value>> {
+) -> Response {
     let meta = upload_meta(&headers, &params);
-    media::upload_to(&svc, &auth.user_id, &server_name, &media_id, meta, body).await?;
-    Ok(Json(json!({})))
+    upload_response(
+        media::upload_to(&svc, &auth.user_id, &server_name, &media_id, meta, body)
+            .await
+            .map(|()| json!({})),
+    )
 }
 
 fn timeout_ms(params: &HashMap<String, String>) -> ApiResult<Option<u64>> {

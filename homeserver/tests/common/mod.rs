@@ -134,6 +134,12 @@ impl Server {
     }
 
     pub async fn start_on(backend: Backend) -> Server {
+        Self::start_with_config(backend, "").await
+    }
+
+    /// Starts a server whose config file ends with `extra` (TOML sections of its own, e.g.
+    /// `[media]\nmax_upload_bytes = 1000\n`).
+    pub async fn start_with_config(backend: Backend, extra: &str) -> Server {
         install_default_drivers();
         let dir = tempfile::Builder::new()
             .prefix("hearth-it-")
@@ -165,7 +171,7 @@ impl Server {
         let config = format!(
             "server_name = \"{SERVER_NAME}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\
              [database]\nurl = \"{db_url}\"\n[registration]\nenabled = true\n\
-             [rate_limits]\nenabled = false\n{RATE_LIMIT_FIELDS}",
+             [rate_limits]\nenabled = false\n{RATE_LIMIT_FIELDS}{extra}",
             data = dir.path().join("data").display(),
         );
         fs::write(&config_path, config).expect("write config");
