@@ -9,6 +9,7 @@ mod errors;
 mod filters;
 mod login;
 mod logout;
+mod media;
 mod membership;
 mod messages;
 mod profile;
