@@ -1,0 +1,393 @@
+// matrix-js-sdk interop check: walks through what a new user does with a Matrix client library.
+//
+// Usage: node interop.mjs --url http://127.0.0.1:PORT   (or HS_URL in the environment)
+//        [--http-log FILE]  write every HTTP exchange the SDK made as JSON lines
+//
+// Two users register (answering the 401 user-interactive auth with m.login.dummy), log in, start
+// the sync loop, create a room, invite, join, exchange messages, see them arrive as Room.timeline
+// events, change a display name, open a DM (createRoom is_direct + m.direct account data), leave
+// and stop. No end-to-end encryption (rust crypto is never initialised).
+// Every step prints PASS or FAIL; the exit status is non-zero when a step failed. Requests the SDK
+// made that were answered 4xx/5xx are listed at the end with request and response bodies.
+
+import { randomBytes } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+
+import {
+    ClientEvent,
+    createClient,
+    Direction,
+    EventType,
+    MatrixError,
+    RoomEvent,
+    RoomMemberEvent,
+    SyncState,
+} from "matrix-js-sdk";
+import { logger } from "matrix-js-sdk/lib/logger.js";
+
+const { values: opts } = parseArgs({
+    options: {
+        url: { type: "string", default: process.env.HS_URL },
+        "http-log": { type: "string" },
+        verbose: { type: "boolean", default: false },
+    },
+});
+if (!opts.url) {
+    console.error("interop.mjs: --url or HS_URL is required");
+    process.exit(2);
+}
+const baseUrl = opts.url.replace(/\/+$/, "");
+// the SDK logs a lot (even at error level, e.g. MatrixRTC noise on Synapse too); --verbose shows it
+if (!opts.verbose) logger.setLevel("silent");
+
+const PASSWORD = "interop-Passw0rd!";
+const suffix = randomBytes(4).toString("hex");
+const STEP_TIMEOUT_MS = 20_000;
+
+// ---------------------------------------------------------------- HTTP recording
+const httpLog = [];
+
+function redact(body) {
+    if (typeof body !== "string" || !body) return body ? "<binary>" : "";
+    try {
+        const obj = JSON.parse(body);
+        for (const k of ["password", "access_token"]) if (k in obj) obj[k] = "<redacted>";
+        return JSON.stringify(obj);
+    } catch {
+        return body;
+    }
+}
+
+function recordingFetch(who) {
+    return async (input, init = {}) => {
+        const url = new URL(input instanceof Request ? input.url : String(input));
+        url.searchParams.delete("access_token");
+        const method = (init.method || "GET").toUpperCase();
+        const rec = { who, method, path: url.pathname + url.search, status: 0, request_body: redact(init.body), response_body: "" };
+        httpLog.push(rec);
+        try {
+            const resp = await fetch(input, init);
+            rec.status = resp.status;
+            if (resp.status >= 400) rec.response_body = (await resp.clone().text()).slice(0, 2000);
+            return resp;
+        } catch (e) {
+            // the SDK aborts long-polling /sync on stopClient: that is not a server error
+            rec.status = -1;
+            rec.response_body = `${e.name}: ${e.message}`;
+            throw e;
+        }
+    };
+}
+
+// ---------------------------------------------------------------- steps
+const results = [];
+
+class StepFailed extends Error {}
+
+function expect(cond, msg) {
+    if (!cond) throw new StepFailed(msg);
+}
+
+async function step(name, fn) {
+    const start = Date.now();
+    try {
+        const value = await fn();
+        report(name, true, "", start);
+        return value;
+    } catch (e) {
+        let detail;
+        if (e instanceof MatrixError) detail = `MatrixError ${e.httpStatus} ${e.errcode}: ${e.data?.error ?? e.message}`;
+        else if (e instanceof StepFailed) detail = e.message;
+        else detail = `${e?.name ?? "Error"}: ${e?.message ?? e}`;
+        report(name, false, detail, start);
+        return undefined;
+    }
+}
+
+function report(name, ok, detail, start) {
+    results.push({ name, ok, detail });
+    let line = `${ok ? "PASS" : "FAIL"}  js   ${name}  (${Date.now() - start} ms)`;
+    if (detail) line += `\n      ${detail}`;
+    console.log(line);
+}
+
+/** Resolves when check() is true, re-checking on every emission of `event` from `emitter`. */
+function waitFor(emitter, event, check, what, timeoutMs = STEP_TIMEOUT_MS) {
+    return new Promise((resolve, reject) => {
+        const done = (v) => {
+            clearTimeout(timer);
+            emitter.removeListener(event, listener);
+            resolve(v);
+        };
+        const listener = (...args) => {
+            try {
+                const v = check(...args);
+                if (v) done(v);
+            } catch (e) {
+                clearTimeout(timer);
+                emitter.removeListener(event, listener);
+                reject(e);
+            }
+        };
+        const timer = setTimeout(() => {
+            emitter.removeListener(event, listener);
+            reject(new StepFailed(`timed out after ${timeoutMs / 1000}s waiting for ${what}`));
+        }, timeoutMs);
+        emitter.on(event, listener);
+        listener(); // the condition may already hold
+    });
+}
+
+function withTimeout(promise, what, timeoutMs = STEP_TIMEOUT_MS) {
+    let timer;
+    return Promise.race([
+        promise,
+        new Promise((_, reject) => {
+            timer = setTimeout(() => reject(new StepFailed(`timed out after ${timeoutMs / 1000}s: ${what}`)), timeoutMs);
+        }),
+    ]).finally(() => clearTimeout(timer));
+}
+
+// ---------------------------------------------------------------- scenario
+const users = {};
+const clients = [];
+
+async function register(who) {
+    const username = `${who}_${suffix}`;
+    const anon = createClient({ baseUrl, fetchFn: recordingFetch(`${who}-reg`) });
+    const data = { username, password: PASSWORD, initial_device_display_name: `js ${who}` };
+    let resp;
+    try {
+        resp = await anon.registerRequest(data);
+        users[`${who}_note`] = "server registered without a user-interactive auth round (no 401)";
+    } catch (e) {
+        expect(e instanceof MatrixError, `register threw ${e}`);
+        expect(e.httpStatus === 401, `first /register -> ${e.httpStatus} ${e.errcode}: ${e.data?.error}`);
+        const session = e.data?.session;
+        const flows = e.data?.flows ?? [];
+        expect(typeof session === "string" && session.length > 0, `401 body has no session: ${JSON.stringify(e.data)}`);
+        expect(flows.some((f) => (f.stages ?? []).length === 1 && f.stages[0] === "m.login.dummy"),
+            `401 flows offer no [m.login.dummy] flow: ${JSON.stringify(flows)}`);
+        resp = await anon.registerRequest({ ...data, auth: { type: "m.login.dummy", session } });
+    }
+    expect(resp.user_id?.startsWith(`@${username}:`), `user_id ${resp.user_id}`);
+    expect(resp.access_token && resp.device_id, "register response lacks access_token/device_id");
+    users[who] = resp.user_id;
+    users[`${who}_username`] = username;
+}
+
+async function login(who) {
+    const anon = createClient({ baseUrl, fetchFn: recordingFetch(`${who}-login`) });
+    const flows = await anon.loginFlows();
+    expect(flows.flows.some((f) => f.type === "m.login.password"), `GET /login flows: ${JSON.stringify(flows)}`);
+    const resp = await anon.loginRequest({
+        type: "m.login.password",
+        identifier: { type: "m.id.user", user: users[`${who}_username`] },
+        password: PASSWORD,
+        initial_device_display_name: `js ${who} login`,
+    });
+    expect(resp.user_id === users[who], `login user_id ${resp.user_id} != ${users[who]}`);
+    const client = createClient({
+        baseUrl,
+        userId: resp.user_id,
+        accessToken: resp.access_token,
+        deviceId: resp.device_id,
+        fetchFn: recordingFetch(who),
+    });
+    clients.push(client);
+    const whoami = await client.whoami();
+    expect(whoami.user_id === resp.user_id, `whoami ${whoami.user_id}`);
+    return client;
+}
+
+async function start(client) {
+    const prepared = waitFor(client, ClientEvent.Sync, (state) => {
+        if (state === SyncState.Error) {
+            // the SDK keeps retrying; surface the error instead of waiting for the timeout
+            const err = client.getSyncStateData()?.error;
+            throw new StepFailed(`sync state ERROR: ${err?.httpStatus ?? ""} ${err?.errcode ?? ""} ${err?.message ?? ""}`);
+        }
+        return state === SyncState.Prepared || client.getSyncState() === SyncState.Prepared;
+    }, "sync state PREPARED", 30_000);
+    await client.startClient({ initialSyncLimit: 10 });
+    await prepared;
+}
+
+function timelineHas(client, roomId, pred) {
+    const room = client.getRoom(roomId);
+    return !!room && room.getLiveTimeline().getEvents().some(pred);
+}
+
+async function main() {
+    let versions;
+    await step("GET /versions (getVersions)", async () => {
+        const anon = createClient({ baseUrl, fetchFn: recordingFetch("anon") });
+        versions = await anon.getVersions();
+        expect(Array.isArray(versions.versions) && versions.versions.length > 0, `versions ${JSON.stringify(versions)}`);
+    });
+
+    await step("register alice (401 UIA, retry with m.login.dummy)", () => register("alice"));
+    await step("register bob (401 UIA, retry with m.login.dummy)", () => register("bob"));
+    if (!users.alice || !users.bob) return;
+    for (const who of ["alice", "bob"]) if (users[`${who}_note`]) console.log(`      note: ${who}: ${users[`${who}_note`]}`);
+
+    const alice = await step("login alice (GET /login flows, m.login.password, whoami)", () => login("alice"));
+    const bob = await step("login bob (GET /login flows, m.login.password, whoami)", () => login("bob"));
+    if (!alice || !bob) return;
+
+    const aliceUp = await step("alice startClient({initialSyncLimit: 10}) reaches PREPARED", () => start(alice).then(() => true));
+    const bobUp = await step("bob startClient({initialSyncLimit: 10}) reaches PREPARED", () => start(bob).then(() => true));
+    if (!aliceUp || !bobUp) return;
+
+    const roomId = await step("alice createRoom + room appears in her client", async () => {
+        const { room_id: id } = await alice.createRoom({ name: "JS interop room", topic: "js-sdk interop", preset: "private_chat" });
+        expect(id?.startsWith("!"), `room_id ${id}`);
+        await waitFor(alice, ClientEvent.Room, () => alice.getRoom(id)?.getMyMembership() === "join", "room in alice's store");
+        const room = alice.getRoom(id);
+        await waitFor(alice, RoomEvent.Name, () => room.name === "JS interop room", `room name (is ${room.name})`);
+        return id;
+    });
+    if (!roomId) return;
+
+    await step("alice invite bob + bob's client sees the invite", async () => {
+        const invited = waitFor(bob, ClientEvent.Room, () => bob.getRoom(roomId)?.getMyMembership() === "invite", "invite in bob's store");
+        await alice.invite(roomId, users.bob);
+        await invited;
+        const inviter = bob.getRoom(roomId).getMember(users.bob)?.events.member?.getSender();
+        expect(inviter === users.alice, `invite sender ${inviter}`);
+    });
+
+    await step("bob joinRoom + both clients see bob joined", async () => {
+        await bob.joinRoom(roomId);
+        await waitFor(bob, RoomEvent.MyMembership, () => bob.getRoom(roomId)?.getMyMembership() === "join", "bob's membership join");
+        await waitFor(alice, RoomMemberEvent.Membership,
+            () => alice.getRoom(roomId)?.getMember(users.bob)?.membership === "join", "bob joined in alice's room");
+    });
+
+    const seen = (client, body, sender) => timelineHas(client, roomId,
+        (ev) => ev.getType() === EventType.RoomMessage && ev.getContent().body === body && ev.getSender() === sender && !ev.status);
+
+    const bobSeesAlice = waitFor(bob, RoomEvent.Timeline, () => seen(bob, "hello from alice (js)", users.alice), "alice's message on bob's timeline");
+    const aliceSeesBob = waitFor(alice, RoomEvent.Timeline, () => seen(alice, "hello from bob (js)", users.bob), "bob's message on alice's timeline");
+    bobSeesAlice.catch(() => {});
+    aliceSeesBob.catch(() => {});
+    const aliceSent = await step("alice sendTextMessage", async () => {
+        const r = await alice.sendTextMessage(roomId, "hello from alice (js)");
+        expect(r.event_id?.startsWith("$"), `event_id ${r.event_id}`);
+        return r.event_id;
+    });
+    const bobSent = await step("bob sendTextMessage", async () => {
+        const r = await bob.sendTextMessage(roomId, "hello from bob (js)");
+        expect(r.event_id?.startsWith("$"), `event_id ${r.event_id}`);
+        return r.event_id;
+    });
+    await step("bob gets alice's message as a Room.timeline event", async () => {
+        expect(aliceSent, "alice's message was not sent");
+        await bobSeesAlice;
+    });
+    await step("alice gets bob's message as a Room.timeline event", async () => {
+        expect(bobSent, "bob's message was not sent");
+        await aliceSeesBob;
+    });
+
+    await step("bob paginates /messages backwards and finds both messages", async () => {
+        const res = await bob.createMessagesRequest(roomId, null, 50, Direction.Backward);
+        const bodies = res.chunk.filter((e) => e.type === "m.room.message").map((e) => e.content.body);
+        for (const b of ["hello from alice (js)", "hello from bob (js)"]) expect(bodies.includes(b), `${b} missing: ${JSON.stringify(bodies)}`);
+    });
+
+    await step("bob setDisplayName + alice getProfileInfo + member name updates in the room", async () => {
+        await bob.setDisplayName("Bob JS");
+        const profile = await alice.getProfileInfo(users.bob);
+        expect(profile.displayname === "Bob JS", `profile ${JSON.stringify(profile)}`);
+        await waitFor(alice, RoomMemberEvent.Name, () => alice.getRoom(roomId)?.getMember(users.bob)?.name === "Bob JS",
+            "bob's new name on his m.room.member in alice's room", 10_000);
+    });
+
+    const dmId = await step("DM: alice createRoom({is_direct, invite}) + setAccountData m.direct (echoed via sync)", async () => {
+        const { room_id: id } = await alice.createRoom({ is_direct: true, invite: [users.bob], preset: "trusted_private_chat" });
+        await waitFor(alice, ClientEvent.Room, () => alice.getRoom(id)?.getMyMembership() === "join", "DM in alice's store");
+        // setAccountData resolves only once the change comes back through /sync
+        await withTimeout(alice.setAccountData(EventType.Direct, { [users.bob]: [id] }), "m.direct echo via /sync");
+        expect(JSON.stringify(alice.getAccountData(EventType.Direct)?.getContent()) === JSON.stringify({ [users.bob]: [id] }),
+            `m.direct in store: ${JSON.stringify(alice.getAccountData(EventType.Direct)?.getContent())}`);
+        const fromServer = await alice.getAccountDataFromServer(EventType.Direct);
+        expect(fromServer?.[users.bob]?.[0] === id, `GET m.direct: ${JSON.stringify(fromServer)}`);
+        return id;
+    });
+
+    await step("DM: bob sees the invite as direct (is_direct), joins, records m.direct", async () => {
+        expect(dmId, "no DM room");
+        await waitFor(bob, ClientEvent.Room, () => bob.getRoom(dmId)?.getMyMembership() === "invite", "DM invite in bob's store");
+        const room = bob.getRoom(dmId);
+        const inviteEvent = room.getMember(users.bob)?.events.member;
+        expect(inviteEvent?.getContent().is_direct === true, `invite content ${JSON.stringify(inviteEvent?.getContent())}`);
+        expect(room.getDMInviter() === users.alice, `getDMInviter() -> ${room.getDMInviter()}`);
+        await bob.joinRoom(dmId);
+        await withTimeout(bob.setAccountData(EventType.Direct, { [users.alice]: [dmId] }), "bob's m.direct echo via /sync");
+        const body = "psst (js DM)";
+        const got = waitFor(alice, RoomEvent.Timeline,
+            () => timelineHas(alice, dmId, (ev) => ev.getContent().body === body && ev.getSender() === users.bob), "bob's DM message at alice");
+        await bob.sendTextMessage(dmId, body);
+        await got;
+    });
+
+    await step("bob leave + both clients see the leave", async () => {
+        await bob.leave(roomId);
+        await waitFor(bob, RoomEvent.MyMembership, () => bob.getRoom(roomId)?.getMyMembership() === "leave", "bob's own membership leave");
+        await waitFor(alice, RoomMemberEvent.Membership,
+            () => alice.getRoom(roomId)?.getMember(users.bob)?.membership === "leave", "bob's leave in alice's room");
+    });
+
+    await step("stopClient (both) + logout alice", async () => {
+        alice.stopClient();
+        bob.stopClient();
+        await alice.logout();
+        let rejected;
+        try {
+            await alice.whoami();
+        } catch (e) {
+            rejected = e;
+        }
+        expect(rejected instanceof MatrixError && rejected.errcode === "M_UNKNOWN_TOKEN",
+            `whoami after logout -> ${rejected ? `${rejected.httpStatus} ${rejected.errcode}` : "success"}`);
+    });
+}
+
+function stripIds(path) {
+    return path.split("?")[0]
+        .replace(/\/[@!#$][^/]*/g, "/{id}")
+        .replace(/%40[^/]*/g, "{id}")
+        .replace(/%21[^/]*/g, "{id}")
+        .replace(/\/send\/([^/]+)\/[^/]+$/, "/send/$1/{txn}")
+        .replace(/\/filter\/[^/]+$/, "/filter/{n}");
+}
+
+try {
+    await main();
+} catch (e) {
+    report("unexpected exception", false, `${e?.stack ?? e}`, Date.now());
+} finally {
+    for (const c of clients) c.stopClient();
+}
+
+if (opts["http-log"]) writeFileSync(opts["http-log"], httpLog.map((r) => JSON.stringify(r)).join("\n") + "\n");
+const errors = httpLog.filter((r) => r.status >= 400);
+if (errors.length) {
+    console.log("\njs: HTTP requests answered with an error status:");
+    for (const r of errors) {
+        console.log(`  [${r.who}] ${r.method} ${r.path} -> ${r.status}`);
+        if (r.request_body) console.log(`      request:  ${String(r.request_body).slice(0, 500)}`);
+        console.log(`      response: ${r.response_body.slice(0, 500)}`);
+    }
+}
+const endpoints = [...new Set(httpLog.map((r) => `${r.method} ${stripIds(r.path)}`))].sort();
+console.log(`\njs: ${httpLog.length} HTTP requests, distinct endpoints: ${endpoints.length}`);
+for (const e of endpoints) {
+    const statuses = [...new Set(httpLog.filter((r) => `${r.method} ${stripIds(r.path)}` === e).map((r) => r.status))].join(",");
+    console.log(`  ${e}  [${statuses}]`);
+}
+const failed = results.filter((r) => !r.ok);
+console.log(`\njs: ${results.length - failed.length}/${results.length} steps passed`);
+process.exit(failed.length || results.length === 0 ? 1 : 0);
