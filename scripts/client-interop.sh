@@ -10,6 +10,8 @@
 # Options: --only nio|js      run one library only
 #          --keep             keep the temp dir (server log, HTTP logs) even when everything passed
 #          --release          build and run target/release/hearth
+#          --js-shim-pushrules diagnostic: when GET /pushrules/ is 404, give matrix-js-sdk an empty
+#                             rule set so the steps after startClient run (still counted a FAIL)
 # Environment: HS_URL (same as --url), HEARTH_LOG (RUST_LOG for Hearth, default
 #              "debug,tower_http=debug"), INTEROP_DIR (use this dir instead of a fresh temp dir).
 #
@@ -27,6 +29,7 @@ target=hearth
 only=""
 keep=0
 profile=debug
+js_extra=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --url) [[ $# -ge 2 ]] || { echo "--url needs a value" >&2; exit 2; }; url="$2"; target=external; shift 2 ;;
@@ -34,7 +37,8 @@ while [[ $# -gt 0 ]]; do
         --only) [[ $# -ge 2 ]] || { echo "--only needs nio or js" >&2; exit 2; }; only="$2"; shift 2 ;;
         --keep) keep=1; shift ;;
         --release) profile=release; shift ;;
-        -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --js-shim-pushrules) js_extra+=(--shim-pushrules); shift ;;
+        -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "client-interop.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -180,7 +184,7 @@ if [[ "$only" != js ]]; then
         | tee "$workdir/nio.out"
 fi
 if [[ "$only" != nio ]]; then
-    run_lib js node "$HERE/js/interop.mjs" --url "$url" --http-log "$workdir/js-http.jsonl" \
+    run_lib js node "$HERE/js/interop.mjs" --url "$url" --http-log "$workdir/js-http.jsonl" "${js_extra[@]}" \
         | tee "$workdir/js.out"
 fi
 

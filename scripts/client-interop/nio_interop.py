@@ -25,7 +25,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlparse
 
 from nio import (
     AsyncClient,
@@ -61,6 +61,33 @@ class Recorder:
     """Collects every request the library made (method, path, status)."""
 
     records: list[HttpRecord] = field(default_factory=list)
+    # per client: event_id -> index of the incremental /sync response whose timeline carried it
+    sync_seen: dict[str, dict[str, int]] = field(default_factory=dict)
+    # (client, event_id, room_id, first sync index, repeat sync index, since token, timeline limited)
+    sync_repeats: list[tuple[str, str, str, int, int, str, bool]] = field(default_factory=list)
+    sync_count: int = 0
+
+    def note_sync(self, who: str, path: str, body: dict[str, Any]) -> None:
+        """Records timeline event IDs of incremental syncs; an event must never come twice."""
+        self.sync_count += 1
+        query = parse_qs(urlparse(path).query)
+        since = query.get("since", [""])[0]
+        if not since or query.get("full_state", ["false"])[0] == "true":
+            return
+        seen = self.sync_seen.setdefault(who, {})
+        for section in ("join", "leave"):
+            for room_id, room in (body.get("rooms", {}).get(section) or {}).items():
+                timeline = room.get("timeline") or {}
+                for ev in timeline.get("events") or []:
+                    eid = ev.get("event_id")
+                    if not eid:
+                        continue
+                    if eid in seen:
+                        self.sync_repeats.append(
+                            (who, eid, room_id, seen[eid], self.sync_count, since, bool(timeline.get("limited")))
+                        )
+                    else:
+                        seen[eid] = self.sync_count
 
 
 class RecordingClient(AsyncClient):
@@ -77,6 +104,11 @@ class RecordingClient(AsyncClient):
         if resp.status >= 400:
             raw = await resp.read()  # aiohttp caches the body; nio can still parse it afterwards
             body = raw.decode("utf-8", "replace")[:2000]
+        elif method.upper() == "GET" and urlparse(path).path.endswith("/sync"):
+            try:
+                self._recorder.note_sync(self._who, path, json.loads(await resp.read()))
+            except ValueError:
+                pass
         req = data if isinstance(data, str) else ("" if data is None else "<binary>")
         # never keep access tokens or passwords in the log
         shown_path = path.split("access_token=")[0].rstrip("?&")
@@ -441,6 +473,21 @@ async def main() -> int:
             expect(room_id not in joined.rooms, "room still in bob's joined_rooms after leave")
 
         await run.step("bob room_leave + rooms.leave for bob + alice sees the leave", leave)
+
+        async def no_repeats() -> None:
+            expect(recorder.sync_count > 0, "no /sync responses were recorded")
+            if recorder.sync_repeats:
+                lines = [
+                    f"{who}: {eid} in room {rid} came again in sync #{again} (since={since}, limited={lim}), "
+                    f"first in sync #{first}"
+                    for who, eid, rid, first, again, since, lim in recorder.sync_repeats[:6]
+                ]
+                raise StepFailed(
+                    f"{len(recorder.sync_repeats)} timeline events delivered twice by incremental /sync:\n      "
+                    + "\n      ".join(lines)
+                )
+
+        await run.step("no event delivered twice across incremental /sync timelines", no_repeats)
 
         async def logout() -> None:
             token = alice.access_token
