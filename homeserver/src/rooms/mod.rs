@@ -3,7 +3,9 @@
 pub mod client_event;
 pub mod create;
 pub mod membership;
+pub mod receipts;
 pub mod timeline;
+pub mod typing;
 
 use ruma::{RoomId, RoomVersionId, room_version_rules::RoomVersionRules};
 

@@ -10,6 +10,8 @@ mod aliases;
 mod events;
 mod filters;
 mod keys;
+mod presence;
+mod receipts;
 mod rooms;
 mod state;
 mod users;
@@ -24,6 +26,8 @@ use sqlx::{
 };
 
 pub use events::{EventRow, NewEvent};
+pub use presence::PresenceRow;
+pub use receipts::ReceiptRow;
 pub use rooms::RoomRow;
 pub use state::StateMap;
 pub use users::{DeviceRow, UserRow};
@@ -55,16 +59,30 @@ pub struct Store {
     backend: Backend,
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "foundation",
-    include_str!("../../../migrations/sqlite/0001_foundation.sql"),
-)];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "foundation",
-    include_str!("../../../migrations/postgres/0001_foundation.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "foundation",
+        include_str!("../../../migrations/sqlite/0001_foundation.sql"),
+    ),
+    (
+        4,
+        "receipts_presence",
+        include_str!("../../../migrations/sqlite/0004_receipts_presence.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "foundation",
+        include_str!("../../../migrations/postgres/0001_foundation.sql"),
+    ),
+    (
+        4,
+        "receipts_presence",
+        include_str!("../../../migrations/postgres/0004_receipts_presence.sql"),
+    ),
+];
 
 /// Shorthand for a query on the `Any` driver.
 fn q(sql: &'static str) -> Query<'static, Any, AnyArguments> {
