@@ -57,6 +57,7 @@ fn client_routes() -> Router<Services> {
         .route("/rooms/{room_id}/join", post(rooms::join))
         .route("/rooms/{room_id}/leave", post(rooms::leave))
         .route("/rooms/{room_id}/forget", post(rooms::forget))
+        .route("/rooms/{room_id}/upgrade", post(rooms::upgrade))
         .route("/rooms/{room_id}/{action}", post(rooms::target_membership))
         .route("/rooms/{room_id}/members", get(rooms::members))
         .route("/rooms/{room_id}/joined_members", get(rooms::joined_members))

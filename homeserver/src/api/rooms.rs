@@ -245,3 +245,29 @@ pub async fn joined_members(
     }
     Ok(Json(json!({ "joined": joined })))
 }
+
+#[derive(Deserialize)]
+pub struct UpgradeBody {
+    new_version: String,
+    #[serde(default)]
+    additional_creators: Vec<String>,
+}
+
+/// `POST /rooms/{roomId}/upgrade`
+pub async fn upgrade(
+    State(svc): State<Services>,
+    auth: Auth,
+    Path(room_id): Path<String>,
+    JsonBody(body): JsonBody<UpgradeBody>,
+) -> ApiResult<Json<Value>> {
+    let room_id = parse_room_id(&room_id)?;
+    let new_room = rooms::upgrade::upgrade_room(
+        &svc,
+        &auth.user_id,
+        &room_id,
+        &body.new_version,
+        &body.additional_creators,
+    )
+    .await?;
+    Ok(Json(json!({ "replacement_room": new_room })))
+}

@@ -6,6 +6,7 @@ pub mod membership;
 pub mod receipts;
 pub mod timeline;
 pub mod typing;
+pub mod upgrade;
 
 use ruma::{RoomId, RoomVersionId, room_version_rules::RoomVersionRules};
 
