@@ -199,8 +199,7 @@ pub async fn members(
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
     let room = rooms::room(&svc, &room_id).await?;
-    rooms::require_joined(&svc, &room_id, auth.user_id.as_str()).await?;
-    let state = svc.store.current_state(room_id.as_str()).await?;
+    let state = rooms::visible_state(&svc, &room_id, auth.user_id.as_str()).await?;
     let ids: Vec<String> = state
         .iter()
         .filter(|((t, _), _)| t == "m.room.member")
