@@ -46,6 +46,7 @@ fn client_routes() -> Router<Services> {
         )
         .route("/delete_devices", post(devices::delete_many))
         .route("/profile/{user_id}", get(profile::get))
+        .route("/user_directory/search", post(profile::search_users))
         .route(
             "/profile/{user_id}/{field}",
             get(profile::get_field).put(profile::set_field),

@@ -137,7 +137,13 @@ async fn compute(
                     &room_filter,
                 )
                 .await?;
-                let ephemeral = ephemeral_events(svc, &room_id, user_id, since, now, initial).await?;
+                let ephemeral_filter = room_filter.ephemeral.clone().unwrap_or_default();
+                let mut ephemeral = ephemeral_events(svc, &room_id, user_id, since, now, initial).await?;
+                ephemeral.retain(|e| {
+                    ephemeral_filter
+                        .base
+                        .allows(e["type"].as_str().unwrap_or_default(), "")
+                });
                 if let Some(mut section) = section.or_else(|| {
                     (!account_data.is_empty() || !ephemeral.is_empty()).then(|| empty_joined(since))
                 }) {
