@@ -78,17 +78,20 @@ cleanup() {
         log "stopped Hearth (pid $server_pid)"
     fi
     if [[ "$target" == synapse && -f "$workdir/synapse/synapse.pid" ]]; then
-        "$REPO_ROOT/scripts/synapse.sh" stop "$workdir/synapse" || true
         # synapse.sh records the PID of the subshell that launched Synapse, so `stop` can leave the
-        # Synapse process itself running: stop it by the pid_file Synapse writes itself.
-        local spid
-        spid="$(cat "$workdir/synapse/homeserver.pid" 2>/dev/null || true)"
-        if [[ -n "$spid" ]] && kill -0 "$spid" 2>/dev/null; then
-            kill "$spid" 2>/dev/null || true
-            for _ in $(seq 1 100); do kill -0 "$spid" 2>/dev/null || break; sleep 0.1; done
-            kill -9 "$spid" 2>/dev/null || true
-            log "stopped Synapse process $spid (left running by synapse.sh stop)"
-        fi
+        # Synapse process itself (a child of that subshell) running: remember and stop the children.
+        local spid children
+        spid="$(cat "$workdir/synapse/synapse.pid")"
+        children="$(ps -o pid= --ppid "$spid" 2>/dev/null | tr -d ' ' || true)"
+        "$REPO_ROOT/scripts/synapse.sh" stop "$workdir/synapse" || true
+        for c in $children; do
+            if kill -0 "$c" 2>/dev/null; then
+                kill "$c" 2>/dev/null || true
+                for _ in $(seq 1 100); do kill -0 "$c" 2>/dev/null || break; sleep 0.1; done
+                kill -9 "$c" 2>/dev/null || true
+                log "stopped Synapse process $c (left running by synapse.sh stop)"
+            fi
+        done
     fi
     if [[ $rc -eq 0 && $keep -eq 0 && -z "${INTEROP_DIR:-}" ]]; then
         rm -rf "$workdir"
@@ -141,10 +144,11 @@ enabled = true
 [rate_limits]
 enabled = false
 EOF
+        # exec: the background job's PID must be Hearth itself, so that cleanup stops the server
         (cd "$workdir" && RUST_LOG="${HEARTH_LOG:-debug,tower_http=debug}" NO_COLOR=1 \
-            nohup "$REPO_ROOT/target/$profile/hearth" serve --config "$workdir/hearth.toml" \
-            >"$workdir/hearth.log" 2>&1 & echo $! >"$workdir/hearth.pid")
-        server_pid="$(cat "$workdir/hearth.pid")"
+            exec "$REPO_ROOT/target/$profile/hearth" serve --config "$workdir/hearth.toml") \
+            >"$workdir/hearth.log" 2>&1 </dev/null &
+        server_pid=$!
         url="http://127.0.0.1:$port"
         if ! wait_for_versions "$url" "$server_pid" "Hearth"; then
             tail -n 30 "$workdir/hearth.log" >&2 || true
