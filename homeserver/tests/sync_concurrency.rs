@@ -216,11 +216,11 @@ async fn account_data_sync_never_skips() {
     };
 
     let mut tasks = Vec::new();
-    for w in 0..WRITERS {
+    for (w, other) in others.iter().enumerate() {
         // The watcher's own writes (as from several devices at once) and another user's writes,
         // which take positions in the same stream.
         let own = watcher.clone();
-        let other = others[w].clone();
+        let other = other.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..PER_WRITER {
                 let t = format!("org.hearth.ad.{w}.{i}");
