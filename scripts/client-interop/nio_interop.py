@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import re
@@ -32,6 +33,10 @@ from nio import (
     AsyncClientConfig,
     ErrorResponse,
     InviteMemberEvent,
+    PushNotify,
+    PushRuleKind,
+    ReceiptEvent,
+    RedactionEvent,
     LoginResponse,
     RegisterResponse,
     RoomCreateResponse,
@@ -40,6 +45,7 @@ from nio import (
     RoomPreset,
     Response,
     SyncResponse,
+    TypingNoticeEvent,
     UnknownAccountDataEvent,
 )
 
@@ -139,6 +145,7 @@ class StepFailed(Exception):
 class Runner:
     def __init__(self) -> None:
         self.results: list[tuple[str, bool, str]] = []
+        self.extras: list[tuple[str, bool, str]] = []
 
     async def step(self, name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         start = time.monotonic()
@@ -155,22 +162,39 @@ class Runner:
         self._record(name, True, "", start)
         return value
 
+    async def extra(self, name: str, fn: Callable[[], Awaitable[Any]]) -> Any:
+        """A step beyond the new-user walk-through: reported, but not part of the exit status."""
+        self._extra = True
+        try:
+            return await self.step(name, fn)
+        finally:
+            self._extra = False
+
+    _extra = False
+
     def _record(self, name: str, ok: bool, detail: str, start: float) -> None:
         ms = (time.monotonic() - start) * 1000
-        self.results.append((name, ok, detail))
-        line = f"{'PASS' if ok else 'FAIL'}  nio  {name}  ({ms:.0f} ms)"
+        (self.extras if self._extra else self.results).append((name, ok, detail))
+        tag = "EXTRA " if self._extra else ""
+        line = f"{tag}{'PASS' if ok else 'FAIL'}  nio  {name}  ({ms:.0f} ms)"
         if detail:
             line += f"\n      {detail}"
         print(line, flush=True)
 
 
 def ok(resp: Any, what: str) -> Any:
-    """Fails the step when the library returned an ErrorResponse."""
+    """Fails the step when the library returned an ErrorResponse or the HTTP status was an error.
+
+    (Some nio response classes accept an error body as success, e.g. content_repository_config.)
+    """
     if isinstance(resp, ErrorResponse):
         raise StepFailed(
             f"{what} returned {type(resp).__name__}: status_code={resp.status_code!r} "
             f"message={resp.message!r}"
         )
+    transport = getattr(resp, "transport_response", None)
+    if transport is not None and transport.status >= 400:
+        raise StepFailed(f"{what}: HTTP {transport.status}, yet nio returned {type(resp).__name__}")
     return resp
 
 
@@ -204,6 +228,7 @@ async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", default=os.environ.get("HS_URL"), help="homeserver base URL (env HS_URL)")
     ap.add_argument("--http-log", default=None, help="write every recorded HTTP exchange here (JSON lines)")
+    ap.add_argument("--no-extras", action="store_true", help="skip the EXTRA steps (typing, receipts, presence, …)")
     args = ap.parse_args()
     if not args.url:
         ap.error("--url or HS_URL is required")
@@ -457,6 +482,10 @@ async def main() -> int:
 
         await run.step("m.direct appears in the initial sync of a new alice device", direct_in_sync)
 
+        # --- extras: other things clients commonly do (not counted in the exit status) ---
+        if not args.no_extras:
+            await extras(run, alice, bob, alice_id, bob_id, room_id, a_msg)
+
         # --- leave ---
         async def leave() -> None:
             ok(await bob.room_leave(room_id), "room_leave")
@@ -507,6 +536,106 @@ async def main() -> int:
     return finish(run, recorder, args.http_log)
 
 
+async def extras(
+    run: Runner, alice: AsyncClient, bob: AsyncClient, alice_id: str, bob_id: str, room_id: str, a_msg: str | None
+) -> None:
+    """Typing, receipts, read markers, presence, state, redaction, devices, media, push rules."""
+
+    def ephemeral(r: SyncResponse) -> list[Any]:
+        room = r.rooms.join.get(room_id)
+        return list(room.ephemeral) if room else []
+
+    async def typing() -> None:
+        ok(await alice.room_typing(room_id, True, 10_000), "room_typing")
+        await sync_until(
+            bob,
+            lambda r: any(isinstance(e, TypingNoticeEvent) and alice_id in e.users for e in ephemeral(r)),
+            "m.typing with alice in bob's sync",
+            10,
+        )
+        ok(await alice.room_typing(room_id, False), "room_typing(False)")
+
+    await run.extra("room_typing + bob sees m.typing in sync ephemeral", typing)
+
+    async def receipt() -> None:
+        expect(a_msg is not None, "alice's message was not sent")
+        ok(await bob.update_receipt_marker(room_id, a_msg), "update_receipt_marker")
+        await sync_until(
+            alice,
+            lambda r: any(
+                isinstance(e, ReceiptEvent)
+                and any(rc.user_id == bob_id and rc.event_id == a_msg for rc in e.receipts)
+                for e in ephemeral(r)
+            ),
+            "bob's m.read receipt in alice's sync",
+            10,
+        )
+
+    await run.extra("update_receipt_marker + alice sees m.receipt in sync", receipt)
+
+    async def read_markers() -> None:
+        expect(a_msg is not None, "alice's message was not sent")
+        ok(await bob.room_read_markers(room_id, a_msg, a_msg), "room_read_markers")
+
+    await run.extra("room_read_markers (m.fully_read + m.read)", read_markers)
+
+    async def presence() -> None:
+        ok(await alice.set_presence("online", "interop testing"), "set_presence")
+        resp = ok(await bob.get_presence(alice_id), "get_presence")
+        expect(resp.presence == "online", f"presence {resp.presence!r}")
+
+    await run.extra("set_presence online + get_presence", presence)
+
+    async def state() -> None:
+        ok(await alice.room_put_state(room_id, "m.room.topic", {"topic": "changed by nio"}), "room_put_state")
+        resp = ok(await bob.room_get_state_event(room_id, "m.room.topic"), "room_get_state_event")
+        expect(resp.content.get("topic") == "changed by nio", f"topic {resp.content}")
+        members = ok(await bob.joined_members(room_id), "joined_members")
+        expect({m.user_id for m in members.members} == {alice_id, bob_id}, f"members {members.members}")
+
+    await run.extra("room_put_state topic + room_get_state_event + joined_members", state)
+
+    async def redact() -> None:
+        sent = ok(await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "oops"}), "send")
+        ok(await alice.room_redact(room_id, sent.event_id, reason="interop"), "room_redact")
+        await sync_until(
+            bob,
+            lambda r: any(isinstance(e, RedactionEvent) and e.redacts == sent.event_id for e in timeline_events(r, room_id)),
+            "the m.room.redaction in bob's sync",
+            10,
+        )
+
+    await run.extra("room_redact + bob sees the redaction", redact)
+
+    async def devices() -> None:
+        resp = ok(await alice.devices(), "devices")
+        expect(any(d.id == alice.device_id for d in resp.devices), "own device missing from /devices")
+        ok(await alice.update_device(alice.device_id, {"display_name": "renamed by nio"}), "update_device")
+
+    await run.extra("devices + update_device", devices)
+
+    async def media_config() -> None:
+        ok(await alice.content_repository_config(), "content_repository_config")
+
+    await run.extra("content_repository_config (media config)", media_config)
+
+    async def upload() -> None:
+        data = b"hello interop"
+        resp, _keys = await alice.upload(io.BytesIO(data), content_type="text/plain", filename="hi.txt", filesize=len(data))
+        ok(resp, "upload")
+        expect(resp.content_uri.startswith("mxc://"), f"content_uri {resp.content_uri!r}")
+
+    await run.extra("upload (media repository)", upload)
+
+    async def pushrule() -> None:
+        ok(
+            await alice.set_pushrule("global", PushRuleKind.content, "interop", actions=[PushNotify()], pattern="interop"),
+            "set_pushrule",
+        )
+
+    await run.extra("set_pushrule (push rules)", pushrule)
+
+
 @dataclass
 class _Raw(Response):
     """Response class for requests nio has no wrapper for: a JSON body without errcode is success."""
@@ -540,6 +669,9 @@ def finish(run: Runner, recorder: Recorder, http_log: str | None) -> int:
     print(f"\nnio: {len(recorder.records)} HTTP requests, distinct endpoints: {len(statuses)}")
     for e in sorted(statuses):
         print(f"  {e}  [{','.join(map(str, sorted(statuses[e])))}]")
+    if run.extras:
+        ok_extras = sum(1 for r in run.extras if r[1])
+        print(f"\nnio: EXTRA steps (not in the exit status): {ok_extras}/{len(run.extras)} passed")
     print(f"\nnio: {len(run.results) - len(failed)}/{len(run.results)} steps passed")
     return 1 if failed or not run.results else 0
 

@@ -22,6 +22,7 @@ import {
     MatrixError,
     RoomEvent,
     RoomMemberEvent,
+    RoomStateEvent,
     SyncState,
 } from "matrix-js-sdk";
 import { logger } from "matrix-js-sdk/lib/logger.js";
@@ -33,6 +34,7 @@ const { values: opts } = parseArgs({
         verbose: { type: "boolean", default: false },
         // keep every response body (not only error bodies) in the --http-log file
         bodies: { type: "boolean", default: false },
+        "no-extras": { type: "boolean", default: false },
         // Diagnostic only: when the server answers GET /pushrules/ with 404, hand the SDK an empty
         // rule set instead, so the steps after startClient can run and reveal further problems.
         "shim-pushrules": { type: "boolean", default: false },
@@ -145,9 +147,22 @@ async function step(name, fn) {
     }
 }
 
+const extraResults = [];
+let inExtra = false;
+
+/** A step beyond the new-user walk-through: reported, but not part of the exit status. */
+async function extra(name, fn) {
+    inExtra = true;
+    try {
+        return await step(name, fn);
+    } finally {
+        inExtra = false;
+    }
+}
+
 function report(name, ok, detail, start) {
-    results.push({ name, ok, detail });
-    let line = `${ok ? "PASS" : "FAIL"}  js   ${name}  (${Date.now() - start} ms)`;
+    (inExtra ? extraResults : results).push({ name, ok, detail });
+    let line = `${inExtra ? "EXTRA " : ""}${ok ? "PASS" : "FAIL"}  js   ${name}  (${Date.now() - start} ms)`;
     if (detail) line += `\n      ${detail}`;
     console.log(line);
 }
@@ -384,6 +399,8 @@ async function main() {
         await got;
     });
 
+    if (!opts["no-extras"]) await extras(alice, bob, roomId);
+
     await step("bob leave + both clients see the leave", async () => {
         await bob.leave(roomId);
         await waitFor(bob, RoomEvent.MyMembership, () => bob.getRoom(roomId)?.getMyMembership() === "leave", "bob's own membership leave");
@@ -412,6 +429,83 @@ async function main() {
         }
         expect(rejected instanceof MatrixError && rejected.errcode === "M_UNKNOWN_TOKEN",
             `whoami after logout -> ${rejected ? `${rejected.httpStatus} ${rejected.errcode}` : "success"}`);
+    });
+}
+
+// Other things clients commonly do (typing, receipts, presence, state, redaction, devices, tags,
+// media, push rules, TURN): reported as EXTRA, not counted in the exit status.
+async function extras(alice, bob, roomId) {
+    await extra("sendTyping + bob's client sees alice typing", async () => {
+        const typing = waitFor(bob, RoomMemberEvent.Typing,
+            () => bob.getRoom(roomId)?.getMember(users.alice)?.typing === true, "alice typing at bob", 10_000);
+        await alice.sendTyping(roomId, true, 10_000);
+        await typing;
+        await alice.sendTyping(roomId, false, 0);
+    });
+
+    await extra("sendReadReceipt + alice's client sees bob's receipt", async () => {
+        const body = "please read me (js)";
+        const arrived = waitFor(bob, RoomEvent.Timeline,
+            () => timelineHas(bob, roomId, (e) => e.getContent().body === body && !!e.getId()?.startsWith("$")), "alice's message at bob", 10_000);
+        const { event_id: id } = await alice.sendTextMessage(roomId, body);
+        await arrived;
+        const ev = bob.getRoom(roomId).findEventById(id);
+        expect(ev, `bob's client has no ${id}`);
+        const seen = waitFor(alice, RoomEvent.Receipt,
+            () => alice.getRoom(roomId)?.getReadReceiptForUserId(users.bob, true)?.eventId === id, "bob's receipt at alice", 10_000);
+        await bob.sendReadReceipt(ev);
+        await seen;
+        await bob.setRoomReadMarkers(roomId, id, ev);
+    });
+
+    await extra("setPresence online + getPresence", async () => {
+        await alice.setPresence({ presence: "online", status_msg: "interop testing" });
+        const p = await bob.getPresence(users.alice);
+        expect(p.presence === "online", `presence ${JSON.stringify(p)}`);
+    });
+
+    await extra("setRoomTopic + bob's client sees the new topic", async () => {
+        const changed = waitFor(bob, RoomStateEvent.Events,
+            () => bob.getRoom(roomId)?.currentState.getStateEvents("m.room.topic", "")?.getContent().topic === "changed by js", "topic at bob", 10_000);
+        await alice.setRoomTopic(roomId, "changed by js");
+        await changed;
+    });
+
+    await extra("redactEvent + bob's client sees the redaction", async () => {
+        const { event_id: id } = await alice.sendTextMessage(roomId, "oops (js)");
+        const redacted = waitFor(bob, RoomEvent.Redaction, (ev) => ev?.event?.redacts === id || ev?.getContent?.()?.redacts === id, "redaction at bob", 10_000);
+        await alice.redactEvent(roomId, id, undefined, { reason: "interop" });
+        await redacted;
+    });
+
+    await extra("getDevices + setDeviceDetails", async () => {
+        const { devices } = await alice.getDevices();
+        expect(devices.some((d) => d.device_id === alice.getDeviceId()), "own device missing");
+        await alice.setDeviceDetails(alice.getDeviceId(), { display_name: "renamed by js" });
+    });
+
+    await extra("setRoomTag m.favourite (echoed via sync)", async () => {
+        const tagged = waitFor(alice, RoomEvent.Tags, () => !!alice.getRoom(roomId)?.tags?.["m.favourite"], "tag via sync", 10_000);
+        await alice.setRoomTag(roomId, "m.favourite", { order: 0.5 });
+        await tagged;
+    });
+
+    await extra("getMediaConfig (authenticated media)", async () => {
+        await alice.getMediaConfig(true);
+    });
+
+    await extra("uploadContent", async () => {
+        const r = await alice.uploadContent(Buffer.from("hello interop"), { type: "text/plain", name: "hi.txt" });
+        expect(r.content_uri?.startsWith("mxc://"), `content_uri ${r.content_uri}`);
+    });
+
+    await extra("getPushRules + addPushRule", async () => {
+        await alice.getPushRules();
+        await alice.addPushRule("global", "content", "interop", { actions: ["notify"], pattern: "interop" });
+    });
+
+    await extra("turnServer (/voip/turnServer)", async () => {
+        await alice.turnServer();
     });
 }
 
@@ -452,6 +546,7 @@ if (shimmed.size) {
     console.log(`\njs: WARNING --shim-pushrules replaced the server's 404 for ${[...shimmed].join(", ")} with an empty rule set;`);
     console.log("    a real client stops at startClient there (the SDK retries push rules forever).");
 }
+if (extraResults.length) console.log(`\njs: EXTRA steps (not in the exit status): ${extraResults.filter((r) => r.ok).length}/${extraResults.length} passed`);
 const failed = results.filter((r) => !r.ok);
 console.log(`\njs: ${results.length - failed.length}/${results.length} steps passed`);
 process.exit(failed.length || results.length === 0 ? 1 : 0);
