@@ -31,6 +31,10 @@ struct Cli {
     /// Server process to sample (VmRSS/VmHWM and utime+stime from /proc/PID).
     #[arg(long, global = true)]
     pid: Option<u32>,
+    /// The server's PostgreSQL database: also measure the CPU of its backends
+    /// (processes `postgres: USER DB …`).
+    #[arg(long, global = true)]
+    db_name: Option<String>,
     /// Also write the results as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
@@ -167,8 +171,11 @@ async fn main() -> Result<()> {
         registration_token: cli.registration_token.clone(),
         setup_concurrency: cli.setup_concurrency,
         pid: cli.pid,
+        db_name: cli.db_name.clone(),
         sync_filter: (!cli.no_sync_filter).then(|| DEFAULT_SYNC_FILTER.to_owned()),
         request_timeout,
+        setup_retries: Default::default(),
+        setup_first_error: Default::default(),
     };
     if let Some(pid) = cli.pid {
         procstat::sample(Some(pid)).with_context(|| format!("cannot read /proc/{pid}"))?;
@@ -208,6 +215,12 @@ async fn main() -> Result<()> {
     tokio::time::timeout(Duration::from_secs(cli.max_time), work)
         .await
         .map_err(|_| anyhow::anyhow!("scenario {name} exceeded --max-time {} s", cli.max_time))??;
+
+    let retries = ctx.setup_retries.load(std::sync::atomic::Ordering::Relaxed);
+    report.push("setup_retries", retries as f64, "reqs", report::Better::Lower);
+    if let Some(e) = ctx.setup_first_error.lock().expect("error lock").take() {
+        report.note(format!("{retries} setup request(s) retried; first failure: {e}"));
+    }
 
     report.push(
         "requests_total",

@@ -147,15 +147,25 @@ impl PgDatabase {
                 .ok()?;
             rt.block_on(async {
                 use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&admin_url).await.ok()?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await
-                .ok()?;
-                let _ = conn.close().await;
-                Some(())
+                let mut last_error = String::new();
+                // Retried: the server may briefly be out of connection slots.
+                for _ in 0..10 {
+                    match sqlx::PgConnection::connect(&admin_url).await {
+                        Ok(mut conn) => {
+                            let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                            let res = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+                            let _ = conn.close().await;
+                            match res {
+                                Ok(_) => return Some(()),
+                                Err(e) => last_error = e.to_string(),
+                            }
+                        }
+                        Err(e) => last_error = e.to_string(),
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+                eprintln!("warning: could not drop test database {name}: {last_error}");
+                None
             })
         })
         .join();

@@ -5,7 +5,11 @@ use std::sync::Arc;
 use hearth_federation::SigningKey;
 
 use crate::{
-    config::Config, media::MediaRepo, ratelimit::RateLimiter, rooms::Timeline, store::Store,
+    config::Config,
+    media::MediaRepo,
+    ratelimit::RateLimiter,
+    rooms::{Timeline, typing::Typing},
+    store::Store,
     sync::notifier::Notifier,
 };
 
@@ -21,6 +25,7 @@ pub struct Inner {
     pub rate_limiter: RateLimiter,
     pub timeline: Timeline,
     pub media: MediaRepo,
+    pub typing: Typing,
     /// When each device's last-seen time was last written, so requests do not each write it.
     pub last_seen_written: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
 }
@@ -44,6 +49,7 @@ impl Services {
             rate_limiter,
             timeline: Timeline::default(),
             media,
+            typing: Typing::default(),
             last_seen_written: Default::default(),
         }))
     }

@@ -336,6 +336,72 @@ async fn check_room(
         "event_edges disagrees with the events' prev_events"
     );
 
+    // The columns queries use, beside the JSON: (type, state_key, sender, redacts,
+    // replaces_state, origin_server_ts).
+    type Columns = (
+        String,
+        Option<String>,
+        String,
+        Option<String>,
+        Option<String>,
+        i64,
+    );
+    let columns: HashMap<String, Columns> = sqlx::query(
+        "SELECT event_id, type, state_key, sender, redacts, replaces_state, origin_server_ts \
+         FROM events WHERE room_id = $1",
+    )
+    .bind(room.to_owned())
+    .fetch_all(db)
+    .await
+    .expect("read event columns")
+    .into_iter()
+    .map(|r| {
+        (
+            r.get(0),
+            (r.get(1), r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)),
+        )
+    })
+    .collect();
+    let memberships: HashMap<String, (String, String, String, i64)> = sqlx::query(
+        "SELECT event_id, user_id, sender, membership, stream_ordering FROM room_memberships WHERE room_id = $1",
+    )
+    .bind(room.to_owned())
+    .fetch_all(db)
+    .await
+    .expect("read room_memberships")
+    .into_iter()
+    .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
+    .collect();
+    let room_row = sqlx::query("SELECT room_version, creator FROM rooms WHERE room_id = $1")
+        .bind(room.to_owned())
+        .fetch_one(db)
+        .await
+        .expect("rooms row");
+    assert_eq!(
+        room_row.get::<String, _>(0),
+        version.as_str(),
+        "rooms.room_version"
+    );
+    assert_eq!(
+        room_row.get::<String, _>(1),
+        create.sender.as_str(),
+        "rooms.creator"
+    );
+    assert_eq!(
+        create.content_value["room_version"].as_str().unwrap_or("1"),
+        version.as_str(),
+        "create event content.room_version"
+    );
+    let member_events = events
+        .iter()
+        .filter(|e| e.kind == TimelineEventType::RoomMember)
+        .count();
+    assert_eq!(
+        memberships.len(),
+        member_events,
+        "room_memberships rows vs member events"
+    );
+
     let mut state: HashMap<StateKey, OwnedEventId> = HashMap::new();
     for (i, ev) in events.iter().enumerate() {
         let ctx = format!("v{version} event #{i} {} ({}): {}", ev.event_id, ev.kind, ev.raw);
@@ -449,6 +515,46 @@ async fn check_room(
                 .and_then(|id| by_id.get(id).copied())
         })
         .unwrap_or_else(|e| panic!("state-dependent auth rules reject it ({e}): {ctx}"));
+
+        // The query columns agree with the PDU.
+        let (c_type, c_key, c_sender, c_redacts, c_replaces, c_ts) = &columns[ev.event_id.as_str()];
+        assert_eq!(c_type, &ev.kind.to_string(), "type column: {ctx}");
+        assert_eq!(c_key, &ev.state_key, "state_key column: {ctx}");
+        assert_eq!(c_sender, ev.sender.as_str(), "sender column: {ctx}");
+        assert_eq!(
+            c_redacts,
+            &ev.redacts.as_ref().map(|r| r.to_string()),
+            "redacts column: {ctx}"
+        );
+        assert_eq!(*c_ts as u64, u64::from(ev.ts.0), "origin_server_ts column: {ctx}");
+        if let Some(key) = &ev.state_key {
+            let replaced = state
+                .get(&(ev.kind.to_string(), key.clone()))
+                .map(|id| id.to_string());
+            assert_eq!(
+                c_replaces, &replaced,
+                "replaces_state is not the state it replaced: {ctx}"
+            );
+        } else {
+            assert_eq!(c_replaces, &None, "replaces_state on a non-state event: {ctx}");
+        }
+        if ev.kind == TimelineEventType::RoomMember {
+            let (user, sender, membership, stream) = memberships
+                .get(ev.event_id.as_str())
+                .unwrap_or_else(|| panic!("no room_memberships row: {ctx}"));
+            assert_eq!(
+                Some(user),
+                ev.state_key.as_ref(),
+                "room_memberships.user_id: {ctx}"
+            );
+            assert_eq!(sender, ev.sender.as_str(), "room_memberships.sender: {ctx}");
+            assert_eq!(
+                Some(membership.as_str()),
+                ev.content_value["membership"].as_str(),
+                "membership: {ctx}"
+            );
+            assert_eq!(*stream, ev.stream, "room_memberships.stream_ordering: {ctx}");
+        }
 
         if let Some(key) = &ev.state_key {
             state.insert((ev.kind.to_string(), key.clone()), ev.event_id.clone());

@@ -11,7 +11,7 @@ use clap::Args;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{Ctx, finish_process, read_stamp, self_cpu, stamped_content};
+use super::{Ctx, Start, finish_process, read_stamp, stamped_content};
 use crate::matrix::{self, Api, now_micros};
 use crate::report::{Better, Report, ms};
 use crate::target;
@@ -77,7 +77,7 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
         .await?;
 
     let monitor = ctx.monitor()?;
-    let cpu0 = self_cpu();
+    let cpu0 = Start::now(ctx);
     let started = Arc::new(AtomicU64::new(0));
     let in_poll = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -208,9 +208,16 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
         let base = m.before;
         report.push("server_rss_idle", mib(base.rss_kib), "MiB", Better::None);
         report.push("server_rss_holding", mib(he.rss_kib), "MiB", Better::Lower);
-        if held > 0 {
-            let per = he.rss_kib.saturating_sub(base.rss_kib) as f64 / held as f64;
+        if held > 0 && he.rss_kib > base.rss_kib {
+            let per = (he.rss_kib - base.rss_kib) as f64 / held as f64;
             report.push("server_rss_growth_per_client", per, "KiB", Better::Lower);
+        } else if held > 0 {
+            report.note(format!(
+                "server RSS fell from {} to {} MiB while the clients connected (the allocator \
+                 returned memory), so the per-client cost is not measurable here",
+                base.rss_kib / 1024,
+                he.rss_kib / 1024
+            ));
         }
         report.push("server_open_fds_holding", he.open_fds as f64, "", Better::None);
         report.push("server_cpu_ramp", hs.cpu_s - base.cpu_s, "s", Better::Lower);
@@ -222,6 +229,6 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
         );
         report.push("server_cpu_fanout", fo.cpu_s - he.cpu_s, "s", Better::Lower);
     }
-    finish_process(report, monitor, "server", cpu0)?;
+    finish_process(report, ctx, monitor, "server", &cpu0)?;
     Ok(())
 }

@@ -332,3 +332,40 @@ conformance_test! {
         assert_eq!(ev["content"], content);
     }
 }
+
+conformance_test! {
+    /// §History visibility (`shared`) / §`GET /messages`: a user who left can page the history
+    /// up to their leave, but sees nothing sent after it.
+    async fn messages_after_leave_stop_at_leave(hs) {
+        let alice = hs.user("msg21").await;
+        let bob = hs.user("msg21b").await;
+        let room = alice.create_room(json!({"preset": "public_chat"})).await;
+        bob.join(&room).await.ok();
+        alice.send_text(&room, "while bob is here").await;
+        bob.leave(&room).await.ok();
+        alice.send_text(&room, "after bob left").await;
+        let (events, _) = page_all(&bob, &room, "b", 10, None).await;
+        let got = bodies(&events);
+        assert!(got.contains(&"while bob is here".to_string()), "{got:?}");
+        assert!(!got.contains(&"after bob left".to_string()), "{got:?}");
+    }
+}
+
+conformance_test! {
+    /// §Redactions: `/messages` returns a redacted event with its content stripped, and the
+    /// `m.room.redaction` event naming it (`redacts`, top level or in content from v11).
+    async fn redaction_visible_in_messages(hs) {
+        let alice = hs.user("msg22").await;
+        let room = alice.create_room(json!({})).await;
+        let id = alice.send_text(&room, "secret words").await;
+        alice.put(&format!("{V3}/rooms/{}/redact/{}/{}", enc(&room), enc(&id), alice.txn_id()), &json!({})).await.ok();
+        let body = alice.messages(&room, "b", None, 10, None).await.ok().clone();
+        let chunk = body["chunk"].as_array().unwrap();
+        let redaction = chunk.iter().find(|e| e["type"] == "m.room.redaction").expect("redaction event");
+        let target = redaction.get("redacts").or_else(|| redaction["content"].get("redacts")).cloned();
+        assert_eq!(target, Some(json!(id)));
+        let original = chunk.iter().find(|e| e["event_id"] == json!(id)).expect("redacted event still listed");
+        assert!(original["content"].get("body").is_none(), "{original}");
+        assert!(!body.to_string().contains("secret words"));
+    }
+}

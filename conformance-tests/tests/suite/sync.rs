@@ -366,3 +366,40 @@ conformance_test! {
         hs.anonymous().get(&format!("{V3}/sync")).await.expect_err(401, "M_MISSING_TOKEN");
     }
 }
+
+conformance_test! {
+    /// §Syncing: the leave section's timeline stops at the leave: events sent after the user
+    /// left are not delivered to them.
+    async fn no_events_after_leave(hs) {
+        let alice = hs.user("sync19").await;
+        let bob = hs.user("sync19b").await;
+        let room = alice.create_room(json!({"preset": "public_chat"})).await;
+        bob.join(&room).await.ok();
+        let s0 = bob.sync(&SyncOpts::default()).await;
+        bob.leave(&room).await.ok();
+        alice.send_text(&room, "bob must not see this").await;
+        let s1 = bob.sync_until(Some(&next_batch(&s0)), None, |s| s.pointer(&format!("/rooms/leave/{room}")).is_some()).await;
+        assert!(!s1.to_string().contains("bob must not see this"), "{s1}");
+        // And nothing more arrives later.
+        let s2 = bob.sync(&SyncOpts::since(&next_batch(&s1)).timeout(500)).await;
+        assert!(!s2.to_string().contains("bob must not see this"), "{s2}");
+    }
+}
+
+conformance_test! {
+    /// §Redactions / §Syncing: a redaction is delivered in the timeline, naming the redacted
+    /// event (`redacts`, top level or in content from room version 11).
+    async fn redaction_delivered_in_sync(hs) {
+        let alice = hs.user("sync20").await;
+        let room = alice.create_room(json!({})).await;
+        let id = alice.send_text(&room, "to redact").await;
+        let s0 = alice.sync(&SyncOpts::default()).await;
+        alice.put(&format!("{V3}/rooms/{}/redact/{}/{}", enc(&room), enc(&id), alice.txn_id()), &json!({"reason": "r"})).await.ok();
+        let s1 = alice.sync_until(Some(&next_batch(&s0)), None, |s| !timeline(s, "join", &room).is_empty()).await;
+        let tl = timeline(&s1, "join", &room);
+        let red = tl.iter().find(|e| e["type"] == "m.room.redaction").expect("redaction in timeline");
+        let target = red.get("redacts").or_else(|| red["content"].get("redacts")).cloned();
+        assert_eq!(target, Some(json!(id)));
+        assert_eq!(red["content"]["reason"], json!("r"));
+    }
+}

@@ -187,10 +187,7 @@ pub async fn messages(
         Some(f) => serde_json::from_str(f).map_err(|e| ApiError::bad_json(format!("Invalid filter: {e}")))?,
         None => RoomEventFilter::default(),
     };
-    let now = StreamToken {
-        events: svc.store.max_stream_ordering().await?,
-        account_data: svc.store.max_account_data_stream().await?,
-    };
+    let now = StreamToken::current(&svc).await?;
     let upper = now.events.min(visible);
     let from = match &q.from {
         Some(t) => StreamToken::parse(t)?,
@@ -326,13 +323,13 @@ pub async fn context(
         .collect();
     let mut state = svc.store.events(&state_ids).await?;
     state.sort_by_key(|r| r.stream_ordering);
-    let ad = svc.store.max_account_data_stream().await?;
+    let now = StreamToken::current(&svc).await?;
     Ok(Json(json!({
         "event": client_event(&svc, &event, version, Some(viewer)).await?,
         "events_before": client_events(&svc, &before, version, Some(viewer)).await?,
         "events_after": client_events(&svc, &after, version, Some(viewer)).await?,
-        "start": StreamToken { events: start, account_data: ad }.to_string(),
-        "end": StreamToken { events: end, account_data: ad }.to_string(),
+        "start": now.at_events(start).to_string(),
+        "end": now.at_events(end).to_string(),
         "state": client_events(&svc, &state, version, Some(viewer)).await?,
     })))
 }

@@ -11,6 +11,8 @@ mod events;
 mod filters;
 mod keys;
 mod media;
+mod presence;
+mod receipts;
 mod rooms;
 mod state;
 mod users;
@@ -26,6 +28,8 @@ use sqlx::{
 
 pub use events::{EventRow, NewEvent};
 pub use media::{MediaRow, UploadedContent};
+pub use presence::PresenceRow;
+pub use receipts::ReceiptRow;
 pub use rooms::RoomRow;
 pub use state::StateMap;
 pub use users::{DeviceRow, UserRow};
@@ -68,6 +72,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "media",
         include_str!("../../../migrations/sqlite/0002_media.sql"),
     ),
+    (
+        4,
+        "receipts_presence",
+        include_str!("../../../migrations/sqlite/0004_receipts_presence.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -79,6 +88,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "media",
         include_str!("../../../migrations/postgres/0002_media.sql"),
+    ),
+    (
+        4,
+        "receipts_presence",
+        include_str!("../../../migrations/postgres/0004_receipts_presence.sql"),
     ),
 ];
 

@@ -16,9 +16,13 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::{
     error::{ApiError, ApiResult},
-    rooms::client_event::{Viewer, client_events, stripped_state},
+    rooms::{
+        client_event::{Viewer, client_events, stripped_state},
+        receipts::receipt_event,
+    },
     services::Services,
     store::{EventRow, StateMap},
+    users::presence::presence_content,
 };
 use filter::{Filter, RoomEventFilter};
 use token::StreamToken;
@@ -73,10 +77,7 @@ async fn compute(
     req: &SyncRequest,
 ) -> ApiResult<(Value, bool, HashSet<String>)> {
     // Positions first: everything up to them is committed, so nothing can be skipped.
-    let now = StreamToken {
-        events: svc.store.max_stream_ordering().await?,
-        account_data: svc.store.max_account_data_stream().await?,
-    };
+    let now = StreamToken::current(svc).await?;
     let since = req.since.unwrap_or_default();
     let initial = req.since.is_none();
     let room_filter = req.filter.room.clone().unwrap_or_default();
@@ -136,10 +137,18 @@ async fn compute(
                     &room_filter,
                 )
                 .await?;
-                if let Some(mut section) =
-                    section.or_else(|| (!account_data.is_empty()).then(|| empty_joined(since)))
-                {
+                let ephemeral_filter = room_filter.ephemeral.clone().unwrap_or_default();
+                let mut ephemeral = ephemeral_events(svc, &room_id, user_id, since, now, initial).await?;
+                ephemeral.retain(|e| {
+                    ephemeral_filter
+                        .base
+                        .allows(e["type"].as_str().unwrap_or_default(), "")
+                });
+                if let Some(mut section) = section.or_else(|| {
+                    (!account_data.is_empty() || !ephemeral.is_empty()).then(|| empty_joined(since))
+                }) {
                     section["account_data"] = json!({ "events": account_data });
+                    section["ephemeral"] = json!({ "events": ephemeral });
                     join.insert(room_id, section);
                 }
             }
@@ -193,21 +202,61 @@ async fn compute(
         }
     }
 
+    let presence: Vec<Value> = svc
+        .store
+        .presence_changes_for(user_id, since.presence, now.presence)
+        .await?
+        .iter()
+        .filter(|p| {
+            req.filter
+                .presence
+                .as_ref()
+                .is_none_or(|f| f.allows("m.presence", &p.user_id))
+        })
+        .map(|p| json!({ "type": "m.presence", "sender": p.user_id, "content": presence_content(p) }))
+        .collect();
     let has_changes = !(join.is_empty()
         && invite.is_empty()
         && leave.is_empty()
         && knock.is_empty()
-        && global_account_data.is_empty());
+        && global_account_data.is_empty()
+        && presence.is_empty());
     let response = json!({
         "next_batch": now.to_string(),
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         "account_data": { "events": global_account_data },
-        "presence": { "events": [] },
+        "presence": { "events": presence },
         "to_device": { "events": [] },
         "device_lists": { "changed": [], "left": [] },
         "device_one_time_keys_count": {},
     });
     Ok((response, has_changes, interest))
+}
+
+/// Receipts and typing in a room since the token (all of them in an initial sync).
+async fn ephemeral_events(
+    svc: &Services,
+    room_id: &str,
+    user_id: &str,
+    since: StreamToken,
+    now: StreamToken,
+    initial: bool,
+) -> ApiResult<Vec<Value>> {
+    let mut events = Vec::new();
+    let receipts = svc
+        .store
+        .receipts_since(room_id, since.receipts, now.receipts)
+        .await?;
+    if let Some(event) = receipt_event(&receipts, user_id) {
+        events.push(event);
+    }
+    let typing_since = if initial { i64::MIN } else { since.typing };
+    if let Some(users) = svc.typing.typing_since(room_id, typing_since)
+        && (!initial || !users.is_empty())
+    {
+        events.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
+    }
+    Ok(events)
 }
 
 fn empty_joined(since: StreamToken) -> Value {
