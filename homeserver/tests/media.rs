@@ -382,6 +382,48 @@ async fn create_then_upload_by_the_creator_once() {
 }
 
 #[tokio::test]
+async fn racing_uploads_to_one_created_id_store_exactly_one() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let created = raw(&alice, Method::POST, "/_matrix/media/v1/create", None, None)
+        .await
+        .json();
+    let mxc = created["content_uri"].as_str().unwrap()["mxc://".len()..].to_owned();
+    let mut racers = Vec::new();
+    for i in 0..8u8 {
+        let alice = alice.clone();
+        let mxc = mxc.clone();
+        racers.push(tokio::spawn(async move {
+            let body = vec![i; 300_000];
+            let resp = raw(
+                &alice,
+                Method::PUT,
+                &format!("/_matrix/media/v3/upload/{mxc}"),
+                Some(body),
+                Some("application/octet-stream"),
+            )
+            .await;
+            (i, resp)
+        }));
+    }
+    let mut winners = Vec::new();
+    for racer in racers {
+        let (i, resp) = racer.await.expect("racer");
+        if resp.status == StatusCode::OK {
+            winners.push(i);
+        } else {
+            resp.expect_err(StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA");
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one upload wins: {winners:?}");
+    let resp = download(&alice, &mxc).await;
+    assert!(
+        resp.body == vec![winners[0]; 300_000],
+        "the stored content is the winner's"
+    );
+}
+
+#[tokio::test]
 async fn uploads_over_the_limit_are_refused_and_leave_nothing() {
     let server =
         Server::start_with_config(Backend::from_env(), "[media]\nmax_upload_bytes = 2000000\n").await;

@@ -103,15 +103,11 @@ impl MediaRepo {
         let mut size: u64 = 0;
         let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                ApiError::new(
-                    axum::http::StatusCode::BAD_REQUEST,
-                    "M_UNKNOWN",
-                    format!("Upload interrupted: {e}"),
-                )
-            })?;
+            let chunk = chunk.map_err(interrupted)?;
             size += chunk.len() as u64;
             if size > max_bytes {
+                drop(file);
+                drain(stream, max_bytes, size).await;
                 return Err(too_large(max_bytes));
             }
             hasher.update(&chunk);
@@ -150,6 +146,27 @@ impl MediaRepo {
             let _ = tokio::fs::remove_file(&temp).await;
         }
         result
+    }
+}
+
+fn interrupted(e: axum::Error) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        "M_UNKNOWN",
+        format!("Upload interrupted: {e}"),
+    )
+}
+
+/// Reads and discards the rest of a refused upload, so the client gets to read the 413 instead
+/// of seeing its request cut off mid-send. Bodies that run past twice the limit are not read
+/// further: the connection is closed on them.
+async fn drain(mut stream: axum::body::BodyDataStream, max_bytes: u64, mut seen: u64) {
+    let cap = max_bytes.saturating_mul(2);
+    while seen <= cap {
+        match stream.next().await {
+            Some(Ok(chunk)) => seen += chunk.len() as u64,
+            _ => return,
+        }
     }
 }
 
@@ -195,10 +212,17 @@ pub struct UploadMeta {
 }
 
 impl UploadMeta {
-    fn check_length(&self, max: u64) -> ApiResult<()> {
+    /// Refuses a body whose `Content-Length` is over the limit before storing any of it
+    /// (reading it to its end when that is at most twice the limit: see `drain`).
+    async fn check_length(&self, max: u64, body: Body) -> Result<Body, ApiError> {
         match self.content_length {
-            Some(len) if len > max => Err(too_large(max)),
-            _ => Ok(()),
+            Some(len) if len > max => {
+                if len <= max.saturating_mul(2) {
+                    drain(body.into_data_stream(), max, 0).await;
+                }
+                Err(too_large(max))
+            }
+            _ => Ok(body),
         }
     }
 
@@ -218,7 +242,7 @@ impl UploadMeta {
 /// `POST /_matrix/media/v3/upload`: stores the body under a new media ID; returns its `mxc://`.
 pub async fn upload(svc: &Services, uploader: &UserId, meta: UploadMeta, body: Body) -> ApiResult<String> {
     let max = svc.config.media.max_upload_bytes;
-    meta.check_length(max)?;
+    let body = meta.check_length(max, body).await?;
     let (sha256, size) = svc.media.store_body(body, max).await?;
     let content = meta.into_content(sha256, size);
     let media_id = new_media_id();
@@ -281,7 +305,7 @@ pub async fn upload_to(
         return Err(unknown());
     }
     let max = svc.config.media.max_upload_bytes;
-    meta.check_length(max)?;
+    let body = meta.check_length(max, body).await?;
     let (sha256, size) = svc.media.store_body(body, max).await?;
     let content = meta.into_content(sha256, size);
     // A concurrent upload to the same ID may have won while this body streamed in.

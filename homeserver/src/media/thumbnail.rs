@@ -260,6 +260,39 @@ mod tests {
     }
 
     #[test]
+    fn an_animated_gif_gives_a_static_png() {
+        let frames = (0..3u8).map(|i| {
+            let buf = image::RgbaImage::from_pixel(200, 100, image::Rgba([i * 80, 0, 0, 255]));
+            image::Frame::new(buf)
+        });
+        let mut gif = Vec::new();
+        {
+            let mut encoder = image::codecs::gif::GifEncoder::new(&mut gif);
+            encoder.set_repeat(image::codecs::gif::Repeat::Infinite).unwrap();
+            encoder.encode_frames(frames).unwrap();
+        }
+        let out = match generate(&gif, "image/gif", &req(50, 50, Method::Crop), 1_000_000).unwrap() {
+            Generated::Image(b) => b,
+            Generated::Original => panic!("expected a new image"),
+        };
+        assert_eq!(image::guess_format(&out).unwrap(), ImageFormat::Png);
+        assert_eq!(dims(&out), (50, 50));
+        // Small enough already: returned as uploaded only when animation is welcome.
+        let small = ThumbnailRequest {
+            animated: true,
+            ..req(400, 400, Method::Scale)
+        };
+        assert!(matches!(
+            generate(&gif, "image/gif", &small, 1_000_000).unwrap(),
+            Generated::Original
+        ));
+        match generate(&gif, "image/gif", &req(400, 400, Method::Scale), 1_000_000).unwrap() {
+            Generated::Image(b) => assert_eq!(image::guess_format(&b).unwrap(), ImageFormat::Png),
+            Generated::Original => panic!("an animated original must not be returned unasked"),
+        }
+    }
+
+    #[test]
     fn bad_content_is_refused() {
         let e = generate(
             b"not an image",
