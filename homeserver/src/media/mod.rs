@@ -45,10 +45,22 @@ impl MediaRepo {
         Self { root }
     }
 
-    /// Creates the directory layout (at start-up, so a bad `media.path` stops the server early).
+    /// Creates the directory layout (at start-up, so a bad `media.path` stops the server early)
+    /// and removes temp files a crash left behind (older than a day, so that no upload still
+    /// streaming into another process sharing the directory loses its file).
     pub fn init(&self) -> std::io::Result<()> {
         for dir in ["content", "thumbnails", "tmp"] {
             std::fs::create_dir_all(self.root.join(dir))?;
+        }
+        let day = Duration::from_secs(24 * 60 * 60);
+        for entry in std::fs::read_dir(self.root.join("tmp"))?.flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > day));
+            if stale {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
         Ok(())
     }
@@ -284,6 +296,36 @@ pub async fn upload_to(
     meta: UploadMeta,
     body: Body,
 ) -> ApiResult<()> {
+    let max = svc.config.media.max_upload_bytes;
+    if let Err(e) = check_reservation(svc, uploader, server_name, media_id).await {
+        // Read the body anyway (up to twice the limit), so the client sees this answer and its
+        // connection stays usable.
+        drain(body.into_data_stream(), max, 0).await;
+        return Err(e);
+    }
+    let body = meta.check_length(max, body).await?;
+    let (sha256, size) = svc.media.store_body(body, max).await?;
+    let content = meta.into_content(sha256, size);
+    // A concurrent upload to the same ID may have won while this body streamed in.
+    if !svc
+        .store
+        .complete_pending_media(server_name, media_id, &content, now_ms())
+        .await?
+    {
+        return Err(cannot_overwrite());
+    }
+    tracing::info!(%media_id, size, uploader = %uploader, "media uploaded to a created ID");
+    Ok(())
+}
+
+/// Whether `uploader` may upload to this media ID now: it exists here, was reserved by them,
+/// has no content yet and has not expired.
+async fn check_reservation(
+    svc: &Services,
+    uploader: &UserId,
+    server_name: &str,
+    media_id: &str,
+) -> ApiResult<()> {
     let unknown = || ApiError::not_found("Unknown media ID");
     if server_name != svc.server_name() || !valid_media_id(media_id) {
         return Err(unknown());
@@ -304,19 +346,6 @@ pub async fn upload_to(
     if row.unused_expires_ts.is_some_and(|t| t <= now_ms()) {
         return Err(unknown());
     }
-    let max = svc.config.media.max_upload_bytes;
-    let body = meta.check_length(max, body).await?;
-    let (sha256, size) = svc.media.store_body(body, max).await?;
-    let content = meta.into_content(sha256, size);
-    // A concurrent upload to the same ID may have won while this body streamed in.
-    if !svc
-        .store
-        .complete_pending_media(server_name, media_id, &content, now_ms())
-        .await?
-    {
-        return Err(cannot_overwrite());
-    }
-    tracing::info!(%media_id, size, uploader = %uploader, "media uploaded to a created ID");
     Ok(())
 }
 
