@@ -155,7 +155,7 @@ EOF
         server_pid=$!
         url="http://127.0.0.1:$port"
         if ! wait_for_versions "$url" "$server_pid" "Hearth"; then
-            tail -n 30 "$workdir/hearth.log" >&2 || true
+            tail -n 15 "$workdir/hearth.log" | cut -c1-400 >&2 || true
             exit 1
         fi
         log "Hearth running at $url (pid $server_pid, log $workdir/hearth.log)"
