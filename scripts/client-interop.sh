@@ -12,6 +12,8 @@
 #                             reported but never part of the exit status)
 #          --keep             keep the temp dir (server log, HTTP logs) even when everything passed
 #          --release          build and run target/release/hearth
+#          --postgres         run Hearth on a fresh PostgreSQL database on 127.0.0.1:5432 (user
+#                             postgres; created and dropped here) instead of SQLite
 #          --js-shim-pushrules diagnostic: when GET /pushrules/ is 404, give matrix-js-sdk an empty
 #                             rule set so the steps after startClient run (still counted a FAIL)
 # Environment: HS_URL (same as --url), HEARTH_LOG (RUST_LOG for Hearth, default
@@ -31,6 +33,8 @@ target=hearth
 only=""
 keep=0
 profile=debug
+pg=0
+pgdb=""
 js_extra=()
 nio_extra=()
 while [[ $# -gt 0 ]]; do
@@ -40,9 +44,10 @@ while [[ $# -gt 0 ]]; do
         --only) [[ $# -ge 2 ]] || { echo "--only needs nio or js" >&2; exit 2; }; only="$2"; shift 2 ;;
         --keep) keep=1; shift ;;
         --release) profile=release; shift ;;
+        --postgres) pg=1; shift ;;
         --js-shim-pushrules) js_extra+=(--shim-pushrules); shift ;;
         --no-extras) js_extra+=(--no-extras); nio_extra+=(--no-extras); shift ;;
-        -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "client-interop.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -97,6 +102,9 @@ cleanup() {
             fi
         done
     fi
+    if [[ -n "$pgdb" ]]; then
+        dropdb -h 127.0.0.1 -U postgres --if-exists "$pgdb" || log "could not drop database $pgdb"
+    fi
     if [[ $rc -eq 0 && $keep -eq 0 && -z "${INTEROP_DIR:-}" ]]; then
         rm -rf "$workdir"
     else
@@ -134,13 +142,19 @@ case "$target" in
         fi
         port="$(free_port)"
         mkdir -p "$workdir/hearth-data"
+        db_url="sqlite://$workdir/hearth-data/hearth.db"
+        if [[ $pg -eq 1 ]]; then
+            pgdb="hearth_interop_$$"
+            createdb -h 127.0.0.1 -U postgres "$pgdb"
+            db_url="postgres://postgres@127.0.0.1:5432/$pgdb"
+        fi
         cat >"$workdir/hearth.toml" <<EOF
 server_name = "localhost:$port"
 listen = "127.0.0.1:$port"
 data_dir = "$workdir/hearth-data"
 
 [database]
-url = "sqlite://$workdir/hearth-data/hearth.db"
+url = "$db_url"
 
 [registration]
 enabled = true
@@ -197,7 +211,7 @@ if [[ "$only" != nio ]]; then
 fi
 
 echo "==================== client interop summary ===================="
-echo "server: $target at $url${server_header:+ ($server_header)}"
+echo "server: $target at $url${server_header:+ ($server_header)}${pgdb:+ on PostgreSQL}"
 overall=0
 for name in nio js; do
     [[ -n "$only" && "$only" != "$name" ]] && continue
