@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 use crate::{
     error::{ApiError, ApiResult},
     services::{Services, now_ms},
-    store::{EventRow, NewEvent},
+    store::{EventRow, NewEvent, Txn},
 };
 
 /// What a caller wants in a new event.
@@ -79,14 +79,11 @@ impl Timeline {
         room_id: &RoomId,
         sender: &UserId,
         spec: EventSpec,
-        txn: Option<(&str, &str)>,
+        txn: Option<Txn>,
     ) -> ApiResult<Appended> {
         let _guard = self.write_lock.lock().await;
-        if let Some((device_id, txn_id)) = txn
-            && let Some(existing) = svc
-                .store
-                .event_for_txn(sender.as_str(), device_id, txn_id)
-                .await?
+        if let Some(txn) = &txn
+            && let Some(existing) = svc.store.event_for_txn(sender.as_str(), txn).await?
         {
             let row = svc
                 .store
@@ -143,7 +140,7 @@ impl Timeline {
         version: &RoomVersionId,
         sender: &UserId,
         spec: EventSpec,
-        txn: Option<(&str, &str)>,
+        txn: Option<Txn>,
     ) -> ApiResult<Appended> {
         let rules = rules_for(version)
             .ok_or_else(|| ApiError::unsupported_room_version("Unsupported room version"))?;
@@ -257,7 +254,7 @@ impl Timeline {
                         .map(ToOwned::to_owned)
                 })
                 .flatten(),
-            txn: txn.map(|(d, t)| (d.to_owned(), t.to_owned())),
+            txn,
             json: pdu.to_canonical_string(),
         };
         let stream_ordering = svc.store.append_event(&new).await?;

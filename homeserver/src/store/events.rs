@@ -2,7 +2,7 @@
 
 use sqlx::{Row, any::AnyRow};
 
-use super::{Store, StoreResult, q};
+use super::{Store, StoreResult, Stream, q};
 
 /// An event to append, with the columns queries need beside its opaque JSON.
 #[derive(Debug, Clone)]
@@ -20,9 +20,25 @@ pub struct NewEvent {
     pub prev_events: Vec<String>,
     /// `content.membership` of an `m.room.member` event.
     pub membership: Option<String>,
-    /// (device ID, transaction ID) when a client sent it with a txnId.
-    pub txn: Option<(String, String)>,
+    /// The client transaction that sent it, if any.
+    pub txn: Option<Txn>,
     pub json: String,
+}
+
+/// A client transaction: its ID is scoped to one device and one request path.
+#[derive(Debug, Clone)]
+pub struct Txn {
+    pub device_id: String,
+    /// The request path without the txnId, e.g. `send/!room/m.room.message`.
+    pub scope: String,
+    pub txn_id: String,
+}
+
+impl Txn {
+    /// The key retries are matched on.
+    fn key(&self) -> String {
+        format!("{}/{}", self.scope, self.txn_id)
+    }
 }
 
 /// A stored event as read back.
@@ -80,7 +96,7 @@ impl Store {
     /// the membership history and the transaction ID, in one database transaction. Returns the
     /// event's stream position. Callers serialize appends to a room (see `rooms::timeline`).
     pub async fn append_event(&self, event: &NewEvent) -> StoreResult<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_stream_write(Stream::Events).await?;
         let previous_group: Option<i64> = q("SELECT state_group FROM events WHERE room_id = $1 \
                                               ORDER BY stream_ordering DESC LIMIT 1")
         .bind(event.room_id.clone())
@@ -104,8 +120,8 @@ impl Store {
         .bind(event.rel_type.clone())
         .bind(event.relates_to.clone())
         .bind(previous_group.unwrap_or(0))
-        .bind(event.txn.as_ref().map(|t| t.0.clone()))
-        .bind(event.txn.as_ref().map(|t| t.1.clone()))
+        .bind(event.txn.as_ref().map(|t| t.device_id.clone()))
+        .bind(event.txn.as_ref().map(|t| t.txn_id.clone()))
         .bind(event.json.clone())
         .fetch_one(&mut *tx)
         .await?
@@ -152,14 +168,14 @@ impl Store {
             .execute(&mut *tx)
             .await?;
 
-        if let Some((device_id, txn_id)) = &event.txn {
+        if let Some(txn) = &event.txn {
             q(
                 "INSERT INTO transaction_ids (user_id, device_id, txn_id, event_id, created_ts) \
                VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(event.sender.clone())
-            .bind(device_id.clone())
-            .bind(txn_id.clone())
+            .bind(txn.device_id.clone())
+            .bind(txn.key())
             .bind(event.event_id.clone())
             .bind(event.origin_server_ts)
             .execute(&mut *tx)
@@ -169,18 +185,13 @@ impl Store {
         Ok(stream)
     }
 
-    /// The event a (user, device, txnId) already produced.
-    pub async fn event_for_txn(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        txn_id: &str,
-    ) -> StoreResult<Option<String>> {
+    /// The event a user's transaction already produced.
+    pub async fn event_for_txn(&self, user_id: &str, txn: &Txn) -> StoreResult<Option<String>> {
         let row =
             q("SELECT event_id FROM transaction_ids WHERE user_id = $1 AND device_id = $2 AND txn_id = $3")
                 .bind(user_id.to_owned())
-                .bind(device_id.to_owned())
-                .bind(txn_id.to_owned())
+                .bind(txn.device_id.clone())
+                .bind(txn.key())
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map(|r| r.get(0)))

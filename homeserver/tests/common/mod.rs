@@ -94,8 +94,10 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-pub fn hearth_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_hearth")
+/// The binary under test: `HEARTH_BIN` when set (e.g. a copy that other builds cannot replace
+/// mid-run), else the one cargo built for these tests.
+pub fn hearth_bin() -> String {
+    std::env::var("HEARTH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hearth").to_owned())
 }
 
 /// A `Command` for the hearth binary with no `HEARTH_*` variables inherited from the test's
