@@ -17,7 +17,8 @@
 #          --js-shim-pushrules diagnostic: when GET /pushrules/ is 404, give matrix-js-sdk an empty
 #                             rule set so the steps after startClient run (still counted a FAIL)
 # Environment: HS_URL (same as --url), HEARTH_LOG (RUST_LOG for Hearth, default
-#              "debug,tower_http=debug"), INTEROP_DIR (use this dir instead of a fresh temp dir).
+#              "debug,tower_http=debug"), INTEROP_DIR (use this dir instead of a fresh temp dir),
+#              HEARTH_BIN (run this Hearth binary instead of building one).
 #
 # Installs matrix-nio into <repo>/.venv-interop and matrix-js-sdk into scripts/client-interop/js
 # (npm ci from the committed lockfile) when missing. Prints PASS/FAIL per step and a summary;
@@ -47,7 +48,7 @@ while [[ $# -gt 0 ]]; do
         --postgres) pg=1; shift ;;
         --js-shim-pushrules) js_extra+=(--shim-pushrules); shift ;;
         --no-extras) js_extra+=(--no-extras); nio_extra+=(--no-extras); shift ;;
-        -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "client-interop.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -134,11 +135,18 @@ fi
 # ---------------------------------------------------------------- server
 case "$target" in
     hearth)
-        log "building Hearth (cargo build -p hearth${profile/debug/})"
-        if [[ "$profile" == release ]]; then
-            (cd "$REPO_ROOT" && cargo build -p hearth --release)
+        if [[ -n "${HEARTH_BIN:-}" ]]; then
+            hearth_bin="$HEARTH_BIN"
+            [[ -x "$hearth_bin" ]] || { log "HEARTH_BIN=$hearth_bin is not executable"; exit 1; }
+            log "using $hearth_bin (HEARTH_BIN; not building)"
         else
-            (cd "$REPO_ROOT" && cargo build -p hearth)
+            hearth_bin="$REPO_ROOT/target/$profile/hearth"
+            log "building Hearth (cargo build -p hearth${profile/debug/})"
+            if [[ "$profile" == release ]]; then
+                (cd "$REPO_ROOT" && cargo build -p hearth --release)
+            else
+                (cd "$REPO_ROOT" && cargo build -p hearth)
+            fi
         fi
         port="$(free_port)"
         mkdir -p "$workdir/hearth-data"
@@ -164,7 +172,7 @@ enabled = false
 EOF
         # exec: the background job's PID must be Hearth itself, so that cleanup stops the server
         (cd "$workdir" && RUST_LOG="${HEARTH_LOG:-debug,tower_http=debug}" NO_COLOR=1 \
-            exec "$REPO_ROOT/target/$profile/hearth" serve --config "$workdir/hearth.toml") \
+            exec "$hearth_bin" serve --config "$workdir/hearth.toml") \
             >"$workdir/hearth.log" 2>&1 </dev/null &
         server_pid=$!
         url="http://127.0.0.1:$port"
