@@ -359,3 +359,77 @@ async fn receipt_sync_ends_with_every_latest_receipt() {
         );
     }
 }
+
+/// Presence set concurrently by many users: the watcher's incremental syncs end with every
+/// user's last status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presence_sync_ends_with_every_latest_status() {
+    const USERS: usize = 5;
+    const UPDATES: usize = 15;
+    let server = Server::start().await;
+    let watcher = server.register("watcher").await;
+    let room = watcher.create_room(json!({ "preset": "public_chat" })).await;
+    let mut users = Vec::new();
+    for i in 0..USERS {
+        let u = server.register(&format!("busy{i}")).await;
+        u.join(&room).await;
+        users.push(u);
+    }
+    let since = watcher.sync(None, 0, 1).await["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+    let last = format!("status {}", UPDATES - 1);
+    let ids: Vec<String> = users.iter().map(|u| u.user_id.clone()).collect();
+    let start = Instant::now();
+    let give_up = Arc::new(AtomicU64::new(15_000));
+    let watch = {
+        let (watcher, give_up, last, ids) = (watcher.clone(), give_up.clone(), last.clone(), ids.clone());
+        tokio::spawn(async move {
+            let mut since = since;
+            let mut latest: HashMap<String, String> = HashMap::new();
+            loop {
+                let done = ids.iter().all(|u| latest.get(u) == Some(&last));
+                if done || (start.elapsed().as_millis() as u64) >= give_up.load(Ordering::SeqCst) {
+                    break;
+                }
+                let resp = watcher.sync(Some(&since), 0, 1).await;
+                for event in resp["presence"]["events"].as_array().into_iter().flatten() {
+                    if let (Some(sender), Some(msg)) =
+                        (event["sender"].as_str(), event["content"]["status_msg"].as_str())
+                    {
+                        latest.insert(sender.to_owned(), msg.to_owned());
+                    }
+                }
+                since = resp["next_batch"].as_str().expect("next_batch").to_owned();
+            }
+            latest
+        })
+    };
+    let mut tasks = Vec::new();
+    for user in &users {
+        let user = user.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..UPDATES {
+                user.ok(
+                    Method::PUT,
+                    &format!("/presence/{}/status", encode(&user.user_id)),
+                    Some(&json!({ "presence": "online", "status_msg": format!("status {i}") })),
+                )
+                .await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    give_up.store(start.elapsed().as_millis() as u64 + 2000, Ordering::SeqCst);
+    let latest = watch.await.expect("watcher");
+    for user in &ids {
+        assert_eq!(
+            latest.get(user),
+            Some(&last),
+            "{user}'s last presence never reached the watcher's sync"
+        );
+    }
+}
