@@ -1,8 +1,8 @@
 //! The event log: appending events with their DAG edges and state, and reading them back.
 
-use sqlx::{Row, any::AnyRow};
+use sqlx::{Any, Row, Transaction, any::AnyRow};
 
-use super::{Store, StoreResult, Stream, q};
+use super::{RoomRow, Store, StoreResult, Stream, q};
 
 /// An event to append, with the columns queries need beside its opaque JSON.
 #[derive(Debug, Clone)]
@@ -97,10 +97,39 @@ impl Store {
     /// event's stream position. Callers serialize appends to a room (see `rooms::timeline`).
     pub async fn append_event(&self, event: &NewEvent) -> StoreResult<i64> {
         let mut tx = self.begin_stream_write(Stream::Events).await?;
+        let stream = Self::append_in(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(stream)
+    }
+
+    /// Creates a room with its first events (and its alias, if any) in one transaction, so a
+    /// failure leaves nothing behind. Returns `false` when the alias is taken.
+    pub async fn create_room_with_events(
+        &self,
+        room: &RoomRow,
+        alias: Option<&str>,
+        events: &[NewEvent],
+        now: i64,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_stream_write(Stream::Events).await?;
+        Self::insert_room_in(&mut tx, room, now).await?;
+        if let Some(alias) = alias
+            && !Self::create_alias_in(&mut tx, alias, &room.room_id, &room.creator).await?
+        {
+            return Ok(false);
+        }
+        for event in events {
+            Self::append_in(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn append_in(tx: &mut Transaction<'static, Any>, event: &NewEvent) -> StoreResult<i64> {
         let previous_group: Option<i64> = q("SELECT state_group FROM events WHERE room_id = $1 \
                                               ORDER BY stream_ordering DESC LIMIT 1")
         .bind(event.room_id.clone())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?
         .map(|r| r.get(0));
 
@@ -123,18 +152,18 @@ impl Store {
         .bind(event.txn.as_ref().map(|t| t.device_id.clone()))
         .bind(event.txn.as_ref().map(|t| t.txn_id.clone()))
         .bind(event.json.clone())
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?
         .get(0);
 
         if let Some(state_key) = &event.state_key {
             let (group, replaced) =
-                Self::apply_state_event(&mut tx, event, state_key, previous_group, stream).await?;
+                Self::apply_state_event(tx, event, state_key, previous_group, stream).await?;
             q("UPDATE events SET state_group = $2, replaces_state = $3 WHERE stream_ordering = $1")
                 .bind(stream)
                 .bind(group)
                 .bind(replaced)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             if let Some(membership) = &event.membership {
                 q("INSERT INTO room_memberships (event_id, room_id, user_id, sender, membership, stream_ordering) \
@@ -145,7 +174,7 @@ impl Store {
                 .bind(event.sender.clone())
                 .bind(membership.clone())
                 .bind(stream)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             }
         }
@@ -154,18 +183,18 @@ impl Store {
             q("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                 .bind(event.event_id.clone())
                 .bind(prev.clone())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             q("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
                 .bind(event.room_id.clone())
                 .bind(prev.clone())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
         q("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)")
             .bind(event.room_id.clone())
             .bind(event.event_id.clone())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
 
         if let Some(txn) = &event.txn {
@@ -178,10 +207,9 @@ impl Store {
             .bind(txn.key())
             .bind(event.event_id.clone())
             .bind(event.origin_server_ts)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
         Ok(stream)
     }
 
