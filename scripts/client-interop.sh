@@ -12,10 +12,13 @@
 #                             reported but never part of the exit status)
 #          --keep             keep the temp dir (server log, HTTP logs) even when everything passed
 #          --release          build and run target/release/hearth
+#          --postgres         run Hearth on a fresh PostgreSQL database on 127.0.0.1:5432 (user
+#                             postgres; created and dropped here) instead of SQLite
 #          --js-shim-pushrules diagnostic: when GET /pushrules/ is 404, give matrix-js-sdk an empty
 #                             rule set so the steps after startClient run (still counted a FAIL)
 # Environment: HS_URL (same as --url), HEARTH_LOG (RUST_LOG for Hearth, default
-#              "debug,tower_http=debug"), INTEROP_DIR (use this dir instead of a fresh temp dir).
+#              "debug,tower_http=debug"), INTEROP_DIR (use this dir instead of a fresh temp dir),
+#              HEARTH_BIN (run this Hearth binary instead of building one).
 #
 # Installs matrix-nio into <repo>/.venv-interop and matrix-js-sdk into scripts/client-interop/js
 # (npm ci from the committed lockfile) when missing. Prints PASS/FAIL per step and a summary;
@@ -31,6 +34,8 @@ target=hearth
 only=""
 keep=0
 profile=debug
+pg=0
+pgdb=""
 js_extra=()
 nio_extra=()
 while [[ $# -gt 0 ]]; do
@@ -40,9 +45,10 @@ while [[ $# -gt 0 ]]; do
         --only) [[ $# -ge 2 ]] || { echo "--only needs nio or js" >&2; exit 2; }; only="$2"; shift 2 ;;
         --keep) keep=1; shift ;;
         --release) profile=release; shift ;;
+        --postgres) pg=1; shift ;;
         --js-shim-pushrules) js_extra+=(--shim-pushrules); shift ;;
         --no-extras) js_extra+=(--no-extras); nio_extra+=(--no-extras); shift ;;
-        -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "client-interop.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -97,6 +103,9 @@ cleanup() {
             fi
         done
     fi
+    if [[ -n "$pgdb" ]]; then
+        dropdb -h 127.0.0.1 -U postgres --if-exists "$pgdb" || log "could not drop database $pgdb"
+    fi
     if [[ $rc -eq 0 && $keep -eq 0 && -z "${INTEROP_DIR:-}" ]]; then
         rm -rf "$workdir"
     else
@@ -126,21 +135,34 @@ fi
 # ---------------------------------------------------------------- server
 case "$target" in
     hearth)
-        log "building Hearth (cargo build -p hearth${profile/debug/})"
-        if [[ "$profile" == release ]]; then
-            (cd "$REPO_ROOT" && cargo build -p hearth --release)
+        if [[ -n "${HEARTH_BIN:-}" ]]; then
+            hearth_bin="$HEARTH_BIN"
+            [[ -x "$hearth_bin" ]] || { log "HEARTH_BIN=$hearth_bin is not executable"; exit 1; }
+            log "using $hearth_bin (HEARTH_BIN; not building)"
         else
-            (cd "$REPO_ROOT" && cargo build -p hearth)
+            hearth_bin="$REPO_ROOT/target/$profile/hearth"
+            log "building Hearth (cargo build -p hearth${profile/debug/})"
+            if [[ "$profile" == release ]]; then
+                (cd "$REPO_ROOT" && cargo build -p hearth --release)
+            else
+                (cd "$REPO_ROOT" && cargo build -p hearth)
+            fi
         fi
         port="$(free_port)"
         mkdir -p "$workdir/hearth-data"
+        db_url="sqlite://$workdir/hearth-data/hearth.db"
+        if [[ $pg -eq 1 ]]; then
+            pgdb="hearth_interop_$$"
+            createdb -h 127.0.0.1 -U postgres "$pgdb"
+            db_url="postgres://postgres@127.0.0.1:5432/$pgdb"
+        fi
         cat >"$workdir/hearth.toml" <<EOF
 server_name = "localhost:$port"
 listen = "127.0.0.1:$port"
 data_dir = "$workdir/hearth-data"
 
 [database]
-url = "sqlite://$workdir/hearth-data/hearth.db"
+url = "$db_url"
 
 [registration]
 enabled = true
@@ -150,12 +172,12 @@ enabled = false
 EOF
         # exec: the background job's PID must be Hearth itself, so that cleanup stops the server
         (cd "$workdir" && RUST_LOG="${HEARTH_LOG:-debug,tower_http=debug}" NO_COLOR=1 \
-            exec "$REPO_ROOT/target/$profile/hearth" serve --config "$workdir/hearth.toml") \
+            exec "$hearth_bin" serve --config "$workdir/hearth.toml") \
             >"$workdir/hearth.log" 2>&1 </dev/null &
         server_pid=$!
         url="http://127.0.0.1:$port"
         if ! wait_for_versions "$url" "$server_pid" "Hearth"; then
-            tail -n 30 "$workdir/hearth.log" >&2 || true
+            tail -n 15 "$workdir/hearth.log" | cut -c1-400 >&2 || true
             exit 1
         fi
         log "Hearth running at $url (pid $server_pid, log $workdir/hearth.log)"
@@ -197,7 +219,7 @@ if [[ "$only" != nio ]]; then
 fi
 
 echo "==================== client interop summary ===================="
-echo "server: $target at $url${server_header:+ ($server_header)}"
+echo "server: $target at $url${server_header:+ ($server_header)}${pgdb:+ on PostgreSQL}"
 overall=0
 for name in nio js; do
     [[ -n "$only" && "$only" != "$name" ]] && continue

@@ -53,6 +53,9 @@ struct Cli {
     /// Use the server's default /sync filter instead of the benchmark's inline filter.
     #[arg(long, global = true)]
     no_sync_filter: bool,
+    /// `set_presence` for every /sync (online, offline, unavailable); default: not sent.
+    #[arg(long, global = true)]
+    sync_set_presence: Option<String>,
     /// Hard limit on the whole run, seconds.
     #[arg(long, global = true, default_value_t = 900)]
     max_time: u64,
@@ -155,7 +158,8 @@ async fn main() -> Result<()> {
     let nofile = raise_nofile_limit();
     tracing::debug!(nofile, "open-file limit");
     let request_timeout = Duration::from_secs(cli.request_timeout);
-    let api = matrix::Api::new(base.clone(), None, request_timeout)?;
+    let mut api = matrix::Api::new(base.clone(), None, request_timeout)?;
+    api.sync_set_presence = cli.sync_set_presence.clone();
     let versions = api
         .versions()
         .await
@@ -201,6 +205,9 @@ async fn main() -> Result<()> {
     report.server_versions = versions;
     report.params["run_id"] = json!(ctx.run_id);
     report.params["sync_filter"] = json!(ctx.sync_filter.is_some());
+    if let Some(p) = &cli.sync_set_presence {
+        report.params["sync_set_presence"] = json!(p);
+    }
     tracing::info!(scenario = name, url = %base, run = %ctx.run_id, "starting");
 
     let work = async {

@@ -2,6 +2,7 @@
 //!
 //! * `HS_URL` set: the tests target that running server; nothing is spawned.
 //! * otherwise: each test starts its own `hearth serve --config FILE` (binary from `HEARTH_BIN`, else
+//!   the `hearth` in the test executable's profile directory, e.g. `target/debug/`, else
 //!   `<workspace>/target/debug/hearth`) on a free port of 127.0.0.1 with a fresh temp directory and
 //!   a fresh database (`HEARTH_TEST_DB=sqlite|postgres`, default sqlite; PostgreSQL at
 //!   `HEARTH_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/test`). The process is
@@ -96,6 +97,15 @@ fn workspace_root() -> PathBuf {
 fn hearth_bin() -> PathBuf {
     if let Ok(bin) = std::env::var("HEARTH_BIN") {
         return PathBuf::from(bin);
+    }
+    // The test executable lives in <target>/<profile>/deps/: the hearth binary of the same build
+    // is <target>/<profile>/hearth.
+    if let Some(profile_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.parent()?.parent()?.to_path_buf()))
+        && profile_dir.join("hearth").is_file()
+    {
+        return profile_dir.join("hearth");
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)

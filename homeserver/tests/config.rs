@@ -86,7 +86,6 @@ fn run_bad_config(dir: &std::path::Path, name: &str, text: &str) -> (Output, Dur
 
 /// The contract: a bad config stops start-up with a non-zero exit, and stderr names the key.
 #[test]
-#[ignore = "bug: hearth logs the config error to stdout, stderr stays empty (tracing_subscriber::fmt writes to stdout)"]
 fn config_errors_name_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (name, text, key) in bad_configs(dir.path()) {
@@ -338,7 +337,6 @@ async fn the_database_defaults_to_the_data_dir() {
 /// The generated config says the server name "cannot change later": starting on data made under
 /// another name must be refused, naming `server_name`, instead of serving users it does not own.
 #[tokio::test]
-#[ignore = "bug: Hearth starts and serves on a database made under another server_name"]
 async fn a_changed_server_name_is_refused() {
     let mut server = common::Server::start().await;
     server.register("alice").await;

@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::{Client, Server, encode, state_of_group};
+use common::{Client, Server, StateGroups, encode};
 use hearth_federation::SigningKey;
 use reqwest::Method;
 use ruma::{
@@ -230,6 +230,19 @@ async fn build_history(version: &str, users: &[Client; 5]) -> String {
         .remove(bob.user_id.as_str());
     alice.set_state(&room, "m.room.power_levels", "", pl).await;
     bob.send_text(&room, "demoted").await;
+    // Knocking: erin (kicked above) knocks, is let in by an invite, joins.
+    alice
+        .set_state(&room, "m.room.join_rules", "", json!({ "join_rule": "knock" }))
+        .await;
+    erin.ok(
+        Method::POST,
+        &format!("/knock/{}", encode(&room)),
+        Some(&json!({ "reason": "let me back" })),
+    )
+    .await;
+    alice.invite(&room, &erin.user_id).await;
+    erin.join(&room).await;
+    erin.send_text(&room, "back").await;
     // Concurrent writers: the DAG must stay a single well-formed chain.
     let mut tasks = Vec::new();
     for client in [alice.clone(), bob.clone()] {
@@ -402,6 +415,7 @@ async fn check_room(
         "room_memberships rows vs member events"
     );
 
+    let groups = StateGroups::load(db, room).await;
     let mut state: HashMap<StateKey, OwnedEventId> = HashMap::new();
     for (i, ev) in events.iter().enumerate() {
         let ctx = format!("v{version} event #{i} {} ({}): {}", ev.event_id, ev.kind, ev.raw);
@@ -561,7 +575,7 @@ async fn check_room(
         }
 
         // The state group recorded for the event is the state after it.
-        let recorded = state_of_group(db, ev.state_group).await;
+        let recorded = groups.state_of(ev.state_group);
         let replayed: HashMap<StateKey, String> =
             state.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
         assert_eq!(
@@ -614,13 +628,49 @@ async fn dag_is_valid() {
     for version in [RoomVersionId::V10, RoomVersionId::V11, RoomVersionId::V12] {
         rooms.push((build_history(version.as_str(), &users).await, version));
     }
+    // Upgrades: v10 → v11 and v11 → v12; the new rooms' graphs are checked too.
+    let alice = &users[0];
+    for (old, new_version) in [(0, RoomVersionId::V11), (1, RoomVersionId::V12)] {
+        let old_room = rooms[old].0.clone();
+        let resp = alice
+            .ok(
+                Method::POST,
+                &format!("/rooms/{}/upgrade", encode(&old_room)),
+                Some(&json!({ "new_version": new_version.as_str() })),
+            )
+            .await;
+        let new_room = resp["replacement_room"]
+            .as_str()
+            .expect("replacement_room")
+            .to_owned();
+        let tombstone = alice.get_state_content(&old_room, "m.room.tombstone", "").await;
+        assert_eq!(
+            tombstone["replacement_room"],
+            new_room.as_str(),
+            "tombstone: {tombstone}"
+        );
+        let create = alice.get_state_content(&new_room, "m.room.create", "").await;
+        assert_eq!(
+            create["predecessor"]["room_id"],
+            old_room.as_str(),
+            "predecessor: {create}"
+        );
+        alice.invite(&new_room, &users[1].user_id).await;
+        users[1].join(&new_room).await;
+        users[1].send_text(&new_room, "moved").await;
+        rooms.push((new_room, new_version));
+    }
     let db = server.db().await;
     let keys = public_keys(&db, common::SERVER_NAME).await;
     for (room, version) in &rooms {
         let (n, redactions) = check_room(&db, &keys, room, version).await;
         println!("room version {version}: {n} events checked in {room}");
-        assert!(n > 50, "history too short: {n} events");
-        assert!(redactions > 0, "the history has no redaction");
+        if n > 50 {
+            assert!(redactions > 0, "the history has no redaction");
+        } else {
+            // An upgraded room: create, creator, copied state, a join and a message.
+            assert!(n >= 6, "upgraded room too short: {n} events");
+        }
     }
     db.close().await;
 }

@@ -173,7 +173,6 @@ async fn sync_tokens_never_skip_or_repeat() {
 /// Account data has its own stream: updates written concurrently (by this user's devices and by
 /// other users, who share the stream's positions) each reach the user's incremental syncs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "bug (PostgreSQL only): account data stream IDs are taken before commit, so a sync between two concurrent writes skips the earlier one for good"]
 async fn account_data_sync_never_skips() {
     const WRITERS: usize = 4;
     const PER_WRITER: usize = 25;
@@ -261,4 +260,176 @@ async fn account_data_sync_never_skips() {
         "account data never delivered by incremental sync: {missing:?}"
     );
     assert_eq!(unique.len(), seen.len(), "account data delivered twice");
+}
+
+/// Read receipts posted concurrently by many users: the watcher's incremental syncs end with
+/// every user's last receipt (a skipped final update would leave a stale read marker forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn receipt_sync_ends_with_every_latest_receipt() {
+    const READERS: usize = 5;
+    const EVENTS: usize = 15;
+    let server = Server::start().await;
+    let watcher = server.register("watcher").await;
+    let room = watcher.create_room(json!({ "preset": "public_chat" })).await;
+    let mut readers = Vec::new();
+    for i in 0..READERS {
+        let r = server.register(&format!("reader{i}")).await;
+        r.join(&room).await;
+        readers.push(r);
+    }
+    let mut events = Vec::new();
+    for i in 0..EVENTS {
+        events.push(watcher.send_text(&room, &format!("read me {i}")).await);
+    }
+    let since = watcher.sync(None, 0, 1).await["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+
+    let start = Instant::now();
+    let give_up = Arc::new(AtomicU64::new(15_000));
+    let last_event = events.last().expect("events").clone();
+    let reader_ids: Vec<String> = readers.iter().map(|r| r.user_id.clone()).collect();
+    let watch = {
+        let (watcher, room, give_up, last_event, reader_ids) = (
+            watcher.clone(),
+            room.clone(),
+            give_up.clone(),
+            last_event.clone(),
+            reader_ids.clone(),
+        );
+        tokio::spawn(async move {
+            let mut since = since;
+            let mut latest: HashMap<String, String> = HashMap::new();
+            let mut updates = 0;
+            loop {
+                let done = reader_ids.iter().all(|u| latest.get(u) == Some(&last_event));
+                if done || (start.elapsed().as_millis() as u64) >= give_up.load(Ordering::SeqCst) {
+                    break;
+                }
+                let resp = watcher.sync(Some(&since), 0, 1).await;
+                for event in resp["rooms"]["join"][&room]["ephemeral"]["events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    if event["type"] != "m.receipt" {
+                        continue;
+                    }
+                    for (event_id, types) in event["content"].as_object().into_iter().flatten() {
+                        for user in types["m.read"].as_object().into_iter().flatten().map(|(u, _)| u) {
+                            latest.insert(user.clone(), event_id.clone());
+                            updates += 1;
+                        }
+                    }
+                }
+                since = resp["next_batch"].as_str().expect("next_batch").to_owned();
+            }
+            (latest, updates)
+        })
+    };
+
+    let mut tasks = Vec::new();
+    for reader in &readers {
+        let (reader, room, events) = (reader.clone(), room.clone(), events.clone());
+        tasks.push(tokio::spawn(async move {
+            for event_id in &events {
+                reader
+                    .ok(
+                        Method::POST,
+                        &format!("/rooms/{}/receipt/m.read/{}", encode(&room), encode(event_id)),
+                        Some(&json!({})),
+                    )
+                    .await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("reader");
+    }
+    give_up.store(start.elapsed().as_millis() as u64 + 2000, Ordering::SeqCst);
+    let (latest, updates) = watch.await.expect("watcher");
+    println!("receipts: {updates} updates seen");
+    for user in &reader_ids {
+        assert_eq!(
+            latest.get(user),
+            Some(&last_event),
+            "{user}'s last receipt never reached the watcher's sync (saw {:?})",
+            latest.get(user)
+        );
+    }
+}
+
+/// Presence set concurrently by many users: the watcher's incremental syncs end with every
+/// user's last status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presence_sync_ends_with_every_latest_status() {
+    const USERS: usize = 5;
+    const UPDATES: usize = 15;
+    let server = Server::start().await;
+    let watcher = server.register("watcher").await;
+    let room = watcher.create_room(json!({ "preset": "public_chat" })).await;
+    let mut users = Vec::new();
+    for i in 0..USERS {
+        let u = server.register(&format!("busy{i}")).await;
+        u.join(&room).await;
+        users.push(u);
+    }
+    let since = watcher.sync(None, 0, 1).await["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+    let last = format!("status {}", UPDATES - 1);
+    let ids: Vec<String> = users.iter().map(|u| u.user_id.clone()).collect();
+    let start = Instant::now();
+    let give_up = Arc::new(AtomicU64::new(15_000));
+    let watch = {
+        let (watcher, give_up, last, ids) = (watcher.clone(), give_up.clone(), last.clone(), ids.clone());
+        tokio::spawn(async move {
+            let mut since = since;
+            let mut latest: HashMap<String, String> = HashMap::new();
+            loop {
+                let done = ids.iter().all(|u| latest.get(u) == Some(&last));
+                if done || (start.elapsed().as_millis() as u64) >= give_up.load(Ordering::SeqCst) {
+                    break;
+                }
+                let resp = watcher.sync(Some(&since), 0, 1).await;
+                for event in resp["presence"]["events"].as_array().into_iter().flatten() {
+                    if let (Some(sender), Some(msg)) =
+                        (event["sender"].as_str(), event["content"]["status_msg"].as_str())
+                    {
+                        latest.insert(sender.to_owned(), msg.to_owned());
+                    }
+                }
+                since = resp["next_batch"].as_str().expect("next_batch").to_owned();
+            }
+            latest
+        })
+    };
+    let mut tasks = Vec::new();
+    for user in &users {
+        let user = user.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..UPDATES {
+                user.ok(
+                    Method::PUT,
+                    &format!("/presence/{}/status", encode(&user.user_id)),
+                    Some(&json!({ "presence": "online", "status_msg": format!("status {i}") })),
+                )
+                .await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    give_up.store(start.elapsed().as_millis() as u64 + 2000, Ordering::SeqCst);
+    let latest = watch.await.expect("watcher");
+    for user in &ids {
+        assert_eq!(
+            latest.get(user),
+            Some(&last),
+            "{user}'s last presence never reached the watcher's sync"
+        );
+    }
 }

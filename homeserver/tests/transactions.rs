@@ -55,7 +55,6 @@ async fn retransmissions_are_idempotent_per_device_and_path() {
 }
 
 #[tokio::test]
-#[ignore = "bug: the same txnId on another path (another room, or /redact) returns the first event instead of making a new one"]
 async fn the_same_txn_id_on_another_path_is_a_new_request() {
     let server = Server::start().await;
     let alice = server.register("alice").await;

@@ -28,6 +28,11 @@ pub struct ConnectionsArgs {
     /// 20000 clients.
     #[arg(long, default_value_t = 0)]
     pub sources: usize,
+    /// Longest pause between the last client entering its long-poll and the start of the hold,
+    /// seconds. With --pid the hold starts as soon as the server has been quiet (under 5 % of a
+    /// core) for a second; without it the pause is this long, at most 5 s.
+    #[arg(long, default_value_t = 60)]
+    pub settle: u64,
     /// Initial /syncs in flight while bringing the clients up.
     #[arg(long, default_value_t = 32)]
     pub ramp_concurrency: usize,
@@ -157,7 +162,23 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ramp_time = ramp_start.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settle_start = Instant::now();
+    let settle_deadline = settle_start + Duration::from_secs(args.settle);
+    match &monitor {
+        Some(m) => {
+            let mut last = m.now()?.cpu_s;
+            while Instant::now() < settle_deadline {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let cpu = m.now()?.cpu_s;
+                if cpu - last < 0.05 {
+                    break;
+                }
+                last = cpu;
+            }
+        }
+        None => tokio::time::sleep(Duration::from_secs(args.settle.min(5))).await,
+    }
+    let settle_time = settle_start.elapsed();
     let hold_start = monitor.as_ref().map(|m| m.now()).transpose()?;
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
     let hold_end = monitor.as_ref().map(|m| m.now()).transpose()?;
@@ -191,6 +212,7 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
         Better::None,
     );
     report.push("ramp_time", ramp_time.as_secs_f64(), "s", Better::Lower);
+    report.push("settle_time", settle_time.as_secs_f64(), "s", Better::Lower);
     report.push("send_put_latency", put_ms, "ms", Better::Lower);
     report.push("delivered", st.latencies_ms.len() as f64, "", Better::Higher);
     report.push(
@@ -220,6 +242,7 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
             ));
         }
         report.push("server_open_fds_holding", he.open_fds as f64, "", Better::None);
+        // Initial syncs, long-polls starting, and whatever work they trigger until quiet.
         report.push("server_cpu_ramp", hs.cpu_s - base.cpu_s, "s", Better::Lower);
         report.push(
             "server_cpu_while_holding",

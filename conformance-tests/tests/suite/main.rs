@@ -2,9 +2,11 @@
 //! Test names are `<module>::<test>`; `conformance-report` groups results by `<module>`.
 
 mod account;
+mod account_data;
 mod devices;
 mod directory;
 mod discovery;
+mod ephemeral;
 mod errors;
 mod filters;
 mod login;

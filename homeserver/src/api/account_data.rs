@@ -26,9 +26,12 @@ fn own_user(auth: &Auth, user_id: &str) -> ApiResult<()> {
 /// Types the server manages itself and clients must not set here.
 fn check_settable(data_type: &str) -> ApiResult<()> {
     if matches!(data_type, "m.fully_read" | "m.push_rules") {
-        return Err(ApiError::bad_json(format!(
-            "Cannot set {data_type} through the account data API"
-        )));
+        // The spec's status for server-managed types is 405, with M_BAD_JSON.
+        return Err(ApiError::new(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            "M_BAD_JSON",
+            format!("{data_type} is managed by the server and cannot be set here"),
+        ));
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use crate::{
         EventSpec,
         membership::{member_content, power_level, state_content},
         room,
+        timeline::NewRoom,
     },
     services::Services,
 };
@@ -76,23 +77,14 @@ pub async fn upgrade_room(
         }
         create["additional_creators"] = json!(additional_creators);
     }
-    let new_room_id = svc
-        .timeline
-        .create_room(svc, &version, user, create)
-        .await?
-        .room_id;
-    let send = |spec: EventSpec| {
-        let room_id = new_room_id.clone();
-        async move { svc.timeline.append(svc, &room_id, user, spec, None).await }
-    };
+    let mut events = Vec::new();
 
     // 2. the upgrader joins, 3. power levels, adjusted to who the creators are now
-    send(EventSpec::state(
+    events.push(EventSpec::state(
         "m.room.member",
         user.as_str(),
         member_content(svc, user, "join").await?,
-    ))
-    .await?;
+    ));
     let mut levels = if old_levels.is_object() && !old_levels.as_object().is_some_and(|o| o.is_empty()) {
         old_levels.clone()
     } else {
@@ -117,21 +109,30 @@ pub async fn upgrade_room(
     } else {
         users.insert(user.to_string(), json!(100));
     }
-    send(EventSpec::state("m.room.power_levels", "", levels)).await?;
+    events.push(EventSpec::state("m.room.power_levels", "", levels));
 
     // 4. transferable state
     for event_type in TRANSFERRED {
         let content = state_content(svc, old_room_id, event_type, "").await?;
         if content.as_object().is_some_and(|c| !c.is_empty()) {
-            send(EventSpec::state(event_type, "", content)).await?;
+            events.push(EventSpec::state(event_type, "", content));
         }
     }
 
     // 5. local aliases move with the room
     let canonical = state_content(svc, old_room_id, "m.room.canonical_alias", "").await?;
     if canonical.as_object().is_some_and(|c| !c.is_empty()) {
-        send(EventSpec::state("m.room.canonical_alias", "", canonical)).await?;
+        events.push(EventSpec::state("m.room.canonical_alias", "", canonical));
     }
+    let room = NewRoom {
+        version: &version,
+        creator: user,
+        content: create,
+        initial: events,
+        alias: None,
+        is_public: old.row.is_public,
+    };
+    let new_room_id = svc.timeline.create_room(svc, room).await?;
     for alias in svc.store.aliases_of_room(old_room_id.as_str()).await? {
         let (_, creator) = svc.store.alias(&alias).await?.unwrap_or_default();
         svc.store.delete_alias(&alias).await?;
@@ -141,7 +142,6 @@ pub async fn upgrade_room(
     }
     if old.row.is_public {
         svc.store.set_room_public(old_room_id.as_str(), false).await?;
-        svc.store.set_room_public(new_room_id.as_str(), true).await?;
     }
 
     // 6. the tombstone, then 7. make the old room read-mostly

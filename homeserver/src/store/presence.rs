@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreResult, q};
+use super::{Store, StoreResult, Stream, q};
 
 #[derive(Debug, Clone)]
 pub struct PresenceRow {
@@ -21,7 +21,7 @@ impl Store {
         status_msg: Option<&str>,
         last_active_ts: i64,
     ) -> StoreResult<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_stream_write(Stream::Presence).await?;
         let stream: i64 = q("INSERT INTO presence_stream (user_id) VALUES ($1) RETURNING stream_id")
             .bind(user_id.to_owned())
             .fetch_one(&mut *tx)

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreResult, q};
+use super::{Store, StoreResult, Stream, q};
 
 /// A stored receipt.
 #[derive(Debug, Clone)]
@@ -26,7 +26,7 @@ impl Store {
         event_id: &str,
         ts: i64,
     ) -> StoreResult<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_stream_write(Stream::Receipts).await?;
         let stream: i64 = q("INSERT INTO receipts_stream (room_id) VALUES ($1) RETURNING stream_id")
             .bind(room_id.to_owned())
             .fetch_one(&mut *tx)

@@ -108,6 +108,18 @@ async fn compute(
         }
     }
 
+    // Where the user stood at `since`: a room they were not joined to then is new to the client.
+    let joined_at_since: HashSet<String> = if initial {
+        HashSet::new()
+    } else {
+        svc.store
+            .memberships_at(user_id, since.events)
+            .await?
+            .into_iter()
+            .filter(|(_, m, _)| m == "join")
+            .map(|(r, _, _)| r)
+            .collect()
+    };
     let mut interest: HashSet<String> = HashSet::from([user_id.to_owned()]);
     for (room_id, membership, at) in svc.store.memberships_at(user_id, now.events).await? {
         interest.insert(room_id.clone());
@@ -115,6 +127,7 @@ async fn compute(
             continue;
         }
         let changed_since = initial || at > since.events;
+        let fresh = initial || !joined_at_since.contains(&room_id);
         let parsed = RoomId::parse(room_id.as_str()).map_err(ApiError::internal)?;
         let room = svc
             .store
@@ -124,16 +137,19 @@ async fn compute(
         match membership.as_str() {
             "join" => {
                 let account_data = room_account_data.remove(&room_id).unwrap_or_default();
-                let full = initial || req.full_state || changed_since;
+                let window = Window {
+                    since,
+                    upto: now,
+                    fresh,
+                    full_state: req.full_state,
+                };
                 let section = joined_room(
                     svc,
                     &parsed,
                     &room.room_version,
                     user_id,
                     viewer,
-                    since,
-                    now,
-                    full,
+                    window,
                     &room_filter,
                 )
                 .await?;
@@ -174,15 +190,19 @@ async fn compute(
                 };
                 if wanted {
                     let upto = StreamToken { events: at, ..now };
+                    let window = Window {
+                        since,
+                        upto,
+                        fresh,
+                        full_state: req.full_state,
+                    };
                     let section = joined_room(
                         svc,
                         &parsed,
                         &room.room_version,
                         user_id,
                         viewer,
-                        since,
-                        upto,
-                        initial || req.full_state,
+                        window,
                         &room_filter,
                     )
                     .await?
@@ -267,19 +287,34 @@ fn empty_joined(since: StreamToken) -> Value {
     })
 }
 
+/// Which part of a room's history a sync response covers.
+#[derive(Clone, Copy)]
+struct Window {
+    since: StreamToken,
+    upto: StreamToken,
+    /// The client has not seen this room as joined: its timeline is not bounded by `since`,
+    /// and its state comes in full.
+    fresh: bool,
+    full_state: bool,
+}
+
 /// A room's section of the response, or `None` when nothing in it changed.
-#[allow(clippy::too_many_arguments)]
 async fn joined_room(
     svc: &Services,
     room_id: &RoomId,
     version: &str,
     user_id: &str,
     viewer: Viewer<'_>,
-    since: StreamToken,
-    upto: StreamToken,
-    full: bool,
+    window: Window,
     room_filter: &filter::RoomFilter,
 ) -> ApiResult<Option<Value>> {
+    let Window {
+        since,
+        upto,
+        fresh,
+        full_state,
+    } = window;
+    let full = fresh || full_state;
     let timeline_filter = room_filter.timeline.clone().unwrap_or_default();
     let state_filter = room_filter.state.clone().unwrap_or_default();
     let limit = timeline_filter
@@ -288,7 +323,7 @@ async fn joined_room(
         .map(|l| l as usize)
         .unwrap_or(DEFAULT_TIMELINE_LIMIT)
         .clamp(1, 1000);
-    let after = if full { 0 } else { since.events };
+    let after = if fresh { 0 } else { since.events };
     let (timeline, limited) =
         latest_events(svc, room_id.as_str(), after, upto.events, limit, &timeline_filter).await?;
     if !full && timeline.is_empty() {
@@ -337,11 +372,11 @@ async fn joined_room(
         .collect();
     Ok(Some(json!({
         "timeline": {
-            "events": client_events(svc, &timeline, version, Some(viewer)).await?,
+            "events": without_room_id(client_events(svc, &timeline, version, Some(viewer)).await?),
             "limited": limited,
             "prev_batch": prev_batch,
         },
-        "state": { "events": client_events(svc, &state_rows, version, Some(viewer)).await? },
+        "state": { "events": without_room_id(client_events(svc, &state_rows, version, Some(viewer)).await?) },
         "summary": {
             "m.heroes": heroes,
             "m.joined_member_count": joined.len(),
@@ -350,6 +385,16 @@ async fn joined_room(
         "unread_notifications": { "notification_count": 0, "highlight_count": 0 },
         "ephemeral": { "events": [] },
     })))
+}
+
+/// Events inside a room's section of `/sync` are in the ClientEventWithoutRoomID format.
+fn without_room_id(mut events: Vec<Value>) -> Vec<Value> {
+    for event in &mut events {
+        if let Some(object) = event.as_object_mut() {
+            object.remove("room_id");
+        }
+    }
+    events
 }
 
 /// Room state after every event up to stream position `at`.
