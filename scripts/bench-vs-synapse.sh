@@ -44,7 +44,7 @@ for p in "$HEARTH_PORT" "$SYNAPSE_PORT"; do [[ "$p" =~ ^[0-9]+$ ]] || die "ports
 
 SEND_ARGS="${BENCH_SEND_ARGS:---senders 4 --rooms 2 --in-flight 8 --duration $((15 * SCALE))}"
 DELIVER_ARGS="${BENCH_DELIVER_ARGS:---senders 2 --receivers $((8 * SCALE)) --rooms 1 --rate 20 --duration $((15 * SCALE))}"
-CONNECTIONS_ARGS="${BENCH_CONNECTIONS_ARGS:---clients $((200 * SCALE)) --hold 10}"
+CONNECTIONS_ARGS="${BENCH_CONNECTIONS_ARGS:---clients $((150 * SCALE)) --hold 10}"
 INITIAL_SYNC_ARGS="${BENCH_INITIAL_SYNC_ARGS:---rooms $((20 * SCALE)) --members 10 --messages 50 --repeat 3}"
 
 # Each held long-poll is a socket in both the benchmark and the server (children inherit this).

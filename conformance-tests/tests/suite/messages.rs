@@ -369,3 +369,34 @@ conformance_test! {
         assert!(!body.to_string().contains("secret words"));
     }
 }
+
+conformance_test! {
+    /// §`GET /messages`: a sync `next_batch` token is a valid `from`: paging backwards from it
+    /// returns the events before that point, newest first.
+    async fn messages_from_sync_token(hs) {
+        let alice = hs.user("msg23").await;
+        let room = alice.create_room(json!({})).await;
+        alice.send_text(&room, "s0").await;
+        alice.send_text(&room, "s1").await;
+        let token = alice.sync(&conformance_tests::SyncOpts::default()).await["next_batch"].as_str().unwrap().to_string();
+        alice.send_text(&room, "after the token").await;
+        let filter = json!({"types": ["m.room.message"]});
+        let body = alice.messages(&room, "b", Some(&token), 10, Some(&filter)).await.ok().clone();
+        assert_eq!(bodies(body["chunk"].as_array().unwrap()), vec!["s1", "s0"]);
+    }
+}
+
+conformance_test! {
+    /// §`GET /messages`: the `to` token stops pagination: paging backwards from the end `to` a
+    /// sync token returns only the events after that token.
+    async fn messages_to_token_stops(hs) {
+        let alice = hs.user("msg24").await;
+        let room = alice.create_room(json!({})).await;
+        alice.send_text(&room, "before").await;
+        let token = alice.sync(&conformance_tests::SyncOpts::default()).await["next_batch"].as_str().unwrap().to_string();
+        alice.send_text(&room, "after1").await;
+        alice.send_text(&room, "after2").await;
+        let body = alice.get(&format!("{V3}/rooms/{}/messages?dir=b&limit=20&to={}", enc(&room), enc(&token))).await.ok().clone();
+        assert_eq!(bodies(body["chunk"].as_array().unwrap()), vec!["after2", "after1"]);
+    }
+}

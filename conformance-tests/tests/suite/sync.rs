@@ -403,3 +403,38 @@ conformance_test! {
         assert_eq!(red["content"]["reason"], json!("r"));
     }
 }
+
+conformance_test! {
+    /// §Syncing: when the timeline is `limited`, state changes that fell into the gap (before the
+    /// returned timeline) are delivered in the `state` section.
+    async fn state_in_gap_is_delivered(hs) {
+        let alice = hs.user("sync21").await;
+        let room = alice.create_room(json!({"name": "Old name"})).await;
+        let filter = json!({"room": {"timeline": {"limit": 2}}}).to_string();
+        let s0 = alice.sync(&SyncOpts::default().filter(filter.clone())).await;
+        alice.put_state(&room, "m.room.name", "", &json!({"name": "Renamed in the gap"})).await.ok();
+        for i in 0..5 {
+            alice.send_text(&room, &format!("gap{i}")).await;
+        }
+        let s1 = alice.sync(&SyncOpts::since(&next_batch(&s0)).filter(filter)).await;
+        let r = joined(&s1, &room).expect("room");
+        assert_eq!(r["timeline"]["limited"], json!(true));
+        assert!(timeline(&s1, "join", &room).iter().all(|e| e["type"] == "m.room.message"));
+        let state = r["state"]["events"].as_array().cloned().unwrap_or_default();
+        let name = state.iter().find(|e| e["type"] == "m.room.name").expect("m.room.name in state");
+        assert_eq!(name["content"]["name"], json!("Renamed in the gap"));
+    }
+}
+
+conformance_test! {
+    /// §Syncing: each device syncs independently: a second device's initial sync sees the same
+    /// room history as the first device's.
+    async fn second_device_sees_same_history(hs) {
+        let alice = hs.user("sync22").await;
+        let room = alice.create_room(json!({})).await;
+        let id = alice.send_text(&room, "for every device").await;
+        let other = alice.login_again().await;
+        let s = other.sync(&SyncOpts::default()).await;
+        assert!(event_ids(&timeline(&s, "join", &room)).contains(&id));
+    }
+}

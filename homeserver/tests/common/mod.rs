@@ -94,10 +94,40 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-/// The binary under test: `HEARTH_BIN` when set (e.g. a copy that other builds cannot replace
-/// mid-run), else the one cargo built for these tests.
+/// The binary under test: `HEARTH_BIN` when set, else the one cargo built for these tests,
+/// pinned for this test process: a hard link (or copy) under cargo's test temp directory, so
+/// that a rebuild of `target/debug/hearth` by someone else mid-run cannot swap the binary
+/// between a test's start and its restart.
 pub fn hearth_bin() -> String {
-    std::env::var("HEARTH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hearth").to_owned())
+    static PINNED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Ok(bin) = std::env::var("HEARTH_BIN") {
+        return bin;
+    }
+    PINNED
+        .get_or_init(|| {
+            let built = env!("CARGO_BIN_EXE_hearth");
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+            // Links left by earlier runs keep old binaries alive; drop those whose test process
+            // has ended.
+            if let Ok(entries) = fs::read_dir(&dir) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if let Some(pid) = name.strip_prefix("hearth-bin-")
+                        && !Path::new("/proc").join(pid).exists()
+                    {
+                        let _ = fs::remove_file(entry.path());
+                    }
+                }
+            }
+            let pinned = dir.join(format!("hearth-bin-{}", std::process::id()));
+            let _ = fs::remove_file(&pinned);
+            if fs::hard_link(built, &pinned).is_ok() || fs::copy(built, &pinned).is_ok() {
+                pinned.display().to_string()
+            } else {
+                built.to_owned()
+            }
+        })
+        .clone()
 }
 
 /// A `Command` for the hearth binary with no `HEARTH_*` variables inherited from the test's
