@@ -164,6 +164,16 @@ impl Store {
         Ok(())
     }
 
+    /// Starts a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a transaction that reads first and upgrades later fails with
+    /// "database is locked" when another writer committed meanwhile, and no timeout helps.
+    pub(crate) async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Starts a transaction that writes to `stream`. PostgreSQL hands out sequence values before
     /// commit, so writers queue on a transaction-scoped advisory lock; SQLite already runs one
     /// writer at a time.
@@ -171,7 +181,7 @@ impl Store {
         &self,
         stream: Stream,
     ) -> StoreResult<sqlx::Transaction<'static, Any>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if self.backend == Backend::Postgres {
             q("SELECT 1 FROM pg_advisory_xact_lock($1)")
                 .bind(stream as i64)

@@ -89,7 +89,7 @@ impl Store {
 
     /// Marks the account deactivated and removes its password, devices and tokens.
     pub async fn deactivate_user(&self, user_id: &str) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         q(
             "UPDATE users SET deactivated = 1, password_hash = NULL, displayname = NULL, \
            avatar_url = NULL WHERE user_id = $1",
@@ -118,7 +118,7 @@ impl Store {
         token_hash: &str,
         now: i64,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         q(
             "INSERT INTO devices (user_id, device_id, display_name, last_seen_ts) VALUES ($1, $2, $3, $4) \
            ON CONFLICT (user_id, device_id) DO UPDATE SET last_seen_ts = excluded.last_seen_ts",
@@ -182,7 +182,7 @@ impl Store {
 
     /// Removes a device and every token issued to it.
     pub async fn delete_device(&self, user_id: &str, device_id: &str) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         q("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
             .bind(user_id.to_owned())
             .bind(device_id.to_owned())
@@ -200,7 +200,7 @@ impl Store {
     /// Removes every device of a user except `keep`, with their tokens.
     pub async fn delete_devices_except(&self, user_id: &str, keep: Option<&str>) -> StoreResult<()> {
         let keep = keep.unwrap_or("").to_owned();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         q("DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2")
             .bind(user_id.to_owned())
             .bind(keep.clone())

@@ -38,8 +38,13 @@ pub fn hash_token(token: &str) -> String {
         .collect()
 }
 
+/// Password hashes computed at once. Each argon2id hash holds 19 MiB while it runs; unbounded,
+/// a burst of registrations or logins would grow the heap by that much per request.
+static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// An argon2id hash in PHC string format. Runs on a blocking thread: it is slow on purpose.
 pub async fn hash_password(password: &str) -> ApiResult<String> {
+    let _permit = HASHING.acquire().await.map_err(ApiError::internal)?;
     let password = password.to_owned();
     tokio::task::spawn_blocking(move || {
         let salt_bytes: [u8; 16] = rand::rng().random();
@@ -54,6 +59,9 @@ pub async fn hash_password(password: &str) -> ApiResult<String> {
 }
 
 pub async fn verify_password(password: &str, hash: &str) -> bool {
+    let Ok(_permit) = HASHING.acquire().await else {
+        return false;
+    };
     let (password, hash) = (password.to_owned(), hash.to_owned());
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)

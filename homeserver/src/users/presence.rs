@@ -33,6 +33,8 @@ pub async fn set_presence(
 }
 
 /// Marks a syncing user online, writing only when that changes something a client sees.
+/// It wakes nobody: others see it with their next sync response. (Waking every long-poll in
+/// every room of each user who comes online costs the square of a room's size.)
 pub async fn mark_active(svc: &Services, user_id: &str, presence: &str) -> ApiResult<()> {
     if !STATES.contains(&presence) {
         return Err(ApiError::invalid_param(format!(
@@ -50,7 +52,6 @@ pub async fn mark_active(svc: &Services, user_id: &str, presence: &str) -> ApiRe
         svc.store
             .put_presence(user_id, presence, status.as_deref(), now_ms())
             .await?;
-        notify(svc, user_id).await?;
     }
     Ok(())
 }
