@@ -19,6 +19,8 @@ pub struct Inner {
     pub notifier: Arc<dyn Notifier>,
     pub rate_limiter: RateLimiter,
     pub timeline: Timeline,
+    /// Cached push rule sets and the push gateway client.
+    pub push: crate::push::PushState,
     /// When each device's last-seen time was last written, so requests do not each write it.
     pub last_seen_written: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
 }
@@ -40,6 +42,7 @@ impl Services {
             notifier,
             rate_limiter,
             timeline: Timeline::default(),
+            push: Default::default(),
             last_seen_written: Default::default(),
         }))
     }

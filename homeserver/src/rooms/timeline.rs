@@ -261,6 +261,7 @@ impl Timeline {
             json: pdu.to_canonical_string(),
         };
         let stream_ordering = svc.store.append_event(&new).await?;
+        crate::push::on_event_appended(svc, &new, stream_ordering).await;
         let mut keys = vec![room_id.to_string()];
         if let (Some(_), Some(target)) = (&new.membership, &new.state_key) {
             keys.push(target.clone());

@@ -10,6 +10,7 @@ mod aliases;
 mod events;
 mod filters;
 mod keys;
+mod push;
 mod rooms;
 mod state;
 mod users;
@@ -24,6 +25,7 @@ use sqlx::{
 };
 
 pub use events::{EventRow, NewEvent};
+pub use push::{PushActionRow, PusherRow};
 pub use rooms::RoomRow;
 pub use state::StateMap;
 pub use users::{DeviceRow, UserRow};
@@ -55,16 +57,30 @@ pub struct Store {
     backend: Backend,
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "foundation",
-    include_str!("../../../migrations/sqlite/0001_foundation.sql"),
-)];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "foundation",
-    include_str!("../../../migrations/postgres/0001_foundation.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "foundation",
+        include_str!("../../../migrations/sqlite/0001_foundation.sql"),
+    ),
+    (
+        3,
+        "push",
+        include_str!("../../../migrations/sqlite/0003_push.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "foundation",
+        include_str!("../../../migrations/postgres/0001_foundation.sql"),
+    ),
+    (
+        3,
+        "push",
+        include_str!("../../../migrations/postgres/0003_push.sql"),
+    ),
+];
 
 /// Shorthand for a query on the `Any` driver.
 fn q(sql: &'static str) -> Query<'static, Any, AnyArguments> {
