@@ -158,10 +158,15 @@ pub async fn put_rule(
     ruleset
         .insert(rule, placement.after.as_deref(), placement.before.as_deref())
         .map_err(|e| match e {
-            InsertPushRuleError::UnknownRuleId => ApiError::not_found(format!(
-                "before/after rule not found: {}",
-                placement.before.or(placement.after).unwrap_or_default()
-            )),
+            // As the spec's example (and Synapse) answer: 400 M_UNKNOWN.
+            InsertPushRuleError::UnknownRuleId => ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                format!(
+                    "before/after rule not found: {}",
+                    placement.before.or(placement.after).unwrap_or_default()
+                ),
+            ),
             InsertPushRuleError::ServerDefaultRuleId => {
                 ApiError::invalid_param("Rule IDs starting with '.' are reserved for server-default rules")
             }
