@@ -1082,3 +1082,59 @@ async fn rejected_pushkeys_are_removed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn room_changes_reach_evaluation() {
+    let server = Server::start().await;
+    let db = server.db().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    let first = alice.send_text(&room, "one").await;
+    assert_eq!(outcome(&db, &bob.user_id, &first).await, Some((false, None)));
+
+    // A member who joins later is evaluated for the events after the join.
+    carol.join(&room).await;
+    let second = alice.send_text(&room, "two").await;
+    assert_eq!(outcome(&db, &carol.user_id, &first).await, None);
+    assert_eq!(outcome(&db, &carol.user_id, &second).await, Some((false, None)));
+
+    // A power level change: carol's @room highlights only once she has the power for it.
+    let room_mention = json!({"msgtype": "m.text", "body": "@room", "m.mentions": {"room": true}});
+    let weak = carol.send(&room, "m.room.message", room_mention.clone()).await;
+    assert_eq!(outcome(&db, &alice.user_id, &weak).await, Some((false, None)));
+    let mut levels = alice.get_state_content(&room, "m.room.power_levels", "").await;
+    levels["users"][&carol.user_id] = json!(50);
+    alice.set_state(&room, "m.room.power_levels", "", levels).await;
+    let strong = carol.send(&room, "m.room.message", room_mention).await;
+    assert_eq!(outcome(&db, &alice.user_id, &strong).await, Some((true, None)));
+    assert_eq!(outcome(&db, &bob.user_id, &strong).await, Some((true, None)));
+
+    // A display name change is seen by contains_display_name.
+    carol
+        .ok(
+            Method::PUT,
+            "/pushrules/global/override/name",
+            Some(&json!({"conditions": [{"kind": "contains_display_name"}], "actions": ["notify", {"set_tweak": "highlight"}]})),
+        )
+        .await;
+    let before_rename = alice.send_text(&room, "Caroline?").await;
+    assert_eq!(
+        outcome(&db, &carol.user_id, &before_rename).await,
+        Some((false, None))
+    );
+    set_displayname(&carol, "Caroline").await;
+    let after_rename = alice.send_text(&room, "Caroline?").await;
+    assert_eq!(
+        outcome(&db, &carol.user_id, &after_rename).await,
+        Some((true, None))
+    );
+
+    // A member who left is no longer notified.
+    bob.leave(&room).await;
+    let third = alice.send_text(&room, "three").await;
+    assert_eq!(outcome(&db, &bob.user_id, &third).await, None);
+    assert_eq!(outcome(&db, &carol.user_id, &third).await, Some((false, None)));
+}

@@ -313,7 +313,7 @@ pub async fn notifications(
             "event": client_event(&svc, &event, &version, None).await?,
             "read": false,
             "room_id": row.room_id,
-            "ts": row.ts,
+            "ts": event.origin_server_ts,
         }));
     }
     let mut body = json!({ "notifications": out });

@@ -1,16 +1,16 @@
 //! Evaluating push rules against a new event for every local member of its room.
 //!
-//! Cost on the send path: one query for the joined members (with their member events, for
-//! display names), one for the power levels and create events, one for the room version, then
-//! per member an in-memory rule set walk (rule sets are cached parsed in `PushState`), and one
-//! transaction writing the outcomes that notify. Delivery to push gateways is spawned.
+//! Cost on the send path: the room's members (with display names) and power levels come from a
+//! cache refreshed after each state event (three queries then); the event is flattened once;
+//! per member an in-memory walk of their rule set (cached parsed in `PushState`); one
+//! transaction writes the outcomes that notify. Delivery to push gateways is spawned.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use ruma::{
     OwnedUserId, RoomId, UInt, UserId,
     events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
-    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
+    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
     serde::Raw,
 };
 use serde_json::Value;
@@ -48,17 +48,54 @@ pub fn thread_of(content: &Value) -> Option<String> {
         .flatten()
 }
 
-async fn evaluate(svc: &Services, event: &NewEvent, stream_ordering: i64) -> ApiResult<()> {
-    let suffix = format!(":{}", svc.server_name());
-    let members = svc.store.joined_member_events(&event.room_id).await?;
-    let member_count = members.len();
-    let names: BTreeMap<String, Option<String>> = members
+/// What evaluation needs to know about a room, cached between events and dropped whenever a
+/// state event is appended to the room (every local event passes through `on_event_appended`).
+pub struct RoomContext {
+    /// Joined members with their display names in the room.
+    members: BTreeMap<String, Option<String>>,
+    power_levels: Option<PushConditionPowerLevelsCtx>,
+}
+
+/// Rooms kept in the cache before it is emptied (a crude bound on memory).
+const MAX_CACHED_ROOMS: usize = 10_000;
+
+async fn room_context(svc: &Services, event: &NewEvent) -> ApiResult<Arc<RoomContext>> {
+    {
+        let mut rooms = svc.push.rooms.lock().map_err(ApiError::internal)?;
+        if event.state_key.is_some() {
+            rooms.remove(&event.room_id);
+        } else if let Some(found) = rooms.get(&event.room_id) {
+            return Ok(found.clone());
+        }
+    }
+    let members = svc
+        .store
+        .joined_member_events(&event.room_id)
+        .await?
         .into_iter()
         .map(|(user, json)| {
             let name = display_name(&json);
             (user, name)
         })
         .collect();
+    let room_id = RoomId::parse(&event.room_id).map_err(ApiError::internal)?;
+    let context = Arc::new(RoomContext {
+        members,
+        power_levels: power_levels_ctx(svc, &room_id).await?,
+    });
+    let mut rooms = svc.push.rooms.lock().map_err(ApiError::internal)?;
+    if rooms.len() >= MAX_CACHED_ROOMS {
+        rooms.clear();
+    }
+    rooms.insert(event.room_id.clone(), context.clone());
+    Ok(context)
+}
+
+async fn evaluate(svc: &Services, event: &NewEvent, stream_ordering: i64) -> ApiResult<()> {
+    let suffix = format!(":{}", svc.server_name());
+    let room = room_context(svc, event).await?;
+    let names = &room.members;
+    let member_count = names.len();
 
     let mut targets: Vec<&str> = names
         .keys()
@@ -78,8 +115,9 @@ async fn evaluate(svc: &Services, event: &NewEvent, stream_ordering: i64) -> Api
     }
 
     let room_id = RoomId::parse(&event.room_id).map_err(ApiError::internal)?;
-    let power_levels = power_levels_ctx(svc, &room_id).await?;
     let raw: Raw<Value> = Raw::from_json_string(event.json.clone()).map_err(ApiError::internal)?;
+    // Flattened once for all users (ruma's `Ruleset::get_actions` would flatten per call).
+    let flattened = FlattenedJson::from_raw(&raw);
     let content: Value = serde_json::from_str::<Value>(&event.json)
         .ok()
         .and_then(|v| v.get("content").cloned())
@@ -104,10 +142,16 @@ async fn evaluate(svc: &Services, event: &NewEvent, stream_ordering: i64) -> Api
             user_id.clone(),
             display,
         );
-        if let Some(levels) = &power_levels {
+        if let Some(levels) = &room.power_levels {
             ctx = ctx.with_power_levels(levels.clone());
         }
-        let actions = ruleset.get_actions(&raw, &ctx).await;
+        let mut actions: &[Action] = &[];
+        for rule in ruleset.iter() {
+            if rule.applies(&flattened, &ctx).await {
+                actions = rule.actions();
+                break;
+            }
+        }
         if !actions.iter().any(Action::should_notify) {
             continue;
         }
@@ -120,7 +164,6 @@ async fn evaluate(svc: &Services, event: &NewEvent, stream_ordering: i64) -> Api
             highlight,
             thread_id: thread_id.clone(),
             actions: serde_json::to_string(actions).map_err(ApiError::internal)?,
-            ts: event.origin_server_ts,
         });
         notified.push((user.to_owned(), actions.to_vec()));
     }

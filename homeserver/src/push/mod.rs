@@ -28,6 +28,8 @@ pub use eval::on_event_appended;
 /// the HTTP client for push gateways.
 pub struct PushState {
     rulesets: Mutex<HashMap<String, Arc<Ruleset>>>,
+    /// Room ID → members and power levels, for evaluation (see `eval`).
+    rooms: Mutex<HashMap<String, Arc<eval::RoomContext>>>,
     pub(crate) http: reqwest::Client,
 }
 
@@ -35,6 +37,7 @@ impl Default for PushState {
     fn default() -> Self {
         Self {
             rulesets: Mutex::default(),
+            rooms: Mutex::default(),
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(10))
                 .build()
