@@ -7,6 +7,7 @@
 # fresh database) starts Hearth on loopback with rate limits off, runs every scenario against it
 # with --pid sampling, stops it, and does the same with Synapse (scripts/synapse.sh). Ends with a
 # table of ratios Hearth/Synapse per scenario and metric (the "better" column names the winner).
+# On PostgreSQL the CPU of the server's database backends is measured too (server_db_cpu).
 # Results (one JSON file per server/backend/scenario, plus logs) go to $BENCH_OUT.
 #
 # Environment (all optional):
@@ -43,7 +44,7 @@ for p in "$HEARTH_PORT" "$SYNAPSE_PORT"; do [[ "$p" =~ ^[0-9]+$ ]] || die "ports
 
 SEND_ARGS="${BENCH_SEND_ARGS:---senders 4 --rooms 2 --in-flight 8 --duration $((15 * SCALE))}"
 DELIVER_ARGS="${BENCH_DELIVER_ARGS:---senders 2 --receivers $((8 * SCALE)) --rooms 1 --rate 20 --duration $((15 * SCALE))}"
-CONNECTIONS_ARGS="${BENCH_CONNECTIONS_ARGS:---clients $((200 * SCALE)) --hold 10}"
+CONNECTIONS_ARGS="${BENCH_CONNECTIONS_ARGS:---clients $((150 * SCALE)) --hold 10}"
 INITIAL_SYNC_ARGS="${BENCH_INITIAL_SYNC_ARGS:---rooms $((20 * SCALE)) --members 10 --messages 50 --repeat 3}"
 
 # Each held long-poll is a socket in both the benchmark and the server (children inherit this).
@@ -87,6 +88,7 @@ psql_admin() { # SQL
     psql "$PG_URL/postgres" -v ON_ERROR_STOP=1 -qc "$1" >/dev/null
 }
 
+export RUST_LIB_BACKTRACE=0
 SERVER_PID=""
 SERVER_DIR=""
 SERVER_KIND=""
@@ -124,9 +126,11 @@ enabled = true
 [rate_limits]
 enabled = false
 EOF
-    (cd "$dir" && RUST_LOG="${HEARTH_BENCH_LOG:-warn}" nohup "$HEARTH" serve --config hearth.toml \
-        >"$dir/hearth.log" 2>&1 & echo $! >"$dir/hearth.pid")
-    SERVER_PID="$(cat "$dir/hearth.pid")"
+    # exec: the background job's PID is Hearth's own, for --pid sampling and for stopping it.
+    (cd "$dir" && RUST_LOG="${HEARTH_BENCH_LOG:-warn}" exec "$HEARTH" serve --config hearth.toml \
+        >"$dir/hearth.log" 2>&1) &
+    SERVER_PID=$!
+    echo "$SERVER_PID" >"$dir/hearth.pid"
     SERVER_DIR="$dir"
     SERVER_KIND=hearth
     wait_versions "$HEARTH_PORT" "$SERVER_PID" "$dir/hearth.log"
@@ -183,6 +187,10 @@ for backend in $BACKENDS; do
         dir="$OUT/$label"
         mkdir -p "$dir"
         log "== $label: starting"
+        db_args=()
+        if [[ "$backend" == postgres ]]; then
+            [[ "$server" == hearth ]] && db_args=(--db-name hearth_bench) || db_args=(--db-name hearth_bench_synapse)
+        fi
         case "$server" in
             hearth) port="$HEARTH_PORT"; start_hearth "$dir" "$backend" || { FAILED+=("$label:start"); SERVER_PID=""; continue; } ;;
             synapse) port="$SYNAPSE_PORT"; start_synapse "$dir" "$backend" || { FAILED+=("$label:start"); SERVER_PID=""; continue; } ;;
@@ -192,14 +200,16 @@ for backend in $BACKENDS; do
             log "== $label: $scenario $(scenario_args "$scenario")"
             started=$(date +%s)
             # shellcheck disable=SC2046 # the size flags are meant to be split into words
-            if ! "$BENCH" --url "http://127.0.0.1:$port" --pid "$SERVER_PID" --label "$label" \
+            if ! "$BENCH" --url "http://127.0.0.1:$port" --pid "$SERVER_PID" --label "$label" "${db_args[@]}" \
                 --json "$dir/$scenario.json" "$scenario" $(scenario_args "$scenario") \
                 2> >(tee -a "$dir/bench.log" >&2) | tee -a "$dir/results.txt"; then
                 FAILED+=("$label:$scenario")
             fi
             log "== $label: $scenario took $(( $(date +%s) - started )) s"
             if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-                log "$label died during $scenario"
+                status=0
+                [[ "$server" == hearth ]] && { wait "$SERVER_PID" || status=$?; }
+                log "$label died during $scenario (exit status $status; log in $dir)"
                 FAILED+=("$label:died")
                 SERVER_PID=""
                 break

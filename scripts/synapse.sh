@@ -146,8 +146,10 @@ cmd_start() {
     ensure_venv "$([[ -n "$pgdb" ]] && echo 1 || echo 0)"
     [[ -n "$pgdb" ]] && create_pg_db "$pgdb"
     write_config "$dir" "$port" "$pgdb"
-    (cd "$dir" && nohup "$VENV/bin/python" -m synapse.app.homeserver --config-path "$dir/homeserver.yaml" \
-        >"$dir/stdout.log" 2>&1 & echo $! >"$dir/synapse.pid")
+    # exec: the PID recorded is Synapse's own, not a wrapper shell's.
+    (cd "$dir" && exec nohup "$VENV/bin/python" -m synapse.app.homeserver --config-path "$dir/homeserver.yaml" \
+        >"$dir/stdout.log" 2>&1) &
+    echo $! >"$dir/synapse.pid"
     local pid deadline
     pid="$(cat "$dir/synapse.pid")"
     deadline=$(( $(date +%s) + ${SYNAPSE_START_TIMEOUT:-60} ))

@@ -31,6 +31,10 @@ struct Cli {
     /// Server process to sample (VmRSS/VmHWM and utime+stime from /proc/PID).
     #[arg(long, global = true)]
     pid: Option<u32>,
+    /// The server's PostgreSQL database: also measure the CPU of its backends
+    /// (processes `postgres: USER DB …`).
+    #[arg(long, global = true)]
+    db_name: Option<String>,
     /// Also write the results as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
@@ -49,6 +53,9 @@ struct Cli {
     /// Use the server's default /sync filter instead of the benchmark's inline filter.
     #[arg(long, global = true)]
     no_sync_filter: bool,
+    /// `set_presence` for every /sync (online, offline, unavailable); default: not sent.
+    #[arg(long, global = true)]
+    sync_set_presence: Option<String>,
     /// Hard limit on the whole run, seconds.
     #[arg(long, global = true, default_value_t = 900)]
     max_time: u64,
@@ -151,7 +158,8 @@ async fn main() -> Result<()> {
     let nofile = raise_nofile_limit();
     tracing::debug!(nofile, "open-file limit");
     let request_timeout = Duration::from_secs(cli.request_timeout);
-    let api = matrix::Api::new(base.clone(), None, request_timeout)?;
+    let mut api = matrix::Api::new(base.clone(), None, request_timeout)?;
+    api.sync_set_presence = cli.sync_set_presence.clone();
     let versions = api
         .versions()
         .await
@@ -167,8 +175,11 @@ async fn main() -> Result<()> {
         registration_token: cli.registration_token.clone(),
         setup_concurrency: cli.setup_concurrency,
         pid: cli.pid,
+        db_name: cli.db_name.clone(),
         sync_filter: (!cli.no_sync_filter).then(|| DEFAULT_SYNC_FILTER.to_owned()),
         request_timeout,
+        setup_retries: Default::default(),
+        setup_first_error: Default::default(),
     };
     if let Some(pid) = cli.pid {
         procstat::sample(Some(pid)).with_context(|| format!("cannot read /proc/{pid}"))?;
@@ -194,6 +205,9 @@ async fn main() -> Result<()> {
     report.server_versions = versions;
     report.params["run_id"] = json!(ctx.run_id);
     report.params["sync_filter"] = json!(ctx.sync_filter.is_some());
+    if let Some(p) = &cli.sync_set_presence {
+        report.params["sync_set_presence"] = json!(p);
+    }
     tracing::info!(scenario = name, url = %base, run = %ctx.run_id, "starting");
 
     let work = async {
@@ -208,6 +222,12 @@ async fn main() -> Result<()> {
     tokio::time::timeout(Duration::from_secs(cli.max_time), work)
         .await
         .map_err(|_| anyhow::anyhow!("scenario {name} exceeded --max-time {} s", cli.max_time))??;
+
+    let retries = ctx.setup_retries.load(std::sync::atomic::Ordering::Relaxed);
+    report.push("setup_retries", retries as f64, "reqs", report::Better::Lower);
+    if let Some(e) = ctx.setup_first_error.lock().expect("error lock").take() {
+        report.note(format!("{retries} setup request(s) retried; first failure: {e}"));
+    }
 
     report.push(
         "requests_total",

@@ -58,6 +58,8 @@ pub struct Api {
     base: Url,
     http: reqwest::Client,
     pub counters: Arc<Counters>,
+    /// `set_presence` sent with every /sync (None: the server's default, online).
+    pub sync_set_presence: Option<String>,
 }
 
 impl Api {
@@ -77,6 +79,7 @@ impl Api {
             base,
             http: builder.build().context("building the HTTP client")?,
             counters: Arc::new(Counters::default()),
+            sync_set_presence: None,
         })
     }
 
@@ -84,6 +87,7 @@ impl Api {
     pub fn with_local_address(&self, addr: Option<IpAddr>, request_timeout: Duration) -> Result<Api> {
         let mut api = Api::new(self.base.clone(), addr, request_timeout)?;
         api.counters = self.counters.clone();
+        api.sync_set_presence = self.sync_set_presence.clone();
         Ok(api)
     }
 
@@ -308,6 +312,9 @@ impl Api {
             q.append_pair("timeout", &timeout_ms.to_string());
             if let Some(filter) = filter {
                 q.append_pair("filter", filter);
+            }
+            if let Some(presence) = &self.sync_set_presence {
+                q.append_pair("set_presence", presence);
             }
         }
         self.call(Method::GET, url, Some(token), None)

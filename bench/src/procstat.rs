@@ -73,6 +73,42 @@ pub fn sample(pid: Option<u32>) -> Result<Sample> {
     })
 }
 
+/// CPU seconds (utime + stime) of the PostgreSQL backends currently serving database `db`:
+/// processes whose command line is `postgres: USER DB …`. Backends that exited are not
+/// counted, so this suits servers with a persistent connection pool.
+pub fn postgres_db_cpu(db: &str) -> f64 {
+    let ticks = clock_ticks_per_second();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            (backend_database(&String::from_utf8_lossy(&cmdline))? == db).then_some(())?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            parse_stat_ticks(&stat).ok()
+        })
+        .map(|t| t as f64 / ticks)
+        .sum()
+}
+
+/// The database a PostgreSQL backend serves, from its process title
+/// `postgres: [CLUSTER: ]USER DB HOST …` (Debian prefixes the cluster name, e.g. `15/main:`).
+pub fn backend_database(cmdline: &str) -> Option<&str> {
+    let mut words = cmdline.strip_prefix("postgres: ")?.split_whitespace().peekable();
+    if words.peek()?.ends_with(':') {
+        words.next();
+    }
+    let _user = words.next()?;
+    words.next()
+}
+
 /// Samples a server process in the background (every `interval`) to catch peak RSS between the
 /// explicit readings a scenario takes.
 pub struct Monitor {
@@ -146,6 +182,16 @@ mod tests {
         let text = "1234 (we ird) (name) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 4 0 100 200 300";
         assert_eq!(parse_stat_ticks(text).unwrap(), 300);
         assert!(parse_stat_ticks("1234 (x) S 1").is_err());
+    }
+
+    #[test]
+    fn reads_backend_database_from_title() {
+        let title = "postgres: postgres hearth_bench 127.0.0.1(51234) idle";
+        assert_eq!(backend_database(title), Some("hearth_bench"));
+        let debian = "postgres: 15/main: postgres synapse 127.0.0.1(40000) idle";
+        assert_eq!(backend_database(debian), Some("synapse"));
+        assert_eq!(backend_database("postgres: 15/main: checkpointer "), None);
+        assert_eq!(backend_database("/usr/lib/postgresql/15/bin/postgres -D x"), None);
     }
 
     #[test]

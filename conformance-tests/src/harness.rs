@@ -2,6 +2,7 @@
 //!
 //! * `HS_URL` set: the tests target that running server; nothing is spawned.
 //! * otherwise: each test starts its own `hearth serve --config FILE` (binary from `HEARTH_BIN`, else
+//!   the `hearth` in the test executable's profile directory, e.g. `target/debug/`, else
 //!   `<workspace>/target/debug/hearth`) on a free port of 127.0.0.1 with a fresh temp directory and
 //!   a fresh database (`HEARTH_TEST_DB=sqlite|postgres`, default sqlite; PostgreSQL at
 //!   `HEARTH_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/test`). The process is
@@ -97,6 +98,15 @@ fn hearth_bin() -> PathBuf {
     if let Ok(bin) = std::env::var("HEARTH_BIN") {
         return PathBuf::from(bin);
     }
+    // The test executable lives in <target>/<profile>/deps/: the hearth binary of the same build
+    // is <target>/<profile>/hearth.
+    if let Some(profile_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.parent()?.parent()?.to_path_buf()))
+        && profile_dir.join("hearth").is_file()
+    {
+        return profile_dir.join("hearth");
+    }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace_root().join("target"));
@@ -147,15 +157,25 @@ impl PgDatabase {
                 .ok()?;
             rt.block_on(async {
                 use sqlx::Connection;
-                let mut conn = sqlx::PgConnection::connect(&admin_url).await.ok()?;
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await
-                .ok()?;
-                let _ = conn.close().await;
-                Some(())
+                let mut last_error = String::new();
+                // Retried: the server may briefly be out of connection slots.
+                for _ in 0..10 {
+                    match sqlx::PgConnection::connect(&admin_url).await {
+                        Ok(mut conn) => {
+                            let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                            let res = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+                            let _ = conn.close().await;
+                            match res {
+                                Ok(_) => return Some(()),
+                                Err(e) => last_error = e.to_string(),
+                            }
+                        }
+                        Err(e) => last_error = e.to_string(),
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+                eprintln!("warning: could not drop test database {name}: {last_error}");
+                None
             })
         })
         .join();

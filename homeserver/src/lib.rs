@@ -21,6 +21,17 @@ use crate::{config::Config, services::Services, store::Store, sync::notifier::Lo
 /// Opens storage, loads (or creates) the signing key, and assembles the services.
 pub async fn build(config: Config) -> anyhow::Result<Services> {
     let store = Store::connect(&config.database_url(), config.database.max_connections).await?;
+    // Every stored user and room ID carries the server name: a database is bound to one.
+    let stored_name = store
+        .setting_or_insert("server_name", &config.server_name)
+        .await?;
+    if stored_name != config.server_name {
+        anyhow::bail!(
+            "the database belongs to server_name {stored_name:?}, but the config says {:?}; \
+             a server name cannot change",
+            config.server_name
+        );
+    }
     let signing_key = load_signing_key(&store).await?;
     tracing::info!(server_name = %config.server_name, key_id = %signing_key.key_id(), backend = ?store.backend(), "storage ready");
     Ok(Services::new(

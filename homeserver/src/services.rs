@@ -5,7 +5,11 @@ use std::sync::Arc;
 use hearth_federation::SigningKey;
 
 use crate::{
-    config::Config, ratelimit::RateLimiter, rooms::Timeline, store::Store, sync::notifier::Notifier,
+    config::Config,
+    ratelimit::RateLimiter,
+    rooms::{Timeline, typing::Typing},
+    store::Store,
+    sync::notifier::Notifier,
 };
 
 /// Everything a handler needs; cheap to clone.
@@ -19,7 +23,8 @@ pub struct Inner {
     pub notifier: Arc<dyn Notifier>,
     pub rate_limiter: RateLimiter,
     pub timeline: Timeline,
-    /// Cached push rule sets and the push gateway client.
+    pub typing: Typing,
+    /// Cached push rule sets and room contexts, and the push gateway client.
     pub push: crate::push::PushState,
     /// When each device's last-seen time was last written, so requests do not each write it.
     pub last_seen_written: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
@@ -42,6 +47,7 @@ impl Services {
             notifier,
             rate_limiter,
             timeline: Timeline::default(),
+            typing: Typing::default(),
             push: Default::default(),
             last_seen_written: Default::default(),
         }))

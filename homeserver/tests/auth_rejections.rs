@@ -306,3 +306,58 @@ async fn rejected_events_are_forbidden_and_not_stored() {
         failures.join("\n")
     );
 }
+
+/// An event over the 65536-byte PDU limit is refused with 413 M_TOO_LARGE and stores nothing,
+/// whether message or state, also when the request body itself is under the body limit.
+#[tokio::test]
+async fn oversized_events_are_refused_and_not_stored() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({ "preset": "private_chat" })).await;
+    let db = server.db().await;
+    let big = "x".repeat(66_000);
+    let mut failures = Vec::new();
+    for (what, method, path, body) in [
+        (
+            "message",
+            Method::PUT,
+            alice.send_path(&room, "m.room.message"),
+            json!({ "msgtype": "m.text", "body": big }),
+        ),
+        (
+            "state event",
+            Method::PUT,
+            state(&room, "org.hearth.big", ""),
+            json!({ "blob": big }),
+        ),
+        (
+            "message just over the limit once wrapped in a PDU",
+            Method::PUT,
+            alice.send_path(&room, "m.room.message"),
+            json!({ "msgtype": "m.text", "body": "y".repeat(65_400) }),
+        ),
+    ] {
+        let before = footprint(&db).await;
+        let (status, resp) = alice.request(method.clone(), &path, Some(&body)).await;
+        let after = footprint(&db).await;
+        if status != StatusCode::PAYLOAD_TOO_LARGE || resp["errcode"] != "M_TOO_LARGE" {
+            failures.push(format!("{what}: {method} {path} -> {status} {resp}"));
+        }
+        if before != after {
+            failures.push(format!(
+                "{what}: stored something\n  before {before:?}\n  after  {after:?}"
+            ));
+        }
+    }
+    // Just under the limit is fine.
+    let ok = alice
+        .send(
+            &room,
+            "m.room.message",
+            json!({ "msgtype": "m.text", "body": "z".repeat(60_000) }),
+        )
+        .await;
+    assert!(ok.starts_with('$'));
+    db.close().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

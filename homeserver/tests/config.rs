@@ -86,7 +86,6 @@ fn run_bad_config(dir: &std::path::Path, name: &str, text: &str) -> (Output, Dur
 
 /// The contract: a bad config stops start-up with a non-zero exit, and stderr names the key.
 #[test]
-#[ignore = "bug: hearth logs the config error to stdout, stderr stays empty (tracing_subscriber::fmt writes to stdout)"]
 fn config_errors_name_the_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (name, text, key) in bad_configs(dir.path()) {
@@ -263,4 +262,98 @@ async fn contract_config_with_only_rate_limits_enabled_loads() {
     wait_for_versions(&format!("http://127.0.0.1:{port}"), &mut child).await;
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// An environment override with a value of the wrong type is refused and named like a file key.
+#[test]
+fn a_bad_environment_override_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ok.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "server_name = \"a.example\"\n[database]\nurl = \"sqlite://{}\"\n",
+            dir.path().join("never.db").display()
+        ),
+    )
+    .expect("write config");
+    for (var, value, key) in [
+        ("HEARTH_RATE_LIMITS__ENABLED", "maybe", "enabled"),
+        ("HEARTH_LISTEN", "not-an-address", "listen"),
+        ("HEARTH_REGISTRATION__TOKNE", "x", "tokne"),
+    ] {
+        let mut cmd = hearth_command();
+        cmd.args(["serve", "--config"])
+            .arg(&path)
+            .current_dir(dir.path())
+            .env(var, value);
+        let out = run_with_limit(cmd, Duration::from_secs(10));
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{var}={value} accepted");
+        assert!(
+            printed.contains(key),
+            "{var}={value}: output does not name `{key}`:\n{printed}"
+        );
+        assert!(
+            !dir.path().join("never.db").exists(),
+            "{var}: a database was created"
+        );
+    }
+}
+
+/// Without `database.url`, the SQLite database lives in `data_dir`.
+#[tokio::test]
+async fn the_database_defaults_to_the_data_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let path = dir.path().join("min.toml");
+    std::fs::write(
+        &path,
+        format!("server_name = \"min.example\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"store\"\n"),
+    )
+    .expect("write config");
+    let mut child = hearth_command()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn hearth");
+    wait_for_versions(&format!("http://127.0.0.1:{port}"), &mut child).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        dir.path().join("store").join("hearth.db").exists(),
+        "no store/hearth.db"
+    );
+}
+
+/// The generated config says the server name "cannot change later": starting on data made under
+/// another name must be refused, naming `server_name`, instead of serving users it does not own.
+#[tokio::test]
+async fn a_changed_server_name_is_refused() {
+    let mut server = common::Server::start().await;
+    server.register("alice").await;
+    server.stop().await;
+    let config = server.dir().join("hearth.toml");
+    let text = std::fs::read_to_string(&config).expect("read config");
+    std::fs::write(&config, text.replace(common::SERVER_NAME, "renamed.test")).expect("write config");
+    let mut cmd = hearth_command();
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(server.dir());
+    let out = run_with_limit(cmd, Duration::from_secs(10));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "started under a new server_name");
+    assert!(printed.contains("server_name"), "{printed}");
 }

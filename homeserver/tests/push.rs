@@ -431,6 +431,14 @@ async fn invites_and_threads_are_counted() {
     );
     // Others are not notified of member events (.m.rule.member_event).
     assert_eq!(outcome(&db, &bob.user_id, &invite_event).await, None);
+    // Invites made by createRoom (stored with the room's first events) notify too.
+    let erin = server.register("erin").await;
+    let dm = alice
+        .create_room(json!({"preset": "trusted_private_chat", "invite": [erin.user_id], "is_direct": true}))
+        .await;
+    let dm_invite =
+        alice.room_state_ids(&dm).await[&("m.room.member".to_owned(), erin.user_id.clone())].clone();
+    assert_eq!(outcome(&db, &erin.user_id, &dm_invite).await, Some((false, None)));
 
     let svc = services(&server).await;
     let before = hearth::push::unread_counts(&svc, &bob.user_id, &room, 0)

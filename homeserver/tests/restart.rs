@@ -65,6 +65,26 @@ async fn restart_keeps_everything() {
         )
         .await;
 
+    // A second device that logs out before the restart must stay logged out.
+    let login = server
+        .anon()
+        .ok(
+            Method::POST,
+            "/login",
+            Some(&json!({
+                "type": "m.login.password",
+                "identifier": { "type": "m.id.user", "user": "bob" },
+                "password": common::PASSWORD,
+            })),
+        )
+        .await;
+    let gone = server.client_with_token(
+        &bob.user_id,
+        login["device_id"].as_str().expect("device_id"),
+        login["access_token"].as_str().expect("access_token"),
+    );
+    gone.ok(Method::POST, "/logout", Some(&json!({}))).await;
+
     let key_before = signing_key(&server).await;
     let alice_before = alice.sync(None, 0, 100).await;
     let bob_before = bob.sync(None, 0, 100).await;
@@ -93,6 +113,13 @@ async fn restart_keeps_everything() {
         assert_eq!(who["user_id"], client.user_id.as_str());
         assert_eq!(who["device_id"], client.device_id.as_str());
     }
+    let (status, body) = gone.request(Method::GET, "/account/whoami", None).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "logged-out token works after restart: {body}"
+    );
+    assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN");
     let profile = alice
         .ok(
             Method::GET,

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{Client, Server, count, state_of_group};
+use common::{Client, Server, StateGroups, count};
 use serde_json::json;
 use sqlx::Row;
 
@@ -72,15 +72,7 @@ async fn state_deltas_are_compact() {
         &[&room],
     )
     .await as usize;
-    let groups: Vec<(i64, Option<i64>)> =
-        sqlx::query("SELECT id, prev_group FROM state_groups WHERE room_id = $1 ORDER BY id")
-            .bind(room.clone())
-            .fetch_all(&db)
-            .await
-            .expect("read state_groups")
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+    let groups = StateGroups::load(&db, &room).await;
     let rows = count(
         &db,
         "SELECT COUNT(*) FROM state_group_entries e JOIN state_groups g ON g.id = e.state_group \
@@ -98,7 +90,7 @@ async fn state_deltas_are_compact() {
             .expect("checkpoint event stored")
             .get(0);
         assert_eq!(
-            &state_of_group(&db, group).await,
+            &groups.state_of(group),
             state,
             "state rebuilt from group {group} (after {event_id}) differs from GET /state at the time"
         );
@@ -107,39 +99,27 @@ async fn state_deltas_are_compact() {
     // Size: what a full copy per state group would cost, against what is stored.
     let mut full_copies = 0;
     let mut longest_chain = 0;
-    let by_id: HashMap<i64, Option<i64>> = groups.iter().copied().collect();
-    for (id, _) in &groups {
-        full_copies += state_of_group(&db, *id).await.len();
-        let mut len = 0;
-        let mut next = by_id[id];
-        while let Some(prev) = next {
-            len += 1;
-            next = by_id.get(&prev).copied().flatten();
-        }
-        longest_chain = longest_chain.max(len);
-        if by_id[id].is_some() {
-            let n: i64 = sqlx::query("SELECT COUNT(*) FROM state_group_entries WHERE state_group = $1")
-                .bind(*id)
-                .fetch_one(&db)
-                .await
-                .expect("count entries")
-                .get(0);
+    for (id, prev) in &groups.prev {
+        full_copies += groups.state_of(*id).len();
+        longest_chain = longest_chain.max(groups.chain(*id).len() - 1);
+        if prev.is_some() {
+            let n = groups.entries.get(id).map_or(0, Vec::len);
             assert_eq!(n, 1, "delta group {id} holds {n} rows for one state event");
         }
     }
     println!(
         "{state_events} state events, final state {state_size} entries, {} groups, {rows} rows stored \
          (a full copy per group would be {full_copies}), longest delta chain {longest_chain}",
-        groups.len()
+        groups.prev.len()
     );
     assert!(
         state_events >= STATE_EVENTS,
         "only {state_events} state events stored"
     );
     assert!(
-        groups.len() <= state_events,
+        groups.prev.len() <= state_events,
         "{} state groups for {state_events} state events: messages should not make groups",
-        groups.len()
+        groups.prev.len()
     );
     assert!(
         rows * 5 <= STATE_EVENTS * state_size,

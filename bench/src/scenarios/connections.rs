@@ -11,7 +11,7 @@ use clap::Args;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{Ctx, finish_process, read_stamp, self_cpu, stamped_content};
+use super::{Ctx, Start, finish_process, read_stamp, stamped_content};
 use crate::matrix::{self, Api, now_micros};
 use crate::report::{Better, Report, ms};
 use crate::target;
@@ -28,6 +28,11 @@ pub struct ConnectionsArgs {
     /// 20000 clients.
     #[arg(long, default_value_t = 0)]
     pub sources: usize,
+    /// Longest pause between the last client entering its long-poll and the start of the hold,
+    /// seconds. With --pid the hold starts as soon as the server has been quiet (under 5 % of a
+    /// core) for a second; without it the pause is this long, at most 5 s.
+    #[arg(long, default_value_t = 60)]
+    pub settle: u64,
     /// Initial /syncs in flight while bringing the clients up.
     #[arg(long, default_value_t = 32)]
     pub ramp_concurrency: usize,
@@ -77,7 +82,7 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
         .await?;
 
     let monitor = ctx.monitor()?;
-    let cpu0 = self_cpu();
+    let cpu0 = Start::now(ctx);
     let started = Arc::new(AtomicU64::new(0));
     let in_poll = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -157,7 +162,23 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ramp_time = ramp_start.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let settle_start = Instant::now();
+    let settle_deadline = settle_start + Duration::from_secs(args.settle);
+    match &monitor {
+        Some(m) => {
+            let mut last = m.now()?.cpu_s;
+            while Instant::now() < settle_deadline {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let cpu = m.now()?.cpu_s;
+                if cpu - last < 0.05 {
+                    break;
+                }
+                last = cpu;
+            }
+        }
+        None => tokio::time::sleep(Duration::from_secs(args.settle.min(5))).await,
+    }
+    let settle_time = settle_start.elapsed();
     let hold_start = monitor.as_ref().map(|m| m.now()).transpose()?;
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
     let hold_end = monitor.as_ref().map(|m| m.now()).transpose()?;
@@ -191,6 +212,7 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
         Better::None,
     );
     report.push("ramp_time", ramp_time.as_secs_f64(), "s", Better::Lower);
+    report.push("settle_time", settle_time.as_secs_f64(), "s", Better::Lower);
     report.push("send_put_latency", put_ms, "ms", Better::Lower);
     report.push("delivered", st.latencies_ms.len() as f64, "", Better::Higher);
     report.push(
@@ -208,11 +230,19 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
         let base = m.before;
         report.push("server_rss_idle", mib(base.rss_kib), "MiB", Better::None);
         report.push("server_rss_holding", mib(he.rss_kib), "MiB", Better::Lower);
-        if held > 0 {
-            let per = he.rss_kib.saturating_sub(base.rss_kib) as f64 / held as f64;
+        if held > 0 && he.rss_kib > base.rss_kib {
+            let per = (he.rss_kib - base.rss_kib) as f64 / held as f64;
             report.push("server_rss_growth_per_client", per, "KiB", Better::Lower);
+        } else if held > 0 {
+            report.note(format!(
+                "server RSS fell from {} to {} MiB while the clients connected (the allocator \
+                 returned memory), so the per-client cost is not measurable here",
+                base.rss_kib / 1024,
+                he.rss_kib / 1024
+            ));
         }
         report.push("server_open_fds_holding", he.open_fds as f64, "", Better::None);
+        // Initial syncs, long-polls starting, and whatever work they trigger until quiet.
         report.push("server_cpu_ramp", hs.cpu_s - base.cpu_s, "s", Better::Lower);
         report.push(
             "server_cpu_while_holding",
@@ -222,6 +252,6 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
         );
         report.push("server_cpu_fanout", fo.cpu_s - he.cpu_s, "s", Better::Lower);
     }
-    finish_process(report, monitor, "server", cpu0)?;
+    finish_process(report, ctx, monitor, "server", &cpu0)?;
     Ok(())
 }

@@ -12,7 +12,7 @@ use clap::Args;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{Ctx, finish_process, read_stamp, self_cpu, stamped_content};
+use super::{Ctx, Start, finish_process, read_stamp, stamped_content};
 use crate::matrix::{self, now_micros};
 use crate::report::{Better, Report, ms};
 
@@ -87,7 +87,7 @@ pub async fn run(ctx: &Ctx, args: &DeliverArgs, report: &mut Report) -> Result<(
     }
 
     let monitor = ctx.monitor()?;
-    let cpu0 = self_cpu();
+    let cpu0 = Start::now(ctx);
     let received = Arc::new(Mutex::new(Received::default()));
     let deliveries = Arc::new(AtomicU64::new(0));
     let mut polls = JoinSet::new();
@@ -243,6 +243,6 @@ pub async fn run(ctx: &Ctx, args: &DeliverArgs, report: &mut Report) -> Result<(
     if let Some(e) = rx.first_error {
         report.note(format!("first sync error: {e}"));
     }
-    finish_process(report, monitor, "server", cpu0)?;
+    finish_process(report, ctx, monitor, "server", &cpu0)?;
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use clap::Args;
 
-use super::{Ctx, bounded, finish_process, read_stamp, self_cpu, stamped_content};
+use super::{Ctx, Start, bounded, finish_process, read_stamp, stamped_content};
 use crate::matrix::{self, now_micros};
 use crate::report::{Better, Report, Summary, ms};
 
@@ -65,19 +65,15 @@ pub async fn run(ctx: &Ctx, args: &InitialSyncArgs, report: &mut Report) -> Resu
         others.clone()
     };
     {
-        let (api, rooms, senders, run_id) = (
-            ctx.api.clone(),
-            rooms.clone(),
-            senders.clone(),
-            ctx.run_id.clone(),
-        );
+        let (c, rooms, senders) = (ctx.clone(), rooms.clone(), senders.clone());
         bounded(total, ctx.setup_concurrency, move |i| {
-            let api = api.clone();
+            let c = c.clone();
             let room = rooms[i % rooms.len()].clone();
             let token = senders[i % senders.len()].access_token.clone();
-            let content = stamped_content(&run_id, i as u64, now_micros());
+            let content = stamped_content(&c.run_id, i as u64, now_micros());
             async move {
-                api.send_message(&token, &room, &format!("hbi{i}"), &content)
+                let txn = format!("hbi{i}");
+                c.setup_step(|| c.api.send_message(&token, &room, &txn, &content))
                     .await
             }
         })
@@ -92,7 +88,7 @@ pub async fn run(ctx: &Ctx, args: &InitialSyncArgs, report: &mut Report) -> Resu
     );
 
     let monitor = ctx.monitor()?;
-    let cpu0 = self_cpu();
+    let cpu0 = Start::now(ctx);
     let mut filtered = Vec::new();
     let mut default = Vec::new();
     let mut device = observer.clone();
@@ -193,7 +189,7 @@ pub async fn run(ctx: &Ctx, args: &InitialSyncArgs, report: &mut Report) -> Resu
         "ms",
         Better::Lower,
     );
-    finish_process(report, monitor, "server", cpu0)?;
+    finish_process(report, ctx, monitor, "server", &cpu0)?;
     Ok(())
 }
 

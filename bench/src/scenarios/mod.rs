@@ -6,7 +6,8 @@ pub mod initial_sync;
 pub mod send;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
@@ -29,16 +30,50 @@ pub struct Ctx {
     /// Requests in flight while registering users, joining rooms and seeding messages.
     pub setup_concurrency: usize,
     pub pid: Option<u32>,
+    /// PostgreSQL database of the server, to add its backends' CPU time.
+    pub db_name: Option<String>,
     /// Inline JSON filter for /sync, or None to use the server's default.
     pub sync_filter: Option<String>,
     pub request_timeout: Duration,
+    /// Setup requests (registration, joins, seeding) that failed and were retried.
+    pub setup_retries: Arc<AtomicU64>,
+    pub setup_first_error: Arc<Mutex<Option<String>>>,
 }
+
+/// Attempts of one setup request before the scenario gives up.
+const SETUP_ATTEMPTS: u32 = 5;
 
 /// The filter benchmark receivers use: room timelines only, members lazily loaded, a timeline
 /// limit big enough that a burst of messages between two polls is never truncated.
 pub const DEFAULT_SYNC_FILTER: &str = r#"{"room":{"timeline":{"limit":200},"state":{"lazy_load_members":true}},"presence":{"not_types":["*"]},"account_data":{"not_types":["*"]}}"#;
 
 impl Ctx {
+    /// Runs a setup step, retrying it (after a short pause) when it fails: setup is not what is
+    /// measured, but every retry is counted and reported.
+    pub async fn setup_step<T, F, Fut>(&self, mut step: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match step().await {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt < SETUP_ATTEMPTS => {
+                    self.setup_retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("setup request failed (attempt {attempt}), retrying: {e:#}");
+                    self.setup_first_error
+                        .lock()
+                        .expect("error lock")
+                        .get_or_insert_with(|| format!("{e:#}"));
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     pub fn username(&self, tag: &str, i: usize) -> String {
         format!("hb{}{}{}", self.run_id, tag, i)
     }
@@ -52,9 +87,11 @@ impl Ctx {
             let ctx = ctx.clone();
             let name = ctx.username(&tag, i);
             async move {
-                ctx.api
-                    .register(&name, &ctx.password, ctx.registration_token.as_deref())
-                    .await
+                ctx.setup_step(|| {
+                    ctx.api
+                        .register(&name, &ctx.password, ctx.registration_token.as_deref())
+                })
+                .await
             }
         })
         .await?;
@@ -67,13 +104,13 @@ impl Ctx {
         let start = Instant::now();
         let n = pairs.len();
         let pairs = Arc::new(pairs);
-        let api = self.api.clone();
+        let ctx = self.clone();
         bounded(n, self.setup_concurrency, move |i| {
-            let api = api.clone();
+            let ctx = ctx.clone();
             let pairs = pairs.clone();
             async move {
                 let (user, room) = &pairs[i];
-                api.join(&user.access_token, room).await
+                ctx.setup_step(|| ctx.api.join(&user.access_token, room)).await
             }
         })
         .await?;
@@ -147,19 +184,30 @@ pub fn self_cpu() -> f64 {
     procstat::sample(None).map(|s| s.cpu_s).unwrap_or(0.0)
 }
 
-/// Adds server process metrics (when a PID was given) and the benchmark's own CPU.
+/// Adds server process metrics (when a PID was given), the server's PostgreSQL backends' CPU
+/// (when a database name was given) and the benchmark's own CPU.
 pub fn finish_process(
     report: &mut Report,
+    ctx: &Ctx,
     monitor: Option<Monitor>,
     prefix: &str,
-    self_cpu_before: f64,
+    start: &Start,
 ) -> Result<Option<Sample>> {
     report.push(
         "bench_client_cpu",
-        self_cpu() - self_cpu_before,
+        self_cpu() - start.self_cpu,
         "s",
         crate::report::Better::None,
     );
+    if let (Some(db), Some(before)) = (&ctx.db_name, start.db_cpu) {
+        let db_cpu = procstat::postgres_db_cpu(db) - before;
+        report.push(
+            &format!("{prefix}_db_cpu"),
+            db_cpu,
+            "s",
+            crate::report::Better::Lower,
+        );
+    }
     let Some(m) = monitor else {
         return Ok(None);
     };
@@ -168,6 +216,26 @@ pub fn finish_process(
     let after = m.finish()?;
     report.push_process(prefix, &before, &after, peak);
     Ok(Some(after))
+}
+
+/// CPU readings at the start of a measured phase.
+pub struct Start {
+    self_cpu: f64,
+    db_cpu: Option<f64>,
+}
+
+impl Start {
+    pub fn now(ctx: &Ctx) -> Start {
+        Start {
+            self_cpu: self_cpu(),
+            db_cpu: ctx.db_name.as_deref().map(procstat::postgres_db_cpu),
+        }
+    }
+
+    /// CPU of the server's database backends since the start, when measured.
+    pub fn db_cpu_since(&self, ctx: &Ctx) -> Option<f64> {
+        Some(procstat::postgres_db_cpu(ctx.db_name.as_deref()?) - self.db_cpu?)
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use serde_json::json;
 
-use super::{Ctx, finish_process, self_cpu, stamped_content};
+use super::{Ctx, Start, finish_process, stamped_content};
 use crate::matrix::now_micros;
 use crate::report::{Better, Report, ms};
 
@@ -61,7 +61,7 @@ pub async fn run(ctx: &Ctx, args: &SendArgs, report: &mut Report) -> Result<()> 
     ctx.join_all(joins).await?;
 
     let monitor = ctx.monitor()?;
-    let cpu0 = self_cpu();
+    let cpu0 = Start::now(ctx);
     let rate_limited0 = ctx.api.counters.rate_limited.load(Ordering::Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
     let issued = Arc::new(AtomicU64::new(0));
@@ -133,10 +133,15 @@ pub async fn run(ctx: &Ctx, args: &SendArgs, report: &mut Report) -> Result<()> 
     report.push("throughput", ok / elapsed.as_secs_f64(), "msg/s", Better::Higher);
     report.push_latency("put_latency", &latencies);
     let cpu_before = monitor.as_ref().map(|m| m.before.cpu_s);
-    let after = finish_process(report, monitor, "server", cpu0)?;
+    let db_cpu = cpu0.db_cpu_since(ctx);
+    let after = finish_process(report, ctx, monitor, "server", &cpu0)?;
     if let (Some(after), Some(before)) = (after, cpu_before.filter(|_| ok > 0.0)) {
-        let per_msg = (after.cpu_s - before) * 1000.0 / ok;
-        report.push("server_cpu_per_msg", per_msg, "ms", Better::Lower);
+        let server = after.cpu_s - before;
+        report.push("server_cpu_per_msg", server * 1000.0 / ok, "ms", Better::Lower);
+        if let Some(db) = db_cpu {
+            let total = (server + db) * 1000.0 / ok;
+            report.push("server_and_db_cpu_per_msg", total, "ms", Better::Lower);
+        }
     }
     report.params["rooms_created"] = json!(rooms.len());
     Ok(())

@@ -2,9 +2,12 @@
 //! Test names are `<module>::<test>`; `conformance-report` groups results by `<module>`.
 
 mod account;
+mod account_data;
 mod devices;
 mod directory;
 mod discovery;
+mod e2ee;
+mod ephemeral;
 mod errors;
 mod filters;
 mod login;
@@ -16,4 +19,5 @@ mod push_rules;
 mod registration;
 mod room_state;
 mod rooms_create;
+mod rooms_extra;
 mod sync;

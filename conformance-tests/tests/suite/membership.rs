@@ -272,3 +272,20 @@ conformance_test! {
         assert!(resp.errcode().is_some());
     }
 }
+
+conformance_test! {
+    /// §Leaving rooms (forget): a forgotten room no longer appears in `/sync`, even with
+    /// `include_leave`.
+    async fn forgotten_room_leaves_sync(hs) {
+        let alice = hs.user("mem21").await;
+        let bob = hs.user("mem21b").await;
+        let room = alice.create_room(json!({"preset": "public_chat"})).await;
+        bob.join(&room).await.ok();
+        bob.leave(&room).await.ok();
+        bob.forget(&room).await.ok();
+        let filter = json!({"room": {"include_leave": true}}).to_string();
+        let s = bob.sync(&conformance_tests::SyncOpts::default().filter(filter)).await;
+        assert!(s.pointer(&format!("/rooms/leave/{room}")).is_none(), "{s}");
+        assert!(s.pointer(&format!("/rooms/join/{room}")).is_none());
+    }
+}

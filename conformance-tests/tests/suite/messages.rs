@@ -332,3 +332,71 @@ conformance_test! {
         assert_eq!(ev["content"], content);
     }
 }
+
+conformance_test! {
+    /// §History visibility (`shared`) / §`GET /messages`: a user who left can page the history
+    /// up to their leave, but sees nothing sent after it.
+    async fn messages_after_leave_stop_at_leave(hs) {
+        let alice = hs.user("msg21").await;
+        let bob = hs.user("msg21b").await;
+        let room = alice.create_room(json!({"preset": "public_chat"})).await;
+        bob.join(&room).await.ok();
+        alice.send_text(&room, "while bob is here").await;
+        bob.leave(&room).await.ok();
+        alice.send_text(&room, "after bob left").await;
+        let (events, _) = page_all(&bob, &room, "b", 10, None).await;
+        let got = bodies(&events);
+        assert!(got.contains(&"while bob is here".to_string()), "{got:?}");
+        assert!(!got.contains(&"after bob left".to_string()), "{got:?}");
+    }
+}
+
+conformance_test! {
+    /// §Redactions: `/messages` returns a redacted event with its content stripped, and the
+    /// `m.room.redaction` event naming it (`redacts`, top level or in content from v11).
+    async fn redaction_visible_in_messages(hs) {
+        let alice = hs.user("msg22").await;
+        let room = alice.create_room(json!({})).await;
+        let id = alice.send_text(&room, "secret words").await;
+        alice.put(&format!("{V3}/rooms/{}/redact/{}/{}", enc(&room), enc(&id), alice.txn_id()), &json!({})).await.ok();
+        let body = alice.messages(&room, "b", None, 10, None).await.ok().clone();
+        let chunk = body["chunk"].as_array().unwrap();
+        let redaction = chunk.iter().find(|e| e["type"] == "m.room.redaction").expect("redaction event");
+        let target = redaction.get("redacts").or_else(|| redaction["content"].get("redacts")).cloned();
+        assert_eq!(target, Some(json!(id)));
+        let original = chunk.iter().find(|e| e["event_id"] == json!(id)).expect("redacted event still listed");
+        assert!(original["content"].get("body").is_none(), "{original}");
+        assert!(!body.to_string().contains("secret words"));
+    }
+}
+
+conformance_test! {
+    /// §`GET /messages`: a sync `next_batch` token is a valid `from`: paging backwards from it
+    /// returns the events before that point, newest first.
+    async fn messages_from_sync_token(hs) {
+        let alice = hs.user("msg23").await;
+        let room = alice.create_room(json!({})).await;
+        alice.send_text(&room, "s0").await;
+        alice.send_text(&room, "s1").await;
+        let token = alice.sync(&conformance_tests::SyncOpts::default()).await["next_batch"].as_str().unwrap().to_string();
+        alice.send_text(&room, "after the token").await;
+        let filter = json!({"types": ["m.room.message"]});
+        let body = alice.messages(&room, "b", Some(&token), 10, Some(&filter)).await.ok().clone();
+        assert_eq!(bodies(body["chunk"].as_array().unwrap()), vec!["s1", "s0"]);
+    }
+}
+
+conformance_test! {
+    /// §`GET /messages`: the `to` token stops pagination: paging backwards from the end `to` a
+    /// sync token returns only the events after that token.
+    async fn messages_to_token_stops(hs) {
+        let alice = hs.user("msg24").await;
+        let room = alice.create_room(json!({})).await;
+        alice.send_text(&room, "before").await;
+        let token = alice.sync(&conformance_tests::SyncOpts::default()).await["next_batch"].as_str().unwrap().to_string();
+        alice.send_text(&room, "after1").await;
+        alice.send_text(&room, "after2").await;
+        let body = alice.get(&format!("{V3}/rooms/{}/messages?dir=b&limit=20&to={}", enc(&room), enc(&token))).await.ok().clone();
+        assert_eq!(bodies(body["chunk"].as_array().unwrap()), vec!["after2", "after1"]);
+    }
+}

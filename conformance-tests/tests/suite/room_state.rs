@@ -126,3 +126,17 @@ conformance_test! {
         assert_eq!(alice.get_state(&room, "org.hearth.conformance.kv", &key).await.ok()["ok"], json!(true));
     }
 }
+
+conformance_test! {
+    /// §GET state: for a user who has left, state is taken from the moment they left: later
+    /// changes are not visible to them.
+    async fn state_after_leave_is_frozen(hs) {
+        let alice = hs.user("state11").await;
+        let bob = hs.user("state11b").await;
+        let room = alice.create_room(json!({"preset": "public_chat", "name": "Before"})).await;
+        bob.join(&room).await.ok();
+        bob.leave(&room).await.ok();
+        alice.put_state(&room, "m.room.name", "", &json!({"name": "After"})).await.ok();
+        assert_eq!(bob.get_state(&room, "m.room.name", "").await.ok()["name"], json!("Before"));
+    }
+}

@@ -366,3 +366,75 @@ conformance_test! {
         hs.anonymous().get(&format!("{V3}/sync")).await.expect_err(401, "M_MISSING_TOKEN");
     }
 }
+
+conformance_test! {
+    /// §Syncing: the leave section's timeline stops at the leave: events sent after the user
+    /// left are not delivered to them.
+    async fn no_events_after_leave(hs) {
+        let alice = hs.user("sync19").await;
+        let bob = hs.user("sync19b").await;
+        let room = alice.create_room(json!({"preset": "public_chat"})).await;
+        bob.join(&room).await.ok();
+        let s0 = bob.sync(&SyncOpts::default()).await;
+        bob.leave(&room).await.ok();
+        alice.send_text(&room, "bob must not see this").await;
+        let s1 = bob.sync_until(Some(&next_batch(&s0)), None, |s| s.pointer(&format!("/rooms/leave/{room}")).is_some()).await;
+        assert!(!s1.to_string().contains("bob must not see this"), "{s1}");
+        // And nothing more arrives later.
+        let s2 = bob.sync(&SyncOpts::since(&next_batch(&s1)).timeout(500)).await;
+        assert!(!s2.to_string().contains("bob must not see this"), "{s2}");
+    }
+}
+
+conformance_test! {
+    /// §Redactions / §Syncing: a redaction is delivered in the timeline, naming the redacted
+    /// event (`redacts`, top level or in content from room version 11).
+    async fn redaction_delivered_in_sync(hs) {
+        let alice = hs.user("sync20").await;
+        let room = alice.create_room(json!({})).await;
+        let id = alice.send_text(&room, "to redact").await;
+        let s0 = alice.sync(&SyncOpts::default()).await;
+        alice.put(&format!("{V3}/rooms/{}/redact/{}/{}", enc(&room), enc(&id), alice.txn_id()), &json!({"reason": "r"})).await.ok();
+        let s1 = alice.sync_until(Some(&next_batch(&s0)), None, |s| !timeline(s, "join", &room).is_empty()).await;
+        let tl = timeline(&s1, "join", &room);
+        let red = tl.iter().find(|e| e["type"] == "m.room.redaction").expect("redaction in timeline");
+        let target = red.get("redacts").or_else(|| red["content"].get("redacts")).cloned();
+        assert_eq!(target, Some(json!(id)));
+        assert_eq!(red["content"]["reason"], json!("r"));
+    }
+}
+
+conformance_test! {
+    /// §Syncing: when the timeline is `limited`, state changes that fell into the gap (before the
+    /// returned timeline) are delivered in the `state` section.
+    async fn state_in_gap_is_delivered(hs) {
+        let alice = hs.user("sync21").await;
+        let room = alice.create_room(json!({"name": "Old name"})).await;
+        let filter = json!({"room": {"timeline": {"limit": 2}}}).to_string();
+        let s0 = alice.sync(&SyncOpts::default().filter(filter.clone())).await;
+        alice.put_state(&room, "m.room.name", "", &json!({"name": "Renamed in the gap"})).await.ok();
+        for i in 0..5 {
+            alice.send_text(&room, &format!("gap{i}")).await;
+        }
+        let s1 = alice.sync(&SyncOpts::since(&next_batch(&s0)).filter(filter)).await;
+        let r = joined(&s1, &room).expect("room");
+        assert_eq!(r["timeline"]["limited"], json!(true));
+        assert!(timeline(&s1, "join", &room).iter().all(|e| e["type"] == "m.room.message"));
+        let state = r["state"]["events"].as_array().cloned().unwrap_or_default();
+        let name = state.iter().find(|e| e["type"] == "m.room.name").expect("m.room.name in state");
+        assert_eq!(name["content"]["name"], json!("Renamed in the gap"));
+    }
+}
+
+conformance_test! {
+    /// §Syncing: each device syncs independently: a second device's initial sync sees the same
+    /// room history as the first device's.
+    async fn second_device_sees_same_history(hs) {
+        let alice = hs.user("sync22").await;
+        let room = alice.create_room(json!({})).await;
+        let id = alice.send_text(&room, "for every device").await;
+        let other = alice.login_again().await;
+        let s = other.sync(&SyncOpts::default()).await;
+        assert!(event_ids(&timeline(&s, "join", &room)).contains(&id));
+    }
+}

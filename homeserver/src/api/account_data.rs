@@ -26,9 +26,12 @@ fn own_user(auth: &Auth, user_id: &str) -> ApiResult<()> {
 /// Types the server manages itself and clients must not set here.
 fn check_settable(data_type: &str) -> ApiResult<()> {
     if matches!(data_type, "m.fully_read" | "m.push_rules") {
-        return Err(ApiError::bad_json(format!(
-            "Cannot set {data_type} through the account data API"
-        )));
+        // The spec's status for server-managed types is 405, with M_BAD_JSON.
+        return Err(ApiError::new(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            "M_BAD_JSON",
+            format!("{data_type} is managed by the server and cannot be set here"),
+        ));
     }
     Ok(())
 }
@@ -105,4 +108,87 @@ pub async fn put_room(
     own_user(&auth, &user_id)?;
     let room_id = parse_room_id(&room_id)?;
     put(&svc, &user_id, Some(room_id.as_str()), &t, content).await
+}
+
+fn tags_of(content: Option<String>) -> ApiResult<Value> {
+    let content: Value = match content {
+        Some(c) => serde_json::from_str(&c).map_err(ApiError::internal)?,
+        None => json!({ "tags": {} }),
+    };
+    Ok(if content.get("tags").is_some_and(Value::is_object) {
+        content
+    } else {
+        json!({ "tags": {} })
+    })
+}
+
+/// `GET /user/{userId}/rooms/{roomId}/tags`
+pub async fn get_tags(
+    State(svc): State<Services>,
+    auth: Auth,
+    Path((user_id, room_id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    own_user(&auth, &user_id)?;
+    let room_id = parse_room_id(&room_id)?;
+    Ok(Json(tags_of(
+        svc.store
+            .account_data(&user_id, Some(room_id.as_str()), "m.tag")
+            .await?,
+    )?))
+}
+
+/// `PUT /user/{userId}/rooms/{roomId}/tags/{tag}` and `DELETE` of the same path: tags live in
+/// the room's `m.tag` account data, so clients see them through `/sync`.
+async fn change_tag(
+    svc: &Services,
+    auth: &Auth,
+    user_id: &str,
+    room_id: &str,
+    tag: &str,
+    value: Option<Value>,
+) -> ApiResult<Json<Value>> {
+    own_user(auth, user_id)?;
+    let room_id = parse_room_id(room_id)?;
+    if tag.len() > 255 {
+        return Err(ApiError::invalid_param("Tag is too long"));
+    }
+    let mut content = tags_of(
+        svc.store
+            .account_data(user_id, Some(room_id.as_str()), "m.tag")
+            .await?,
+    )?;
+    match value {
+        Some(v) => content["tags"][tag] = v,
+        None => {
+            content["tags"].as_object_mut().map(|t| t.remove(tag));
+        }
+    }
+    let text = serde_json::to_string(&content).map_err(ApiError::internal)?;
+    svc.store
+        .put_account_data(user_id, Some(room_id.as_str()), "m.tag", &text)
+        .await?;
+    svc.notifier.notify(vec![user_id.to_owned()]);
+    Ok(Json(json!({})))
+}
+
+/// `PUT /user/{userId}/rooms/{roomId}/tags/{tag}`
+pub async fn put_tag(
+    State(svc): State<Services>,
+    auth: Auth,
+    Path((user_id, room_id, tag)): Path<(String, String, String)>,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult<Json<Value>> {
+    if body.get("order").is_some_and(|o| !o.is_number()) {
+        return Err(ApiError::bad_json("order must be a number"));
+    }
+    change_tag(&svc, &auth, &user_id, &room_id, &tag, Some(body)).await
+}
+
+/// `DELETE /user/{userId}/rooms/{roomId}/tags/{tag}`
+pub async fn delete_tag(
+    State(svc): State<Services>,
+    auth: Auth,
+    Path((user_id, room_id, tag)): Path<(String, String, String)>,
+) -> ApiResult<Json<Value>> {
+    change_tag(&svc, &auth, &user_id, &room_id, &tag, None).await
 }

@@ -21,6 +21,7 @@ use crate::{
         membership::{power_level, required_level},
     },
     services::Services,
+    store::Txn,
     sync::{filter::RoomEventFilter, latest_events, token::StreamToken},
 };
 
@@ -35,9 +36,14 @@ pub async fn send(
     if event_type == "m.room.redaction" {
         return Err(ApiError::bad_json("Use the redact endpoint to redact events"));
     }
+    let txn = Txn {
+        device_id: auth.device_id.clone(),
+        scope: format!("send/{room_id}/{event_type}"),
+        txn_id,
+    };
     if svc
         .store
-        .event_for_txn(auth.user_id.as_str(), &auth.device_id, &txn_id)
+        .event_for_txn(auth.user_id.as_str(), &txn)
         .await?
         .is_none()
     {
@@ -47,13 +53,7 @@ pub async fn send(
     let spec = EventSpec::message(&event_type, content);
     let appended = svc
         .timeline
-        .append(
-            &svc,
-            &room_id,
-            &auth.user_id,
-            spec,
-            Some((&auth.device_id, &txn_id)),
-        )
+        .append(&svc, &room_id, &auth.user_id, spec, Some(txn))
         .await?;
     Ok(Json(json!({ "event_id": appended.event_id })))
 }
@@ -74,11 +74,12 @@ pub async fn redact(
     let target =
         EventId::parse(event_id.as_str()).map_err(|_| ApiError::invalid_param("Invalid event ID"))?;
     let room = rooms::room(&svc, &room_id).await?;
-    if let Some(existing) = svc
-        .store
-        .event_for_txn(auth.user_id.as_str(), &auth.device_id, &txn_id)
-        .await?
-    {
+    let txn = Txn {
+        device_id: auth.device_id.clone(),
+        scope: format!("redact/{room_id}/{target}"),
+        txn_id,
+    };
+    if let Some(existing) = svc.store.event_for_txn(auth.user_id.as_str(), &txn).await? {
         return Ok(Json(json!({ "event_id": existing })));
     }
     svc.rate_limiter.check(Action::Message, auth.user_id.as_str())?;
@@ -113,13 +114,7 @@ pub async fn redact(
     };
     let appended = svc
         .timeline
-        .append(
-            &svc,
-            &room_id,
-            &auth.user_id,
-            spec,
-            Some((&auth.device_id, &txn_id)),
-        )
+        .append(&svc, &room_id, &auth.user_id, spec, Some(txn))
         .await?;
     Ok(Json(json!({ "event_id": appended.event_id })))
 }
@@ -187,10 +182,7 @@ pub async fn messages(
         Some(f) => serde_json::from_str(f).map_err(|e| ApiError::bad_json(format!("Invalid filter: {e}")))?,
         None => RoomEventFilter::default(),
     };
-    let now = StreamToken {
-        events: svc.store.max_stream_ordering().await?,
-        account_data: svc.store.max_account_data_stream().await?,
-    };
+    let now = StreamToken::current(&svc).await?;
     let upper = now.events.min(visible);
     let from = match &q.from {
         Some(t) => StreamToken::parse(t)?,
@@ -326,13 +318,13 @@ pub async fn context(
         .collect();
     let mut state = svc.store.events(&state_ids).await?;
     state.sort_by_key(|r| r.stream_ordering);
-    let ad = svc.store.max_account_data_stream().await?;
+    let now = StreamToken::current(&svc).await?;
     Ok(Json(json!({
         "event": client_event(&svc, &event, version, Some(viewer)).await?,
         "events_before": client_events(&svc, &before, version, Some(viewer)).await?,
         "events_after": client_events(&svc, &after, version, Some(viewer)).await?,
-        "start": StreamToken { events: start, account_data: ad }.to_string(),
-        "end": StreamToken { events: end, account_data: ad }.to_string(),
+        "start": now.at_events(start).to_string(),
+        "end": now.at_events(end).to_string(),
         "state": client_events(&svc, &state, version, Some(viewer)).await?,
     })))
 }

@@ -6,6 +6,7 @@ pub mod account_data;
 pub mod devices;
 pub mod directory;
 pub mod discovery;
+pub mod ephemeral;
 pub mod extract;
 pub mod messages;
 pub mod profile;
@@ -46,6 +47,7 @@ fn client_routes() -> Router<Services> {
         )
         .route("/delete_devices", post(devices::delete_many))
         .route("/profile/{user_id}", get(profile::get))
+        .route("/user_directory/search", post(profile::search_users))
         .route(
             "/profile/{user_id}/{field}",
             get(profile::get_field).put(profile::set_field),
@@ -57,6 +59,7 @@ fn client_routes() -> Router<Services> {
         .route("/rooms/{room_id}/join", post(rooms::join))
         .route("/rooms/{room_id}/leave", post(rooms::leave))
         .route("/rooms/{room_id}/forget", post(rooms::forget))
+        .route("/rooms/{room_id}/upgrade", post(rooms::upgrade))
         .route("/rooms/{room_id}/{action}", post(rooms::target_membership))
         .route("/rooms/{room_id}/members", get(rooms::members))
         .route("/rooms/{room_id}/joined_members", get(rooms::joined_members))
@@ -97,6 +100,24 @@ fn client_routes() -> Router<Services> {
             get(directory::public_rooms_get).post(directory::public_rooms_post),
         )
         .route("/account/3pid", get(account::threepids))
+        .route(
+            "/rooms/{room_id}/receipt/{receipt_type}/{event_id}",
+            post(ephemeral::receipt),
+        )
+        .route("/rooms/{room_id}/read_markers", post(ephemeral::read_markers))
+        .route("/rooms/{room_id}/typing/{user_id}", put(ephemeral::typing))
+        .route(
+            "/presence/{user_id}/status",
+            get(ephemeral::get_presence).put(ephemeral::set_presence),
+        )
+        .route(
+            "/user/{user_id}/rooms/{room_id}/tags",
+            get(account_data::get_tags),
+        )
+        .route(
+            "/user/{user_id}/rooms/{room_id}/tags/{tag}",
+            put(account_data::put_tag).delete(account_data::delete_tag),
+        )
         .route("/sync", get(sync::sync))
         .route("/user/{user_id}/filter", post(sync::create_filter))
         .route("/user/{user_id}/filter/{filter_id}", get(sync::get_filter))

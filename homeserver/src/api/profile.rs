@@ -106,3 +106,45 @@ pub async fn set_field(
     }
     Ok(Json(json!({})))
 }
+
+#[derive(serde::Deserialize)]
+pub struct DirectorySearch {
+    search_term: String,
+    limit: Option<u64>,
+}
+
+/// `POST /user_directory/search`: users who share a room with the searcher or are in public rooms.
+pub async fn search_users(
+    State(svc): State<Services>,
+    auth: Auth,
+    JsonBody(body): JsonBody<DirectorySearch>,
+) -> ApiResult<Json<Value>> {
+    let limit = body.limit.unwrap_or(10).clamp(1, 1000) as i64;
+    let escaped: String = body
+        .search_term
+        .to_lowercase()
+        .chars()
+        .filter(|c| !matches!(c, '%' | '_' | '\\'))
+        .collect();
+    let pattern = format!("%{escaped}%");
+    let mut found = svc
+        .store
+        .search_user_directory(auth.user_id.as_str(), &pattern, limit + 1)
+        .await?;
+    let limited = found.len() as i64 > limit;
+    found.truncate(limit as usize);
+    let results: Vec<Value> = found
+        .into_iter()
+        .map(|(user_id, name, avatar)| {
+            let mut entry = json!({ "user_id": user_id });
+            if let Some(name) = name {
+                entry["display_name"] = json!(name);
+            }
+            if let Some(avatar) = avatar {
+                entry["avatar_url"] = json!(avatar);
+            }
+            entry
+        })
+        .collect();
+    Ok(Json(json!({ "results": results, "limited": limited })))
+}

@@ -199,8 +199,7 @@ pub async fn members(
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
     let room = rooms::room(&svc, &room_id).await?;
-    rooms::require_joined(&svc, &room_id, auth.user_id.as_str()).await?;
-    let state = svc.store.current_state(room_id.as_str()).await?;
+    let state = rooms::visible_state(&svc, &room_id, auth.user_id.as_str()).await?;
     let ids: Vec<String> = state
         .iter()
         .filter(|((t, _), _)| t == "m.room.member")
@@ -244,4 +243,30 @@ pub async fn joined_members(
         joined.insert(user_id, Value::Object(profile));
     }
     Ok(Json(json!({ "joined": joined })))
+}
+
+#[derive(Deserialize)]
+pub struct UpgradeBody {
+    new_version: String,
+    #[serde(default)]
+    additional_creators: Vec<String>,
+}
+
+/// `POST /rooms/{roomId}/upgrade`
+pub async fn upgrade(
+    State(svc): State<Services>,
+    auth: Auth,
+    Path(room_id): Path<String>,
+    JsonBody(body): JsonBody<UpgradeBody>,
+) -> ApiResult<Json<Value>> {
+    let room_id = parse_room_id(&room_id)?;
+    let new_room = rooms::upgrade::upgrade_room(
+        &svc,
+        &auth.user_id,
+        &room_id,
+        &body.new_version,
+        &body.additional_creators,
+    )
+    .await?;
+    Ok(Json(json!({ "replacement_room": new_room })))
 }

@@ -28,10 +28,7 @@ pub async fn all(
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
     let room = rooms::room(&svc, &room_id).await?;
-    rooms::require_joined(&svc, &room_id, auth.user_id.as_str()).await?;
-    let ids: Vec<String> = svc
-        .store
-        .current_state(room_id.as_str())
+    let ids: Vec<String> = rooms::visible_state(&svc, &room_id, auth.user_id.as_str())
         .await?
         .into_values()
         .collect();
@@ -55,15 +52,13 @@ async fn get(
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(room_id)?;
     rooms::room(svc, &room_id).await?;
-    rooms::require_joined(svc, &room_id, auth.user_id.as_str()).await?;
-    let event_id = svc
-        .store
-        .current_state_event(room_id.as_str(), event_type, state_key)
-        .await?
+    let state = rooms::visible_state(svc, &room_id, auth.user_id.as_str()).await?;
+    let event_id = state
+        .get(&(event_type.to_owned(), state_key.to_owned()))
         .ok_or_else(|| ApiError::not_found("State event not found"))?;
     let row = svc
         .store
-        .event(&event_id)
+        .event(event_id)
         .await?
         .ok_or_else(|| ApiError::internal("state event missing"))?;
     let pdu: Value = serde_json::from_str(&row.json).map_err(ApiError::internal)?;

@@ -25,7 +25,6 @@ pub struct SyncQuery {
     timeout: Option<String>,
     full_state: Option<String>,
     filter: Option<String>,
-    #[allow(dead_code)]
     set_presence: Option<String>,
 }
 
@@ -51,6 +50,9 @@ pub async fn sync(
         Some(f) => load_filter(&svc, auth.user_id.as_str(), f).await?,
         None => Filter::default(),
     };
+    // Syncing counts as activity: the client says which state that means (online by default).
+    let presence = q.set_presence.as_deref().unwrap_or("online");
+    crate::users::presence::mark_active(&svc, auth.user_id.as_str(), presence).await?;
     let req = SyncRequest {
         since,
         timeout: Duration::from_millis(timeout.min(MAX_TIMEOUT_MS)),

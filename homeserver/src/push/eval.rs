@@ -31,6 +31,21 @@ pub async fn on_event_appended(svc: &Services, event: &NewEvent, stream_ordering
     }
 }
 
+/// Evaluates a new room's first events (stored together by `createRoom`). Only the creator is
+/// joined then and sends them all, so only the invites among them can notify anyone.
+pub async fn on_room_created(svc: &Services, events: &[NewEvent]) {
+    for event in events
+        .iter()
+        .filter(|e| e.membership.as_deref() == Some("invite"))
+    {
+        match svc.store.event(&event.event_id).await {
+            Ok(Some(row)) => on_event_appended(svc, event, row.stream_ordering).await,
+            Ok(None) => tracing::error!(event_id = %event.event_id, "created room's event not found"),
+            Err(error) => tracing::error!(event_id = %event.event_id, %error, "push rule evaluation failed"),
+        }
+    }
+}
+
 /// The member event content's `displayname`, when set.
 fn display_name(member_json: &str) -> Option<String> {
     let pdu: Value = serde_json::from_str(member_json).ok()?;

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     error::{ApiError, ApiResult},
-    rooms::{EventSpec, membership::member_content},
+    rooms::{EventSpec, membership::member_content, timeline::NewRoom},
     services::Services,
 };
 
@@ -102,23 +102,14 @@ pub async fn create_room(svc: &Services, creator: &UserId, req: CreateRoomReques
         }
         create.insert("additional_creators".into(), json!(additional));
     }
-    let created = svc
-        .timeline
-        .create_room(svc, &version, creator, Value::Object(create))
-        .await?;
-    let room_id = created.room_id;
-    let send = |spec: EventSpec| {
-        let room_id = room_id.clone();
-        async move { svc.timeline.append(svc, &room_id, creator, spec, None).await }
-    };
+    let mut events = Vec::new();
 
     // 2. the creator joins
-    send(EventSpec::state(
+    events.push(EventSpec::state(
         "m.room.member",
         creator.as_str(),
         member_content(svc, creator, "join").await?,
-    ))
-    .await?;
+    ));
 
     // 3. power levels
     let mut users = Map::new();
@@ -157,23 +148,15 @@ pub async fn create_room(svc: &Services, creator: &UserId, req: CreateRoomReques
             object.insert(key, value);
         }
     }
-    send(EventSpec::state("m.room.power_levels", "", power_levels)).await?;
+    events.push(EventSpec::state("m.room.power_levels", "", power_levels));
 
     // 4. canonical alias
     if let Some(alias) = &alias {
-        if !svc
-            .store
-            .create_alias(alias.as_str(), room_id.as_str(), creator.as_str())
-            .await?
-        {
-            return Err(ApiError::room_in_use("Room alias already taken"));
-        }
-        send(EventSpec::state(
+        events.push(EventSpec::state(
             "m.room.canonical_alias",
             "",
             json!({ "alias": alias }),
-        ))
-        .await?;
+        ));
     }
 
     // 5. preset
@@ -182,45 +165,41 @@ pub async fn create_room(svc: &Services, creator: &UserId, req: CreateRoomReques
     } else {
         ("invite", "can_join")
     };
-    send(EventSpec::state(
+    events.push(EventSpec::state(
         "m.room.join_rules",
         "",
         json!({ "join_rule": join_rule }),
-    ))
-    .await?;
-    send(EventSpec::state(
+    ));
+    events.push(EventSpec::state(
         "m.room.history_visibility",
         "",
         json!({ "history_visibility": "shared" }),
-    ))
-    .await?;
-    send(EventSpec::state(
+    ));
+    events.push(EventSpec::state(
         "m.room.guest_access",
         "",
         json!({ "guest_access": guest_access }),
-    ))
-    .await?;
+    ));
 
     // 6. initial_state
     for state in req.initial_state {
-        send(EventSpec::state(
+        events.push(EventSpec::state(
             &state.event_type,
             &state.state_key,
             Value::Object(state.content),
-        ))
-        .await?;
+        ));
     }
 
     // 7. name and topic
     if let Some(name) = req.name {
-        send(EventSpec::state("m.room.name", "", json!({ "name": name }))).await?;
+        events.push(EventSpec::state("m.room.name", "", json!({ "name": name })));
     }
     if let Some(topic) = req.topic {
         let content = json!({
             "topic": topic,
             "m.topic": { "m.text": [{ "body": topic, "mimetype": "text/plain" }] },
         });
-        send(EventSpec::state("m.room.topic", "", content)).await?;
+        events.push(EventSpec::state("m.room.topic", "", content));
     }
 
     // 8. invites
@@ -229,11 +208,17 @@ pub async fn create_room(svc: &Services, creator: &UserId, req: CreateRoomReques
         if req.is_direct {
             content["is_direct"] = json!(true);
         }
-        send(EventSpec::state("m.room.member", invitee.as_str(), content)).await?;
+        events.push(EventSpec::state("m.room.member", invitee.as_str(), content));
     }
 
-    if is_public {
-        svc.store.set_room_public(room_id.as_str(), true).await?;
-    }
-    Ok(room_id)
+    let alias = alias.as_ref().map(|a| a.as_str());
+    let room = NewRoom {
+        version: &version,
+        creator,
+        content: Value::Object(create),
+        initial: events,
+        alias,
+        is_public,
+    };
+    svc.timeline.create_room(svc, room).await
 }

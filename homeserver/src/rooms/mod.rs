@@ -3,7 +3,10 @@
 pub mod client_event;
 pub mod create;
 pub mod membership;
+pub mod receipts;
 pub mod timeline;
+pub mod typing;
+pub mod upgrade;
 
 use ruma::{RoomId, RoomVersionId, room_version_rules::RoomVersionRules};
 
@@ -44,6 +47,52 @@ pub async fn require_joined(svc: &Services, room_id: &RoomId, user_id: &str) -> 
     match svc.store.membership(room_id.as_str(), user_id).await?.as_deref() {
         Some("join") => Ok(()),
         _ => Err(ApiError::forbidden("You are not joined to this room")),
+    }
+}
+
+/// The room state a user may see: the current state while joined, the state when they left
+/// after leaving (or being banned), and nothing if they never joined.
+pub async fn visible_state(
+    svc: &Services,
+    room_id: &RoomId,
+    user_id: &str,
+) -> ApiResult<crate::store::StateMap> {
+    let forbidden = || ApiError::forbidden("You are not joined to this room");
+    match svc.store.membership(room_id.as_str(), user_id).await?.as_deref() {
+        Some("join") => Ok(svc.store.current_state(room_id.as_str()).await?),
+        Some("leave" | "ban") => {
+            let event_id = svc
+                .store
+                .current_state_event(room_id.as_str(), "m.room.member", user_id)
+                .await?
+                .ok_or_else(forbidden)?;
+            let left = svc.store.event(&event_id).await?.ok_or_else(forbidden)?;
+            // Only those who were joined before leaving saw the room at all.
+            let before = svc
+                .store
+                .state_group_before(room_id.as_str(), left.stream_ordering)
+                .await?;
+            let was_joined = match before {
+                Some(group) => {
+                    let state = svc.store.state_of_group(group).await?;
+                    match state.get(&("m.room.member".to_owned(), user_id.to_owned())) {
+                        Some(id) => svc.store.event(id).await?.is_some_and(|e| {
+                            serde_json::from_str::<serde_json::Value>(&e.json)
+                                .ok()
+                                .and_then(|j| j["content"]["membership"].as_str().map(|m| m == "join"))
+                                .unwrap_or(false)
+                        }),
+                        None => false,
+                    }
+                }
+                None => false,
+            };
+            if !was_joined {
+                return Err(forbidden());
+            }
+            Ok(svc.store.state_of_group(left.state_group).await?)
+        }
+        _ => Err(forbidden()),
     }
 }
 

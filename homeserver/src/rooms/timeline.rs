@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 use crate::{
     error::{ApiError, ApiResult},
     services::{Services, now_ms},
-    store::{EventRow, NewEvent},
+    store::{EventRow, NewEvent, RoomRow, Txn},
 };
 
 /// What a caller wants in a new event.
@@ -71,6 +71,54 @@ pub struct Timeline {
 /// Most prev_events a new event references.
 const MAX_PREV_EVENTS: usize = 20;
 
+/// The room as the next event sees it: what is stored, plus events built in this batch but not
+/// stored yet. State entries read from the database are kept, so a batch reads each once.
+struct Draft {
+    room_id: Option<OwnedRoomId>,
+    stored: bool,
+    state: HashMap<(String, String), Pdu>,
+    /// prev_events and their greatest depth, once known.
+    extremities: Option<(Vec<OwnedEventId>, u64)>,
+}
+
+impl Draft {
+    fn stored(room_id: &RoomId) -> Self {
+        Self {
+            room_id: Some(room_id.to_owned()),
+            stored: true,
+            state: HashMap::new(),
+            extremities: None,
+        }
+    }
+
+    fn new_room(room_id: Option<OwnedRoomId>) -> Self {
+        Self {
+            room_id,
+            stored: false,
+            state: HashMap::new(),
+            extremities: Some((Vec::new(), 0)),
+        }
+    }
+}
+
+/// What a new room starts with.
+pub struct NewRoom<'a> {
+    pub version: &'a RoomVersionId,
+    pub creator: &'a UserId,
+    /// Content of the `m.room.create` event.
+    pub content: Value,
+    /// Events the creator sends right after, in order.
+    pub initial: Vec<EventSpec>,
+    pub alias: Option<&'a str>,
+    pub is_public: bool,
+}
+
+/// An event built and authorized, ready to store.
+struct Built {
+    new: NewEvent,
+    event_id: OwnedEventId,
+}
+
 impl Timeline {
     /// Appends a local event to an existing room.
     pub async fn append(
@@ -79,14 +127,11 @@ impl Timeline {
         room_id: &RoomId,
         sender: &UserId,
         spec: EventSpec,
-        txn: Option<(&str, &str)>,
+        txn: Option<Txn>,
     ) -> ApiResult<Appended> {
         let _guard = self.write_lock.lock().await;
-        if let Some((device_id, txn_id)) = txn
-            && let Some(existing) = svc
-                .store
-                .event_for_txn(sender.as_str(), device_id, txn_id)
-                .await?
+        if let Some(txn) = &txn
+            && let Some(existing) = svc.store.event_for_txn(sender.as_str(), txn).await?
         {
             let row = svc
                 .store
@@ -105,18 +150,32 @@ impl Timeline {
             .await?
             .ok_or_else(|| ApiError::not_found("Unknown room"))?;
         let version = RoomVersionId::try_from(room.room_version.as_str()).map_err(ApiError::internal)?;
-        self.append_locked(svc, Some(room_id), &version, sender, spec, txn)
-            .await
+        let mut draft = Draft::stored(room_id);
+        let built = self.build(svc, &mut draft, &version, sender, spec, txn).await?;
+        let stream_ordering = svc.store.append_event(&built.new).await?;
+        crate::push::on_event_appended(svc, &built.new, stream_ordering).await;
+        svc.notifier
+            .notify(notification_keys(std::slice::from_ref(&built.new)));
+        Ok(Appended {
+            event_id: built.event_id,
+            room_id: room_id.to_owned(),
+            stream_ordering,
+        })
     }
 
-    /// Creates a room's `m.room.create` event; returns the new room's ID.
-    pub async fn create_room(
-        &self,
-        svc: &Services,
-        version: &RoomVersionId,
-        sender: &UserId,
-        content: Value,
-    ) -> ApiResult<Appended> {
+    /// Creates a room: its `m.room.create` event with `content`, then `initial` events sent by
+    /// `creator`, all authorized in turn and stored in one transaction — a failure leaves no
+    /// half-made room. Events after the create event that the rules refuse are the request's
+    /// fault: `400 M_INVALID_ROOM_STATE`.
+    pub async fn create_room(&self, svc: &Services, room: NewRoom<'_>) -> ApiResult<OwnedRoomId> {
+        let NewRoom {
+            version,
+            creator,
+            content,
+            initial,
+            alias,
+            is_public,
+        } = room;
         let _guard = self.write_lock.lock().await;
         let rules = rules_for(version)
             .ok_or_else(|| ApiError::unsupported_room_version("Unsupported room version"))?;
@@ -125,26 +184,56 @@ impl Timeline {
         } else {
             Some(new_room_id(svc.server_name())?)
         };
-        self.append_locked(
-            svc,
-            room_id.as_deref(),
-            version,
-            sender,
-            EventSpec::state("m.room.create", "", content),
-            None,
-        )
-        .await
+        let mut draft = Draft::new_room(room_id);
+        let create = EventSpec::state("m.room.create", "", content);
+        let mut events = vec![
+            self.build(svc, &mut draft, version, creator, create, None)
+                .await?
+                .new,
+        ];
+        for spec in initial {
+            let built = self
+                .build(svc, &mut draft, version, creator, spec, None)
+                .await
+                .map_err(|e| {
+                    if e.errcode == "M_FORBIDDEN" {
+                        ApiError::invalid_room_state(e.message)
+                    } else {
+                        e
+                    }
+                })?;
+            events.push(built.new);
+        }
+        let room_id = draft.room_id.expect("set by the create event");
+        let row = RoomRow {
+            room_id: room_id.to_string(),
+            room_version: version.to_string(),
+            creator: creator.to_string(),
+            is_public,
+        };
+        if !svc
+            .store
+            .create_room_with_events(&row, alias, &events, now_ms())
+            .await?
+        {
+            return Err(ApiError::room_in_use("Room alias already taken"));
+        }
+        crate::push::on_room_created(svc, &events).await;
+        svc.notifier.notify(notification_keys(&events));
+        Ok(room_id)
     }
 
-    async fn append_locked(
+    /// Builds the next event of a draft room: PDU, hashes, signature, ID, and the checks of the
+    /// room version's authorization rules; the draft then includes it.
+    async fn build(
         &self,
         svc: &Services,
-        room_id: Option<&RoomId>,
+        draft: &mut Draft,
         version: &RoomVersionId,
         sender: &UserId,
         spec: EventSpec,
-        txn: Option<(&str, &str)>,
-    ) -> ApiResult<Appended> {
+        txn: Option<Txn>,
+    ) -> ApiResult<Built> {
         let rules = rules_for(version)
             .ok_or_else(|| ApiError::unsupported_room_version("Unsupported room version"))?;
         let event_type = TimelineEventType::from(spec.event_type.as_str());
@@ -163,46 +252,49 @@ impl Timeline {
         let mut wanted: Vec<(String, String)> = auth_types
             .iter()
             .map(|(t, k)| (t.to_string(), k.clone()))
+            .chain([("m.room.create".to_owned(), String::new())])
+            .filter(|key| !draft.state.contains_key(key))
             .collect();
-        wanted.push(("m.room.create".into(), String::new()));
         wanted.sort();
         wanted.dedup();
-        let mut state_pdus: HashMap<(String, String), Pdu> = HashMap::new();
-        if let Some(room_id) = room_id {
+        if draft.stored
+            && let Some(room_id) = &draft.room_id
+            && !wanted.is_empty()
+        {
             for (key, event_id, json) in svc.store.current_state_entries(room_id.as_str(), &wanted).await? {
                 let pdu = Pdu::from_stored(parse_event_id(&event_id)?, &json).map_err(ApiError::internal)?;
-                state_pdus.insert(key, pdu);
+                draft.state.insert(key, pdu);
             }
         }
         let auth_events: Vec<OwnedEventId> = auth_types
             .iter()
-            .filter_map(|(t, k)| state_pdus.get(&(t.to_string(), k.clone())))
+            .filter_map(|(t, k)| draft.state.get(&(t.to_string(), k.clone())))
             .map(|pdu| pdu.event_id.clone())
             .collect();
 
-        let (prev_events, depth) = match room_id {
-            Some(room_id) => {
-                let extremities = svc.store.forward_extremities(room_id.as_str()).await?;
-                let depth = extremities.iter().map(|(_, d)| *d).max().unwrap_or(0) + 1;
-                let prev = extremities
-                    .into_iter()
-                    .take(MAX_PREV_EVENTS)
-                    .map(|(id, _)| parse_event_id(&id))
-                    .collect::<ApiResult<Vec<_>>>()?;
-                (prev, depth as u64)
-            }
-            None => (Vec::new(), 1),
-        };
+        if draft.extremities.is_none()
+            && let Some(room_id) = &draft.room_id
+        {
+            let stored = svc.store.forward_extremities(room_id.as_str()).await?;
+            let depth = stored.iter().map(|(_, d)| *d).max().unwrap_or(0) as u64;
+            let prev = stored
+                .into_iter()
+                .take(MAX_PREV_EVENTS)
+                .map(|(id, _)| parse_event_id(&id))
+                .collect::<ApiResult<Vec<_>>>()?;
+            draft.extremities = Some((prev, depth));
+        }
+        let (prev_events, max_depth) = draft.extremities.clone().unwrap_or_default();
 
         let pdu = PduTemplate {
-            room_id: room_id.map(ToOwned::to_owned),
+            room_id: draft.room_id.clone(),
             sender: sender.to_owned(),
             event_type: spec.event_type.clone(),
             state_key: spec.state_key.clone(),
             content: spec.content.clone(),
             prev_events,
             auth_events,
-            depth,
+            depth: max_depth + 1,
             origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(now_ms() as u64).unwrap_or_default()),
             redacts: spec.redacts.clone(),
         }
@@ -212,25 +304,25 @@ impl Timeline {
             e => ApiError::bad_json(e.to_string()),
         })?;
 
-        let by_id: HashMap<&EventId, &Pdu> = state_pdus.values().map(|p| (&*p.event_id, p)).collect();
+        let by_id: HashMap<&EventId, &Pdu> = draft.state.values().map(|p| (&*p.event_id, p)).collect();
         check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| by_id.get(id).copied())
             .map_err(|reason| ApiError::forbidden(format!("Event is not allowed: {reason}")))?;
         check_state_dependent_auth_rules(&rules.authorization, &pdu, |t, k: &str| {
-            state_pdus.get(&(t.to_string(), k.to_owned()))
+            draft.state.get(&(t.to_string(), k.to_owned()))
         })
         .map_err(|reason| ApiError::forbidden(format!("Event is not allowed: {reason}")))?;
 
-        let room_id = match room_id {
-            Some(id) => id.to_owned(),
-            None => room_id_from_create_event(&pdu.event_id),
-        };
-        if spec.event_type == "m.room.create" {
-            let creator = sender.as_str();
-            svc.store
-                .insert_room(room_id.as_str(), version.as_str(), creator, false, now_ms())
-                .await?;
-        }
+        let room_id = draft
+            .room_id
+            .get_or_insert_with(|| room_id_from_create_event(&pdu.event_id))
+            .clone();
         let relation = spec.content.get("m.relates_to");
+        let relation_field = |key: &str| {
+            relation
+                .and_then(|r| r.get(key))
+                .and_then(Value::as_str)
+                .map(ToOwned::to_owned)
+        };
         let new = NewEvent {
             event_id: pdu.event_id.to_string(),
             room_id: room_id.to_string(),
@@ -240,14 +332,8 @@ impl Timeline {
             depth: pdu.depth as i64,
             origin_server_ts: u64::from(pdu.origin_server_ts.0) as i64,
             redacts: pdu.redacts.as_ref().map(ToString::to_string),
-            rel_type: relation
-                .and_then(|r| r.get("rel_type"))
-                .and_then(Value::as_str)
-                .map(ToOwned::to_owned),
-            relates_to: relation
-                .and_then(|r| r.get("event_id"))
-                .and_then(Value::as_str)
-                .map(ToOwned::to_owned),
+            rel_type: relation_field("rel_type"),
+            relates_to: relation_field("event_id"),
             prev_events: pdu.prev_events.iter().map(ToString::to_string).collect(),
             membership: (spec.event_type == "m.room.member")
                 .then(|| {
@@ -257,22 +343,32 @@ impl Timeline {
                         .map(ToOwned::to_owned)
                 })
                 .flatten(),
-            txn: txn.map(|(d, t)| (d.to_owned(), t.to_owned())),
+            txn,
             json: pdu.to_canonical_string(),
         };
-        let stream_ordering = svc.store.append_event(&new).await?;
-        crate::push::on_event_appended(svc, &new, stream_ordering).await;
-        let mut keys = vec![room_id.to_string()];
-        if let (Some(_), Some(target)) = (&new.membership, &new.state_key) {
+        draft.extremities = Some((vec![pdu.event_id.clone()], pdu.depth));
+        let event_id = pdu.event_id.clone();
+        if let Some(state_key) = &spec.state_key {
+            draft
+                .state
+                .insert((spec.event_type.clone(), state_key.clone()), pdu);
+        }
+        Ok(Built { new, event_id })
+    }
+}
+
+/// Who to wake for new events: their rooms, and the targets of membership changes.
+fn notification_keys(events: &[NewEvent]) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for event in events {
+        if !keys.contains(&event.room_id) {
+            keys.push(event.room_id.clone());
+        }
+        if let (Some(_), Some(target)) = (&event.membership, &event.state_key) {
             keys.push(target.clone());
         }
-        svc.notifier.notify(keys);
-        Ok(Appended {
-            event_id: pdu.event_id,
-            room_id,
-            stream_ordering,
-        })
     }
+    keys
 }
 
 /// Reads a stored event as a PDU.

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreResult, q};
+use super::{Store, StoreResult, Stream, q};
 
 impl Store {
     /// Stores account data and returns its new stream position.
@@ -13,7 +13,7 @@ impl Store {
         data_type: &str,
         content: &str,
     ) -> StoreResult<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_stream_write(Stream::AccountData).await?;
         let stream: i64 = q("INSERT INTO account_data_stream (user_id) VALUES ($1) RETURNING stream_id")
             .bind(user_id.to_owned())
             .fetch_one(&mut *tx)

@@ -1,6 +1,6 @@
 //! Room aliases.
 
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 
 use super::{Store, StoreResult, q};
 
@@ -14,6 +14,23 @@ impl Store {
         .bind(room_id.to_owned())
         .bind(creator.to_owned())
         .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(super) async fn create_alias_in(
+        tx: &mut Transaction<'static, Any>,
+        alias: &str,
+        room_id: &str,
+        creator: &str,
+    ) -> StoreResult<bool> {
+        let done = q(
+            "INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(alias.to_owned())
+        .bind(room_id.to_owned())
+        .bind(creator.to_owned())
+        .execute(&mut **tx)
         .await?;
         Ok(done.rows_affected() == 1)
     }

@@ -1,8 +1,8 @@
 //! The event log: appending events with their DAG edges and state, and reading them back.
 
-use sqlx::{Row, any::AnyRow};
+use sqlx::{Any, Row, Transaction, any::AnyRow};
 
-use super::{Store, StoreResult, q};
+use super::{RoomRow, Store, StoreResult, Stream, q};
 
 /// An event to append, with the columns queries need beside its opaque JSON.
 #[derive(Debug, Clone)]
@@ -20,9 +20,25 @@ pub struct NewEvent {
     pub prev_events: Vec<String>,
     /// `content.membership` of an `m.room.member` event.
     pub membership: Option<String>,
-    /// (device ID, transaction ID) when a client sent it with a txnId.
-    pub txn: Option<(String, String)>,
+    /// The client transaction that sent it, if any.
+    pub txn: Option<Txn>,
     pub json: String,
+}
+
+/// A client transaction: its ID is scoped to one device and one request path.
+#[derive(Debug, Clone)]
+pub struct Txn {
+    pub device_id: String,
+    /// The request path without the txnId, e.g. `send/!room/m.room.message`.
+    pub scope: String,
+    pub txn_id: String,
+}
+
+impl Txn {
+    /// The key retries are matched on.
+    fn key(&self) -> String {
+        format!("{}/{}", self.scope, self.txn_id)
+    }
 }
 
 /// A stored event as read back.
@@ -80,11 +96,40 @@ impl Store {
     /// the membership history and the transaction ID, in one database transaction. Returns the
     /// event's stream position. Callers serialize appends to a room (see `rooms::timeline`).
     pub async fn append_event(&self, event: &NewEvent) -> StoreResult<i64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_stream_write(Stream::Events).await?;
+        let stream = Self::append_in(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(stream)
+    }
+
+    /// Creates a room with its first events (and its alias, if any) in one transaction, so a
+    /// failure leaves nothing behind. Returns `false` when the alias is taken.
+    pub async fn create_room_with_events(
+        &self,
+        room: &RoomRow,
+        alias: Option<&str>,
+        events: &[NewEvent],
+        now: i64,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin_stream_write(Stream::Events).await?;
+        Self::insert_room_in(&mut tx, room, now).await?;
+        if let Some(alias) = alias
+            && !Self::create_alias_in(&mut tx, alias, &room.room_id, &room.creator).await?
+        {
+            return Ok(false);
+        }
+        for event in events {
+            Self::append_in(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn append_in(tx: &mut Transaction<'static, Any>, event: &NewEvent) -> StoreResult<i64> {
         let previous_group: Option<i64> = q("SELECT state_group FROM events WHERE room_id = $1 \
                                               ORDER BY stream_ordering DESC LIMIT 1")
         .bind(event.room_id.clone())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut **tx)
         .await?
         .map(|r| r.get(0));
 
@@ -104,21 +149,21 @@ impl Store {
         .bind(event.rel_type.clone())
         .bind(event.relates_to.clone())
         .bind(previous_group.unwrap_or(0))
-        .bind(event.txn.as_ref().map(|t| t.0.clone()))
-        .bind(event.txn.as_ref().map(|t| t.1.clone()))
+        .bind(event.txn.as_ref().map(|t| t.device_id.clone()))
+        .bind(event.txn.as_ref().map(|t| t.txn_id.clone()))
         .bind(event.json.clone())
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await?
         .get(0);
 
         if let Some(state_key) = &event.state_key {
             let (group, replaced) =
-                Self::apply_state_event(&mut tx, event, state_key, previous_group, stream).await?;
+                Self::apply_state_event(tx, event, state_key, previous_group, stream).await?;
             q("UPDATE events SET state_group = $2, replaces_state = $3 WHERE stream_ordering = $1")
                 .bind(stream)
                 .bind(group)
                 .bind(replaced)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             if let Some(membership) = &event.membership {
                 q("INSERT INTO room_memberships (event_id, room_id, user_id, sender, membership, stream_ordering) \
@@ -129,7 +174,7 @@ impl Store {
                 .bind(event.sender.clone())
                 .bind(membership.clone())
                 .bind(stream)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             }
         }
@@ -138,49 +183,43 @@ impl Store {
             q("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                 .bind(event.event_id.clone())
                 .bind(prev.clone())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             q("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
                 .bind(event.room_id.clone())
                 .bind(prev.clone())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
         }
         q("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)")
             .bind(event.room_id.clone())
             .bind(event.event_id.clone())
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
 
-        if let Some((device_id, txn_id)) = &event.txn {
+        if let Some(txn) = &event.txn {
             q(
                 "INSERT INTO transaction_ids (user_id, device_id, txn_id, event_id, created_ts) \
                VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(event.sender.clone())
-            .bind(device_id.clone())
-            .bind(txn_id.clone())
+            .bind(txn.device_id.clone())
+            .bind(txn.key())
             .bind(event.event_id.clone())
             .bind(event.origin_server_ts)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
         Ok(stream)
     }
 
-    /// The event a (user, device, txnId) already produced.
-    pub async fn event_for_txn(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        txn_id: &str,
-    ) -> StoreResult<Option<String>> {
+    /// The event a user's transaction already produced.
+    pub async fn event_for_txn(&self, user_id: &str, txn: &Txn) -> StoreResult<Option<String>> {
         let row =
             q("SELECT event_id FROM transaction_ids WHERE user_id = $1 AND device_id = $2 AND txn_id = $3")
                 .bind(user_id.to_owned())
-                .bind(device_id.to_owned())
-                .bind(txn_id.to_owned())
+                .bind(txn.device_id.clone())
+                .bind(txn.key())
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map(|r| r.get(0)))

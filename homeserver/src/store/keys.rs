@@ -1,4 +1,4 @@
-//! The server's signing keys.
+//! The server's signing keys and fixed settings.
 
 use sqlx::Row;
 
@@ -11,6 +11,20 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// A server setting, written once: returns the stored value, storing `value` if there was none.
+    pub async fn setting_or_insert(&self, name: &str, value: &str) -> StoreResult<String> {
+        q("INSERT INTO server_settings (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(name.to_owned())
+            .bind(value.to_owned())
+            .execute(&self.pool)
+            .await?;
+        let row = q("SELECT value FROM server_settings WHERE name = $1")
+            .bind(name.to_owned())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get(0))
     }
 
     /// Stores a new key unless another process stored one first; returns the key that won.

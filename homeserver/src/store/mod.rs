@@ -10,7 +10,9 @@ mod aliases;
 mod events;
 mod filters;
 mod keys;
+mod presence;
 mod push;
+mod receipts;
 mod rooms;
 mod state;
 mod users;
@@ -24,8 +26,10 @@ use sqlx::{
     query::Query,
 };
 
-pub use events::{EventRow, NewEvent};
+pub use events::{EventRow, NewEvent, Txn};
+pub use presence::PresenceRow;
 pub use push::{PushActionRow, PusherRow};
+pub use receipts::ReceiptRow;
 pub use rooms::RoomRow;
 pub use state::StateMap;
 pub use users::{DeviceRow, UserRow};
@@ -57,30 +61,37 @@ pub struct Store {
     backend: Backend,
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "foundation",
-        include_str!("../../../migrations/sqlite/0001_foundation.sql"),
-    ),
-    (
-        3,
-        "push",
-        include_str!("../../../migrations/sqlite/0003_push.sql"),
-    ),
+/// One migration: its version, and its file (same name under `migrations/sqlite/` and
+/// `migrations/postgres/`), embedded for both backends.
+macro_rules! migration {
+    ($version:literal, $file:literal) => {
+        (
+            $version,
+            $file,
+            include_str!(concat!("../../../migrations/sqlite/", $file, ".sql")),
+            include_str!(concat!("../../../migrations/postgres/", $file, ".sql")),
+        )
+    };
+}
+
+/// (version, name, SQLite SQL, PostgreSQL SQL), one line each.
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    migration!(1, "0001_foundation"),
+    migration!(3, "0003_push"),
+    migration!(4, "0004_receipts_presence"),
+    migration!(5, "0005_server_settings"),
 ];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "foundation",
-        include_str!("../../../migrations/postgres/0001_foundation.sql"),
-    ),
-    (
-        3,
-        "push",
-        include_str!("../../../migrations/postgres/0003_push.sql"),
-    ),
-];
+
+/// The streams whose positions sync tokens count. Writers of one stream take its lock inside
+/// their transaction, so positions are handed out in commit order even when several
+/// connections (or processes) write at once: a reader that sees position N has seen all below.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stream {
+    Events = 1,
+    AccountData = 2,
+    Receipts = 3,
+    Presence = 4,
+}
 
 /// Shorthand for a query on the `Any` driver.
 fn q(sql: &'static str) -> Query<'static, Any, AnyArguments> {
@@ -132,13 +143,14 @@ impl Store {
     }
 
     async fn migrate(&self) -> StoreResult<()> {
-        let files = match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS,
-            Backend::Postgres => POSTGRES_MIGRATIONS,
-        };
-        let migrations = files
+        let migrations = MIGRATIONS
             .iter()
-            .map(|(version, name, sql)| {
+            .map(|(version, name, sqlite, postgres)| {
+                let sql = if self.backend == Backend::Sqlite {
+                    sqlite
+                } else {
+                    postgres
+                };
                 Migration::new(
                     *version,
                     Cow::Borrowed(*name),
@@ -150,6 +162,23 @@ impl Store {
             .collect();
         Migrator::with_migrations(migrations).run(&self.pool).await?;
         Ok(())
+    }
+
+    /// Starts a transaction that writes to `stream`. PostgreSQL hands out sequence values before
+    /// commit, so writers queue on a transaction-scoped advisory lock; SQLite already runs one
+    /// writer at a time.
+    pub(crate) async fn begin_stream_write(
+        &self,
+        stream: Stream,
+    ) -> StoreResult<sqlx::Transaction<'static, Any>> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            q("SELECT 1 FROM pg_advisory_xact_lock($1)")
+                .bind(stream as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
     }
 
     pub fn backend(&self) -> Backend {

@@ -1,6 +1,6 @@
 //! Rooms and what users keep about them (forgotten rooms).
 
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 
 use super::{Store, StoreResult, q};
 
@@ -13,21 +13,18 @@ pub struct RoomRow {
 }
 
 impl Store {
-    pub async fn insert_room(
-        &self,
-        room_id: &str,
-        version: &str,
-        creator: &str,
-        is_public: bool,
+    pub(super) async fn insert_room_in(
+        tx: &mut Transaction<'static, Any>,
+        room: &RoomRow,
         now: i64,
     ) -> StoreResult<()> {
         q("INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES ($1, $2, $3, $4, $5)")
-            .bind(room_id.to_owned())
-            .bind(version.to_owned())
-            .bind(creator.to_owned())
-            .bind(i64::from(is_public))
+            .bind(room.room_id.clone())
+            .bind(room.room_version.clone())
+            .bind(room.creator.clone())
+            .bind(i64::from(room.is_public))
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut **tx)
             .await?;
         Ok(())
     }

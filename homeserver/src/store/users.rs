@@ -253,6 +253,33 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Users `searcher` may find in the user directory: those sharing a joined room with them,
+    /// and those joined to published rooms; matched on user ID or display name (`pattern` is a
+    /// lowercase SQL LIKE pattern). Returns (user ID, display name, avatar URL).
+    pub async fn search_user_directory(
+        &self,
+        searcher: &str,
+        pattern: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<(String, Option<String>, Option<String>)>> {
+        let rows = q("SELECT u.user_id, u.displayname, u.avatar_url FROM users u \
+                      WHERE u.deactivated = 0 AND (LOWER(u.user_id) LIKE $2 OR LOWER(COALESCE(u.displayname, '')) LIKE $2) \
+                      AND u.user_id IN ( \
+                        SELECT b.state_key FROM current_state a JOIN current_state b ON a.room_id = b.room_id \
+                        WHERE a.type = 'm.room.member' AND b.type = 'm.room.member' AND a.state_key = $1 \
+                        AND a.membership = 'join' AND b.membership = 'join' \
+                        UNION \
+                        SELECT c.state_key FROM current_state c JOIN rooms r ON r.room_id = c.room_id \
+                        WHERE r.is_public = 1 AND c.type = 'm.room.member' AND c.membership = 'join') \
+                      ORDER BY u.user_id LIMIT $3")
+        .bind(searcher.to_owned())
+        .bind(pattern.to_owned())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
     /// Starts a user-interactive auth session.
     pub async fn create_uia_session(
         &self,

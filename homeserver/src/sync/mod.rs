@@ -16,9 +16,13 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::{
     error::{ApiError, ApiResult},
-    rooms::client_event::{Viewer, client_events, stripped_state},
+    rooms::{
+        client_event::{Viewer, client_events, stripped_state},
+        receipts::receipt_event,
+    },
     services::Services,
     store::{EventRow, StateMap},
+    users::presence::presence_content,
 };
 use filter::{Filter, RoomEventFilter};
 use token::StreamToken;
@@ -73,10 +77,7 @@ async fn compute(
     req: &SyncRequest,
 ) -> ApiResult<(Value, bool, HashSet<String>)> {
     // Positions first: everything up to them is committed, so nothing can be skipped.
-    let now = StreamToken {
-        events: svc.store.max_stream_ordering().await?,
-        account_data: svc.store.max_account_data_stream().await?,
-    };
+    let now = StreamToken::current(svc).await?;
     let since = req.since.unwrap_or_default();
     let initial = req.since.is_none();
     let room_filter = req.filter.room.clone().unwrap_or_default();
@@ -107,6 +108,18 @@ async fn compute(
         }
     }
 
+    // Where the user stood at `since`: a room they were not joined to then is new to the client.
+    let joined_at_since: HashSet<String> = if initial {
+        HashSet::new()
+    } else {
+        svc.store
+            .memberships_at(user_id, since.events)
+            .await?
+            .into_iter()
+            .filter(|(_, m, _)| m == "join")
+            .map(|(r, _, _)| r)
+            .collect()
+    };
     let mut interest: HashSet<String> = HashSet::from([user_id.to_owned()]);
     for (room_id, membership, at) in svc.store.memberships_at(user_id, now.events).await? {
         interest.insert(room_id.clone());
@@ -114,6 +127,7 @@ async fn compute(
             continue;
         }
         let changed_since = initial || at > since.events;
+        let fresh = initial || !joined_at_since.contains(&room_id);
         let parsed = RoomId::parse(room_id.as_str()).map_err(ApiError::internal)?;
         let room = svc
             .store
@@ -123,23 +137,34 @@ async fn compute(
         match membership.as_str() {
             "join" => {
                 let account_data = room_account_data.remove(&room_id).unwrap_or_default();
-                let full = initial || req.full_state || changed_since;
+                let window = Window {
+                    since,
+                    upto: now,
+                    fresh,
+                    full_state: req.full_state,
+                };
                 let section = joined_room(
                     svc,
                     &parsed,
                     &room.room_version,
                     user_id,
                     viewer,
-                    since,
-                    now,
-                    full,
+                    window,
                     &room_filter,
                 )
                 .await?;
-                if let Some(mut section) =
-                    section.or_else(|| (!account_data.is_empty()).then(|| empty_joined(since)))
-                {
+                let ephemeral_filter = room_filter.ephemeral.clone().unwrap_or_default();
+                let mut ephemeral = ephemeral_events(svc, &room_id, user_id, since, now, initial).await?;
+                ephemeral.retain(|e| {
+                    ephemeral_filter
+                        .base
+                        .allows(e["type"].as_str().unwrap_or_default(), "")
+                });
+                if let Some(mut section) = section.or_else(|| {
+                    (!account_data.is_empty() || !ephemeral.is_empty()).then(|| empty_joined(since))
+                }) {
                     section["account_data"] = json!({ "events": account_data });
+                    section["ephemeral"] = json!({ "events": ephemeral });
                     join.insert(room_id, section);
                 }
             }
@@ -165,15 +190,19 @@ async fn compute(
                 };
                 if wanted {
                     let upto = StreamToken { events: at, ..now };
+                    let window = Window {
+                        since,
+                        upto,
+                        fresh,
+                        full_state: req.full_state,
+                    };
                     let section = joined_room(
                         svc,
                         &parsed,
                         &room.room_version,
                         user_id,
                         viewer,
-                        since,
-                        upto,
-                        initial || req.full_state,
+                        window,
                         &room_filter,
                     )
                     .await?
@@ -193,21 +222,61 @@ async fn compute(
         }
     }
 
+    let presence: Vec<Value> = svc
+        .store
+        .presence_changes_for(user_id, since.presence, now.presence)
+        .await?
+        .iter()
+        .filter(|p| {
+            req.filter
+                .presence
+                .as_ref()
+                .is_none_or(|f| f.allows("m.presence", &p.user_id))
+        })
+        .map(|p| json!({ "type": "m.presence", "sender": p.user_id, "content": presence_content(p) }))
+        .collect();
     let has_changes = !(join.is_empty()
         && invite.is_empty()
         && leave.is_empty()
         && knock.is_empty()
-        && global_account_data.is_empty());
+        && global_account_data.is_empty()
+        && presence.is_empty());
     let response = json!({
         "next_batch": now.to_string(),
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         "account_data": { "events": global_account_data },
-        "presence": { "events": [] },
+        "presence": { "events": presence },
         "to_device": { "events": [] },
         "device_lists": { "changed": [], "left": [] },
         "device_one_time_keys_count": {},
     });
     Ok((response, has_changes, interest))
+}
+
+/// Receipts and typing in a room since the token (all of them in an initial sync).
+async fn ephemeral_events(
+    svc: &Services,
+    room_id: &str,
+    user_id: &str,
+    since: StreamToken,
+    now: StreamToken,
+    initial: bool,
+) -> ApiResult<Vec<Value>> {
+    let mut events = Vec::new();
+    let receipts = svc
+        .store
+        .receipts_since(room_id, since.receipts, now.receipts)
+        .await?;
+    if let Some(event) = receipt_event(&receipts, user_id) {
+        events.push(event);
+    }
+    let typing_since = if initial { i64::MIN } else { since.typing };
+    if let Some(users) = svc.typing.typing_since(room_id, typing_since)
+        && (!initial || !users.is_empty())
+    {
+        events.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
+    }
+    Ok(events)
 }
 
 fn empty_joined(since: StreamToken) -> Value {
@@ -218,19 +287,34 @@ fn empty_joined(since: StreamToken) -> Value {
     })
 }
 
+/// Which part of a room's history a sync response covers.
+#[derive(Clone, Copy)]
+struct Window {
+    since: StreamToken,
+    upto: StreamToken,
+    /// The client has not seen this room as joined: its timeline is not bounded by `since`,
+    /// and its state comes in full.
+    fresh: bool,
+    full_state: bool,
+}
+
 /// A room's section of the response, or `None` when nothing in it changed.
-#[allow(clippy::too_many_arguments)]
 async fn joined_room(
     svc: &Services,
     room_id: &RoomId,
     version: &str,
     user_id: &str,
     viewer: Viewer<'_>,
-    since: StreamToken,
-    upto: StreamToken,
-    full: bool,
+    window: Window,
     room_filter: &filter::RoomFilter,
 ) -> ApiResult<Option<Value>> {
+    let Window {
+        since,
+        upto,
+        fresh,
+        full_state,
+    } = window;
+    let full = fresh || full_state;
     let timeline_filter = room_filter.timeline.clone().unwrap_or_default();
     let state_filter = room_filter.state.clone().unwrap_or_default();
     let limit = timeline_filter
@@ -239,7 +323,7 @@ async fn joined_room(
         .map(|l| l as usize)
         .unwrap_or(DEFAULT_TIMELINE_LIMIT)
         .clamp(1, 1000);
-    let after = if full { 0 } else { since.events };
+    let after = if fresh { 0 } else { since.events };
     let (timeline, limited) =
         latest_events(svc, room_id.as_str(), after, upto.events, limit, &timeline_filter).await?;
     if !full && timeline.is_empty() {
@@ -288,11 +372,11 @@ async fn joined_room(
         .collect();
     Ok(Some(json!({
         "timeline": {
-            "events": client_events(svc, &timeline, version, Some(viewer)).await?,
+            "events": without_room_id(client_events(svc, &timeline, version, Some(viewer)).await?),
             "limited": limited,
             "prev_batch": prev_batch,
         },
-        "state": { "events": client_events(svc, &state_rows, version, Some(viewer)).await? },
+        "state": { "events": without_room_id(client_events(svc, &state_rows, version, Some(viewer)).await?) },
         "summary": {
             "m.heroes": heroes,
             "m.joined_member_count": joined.len(),
@@ -301,6 +385,16 @@ async fn joined_room(
         "unread_notifications": { "notification_count": 0, "highlight_count": 0 },
         "ephemeral": { "events": [] },
     })))
+}
+
+/// Events inside a room's section of `/sync` are in the ClientEventWithoutRoomID format.
+fn without_room_id(mut events: Vec<Value>) -> Vec<Value> {
+    for event in &mut events {
+        if let Some(object) = event.as_object_mut() {
+            object.remove("room_id");
+        }
+    }
+    events
 }
 
 /// Room state after every event up to stream position `at`.

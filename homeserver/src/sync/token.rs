@@ -1,31 +1,52 @@
-//! Stream tokens: `s<events>_<account data>`, positions in each stream the server keeps.
+//! Stream tokens: `s<events>_<account data>_<receipts>_<typing>_<presence>`, a position in each
+//! stream the server keeps. Trailing positions may be left out (read as 0).
 
-use crate::error::{ApiError, ApiResult};
+use crate::{
+    error::{ApiError, ApiResult},
+    services::Services,
+};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamToken {
     pub events: i64,
     pub account_data: i64,
+    pub receipts: i64,
+    pub typing: i64,
+    pub presence: i64,
 }
 
 impl StreamToken {
+    /// The newest position of every stream. Read before the data it covers, so that data
+    /// committed meanwhile lands after the token rather than being skipped.
+    pub async fn current(svc: &Services) -> ApiResult<Self> {
+        Ok(Self {
+            events: svc.store.max_stream_ordering().await?,
+            account_data: svc.store.max_account_data_stream().await?,
+            receipts: svc.store.max_receipts_stream().await?,
+            typing: svc.typing.current_serial(),
+            presence: svc.store.max_presence_stream().await?,
+        })
+    }
+
     pub fn parse(token: &str) -> ApiResult<Self> {
         let invalid = || ApiError::invalid_param("Invalid stream token");
         let rest = token.strip_prefix('s').ok_or_else(invalid)?;
-        let mut parts = rest.split('_');
-        let events = parts
-            .next()
-            .and_then(|p| p.parse().ok())
-            .filter(|n: &i64| *n >= 0)
-            .ok_or_else(invalid)?;
-        let account_data = match parts.next() {
-            Some(p) => p.parse().ok().filter(|n: &i64| *n >= 0).ok_or_else(invalid)?,
-            None => 0,
-        };
-        if parts.next().is_some() {
+        let mut positions = [0i64; 5];
+        let parts: Vec<&str> = rest.split('_').collect();
+        if parts.len() > positions.len() {
             return Err(invalid());
         }
-        Ok(Self { events, account_data })
+        for (slot, part) in positions.iter_mut().zip(parts) {
+            *slot = part.parse().ok().filter(|n: &i64| *n >= 0).ok_or_else(invalid)?;
+        }
+        let [events, account_data, receipts, typing, presence] = positions;
+        Ok(Self {
+            events,
+            account_data,
+            receipts,
+            typing,
+            presence,
+        })
     }
 
     /// A token pointing at an event stream position (for pagination), keeping the rest.
@@ -36,7 +57,11 @@ impl StreamToken {
 
 impl std::fmt::Display for StreamToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "s{}_{}", self.events, self.account_data)
+        write!(
+            f,
+            "s{}_{}_{}_{}_{}",
+            self.events, self.account_data, self.receipts, self.typing, self.presence
+        )
     }
 }
 
@@ -49,20 +74,23 @@ mod tests {
         let t = StreamToken {
             events: 42,
             account_data: 7,
+            receipts: 3,
+            typing: 9,
+            presence: 1,
         };
         assert_eq!(StreamToken::parse(&t.to_string()).unwrap(), t);
         assert_eq!(
             StreamToken::parse("s5").unwrap(),
             StreamToken {
                 events: 5,
-                account_data: 0
+                ..Default::default()
             }
         );
     }
 
     #[test]
     fn garbage_tokens_are_refused() {
-        for bad in ["", "x1_2", "s", "s-1_0", "s1_2_3", "s1_a"] {
+        for bad in ["", "x1_2", "s", "s-1_0", "s1_2_3_4_5_6", "s1_a"] {
             assert_eq!(
                 StreamToken::parse(bad).unwrap_err().errcode,
                 "M_INVALID_PARAM",

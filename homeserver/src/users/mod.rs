@@ -1,6 +1,7 @@
 //! Accounts: registration, passwords (argon2id), access tokens (stored as SHA-256 hashes),
 //! and user-interactive authentication.
 
+pub mod presence;
 pub mod uia;
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};

@@ -94,8 +94,40 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-pub fn hearth_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_hearth")
+/// The binary under test: `HEARTH_BIN` when set, else the one cargo built for these tests,
+/// pinned for this test process: a hard link (or copy) under cargo's test temp directory, so
+/// that a rebuild of `target/debug/hearth` by someone else mid-run cannot swap the binary
+/// between a test's start and its restart.
+pub fn hearth_bin() -> String {
+    static PINNED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Ok(bin) = std::env::var("HEARTH_BIN") {
+        return bin;
+    }
+    PINNED
+        .get_or_init(|| {
+            let built = env!("CARGO_BIN_EXE_hearth");
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+            // Links left by earlier runs keep old binaries alive; drop those whose test process
+            // has ended.
+            if let Ok(entries) = fs::read_dir(&dir) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if let Some(pid) = name.strip_prefix("hearth-bin-")
+                        && !Path::new("/proc").join(pid).exists()
+                    {
+                        let _ = fs::remove_file(entry.path());
+                    }
+                }
+            }
+            let pinned = dir.join(format!("hearth-bin-{}", std::process::id()));
+            let _ = fs::remove_file(&pinned);
+            if fs::hard_link(built, &pinned).is_ok() || fs::copy(built, &pinned).is_ok() {
+                pinned.display().to_string()
+            } else {
+                built.to_owned()
+            }
+        })
+        .clone()
 }
 
 /// A `Command` for the hearth binary with no `HEARTH_*` variables inherited from the test's
@@ -617,38 +649,72 @@ impl Client {
     }
 }
 
-/// Rebuilds the state of a state group from `state_groups` / `state_group_entries`, walking the
-/// delta chain (independently of Hearth's own query).
-pub async fn state_of_group(db: &AnyPool, group: i64) -> HashMap<(String, String), String> {
-    let mut chain = Vec::new();
-    let mut next = Some(group);
-    while let Some(id) = next {
-        assert!(
-            chain.len() < 10_000,
-            "state group chain does not end (cycle at {id}?)"
-        );
-        chain.push(id);
-        let row = sqlx::query("SELECT prev_group FROM state_groups WHERE id = $1")
-            .bind(id)
-            .fetch_optional(db)
+/// One row of a state group: ((type, state key), event ID).
+pub type StateEntry = ((String, String), String);
+
+/// A room's state groups, read once from `state_groups` / `state_group_entries`; state is
+/// rebuilt by walking the delta chain here, independently of Hearth's own query.
+pub struct StateGroups {
+    pub prev: HashMap<i64, Option<i64>>,
+    pub entries: HashMap<i64, Vec<StateEntry>>,
+}
+
+impl StateGroups {
+    pub async fn load(db: &AnyPool, room_id: &str) -> StateGroups {
+        let prev = sqlx::query("SELECT id, prev_group FROM state_groups WHERE room_id = $1")
+            .bind(room_id.to_owned())
+            .fetch_all(db)
             .await
             .expect("read state_groups")
-            .unwrap_or_else(|| panic!("state group {id} does not exist"));
-        next = row.get::<Option<i64>, _>(0);
-    }
-    let mut state = HashMap::new();
-    for id in chain.into_iter().rev() {
-        let rows =
-            sqlx::query("SELECT type, state_key, event_id FROM state_group_entries WHERE state_group = $1")
-                .bind(id)
-                .fetch_all(db)
-                .await
-                .expect("read state_group_entries");
-        for r in rows {
-            state.insert((r.get(0), r.get(1)), r.get(2));
+            .into_iter()
+            .map(|r| (r.get::<i64, _>(0), r.get::<Option<i64>, _>(1)))
+            .collect();
+        let mut entries: HashMap<i64, Vec<StateEntry>> = HashMap::new();
+        for r in sqlx::query(
+            "SELECT e.state_group, e.type, e.state_key, e.event_id FROM state_group_entries e \
+             JOIN state_groups g ON g.id = e.state_group WHERE g.room_id = $1",
+        )
+        .bind(room_id.to_owned())
+        .fetch_all(db)
+        .await
+        .expect("read state_group_entries")
+        {
+            entries
+                .entry(r.get(0))
+                .or_default()
+                .push(((r.get(1), r.get(2)), r.get(3)));
         }
+        StateGroups { prev, entries }
     }
-    state
+
+    /// The groups from `group` back to its snapshot, newest first.
+    pub fn chain(&self, group: i64) -> Vec<i64> {
+        let mut chain = Vec::new();
+        let mut next = Some(group);
+        while let Some(id) = next {
+            assert!(
+                chain.len() < 100_000,
+                "state group chain does not end (cycle at {id}?)"
+            );
+            chain.push(id);
+            next = *self
+                .prev
+                .get(&id)
+                .unwrap_or_else(|| panic!("state group {id} does not exist in this room"));
+        }
+        chain
+    }
+
+    /// The full state of a group: (type, state key) → event ID.
+    pub fn state_of(&self, group: i64) -> HashMap<(String, String), String> {
+        let mut state = HashMap::new();
+        for id in self.chain(group).into_iter().rev() {
+            for (key, event_id) in self.entries.get(&id).into_iter().flatten() {
+                state.insert(key.clone(), event_id.clone());
+            }
+        }
+        state
+    }
 }
 
 /// Row count of a query returning one integer.

@@ -1,0 +1,119 @@
+//! Typing notifications: in memory, since they only matter for seconds.
+//!
+//! Each room keeps who is typing until when, and the serial of its last change; sync tokens carry
+//! the serial they have seen. Serials start from the clock so a restart does not reuse them.
+//! (Several processes will share this through Redis.)
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use crate::services::{Services, now_ms};
+
+/// Longest a client may claim to be typing without renewing.
+const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Default)]
+struct RoomTyping {
+    serial: i64,
+    until: HashMap<String, Instant>,
+}
+
+pub struct Typing {
+    rooms: Mutex<HashMap<String, RoomTyping>>,
+    serial: Mutex<i64>,
+}
+
+impl Default for Typing {
+    fn default() -> Self {
+        Self {
+            rooms: Mutex::default(),
+            serial: Mutex::new(now_ms()),
+        }
+    }
+}
+
+impl Typing {
+    fn next_serial(&self) -> i64 {
+        let mut serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        *serial += 1;
+        *serial
+    }
+
+    /// The serial of the newest change in any room.
+    pub fn current_serial(&self) -> i64 {
+        *self.serial.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Who is typing in a room now, if that changed after `since`.
+    pub fn typing_since(&self, room_id: &str, since: i64) -> Option<Vec<String>> {
+        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let room = rooms.get(room_id).filter(|r| r.serial > since)?;
+        let now = Instant::now();
+        let mut users: Vec<String> = room
+            .until
+            .iter()
+            .filter(|(_, t)| **t > now)
+            .map(|(u, _)| u.clone())
+            .collect();
+        users.sort();
+        Some(users)
+    }
+
+    fn set(&self, room_id: &str, user_id: &str, until: Option<Instant>) -> bool {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let room = rooms.entry(room_id.to_owned()).or_default();
+        let was_typing = room.until.contains_key(user_id);
+        match until {
+            Some(t) => {
+                room.until.insert(user_id.to_owned(), t);
+            }
+            None => {
+                room.until.remove(user_id);
+            }
+        }
+        // Renewing a running timeout changes nothing a client sees.
+        let changed = was_typing != until.is_some();
+        if changed {
+            room.serial = self.next_serial();
+        }
+        changed
+    }
+
+    /// Ends a typing notification whose time ran out, unless it was renewed meanwhile.
+    fn expire(&self, room_id: &str, user_id: &str) -> bool {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(room) = rooms.get_mut(room_id) else {
+            return false;
+        };
+        if room.until.get(user_id).is_some_and(|t| *t <= Instant::now()) {
+            room.until.remove(user_id);
+            room.serial = self.next_serial();
+            return true;
+        }
+        false
+    }
+}
+
+/// Starts or stops a user's typing notification in a room, waking syncs when it changes and
+/// again when it times out.
+pub fn set_typing(svc: &Services, room_id: &str, user_id: &str, timeout: Option<Duration>) {
+    let timeout = timeout.map(|t| t.min(MAX_TIMEOUT));
+    if svc
+        .typing
+        .set(room_id, user_id, timeout.map(|t| Instant::now() + t))
+    {
+        svc.notifier.notify(vec![room_id.to_owned()]);
+    }
+    if let Some(timeout) = timeout {
+        let (svc, room_id, user_id) = (svc.clone(), room_id.to_owned(), user_id.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if svc.typing.expire(&room_id, &user_id) {
+                svc.notifier.notify(vec![room_id]);
+            }
+        });
+    }
+}

@@ -1,0 +1,84 @@
+//! Presence: stored on change only, with `last_active_ago` computed when read, so an idle
+//! server runs no per-user timers.
+
+use serde_json::{Value, json};
+
+use crate::{
+    error::{ApiError, ApiResult},
+    services::{Services, now_ms},
+    store::PresenceRow,
+};
+
+/// How long after their last activity a user still counts as `currently_active`.
+const ACTIVE_WINDOW_MS: i64 = 5 * 60 * 1000;
+
+pub const STATES: &[&str] = &["online", "offline", "unavailable"];
+
+/// Sets a user's presence, waking the syncs of everyone sharing a room with them.
+pub async fn set_presence(
+    svc: &Services,
+    user_id: &str,
+    presence: &str,
+    status_msg: Option<&str>,
+) -> ApiResult<()> {
+    if !STATES.contains(&presence) {
+        return Err(ApiError::invalid_param(format!(
+            "Unknown presence state {presence}"
+        )));
+    }
+    svc.store
+        .put_presence(user_id, presence, status_msg, now_ms())
+        .await?;
+    notify(svc, user_id).await
+}
+
+/// Marks a syncing user online, writing only when that changes something a client sees.
+pub async fn mark_active(svc: &Services, user_id: &str, presence: &str) -> ApiResult<()> {
+    if !STATES.contains(&presence) {
+        return Err(ApiError::invalid_param(format!(
+            "Unknown presence state {presence}"
+        )));
+    }
+    let current = svc.store.presence(user_id).await?;
+    let stale = |p: &PresenceRow| now_ms() - p.last_active_ts > ACTIVE_WINDOW_MS / 2;
+    let needed = match &current {
+        None => presence != "offline",
+        Some(p) => p.presence != presence || (presence == "online" && stale(p)),
+    };
+    if needed {
+        let status = current.and_then(|p| p.status_msg);
+        svc.store
+            .put_presence(user_id, presence, status.as_deref(), now_ms())
+            .await?;
+        notify(svc, user_id).await?;
+    }
+    Ok(())
+}
+
+async fn notify(svc: &Services, user_id: &str) -> ApiResult<()> {
+    let mut keys: Vec<String> = svc
+        .store
+        .rooms_of_user(user_id)
+        .await?
+        .into_iter()
+        .filter(|(_, m, _)| m == "join")
+        .map(|(r, _, _)| r)
+        .collect();
+    keys.push(user_id.to_owned());
+    svc.notifier.notify(keys);
+    Ok(())
+}
+
+/// The presence content clients see.
+pub fn presence_content(row: &PresenceRow) -> Value {
+    let ago = (now_ms() - row.last_active_ts).max(0);
+    let mut content = json!({
+        "presence": row.presence,
+        "last_active_ago": ago,
+        "currently_active": row.presence == "online" && ago < ACTIVE_WINDOW_MS,
+    });
+    if let Some(msg) = &row.status_msg {
+        content["status_msg"] = json!(msg);
+    }
+    content
+}
