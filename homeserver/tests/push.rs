@@ -819,6 +819,19 @@ async fn push_rule_api() {
         .request(Method::GET, "/pushrules/global/content/a", None)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // The account data event the sync engine can send: what /pushrules/ shows.
+    let svc = services(&server).await;
+    let event = hearth::push::push_rules_event(&svc, &ruma::UserId::parse(&bob.user_id).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(event["type"], json!("m.push_rules"));
+    assert_eq!(event["content"], bob.ok(Method::GET, "/pushrules/", None).await);
+    let carol = server.register("carol").await;
+    let fresh = hearth::push::push_rules_event(&svc, &ruma::UserId::parse(&carol.user_id).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(fresh["content"], carol.ok(Method::GET, "/pushrules/", None).await);
+    assert_eq!(fresh["content"]["global"]["content"], json!([]));
     // Without a token.
     let (status, body) = server.anon().request(Method::GET, "/pushrules/", None).await;
     assert_eq!(

@@ -23,8 +23,6 @@ use crate::{
     services::Services,
 };
 
-const KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
-
 fn check_scope(scope: &str) -> ApiResult<()> {
     if scope == "global" {
         Ok(())
@@ -46,15 +44,8 @@ fn parse_kind(kind: &str) -> ApiResult<RuleKind> {
     })
 }
 
-/// The rule set as the API shows it: every kind present, even when empty.
 fn ruleset_json(ruleset: &Ruleset) -> ApiResult<Value> {
-    let mut value = serde_json::to_value(ruleset).map_err(ApiError::internal)?;
-    for kind in KINDS {
-        if value.get(kind).is_none() {
-            value[kind] = json!([]);
-        }
-    }
-    Ok(value)
+    push::rules::to_client_json(ruleset)
 }
 
 /// One rule as JSON, or 404 `M_NOT_FOUND`.

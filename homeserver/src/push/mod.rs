@@ -70,6 +70,17 @@ pub async fn ruleset(svc: &Services, user_id: &UserId) -> ApiResult<Arc<Ruleset>
     Ok(ruleset)
 }
 
+/// The `m.push_rules` global account data event for a user, for `/sync` to include in an
+/// initial sync when the user never changed their rules (nothing is stored then, and clients
+/// expect the event): `{"type": "m.push_rules", "content": {"global": …}}`.
+pub async fn push_rules_event(svc: &Services, user_id: &UserId) -> ApiResult<serde_json::Value> {
+    let ruleset = ruleset(svc, user_id).await?;
+    Ok(serde_json::json!({
+        "type": rules::ACCOUNT_DATA_TYPE,
+        "content": { "global": rules::to_client_json(&ruleset)? },
+    }))
+}
+
 /// Stores a user's changed push rules as `m.push_rules` account data (so clients see the change
 /// in `/sync`) and wakes the user's syncs.
 pub async fn save_ruleset(svc: &Services, user_id: &UserId, ruleset: Ruleset) -> ApiResult<()> {

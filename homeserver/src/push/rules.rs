@@ -41,6 +41,17 @@ pub fn from_account_data(user_id: &UserId, content: Option<&str>) -> Ruleset {
     }
 }
 
+/// A rule set as clients see it: every kind present, even when empty.
+pub fn to_client_json(ruleset: &Ruleset) -> ApiResult<serde_json::Value> {
+    let mut value = serde_json::to_value(ruleset).map_err(ApiError::internal)?;
+    for kind in ["override", "content", "room", "sender", "underride"] {
+        if value.get(kind).is_none() {
+            value[kind] = json!([]);
+        }
+    }
+    Ok(value)
+}
+
 /// The `m.push_rules` account data content for a rule set.
 pub fn to_account_data(ruleset: &Ruleset) -> ApiResult<String> {
     serde_json::to_string(&json!({ "global": ruleset })).map_err(ApiError::internal)
