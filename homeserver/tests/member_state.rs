@@ -9,7 +9,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 #[tokio::test]
-#[ignore = "bug: PUT /state/m.room.member/{own id} with membership join is refused: 403 M_FORBIDDEN \"Use the membership endpoints to change membership\""]
 async fn per_room_profile_through_put_state() {
     let server = Server::start().await;
     let alice = server.register("alice").await;

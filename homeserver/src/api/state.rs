@@ -82,11 +82,6 @@ async fn put(
     let room_id = parse_room_id(room_id)?;
     svc.rate_limiter.check(Action::Message, auth.user_id.as_str())?;
     rooms::room(svc, &room_id).await?;
-    if event_type == "m.room.member" {
-        return Err(ApiError::forbidden(
-            "Use the membership endpoints to change membership",
-        ));
-    }
     let appended = svc
         .timeline
         .append(
