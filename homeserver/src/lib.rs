@@ -3,6 +3,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod push;
 pub mod ratelimit;
 pub mod rooms;
 pub mod services;

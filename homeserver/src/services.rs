@@ -24,6 +24,8 @@ pub struct Inner {
     pub rate_limiter: RateLimiter,
     pub timeline: Timeline,
     pub typing: Typing,
+    /// Cached push rule sets and room contexts, and the push gateway client.
+    pub push: crate::push::PushState,
     /// When each device's last-seen time was last written, so requests do not each write it.
     pub last_seen_written: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
 }
@@ -46,6 +48,7 @@ impl Services {
             rate_limiter,
             timeline: Timeline::default(),
             typing: Typing::default(),
+            push: Default::default(),
             last_seen_written: Default::default(),
         }))
     }

@@ -15,6 +15,7 @@ mod logout;
 mod membership;
 mod messages;
 mod profile;
+mod push_rules;
 mod registration;
 mod room_state;
 mod rooms_create;

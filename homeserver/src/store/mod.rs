@@ -11,6 +11,7 @@ mod events;
 mod filters;
 mod keys;
 mod presence;
+mod push;
 mod receipts;
 mod rooms;
 mod state;
@@ -27,6 +28,7 @@ use sqlx::{
 
 pub use events::{EventRow, NewEvent, Txn};
 pub use presence::PresenceRow;
+pub use push::{PushActionRow, PusherRow};
 pub use receipts::ReceiptRow;
 pub use rooms::RoomRow;
 pub use state::StateMap;
@@ -75,6 +77,7 @@ macro_rules! migration {
 /// (version, name, SQLite SQL, PostgreSQL SQL), one line each.
 const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(1, "0001_foundation"),
+    migration!(3, "0003_push"),
     migration!(4, "0004_receipts_presence"),
     migration!(5, "0005_server_settings"),
 ];
