@@ -18,15 +18,22 @@ fn event_append(c: &mut Criterion) {
     let svc = runtime.block_on(hearth::build(config)).expect("services");
     let user = UserId::parse("@bench:localhost:8008").expect("user ID");
     let room_id = runtime.block_on(async {
-        svc.store.create_user(user.as_str(), None, "bench", 0).await.expect("user");
-        let request = serde_json::from_value(json!({ "preset": "private_chat", "name": "bench" })).expect("request");
+        svc.store
+            .create_user(user.as_str(), None, "bench", 0)
+            .await
+            .expect("user");
+        let request =
+            serde_json::from_value(json!({ "preset": "private_chat", "name": "bench" })).expect("request");
         create_room(&svc, &user, request).await.expect("room")
     });
 
     c.bench_function("append m.room.message (build, hash, sign, auth, persist)", |b| {
         b.to_async(&runtime).iter(|| async {
             let spec = EventSpec::message("m.room.message", json!({ "msgtype": "m.text", "body": "hello" }));
-            svc.timeline.append(&svc, &room_id, &user, spec, None).await.expect("append")
+            svc.timeline
+                .append(&svc, &room_id, &user, spec, None)
+                .await
+                .expect("append")
         })
     });
 }

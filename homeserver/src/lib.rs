@@ -4,6 +4,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod media;
+pub mod push;
 pub mod ratelimit;
 pub mod rooms;
 pub mod services;

@@ -26,6 +26,8 @@ pub struct Inner {
     pub timeline: Timeline,
     pub media: MediaRepo,
     pub typing: Typing,
+    /// Cached push rule sets and room contexts, and the push gateway client.
+    pub push: crate::push::PushState,
     /// When each device's last-seen time was last written, so requests do not each write it.
     pub last_seen_written: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
 }
@@ -50,6 +52,7 @@ impl Services {
             timeline: Timeline::default(),
             media,
             typing: Typing::default(),
+            push: Default::default(),
             last_seen_written: Default::default(),
         }))
     }

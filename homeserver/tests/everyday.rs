@@ -303,3 +303,58 @@ async fn typing_expires_on_time_and_wakes_the_long_poll() {
         "typing expiry took {waited:?} to reach sync"
     );
 }
+
+fn unread(sync: &Value, room_id: &str) -> (u64, u64) {
+    let counts = &sync["rooms"]["join"][room_id]["unread_notifications"];
+    (
+        counts["notification_count"].as_u64().unwrap_or(99),
+        counts["highlight_count"].as_u64().unwrap_or(99),
+    )
+}
+
+#[tokio::test]
+async fn unread_counts_in_sync_follow_messages_mentions_and_receipts() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    carol.join(&room).await;
+    let initial = bob.sync(None, 0, 5).await;
+    assert!(
+        initial["account_data"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.push_rules"),
+        "no m.push_rules in the initial sync"
+    );
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+
+    alice.send_text(&room, "hello all").await;
+    let mention =
+        json!({ "msgtype": "m.text", "body": "bob: look", "m.mentions": { "user_ids": [bob.user_id] } });
+    let last = alice.send(&room, "m.room.message", mention).await;
+    let seen = bob.sync(Some(&since), 5_000, 5).await;
+    assert_eq!(unread(&seen, &room), (2, 1), "{}", seen["rooms"]["join"][&room]);
+    // The sender's own messages never count for them.
+    let theirs = alice.sync(None, 0, 5).await;
+    assert_eq!(unread(&theirs, &room), (0, 0));
+
+    // A read receipt on the newest event clears the counts, and the room comes down again.
+    let next = seen["next_batch"].as_str().unwrap().to_owned();
+    bob.ok(
+        Method::POST,
+        &format!("/rooms/{}/receipt/m.read/{}", encode(&room), encode(&last)),
+        Some(&json!({})),
+    )
+    .await;
+    let cleared = bob.sync(Some(&next), 5_000, 5).await;
+    assert_eq!(
+        unread(&cleared, &room),
+        (0, 0),
+        "{}",
+        cleared["rooms"]["join"][&room]
+    );
+}

@@ -16,6 +16,7 @@ mod media;
 mod membership;
 mod messages;
 mod profile;
+mod push_rules;
 mod registration;
 mod room_state;
 mod rooms_create;

@@ -11,6 +11,7 @@ pub mod extract;
 pub mod media;
 pub mod messages;
 pub mod profile;
+pub mod push;
 pub mod rooms;
 pub mod state;
 pub mod sync;
@@ -129,6 +130,21 @@ fn client_routes() -> Router<Services> {
             "/user/{user_id}/rooms/{room_id}/account_data/{data_type}",
             get(account_data::get_room).put(account_data::put_room),
         )
+        .route("/pushrules", get(push::get_all))
+        .route("/pushrules/", get(push::get_all))
+        .route("/pushrules/{scope}", get(push::get_scope))
+        .route("/pushrules/{scope}/", get(push::get_scope))
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}",
+            get(push::get_rule).put(push::put_rule).delete(push::delete_rule),
+        )
+        .route(
+            "/pushrules/{scope}/{kind}/{rule_id}/{attr}",
+            get(push::get_attr).put(push::put_attr),
+        )
+        .route("/pushers", get(push::get_pushers))
+        .route("/pushers/set", post(push::set_pusher))
+        .route("/notifications", get(push::notifications))
 }
 
 /// The content repository: uploads and the deprecated endpoints under `/_matrix/media/…`, the

@@ -153,6 +153,7 @@ impl Timeline {
         let mut draft = Draft::stored(room_id);
         let built = self.build(svc, &mut draft, &version, sender, spec, txn).await?;
         let stream_ordering = svc.store.append_event(&built.new).await?;
+        crate::push::on_event_appended(svc, &built.new, stream_ordering).await;
         svc.notifier
             .notify(notification_keys(std::slice::from_ref(&built.new)));
         Ok(Appended {
@@ -217,6 +218,7 @@ impl Timeline {
         {
             return Err(ApiError::room_in_use("Room alias already taken"));
         }
+        crate::push::on_room_created(svc, &events).await;
         svc.notifier.notify(notification_keys(&events));
         Ok(room_id)
     }

@@ -12,6 +12,7 @@ mod filters;
 mod keys;
 mod media;
 mod presence;
+mod push;
 mod receipts;
 mod rooms;
 mod state;
@@ -29,6 +30,7 @@ use sqlx::{
 pub use events::{EventRow, NewEvent, Txn};
 pub use media::{MediaRow, UploadedContent};
 pub use presence::PresenceRow;
+pub use push::{PushActionRow, PusherRow};
 pub use receipts::ReceiptRow;
 pub use rooms::RoomRow;
 pub use state::StateMap;
@@ -78,6 +80,7 @@ macro_rules! migration {
 const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(1, "0001_foundation"),
     migration!(2, "0002_media"),
+    migration!(3, "0003_push"),
     migration!(4, "0004_receipts_presence"),
     migration!(5, "0005_server_settings"),
 ];

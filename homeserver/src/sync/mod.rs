@@ -165,6 +165,12 @@ async fn compute(
                 }) {
                     section["account_data"] = json!({ "events": account_data });
                     section["ephemeral"] = json!({ "events": ephemeral });
+                    let (unread, threads) =
+                        unread_notifications(svc, &room_id, user_id, &room_filter).await?;
+                    section["unread_notifications"] = unread;
+                    if let Some(threads) = threads {
+                        section["unread_thread_notifications"] = threads;
+                    }
                     join.insert(room_id, section);
                 }
             }
@@ -235,6 +241,15 @@ async fn compute(
         })
         .map(|p| json!({ "type": "m.presence", "sender": p.user_id, "content": presence_content(p) }))
         .collect();
+    // Clients expect the push rules in an initial sync, also when the user never changed them
+    // (then nothing is stored as account data).
+    if initial && !global_account_data.iter().any(|e| e["type"] == "m.push_rules") {
+        let user = ruma::UserId::parse(user_id).map_err(ApiError::internal)?;
+        let event = crate::push::push_rules_event(svc, &user).await?;
+        if account_filter.allows("m.push_rules", user_id) {
+            global_account_data.push(event);
+        }
+    }
     let has_changes = !(join.is_empty()
         && invite.is_empty()
         && leave.is_empty()
@@ -251,6 +266,51 @@ async fn compute(
         "device_one_time_keys_count": {},
     });
     Ok((response, has_changes, interest))
+}
+
+/// Notification counts since the user's read receipt (public or private, whichever is later):
+/// room-wide, or — when the filter asks for `unread_thread_notifications` — the main timeline's
+/// with a map per thread.
+async fn unread_notifications(
+    svc: &Services,
+    room_id: &str,
+    user_id: &str,
+    room_filter: &filter::RoomFilter,
+) -> ApiResult<(Value, Option<Value>)> {
+    let public = svc.store.receipt_position(room_id, user_id, "m.read", "").await?;
+    let private = svc
+        .store
+        .receipt_position(room_id, user_id, "m.read.private", "")
+        .await?;
+    let read = public.max(private).unwrap_or(0);
+    let counts = crate::push::unread_counts(svc, user_id, room_id, read).await?;
+    let threaded = room_filter
+        .timeline
+        .as_ref()
+        .and_then(|t| t.unread_thread_notifications)
+        == Some(true);
+    if !threaded {
+        let unread = json!({
+            "notification_count": counts.total_notifications(),
+            "highlight_count": counts.total_highlights(),
+        });
+        return Ok((unread, None));
+    }
+    let unread = json!({
+        "notification_count": counts.notification_count,
+        "highlight_count": counts.highlight_count,
+    });
+    let threads: Map<String, Value> = counts
+        .per_thread
+        .iter()
+        .map(|(root, (n, h))| {
+            (
+                root.clone(),
+                json!({ "notification_count": n, "highlight_count": h }),
+            )
+        })
+        .collect();
+    Ok((unread, Some(Value::Object(threads))))
 }
 
 /// Receipts and typing in a room since the token (all of them in an initial sync).
@@ -382,7 +442,6 @@ async fn joined_room(
             "m.joined_member_count": joined.len(),
             "m.invited_member_count": invited.len(),
         },
-        "unread_notifications": { "notification_count": 0, "highlight_count": 0 },
         "ephemeral": { "events": [] },
     })))
 }

@@ -1,0 +1,235 @@
+//! Evaluating push rules against a new event for every local member of its room.
+//!
+//! Cost on the send path: the room's members (with display names) and power levels come from a
+//! cache refreshed after each state event (three queries then); the event is flattened once;
+//! per member an in-memory walk of their rule set (cached parsed in `PushState`); one
+//! transaction writes the outcomes that notify. Delivery to push gateways is spawned.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use ruma::{
+    OwnedUserId, RoomId, UInt, UserId,
+    events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
+    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
+    serde::Raw,
+};
+use serde_json::Value;
+
+use crate::{
+    error::{ApiError, ApiResult},
+    push::pushers,
+    services::Services,
+    store::{NewEvent, PushActionRow},
+};
+
+/// Evaluates the push rules of every local user concerned by a just-appended event (joined
+/// members except the sender, and the target of an invite) and stores the outcomes that notify.
+/// Failures are logged: the event is already stored and its send must not fail.
+pub async fn on_event_appended(svc: &Services, event: &NewEvent, stream_ordering: i64) {
+    if let Err(error) = evaluate(svc, event, stream_ordering).await {
+        tracing::error!(event_id = %event.event_id, error = %error.message, "push rule evaluation failed");
+    }
+}
+
+/// Evaluates a new room's first events (stored together by `createRoom`). Only the creator is
+/// joined then and sends them all, so only the invites among them can notify anyone.
+pub async fn on_room_created(svc: &Services, events: &[NewEvent]) {
+    for event in events
+        .iter()
+        .filter(|e| e.membership.as_deref() == Some("invite"))
+    {
+        match svc.store.event(&event.event_id).await {
+            Ok(Some(row)) => on_event_appended(svc, event, row.stream_ordering).await,
+            Ok(None) => tracing::error!(event_id = %event.event_id, "created room's event not found"),
+            Err(error) => tracing::error!(event_id = %event.event_id, %error, "push rule evaluation failed"),
+        }
+    }
+}
+
+/// The member event content's `displayname`, when set.
+fn display_name(member_json: &str) -> Option<String> {
+    let pdu: Value = serde_json::from_str(member_json).ok()?;
+    pdu.get("content")?
+        .get("displayname")?
+        .as_str()
+        .map(ToOwned::to_owned)
+}
+
+/// The thread an event belongs to: the root of its `m.thread` relation.
+pub fn thread_of(content: &Value) -> Option<String> {
+    let relation = content.get("m.relates_to")?;
+    (relation.get("rel_type")?.as_str()? == "m.thread")
+        .then(|| relation.get("event_id")?.as_str().map(ToOwned::to_owned))
+        .flatten()
+}
+
+/// What evaluation needs to know about a room, cached between events and dropped whenever a
+/// state event is appended to the room (every local event passes through `on_event_appended`).
+pub struct RoomContext {
+    /// Joined members with their display names in the room.
+    members: BTreeMap<String, Option<String>>,
+    power_levels: Option<PushConditionPowerLevelsCtx>,
+}
+
+/// Rooms kept in the cache before it is emptied (a crude bound on memory).
+const MAX_CACHED_ROOMS: usize = 10_000;
+
+async fn room_context(svc: &Services, event: &NewEvent) -> ApiResult<Arc<RoomContext>> {
+    {
+        let mut rooms = svc.push.rooms.lock().map_err(ApiError::internal)?;
+        if event.state_key.is_some() {
+            rooms.remove(&event.room_id);
+        } else if let Some(found) = rooms.get(&event.room_id) {
+            return Ok(found.clone());
+        }
+    }
+    let members = svc
+        .store
+        .joined_member_events(&event.room_id)
+        .await?
+        .into_iter()
+        .map(|(user, json)| {
+            let name = display_name(&json);
+            (user, name)
+        })
+        .collect();
+    let room_id = RoomId::parse(&event.room_id).map_err(ApiError::internal)?;
+    let context = Arc::new(RoomContext {
+        members,
+        power_levels: power_levels_ctx(svc, &room_id).await?,
+    });
+    let mut rooms = svc.push.rooms.lock().map_err(ApiError::internal)?;
+    if rooms.len() >= MAX_CACHED_ROOMS {
+        rooms.clear();
+    }
+    rooms.insert(event.room_id.clone(), context.clone());
+    Ok(context)
+}
+
+async fn evaluate(svc: &Services, event: &NewEvent, stream_ordering: i64) -> ApiResult<()> {
+    let suffix = format!(":{}", svc.server_name());
+    let room = room_context(svc, event).await?;
+    let names = &room.members;
+    let member_count = names.len();
+
+    let mut targets: Vec<&str> = names
+        .keys()
+        .map(String::as_str)
+        .filter(|u| *u != event.sender && u.ends_with(&suffix))
+        .collect();
+    if event.membership.as_deref() == Some("invite")
+        && let Some(invitee) = event.state_key.as_deref()
+        && invitee != event.sender
+        && invitee.ends_with(&suffix)
+        && !names.contains_key(invitee)
+    {
+        targets.push(invitee);
+    }
+    if targets.is_empty() {
+        return Ok(());
+    }
+
+    let room_id = RoomId::parse(&event.room_id).map_err(ApiError::internal)?;
+    let raw: Raw<Value> = Raw::from_json_string(event.json.clone()).map_err(ApiError::internal)?;
+    // Flattened once for all users (ruma's `Ruleset::get_actions` would flatten per call).
+    let flattened = FlattenedJson::from_raw(&raw);
+    let content: Value = serde_json::from_str::<Value>(&event.json)
+        .ok()
+        .and_then(|v| v.get("content").cloned())
+        .unwrap_or_default();
+    let thread_id = thread_of(&content);
+
+    let mut rows = Vec::new();
+    let mut notified: Vec<(String, Vec<Action>)> = Vec::new();
+    for user in targets {
+        let Ok(user_id) = UserId::parse(user) else {
+            continue;
+        };
+        let ruleset = super::ruleset(svc, &user_id).await?;
+        let display = names
+            .get(user)
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| user_id.localpart().to_owned());
+        let mut ctx = PushConditionRoomCtx::new(
+            room_id.clone(),
+            UInt::new(member_count as u64).unwrap_or_default(),
+            user_id.clone(),
+            display,
+        );
+        if let Some(levels) = &room.power_levels {
+            ctx = ctx.with_power_levels(levels.clone());
+        }
+        let mut actions: &[Action] = &[];
+        for rule in ruleset.iter() {
+            if rule.applies(&flattened, &ctx).await {
+                actions = rule.actions();
+                break;
+            }
+        }
+        if !actions.iter().any(Action::should_notify) {
+            continue;
+        }
+        let highlight = actions.iter().any(Action::is_highlight);
+        rows.push(PushActionRow {
+            event_id: event.event_id.clone(),
+            room_id: event.room_id.clone(),
+            user_id: user.to_owned(),
+            stream_ordering,
+            highlight,
+            thread_id: thread_id.clone(),
+            actions: serde_json::to_string(actions).map_err(ApiError::internal)?,
+        });
+        notified.push((user.to_owned(), actions.to_vec()));
+    }
+    svc.store.insert_push_actions(&rows).await?;
+    if !notified.is_empty() {
+        pushers::spawn_delivery(svc.clone(), event.clone(), notified);
+    }
+    Ok(())
+}
+
+/// What `sender_notification_permission` needs: the room's power levels (or the spec's defaults
+/// when it has none) and, from room version 12, its privileged creators.
+async fn power_levels_ctx(
+    svc: &Services,
+    room_id: &RoomId,
+) -> ApiResult<Option<PushConditionPowerLevelsCtx>> {
+    let Some(room) = svc.store.room(room_id.as_str()).await? else {
+        return Ok(None);
+    };
+    let rules = crate::rooms::rules_of(&room.room_version)?;
+    let wanted = [
+        ("m.room.power_levels".to_owned(), String::new()),
+        ("m.room.create".to_owned(), String::new()),
+    ];
+    let mut levels_content = None;
+    let mut creators: Vec<OwnedUserId> = Vec::new();
+    for ((event_type, _), _, json) in svc.store.current_state_entries(room_id.as_str(), &wanted).await? {
+        let pdu: Value = serde_json::from_str(&json).map_err(ApiError::internal)?;
+        let content = pdu.get("content").cloned().unwrap_or_default();
+        if event_type == "m.room.power_levels" {
+            levels_content = serde_json::from_value::<RoomPowerLevelsEventContent>(content).ok();
+        } else {
+            creators.extend(
+                pdu.get("sender")
+                    .and_then(Value::as_str)
+                    .and_then(|s| UserId::parse(s).ok()),
+            );
+            if let Some(extra) = content.get("additional_creators").and_then(Value::as_array) {
+                creators.extend(
+                    extra
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .filter_map(|s| UserId::parse(s).ok()),
+                );
+            }
+        }
+    }
+    let source = match levels_content {
+        Some(content) => RoomPowerLevelsSource::Original(content),
+        None => RoomPowerLevelsSource::None,
+    };
+    let levels = RoomPowerLevels::new(source, &rules.authorization, creators);
+    Ok(Some(levels.into()))
+}

@@ -1,0 +1,245 @@
+//! Push notifications: per-(user, event) push rule outcomes and pushers.
+
+use sqlx::{Row, any::AnyRow};
+
+use super::{Store, StoreResult, q};
+
+/// One user's push rule outcome for one event (only events that notify are stored).
+#[derive(Debug, Clone)]
+pub struct PushActionRow {
+    pub event_id: String,
+    pub room_id: String,
+    pub user_id: String,
+    pub stream_ordering: i64,
+    pub highlight: bool,
+    /// Thread root of an `m.thread` relation; `None` for the main timeline.
+    pub thread_id: Option<String>,
+    /// The matched rule's actions, as JSON.
+    pub actions: String,
+}
+
+/// A stored pusher.
+#[derive(Debug, Clone)]
+pub struct PusherRow {
+    pub user_id: String,
+    pub app_id: String,
+    pub pushkey: String,
+    pub kind: String,
+    pub app_display_name: String,
+    pub device_display_name: String,
+    pub profile_tag: Option<String>,
+    pub lang: String,
+    /// PusherData JSON.
+    pub data: String,
+    pub pushkey_ts: i64,
+}
+
+const PUSHER_COLUMNS: &str = "user_id, app_id, pushkey, kind, app_display_name, device_display_name, \
+                              profile_tag, lang, data, pushkey_ts";
+
+fn pusher_row(r: AnyRow) -> PusherRow {
+    PusherRow {
+        user_id: r.get(0),
+        app_id: r.get(1),
+        pushkey: r.get(2),
+        kind: r.get(3),
+        app_display_name: r.get(4),
+        device_display_name: r.get(5),
+        profile_tag: r.get(6),
+        lang: r.get(7),
+        data: r.get(8),
+        pushkey_ts: r.get(9),
+    }
+}
+
+/// (thread ID, notifications, highlights) for one room.
+pub type ThreadCounts = Vec<(Option<String>, i64, i64)>;
+
+impl Store {
+    /// Records the outcomes of one event for several users: multi-row inserts of up to 50 rows
+    /// (one statement per row made large rooms slow to send to).
+    pub async fn insert_push_actions(&self, rows: &[PushActionRow]) -> StoreResult<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in rows.chunks(50) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 7;
+                    format!(
+                        "(${}, ${}, ${}, ${}, 1, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO event_push_actions (event_id, room_id, user_id, stream_ordering, notify, \
+                 highlight, thread_id, actions) VALUES {} ON CONFLICT (user_id, room_id, stream_ordering) DO NOTHING",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for row in chunk {
+                query = query
+                    .bind(row.event_id.clone())
+                    .bind(row.room_id.clone())
+                    .bind(row.user_id.clone())
+                    .bind(row.stream_ordering)
+                    .bind(i64::from(row.highlight))
+                    .bind(row.thread_id.clone())
+                    .bind(row.actions.clone());
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Notification and highlight counts per thread for a user in a room, for events after a
+    /// stream position.
+    pub async fn push_counts(&self, user_id: &str, room_id: &str, after: i64) -> StoreResult<ThreadCounts> {
+        let rows = q(
+            "SELECT thread_id, COUNT(*), CAST(COALESCE(SUM(highlight), 0) AS BIGINT) FROM event_push_actions \
+             WHERE user_id = $1 AND room_id = $2 AND stream_ordering > $3 AND notify = 1 GROUP BY thread_id",
+        )
+        .bind(user_id.to_owned())
+        .bind(room_id.to_owned())
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    /// How many notifying events a user has in all rooms (the badge count sent to push gateways).
+    pub async fn push_total_count(&self, user_id: &str) -> StoreResult<i64> {
+        let row = q("SELECT COUNT(*) FROM event_push_actions WHERE user_id = $1 AND notify = 1")
+            .bind(user_id.to_owned())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// A page of a user's notifications, newest first, with stream positions below `before`.
+    pub async fn push_notifications(
+        &self,
+        user_id: &str,
+        before: i64,
+        limit: i64,
+        only_highlight: bool,
+    ) -> StoreResult<Vec<PushActionRow>> {
+        let rows = q(
+            "SELECT event_id, room_id, user_id, stream_ordering, highlight, thread_id, actions \
+             FROM event_push_actions WHERE user_id = $1 AND stream_ordering < $2 AND notify = 1 \
+             AND highlight >= $3 ORDER BY stream_ordering DESC LIMIT $4",
+        )
+        .bind(user_id.to_owned())
+        .bind(before)
+        .bind(i64::from(only_highlight))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PushActionRow {
+                event_id: r.get(0),
+                room_id: r.get(1),
+                user_id: r.get(2),
+                stream_ordering: r.get(3),
+                highlight: r.get::<i64, _>(4) != 0,
+                thread_id: r.get(5),
+                actions: r.get(6),
+            })
+            .collect())
+    }
+
+    /// Joined members of a room with their `m.room.member` event JSON (for display names).
+    pub async fn joined_member_events(&self, room_id: &str) -> StoreResult<Vec<(String, String)>> {
+        let rows = q(
+            "SELECT c.state_key, e.json FROM current_state c JOIN events e ON e.event_id = c.event_id \
+             WHERE c.room_id = $1 AND c.type = 'm.room.member' AND c.membership = 'join'",
+        )
+        .bind(room_id.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    pub async fn pushers(&self, user_id: &str) -> StoreResult<Vec<PusherRow>> {
+        let sql = format!("SELECT {PUSHER_COLUMNS} FROM pushers WHERE user_id = $1 ORDER BY app_id, pushkey");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user_id.to_owned())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(pusher_row).collect())
+    }
+
+    /// Pushers of several users.
+    pub async fn pushers_of(&self, user_ids: &[String]) -> StoreResult<Vec<PusherRow>> {
+        let mut out = Vec::new();
+        for chunk in user_ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {PUSHER_COLUMNS} FROM pushers WHERE user_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            out.extend(query.fetch_all(&self.pool).await?.into_iter().map(pusher_row));
+        }
+        Ok(out)
+    }
+
+    /// Adds or replaces a pusher. Unless `append`, pushers of other users with the same app ID
+    /// and pushkey are removed.
+    pub async fn upsert_pusher(&self, pusher: &PusherRow, append: bool) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        if !append {
+            q("DELETE FROM pushers WHERE app_id = $1 AND pushkey = $2 AND user_id <> $3")
+                .bind(pusher.app_id.clone())
+                .bind(pusher.pushkey.clone())
+                .bind(pusher.user_id.clone())
+                .execute(&mut *tx)
+                .await?;
+        }
+        q(
+            "INSERT INTO pushers (user_id, app_id, pushkey, kind, app_display_name, device_display_name, \
+           profile_tag, lang, data, pushkey_ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+           ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET kind = excluded.kind, \
+           app_display_name = excluded.app_display_name, device_display_name = excluded.device_display_name, \
+           profile_tag = excluded.profile_tag, lang = excluded.lang, data = excluded.data",
+        )
+        .bind(pusher.user_id.clone())
+        .bind(pusher.app_id.clone())
+        .bind(pusher.pushkey.clone())
+        .bind(pusher.kind.clone())
+        .bind(pusher.app_display_name.clone())
+        .bind(pusher.device_display_name.clone())
+        .bind(pusher.profile_tag.clone())
+        .bind(pusher.lang.clone())
+        .bind(pusher.data.clone())
+        .bind(pusher.pushkey_ts)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes a pusher; true if there was one.
+    pub async fn delete_pusher(&self, user_id: &str, app_id: &str, pushkey: &str) -> StoreResult<bool> {
+        let done = q("DELETE FROM pushers WHERE user_id = $1 AND app_id = $2 AND pushkey = $3")
+            .bind(user_id.to_owned())
+            .bind(app_id.to_owned())
+            .bind(pushkey.to_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
