@@ -21,7 +21,7 @@ use crate::{
         membership::{power_level, required_level},
     },
     services::Services,
-    store::Txn,
+    store::{Direction, Txn},
     sync::{filter::RoomEventFilter, latest_events, token::StreamToken},
 };
 
@@ -205,7 +205,7 @@ pub async fn messages(
         'pages: loop {
             let page = svc
                 .store
-                .room_events_forwards(room_id.as_str(), cursor, ceiling, 100)
+                .room_events(room_id.as_str(), cursor, ceiling, 100, Direction::Forwards)
                 .await?;
             let exhausted = page.len() < 100;
             for row in page {
@@ -291,11 +291,23 @@ pub async fn context(
     let after_n = limit - before_n;
     let before = svc
         .store
-        .room_events_backwards(room_id.as_str(), 0, event.stream_ordering - 1, before_n)
+        .room_events(
+            room_id.as_str(),
+            0,
+            event.stream_ordering - 1,
+            before_n,
+            Direction::Backwards,
+        )
         .await?;
     let after = svc
         .store
-        .room_events_forwards(room_id.as_str(), event.stream_ordering, upper, after_n)
+        .room_events(
+            room_id.as_str(),
+            event.stream_ordering,
+            upper,
+            after_n,
+            Direction::Forwards,
+        )
         .await?;
     let viewer = Viewer {
         user_id: auth.user_id.as_str(),

@@ -41,6 +41,13 @@ impl Txn {
     }
 }
 
+/// Which end of a range of the event log to read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Backwards,
+    Forwards,
+}
+
 /// A stored event as read back.
 #[derive(Debug, Clone)]
 pub struct EventRow {
@@ -273,45 +280,33 @@ impl Store {
         Ok(row.get::<Option<i64>, _>(0).unwrap_or(0))
     }
 
-    /// Up to `limit` events of a room with `after < stream <= upto`, newest first.
-    pub async fn room_events_backwards(
+    /// Up to `limit` events of a room with `after < stream <= upto`: the newest ones, newest first
+    /// (`Backwards`), or the oldest ones, oldest first (`Forwards`).
+    pub async fn room_events(
         &self,
         room_id: &str,
         after: i64,
         upto: i64,
         limit: i64,
+        direction: Direction,
     ) -> StoreResult<Vec<EventRow>> {
-        let rows = q(select_events!(
-            "WHERE e.room_id = $1 AND e.stream_ordering > $2 AND e.stream_ordering <= $3 \
-             ORDER BY e.stream_ordering DESC LIMIT $4"
-        ))
-        .bind(room_id.to_owned())
-        .bind(after)
-        .bind(upto)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(event_row).collect())
-    }
-
-    /// Up to `limit` events of a room with `after < stream <= upto`, oldest first.
-    pub async fn room_events_forwards(
-        &self,
-        room_id: &str,
-        after: i64,
-        upto: i64,
-        limit: i64,
-    ) -> StoreResult<Vec<EventRow>> {
-        let rows = q(select_events!(
-            "WHERE e.room_id = $1 AND e.stream_ordering > $2 AND e.stream_ordering <= $3 \
-             ORDER BY e.stream_ordering ASC LIMIT $4"
-        ))
-        .bind(room_id.to_owned())
-        .bind(after)
-        .bind(upto)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = match direction {
+            Direction::Backwards => select_events!(
+                "WHERE e.room_id = $1 AND e.stream_ordering > $2 AND e.stream_ordering <= $3 \
+                 ORDER BY e.stream_ordering DESC LIMIT $4"
+            ),
+            Direction::Forwards => select_events!(
+                "WHERE e.room_id = $1 AND e.stream_ordering > $2 AND e.stream_ordering <= $3 \
+                 ORDER BY e.stream_ordering ASC LIMIT $4"
+            ),
+        };
+        let rows = q(sql)
+            .bind(room_id.to_owned())
+            .bind(after)
+            .bind(upto)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(event_row).collect())
     }
 

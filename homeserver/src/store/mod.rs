@@ -27,7 +27,7 @@ use sqlx::{
     query::Query,
 };
 
-pub use events::{EventRow, NewEvent, Txn};
+pub use events::{Direction, EventRow, NewEvent, Txn};
 pub use media::{MediaRow, UploadedContent};
 pub use presence::PresenceRow;
 pub use push::{PushActionRow, PusherRow};

@@ -75,6 +75,12 @@ pub struct RoomEventFilter {
     pub unread_thread_notifications: Option<bool>,
 }
 
+/// Whether `value` passes an allow list (absent: everything) and a deny list (absent: nothing).
+fn listed(allow: &Option<Vec<String>>, deny: &Option<Vec<String>>, value: &str) -> bool {
+    !deny.as_ref().is_some_and(|d| d.iter().any(|d| d == value))
+        && allow.as_ref().is_none_or(|a| a.iter().any(|a| a == value))
+}
+
 /// Matches an event type against a filter pattern, where `*` matches any run of characters.
 pub fn type_matches(pattern: &str, event_type: &str) -> bool {
     match pattern.split_once('*') {
@@ -105,16 +111,7 @@ impl EventFilter {
         {
             return false;
         }
-        if self
-            .not_senders
-            .as_ref()
-            .is_some_and(|s| s.iter().any(|s| s == sender))
-        {
-            return false;
-        }
-        self.senders
-            .as_ref()
-            .is_none_or(|s| s.iter().any(|s| s == sender))
+        listed(&self.senders, &self.not_senders, sender)
     }
 }
 
@@ -136,21 +133,13 @@ impl RoomEventFilter {
     }
 
     pub fn allows_room(&self, room_id: &str) -> bool {
-        !self
-            .not_rooms
-            .as_ref()
-            .is_some_and(|r| r.iter().any(|r| r == room_id))
-            && self.rooms.as_ref().is_none_or(|r| r.iter().any(|r| r == room_id))
+        listed(&self.rooms, &self.not_rooms, room_id)
     }
 }
 
 impl RoomFilter {
     pub fn allows_room(&self, room_id: &str) -> bool {
-        !self
-            .not_rooms
-            .as_ref()
-            .is_some_and(|r| r.iter().any(|r| r == room_id))
-            && self.rooms.as_ref().is_none_or(|r| r.iter().any(|r| r == room_id))
+        listed(&self.rooms, &self.not_rooms, room_id)
     }
 }
 

@@ -21,7 +21,7 @@ use crate::{
         receipts::receipt_event,
     },
     services::Services,
-    store::{EventRow, StateMap},
+    store::{Direction, EventRow, StateMap},
     users::presence::presence_content,
 };
 use filter::{Filter, RoomEventFilter};
@@ -480,7 +480,7 @@ pub async fn latest_events(
     loop {
         let rows = svc
             .store
-            .room_events_backwards(room_id, after, cursor, page)
+            .room_events(room_id, after, cursor, page, Direction::Backwards)
             .await?;
         let exhausted = (rows.len() as i64) < page;
         for row in rows {
