@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 /// An error a client sees. Everything that can go wrong in a request ends as one of these;
 /// internal failures become `M_UNKNOWN` with status 500 and are logged, not shown.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub errcode: &'static str,

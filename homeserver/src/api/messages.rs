@@ -41,15 +41,16 @@ pub async fn send(
         scope: format!("send/{room_id}/{event_type}"),
         txn_id,
     };
-    if svc
-        .store
-        .event_for_txn(auth.user_id.as_str(), &txn)
-        .await?
-        .is_none()
+    // A retry of a sent transaction is answered even when the sender is over the limit.
+    if let Err(limited) = svc.rate_limiter.check(Action::Message, auth.user_id.as_str())
+        && svc
+            .store
+            .event_for_txn(auth.user_id.as_str(), &txn)
+            .await?
+            .is_none()
     {
-        svc.rate_limiter.check(Action::Message, auth.user_id.as_str())?;
+        return Err(limited);
     }
-    rooms::room(&svc, &room_id).await?;
     let spec = EventSpec::message(&event_type, content);
     let appended = svc
         .timeline

@@ -2,8 +2,9 @@
 //!
 //! Cost on the send path: the room's members (with display names) and power levels come from a
 //! cache refreshed after each state event (three queries then); the event is flattened once;
-//! per member an in-memory walk of their rule set (cached parsed in `PushState`); one
-//! transaction writes the outcomes that notify. Delivery to push gateways is spawned.
+//! per member an in-memory walk of their rule set (cached parsed in `PushState`). The outcomes
+//! that notify are written by the event's own transaction (`rooms::timeline`); delivery to push
+//! gateways is spawned.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -22,27 +23,66 @@ use crate::{
     store::{NewEvent, PushActionRow},
 };
 
-/// Evaluates the push rules of every local user concerned by a just-appended event (joined
-/// members except the sender, and the target of an invite) and stores the outcomes that notify.
-/// Failures are logged: the event is already stored and its send must not fail.
-pub async fn on_event_appended(svc: &Services, event: &NewEvent, stream_ordering: i64) {
-    if let Err(error) = evaluate(svc, event, stream_ordering).await {
-        tracing::error!(event_id = %event.event_id, error = %error.message, "push rule evaluation failed");
+/// The push rule outcomes of one event, computed before it is stored so that they are written in
+/// the same transaction (unread counts never lag behind the event that changes them).
+#[derive(Default)]
+pub struct Outcome {
+    /// Rows for `event_push_actions`; `stream_ordering` is filled in when the event is stored.
+    pub rows: Vec<PushActionRow>,
+    pub notified: Notified,
+}
+
+/// Users to notify through their pushers, with the actions that matched.
+#[derive(Default)]
+pub struct Notified(Vec<(String, Vec<Action>)>);
+
+/// Evaluates the push rules of every local user concerned by an event about to be appended.
+/// Failures are logged and give no outcome: evaluation must not fail a send.
+pub async fn prepare(svc: &Services, event: &NewEvent) -> Outcome {
+    match evaluate(svc, event).await {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            tracing::error!(event_id = %event.event_id, error = %error.message, "push rule evaluation failed");
+            Outcome::default()
+        }
+    }
+}
+
+/// After the event and its outcome are stored: drops the room's cached context when the event
+/// changed its state, and hands the notifications to the pushers in the background.
+pub fn after_append(svc: &Services, event: &NewEvent, notified: Notified) {
+    if event.state_key.is_some()
+        && let Ok(mut rooms) = svc.push.rooms.lock()
+    {
+        rooms.remove(&event.room_id);
+    }
+    if !notified.0.is_empty() {
+        pushers::spawn_delivery(svc.clone(), event.clone(), notified.0);
     }
 }
 
 /// Evaluates a new room's first events (stored together by `createRoom`). Only the creator is
 /// joined then and sends them all, so only the invites among them can notify anyone.
 pub async fn on_room_created(svc: &Services, events: &[NewEvent]) {
-    for event in events
-        .iter()
-        .filter(|e| e.membership.as_deref() == Some("invite"))
-    {
-        match svc.store.event(&event.event_id).await {
-            Ok(Some(row)) => on_event_appended(svc, event, row.stream_ordering).await,
-            Ok(None) => tracing::error!(event_id = %event.event_id, "created room's event not found"),
-            Err(error) => tracing::error!(event_id = %event.event_id, %error, "push rule evaluation failed"),
+    for event in events {
+        let mut outcome = prepare(svc, event).await;
+        if !outcome.rows.is_empty() {
+            match svc.store.event(&event.event_id).await {
+                Ok(Some(row)) => {
+                    for action in &mut outcome.rows {
+                        action.stream_ordering = row.stream_ordering;
+                    }
+                    if let Err(error) = svc.store.insert_push_actions(&outcome.rows).await {
+                        tracing::error!(event_id = %event.event_id, %error, "storing push actions failed");
+                    }
+                }
+                Ok(None) => tracing::error!(event_id = %event.event_id, "created room's event not found"),
+                Err(error) => {
+                    tracing::error!(event_id = %event.event_id, %error, "push rule evaluation failed")
+                }
+            }
         }
+        after_append(svc, event, outcome.notified);
     }
 }
 
@@ -64,7 +104,7 @@ pub fn thread_of(content: &Value) -> Option<String> {
 }
 
 /// What evaluation needs to know about a room, cached between events and dropped whenever a
-/// state event is appended to the room (every local event passes through `on_event_appended`).
+/// state event is stored in the room (every local event passes through `after_append`).
 pub struct RoomContext {
     /// Joined members with their display names in the room.
     members: BTreeMap<String, Option<String>>,
@@ -76,10 +116,8 @@ const MAX_CACHED_ROOMS: usize = 10_000;
 
 async fn room_context(svc: &Services, event: &NewEvent) -> ApiResult<Arc<RoomContext>> {
     {
-        let mut rooms = svc.push.rooms.lock().map_err(ApiError::internal)?;
-        if event.state_key.is_some() {
-            rooms.remove(&event.room_id);
-        } else if let Some(found) = rooms.get(&event.room_id) {
+        let rooms = svc.push.rooms.lock().map_err(ApiError::internal)?;
+        if let Some(found) = rooms.get(&event.room_id) {
             return Ok(found.clone());
         }
     }
@@ -106,7 +144,7 @@ async fn room_context(svc: &Services, event: &NewEvent) -> ApiResult<Arc<RoomCon
     Ok(context)
 }
 
-async fn evaluate(svc: &Services, event: &NewEvent, stream_ordering: i64) -> ApiResult<()> {
+async fn evaluate(svc: &Services, event: &NewEvent) -> ApiResult<Outcome> {
     let suffix = format!(":{}", svc.server_name());
     let room = room_context(svc, event).await?;
     let names = &room.members;
@@ -126,7 +164,7 @@ async fn evaluate(svc: &Services, event: &NewEvent, stream_ordering: i64) -> Api
         targets.push(invitee);
     }
     if targets.is_empty() {
-        return Ok(());
+        return Ok(Outcome::default());
     }
 
     let room_id = RoomId::parse(&event.room_id).map_err(ApiError::internal)?;
@@ -175,18 +213,17 @@ async fn evaluate(svc: &Services, event: &NewEvent, stream_ordering: i64) -> Api
             event_id: event.event_id.clone(),
             room_id: event.room_id.clone(),
             user_id: user.to_owned(),
-            stream_ordering,
+            stream_ordering: 0,
             highlight,
             thread_id: thread_id.clone(),
             actions: serde_json::to_string(actions).map_err(ApiError::internal)?,
         });
         notified.push((user.to_owned(), actions.to_vec()));
     }
-    svc.store.insert_push_actions(&rows).await?;
-    if !notified.is_empty() {
-        pushers::spawn_delivery(svc.clone(), event.clone(), notified);
-    }
-    Ok(())
+    Ok(Outcome {
+        rows,
+        notified: Notified(notified),
+    })
 }
 
 /// What `sender_notification_permission` needs: the room's power levels (or the spec's defaults

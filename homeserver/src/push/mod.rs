@@ -22,7 +22,7 @@ use crate::{
     services::Services,
 };
 
-pub use eval::{on_event_appended, on_room_created};
+pub use eval::{Notified, Outcome, after_append, on_room_created, prepare};
 
 /// Push state kept in memory: parsed rule sets (so evaluation does not parse JSON per event) and
 /// the HTTP client for push gateways.

@@ -2,10 +2,12 @@
 //! rules, append it to the log, wake the waiters.
 //!
 //! Appends are serialized by one lock so that stream positions are handed out in commit order
-//! (a reader that has seen position N has seen everything before N). Several processes will need
-//! the lock to move into the database; see ARCHITECTURE.md.
+//! (a reader that has seen position N has seen everything before N). Under that lock each room's
+//! draft — version, the state entries read so far, forward extremities, state group — stays in
+//! memory between appends, so a message costs no reads: this process is the only writer of its
+//! rooms (several processes will need the lock and the cache to move; see ARCHITECTURE.md).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use hearth_federation::{
     Pdu, PduError,
@@ -13,17 +15,18 @@ use hearth_federation::{
     rules_for,
 };
 use ruma::{
-    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId, UInt, UserId,
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UInt,
+    UserId,
     events::TimelineEventType,
     state_res::{auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules},
 };
 use serde_json::{Value, value::to_raw_value};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot};
 
 use crate::{
     error::{ApiError, ApiResult},
     services::{Services, now_ms},
-    store::{EventRow, NewEvent, RoomRow, Txn},
+    store::{Appending, EventRow, NewEvent, RoomRow, Txn},
 };
 
 /// What a caller wants in a new event.
@@ -65,38 +68,82 @@ pub struct Appended {
 
 #[derive(Default)]
 pub struct Timeline {
-    write_lock: Mutex<()>,
+    /// The append lock, and the rooms as the last append left them.
+    write_lock: Mutex<HashMap<OwnedRoomId, Draft>>,
+    /// Appends waiting for the lock's holder to write them.
+    queue: std::sync::Mutex<VecDeque<Pending>>,
 }
+
+/// Most events written in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// An append waiting in the queue.
+struct Pending {
+    room_id: OwnedRoomId,
+    sender: OwnedUserId,
+    spec: EventSpec,
+    txn: Option<Txn>,
+    reply: oneshot::Sender<ApiResult<Appended>>,
+}
+
+/// What preparing a queued append gave.
+enum Prepared {
+    /// Its transaction ID already produced this event.
+    Existing(Appended),
+    Built {
+        appending: Appending,
+        event_id: OwnedEventId,
+        notified: crate::push::Notified,
+    },
+}
+
+/// A built event's callers (the first, and retries of its transaction in the same batch).
+struct BuiltFor {
+    event_id: OwnedEventId,
+    notified: crate::push::Notified,
+    waiting: Vec<Pending>,
+}
+
+/// Rooms whose drafts are kept; past this the cache starts again empty (a crude bound on memory).
+const MAX_CACHED_ROOMS: usize = 10_000;
 
 /// Most prev_events a new event references.
 const MAX_PREV_EVENTS: usize = 20;
 
 /// The room as the next event sees it: what is stored, plus events built in this batch but not
-/// stored yet. State entries read from the database are kept, so a batch reads each once.
+/// stored yet. State entries read from the database are kept, so a room reads each once.
 struct Draft {
     room_id: Option<OwnedRoomId>,
+    version: RoomVersionId,
     stored: bool,
+    /// Entries of the current state read or built so far (not all of it).
     state: HashMap<(String, String), Pdu>,
     /// prev_events and their greatest depth, once known.
     extremities: Option<(Vec<OwnedEventId>, u64)>,
+    /// The state group after the newest stored event (`None` before the first).
+    state_group: Option<i64>,
 }
 
 impl Draft {
-    fn stored(room_id: &RoomId) -> Self {
+    fn stored(room_id: &RoomId, version: RoomVersionId, state_group: Option<i64>) -> Self {
         Self {
             room_id: Some(room_id.to_owned()),
+            version,
             stored: true,
             state: HashMap::new(),
             extremities: None,
+            state_group,
         }
     }
 
-    fn new_room(room_id: Option<OwnedRoomId>) -> Self {
+    fn new_room(room_id: Option<OwnedRoomId>, version: RoomVersionId) -> Self {
         Self {
             room_id,
+            version,
             stored: false,
             state: HashMap::new(),
             extremities: Some((Vec::new(), 0)),
+            state_group: None,
         }
     }
 }
@@ -121,6 +168,11 @@ struct Built {
 
 impl Timeline {
     /// Appends a local event to an existing room.
+    ///
+    /// Appends queue up and are written in batches (group commit): whoever holds the append lock
+    /// builds every queued event in turn and stores them in one transaction. The writing runs in
+    /// a task of its own, so a caller that goes away (a client hanging up) cannot abandon a batch
+    /// that carries other callers' events.
     pub async fn append(
         &self,
         svc: &Services,
@@ -129,8 +181,159 @@ impl Timeline {
         spec: EventSpec,
         txn: Option<Txn>,
     ) -> ApiResult<Appended> {
-        let _guard = self.write_lock.lock().await;
-        if let Some(txn) = &txn
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(Pending {
+                room_id: room_id.to_owned(),
+                sender: sender.to_owned(),
+                spec,
+                txn,
+                reply,
+            });
+        let writer = svc.clone();
+        tokio::spawn(async move { writer.timeline.write_queued(&writer).await });
+        answer
+            .await
+            .unwrap_or_else(|_| Err(ApiError::internal("the append was abandoned")))
+    }
+
+    /// Writes queued appends, batch after batch, until the queue is empty.
+    async fn write_queued(&self, svc: &Services) {
+        let mut drafts = self.write_lock.lock().await;
+        loop {
+            let batch = self.next_batch();
+            if batch.is_empty() {
+                return;
+            }
+            self.write_batch(svc, &mut drafts, batch).await;
+        }
+    }
+
+    /// The next queued appends to write together: messages up to `MAX_BATCH`, or one state event
+    /// alone (the events after it need the state group it creates).
+    fn next_batch(&self) -> Vec<Pending> {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = Vec::new();
+        while let Some(next) = queue.front() {
+            let is_state = next.spec.state_key.is_some();
+            if batch.len() >= MAX_BATCH || (is_state && !batch.is_empty()) {
+                break;
+            }
+            batch.extend(queue.pop_front());
+            if is_state {
+                break;
+            }
+        }
+        batch
+    }
+
+    /// Builds a batch's events against their rooms' drafts, stores those that passed in one
+    /// transaction, and answers every caller.
+    async fn write_batch(
+        &self,
+        svc: &Services,
+        drafts: &mut HashMap<OwnedRoomId, Draft>,
+        batch: Vec<Pending>,
+    ) {
+        // Drafts taken out for this batch: they go back only if the batch is stored.
+        let mut touched: HashMap<OwnedRoomId, Draft> = HashMap::new();
+        let mut appendings: Vec<Appending> = Vec::new();
+        let mut built: Vec<BuiltFor> = Vec::new();
+        let mut txns: HashMap<(String, String, String), usize> = HashMap::new();
+        for pending in batch {
+            let txn_key = pending
+                .txn
+                .as_ref()
+                .map(|t| (pending.sender.to_string(), t.device_id.clone(), t.key()));
+            // A retry queued in the same batch as its first attempt gets the same answer.
+            if let Some(first) = txn_key.as_ref().and_then(|k| txns.get(k)) {
+                built[*first].waiting.push(pending);
+                continue;
+            }
+            match self.prepare(svc, drafts, &mut touched, &pending).await {
+                Ok(Prepared::Existing(appended)) => {
+                    let _ = pending.reply.send(Ok(appended));
+                }
+                Ok(Prepared::Built {
+                    appending,
+                    event_id,
+                    notified,
+                }) => {
+                    if let Some(key) = txn_key {
+                        txns.insert(key, built.len());
+                    }
+                    appendings.push(appending);
+                    built.push(BuiltFor {
+                        event_id,
+                        notified,
+                        waiting: vec![pending],
+                    });
+                }
+                Err(error) => {
+                    let _ = pending.reply.send(Err(error));
+                }
+            }
+        }
+        if appendings.is_empty() {
+            for (room_id, draft) in touched {
+                keep_as(drafts, room_id, draft);
+            }
+            return;
+        }
+        let placed = match svc.store.append_events(&mut appendings).await {
+            Ok(placed) => placed,
+            Err(error) => {
+                tracing::error!(%error, events = appendings.len(), "storing a batch of events failed");
+                for pending in built.into_iter().flat_map(|b| b.waiting) {
+                    let _ = pending
+                        .reply
+                        .send(Err(ApiError::internal("storing the event failed")));
+                }
+                return;
+            }
+        };
+        for (appending, at) in appendings.iter().zip(&placed) {
+            if let Some(draft) = touched.get_mut(appending.event.room_id.as_str()) {
+                draft.state_group = Some(at.state_group);
+            }
+        }
+        for (room_id, draft) in touched {
+            keep_as(drafts, room_id, draft);
+        }
+        let events: Vec<NewEvent> = appendings.into_iter().map(|a| a.event).collect();
+        svc.notifier.notify(notification_keys(&events));
+        for ((event, at), done) in events.into_iter().zip(placed).zip(built) {
+            let answer = parse_room_id(&event.room_id).map(|room_id| Appended {
+                event_id: done.event_id,
+                room_id,
+                stream_ordering: at.stream_ordering,
+            });
+            crate::push::after_append(svc, &event, done.notified);
+            for pending in done.waiting {
+                let _ = pending.reply.send(answer.clone());
+            }
+        }
+    }
+
+    /// One queued append: the event its transaction already produced, or the event built and
+    /// authorized against the room's draft (taken into `touched`), with its push outcome.
+    async fn prepare(
+        &self,
+        svc: &Services,
+        drafts: &mut HashMap<OwnedRoomId, Draft>,
+        touched: &mut HashMap<OwnedRoomId, Draft>,
+        pending: &Pending,
+    ) -> ApiResult<Prepared> {
+        let Pending {
+            room_id,
+            sender,
+            spec,
+            txn,
+            ..
+        } = pending;
+        if let Some(txn) = txn
             && let Some(existing) = svc.store.event_for_txn(sender.as_str(), txn).await?
         {
             let row = svc
@@ -138,28 +341,47 @@ impl Timeline {
                 .event(&existing)
                 .await?
                 .ok_or_else(|| ApiError::internal("txn event vanished"))?;
-            return Ok(Appended {
+            return Ok(Prepared::Existing(Appended {
                 event_id: parse_event_id(&existing)?,
-                room_id: room_id.to_owned(),
+                room_id: room_id.clone(),
                 stream_ordering: row.stream_ordering,
-            });
+            }));
         }
-        let room = svc
-            .store
-            .room(room_id.as_str())
-            .await?
-            .ok_or_else(|| ApiError::not_found("Unknown room"))?;
-        let version = RoomVersionId::try_from(room.room_version.as_str()).map_err(ApiError::internal)?;
-        let mut draft = Draft::stored(room_id);
-        let built = self.build(svc, &mut draft, &version, sender, spec, txn).await?;
-        let stream_ordering = svc.store.append_event(&built.new).await?;
-        crate::push::on_event_appended(svc, &built.new, stream_ordering).await;
-        svc.notifier
-            .notify(notification_keys(std::slice::from_ref(&built.new)));
-        Ok(Appended {
+        if !touched.contains_key(room_id) {
+            let draft = match drafts.remove(room_id) {
+                Some(draft) => draft,
+                None => {
+                    let room = svc
+                        .store
+                        .room(room_id.as_str())
+                        .await?
+                        .ok_or_else(|| ApiError::not_found("Unknown room"))?;
+                    let version =
+                        RoomVersionId::try_from(room.room_version.as_str()).map_err(ApiError::internal)?;
+                    Draft::stored(
+                        room_id,
+                        version,
+                        svc.store.latest_state_group(room_id.as_str()).await?,
+                    )
+                }
+            };
+            touched.insert(room_id.clone(), draft);
+        }
+        let draft = touched
+            .get_mut(room_id)
+            .ok_or_else(|| ApiError::internal("draft vanished"))?;
+        let previous_group = draft.state_group;
+        // A refused event leaves the draft as it was (build changes it only on success).
+        let built = self.build(svc, draft, sender, spec.clone(), txn.clone()).await?;
+        let push = crate::push::prepare(svc, &built.new).await;
+        Ok(Prepared::Built {
+            appending: Appending {
+                event: built.new,
+                previous_group,
+                push: push.rows,
+            },
             event_id: built.event_id,
-            room_id: room_id.to_owned(),
-            stream_ordering,
+            notified: push.notified,
         })
     }
 
@@ -176,7 +398,7 @@ impl Timeline {
             alias,
             is_public,
         } = room;
-        let _guard = self.write_lock.lock().await;
+        let mut drafts = self.write_lock.lock().await;
         let rules = rules_for(version)
             .ok_or_else(|| ApiError::unsupported_room_version("Unsupported room version"))?;
         let room_id = if rules.authorization.room_create_event_id_as_room_id {
@@ -184,16 +406,12 @@ impl Timeline {
         } else {
             Some(new_room_id(svc.server_name())?)
         };
-        let mut draft = Draft::new_room(room_id);
+        let mut draft = Draft::new_room(room_id, version.clone());
         let create = EventSpec::state("m.room.create", "", content);
-        let mut events = vec![
-            self.build(svc, &mut draft, version, creator, create, None)
-                .await?
-                .new,
-        ];
+        let mut events = vec![self.build(svc, &mut draft, creator, create, None).await?.new];
         for spec in initial {
             let built = self
-                .build(svc, &mut draft, version, creator, spec, None)
+                .build(svc, &mut draft, creator, spec, None)
                 .await
                 .map_err(|e| {
                     if e.errcode == "M_FORBIDDEN" {
@@ -204,20 +422,23 @@ impl Timeline {
                 })?;
             events.push(built.new);
         }
-        let room_id = draft.room_id.expect("set by the create event");
+        let room_id = draft.room_id.clone().expect("set by the create event");
         let row = RoomRow {
             room_id: room_id.to_string(),
             room_version: version.to_string(),
             creator: creator.to_string(),
             is_public,
         };
-        if !svc
+        let Some(placed) = svc
             .store
             .create_room_with_events(&row, alias, &events, now_ms())
             .await?
-        {
+        else {
             return Err(ApiError::room_in_use("Room alias already taken"));
-        }
+        };
+        draft.stored = true;
+        draft.state_group = Some(placed.state_group);
+        keep(&mut drafts, draft);
         crate::push::on_room_created(svc, &events).await;
         svc.notifier.notify(notification_keys(&events));
         Ok(room_id)
@@ -229,12 +450,11 @@ impl Timeline {
         &self,
         svc: &Services,
         draft: &mut Draft,
-        version: &RoomVersionId,
         sender: &UserId,
         spec: EventSpec,
         txn: Option<Txn>,
     ) -> ApiResult<Built> {
-        let rules = rules_for(version)
+        let rules = rules_for(&draft.version)
             .ok_or_else(|| ApiError::unsupported_room_version("Unsupported room version"))?;
         let event_type = TimelineEventType::from(spec.event_type.as_str());
         let raw_content = to_raw_value(&spec.content).map_err(|e| ApiError::bad_json(e.to_string()))?;
@@ -357,6 +577,20 @@ impl Timeline {
     }
 }
 
+/// Puts a room's draft back for the next append.
+fn keep(drafts: &mut HashMap<OwnedRoomId, Draft>, draft: Draft) {
+    if let Some(room_id) = draft.room_id.clone() {
+        keep_as(drafts, room_id, draft);
+    }
+}
+
+fn keep_as(drafts: &mut HashMap<OwnedRoomId, Draft>, room_id: OwnedRoomId, draft: Draft) {
+    if drafts.len() >= MAX_CACHED_ROOMS {
+        drafts.clear();
+    }
+    drafts.insert(room_id, draft);
+}
+
 /// Who to wake for new events: their rooms, and the targets of membership changes.
 fn notification_keys(events: &[NewEvent]) -> Vec<String> {
     let mut keys: Vec<String> = Vec::new();
@@ -378,6 +612,10 @@ pub fn pdu_of(row: &EventRow) -> ApiResult<Pdu> {
 
 fn parse_event_id(id: &str) -> ApiResult<OwnedEventId> {
     EventId::parse(id).map_err(ApiError::internal)
+}
+
+fn parse_room_id(id: &str) -> ApiResult<OwnedRoomId> {
+    RoomId::parse(id).map_err(ApiError::internal)
 }
 
 /// A random room ID for room versions before 12: `!` + 18 random letters + `:server`.

@@ -2,7 +2,7 @@
 
 use sqlx::{Any, Row, Transaction, any::AnyRow};
 
-use super::{RoomRow, Store, StoreResult, Stream, q};
+use super::{Backend, PushActionRow, RoomRow, Store, StoreResult, Stream, q};
 
 /// An event to append, with the columns queries need beside its opaque JSON.
 #[derive(Debug, Clone)]
@@ -36,9 +36,165 @@ pub struct Txn {
 
 impl Txn {
     /// The key retries are matched on.
-    fn key(&self) -> String {
+    pub fn key(&self) -> String {
         format!("{}/{}", self.scope, self.txn_id)
     }
+}
+
+/// Push outcomes written by a message's own multi-statement query; more go in separate inserts.
+const MAX_BATCHED_PUSH_ROWS: usize = 1000;
+
+/// Parameters in one multi-statement query (SQLite allows 32,766).
+const MAX_QUERY_PARAMS: usize = 30_000;
+
+/// How many messages from the start of `batch` go in one multi-statement query: none when the
+/// first is a state event (those take `append_in`'s path), else as many as fit the parameter
+/// budget (at least one).
+fn messages_fitting_one_query(batch: &[Appending]) -> usize {
+    let mut params = 0;
+    let mut n = 0;
+    for appending in batch {
+        if appending.event.state_key.is_some() {
+            break;
+        }
+        params +=
+            20 + appending.event.prev_events.len() + 4 * appending.push.len().min(MAX_BATCHED_PUSH_ROWS);
+        if n > 0 && params > MAX_QUERY_PARAMS {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// One event to append, with what `append_events` needs beside it.
+#[derive(Debug)]
+pub struct Appending {
+    pub event: NewEvent,
+    /// The room's state group before the event (`None` for a room's first event).
+    pub previous_group: Option<i64>,
+    /// Who the event notifies; `stream_ordering` is filled in when it is stored.
+    pub push: Vec<PushActionRow>,
+}
+
+/// A multi-statement query being built: its SQL and its parameters, numbered across statements.
+#[derive(Default)]
+struct Statements {
+    sql: String,
+    params: Vec<Param>,
+}
+
+enum Param {
+    Text(Option<String>),
+    Int(i64),
+}
+
+impl Statements {
+    /// The statements that append one message (no state key): event, edges, extremities,
+    /// transaction ID, and its first `MAX_BATCHED_PUSH_ROWS` push outcomes.
+    fn message(&mut self, event: &NewEvent, state_group: i64, push: &[PushActionRow]) {
+        let id = self.text(&event.event_id);
+        let room = self.text(&event.room_id);
+        let columns = [
+            id.clone(),
+            room.clone(),
+            self.text(&event.event_type),
+            self.null(),
+            self.text(&event.sender),
+            self.int(event.depth),
+            self.int(event.origin_server_ts),
+            self.opt_text(event.redacts.as_deref()),
+            self.opt_text(event.rel_type.as_deref()),
+            self.opt_text(event.relates_to.as_deref()),
+            self.int(state_group),
+            self.opt_text(event.txn.as_ref().map(|t| t.device_id.as_str())),
+            self.opt_text(event.txn.as_ref().map(|t| t.txn_id.as_str())),
+            self.text(&event.json),
+        ];
+        self.sql.push_str(&format!(
+            "INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, \
+             redacts, rel_type, relates_to, state_group, txn_device_id, txn_id, json) VALUES ({}) \
+             RETURNING stream_ordering;",
+            columns.join(", ")
+        ));
+        if !event.prev_events.is_empty() {
+            let prevs: Vec<String> = event.prev_events.iter().map(|p| self.text(p)).collect();
+            let edges: Vec<String> = prevs.iter().map(|p| format!("({id}, {p})")).collect();
+            self.sql.push_str(&format!(
+                "INSERT INTO event_edges (event_id, prev_event_id) VALUES {} ON CONFLICT DO NOTHING;\
+                 DELETE FROM forward_extremities WHERE room_id = {room} AND event_id IN ({});",
+                edges.join(", "),
+                prevs.join(", ")
+            ));
+        }
+        self.sql.push_str(&format!(
+            "INSERT INTO forward_extremities (room_id, event_id) VALUES ({room}, {id});"
+        ));
+        if let Some(txn) = &event.txn {
+            let values = [
+                self.text(&event.sender),
+                self.text(&txn.device_id),
+                self.text(&txn.key()),
+                id.clone(),
+                self.int(event.origin_server_ts),
+            ];
+            self.sql.push_str(&format!(
+                "INSERT INTO transaction_ids (user_id, device_id, txn_id, event_id, created_ts) VALUES ({});",
+                values.join(", ")
+            ));
+        }
+        let push = &push[..push.len().min(MAX_BATCHED_PUSH_ROWS)];
+        if !push.is_empty() {
+            let rows: Vec<String> = push
+                .iter()
+                .map(|row| {
+                    let user = self.text(&row.user_id);
+                    let highlight = self.int(i64::from(row.highlight));
+                    let thread = self.opt_text(row.thread_id.as_deref());
+                    let actions = self.text(&row.actions);
+                    format!("({user}, {highlight}, {thread}, {actions})")
+                })
+                .collect();
+            // The position is the one the event's INSERT just assigned.
+            self.sql.push_str(&format!(
+                "INSERT INTO event_push_actions (event_id, room_id, user_id, stream_ordering, notify, \
+                 highlight, thread_id, actions) SELECT e.event_id, e.room_id, v.column1, e.stream_ordering, 1, \
+                 v.column2, v.column3, v.column4 FROM (VALUES {}) AS v JOIN events e ON e.event_id = {id} \
+                 WHERE true ON CONFLICT (user_id, room_id, stream_ordering) DO NOTHING;",
+                rows.join(", ")
+            ));
+        }
+    }
+
+    /// Adds a parameter; returns its placeholder.
+    fn add(&mut self, param: Param) -> String {
+        self.params.push(param);
+        format!("${}", self.params.len())
+    }
+
+    fn text(&mut self, value: &str) -> String {
+        self.add(Param::Text(Some(value.to_owned())))
+    }
+
+    fn opt_text(&mut self, value: Option<&str>) -> String {
+        self.add(Param::Text(value.map(ToOwned::to_owned)))
+    }
+
+    fn null(&mut self) -> String {
+        self.add(Param::Text(None))
+    }
+
+    fn int(&mut self, value: i64) -> String {
+        self.add(Param::Int(value))
+    }
+}
+
+/// Where an appended event landed.
+#[derive(Debug, Clone, Copy)]
+pub struct Placed {
+    pub stream_ordering: i64,
+    /// The room's state group after the event.
+    pub state_group: i64,
 }
 
 /// Which end of a range of the event log to read from.
@@ -99,47 +255,88 @@ fn event_row(r: AnyRow) -> EventRow {
 }
 
 impl Store {
-    /// Appends an event: the log row, its DAG edges, the room's forward extremities, its state,
-    /// the membership history and the transaction ID, in one database transaction. Returns the
-    /// event's stream position. Callers serialize appends to a room (see `rooms::timeline`).
-    pub async fn append_event(&self, event: &NewEvent) -> StoreResult<i64> {
+    /// Appends events: for each, the log row, its DAG edges, the room's forward extremities, its
+    /// state, the membership history, the transaction ID and the push rule outcomes (whose
+    /// `stream_ordering` this fills in) — all in one database transaction, so a batch of
+    /// concurrent sends shares one commit. Returns where each event landed, in order. Callers
+    /// serialize appends (see `rooms::timeline`).
+    pub async fn append_events(&self, batch: &mut [Appending]) -> StoreResult<Vec<Placed>> {
         let mut tx = self.begin_stream_write(Stream::Events).await?;
-        let stream = Self::append_in(&mut tx, event).await?;
+        let mut placed = Vec::with_capacity(batch.len());
+        let mut rest = &mut batch[..];
+        while !rest.is_empty() {
+            let n = if self.backend == Backend::Sqlite {
+                messages_fitting_one_query(rest)
+            } else {
+                0
+            };
+            let (done, tail) = rest.split_at_mut(n.max(1));
+            if n > 0 {
+                placed.extend(Self::append_messages_sqlite(&mut tx, done).await?);
+            } else {
+                let one = &mut done[0];
+                let at = Self::append_in(&mut tx, &one.event, one.previous_group).await?;
+                placed.push((at, 0));
+            }
+            rest = tail;
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for (appending, (at, written)) in batch.iter_mut().zip(placed) {
+            for row in appending.push.iter_mut() {
+                row.stream_ordering = at.stream_ordering;
+            }
+            Self::insert_push_actions_in(&mut tx, &appending.push[written..]).await?;
+            out.push(at);
+        }
         tx.commit().await?;
-        Ok(stream)
+        Ok(out)
     }
 
     /// Creates a room with its first events (and its alias, if any) in one transaction, so a
-    /// failure leaves nothing behind. Returns `false` when the alias is taken.
+    /// failure leaves nothing behind. Returns where the last event landed, or `None` when the
+    /// alias is taken.
     pub async fn create_room_with_events(
         &self,
         room: &RoomRow,
         alias: Option<&str>,
         events: &[NewEvent],
         now: i64,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Option<Placed>> {
         let mut tx = self.begin_stream_write(Stream::Events).await?;
         Self::insert_room_in(&mut tx, room, now).await?;
         if let Some(alias) = alias
             && !Self::create_alias_in(&mut tx, alias, &room.room_id, &room.creator).await?
         {
-            return Ok(false);
+            return Ok(None);
         }
+        let mut last = None;
         for event in events {
-            Self::append_in(&mut tx, event).await?;
+            let previous_group = last.map(|p: Placed| p.state_group);
+            last = Some(Self::append_in(&mut tx, event, previous_group).await?);
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(last)
     }
 
-    async fn append_in(tx: &mut Transaction<'static, Any>, event: &NewEvent) -> StoreResult<i64> {
-        let previous_group: Option<i64> = q("SELECT state_group FROM events WHERE room_id = $1 \
-                                              ORDER BY stream_ordering DESC LIMIT 1")
-        .bind(event.room_id.clone())
-        .fetch_optional(&mut **tx)
-        .await?
-        .map(|r| r.get(0));
+    /// The room's state group after its newest event (`None` for a room with no events).
+    pub async fn latest_state_group(&self, room_id: &str) -> StoreResult<Option<i64>> {
+        let row =
+            q("SELECT state_group FROM events WHERE room_id = $1 ORDER BY stream_ordering DESC LIMIT 1")
+                .bind(room_id.to_owned())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
 
+    /// One event's rows. A message costs five statements (event, edges, extremities removed and
+    /// added, transaction ID): each is a round trip to the database's connection thread, which is
+    /// what an append spends its time on.
+    async fn append_in(
+        tx: &mut Transaction<'static, Any>,
+        event: &NewEvent,
+        previous_group: Option<i64>,
+    ) -> StoreResult<Placed> {
+        let mut state_group = previous_group.unwrap_or(0);
         let stream: i64 = q(
             "INSERT INTO events (event_id, room_id, type, state_key, sender, depth, \
              origin_server_ts, redacts, rel_type, relates_to, state_group, txn_device_id, txn_id, json) \
@@ -155,7 +352,7 @@ impl Store {
         .bind(event.redacts.clone())
         .bind(event.rel_type.clone())
         .bind(event.relates_to.clone())
-        .bind(previous_group.unwrap_or(0))
+        .bind(state_group)
         .bind(event.txn.as_ref().map(|t| t.device_id.clone()))
         .bind(event.txn.as_ref().map(|t| t.txn_id.clone()))
         .bind(event.json.clone())
@@ -164,11 +361,12 @@ impl Store {
         .get(0);
 
         if let Some(state_key) = &event.state_key {
-            let (group, replaced) =
+            let replaced;
+            (state_group, replaced) =
                 Self::apply_state_event(tx, event, state_key, previous_group, stream).await?;
             q("UPDATE events SET state_group = $2, replaces_state = $3 WHERE stream_ordering = $1")
                 .bind(stream)
-                .bind(group)
+                .bind(state_group)
                 .bind(replaced)
                 .execute(&mut **tx)
                 .await?;
@@ -186,17 +384,26 @@ impl Store {
             }
         }
 
-        for prev in &event.prev_events {
-            q("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(event.event_id.clone())
-                .bind(prev.clone())
-                .execute(&mut **tx)
-                .await?;
-            q("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
-                .bind(event.room_id.clone())
-                .bind(prev.clone())
-                .execute(&mut **tx)
-                .await?;
+        if !event.prev_events.is_empty() {
+            // One statement each for all prev_events (numbered from $2; $1 is this event or room).
+            let params = (2..event.prev_events.len() + 2).map(|i| format!("${i}"));
+            let edges: Vec<String> = params.clone().map(|p| format!("($1, {p})")).collect();
+            let sql = format!(
+                "INSERT INTO event_edges (event_id, prev_event_id) VALUES {} ON CONFLICT DO NOTHING",
+                edges.join(", ")
+            );
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(event.event_id.clone());
+            let sql = format!(
+                "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id IN ({})",
+                params.collect::<Vec<_>>().join(", ")
+            );
+            let mut delete = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(event.room_id.clone());
+            for prev in &event.prev_events {
+                insert = insert.bind(prev.clone());
+                delete = delete.bind(prev.clone());
+            }
+            insert.execute(&mut **tx).await?;
+            delete.execute(&mut **tx).await?;
         }
         q("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)")
             .bind(event.room_id.clone())
@@ -217,7 +424,54 @@ impl Store {
             .execute(&mut **tx)
             .await?;
         }
-        Ok(stream)
+        Ok(Placed {
+            stream_ordering: stream,
+            state_group,
+        })
+    }
+
+    /// Messages' rows (and up to `MAX_BATCHED_PUSH_ROWS` push outcomes each) as one
+    /// multi-statement query. SQLite runs it in one hand-off to the connection's thread instead of
+    /// one per statement: those hand-offs (thread wake-ups) were most of an append's CPU. Returns
+    /// where each event landed and how many of its push outcomes were written. Same rows as
+    /// `append_in`.
+    async fn append_messages_sqlite(
+        tx: &mut Transaction<'static, Any>,
+        batch: &[Appending],
+    ) -> StoreResult<Vec<(Placed, usize)>> {
+        let mut b = Statements::default();
+        for Appending {
+            event,
+            previous_group,
+            push,
+        } in batch
+        {
+            b.message(event, previous_group.unwrap_or(0), push);
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(b.sql));
+        for param in b.params {
+            query = match param {
+                Param::Text(text) => query.bind(text),
+                Param::Int(int) => query.bind(int),
+            };
+        }
+        // fetch_all: every statement runs (a stream stopped at the first row would skip the
+        // rest). The events' INSERT … RETURNING are the only statements that return rows.
+        let rows = query.fetch_all(&mut **tx).await?;
+        if rows.len() != batch.len() {
+            return Err(sqlx::Error::RowNotFound.into());
+        }
+        batch
+            .iter()
+            .zip(rows)
+            .map(|(appending, row)| {
+                let placed = Placed {
+                    stream_ordering: row.try_get(0)?,
+                    state_group: appending.previous_group.unwrap_or(0),
+                };
+                Ok((placed, appending.push.len().min(MAX_BATCHED_PUSH_ROWS)))
+            })
+            .collect()
     }
 
     /// The event a user's transaction already produced.

@@ -1,6 +1,6 @@
 //! Push notifications: per-(user, event) push rule outcomes and pushers.
 
-use sqlx::{Row, any::AnyRow};
+use sqlx::{Any, Row, Transaction, any::AnyRow};
 
 use super::{Store, StoreResult, q};
 
@@ -62,7 +62,17 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
+        Self::insert_push_actions_in(&mut tx, rows).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The same inside a caller's transaction (the event's own, see `append_event`).
+    pub(super) async fn insert_push_actions_in(
+        tx: &mut Transaction<'static, Any>,
+        rows: &[PushActionRow],
+    ) -> StoreResult<()> {
         for chunk in rows.chunks(50) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
@@ -95,9 +105,8 @@ impl Store {
                     .bind(row.thread_id.clone())
                     .bind(row.actions.clone());
             }
-            query.execute(&mut *tx).await?;
+            query.execute(&mut **tx).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 

@@ -1,8 +1,22 @@
 //! Accounts, devices, access tokens and user-interactive auth sessions.
 
+use std::collections::HashMap;
+
 use sqlx::Row;
 
 use super::{Store, StoreResult, q};
+
+/// Owners of recently used access tokens. Every function that deletes tokens empties it after
+/// its commit and bumps `generation`, so a lookup that read the database before a logout cannot
+/// put the dead token back. Valid while this process is the only one deleting tokens.
+#[derive(Debug, Default)]
+pub(super) struct TokenCache {
+    generation: u64,
+    owners: HashMap<String, (String, String)>,
+}
+
+/// Tokens kept before the cache starts again empty.
+const MAX_CACHED_TOKENS: usize = 100_000;
 
 #[derive(Debug, Clone)]
 pub struct UserRow {
@@ -106,6 +120,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.forget_tokens();
         Ok(())
     }
 
@@ -143,16 +158,41 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.forget_tokens();
         Ok(())
     }
 
     /// The (user ID, device ID) a token hash belongs to.
     pub async fn token_owner(&self, token_hash: &str) -> StoreResult<Option<(String, String)>> {
+        let generation = {
+            let cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(owner) = cache.owners.get(token_hash) {
+                return Ok(Some(owner.clone()));
+            }
+            cache.generation
+        };
         let row = q("SELECT user_id, device_id FROM access_tokens WHERE token_hash = $1")
             .bind(token_hash.to_owned())
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
+        let owner: Option<(String, String)> = row.map(|r| (r.get(0), r.get(1)));
+        if let Some(owner) = &owner {
+            let mut cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.generation == generation {
+                if cache.owners.len() >= MAX_CACHED_TOKENS {
+                    cache.owners.clear();
+                }
+                cache.owners.insert(token_hash.to_owned(), owner.clone());
+            }
+        }
+        Ok(owner)
+    }
+
+    /// Forgets every cached token owner (after tokens were deleted).
+    fn forget_tokens(&self) {
+        let mut cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        cache.generation += 1;
+        cache.owners.clear();
     }
 
     pub async fn touch_device(
@@ -177,6 +217,7 @@ impl Store {
             .bind(token_hash.to_owned())
             .execute(&self.pool)
             .await?;
+        self.forget_tokens();
         Ok(())
     }
 
@@ -194,6 +235,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.forget_tokens();
         Ok(done.rows_affected() == 1)
     }
 
@@ -212,6 +254,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.forget_tokens();
         Ok(())
     }
 
