@@ -162,11 +162,13 @@ pub async fn run(ctx: &Ctx, args: &DeliverArgs, report: &mut Report) -> Result<(
     let mut sends = JoinSet::new();
     let mut skipped = 0u64;
     let start = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let total = (args.rate * args.duration as f64).round() as u64;
     for seq in 0..total {
-        tick.tick().await;
+        // Message `seq` is due at start + seq/rate. Scheduling against the start (not the previous
+        // tick) keeps the offered rate exact when the timer, whose resolution is a millisecond,
+        // wakes late: the messages that fell due meanwhile go out at once.
+        let due = start + Duration::from_secs_f64(seq as f64 / args.rate);
+        tokio::time::sleep_until(due.into()).await;
         let Ok(permit) = sem.clone().try_acquire_owned() else {
             skipped += 1;
             continue;
