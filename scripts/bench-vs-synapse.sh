@@ -37,13 +37,18 @@
 #                 connection and its extrapolation to 50,000.
 # Run time on the 2-core reference machine, builds excluded (measured piecewise on 2026-11-25
 # while other builds and benchmarks shared the machine, load average 6-13):
-#   Hearth, per backend: comparison pass ~2 min (its 300-room initial-sync: 18 s), targets pass
+#   Hearth on SQLite: comparison pass ~2 min (its 300-room initial-sync: 18 s), targets pass
 #   ~4 min (send 20 s, deliver 50 s, connections at 19,000 ~2.5 min).
-#   Synapse, per backend: comparison pass ~10 min under that load, of which the 300-room
-#   initial-sync took 7 min (room creation 2.3/s, messages 8-12/s); on a quiet machine (50-90
-#   messages/s) the initial-sync should take 2-3 min.
-#   In all an estimated 25 minutes on a quiet machine (the former 12-minute comparison, plus ~8
-#   for the targets pass, ~3 for Synapse's 300-room initial-sync, ~1 for idle); more when shared.
+#   Hearth on PostgreSQL (at 92e4399): the 300-room initial-sync took ~3.5 min (24-30 s per
+#   initial /sync, six of them); in the targets pass the deliver setup did not finish (each
+#   receiver's catch-up /sync took over 60 s), so that scenario runs into BENCH_TARGETS_MAX_TIME.
+#   Synapse 1.163: the 300-room initial-sync took 6.9 min on SQLite (then with 3 members x 10
+#   messages, load ~6: 300 rooms 91 s one at a time, 600 joins 44 s, 3,000 messages at 12/s) and
+#   7.0 min on PostgreSQL (2 x 5, load ~13: rooms 130 s, 300 joins 29 s, 1,500 messages at 8/s);
+#   on a quiet machine (50-90 messages/s) the default 2 x 5 should take 2-3 min.
+#   In all an estimated 25 minutes on a quiet machine once Hearth's PostgreSQL sync is fixed (the
+#   former 12-minute comparison, plus ~8 for the targets pass, ~3 for Synapse's 300-room
+#   initial-sync, ~1 for idle); up to ~10 more until then, and more when the machine is shared.
 #   BENCH_TARGETS=0 saves ~8 min; BENCH_INITIAL_SYNC_ARGS="--rooms 300 --members 2 --messages 1
 #   --repeat 3" cuts Synapse's setup further.
 #
@@ -57,8 +62,9 @@
 #   BENCH_INITIAL_SYNC_ARGS
 #                      replace a scenario's size flags entirely (see hearth-bench SCENARIO --help)
 #   BENCH_TARGETS      1 (default) runs the targets pass, 0 skips it
-#   BENCH_TARGETS_SERVERS  servers given the targets pass (default "hearth"; add synapse at your
-#                      own risk: each scenario is then bounded by --max-time 300)
+#   BENCH_TARGETS_SERVERS  servers given the targets pass (default "hearth"; adding synapse costs
+#                      up to 3 x BENCH_TARGETS_MAX_TIME per backend)
+#   BENCH_TARGETS_MAX_TIME  hard limit of each targets-pass scenario, seconds (default 420)
 #   BENCH_TARGET_SEND_ARGS, BENCH_TARGET_DELIVER_ARGS, BENCH_TARGET_CONNECTIONS_ARGS
 #                      replace the targets pass's size flags
 #   HEARTH_BENCH_PORT  (default 18108), SYNAPSE_BENCH_PORT (default 18118)
@@ -78,11 +84,13 @@ BACKENDS="${BENCH_BACKENDS:-sqlite postgres}"
 SCENARIOS="${BENCH_SCENARIOS:-idle send deliver connections initial-sync}"
 TARGETS="${BENCH_TARGETS:-1}"
 TARGETS_SERVERS="${BENCH_TARGETS_SERVERS:-hearth}"
+TARGETS_MAX_TIME="${BENCH_TARGETS_MAX_TIME:-420}"
 SCALE="${BENCH_SCALE:-1}"
 HEARTH_PORT="${HEARTH_BENCH_PORT:-18108}"
 SYNAPSE_PORT="${SYNAPSE_BENCH_PORT:-18118}"
 PG_URL="${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}"
 [[ "$SCALE" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SCALE must be a positive integer"
+[[ "$TARGETS_MAX_TIME" =~ ^[1-9][0-9]*$ ]] || die "BENCH_TARGETS_MAX_TIME must be a positive integer"
 (( SCALE <= 100 )) || die "BENCH_SCALE is capped at 100"
 for p in "$HEARTH_PORT" "$SYNAPSE_PORT"; do [[ "$p" =~ ^[0-9]+$ ]] || die "ports must be numbers"; done
 
@@ -310,7 +318,8 @@ for backend in $BACKENDS; do
         if [[ "$TARGETS" == 1 && " $TARGETS_SERVERS " == *" $server "* && -n "$SERVER_PID" ]]; then
             tdir="$OUT/targets/$label"
             mkdir -p "$tdir"
-            [[ "$server" == synapse ]] && extra_args=(--max-time 300)
+            # Bounded, whatever the server's speed: a slow one costs at most this per scenario.
+            extra_args=(--max-time "$TARGETS_MAX_TIME")
             for scenario in send deliver connections; do
                 # shellcheck disable=SC2046
                 run_scenario "$label/targets" "$tdir" "$port" "$server" "$scenario" $(target_args "$scenario") || break

@@ -18,7 +18,7 @@ use clap::Args;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{Ctx, Start, bounded, finish_process, read_stamp, stamped_content};
+use super::{Ctx, Start, TOKEN_SYNC_FILTER, bounded, finish_process, read_stamp, stamped_content};
 use crate::matrix::{self, Api, now_micros};
 use crate::procstat;
 use crate::report::{Better, Report, ms};
@@ -54,12 +54,6 @@ pub struct ConnectionsArgs {
     #[arg(long, default_value_t = 30)]
     pub drain: u64,
 }
-
-/// Filter of each client's first /sync, which only fetches a `since` token to long-poll from:
-/// one timeline event, members lazily. With the default timeline limit every initial sync
-/// would carry the whole room (all its join events), and bringing up tens of thousands of
-/// clients would measure that instead of holding connections.
-const RAMP_SYNC_FILTER: &str = r#"{"room":{"timeline":{"limit":1},"state":{"lazy_load_members":true}},"presence":{"not_types":["*"]},"account_data":{"not_types":["*"]}}"#;
 
 /// How long a client's first long-poll keeps its ramp slot: ample for a loopback connect and
 /// the request to be written.
@@ -126,7 +120,7 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
             let api = apis[u % apis.len()].clone();
             let token = users[u].access_token.clone();
             async move {
-                let resp = api.sync(&token, None, 0, Some(RAMP_SYNC_FILTER)).await?;
+                let resp = api.sync(&token, None, 0, Some(TOKEN_SYNC_FILTER)).await?;
                 matrix::next_batch(&resp.body)
             }
         })

@@ -12,7 +12,7 @@ use clap::Args;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{Ctx, Start, finish_process, read_stamp, stamped_content};
+use super::{Ctx, Start, TOKEN_SYNC_FILTER, bounded, finish_process, read_stamp, stamped_content};
 use crate::matrix::{self, now_micros};
 use crate::report::{Better, Report, ms};
 
@@ -77,14 +77,27 @@ pub async fn run(ctx: &Ctx, args: &DeliverArgs, report: &mut Report) -> Result<(
     ctx.join_all(joins).await?;
 
     // Receivers catch up first, so that their long-polls only see the benchmark's messages.
-    let mut since = Vec::new();
-    for u in &receivers {
-        let resp = ctx
-            .api
-            .sync(&u.access_token, None, 0, ctx.sync_filter.as_deref())
-            .await?;
-        since.push(matrix::next_batch(&resp.body)?);
-    }
+    let catch_up = Instant::now();
+    let since = {
+        let (c, tokens) = (
+            ctx.clone(),
+            receivers
+                .iter()
+                .map(|u| u.access_token.clone())
+                .collect::<Vec<_>>(),
+        );
+        bounded(tokens.len(), ctx.setup_concurrency, move |i| {
+            let (c, token) = (c.clone(), tokens[i].clone());
+            async move {
+                let resp = c
+                    .setup_step(|| c.api.sync(&token, None, 0, Some(TOKEN_SYNC_FILTER)))
+                    .await?;
+                matrix::next_batch(&resp.body)
+            }
+        })
+        .await?
+    };
+    tracing::info!(receivers = since.len(), elapsed = ?catch_up.elapsed(), "receivers caught up");
 
     let monitor = ctx.monitor()?;
     let cpu0 = Start::now(ctx);
