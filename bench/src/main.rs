@@ -6,6 +6,7 @@ mod procstat;
 mod report;
 mod scenarios;
 mod target;
+mod targets;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -68,6 +69,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The server with no load: resident memory and CPU over a quiet window (needs --pid).
+    Idle(scenarios::idle::IdleArgs),
     /// Message send throughput and PUT latency.
     Send(scenarios::send::SendArgs),
     /// Send→/sync delivery latency at a fixed send rate.
@@ -92,6 +95,9 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// The project's performance targets against a directory of results: target, measured,
+    /// met or not.
+    Targets(targets::TargetsArgs),
 }
 
 /// Raises the soft open-file limit to the hard limit (each held long-poll is a socket).
@@ -154,6 +160,10 @@ async fn main() -> Result<()> {
         return Ok(());
     }
 
+    if let Command::Targets(a) = &cli.command {
+        return targets::run(a);
+    }
+
     let base = target::parse_loopback_url(&cli.url)?;
     let nofile = raise_nofile_limit();
     tracing::debug!(nofile, "open-file limit");
@@ -186,6 +196,7 @@ async fn main() -> Result<()> {
     }
 
     let (name, params) = match &cli.command {
+        Command::Idle(a) => ("idle", json!({"settle_s": a.settle, "window_s": a.window})),
         Command::Send(a) => (
             "send",
             json!({"senders": a.senders, "rooms": a.rooms, "in_flight": a.in_flight, "duration_s": a.duration, "max_messages": a.max_messages}),
@@ -194,12 +205,15 @@ async fn main() -> Result<()> {
             "deliver",
             json!({"senders": a.senders, "receivers": a.receivers, "rooms": a.rooms, "rate": a.rate, "duration_s": a.duration}),
         ),
-        Command::Connections(a) => ("connections", json!({"clients": a.clients, "hold_s": a.hold})),
+        Command::Connections(a) => (
+            "connections",
+            json!({"clients": a.clients, "polls_per_user": a.polls_per_user, "hold_s": a.hold}),
+        ),
         Command::InitialSync(a) => (
             "initial-sync",
             json!({"rooms": a.rooms, "members": a.members, "messages": a.messages, "repeat": a.repeat}),
         ),
-        Command::Compare { .. } => unreachable!("handled above"),
+        Command::Compare { .. } | Command::Targets(_) => unreachable!("handled above"),
     };
     let mut report = Report::new(name, &cli.label, base.as_str(), params);
     report.server_versions = versions;
@@ -212,11 +226,12 @@ async fn main() -> Result<()> {
 
     let work = async {
         match &cli.command {
+            Command::Idle(a) => scenarios::idle::run(&ctx, a, &mut report).await,
             Command::Send(a) => scenarios::send::run(&ctx, a, &mut report).await,
             Command::Deliver(a) => scenarios::deliver::run(&ctx, a, &mut report).await,
             Command::Connections(a) => scenarios::connections::run(&ctx, a, &mut report).await,
             Command::InitialSync(a) => scenarios::initial_sync::run(&ctx, a, &mut report).await,
-            Command::Compare { .. } => unreachable!("handled above"),
+            Command::Compare { .. } | Command::Targets(_) => unreachable!("handled above"),
         }
     };
     tokio::time::timeout(Duration::from_secs(cli.max_time), work)

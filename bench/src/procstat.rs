@@ -73,6 +73,23 @@ pub fn sample(pid: Option<u32>) -> Result<Sample> {
     })
 }
 
+/// Soft limit on open files ("Max open files" in /proc/PID/limits) of process `pid` (or of this
+/// process): each held connection costs the server one, so it caps the `connections` scenario.
+pub fn nofile_limit(pid: Option<u32>) -> Option<u64> {
+    let dir = pid.map_or_else(|| "/proc/self".to_owned(), |p| format!("/proc/{p}"));
+    parse_nofile_limit(&std::fs::read_to_string(format!("{dir}/limits")).ok()?)
+}
+
+/// The soft "Max open files" limit from /proc/PID/limits text (None when unlimited).
+pub fn parse_nofile_limit(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// CPU seconds (utime + stime) of the PostgreSQL backends currently serving database `db`:
 /// processes whose command line is `postgres: USER DB …`. Backends that exited are not
 /// counted, so this suits servers with a persistent connection pool.
@@ -182,6 +199,19 @@ mod tests {
         let text = "1234 (we ird) (name) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 4 0 100 200 300";
         assert_eq!(parse_stat_ticks(text).unwrap(), 300);
         assert!(parse_stat_ticks("1234 (x) S 1").is_err());
+    }
+
+    #[test]
+    fn parses_nofile_limit() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max processes             unlimited            unlimited            processes \n\
+                    Max open files            20000                20000                files     \n";
+        assert_eq!(parse_nofile_limit(text), Some(20000));
+        assert_eq!(
+            parse_nofile_limit("Max open files unlimited unlimited files"),
+            None
+        );
+        assert!(nofile_limit(None).is_some());
     }
 
     #[test]

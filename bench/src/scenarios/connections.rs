@@ -1,6 +1,13 @@
 //! `connections`: C idle clients each hold an open /sync long-poll. Measures how many the server
 //! holds, its memory, file descriptors and CPU while holding them, and the latency of one message
 //! to all of them (they share one room).
+//!
+//! A client is one TCP connection with its own /sync long-poll. With `--polls-per-user N`, N of
+//! them share one user and access token (as a user with several open tabs or a client running
+//! several sync loops would), so tens of thousands of connections need only C/N registrations,
+//! each of which costs the server a password hash. Each user makes one initial /sync and all its
+//! clients long-poll from there, each on its own connection: the server holds C connections and
+//! C long-polls either way.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,16 +18,20 @@ use clap::Args;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{Ctx, Start, finish_process, read_stamp, stamped_content};
+use super::{Ctx, Start, TOKEN_SYNC_FILTER, bounded, finish_process, read_stamp, stamped_content};
 use crate::matrix::{self, Api, now_micros};
+use crate::procstat;
 use crate::report::{Better, Report, ms};
 use crate::target;
 
 #[derive(Args, Debug, Clone)]
 pub struct ConnectionsArgs {
-    /// Idle clients, each a separate user with its own long-poll connection.
+    /// Idle clients, each its own TCP connection with its own /sync long-poll.
     #[arg(long, default_value_t = 200)]
     pub clients: usize,
+    /// Clients sharing one user (and access token); users registered = clients / this, rounded up.
+    #[arg(long, default_value_t = 1)]
+    pub polls_per_user: usize,
     /// How long to hold them all before sending, seconds (CPU and memory are measured over it).
     #[arg(long, default_value_t = 10)]
     pub hold: u64,
@@ -33,7 +44,7 @@ pub struct ConnectionsArgs {
     /// core) for a second; without it the pause is this long, at most 5 s.
     #[arg(long, default_value_t = 60)]
     pub settle: u64,
-    /// Initial /syncs in flight while bringing the clients up.
+    /// Initial /syncs in flight, and connections being opened, while bringing the clients up.
     #[arg(long, default_value_t = 32)]
     pub ramp_concurrency: usize,
     /// Long-poll timeout, milliseconds; must outlast the ramp and the hold.
@@ -43,6 +54,10 @@ pub struct ConnectionsArgs {
     #[arg(long, default_value_t = 30)]
     pub drain: u64,
 }
+
+/// How long a client's first long-poll keeps its ramp slot: ample for a loopback connect and
+/// the request to be written.
+const RAMP_GRACE: Duration = Duration::from_millis(20);
 
 #[derive(Default)]
 struct State {
@@ -54,6 +69,10 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
     if args.clients == 0 || args.clients > 200_000 {
         bail!("--clients must be in 1..=200000");
     }
+    if args.polls_per_user == 0 || args.polls_per_user > 10_000 {
+        bail!("--polls-per-user must be in 1..=10000");
+    }
+    note_fd_limits(ctx, args.clients, report);
     let sources = if !target::is_ipv4_loopback(&ctx.api.url(&[])) {
         Vec::new()
     } else if args.sources == 0 {
@@ -73,12 +92,15 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
     report.params["source_addresses"] = serde_json::json!(apis.len());
 
     let sender = ctx.register_users("cs", 1).await?.remove(0);
-    let clients = ctx.register_users("c", args.clients).await?;
+    let users = ctx
+        .register_users("c", args.clients.div_ceil(args.polls_per_user))
+        .await?;
+    report.params["users"] = serde_json::json!(users.len());
     let room = ctx
         .api
         .create_room(&sender.access_token, "bench connections")
         .await?;
-    ctx.join_all(clients.iter().map(|u| (u.clone(), room.clone())).collect())
+    ctx.join_all(users.iter().map(|u| (u.clone(), room.clone())).collect())
         .await?;
 
     let monitor = ctx.monitor()?;
@@ -91,8 +113,24 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
     let state = Arc::new(Mutex::new(State::default()));
     let ramp = Arc::new(Semaphore::new(args.ramp_concurrency.max(1)));
     let ramp_start = Instant::now();
+    // One initial /sync per user: the `since` every one of its clients long-polls from.
+    let first_since = {
+        let (apis, users) = (apis.clone(), users.clone());
+        bounded(users.len(), args.ramp_concurrency, move |u| {
+            let api = apis[u % apis.len()].clone();
+            let token = users[u].access_token.clone();
+            async move {
+                let resp = api.sync(&token, None, 0, Some(TOKEN_SYNC_FILTER)).await?;
+                matrix::next_batch(&resp.body)
+            }
+        })
+        .await?
+    };
+    let initial_syncs_time = ramp_start.elapsed();
     let mut tasks = JoinSet::new();
-    for (i, u) in clients.iter().enumerate() {
+    for i in 0..args.clients {
+        let u = &users[i / args.polls_per_user];
+        let since = first_since[i / args.polls_per_user].clone();
         let api = apis[i % apis.len()].clone();
         let token = u.access_token.clone();
         let filter = ctx.sync_filter.clone();
@@ -116,20 +154,33 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
                     .first_error
                     .get_or_insert(format!("{e:#}"));
             };
-            let permit = ramp.acquire().await.expect("semaphore open");
-            let mut since = match api.sync(&token, None, 0, filter.as_deref()).await {
-                Ok(resp) => match matrix::next_batch(&resp.body) {
-                    Ok(s) => s,
-                    Err(e) => return fail(e),
-                },
-                Err(e) => return fail(e),
-            };
-            drop(permit);
-            started.fetch_add(1, Ordering::Relaxed);
+            let mut since = since;
+            let mut permit = Some(ramp.acquire().await.expect("semaphore open"));
             // Bounded: the poll timeout is long, and the scenario aborts these tasks at its end.
             for _ in 0..10_000 {
                 in_poll.fetch_add(1, Ordering::Relaxed);
-                let resp = api.sync(&token, Some(&since), poll_ms, filter.as_deref()).await;
+                let resp = {
+                    let poll = api.sync(&token, Some(&since), poll_ms, filter.as_deref());
+                    tokio::pin!(poll);
+                    // The first poll holds a ramp slot only until its connection is surely open and
+                    // the request sent (a long-poll never answers by itself), so that connections
+                    // are opened `ramp_concurrency` at a time rather than all at once.
+                    match permit.take() {
+                        Some(p) => {
+                            let quick = tokio::select! {
+                                r = &mut poll => Some(r),
+                                () = tokio::time::sleep(RAMP_GRACE) => None,
+                            };
+                            drop(p);
+                            started.fetch_add(1, Ordering::Relaxed);
+                            match quick {
+                                Some(r) => r,
+                                None => poll.await,
+                            }
+                        }
+                        None => poll.await,
+                    }
+                };
                 let now = now_micros();
                 in_poll.fetch_sub(1, Ordering::Relaxed);
                 let resp = match resp {
@@ -152,10 +203,10 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
         });
     }
 
-    // Wait for every client to be in its long-poll (or to have failed).
+    // Wait for every client to have sent its long-poll.
     let n = args.clients as u64;
     let ramp_deadline = ramp_start + Duration::from_secs(900);
-    while started.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < n {
+    while started.load(Ordering::Relaxed) < n {
         if Instant::now() > ramp_deadline {
             bail!("clients did not all reach their long-poll within 900 s");
         }
@@ -211,6 +262,12 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
         "",
         Better::None,
     );
+    report.push(
+        "ramp_initial_syncs_time",
+        initial_syncs_time.as_secs_f64(),
+        "s",
+        Better::Lower,
+    );
     report.push("ramp_time", ramp_time.as_secs_f64(), "s", Better::Lower);
     report.push("settle_time", settle_time.as_secs_f64(), "s", Better::Lower);
     report.push("send_put_latency", put_ms, "ms", Better::Lower);
@@ -254,4 +311,21 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
     }
     finish_process(report, ctx, monitor, "server", &cpu0)?;
     Ok(())
+}
+
+/// Records the open-file limits of the server and of the benchmark, and says so when one of them
+/// is below the number of clients (every held connection is a socket on both sides).
+fn note_fd_limits(ctx: &Ctx, clients: usize, report: &mut Report) {
+    let server = ctx.pid.and_then(|pid| procstat::nofile_limit(Some(pid)));
+    let bench = procstat::nofile_limit(None);
+    report.params["server_nofile_limit"] = serde_json::json!(server);
+    report.params["bench_nofile_limit"] = serde_json::json!(bench);
+    for (who, limit) in [("server", server), ("benchmark", bench)] {
+        if let Some(limit) = limit.filter(|&l| l < clients as u64 + 16) {
+            report.note(format!(
+                "the {who}'s open-file limit ({limit}) is below --clients {clients} plus a few \
+                 descriptors of its own: not every client can be held"
+            ));
+        }
+    }
 }

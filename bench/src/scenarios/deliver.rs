@@ -12,7 +12,7 @@ use clap::Args;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{Ctx, Start, finish_process, read_stamp, stamped_content};
+use super::{Ctx, Start, TOKEN_SYNC_FILTER, bounded, finish_process, read_stamp, stamped_content};
 use crate::matrix::{self, now_micros};
 use crate::report::{Better, Report, ms};
 
@@ -77,14 +77,27 @@ pub async fn run(ctx: &Ctx, args: &DeliverArgs, report: &mut Report) -> Result<(
     ctx.join_all(joins).await?;
 
     // Receivers catch up first, so that their long-polls only see the benchmark's messages.
-    let mut since = Vec::new();
-    for u in &receivers {
-        let resp = ctx
-            .api
-            .sync(&u.access_token, None, 0, ctx.sync_filter.as_deref())
-            .await?;
-        since.push(matrix::next_batch(&resp.body)?);
-    }
+    let catch_up = Instant::now();
+    let since = {
+        let (c, tokens) = (
+            ctx.clone(),
+            receivers
+                .iter()
+                .map(|u| u.access_token.clone())
+                .collect::<Vec<_>>(),
+        );
+        bounded(tokens.len(), ctx.setup_concurrency, move |i| {
+            let (c, token) = (c.clone(), tokens[i].clone());
+            async move {
+                let resp = c
+                    .setup_step(|| c.api.sync(&token, None, 0, Some(TOKEN_SYNC_FILTER)))
+                    .await?;
+                matrix::next_batch(&resp.body)
+            }
+        })
+        .await?
+    };
+    tracing::info!(receivers = since.len(), elapsed = ?catch_up.elapsed(), "receivers caught up");
 
     let monitor = ctx.monitor()?;
     let cpu0 = Start::now(ctx);
@@ -162,11 +175,13 @@ pub async fn run(ctx: &Ctx, args: &DeliverArgs, report: &mut Report) -> Result<(
     let mut sends = JoinSet::new();
     let mut skipped = 0u64;
     let start = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let total = (args.rate * args.duration as f64).round() as u64;
     for seq in 0..total {
-        tick.tick().await;
+        // Message `seq` is due at start + seq/rate. Scheduling against the start (not the previous
+        // tick) keeps the offered rate exact when the timer, whose resolution is a millisecond,
+        // wakes late: the messages that fell due meanwhile go out at once.
+        let due = start + Duration::from_secs_f64(seq as f64 / args.rate);
+        tokio::time::sleep_until(due.into()).await;
         let Ok(permit) = sem.clone().try_acquire_owned() else {
             skipped += 1;
             continue;

@@ -41,14 +41,19 @@ pub async fn run(ctx: &Ctx, args: &InitialSyncArgs, report: &mut Report) -> Resu
     }
     let observer = ctx.register_users("o", 1).await?.remove(0);
     let others = ctx.register_users("m", args.members - 1).await?;
-    let mut rooms = Vec::new();
-    for r in 0..args.rooms {
-        rooms.push(
-            ctx.api
-                .create_room(&observer.access_token, &format!("bench initial-sync {r}"))
-                .await?,
-        );
-    }
+    let rooms_start = Instant::now();
+    let rooms = {
+        let (c, token) = (ctx.clone(), observer.access_token.clone());
+        bounded(args.rooms, ctx.setup_concurrency, move |r| {
+            let (c, token) = (c.clone(), token.clone());
+            async move {
+                let name = format!("bench initial-sync {r}");
+                c.setup_step(|| c.api.create_room(&token, &name)).await
+            }
+        })
+        .await?
+    };
+    tracing::info!(rooms = rooms.len(), elapsed = ?rooms_start.elapsed(), "rooms created");
     ctx.join_all(
         others
             .iter()

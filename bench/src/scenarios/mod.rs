@@ -2,6 +2,7 @@
 
 pub mod connections;
 pub mod deliver;
+pub mod idle;
 pub mod initial_sync;
 pub mod send;
 
@@ -46,6 +47,12 @@ const SETUP_ATTEMPTS: u32 = 5;
 /// The filter benchmark receivers use: room timelines only, members lazily loaded, a timeline
 /// limit big enough that a burst of messages between two polls is never truncated.
 pub const DEFAULT_SYNC_FILTER: &str = r#"{"room":{"timeline":{"limit":200},"state":{"lazy_load_members":true}},"presence":{"not_types":["*"]},"account_data":{"not_types":["*"]}}"#;
+
+/// Filter of an initial /sync made only to get a `since` token to long-poll from (not
+/// measured): one timeline event, members lazily. With the receivers' filter every such sync
+/// would carry each room's whole recent timeline (all its join events), and bringing up many
+/// clients would measure that instead.
+pub const TOKEN_SYNC_FILTER: &str = r#"{"room":{"timeline":{"limit":1},"state":{"lazy_load_members":true}},"presence":{"not_types":["*"]},"account_data":{"not_types":["*"]}}"#;
 
 impl Ctx {
     /// Runs a setup step, retrying it (after a short pause) when it fails: setup is not what is
