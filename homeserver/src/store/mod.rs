@@ -83,6 +83,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(3, "0003_push"),
     migration!(4, "0004_receipts_presence"),
     migration!(5, "0005_server_settings"),
+    migration!(6, "0006_redaction_lookup"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside
