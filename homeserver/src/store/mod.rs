@@ -16,6 +16,7 @@ mod push;
 mod receipts;
 mod rooms;
 mod state;
+mod sync;
 mod users;
 
 use std::{borrow::Cow, path::Path, time::Duration};
@@ -30,10 +31,11 @@ use sqlx::{
 pub use events::{Direction, EventRow, NewEvent, Txn};
 pub use media::{MediaRow, UploadedContent};
 pub use presence::PresenceRow;
-pub use push::{PushActionRow, PusherRow};
+pub use push::{PushActionRow, PusherRow, ThreadCounts};
 pub use receipts::ReceiptRow;
 pub use rooms::RoomRow;
 pub use state::StateMap;
+pub use sync::SyncRoom;
 pub use users::{DeviceRow, UserRow};
 
 #[derive(Debug, thiserror::Error)]
