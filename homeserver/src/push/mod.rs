@@ -119,6 +119,26 @@ impl Counts {
     pub fn total_highlights(&self) -> u64 {
         self.highlight_count + self.per_thread.values().map(|(_, h)| h).sum::<u64>()
     }
+
+    /// Counts from stored (thread, notifications, highlights) rows of one room.
+    pub fn from_rows(rows: crate::store::ThreadCounts) -> Self {
+        let mut counts = Counts::default();
+        for (thread, notifications, highlights) in rows {
+            let (n, h) = (notifications.max(0) as u64, highlights.max(0) as u64);
+            match thread {
+                None => {
+                    counts.notification_count += n;
+                    counts.highlight_count += h;
+                }
+                Some(thread) => {
+                    let entry = counts.per_thread.entry(thread).or_default();
+                    entry.0 += n;
+                    entry.1 += h;
+                }
+            }
+        }
+        counts
+    }
 }
 
 /// Unread notification counts of `user_id` in `room_id`: the events whose push rule outcome
@@ -145,20 +165,6 @@ pub async fn unread_counts(
     room_id: &str,
     after_stream: i64,
 ) -> ApiResult<Counts> {
-    let mut counts = Counts::default();
-    for (thread, notifications, highlights) in svc.store.push_counts(user_id, room_id, after_stream).await? {
-        let (n, h) = (notifications.max(0) as u64, highlights.max(0) as u64);
-        match thread {
-            None => {
-                counts.notification_count += n;
-                counts.highlight_count += h;
-            }
-            Some(thread) => {
-                let entry = counts.per_thread.entry(thread).or_default();
-                entry.0 += n;
-                entry.1 += h;
-            }
-        }
-    }
-    Ok(counts)
+    let rows = svc.store.push_counts(user_id, room_id, after_stream).await?;
+    Ok(Counts::from_rows(rows))
 }

@@ -16,6 +16,7 @@ mod push;
 mod receipts;
 mod rooms;
 mod state;
+mod sync;
 mod users;
 
 use std::{
@@ -35,10 +36,11 @@ use sqlx::{
 pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Txn};
 pub use media::{MediaRow, UploadedContent};
 pub use presence::PresenceRow;
-pub use push::{PushActionRow, PusherRow};
+pub use push::{PushActionRow, PusherRow, ThreadCounts};
 pub use receipts::ReceiptRow;
 pub use rooms::RoomRow;
 pub use state::StateMap;
+pub use sync::SyncRoom;
 pub use users::{DeviceRow, UserRow};
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +92,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(3, "0003_push"),
     migration!(4, "0004_receipts_presence"),
     migration!(5, "0005_server_settings"),
+    migration!(6, "0006_redaction_lookup"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside
