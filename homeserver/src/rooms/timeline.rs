@@ -91,7 +91,7 @@ enum Prepared {
     /// Its transaction ID already produced this event.
     Existing(Appended),
     Built {
-        appending: Appending,
+        appending: Box<Appending>,
         event_id: OwnedEventId,
         notified: crate::push::Notified,
     },
@@ -264,7 +264,7 @@ impl Timeline {
                     if let Some(key) = txn_key {
                         txns.insert(key, built.len());
                     }
-                    appendings.push(appending);
+                    appendings.push(*appending);
                     built.push(BuiltFor {
                         event_id,
                         notified,
@@ -375,11 +375,11 @@ impl Timeline {
         let built = self.build(svc, draft, sender, spec.clone(), txn.clone()).await?;
         let push = crate::push::prepare(svc, &built.new).await;
         Ok(Prepared::Built {
-            appending: Appending {
+            appending: Box::new(Appending {
                 event: built.new,
                 previous_group,
                 push: push.rows,
-            },
+            }),
             event_id: built.event_id,
             notified: push.notified,
         })
