@@ -372,7 +372,7 @@ impl Timeline {
             .ok_or_else(|| ApiError::internal("draft vanished"))?;
         let previous_group = draft.state_group;
         // A refused event leaves the draft as it was (build changes it only on success).
-        let built = self.build(svc, draft, sender, spec.clone(), txn.clone()).await?;
+        let built = self.build(svc, draft, sender, spec, txn.clone()).await?;
         let push = crate::push::prepare(svc, &built.new).await;
         Ok(Prepared::Built {
             appending: Box::new(Appending {
@@ -408,10 +408,10 @@ impl Timeline {
         };
         let mut draft = Draft::new_room(room_id, version.clone());
         let create = EventSpec::state("m.room.create", "", content);
-        let mut events = vec![self.build(svc, &mut draft, creator, create, None).await?.new];
+        let mut events = vec![self.build(svc, &mut draft, creator, &create, None).await?.new];
         for spec in initial {
             let built = self
-                .build(svc, &mut draft, creator, spec, None)
+                .build(svc, &mut draft, creator, &spec, None)
                 .await
                 .map_err(|e| {
                     if e.errcode == "M_FORBIDDEN" {
@@ -451,7 +451,7 @@ impl Timeline {
         svc: &Services,
         draft: &mut Draft,
         sender: &UserId,
-        spec: EventSpec,
+        spec: &EventSpec,
         txn: Option<Txn>,
     ) -> ApiResult<Built> {
         let rules = rules_for(&draft.version)
