@@ -186,19 +186,24 @@ impl Pdu {
             }
             _ => return Err(PduError::Field("content")),
         };
-        let redacts = match string("redacts")? {
-            Some(r) => Some(r.to_owned()),
-            None => match json.get("content") {
-                Some(CanonicalJsonValue::Object(c)) => match c.get("redacts") {
-                    Some(CanonicalJsonValue::String(r)) => Some(r.clone()),
+        // Only a redaction redacts: `redacts` on any other event type is just data.
+        let redacts = if required("type")? == "m.room.redaction" {
+            match string("redacts")? {
+                Some(r) => Some(r.to_owned()),
+                None => match json.get("content") {
+                    Some(CanonicalJsonValue::Object(c)) => match c.get("redacts") {
+                        Some(CanonicalJsonValue::String(r)) => Some(r.clone()),
+                        _ => None,
+                    },
                     _ => None,
                 },
-                _ => None,
-            },
-        }
-        .map(EventId::parse)
-        .transpose()
-        .map_err(|_| PduError::Field("redacts"))?;
+            }
+            .map(EventId::parse)
+            .transpose()
+            .map_err(|_| PduError::Field("redacts"))?
+        } else {
+            None
+        };
 
         Ok(Self {
             event_id,

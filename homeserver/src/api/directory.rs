@@ -141,12 +141,7 @@ pub async fn set_visibility(
         "private" => false,
         _ => return Err(ApiError::bad_json("visibility must be public or private")),
     };
-    let levels = state_content(&svc, &room_id, "m.room.power_levels", "").await?;
-    let needed = levels["state_default"].as_i64().unwrap_or(50);
-    if power_level(&svc, &room_id, &auth.user_id).await? < needed {
-        return Err(ApiError::forbidden("You may not publish this room"));
-    }
-    svc.store.set_room_public(room_id.as_str(), public).await?;
+    rooms::directory::set_published(&svc, &room_id, &auth.user_id, public).await?;
     Ok(Json(json!({})))
 }
 

@@ -18,11 +18,11 @@ use crate::{
     rooms::{
         self, EventSpec,
         client_event::{Viewer, client_event, client_events},
-        membership::{power_level, required_level},
+        history::{self, MessagesRequest},
     },
     services::Services,
     store::{Direction, Txn},
-    sync::{filter::RoomEventFilter, latest_events, token::StreamToken},
+    sync::{filter::RoomEventFilter, token::StreamToken},
 };
 
 /// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`: idempotent per device and txnId.
@@ -64,7 +64,8 @@ pub struct RedactBody {
     reason: Option<String>,
 }
 
-/// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`
+/// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`: the timeline checks that the target is an
+/// event of this room that the sender may redact.
 pub async fn redact(
     State(svc): State<Services>,
     auth: Auth,
@@ -85,20 +86,6 @@ pub async fn redact(
     }
     svc.rate_limiter.check(Action::Message, auth.user_id.as_str())?;
     rooms::require_joined(&svc, &room_id, auth.user_id.as_str()).await?;
-    let original = svc
-        .store
-        .event(target.as_str())
-        .await?
-        .filter(|e| e.room_id == room_id.as_str())
-        .ok_or_else(|| ApiError::not_found("Event not found"))?;
-    // Room versions ≥ 3 leave this check to the server: a user may redact their own events,
-    // or anyone's with the `redact` power level.
-    if original.sender != auth.user_id.as_str()
-        && power_level(&svc, &room_id, &auth.user_id).await?
-            < required_level(&svc, &room_id, "redact", 50).await?
-    {
-        return Err(ApiError::forbidden("You may not redact this event"));
-    }
     let mut content = json!({});
     if let Some(reason) = body.reason {
         content["reason"] = json!(reason);
@@ -128,22 +115,17 @@ pub async fn get_event(
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
     let room = rooms::room(&svc, &room_id).await?;
-    let visible = rooms::visible_until(&svc, &room_id, auth.user_id.as_str())
-        .await?
-        .ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
-    let row = svc
-        .store
-        .event(&event_id)
-        .await?
-        .filter(|e| e.room_id == room_id.as_str() && e.stream_ordering <= visible)
-        .ok_or_else(|| ApiError::not_found("Event not found"))?;
-    let viewer = Viewer {
+    let row = history::event(&svc, &room_id, auth.user_id.as_str(), &event_id).await?;
+    Ok(Json(
+        client_event(&svc, &row, &room.row.room_version, Some(viewer(&auth))).await?,
+    ))
+}
+
+fn viewer(auth: &Auth) -> Viewer<'_> {
+    Viewer {
         user_id: auth.user_id.as_str(),
         device_id: &auth.device_id,
-    };
-    Ok(Json(
-        client_event(&svc, &row, &room.row.room_version, Some(viewer)).await?,
-    ))
+    }
 }
 
 #[derive(Deserialize)]
@@ -164,12 +146,9 @@ pub async fn messages(
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
     let room = rooms::room(&svc, &room_id).await?;
-    let visible = rooms::visible_until(&svc, &room_id, auth.user_id.as_str())
-        .await?
-        .ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
-    let backwards = match q.dir.as_str() {
-        "b" => true,
-        "f" => false,
+    let direction = match q.dir.as_str() {
+        "b" => Direction::Backwards,
+        "f" => Direction::Forwards,
         _ => return Err(ApiError::invalid_param("dir must be b or f")),
     };
     let limit = match &q.limit {
@@ -183,76 +162,25 @@ pub async fn messages(
         Some(f) => serde_json::from_str(f).map_err(|e| ApiError::bad_json(format!("Invalid filter: {e}")))?,
         None => RoomEventFilter::default(),
     };
-    let now = StreamToken::current(&svc).await?;
-    let upper = now.events.min(visible);
-    let from = match &q.from {
-        Some(t) => StreamToken::parse(t)?,
-        None if backwards => now,
-        None => now.at_events(0),
+    let req = MessagesRequest {
+        from: q.from.as_deref().map(StreamToken::parse).transpose()?,
+        to: q.to.as_deref().map(StreamToken::parse).transpose()?,
+        direction,
+        limit,
+        filter,
     };
-    let to = q.to.as_deref().map(StreamToken::parse).transpose()?;
-
-    let (rows, end) = if backwards {
-        let upto = from.events.min(upper);
-        let floor = to.map(|t| t.events).unwrap_or(0);
-        let (mut rows, _) = latest_events(&svc, room_id.as_str(), floor, upto, limit, &filter).await?;
-        rows.reverse();
-        let end = rows.last().map(|r| r.stream_ordering - 1);
-        (rows, end)
-    } else {
-        let ceiling = to.map(|t| t.events).unwrap_or(upper).min(upper);
-        let mut rows = Vec::new();
-        let mut cursor = from.events;
-        'pages: loop {
-            let page = svc
-                .store
-                .room_events(room_id.as_str(), cursor, ceiling, 100, Direction::Forwards)
-                .await?;
-            let exhausted = page.len() < 100;
-            for row in page {
-                cursor = row.stream_ordering;
-                if filter.allows_event(&row) {
-                    rows.push(row);
-                    if rows.len() == limit {
-                        break 'pages;
-                    }
-                }
-            }
-            if exhausted {
-                break;
-            }
-        }
-        let end = rows.last().map(|r| r.stream_ordering);
-        (rows, end)
-    };
-    let viewer = Viewer {
-        user_id: auth.user_id.as_str(),
-        device_id: &auth.device_id,
-    };
-    let chunk = client_events(&svc, &rows, &room.row.room_version, Some(viewer)).await?;
-    let mut out = json!({ "start": from.to_string(), "chunk": chunk });
-    if let Some(end) = end
-        && rows.len() == limit
-    {
-        out["end"] = json!(from.at_events(end).to_string());
+    let lazy_load = req.filter.lazy_load_members == Some(true);
+    let page = history::messages(&svc, &room_id, auth.user_id.as_str(), req).await?;
+    let version = &room.row.room_version;
+    let mut out = json!({
+        "start": page.start.to_string(),
+        "chunk": client_events(&svc, &page.chunk, version, Some(viewer(&auth))).await?,
+    });
+    if let Some(end) = page.end {
+        out["end"] = json!(end.to_string());
     }
-    if filter.lazy_load_members == Some(true) {
-        // The member events of the chunk's senders, so the client can show their names.
-        let keys: Vec<(String, String)> = rows
-            .iter()
-            .map(|r| ("m.room.member".to_owned(), r.sender.clone()))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let ids: Vec<String> = svc
-            .store
-            .current_state_entries(room_id.as_str(), &keys)
-            .await?
-            .into_iter()
-            .map(|(_, id, _)| id)
-            .collect();
-        let members = svc.store.events(&ids).await?;
-        out["state"] = json!(client_events(&svc, &members, &room.row.room_version, Some(viewer)).await?);
+    if lazy_load {
+        out["state"] = json!(client_events(&svc, &page.state, version, Some(viewer(&auth))).await?);
     }
     Ok(Json(out))
 }
@@ -271,73 +199,22 @@ pub async fn context(
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
     let room = rooms::room(&svc, &room_id).await?;
-    let visible = rooms::visible_until(&svc, &room_id, auth.user_id.as_str())
-        .await?
-        .ok_or_else(|| ApiError::forbidden("You are not in this room"))?;
     let limit = match &q.limit {
         Some(l) => l
             .parse::<i64>()
             .map_err(|_| ApiError::invalid_param("limit must be an integer"))?,
         None => 10,
     }
-    .clamp(0, 100);
-    let event = svc
-        .store
-        .event(&event_id)
-        .await?
-        .filter(|e| e.room_id == room_id.as_str() && e.stream_ordering <= visible)
-        .ok_or_else(|| ApiError::not_found("Event not found"))?;
-    let upper = svc.store.max_stream_ordering().await?.min(visible);
-    let before_n = limit / 2;
-    let after_n = limit - before_n;
-    let before = svc
-        .store
-        .room_events(
-            room_id.as_str(),
-            0,
-            event.stream_ordering - 1,
-            before_n,
-            Direction::Backwards,
-        )
-        .await?;
-    let after = svc
-        .store
-        .room_events(
-            room_id.as_str(),
-            event.stream_ordering,
-            upper,
-            after_n,
-            Direction::Forwards,
-        )
-        .await?;
-    let viewer = Viewer {
-        user_id: auth.user_id.as_str(),
-        device_id: &auth.device_id,
-    };
+    .clamp(0, 100) as usize;
+    let context = history::context(&svc, &room_id, auth.user_id.as_str(), &event_id, limit).await?;
     let version = &room.row.room_version;
-    let start = before
-        .last()
-        .map(|r| r.stream_ordering - 1)
-        .unwrap_or(event.stream_ordering - 1);
-    let end = after
-        .last()
-        .map(|r| r.stream_ordering)
-        .unwrap_or(event.stream_ordering);
-    let state_ids: Vec<String> = svc
-        .store
-        .state_of_group(event.state_group)
-        .await?
-        .into_values()
-        .collect();
-    let mut state = svc.store.events(&state_ids).await?;
-    state.sort_by_key(|r| r.stream_ordering);
-    let now = StreamToken::current(&svc).await?;
+    let viewer = Some(viewer(&auth));
     Ok(Json(json!({
-        "event": client_event(&svc, &event, version, Some(viewer)).await?,
-        "events_before": client_events(&svc, &before, version, Some(viewer)).await?,
-        "events_after": client_events(&svc, &after, version, Some(viewer)).await?,
-        "start": now.at_events(start).to_string(),
-        "end": now.at_events(end).to_string(),
-        "state": client_events(&svc, &state, version, Some(viewer)).await?,
+        "event": client_event(&svc, &context.event, version, viewer).await?,
+        "events_before": client_events(&svc, &context.before, version, viewer).await?,
+        "events_after": client_events(&svc, &context.after, version, viewer).await?,
+        "start": context.start.to_string(),
+        "end": context.end.to_string(),
+        "state": client_events(&svc, &context.state, version, viewer).await?,
     })))
 }

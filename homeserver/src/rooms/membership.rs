@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use crate::{
     error::{ApiError, ApiResult},
-    rooms::{EventSpec, room, timeline::Appended},
+    rooms::{EventSpec, power, room, timeline::Appended},
     services::Services,
 };
 
@@ -141,28 +141,38 @@ pub async fn forget(svc: &Services, user: &UserId, room_id: &RoomId) -> ApiResul
 /// A user's power level in a room; room creators in version 12 rooms rank above everyone.
 pub async fn power_level(svc: &Services, room_id: &RoomId, user: &UserId) -> ApiResult<i64> {
     let r = room(svc, room_id).await?;
-    if r.rules.authorization.explicitly_privilege_room_creators {
-        let create = state_content(svc, room_id, "m.room.create", "").await?;
-        let additional = create.get("additional_creators").and_then(Value::as_array);
-        if r.row.creator == user.as_str() || additional.is_some_and(|a| a.contains(&json!(user))) {
-            return Ok(i64::MAX);
-        }
-    }
-    let levels = state_content(svc, room_id, "m.room.power_levels", "").await?;
-    let level = levels
-        .get("users")
-        .and_then(|u| u.get(user.as_str()))
-        .or_else(|| levels.get("users_default"))
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    Ok(level)
+    let create = state_content(svc, room_id, "m.room.create", "").await?;
+    let levels = power_levels(svc, room_id).await?;
+    Ok(power::user_level(
+        &r.rules.authorization,
+        &r.row.creator,
+        &create,
+        levels.as_ref(),
+        user.as_str(),
+    ))
 }
 
 /// The level `m.room.power_levels` sets for an action key (`redact`, `kick`, …), with the
 /// spec's default when absent.
 pub async fn required_level(svc: &Services, room_id: &RoomId, key: &str, default: i64) -> ApiResult<i64> {
-    let levels = state_content(svc, room_id, "m.room.power_levels", "").await?;
-    Ok(levels.get(key).and_then(Value::as_i64).unwrap_or(default))
+    Ok(power::action_level(
+        power_levels(svc, room_id).await?.as_ref(),
+        key,
+        default,
+    ))
+}
+
+/// The current `m.room.power_levels` content, if the room has one.
+pub async fn power_levels(svc: &Services, room_id: &RoomId) -> ApiResult<Option<Value>> {
+    let has_levels = svc
+        .store
+        .current_state_event(room_id.as_str(), "m.room.power_levels", "")
+        .await?
+        .is_some();
+    Ok(match has_levels {
+        true => Some(state_content(svc, room_id, "m.room.power_levels", "").await?),
+        false => None,
+    })
 }
 
 /// Content of a current state event, `{}` when absent.

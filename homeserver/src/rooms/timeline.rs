@@ -532,6 +532,13 @@ impl Timeline {
         })
         .map_err(|reason| ApiError::forbidden(format!("Event is not allowed: {reason}")))?;
 
+        let redacts = match (&spec.state_key, &pdu.redacts) {
+            (None, Some(target)) => {
+                check_redaction(svc, draft, &rules, sender, target).await?;
+                Some(target.to_string())
+            }
+            _ => None,
+        };
         let room_id = draft
             .room_id
             .get_or_insert_with(|| room_id_from_create_event(&pdu.event_id))
@@ -551,7 +558,7 @@ impl Timeline {
             sender: sender.to_string(),
             depth: pdu.depth as i64,
             origin_server_ts: u64::from(pdu.origin_server_ts.0) as i64,
-            redacts: pdu.redacts.as_ref().map(ToString::to_string),
+            redacts,
             rel_type: relation_field("rel_type"),
             relates_to: relation_field("event_id"),
             prev_events: pdu.prev_events.iter().map(ToString::to_string).collect(),
@@ -575,6 +582,47 @@ impl Timeline {
         }
         Ok(Built { new, event_id })
     }
+}
+
+/// Checks a redaction before it is stored as one (its `redacts` column set, which is what makes
+/// it apply when its target is served): the target must be an event of the same room, sent by
+/// the redaction's sender, or the sender must have the `redact` power level (client-server API
+/// §"Redactions"; the auth rules leave this to the server from room version 3 on).
+async fn check_redaction(
+    svc: &Services,
+    draft: &Draft,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    sender: &UserId,
+    target: &EventId,
+) -> ApiResult<()> {
+    let room_id = draft
+        .room_id
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("Event not found"))?;
+    let original = svc
+        .store
+        .event(target.as_str())
+        .await?
+        .filter(|e| e.room_id == room_id.as_str())
+        .ok_or_else(|| ApiError::not_found("Event not found"))?;
+    if original.sender == sender.as_str() {
+        return Ok(());
+    }
+    let state = |event_type: &str| draft.state.get(&(event_type.to_owned(), String::new()));
+    let content = |pdu: &Pdu| serde_json::from_str::<Value>(pdu.content.get()).unwrap_or_default();
+    let create = state("m.room.create").ok_or_else(|| ApiError::internal("room without a create event"))?;
+    let levels = state("m.room.power_levels").map(content);
+    let level = crate::rooms::power::user_level(
+        &rules.authorization,
+        create.sender.as_str(),
+        &content(create),
+        levels.as_ref(),
+        sender.as_str(),
+    );
+    if level < crate::rooms::power::action_level(levels.as_ref(), "redact", 50) {
+        return Err(ApiError::forbidden("You may not redact this event"));
+    }
+    Ok(())
 }
 
 /// Puts a room's draft back for the next append.

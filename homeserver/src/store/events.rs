@@ -219,7 +219,9 @@ pub struct EventRow {
     pub replaces_state: Option<String>,
     pub txn_device_id: Option<String>,
     pub txn_id: Option<String>,
-    /// The redaction event that applies to this one, if any.
+    /// The redaction that applies to this one, if any: an `m.room.redaction` of the same room
+    /// whose `redacts` column is set — which only happens once the redaction was checked (its
+    /// sender sent the target or may redact others; see `rooms::timeline`).
     pub redacted_by: Option<String>,
     pub json: String,
 }
@@ -229,7 +231,8 @@ macro_rules! select_events {
         concat!(
             "SELECT e.stream_ordering, e.event_id, e.room_id, e.type, e.state_key, e.sender, \
              e.origin_server_ts, e.depth, e.state_group, e.replaces_state, e.txn_device_id, e.txn_id, \
-             (SELECT MIN(r.event_id) FROM events r WHERE r.redacts = e.event_id), e.json FROM events e ",
+             (SELECT MIN(r.event_id) FROM events r WHERE r.redacts = e.event_id AND r.room_id = e.room_id \
+              AND r.type = 'm.room.redaction' AND r.state_key IS NULL), e.json FROM events e ",
             $rest
         )
     };

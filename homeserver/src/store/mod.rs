@@ -93,6 +93,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(4, "0004_receipts_presence"),
     migration!(5, "0005_server_settings"),
     migration!(6, "0006_redaction_lookup"),
+    migration!(9, "0009_visibility"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside

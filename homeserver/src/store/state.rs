@@ -124,6 +124,67 @@ impl Store {
         Ok(latest.into_iter().map(|(room, (m, s))| (room, m, s)).collect())
     }
 
+    /// Each room's `m.room.history_visibility` events in stream order: room → (stream position,
+    /// PDU JSON).
+    pub async fn history_visibility_changes(
+        &self,
+        room_ids: &[String],
+    ) -> StoreResult<HashMap<String, Vec<(i64, String)>>> {
+        let mut out: HashMap<String, Vec<(i64, String)>> = HashMap::new();
+        for chunk in room_ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT room_id, stream_ordering, json FROM events WHERE room_id IN ({}) \
+                 AND type = 'm.room.history_visibility' AND state_key = '' ORDER BY stream_ordering",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            for r in query.fetch_all(&self.pool).await? {
+                out.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A user's membership changes in each of the rooms, in stream order: room → (stream
+    /// position, membership).
+    pub async fn membership_changes(
+        &self,
+        user_id: &str,
+        room_ids: &[String],
+    ) -> StoreResult<HashMap<String, Vec<(i64, String)>>> {
+        let mut out: HashMap<String, Vec<(i64, String)>> = HashMap::new();
+        for chunk in room_ids.chunks(500) {
+            let placeholders: Vec<String> = (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT room_id, stream_ordering, membership FROM room_memberships \
+                 WHERE user_id = $1 AND room_id IN ({}) ORDER BY stream_ordering",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id.to_owned());
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            for r in query.fetch_all(&self.pool).await? {
+                out.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The state group after the room's event at a stream position.
+    pub async fn state_group_at(&self, room_id: &str, stream: i64) -> StoreResult<Option<i64>> {
+        let row = q("SELECT state_group FROM events WHERE room_id = $1 AND stream_ordering = $2")
+            .bind(room_id.to_owned())
+            .bind(stream)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     /// Rooms two users are both joined to.
     pub async fn shared_rooms(&self, a: &str, b: &str) -> StoreResult<Vec<String>> {
         let rows = q(

@@ -19,10 +19,9 @@ use crate::{
     error::{ApiError, ApiResult},
     rooms::client_event::{Viewer, stripped_state},
     services::Services,
-    store::{Direction, EventRow},
     users::presence::presence_content,
 };
-use filter::{Filter, RoomEventFilter};
+use filter::Filter;
 use token::StreamToken;
 
 pub struct SyncRequest {
@@ -241,42 +240,6 @@ struct Window {
     /// and its state comes in full.
     fresh: bool,
     full_state: bool,
-}
-
-/// The newest `limit` events in `(after, upto]` that pass the filter, oldest first, and whether
-/// more matching events were left out.
-pub async fn latest_events(
-    svc: &Services,
-    room_id: &str,
-    after: i64,
-    upto: i64,
-    limit: usize,
-    filter: &RoomEventFilter,
-) -> ApiResult<(Vec<EventRow>, bool)> {
-    let mut picked = Vec::new();
-    let mut cursor = upto;
-    let page = (limit as i64 + 1).max(50);
-    loop {
-        let rows = svc
-            .store
-            .room_events(room_id, after, cursor, page, Direction::Backwards)
-            .await?;
-        let exhausted = (rows.len() as i64) < page;
-        for row in rows {
-            cursor = row.stream_ordering - 1;
-            if filter.allows_event(&row) {
-                if picked.len() == limit {
-                    picked.reverse();
-                    return Ok((picked, true));
-                }
-                picked.push(row);
-            }
-        }
-        if exhausted {
-            picked.reverse();
-            return Ok((picked, false));
-        }
-    }
 }
 
 async fn stripped_room_state(svc: &Services, room_id: &str, user_id: &str) -> ApiResult<Vec<Value>> {

@@ -7,19 +7,19 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{Map, Value, json};
 
-use super::{
-    DEFAULT_TIMELINE_LIMIT, Window, empty_joined, filter::RoomFilter, latest_events, token::StreamToken,
-};
+use super::{DEFAULT_TIMELINE_LIMIT, Window, empty_joined, filter::RoomFilter, token::StreamToken};
 use crate::{
     error::{ApiError, ApiResult},
     push::Counts,
     rooms::{
+        access::RoomAccess,
         client_event::{Related, Viewer, format_event},
+        history,
         receipts::receipt_event,
         rules_of,
     },
     services::Services,
-    store::{EventRow, StateMap},
+    store::{Direction, EventRow, StateMap},
 };
 
 /// A room whose section the sync may include.
@@ -147,6 +147,7 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Api
     } else {
         svc.store.sync_rooms(&ids, ask.now.events).await?
     };
+    let access = RoomAccess::load_many(svc, &ids, Some(ask.user_id)).await?;
     let timeline_filter = ask.room_filter.timeline.clone().unwrap_or_default();
     let limit = timeline_filter
         .base
@@ -172,16 +173,31 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Api
             continue;
         }
         let after = if fresh { 0 } else { since.events };
-        let (timeline, limited) =
-            latest_events(svc, &w.room_id, after, upto.events, limit, &timeline_filter).await?;
-        if !full && timeline.is_empty() {
+        let access = access
+            .get(&w.room_id)
+            .ok_or_else(|| ApiError::internal("access missing"))?;
+        let scanned = history::scan(
+            svc,
+            &w.room_id,
+            access,
+            (after, upto.events),
+            Direction::Backwards,
+            limit,
+            &timeline_filter,
+        )
+        .await?;
+        let (mut timeline, limited) = (scanned.rows, scanned.more);
+        timeline.reverse();
+        if !full && timeline.is_empty() && !limited {
             plans.push(None);
             continue;
         }
-        let start = timeline
-            .first()
-            .map(|e| e.stream_ordering)
-            .unwrap_or(upto.events + 1);
+        // A cut timeline continues (`prev_batch`) where the scan stopped.
+        let start = match timeline.first() {
+            _ if limited => scanned.next + 1,
+            Some(first) => first.stream_ordering,
+            None => upto.events + 1,
+        };
         plans.push(Some(Plan {
             version: room.room_version.clone(),
             timeline,

@@ -1,0 +1,450 @@
+//! Who may see what of a room: the one place every read path asks.
+//!
+//! Events: the spec's history visibility algorithm (client-server API §"Room History
+//! Visibility", "Server behaviour"), per event, from the room's history visibility and the
+//! viewer's membership *at that event*:
+//!
+//! 1. `world_readable` then: allow;
+//! 2. the viewer was joined then: allow;
+//! 3. `shared` then, and the viewer joined at some point after the event: allow;
+//! 4. the viewer was invited then, and the visibility was `invited`: allow;
+//! 5. otherwise deny.
+//!
+//! An `m.room.history_visibility` event is visible if the visibility before *or* after it allows
+//! it. The viewer's own membership events are always visible to them (the spec's
+//! before-or-after rule covers joins, and leaves from a join; Hearth also shows a user their own
+//! invite, knock and rejection, which carry nothing of the room's history).
+//!
+//! "At that event" is read from the room's history visibility changes and the viewer's
+//! membership changes in stream order, which is the room's DAG order while every event of a
+//! room is appended here one after another. (Federated rooms will need the state at each
+//! event, from its state group, instead.)
+//!
+//! Endpoints: the room's events and state may be read by anyone who has been joined to it, or
+//! left or was banned after (then up to that point), and by anyone at all while the room is
+//! `world_readable` (peeking). Invitees and knockers see the stripped state in `/sync` only.
+
+use std::collections::HashMap;
+
+use ruma::RoomId;
+use serde_json::Value;
+
+use crate::{
+    error::{ApiError, ApiResult},
+    services::Services,
+    store::{EventRow, StateMap},
+};
+
+/// The four settings of `m.room.history_visibility`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryVisibility {
+    WorldReadable,
+    Shared,
+    Invited,
+    Joined,
+}
+
+impl HistoryVisibility {
+    /// The setting of an `m.room.history_visibility` PDU; anything not understood is `shared`
+    /// (the spec's default).
+    fn of_pdu(json: &str) -> Self {
+        let pdu: Value = serde_json::from_str(json).unwrap_or_default();
+        match pdu["content"]["history_visibility"].as_str() {
+            Some("world_readable") => Self::WorldReadable,
+            Some("invited") => Self::Invited,
+            Some("joined") => Self::Joined,
+            _ => Self::Shared,
+        }
+    }
+}
+
+/// What one viewer's access to one room depends on, read once per request (two small indexed
+/// queries), then asked per event without further I/O.
+#[derive(Debug, Clone)]
+pub struct RoomAccess {
+    viewer: Option<String>,
+    /// History visibility changes: (stream position, setting from then on), in stream order.
+    visibility: Vec<(i64, HistoryVisibility)>,
+    /// The viewer's membership changes: (stream position, membership from then on).
+    membership: Vec<(i64, String)>,
+}
+
+impl RoomAccess {
+    /// Access of `viewer` (`None`: an unauthenticated or server-side reader) to each of `rooms`.
+    pub async fn load_many(
+        svc: &Services,
+        rooms: &[String],
+        viewer: Option<&str>,
+    ) -> ApiResult<HashMap<String, RoomAccess>> {
+        let mut visibility = svc.store.history_visibility_changes(rooms).await?;
+        let mut membership = match viewer {
+            Some(user) => svc.store.membership_changes(user, rooms).await?,
+            None => HashMap::new(),
+        };
+        Ok(rooms
+            .iter()
+            .map(|room| {
+                let access = RoomAccess {
+                    viewer: viewer.map(ToOwned::to_owned),
+                    visibility: visibility
+                        .remove(room)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(at, json)| (at, HistoryVisibility::of_pdu(&json)))
+                        .collect(),
+                    membership: membership.remove(room).unwrap_or_default(),
+                };
+                (room.clone(), access)
+            })
+            .collect())
+    }
+
+    pub async fn load(svc: &Services, room_id: &RoomId, viewer: &str) -> ApiResult<RoomAccess> {
+        let rooms = [room_id.to_string()];
+        let mut all = Self::load_many(svc, &rooms, Some(viewer)).await?;
+        all.remove(room_id.as_str())
+            .ok_or_else(|| ApiError::internal("access not loaded"))
+    }
+
+    /// The setting in force after the last change before `at` (`shared` when never set).
+    fn visibility_before(&self, at: i64) -> HistoryVisibility {
+        let i = self.visibility.partition_point(|(s, _)| *s < at);
+        i.checked_sub(1)
+            .map(|i| self.visibility[i].1)
+            .unwrap_or(HistoryVisibility::Shared)
+    }
+
+    /// The viewer's membership after their last change before `at`.
+    fn membership_before(&self, at: i64) -> Option<&str> {
+        let i = self.membership.partition_point(|(s, _)| *s < at);
+        i.checked_sub(1).map(|i| self.membership[i].1.as_str())
+    }
+
+    fn joined_after(&self, at: i64) -> bool {
+        self.membership.iter().any(|(s, m)| *s > at && m == "join")
+    }
+
+    /// Rules 1–5 for an event at `at` under `visibility`, with the viewer's membership then.
+    fn allows(&self, visibility: HistoryVisibility, membership: Option<&str>, at: i64) -> bool {
+        use HistoryVisibility::*;
+        visibility == WorldReadable
+            || membership == Some("join")
+            || (visibility == Shared && self.joined_after(at))
+            || (visibility == Invited && membership == Some("invite"))
+    }
+
+    /// Whether the viewer may see this event of the room.
+    pub fn can_see(&self, row: &EventRow) -> bool {
+        let at = row.stream_ordering;
+        let membership = self.membership_before(at);
+        if self.allows(self.visibility_before(at), membership, at) {
+            return true;
+        }
+        match (row.event_type.as_str(), row.state_key.as_deref()) {
+            ("m.room.history_visibility", Some("")) => {
+                self.allows(HistoryVisibility::of_pdu(&row.json), membership, at)
+            }
+            ("m.room.member", Some(target)) => self.viewer.as_deref() == Some(target),
+            _ => false,
+        }
+    }
+
+    /// The stream ranges `[lo, hi]` (ascending, disjoint) within `(after, upto]` that can hold
+    /// events the viewer may see, so scans skip the rest. Between two changes (of visibility or
+    /// of the viewer's membership) rules 1–5 give one answer for every event; a change itself
+    /// is one event, kept as a range of its own for `can_see` to decide.
+    pub fn candidate_ranges(&self, after: i64, upto: i64) -> Vec<(i64, i64)> {
+        let mut points: Vec<i64> = self
+            .visibility
+            .iter()
+            .map(|(s, _)| *s)
+            .chain(self.membership.iter().map(|(s, _)| *s))
+            .collect();
+        points.sort_unstable();
+        points.dedup();
+        let mut ranges: Vec<(i64, i64)> = Vec::new();
+        let mut push = |lo: i64, hi: i64| {
+            let (lo, hi) = (lo.max(after + 1), hi.min(upto));
+            if lo > hi {
+                return;
+            }
+            match ranges.last_mut() {
+                Some(last) if last.1 + 1 >= lo => last.1 = last.1.max(hi),
+                _ => ranges.push((lo, hi)),
+            }
+        };
+        // The open segments (start, next): start = 0 before the first change.
+        let starts = std::iter::once(0).chain(points.iter().copied());
+        let ends = points.iter().copied().chain(std::iter::once(i64::MAX));
+        for (start, end) in starts.zip(ends) {
+            if start > 0 {
+                push(start, start);
+            }
+            let probe = start + 1;
+            if probe < end
+                && self.allows(
+                    self.visibility_before(probe),
+                    self.membership_before(probe),
+                    probe,
+                )
+            {
+                push(probe, end - 1);
+            }
+        }
+        ranges
+    }
+
+    /// Keeps the events the viewer may see.
+    pub fn retain_visible(&self, rows: &mut Vec<EventRow>) {
+        rows.retain(|row| self.can_see(row));
+    }
+
+    /// The viewer's membership now.
+    pub fn membership(&self) -> Option<&str> {
+        self.membership.last().map(|(_, m)| m.as_str())
+    }
+
+    /// Whether the room is `world_readable` now.
+    pub fn world_readable(&self) -> bool {
+        self.visibility.last().map(|(_, v)| *v) == Some(HistoryVisibility::WorldReadable)
+    }
+
+    /// The stream position of the viewer's last join before their current membership, when
+    /// they are no longer joined (they left or were banned after being joined).
+    fn left_after_joining(&self) -> Option<i64> {
+        let (last, rest) = self.membership.split_last()?;
+        (last.1 != "join" && rest.iter().any(|(_, m)| m == "join")).then_some(last.0)
+    }
+
+    /// How the viewer may read the room's events and state now, or 403 `M_FORBIDDEN`.
+    pub fn reading(&self) -> ApiResult<Reading> {
+        if self.membership() == Some("join") {
+            return Ok(Reading::Member);
+        }
+        if self.world_readable() {
+            return Ok(Reading::Peeking);
+        }
+        if let Some(left) = self.left_after_joining()
+            && matches!(self.membership(), Some("leave" | "ban"))
+        {
+            // Events after the leave stay hidden unless the room became world-readable.
+            let reopened = self
+                .visibility
+                .iter()
+                .any(|(s, v)| *s >= left && *v == HistoryVisibility::WorldReadable)
+                || self.visibility_before(left) == HistoryVisibility::WorldReadable;
+            return Ok(Reading::Former {
+                left,
+                events_until: (!reopened).then_some(left),
+            });
+        }
+        Err(ApiError::forbidden("You are not a member of this room"))
+    }
+
+    /// The newest stream position whose events the viewer may possibly see (`i64::MAX`: no bound).
+    pub fn events_until(&self) -> ApiResult<i64> {
+        Ok(match self.reading()? {
+            Reading::Former {
+                events_until: Some(left),
+                ..
+            } => left,
+            _ => i64::MAX,
+        })
+    }
+}
+
+/// How a viewer may read a room now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// Joined: the current state, events by the algorithm.
+    Member,
+    /// Left or banned after being joined: the state as they left, events by the algorithm
+    /// (none after `events_until`, when set).
+    Former { left: i64, events_until: Option<i64> },
+    /// Not a member of a `world_readable` room: the current state, world-readable events.
+    Peeking,
+}
+
+/// The room state the viewer may read: the current state for members and peekers, the state
+/// as they left for former members; 403 for everyone else.
+pub async fn visible_state(svc: &Services, room_id: &RoomId, viewer: &str) -> ApiResult<StateMap> {
+    let access = RoomAccess::load(svc, room_id, viewer).await?;
+    state_for(svc, room_id, &access).await
+}
+
+/// `visible_state` for access already loaded.
+pub async fn state_for(svc: &Services, room_id: &RoomId, access: &RoomAccess) -> ApiResult<StateMap> {
+    match access.reading()? {
+        Reading::Member | Reading::Peeking => Ok(svc.store.current_state(room_id.as_str()).await?),
+        Reading::Former { left, .. } => {
+            let group = svc
+                .store
+                .state_group_at(room_id.as_str(), left)
+                .await?
+                .ok_or_else(|| ApiError::internal("membership event without state"))?;
+            Ok(svc.store.state_of_group(group).await?)
+        }
+    }
+}
+
+/// Requires the viewer to be joined to the room now (for writes and member-only reads).
+pub async fn require_joined(svc: &Services, room_id: &RoomId, user_id: &str) -> ApiResult<()> {
+    match svc.store.membership(room_id.as_str(), user_id).await?.as_deref() {
+        Some("join") => Ok(()),
+        _ => Err(ApiError::forbidden("You are not joined to this room")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use HistoryVisibility::*;
+
+    fn row(at: i64, event_type: &str, state_key: Option<&str>, json: &str) -> EventRow {
+        EventRow {
+            stream_ordering: at,
+            event_id: format!("$e{at}"),
+            room_id: "!r:x".into(),
+            event_type: event_type.into(),
+            state_key: state_key.map(Into::into),
+            sender: "@s:x".into(),
+            origin_server_ts: 0,
+            depth: at,
+            state_group: 0,
+            replaces_state: None,
+            txn_device_id: None,
+            txn_id: None,
+            redacted_by: None,
+            json: json.into(),
+        }
+    }
+
+    fn msg(at: i64) -> EventRow {
+        row(at, "m.room.message", None, "{}")
+    }
+
+    fn access(visibility: &[(i64, HistoryVisibility)], membership: &[(i64, &str)]) -> RoomAccess {
+        RoomAccess {
+            viewer: Some("@v:x".into()),
+            visibility: visibility.to_vec(),
+            membership: membership.iter().map(|(s, m)| (*s, m.to_string())).collect(),
+        }
+    }
+
+    #[test]
+    fn joined_sees_from_the_join_only() {
+        let a = access(&[(2, Joined)], &[(10, "join")]);
+        assert!(!a.can_see(&msg(5)));
+        assert!(a.can_see(&msg(11)));
+    }
+
+    #[test]
+    fn shared_shows_earlier_history_to_those_who_joined_later() {
+        let a = access(&[(2, Shared)], &[(10, "join"), (20, "leave")]);
+        assert!(a.can_see(&msg(5)));
+        assert!(a.can_see(&msg(15)));
+        assert!(!a.can_see(&msg(25)), "nothing after the leave");
+        let never_joined = access(&[(2, Shared)], &[(10, "knock"), (20, "leave")]);
+        assert!(!never_joined.can_see(&msg(5)));
+        assert!(!never_joined.can_see(&msg(15)));
+    }
+
+    #[test]
+    fn invited_sees_from_the_invite() {
+        let a = access(&[(2, Invited)], &[(10, "invite"), (20, "join")]);
+        assert!(!a.can_see(&msg(5)));
+        assert!(a.can_see(&msg(15)));
+        assert!(a.can_see(&msg(25)));
+        let joined_rule = access(&[(2, Joined)], &[(10, "invite"), (20, "join")]);
+        assert!(!joined_rule.can_see(&msg(15)));
+    }
+
+    #[test]
+    fn world_readable_is_per_event() {
+        let a = access(&[(2, WorldReadable), (10, Joined)], &[]);
+        assert!(a.can_see(&msg(5)));
+        assert!(!a.can_see(&msg(15)));
+        // The change itself is visible: the setting before it allowed it.
+        let change = row(
+            10,
+            "m.room.history_visibility",
+            Some(""),
+            r#"{"content":{"history_visibility":"joined"}}"#,
+        );
+        assert!(a.can_see(&change));
+        let opening = access(&[(2, Joined), (10, WorldReadable)], &[]);
+        let change = row(
+            10,
+            "m.room.history_visibility",
+            Some(""),
+            r#"{"content":{"history_visibility":"world_readable"}}"#,
+        );
+        assert!(opening.can_see(&change), "the setting after it allows it");
+        assert!(!opening.can_see(&msg(5)));
+    }
+
+    #[test]
+    fn own_membership_events_are_visible() {
+        let a = access(&[(2, Joined)], &[(10, "knock"), (20, "leave")]);
+        assert!(a.can_see(&row(10, "m.room.member", Some("@v:x"), "{}")));
+        assert!(a.can_see(&row(20, "m.room.member", Some("@v:x"), "{}")));
+        assert!(!a.can_see(&row(15, "m.room.member", Some("@other:x"), "{}")));
+    }
+
+    #[test]
+    fn candidate_ranges_skip_what_no_event_of_can_be_seen() {
+        // Joined-only history, viewer joined at 10 and left at 20.
+        let a = access(&[(2, Joined)], &[(10, "join"), (20, "leave")]);
+        assert_eq!(a.candidate_ranges(0, 100), vec![(1, 2), (10, 20)]);
+        assert_eq!(a.candidate_ranges(12, 15), vec![(13, 15)]);
+        // Shared: everything up to the leave.
+        let a = access(&[(2, Shared)], &[(10, "join"), (20, "leave")]);
+        assert_eq!(a.candidate_ranges(0, 100), vec![(1, 20)]);
+        // Every event the algorithm shows lies in a range.
+        let a = access(
+            &[(2, Invited), (30, WorldReadable), (40, Joined)],
+            &[(10, "invite"), (20, "join")],
+        );
+        let ranges = a.candidate_ranges(0, 60);
+        for at in 1..=60 {
+            if a.can_see(&msg(at)) {
+                assert!(
+                    ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&at)),
+                    "{at} in {ranges:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_settings_are_shared() {
+        assert_eq!(
+            HistoryVisibility::of_pdu(r#"{"content":{"history_visibility":"nope"}}"#),
+            Shared
+        );
+        assert_eq!(HistoryVisibility::of_pdu("not json"), Shared);
+    }
+
+    #[test]
+    fn reading_follows_membership() {
+        assert_eq!(access(&[], &[(1, "join")]).reading().unwrap(), Reading::Member);
+        assert_eq!(
+            access(&[], &[(1, "join"), (5, "leave")]).reading().unwrap(),
+            Reading::Former {
+                left: 5,
+                events_until: Some(5)
+            }
+        );
+        assert!(access(&[], &[(1, "invite"), (5, "leave")]).reading().is_err());
+        assert!(access(&[], &[(1, "knock")]).reading().is_err());
+        assert!(access(&[], &[]).reading().is_err());
+        assert_eq!(
+            access(&[(1, WorldReadable)], &[]).reading().unwrap(),
+            Reading::Peeking
+        );
+        assert_eq!(
+            access(&[(1, WorldReadable)], &[(2, "invite")]).reading().unwrap(),
+            Reading::Peeking
+        );
+    }
+}

@@ -1,0 +1,289 @@
+//! Reading a room's history for a viewer: `/messages`, `/context`, `/event` and the timelines of
+//! `/sync`. Every read goes through the viewer's `RoomAccess`, and every scan is bounded: it
+//! walks only the ranges that can hold visible events and at most `MAX_SCANNED` events per
+//! request, then answers with what it found and a position to continue from — a filter or a
+//! history that matches nothing costs the server little (the spec lets a page be short).
+
+use ruma::RoomId;
+
+use crate::{
+    error::{ApiError, ApiResult},
+    rooms::access::{Reading, RoomAccess},
+    services::Services,
+    store::{Direction, EventRow},
+    sync::{filter::RoomEventFilter, token::StreamToken},
+};
+
+/// Most events one request examines.
+pub const MAX_SCANNED: usize = 1000;
+
+/// Events read from the database at once.
+const PAGE: usize = 200;
+
+/// What a scan found.
+#[derive(Debug)]
+pub struct Scanned {
+    /// The kept events, in scan order (newest first when scanning backwards).
+    pub rows: Vec<EventRow>,
+    /// The scan stopped before the end of its range: more events may match.
+    pub more: bool,
+    /// Where a next scan in the same direction continues: backwards, the events at or before
+    /// this position remain; forwards, the events after it.
+    pub next: i64,
+}
+
+/// Up to `limit` events of `(after, upto]` that the viewer may see and the filter allows,
+/// scanning in `direction`.
+pub async fn scan(
+    svc: &Services,
+    room_id: &str,
+    access: &RoomAccess,
+    (after, upto): (i64, i64),
+    direction: Direction,
+    limit: usize,
+    filter: &RoomEventFilter,
+) -> ApiResult<Scanned> {
+    let mut ranges = access.candidate_ranges(after, upto);
+    if direction == Direction::Backwards {
+        ranges.reverse();
+    }
+    let mut kept = Vec::new();
+    let mut examined = 0;
+    let mut pos = match direction {
+        Direction::Backwards => upto,
+        Direction::Forwards => after,
+    };
+    for (lo, hi) in ranges {
+        // The part of the range still to read: (from, to].
+        let (mut from, mut to) = (lo - 1, hi);
+        loop {
+            let budget = MAX_SCANNED - examined;
+            if budget == 0 {
+                return Ok(Scanned {
+                    rows: kept,
+                    more: true,
+                    next: pos,
+                });
+            }
+            let page = budget.min(PAGE);
+            let rows = svc
+                .store
+                .room_events(room_id, from, to, page as i64, direction)
+                .await?;
+            let exhausted = rows.len() < page;
+            for row in rows {
+                examined += 1;
+                let at = row.stream_ordering;
+                if access.can_see(&row) && filter.allows_event(&row) {
+                    if kept.len() == limit {
+                        return Ok(Scanned {
+                            rows: kept,
+                            more: true,
+                            next: pos,
+                        });
+                    }
+                    kept.push(row);
+                }
+                match direction {
+                    Direction::Backwards => to = at - 1,
+                    Direction::Forwards => from = at,
+                }
+                pos = match direction {
+                    Direction::Backwards => to,
+                    Direction::Forwards => from,
+                };
+            }
+            if exhausted {
+                break;
+            }
+        }
+        pos = match direction {
+            Direction::Backwards => lo - 1,
+            Direction::Forwards => hi,
+        };
+    }
+    Ok(Scanned {
+        rows: kept,
+        more: false,
+        next: pos,
+    })
+}
+
+/// The newest position whose events the viewer may read, as of `now`.
+fn readable_until(access: &RoomAccess, now: i64) -> ApiResult<i64> {
+    Ok(access.events_until()?.min(now))
+}
+
+/// A `/messages` request, parsed.
+pub struct MessagesRequest {
+    pub from: Option<StreamToken>,
+    pub to: Option<StreamToken>,
+    pub direction: Direction,
+    pub limit: usize,
+    pub filter: RoomEventFilter,
+}
+
+/// A `/messages` page: events in the order asked, the tokens, and (lazy loading) the member
+/// events of the chunk's senders.
+pub struct Messages {
+    pub start: StreamToken,
+    pub end: Option<StreamToken>,
+    pub chunk: Vec<EventRow>,
+    pub state: Vec<EventRow>,
+}
+
+/// `GET /rooms/{roomId}/messages`.
+pub async fn messages(
+    svc: &Services,
+    room_id: &RoomId,
+    viewer: &str,
+    req: MessagesRequest,
+) -> ApiResult<Messages> {
+    let access = RoomAccess::load(svc, room_id, viewer).await?;
+    let now = StreamToken::current(svc).await?;
+    let upper = readable_until(&access, now.events)?;
+    let from = match req.from {
+        Some(token) => token,
+        None if req.direction == Direction::Backwards => now,
+        None => now.at_events(0),
+    };
+    let range = match req.direction {
+        Direction::Backwards => (req.to.map(|t| t.events).unwrap_or(0), from.events.min(upper)),
+        Direction::Forwards => (from.events, req.to.map(|t| t.events).unwrap_or(upper).min(upper)),
+    };
+    let scanned = scan(
+        svc,
+        room_id.as_str(),
+        &access,
+        range,
+        req.direction,
+        req.limit,
+        &req.filter,
+    )
+    .await?;
+    let state = if req.filter.lazy_load_members == Some(true) {
+        members_of_senders(svc, room_id, &access, &scanned.rows).await?
+    } else {
+        Vec::new()
+    };
+    Ok(Messages {
+        start: from,
+        end: scanned.more.then(|| from.at_events(scanned.next)),
+        chunk: scanned.rows,
+        state,
+    })
+}
+
+/// The member events (in the state the viewer may read) of the senders of `rows`.
+async fn members_of_senders(
+    svc: &Services,
+    room_id: &RoomId,
+    access: &RoomAccess,
+    rows: &[EventRow],
+) -> ApiResult<Vec<EventRow>> {
+    let senders: std::collections::BTreeSet<(String, String)> = rows
+        .iter()
+        .map(|r| ("m.room.member".to_owned(), r.sender.clone()))
+        .collect();
+    let ids: Vec<String> = match access.reading()? {
+        Reading::Member | Reading::Peeking => {
+            let keys: Vec<(String, String)> = senders.into_iter().collect();
+            svc.store
+                .current_state_entries(room_id.as_str(), &keys)
+                .await?
+                .into_iter()
+                .map(|(_, id, _)| id)
+                .collect()
+        }
+        Reading::Former { .. } => crate::rooms::access::state_for(svc, room_id, access)
+            .await?
+            .into_iter()
+            .filter(|(key, _)| senders.contains(key))
+            .map(|(_, id)| id)
+            .collect(),
+    };
+    Ok(svc.store.events(&ids).await?)
+}
+
+/// One event of a room, if the viewer may see it (404 otherwise: whether an event exists is
+/// itself not shown to those who may not see it).
+pub async fn event(svc: &Services, room_id: &RoomId, viewer: &str, event_id: &str) -> ApiResult<EventRow> {
+    let access = RoomAccess::load(svc, room_id, viewer).await?;
+    visible_event(svc, room_id, &access, event_id).await
+}
+
+async fn visible_event(
+    svc: &Services,
+    room_id: &RoomId,
+    access: &RoomAccess,
+    event_id: &str,
+) -> ApiResult<EventRow> {
+    access.reading()?;
+    svc.store
+        .event(event_id)
+        .await?
+        .filter(|e| e.room_id == room_id.as_str() && access.can_see(e))
+        .ok_or_else(|| ApiError::not_found("Event not found"))
+}
+
+/// `GET /rooms/{roomId}/context/{eventId}`: the event, visible events around it, the state at it.
+pub struct Context {
+    pub event: EventRow,
+    /// Newest first.
+    pub before: Vec<EventRow>,
+    pub after: Vec<EventRow>,
+    pub start: StreamToken,
+    pub end: StreamToken,
+    pub state: Vec<EventRow>,
+}
+
+pub async fn context(
+    svc: &Services,
+    room_id: &RoomId,
+    viewer: &str,
+    event_id: &str,
+    limit: usize,
+) -> ApiResult<Context> {
+    let access = RoomAccess::load(svc, room_id, viewer).await?;
+    let event = visible_event(svc, room_id, &access, event_id).await?;
+    let now = StreamToken::current(svc).await?;
+    let upper = readable_until(&access, now.events)?;
+    let before_n = limit / 2;
+    let everything = RoomEventFilter::default();
+    let before = scan(
+        svc,
+        room_id.as_str(),
+        &access,
+        (0, event.stream_ordering - 1),
+        Direction::Backwards,
+        before_n,
+        &everything,
+    )
+    .await?;
+    let after = scan(
+        svc,
+        room_id.as_str(),
+        &access,
+        (event.stream_ordering, upper.max(event.stream_ordering)),
+        Direction::Forwards,
+        limit - before_n,
+        &everything,
+    )
+    .await?;
+    let state_ids: Vec<String> = svc
+        .store
+        .state_of_group(event.state_group)
+        .await?
+        .into_values()
+        .collect();
+    let mut state = svc.store.events(&state_ids).await?;
+    state.sort_by_key(|r| r.stream_ordering);
+    Ok(Context {
+        start: now.at_events(before.next),
+        end: now.at_events(after.next),
+        event,
+        before: before.rows,
+        after: after.rows,
+        state,
+    })
+}
