@@ -33,9 +33,6 @@ pub async fn send(
     JsonBody(content): JsonBody<Value>,
 ) -> ApiResult<Json<Value>> {
     let room_id = parse_room_id(&room_id)?;
-    if event_type == "m.room.redaction" {
-        return Err(ApiError::bad_json("Use the redact endpoint to redact events"));
-    }
     let txn = Txn {
         device_id: auth.device_id.clone(),
         scope: format!("send/{room_id}/{event_type}"),
@@ -51,7 +48,18 @@ pub async fn send(
     {
         return Err(limited);
     }
-    let spec = EventSpec::message(&event_type, content);
+    let spec = if event_type == "m.room.redaction" {
+        // Allowed here in every room version since v1.18; the target is in `content.redacts`.
+        let target = content
+            .get("redacts")
+            .and_then(Value::as_str)
+            .and_then(|id| EventId::parse(id).ok())
+            .ok_or_else(|| ApiError::bad_json("A redaction needs content.redacts, an event ID"))?;
+        let room = rooms::room(&svc, &room_id).await?;
+        EventSpec::redaction(&room.rules, target, content)
+    } else {
+        EventSpec::message(&event_type, content)
+    };
     let appended = svc
         .timeline
         .append(&svc, &room_id, &auth.user_id, spec, Some(txn))
@@ -90,16 +98,7 @@ pub async fn redact(
     if let Some(reason) = body.reason {
         content["reason"] = json!(reason);
     }
-    let in_content = room.rules.redaction.content_field_redacts;
-    if in_content {
-        content["redacts"] = json!(target);
-    }
-    let spec = EventSpec {
-        event_type: "m.room.redaction".into(),
-        state_key: None,
-        content,
-        redacts: (!in_content).then_some(target),
-    };
+    let spec = EventSpec::redaction(&room.rules, target, content);
     let appended = svc
         .timeline
         .append(&svc, &room_id, &auth.user_id, spec, Some(txn))

@@ -19,7 +19,7 @@ use crate::{
     api::extract::{Auth, JsonBody},
     error::{ApiError, ApiResult},
     push::{self, pushers},
-    rooms::client_event::client_event,
+    rooms::{access::RoomAccess, client_event::client_event},
     services::Services,
 };
 
@@ -282,12 +282,22 @@ pub async fn notifications(
         .store
         .push_notifications(auth.user_id.as_str(), before, limit, only_highlight)
         .await?;
+    let rooms: Vec<String> = rows
+        .iter()
+        .map(|r| r.room_id.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let access = RoomAccess::load_many(&svc, &rooms, Some(auth.user_id.as_str())).await?;
     let mut versions: HashMap<String, String> = HashMap::new();
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
         let Some(event) = svc.store.event(&row.event_id).await? else {
             continue;
         };
+        if !access.get(&row.room_id).is_some_and(|a| a.can_see(&event)) {
+            continue;
+        }
         let version = match versions.get(&row.room_id) {
             Some(v) => v.clone(),
             None => {

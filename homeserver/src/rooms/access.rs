@@ -11,9 +11,8 @@
 //! 5. otherwise deny.
 //!
 //! An `m.room.history_visibility` event is visible if the visibility before *or* after it allows
-//! it. The viewer's own membership events are always visible to them (the spec's
-//! before-or-after rule covers joins, and leaves from a join; Hearth also shows a user their own
-//! invite, knock and rejection, which carry nothing of the room's history).
+//! it; likewise the viewer's own `m.room.member` events, by their membership before *or* after
+//! (so a user always sees their own join, and their leave from a join).
 //!
 //! "At that event" is read from the room's history visibility changes and the viewer's
 //! membership changes in stream order, which is the room's DAG order while every event of a
@@ -120,6 +119,12 @@ impl RoomAccess {
         i.checked_sub(1).map(|i| self.membership[i].1.as_str())
     }
 
+    /// The viewer's membership after their last change at or before `at`.
+    fn membership_at(&self, at: i64) -> Option<&str> {
+        let i = self.membership.partition_point(|(s, _)| *s <= at);
+        i.checked_sub(1).map(|i| self.membership[i].1.as_str())
+    }
+
     fn joined_after(&self, at: i64) -> bool {
         self.membership.iter().any(|(s, m)| *s > at && m == "join")
     }
@@ -144,7 +149,11 @@ impl RoomAccess {
             ("m.room.history_visibility", Some("")) => {
                 self.allows(HistoryVisibility::of_pdu(&row.json), membership, at)
             }
-            ("m.room.member", Some(target)) => self.viewer.as_deref() == Some(target),
+            ("m.room.member", Some(target)) if self.viewer.as_deref() == Some(target) => {
+                // The membership this event sets is the viewer's change at its position.
+                let after = self.membership_at(at);
+                self.allows(self.visibility_before(at), after, at)
+            }
             _ => false,
         }
     }
@@ -241,15 +250,16 @@ impl RoomAccess {
         Err(ApiError::forbidden("You are not a member of this room"))
     }
 
-    /// The newest stream position whose events the viewer may possibly see (`i64::MAX`: no bound).
-    pub fn events_until(&self) -> ApiResult<i64> {
-        Ok(match self.reading()? {
-            Reading::Former {
+    /// The newest stream position whose events the viewer may possibly see (`i64::MAX`: no
+    /// bound beyond what `can_see` says).
+    pub fn events_until(&self) -> i64 {
+        match self.reading() {
+            Ok(Reading::Former {
                 events_until: Some(left),
                 ..
-            } => left,
+            }) => left,
             _ => i64::MAX,
-        })
+        }
     }
 }
 
@@ -384,11 +394,17 @@ mod tests {
     }
 
     #[test]
-    fn own_membership_events_are_visible() {
-        let a = access(&[(2, Joined)], &[(10, "knock"), (20, "leave")]);
-        assert!(a.can_see(&row(10, "m.room.member", Some("@v:x"), "{}")));
-        assert!(a.can_see(&row(20, "m.room.member", Some("@v:x"), "{}")));
-        assert!(!a.can_see(&row(15, "m.room.member", Some("@other:x"), "{}")));
+    fn own_membership_events_by_the_membership_before_or_after() {
+        let member = |at| row(at, "m.room.member", Some("@v:x"), "{}");
+        let a = access(&[(2, Joined)], &[(10, "invite"), (20, "join"), (30, "leave")]);
+        assert!(!a.can_see(&member(10)), "an invite under `joined` shows nothing");
+        assert!(a.can_see(&member(20)), "the join: joined after");
+        assert!(a.can_see(&member(30)), "the leave: joined before");
+        let invited = access(&[(2, Invited)], &[(10, "invite")]);
+        assert!(
+            invited.can_see(&member(10)),
+            "an invite under `invited`: invited after"
+        );
     }
 
     #[test]

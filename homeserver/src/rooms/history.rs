@@ -109,11 +109,6 @@ pub async fn scan(
     })
 }
 
-/// The newest position whose events the viewer may read, as of `now`.
-fn readable_until(access: &RoomAccess, now: i64) -> ApiResult<i64> {
-    Ok(access.events_until()?.min(now))
-}
-
 /// A `/messages` request, parsed.
 pub struct MessagesRequest {
     pub from: Option<StreamToken>,
@@ -140,8 +135,9 @@ pub async fn messages(
     req: MessagesRequest,
 ) -> ApiResult<Messages> {
     let access = RoomAccess::load(svc, room_id, viewer).await?;
+    access.reading()?;
     let now = StreamToken::current(svc).await?;
-    let upper = readable_until(&access, now.events)?;
+    let upper = access.events_until().min(now.events);
     let from = match req.from {
         Some(token) => token,
         None if req.direction == Direction::Backwards => now,
@@ -205,8 +201,9 @@ async fn members_of_senders(
     Ok(svc.store.events(&ids).await?)
 }
 
-/// One event of a room, if the viewer may see it (404 otherwise: whether an event exists is
-/// itself not shown to those who may not see it).
+/// One event of a room, if the viewer may see it by the history visibility algorithm, whatever
+/// their membership now (an invitee sees what was sent while invited under `invited`); 404
+/// otherwise: whether an event exists is itself not shown to those who may not see it.
 pub async fn event(svc: &Services, room_id: &RoomId, viewer: &str, event_id: &str) -> ApiResult<EventRow> {
     let access = RoomAccess::load(svc, room_id, viewer).await?;
     visible_event(svc, room_id, &access, event_id).await
@@ -218,7 +215,6 @@ async fn visible_event(
     access: &RoomAccess,
     event_id: &str,
 ) -> ApiResult<EventRow> {
-    access.reading()?;
     svc.store
         .event(event_id)
         .await?
@@ -247,7 +243,7 @@ pub async fn context(
     let access = RoomAccess::load(svc, room_id, viewer).await?;
     let event = visible_event(svc, room_id, &access, event_id).await?;
     let now = StreamToken::current(svc).await?;
-    let upper = readable_until(&access, now.events)?;
+    let upper = access.events_until().min(now.events);
     let before_n = limit / 2;
     let everything = RoomEventFilter::default();
     let before = scan(

@@ -18,6 +18,7 @@ use ruma::{
     EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UInt,
     UserId,
     events::TimelineEventType,
+    room_version_rules::RoomVersionRules,
     state_res::{auth_types_for_event, check_state_dependent_auth_rules, check_state_independent_auth_rules},
 };
 use serde_json::{Value, value::to_raw_value};
@@ -46,6 +47,25 @@ impl EventSpec {
             state_key: Some(state_key.into()),
             content,
             redacts: None,
+        }
+    }
+
+    /// An `m.room.redaction` of `target`: `redacts` in the content from room version 11 on, at
+    /// the top level of the event before.
+    pub fn redaction(rules: &RoomVersionRules, target: OwnedEventId, mut content: Value) -> Self {
+        let in_content = rules.redaction.content_field_redacts;
+        if let Some(object) = content.as_object_mut() {
+            if in_content {
+                object.insert("redacts".into(), Value::String(target.to_string()));
+            } else {
+                object.remove("redacts");
+            }
+        }
+        Self {
+            event_type: "m.room.redaction".into(),
+            state_key: None,
+            content,
+            redacts: (!in_content).then_some(target),
         }
     }
 
@@ -591,7 +611,7 @@ impl Timeline {
 async fn check_redaction(
     svc: &Services,
     draft: &Draft,
-    rules: &ruma::room_version_rules::RoomVersionRules,
+    rules: &RoomVersionRules,
     sender: &UserId,
     target: &EventId,
 ) -> ApiResult<()> {
