@@ -372,6 +372,67 @@ impl Client {
             .await
     }
 
+    /// `POST /knock/{roomIdOrAlias}`.
+    pub async fn knock(&self, room_or_alias: &str) -> Response {
+        self.post(&format!("{V3}/knock/{}", enc(room_or_alias)), &json!({}))
+            .await
+    }
+
+    /// `GET /rooms/{room}/event/{event}`.
+    pub async fn get_event(&self, room: &str, event: &str) -> Response {
+        self.get(&format!("{V3}/rooms/{}/event/{}", enc(room), enc(event)))
+            .await
+    }
+
+    /// `GET /rooms/{room}/context/{event}?limit=`.
+    pub async fn context(&self, room: &str, event: &str, limit: u32) -> Response {
+        self.get(&format!(
+            "{V3}/rooms/{}/context/{}?limit={limit}",
+            enc(room),
+            enc(event)
+        ))
+        .await
+    }
+
+    /// `GET /rooms/{room}/state` (all current state).
+    pub async fn room_state(&self, room: &str) -> Response {
+        self.get(&format!("{V3}/rooms/{}/state", enc(room))).await
+    }
+
+    /// `GET /rooms/{room}/members`.
+    pub async fn members(&self, room: &str) -> Response {
+        self.get(&format!("{V3}/rooms/{}/members", enc(room))).await
+    }
+
+    /// `GET /rooms/{room}/joined_members`.
+    pub async fn joined_members(&self, room: &str) -> Response {
+        self.get(&format!("{V3}/rooms/{}/joined_members", enc(room)))
+            .await
+    }
+
+    /// `PUT /rooms/{room}/redact/{event}/{txn}` with a fresh transaction ID.
+    pub async fn redact(&self, room: &str, event: &str, body: &Value) -> Response {
+        self.put(
+            &format!(
+                "{V3}/rooms/{}/redact/{}/{}",
+                enc(room),
+                enc(event),
+                enc(&self.txn_id())
+            ),
+            body,
+        )
+        .await
+    }
+
+    /// `PUT /directory/list/room/{room}` with `{"visibility": visibility}`.
+    pub async fn set_directory_visibility(&self, room: &str, visibility: &str) -> Response {
+        self.put(
+            &format!("{V3}/directory/list/room/{}", enc(room)),
+            &json!({ "visibility": visibility }),
+        )
+        .await
+    }
+
     /// Invite `other` and have it join.
     pub async fn invite_and_join(&self, room: &str, other: &Client) {
         self.invite(room, &other.user_id).await.ok();

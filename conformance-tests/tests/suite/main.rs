@@ -22,3 +22,4 @@ mod room_state;
 mod rooms_create;
 mod rooms_extra;
 mod sync;
+mod visibility;
