@@ -430,7 +430,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.auth.refreshable_access_token_lifetime_ms, 0);
-        assert!(load_str("server_name = \"a.example\"\n[auth]\nrefresh_token_lifetime_ms = 0\n", &[]).is_err());
+        assert!(
+            load_str(
+                "server_name = \"a.example\"\n[auth]\nrefresh_token_lifetime_ms = 0\n",
+                &[]
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -46,9 +46,7 @@ async fn whoami(server: &Server, token: &str) -> (StatusCode, Value) {
 }
 
 fn str_of<'a>(body: &'a Value, key: &str) -> &'a str {
-    body[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {key} in {body}"))
+    body[key].as_str().unwrap_or_else(|| panic!("no {key} in {body}"))
 }
 
 /// Asserts a 401 `M_UNKNOWN_TOKEN` with the given `soft_logout`.
@@ -78,15 +76,25 @@ async fn refresh_rotates_and_retires_the_old_tokens() {
     assert_eq!(second["expires_in_ms"], json!(300_000), "{second}");
     let (access2, refresh2) = (str_of(&second, "access_token"), str_of(&second, "refresh_token"));
     assert!(access2 != access1 && refresh2 != refresh1, "{second}");
-    assert!(second.get("device_id").is_none(), "not in the spec's response: {second}");
+    assert!(
+        second.get("device_id").is_none(),
+        "not in the spec's response: {second}"
+    );
 
     // Until the new tokens are used, the old ones still work.
     let (status, body) = whoami(&server, access1).await;
-    assert_eq!(status, StatusCode::OK, "old access token before first use of the new: {body}");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "old access token before first use of the new: {body}"
+    );
     let (status, who) = whoami(&server, access2).await;
     assert_eq!(status, StatusCode::OK, "{who}");
     assert_eq!(who["user_id"], json!(alice.user_id));
-    assert_eq!(who["device_id"], first["device_id"], "same device after a refresh");
+    assert_eq!(
+        who["device_id"], first["device_id"],
+        "same device after a refresh"
+    );
 
     assert_unknown_token("reused refresh token", refresh(&server, refresh1).await, false);
     assert_unknown_token("old access token", whoami(&server, access1).await, false);
@@ -94,7 +102,10 @@ async fn refresh_rotates_and_retires_the_old_tokens() {
     assert_eq!(whoami(&server, access2).await.0, StatusCode::OK);
     let (status, third) = refresh(&server, refresh2).await;
     assert_eq!(status, StatusCode::OK, "{third}");
-    assert_eq!(whoami(&server, str_of(&third, "access_token")).await.0, StatusCode::OK);
+    assert_eq!(
+        whoami(&server, str_of(&third, "access_token")).await.0,
+        StatusCode::OK
+    );
 
     let db = server.db().await;
     for token in [access1, refresh1, access2, refresh2] {
@@ -126,14 +137,33 @@ async fn a_repeated_refresh_replaces_the_unused_successor() {
     let (status, lost) = refresh(&server, refresh1).await;
     assert_eq!(status, StatusCode::OK, "{lost}");
     let (status, retry) = refresh(&server, refresh1).await;
-    assert_eq!(status, StatusCode::OK, "the old refresh token is valid until its successor is used: {retry}");
-    assert_unknown_token("lost access token", whoami(&server, str_of(&lost, "access_token")).await, false);
-    assert_unknown_token("lost refresh token", refresh(&server, str_of(&lost, "refresh_token")).await, false);
-    assert_eq!(whoami(&server, str_of(&retry, "access_token")).await.0, StatusCode::OK);
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the old refresh token is valid until its successor is used: {retry}"
+    );
+    assert_unknown_token(
+        "lost access token",
+        whoami(&server, str_of(&lost, "access_token")).await,
+        false,
+    );
+    assert_unknown_token(
+        "lost refresh token",
+        refresh(&server, str_of(&lost, "refresh_token")).await,
+        false,
+    );
+    assert_eq!(
+        whoami(&server, str_of(&retry, "access_token")).await.0,
+        StatusCode::OK
+    );
     // Refreshing with the successor also retires the old refresh token.
     let (status, next) = refresh(&server, str_of(&retry, "refresh_token")).await;
     assert_eq!(status, StatusCode::OK, "{next}");
-    assert_unknown_token("refresh token retired by its successor", refresh(&server, refresh1).await, false);
+    assert_unknown_token(
+        "refresh token retired by its successor",
+        refresh(&server, refresh1).await,
+        false,
+    );
 }
 
 /// Access and refresh tokens are not interchangeable, and made-up or malformed refresh requests
@@ -143,21 +173,44 @@ async fn tokens_of_one_kind_are_refused_as_the_other() {
     let server = Server::start().await;
     server.register("carol").await;
     let session = login(&server, "carol", None, true).await;
-    let (access, refresh_token) = (str_of(&session, "access_token"), str_of(&session, "refresh_token"));
-    assert_unknown_token("refresh token as access token", whoami(&server, refresh_token).await, false);
-    assert_unknown_token("access token as refresh token", refresh(&server, access).await, false);
-    assert_unknown_token("made-up refresh token", refresh(&server, "hthr_nope").await, false);
+    let (access, refresh_token) = (
+        str_of(&session, "access_token"),
+        str_of(&session, "refresh_token"),
+    );
+    assert_unknown_token(
+        "refresh token as access token",
+        whoami(&server, refresh_token).await,
+        false,
+    );
+    assert_unknown_token(
+        "access token as refresh token",
+        refresh(&server, access).await,
+        false,
+    );
+    assert_unknown_token(
+        "made-up refresh token",
+        refresh(&server, "hthr_nope").await,
+        false,
+    );
     assert_unknown_token("empty refresh token", refresh(&server, "").await, false);
     // The session survives all of that.
     assert_eq!(whoami(&server, access).await.0, StatusCode::OK);
 
     let anon = server.anon();
     let (status, body) = anon.request(Method::POST, "/refresh", Some(&json!({}))).await;
-    assert_eq!((status, &body["errcode"]), (StatusCode::BAD_REQUEST, &json!("M_BAD_JSON")), "{body}");
+    assert_eq!(
+        (status, &body["errcode"]),
+        (StatusCode::BAD_REQUEST, &json!("M_BAD_JSON")),
+        "{body}"
+    );
     let (status, body) = anon
         .request(Method::POST, "/refresh", Some(&json!({ "refresh_token": 7 })))
         .await;
-    assert_eq!((status, &body["errcode"]), (StatusCode::BAD_REQUEST, &json!("M_BAD_JSON")), "{body}");
+    assert_eq!(
+        (status, &body["errcode"]),
+        (StatusCode::BAD_REQUEST, &json!("M_BAD_JSON")),
+        "{body}"
+    );
     let (status, body) = anon
         .request(
             Method::POST,
@@ -170,7 +223,11 @@ async fn tokens_of_one_kind_are_refused_as_the_other() {
             })),
         )
         .await;
-    assert_eq!((status, &body["errcode"]), (StatusCode::BAD_REQUEST, &json!("M_BAD_JSON")), "{body}");
+    assert_eq!(
+        (status, &body["errcode"]),
+        (StatusCode::BAD_REQUEST, &json!("M_BAD_JSON")),
+        "{body}"
+    );
 }
 
 /// Without `refresh_token: true`, login and registration hand out access tokens that never
@@ -180,7 +237,10 @@ async fn only_clients_that_ask_get_refresh_tokens() {
     let server = Server::start().await;
     server.register("dave").await;
     let body = login(&server, "dave", None, false).await;
-    assert!(body.get("refresh_token").is_none() && body.get("expires_in_ms").is_none(), "{body}");
+    assert!(
+        body.get("refresh_token").is_none() && body.get("expires_in_ms").is_none(),
+        "{body}"
+    );
     let anon = server.anon();
     let request = json!({ "username": "erin", "password": PASSWORD, "refresh_token": true });
     let (status, first) = anon.request(Method::POST, "/register", Some(&request)).await;
@@ -192,7 +252,11 @@ async fn only_clients_that_ask_get_refresh_tokens() {
     let (status, refreshed) = refresh(&server, str_of(&registered, "refresh_token")).await;
     assert_eq!(status, StatusCode::OK, "{refreshed}");
     let (status, who) = whoami(&server, str_of(&refreshed, "access_token")).await;
-    assert_eq!((status, &who["user_id"]), (StatusCode::OK, &registered["user_id"]), "{who}");
+    assert_eq!(
+        (status, &who["user_id"]),
+        (StatusCode::OK, &registered["user_id"]),
+        "{who}"
+    );
 }
 
 /// Logging out (one device, all devices) and logging in again on the device end its refresh
@@ -206,7 +270,11 @@ async fn logout_ends_refresh_tokens() {
     with_token(&server, str_of(&session, "access_token"))
         .ok(Method::POST, "/logout", Some(&json!({})))
         .await;
-    assert_unknown_token("after /logout", refresh(&server, str_of(&session, "refresh_token")).await, false);
+    assert_unknown_token(
+        "after /logout",
+        refresh(&server, str_of(&session, "refresh_token")).await,
+        false,
+    );
 
     let a = login(&server, "frank", Some("LAPTOP"), true).await;
     let b = login(&server, "frank", Some("TABLET"), true).await;
@@ -214,16 +282,32 @@ async fn logout_ends_refresh_tokens() {
         .ok(Method::POST, "/logout/all", Some(&json!({})))
         .await;
     for session in [&a, &b] {
-        assert_unknown_token("after /logout/all", refresh(&server, str_of(session, "refresh_token")).await, false);
+        assert_unknown_token(
+            "after /logout/all",
+            refresh(&server, str_of(session, "refresh_token")).await,
+            false,
+        );
     }
 
     let old = login(&server, "frank", Some("DESK"), true).await;
     let new = login(&server, "frank", Some("DESK"), true).await;
-    assert_unknown_token("replaced by a new login", refresh(&server, str_of(&old, "refresh_token")).await, false);
-    assert_eq!(refresh(&server, str_of(&new, "refresh_token")).await.0, StatusCode::OK);
+    assert_unknown_token(
+        "replaced by a new login",
+        refresh(&server, str_of(&old, "refresh_token")).await,
+        false,
+    );
+    assert_eq!(
+        refresh(&server, str_of(&new, "refresh_token")).await.0,
+        StatusCode::OK
+    );
 
     let db = server.db().await;
-    let rows = count(&db, "SELECT COUNT(*) FROM refresh_tokens WHERE device_id <> $1", &["DESK"]).await;
+    let rows = count(
+        &db,
+        "SELECT COUNT(*) FROM refresh_tokens WHERE device_id <> $1",
+        &["DESK"],
+    )
+    .await;
     assert_eq!(rows, 0, "refresh tokens of logged-out devices are deleted");
 }
 
@@ -240,13 +324,20 @@ async fn expired_tokens_are_a_soft_logout() {
     let session = login(&server, "grace", None, true).await;
     assert_eq!(session["expires_in_ms"], json!(3000), "{session}");
     let access = str_of(&session, "access_token");
-    assert_eq!(whoami(&server, access).await.0, StatusCode::OK, "a fresh token works (and is cached)");
+    assert_eq!(
+        whoami(&server, access).await.0,
+        StatusCode::OK,
+        "a fresh token works (and is cached)"
+    );
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_unknown_token("expired access token", whoami(&server, access).await, true);
 
     let (status, refreshed) = refresh(&server, str_of(&session, "refresh_token")).await;
     assert_eq!(status, StatusCode::OK, "{refreshed}");
-    assert_eq!(whoami(&server, str_of(&refreshed, "access_token")).await.0, StatusCode::OK);
+    assert_eq!(
+        whoami(&server, str_of(&refreshed, "access_token")).await.0,
+        StatusCode::OK
+    );
     tokio::time::sleep(Duration::from_millis(6500)).await;
     assert_unknown_token(
         "expired refresh token",
@@ -270,9 +361,16 @@ async fn refresh_tokens_can_be_turned_off() {
         session.get("refresh_token").is_none() && session.get("expires_in_ms").is_none(),
         "{session}"
     );
-    assert_eq!(whoami(&server, str_of(&session, "access_token")).await.0, StatusCode::OK);
+    assert_eq!(
+        whoami(&server, str_of(&session, "access_token")).await.0,
+        StatusCode::OK
+    );
     let (status, body) = refresh(&server, "hthr_anything").await;
-    assert_eq!((status, &body["errcode"]), (StatusCode::NOT_FOUND, &json!("M_UNRECOGNIZED")), "{body}");
+    assert_eq!(
+        (status, &body["errcode"]),
+        (StatusCode::NOT_FOUND, &json!("M_UNRECOGNIZED")),
+        "{body}"
+    );
 }
 
 /// Racing refreshes of one refresh token take turns: each replaces the previous successor, so
@@ -298,7 +396,12 @@ async fn racing_refreshes_leave_one_successor() {
         access_tokens.push(str_of(&body, "access_token").to_owned());
     }
     let db = server.db().await;
-    let rows = count(&db, "SELECT COUNT(*) FROM refresh_tokens WHERE device_id = $1", &["RACE"]).await;
+    let rows = count(
+        &db,
+        "SELECT COUNT(*) FROM refresh_tokens WHERE device_id = $1",
+        &["RACE"],
+    )
+    .await;
     assert_eq!(rows, 2, "the old refresh token and one successor");
     let mut working = 0;
     for token in &access_tokens {
@@ -306,5 +409,8 @@ async fn racing_refreshes_leave_one_successor() {
             working += 1;
         }
     }
-    assert_eq!(working, 1, "exactly one of the racing answers holds a live session");
+    assert_eq!(
+        working, 1,
+        "exactly one of the racing answers holds a live session"
+    );
 }

@@ -213,8 +213,10 @@ impl Store {
     ) -> StoreResult<Refreshed> {
         let mut tx = self.begin_write().await?;
         // A no-op update locks the row on PostgreSQL, so two refreshes of one token take turns.
-        let row = q("UPDATE refresh_tokens SET replaces = replaces WHERE token_hash = $1 \
-                     RETURNING user_id, device_id, expires_ts, replaces")
+        let row = q(
+            "UPDATE refresh_tokens SET replaces = replaces WHERE token_hash = $1 \
+                     RETURNING user_id, device_id, expires_ts, replaces",
+        )
         .bind(old_hash.to_owned())
         .fetch_optional(&mut *tx)
         .await?;
@@ -259,9 +261,11 @@ impl Store {
             }
             cache.generation
         };
-        let row = q("SELECT a.user_id, a.device_id, a.expires_ts, a.refresh_token_hash, r.replaces \
+        let row = q(
+            "SELECT a.user_id, a.device_id, a.expires_ts, a.refresh_token_hash, r.replaces \
                      FROM access_tokens a LEFT JOIN refresh_tokens r ON r.token_hash = a.refresh_token_hash \
-                     WHERE a.token_hash = $1")
+                     WHERE a.token_hash = $1",
+        )
         .bind(token_hash.to_owned())
         .fetch_optional(&self.pool)
         .await?;
@@ -278,7 +282,7 @@ impl Store {
         if let (Some(refresh_hash), Some(replaces)) = (refresh_hash, replaces) {
             // An expired token is refused, not used. Retiring forgets the cache, so this lookup
             // is not cached; the next one is.
-            if !owner.expires_ts.is_some_and(|at| at <= now) {
+            if owner.expires_ts.is_none_or(|at| at > now) {
                 self.retire_replaced(&refresh_hash, &replaces).await?;
             }
             return Ok(Some(owner));
@@ -562,8 +566,10 @@ async fn insert_refresh_token(
     replaces: Option<&str>,
     now: i64,
 ) -> StoreResult<()> {
-    q("INSERT INTO refresh_tokens (token_hash, user_id, device_id, expires_ts, replaces, created_ts) \
-       VALUES ($1, $2, $3, $4, $5, $6)")
+    q(
+        "INSERT INTO refresh_tokens (token_hash, user_id, device_id, expires_ts, replaces, created_ts) \
+       VALUES ($1, $2, $3, $4, $5, $6)",
+    )
     .bind(token.hash.to_owned())
     .bind(user_id.to_owned())
     .bind(device_id.to_owned())
