@@ -259,8 +259,8 @@ async fn only_clients_that_ask_get_refresh_tokens() {
     );
 }
 
-/// Logging out (one device, all devices) and logging in again on the device end its refresh
-/// tokens: a later refresh is refused.
+/// Logging out (one device, all devices), deleting the device and logging in again on it end its
+/// refresh tokens: a later refresh is refused.
 #[tokio::test]
 async fn logout_ends_refresh_tokens() {
     let server = Server::start().await;
@@ -288,6 +288,29 @@ async fn logout_ends_refresh_tokens() {
             false,
         );
     }
+
+    // Deleting a device from another one (user-interactive auth with the password).
+    let phone = login(&server, "frank", Some("OLDPHONE"), true).await;
+    let other = with_token(
+        &server,
+        str_of(&login(&server, "frank", Some("PC"), false).await, "access_token"),
+    );
+    let (status, first) = other
+        .request(Method::DELETE, "/devices/OLDPHONE", Some(&json!({})))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{first}");
+    let auth = json!({ "auth": {
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": "frank" },
+        "password": PASSWORD,
+        "session": first["session"],
+    }});
+    other.ok(Method::DELETE, "/devices/OLDPHONE", Some(&auth)).await;
+    assert_unknown_token(
+        "after device deletion",
+        refresh(&server, str_of(&phone, "refresh_token")).await,
+        false,
+    );
 
     let old = login(&server, "frank", Some("DESK"), true).await;
     let new = login(&server, "frank", Some("DESK"), true).await;
