@@ -28,6 +28,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub media: MediaConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
     /// URL clients should use, published in `/.well-known/matrix/client`.
     #[serde(default)]
     pub public_baseurl: Option<String>,
@@ -122,6 +124,28 @@ impl Default for MediaConfig {
     }
 }
 
+/// Access token lifetimes. Refresh tokens go only to clients that ask (`refresh_token: true` in
+/// `/login` or `/register`); other clients get access tokens that never expire. As in Synapse,
+/// they are on by default with 5-minute access tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Lifetime of an access token issued with a refresh token, in ms; 0 turns refresh tokens
+    /// off (clients asking for one get a non-expiring access token, and `/refresh` is 404).
+    pub refreshable_access_token_lifetime_ms: u64,
+    /// How long a refresh token stays valid unused, in ms; absent: until used or logged out.
+    pub refresh_token_lifetime_ms: Option<u64>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            refreshable_access_token_lifetime_ms: 5 * 60 * 1000,
+            refresh_token_lifetime_ms: None,
+        }
+    }
+}
+
 fn default_listen() -> SocketAddr {
     "127.0.0.1:8008".parse().expect("valid address")
 }
@@ -162,6 +186,7 @@ impl Config {
             },
             limits: LimitsConfig::default(),
             media: MediaConfig::default(),
+            auth: AuthConfig::default(),
             public_baseurl: None,
         }
     }
@@ -205,6 +230,11 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "database.url must start with sqlite: or postgres:// (got {url:?})"
             )));
+        }
+        if self.auth.refresh_token_lifetime_ms == Some(0) {
+            return Err(ConfigError::Invalid(
+                "auth.refresh_token_lifetime_ms must be positive (leave it out for no limit)".into(),
+            ));
         }
         if self.media.url_preview {
             return Err(ConfigError::Invalid(
@@ -268,6 +298,11 @@ max_upload_bytes = 52428800       # 50 MiB
 max_thumbnail_pixels = 32000000
 max_pending_uploads = 100         # /create'd media IDs not yet uploaded, per user
 url_preview = false               # URL previews are not implemented yet
+
+[auth]
+# Access tokens of clients that ask for a refresh token last this long (ms); 0: no refresh tokens.
+refreshable_access_token_lifetime_ms = 300000
+# refresh_token_lifetime_ms = 604800000   # default: refresh tokens last until used
 "#
         )
     }
@@ -382,6 +417,26 @@ mod tests {
         assert_eq!(c.media_path(), PathBuf::from("/srv/m"));
         assert!(load_str("server_name = \"a.example\"\n[media]\nurl_preview = true\n", &[]).is_err());
         assert!(load_str("server_name = \"a.example\"\n[media]\nmax_upload = 1\n", &[]).is_err());
+    }
+
+    #[test]
+    fn refresh_tokens_are_on_by_default_and_can_be_turned_off() {
+        let c = load_str("server_name = \"a.example\"\n", &[]).unwrap();
+        assert_eq!(c.auth.refreshable_access_token_lifetime_ms, 300_000);
+        assert_eq!(c.auth.refresh_token_lifetime_ms, None);
+        let c = load_str(
+            "server_name = \"a.example\"\n",
+            &[("HEARTH_AUTH__REFRESHABLE_ACCESS_TOKEN_LIFETIME_MS", "0")],
+        )
+        .unwrap();
+        assert_eq!(c.auth.refreshable_access_token_lifetime_ms, 0);
+        assert!(
+            load_str(
+                "server_name = \"a.example\"\n[auth]\nrefresh_token_lifetime_ms = 0\n",
+                &[]
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct RegisterBody {
     initial_device_display_name: Option<String>,
     #[serde(default)]
     inhibit_login: bool,
+    #[serde(default)]
+    refresh_token: bool,
     #[serde(flatten)]
     rest: Value,
 }
@@ -85,16 +87,29 @@ pub async fn register(
     if body.inhibit_login {
         return Ok(Json(json!({ "user_id": user_id })));
     }
-    let (token, device_id) = login_device(
+    let tokens = login_device(
         &svc,
         &user_id,
         body.device_id.as_deref(),
         body.initial_device_display_name.as_deref(),
+        body.refresh_token,
     )
     .await?;
-    Ok(Json(
-        json!({ "user_id": user_id, "access_token": token, "device_id": device_id, "home_server": svc.server_name() }),
-    ))
+    let mut response =
+        json!({ "user_id": user_id, "device_id": tokens.device_id, "home_server": svc.server_name() });
+    add_tokens(&mut response, tokens);
+    Ok(Json(response))
+}
+
+/// Adds `access_token` and, when given, `refresh_token` and `expires_in_ms`.
+fn add_tokens(response: &mut Value, tokens: users::Tokens) {
+    response["access_token"] = json!(tokens.access_token);
+    if let Some(refresh_token) = tokens.refresh_token {
+        response["refresh_token"] = json!(refresh_token);
+    }
+    if let Some(expires_in_ms) = tokens.expires_in_ms {
+        response["expires_in_ms"] = json!(expires_in_ms);
+    }
 }
 
 #[derive(Deserialize)]
@@ -144,6 +159,8 @@ pub struct LoginBody {
     password: Option<String>,
     device_id: Option<String>,
     initial_device_display_name: Option<String>,
+    #[serde(default)]
+    refresh_token: bool,
     #[serde(flatten)]
     rest: Value,
 }
@@ -179,20 +196,38 @@ pub async fn login(
     if !valid {
         return Err(ApiError::forbidden("Invalid username or password"));
     }
-    let (token, device_id) = login_device(
+    let tokens = login_device(
         &svc,
         &user_id,
         body.device_id.as_deref(),
         body.initial_device_display_name.as_deref(),
+        body.refresh_token,
     )
     .await?;
-    Ok(Json(json!({
+    let mut response = json!({
         "user_id": user_id,
-        "access_token": token,
-        "device_id": device_id,
+        "device_id": tokens.device_id,
         "home_server": svc.server_name(),
         "well_known": { "m.homeserver": { "base_url": svc.config.public_baseurl.clone().unwrap_or_else(|| format!("http://{}", svc.config.listen)) } },
-    })))
+    });
+    add_tokens(&mut response, tokens);
+    Ok(Json(response))
+}
+
+#[derive(Deserialize)]
+pub struct RefreshBody {
+    refresh_token: String,
+}
+
+/// `POST /refresh`: authenticated by the refresh token in the body, not an access token.
+pub async fn refresh(
+    State(svc): State<Services>,
+    JsonBody(body): JsonBody<RefreshBody>,
+) -> ApiResult<Json<Value>> {
+    let tokens = users::refresh(&svc, &body.refresh_token).await?;
+    let mut response = json!({});
+    add_tokens(&mut response, tokens);
+    Ok(Json(response))
 }
 
 /// `POST /logout`

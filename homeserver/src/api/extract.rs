@@ -80,12 +80,18 @@ impl FromRequestParts<Services> for Auth {
     async fn from_request_parts(parts: &mut Parts, svc: &Services) -> Result<Self, ApiError> {
         let token = access_token(parts).ok_or_else(|| ApiError::missing_token("Missing access token"))?;
         let token_hash = hash_token(&token);
-        let (user_id, device_id) = svc
+        let now = crate::services::now_ms();
+        let owner = svc
             .store
-            .token_owner(&token_hash)
+            .token_owner(&token_hash, now)
             .await?
             .ok_or_else(|| ApiError::unknown_token(false))?;
-        let user_id = UserId::parse(user_id).map_err(ApiError::internal)?;
+        // An expired token's session lives on: the client may refresh or log in again.
+        if owner.expires_ts.is_some_and(|at| at <= now) {
+            return Err(ApiError::unknown_token(true));
+        }
+        let device_id = owner.device_id;
+        let user_id = UserId::parse(owner.user_id).map_err(ApiError::internal)?;
         let ip = client_ip(parts);
         crate::users::record_last_seen(svc, user_id.as_str(), &device_id, ip.as_deref()).await?;
         Ok(Self {

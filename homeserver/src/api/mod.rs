@@ -36,6 +36,7 @@ fn client_routes() -> Router<Services> {
         .route("/register", post(account::register))
         .route("/register/available", get(account::register_available))
         .route("/login", get(account::login_flows).post(account::login))
+        .route("/refresh", post(account::refresh))
         .route("/logout", post(account::logout))
         .route("/logout/all", post(account::logout_all))
         .route("/account/whoami", get(account::whoami))

@@ -41,7 +41,7 @@ pub use receipts::ReceiptRow;
 pub use rooms::RoomRow;
 pub use state::StateMap;
 pub use sync::SyncRoom;
-pub use users::{DeviceRow, UserRow};
+pub use users::{DeviceRow, NewAccessToken, NewRefreshToken, Refreshed, TokenOwner, UserRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -93,6 +93,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(4, "0004_receipts_presence"),
     migration!(5, "0005_server_settings"),
     migration!(6, "0006_redaction_lookup"),
+    migration!(7, "0007_refresh_tokens"),
     migration!(9, "0009_visibility"),
 ];
 

@@ -8,11 +8,48 @@ use super::{Store, StoreResult, q};
 
 /// Owners of recently used access tokens. Every function that deletes tokens empties it after
 /// its commit and bumps `generation`, so a lookup that read the database before a logout cannot
-/// put the dead token back. Valid while this process is the only one deleting tokens.
+/// put the dead token back. Valid while this process is the only one deleting tokens. Entries
+/// keep the token's expiry, so a cached token still stops working on time.
 #[derive(Debug, Default)]
 pub(super) struct TokenCache {
     generation: u64,
-    owners: HashMap<String, (String, String)>,
+    owners: HashMap<String, TokenOwner>,
+}
+
+/// Who an access token belongs to, and until when it works.
+#[derive(Debug, Clone)]
+pub struct TokenOwner {
+    pub user_id: String,
+    pub device_id: String,
+    /// When the token stops working (ms since the epoch); `None`: never.
+    pub expires_ts: Option<i64>,
+}
+
+/// A new access token to store: its hash, expiry, and the hash of the refresh token issued with
+/// it (which, when deleted, takes the access token along).
+#[derive(Debug, Clone, Copy)]
+pub struct NewAccessToken<'a> {
+    pub hash: &'a str,
+    pub expires_ts: Option<i64>,
+    pub refresh_hash: Option<&'a str>,
+}
+
+/// A new refresh token to store: its hash and expiry.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRefreshToken<'a> {
+    pub hash: &'a str,
+    pub expires_ts: Option<i64>,
+}
+
+/// What presenting a refresh token achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refreshed {
+    /// New tokens were stored for this (user ID, device ID).
+    Done(String, String),
+    /// No such refresh token: never issued, logged out, or replaced by a successor in use.
+    Unknown,
+    /// The refresh token outlived its lifetime.
+    Expired,
 }
 
 /// Tokens kept before the cache starts again empty.
@@ -115,6 +152,10 @@ impl Store {
             .bind(user_id.to_owned())
             .execute(&mut *tx)
             .await?;
+        q("DELETE FROM refresh_tokens WHERE user_id = $1")
+            .bind(user_id.to_owned())
+            .execute(&mut *tx)
+            .await?;
         q("DELETE FROM devices WHERE user_id = $1")
             .bind(user_id.to_owned())
             .execute(&mut *tx)
@@ -124,13 +165,15 @@ impl Store {
         Ok(())
     }
 
-    /// Creates the device if new (keeping its display name otherwise) and issues a token for it.
+    /// Creates the device if new (keeping its display name otherwise) and issues tokens for it:
+    /// an access token, and a refresh token when the client asked for one.
     pub async fn create_device_with_token(
         &self,
         user_id: &str,
         device_id: &str,
         display_name: Option<&str>,
-        token_hash: &str,
+        access: NewAccessToken<'_>,
+        refresh: Option<NewRefreshToken<'_>>,
         now: i64,
     ) -> StoreResult<()> {
         let mut tx = self.begin_write().await?;
@@ -144,26 +187,73 @@ impl Store {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        // Logging in again with a known device ID replaces that device's old token.
-        q("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
-            .bind(user_id.to_owned())
-            .bind(device_id.to_owned())
-            .execute(&mut *tx)
-            .await?;
-        q("INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)")
-            .bind(token_hash.to_owned())
-            .bind(user_id.to_owned())
-            .bind(device_id.to_owned())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        // Logging in again with a known device ID replaces that device's old tokens.
+        delete_device_tokens(&mut tx, user_id, device_id).await?;
+        if let Some(refresh) = refresh {
+            insert_refresh_token(&mut tx, user_id, device_id, refresh, None, now).await?;
+        }
+        insert_access_token(&mut tx, user_id, device_id, access, now).await?;
         tx.commit().await?;
         self.forget_tokens();
         Ok(())
     }
 
-    /// The (user ID, device ID) a token hash belongs to.
-    pub async fn token_owner(&self, token_hash: &str) -> StoreResult<Option<(String, String)>> {
+    /// Exchanges the refresh token `old_hash` for new tokens, unless it is unknown or expired.
+    /// The old refresh token stays valid until the new access or refresh token is first used (so
+    /// a client that lost this answer can repeat the refresh); refreshing it again replaces the
+    /// successor issued here. Presenting it also retires its own predecessor, and with each
+    /// retired refresh token go the access tokens issued with it.
+    pub async fn rotate_refresh_token(
+        &self,
+        old_hash: &str,
+        refresh: NewRefreshToken<'_>,
+        access_expires_ts: Option<i64>,
+        access_hash: &str,
+        now: i64,
+    ) -> StoreResult<Refreshed> {
+        let mut tx = self.begin_write().await?;
+        // A no-op update locks the row on PostgreSQL, so two refreshes of one token take turns.
+        let row = q(
+            "UPDATE refresh_tokens SET replaces = replaces WHERE token_hash = $1 \
+                     RETURNING user_id, device_id, expires_ts, replaces",
+        )
+        .bind(old_hash.to_owned())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Refreshed::Unknown);
+        };
+        let (user_id, device_id): (String, String) = (row.get(0), row.get(1));
+        let expires_ts: Option<i64> = row.get(2);
+        let replaces: Option<String> = row.get(3);
+        if expires_ts.is_some_and(|at| at <= now) {
+            return Ok(Refreshed::Expired);
+        }
+        if let Some(predecessor) = replaces {
+            retire_refresh_tokens(&mut tx, Retire::Token(&predecessor)).await?;
+            q("UPDATE refresh_tokens SET replaces = NULL WHERE token_hash = $1")
+                .bind(old_hash.to_owned())
+                .execute(&mut *tx)
+                .await?;
+        }
+        // A repeated refresh: the successor handed out before was never used.
+        retire_refresh_tokens(&mut tx, Retire::SuccessorsOf(old_hash)).await?;
+        insert_refresh_token(&mut tx, &user_id, &device_id, refresh, Some(old_hash), now).await?;
+        let access = NewAccessToken {
+            hash: access_hash,
+            expires_ts: access_expires_ts,
+            refresh_hash: Some(refresh.hash),
+        };
+        insert_access_token(&mut tx, &user_id, &device_id, access, now).await?;
+        tx.commit().await?;
+        self.forget_tokens();
+        Ok(Refreshed::Done(user_id, device_id))
+    }
+
+    /// Who an access token hash belongs to, expired or not (the caller checks `expires_ts`).
+    /// The first use of an access token issued by a refresh retires the refresh token that was
+    /// exchanged for it.
+    pub async fn token_owner(&self, token_hash: &str, now: i64) -> StoreResult<Option<TokenOwner>> {
         let generation = {
             let cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(owner) = cache.owners.get(token_hash) {
@@ -171,21 +261,55 @@ impl Store {
             }
             cache.generation
         };
-        let row = q("SELECT user_id, device_id FROM access_tokens WHERE token_hash = $1")
-            .bind(token_hash.to_owned())
-            .fetch_optional(&self.pool)
-            .await?;
-        let owner: Option<(String, String)> = row.map(|r| (r.get(0), r.get(1)));
-        if let Some(owner) = &owner {
-            let mut cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.generation == generation {
-                if cache.owners.len() >= MAX_CACHED_TOKENS {
-                    cache.owners.clear();
-                }
-                cache.owners.insert(token_hash.to_owned(), owner.clone());
+        let row = q(
+            "SELECT a.user_id, a.device_id, a.expires_ts, a.refresh_token_hash, r.replaces \
+                     FROM access_tokens a LEFT JOIN refresh_tokens r ON r.token_hash = a.refresh_token_hash \
+                     WHERE a.token_hash = $1",
+        )
+        .bind(token_hash.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let owner = TokenOwner {
+            user_id: row.get(0),
+            device_id: row.get(1),
+            expires_ts: row.get(2),
+        };
+        let refresh_hash: Option<String> = row.get(3);
+        let replaces: Option<String> = row.get(4);
+        if let (Some(refresh_hash), Some(replaces)) = (refresh_hash, replaces) {
+            // An expired token is refused, not used. Retiring forgets the cache, so this lookup
+            // is not cached; the next one is.
+            if owner.expires_ts.is_none_or(|at| at > now) {
+                self.retire_replaced(&refresh_hash, &replaces).await?;
             }
+            return Ok(Some(owner));
         }
-        Ok(owner)
+        let mut cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.generation == generation {
+            if cache.owners.len() >= MAX_CACHED_TOKENS {
+                cache.owners.clear();
+            }
+            cache.owners.insert(token_hash.to_owned(), owner.clone());
+        }
+        Ok(Some(owner))
+    }
+
+    /// Retires `replaced`, the refresh token that was exchanged for `current`, now that
+    /// `current` (or its access token) is in use.
+    async fn retire_replaced(&self, current: &str, replaced: &str) -> StoreResult<()> {
+        let mut tx = self.begin_write().await?;
+        retire_refresh_tokens(&mut tx, Retire::Token(replaced)).await?;
+        q("UPDATE refresh_tokens SET replaces = NULL WHERE token_hash = $1 AND replaces = $2")
+            .bind(current.to_owned())
+            .bind(replaced.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.forget_tokens();
+        Ok(())
     }
 
     /// Forgets every cached token owner (after tokens were deleted).
@@ -224,11 +348,7 @@ impl Store {
     /// Removes a device and every token issued to it.
     pub async fn delete_device(&self, user_id: &str, device_id: &str) -> StoreResult<bool> {
         let mut tx = self.begin_write().await?;
-        q("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
-            .bind(user_id.to_owned())
-            .bind(device_id.to_owned())
-            .execute(&mut *tx)
-            .await?;
+        delete_device_tokens(&mut tx, user_id, device_id).await?;
         let done = q("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
             .bind(user_id.to_owned())
             .bind(device_id.to_owned())
@@ -244,6 +364,11 @@ impl Store {
         let keep = keep.unwrap_or("").to_owned();
         let mut tx = self.begin_write().await?;
         q("DELETE FROM access_tokens WHERE user_id = $1 AND device_id <> $2")
+            .bind(user_id.to_owned())
+            .bind(keep.clone())
+            .execute(&mut *tx)
+            .await?;
+        q("DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id <> $2")
             .bind(user_id.to_owned())
             .bind(keep.clone())
             .execute(&mut *tx)
@@ -364,6 +489,96 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// Deletes a device's access and refresh tokens.
+async fn delete_device_tokens(tx: &mut Tx, user_id: &str, device_id: &str) -> StoreResult<()> {
+    q("DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2")
+        .bind(user_id.to_owned())
+        .bind(device_id.to_owned())
+        .execute(&mut **tx)
+        .await?;
+    q("DELETE FROM refresh_tokens WHERE user_id = $1 AND device_id = $2")
+        .bind(user_id.to_owned())
+        .bind(device_id.to_owned())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Which refresh tokens `retire_refresh_tokens` deletes.
+#[derive(Clone, Copy)]
+enum Retire<'a> {
+    /// This one.
+    Token(&'a str),
+    /// Those that replaced this one.
+    SuccessorsOf(&'a str),
+}
+
+/// Deletes refresh tokens and the access tokens issued with them. The caller empties the token
+/// cache after its commit.
+async fn retire_refresh_tokens(tx: &mut Tx, which: Retire<'_>) -> StoreResult<()> {
+    let (access, refresh, hash) = match which {
+        Retire::Token(hash) => (
+            "DELETE FROM access_tokens WHERE refresh_token_hash = $1",
+            "DELETE FROM refresh_tokens WHERE token_hash = $1",
+            hash,
+        ),
+        Retire::SuccessorsOf(hash) => (
+            "DELETE FROM access_tokens WHERE refresh_token_hash IN \
+             (SELECT token_hash FROM refresh_tokens WHERE replaces = $1)",
+            "DELETE FROM refresh_tokens WHERE replaces = $1",
+            hash,
+        ),
+    };
+    q(access).bind(hash.to_owned()).execute(&mut **tx).await?;
+    q(refresh).bind(hash.to_owned()).execute(&mut **tx).await?;
+    Ok(())
+}
+
+async fn insert_access_token(
+    tx: &mut Tx,
+    user_id: &str,
+    device_id: &str,
+    token: NewAccessToken<'_>,
+    now: i64,
+) -> StoreResult<()> {
+    q("INSERT INTO access_tokens (token_hash, user_id, device_id, created_ts, expires_ts, refresh_token_hash) \
+       VALUES ($1, $2, $3, $4, $5, $6)")
+    .bind(token.hash.to_owned())
+    .bind(user_id.to_owned())
+    .bind(device_id.to_owned())
+    .bind(now)
+    .bind(token.expires_ts)
+    .bind(token.refresh_hash.map(ToOwned::to_owned))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_refresh_token(
+    tx: &mut Tx,
+    user_id: &str,
+    device_id: &str,
+    token: NewRefreshToken<'_>,
+    replaces: Option<&str>,
+    now: i64,
+) -> StoreResult<()> {
+    q(
+        "INSERT INTO refresh_tokens (token_hash, user_id, device_id, expires_ts, replaces, created_ts) \
+       VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(token.hash.to_owned())
+    .bind(user_id.to_owned())
+    .bind(device_id.to_owned())
+    .bind(token.expires_ts)
+    .bind(replaces.map(ToOwned::to_owned))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn device_row(r: sqlx::any::AnyRow) -> DeviceRow {

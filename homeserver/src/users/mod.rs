@@ -1,5 +1,5 @@
-//! Accounts: registration, passwords (argon2id), access tokens (stored as SHA-256 hashes),
-//! and user-interactive authentication.
+//! Accounts: registration, passwords (argon2id), access and refresh tokens (stored as SHA-256
+//! hashes), and user-interactive authentication.
 
 pub mod presence;
 pub mod uia;
@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     error::{ApiError, ApiResult},
     services::{Services, now_ms},
+    store::{NewAccessToken, NewRefreshToken, Refreshed},
 };
 
 /// Letters and digits, for device IDs, session IDs and room ID localparts.
@@ -28,6 +29,12 @@ pub fn random_string(len: usize) -> String {
 pub fn new_access_token() -> String {
     let bytes: [u8; 32] = rand::rng().random();
     format!("hth_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// A new refresh token: like an access token, with a prefix of its own.
+pub fn new_refresh_token() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    format!("hthr_{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// What is stored for a token: its SHA-256, hex.
@@ -95,27 +102,147 @@ pub fn user_id_for(localpart: &str, server_name: &str) -> ApiResult<OwnedUserId>
     Ok(user_id)
 }
 
-/// A new session on a device: (access token, device ID).
+/// The tokens a login, registration or refresh hands out.
+#[derive(Debug)]
+pub struct Tokens {
+    pub access_token: String,
+    pub device_id: String,
+    /// Given when the client asked for one and refresh tokens are on.
+    pub refresh_token: Option<String>,
+    /// The access token's lifetime; `None`: it never expires.
+    pub expires_in_ms: Option<u64>,
+}
+
+/// A new refresh token and its expiring access token.
+struct Refreshable {
+    refresh_token: String,
+    /// Expiry times, in ms since the epoch.
+    refresh_expires: Option<i64>,
+    access_token: String,
+    access_expires: i64,
+    lifetime_ms: u64,
+}
+
+impl Refreshable {
+    /// `None` when refresh tokens are off.
+    fn new(svc: &Services, now: i64) -> Option<Self> {
+        let auth = &svc.config.auth;
+        let lifetime_ms = auth.refreshable_access_token_lifetime_ms;
+        if lifetime_ms == 0 {
+            return None;
+        }
+        let after = |ms: u64| now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX));
+        Some(Self {
+            refresh_token: new_refresh_token(),
+            refresh_expires: auth.refresh_token_lifetime_ms.map(after),
+            access_token: new_access_token(),
+            access_expires: after(lifetime_ms),
+            lifetime_ms,
+        })
+    }
+}
+
+/// A new session on a device. With `want_refresh` (the client's `refresh_token: true`) and
+/// refresh tokens on, the access token expires and comes with a refresh token; otherwise it
+/// never expires, as for clients that do not know refresh tokens.
 pub async fn login_device(
     svc: &Services,
     user_id: &UserId,
     device_id: Option<&str>,
     display_name: Option<&str>,
-) -> ApiResult<(String, String)> {
+    want_refresh: bool,
+) -> ApiResult<Tokens> {
     let device_id = device_id
         .map(ToOwned::to_owned)
         .unwrap_or_else(|| random_string(10).to_uppercase());
-    let token = new_access_token();
-    svc.store
-        .create_device_with_token(
-            user_id.as_str(),
-            &device_id,
-            display_name,
-            &hash_token(&token),
-            now_ms(),
+    let now = now_ms();
+    let refreshable = want_refresh.then(|| Refreshable::new(svc, now)).flatten();
+    let tokens = match refreshable {
+        Some(new) => {
+            let (access_hash, refresh_hash) = (hash_token(&new.access_token), hash_token(&new.refresh_token));
+            svc.store
+                .create_device_with_token(
+                    user_id.as_str(),
+                    &device_id,
+                    display_name,
+                    NewAccessToken {
+                        hash: &access_hash,
+                        expires_ts: Some(new.access_expires),
+                        refresh_hash: Some(&refresh_hash),
+                    },
+                    Some(NewRefreshToken {
+                        hash: &refresh_hash,
+                        expires_ts: new.refresh_expires,
+                    }),
+                    now,
+                )
+                .await?;
+            Tokens {
+                access_token: new.access_token,
+                device_id,
+                refresh_token: Some(new.refresh_token),
+                expires_in_ms: Some(new.lifetime_ms),
+            }
+        }
+        None => {
+            let access_token = new_access_token();
+            let access = NewAccessToken {
+                hash: &hash_token(&access_token),
+                expires_ts: None,
+                refresh_hash: None,
+            };
+            svc.store
+                .create_device_with_token(user_id.as_str(), &device_id, display_name, access, None, now)
+                .await?;
+            Tokens {
+                access_token,
+                device_id,
+                refresh_token: None,
+                expires_in_ms: None,
+            }
+        }
+    };
+    Ok(tokens)
+}
+
+/// `POST /refresh`: a new access token and a new refresh token for a refresh token. Unknown
+/// (never issued, logged out, or retired by the use of its successor) and expired refresh
+/// tokens are 401 `M_UNKNOWN_TOKEN`; only an expired one, whose device still exists, is a soft
+/// logout (the client may log in again on the same device).
+pub async fn refresh(svc: &Services, refresh_token: &str) -> ApiResult<Tokens> {
+    let now = now_ms();
+    // Like Synapse, a server with refresh tokens off has no `/refresh`.
+    let Some(new) = Refreshable::new(svc, now) else {
+        return Err(ApiError::unrecognized(axum::http::StatusCode::NOT_FOUND));
+    };
+    let outcome = svc
+        .store
+        .rotate_refresh_token(
+            &hash_token(refresh_token),
+            NewRefreshToken {
+                hash: &hash_token(&new.refresh_token),
+                expires_ts: new.refresh_expires,
+            },
+            Some(new.access_expires),
+            &hash_token(&new.access_token),
+            now,
         )
         .await?;
-    Ok((token, device_id))
+    match outcome {
+        Refreshed::Done(_, device_id) => Ok(Tokens {
+            access_token: new.access_token,
+            device_id,
+            refresh_token: Some(new.refresh_token),
+            expires_in_ms: Some(new.lifetime_ms),
+        }),
+        Refreshed::Unknown => Err(refresh_refused("Unknown refresh token", false)),
+        Refreshed::Expired => Err(refresh_refused("Refresh token expired", true)),
+    }
+}
+
+fn refresh_refused(message: &str, soft_logout: bool) -> ApiError {
+    ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", message)
+        .with("soft_logout", serde_json::json!(soft_logout))
 }
 
 /// How stale a device's stored last-seen time may get before a request refreshes it.
@@ -191,6 +318,13 @@ mod tests {
         assert!(token.len() >= 43);
         assert_ne!(hash_token(&token), token);
         assert_eq!(hash_token(&token), hash_token(&token));
+    }
+
+    #[test]
+    fn refresh_tokens_differ_from_access_tokens() {
+        let (refresh, access) = (new_refresh_token(), new_access_token());
+        assert!(refresh.starts_with("hthr_") && access.starts_with("hth_"));
+        assert_ne!(hash_token(&refresh), hash_token(&access));
     }
 
     #[test]
