@@ -180,7 +180,7 @@ pub async fn messages(
     }
     .clamp(1, 1000);
     let filter: RoomEventFilter = match &q.filter {
-        Some(f) => serde_json::from_str(f).map_err(|e| ApiError::bad_json(format!("Invalid filter: {e}")))?,
+        Some(f) => RoomEventFilter::parse(f)?,
         None => RoomEventFilter::default(),
     };
     let now = StreamToken::current(&svc).await?;
