@@ -1,5 +1,6 @@
 //! Rooms: creating them, membership, redaction, and presenting stored events to clients.
 
+pub mod checks;
 pub mod client_event;
 pub mod create;
 pub mod membership;
