@@ -5,6 +5,7 @@ pub mod client_event;
 pub mod create;
 pub mod membership;
 pub mod receipts;
+pub mod tags;
 pub mod timeline;
 pub mod typing;
 pub mod upgrade;
