@@ -3,6 +3,7 @@
 pub mod checks;
 pub mod client_event;
 pub mod create;
+pub mod directory;
 pub mod membership;
 pub mod receipts;
 pub mod tags;

@@ -473,6 +473,9 @@ impl Timeline {
         else {
             return Err(ApiError::room_in_use("Room alias already taken"));
         };
+        if is_public {
+            svc.directory.invalidate();
+        }
         draft.stored = true;
         draft.state_group = Some(placed.state_group);
         keep(&mut drafts, draft);
