@@ -28,6 +28,8 @@ pub struct Inner {
     pub typing: Typing,
     /// Cached push rule sets and room contexts, and the push gateway client.
     pub push: crate::push::PushState,
+    /// The room directory's cached listing.
+    pub directory: crate::rooms::directory::PublicRooms,
     /// When each device's last-seen time was last written, so requests do not each write it.
     pub last_seen_written: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
 }
@@ -53,6 +55,7 @@ impl Services {
             media,
             typing: Typing::default(),
             push: Default::default(),
+            directory: Default::default(),
             last_seen_written: Default::default(),
         }))
     }

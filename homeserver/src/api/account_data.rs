@@ -12,6 +12,7 @@ use crate::{
         rooms::parse_room_id,
     },
     error::{ApiError, ApiResult},
+    rooms::tags,
     services::Services,
 };
 
@@ -110,18 +111,6 @@ pub async fn put_room(
     put(&svc, &user_id, Some(room_id.as_str()), &t, content).await
 }
 
-fn tags_of(content: Option<String>) -> ApiResult<Value> {
-    let content: Value = match content {
-        Some(c) => serde_json::from_str(&c).map_err(ApiError::internal)?,
-        None => json!({ "tags": {} }),
-    };
-    Ok(if content.get("tags").is_some_and(Value::is_object) {
-        content
-    } else {
-        json!({ "tags": {} })
-    })
-}
-
 /// `GET /user/{userId}/rooms/{roomId}/tags`
 pub async fn get_tags(
     State(svc): State<Services>,
@@ -130,45 +119,7 @@ pub async fn get_tags(
 ) -> ApiResult<Json<Value>> {
     own_user(&auth, &user_id)?;
     let room_id = parse_room_id(&room_id)?;
-    Ok(Json(tags_of(
-        svc.store
-            .account_data(&user_id, Some(room_id.as_str()), "m.tag")
-            .await?,
-    )?))
-}
-
-/// `PUT /user/{userId}/rooms/{roomId}/tags/{tag}` and `DELETE` of the same path: tags live in
-/// the room's `m.tag` account data, so clients see them through `/sync`.
-async fn change_tag(
-    svc: &Services,
-    auth: &Auth,
-    user_id: &str,
-    room_id: &str,
-    tag: &str,
-    value: Option<Value>,
-) -> ApiResult<Json<Value>> {
-    own_user(auth, user_id)?;
-    let room_id = parse_room_id(room_id)?;
-    if tag.len() > 255 {
-        return Err(ApiError::invalid_param("Tag is too long"));
-    }
-    let mut content = tags_of(
-        svc.store
-            .account_data(user_id, Some(room_id.as_str()), "m.tag")
-            .await?,
-    )?;
-    match value {
-        Some(v) => content["tags"][tag] = v,
-        None => {
-            content["tags"].as_object_mut().map(|t| t.remove(tag));
-        }
-    }
-    let text = serde_json::to_string(&content).map_err(ApiError::internal)?;
-    svc.store
-        .put_account_data(user_id, Some(room_id.as_str()), "m.tag", &text)
-        .await?;
-    svc.notifier.notify(vec![user_id.to_owned()]);
-    Ok(Json(json!({})))
+    Ok(Json(tags::tags(&svc, &user_id, room_id.as_str()).await?))
 }
 
 /// `PUT /user/{userId}/rooms/{roomId}/tags/{tag}`
@@ -178,10 +129,10 @@ pub async fn put_tag(
     Path((user_id, room_id, tag)): Path<(String, String, String)>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Json<Value>> {
-    if body.get("order").is_some_and(|o| !o.is_number()) {
-        return Err(ApiError::bad_json("order must be a number"));
-    }
-    change_tag(&svc, &auth, &user_id, &room_id, &tag, Some(body)).await
+    own_user(&auth, &user_id)?;
+    let room_id = parse_room_id(&room_id)?;
+    tags::set_tag(&svc, &user_id, room_id.as_str(), &tag, Some(body)).await?;
+    Ok(Json(json!({})))
 }
 
 /// `DELETE /user/{userId}/rooms/{roomId}/tags/{tag}`
@@ -190,5 +141,8 @@ pub async fn delete_tag(
     auth: Auth,
     Path((user_id, room_id, tag)): Path<(String, String, String)>,
 ) -> ApiResult<Json<Value>> {
-    change_tag(&svc, &auth, &user_id, &room_id, &tag, None).await
+    own_user(&auth, &user_id)?;
+    let room_id = parse_room_id(&room_id)?;
+    tags::set_tag(&svc, &user_id, room_id.as_str(), &tag, None).await?;
+    Ok(Json(json!({})))
 }

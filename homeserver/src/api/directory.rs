@@ -16,6 +16,7 @@ use crate::{
     error::{ApiError, ApiResult},
     rooms::{
         self,
+        directory::{self, DirectoryFilter},
         membership::{power_level, state_content},
     },
     services::Services,
@@ -141,7 +142,7 @@ pub async fn set_visibility(
         "private" => false,
         _ => return Err(ApiError::bad_json("visibility must be public or private")),
     };
-    rooms::directory::set_published(&svc, &room_id, &auth.user_id, public).await?;
+    rooms::directory::publish(&svc, &room_id, &auth.user_id, public).await?;
     Ok(Json(json!({})))
 }
 
@@ -156,16 +157,10 @@ pub struct PublicRoomsQuery {
 pub struct PublicRoomsBody {
     limit: Option<u64>,
     since: Option<String>,
-    filter: Option<PublicRoomsFilter>,
+    filter: Option<DirectoryFilter>,
     #[serde(default)]
     #[allow(dead_code)]
     include_all_networks: bool,
-}
-
-#[derive(Deserialize, Default)]
-pub struct PublicRoomsFilter {
-    generic_search_term: Option<String>,
-    room_types: Option<Vec<Option<String>>>,
 }
 
 /// `GET /publicRooms`
@@ -179,8 +174,10 @@ pub async fn public_rooms_get(
         .as_deref()
         .map(|l| l.parse::<u64>())
         .transpose()
-        .map_err(|_| ApiError::invalid_param("limit must be an integer"))?;
-    public_rooms(&svc, limit, q.since.as_deref(), &PublicRoomsFilter::default()).await
+        .map_err(|_| ApiError::invalid_param("limit must be a non-negative integer"))?;
+    Ok(Json(
+        directory::page(&svc, limit, q.since.as_deref(), &DirectoryFilter::default()).await?,
+    ))
 }
 
 /// `POST /publicRooms`
@@ -191,13 +188,10 @@ pub async fn public_rooms_post(
     JsonBody(body): JsonBody<PublicRoomsBody>,
 ) -> ApiResult<Json<Value>> {
     check_server(&svc, q.server.as_deref())?;
-    public_rooms(
-        &svc,
-        body.limit,
-        body.since.as_deref(),
-        &body.filter.unwrap_or_default(),
-    )
-    .await
+    let filter = body.filter.unwrap_or_default();
+    Ok(Json(
+        directory::page(&svc, body.limit, body.since.as_deref(), &filter).await?,
+    ))
 }
 
 fn check_server(svc: &Services, server: Option<&str>) -> ApiResult<()> {
@@ -207,93 +201,4 @@ fn check_server(svc: &Services, server: Option<&str>) -> ApiResult<()> {
         )),
         _ => Ok(()),
     }
-}
-
-/// The published rooms, largest first, paginated by offset tokens (`p<offset>`).
-async fn public_rooms(
-    svc: &Services,
-    limit: Option<u64>,
-    since: Option<&str>,
-    filter: &PublicRoomsFilter,
-) -> ApiResult<Json<Value>> {
-    let offset = match since {
-        Some(token) => token
-            .strip_prefix('p')
-            .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| ApiError::invalid_param("Invalid pagination token"))?,
-        None => 0,
-    };
-    let term = filter.generic_search_term.as_deref().map(str::to_lowercase);
-    let mut chunk = Vec::new();
-    for room_id in svc.store.public_rooms().await? {
-        let room_id = parse_room_id(&room_id)?;
-        let entry = public_room_entry(svc, &room_id).await?;
-        if let Some(term) = &term {
-            let haystack = ["name", "topic", "canonical_alias"]
-                .iter()
-                .filter_map(|k| entry.get(*k).and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join(" ")
-                .to_lowercase();
-            if !haystack.contains(term.as_str()) {
-                continue;
-            }
-        }
-        if let Some(types) = &filter.room_types {
-            let room_type = entry
-                .get("room_type")
-                .and_then(Value::as_str)
-                .map(ToOwned::to_owned);
-            if !types.contains(&room_type) {
-                continue;
-            }
-        }
-        chunk.push(entry);
-    }
-    chunk.sort_by_key(|e| std::cmp::Reverse(e["num_joined_members"].as_u64().unwrap_or(0)));
-    let total = chunk.len();
-    let limit = limit.map(|l| l as usize).unwrap_or(usize::MAX).max(1);
-    let page: Vec<Value> = chunk.into_iter().skip(offset).take(limit).collect();
-    let mut out = json!({ "chunk": page, "total_room_count_estimate": total });
-    if offset + limit < total {
-        out["next_batch"] = json!(format!("p{}", offset + limit));
-    }
-    if offset > 0 {
-        out["prev_batch"] = json!(format!("p{}", offset.saturating_sub(limit)));
-    }
-    Ok(Json(out))
-}
-
-/// A room's entry in the directory, from its current state.
-async fn public_room_entry(svc: &Services, room_id: &ruma::RoomId) -> ApiResult<Value> {
-    let field = |content: Value, key: &str| content.get(key).filter(|v| v.is_string()).cloned();
-    let joined = svc.store.members_with(room_id.as_str(), "join").await?.len();
-    let history = field(
-        state_content(svc, room_id, "m.room.history_visibility", "").await?,
-        "history_visibility",
-    );
-    let guest = field(
-        state_content(svc, room_id, "m.room.guest_access", "").await?,
-        "guest_access",
-    );
-    let mut entry = json!({
-        "room_id": room_id,
-        "num_joined_members": joined,
-        "world_readable": history.as_ref().and_then(Value::as_str) == Some("world_readable"),
-        "guest_can_join": guest.as_ref().and_then(Value::as_str) == Some("can_join"),
-    });
-    let sources = [
-        ("m.room.name", "name", "name"),
-        ("m.room.topic", "topic", "topic"),
-        ("m.room.canonical_alias", "alias", "canonical_alias"),
-        ("m.room.avatar", "url", "avatar_url"),
-        ("m.room.join_rules", "join_rule", "join_rule"),
-        ("m.room.create", "type", "room_type"),
-    ];
-    for (event_type, key, out_key) in sources {
-        if let Some(value) = field(state_content(svc, room_id, event_type, "").await?, key) {
-            entry[out_key] = value;
-        }
-    }
-    Ok(entry)
 }

@@ -38,6 +38,7 @@ pub async fn send(
         scope: format!("send/{room_id}/{event_type}"),
         txn_id,
     };
+    rooms::checks::check_txn(&txn)?;
     // A retry of a sent transaction is answered even when the sender is over the limit.
     if let Err(limited) = svc.rate_limiter.check(Action::Message, auth.user_id.as_str())
         && svc
@@ -89,6 +90,7 @@ pub async fn redact(
         scope: format!("redact/{room_id}/{target}"),
         txn_id,
     };
+    rooms::checks::check_txn(&txn)?;
     if let Some(existing) = svc.store.event_for_txn(auth.user_id.as_str(), &txn).await? {
         return Ok(Json(json!({ "event_id": existing })));
     }
@@ -158,7 +160,7 @@ pub async fn messages(
     }
     .clamp(1, 1000);
     let filter: RoomEventFilter = match &q.filter {
-        Some(f) => serde_json::from_str(f).map_err(|e| ApiError::bad_json(format!("Invalid filter: {e}")))?,
+        Some(f) => RoomEventFilter::parse(f)?,
         None => RoomEventFilter::default(),
     };
     let req = MessagesRequest {

@@ -9,8 +9,8 @@ use axum::{
 use ruma::{
     RoomId, UserId,
     push::{
-        Action, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule, NewPushRule,
-        NewSimplePushRule, PushCondition, RemovePushRuleError, RuleKind, Ruleset,
+        Action, NewConditionalPushRule, NewPatternedPushRule, NewPushRule, NewSimplePushRule, PushCondition,
+        RuleKind, Ruleset,
     },
 };
 use serde_json::{Value, json};
@@ -145,28 +145,14 @@ pub async fn put_rule(
         }
         _ => return Err(ApiError::invalid_param("Unknown push rule kind")),
     };
-    let mut ruleset = (*push::ruleset(&svc, &auth.user_id).await?).clone();
-    ruleset
-        .insert(rule, placement.after.as_deref(), placement.before.as_deref())
-        .map_err(|e| match e {
-            // As the spec's example (and Synapse) answer: 400 M_UNKNOWN.
-            InsertPushRuleError::UnknownRuleId => ApiError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                "M_UNKNOWN",
-                format!(
-                    "before/after rule not found: {}",
-                    placement.before.or(placement.after).unwrap_or_default()
-                ),
-            ),
-            InsertPushRuleError::ServerDefaultRuleId => {
-                ApiError::invalid_param("Rule IDs starting with '.' are reserved for server-default rules")
-            }
-            InsertPushRuleError::InvalidRuleId => {
-                ApiError::invalid_param("Rule IDs may not contain '/' or '\\'")
-            }
-            other => ApiError::invalid_param(other.to_string()),
-        })?;
-    push::save_ruleset(&svc, &auth.user_id, ruleset).await?;
+    push::rules::put_rule(
+        &svc,
+        &auth.user_id,
+        rule,
+        placement.after.as_deref(),
+        placement.before.as_deref(),
+    )
+    .await?;
     Ok(Json(json!({})))
 }
 
@@ -178,14 +164,7 @@ pub async fn delete_rule(
 ) -> ApiResult<Json<Value>> {
     check_scope(&scope)?;
     let kind = parse_kind(&kind)?;
-    let mut ruleset = (*push::ruleset(&svc, &auth.user_id).await?).clone();
-    ruleset.remove(kind, &rule_id).map_err(|e| match e {
-        RemovePushRuleError::ServerDefault => {
-            ApiError::invalid_param("Server-default rules cannot be deleted")
-        }
-        _ => ApiError::not_found("The push rule was not found"),
-    })?;
-    push::save_ruleset(&svc, &auth.user_id, ruleset).await?;
+    push::rules::delete_rule(&svc, &auth.user_id, kind, &rule_id).await?;
     Ok(Json(json!({})))
 }
 
@@ -215,15 +194,13 @@ pub async fn put_attr(
 ) -> ApiResult<Json<Value>> {
     check_scope(&scope)?;
     let kind = parse_kind(&kind_name)?;
-    let mut ruleset = (*push::ruleset(&svc, &auth.user_id).await?).clone();
-    let not_found = |_| ApiError::not_found("The push rule was not found");
     match attr.as_str() {
         "enabled" => {
             let enabled = body
                 .get("enabled")
                 .and_then(Value::as_bool)
                 .ok_or_else(|| ApiError::bad_json("'enabled' must be a boolean"))?;
-            ruleset.set_enabled(kind, &rule_id, enabled).map_err(not_found)?;
+            push::rules::set_enabled(&svc, &auth.user_id, kind, &rule_id, enabled).await?;
         }
         "actions" => {
             let actions: Vec<Action> = body
@@ -231,11 +208,10 @@ pub async fn put_attr(
                 .cloned()
                 .ok_or_else(|| ApiError::missing_param("Missing 'actions'"))
                 .and_then(|a| serde_json::from_value(a).map_err(|e| ApiError::bad_json(e.to_string())))?;
-            ruleset.set_actions(kind, &rule_id, actions).map_err(not_found)?;
+            push::rules::set_actions(&svc, &auth.user_id, kind, &rule_id, actions).await?;
         }
         _ => return Err(ApiError::unrecognized(axum::http::StatusCode::NOT_FOUND)),
     }
-    push::save_ruleset(&svc, &auth.user_id, ruleset).await?;
     Ok(Json(json!({})))
 }
 

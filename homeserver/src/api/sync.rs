@@ -67,7 +67,7 @@ pub async fn sync(
 /// A filter given inline as JSON, or by the ID of a stored one.
 async fn load_filter(svc: &Services, user_id: &str, filter: &str) -> ApiResult<Filter> {
     if filter.trim_start().starts_with('{') {
-        return serde_json::from_str(filter).map_err(|e| ApiError::bad_json(format!("Invalid filter: {e}")));
+        return Filter::parse(filter);
     }
     let id: i64 = filter
         .parse()
@@ -77,7 +77,8 @@ async fn load_filter(svc: &Services, user_id: &str, filter: &str) -> ApiResult<F
         .filter(user_id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("Unknown filter"))?;
-    serde_json::from_str(&stored).map_err(ApiError::internal)
+    // Checked again: filters stored before the limits existed may exceed them.
+    Filter::parse(&stored)
 }
 
 fn own_user(auth: &Auth, user_id: &str) -> ApiResult<()> {
@@ -96,6 +97,7 @@ pub async fn create_filter(
     JsonBody(filter): JsonBody<Filter>,
 ) -> ApiResult<Json<Value>> {
     own_user(&auth, &user_id)?;
+    filter.validate()?;
     let json = serde_json::to_string(&filter).map_err(ApiError::internal)?;
     let id = svc.store.insert_filter(&user_id, &json).await?;
     Ok(Json(json!({ "filter_id": id.to_string() })))

@@ -27,7 +27,10 @@ pub use eval::{Notified, Outcome, after_append, on_room_created, prepare};
 /// Push state kept in memory: parsed rule sets (so evaluation does not parse JSON per event) and
 /// the HTTP client for push gateways.
 pub struct PushState {
-    rulesets: Mutex<HashMap<String, Arc<Ruleset>>>,
+    /// User ID → the account data stream position the rule set was stored at (0: never
+    /// stored) and the rule set. A newer position always wins, so a slow reader cannot put back
+    /// a set that a concurrent change already replaced.
+    rulesets: Mutex<HashMap<String, (i64, Arc<Ruleset>)>>,
     /// Room ID → members and power levels, for evaluation (see `eval`).
     rooms: Mutex<HashMap<String, Arc<eval::RoomContext>>>,
     pub(crate) http: reqwest::Client,
@@ -48,7 +51,7 @@ impl Default for PushState {
 
 /// A user's push rules: the stored set, or the server defaults when the user never changed them.
 pub async fn ruleset(svc: &Services, user_id: &UserId) -> ApiResult<Arc<Ruleset>> {
-    if let Some(found) = svc
+    if let Some((_, found)) = svc
         .push
         .rulesets
         .lock()
@@ -59,15 +62,54 @@ pub async fn ruleset(svc: &Services, user_id: &UserId) -> ApiResult<Arc<Ruleset>
     }
     let stored = svc
         .store
-        .account_data(user_id.as_str(), None, rules::ACCOUNT_DATA_TYPE)
+        .account_data_at(user_id.as_str(), None, rules::ACCOUNT_DATA_TYPE)
         .await?;
-    let ruleset = Arc::new(rules::from_account_data(user_id, stored.as_deref()));
-    svc.push
-        .rulesets
-        .lock()
-        .map_err(ApiError::internal)?
-        .insert(user_id.to_string(), ruleset.clone());
-    Ok(ruleset)
+    let at = stored.as_ref().map_or(0, |(_, at)| *at);
+    let ruleset = Arc::new(rules::from_account_data(
+        user_id,
+        stored.as_ref().map(|(content, _)| content.as_str()),
+    ));
+    cache_ruleset(svc, user_id, at, ruleset)
+}
+
+/// Caches a rule set read or written at stream position `at`, unless a newer one is cached;
+/// returns the cached one.
+fn cache_ruleset(
+    svc: &Services,
+    user_id: &UserId,
+    at: i64,
+    ruleset: Arc<Ruleset>,
+) -> ApiResult<Arc<Ruleset>> {
+    let mut cache = svc.push.rulesets.lock().map_err(ApiError::internal)?;
+    let entry = cache
+        .entry(user_id.to_string())
+        .or_insert_with(|| (at, ruleset.clone()));
+    if entry.0 < at {
+        *entry = (at, ruleset);
+    }
+    Ok(entry.1.clone())
+}
+
+/// Changes a user's push rules: `change` runs on the current stored set inside the transaction
+/// that writes the result as `m.push_rules` account data (so concurrent changes lose nothing and
+/// clients see them in `/sync`); then the cache is updated and the user's syncs woken. An error
+/// from `change` writes nothing.
+pub async fn update_ruleset(
+    svc: &Services,
+    user_id: &UserId,
+    change: impl FnOnce(&mut Ruleset) -> ApiResult<()>,
+) -> ApiResult<()> {
+    let (at, ruleset) = svc
+        .store
+        .update_account_data(user_id.as_str(), None, rules::ACCOUNT_DATA_TYPE, |current| {
+            let mut ruleset = rules::from_account_data(user_id, current.as_deref());
+            change(&mut ruleset)?;
+            Ok::<_, ApiError>((rules::to_account_data(&ruleset)?, ruleset))
+        })
+        .await??;
+    cache_ruleset(svc, user_id, at, Arc::new(ruleset))?;
+    svc.notifier.notify(vec![user_id.to_string()]);
+    Ok(())
 }
 
 /// The `m.push_rules` global account data event for a user, for `/sync` to include in an
@@ -79,22 +121,6 @@ pub async fn push_rules_event(svc: &Services, user_id: &UserId) -> ApiResult<ser
         "type": rules::ACCOUNT_DATA_TYPE,
         "content": { "global": rules::to_client_json(&ruleset)? },
     }))
-}
-
-/// Stores a user's changed push rules as `m.push_rules` account data (so clients see the change
-/// in `/sync`) and wakes the user's syncs.
-pub async fn save_ruleset(svc: &Services, user_id: &UserId, ruleset: Ruleset) -> ApiResult<()> {
-    let content = rules::to_account_data(&ruleset)?;
-    svc.store
-        .put_account_data(user_id.as_str(), None, rules::ACCOUNT_DATA_TYPE, &content)
-        .await?;
-    svc.push
-        .rulesets
-        .lock()
-        .map_err(ApiError::internal)?
-        .insert(user_id.to_string(), Arc::new(ruleset));
-    svc.notifier.notify(vec![user_id.to_string()]);
-    Ok(())
 }
 
 /// Unread notification counts of one user in one room.

@@ -6,10 +6,17 @@
 //! `.m.rule.contains_display_name`, `.m.rule.roomnotif` and `.m.rule.contains_user_name`); the
 //! tests below pin it to the spec's definitions.
 
-use ruma::{UserId, push::Ruleset};
+use axum::http::StatusCode;
+use ruma::{
+    UserId,
+    push::{Action, InsertPushRuleError, NewPushRule, RemovePushRuleError, RuleKind, Ruleset},
+};
 use serde_json::json;
 
-use crate::error::{ApiError, ApiResult};
+use crate::{
+    error::{ApiError, ApiResult},
+    services::Services,
+};
 
 pub const ACCOUNT_DATA_TYPE: &str = "m.push_rules";
 
@@ -55,6 +62,82 @@ pub fn to_client_json(ruleset: &Ruleset) -> ApiResult<serde_json::Value> {
 /// The `m.push_rules` account data content for a rule set.
 pub fn to_account_data(ruleset: &Ruleset) -> ApiResult<String> {
     serde_json::to_string(&json!({ "global": ruleset })).map_err(ApiError::internal)
+}
+
+/// Adds or replaces a user-defined rule, placed `after`/`before` another when asked.
+pub async fn put_rule(
+    svc: &Services,
+    user_id: &UserId,
+    rule: NewPushRule,
+    after: Option<&str>,
+    before: Option<&str>,
+) -> ApiResult<()> {
+    super::update_ruleset(svc, user_id, |ruleset| {
+        ruleset.insert(rule, after, before).map_err(|e| match e {
+            // As the spec's example (and Synapse) answer: 400 M_UNKNOWN.
+            InsertPushRuleError::UnknownRuleId => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                format!(
+                    "before/after rule not found: {}",
+                    before.or(after).unwrap_or_default()
+                ),
+            ),
+            InsertPushRuleError::ServerDefaultRuleId => {
+                ApiError::invalid_param("Rule IDs starting with '.' are reserved for server-default rules")
+            }
+            InsertPushRuleError::InvalidRuleId => {
+                ApiError::invalid_param("Rule IDs may not contain '/' or '\\'")
+            }
+            other => ApiError::invalid_param(other.to_string()),
+        })
+    })
+    .await
+}
+
+/// Deletes a user-defined rule; server-default rules cannot be deleted.
+pub async fn delete_rule(svc: &Services, user_id: &UserId, kind: RuleKind, rule_id: &str) -> ApiResult<()> {
+    super::update_ruleset(svc, user_id, |ruleset| {
+        ruleset.remove(kind, rule_id).map_err(|e| match e {
+            RemovePushRuleError::ServerDefault => {
+                ApiError::invalid_param("Server-default rules cannot be deleted")
+            }
+            _ => ApiError::not_found("The push rule was not found"),
+        })
+    })
+    .await
+}
+
+/// Enables or disables a rule, server-default ones too.
+pub async fn set_enabled(
+    svc: &Services,
+    user_id: &UserId,
+    kind: RuleKind,
+    rule_id: &str,
+    enabled: bool,
+) -> ApiResult<()> {
+    super::update_ruleset(svc, user_id, |ruleset| {
+        ruleset
+            .set_enabled(kind, rule_id, enabled)
+            .map_err(|_| ApiError::not_found("The push rule was not found"))
+    })
+    .await
+}
+
+/// Replaces a rule's actions, server-default ones too.
+pub async fn set_actions(
+    svc: &Services,
+    user_id: &UserId,
+    kind: RuleKind,
+    rule_id: &str,
+    actions: Vec<Action>,
+) -> ApiResult<()> {
+    super::update_ruleset(svc, user_id, |ruleset| {
+        ruleset
+            .set_actions(kind, rule_id, actions)
+            .map_err(|_| ApiError::not_found("The push rule was not found"))
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! to clients.
 
 pub mod access;
+pub mod checks;
 pub mod client_event;
 pub mod create;
 pub mod directory;
@@ -9,6 +10,7 @@ pub mod history;
 pub mod membership;
 pub mod power;
 pub mod receipts;
+pub mod tags;
 pub mod timeline;
 pub mod typing;
 pub mod upgrade;

@@ -26,6 +26,7 @@ use tokio::sync::{Mutex, oneshot};
 
 use crate::{
     error::{ApiError, ApiResult},
+    rooms::checks,
     services::{Services, now_ms},
     store::{Appending, EventRow, NewEvent, RoomRow, Txn},
 };
@@ -201,6 +202,11 @@ impl Timeline {
         spec: EventSpec,
         txn: Option<Txn>,
     ) -> ApiResult<Appended> {
+        // Refused here, before it can share a batch (and its transaction) with other events.
+        checks::check_event(&spec)?;
+        if let Some(txn) = &txn {
+            checks::check_txn(txn)?;
+        }
         let (reply, answer) = oneshot::channel();
         self.queue
             .lock()
@@ -249,14 +255,47 @@ impl Timeline {
         batch
     }
 
-    /// Builds a batch's events against their rooms' drafts, stores those that passed in one
-    /// transaction, and answers every caller.
+    /// Writes a batch (group commit) and answers every caller. When the batch's transaction
+    /// fails, no event of it is stored and every draft it touched is dropped; its halves are then
+    /// built and stored again, each on its own, down to single events, so one event the database
+    /// refuses fails only its own callers (at the cost of a few transactions per bad event).
     async fn write_batch(
         &self,
         svc: &Services,
         drafts: &mut HashMap<OwnedRoomId, Draft>,
         batch: Vec<Pending>,
     ) {
+        let mut work = vec![batch];
+        while let Some(batch) = work.pop() {
+            let Err(mut failed) = self.store_batch(svc, drafts, batch).await else {
+                continue;
+            };
+            if failed.len() == 1 {
+                for pending in failed.into_iter().flatten() {
+                    let _ = pending
+                        .reply
+                        .send(Err(ApiError::internal("storing the event failed")));
+                }
+                continue;
+            }
+            // Rebuilt from the start: the stored events' IDs, prev_events and depths must not
+            // name events of the failed transaction. The first half goes first, keeping order.
+            let second = failed.split_off(failed.len() / 2);
+            work.push(second.into_iter().flatten().collect());
+            work.push(failed.into_iter().flatten().collect());
+        }
+    }
+
+    /// Builds a batch's events against their rooms' drafts, stores those that passed in one
+    /// transaction, and answers every caller. When storing fails, nobody is answered: the built
+    /// events' callers come back, one group per event (the first caller and retries of its
+    /// transaction), for `write_batch` to try again.
+    async fn store_batch(
+        &self,
+        svc: &Services,
+        drafts: &mut HashMap<OwnedRoomId, Draft>,
+        batch: Vec<Pending>,
+    ) -> Result<(), Vec<Vec<Pending>>> {
         // Drafts taken out for this batch: they go back only if the batch is stored.
         let mut touched: HashMap<OwnedRoomId, Draft> = HashMap::new();
         let mut appendings: Vec<Appending> = Vec::new();
@@ -300,18 +339,14 @@ impl Timeline {
             for (room_id, draft) in touched {
                 keep_as(drafts, room_id, draft);
             }
-            return;
+            return Ok(());
         }
         let placed = match svc.store.append_events(&mut appendings).await {
             Ok(placed) => placed,
             Err(error) => {
+                // `touched` is dropped: those rooms are read again from the database.
                 tracing::error!(%error, events = appendings.len(), "storing a batch of events failed");
-                for pending in built.into_iter().flat_map(|b| b.waiting) {
-                    let _ = pending
-                        .reply
-                        .send(Err(ApiError::internal("storing the event failed")));
-                }
-                return;
+                return Err(built.into_iter().map(|b| b.waiting).collect());
             }
         };
         for (appending, at) in appendings.iter().zip(&placed) {
@@ -335,6 +370,7 @@ impl Timeline {
                 let _ = pending.reply.send(answer.clone());
             }
         }
+        Ok(())
     }
 
     /// One queued append: the event its transaction already produced, or the event built and
@@ -430,6 +466,7 @@ impl Timeline {
         let create = EventSpec::state("m.room.create", "", content);
         let mut events = vec![self.build(svc, &mut draft, creator, &create, None).await?.new];
         for spec in initial {
+            checks::check_event(&spec)?;
             let built = self
                 .build(svc, &mut draft, creator, &spec, None)
                 .await
@@ -456,6 +493,9 @@ impl Timeline {
         else {
             return Err(ApiError::room_in_use("Room alias already taken"));
         };
+        if is_public {
+            svc.directory.invalidate();
+        }
         draft.stored = true;
         draft.state_group = Some(placed.state_group);
         keep(&mut drafts, draft);

@@ -141,7 +141,7 @@ pub async fn upgrade_room(
             .await?;
     }
     if old.row.is_public {
-        svc.store.set_room_public(old_room_id.as_str(), false).await?;
+        super::directory::set_published(svc, old_room_id, false).await?;
     }
 
     // 6. the tombstone, then 7. make the old room read-mostly
