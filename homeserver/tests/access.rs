@@ -361,3 +361,47 @@ async fn invisible_history_is_skipped_not_walked() {
     let page = messages(&bob, &room, "b", 10).await;
     assert_eq!(bodies(&page), vec!["seen"], "{page}");
 }
+
+/// U+0000 reaches no query: PostgreSQL refuses it in text, so on any read or write path it is a
+/// client error (400), never a 500, and alike on both backends where it comes in the URL.
+#[tokio::test]
+async fn nul_characters_are_client_errors() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    for path in [
+        format!("/rooms/{}/state/m.room.name%00/x", encode(&room)),
+        format!("/rooms/{}/event/%24abc%00", encode(&room)),
+        format!("/rooms/{}/messages?dir=b&from=s1%00", encode(&room)),
+        format!("/profile/{}%00", encode(&alice.user_id)),
+    ] {
+        let (status, body) = alice.request(Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["errcode"], "M_INVALID_PARAM", "{path}: {body}");
+    }
+    // In a body, where it is only data for SQLite: refused or stored intact, never a 500.
+    let name = "a\u{0}b";
+    let (status, body) = alice
+        .request(
+            Method::PUT,
+            &format!("/profile/{}/displayname", encode(&alice.user_id)),
+            Some(&json!({ "displayname": name })),
+        )
+        .await;
+    match status {
+        StatusCode::OK => {
+            let got = alice
+                .ok(
+                    Method::GET,
+                    &format!("/profile/{}/displayname", encode(&alice.user_id)),
+                    None,
+                )
+                .await;
+            assert_eq!(got["displayname"], name);
+        }
+        _ => {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(body["errcode"], "M_INVALID_PARAM", "{body}");
+        }
+    }
+}
