@@ -405,3 +405,27 @@ async fn nul_characters_are_client_errors() {
         }
     }
 }
+
+/// A rejected invite moves the room to `leave` in `/sync` with the user's own leave event and
+/// nothing of the room's history or state.
+#[tokio::test]
+async fn a_rejected_invite_syncs_as_a_bare_leave() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let eve = server.register("eve").await;
+    let room = alice.create_room(json!({ "name": "secret name" })).await;
+    alice.send_text(&room, "secret").await;
+    alice.invite(&room, &eve.user_id).await;
+    let first = eve.sync(None, 0, 10).await;
+    assert!(first["rooms"]["invite"][&room].is_object(), "{first}");
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    eve.leave(&room).await;
+    let next = eve.sync(Some(&since), 0, 10).await;
+    let left = &next["rooms"]["leave"][&room];
+    let timeline = left["timeline"]["events"].as_array().expect("leave timeline");
+    assert_eq!(timeline.len(), 1, "{left}");
+    assert_eq!(timeline[0]["type"], "m.room.member");
+    assert_eq!(timeline[0]["state_key"], eve.user_id.as_str());
+    assert_eq!(timeline[0]["content"]["membership"], "leave");
+    assert!(left["state"]["events"].as_array().unwrap().is_empty(), "{left}");
+}

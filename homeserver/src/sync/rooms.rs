@@ -48,6 +48,8 @@ struct Plan {
     /// Stream position of the first timeline event (one past the window when it is empty).
     start: i64,
     state: Vec<EventRow>,
+    /// The viewer may read none of the room's state (a rejected invite, a withdrawn knock).
+    stateless: bool,
 }
 
 /// Builds the sections of the wanted rooms: `(join, leave)`. Takes the rooms' account data
@@ -176,6 +178,23 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Api
         let access = access
             .get(&w.room_id)
             .ok_or_else(|| ApiError::internal("access missing"))?;
+        if !w.joined && access.reading().is_err() {
+            // Never joined: the room moves to `leave` with the viewer's own membership event
+            // alone (as Synapse does, so a rejected invite disappears), and no state.
+            let own = svc
+                .store
+                .room_events(&w.room_id, upto.events - 1, upto.events, 1, Direction::Forwards)
+                .await?;
+            plans.push(Some(Plan {
+                version: room.room_version.clone(),
+                start: upto.events,
+                timeline: own,
+                limited: false,
+                state: Vec::new(),
+                stateless: true,
+            }));
+            continue;
+        }
         let scanned = history::scan(
             svc,
             &w.room_id,
@@ -204,6 +223,7 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Api
             limited,
             start,
             state: Vec::new(),
+            stateless: false,
         }));
     }
     Ok(plans)
@@ -221,7 +241,9 @@ async fn add_state(
     // (room, position) whose state is needed: the state before `start`, and at `since`.
     let mut points: Vec<(String, i64)> = Vec::new();
     for (w, plan) in wanted.iter().zip(plans.iter()) {
-        if let Some(plan) = plan {
+        if let Some(plan) = plan
+            && !plan.stateless
+        {
             points.push((w.room_id.clone(), plan.start));
             if !(w.window.fresh || w.window.full_state) && plan.limited {
                 points.push((w.room_id.clone(), w.window.since.events + 1));
@@ -247,7 +269,7 @@ async fn add_state(
 
     let mut ids_per_room: Vec<Vec<String>> = Vec::new();
     for (w, plan) in wanted.iter().zip(plans.iter()) {
-        let Some(plan) = plan else {
+        let Some(plan) = plan.as_ref().filter(|p| !p.stateless) else {
             ids_per_room.push(Vec::new());
             continue;
         };
