@@ -42,7 +42,7 @@ impl std::ops::Deref for Services {
 impl Services {
     pub fn new(config: Config, store: Store, signing_key: SigningKey, notifier: Arc<dyn Notifier>) -> Self {
         let rate_limiter = RateLimiter::new(config.rate_limits.clone());
-        let media = MediaRepo::new(config.media_path());
+        let media = MediaRepo::new(config.media_path(), config.media.max_concurrent_thumbnails);
         Self(Arc::new(Inner {
             config,
             store,

@@ -163,7 +163,9 @@ pub async fn login(
         ));
     }
     let user_id = users::login_user_id(&body.rest, svc.server_name())?;
-    svc.rate_limiter.check(Action::Login, user_id.as_str())?;
+    // Failures count per (user, address), so failures elsewhere never lock the owner out.
+    let failures = format!("{user_id} {ip}");
+    svc.rate_limiter.check_failures(Action::LoginFailure, &failures)?;
     let password = body
         .password
         .as_deref()
@@ -177,6 +179,7 @@ pub async fn login(
         return Err(ApiError::user_deactivated("This account has been deactivated"));
     }
     if !valid {
+        svc.rate_limiter.record_failure(Action::LoginFailure, &failures);
         return Err(ApiError::forbidden("Invalid username or password"));
     }
     let (token, device_id) = login_device(

@@ -1,17 +1,17 @@
 //! Request extractors that fail with the spec's errors: the authenticated user, and JSON bodies.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::{
     body::Bytes,
     extract::{ConnectInfo, FromRequest, FromRequestParts, Request},
-    http::{header, request::Parts},
+    http::{HeaderMap, header, request::Parts},
 };
 use ruma::{OwnedUserId, UserId};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::{error::ApiError, services::Services, users::hash_token};
+use crate::{config::Network, error::ApiError, services::Services, users::hash_token};
 
 /// The user and device an access token belongs to.
 #[derive(Debug, Clone)]
@@ -55,22 +55,55 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The peer address of the connection. (Behind a reverse proxy this is the proxy's.)
-pub fn client_ip(parts: &Parts) -> Option<String> {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
+/// The client's address: the connection's peer, unless the peer is a trusted proxy (config
+/// `trusted_proxies`); then the address it forwarded, see [`forwarded_client`].
+pub fn client_ip(parts: &Parts, trusted_proxies: &[Network]) -> Option<String> {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    Some(forwarded_client(peer, &parts.headers, trusted_proxies).to_string())
 }
 
-/// The client's IP address, for rate limits keyed by IP.
+/// Walks `X-Forwarded-For` from the right (each proxy appends the address it received from)
+/// while the hops are trusted proxies; the first untrusted hop is the client. A peer that is not
+/// a trusted proxy is the client whatever the header says, so clients cannot forge it.
+fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[Network]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let mut client = peer.to_canonical();
+    if !is_trusted(&client) {
+        return client;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in hops.into_iter().rev() {
+        let hop = hop.trim();
+        let Some(ip) = hop
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        else {
+            break;
+        };
+        client = ip.to_canonical();
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    client
+}
+
+/// The client's IP address, for rate limits keyed by address.
 pub struct ClientIp(pub String);
 
 impl FromRequestParts<Services> for ClientIp {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &Services) -> Result<Self, ApiError> {
-        Ok(Self(client_ip(parts).unwrap_or_else(|| "unknown".into())))
+    async fn from_request_parts(parts: &mut Parts, svc: &Services) -> Result<Self, ApiError> {
+        Ok(Self(
+            client_ip(parts, &svc.config.trusted_proxies).unwrap_or_else(|| "unknown".into()),
+        ))
     }
 }
 
@@ -86,7 +119,7 @@ impl FromRequestParts<Services> for Auth {
             .await?
             .ok_or_else(|| ApiError::unknown_token(false))?;
         let user_id = UserId::parse(user_id).map_err(ApiError::internal)?;
-        let ip = client_ip(parts);
+        let ip = client_ip(parts, &svc.config.trusted_proxies);
         crate::users::record_last_seen(svc, user_id.as_str(), &device_id, ip.as_deref()).await?;
         Ok(Self {
             user_id,
@@ -137,5 +170,58 @@ impl<T: DeserializeOwned> FromRequest<Services> for JsonBody<T> {
         serde_json::from_value(value)
             .map(Self)
             .map_err(|e| ApiError::bad_json(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    fn nets(list: &[&str]) -> Vec<Network> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_header_counts_only_from_a_trusted_proxy() {
+        let h = headers(&["203.0.113.9"]);
+        assert_eq!(forwarded_client(ip("127.0.0.1"), &h, &[]), ip("127.0.0.1"));
+        assert_eq!(
+            forwarded_client(ip("198.51.100.1"), &h, &nets(&["127.0.0.1/32"])),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            forwarded_client(ip("127.0.0.1"), &h, &nets(&["127.0.0.0/8"])),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_hop_is_the_client() {
+        let trusted = nets(&["10.0.0.0/8", "127.0.0.1"]);
+        // The client forged its first entry; the proxies appended the rest.
+        let h = headers(&["1.1.1.1, 203.0.113.9", "10.0.0.2"]);
+        assert_eq!(forwarded_client(ip("127.0.0.1"), &h, &trusted), ip("203.0.113.9"));
+        // Only proxies: the leftmost one is as far as is known.
+        let h = headers(&["10.0.0.3, 10.0.0.2"]);
+        assert_eq!(forwarded_client(ip("127.0.0.1"), &h, &trusted), ip("10.0.0.3"));
+        // Garbage stops the walk at the last good hop.
+        let h = headers(&["203.0.113.9, nonsense"]);
+        assert_eq!(forwarded_client(ip("127.0.0.1"), &h, &trusted), ip("127.0.0.1"));
+        assert_eq!(
+            forwarded_client(ip("::ffff:127.0.0.1"), &headers(&["[2001:db8::1]:443"]), &trusted),
+            ip("2001:db8::1")
+        );
     }
 }
