@@ -42,6 +42,7 @@ impl std::ops::Deref for Services {
 impl Services {
     pub fn new(config: Config, store: Store, signing_key: SigningKey, notifier: Arc<dyn Notifier>) -> Self {
         let rate_limiter = RateLimiter::new(config.rate_limits.clone());
+        let push = crate::push::PushState::new(&config.push);
         let media = MediaRepo::new(config.media_path(), config.media.max_concurrent_thumbnails);
         Self(Arc::new(Inner {
             config,
@@ -52,7 +53,7 @@ impl Services {
             timeline: Timeline::default(),
             media,
             typing: Typing::default(),
-            push: Default::default(),
+            push,
             last_seen_written: Default::default(),
         }))
     }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    api::extract::{Auth, ClientIp, JsonBody},
+    api::extract::{Auth, ClientIp, JsonBody, UiaBody},
     error::{ApiError, ApiResult},
     ratelimit::Action,
     services::{Services, now_ms},
@@ -37,7 +37,7 @@ pub async fn register(
     State(svc): State<Services>,
     ClientIp(ip): ClientIp,
     Query(query): Query<RegisterQuery>,
-    JsonBody(body): JsonBody<RegisterBody>,
+    UiaBody(body, operation): UiaBody<RegisterBody>,
 ) -> ApiResult<Json<Value>> {
     svc.rate_limiter.check(Action::Register, &ip)?;
     if query.kind.as_deref().unwrap_or("user") != "user" {
@@ -71,7 +71,15 @@ pub async fn register(
     if auth_body.get("auth").is_none() {
         auth_body = json!({});
     }
-    uia::authenticate(&svc, &auth_body, &flows, None, registration.token.as_deref()).await?;
+    uia::authenticate(
+        &svc,
+        &operation,
+        &auth_body,
+        &flows,
+        None,
+        registration.token.as_deref(),
+    )
+    .await?;
 
     let hash = users::hash_password(password).await?;
     if !svc
@@ -241,10 +249,11 @@ pub async fn threepids(_auth: Auth) -> Json<Value> {
 pub async fn change_password(
     State(svc): State<Services>,
     auth: Auth,
-    JsonBody(body): JsonBody<PasswordBody>,
+    UiaBody(body, operation): UiaBody<PasswordBody>,
 ) -> ApiResult<Json<Value>> {
     uia::authenticate(
         &svc,
+        &operation,
         &body.rest,
         &[vec!["m.login.password"]],
         Some(auth.user_id.as_str()),
@@ -267,10 +276,11 @@ pub async fn change_password(
 pub async fn deactivate(
     State(svc): State<Services>,
     auth: Auth,
-    JsonBody(body): JsonBody<Value>,
+    UiaBody(body, operation): UiaBody<Value>,
 ) -> ApiResult<Json<Value>> {
     uia::authenticate(
         &svc,
+        &operation,
         &body,
         &[vec!["m.login.password"]],
         Some(auth.user_id.as_str()),

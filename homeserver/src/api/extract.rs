@@ -11,7 +11,12 @@ use ruma::{OwnedUserId, UserId};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::{config::Network, error::ApiError, services::Services, users::hash_token};
+use crate::{
+    config::Network,
+    error::ApiError,
+    services::Services,
+    users::{hash_token, uia::Operation},
+};
 
 /// The user and device an access token belongs to.
 #[derive(Debug, Clone)]
@@ -151,24 +156,49 @@ impl<T: DeserializeOwned> FromRequest<Services> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, svc: &Services) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, svc).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large("Request body too large")
-            } else {
-                ApiError::not_json(rejection.body_text())
-            }
-        })?;
-        let value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-            Value::Object(Default::default())
-        } else {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::not_json(format!("Body is not valid JSON: {e}")))?
-        };
-        if !value.is_object() {
-            return Err(ApiError::bad_json("Body must be a JSON object"));
-        }
+        let value = json_object(req, svc).await?;
         serde_json::from_value(value)
             .map(Self)
+            .map_err(|e| ApiError::bad_json(e.to_string()))
+    }
+}
+
+/// The body as a JSON object, with `JsonBody`'s errors.
+async fn json_object(req: Request, svc: &Services) -> Result<Value, ApiError> {
+    let bytes = Bytes::from_request(req, svc).await.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large("Request body too large")
+        } else {
+            ApiError::not_json(rejection.body_text())
+        }
+    })?;
+    let value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Default::default())
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::not_json(format!("Body is not valid JSON: {e}")))?
+    };
+    if !value.is_object() {
+        return Err(ApiError::bad_json("Body must be a JSON object"));
+    }
+    Ok(value)
+}
+
+/// The JSON body of an endpoint behind user-interactive auth, and the operation (method, path
+/// below the API version, body) its UIA session is bound to.
+pub struct UiaBody<T>(pub T, pub Operation);
+
+impl<T: DeserializeOwned> FromRequest<Services> for UiaBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, svc: &Services) -> Result<Self, ApiError> {
+        let method = req.method().as_str().to_owned();
+        // Inside the `/v3` and `/r0` nests the path is relative to them.
+        let path = req.uri().path().to_owned();
+        let value = json_object(req, svc).await?;
+        let operation = Operation::new(&method, &path, &value);
+        serde_json::from_value(value)
+            .map(|body| Self(body, operation))
             .map_err(|e| ApiError::bad_json(e.to_string()))
     }
 }

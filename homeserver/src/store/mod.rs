@@ -93,6 +93,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(4, "0004_receipts_presence"),
     migration!(5, "0005_server_settings"),
     migration!(6, "0006_redaction_lookup"),
+    migration!(8, "0008_uia_binding_pusher_devices"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside
