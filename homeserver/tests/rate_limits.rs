@@ -74,7 +74,11 @@ async fn each_limited_action_refuses_a_burst() {
         let alice = alice.clone();
         async move {
             alice
-                .request(Method::POST, "/createRoom", Some(&json!({"preset": "public_chat"})))
+                .request(
+                    Method::POST,
+                    "/createRoom",
+                    Some(&json!({"preset": "public_chat"})),
+                )
                 .await
         }
     })
@@ -115,7 +119,11 @@ async fn each_limited_action_refuses_a_burst() {
         let alice = alice.clone();
         async move {
             alice
-                .request(Method::PUT, &path, Some(&json!({"typing": true, "timeout": 1000})))
+                .request(
+                    Method::PUT,
+                    &path,
+                    Some(&json!({"typing": true, "timeout": 1000})),
+                )
                 .await
         }
     })
@@ -123,7 +131,10 @@ async fn each_limited_action_refuses_a_burst() {
 
     third_is_limited("receipt", |i| {
         let (path, body) = if i == 1 {
-            (format!("/rooms/{room}/read_markers"), json!({ "m.fully_read": event }))
+            (
+                format!("/rooms/{room}/read_markers"),
+                json!({ "m.fully_read": event }),
+            )
         } else {
             (format!("/rooms/{room}/receipt/m.read/{event}"), json!({}))
         };
@@ -135,7 +146,11 @@ async fn each_limited_action_refuses_a_burst() {
     third_is_limited("presence", |_| {
         let path = format!("/presence/{}/status", alice.user_id);
         let alice = alice.clone();
-        async move { alice.request(Method::PUT, &path, Some(&json!({"presence": "online"}))).await }
+        async move {
+            alice
+                .request(Method::PUT, &path, Some(&json!({"presence": "online"})))
+                .await
+        }
     })
     .await;
 
@@ -219,7 +234,12 @@ async fn uia_password_failures_are_limited() {
 }
 
 /// `POST /login` as `user`, from `forwarded_for` when given (sent as `X-Forwarded-For`).
-async fn login_raw(server: &Server, user: &str, password: &str, forwarded_for: Option<&str>) -> (StatusCode, Value) {
+async fn login_raw(
+    server: &Server,
+    user: &str,
+    password: &str,
+    forwarded_for: Option<&str>,
+) -> (StatusCode, Value) {
     let mut req = server
         .http
         .post(format!("{}/_matrix/client/v3/login", server.base_url))

@@ -29,7 +29,13 @@ async fn start(client: &Client, method: Method, path: &str, body: Value) -> Stri
     resp["session"].as_str().expect("session").to_owned()
 }
 
-async fn with_auth(client: &Client, method: Method, path: &str, mut body: Value, session: &str) -> (StatusCode, Value) {
+async fn with_auth(
+    client: &Client,
+    method: Method,
+    path: &str,
+    mut body: Value,
+    session: &str,
+) -> (StatusCode, Value) {
     body["auth"] = password_auth(client, Some(session));
     client.request(method, path, Some(&body)).await
 }
@@ -52,7 +58,9 @@ async fn new_device(server: &Server, user: &str) -> String {
 }
 
 async fn has_device(client: &Client, device: &str) -> bool {
-    let (status, _) = client.request(Method::GET, &format!("/devices/{device}"), None).await;
+    let (status, _) = client
+        .request(Method::GET, &format!("/devices/{device}"), None)
+        .await;
     status == StatusCode::OK
 }
 
@@ -70,7 +78,14 @@ async fn a_session_cannot_complete_another_endpoint() {
 
     let session = start(&alice, Method::DELETE, &format!("/devices/{a}"), json!({})).await;
     // Another device, same method.
-    let (status, body) = with_auth(&alice, Method::DELETE, &format!("/devices/{b}"), json!({}), &session).await;
+    let (status, body) = with_auth(
+        &alice,
+        Method::DELETE,
+        &format!("/devices/{b}"),
+        json!({}),
+        &session,
+    )
+    .await;
     assert_refused(status, &body, "session of DELETE /devices/A used for B");
     assert!(has_device(&alice, &b).await, "device B must survive");
     // Another endpoint altogether.
@@ -82,7 +97,11 @@ async fn a_session_cannot_complete_another_endpoint() {
         &session,
     )
     .await;
-    assert_refused(status, &body, "session of DELETE /devices/A used for /account/password");
+    assert_refused(
+        status,
+        &body,
+        "session of DELETE /devices/A used for /account/password",
+    );
     let (status, _) = server
         .anon()
         .request(
@@ -92,12 +111,30 @@ async fn a_session_cannot_complete_another_endpoint() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "the password is unchanged");
-    let (status, body) = with_auth(&alice, Method::POST, "/delete_devices", json!({ "devices": [b] }), &session).await;
-    assert_refused(status, &body, "session of DELETE /devices/A used for /delete_devices");
+    let (status, body) = with_auth(
+        &alice,
+        Method::POST,
+        "/delete_devices",
+        json!({ "devices": [b] }),
+        &session,
+    )
+    .await;
+    assert_refused(
+        status,
+        &body,
+        "session of DELETE /devices/A used for /delete_devices",
+    );
     assert!(has_device(&alice, &b).await);
 
     // The call it was started for still completes.
-    let (status, body) = with_auth(&alice, Method::DELETE, &format!("/devices/{a}"), json!({}), &session).await;
+    let (status, body) = with_auth(
+        &alice,
+        Method::DELETE,
+        &format!("/devices/{a}"),
+        json!({}),
+        &session,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(!has_device(&alice, &a).await);
 }
@@ -146,7 +183,9 @@ async fn a_session_of_another_user_is_refused() {
     let session = start(&alice, Method::POST, "/account/deactivate", json!({})).await;
     let mut body = json!({});
     body["auth"] = password_auth(&mallory, Some(&session));
-    let (status, resp) = mallory.request(Method::POST, "/account/deactivate", Some(&body)).await;
+    let (status, resp) = mallory
+        .request(Method::POST, "/account/deactivate", Some(&body))
+        .await;
     assert_refused(status, &resp, "alice's session used by mallory");
     mallory.ok(Method::GET, "/account/whoami", None).await;
 }
@@ -169,7 +208,12 @@ async fn sessions_expire_and_are_pruned() {
     let fresh = start(&alice, Method::DELETE, &path, json!({})).await;
     let db = server.db().await;
     assert_eq!(
-        count(&db, "SELECT COUNT(*) FROM uia_sessions WHERE session_id = $1", &[&old]).await,
+        count(
+            &db,
+            "SELECT COUNT(*) FROM uia_sessions WHERE session_id = $1",
+            &[&old]
+        )
+        .await,
         0,
         "the expired session is pruned"
     );
