@@ -608,6 +608,42 @@ mod tests {
     }
 
     #[test]
+    fn hardening_keys_load_and_bad_values_are_named() {
+        let c = load_str(
+            "server_name = \"a.example\"\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n\
+             [push]\nallowed_networks = [\"fd00::/8\"]\n[uia]\nsession_timeout_secs = 60\n\
+             [media]\nmax_concurrent_thumbnails = 2\n\
+             thumbnail_sizes = [{ width = 10, height = 20, method = \"crop\" }]\n",
+            &[("HEARTH_RATE_LIMITS__JOINS_BURST", "3")],
+        )
+        .unwrap();
+        assert!(c.trusted_proxies[0].contains(&"127.0.0.1".parse().unwrap()));
+        assert!(c.trusted_proxies[1].contains(&"10.9.8.7".parse().unwrap()));
+        assert!(!c.push.allow_private_addresses);
+        assert_eq!(c.uia.session_timeout_secs, 60);
+        assert_eq!(c.rate_limits.joins_burst, 3.0);
+        assert_eq!(c.media.thumbnail_sizes.len(), 1);
+        let err = load_str(
+            "server_name = \"a.example\"\ntrusted_proxies = [\"localhost\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("trusted_proxies"), "{err}");
+        let err = load_str(
+            "server_name = \"a.example\"\n[media]\nthumbnail_sizes = []\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("thumbnail_sizes"), "{err}");
+        let bad_method = "server_name = \"a.example\"\n[media]\n\
+                          thumbnail_sizes = [{ width = 1, height = 1, method = \"zoom\" }]\n";
+        assert!(load_str(bad_method, &[]).is_err());
+        let defaults = load_str("server_name = \"a.example\"\n", &[]).unwrap();
+        assert!(defaults.trusted_proxies.is_empty());
+        assert_eq!(defaults.media.thumbnail_sizes.len(), 5);
+    }
+
+    #[test]
     fn an_invalid_server_name_is_refused() {
         assert!(load_str("server_name = \"not a name\"\n", &[]).is_err());
     }
