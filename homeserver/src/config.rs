@@ -146,6 +146,43 @@ impl Default for RateLimitConfig {
     }
 }
 
+impl RateLimitConfig {
+    /// On, but far above what a person or a test does: for `--dev`.
+    pub fn generous() -> Self {
+        Self {
+            enabled: true,
+            messages_per_second: 1000.0,
+            messages_burst: 10_000.0,
+            login_per_second: 100.0,
+            login_burst: 1000.0,
+            login_failures_per_second: 100.0,
+            login_failures_burst: 1000.0,
+            register_per_second: 100.0,
+            register_burst: 1000.0,
+            room_creation_per_second: 100.0,
+            room_creation_burst: 1000.0,
+            invites_per_second: 100.0,
+            invites_burst: 1000.0,
+            joins_per_second: 100.0,
+            joins_burst: 1000.0,
+            profile_per_second: 100.0,
+            profile_burst: 1000.0,
+            typing_per_second: 100.0,
+            typing_burst: 1000.0,
+            receipts_per_second: 100.0,
+            receipts_burst: 1000.0,
+            presence_per_second: 100.0,
+            presence_burst: 1000.0,
+            media_uploads_per_second: 100.0,
+            media_uploads_burst: 1000.0,
+            pushers_per_second: 100.0,
+            pushers_burst: 1000.0,
+            uia_failures_per_second: 100.0,
+            uia_failures_burst: 1000.0,
+        }
+    }
+}
+
 /// An IP network in CIDR notation (`10.0.0.0/8`, `fd00::/8`); a bare address is a single host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Network(pub ipnet::IpNet);
@@ -308,15 +345,7 @@ impl Config {
                 enabled: true,
                 token: None,
             },
-            rate_limits: RateLimitConfig {
-                messages_per_second: 1000.0,
-                messages_burst: 10_000.0,
-                login_per_second: 100.0,
-                login_burst: 1000.0,
-                register_per_second: 100.0,
-                register_burst: 1000.0,
-                ..RateLimitConfig::default()
-            },
+            rate_limits: RateLimitConfig::generous(),
             limits: LimitsConfig::default(),
             media: MediaConfig::default(),
             public_baseurl: None,
