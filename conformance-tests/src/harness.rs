@@ -272,9 +272,11 @@ impl TestServer {
                 other => panic!("HEARTH_TEST_DB must be sqlite or postgres, not {other}"),
             };
             let port = free_port();
+            // The suite's pushers name gateways on 127.0.0.1 (Synapse accepts them when set).
             let config = format!(
                 "server_name = \"localhost:{port}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n\
-                 [database]\nurl = \"{db_url}\"\n\n[registration]\nenabled = true\n\n[rate_limits]\nenabled = false\n",
+                 [database]\nurl = \"{db_url}\"\n\n[registration]\nenabled = true\n\n[rate_limits]\nenabled = false\n\n\
+                 [push]\nallow_private_addresses = true\n",
                 data_dir.display()
             );
             let config_path = dir.path().join("hearth.toml");

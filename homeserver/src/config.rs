@@ -33,6 +33,14 @@ pub struct Config {
     /// URL clients should use, published in `/.well-known/matrix/client`.
     #[serde(default)]
     pub public_baseurl: Option<String>,
+    /// Reverse proxies whose `X-Forwarded-For` header names the client (addresses or CIDRs).
+    /// Empty: the client is the connection's peer address, and the header is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Network>,
+    #[serde(default)]
+    pub push: PushConfig,
+    #[serde(default)]
+    pub uia: UiaConfig,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -55,20 +63,56 @@ pub struct RegistrationConfig {
     pub token: Option<String>,
 }
 
+/// Token buckets: `*_per_second` is the sustained rate, `*_burst` how many may come at once.
+/// Authenticated actions are counted per user; login and registration per client address.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
     pub enabled: bool,
-    /// Sustained requests per second, and burst, for each user (or IP when unauthenticated).
+    /// Messages and state events sent, per user.
     pub messages_per_second: f64,
     pub messages_burst: f64,
+    /// Login requests per client address.
     pub login_per_second: f64,
     pub login_burst: f64,
+    /// Failed logins per (user, client address): a wrong password from one address never keeps
+    /// the owner out from another.
+    pub login_failures_per_second: f64,
+    pub login_failures_burst: f64,
+    /// Registration (and token validity checks) per client address.
     pub register_per_second: f64,
     pub register_burst: f64,
+    pub room_creation_per_second: f64,
+    pub room_creation_burst: f64,
+    /// Invites sent, per inviting user.
+    pub invites_per_second: f64,
+    pub invites_burst: f64,
+    /// Joins and knocks.
+    pub joins_per_second: f64,
+    pub joins_burst: f64,
+    /// Display name and avatar changes (each one is a member event in every joined room).
+    pub profile_per_second: f64,
+    pub profile_burst: f64,
+    pub typing_per_second: f64,
+    pub typing_burst: f64,
+    /// Receipts and read markers.
+    pub receipts_per_second: f64,
+    pub receipts_burst: f64,
+    pub presence_per_second: f64,
+    pub presence_burst: f64,
+    /// Media uploads and `/create`.
+    pub media_uploads_per_second: f64,
+    pub media_uploads_burst: f64,
+    /// `POST /pushers/set` (adding, changing or deleting a pusher).
+    pub pushers_per_second: f64,
+    pub pushers_burst: f64,
+    /// Wrong passwords given to user-interactive auth, per user.
+    pub uia_failures_per_second: f64,
+    pub uia_failures_burst: f64,
 }
 
 impl Default for RateLimitConfig {
+    /// Close to Synapse's `rc_*` defaults where it has one.
     fn default() -> Self {
         Self {
             enabled: true,
@@ -76,8 +120,124 @@ impl Default for RateLimitConfig {
             messages_burst: 50.0,
             login_per_second: 0.5,
             login_burst: 5.0,
+            login_failures_per_second: 0.17,
+            login_failures_burst: 3.0,
             register_per_second: 0.2,
             register_burst: 5.0,
+            room_creation_per_second: 0.05,
+            room_creation_burst: 10.0,
+            invites_per_second: 0.3,
+            invites_burst: 10.0,
+            joins_per_second: 0.1,
+            joins_burst: 10.0,
+            profile_per_second: 0.1,
+            profile_burst: 5.0,
+            typing_per_second: 2.0,
+            typing_burst: 20.0,
+            receipts_per_second: 2.0,
+            receipts_burst: 20.0,
+            presence_per_second: 0.1,
+            presence_burst: 3.0,
+            media_uploads_per_second: 1.0,
+            media_uploads_burst: 20.0,
+            pushers_per_second: 0.2,
+            pushers_burst: 10.0,
+            uia_failures_per_second: 0.17,
+            uia_failures_burst: 3.0,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// On, but far above what a person or a test does: for `--dev`.
+    pub fn generous() -> Self {
+        Self {
+            enabled: true,
+            messages_per_second: 1000.0,
+            messages_burst: 10_000.0,
+            login_per_second: 100.0,
+            login_burst: 1000.0,
+            login_failures_per_second: 100.0,
+            login_failures_burst: 1000.0,
+            register_per_second: 100.0,
+            register_burst: 1000.0,
+            room_creation_per_second: 100.0,
+            room_creation_burst: 1000.0,
+            invites_per_second: 100.0,
+            invites_burst: 1000.0,
+            joins_per_second: 100.0,
+            joins_burst: 1000.0,
+            profile_per_second: 100.0,
+            profile_burst: 1000.0,
+            typing_per_second: 100.0,
+            typing_burst: 1000.0,
+            receipts_per_second: 100.0,
+            receipts_burst: 1000.0,
+            presence_per_second: 100.0,
+            presence_burst: 1000.0,
+            media_uploads_per_second: 100.0,
+            media_uploads_burst: 1000.0,
+            pushers_per_second: 100.0,
+            pushers_burst: 1000.0,
+            uia_failures_per_second: 100.0,
+            uia_failures_burst: 1000.0,
+        }
+    }
+}
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `fd00::/8`); a bare address is a single host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network(pub ipnet::IpNet);
+
+impl Network {
+    pub fn contains(&self, ip: &std::net::IpAddr) -> bool {
+        self.0.contains(ip)
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(Self)
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR network"))
+    }
+}
+
+impl Serialize for Network {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Let pushers reach gateways on loopback, private, link-local and other non-global
+    /// addresses. Off: such pusher URLs are refused (a server-side request forgery otherwise).
+    pub allow_private_addresses: bool,
+    /// Non-global networks that push gateways may nevertheless be on (e.g. `10.1.2.3/32`).
+    pub allowed_networks: Vec<Network>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UiaConfig {
+    /// How long a user-interactive auth session lives after it starts.
+    pub session_timeout_secs: u64,
+}
+
+impl Default for UiaConfig {
+    fn default() -> Self {
+        Self {
+            session_timeout_secs: 600,
         }
     }
 }
@@ -110,6 +270,19 @@ pub struct MediaConfig {
     pub max_pending_uploads: u64,
     /// URL previews (`/preview_url`). Not implemented yet: must stay `false`.
     pub url_preview: bool,
+    /// The thumbnails that can be made; a request gets the smallest one of its method at
+    /// least as large as asked (else the largest), so clients cannot fill the cache with sizes.
+    pub thumbnail_sizes: Vec<ThumbnailSize>,
+    /// Image decodes (thumbnail generation) running at once; more requests wait.
+    pub max_concurrent_thumbnails: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThumbnailSize {
+    pub width: u32,
+    pub height: u32,
+    pub method: crate::media::Method,
 }
 
 impl Default for MediaConfig {
@@ -120,6 +293,8 @@ impl Default for MediaConfig {
             max_thumbnail_pixels: 32_000_000,
             max_pending_uploads: 100,
             url_preview: false,
+            thumbnail_sizes: default_thumbnail_sizes(),
+            max_concurrent_thumbnails: 4,
         }
     }
 }
@@ -144,6 +319,25 @@ impl Default for AuthConfig {
             refresh_token_lifetime_ms: None,
         }
     }
+}
+
+/// Synapse's default set.
+fn default_thumbnail_sizes() -> Vec<ThumbnailSize> {
+    use crate::media::Method::{Crop, Scale};
+    [
+        (32, 32, Crop),
+        (96, 96, Crop),
+        (320, 240, Scale),
+        (640, 480, Scale),
+        (800, 600, Scale),
+    ]
+    .into_iter()
+    .map(|(width, height, method)| ThumbnailSize {
+        width,
+        height,
+        method,
+    })
+    .collect()
 }
 
 fn default_listen() -> SocketAddr {
@@ -175,19 +369,14 @@ impl Config {
                 enabled: true,
                 token: None,
             },
-            rate_limits: RateLimitConfig {
-                messages_per_second: 1000.0,
-                messages_burst: 10_000.0,
-                login_per_second: 100.0,
-                login_burst: 1000.0,
-                register_per_second: 100.0,
-                register_burst: 1000.0,
-                ..RateLimitConfig::default()
-            },
+            rate_limits: RateLimitConfig::generous(),
             limits: LimitsConfig::default(),
             media: MediaConfig::default(),
             auth: AuthConfig::default(),
             public_baseurl: None,
+            trusted_proxies: Vec::new(),
+            push: PushConfig::default(),
+            uia: UiaConfig::default(),
         }
     }
 
@@ -241,6 +430,22 @@ impl Config {
                 "media.url_preview = true is not supported yet (URL previews are not implemented)".into(),
             ));
         }
+        if self.media.thumbnail_sizes.is_empty()
+            || self
+                .media
+                .thumbnail_sizes
+                .iter()
+                .any(|t| t.width == 0 || t.height == 0)
+        {
+            return Err(ConfigError::Invalid(
+                "media.thumbnail_sizes needs at least one size, each wider and higher than 0".into(),
+            ));
+        }
+        if self.media.max_concurrent_thumbnails == 0 {
+            return Err(ConfigError::Invalid(
+                "media.max_concurrent_thumbnails must be at least 1".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -271,6 +476,9 @@ server_name = "{server_name}"
 listen = "127.0.0.1:8008"
 data_dir = "./hearth-data"
 # public_baseurl = "https://matrix.{server_name}"
+# Reverse proxies trusted to name the client in X-Forwarded-For (addresses or CIDRs). Empty: the
+# header is ignored and the connection's peer address is the client's.
+trusted_proxies = []
 
 [database]
 # SQLite by default; for PostgreSQL: url = "postgres://user@localhost/hearth"
@@ -280,14 +488,39 @@ url = "sqlite://./hearth-data/hearth.db"
 enabled = false
 # token = "a shared secret"   # require m.login.registration_token
 
+# Token buckets: *_per_second is the sustained rate, *_burst how many may come at once. Past
+# them a request gets 429 M_LIMIT_EXCEEDED with retry_after_ms. Counted per user, except login
+# and registration (per client address) and failed logins (per user and client address).
 [rate_limits]
 enabled = true
-messages_per_second = 10.0
+messages_per_second = 10.0        # messages and state events
 messages_burst = 50.0
-login_per_second = 0.5
+login_per_second = 0.5            # login requests per address
 login_burst = 5.0
+login_failures_per_second = 0.17  # wrong passwords per (user, address)
+login_failures_burst = 3.0
 register_per_second = 0.2
 register_burst = 5.0
+room_creation_per_second = 0.05
+room_creation_burst = 10.0
+invites_per_second = 0.3
+invites_burst = 10.0
+joins_per_second = 0.1            # joins and knocks
+joins_burst = 10.0
+profile_per_second = 0.1          # display name and avatar changes
+profile_burst = 5.0
+typing_per_second = 2.0
+typing_burst = 20.0
+receipts_per_second = 2.0         # receipts and read markers
+receipts_burst = 20.0
+presence_per_second = 0.1
+presence_burst = 3.0
+media_uploads_per_second = 1.0    # uploads and /create
+media_uploads_burst = 20.0
+pushers_per_second = 0.2          # POST /pushers/set
+pushers_burst = 10.0
+uia_failures_per_second = 0.17    # wrong passwords in user-interactive auth, per user
+uia_failures_burst = 3.0
 
 [limits]
 max_request_bytes = 1048576
@@ -298,6 +531,25 @@ max_upload_bytes = 52428800       # 50 MiB
 max_thumbnail_pixels = 32000000
 max_pending_uploads = 100         # /create'd media IDs not yet uploaded, per user
 url_preview = false               # URL previews are not implemented yet
+# Thumbnails are made only in these sizes: a request gets the smallest size of its method that
+# is at least as large as asked, else the largest.
+thumbnail_sizes = [
+    {{ width = 32, height = 32, method = "crop" }},
+    {{ width = 96, height = 96, method = "crop" }},
+    {{ width = 320, height = 240, method = "scale" }},
+    {{ width = 640, height = 480, method = "scale" }},
+    {{ width = 800, height = 600, method = "scale" }},
+]
+max_concurrent_thumbnails = 4     # image decodes at once
+
+[push]
+# Pusher URLs on loopback, private (RFC 1918, fc00::/7), link-local and other non-global
+# addresses are refused, when set and when delivering, unless allowed here.
+allow_private_addresses = false
+allowed_networks = []             # e.g. ["10.1.2.3/32"]
+
+[uia]
+session_timeout_secs = 600        # user-interactive auth sessions expire after this
 
 [auth]
 # Access tokens of clients that ask for a refresh token last this long (ms); 0: no refresh tokens.
@@ -437,6 +689,42 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn hardening_keys_load_and_bad_values_are_named() {
+        let c = load_str(
+            "server_name = \"a.example\"\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n\
+             [push]\nallowed_networks = [\"fd00::/8\"]\n[uia]\nsession_timeout_secs = 60\n\
+             [media]\nmax_concurrent_thumbnails = 2\n\
+             thumbnail_sizes = [{ width = 10, height = 20, method = \"crop\" }]\n",
+            &[("HEARTH_RATE_LIMITS__JOINS_BURST", "3")],
+        )
+        .unwrap();
+        assert!(c.trusted_proxies[0].contains(&"127.0.0.1".parse().unwrap()));
+        assert!(c.trusted_proxies[1].contains(&"10.9.8.7".parse().unwrap()));
+        assert!(!c.push.allow_private_addresses);
+        assert_eq!(c.uia.session_timeout_secs, 60);
+        assert_eq!(c.rate_limits.joins_burst, 3.0);
+        assert_eq!(c.media.thumbnail_sizes.len(), 1);
+        let err = load_str(
+            "server_name = \"a.example\"\ntrusted_proxies = [\"localhost\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("trusted_proxies"), "{err}");
+        let err = load_str(
+            "server_name = \"a.example\"\n[media]\nthumbnail_sizes = []\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("thumbnail_sizes"), "{err}");
+        let bad_method = "server_name = \"a.example\"\n[media]\n\
+                          thumbnail_sizes = [{ width = 1, height = 1, method = \"zoom\" }]\n";
+        assert!(load_str(bad_method, &[]).is_err());
+        let defaults = load_str("server_name = \"a.example\"\n", &[]).unwrap();
+        assert!(defaults.trusted_proxies.is_empty());
+        assert_eq!(defaults.media.thumbnail_sizes.len(), 5);
     }
 
     #[test]

@@ -44,7 +44,8 @@ impl std::ops::Deref for Services {
 impl Services {
     pub fn new(config: Config, store: Store, signing_key: SigningKey, notifier: Arc<dyn Notifier>) -> Self {
         let rate_limiter = RateLimiter::new(config.rate_limits.clone());
-        let media = MediaRepo::new(config.media_path());
+        let push = crate::push::PushState::new(&config.push);
+        let media = MediaRepo::new(config.media_path(), config.media.max_concurrent_thumbnails);
         Self(Arc::new(Inner {
             config,
             store,
@@ -54,7 +55,7 @@ impl Services {
             timeline: Timeline::default(),
             media,
             typing: Typing::default(),
-            push: Default::default(),
+            push,
             directory: Default::default(),
             last_seen_written: Default::default(),
         }))

@@ -524,8 +524,17 @@ async fn thumbnails_have_the_requested_bounds_and_are_cached() {
     let alice = server.register("alice").await;
     let mxc = upload(&alice, &png(640, 320), "image/png", Some("wide.png")).await;
 
-    // crop: exactly the requested box.
-    for (w, h) in [(32, 32), (96, 96), (100, 30), (60, 200)] {
+    // Only the configured sizes are made (Synapse's defaults: 32x32 and 96x96 crop, 320x240,
+    // 640x480 and 800x600 scale): a request gets the smallest of its method that covers the
+    // asked box, or the largest. (These expectations used to be the exact requested sizes.)
+    // crop: exactly the chosen box.
+    for ((w, h), (cw, ch)) in [
+        ((32, 32), (32, 32)),
+        ((96, 96), (96, 96)),
+        ((20, 50), (96, 96)),
+        ((100, 30), (96, 96)),
+        ((60, 200), (96, 96)),
+    ] {
         let resp = thumbnail(&alice, &mxc, &format!("width={w}&height={h}&method=crop")).await;
         assert_eq!(resp.status, StatusCode::OK, "crop {w}x{h}: {}", resp.json());
         assert_eq!(resp.header("content-type"), Some("image/png"));
@@ -535,13 +544,14 @@ async fn thumbnails_have_the_requested_bounds_and_are_cached() {
             "thumbnails are inline"
         );
         assert_eq!(resp.header("content-security-policy"), Some(CSP));
-        assert_eq!(decoded_size(&resp.body), (w, h), "crop {w}x{h}");
+        assert_eq!(decoded_size(&resp.body), (cw, ch), "crop {w}x{h}");
     }
-    // scale: the aspect ratio (2:1) is kept and the image fits the box, touching one side.
+    // scale: the aspect ratio (2:1) is kept and the image fits the chosen box, touching one
+    // side; 640x480 and larger boxes hold the whole 640x320 image.
     for ((w, h), want) in [
         ((320, 240), (320, 160)),
-        ((100, 100), (100, 50)),
-        ((400, 100), (200, 100)),
+        ((100, 100), (320, 160)),
+        ((400, 100), (640, 320)),
     ] {
         let resp = thumbnail(&alice, &mxc, &format!("width={w}&height={h}&method=scale")).await;
         assert_eq!(resp.status, StatusCode::OK, "scale {w}x{h}: {}", resp.json());
@@ -550,11 +560,16 @@ async fn thumbnails_have_the_requested_bounds_and_are_cached() {
     // No method means scale.
     let resp = thumbnail(&alice, &mxc, "width=320&height=240").await;
     assert_eq!(decoded_size(&resp.body), (320, 160));
-    // Never scaled up: a box larger than the image gives the image's own size.
-    for method in ["scale", "crop"] {
-        let resp = thumbnail(&alice, &mxc, &format!("width=2000&height=2000&method={method}")).await;
-        assert_eq!(decoded_size(&resp.body), (640, 320), "{method} into a larger box");
-    }
+    // Never scaled up: a box larger than the image gives the image's own size; larger than
+    // every configured size, the largest of the method.
+    let resp = thumbnail(&alice, &mxc, "width=2000&height=2000&method=scale").await;
+    assert_eq!(decoded_size(&resp.body), (640, 320), "scale into a larger box");
+    let resp = thumbnail(&alice, &mxc, "width=2000&height=2000&method=crop").await;
+    assert_eq!(
+        decoded_size(&resp.body),
+        (96, 96),
+        "crop larger than every crop size"
+    );
 
     // Each (size, method) is generated once, then served from the disk cache.
     let thumbs = files_under(&media_dir(&server).join("thumbnails"));
@@ -729,4 +744,127 @@ async fn media_survives_a_restart() {
         resp.header("content-disposition"),
         Some("inline; filename=\"keep.png\"")
     );
+}
+
+fn cached_names(server: &Server) -> Vec<String> {
+    let mut names: Vec<String> = files_under(&media_dir(server).join("thumbnails"))
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A client cannot make the server produce and cache a thumbnail per size it makes up: odd sizes
+/// map to the configured ones and share their cache file.
+#[tokio::test]
+async fn odd_sizes_share_the_configured_thumbnails() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let mxc = upload(&alice, &png(640, 320), "image/png", None).await;
+
+    let a = thumbnail(&alice, &mxc, "width=33&height=33&method=crop").await;
+    let b = thumbnail(&alice, &mxc, "width=50&height=70&method=crop").await;
+    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(decoded_size(&a.body), (96, 96));
+    assert!(a.body == b.body, "both are the 96x96 crop");
+    assert_eq!(cached_names(&server), ["96x96-crop.png"]);
+
+    // Many distinct sizes: never more files than configured sizes.
+    for i in 1..=60u32 {
+        let method = if i % 2 == 0 { "crop" } else { "scale" };
+        let resp = thumbnail(
+            &alice,
+            &mxc,
+            &format!("width={}&height={}&method={method}", i * 13, i * 7 + 1),
+        )
+        .await;
+        assert_eq!(resp.status, StatusCode::OK, "{i}: {}", resp.json());
+    }
+    let names = cached_names(&server);
+    assert!(
+        names.len() <= 5,
+        "one file per configured size at most: {names:?}"
+    );
+    for name in &names {
+        assert!(
+            [
+                "32x32-crop.png",
+                "96x96-crop.png",
+                "320x240-scale.png",
+                "640x480-scale.png",
+                "800x600-scale.png"
+            ]
+            .contains(&name.as_str()),
+            "{name} is not a configured size"
+        );
+    }
+}
+
+/// The operator's sizes are used; a method without sizes of its own gets the nearest of others.
+#[tokio::test]
+async fn configured_thumbnail_sizes_are_used() {
+    let server = Server::start_with_config(
+        Backend::from_env(),
+        "[media]\nthumbnail_sizes = [{ width = 50, height = 50, method = \"scale\" }]\n",
+    )
+    .await;
+    let alice = server.register("alice").await;
+    let mxc = upload(&alice, &png(640, 320), "image/png", None).await;
+    for query in [
+        "width=10&height=10&method=crop",
+        "width=400&height=400&method=scale",
+    ] {
+        let resp = thumbnail(&alice, &mxc, query).await;
+        assert_eq!(resp.status, StatusCode::OK, "{query}");
+        assert_eq!(decoded_size(&resp.body), (50, 25), "{query}");
+    }
+    assert_eq!(cached_names(&server), ["50x50-scale.png"]);
+}
+
+/// With one decode at a time, many concurrent requests (several images and sizes) wait their
+/// turn and all answer correctly.
+#[tokio::test]
+async fn concurrent_thumbnail_requests_all_answer() {
+    let server =
+        Server::start_with_config(Backend::from_env(), "[media]\nmax_concurrent_thumbnails = 1\n").await;
+    let alice = server.register("alice").await;
+    let mut images = Vec::new();
+    for (w, h) in [(640, 320), (300, 600), (1000, 1000)] {
+        images.push(((w, h), upload(&alice, &png(w, h), "image/png", None).await));
+    }
+    let mut tasks = Vec::new();
+    for round in 0..4 {
+        for ((w, h), mxc) in &images {
+            for (query, bounds) in [
+                ("width=32&height=32&method=crop", (32, 32)),
+                ("width=90&height=90&method=crop", (96, 96)),
+                ("width=300&height=200&method=scale", (320, 240)),
+                ("width=700&height=500&method=scale", (800, 600)),
+            ] {
+                let (alice, mxc, w, h) = (alice.clone(), mxc.clone(), *w, *h);
+                tasks.push(tokio::spawn(async move {
+                    let resp = thumbnail(&alice, &mxc, query).await;
+                    assert_eq!(
+                        resp.status,
+                        StatusCode::OK,
+                        "round {round} {query}: {}",
+                        resp.json()
+                    );
+                    let (tw, th) = decoded_size(&resp.body);
+                    if query.ends_with("crop") {
+                        assert_eq!((tw, th), bounds, "{w}x{h} {query}");
+                    } else {
+                        // Scaled to fit the box, aspect kept, never enlarged.
+                        let fits = tw <= bounds.0 && th <= bounds.1;
+                        let touches = tw == bounds.0.min(w) || th == bounds.1.min(h);
+                        assert!(fits && touches, "{w}x{h} {query}: {tw}x{th}");
+                    }
+                }));
+            }
+        }
+    }
+    for task in tasks {
+        task.await.expect("thumbnail task");
+    }
 }

@@ -853,9 +853,18 @@ fn pusher_body(app_id: &str, pushkey: &str, url: &str) -> Value {
     })
 }
 
+/// A server that may push to gateways on loopback (where the mock gateways listen).
+async fn start_allowing_local_gateways() -> Server {
+    Server::start_with_config(
+        common::Backend::from_env(),
+        "[push]\nallow_private_addresses = true\n",
+    )
+    .await
+}
+
 #[tokio::test]
 async fn pusher_api() {
-    let server = Server::start().await;
+    let server = start_allowing_local_gateways().await;
     let bob = server.register("bob").await;
     let carol = server.register("carol").await;
     let url = "http://127.0.0.1:9/_matrix/push/v1/notify";
@@ -988,7 +997,7 @@ async fn delivery_to_push_gateway() {
         .await;
     let url = format!("{}/_matrix/push/v1/notify", gateway.uri());
 
-    let server = Server::start().await;
+    let server = start_allowing_local_gateways().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let carol = server.register("carol").await;
@@ -1080,7 +1089,7 @@ async fn rejected_pushkeys_are_removed() {
         .mount(&gateway)
         .await;
     let url = format!("{}/_matrix/push/v1/notify", gateway.uri());
-    let server = Server::start().await;
+    let server = start_allowing_local_gateways().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;

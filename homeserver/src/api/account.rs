@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    api::extract::{Auth, ClientIp, JsonBody},
+    api::extract::{Auth, ClientIp, JsonBody, UiaBody},
     error::{ApiError, ApiResult},
     ratelimit::Action,
     services::{Services, now_ms},
@@ -39,7 +39,7 @@ pub async fn register(
     State(svc): State<Services>,
     ClientIp(ip): ClientIp,
     Query(query): Query<RegisterQuery>,
-    JsonBody(body): JsonBody<RegisterBody>,
+    UiaBody(body, operation): UiaBody<RegisterBody>,
 ) -> ApiResult<Json<Value>> {
     svc.rate_limiter.check(Action::Register, &ip)?;
     if query.kind.as_deref().unwrap_or("user") != "user" {
@@ -73,7 +73,15 @@ pub async fn register(
     if auth_body.get("auth").is_none() {
         auth_body = json!({});
     }
-    uia::authenticate(&svc, &auth_body, &flows, None, registration.token.as_deref()).await?;
+    uia::authenticate(
+        &svc,
+        &operation,
+        &auth_body,
+        &flows,
+        None,
+        registration.token.as_deref(),
+    )
+    .await?;
 
     let hash = users::hash_password(password).await?;
     if !svc
@@ -180,7 +188,9 @@ pub async fn login(
         ));
     }
     let user_id = users::login_user_id(&body.rest, svc.server_name())?;
-    svc.rate_limiter.check(Action::Login, user_id.as_str())?;
+    // Failures count per (user, address), so failures elsewhere never lock the owner out.
+    let failures = format!("{user_id} {ip}");
+    svc.rate_limiter.check_failures(Action::LoginFailure, &failures)?;
     let password = body
         .password
         .as_deref()
@@ -194,6 +204,7 @@ pub async fn login(
         return Err(ApiError::user_deactivated("This account has been deactivated"));
     }
     if !valid {
+        svc.rate_limiter.record_failure(Action::LoginFailure, &failures);
         return Err(ApiError::forbidden("Invalid username or password"));
     }
     let tokens = login_device(
@@ -273,10 +284,11 @@ pub async fn threepids(_auth: Auth) -> Json<Value> {
 pub async fn change_password(
     State(svc): State<Services>,
     auth: Auth,
-    JsonBody(body): JsonBody<PasswordBody>,
+    UiaBody(body, operation): UiaBody<PasswordBody>,
 ) -> ApiResult<Json<Value>> {
     uia::authenticate(
         &svc,
+        &operation,
         &body.rest,
         &[vec!["m.login.password"]],
         Some(auth.user_id.as_str()),
@@ -299,10 +311,11 @@ pub async fn change_password(
 pub async fn deactivate(
     State(svc): State<Services>,
     auth: Auth,
-    JsonBody(body): JsonBody<Value>,
+    UiaBody(body, operation): UiaBody<Value>,
 ) -> ApiResult<Json<Value>> {
     uia::authenticate(
         &svc,
+        &operation,
         &body,
         &[vec!["m.login.password"]],
         Some(auth.user_id.as_str()),

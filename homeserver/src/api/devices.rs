@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
-    api::extract::{Auth, JsonBody},
+    api::extract::{Auth, JsonBody, UiaBody},
     error::{ApiError, ApiResult},
     services::Services,
     store::DeviceRow,
@@ -79,7 +79,7 @@ pub async fn delete(
     State(svc): State<Services>,
     auth: Auth,
     Path(device_id): Path<String>,
-    JsonBody(body): JsonBody<Value>,
+    UiaBody(body, operation): UiaBody<Value>,
 ) -> ApiResult<Json<Value>> {
     if svc
         .store
@@ -91,6 +91,7 @@ pub async fn delete(
     }
     uia::authenticate(
         &svc,
+        &operation,
         &body,
         &[vec!["m.login.password"]],
         Some(auth.user_id.as_str()),
@@ -112,10 +113,11 @@ pub struct DeleteManyBody {
 pub async fn delete_many(
     State(svc): State<Services>,
     auth: Auth,
-    JsonBody(body): JsonBody<DeleteManyBody>,
+    UiaBody(body, operation): UiaBody<DeleteManyBody>,
 ) -> ApiResult<Json<Value>> {
     uia::authenticate(
         &svc,
+        &operation,
         &body.rest,
         &[vec!["m.login.password"]],
         Some(auth.user_id.as_str()),

@@ -33,6 +33,8 @@ pub async fn receipt(
     Path((room_id, receipt_type, event_id)): Path<(String, String, String)>,
     JsonBody(body): JsonBody<ReceiptBody>,
 ) -> ApiResult<Json<Value>> {
+    svc.rate_limiter
+        .check(crate::ratelimit::Action::Receipt, auth.user_id.as_str())?;
     let room_id = parse_room_id(&room_id)?;
     if body.thread_id.as_deref().is_some_and(str::is_empty) {
         return Err(ApiError::invalid_param("thread_id must not be empty"));
@@ -66,6 +68,8 @@ pub async fn read_markers(
     Path(room_id): Path<String>,
     JsonBody(body): JsonBody<ReadMarkersBody>,
 ) -> ApiResult<Json<Value>> {
+    svc.rate_limiter
+        .check(crate::ratelimit::Action::Receipt, auth.user_id.as_str())?;
     let room_id = parse_room_id(&room_id)?;
     let markers = [
         ("m.fully_read", body.fully_read),
@@ -93,6 +97,8 @@ pub async fn typing(
     Path((room_id, user_id)): Path<(String, String)>,
     JsonBody(body): JsonBody<TypingBody>,
 ) -> ApiResult<Json<Value>> {
+    svc.rate_limiter
+        .check(crate::ratelimit::Action::Typing, auth.user_id.as_str())?;
     let room_id = parse_room_id(&room_id)?;
     if user_id != auth.user_id.as_str() {
         return Err(ApiError::forbidden("Cannot set another user's typing state"));
@@ -119,6 +125,8 @@ pub async fn set_presence(
     Path(user_id): Path<String>,
     JsonBody(body): JsonBody<PresenceBody>,
 ) -> ApiResult<Json<Value>> {
+    svc.rate_limiter
+        .check(crate::ratelimit::Action::Presence, auth.user_id.as_str())?;
     if user_id != auth.user_id.as_str() {
         return Err(ApiError::forbidden("Cannot set another user's presence"));
     }

@@ -1,17 +1,22 @@
 //! Request extractors that fail with the spec's errors: the authenticated user, and JSON bodies.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::{
     body::Bytes,
     extract::{ConnectInfo, FromRequest, FromRequestParts, Request},
-    http::{header, request::Parts},
+    http::{HeaderMap, header, request::Parts},
 };
 use ruma::{OwnedUserId, UserId};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::{error::ApiError, services::Services, users::hash_token};
+use crate::{
+    config::Network,
+    error::ApiError,
+    services::Services,
+    users::{hash_token, uia::Operation},
+};
 
 /// The user and device an access token belongs to.
 #[derive(Debug, Clone)]
@@ -55,22 +60,55 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The peer address of the connection. (Behind a reverse proxy this is the proxy's.)
-pub fn client_ip(parts: &Parts) -> Option<String> {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
+/// The client's address: the connection's peer, unless the peer is a trusted proxy (config
+/// `trusted_proxies`); then the address it forwarded, see [`forwarded_client`].
+pub fn client_ip(parts: &Parts, trusted_proxies: &[Network]) -> Option<String> {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    Some(forwarded_client(peer, &parts.headers, trusted_proxies).to_string())
 }
 
-/// The client's IP address, for rate limits keyed by IP.
+/// Walks `X-Forwarded-For` from the right (each proxy appends the address it received from)
+/// while the hops are trusted proxies; the first untrusted hop is the client. A peer that is not
+/// a trusted proxy is the client whatever the header says, so clients cannot forge it.
+fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[Network]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    let mut client = peer.to_canonical();
+    if !is_trusted(&client) {
+        return client;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in hops.into_iter().rev() {
+        let hop = hop.trim();
+        let Some(ip) = hop
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        else {
+            break;
+        };
+        client = ip.to_canonical();
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    client
+}
+
+/// The client's IP address, for rate limits keyed by address.
 pub struct ClientIp(pub String);
 
 impl FromRequestParts<Services> for ClientIp {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &Services) -> Result<Self, ApiError> {
-        Ok(Self(client_ip(parts).unwrap_or_else(|| "unknown".into())))
+    async fn from_request_parts(parts: &mut Parts, svc: &Services) -> Result<Self, ApiError> {
+        Ok(Self(
+            client_ip(parts, &svc.config.trusted_proxies).unwrap_or_else(|| "unknown".into()),
+        ))
     }
 }
 
@@ -92,7 +130,7 @@ impl FromRequestParts<Services> for Auth {
         }
         let device_id = owner.device_id;
         let user_id = UserId::parse(owner.user_id).map_err(ApiError::internal)?;
-        let ip = client_ip(parts);
+        let ip = client_ip(parts, &svc.config.trusted_proxies);
         crate::users::record_last_seen(svc, user_id.as_str(), &device_id, ip.as_deref()).await?;
         Ok(Self {
             user_id,
@@ -124,24 +162,102 @@ impl<T: DeserializeOwned> FromRequest<Services> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, svc: &Services) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, svc).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large("Request body too large")
-            } else {
-                ApiError::not_json(rejection.body_text())
-            }
-        })?;
-        let value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-            Value::Object(Default::default())
-        } else {
-            serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::not_json(format!("Body is not valid JSON: {e}")))?
-        };
-        if !value.is_object() {
-            return Err(ApiError::bad_json("Body must be a JSON object"));
-        }
+        let value = json_object(req, svc).await?;
         serde_json::from_value(value)
             .map(Self)
             .map_err(|e| ApiError::bad_json(e.to_string()))
+    }
+}
+
+/// The body as a JSON object, with `JsonBody`'s errors.
+async fn json_object(req: Request, svc: &Services) -> Result<Value, ApiError> {
+    let bytes = Bytes::from_request(req, svc).await.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large("Request body too large")
+        } else {
+            ApiError::not_json(rejection.body_text())
+        }
+    })?;
+    let value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Default::default())
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::not_json(format!("Body is not valid JSON: {e}")))?
+    };
+    if !value.is_object() {
+        return Err(ApiError::bad_json("Body must be a JSON object"));
+    }
+    Ok(value)
+}
+
+/// The JSON body of an endpoint behind user-interactive auth, and the operation (method, path
+/// below the API version, body) its UIA session is bound to.
+pub struct UiaBody<T>(pub T, pub Operation);
+
+impl<T: DeserializeOwned> FromRequest<Services> for UiaBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, svc: &Services) -> Result<Self, ApiError> {
+        let method = req.method().as_str().to_owned();
+        // Inside the `/v3` and `/r0` nests the path is relative to them.
+        let path = req.uri().path().to_owned();
+        let value = json_object(req, svc).await?;
+        let operation = Operation::new(&method, &path, &value);
+        serde_json::from_value(value)
+            .map(|body| Self(body, operation))
+            .map_err(|e| ApiError::bad_json(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    fn nets(list: &[&str]) -> Vec<Network> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_header_counts_only_from_a_trusted_proxy() {
+        let h = headers(&["203.0.113.9"]);
+        assert_eq!(forwarded_client(ip("127.0.0.1"), &h, &[]), ip("127.0.0.1"));
+        assert_eq!(
+            forwarded_client(ip("198.51.100.1"), &h, &nets(&["127.0.0.1/32"])),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            forwarded_client(ip("127.0.0.1"), &h, &nets(&["127.0.0.0/8"])),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_hop_is_the_client() {
+        let trusted = nets(&["10.0.0.0/8", "127.0.0.1"]);
+        // The client forged its first entry; the proxies appended the rest.
+        let h = headers(&["1.1.1.1, 203.0.113.9", "10.0.0.2"]);
+        assert_eq!(forwarded_client(ip("127.0.0.1"), &h, &trusted), ip("203.0.113.9"));
+        // Only proxies: the leftmost one is as far as is known.
+        let h = headers(&["10.0.0.3, 10.0.0.2"]);
+        assert_eq!(forwarded_client(ip("127.0.0.1"), &h, &trusted), ip("10.0.0.3"));
+        // Garbage stops the walk at the last good hop.
+        let h = headers(&["203.0.113.9, nonsense"]);
+        assert_eq!(forwarded_client(ip("127.0.0.1"), &h, &trusted), ip("127.0.0.1"));
+        assert_eq!(
+            forwarded_client(ip("::ffff:127.0.0.1"), &headers(&["[2001:db8::1]:443"]), &trusted),
+            ip("2001:db8::1")
+        );
     }
 }

@@ -65,6 +65,8 @@ pub async fn set_field(
     Path((user_id, field)): Path<(String, String)>,
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<Json<Value>> {
+    svc.rate_limiter
+        .check(crate::ratelimit::Action::Profile, auth.user_id.as_str())?;
     if parse_user(&user_id)? != auth.user_id {
         return Err(ApiError::forbidden("Cannot change another user's profile"));
     }

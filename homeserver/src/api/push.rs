@@ -228,7 +228,7 @@ pub async fn set_pusher(
     auth: Auth,
     JsonBody(body): JsonBody<pushers::SetPusher>,
 ) -> ApiResult<Json<Value>> {
-    pushers::set_pusher(&svc, auth.user_id.as_str(), body).await?;
+    pushers::set_pusher(&svc, auth.user_id.as_str(), &auth.device_id, body).await?;
     Ok(Json(json!({})))
 }
 

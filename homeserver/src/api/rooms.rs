@@ -30,6 +30,8 @@ pub async fn create_room(
     auth: Auth,
     JsonBody(body): JsonBody<CreateRoomRequest>,
 ) -> ApiResult<Json<Value>> {
+    svc.rate_limiter
+        .check(crate::ratelimit::Action::RoomCreation, auth.user_id.as_str())?;
     let room_id = create(&svc, &auth.user_id, body).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
@@ -40,6 +42,8 @@ pub async fn join_by_id_or_alias(
     auth: Auth,
     Path(target): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    svc.rate_limiter
+        .check(crate::ratelimit::Action::Join, auth.user_id.as_str())?;
     let room_id = resolve_room(&svc, &target).await?;
     membership::join(&svc, &auth.user_id, &room_id).await?;
     Ok(Json(json!({ "room_id": room_id })))
@@ -52,6 +56,8 @@ pub async fn knock(
     Path(target): Path<String>,
     JsonBody(body): JsonBody<ReasonBody>,
 ) -> ApiResult<Json<Value>> {
+    svc.rate_limiter
+        .check(crate::ratelimit::Action::Join, auth.user_id.as_str())?;
     let room_id = resolve_room(&svc, &target).await?;
     membership::knock(&svc, &auth.user_id, &room_id, body.reason.as_deref()).await?;
     Ok(Json(json!({ "room_id": room_id })))
@@ -63,6 +69,8 @@ pub async fn join(
     auth: Auth,
     Path(room_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    svc.rate_limiter
+        .check(crate::ratelimit::Action::Join, auth.user_id.as_str())?;
     let room_id = parse_room_id(&room_id)?;
     membership::join(&svc, &auth.user_id, &room_id).await?;
     Ok(Json(json!({ "room_id": room_id })))
@@ -88,6 +96,10 @@ pub async fn target_membership(
     Path((room_id, action)): Path<(String, String)>,
     JsonBody(body): JsonBody<TargetBody>,
 ) -> ApiResult<Json<Value>> {
+    if action == "invite" {
+        svc.rate_limiter
+            .check(crate::ratelimit::Action::Invite, auth.user_id.as_str())?;
+    }
     let room_id = parse_room_id(&room_id)?;
     let target =
         UserId::parse(body.user_id.as_str()).map_err(|_| ApiError::invalid_param("Invalid user ID"))?;

@@ -22,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::{
     error::{ApiError, ApiResult},
+    ratelimit::Action,
     services::{Services, now_ms},
     store::UploadedContent,
 };
@@ -38,11 +39,16 @@ pub const MAX_DOWNLOAD_WAIT_MS: u64 = 120_000;
 #[derive(Debug, Clone)]
 pub struct MediaRepo {
     root: PathBuf,
+    /// Permits for image decodes, so thumbnail requests cannot occupy every core and all memory.
+    decodes: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl MediaRepo {
-    pub fn new(root: PathBuf) -> Self {
-        Self { root }
+    pub fn new(root: PathBuf, max_concurrent_decodes: usize) -> Self {
+        Self {
+            root,
+            decodes: std::sync::Arc::new(tokio::sync::Semaphore::new(max_concurrent_decodes.max(1))),
+        }
     }
 
     /// Creates the directory layout (at start-up, so a bad `media.path` stops the server early)
@@ -253,6 +259,7 @@ impl UploadMeta {
 
 /// `POST /_matrix/media/v3/upload`: stores the body under a new media ID; returns its `mxc://`.
 pub async fn upload(svc: &Services, uploader: &UserId, meta: UploadMeta, body: Body) -> ApiResult<String> {
+    svc.rate_limiter.check(Action::MediaUpload, uploader.as_str())?;
     let max = svc.config.media.max_upload_bytes;
     let body = meta.check_length(max, body).await?;
     let (sha256, size) = svc.media.store_body(body, max).await?;
@@ -272,7 +279,9 @@ pub async fn upload(svc: &Services, uploader: &UserId, meta: UploadMeta, body: B
 }
 
 /// `POST /_matrix/media/v1/create`: reserves a media ID; returns its `mxc://` and deadline.
+/// Rate limited like an upload; the upload to the reserved ID is then not counted again.
 pub async fn create(svc: &Services, uploader: &UserId) -> ApiResult<(String, i64)> {
+    svc.rate_limiter.check(Action::MediaUpload, uploader.as_str())?;
     let now = now_ms();
     let pending = svc.store.count_pending_media(uploader.as_str(), now).await?;
     if pending >= svc.config.media.max_pending_uploads as i64 {
@@ -421,8 +430,19 @@ pub async fn thumbnail(
     let Some(output) = thumbnail::output_format(&content.content_type) else {
         return Err(thumbnail::cannot_thumbnail());
     };
+    // Only configured sizes are made, so the cache holds a bounded number of files per image.
+    let request = thumbnail::nearest_size(&svc.config.media.thumbnail_sizes, request);
     let cache_name = request.cache_name(output);
-    if let Some(bytes) = svc.media.read_thumbnail(&content.sha256, &cache_name).await {
+    let cached = || svc.media.read_thumbnail(&content.sha256, &cache_name);
+    if let Some(bytes) = cached().await {
+        return Ok(Thumbnail {
+            bytes,
+            content_type: output.content_type().into(),
+        });
+    }
+    let _permit = svc.media.decodes.acquire().await.map_err(ApiError::internal)?;
+    // Another request may have made it while this one waited.
+    if let Some(bytes) = cached().await {
         return Ok(Thumbnail {
             bytes,
             content_type: output.content_type().into(),

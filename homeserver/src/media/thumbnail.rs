@@ -13,9 +13,13 @@ use image::{
     DynamicImage, ImageFormat, ImageReader, Limits, codecs::jpeg::JpegEncoder, imageops::FilterType,
 };
 
-use crate::error::{ApiError, ApiResult};
+use crate::{
+    config::ThumbnailSize,
+    error::{ApiError, ApiResult},
+};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Method {
     Crop,
     Scale,
@@ -57,6 +61,33 @@ impl ThumbnailRequest {
             self.method.as_str(),
             output.extension()
         )
+    }
+}
+
+/// The configured size that answers `req`: of the sizes with its method (all sizes when none
+/// has it), the smallest that covers the requested box, else the largest. Like Synapse, so a
+/// client gets at least what it asked for when it can, and never a size nobody configured.
+pub fn nearest_size(sizes: &[ThumbnailSize], req: ThumbnailRequest) -> ThumbnailRequest {
+    let same_method: Vec<&ThumbnailSize> = sizes.iter().filter(|s| s.method == req.method).collect();
+    let pool = if same_method.is_empty() {
+        sizes.iter().collect()
+    } else {
+        same_method
+    };
+    let area = |s: &&&ThumbnailSize| u64::from(s.width) * u64::from(s.height);
+    let chosen = pool
+        .iter()
+        .filter(|s| s.width >= req.width && s.height >= req.height)
+        .min_by_key(area)
+        .or_else(|| pool.iter().max_by_key(area));
+    match chosen {
+        Some(s) => ThumbnailRequest {
+            width: s.width,
+            height: s.height,
+            method: s.method,
+            animated: req.animated,
+        },
+        None => req,
     }
 }
 
@@ -290,6 +321,32 @@ mod tests {
             Generated::Image(b) => assert_eq!(image::guess_format(&b).unwrap(), ImageFormat::Png),
             Generated::Original => panic!("an animated original must not be returned unasked"),
         }
+    }
+
+    #[test]
+    fn requests_get_the_nearest_larger_configured_size() {
+        let sizes = crate::config::MediaConfig::default().thumbnail_sizes;
+        let pick = |w, h, m| {
+            let r = nearest_size(&sizes, req(w, h, m));
+            (r.width, r.height, r.method)
+        };
+        assert_eq!(pick(32, 32, Method::Crop), (32, 32, Method::Crop));
+        assert_eq!(pick(33, 20, Method::Crop), (96, 96, Method::Crop));
+        assert_eq!(
+            pick(97, 40, Method::Crop),
+            (96, 96, Method::Crop),
+            "larger than all crops"
+        );
+        assert_eq!(pick(1, 1, Method::Scale), (320, 240, Method::Scale));
+        assert_eq!(pick(321, 100, Method::Scale), (640, 480, Method::Scale));
+        assert_eq!(pick(5000, 5000, Method::Scale), (800, 600, Method::Scale));
+        let only_scale = [ThumbnailSize {
+            width: 100,
+            height: 100,
+            method: Method::Scale,
+        }];
+        let r = nearest_size(&only_scale, req(10, 10, Method::Crop));
+        assert_eq!((r.width, r.height, r.method), (100, 100, Method::Scale));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! - `eval`: runs on every appended event for every local member except the sender and stores
 //!   the outcome per (user, event) in `event_push_actions`.
 //! - `pushers`: pusher validation and HTTP delivery (`/_matrix/push/v1/notify`), off the send path.
+//! - `address`: which addresses gateways may be on (no loopback or private ones by default).
 
+pub mod address;
 pub mod eval;
 pub mod pushers;
 pub mod rules;
@@ -34,17 +36,17 @@ pub struct PushState {
     /// Room ID → members and power levels, for evaluation (see `eval`).
     rooms: Mutex<HashMap<String, Arc<eval::RoomContext>>>,
     pub(crate) http: reqwest::Client,
+    /// Where gateways may be; the client's resolver applies it to names, delivery to literals.
+    pub(crate) addresses: address::AddressPolicy,
 }
 
-impl Default for PushState {
-    fn default() -> Self {
+impl PushState {
+    pub fn new(config: &crate::config::PushConfig) -> Self {
         Self {
             rulesets: Mutex::default(),
             rooms: Mutex::default(),
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+            http: address::gateway_client(address::AddressPolicy::new(config)),
+            addresses: address::AddressPolicy::new(config),
         }
     }
 }

@@ -5,6 +5,9 @@
 //! Only plain `http://` gateways can be reached for now (no TLS provider is configured for the
 //! outgoing client); `https://` URLs are accepted and stored, and their delivery fails with a log
 //! line until TLS is added.
+//!
+//! Gateway addresses are checked twice (see `address`): when the pusher is set, for an early
+//! 400, and when delivering, where the client connects only to addresses it checked.
 
 use ruma::push::{Action, Tweak};
 use serde_json::{Map, Value, json};
@@ -34,8 +37,11 @@ pub struct SetPusher {
     pub append: bool,
 }
 
-/// Adds, replaces or (with `kind: null`) deletes a pusher of `user_id`.
-pub async fn set_pusher(svc: &Services, user_id: &str, body: SetPusher) -> ApiResult<()> {
+/// Adds, replaces or (with `kind: null`) deletes a pusher of `user_id`, set from `device_id`
+/// (the pusher is deleted with that device).
+pub async fn set_pusher(svc: &Services, user_id: &str, device_id: &str, body: SetPusher) -> ApiResult<()> {
+    svc.rate_limiter
+        .check(crate::ratelimit::Action::Pusher, user_id)?;
     if body.pushkey.len() > 512 {
         return Err(ApiError::invalid_param("pushkey is longer than 512 bytes"));
     }
@@ -69,7 +75,10 @@ pub async fn set_pusher(svc: &Services, user_id: &str, body: SetPusher) -> ApiRe
     }
     let data = body.data.unwrap_or_default();
     match kind.as_str() {
-        "http" => check_url(data.get("url"))?,
+        "http" => {
+            check_url(data.get("url"))?;
+            check_destination(svc, data.get("url").and_then(Value::as_str).unwrap_or_default()).await?;
+        }
         _ => return Err(ApiError::invalid_param(format!("Unsupported pusher kind {kind}"))),
     }
     let row = PusherRow {
@@ -83,6 +92,7 @@ pub async fn set_pusher(svc: &Services, user_id: &str, body: SetPusher) -> ApiRe
         lang: body.lang.unwrap_or_default(),
         data: serde_json::to_string(&data).map_err(ApiError::internal)?,
         pushkey_ts: now_ms() / 1000,
+        device_id: Some(device_id.to_owned()),
     };
     svc.store.upsert_pusher(&row, body.append).await?;
     Ok(())
@@ -105,6 +115,38 @@ fn check_url(url: Option<&Value>) -> ApiResult<()> {
         )));
     }
     Ok(())
+}
+
+/// Refuses a gateway URL whose host is, or resolves only to, addresses gateways may not use.
+/// A name that does not resolve (now) is accepted: delivery checks again.
+async fn check_destination(svc: &Services, url: &str) -> ApiResult<()> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|_| ApiError::invalid_param("data.url is not a valid URL"))?;
+    let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
+        return Err(ApiError::invalid_param("data.url has no host"));
+    };
+    let lookup = svc.push.addresses.resolve(host, port);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), lookup).await {
+        Ok(Ok(permitted)) if permitted.is_empty() => Err(ApiError::invalid_param(
+            "data.url is on a loopback, private or otherwise non-public address, which this server does not push to",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// True when `url` names an IP address gateways may not use. (Names are checked by the
+/// client's resolver as it connects; literals never reach a resolver.)
+fn refused_literal(svc: &Services, url: &str) -> bool {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return true;
+    };
+    let Some(host) = parsed.host_str() else {
+        return true;
+    };
+    match host.trim_start_matches('[').trim_end_matches(']').parse() {
+        Ok(ip) => !svc.push.addresses.permits(ip),
+        Err(_) => false,
+    }
 }
 
 /// A pusher as `GET /pushers` lists it.
@@ -225,6 +267,10 @@ async fn deliver(svc: &Services, event: &NewEvent, notified: &[(String, Vec<Acti
 
 /// POSTs one notification; a pushkey the gateway rejects is removed, as the spec asks.
 async fn post(svc: &Services, pusher: &PusherRow, url: &str, body: Value) {
+    if refused_literal(svc, url) {
+        tracing::warn!(%url, "push gateway address refused (not a public address)");
+        return;
+    }
     let response = match svc.push.http.post(url).json(&body).send().await {
         Ok(response) => response,
         Err(error) => {

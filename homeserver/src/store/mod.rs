@@ -94,6 +94,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(5, "0005_server_settings"),
     migration!(6, "0006_redaction_lookup"),
     migration!(7, "0007_refresh_tokens"),
+    migration!(8, "0008_uia_binding_pusher_devices"),
     migration!(9, "0009_visibility"),
 ];
 

@@ -32,10 +32,12 @@ pub struct PusherRow {
     /// PusherData JSON.
     pub data: String,
     pub pushkey_ts: i64,
+    /// The device whose token set it; the pusher goes with the device.
+    pub device_id: Option<String>,
 }
 
 const PUSHER_COLUMNS: &str = "user_id, app_id, pushkey, kind, app_display_name, device_display_name, \
-                              profile_tag, lang, data, pushkey_ts";
+                              profile_tag, lang, data, pushkey_ts, device_id";
 
 fn pusher_row(r: AnyRow) -> PusherRow {
     PusherRow {
@@ -49,6 +51,7 @@ fn pusher_row(r: AnyRow) -> PusherRow {
         lang: r.get(7),
         data: r.get(8),
         pushkey_ts: r.get(9),
+        device_id: r.get(10),
     }
 }
 
@@ -220,10 +223,11 @@ impl Store {
         }
         q(
             "INSERT INTO pushers (user_id, app_id, pushkey, kind, app_display_name, device_display_name, \
-           profile_tag, lang, data, pushkey_ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+           profile_tag, lang, data, pushkey_ts, device_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
            ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET kind = excluded.kind, \
            app_display_name = excluded.app_display_name, device_display_name = excluded.device_display_name, \
-           profile_tag = excluded.profile_tag, lang = excluded.lang, data = excluded.data",
+           profile_tag = excluded.profile_tag, lang = excluded.lang, data = excluded.data, \
+           device_id = excluded.device_id",
         )
         .bind(pusher.user_id.clone())
         .bind(pusher.app_id.clone())
@@ -235,6 +239,7 @@ impl Store {
         .bind(pusher.lang.clone())
         .bind(pusher.data.clone())
         .bind(pusher.pushkey_ts)
+        .bind(pusher.device_id.clone())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

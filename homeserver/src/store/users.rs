@@ -160,6 +160,10 @@ impl Store {
             .bind(user_id.to_owned())
             .execute(&mut *tx)
             .await?;
+        q("DELETE FROM pushers WHERE user_id = $1")
+            .bind(user_id.to_owned())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         self.forget_tokens();
         Ok(())
@@ -345,11 +349,16 @@ impl Store {
         Ok(())
     }
 
-    /// Removes a device and every token issued to it.
+    /// Removes a device, every token issued to it and the pushers it set.
     pub async fn delete_device(&self, user_id: &str, device_id: &str) -> StoreResult<bool> {
         let mut tx = self.begin_write().await?;
         delete_device_tokens(&mut tx, user_id, device_id).await?;
         let done = q("DELETE FROM devices WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id.to_owned())
+            .bind(device_id.to_owned())
+            .execute(&mut *tx)
+            .await?;
+        q("DELETE FROM pushers WHERE user_id = $1 AND device_id = $2")
             .bind(user_id.to_owned())
             .bind(device_id.to_owned())
             .execute(&mut *tx)
@@ -359,7 +368,8 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Removes every device of a user except `keep`, with their tokens.
+    /// Removes every device of a user except `keep`, with their tokens and pushers (also those
+    /// set before pushers recorded their device).
     pub async fn delete_devices_except(&self, user_id: &str, keep: Option<&str>) -> StoreResult<()> {
         let keep = keep.unwrap_or("").to_owned();
         let mut tx = self.begin_write().await?;
@@ -374,6 +384,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         q("DELETE FROM devices WHERE user_id = $1 AND device_id <> $2")
+            .bind(user_id.to_owned())
+            .bind(keep.clone())
+            .execute(&mut *tx)
+            .await?;
+        q("DELETE FROM pushers WHERE user_id = $1 AND (device_id IS NULL OR device_id <> $2)")
             .bind(user_id.to_owned())
             .bind(keep)
             .execute(&mut *tx)
@@ -448,29 +463,47 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 
-    /// Starts a user-interactive auth session.
+    /// Starts a user-interactive auth session for `operation` (see `users::uia`), first
+    /// deleting sessions created before `expired_before`.
     pub async fn create_uia_session(
         &self,
         session_id: &str,
         user_id: Option<&str>,
+        operation: &str,
         now: i64,
+        expired_before: i64,
     ) -> StoreResult<()> {
-        q("INSERT INTO uia_sessions (session_id, user_id, completed, created_ts) VALUES ($1, $2, '[]', $3)")
-            .bind(session_id.to_owned())
-            .bind(user_id.map(ToOwned::to_owned))
-            .bind(now)
+        q("DELETE FROM uia_sessions WHERE created_ts < $1")
+            .bind(expired_before)
             .execute(&self.pool)
             .await?;
+        q(
+            "INSERT INTO uia_sessions (session_id, user_id, completed, created_ts, operation) \
+           VALUES ($1, $2, '[]', $3, $4)",
+        )
+        .bind(session_id.to_owned())
+        .bind(user_id.map(ToOwned::to_owned))
+        .bind(now)
+        .bind(operation.to_owned())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
-    /// The session's owner and completed stages (a JSON array), if the session exists.
-    pub async fn uia_session(&self, session_id: &str) -> StoreResult<Option<(Option<String>, String)>> {
-        let row = q("SELECT user_id, completed FROM uia_sessions WHERE session_id = $1")
-            .bind(session_id.to_owned())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
+    /// A session created at or after `created_since`: its owner, completed stages (a JSON
+    /// array) and operation.
+    pub async fn uia_session(
+        &self,
+        session_id: &str,
+        created_since: i64,
+    ) -> StoreResult<Option<(Option<String>, String, String)>> {
+        let row = q("SELECT user_id, completed, operation FROM uia_sessions \
+                     WHERE session_id = $1 AND created_ts >= $2")
+        .bind(session_id.to_owned())
+        .bind(created_since)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
     }
 
     pub async fn set_uia_completed(&self, session_id: &str, completed: &str) -> StoreResult<()> {

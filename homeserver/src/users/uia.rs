@@ -1,9 +1,19 @@
 //! User-interactive authentication (client-server API §User-interactive authentication API).
+//!
+//! A session belongs to one API call: the spec has the client resubmit "the same request" with
+//! `auth` added, "in the same API call". So a session remembers the method, path and body
+//! (without `auth`) it started with, and a request that differs is refused (403) instead of
+//! borrowing its completed stages: a password entered to delete device A cannot delete B.
+//! Sessions expire after `uia.session_timeout_secs` and are deleted when a new one starts.
+
+use std::sync::OnceLock;
 
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use crate::{
     error::{ApiError, ApiResult},
+    ratelimit::Action,
     services::{Services, now_ms},
     users::{random_string, verify_password},
 };
@@ -11,25 +21,87 @@ use crate::{
 /// One acceptable sequence of stages.
 pub type Flow = Vec<&'static str>;
 
+/// What a session is bound to: method, path (below the API version) and a keyed hash of the
+/// body without `auth`. Keyed with a secret of this process, so the stored value says nothing
+/// about a password in the body; sessions do not outlive a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation(String);
+
+impl Operation {
+    pub fn new(method: &str, path: &str, body: &Value) -> Self {
+        static KEY: OnceLock<String> = OnceLock::new();
+        let key = KEY.get_or_init(|| random_string(32));
+        let mut body = body.clone();
+        if let Some(object) = body.as_object_mut() {
+            object.remove("auth");
+        }
+        let mut canonical = String::new();
+        write_canonical(&body, &mut canonical);
+        let digest = Sha256::new()
+            .chain_update(key.as_bytes())
+            .chain_update(canonical.as_bytes())
+            .finalize();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Self(format!("{method} {path} {hex}"))
+    }
+}
+
+/// JSON with object keys sorted, so that key order does not change the hash.
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
 /// Runs one UIA step. `Ok(())` when a flow is complete; otherwise the 401 response the client
 /// continues from. `user_id` is the authenticated user for operations on an existing account.
 pub async fn authenticate(
     svc: &Services,
+    operation: &Operation,
     body: &Value,
     flows: &[Flow],
     user_id: Option<&str>,
     registration_token: Option<&str>,
 ) -> ApiResult<()> {
     let Some(auth) = body.get("auth").filter(|a| a.is_object()) else {
-        return Err(challenge(svc, flows, None, user_id, &[], None).await?);
+        return Err(challenge(svc, operation, flows, None, user_id, &[], None).await?);
     };
     let session = auth.get("session").and_then(Value::as_str);
     let mut completed: Vec<String> = Vec::new();
     if let Some(session) = session {
-        match svc.store.uia_session(session).await? {
-            Some((owner, done)) => {
+        match svc.store.uia_session(session, oldest_live(svc)).await? {
+            Some((owner, done, bound_to)) => {
                 if owner.as_deref() != user_id {
                     return Err(ApiError::forbidden("Session belongs to another user"));
+                }
+                if bound_to != operation.0 {
+                    return Err(ApiError::forbidden(
+                        "Requested operation has changed during the UI authentication session",
+                    ));
                 }
                 completed = serde_json::from_str(&done).unwrap_or_default();
             }
@@ -37,7 +109,7 @@ pub async fn authenticate(
                 return Err(ApiError::new(
                     axum::http::StatusCode::BAD_REQUEST,
                     "M_UNKNOWN",
-                    "Unknown session",
+                    "Unknown or expired session",
                 ));
             }
         }
@@ -47,9 +119,18 @@ pub async fn authenticate(
         if !flows.iter().any(|f| f.contains(&stage)) {
             return Err(ApiError::bad_json(format!("Unsupported auth type {stage}")));
         }
+        // Wrong passwords are limited per user (the account is already authenticated, so
+        // only its own token holders can spend this).
+        let password_of = user_id.filter(|_| stage == "m.login.password");
+        if let Some(user_id) = password_of {
+            svc.rate_limiter.check_failures(Action::UiaFailure, user_id)?;
+        }
         let result = check_stage(svc, stage, auth, user_id, registration_token).await;
         if let Err(error) = result {
-            return Err(challenge(svc, flows, session, user_id, &completed, Some(error)).await?);
+            if let Some(user_id) = password_of {
+                svc.rate_limiter.record_failure(Action::UiaFailure, user_id);
+            }
+            return Err(challenge(svc, operation, flows, session, user_id, &completed, Some(error)).await?);
         }
         if !completed.iter().any(|c| c == stage) {
             completed.push(stage.to_owned());
@@ -64,7 +145,13 @@ pub async fn authenticate(
         }
         return Ok(());
     }
-    Err(challenge(svc, flows, session, user_id, &completed, None).await?)
+    Err(challenge(svc, operation, flows, session, user_id, &completed, None).await?)
+}
+
+/// Sessions created before this are expired.
+fn oldest_live(svc: &Services) -> i64 {
+    let timeout_ms = svc.config.uia.session_timeout_secs.saturating_mul(1000);
+    now_ms().saturating_sub(i64::try_from(timeout_ms).unwrap_or(i64::MAX))
 }
 
 async fn check_stage(
@@ -107,6 +194,7 @@ async fn check_stage(
 /// The 401 that tells the client which stages remain.
 async fn challenge(
     svc: &Services,
+    operation: &Operation,
     flows: &[Flow],
     session: Option<&str>,
     user_id: Option<&str>,
@@ -122,7 +210,9 @@ async fn challenge(
         }
         None => {
             let s = random_string(24);
-            svc.store.create_uia_session(&s, user_id, now_ms()).await?;
+            svc.store
+                .create_uia_session(&s, user_id, &operation.0, now_ms(), oldest_live(svc))
+                .await?;
             s
         }
     };
@@ -149,4 +239,47 @@ async fn challenge(
 
 fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_differ_by_method_path_and_body_but_not_auth_or_key_order() {
+        let a = Operation::new(
+            "DELETE",
+            "/devices/A",
+            &json!({"x": 1, "y": [1, {"b": 2, "a": 1}]}),
+        );
+        let same = Operation::new(
+            "DELETE",
+            "/devices/A",
+            &json!({"y": [1, {"a": 1, "b": 2}], "x": 1, "auth": {"session": "s"}}),
+        );
+        assert_eq!(a, same);
+        assert_ne!(
+            a,
+            Operation::new(
+                "DELETE",
+                "/devices/B",
+                &json!({"x": 1, "y": [1, {"b": 2, "a": 1}]})
+            )
+        );
+        assert_ne!(
+            a,
+            Operation::new("POST", "/devices/A", &json!({"x": 1, "y": [1, {"b": 2, "a": 1}]}))
+        );
+        assert_ne!(
+            a,
+            Operation::new(
+                "DELETE",
+                "/devices/A",
+                &json!({"x": 2, "y": [1, {"b": 2, "a": 1}]})
+            )
+        );
+        // The stored value does not contain the body.
+        let secret = Operation::new("POST", "/account/password", &json!({"new_password": "hunter2"}));
+        assert!(!secret.0.contains("hunter2"));
+    }
 }

@@ -170,6 +170,18 @@ impl Server {
     /// Starts a server whose config file ends with `extra` (TOML sections of its own, e.g.
     /// `[media]\nmax_upload_bytes = 1000\n`).
     pub async fn start_with_config(backend: Backend, extra: &str) -> Server {
+        Self::start_with_limits(
+            backend,
+            "",
+            &format!("enabled = false\n{RATE_LIMIT_FIELDS}"),
+            extra,
+        )
+        .await
+    }
+
+    /// Starts a server with `top` among the top-level keys (e.g. `trusted_proxies = […]`), the
+    /// body of `[rate_limits]` given in full, and `extra` sections at the end.
+    pub async fn start_with_limits(backend: Backend, top: &str, rate_limits: &str, extra: &str) -> Server {
         install_default_drivers();
         let dir = tempfile::Builder::new()
             .prefix("hearth-it-")
@@ -199,9 +211,9 @@ impl Server {
         let port = free_port();
         let config_path = dir.path().join("hearth.toml");
         let config = format!(
-            "server_name = \"{SERVER_NAME}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n\
+            "server_name = \"{SERVER_NAME}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n{top}\n\
              [database]\nurl = \"{db_url}\"\n[registration]\nenabled = true\n\
-             [rate_limits]\nenabled = false\n{RATE_LIMIT_FIELDS}{extra}",
+             [rate_limits]\n{rate_limits}\n{extra}",
             data = dir.path().join("data").display(),
         );
         fs::write(&config_path, config).expect("write config");
