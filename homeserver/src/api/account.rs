@@ -7,8 +7,13 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use ruma::api::client::account::whoami;
+
 use crate::{
-    api::extract::{Auth, ClientIp, JsonBody, UiaBody},
+    api::{
+        extract::{Auth, ClientIp, JsonBody, UiaBody},
+        ruma::{Ruma, RumaResponse},
+    },
     error::{ApiError, ApiResult},
     ratelimit::Action,
     services::{Services, now_ms},
@@ -258,8 +263,10 @@ pub async fn logout_all(State(svc): State<Services>, auth: Auth) -> ApiResult<Js
 }
 
 /// `GET /account/whoami`
-pub async fn whoami(auth: Auth) -> Json<Value> {
-    Json(json!({ "user_id": auth.user_id, "device_id": auth.device_id, "is_guest": false }))
+pub async fn whoami(auth: Auth, Ruma(_): Ruma<whoami::v3::Request>) -> ApiResult<RumaResponse<whoami::v3::Response>> {
+    let mut response = whoami::v3::Response::new(auth.user_id, false);
+    response.device_id = Some(auth.device_id.into());
+    Ok(response.into())
 }
 
 #[derive(Deserialize)]

@@ -10,6 +10,7 @@ pub mod history;
 pub mod membership;
 pub mod power;
 pub mod receipts;
+pub mod send;
 pub mod tags;
 pub mod timeline;
 pub mod typing;
