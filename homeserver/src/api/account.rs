@@ -16,8 +16,9 @@ use crate::{
     },
     error::{ApiError, ApiResult},
     ratelimit::Action,
-    services::{Services, now_ms},
+    services::Services,
     users::{self, login_device, uia},
+    util::now_ms,
 };
 
 #[derive(Deserialize)]
@@ -56,7 +57,7 @@ pub async fn register(
     }
     let localpart = match &body.username {
         Some(name) => name.to_lowercase(),
-        None => users::random_string(12).to_lowercase(),
+        None => crate::util::random_string(12).to_lowercase(),
     };
     let user_id = users::user_id_for(&localpart, svc.server_name())?;
     // Checking availability before UIA saves a client from completing stages for nothing.

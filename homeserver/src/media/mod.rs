@@ -23,8 +23,9 @@ use tokio::io::AsyncWriteExt;
 use crate::{
     error::{ApiError, ApiResult},
     ratelimit::Action,
-    services::{Services, now_ms},
+    services::Services,
     store::UploadedContent,
+    util::now_ms,
 };
 
 pub use thumbnail::{Method, ThumbnailRequest};
@@ -90,7 +91,7 @@ impl MediaRepo {
     fn temp_path(&self) -> PathBuf {
         self.root
             .join("tmp")
-            .join(format!("{}.part", crate::users::random_string(24)))
+            .join(format!("{}.part", crate::util::random_string(24)))
     }
 
     /// Streams `body` to disk, hashing it on the way; refuses bodies over `max_bytes` with
@@ -214,7 +215,7 @@ pub fn valid_media_id(id: &str) -> bool {
 }
 
 fn new_media_id() -> String {
-    crate::users::random_string(24)
+    crate::util::random_string(24)
 }
 
 fn mxc(server_name: &str, media_id: &str) -> String {

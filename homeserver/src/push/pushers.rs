@@ -14,8 +14,9 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     error::{ApiError, ApiResult},
-    services::{Services, now_ms},
+    services::Services,
     store::{NewEvent, PusherRow},
+    util::now_ms,
 };
 
 /// The path every HTTP pusher URL must have.

@@ -27,8 +27,9 @@ use tokio::sync::{Mutex, oneshot};
 use crate::{
     error::{ApiError, ApiResult},
     rooms::checks,
-    services::{Services, now_ms},
+    services::Services,
     store::{Appending, EventRow, NewEvent, RoomRow, Txn},
+    util::now_ms,
 };
 
 /// What a caller wants in a new event.
@@ -728,5 +729,5 @@ fn parse_room_id(id: &str) -> ApiResult<OwnedRoomId> {
 
 /// A random room ID for room versions before 12: `!` + 18 random letters + `:server`.
 fn new_room_id(server_name: &str) -> ApiResult<OwnedRoomId> {
-    RoomId::parse(format!("!{}:{server_name}", crate::users::random_string(18))).map_err(ApiError::internal)
+    RoomId::parse(format!("!{}:{server_name}", crate::util::random_string(18))).map_err(ApiError::internal)
 }
