@@ -8,7 +8,7 @@ use crate::{
     config::Config,
     media::MediaRepo,
     ratelimit::RateLimiter,
-    rooms::{Timeline, typing::Typing},
+    rooms::{Timeline, listener::AppendListener, typing::Typing},
     store::Store,
     sync::notifier::Notifier,
 };
@@ -24,6 +24,8 @@ pub struct Inner {
     pub notifier: Arc<dyn Notifier>,
     pub rate_limiter: RateLimiter,
     pub timeline: Timeline,
+    /// Told about every batch of events the timeline stores, in this order.
+    pub listeners: Vec<Box<dyn AppendListener>>,
     pub media: MediaRepo,
     pub typing: Typing,
     /// Cached push rule sets and room contexts, and the push gateway client.
@@ -53,6 +55,12 @@ impl Services {
             notifier,
             rate_limiter,
             timeline: Timeline::default(),
+            // Push first: a new room's invites get their push outcomes stored before the
+            // invitees' syncs wake.
+            listeners: vec![
+                Box::new(crate::push::PushListener),
+                Box::new(crate::sync::notifier::WakeSyncs),
+            ],
             media,
             typing: Typing::default(),
             push,

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use crate::{
     error::{ApiError, ApiResult},
     services::Services,
-    store::{NewEvent, PusherRow},
+    store::{NewEvent, PushActionRow, PusherRow},
     util::now_ms,
 };
 
@@ -168,9 +168,14 @@ pub fn pusher_json(row: &PusherRow) -> Value {
     out
 }
 
-/// Sends the notification for `event` to the pushers of the users it notified, in the background.
-pub fn spawn_delivery(svc: Services, event: NewEvent, notified: Vec<(String, Vec<Action>)>) {
+/// Sends the notification for `event` to the pushers of the users it notified (its stored push
+/// rule outcomes), in the background.
+pub fn spawn_delivery(svc: Services, event: NewEvent, notified: Vec<PushActionRow>) {
     tokio::spawn(async move {
+        let notified: Vec<(String, Vec<Action>)> = notified
+            .into_iter()
+            .map(|row| (row.user_id, serde_json::from_str(&row.actions).unwrap_or_default()))
+            .collect();
         if let Err(error) = deliver(&svc, &event, &notified).await {
             tracing::warn!(event_id = %event.event_id, error = %error.message, "push delivery failed");
         }

@@ -7,6 +7,7 @@ pub mod client_event;
 pub mod create;
 pub mod directory;
 pub mod history;
+pub mod listener;
 pub mod membership;
 pub mod power;
 pub mod receipts;

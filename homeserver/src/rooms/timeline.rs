@@ -1,5 +1,7 @@
 //! Creating local events: build the PDU, check it against the room version's authorization
-//! rules, append it to the log, wake the waiters.
+//! rules, then `persist` it: store it with what the listeners add (`rooms::listener`) and hand
+//! the committed batch to them (push, `/sync` wake-ups). `persist` takes built events, so
+//! events that arrive already built (remote PDUs) can share it.
 //!
 //! Appends are serialized by one lock so that stream positions are handed out in commit order
 //! (a reader that has seen position N has seen everything before N). Under that lock each room's
@@ -26,9 +28,9 @@ use tokio::sync::{Mutex, oneshot};
 
 use crate::{
     error::{ApiError, ApiResult},
-    rooms::checks,
+    rooms::{checks, listener},
     services::Services,
-    store::{Appending, EventRow, NewEvent, RoomRow, Txn},
+    store::{Appending, EventRow, NewEvent, Placed, RoomRow, StoreResult, Txn},
     util::now_ms,
 };
 
@@ -115,14 +117,12 @@ enum Prepared {
     Built {
         appending: Box<Appending>,
         event_id: OwnedEventId,
-        notified: crate::push::Notified,
     },
 }
 
 /// A built event's callers (the first, and retries of its transaction in the same batch).
 struct BuiltFor {
     event_id: OwnedEventId,
-    notified: crate::push::Notified,
     waiting: Vec<Pending>,
 }
 
@@ -316,18 +316,13 @@ impl Timeline {
                 Ok(Prepared::Existing(appended)) => {
                     let _ = pending.reply.send(Ok(appended));
                 }
-                Ok(Prepared::Built {
-                    appending,
-                    event_id,
-                    notified,
-                }) => {
+                Ok(Prepared::Built { appending, event_id }) => {
                     if let Some(key) = txn_key {
                         txns.insert(key, built.len());
                     }
                     appendings.push(*appending);
                     built.push(BuiltFor {
                         event_id,
-                        notified,
                         waiting: vec![pending],
                     });
                 }
@@ -342,7 +337,7 @@ impl Timeline {
             }
             return Ok(());
         }
-        let placed = match svc.store.append_events(&mut appendings).await {
+        let placed = match persist(svc, &mut appendings).await {
             Ok(placed) => placed,
             Err(error) => {
                 // `touched` is dropped: those rooms are read again from the database.
@@ -358,15 +353,12 @@ impl Timeline {
         for (room_id, draft) in touched {
             keep_as(drafts, room_id, draft);
         }
-        let events: Vec<NewEvent> = appendings.into_iter().map(|a| a.event).collect();
-        svc.notifier.notify(notification_keys(&events));
-        for ((event, at), done) in events.into_iter().zip(placed).zip(built) {
-            let answer = parse_room_id(&event.room_id).map(|room_id| Appended {
+        for ((appending, at), done) in appendings.iter().zip(placed).zip(built) {
+            let answer = parse_room_id(&appending.event.room_id).map(|room_id| Appended {
                 event_id: done.event_id,
                 room_id,
                 stream_ordering: at.stream_ordering,
             });
-            crate::push::after_append(svc, &event, done.notified);
             for pending in done.waiting {
                 let _ = pending.reply.send(answer.clone());
             }
@@ -375,7 +367,7 @@ impl Timeline {
     }
 
     /// One queued append: the event its transaction already produced, or the event built and
-    /// authorized against the room's draft (taken into `touched`), with its push outcome.
+    /// authorized against the room's draft (taken into `touched`).
     async fn prepare(
         &self,
         svc: &Services,
@@ -430,15 +422,13 @@ impl Timeline {
         let previous_group = draft.state_group;
         // A refused event leaves the draft as it was (build changes it only on success).
         let built = self.build(svc, draft, sender, spec, txn.clone()).await?;
-        let push = crate::push::prepare(svc, &built.new).await;
         Ok(Prepared::Built {
             appending: Box::new(Appending {
                 event: built.new,
                 previous_group,
-                push: push.rows,
+                push: Vec::new(),
             }),
             event_id: built.event_id,
-            notified: push.notified,
         })
     }
 
@@ -500,8 +490,7 @@ impl Timeline {
         draft.stored = true;
         draft.state_group = Some(placed.state_group);
         keep(&mut drafts, draft);
-        crate::push::on_room_created(svc, &events).await;
-        svc.notifier.notify(notification_keys(&events));
+        listener::room_created(svc, &events).await;
         Ok(room_id)
     }
 
@@ -645,6 +634,19 @@ impl Timeline {
     }
 }
 
+/// Stores built events (each with the room's state group before it) in one transaction, with
+/// what the listeners add to them, then hands the committed batch to the listeners. On error
+/// nothing is stored and no listener hears of the batch.
+///
+/// The caller serializes appends (stream positions are handed out in commit order): local
+/// events come through `Timeline`'s append lock.
+pub(crate) async fn persist(svc: &Services, batch: &mut [Appending]) -> StoreResult<Vec<Placed>> {
+    listener::prepare(svc, batch).await;
+    let placed = svc.store.append_events(batch).await?;
+    listener::committed(svc, batch, &placed);
+    Ok(placed)
+}
+
 /// Checks a redaction before it is stored as one (its `redacts` column set, which is what makes
 /// it apply when its target is served): the target must be an event of the same room, sent by
 /// the redaction's sender, or the sender must have the `redact` power level (client-server API
@@ -698,20 +700,6 @@ fn keep_as(drafts: &mut HashMap<OwnedRoomId, Draft>, room_id: OwnedRoomId, draft
         drafts.clear();
     }
     drafts.insert(room_id, draft);
-}
-
-/// Who to wake for new events: their rooms, and the targets of membership changes.
-fn notification_keys(events: &[NewEvent]) -> Vec<String> {
-    let mut keys: Vec<String> = Vec::new();
-    for event in events {
-        if !keys.contains(&event.room_id) {
-            keys.push(event.room_id.clone());
-        }
-        if let (Some(_), Some(target)) = (&event.membership, &event.state_key) {
-            keys.push(target.clone());
-        }
-    }
-    keys
 }
 
 /// Reads a stored event as a PDU.
