@@ -73,3 +73,23 @@ impl Services {
         &self.config.server_name
     }
 }
+
+/// Services over a fresh SQLite database in a temporary directory, for unit tests of domain
+/// logic without a running server (no HTTP listener; the directory goes with the value).
+#[cfg(test)]
+pub(crate) struct TestServices {
+    pub svc: Services,
+    _dir: tempfile::TempDir,
+}
+
+#[cfg(test)]
+impl TestServices {
+    pub async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = Config::dev();
+        config.server_name = "hearth.test".into();
+        config.data_dir = dir.path().to_owned();
+        let svc = crate::build(config).await.expect("services over a fresh database");
+        Self { svc, _dir: dir }
+    }
+}

@@ -279,3 +279,74 @@ async fn power_levels_ctx(
     let levels = RoomPowerLevels::new(source, &rules.authorization, creators);
     Ok(Some(levels.into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::{
+        rooms::{
+            EventSpec,
+            timeline::tests::{alice, bob, public_room, send},
+        },
+        services::TestServices,
+    };
+
+    #[tokio::test]
+    async fn a_mentioned_member_is_notified_and_highlighted() {
+        let test = TestServices::new().await;
+        let svc = &test.svc;
+        let room_id = public_room(svc).await;
+        let join = EventSpec::state("m.room.member", bob().as_str(), json!({ "membership": "join" }));
+        svc.timeline
+            .append(svc, &room_id, bob(), join, None)
+            .await
+            .expect("bob joins");
+
+        let plain = json!({ "msgtype": "m.text", "body": "good morning" });
+        send(svc, &room_id, alice(), plain).await.expect("sent");
+        let mention = json!({
+            "msgtype": "m.text",
+            "body": "bob: look",
+            "m.mentions": { "user_ids": [bob().as_str()] },
+        });
+        let mentioned = send(svc, &room_id, alice(), mention).await.expect("sent");
+
+        // Stored with the events: both notify bob (a room of two), only the mention highlights.
+        let counts = crate::push::unread_counts(svc, bob().as_str(), room_id.as_str(), 0)
+            .await
+            .unwrap();
+        assert_eq!((counts.notification_count, counts.highlight_count), (2, 1));
+        let rows = svc
+            .store
+            .push_notifications(bob().as_str(), i64::MAX, 10, true)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].event_id, mentioned.event_id.as_str());
+        assert_eq!(rows[0].stream_ordering, mentioned.stream_ordering);
+
+        // The sender's own events never count for them.
+        let own = crate::push::unread_counts(svc, alice().as_str(), room_id.as_str(), 0)
+            .await
+            .unwrap();
+        assert_eq!(own, crate::push::Counts::default());
+    }
+
+    #[tokio::test]
+    async fn a_non_member_is_not_notified() {
+        let test = TestServices::new().await;
+        let svc = &test.svc;
+        let room_id = public_room(svc).await;
+        let mention = json!({
+            "msgtype": "m.text",
+            "body": "bob?",
+            "m.mentions": { "user_ids": [bob().as_str()] },
+        });
+        send(svc, &room_id, alice(), mention).await.expect("sent");
+        let counts = crate::push::unread_counts(svc, bob().as_str(), room_id.as_str(), 0)
+            .await
+            .unwrap();
+        assert_eq!(counts, crate::push::Counts::default());
+    }
+}

@@ -719,3 +719,113 @@ fn parse_room_id(id: &str) -> ApiResult<OwnedRoomId> {
 fn new_room_id(server_name: &str) -> ApiResult<OwnedRoomId> {
     RoomId::parse(format!("!{}:{server_name}", crate::util::random_string(18))).map_err(ApiError::internal)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use ruma::{UserId, user_id};
+    use serde_json::json;
+
+    use super::*;
+    use crate::services::TestServices;
+
+    pub(crate) fn alice() -> &'static UserId {
+        user_id!("@alice:hearth.test")
+    }
+
+    pub(crate) fn bob() -> &'static UserId {
+        user_id!("@bob:hearth.test")
+    }
+
+    /// A version 11 room that anyone may join, with alice (its creator) in it.
+    pub(crate) async fn public_room(svc: &Services) -> OwnedRoomId {
+        let alice = alice();
+        let room = NewRoom {
+            version: &RoomVersionId::V11,
+            creator: alice,
+            content: json!({ "room_version": "11" }),
+            initial: vec![
+                EventSpec::state("m.room.member", alice.as_str(), json!({ "membership": "join" })),
+                EventSpec::state("m.room.power_levels", "", json!({ "users": { alice.as_str(): 100 } })),
+                EventSpec::state("m.room.join_rules", "", json!({ "join_rule": "public" })),
+            ],
+            alias: None,
+            is_public: false,
+        };
+        svc.timeline.create_room(svc, room).await.expect("room created")
+    }
+
+    pub(crate) async fn send(
+        svc: &Services,
+        room_id: &RoomId,
+        sender: &UserId,
+        content: Value,
+    ) -> ApiResult<Appended> {
+        let spec = EventSpec::message("m.room.message", content);
+        svc.timeline.append(svc, room_id, sender, spec, None).await
+    }
+
+    #[tokio::test]
+    async fn an_appended_message_reads_back() {
+        let test = TestServices::new().await;
+        let svc = &test.svc;
+        let room_id = public_room(svc).await;
+        let body = json!({ "msgtype": "m.text", "body": "hello" });
+        let appended = send(svc, &room_id, alice(), body.clone()).await.expect("sent");
+
+        assert_eq!(appended.room_id, room_id);
+        let row = svc
+            .store
+            .event(appended.event_id.as_str())
+            .await
+            .unwrap()
+            .expect("stored");
+        assert_eq!(row.stream_ordering, appended.stream_ordering);
+        assert_eq!(row.sender, alice().as_str());
+        assert_eq!(row.event_type, "m.room.message");
+        let pdu = pdu_of(&row).expect("a PDU");
+        assert_eq!(serde_json::from_str::<Value>(pdu.content.get()).unwrap(), body);
+        // It is the room's only forward extremity now: the next event follows it.
+        let extremities = svc.store.forward_extremities(room_id.as_str()).await.unwrap();
+        assert_eq!(extremities.len(), 1);
+        assert_eq!(extremities[0].0, appended.event_id.as_str());
+    }
+
+    #[tokio::test]
+    async fn a_refused_event_leaves_nothing() {
+        let test = TestServices::new().await;
+        let svc = &test.svc;
+        let room_id = public_room(svc).await;
+        let before = svc.store.max_stream_ordering().await.unwrap();
+        let extremities = svc.store.forward_extremities(room_id.as_str()).await.unwrap();
+
+        // Bob never joined: the auth rules refuse his message.
+        let error = send(svc, &room_id, bob(), json!({ "msgtype": "m.text", "body": "hi" }))
+            .await
+            .expect_err("refused");
+        assert_eq!(error.errcode, "M_FORBIDDEN");
+        assert_eq!(svc.store.max_stream_ordering().await.unwrap(), before);
+        assert_eq!(
+            svc.store.forward_extremities(room_id.as_str()).await.unwrap(),
+            extremities
+        );
+
+        // The room's draft is intact: the next allowed event follows the stored ones.
+        let next = send(svc, &room_id, alice(), json!({ "msgtype": "m.text", "body": "still here" }))
+            .await
+            .expect("sent");
+        let row = svc.store.event(next.event_id.as_str()).await.unwrap().unwrap();
+        let prev: Vec<String> = pdu_of(&row).unwrap().prev_events.iter().map(ToString::to_string).collect();
+        let stored: Vec<String> = extremities.into_iter().map(|(id, _)| id).collect();
+        assert_eq!(prev, stored);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_room_is_not_found() {
+        let test = TestServices::new().await;
+        let svc = &test.svc;
+        let room_id = RoomId::parse("!nowhere:hearth.test").unwrap();
+        let error = send(svc, &room_id, alice(), json!({ "body": "x" })).await.expect_err("refused");
+        assert_eq!(error.errcode, "M_NOT_FOUND");
+        assert_eq!(svc.store.max_stream_ordering().await.unwrap(), 0);
+    }
+}
