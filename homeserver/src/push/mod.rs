@@ -9,6 +9,7 @@
 
 pub mod address;
 pub mod eval;
+pub mod notifications;
 pub mod pushers;
 pub mod rules;
 
