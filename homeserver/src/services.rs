@@ -89,7 +89,9 @@ impl TestServices {
         let mut config = Config::dev();
         config.server_name = "hearth.test".into();
         config.data_dir = dir.path().to_owned();
-        let svc = crate::build(config).await.expect("services over a fresh database");
+        let svc = crate::build(config)
+            .await
+            .expect("services over a fresh database");
         Self { svc, _dir: dir }
     }
 }

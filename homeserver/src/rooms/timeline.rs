@@ -745,7 +745,11 @@ pub(crate) mod tests {
             content: json!({ "room_version": "11" }),
             initial: vec![
                 EventSpec::state("m.room.member", alice.as_str(), json!({ "membership": "join" })),
-                EventSpec::state("m.room.power_levels", "", json!({ "users": { alice.as_str(): 100 } })),
+                EventSpec::state(
+                    "m.room.power_levels",
+                    "",
+                    json!({ "users": { alice.as_str(): 100 } }),
+                ),
                 EventSpec::state("m.room.join_rules", "", json!({ "join_rule": "public" })),
             ],
             alias: None,
@@ -810,11 +814,21 @@ pub(crate) mod tests {
         );
 
         // The room's draft is intact: the next allowed event follows the stored ones.
-        let next = send(svc, &room_id, alice(), json!({ "msgtype": "m.text", "body": "still here" }))
-            .await
-            .expect("sent");
+        let next = send(
+            svc,
+            &room_id,
+            alice(),
+            json!({ "msgtype": "m.text", "body": "still here" }),
+        )
+        .await
+        .expect("sent");
         let row = svc.store.event(next.event_id.as_str()).await.unwrap().unwrap();
-        let prev: Vec<String> = pdu_of(&row).unwrap().prev_events.iter().map(ToString::to_string).collect();
+        let prev: Vec<String> = pdu_of(&row)
+            .unwrap()
+            .prev_events
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let stored: Vec<String> = extremities.into_iter().map(|(id, _)| id).collect();
         assert_eq!(prev, stored);
     }
@@ -824,7 +838,9 @@ pub(crate) mod tests {
         let test = TestServices::new().await;
         let svc = &test.svc;
         let room_id = RoomId::parse("!nowhere:hearth.test").unwrap();
-        let error = send(svc, &room_id, alice(), json!({ "body": "x" })).await.expect_err("refused");
+        let error = send(svc, &room_id, alice(), json!({ "body": "x" }))
+            .await
+            .expect_err("refused");
         assert_eq!(error.errcode, "M_NOT_FOUND");
         assert_eq!(svc.store.max_stream_ordering().await.unwrap(), 0);
     }
