@@ -367,6 +367,41 @@ fn cannot_overwrite() -> ApiError {
     )
 }
 
+/// A stored upload ready to stream: its file and what to serve it as.
+pub struct Download {
+    pub file: tokio::fs::File,
+    pub content_type: String,
+    pub size: i64,
+    /// The `Content-Disposition` header's value.
+    pub disposition: String,
+}
+
+/// A download of `mxc://{server_name}/{media_id}` (see `find` for the waiting), served under
+/// `file_name` when the client names one, else under the uploaded name.
+pub async fn download(
+    svc: &Services,
+    server_name: &str,
+    media_id: &str,
+    file_name: Option<String>,
+    timeout_ms: Option<u64>,
+) -> ApiResult<Download> {
+    let content = find(svc, server_name, media_id, timeout_ms).await?;
+    let file = svc.media.open(&content.sha256).await?;
+    let filename = file_name.or(content.filename);
+    let content_type = if axum::http::HeaderValue::from_str(&content.content_type).is_ok() {
+        content.content_type
+    } else {
+        "application/octet-stream".to_owned()
+    };
+    let disposition = content_disposition(&content_type, filename.as_deref());
+    Ok(Download {
+        file,
+        content_type,
+        size: content.size,
+        disposition,
+    })
+}
+
 /// The content of local media, waiting up to `timeout_ms` for a `/create`d ID's upload
 /// (then 504 `M_NOT_YET_UPLOADED`). Unknown, expired and remote media are 404 `M_NOT_FOUND`.
 pub async fn find(
