@@ -255,7 +255,10 @@ pub async fn thumbnail(
 }
 
 /// `GET /_matrix/client/v1/media/config` (and the deprecated `/_matrix/media/v3/config`)
-pub async fn config(State(svc): State<Services>, _auth: Auth) -> RumaResponse<get_media_config::v1::Response> {
+pub async fn config(
+    State(svc): State<Services>,
+    _auth: Auth,
+) -> RumaResponse<get_media_config::v1::Response> {
     let upload_size = UInt::new(svc.config.media.max_upload_bytes).unwrap_or(UInt::MAX);
     get_media_config::v1::Response::new(upload_size).into()
 }
