@@ -11,6 +11,7 @@ pub mod services;
 pub mod store;
 pub mod sync;
 pub mod users;
+pub mod util;
 
 use std::sync::Arc;
 
@@ -50,10 +51,10 @@ async fn load_signing_key(store: &Store) -> anyhow::Result<SigningKey> {
     let (key_id, pkcs8) = match store.signing_key().await? {
         Some(found) => found,
         None => {
-            let version = users::random_string(6);
+            let version = util::random_string(6);
             let key = SigningKey::generate(&version)?;
             store
-                .insert_signing_key(&key.key_id(), &STANDARD.encode(key.pkcs8()), services::now_ms())
+                .insert_signing_key(&key.key_id(), &STANDARD.encode(key.pkcs8()), util::now_ms())
                 .await?
         }
     };

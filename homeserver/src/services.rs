@@ -8,7 +8,7 @@ use crate::{
     config::Config,
     media::MediaRepo,
     ratelimit::RateLimiter,
-    rooms::{Timeline, typing::Typing},
+    rooms::{Timeline, listener::AppendListener, typing::Typing},
     store::Store,
     sync::notifier::Notifier,
 };
@@ -24,6 +24,8 @@ pub struct Inner {
     pub notifier: Arc<dyn Notifier>,
     pub rate_limiter: RateLimiter,
     pub timeline: Timeline,
+    /// Told about every batch of events the timeline stores, in this order.
+    pub listeners: Vec<Box<dyn AppendListener>>,
     pub media: MediaRepo,
     pub typing: Typing,
     /// Cached push rule sets and room contexts, and the push gateway client.
@@ -53,6 +55,12 @@ impl Services {
             notifier,
             rate_limiter,
             timeline: Timeline::default(),
+            // Push first: a new room's invites get their push outcomes stored before the
+            // invitees' syncs wake.
+            listeners: vec![
+                Box::new(crate::push::PushListener),
+                Box::new(crate::sync::notifier::WakeSyncs),
+            ],
             media,
             typing: Typing::default(),
             push,
@@ -66,10 +74,24 @@ impl Services {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// Services over a fresh SQLite database in a temporary directory, for unit tests of domain
+/// logic without a running server (no HTTP listener; the directory goes with the value).
+#[cfg(test)]
+pub(crate) struct TestServices {
+    pub svc: Services,
+    _dir: tempfile::TempDir,
+}
+
+#[cfg(test)]
+impl TestServices {
+    pub async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = Config::dev();
+        config.server_name = "hearth.test".into();
+        config.data_dir = dir.path().to_owned();
+        let svc = crate::build(config)
+            .await
+            .expect("services over a fresh database");
+        Self { svc, _dir: dir }
+    }
 }

@@ -7,12 +7,18 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use ruma::api::client::account::whoami;
+
 use crate::{
-    api::extract::{Auth, ClientIp, JsonBody, UiaBody},
+    api::{
+        extract::{Auth, ClientIp, JsonBody, UiaBody},
+        ruma::{Ruma, RumaResponse},
+    },
     error::{ApiError, ApiResult},
     ratelimit::Action,
-    services::{Services, now_ms},
+    services::Services,
     users::{self, login_device, uia},
+    util::now_ms,
 };
 
 #[derive(Deserialize)]
@@ -51,7 +57,7 @@ pub async fn register(
     }
     let localpart = match &body.username {
         Some(name) => name.to_lowercase(),
-        None => users::random_string(12).to_lowercase(),
+        None => crate::util::random_string(12).to_lowercase(),
     };
     let user_id = users::user_id_for(&localpart, svc.server_name())?;
     // Checking availability before UIA saves a client from completing stages for nothing.
@@ -258,8 +264,10 @@ pub async fn logout_all(State(svc): State<Services>, auth: Auth) -> ApiResult<Js
 }
 
 /// `GET /account/whoami`
-pub async fn whoami(auth: Auth) -> Json<Value> {
-    Json(json!({ "user_id": auth.user_id, "device_id": auth.device_id, "is_guest": false }))
+pub async fn whoami(auth: Auth, Ruma(_): Ruma<whoami::v3::Request>) -> ApiResult<RumaResponse<whoami::v3::Response>> {
+    let mut response = whoami::v3::Response::new(auth.user_id, false);
+    response.device_id = Some(auth.device_id.into());
+    Ok(response.into())
 }
 
 #[derive(Deserialize)]

@@ -118,7 +118,7 @@ impl FromRequestParts<Services> for Auth {
     async fn from_request_parts(parts: &mut Parts, svc: &Services) -> Result<Self, ApiError> {
         let token = access_token(parts).ok_or_else(|| ApiError::missing_token("Missing access token"))?;
         let token_hash = hash_token(&token);
-        let now = crate::services::now_ms();
+        let now = crate::util::now_ms();
         let owner = svc
             .store
             .token_owner(&token_hash, now)

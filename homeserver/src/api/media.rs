@@ -5,17 +5,25 @@
 use std::collections::HashMap;
 
 use axum::{
-    Json,
     body::{Body, Bytes},
     extract::{Path, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::{Value, json};
+use ruma::{
+    MilliSecondsSinceUnixEpoch, UInt,
+    api::client::{
+        authenticated_media::get_media_config,
+        media::{create_content, create_mxc_uri},
+    },
+};
 use tokio::io::AsyncReadExt;
 
 use crate::{
-    api::extract::Auth,
+    api::{
+        extract::Auth,
+        ruma::{Ruma, RumaResponse},
+    },
     error::{ApiError, ApiResult},
     media::{self, Method, ThumbnailRequest, UploadMeta},
     services::Services,
@@ -39,9 +47,9 @@ fn upload_meta(headers: &HeaderMap, params: &HashMap<String, String>) -> UploadM
 
 /// An upload's answer. A refused body may be partly unread, so a 413 also closes the
 /// connection (`Connection: close`): the client must not send its next request on it.
-fn upload_response(result: ApiResult<Value>) -> Response {
+fn upload_response(result: ApiResult<impl IntoResponse>) -> Response {
     match result {
-        Ok(body) => Json(body).into_response(),
+        Ok(body) => body.into_response(),
         Err(e) => {
             let close = e.status == StatusCode::PAYLOAD_TOO_LARGE;
             let mut response = e.into_response();
@@ -55,7 +63,8 @@ fn upload_response(result: ApiResult<Value>) -> Response {
     }
 }
 
-/// `POST /_matrix/media/v3/upload`
+/// `POST /_matrix/media/v3/upload`: the body streams to disk (ruma's request would hold it in
+/// memory, past the size limit), so it is read by hand.
 pub async fn upload(
     State(svc): State<Services>,
     auth: Auth,
@@ -67,15 +76,25 @@ pub async fn upload(
     upload_response(
         media::upload(&svc, &auth.user_id, meta, body)
             .await
-            .map(|uri| json!({ "content_uri": uri })),
+            .map(|uri| RumaResponse(create_content::v3::Response::new(uri.into()))),
     )
 }
 
 /// `POST /_matrix/media/v1/create`
-pub async fn create(State(svc): State<Services>, auth: Auth) -> ApiResult<Json<Value>> {
+pub async fn create(
+    State(svc): State<Services>,
+    auth: Auth,
+    Ruma(_): Ruma<create_mxc_uri::v1::Request>,
+) -> ApiResult<RumaResponse<create_mxc_uri::v1::Response>> {
     let (uri, expires) = media::create(&svc, &auth.user_id).await?;
-    Ok(Json(json!({ "content_uri": uri, "unused_expires_at": expires })))
+    let mut response = create_mxc_uri::v1::Response::new(uri.into());
+    response.unused_expires_at = UInt::new(expires as u64).map(MilliSecondsSinceUnixEpoch);
+    Ok(response.into())
 }
+
+/// The `{}` a `PUT` upload answers (ruma's empty response cannot be built outside ruma).
+#[derive(serde::Serialize)]
+struct Uploaded {}
 
 /// `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}`
 pub async fn upload_to(
@@ -90,7 +109,7 @@ pub async fn upload_to(
     upload_response(
         media::upload_to(&svc, &auth.user_id, &server_name, &media_id, meta, body)
             .await
-            .map(|()| json!({})),
+            .map(|()| axum::Json(Uploaded {})),
     )
 }
 
@@ -131,18 +150,14 @@ async fn serve_download(
     file_name: Option<String>,
     params: &HashMap<String, String>,
 ) -> ApiResult<Response> {
-    let content = media::find(svc, server_name, media_id, timeout_ms(params)?).await?;
-    let file = svc.media.open(&content.sha256).await?;
-    let filename = file_name.or(content.filename);
-    let content_type = HeaderValue::from_str(&content.content_type)
+    let download = media::download(svc, server_name, media_id, file_name, timeout_ms(params)?).await?;
+    let content_type = HeaderValue::from_str(&download.content_type)
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    let disposition =
-        media::content_disposition(content_type.to_str().unwrap_or_default(), filename.as_deref());
-    let mut response = Response::new(file_body(file));
+    let mut response = Response::new(file_body(download.file));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, content_type);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(content.size));
-    insert_media_headers(headers, &disposition);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(download.size));
+    insert_media_headers(headers, &download.disposition);
     Ok(response)
 }
 
@@ -240,8 +255,12 @@ pub async fn thumbnail(
 }
 
 /// `GET /_matrix/client/v1/media/config` (and the deprecated `/_matrix/media/v3/config`)
-pub async fn config(State(svc): State<Services>, _auth: Auth) -> Json<Value> {
-    Json(json!({ "m.upload.size": svc.config.media.max_upload_bytes }))
+pub async fn config(
+    State(svc): State<Services>,
+    _auth: Auth,
+) -> RumaResponse<get_media_config::v1::Response> {
+    let upload_size = UInt::new(svc.config.media.max_upload_bytes).unwrap_or(UInt::MAX);
+    get_media_config::v1::Response::new(upload_size).into()
 }
 
 /// `GET …/preview_url`: URL previews are off (`media.url_preview = false`); like Synapse with

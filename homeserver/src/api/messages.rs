@@ -4,24 +4,25 @@ use axum::{
     Json,
     extract::{Path, Query, State},
 };
-use ruma::EventId;
+use ruma::api::client::{message::send_message_event, redact::redact_event};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
     api::{
-        extract::{Auth, JsonBody},
+        extract::Auth,
         rooms::parse_room_id,
+        ruma::{Ruma, RumaResponse},
     },
     error::{ApiError, ApiResult},
-    ratelimit::Action,
     rooms::{
-        self, EventSpec,
+        self,
         client_event::{Viewer, client_event, client_events},
         history::{self, MessagesRequest},
+        send,
     },
     services::Services,
-    store::{Direction, Txn},
+    store::Direction,
     sync::{filter::RoomEventFilter, token::StreamToken},
 };
 
@@ -29,83 +30,44 @@ use crate::{
 pub async fn send(
     State(svc): State<Services>,
     auth: Auth,
-    Path((room_id, event_type, txn_id)): Path<(String, String, String)>,
-    JsonBody(content): JsonBody<Value>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
-    let txn = Txn {
-        device_id: auth.device_id.clone(),
-        scope: format!("send/{room_id}/{event_type}"),
-        txn_id,
-    };
-    rooms::checks::check_txn(&txn)?;
-    // A retry of a sent transaction is answered even when the sender is over the limit.
-    if let Err(limited) = svc.rate_limiter.check(Action::Message, auth.user_id.as_str())
-        && svc
-            .store
-            .event_for_txn(auth.user_id.as_str(), &txn)
-            .await?
-            .is_none()
-    {
-        return Err(limited);
-    }
-    let spec = if event_type == "m.room.redaction" {
-        // Allowed here in every room version since v1.18; the target is in `content.redacts`.
-        let target = content
-            .get("redacts")
-            .and_then(Value::as_str)
-            .and_then(|id| EventId::parse(id).ok())
-            .ok_or_else(|| ApiError::bad_json("A redaction needs content.redacts, an event ID"))?;
-        let room = rooms::room(&svc, &room_id).await?;
-        EventSpec::redaction(&room.rules, target, content)
-    } else {
-        EventSpec::message(&event_type, content)
-    };
-    let appended = svc
-        .timeline
-        .append(&svc, &room_id, &auth.user_id, spec, Some(txn))
-        .await?;
-    Ok(Json(json!({ "event_id": appended.event_id })))
+    Ruma(req): Ruma<send_message_event::v3::Request>,
+) -> ApiResult<RumaResponse<send_message_event::v3::Response>> {
+    let content = serde_json::from_str(req.body.json().get()).map_err(ApiError::internal)?;
+    let event_id = send::send_message(
+        &svc,
+        sender(&auth),
+        &req.room_id,
+        &req.event_type.to_string(),
+        req.txn_id.as_str(),
+        content,
+    )
+    .await?;
+    Ok(send_message_event::v3::Response::new(event_id).into())
 }
 
-#[derive(Deserialize)]
-pub struct RedactBody {
-    reason: Option<String>,
-}
-
-/// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`: the timeline checks that the target is an
-/// event of this room that the sender may redact.
+/// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`
 pub async fn redact(
     State(svc): State<Services>,
     auth: Auth,
-    Path((room_id, event_id, txn_id)): Path<(String, String, String)>,
-    JsonBody(body): JsonBody<RedactBody>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
-    let target =
-        EventId::parse(event_id.as_str()).map_err(|_| ApiError::invalid_param("Invalid event ID"))?;
-    let room = rooms::room(&svc, &room_id).await?;
-    let txn = Txn {
-        device_id: auth.device_id.clone(),
-        scope: format!("redact/{room_id}/{target}"),
-        txn_id,
-    };
-    rooms::checks::check_txn(&txn)?;
-    if let Some(existing) = svc.store.event_for_txn(auth.user_id.as_str(), &txn).await? {
-        return Ok(Json(json!({ "event_id": existing })));
+    Ruma(req): Ruma<redact_event::v3::Request>,
+) -> ApiResult<RumaResponse<redact_event::v3::Response>> {
+    let event_id = send::redact(
+        &svc,
+        sender(&auth),
+        &req.room_id,
+        &req.event_id,
+        req.txn_id.as_str(),
+        req.reason,
+    )
+    .await?;
+    Ok(redact_event::v3::Response::new(event_id).into())
+}
+
+fn sender(auth: &Auth) -> send::Sender<'_> {
+    send::Sender {
+        user_id: &auth.user_id,
+        device_id: &auth.device_id,
     }
-    svc.rate_limiter.check(Action::Message, auth.user_id.as_str())?;
-    rooms::require_joined(&svc, &room_id, auth.user_id.as_str()).await?;
-    let mut content = json!({});
-    if let Some(reason) = body.reason {
-        content["reason"] = json!(reason);
-    }
-    let spec = EventSpec::redaction(&room.rules, target, content);
-    let appended = svc
-        .timeline
-        .append(&svc, &room_id, &auth.user_id, spec, Some(txn))
-        .await?;
-    Ok(Json(json!({ "event_id": appended.event_id })))
 }
 
 /// `GET /rooms/{roomId}/event/{eventId}`

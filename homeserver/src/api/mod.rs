@@ -13,6 +13,7 @@ pub mod messages;
 pub mod profile;
 pub mod push;
 pub mod rooms;
+pub mod ruma;
 pub mod state;
 pub mod sync;
 

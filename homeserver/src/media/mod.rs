@@ -23,8 +23,9 @@ use tokio::io::AsyncWriteExt;
 use crate::{
     error::{ApiError, ApiResult},
     ratelimit::Action,
-    services::{Services, now_ms},
+    services::Services,
     store::UploadedContent,
+    util::now_ms,
 };
 
 pub use thumbnail::{Method, ThumbnailRequest};
@@ -90,7 +91,7 @@ impl MediaRepo {
     fn temp_path(&self) -> PathBuf {
         self.root
             .join("tmp")
-            .join(format!("{}.part", crate::users::random_string(24)))
+            .join(format!("{}.part", crate::util::random_string(24)))
     }
 
     /// Streams `body` to disk, hashing it on the way; refuses bodies over `max_bytes` with
@@ -214,7 +215,7 @@ pub fn valid_media_id(id: &str) -> bool {
 }
 
 fn new_media_id() -> String {
-    crate::users::random_string(24)
+    crate::util::random_string(24)
 }
 
 fn mxc(server_name: &str, media_id: &str) -> String {
@@ -364,6 +365,41 @@ fn cannot_overwrite() -> ApiError {
         "M_CANNOT_OVERWRITE_MEDIA",
         "Media ID already has content",
     )
+}
+
+/// A stored upload ready to stream: its file and what to serve it as.
+pub struct Download {
+    pub file: tokio::fs::File,
+    pub content_type: String,
+    pub size: i64,
+    /// The `Content-Disposition` header's value.
+    pub disposition: String,
+}
+
+/// A download of `mxc://{server_name}/{media_id}` (see `find` for the waiting), served under
+/// `file_name` when the client names one, else under the uploaded name.
+pub async fn download(
+    svc: &Services,
+    server_name: &str,
+    media_id: &str,
+    file_name: Option<String>,
+    timeout_ms: Option<u64>,
+) -> ApiResult<Download> {
+    let content = find(svc, server_name, media_id, timeout_ms).await?;
+    let file = svc.media.open(&content.sha256).await?;
+    let filename = file_name.or(content.filename);
+    let content_type = if axum::http::HeaderValue::from_str(&content.content_type).is_ok() {
+        content.content_type
+    } else {
+        "application/octet-stream".to_owned()
+    };
+    let disposition = content_disposition(&content_type, filename.as_deref());
+    Ok(Download {
+        file,
+        content_type,
+        size: content.size,
+        disposition,
+    })
 }
 
 /// The content of local media, waiting up to `timeout_ms` for a `/create`d ID's upload

@@ -3,8 +3,8 @@
 //! Cost on the send path: the room's members (with display names) and power levels come from a
 //! cache refreshed after each state event (three queries then); the event is flattened once;
 //! per member an in-memory walk of their rule set (cached parsed in `PushState`). The outcomes
-//! that notify are written by the event's own transaction (`rooms::timeline`); delivery to push
-//! gateways is spawned.
+//! that notify are written by the event's own transaction (`PushListener::prepare`, before the
+//! timeline stores a batch); delivery to push gateways is spawned after the commit.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -19,60 +19,74 @@ use serde_json::Value;
 use crate::{
     error::{ApiError, ApiResult},
     push::pushers,
+    rooms::listener::{AppendListener, ListenerFuture},
     services::Services,
-    store::{NewEvent, PushActionRow},
+    store::{Appending, NewEvent, Placed, PushActionRow},
 };
 
-/// The push rule outcomes of one event, computed before it is stored so that they are written in
-/// the same transaction (unread counts never lag behind the event that changes them).
-#[derive(Default)]
-pub struct Outcome {
-    /// Rows for `event_push_actions`; `stream_ordering` is filled in when the event is stored.
-    pub rows: Vec<PushActionRow>,
-    pub notified: Notified,
+/// Push rules on the timeline: evaluated for each event before its batch is stored, so the
+/// outcomes are written in the event's own transaction (unread counts never lag behind the
+/// event that changes them); delivered to push gateways after the commit.
+pub struct PushListener;
+
+impl AppendListener for PushListener {
+    fn prepare<'a>(&'a self, svc: &'a Services, batch: &'a mut [Appending]) -> Option<ListenerFuture<'a>> {
+        Some(Box::pin(async move {
+            for appending in batch.iter_mut() {
+                appending.push = outcomes(svc, &appending.event).await;
+            }
+        }))
+    }
+
+    fn committed(&self, svc: &Services, batch: &[Appending], _placed: &[Placed]) {
+        for appending in batch {
+            after_append(svc, &appending.event, &appending.push);
+        }
+    }
+
+    fn room_created<'a>(&'a self, svc: &'a Services, events: &'a [NewEvent]) -> Option<ListenerFuture<'a>> {
+        Some(Box::pin(on_room_created(svc, events)))
+    }
 }
 
-/// Users to notify through their pushers, with the actions that matched.
-#[derive(Default)]
-pub struct Notified(Vec<(String, Vec<Action>)>);
-
-/// Evaluates the push rules of every local user concerned by an event about to be appended.
-/// Failures are logged and give no outcome: evaluation must not fail a send.
-pub async fn prepare(svc: &Services, event: &NewEvent) -> Outcome {
+/// The push rule outcomes that notify someone, for every local user concerned by an event
+/// about to be appended (`stream_ordering` is filled in when it is stored). Failures are logged
+/// and give no outcome: evaluation must not fail a send.
+pub async fn outcomes(svc: &Services, event: &NewEvent) -> Vec<PushActionRow> {
     match evaluate(svc, event).await {
-        Ok(outcome) => outcome,
+        Ok(rows) => rows,
         Err(error) => {
             tracing::error!(event_id = %event.event_id, error = %error.message, "push rule evaluation failed");
-            Outcome::default()
+            Vec::new()
         }
     }
 }
 
-/// After the event and its outcome are stored: drops the room's cached context when the event
+/// After the event and its outcomes are stored: drops the room's cached context when the event
 /// changed its state, and hands the notifications to the pushers in the background.
-pub fn after_append(svc: &Services, event: &NewEvent, notified: Notified) {
+fn after_append(svc: &Services, event: &NewEvent, notified: &[PushActionRow]) {
     if event.state_key.is_some()
         && let Ok(mut rooms) = svc.push.rooms.lock()
     {
         rooms.remove(&event.room_id);
     }
-    if !notified.0.is_empty() {
-        pushers::spawn_delivery(svc.clone(), event.clone(), notified.0);
+    if !notified.is_empty() {
+        pushers::spawn_delivery(svc.clone(), event.clone(), notified.to_vec());
     }
 }
 
 /// Evaluates a new room's first events (stored together by `createRoom`). Only the creator is
 /// joined then and sends them all, so only the invites among them can notify anyone.
-pub async fn on_room_created(svc: &Services, events: &[NewEvent]) {
+async fn on_room_created(svc: &Services, events: &[NewEvent]) {
     for event in events {
-        let mut outcome = prepare(svc, event).await;
-        if !outcome.rows.is_empty() {
+        let mut rows = outcomes(svc, event).await;
+        if !rows.is_empty() {
             match svc.store.event(&event.event_id).await {
                 Ok(Some(row)) => {
-                    for action in &mut outcome.rows {
+                    for action in &mut rows {
                         action.stream_ordering = row.stream_ordering;
                     }
-                    if let Err(error) = svc.store.insert_push_actions(&outcome.rows).await {
+                    if let Err(error) = svc.store.insert_push_actions(&rows).await {
                         tracing::error!(event_id = %event.event_id, %error, "storing push actions failed");
                     }
                 }
@@ -82,7 +96,7 @@ pub async fn on_room_created(svc: &Services, events: &[NewEvent]) {
                 }
             }
         }
-        after_append(svc, event, outcome.notified);
+        after_append(svc, event, &rows);
     }
 }
 
@@ -144,7 +158,7 @@ async fn room_context(svc: &Services, event: &NewEvent) -> ApiResult<Arc<RoomCon
     Ok(context)
 }
 
-async fn evaluate(svc: &Services, event: &NewEvent) -> ApiResult<Outcome> {
+async fn evaluate(svc: &Services, event: &NewEvent) -> ApiResult<Vec<PushActionRow>> {
     let suffix = format!(":{}", svc.server_name());
     let room = room_context(svc, event).await?;
     let names = &room.members;
@@ -164,7 +178,7 @@ async fn evaluate(svc: &Services, event: &NewEvent) -> ApiResult<Outcome> {
         targets.push(invitee);
     }
     if targets.is_empty() {
-        return Ok(Outcome::default());
+        return Ok(Vec::new());
     }
 
     let room_id = RoomId::parse(&event.room_id).map_err(ApiError::internal)?;
@@ -178,7 +192,6 @@ async fn evaluate(svc: &Services, event: &NewEvent) -> ApiResult<Outcome> {
     let thread_id = thread_of(&content);
 
     let mut rows = Vec::new();
-    let mut notified: Vec<(String, Vec<Action>)> = Vec::new();
     for user in targets {
         let Ok(user_id) = UserId::parse(user) else {
             continue;
@@ -218,12 +231,8 @@ async fn evaluate(svc: &Services, event: &NewEvent) -> ApiResult<Outcome> {
             thread_id: thread_id.clone(),
             actions: serde_json::to_string(actions).map_err(ApiError::internal)?,
         });
-        notified.push((user.to_owned(), actions.to_vec()));
     }
-    Ok(Outcome {
-        rows,
-        notified: Notified(notified),
-    })
+    Ok(rows)
 }
 
 /// What `sender_notification_permission` needs: the room's power levels (or the spec's defaults
@@ -269,4 +278,75 @@ async fn power_levels_ctx(
     };
     let levels = RoomPowerLevels::new(source, &rules.authorization, creators);
     Ok(Some(levels.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::{
+        rooms::{
+            EventSpec,
+            timeline::tests::{alice, bob, public_room, send},
+        },
+        services::TestServices,
+    };
+
+    #[tokio::test]
+    async fn a_mentioned_member_is_notified_and_highlighted() {
+        let test = TestServices::new().await;
+        let svc = &test.svc;
+        let room_id = public_room(svc).await;
+        let join = EventSpec::state("m.room.member", bob().as_str(), json!({ "membership": "join" }));
+        svc.timeline
+            .append(svc, &room_id, bob(), join, None)
+            .await
+            .expect("bob joins");
+
+        let plain = json!({ "msgtype": "m.text", "body": "good morning" });
+        send(svc, &room_id, alice(), plain).await.expect("sent");
+        let mention = json!({
+            "msgtype": "m.text",
+            "body": "bob: look",
+            "m.mentions": { "user_ids": [bob().as_str()] },
+        });
+        let mentioned = send(svc, &room_id, alice(), mention).await.expect("sent");
+
+        // Stored with the events: both notify bob (a room of two), only the mention highlights.
+        let counts = crate::push::unread_counts(svc, bob().as_str(), room_id.as_str(), 0)
+            .await
+            .unwrap();
+        assert_eq!((counts.notification_count, counts.highlight_count), (2, 1));
+        let rows = svc
+            .store
+            .push_notifications(bob().as_str(), i64::MAX, 10, true)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].event_id, mentioned.event_id.as_str());
+        assert_eq!(rows[0].stream_ordering, mentioned.stream_ordering);
+
+        // The sender's own events never count for them.
+        let own = crate::push::unread_counts(svc, alice().as_str(), room_id.as_str(), 0)
+            .await
+            .unwrap();
+        assert_eq!(own, crate::push::Counts::default());
+    }
+
+    #[tokio::test]
+    async fn a_non_member_is_not_notified() {
+        let test = TestServices::new().await;
+        let svc = &test.svc;
+        let room_id = public_room(svc).await;
+        let mention = json!({
+            "msgtype": "m.text",
+            "body": "bob?",
+            "m.mentions": { "user_ids": [bob().as_str()] },
+        });
+        send(svc, &room_id, alice(), mention).await.expect("sent");
+        let counts = crate::push::unread_counts(svc, bob().as_str(), room_id.as_str(), 0)
+            .await
+            .unwrap();
+        assert_eq!(counts, crate::push::Counts::default());
+    }
 }

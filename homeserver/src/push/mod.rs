@@ -2,13 +2,14 @@
 //! unread notification counts that come out of it, and delivery to push gateways.
 //!
 //! - `rules`: the server-default rule set and the stored form (`m.push_rules` account data).
-//! - `eval`: runs on every appended event for every local member except the sender and stores
-//!   the outcome per (user, event) in `event_push_actions`.
+//! - `eval`: runs on every appended event (a timeline listener) for every local member except
+//!   the sender and stores the outcome per (user, event) in `event_push_actions`.
 //! - `pushers`: pusher validation and HTTP delivery (`/_matrix/push/v1/notify`), off the send path.
 //! - `address`: which addresses gateways may be on (no loopback or private ones by default).
 
 pub mod address;
 pub mod eval;
+pub mod notifications;
 pub mod pushers;
 pub mod rules;
 
@@ -24,7 +25,7 @@ use crate::{
     services::Services,
 };
 
-pub use eval::{Notified, Outcome, after_append, on_room_created, prepare};
+pub use eval::PushListener;
 
 /// Push state kept in memory: parsed rule sets (so evaluation does not parse JSON per event) and
 /// the HTTP client for push gateways.

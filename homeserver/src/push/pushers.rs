@@ -9,13 +9,17 @@
 //! Gateway addresses are checked twice (see `address`): when the pusher is set, for an early
 //! 400, and when delivering, where the client connects only to addresses it checked.
 
-use ruma::push::{Action, Tweak};
+use ruma::{
+    UserId,
+    push::{Action, Tweak},
+};
 use serde_json::{Map, Value, json};
 
 use crate::{
     error::{ApiError, ApiResult},
-    services::{Services, now_ms},
-    store::{NewEvent, PusherRow},
+    services::Services,
+    store::{NewEvent, PushActionRow, PusherRow},
+    util::now_ms,
 };
 
 /// The path every HTTP pusher URL must have.
@@ -167,9 +171,25 @@ pub fn pusher_json(row: &PusherRow) -> Value {
     out
 }
 
-/// Sends the notification for `event` to the pushers of the users it notified, in the background.
-pub fn spawn_delivery(svc: Services, event: NewEvent, notified: Vec<(String, Vec<Action>)>) {
+/// A user's pushers as `GET /pushers` lists them.
+pub async fn of_user(svc: &Services, user_id: &UserId) -> ApiResult<Vec<Value>> {
+    let rows = svc.store.pushers(user_id.as_str()).await?;
+    Ok(rows.iter().map(pusher_json).collect())
+}
+
+/// Sends the notification for `event` to the pushers of the users it notified (its stored push
+/// rule outcomes), in the background.
+pub fn spawn_delivery(svc: Services, event: NewEvent, notified: Vec<PushActionRow>) {
     tokio::spawn(async move {
+        let notified: Vec<(String, Vec<Action>)> = notified
+            .into_iter()
+            .map(|row| {
+                (
+                    row.user_id,
+                    serde_json::from_str(&row.actions).unwrap_or_default(),
+                )
+            })
+            .collect();
         if let Err(error) = deliver(&svc, &event, &notified).await {
             tracing::warn!(event_id = %event.event_id, error = %error.message, "push delivery failed");
         }

@@ -8,10 +8,13 @@
 
 use axum::http::StatusCode;
 use ruma::{
-    UserId,
-    push::{Action, InsertPushRuleError, NewPushRule, RemovePushRuleError, RuleKind, Ruleset},
+    RoomId, UserId,
+    push::{
+        Action, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule, NewPushRule,
+        NewSimplePushRule, PushCondition, RemovePushRuleError, RuleKind, Ruleset,
+    },
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{
     error::{ApiError, ApiResult},
@@ -62,6 +65,102 @@ pub fn to_client_json(ruleset: &Ruleset) -> ApiResult<serde_json::Value> {
 /// The `m.push_rules` account data content for a rule set.
 pub fn to_account_data(ruleset: &Ruleset) -> ApiResult<String> {
     serde_json::to_string(&json!({ "global": ruleset })).map_err(ApiError::internal)
+}
+
+/// A rule kind named in a path: `override`, `content`, `room`, `sender` or `underride`.
+pub fn parse_kind(kind: &str) -> ApiResult<RuleKind> {
+    Ok(match kind {
+        "override" => RuleKind::Override,
+        "content" => RuleKind::Content,
+        "room" => RuleKind::Room,
+        "sender" => RuleKind::Sender,
+        "underride" => RuleKind::Underride,
+        _ => return Err(ApiError::invalid_param(format!("Unknown push rule kind {kind}"))),
+    })
+}
+
+/// A user's rule set as clients see it (`GET /pushrules/global/`).
+pub async fn client_rules(svc: &Services, user_id: &UserId) -> ApiResult<Value> {
+    to_client_json(&*super::ruleset(svc, user_id).await?)
+}
+
+/// One rule as clients see it, or 404 `M_NOT_FOUND`.
+pub async fn client_rule(
+    svc: &Services,
+    user_id: &UserId,
+    kind: RuleKind,
+    rule_id: &str,
+) -> ApiResult<Value> {
+    client_rules(svc, user_id)
+        .await?
+        .get(kind.as_str())
+        .and_then(Value::as_array)
+        .and_then(|rules| {
+            rules
+                .iter()
+                .find(|r| r.get("rule_id").and_then(Value::as_str) == Some(rule_id))
+                .cloned()
+        })
+        .ok_or_else(|| ApiError::not_found("The push rule was not found"))
+}
+
+/// A rule's `enabled` or `actions` attribute as clients see it: `{attribute: value}`.
+pub async fn rule_attribute(
+    svc: &Services,
+    user_id: &UserId,
+    kind: RuleKind,
+    rule_id: &str,
+    attribute: &str,
+) -> ApiResult<Value> {
+    let rule = client_rule(svc, user_id, kind, rule_id).await?;
+    let value = rule.get(attribute).cloned().unwrap_or(Value::Null);
+    Ok(json!({ attribute: value }))
+}
+
+/// The body of `PUT /pushrules/global/{kind}/{ruleId}`. Hand-read rather than ruma's request:
+/// a missing `actions` or `pattern` is `M_MISSING_PARAM`, not `M_BAD_JSON`.
+#[derive(Debug, serde::Deserialize)]
+pub struct RuleBody {
+    actions: Option<Vec<Action>>,
+    conditions: Option<Vec<PushCondition>>,
+    pattern: Option<String>,
+}
+
+/// A new rule of `kind` from its ID and body: a room rule's ID is a room ID, a sender rule's a
+/// user ID.
+pub fn new_rule(kind: RuleKind, rule_id: String, body: RuleBody) -> ApiResult<NewPushRule> {
+    let actions = body
+        .actions
+        .ok_or_else(|| ApiError::missing_param("Missing 'actions'"))?;
+    Ok(match kind {
+        RuleKind::Override => NewPushRule::Override(NewConditionalPushRule::new(
+            rule_id,
+            body.conditions.unwrap_or_default(),
+            actions,
+        )),
+        RuleKind::Underride => NewPushRule::Underride(NewConditionalPushRule::new(
+            rule_id,
+            body.conditions.unwrap_or_default(),
+            actions,
+        )),
+        RuleKind::Content => {
+            let pattern = body
+                .pattern
+                .ok_or_else(|| ApiError::missing_param("Content rule missing 'pattern'"))?;
+            NewPushRule::Content(NewPatternedPushRule::new(rule_id, pattern, actions))
+        }
+        RuleKind::Room => {
+            let room_id = RoomId::parse(&rule_id)
+                .map_err(|_| ApiError::invalid_param("A room rule's ID must be a room ID"))?;
+            NewPushRule::Room(NewSimplePushRule::new(room_id, actions))
+        }
+        RuleKind::Sender => {
+            let user_id = UserId::parse(&rule_id)
+                .map_err(|_| ApiError::invalid_param("A sender rule's ID must be a user ID"))?;
+            NewPushRule::Sender(NewSimplePushRule::new(user_id, actions))
+        }
+        _ => return Err(ApiError::invalid_param("Unknown push rule kind")),
+    })
 }
 
 /// Adds or replaces a user-defined rule, placed `after`/`before` another when asked.

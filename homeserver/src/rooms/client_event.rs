@@ -5,12 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use ruma::{CanonicalJsonObject, canonical_json::redact, room_version_rules::RoomVersionRules};
 use serde_json::{Map, Value, json};
 
-use crate::{
-    error::ApiResult,
-    rooms::rules_of,
-    services::{Services, now_ms},
-    store::EventRow,
-};
+use crate::{error::ApiResult, rooms::rules_of, services::Services, store::EventRow, util::now_ms};
 
 /// Fields of a PDU that only servers care about.
 const SERVER_ONLY: &[&str] = &[

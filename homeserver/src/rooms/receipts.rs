@@ -6,8 +6,9 @@ use serde_json::{Map, Value, json};
 use crate::{
     error::{ApiError, ApiResult},
     rooms::require_joined,
-    services::{Services, now_ms},
+    services::Services,
     store::ReceiptRow,
+    util::now_ms,
 };
 
 pub const RECEIPT_TYPES: &[&str] = &["m.read", "m.read.private", "m.fully_read"];

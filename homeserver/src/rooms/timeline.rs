@@ -1,5 +1,7 @@
 //! Creating local events: build the PDU, check it against the room version's authorization
-//! rules, append it to the log, wake the waiters.
+//! rules, then `persist` it: store it with what the listeners add (`rooms::listener`) and hand
+//! the committed batch to them (push, `/sync` wake-ups). `persist` takes built events, so
+//! events that arrive already built (remote PDUs) can share it.
 //!
 //! Appends are serialized by one lock so that stream positions are handed out in commit order
 //! (a reader that has seen position N has seen everything before N). Under that lock each room's
@@ -26,9 +28,10 @@ use tokio::sync::{Mutex, oneshot};
 
 use crate::{
     error::{ApiError, ApiResult},
-    rooms::checks,
-    services::{Services, now_ms},
-    store::{Appending, EventRow, NewEvent, RoomRow, Txn},
+    rooms::{checks, listener},
+    services::Services,
+    store::{Appending, EventRow, NewEvent, Placed, RoomRow, StoreResult, Txn},
+    util::now_ms,
 };
 
 /// What a caller wants in a new event.
@@ -114,14 +117,12 @@ enum Prepared {
     Built {
         appending: Box<Appending>,
         event_id: OwnedEventId,
-        notified: crate::push::Notified,
     },
 }
 
 /// A built event's callers (the first, and retries of its transaction in the same batch).
 struct BuiltFor {
     event_id: OwnedEventId,
-    notified: crate::push::Notified,
     waiting: Vec<Pending>,
 }
 
@@ -315,18 +316,13 @@ impl Timeline {
                 Ok(Prepared::Existing(appended)) => {
                     let _ = pending.reply.send(Ok(appended));
                 }
-                Ok(Prepared::Built {
-                    appending,
-                    event_id,
-                    notified,
-                }) => {
+                Ok(Prepared::Built { appending, event_id }) => {
                     if let Some(key) = txn_key {
                         txns.insert(key, built.len());
                     }
                     appendings.push(*appending);
                     built.push(BuiltFor {
                         event_id,
-                        notified,
                         waiting: vec![pending],
                     });
                 }
@@ -341,7 +337,7 @@ impl Timeline {
             }
             return Ok(());
         }
-        let placed = match svc.store.append_events(&mut appendings).await {
+        let placed = match persist(svc, &mut appendings).await {
             Ok(placed) => placed,
             Err(error) => {
                 // `touched` is dropped: those rooms are read again from the database.
@@ -357,15 +353,12 @@ impl Timeline {
         for (room_id, draft) in touched {
             keep_as(drafts, room_id, draft);
         }
-        let events: Vec<NewEvent> = appendings.into_iter().map(|a| a.event).collect();
-        svc.notifier.notify(notification_keys(&events));
-        for ((event, at), done) in events.into_iter().zip(placed).zip(built) {
-            let answer = parse_room_id(&event.room_id).map(|room_id| Appended {
+        for ((appending, at), done) in appendings.iter().zip(placed).zip(built) {
+            let answer = parse_room_id(&appending.event.room_id).map(|room_id| Appended {
                 event_id: done.event_id,
                 room_id,
                 stream_ordering: at.stream_ordering,
             });
-            crate::push::after_append(svc, &event, done.notified);
             for pending in done.waiting {
                 let _ = pending.reply.send(answer.clone());
             }
@@ -374,7 +367,7 @@ impl Timeline {
     }
 
     /// One queued append: the event its transaction already produced, or the event built and
-    /// authorized against the room's draft (taken into `touched`), with its push outcome.
+    /// authorized against the room's draft (taken into `touched`).
     async fn prepare(
         &self,
         svc: &Services,
@@ -429,15 +422,13 @@ impl Timeline {
         let previous_group = draft.state_group;
         // A refused event leaves the draft as it was (build changes it only on success).
         let built = self.build(svc, draft, sender, spec, txn.clone()).await?;
-        let push = crate::push::prepare(svc, &built.new).await;
         Ok(Prepared::Built {
             appending: Box::new(Appending {
                 event: built.new,
                 previous_group,
-                push: push.rows,
+                push: Vec::new(),
             }),
             event_id: built.event_id,
-            notified: push.notified,
         })
     }
 
@@ -499,8 +490,7 @@ impl Timeline {
         draft.stored = true;
         draft.state_group = Some(placed.state_group);
         keep(&mut drafts, draft);
-        crate::push::on_room_created(svc, &events).await;
-        svc.notifier.notify(notification_keys(&events));
+        listener::room_created(svc, &events).await;
         Ok(room_id)
     }
 
@@ -644,6 +634,19 @@ impl Timeline {
     }
 }
 
+/// Stores built events (each with the room's state group before it) in one transaction, with
+/// what the listeners add to them, then hands the committed batch to the listeners. On error
+/// nothing is stored and no listener hears of the batch.
+///
+/// The caller serializes appends (stream positions are handed out in commit order): local
+/// events come through `Timeline`'s append lock.
+pub(crate) async fn persist(svc: &Services, batch: &mut [Appending]) -> StoreResult<Vec<Placed>> {
+    listener::prepare(svc, batch).await;
+    let placed = svc.store.append_events(batch).await?;
+    listener::committed(svc, batch, &placed);
+    Ok(placed)
+}
+
 /// Checks a redaction before it is stored as one (its `redacts` column set, which is what makes
 /// it apply when its target is served): the target must be an event of the same room, sent by
 /// the redaction's sender, or the sender must have the `redact` power level (client-server API
@@ -699,20 +702,6 @@ fn keep_as(drafts: &mut HashMap<OwnedRoomId, Draft>, room_id: OwnedRoomId, draft
     drafts.insert(room_id, draft);
 }
 
-/// Who to wake for new events: their rooms, and the targets of membership changes.
-fn notification_keys(events: &[NewEvent]) -> Vec<String> {
-    let mut keys: Vec<String> = Vec::new();
-    for event in events {
-        if !keys.contains(&event.room_id) {
-            keys.push(event.room_id.clone());
-        }
-        if let (Some(_), Some(target)) = (&event.membership, &event.state_key) {
-            keys.push(target.clone());
-        }
-    }
-    keys
-}
-
 /// Reads a stored event as a PDU.
 pub fn pdu_of(row: &EventRow) -> ApiResult<Pdu> {
     Pdu::from_stored(parse_event_id(&row.event_id)?, &row.json).map_err(ApiError::internal)
@@ -728,5 +717,131 @@ fn parse_room_id(id: &str) -> ApiResult<OwnedRoomId> {
 
 /// A random room ID for room versions before 12: `!` + 18 random letters + `:server`.
 fn new_room_id(server_name: &str) -> ApiResult<OwnedRoomId> {
-    RoomId::parse(format!("!{}:{server_name}", crate::users::random_string(18))).map_err(ApiError::internal)
+    RoomId::parse(format!("!{}:{server_name}", crate::util::random_string(18))).map_err(ApiError::internal)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use ruma::{UserId, user_id};
+    use serde_json::json;
+
+    use super::*;
+    use crate::services::TestServices;
+
+    pub(crate) fn alice() -> &'static UserId {
+        user_id!("@alice:hearth.test")
+    }
+
+    pub(crate) fn bob() -> &'static UserId {
+        user_id!("@bob:hearth.test")
+    }
+
+    /// A version 11 room that anyone may join, with alice (its creator) in it.
+    pub(crate) async fn public_room(svc: &Services) -> OwnedRoomId {
+        let alice = alice();
+        let room = NewRoom {
+            version: &RoomVersionId::V11,
+            creator: alice,
+            content: json!({ "room_version": "11" }),
+            initial: vec![
+                EventSpec::state("m.room.member", alice.as_str(), json!({ "membership": "join" })),
+                EventSpec::state(
+                    "m.room.power_levels",
+                    "",
+                    json!({ "users": { alice.as_str(): 100 } }),
+                ),
+                EventSpec::state("m.room.join_rules", "", json!({ "join_rule": "public" })),
+            ],
+            alias: None,
+            is_public: false,
+        };
+        svc.timeline.create_room(svc, room).await.expect("room created")
+    }
+
+    pub(crate) async fn send(
+        svc: &Services,
+        room_id: &RoomId,
+        sender: &UserId,
+        content: Value,
+    ) -> ApiResult<Appended> {
+        let spec = EventSpec::message("m.room.message", content);
+        svc.timeline.append(svc, room_id, sender, spec, None).await
+    }
+
+    #[tokio::test]
+    async fn an_appended_message_reads_back() {
+        let test = TestServices::new().await;
+        let svc = &test.svc;
+        let room_id = public_room(svc).await;
+        let body = json!({ "msgtype": "m.text", "body": "hello" });
+        let appended = send(svc, &room_id, alice(), body.clone()).await.expect("sent");
+
+        assert_eq!(appended.room_id, room_id);
+        let row = svc
+            .store
+            .event(appended.event_id.as_str())
+            .await
+            .unwrap()
+            .expect("stored");
+        assert_eq!(row.stream_ordering, appended.stream_ordering);
+        assert_eq!(row.sender, alice().as_str());
+        assert_eq!(row.event_type, "m.room.message");
+        let pdu = pdu_of(&row).expect("a PDU");
+        assert_eq!(serde_json::from_str::<Value>(pdu.content.get()).unwrap(), body);
+        // It is the room's only forward extremity now: the next event follows it.
+        let extremities = svc.store.forward_extremities(room_id.as_str()).await.unwrap();
+        assert_eq!(extremities.len(), 1);
+        assert_eq!(extremities[0].0, appended.event_id.as_str());
+    }
+
+    #[tokio::test]
+    async fn a_refused_event_leaves_nothing() {
+        let test = TestServices::new().await;
+        let svc = &test.svc;
+        let room_id = public_room(svc).await;
+        let before = svc.store.max_stream_ordering().await.unwrap();
+        let extremities = svc.store.forward_extremities(room_id.as_str()).await.unwrap();
+
+        // Bob never joined: the auth rules refuse his message.
+        let error = send(svc, &room_id, bob(), json!({ "msgtype": "m.text", "body": "hi" }))
+            .await
+            .expect_err("refused");
+        assert_eq!(error.errcode, "M_FORBIDDEN");
+        assert_eq!(svc.store.max_stream_ordering().await.unwrap(), before);
+        assert_eq!(
+            svc.store.forward_extremities(room_id.as_str()).await.unwrap(),
+            extremities
+        );
+
+        // The room's draft is intact: the next allowed event follows the stored ones.
+        let next = send(
+            svc,
+            &room_id,
+            alice(),
+            json!({ "msgtype": "m.text", "body": "still here" }),
+        )
+        .await
+        .expect("sent");
+        let row = svc.store.event(next.event_id.as_str()).await.unwrap().unwrap();
+        let prev: Vec<String> = pdu_of(&row)
+            .unwrap()
+            .prev_events
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let stored: Vec<String> = extremities.into_iter().map(|(id, _)| id).collect();
+        assert_eq!(prev, stored);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_room_is_not_found() {
+        let test = TestServices::new().await;
+        let svc = &test.svc;
+        let room_id = RoomId::parse("!nowhere:hearth.test").unwrap();
+        let error = send(svc, &room_id, alice(), json!({ "body": "x" }))
+            .await
+            .expect_err("refused");
+        assert_eq!(error.errcode, "M_NOT_FOUND");
+        assert_eq!(svc.store.max_stream_ordering().await.unwrap(), 0);
+    }
 }

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::services::{Services, now_ms};
+use crate::{services::Services, util::now_ms};
 
 /// Longest a client may claim to be typing without renewing.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);

@@ -9,6 +9,12 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
+use crate::{
+    rooms::listener::{AppendListener, ListenerFuture},
+    services::Services,
+    store::{Appending, NewEvent, Placed},
+};
+
 /// What changed: room IDs and user IDs.
 pub type Keys = Arc<[String]>;
 
@@ -40,4 +46,33 @@ impl Notifier for LocalNotifier {
     fn subscribe(&self) -> broadcast::Receiver<Keys> {
         self.sender.subscribe()
     }
+}
+
+/// Wakes the syncs that care about new events: a timeline listener.
+pub struct WakeSyncs;
+
+impl AppendListener for WakeSyncs {
+    fn committed(&self, svc: &Services, batch: &[Appending], _placed: &[Placed]) {
+        svc.notifier
+            .notify(notification_keys(batch.iter().map(|appending| &appending.event)));
+    }
+
+    fn room_created<'a>(&'a self, svc: &'a Services, events: &'a [NewEvent]) -> Option<ListenerFuture<'a>> {
+        svc.notifier.notify(notification_keys(events));
+        None
+    }
+}
+
+/// Who to wake for new events: their rooms, and the targets of membership changes.
+fn notification_keys<'a>(events: impl IntoIterator<Item = &'a NewEvent>) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for event in events {
+        if !keys.contains(&event.room_id) {
+            keys.push(event.room_id.clone());
+        }
+        if let (Some(_), Some(target)) = (&event.membership, &event.state_key) {
+            keys.push(target.clone());
+        }
+    }
+    keys
 }

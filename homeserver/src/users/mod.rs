@@ -6,24 +6,16 @@ pub mod uia;
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use rand::{Rng, distr::Alphanumeric};
+use rand::Rng;
 use ruma::{OwnedUserId, UserId};
 use sha2::{Digest, Sha256};
 
 use crate::{
     error::{ApiError, ApiResult},
-    services::{Services, now_ms},
+    services::Services,
     store::{NewAccessToken, NewRefreshToken, Refreshed},
+    util::{now_ms, random_string},
 };
-
-/// Letters and digits, for device IDs, session IDs and room ID localparts.
-pub fn random_string(len: usize) -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
-}
 
 /// A new access token: 32 random bytes, URL-safe base64.
 pub fn new_access_token() -> String {

@@ -5,8 +5,9 @@ use serde_json::{Value, json};
 
 use crate::{
     error::{ApiError, ApiResult},
-    services::{Services, now_ms},
+    services::Services,
     store::PresenceRow,
+    util::now_ms,
 };
 
 /// How long after their last activity a user still counts as `currently_active`.

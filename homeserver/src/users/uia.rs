@@ -14,8 +14,9 @@ use sha2::{Digest, Sha256};
 use crate::{
     error::{ApiError, ApiResult},
     ratelimit::Action,
-    services::{Services, now_ms},
-    users::{random_string, verify_password},
+    services::Services,
+    users::verify_password,
+    util::{now_ms, random_string},
 };
 
 /// One acceptable sequence of stages.
