@@ -15,7 +15,10 @@ use crate::{
     error::{ApiError, ApiResult},
     ratelimit::Action,
     services::{Services, now_ms},
-    users::{random_string, verify_password},
+    users::{
+        login::{Identity, user_id_of},
+        random_string, verify_password,
+    },
 };
 
 /// One acceptable sequence of stages.
@@ -78,16 +81,16 @@ fn write_canonical(value: &Value, out: &mut String) {
 }
 
 /// Runs one UIA step. `Ok(())` when a flow is complete; otherwise the 401 response the client
-/// continues from. `user_id` is the authenticated user for operations on an existing account.
+/// continues from. `auth` is the request's `auth` dict; `user_id` is the authenticated user for operations on an existing account.
 pub async fn authenticate(
     svc: &Services,
     operation: &Operation,
-    body: &Value,
+    auth: Option<&Value>,
     flows: &[Flow],
     user_id: Option<&str>,
     registration_token: Option<&str>,
 ) -> ApiResult<()> {
-    let Some(auth) = body.get("auth").filter(|a| a.is_object()) else {
+    let Some(auth) = auth.filter(|a| a.is_object()) else {
         return Err(challenge(svc, operation, flows, None, user_id, &[], None).await?);
     };
     let session = auth.get("session").and_then(Value::as_str);
@@ -148,6 +151,24 @@ pub async fn authenticate(
     Err(challenge(svc, operation, flows, session, user_id, &completed, None).await?)
 }
 
+/// The password stage that guards changes to an existing account (`user_id`'s).
+pub async fn confirm_password(
+    svc: &Services,
+    operation: &Operation,
+    auth: Option<&Value>,
+    user_id: &str,
+) -> ApiResult<()> {
+    authenticate(
+        svc,
+        operation,
+        auth,
+        &[vec!["m.login.password"]],
+        Some(user_id),
+        None,
+    )
+    .await
+}
+
 /// Sessions created before this are expired.
 fn oldest_live(svc: &Services) -> i64 {
     let timeout_ms = svc.config.uia.session_timeout_secs.saturating_mul(1000);
@@ -172,7 +193,9 @@ async fn check_stage(
         }
         "m.login.password" => {
             let user_id = user_id.ok_or_else(|| ApiError::forbidden("No user"))?;
-            let claimed = crate::users::login_user_id(auth, svc.server_name())
+            let claimed = serde_json::from_value::<Identity>(auth.clone())
+                .map_err(ApiError::internal)
+                .and_then(|identity| user_id_of(&identity, svc.server_name()))
                 .map_err(|_| ApiError::forbidden("Invalid username or password"))?;
             let password = auth.get("password").and_then(Value::as_str).unwrap_or_default();
             let user = svc.store.user(user_id).await?;
