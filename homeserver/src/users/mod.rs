@@ -5,6 +5,7 @@ pub mod account;
 pub mod devices;
 pub mod login;
 pub mod presence;
+pub mod profile;
 pub mod uia;
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
