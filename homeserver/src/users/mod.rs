@@ -2,6 +2,7 @@
 //! hashes), and user-interactive authentication.
 
 pub mod account;
+pub mod account_data;
 pub mod devices;
 pub mod login;
 pub mod presence;
