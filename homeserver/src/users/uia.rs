@@ -8,7 +8,8 @@
 
 use std::sync::OnceLock;
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -252,13 +253,35 @@ async fn challenge(
         // that clients read and leave errcode for failed stages only.
         out.errcode = "";
     }
-    let flows: Vec<Value> = flows.iter().map(|f| json!({ "stages": f })).collect();
-    Ok(out
-        .with("flows", json!(flows))
-        .with("params", json!({}))
-        .with("session", json!(session))
-        .with("completed", json!(completed)))
+    let info = Challenge {
+        flows: flows.iter().map(|stages| FlowInfo { stages }).collect(),
+        params: Params {},
+        session: &session,
+        completed,
+    };
+    if let Value::Object(fields) = serde_json::to_value(info).map_err(ApiError::internal)? {
+        out.extra.extend(fields);
+    }
+    Ok(out)
 }
+
+/// What a 401 tells the client about its UIA session, beside `errcode` and `error`.
+#[derive(Serialize)]
+struct Challenge<'a> {
+    flows: Vec<FlowInfo<'a>>,
+    params: Params,
+    session: &'a str,
+    completed: &'a [String],
+}
+
+#[derive(Serialize)]
+struct FlowInfo<'a> {
+    stages: &'a Flow,
+}
+
+/// No stage here needs parameters.
+#[derive(Serialize)]
+struct Params {}
 
 fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -266,6 +289,8 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
