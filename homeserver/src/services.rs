@@ -72,6 +72,14 @@ impl Services {
     pub fn server_name(&self) -> &str {
         &self.config.server_name
     }
+
+    /// The URL clients reach this server at: `public_baseurl`, else the listen address.
+    pub fn base_url(&self) -> String {
+        self.config
+            .public_baseurl
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.config.listen))
+    }
 }
 
 /// Services over a fresh SQLite database in a temporary directory, for unit tests of domain

@@ -1,131 +1,76 @@
 //! Device management.
 
-use axum::{
-    Json,
-    extract::{Path, State},
-};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use axum::{Json, extract::State};
+use ruma::api::client::device::{delete_device, delete_devices, get_device, get_devices, update_device};
 
 use crate::{
-    api::extract::{Auth, JsonBody, UiaBody},
-    error::{ApiError, ApiResult},
+    api::{
+        extract::{Auth, Uia},
+        ruma::{Ruma, RumaResponse},
+    },
+    error::ApiResult,
     services::Services,
-    store::DeviceRow,
-    users::uia,
+    users::devices::{self, DeviceInfo, DeviceList},
 };
 
-/// A device as the spec shows it: absent fields are left out, never `null`.
-fn device_json(device: &DeviceRow) -> Value {
-    let mut out = json!({ "device_id": device.device_id });
-    if let Some(name) = &device.display_name {
-        out["display_name"] = json!(name);
-    }
-    if let Some(ts) = device.last_seen_ts {
-        out["last_seen_ts"] = json!(ts);
-    }
-    if let Some(ip) = &device.last_seen_ip {
-        out["last_seen_ip"] = json!(ip);
-    }
-    out
-}
-
 /// `GET /devices`
-pub async fn list(State(svc): State<Services>, auth: Auth) -> ApiResult<Json<Value>> {
-    let devices = svc.store.devices(auth.user_id.as_str()).await?;
-    Ok(Json(
-        json!({ "devices": devices.iter().map(device_json).collect::<Vec<_>>() }),
-    ))
+pub async fn list(
+    State(svc): State<Services>,
+    auth: Auth,
+    Ruma(_): Ruma<get_devices::v3::Request>,
+) -> ApiResult<Json<DeviceList>> {
+    Ok(Json(devices::list(&svc, &auth.user_id).await?))
 }
 
 /// `GET /devices/{deviceId}`
 pub async fn get(
     State(svc): State<Services>,
     auth: Auth,
-    Path(device_id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let device = svc
-        .store
-        .device(auth.user_id.as_str(), &device_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Device not found"))?;
-    Ok(Json(device_json(&device)))
-}
-
-#[derive(Deserialize)]
-pub struct UpdateBody {
-    display_name: Option<String>,
+    Ruma(req): Ruma<get_device::v3::Request>,
+) -> ApiResult<Json<DeviceInfo>> {
+    Ok(Json(devices::get(&svc, &auth.user_id, &req.device_id).await?))
 }
 
 /// `PUT /devices/{deviceId}`
 pub async fn update(
     State(svc): State<Services>,
     auth: Auth,
-    Path(device_id): Path<String>,
-    JsonBody(body): JsonBody<UpdateBody>,
-) -> ApiResult<Json<Value>> {
-    if !svc
-        .store
-        .set_device_display_name(auth.user_id.as_str(), &device_id, body.display_name.as_deref())
-        .await?
-    {
-        return Err(ApiError::not_found("Device not found"));
-    }
-    Ok(Json(json!({})))
+    Ruma(req): Ruma<update_device::v3::Request>,
+) -> ApiResult<RumaResponse<update_device::v3::Response>> {
+    devices::rename(&svc, &auth.user_id, &req.device_id, req.display_name.as_deref()).await?;
+    Ok(update_device::v3::Response::new().into())
 }
 
 /// `DELETE /devices/{deviceId}` (user-interactive auth)
 pub async fn delete(
     State(svc): State<Services>,
     auth: Auth,
-    Path(device_id): Path<String>,
-    UiaBody(body, operation): UiaBody<Value>,
-) -> ApiResult<Json<Value>> {
-    if svc
-        .store
-        .device(auth.user_id.as_str(), &device_id)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::not_found("Device not found"));
-    }
-    uia::authenticate(
+    uia: Uia<delete_device::v3::Request>,
+) -> ApiResult<RumaResponse<delete_device::v3::Response>> {
+    devices::delete(
         &svc,
-        &operation,
-        &body,
-        &[vec!["m.login.password"]],
-        Some(auth.user_id.as_str()),
-        None,
+        &auth.user_id,
+        &uia.request.device_id,
+        &uia.operation,
+        uia.auth.as_ref(),
     )
     .await?;
-    svc.store.delete_device(auth.user_id.as_str(), &device_id).await?;
-    Ok(Json(json!({})))
-}
-
-#[derive(Deserialize)]
-pub struct DeleteManyBody {
-    devices: Vec<String>,
-    #[serde(flatten)]
-    rest: Value,
+    Ok(delete_device::v3::Response::new().into())
 }
 
 /// `POST /delete_devices` (user-interactive auth)
 pub async fn delete_many(
     State(svc): State<Services>,
     auth: Auth,
-    UiaBody(body, operation): UiaBody<DeleteManyBody>,
-) -> ApiResult<Json<Value>> {
-    uia::authenticate(
+    uia: Uia<delete_devices::v3::Request>,
+) -> ApiResult<RumaResponse<delete_devices::v3::Response>> {
+    devices::delete_many(
         &svc,
-        &operation,
-        &body.rest,
-        &[vec!["m.login.password"]],
-        Some(auth.user_id.as_str()),
-        None,
+        &auth.user_id,
+        &uia.request.devices,
+        &uia.operation,
+        uia.auth.as_ref(),
     )
     .await?;
-    for device_id in &body.devices {
-        svc.store.delete_device(auth.user_id.as_str(), device_id).await?;
-    }
-    Ok(Json(json!({})))
+    Ok(delete_devices::v3::Response::new().into())
 }

@@ -7,11 +7,13 @@ use axum::{
     extract::{ConnectInfo, FromRequest, FromRequestParts, Request},
     http::{HeaderMap, header, request::Parts},
 };
+use ruma::api::IncomingRequest;
 use ruma::{OwnedUserId, UserId};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{
+    api::ruma::Ruma,
     config::Network,
     error::ApiError,
     services::Services,
@@ -190,22 +192,34 @@ async fn json_object(req: Request, svc: &Services) -> Result<Value, ApiError> {
     Ok(value)
 }
 
-/// The JSON body of an endpoint behind user-interactive auth, and the operation (method, path
-/// below the API version, body) its UIA session is bound to.
-pub struct UiaBody<T>(pub T, pub Operation);
+/// A typed request behind user-interactive auth: ruma's request read from the body without its
+/// `auth` dict, that dict (checked by `users::uia` stage by stage, so a malformed stage is a
+/// failed stage, not a malformed request), and the operation (method, path below the API
+/// version, body without `auth`) the UIA session is bound to.
+pub struct Uia<T> {
+    pub request: T,
+    pub auth: Option<Value>,
+    pub operation: Operation,
+}
 
-impl<T: DeserializeOwned> FromRequest<Services> for UiaBody<T> {
+impl<T: IncomingRequest> FromRequest<Services> for Uia<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, svc: &Services) -> Result<Self, ApiError> {
-        let method = req.method().as_str().to_owned();
+        let (parts, body) = req.into_parts();
+        let method = parts.method.as_str().to_owned();
         // Inside the `/v3` and `/r0` nests the path is relative to them.
-        let path = req.uri().path().to_owned();
-        let value = json_object(req, svc).await?;
+        let path = parts.uri.path().to_owned();
+        let mut value = json_object(Request::from_parts(parts.clone(), body), svc).await?;
         let operation = Operation::new(&method, &path, &value);
-        serde_json::from_value(value)
-            .map(|body| Self(body, operation))
-            .map_err(|e| ApiError::bad_json(e.to_string()))
+        let auth = value.as_object_mut().and_then(|o| o.remove("auth"));
+        let rest = serde_json::to_vec(&value).map_err(ApiError::internal)?;
+        let Ruma(request) = Ruma::from_request(Request::from_parts(parts, rest.into()), svc).await?;
+        Ok(Self {
+            request,
+            auth,
+            operation,
+        })
     }
 }
 

@@ -1,4 +1,5 @@
-//! The room directory (`/publicRooms`): published rooms, most joined members first, in pages.
+//! The room directory: room aliases, publishing rooms, and `/publicRooms` (published rooms,
+//! most joined members first, in pages).
 //!
 //! Building the listing reads each published room's summary (members, name, topic, …), so it
 //! is kept for a few seconds and shared by every request in that time; publishing or
@@ -12,13 +13,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ruma::{RoomId, UserId};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedServerName, RoomAliasId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::{
     error::{ApiError, ApiResult},
     rooms::{
+        self,
         access::require_joined,
         membership::{power_level, power_levels, state_content},
         power::state_event_level,
@@ -36,7 +38,7 @@ pub const LISTING_TTL: Duration = Duration::from_secs(5);
 /// The cached listing.
 #[derive(Default)]
 pub struct PublicRooms {
-    listing: Mutex<Option<(Instant, Arc<Vec<Value>>)>>,
+    listing: Mutex<Option<(Instant, Arc<Vec<Entry>>)>>,
     /// Bumped by every invalidation, so a build that started before one is not kept.
     generation: AtomicU64,
     /// One build at a time: requests that find the listing stale wait for it.
@@ -50,7 +52,7 @@ impl PublicRooms {
         *self.listing.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    fn fresh(&self) -> Option<Arc<Vec<Value>>> {
+    fn fresh(&self) -> Option<Arc<Vec<Entry>>> {
         self.listing
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -60,16 +62,155 @@ impl PublicRooms {
     }
 }
 
+/// The query of `GET`/`POST /publicRooms`. Our own type: ruma's reads `limit` as a JS-safe
+/// integer and refuses larger ones, which Hearth answers with a full page.
+#[derive(Debug, Default, Deserialize)]
+pub struct PublicRoomsQuery {
+    pub limit: Option<String>,
+    pub since: Option<String>,
+    pub server: Option<String>,
+}
+
+/// The body of `POST /publicRooms` (see [`PublicRoomsQuery`] for why not ruma's).
+#[derive(Debug, Default, Deserialize)]
+pub struct PublicRoomsBody {
+    pub limit: Option<u64>,
+    pub since: Option<String>,
+    #[serde(default)]
+    pub filter: DirectoryFilter,
+}
+
 /// What `POST /publicRooms` may filter on.
 #[derive(Debug, Default, Deserialize)]
 pub struct DirectoryFilter {
     pub generic_search_term: Option<String>,
+    /// `None` in the list stands for rooms without a type.
     pub room_types: Option<Vec<Option<String>>>,
+}
+
+/// A room in the directory. Our own type: ruma's leaves out a `public` join rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub room_id: OwnedRoomId,
+    pub num_joined_members: u64,
+    pub world_readable: bool,
+    pub guest_can_join: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canonical_alias: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_type: Option<String>,
+}
+
+/// One page of `/publicRooms`.
+#[derive(Debug, Serialize)]
+pub struct Page {
+    pub chunk: Vec<Entry>,
+    pub total_room_count_estimate: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_batch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prev_batch: Option<String>,
+}
+
+/// Where an alias points.
+#[derive(Debug, Serialize)]
+pub struct Resolved {
+    pub room_id: OwnedRoomId,
+    pub servers: Vec<OwnedServerName>,
+}
+
+/// Points a new alias of this server at a room; 409 when the alias exists.
+pub async fn create_alias(
+    svc: &Services,
+    creator: &UserId,
+    alias: &RoomAliasId,
+    room_id: &RoomId,
+) -> ApiResult<()> {
+    if alias.server_name().as_str() != svc.server_name() {
+        return Err(ApiError::invalid_param("Alias must be on this server"));
+    }
+    rooms::room(svc, room_id).await?;
+    if !svc
+        .store
+        .create_alias(alias.as_str(), room_id.as_str(), creator.as_str())
+        .await?
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "M_UNKNOWN",
+            "Room alias already exists",
+        ));
+    }
+    Ok(())
+}
+
+/// The room an alias points to, and the servers that know it (this one).
+pub async fn resolve_alias(svc: &Services, alias: &RoomAliasId) -> ApiResult<Resolved> {
+    let (room_id, _) = svc
+        .store
+        .alias(alias.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found("Room alias not found"))?;
+    Ok(Resolved {
+        room_id: OwnedRoomId::try_from(room_id).map_err(ApiError::internal)?,
+        servers: vec![OwnedServerName::try_from(svc.server_name()).map_err(ApiError::internal)?],
+    })
+}
+
+/// Deletes an alias: by its creator, or a member who may change the room's canonical alias.
+pub async fn delete_alias(svc: &Services, user: &UserId, alias: &RoomAliasId) -> ApiResult<()> {
+    let (room_id, creator) = svc
+        .store
+        .alias(alias.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found("Room alias not found"))?;
+    let room_id = RoomId::parse(room_id).map_err(ApiError::internal)?;
+    let levels = state_content(svc, &room_id, "m.room.power_levels", "").await?;
+    let needed = levels["events"]["m.room.canonical_alias"]
+        .as_i64()
+        .or(levels["state_default"].as_i64())
+        .unwrap_or(50);
+    if creator != user.as_str() && power_level(svc, &room_id, user).await? < needed {
+        return Err(ApiError::forbidden("You may not delete this alias"));
+    }
+    svc.store.delete_alias(alias.as_str()).await?;
+    Ok(())
+}
+
+/// A room's local aliases: for anyone when the room is published, else for its members.
+pub async fn room_aliases(
+    svc: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+) -> ApiResult<Vec<OwnedRoomAliasId>> {
+    let room = rooms::room(svc, room_id).await?;
+    if !room.row.is_public {
+        require_joined(svc, room_id, user.as_str()).await?;
+    }
+    let aliases = svc.store.aliases_of_room(room_id.as_str()).await?;
+    Ok(aliases
+        .into_iter()
+        .filter_map(|alias| OwnedRoomAliasId::try_from(alias).ok())
+        .collect())
+}
+
+/// Whether a room is published in the directory; 404 for an unknown room.
+pub async fn is_published(svc: &Services, room_id: &RoomId) -> ApiResult<bool> {
+    Ok(rooms::room(svc, room_id).await?.row.is_public)
 }
 
 /// Publishes or unpublishes a room at a user's request: only a joined member who may change
 /// the room's canonical alias may (what Synapse checks; the spec leaves it to the server).
 pub async fn publish(svc: &Services, room_id: &RoomId, user: &UserId, public: bool) -> ApiResult<()> {
+    rooms::room(svc, room_id).await?;
     require_joined(svc, room_id, user.as_str()).await?;
     let needed = state_event_level(
         power_levels(svc, room_id).await?.as_ref(),
@@ -88,14 +229,38 @@ pub async fn set_published(svc: &Services, room_id: &RoomId, public: bool) -> Ap
     Ok(())
 }
 
+/// `/publicRooms` of `server` (only this one's are known).
+pub async fn public_rooms(
+    svc: &Services,
+    server: Option<&str>,
+    limit: Option<u64>,
+    since: Option<&str>,
+    filter: &DirectoryFilter,
+) -> ApiResult<Page> {
+    if server.is_some_and(|s| s != svc.server_name()) {
+        return Err(ApiError::not_found(
+            "Other servers' directories are not available yet",
+        ));
+    }
+    page(svc, limit, since, filter).await
+}
+
+/// A `limit` query parameter: a non-negative integer of any size.
+pub fn parse_limit(limit: Option<&str>) -> ApiResult<Option<u64>> {
+    limit
+        .map(str::parse::<u64>)
+        .transpose()
+        .map_err(|_| ApiError::invalid_param("limit must be a non-negative integer"))
+}
+
 /// One page of the directory: `limit` rooms (at most `MAX_PAGE`) from the offset token `since`
 /// (`p<offset>`), with `next_batch`/`prev_batch` tokens and the filtered total.
-pub async fn page(
+async fn page(
     svc: &Services,
     limit: Option<u64>,
     since: Option<&str>,
     filter: &DirectoryFilter,
-) -> ApiResult<Value> {
+) -> ApiResult<Page> {
     let offset = match since {
         Some(token) => token
             .strip_prefix('p')
@@ -109,41 +274,36 @@ pub async fn page(
     };
     let listing = listing(svc).await?;
     let term = filter.generic_search_term.as_deref().map(str::to_lowercase);
-    let matching: Vec<&Value> = listing
+    let matching: Vec<&Entry> = listing
         .iter()
         .filter(|entry| term.as_deref().is_none_or(|term| matches_term(entry, term)))
         .filter(|entry| {
-            filter.room_types.as_ref().is_none_or(|types| {
-                let room_type = entry
-                    .get("room_type")
-                    .and_then(Value::as_str)
-                    .map(ToOwned::to_owned);
-                types.contains(&room_type)
-            })
+            filter
+                .room_types
+                .as_ref()
+                .is_none_or(|types| types.contains(&entry.room_type))
         })
         .collect();
     let total = matching.len();
-    let chunk: Vec<&Value> = matching.into_iter().skip(offset).take(limit).collect();
-    let mut out = json!({ "chunk": chunk, "total_room_count_estimate": total });
+    let chunk: Vec<Entry> = matching.into_iter().skip(offset).take(limit).cloned().collect();
     let next = offset.saturating_add(limit);
-    if next < total {
-        out["next_batch"] = json!(format!("p{next}"));
-    }
-    if offset > 0 {
-        out["prev_batch"] = json!(format!("p{}", offset.saturating_sub(limit)));
-    }
-    Ok(out)
+    Ok(Page {
+        chunk,
+        total_room_count_estimate: total,
+        next_batch: (next < total).then(|| format!("p{next}")),
+        prev_batch: (offset > 0).then(|| format!("p{}", offset.saturating_sub(limit))),
+    })
 }
 
-fn matches_term(entry: &Value, term: &str) -> bool {
-    ["name", "topic", "canonical_alias"]
-        .iter()
-        .filter_map(|k| entry.get(*k).and_then(Value::as_str))
+fn matches_term(entry: &Entry, term: &str) -> bool {
+    [&entry.name, &entry.topic, &entry.canonical_alias]
+        .into_iter()
+        .flatten()
         .any(|field| field.to_lowercase().contains(term))
 }
 
 /// Every published room's entry, most joined members first: the cached listing while fresh.
-async fn listing(svc: &Services) -> ApiResult<Arc<Vec<Value>>> {
+async fn listing(svc: &Services) -> ApiResult<Arc<Vec<Entry>>> {
     if let Some(listing) = svc.directory.fresh() {
         return Ok(listing);
     }
@@ -159,7 +319,7 @@ async fn listing(svc: &Services) -> ApiResult<Arc<Vec<Value>>> {
         entries.push(entry(svc, &room_id).await?);
     }
     // Stable: rooms with as many members stay in publication order.
-    entries.sort_by_key(|e| std::cmp::Reverse(e["num_joined_members"].as_u64().unwrap_or(0)));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.num_joined_members));
     let entries = Arc::new(entries);
     let mut cached = svc.directory.listing.lock().unwrap_or_else(|e| e.into_inner());
     if svc.directory.generation.load(Ordering::SeqCst) == generation {
@@ -169,35 +329,26 @@ async fn listing(svc: &Services) -> ApiResult<Arc<Vec<Value>>> {
 }
 
 /// A room's entry in the directory, from its current state.
-async fn entry(svc: &Services, room_id: &RoomId) -> ApiResult<Value> {
-    let field = |content: Value, key: &str| content.get(key).filter(|v| v.is_string()).cloned();
+async fn entry(svc: &Services, room_id: &RoomId) -> ApiResult<Entry> {
     let joined = svc.store.members_with(room_id.as_str(), "join").await?.len();
-    let history = field(
-        state_content(svc, room_id, "m.room.history_visibility", "").await?,
-        "history_visibility",
-    );
-    let guest = field(
-        state_content(svc, room_id, "m.room.guest_access", "").await?,
-        "guest_access",
-    );
-    let mut entry = json!({
-        "room_id": room_id,
-        "num_joined_members": joined,
-        "world_readable": history.as_ref().and_then(Value::as_str) == Some("world_readable"),
-        "guest_can_join": guest.as_ref().and_then(Value::as_str) == Some("can_join"),
-    });
-    let sources = [
-        ("m.room.name", "name", "name"),
-        ("m.room.topic", "topic", "topic"),
-        ("m.room.canonical_alias", "alias", "canonical_alias"),
-        ("m.room.avatar", "url", "avatar_url"),
-        ("m.room.join_rules", "join_rule", "join_rule"),
-        ("m.room.create", "type", "room_type"),
-    ];
-    for (event_type, key, out_key) in sources {
-        if let Some(value) = field(state_content(svc, room_id, event_type, "").await?, key) {
-            entry[out_key] = value;
-        }
-    }
-    Ok(entry)
+    // A string field of a state event's content; anything else there is ignored.
+    let field = async |event_type: &str, key: &str| -> ApiResult<Option<String>> {
+        let content = state_content(svc, room_id, event_type, "").await?;
+        Ok(content.get(key).and_then(Value::as_str).map(ToOwned::to_owned))
+    };
+    Ok(Entry {
+        room_id: room_id.to_owned(),
+        num_joined_members: joined as u64,
+        world_readable: field("m.room.history_visibility", "history_visibility")
+            .await?
+            .as_deref()
+            == Some("world_readable"),
+        guest_can_join: field("m.room.guest_access", "guest_access").await?.as_deref() == Some("can_join"),
+        name: field("m.room.name", "name").await?,
+        topic: field("m.room.topic", "topic").await?,
+        canonical_alias: field("m.room.canonical_alias", "alias").await?,
+        avatar_url: field("m.room.avatar", "url").await?,
+        join_rule: field("m.room.join_rules", "join_rule").await?,
+        room_type: field("m.room.create", "type").await?,
+    })
 }

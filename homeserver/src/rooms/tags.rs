@@ -2,6 +2,10 @@
 //! tag at a time by read-modify-write inside one transaction, so concurrent changes to
 //! different tags all survive.
 
+use ruma::{
+    RoomId, UserId,
+    events::tag::{TagInfo, Tags},
+};
 use serde_json::{Value, json};
 
 use crate::{
@@ -27,43 +31,59 @@ fn tags_of(content: Option<&str>) -> ApiResult<Value> {
     })
 }
 
-/// A user's tags on a room, as `GET …/tags` answers.
-pub async fn tags(svc: &Services, user_id: &str, room_id: &str) -> ApiResult<Value> {
-    let stored = svc.store.account_data(user_id, Some(room_id), TAG_TYPE).await?;
-    tags_of(stored.as_deref())
+fn require_owner(viewer: &UserId, owner: &UserId) -> ApiResult<()> {
+    if viewer == owner {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("Cannot access another user's account data"))
+    }
 }
 
-/// Sets a tag (`Some(content)`) or removes it (`None`), and wakes the user's syncs.
+/// `owner`'s tags on a room. Entries that are not tags (stored through the generic account
+/// data endpoint) are left out.
+pub async fn tags(svc: &Services, viewer: &UserId, owner: &UserId, room_id: &RoomId) -> ApiResult<Tags> {
+    require_owner(viewer, owner)?;
+    let stored = svc
+        .store
+        .account_data(owner.as_str(), Some(room_id.as_str()), TAG_TYPE)
+        .await?;
+    let content = tags_of(stored.as_deref())?;
+    let entries = content["tags"].as_object().cloned().unwrap_or_default();
+    Ok(entries
+        .into_iter()
+        .filter_map(|(name, info)| Some((name.into(), serde_json::from_value::<TagInfo>(info).ok()?)))
+        .collect())
+}
+
+/// Sets a tag (`Some(info)`) or removes it (`None`), and wakes the user's syncs.
 pub async fn set_tag(
     svc: &Services,
-    user_id: &str,
-    room_id: &str,
+    viewer: &UserId,
+    owner: &UserId,
+    room_id: &RoomId,
     tag: &str,
-    value: Option<Value>,
+    info: Option<TagInfo>,
 ) -> ApiResult<()> {
+    require_owner(viewer, owner)?;
     if tag.len() > MAX_TAG_BYTES {
         return Err(ApiError::invalid_param("Tag is too long"));
     }
-    if value
-        .as_ref()
-        .and_then(|v| v.get("order"))
-        .is_some_and(|o| !o.is_number())
-    {
-        return Err(ApiError::bad_json("order must be a number"));
-    }
+    let value = info
+        .map(|info| serde_json::to_value(info).map_err(ApiError::internal))
+        .transpose()?;
     svc.store
-        .update_account_data(user_id, Some(room_id), TAG_TYPE, |current| {
+        .update_account_data(owner.as_str(), Some(room_id.as_str()), TAG_TYPE, |current| {
             let mut content = tags_of(current.as_deref())?;
-            match value {
-                Some(v) => content["tags"][tag] = v,
-                None => {
-                    content["tags"].as_object_mut().map(|t| t.remove(tag));
-                }
+            if let Some(tags) = content["tags"].as_object_mut() {
+                match value {
+                    Some(v) => tags.insert(tag.to_owned(), v),
+                    None => tags.remove(tag),
+                };
             }
             let text = serde_json::to_string(&content).map_err(ApiError::internal)?;
             Ok::<_, ApiError>((text, ()))
         })
         .await??;
-    svc.notifier.notify(vec![user_id.to_owned()]);
+    svc.notifier.notify(vec![owner.to_string()]);
     Ok(())
 }

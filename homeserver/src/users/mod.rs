@@ -1,7 +1,12 @@
 //! Accounts: registration, passwords (argon2id), access and refresh tokens (stored as SHA-256
 //! hashes), and user-interactive authentication.
 
+pub mod account;
+pub mod account_data;
+pub mod devices;
+pub mod login;
 pub mod presence;
+pub mod profile;
 pub mod uia;
 
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier, password_hash::SaltString};
@@ -95,13 +100,15 @@ pub fn user_id_for(localpart: &str, server_name: &str) -> ApiResult<OwnedUserId>
 }
 
 /// The tokens a login, registration or refresh hands out.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct Tokens {
     pub access_token: String,
     pub device_id: String,
     /// Given when the client asked for one and refresh tokens are on.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
     /// The access token's lifetime; `None`: it never expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_ms: Option<u64>,
 }
 
@@ -264,32 +271,6 @@ pub async fn record_last_seen(
     }
     svc.store.touch_device(user_id, device_id, ip, now).await?;
     Ok(())
-}
-
-/// Resolves the `identifier` (or legacy `user`) of a login request to a local user ID.
-pub fn login_user_id(body: &serde_json::Value, server_name: &str) -> ApiResult<OwnedUserId> {
-    let user = match body.get("identifier") {
-        Some(identifier) => {
-            if identifier.get("type").and_then(|t| t.as_str()) != Some("m.id.user") {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::BAD_REQUEST,
-                    "M_UNKNOWN",
-                    "Only m.id.user identifiers are supported",
-                ));
-            }
-            identifier.get("user")
-        }
-        None => body.get("user"),
-    }
-    .and_then(|u| u.as_str())
-    .ok_or_else(|| ApiError::bad_json("Missing user identifier"))?;
-    let user_id = if user.starts_with('@') {
-        UserId::parse(user).map_err(|_| ApiError::forbidden("Invalid username or password"))?
-    } else {
-        UserId::parse(format!("@{}:{server_name}", user.to_lowercase()))
-            .map_err(|_| ApiError::forbidden("Invalid username or password"))?
-    };
-    Ok(user_id)
 }
 
 #[cfg(test)]

@@ -8,14 +8,18 @@
 
 use std::sync::OnceLock;
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::{
     error::{ApiError, ApiResult},
     ratelimit::Action,
     services::Services,
-    users::verify_password,
+    users::{
+        login::{Identity, user_id_of},
+        verify_password,
+    },
     util::{now_ms, random_string},
 };
 
@@ -79,16 +83,16 @@ fn write_canonical(value: &Value, out: &mut String) {
 }
 
 /// Runs one UIA step. `Ok(())` when a flow is complete; otherwise the 401 response the client
-/// continues from. `user_id` is the authenticated user for operations on an existing account.
+/// continues from. `auth` is the request's `auth` dict; `user_id` is the authenticated user for operations on an existing account.
 pub async fn authenticate(
     svc: &Services,
     operation: &Operation,
-    body: &Value,
+    auth: Option<&Value>,
     flows: &[Flow],
     user_id: Option<&str>,
     registration_token: Option<&str>,
 ) -> ApiResult<()> {
-    let Some(auth) = body.get("auth").filter(|a| a.is_object()) else {
+    let Some(auth) = auth.filter(|a| a.is_object()) else {
         return Err(challenge(svc, operation, flows, None, user_id, &[], None).await?);
     };
     let session = auth.get("session").and_then(Value::as_str);
@@ -149,6 +153,24 @@ pub async fn authenticate(
     Err(challenge(svc, operation, flows, session, user_id, &completed, None).await?)
 }
 
+/// The password stage that guards changes to an existing account (`user_id`'s).
+pub async fn confirm_password(
+    svc: &Services,
+    operation: &Operation,
+    auth: Option<&Value>,
+    user_id: &str,
+) -> ApiResult<()> {
+    authenticate(
+        svc,
+        operation,
+        auth,
+        &[vec!["m.login.password"]],
+        Some(user_id),
+        None,
+    )
+    .await
+}
+
 /// Sessions created before this are expired.
 fn oldest_live(svc: &Services) -> i64 {
     let timeout_ms = svc.config.uia.session_timeout_secs.saturating_mul(1000);
@@ -173,7 +195,9 @@ async fn check_stage(
         }
         "m.login.password" => {
             let user_id = user_id.ok_or_else(|| ApiError::forbidden("No user"))?;
-            let claimed = crate::users::login_user_id(auth, svc.server_name())
+            let claimed = serde_json::from_value::<Identity>(auth.clone())
+                .map_err(ApiError::internal)
+                .and_then(|identity| user_id_of(&identity, svc.server_name()))
                 .map_err(|_| ApiError::forbidden("Invalid username or password"))?;
             let password = auth.get("password").and_then(Value::as_str).unwrap_or_default();
             let user = svc.store.user(user_id).await?;
@@ -230,13 +254,35 @@ async fn challenge(
         // that clients read and leave errcode for failed stages only.
         out.errcode = "";
     }
-    let flows: Vec<Value> = flows.iter().map(|f| json!({ "stages": f })).collect();
-    Ok(out
-        .with("flows", json!(flows))
-        .with("params", json!({}))
-        .with("session", json!(session))
-        .with("completed", json!(completed)))
+    let info = Challenge {
+        flows: flows.iter().map(|stages| FlowInfo { stages }).collect(),
+        params: Params {},
+        session: &session,
+        completed,
+    };
+    if let Value::Object(fields) = serde_json::to_value(info).map_err(ApiError::internal)? {
+        out.extra.extend(fields);
+    }
+    Ok(out)
 }
+
+/// What a 401 tells the client about its UIA session, beside `errcode` and `error`.
+#[derive(Serialize)]
+struct Challenge<'a> {
+    flows: Vec<FlowInfo<'a>>,
+    params: Params,
+    session: &'a str,
+    completed: &'a [String],
+}
+
+#[derive(Serialize)]
+struct FlowInfo<'a> {
+    stages: &'a Flow,
+}
+
+/// No stage here needs parameters.
+#[derive(Serialize)]
+struct Params {}
 
 fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -244,6 +290,8 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

@@ -1,0 +1,114 @@
+//! A user's devices: listing, renaming, and deleting them behind a password check.
+
+use ruma::{DeviceId, OwnedDeviceId, UserId};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{
+    error::{ApiError, ApiResult},
+    services::Services,
+    store::DeviceRow,
+    users::uia::{self, Operation},
+};
+
+/// A device as the spec shows it: absent fields are left out, never `null` (ruma's `Device`
+/// writes `null`s).
+#[derive(Debug, Serialize)]
+pub struct DeviceInfo {
+    pub device_id: OwnedDeviceId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen_ts: Option<i64>,
+}
+
+impl From<DeviceRow> for DeviceInfo {
+    fn from(row: DeviceRow) -> Self {
+        Self {
+            device_id: row.device_id.into(),
+            display_name: row.display_name,
+            last_seen_ip: row.last_seen_ip,
+            last_seen_ts: row.last_seen_ts,
+        }
+    }
+}
+
+/// `GET /devices`'s answer.
+#[derive(Debug, Serialize)]
+pub struct DeviceList {
+    pub devices: Vec<DeviceInfo>,
+}
+
+pub async fn list(svc: &Services, user_id: &UserId) -> ApiResult<DeviceList> {
+    let rows = svc.store.devices(user_id.as_str()).await?;
+    Ok(DeviceList {
+        devices: rows.into_iter().map(DeviceInfo::from).collect(),
+    })
+}
+
+pub async fn get(svc: &Services, user_id: &UserId, device_id: &DeviceId) -> ApiResult<DeviceInfo> {
+    svc.store
+        .device(user_id.as_str(), device_id.as_str())
+        .await?
+        .map(DeviceInfo::from)
+        .ok_or_else(|| ApiError::not_found("Device not found"))
+}
+
+pub async fn rename(
+    svc: &Services,
+    user_id: &UserId,
+    device_id: &DeviceId,
+    display_name: Option<&str>,
+) -> ApiResult<()> {
+    if !svc
+        .store
+        .set_device_display_name(user_id.as_str(), device_id.as_str(), display_name)
+        .await?
+    {
+        return Err(ApiError::not_found("Device not found"));
+    }
+    Ok(())
+}
+
+/// Deletes a device once its owner has confirmed their password. An unknown device is 404
+/// before any password is asked for.
+pub async fn delete(
+    svc: &Services,
+    user_id: &UserId,
+    device_id: &DeviceId,
+    operation: &Operation,
+    auth: Option<&Value>,
+) -> ApiResult<()> {
+    if svc
+        .store
+        .device(user_id.as_str(), device_id.as_str())
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found("Device not found"));
+    }
+    uia::confirm_password(svc, operation, auth, user_id.as_str()).await?;
+    svc.store
+        .delete_device(user_id.as_str(), device_id.as_str())
+        .await?;
+    Ok(())
+}
+
+/// Deletes devices once their owner has confirmed their password; unknown ones are skipped.
+pub async fn delete_many(
+    svc: &Services,
+    user_id: &UserId,
+    device_ids: &[OwnedDeviceId],
+    operation: &Operation,
+    auth: Option<&Value>,
+) -> ApiResult<()> {
+    uia::confirm_password(svc, operation, auth, user_id.as_str()).await?;
+    for device_id in device_ids {
+        svc.store
+            .delete_device(user_id.as_str(), device_id.as_str())
+            .await?;
+    }
+    Ok(())
+}
