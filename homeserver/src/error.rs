@@ -1,31 +1,91 @@
-//! The spec's error responses: `{"errcode": "M_…", "error": "…"}` with the matching status.
+//! What goes wrong in Hearth's domain, in the spec's vocabulary and without HTTP: the domain
+//! modules (`rooms`, `users`, `sync`, `push`, `media`) return these; `api::error` alone turns
+//! them into the spec's HTTP responses (status, `errcode`, `error`).
 
-use axum::{
-    Json,
-    http::StatusCode,
-    response::{IntoResponse, Response},
-};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-/// An error a client sees. Everything that can go wrong in a request ends as one of these;
-/// internal failures become `M_UNKNOWN` with status 500 and are logged, not shown.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub errcode: &'static str,
-    pub message: String,
-    /// Extra top-level fields (`retry_after_ms`, `soft_logout`, UIA flows, …).
-    pub extra: Map<String, Value>,
+use crate::store::StoreError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The user may not do this (`M_FORBIDDEN`).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such thing, or not one the user may see (`M_NOT_FOUND`).
+    #[error("{0}")]
+    NotFound(String),
+    /// A parameter (path, query or body) is invalid (`M_INVALID_PARAM`).
+    #[error("{0}")]
+    InvalidParam(String),
+    #[error("{0}")]
+    MissingParam(String),
+    /// The body has the wrong shape (`M_BAD_JSON`).
+    #[error("{0}")]
+    BadJson(String),
+    #[error("{0}")]
+    NotJson(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("too many requests")]
+    LimitExceeded { retry_after_ms: u64 },
+    #[error("unknown access token")]
+    UnknownToken { soft_logout: bool },
+    #[error("{0}")]
+    MissingToken(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    UserDeactivated(String),
+    #[error("{0}")]
+    UserInUse(String),
+    #[error("{0}")]
+    InvalidUsername(String),
+    #[error("{0}")]
+    Exclusive(String),
+    #[error("{0}")]
+    RoomInUse(String),
+    #[error("{0}")]
+    UnsupportedRoomVersion(String),
+    #[error("{0}")]
+    InvalidRoomState(String),
+    /// A request the spec answers with `M_UNKNOWN` (e.g. forgetting a room one is still in).
+    #[error("{0}")]
+    Unknown(String),
+    /// A room alias that exists already.
+    #[error("{0}")]
+    AliasInUse(String),
+    /// Account data the server manages (`m.fully_read`, `m.push_rules`) set by a client.
+    #[error("{0}")]
+    ServerManagedAccountData(String),
+    #[error("{0}")]
+    CannotOverwriteMedia(String),
+    #[error("{0}")]
+    NotYetUploaded(String),
+    /// No such endpoint or method.
+    #[error("unrecognized request")]
+    Unrecognized { method_not_allowed: bool },
+    /// User-interactive authentication: the client must complete (more) stages. `errcode` is
+    /// set when a stage failed; `challenge` holds the flows, session and completed stages.
+    #[error("authentication required")]
+    AuthRequired {
+        errcode: Option<(&'static str, String)>,
+        challenge: Map<String, Value>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A failure that is ours, not the client's (logged where it is made, never shown).
+    #[error("{0}")]
+    Internal(String),
 }
 
-pub type ApiResult<T> = Result<T, ApiError>;
-
 macro_rules! constructors {
-    ($($fn:ident => $status:ident, $code:literal;)*) => {
-        impl ApiError {
+    ($($fn:ident => $variant:ident;)*) => {
+        impl Error {
             $(
                 pub fn $fn(message: impl Into<String>) -> Self {
-                    Self::new(StatusCode::$status, $code, message)
+                    Self::$variant(message.into())
                 }
             )*
         }
@@ -33,105 +93,66 @@ macro_rules! constructors {
 }
 
 constructors! {
-    forbidden => FORBIDDEN, "M_FORBIDDEN";
-    not_found => NOT_FOUND, "M_NOT_FOUND";
-    bad_json => BAD_REQUEST, "M_BAD_JSON";
-    not_json => BAD_REQUEST, "M_NOT_JSON";
-    missing_param => BAD_REQUEST, "M_MISSING_PARAM";
-    invalid_param => BAD_REQUEST, "M_INVALID_PARAM";
-    user_in_use => BAD_REQUEST, "M_USER_IN_USE";
-    invalid_username => BAD_REQUEST, "M_INVALID_USERNAME";
-    exclusive => BAD_REQUEST, "M_EXCLUSIVE";
-    room_in_use => BAD_REQUEST, "M_ROOM_IN_USE";
-    unsupported_room_version => BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION";
-    too_large => PAYLOAD_TOO_LARGE, "M_TOO_LARGE";
-    missing_token => UNAUTHORIZED, "M_MISSING_TOKEN";
-    unauthorized => UNAUTHORIZED, "M_UNAUTHORIZED";
-    user_deactivated => FORBIDDEN, "M_USER_DEACTIVATED";
-    invalid_room_state => BAD_REQUEST, "M_INVALID_ROOM_STATE";
-    not_joined => FORBIDDEN, "M_FORBIDDEN";
+    forbidden => Forbidden;
+    not_found => NotFound;
+    invalid_param => InvalidParam;
+    missing_param => MissingParam;
+    bad_json => BadJson;
+    not_json => NotJson;
+    too_large => TooLarge;
+    missing_token => MissingToken;
+    unauthorized => Unauthorized;
+    user_deactivated => UserDeactivated;
+    user_in_use => UserInUse;
+    invalid_username => InvalidUsername;
+    exclusive => Exclusive;
+    room_in_use => RoomInUse;
+    unsupported_room_version => UnsupportedRoomVersion;
+    invalid_room_state => InvalidRoomState;
+    unknown => Unknown;
 }
 
-impl ApiError {
-    pub fn new(status: StatusCode, errcode: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            errcode,
-            message: message.into(),
-            extra: Map::new(),
-        }
-    }
-
-    pub fn with(mut self, key: &str, value: Value) -> Self {
-        self.extra.insert(key.to_owned(), value);
-        self
-    }
-
+impl Error {
     pub fn unknown_token(soft_logout: bool) -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "M_UNKNOWN_TOKEN",
-            "Unknown access token",
-        )
-        .with("soft_logout", json!(soft_logout))
-    }
-
-    pub fn unrecognized(status: StatusCode) -> Self {
-        Self::new(status, "M_UNRECOGNIZED", "Unrecognized request")
+        Self::UnknownToken { soft_logout }
     }
 
     pub fn limit_exceeded(retry_after_ms: u64) -> Self {
-        Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "M_LIMIT_EXCEEDED",
-            "Too many requests",
-        )
-        .with("retry_after_ms", json!(retry_after_ms))
+        Self::LimitExceeded { retry_after_ms }
     }
 
-    /// A failure that is ours, not the client's. The cause is logged, never sent.
+    /// A failure that is ours. The cause is logged here, never sent.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "M_UNKNOWN",
-            "Internal server error",
-        )
+        Self::Internal(cause.to_string())
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        // Retry-After (whole seconds) mirrors retry_after_ms for clients that read the header.
-        let retry_after = self.extra.get("retry_after_ms").and_then(Value::as_u64);
-        let mut body = self.extra;
-        // An empty errcode marks a response that is not an error object (a first UIA challenge).
-        if !self.errcode.is_empty() {
-            body.insert("errcode".into(), json!(self.errcode));
-            body.insert("error".into(), json!(self.message));
+    /// The spec's error code for this error.
+    pub fn errcode(&self) -> &'static str {
+        match self {
+            Self::Forbidden(_) => "M_FORBIDDEN",
+            Self::NotFound(_) => "M_NOT_FOUND",
+            Self::InvalidParam(_) => "M_INVALID_PARAM",
+            Self::MissingParam(_) => "M_MISSING_PARAM",
+            Self::BadJson(_) | Self::ServerManagedAccountData(_) => "M_BAD_JSON",
+            Self::NotJson(_) => "M_NOT_JSON",
+            Self::TooLarge(_) => "M_TOO_LARGE",
+            Self::LimitExceeded { .. } => "M_LIMIT_EXCEEDED",
+            Self::UnknownToken { .. } => "M_UNKNOWN_TOKEN",
+            Self::MissingToken(_) => "M_MISSING_TOKEN",
+            Self::Unauthorized(_) => "M_UNAUTHORIZED",
+            Self::UserDeactivated(_) => "M_USER_DEACTIVATED",
+            Self::UserInUse(_) => "M_USER_IN_USE",
+            Self::InvalidUsername(_) => "M_INVALID_USERNAME",
+            Self::Exclusive(_) => "M_EXCLUSIVE",
+            Self::RoomInUse(_) => "M_ROOM_IN_USE",
+            Self::UnsupportedRoomVersion(_) => "M_UNSUPPORTED_ROOM_VERSION",
+            Self::InvalidRoomState(_) => "M_INVALID_ROOM_STATE",
+            Self::CannotOverwriteMedia(_) => "M_CANNOT_OVERWRITE_MEDIA",
+            Self::NotYetUploaded(_) => "M_NOT_YET_UPLOADED",
+            Self::Unrecognized { .. } => "M_UNRECOGNIZED",
+            Self::AuthRequired { errcode, .. } => errcode.as_ref().map_or("", |(code, _)| code),
+            Self::Unknown(_) | Self::AliasInUse(_) | Self::Store(_) | Self::Internal(_) => "M_UNKNOWN",
         }
-        let mut response = (self.status, Json(Value::Object(body))).into_response();
-        if let Some(ms) = retry_after {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, ms.div_ceil(1000).into());
-        }
-        response
-    }
-}
-
-impl From<crate::store::StoreError> for ApiError {
-    /// A value the database refuses by its nature is the request's fault, whatever path it came
-    /// by: PostgreSQL cannot store U+0000 in text (SQLSTATE 22021) nor index a value past its
-    /// row size limit (54000). Nothing was stored: the statement, and its transaction, failed.
-    fn from(e: crate::store::StoreError) -> Self {
-        if let crate::store::StoreError::Db(sqlx::Error::Database(db)) = &e {
-            match db.code().as_deref() {
-                Some("22021") => return Self::invalid_param("U+0000 is not allowed here"),
-                Some("54000") => return Self::too_large("A value is too large to store"),
-                _ => {}
-            }
-        }
-        Self::internal(e)
     }
 }

@@ -3,6 +3,8 @@
 pub mod api;
 pub mod config;
 pub mod error;
+
+pub use error::Error;
 pub mod media;
 pub mod push;
 pub mod ratelimit;

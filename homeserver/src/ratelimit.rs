@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Instant};
 
-use crate::{config::RateLimitConfig, error::ApiError};
+use crate::{config::RateLimitConfig, error::Error};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
@@ -59,7 +59,7 @@ impl RateLimiter {
     }
 
     /// Takes one token for `key`, or says how long to wait.
-    pub fn check(&self, action: Action, key: &str) -> Result<(), ApiError> {
+    pub fn check(&self, action: Action, key: &str) -> Result<(), Error> {
         self.with_bucket(action, key, |tokens| {
             if *tokens >= 1.0 {
                 *tokens -= 1.0;
@@ -73,7 +73,7 @@ impl RateLimiter {
     /// For limits that count failures only: refuses while `key` has no token left, without
     /// taking one. A failure is then charged with [`RateLimiter::record_failure`], so
     /// successful attempts cost nothing.
-    pub fn check_failures(&self, action: Action, key: &str) -> Result<(), ApiError> {
+    pub fn check_failures(&self, action: Action, key: &str) -> Result<(), Error> {
         self.with_bucket(action, key, |tokens| *tokens >= 1.0)
     }
 
@@ -92,7 +92,7 @@ impl RateLimiter {
         action: Action,
         key: &str,
         take: impl FnOnce(&mut f64) -> bool,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Error> {
         if !self.config.enabled {
             return Ok(());
         }
@@ -113,7 +113,7 @@ impl RateLimiter {
             Ok(())
         } else {
             let wait_ms = ((1.0 - *tokens) / rate.max(f64::MIN_POSITIVE) * 1000.0).ceil();
-            Err(ApiError::limit_exceeded(
+            Err(Error::limit_exceeded(
                 (wait_ms.min(u64::MAX as f64) as u64).max(1),
             ))
         }
@@ -135,8 +135,8 @@ mod tests {
             limiter.check(Action::Login, "ip").unwrap();
         }
         let err = limiter.check(Action::Login, "ip").unwrap_err();
-        assert_eq!(err.errcode, "M_LIMIT_EXCEEDED");
-        assert!(err.extra["retry_after_ms"].as_u64().unwrap() > 0);
+        assert_eq!(err.errcode(), "M_LIMIT_EXCEEDED");
+        assert!(matches!(err, Error::LimitExceeded { retry_after_ms } if retry_after_ms > 0));
         limiter.check(Action::Login, "other ip").unwrap();
     }
 
@@ -154,7 +154,7 @@ mod tests {
         limiter.check_failures(Action::LoginFailure, "u a").unwrap();
         limiter.record_failure(Action::LoginFailure, "u a");
         let err = limiter.check_failures(Action::LoginFailure, "u a").unwrap_err();
-        assert_eq!(err.errcode, "M_LIMIT_EXCEEDED");
+        assert_eq!(err.errcode(), "M_LIMIT_EXCEEDED");
         limiter.check_failures(Action::LoginFailure, "u b").unwrap();
     }
 

@@ -22,11 +22,11 @@ use ruma::api::client::{
 };
 
 use crate::{
+    api::error::{ApiError, ApiResult},
     api::{
         extract::{Auth, ClientIp, JsonBody, Uia},
         ruma::{Ruma, RumaResponse},
     },
-    error::{ApiError, ApiResult},
     services::Services,
     users::{
         self,

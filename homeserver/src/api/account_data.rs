@@ -12,11 +12,11 @@ use ruma::{
 };
 
 use crate::{
+    api::error::ApiResult,
     api::{
         extract::Auth,
         ruma::{Ruma, RumaResponse},
     },
-    error::ApiResult,
     rooms::tags,
     services::Services,
     users::account_data,

@@ -4,11 +4,11 @@ use axum::{Json, extract::State};
 use ruma::api::client::device::{delete_device, delete_devices, get_device, get_devices, update_device};
 
 use crate::{
+    api::error::ApiResult,
     api::{
         extract::{Auth, Uia},
         ruma::{Ruma, RumaResponse},
     },
-    error::ApiResult,
     services::Services,
     users::devices::{self, DeviceInfo, DeviceList},
 };

@@ -11,11 +11,11 @@ use ruma::api::client::{
 };
 
 use crate::{
+    api::error::{ApiError, ApiResult},
     api::{
         extract::{Auth, JsonBody},
         ruma::{Ruma, RumaResponse},
     },
-    error::{ApiError, ApiResult},
     rooms::directory::{self, Page, PublicRoomsBody, PublicRoomsQuery},
     services::Services,
 };

@@ -21,11 +21,11 @@ use ruma::api::{
 };
 
 use crate::{
+    api::error::{ApiError, ApiResult},
     api::{
         extract::Auth,
         ruma::{Ruma, RumaResponse},
     },
-    error::{ApiError, ApiResult},
     services::Services,
 };
 

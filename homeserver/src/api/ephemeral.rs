@@ -11,11 +11,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
+    api::error::{ApiError, ApiResult},
     api::{
         extract::{Auth, JsonBody},
         rooms::parse_room_id,
     },
-    error::{ApiError, ApiResult},
     rooms::{self, receipts::set_receipt, typing::set_typing},
     services::Services,
     users::presence,

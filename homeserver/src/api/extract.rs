@@ -13,9 +13,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{
+    api::error::ApiError,
     api::ruma::Ruma,
     config::Network,
-    error::ApiError,
     services::Services,
     users::{hash_token, uia::Operation},
 };

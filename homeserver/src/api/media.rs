@@ -20,11 +20,11 @@ use ruma::{
 use tokio::io::AsyncReadExt;
 
 use crate::{
+    api::error::{ApiError, ApiResult},
     api::{
         extract::Auth,
         ruma::{Ruma, RumaResponse},
     },
-    error::{ApiError, ApiResult},
     media::{self, Method, ThumbnailRequest, UploadMeta},
     services::Services,
 };
@@ -47,8 +47,8 @@ fn upload_meta(headers: &HeaderMap, params: &HashMap<String, String>) -> UploadM
 
 /// An upload's answer. A refused body may be partly unread, so a 413 also closes the
 /// connection (`Connection: close`): the client must not send its next request on it.
-fn upload_response(result: ApiResult<impl IntoResponse>) -> Response {
-    match result {
+fn upload_response(result: crate::error::Result<impl IntoResponse>) -> Response {
+    match result.map_err(ApiError::from) {
         Ok(body) => body.into_response(),
         Err(e) => {
             let close = e.status == StatusCode::PAYLOAD_TOO_LARGE;

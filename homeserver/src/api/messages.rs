@@ -9,12 +9,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
+    api::error::{ApiError, ApiResult},
     api::{
         extract::Auth,
         rooms::parse_room_id,
         ruma::{Ruma, RumaResponse},
     },
-    error::{ApiError, ApiResult},
     rooms::{
         self,
         client_event::{Viewer, client_event, client_events},

@@ -7,6 +7,7 @@ pub mod devices;
 pub mod directory;
 pub mod discovery;
 pub mod ephemeral;
+pub mod error;
 pub mod extract;
 pub mod media;
 pub mod messages;
@@ -29,7 +30,7 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use crate::{error::ApiError, services::Services};
+use crate::{api::error::ApiError, services::Services};
 
 /// Client-Server endpoints that exist under both `/v3` and the older `/r0`.
 fn client_routes() -> Router<Services> {

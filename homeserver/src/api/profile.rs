@@ -13,11 +13,11 @@ use ruma::{
 };
 
 use crate::{
+    api::error::{ApiError, ApiResult},
     api::{
         extract::{Auth, JsonBody},
         ruma::{Ruma, RumaResponse},
     },
-    error::{ApiError, ApiResult},
     services::Services,
     users::profile::{self, Field, Profile, ProfileUpdate},
 };

@@ -14,11 +14,11 @@ use ruma::api::client::push::{
 use serde_json::Value;
 
 use crate::{
+    api::error::{ApiError, ApiResult},
     api::{
         extract::{Auth, JsonBody},
         ruma::{Ruma, RumaResponse},
     },
-    error::{ApiError, ApiResult},
     push::{notifications, pushers, rules},
     services::Services,
 };

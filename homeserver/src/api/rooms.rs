@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
+    api::error::{ApiError, ApiResult},
     api::extract::{Auth, JsonBody},
-    error::{ApiError, ApiResult},
     rooms::{
         self,
         client_event::{Viewer, client_events},

@@ -18,7 +18,7 @@ use ruma::api::{
     error::{DeserializationError, FromHttpRequestError},
 };
 
-use crate::{error::ApiError, services::Services};
+use crate::{api::error::ApiError, services::Services};
 
 /// A request parsed into ruma's type for its endpoint.
 pub struct Ruma<T>(pub T);

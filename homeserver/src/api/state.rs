@@ -7,11 +7,11 @@ use axum::{
 use serde_json::{Value, json};
 
 use crate::{
+    api::error::{ApiError, ApiResult},
     api::{
         extract::{Auth, JsonBody},
         rooms::parse_room_id,
     },
-    error::{ApiError, ApiResult},
     ratelimit::Action,
     rooms::{
         self, EventSpec,

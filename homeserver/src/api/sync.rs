@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
+    api::error::{ApiError, ApiResult},
     api::extract::{Auth, JsonBody},
-    error::{ApiError, ApiResult},
     services::Services,
     sync::{SyncRequest, filter::Filter, sync as run_sync, token::StreamToken},
 };
@@ -67,7 +67,7 @@ pub async fn sync(
 /// A filter given inline as JSON, or by the ID of a stored one.
 async fn load_filter(svc: &Services, user_id: &str, filter: &str) -> ApiResult<Filter> {
     if filter.trim_start().starts_with('{') {
-        return Filter::parse(filter);
+        return Ok(Filter::parse(filter)?);
     }
     let id: i64 = filter
         .parse()
@@ -78,7 +78,7 @@ async fn load_filter(svc: &Services, user_id: &str, filter: &str) -> ApiResult<F
         .await?
         .ok_or_else(|| ApiError::not_found("Unknown filter"))?;
     // Checked again: filters stored before the limits existed may exceed them.
-    Filter::parse(&stored)
+    Ok(Filter::parse(&stored)?)
 }
 
 fn own_user(auth: &Auth, user_id: &str) -> ApiResult<()> {

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     ratelimit::Action,
     services::Services,
     store::UploadedContent,
@@ -96,7 +96,7 @@ impl MediaRepo {
 
     /// Streams `body` to disk, hashing it on the way; refuses bodies over `max_bytes` with
     /// 413 `M_TOO_LARGE` (nothing is kept then). Returns (sha256 hex, size).
-    pub async fn store_body(&self, body: Body, max_bytes: u64) -> ApiResult<(String, u64)> {
+    pub async fn store_body(&self, body: Body, max_bytes: u64) -> Result<(String, u64)> {
         let temp = self.temp_path();
         let result = self.write_temp(&temp, body, max_bytes).await;
         let (sha256, size) = match result {
@@ -109,15 +109,15 @@ impl MediaRepo {
         let target = self.content_path(&sha256);
         if let Err(e) = place(&temp, &target).await {
             let _ = tokio::fs::remove_file(&temp).await;
-            return Err(ApiError::internal(format!("storing media file: {e}")));
+            return Err(Error::internal(format!("storing media file: {e}")));
         }
         Ok((sha256, size))
     }
 
-    async fn write_temp(&self, temp: &Path, body: Body, max_bytes: u64) -> ApiResult<(String, u64)> {
+    async fn write_temp(&self, temp: &Path, body: Body, max_bytes: u64) -> Result<(String, u64)> {
         let mut file = tokio::fs::File::create(temp)
             .await
-            .map_err(|e| ApiError::internal(format!("creating {}: {e}", temp.display())))?;
+            .map_err(|e| Error::internal(format!("creating {}: {e}", temp.display())))?;
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         let mut stream = body.into_data_stream();
@@ -132,25 +132,25 @@ impl MediaRepo {
             hasher.update(&chunk);
             file.write_all(&chunk)
                 .await
-                .map_err(|e| ApiError::internal(format!("writing media file: {e}")))?;
+                .map_err(|e| Error::internal(format!("writing media file: {e}")))?;
         }
         file.sync_all()
             .await
-            .map_err(|e| ApiError::internal(format!("syncing media file: {e}")))?;
+            .map_err(|e| Error::internal(format!("syncing media file: {e}")))?;
         Ok((hex(&hasher.finalize()), size))
     }
 
     /// The stored bytes of an upload.
-    pub async fn open(&self, sha256: &str) -> ApiResult<tokio::fs::File> {
+    pub async fn open(&self, sha256: &str) -> Result<tokio::fs::File> {
         tokio::fs::File::open(self.content_path(sha256))
             .await
-            .map_err(|e| ApiError::internal(format!("media file {sha256} unreadable: {e}")))
+            .map_err(|e| Error::internal(format!("media file {sha256} unreadable: {e}")))
     }
 
-    pub async fn read(&self, sha256: &str) -> ApiResult<Vec<u8>> {
+    pub async fn read(&self, sha256: &str) -> Result<Vec<u8>> {
         tokio::fs::read(self.content_path(sha256))
             .await
-            .map_err(|e| ApiError::internal(format!("media file {sha256} unreadable: {e}")))
+            .map_err(|e| Error::internal(format!("media file {sha256} unreadable: {e}")))
     }
 
     async fn read_thumbnail(&self, sha256: &str, file_name: &str) -> Option<Vec<u8>> {
@@ -168,12 +168,8 @@ impl MediaRepo {
     }
 }
 
-fn interrupted(e: axum::Error) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::BAD_REQUEST,
-        "M_UNKNOWN",
-        format!("Upload interrupted: {e}"),
-    )
+fn interrupted(e: axum::Error) -> Error {
+    Error::unknown(format!("Upload interrupted: {e}"))
 }
 
 /// Reads and discards the rest of a refused upload, so the client gets to read the 413 instead
@@ -197,8 +193,8 @@ async fn place(temp: &Path, target: &Path) -> std::io::Result<()> {
     tokio::fs::rename(temp, target).await
 }
 
-pub fn too_large(max_bytes: u64) -> ApiError {
-    ApiError::too_large(format!("Upload is larger than the limit of {max_bytes} bytes"))
+pub fn too_large(max_bytes: u64) -> Error {
+    Error::too_large(format!("Upload is larger than the limit of {max_bytes} bytes"))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -233,7 +229,7 @@ pub struct UploadMeta {
 impl UploadMeta {
     /// Refuses a body whose `Content-Length` is over the limit before storing any of it
     /// (reading it to its end when that is at most twice the limit: see `drain`).
-    async fn check_length(&self, max: u64, body: Body) -> Result<Body, ApiError> {
+    async fn check_length(&self, max: u64, body: Body) -> Result<Body, Error> {
         match self.content_length {
             Some(len) if len > max => {
                 if len <= max.saturating_mul(2) {
@@ -259,7 +255,7 @@ impl UploadMeta {
 }
 
 /// `POST /_matrix/media/v3/upload`: stores the body under a new media ID; returns its `mxc://`.
-pub async fn upload(svc: &Services, uploader: &UserId, meta: UploadMeta, body: Body) -> ApiResult<String> {
+pub async fn upload(svc: &Services, uploader: &UserId, meta: UploadMeta, body: Body) -> Result<String> {
     svc.rate_limiter.check(Action::MediaUpload, uploader.as_str())?;
     let max = svc.config.media.max_upload_bytes;
     let body = meta.check_length(max, body).await?;
@@ -281,12 +277,12 @@ pub async fn upload(svc: &Services, uploader: &UserId, meta: UploadMeta, body: B
 
 /// `POST /_matrix/media/v1/create`: reserves a media ID; returns its `mxc://` and deadline.
 /// Rate limited like an upload; the upload to the reserved ID is then not counted again.
-pub async fn create(svc: &Services, uploader: &UserId) -> ApiResult<(String, i64)> {
+pub async fn create(svc: &Services, uploader: &UserId) -> Result<(String, i64)> {
     svc.rate_limiter.check(Action::MediaUpload, uploader.as_str())?;
     let now = now_ms();
     let pending = svc.store.count_pending_media(uploader.as_str(), now).await?;
     if pending >= svc.config.media.max_pending_uploads as i64 {
-        return Err(ApiError::limit_exceeded(60_000));
+        return Err(Error::limit_exceeded(60_000));
     }
     let media_id = new_media_id();
     let expires = now + UNUSED_EXPIRY_MS;
@@ -305,7 +301,7 @@ pub async fn upload_to(
     media_id: &str,
     meta: UploadMeta,
     body: Body,
-) -> ApiResult<()> {
+) -> Result<()> {
     let max = svc.config.media.max_upload_bytes;
     if let Err(e) = check_reservation(svc, uploader, server_name, media_id).await {
         // Read the body anyway (up to twice the limit), so the client sees this answer and its
@@ -335,8 +331,8 @@ async fn check_reservation(
     uploader: &UserId,
     server_name: &str,
     media_id: &str,
-) -> ApiResult<()> {
-    let unknown = || ApiError::not_found("Unknown media ID");
+) -> Result<()> {
+    let unknown = || Error::not_found("Unknown media ID");
     if server_name != svc.server_name() || !valid_media_id(media_id) {
         return Err(unknown());
     }
@@ -346,7 +342,7 @@ async fn check_reservation(
         .await?
         .ok_or_else(unknown)?;
     if row.uploader != uploader.as_str() {
-        return Err(ApiError::forbidden(
+        return Err(Error::forbidden(
             "Only the creator of the media ID can upload to it",
         ));
     }
@@ -359,12 +355,8 @@ async fn check_reservation(
     Ok(())
 }
 
-fn cannot_overwrite() -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::CONFLICT,
-        "M_CANNOT_OVERWRITE_MEDIA",
-        "Media ID already has content",
-    )
+fn cannot_overwrite() -> Error {
+    Error::CannotOverwriteMedia("Media ID already has content".into())
 }
 
 /// A stored upload ready to stream: its file and what to serve it as.
@@ -384,7 +376,7 @@ pub async fn download(
     media_id: &str,
     file_name: Option<String>,
     timeout_ms: Option<u64>,
-) -> ApiResult<Download> {
+) -> Result<Download> {
     let content = find(svc, server_name, media_id, timeout_ms).await?;
     let file = svc.media.open(&content.sha256).await?;
     let filename = file_name.or(content.filename);
@@ -409,8 +401,8 @@ pub async fn find(
     server_name: &str,
     media_id: &str,
     timeout_ms: Option<u64>,
-) -> ApiResult<UploadedContent> {
-    let not_found = || ApiError::not_found("Media not found");
+) -> Result<UploadedContent> {
+    let not_found = || Error::not_found("Media not found");
     if ServerName::parse(server_name).is_err() || !valid_media_id(media_id) {
         return Err(not_found());
     }
@@ -438,11 +430,7 @@ pub async fn find(
         }
         let now = tokio::time::Instant::now();
         if now >= deadline {
-            return Err(ApiError::new(
-                axum::http::StatusCode::GATEWAY_TIMEOUT,
-                "M_NOT_YET_UPLOADED",
-                "Media has not been uploaded yet",
-            ));
+            return Err(Error::NotYetUploaded("Media has not been uploaded yet".into()));
         }
         tokio::time::sleep((deadline - now).min(Duration::from_millis(250))).await;
     }
@@ -461,7 +449,7 @@ pub async fn thumbnail(
     media_id: &str,
     request: ThumbnailRequest,
     timeout_ms: Option<u64>,
-) -> ApiResult<Thumbnail> {
+) -> Result<Thumbnail> {
     let content = find(svc, server_name, media_id, timeout_ms).await?;
     let Some(output) = thumbnail::output_format(&content.content_type) else {
         return Err(thumbnail::cannot_thumbnail());
@@ -476,7 +464,7 @@ pub async fn thumbnail(
             content_type: output.content_type().into(),
         });
     }
-    let _permit = svc.media.decodes.acquire().await.map_err(ApiError::internal)?;
+    let _permit = svc.media.decodes.acquire().await.map_err(Error::internal)?;
     // Another request may have made it while this one waited.
     if let Some(bytes) = cached().await {
         return Ok(Thumbnail {
@@ -491,7 +479,7 @@ pub async fn thumbnail(
         thumbnail::generate(&original, &source_type, &request, max_pixels).map(|t| (t, original))
     })
     .await
-    .map_err(ApiError::internal)??;
+    .map_err(Error::internal)??;
     match made {
         (thumbnail::Generated::Original, original) => Ok(Thumbnail {
             bytes: original,

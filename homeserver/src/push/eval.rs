@@ -17,7 +17,7 @@ use ruma::{
 use serde_json::Value;
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     push::pushers,
     rooms::listener::{AppendListener, ListenerFuture},
     services::Services,
@@ -56,7 +56,7 @@ pub async fn outcomes(svc: &Services, event: &NewEvent) -> Vec<PushActionRow> {
     match evaluate(svc, event).await {
         Ok(rows) => rows,
         Err(error) => {
-            tracing::error!(event_id = %event.event_id, error = %error.message, "push rule evaluation failed");
+            tracing::error!(event_id = %event.event_id, error = %error, "push rule evaluation failed");
             Vec::new()
         }
     }
@@ -128,9 +128,9 @@ pub struct RoomContext {
 /// Rooms kept in the cache before it is emptied (a crude bound on memory).
 const MAX_CACHED_ROOMS: usize = 10_000;
 
-async fn room_context(svc: &Services, event: &NewEvent) -> ApiResult<Arc<RoomContext>> {
+async fn room_context(svc: &Services, event: &NewEvent) -> Result<Arc<RoomContext>> {
     {
-        let rooms = svc.push.rooms.lock().map_err(ApiError::internal)?;
+        let rooms = svc.push.rooms.lock().map_err(Error::internal)?;
         if let Some(found) = rooms.get(&event.room_id) {
             return Ok(found.clone());
         }
@@ -145,12 +145,12 @@ async fn room_context(svc: &Services, event: &NewEvent) -> ApiResult<Arc<RoomCon
             (user, name)
         })
         .collect();
-    let room_id = RoomId::parse(&event.room_id).map_err(ApiError::internal)?;
+    let room_id = RoomId::parse(&event.room_id).map_err(Error::internal)?;
     let context = Arc::new(RoomContext {
         members,
         power_levels: power_levels_ctx(svc, &room_id).await?,
     });
-    let mut rooms = svc.push.rooms.lock().map_err(ApiError::internal)?;
+    let mut rooms = svc.push.rooms.lock().map_err(Error::internal)?;
     if rooms.len() >= MAX_CACHED_ROOMS {
         rooms.clear();
     }
@@ -158,7 +158,7 @@ async fn room_context(svc: &Services, event: &NewEvent) -> ApiResult<Arc<RoomCon
     Ok(context)
 }
 
-async fn evaluate(svc: &Services, event: &NewEvent) -> ApiResult<Vec<PushActionRow>> {
+async fn evaluate(svc: &Services, event: &NewEvent) -> Result<Vec<PushActionRow>> {
     let suffix = format!(":{}", svc.server_name());
     let room = room_context(svc, event).await?;
     let names = &room.members;
@@ -181,8 +181,8 @@ async fn evaluate(svc: &Services, event: &NewEvent) -> ApiResult<Vec<PushActionR
         return Ok(Vec::new());
     }
 
-    let room_id = RoomId::parse(&event.room_id).map_err(ApiError::internal)?;
-    let raw: Raw<Value> = Raw::from_json_string(event.json.clone()).map_err(ApiError::internal)?;
+    let room_id = RoomId::parse(&event.room_id).map_err(Error::internal)?;
+    let raw: Raw<Value> = Raw::from_json_string(event.json.clone()).map_err(Error::internal)?;
     // Flattened once for all users (ruma's `Ruleset::get_actions` would flatten per call).
     let flattened = FlattenedJson::from_raw(&raw);
     let content: Value = serde_json::from_str::<Value>(&event.json)
@@ -229,7 +229,7 @@ async fn evaluate(svc: &Services, event: &NewEvent) -> ApiResult<Vec<PushActionR
             stream_ordering: 0,
             highlight,
             thread_id: thread_id.clone(),
-            actions: serde_json::to_string(actions).map_err(ApiError::internal)?,
+            actions: serde_json::to_string(actions).map_err(Error::internal)?,
         });
     }
     Ok(rows)
@@ -237,10 +237,7 @@ async fn evaluate(svc: &Services, event: &NewEvent) -> ApiResult<Vec<PushActionR
 
 /// What `sender_notification_permission` needs: the room's power levels (or the spec's defaults
 /// when it has none) and, from room version 12, its privileged creators.
-async fn power_levels_ctx(
-    svc: &Services,
-    room_id: &RoomId,
-) -> ApiResult<Option<PushConditionPowerLevelsCtx>> {
+async fn power_levels_ctx(svc: &Services, room_id: &RoomId) -> Result<Option<PushConditionPowerLevelsCtx>> {
     let Some(room) = svc.store.room(room_id.as_str()).await? else {
         return Ok(None);
     };
@@ -252,7 +249,7 @@ async fn power_levels_ctx(
     let mut levels_content = None;
     let mut creators: Vec<OwnedUserId> = Vec::new();
     for ((event_type, _), _, json) in svc.store.current_state_entries(room_id.as_str(), &wanted).await? {
-        let pdu: Value = serde_json::from_str(&json).map_err(ApiError::internal)?;
+        let pdu: Value = serde_json::from_str(&json).map_err(Error::internal)?;
         let content = pdu.get("content").cloned().unwrap_or_default();
         if event_type == "m.room.power_levels" {
             levels_content = serde_json::from_value::<RoomPowerLevelsEventContent>(content).ok();

@@ -21,7 +21,7 @@ use std::{
 use ruma::{UserId, push::Ruleset};
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     services::Services,
 };
 
@@ -53,12 +53,12 @@ impl PushState {
 }
 
 /// A user's push rules: the stored set, or the server defaults when the user never changed them.
-pub async fn ruleset(svc: &Services, user_id: &UserId) -> ApiResult<Arc<Ruleset>> {
+pub async fn ruleset(svc: &Services, user_id: &UserId) -> Result<Arc<Ruleset>> {
     if let Some((_, found)) = svc
         .push
         .rulesets
         .lock()
-        .map_err(ApiError::internal)?
+        .map_err(Error::internal)?
         .get(user_id.as_str())
     {
         return Ok(found.clone());
@@ -77,13 +77,8 @@ pub async fn ruleset(svc: &Services, user_id: &UserId) -> ApiResult<Arc<Ruleset>
 
 /// Caches a rule set read or written at stream position `at`, unless a newer one is cached;
 /// returns the cached one.
-fn cache_ruleset(
-    svc: &Services,
-    user_id: &UserId,
-    at: i64,
-    ruleset: Arc<Ruleset>,
-) -> ApiResult<Arc<Ruleset>> {
-    let mut cache = svc.push.rulesets.lock().map_err(ApiError::internal)?;
+fn cache_ruleset(svc: &Services, user_id: &UserId, at: i64, ruleset: Arc<Ruleset>) -> Result<Arc<Ruleset>> {
+    let mut cache = svc.push.rulesets.lock().map_err(Error::internal)?;
     let entry = cache
         .entry(user_id.to_string())
         .or_insert_with(|| (at, ruleset.clone()));
@@ -100,14 +95,14 @@ fn cache_ruleset(
 pub async fn update_ruleset(
     svc: &Services,
     user_id: &UserId,
-    change: impl FnOnce(&mut Ruleset) -> ApiResult<()>,
-) -> ApiResult<()> {
+    change: impl FnOnce(&mut Ruleset) -> Result<()>,
+) -> Result<()> {
     let (at, ruleset) = svc
         .store
         .update_account_data(user_id.as_str(), None, rules::ACCOUNT_DATA_TYPE, |current| {
             let mut ruleset = rules::from_account_data(user_id, current.as_deref());
             change(&mut ruleset)?;
-            Ok::<_, ApiError>((rules::to_account_data(&ruleset)?, ruleset))
+            Ok::<_, Error>((rules::to_account_data(&ruleset)?, ruleset))
         })
         .await??;
     cache_ruleset(svc, user_id, at, Arc::new(ruleset))?;
@@ -118,7 +113,7 @@ pub async fn update_ruleset(
 /// The `m.push_rules` global account data event for a user, for `/sync` to include in an
 /// initial sync when the user never changed their rules (nothing is stored then, and clients
 /// expect the event): `{"type": "m.push_rules", "content": {"global": …}}`.
-pub async fn push_rules_event(svc: &Services, user_id: &UserId) -> ApiResult<serde_json::Value> {
+pub async fn push_rules_event(svc: &Services, user_id: &UserId) -> Result<serde_json::Value> {
     let ruleset = ruleset(svc, user_id).await?;
     Ok(serde_json::json!({
         "type": rules::ACCOUNT_DATA_TYPE,
@@ -193,7 +188,7 @@ pub async fn unread_counts(
     user_id: &str,
     room_id: &str,
     after_stream: i64,
-) -> ApiResult<Counts> {
+) -> Result<Counts> {
     let rows = svc.store.push_counts(user_id, room_id, after_stream).await?;
     Ok(Counts::from_rows(rows))
 }

@@ -9,7 +9,7 @@ use ruma::{
 };
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     rooms::{access::RoomAccess, client_event::client_event},
     services::Services,
 };
@@ -32,11 +32,11 @@ pub async fn page(
     from: Option<&str>,
     limit: Option<UInt>,
     only: Option<&str>,
-) -> ApiResult<Page> {
+) -> Result<Page> {
     let before = match from {
         Some(from) => from
             .parse::<i64>()
-            .map_err(|_| ApiError::invalid_param("Invalid 'from' token"))?,
+            .map_err(|_| Error::invalid_param("Invalid 'from' token"))?,
         None => i64::MAX,
     };
     let limit = limit.map_or(DEFAULT_LIMIT, u64::from).min(MAX_LIMIT) as i64;
@@ -74,9 +74,9 @@ pub async fn page(
         let client = client_event(svc, &event, &version, None).await?;
         let notification = Notification::new(
             serde_json::from_str(&row.actions).unwrap_or_default(),
-            Raw::new(&client).map_err(ApiError::internal)?.cast_unchecked(),
+            Raw::new(&client).map_err(Error::internal)?.cast_unchecked(),
             false,
-            RoomId::parse(&row.room_id).map_err(ApiError::internal)?,
+            RoomId::parse(&row.room_id).map_err(Error::internal)?,
             MilliSecondsSinceUnixEpoch(UInt::new(event.origin_server_ts as u64).unwrap_or_default()),
         );
         notifications.push(notification);

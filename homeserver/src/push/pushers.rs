@@ -16,7 +16,7 @@ use ruma::{
 use serde_json::{Map, Value, json};
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     services::Services,
     store::{NewEvent, PushActionRow, PusherRow},
     util::now_ms,
@@ -43,14 +43,14 @@ pub struct SetPusher {
 
 /// Adds, replaces or (with `kind: null`) deletes a pusher of `user_id`, set from `device_id`
 /// (the pusher is deleted with that device).
-pub async fn set_pusher(svc: &Services, user_id: &str, device_id: &str, body: SetPusher) -> ApiResult<()> {
+pub async fn set_pusher(svc: &Services, user_id: &str, device_id: &str, body: SetPusher) -> Result<()> {
     svc.rate_limiter
         .check(crate::ratelimit::Action::Pusher, user_id)?;
     if body.pushkey.len() > 512 {
-        return Err(ApiError::invalid_param("pushkey is longer than 512 bytes"));
+        return Err(Error::invalid_param("pushkey is longer than 512 bytes"));
     }
     if body.app_id.chars().count() > 64 {
-        return Err(ApiError::invalid_param("app_id is longer than 64 characters"));
+        return Err(Error::invalid_param("app_id is longer than 64 characters"));
     }
     let Some(kind) = body.kind else {
         svc.store
@@ -72,7 +72,7 @@ pub async fn set_pusher(svc: &Services, user_id: &str, device_id: &str, body: Se
         missing.push("data");
     }
     if !missing.is_empty() {
-        return Err(ApiError::missing_param(format!(
+        return Err(Error::missing_param(format!(
             "Missing parameters: {}",
             missing.join(", ")
         )));
@@ -83,7 +83,7 @@ pub async fn set_pusher(svc: &Services, user_id: &str, device_id: &str, body: Se
             check_url(data.get("url"))?;
             check_destination(svc, data.get("url").and_then(Value::as_str).unwrap_or_default()).await?;
         }
-        _ => return Err(ApiError::invalid_param(format!("Unsupported pusher kind {kind}"))),
+        _ => return Err(Error::invalid_param(format!("Unsupported pusher kind {kind}"))),
     }
     let row = PusherRow {
         user_id: user_id.to_owned(),
@@ -94,7 +94,7 @@ pub async fn set_pusher(svc: &Services, user_id: &str, device_id: &str, body: Se
         device_display_name: body.device_display_name.unwrap_or_default(),
         profile_tag: body.profile_tag,
         lang: body.lang.unwrap_or_default(),
-        data: serde_json::to_string(&data).map_err(ApiError::internal)?,
+        data: serde_json::to_string(&data).map_err(Error::internal)?,
         pushkey_ts: now_ms() / 1000,
         device_id: Some(device_id.to_owned()),
     };
@@ -103,18 +103,18 @@ pub async fn set_pusher(svc: &Services, user_id: &str, device_id: &str, body: Se
 }
 
 /// An HTTP pusher needs `data.url`: an http(s) URL whose path is `/_matrix/push/v1/notify`.
-fn check_url(url: Option<&Value>) -> ApiResult<()> {
+fn check_url(url: Option<&Value>) -> Result<()> {
     let url = url
         .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::invalid_param("data.url is required for http pushers"))?;
+        .ok_or_else(|| Error::invalid_param("data.url is required for http pushers"))?;
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| ApiError::invalid_param("data.url must be an http(s) URL"))?;
+        .ok_or_else(|| Error::invalid_param("data.url must be an http(s) URL"))?;
     let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("");
     let path = path.split(['?', '#']).next().unwrap_or(path);
     if rest.starts_with('/') || path != NOTIFY_PATH {
-        return Err(ApiError::invalid_param(format!(
+        return Err(Error::invalid_param(format!(
             "data.url must have the path {NOTIFY_PATH}"
         )));
     }
@@ -123,15 +123,14 @@ fn check_url(url: Option<&Value>) -> ApiResult<()> {
 
 /// Refuses a gateway URL whose host is, or resolves only to, addresses gateways may not use.
 /// A name that does not resolve (now) is accepted: delivery checks again.
-async fn check_destination(svc: &Services, url: &str) -> ApiResult<()> {
-    let parsed =
-        reqwest::Url::parse(url).map_err(|_| ApiError::invalid_param("data.url is not a valid URL"))?;
+async fn check_destination(svc: &Services, url: &str) -> Result<()> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| Error::invalid_param("data.url is not a valid URL"))?;
     let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
-        return Err(ApiError::invalid_param("data.url has no host"));
+        return Err(Error::invalid_param("data.url has no host"));
     };
     let lookup = svc.push.addresses.resolve(host, port);
     match tokio::time::timeout(std::time::Duration::from_secs(5), lookup).await {
-        Ok(Ok(permitted)) if permitted.is_empty() => Err(ApiError::invalid_param(
+        Ok(Ok(permitted)) if permitted.is_empty() => Err(Error::invalid_param(
             "data.url is on a loopback, private or otherwise non-public address, which this server does not push to",
         )),
         _ => Ok(()),
@@ -172,7 +171,7 @@ pub fn pusher_json(row: &PusherRow) -> Value {
 }
 
 /// A user's pushers as `GET /pushers` lists them.
-pub async fn of_user(svc: &Services, user_id: &UserId) -> ApiResult<Vec<Value>> {
+pub async fn of_user(svc: &Services, user_id: &UserId) -> Result<Vec<Value>> {
     let rows = svc.store.pushers(user_id.as_str()).await?;
     Ok(rows.iter().map(pusher_json).collect())
 }
@@ -191,7 +190,7 @@ pub fn spawn_delivery(svc: Services, event: NewEvent, notified: Vec<PushActionRo
             })
             .collect();
         if let Err(error) = deliver(&svc, &event, &notified).await {
-            tracing::warn!(event_id = %event.event_id, error = %error.message, "push delivery failed");
+            tracing::warn!(event_id = %event.event_id, error = %error, "push delivery failed");
         }
     });
 }
@@ -214,13 +213,13 @@ fn tweaks(actions: &[Action]) -> Value {
     Value::Object(out)
 }
 
-async fn deliver(svc: &Services, event: &NewEvent, notified: &[(String, Vec<Action>)]) -> ApiResult<()> {
+async fn deliver(svc: &Services, event: &NewEvent, notified: &[(String, Vec<Action>)]) -> Result<()> {
     let users: Vec<String> = notified.iter().map(|(u, _)| u.clone()).collect();
     let pushers = svc.store.pushers_of(&users).await?;
     if pushers.is_empty() {
         return Ok(());
     }
-    let pdu: Value = serde_json::from_str(&event.json).map_err(ApiError::internal)?;
+    let pdu: Value = serde_json::from_str(&event.json).map_err(Error::internal)?;
     let content = pdu.get("content").cloned().unwrap_or_else(|| json!({}));
     let sender_display_name = state_content(svc, &event.room_id, "m.room.member", &event.sender)
         .await?
@@ -325,7 +324,7 @@ async fn state_content(
     room_id: &str,
     event_type: &str,
     state_key: &str,
-) -> ApiResult<Option<Value>> {
+) -> Result<Option<Value>> {
     let wanted = [(event_type.to_owned(), state_key.to_owned())];
     let found = svc.store.current_state_entries(room_id, &wanted).await?;
     Ok(found.into_iter().next().and_then(|(_, _, json)| {

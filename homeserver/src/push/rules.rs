@@ -6,7 +6,6 @@
 //! `.m.rule.contains_display_name`, `.m.rule.roomnotif` and `.m.rule.contains_user_name`); the
 //! tests below pin it to the spec's definitions.
 
-use axum::http::StatusCode;
 use ruma::{
     RoomId, UserId,
     push::{
@@ -17,7 +16,7 @@ use ruma::{
 use serde_json::{Value, json};
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     services::Services,
 };
 
@@ -52,8 +51,8 @@ pub fn from_account_data(user_id: &UserId, content: Option<&str>) -> Ruleset {
 }
 
 /// A rule set as clients see it: every kind present, even when empty.
-pub fn to_client_json(ruleset: &Ruleset) -> ApiResult<serde_json::Value> {
-    let mut value = serde_json::to_value(ruleset).map_err(ApiError::internal)?;
+pub fn to_client_json(ruleset: &Ruleset) -> Result<serde_json::Value> {
+    let mut value = serde_json::to_value(ruleset).map_err(Error::internal)?;
     for kind in ["override", "content", "room", "sender", "underride"] {
         if value.get(kind).is_none() {
             value[kind] = json!([]);
@@ -63,34 +62,29 @@ pub fn to_client_json(ruleset: &Ruleset) -> ApiResult<serde_json::Value> {
 }
 
 /// The `m.push_rules` account data content for a rule set.
-pub fn to_account_data(ruleset: &Ruleset) -> ApiResult<String> {
-    serde_json::to_string(&json!({ "global": ruleset })).map_err(ApiError::internal)
+pub fn to_account_data(ruleset: &Ruleset) -> Result<String> {
+    serde_json::to_string(&json!({ "global": ruleset })).map_err(Error::internal)
 }
 
 /// A rule kind named in a path: `override`, `content`, `room`, `sender` or `underride`.
-pub fn parse_kind(kind: &str) -> ApiResult<RuleKind> {
+pub fn parse_kind(kind: &str) -> Result<RuleKind> {
     Ok(match kind {
         "override" => RuleKind::Override,
         "content" => RuleKind::Content,
         "room" => RuleKind::Room,
         "sender" => RuleKind::Sender,
         "underride" => RuleKind::Underride,
-        _ => return Err(ApiError::invalid_param(format!("Unknown push rule kind {kind}"))),
+        _ => return Err(Error::invalid_param(format!("Unknown push rule kind {kind}"))),
     })
 }
 
 /// A user's rule set as clients see it (`GET /pushrules/global/`).
-pub async fn client_rules(svc: &Services, user_id: &UserId) -> ApiResult<Value> {
+pub async fn client_rules(svc: &Services, user_id: &UserId) -> Result<Value> {
     to_client_json(&*super::ruleset(svc, user_id).await?)
 }
 
 /// One rule as clients see it, or 404 `M_NOT_FOUND`.
-pub async fn client_rule(
-    svc: &Services,
-    user_id: &UserId,
-    kind: RuleKind,
-    rule_id: &str,
-) -> ApiResult<Value> {
+pub async fn client_rule(svc: &Services, user_id: &UserId, kind: RuleKind, rule_id: &str) -> Result<Value> {
     client_rules(svc, user_id)
         .await?
         .get(kind.as_str())
@@ -101,7 +95,7 @@ pub async fn client_rule(
                 .find(|r| r.get("rule_id").and_then(Value::as_str) == Some(rule_id))
                 .cloned()
         })
-        .ok_or_else(|| ApiError::not_found("The push rule was not found"))
+        .ok_or_else(|| Error::not_found("The push rule was not found"))
 }
 
 /// A rule's `enabled` or `actions` attribute as clients see it: `{attribute: value}`.
@@ -111,7 +105,7 @@ pub async fn rule_attribute(
     kind: RuleKind,
     rule_id: &str,
     attribute: &str,
-) -> ApiResult<Value> {
+) -> Result<Value> {
     let rule = client_rule(svc, user_id, kind, rule_id).await?;
     let value = rule.get(attribute).cloned().unwrap_or(Value::Null);
     Ok(json!({ attribute: value }))
@@ -128,10 +122,10 @@ pub struct RuleBody {
 
 /// A new rule of `kind` from its ID and body: a room rule's ID is a room ID, a sender rule's a
 /// user ID.
-pub fn new_rule(kind: RuleKind, rule_id: String, body: RuleBody) -> ApiResult<NewPushRule> {
+pub fn new_rule(kind: RuleKind, rule_id: String, body: RuleBody) -> Result<NewPushRule> {
     let actions = body
         .actions
-        .ok_or_else(|| ApiError::missing_param("Missing 'actions'"))?;
+        .ok_or_else(|| Error::missing_param("Missing 'actions'"))?;
     Ok(match kind {
         RuleKind::Override => NewPushRule::Override(NewConditionalPushRule::new(
             rule_id,
@@ -146,20 +140,20 @@ pub fn new_rule(kind: RuleKind, rule_id: String, body: RuleBody) -> ApiResult<Ne
         RuleKind::Content => {
             let pattern = body
                 .pattern
-                .ok_or_else(|| ApiError::missing_param("Content rule missing 'pattern'"))?;
+                .ok_or_else(|| Error::missing_param("Content rule missing 'pattern'"))?;
             NewPushRule::Content(NewPatternedPushRule::new(rule_id, pattern, actions))
         }
         RuleKind::Room => {
             let room_id = RoomId::parse(&rule_id)
-                .map_err(|_| ApiError::invalid_param("A room rule's ID must be a room ID"))?;
+                .map_err(|_| Error::invalid_param("A room rule's ID must be a room ID"))?;
             NewPushRule::Room(NewSimplePushRule::new(room_id, actions))
         }
         RuleKind::Sender => {
             let user_id = UserId::parse(&rule_id)
-                .map_err(|_| ApiError::invalid_param("A sender rule's ID must be a user ID"))?;
+                .map_err(|_| Error::invalid_param("A sender rule's ID must be a user ID"))?;
             NewPushRule::Sender(NewSimplePushRule::new(user_id, actions))
         }
-        _ => return Err(ApiError::invalid_param("Unknown push rule kind")),
+        _ => return Err(Error::invalid_param("Unknown push rule kind")),
     })
 }
 
@@ -170,38 +164,34 @@ pub async fn put_rule(
     rule: NewPushRule,
     after: Option<&str>,
     before: Option<&str>,
-) -> ApiResult<()> {
+) -> Result<()> {
     super::update_ruleset(svc, user_id, |ruleset| {
         ruleset.insert(rule, after, before).map_err(|e| match e {
             // As the spec's example (and Synapse) answer: 400 M_UNKNOWN.
-            InsertPushRuleError::UnknownRuleId => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "M_UNKNOWN",
-                format!(
-                    "before/after rule not found: {}",
-                    before.or(after).unwrap_or_default()
-                ),
-            ),
+            InsertPushRuleError::UnknownRuleId => Error::unknown(format!(
+                "before/after rule not found: {}",
+                before.or(after).unwrap_or_default()
+            )),
             InsertPushRuleError::ServerDefaultRuleId => {
-                ApiError::invalid_param("Rule IDs starting with '.' are reserved for server-default rules")
+                Error::invalid_param("Rule IDs starting with '.' are reserved for server-default rules")
             }
             InsertPushRuleError::InvalidRuleId => {
-                ApiError::invalid_param("Rule IDs may not contain '/' or '\\'")
+                Error::invalid_param("Rule IDs may not contain '/' or '\\'")
             }
-            other => ApiError::invalid_param(other.to_string()),
+            other => Error::invalid_param(other.to_string()),
         })
     })
     .await
 }
 
 /// Deletes a user-defined rule; server-default rules cannot be deleted.
-pub async fn delete_rule(svc: &Services, user_id: &UserId, kind: RuleKind, rule_id: &str) -> ApiResult<()> {
+pub async fn delete_rule(svc: &Services, user_id: &UserId, kind: RuleKind, rule_id: &str) -> Result<()> {
     super::update_ruleset(svc, user_id, |ruleset| {
         ruleset.remove(kind, rule_id).map_err(|e| match e {
             RemovePushRuleError::ServerDefault => {
-                ApiError::invalid_param("Server-default rules cannot be deleted")
+                Error::invalid_param("Server-default rules cannot be deleted")
             }
-            _ => ApiError::not_found("The push rule was not found"),
+            _ => Error::not_found("The push rule was not found"),
         })
     })
     .await
@@ -214,11 +204,11 @@ pub async fn set_enabled(
     kind: RuleKind,
     rule_id: &str,
     enabled: bool,
-) -> ApiResult<()> {
+) -> Result<()> {
     super::update_ruleset(svc, user_id, |ruleset| {
         ruleset
             .set_enabled(kind, rule_id, enabled)
-            .map_err(|_| ApiError::not_found("The push rule was not found"))
+            .map_err(|_| Error::not_found("The push rule was not found"))
     })
     .await
 }
@@ -230,11 +220,11 @@ pub async fn set_actions(
     kind: RuleKind,
     rule_id: &str,
     actions: Vec<Action>,
-) -> ApiResult<()> {
+) -> Result<()> {
     super::update_ruleset(svc, user_id, |ruleset| {
         ruleset
             .set_actions(kind, rule_id, actions)
-            .map_err(|_| ApiError::not_found("The push rule was not found"))
+            .map_err(|_| Error::not_found("The push rule was not found"))
     })
     .await
 }

@@ -29,7 +29,7 @@ use ruma::RoomId;
 use serde_json::Value;
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     services::Services,
     store::{EventRow, StateMap},
 };
@@ -74,7 +74,7 @@ impl RoomAccess {
         svc: &Services,
         rooms: &[String],
         viewer: Option<&str>,
-    ) -> ApiResult<HashMap<String, RoomAccess>> {
+    ) -> Result<HashMap<String, RoomAccess>> {
         let mut visibility = svc.store.history_visibility_changes(rooms).await?;
         let mut membership = match viewer {
             Some(user) => svc.store.membership_changes(user, rooms).await?,
@@ -98,11 +98,11 @@ impl RoomAccess {
             .collect())
     }
 
-    pub async fn load(svc: &Services, room_id: &RoomId, viewer: &str) -> ApiResult<RoomAccess> {
+    pub async fn load(svc: &Services, room_id: &RoomId, viewer: &str) -> Result<RoomAccess> {
         let rooms = [room_id.to_string()];
         let mut all = Self::load_many(svc, &rooms, Some(viewer)).await?;
         all.remove(room_id.as_str())
-            .ok_or_else(|| ApiError::internal("access not loaded"))
+            .ok_or_else(|| Error::internal("access not loaded"))
     }
 
     /// The setting in force after the last change before `at` (`shared` when never set).
@@ -226,7 +226,7 @@ impl RoomAccess {
     }
 
     /// How the viewer may read the room's events and state now, or 403 `M_FORBIDDEN`.
-    pub fn reading(&self) -> ApiResult<Reading> {
+    pub fn reading(&self) -> Result<Reading> {
         if self.membership() == Some("join") {
             return Ok(Reading::Member);
         }
@@ -247,7 +247,7 @@ impl RoomAccess {
                 events_until: (!reopened).then_some(left),
             });
         }
-        Err(ApiError::forbidden("You are not a member of this room"))
+        Err(Error::forbidden("You are not a member of this room"))
     }
 
     /// The newest stream position whose events the viewer may possibly see (`i64::MAX`: no
@@ -277,13 +277,13 @@ pub enum Reading {
 
 /// The room state the viewer may read: the current state for members and peekers, the state
 /// as they left for former members; 403 for everyone else.
-pub async fn visible_state(svc: &Services, room_id: &RoomId, viewer: &str) -> ApiResult<StateMap> {
+pub async fn visible_state(svc: &Services, room_id: &RoomId, viewer: &str) -> Result<StateMap> {
     let access = RoomAccess::load(svc, room_id, viewer).await?;
     state_for(svc, room_id, &access).await
 }
 
 /// `visible_state` for access already loaded.
-pub async fn state_for(svc: &Services, room_id: &RoomId, access: &RoomAccess) -> ApiResult<StateMap> {
+pub async fn state_for(svc: &Services, room_id: &RoomId, access: &RoomAccess) -> Result<StateMap> {
     match access.reading()? {
         Reading::Member | Reading::Peeking => Ok(svc.store.current_state(room_id.as_str()).await?),
         Reading::Former { left, .. } => {
@@ -291,17 +291,17 @@ pub async fn state_for(svc: &Services, room_id: &RoomId, access: &RoomAccess) ->
                 .store
                 .state_group_at(room_id.as_str(), left)
                 .await?
-                .ok_or_else(|| ApiError::internal("membership event without state"))?;
+                .ok_or_else(|| Error::internal("membership event without state"))?;
             Ok(svc.store.state_of_group(group).await?)
         }
     }
 }
 
 /// Requires the viewer to be joined to the room now (for writes and member-only reads).
-pub async fn require_joined(svc: &Services, room_id: &RoomId, user_id: &str) -> ApiResult<()> {
+pub async fn require_joined(svc: &Services, room_id: &RoomId, user_id: &str) -> Result<()> {
     match svc.store.membership(room_id.as_str(), user_id).await?.as_deref() {
         Some("join") => Ok(()),
-        _ => Err(ApiError::forbidden("You are not joined to this room")),
+        _ => Err(Error::forbidden("You are not joined to this room")),
     }
 }
 

@@ -16,7 +16,7 @@ use ruma::EventId;
 use serde_json::Value;
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     rooms::EventSpec,
     store::Txn,
 };
@@ -25,20 +25,20 @@ use crate::{
 pub const MAX_KEY_BYTES: usize = 255;
 
 /// Checks a path parameter that ends up in a text column.
-fn check_param(name: &str, value: &str) -> ApiResult<()> {
+fn check_param(name: &str, value: &str) -> Result<()> {
     if value.contains('\0') {
-        return Err(ApiError::invalid_param(format!("{name} may not contain U+0000")));
+        return Err(Error::invalid_param(format!("{name} may not contain U+0000")));
     }
     Ok(())
 }
 
 /// A client transaction: its ID bounded, nothing in it PostgreSQL cannot store. Call before the
 /// first lookup of the transaction.
-pub fn check_txn(txn: &Txn) -> ApiResult<()> {
+pub fn check_txn(txn: &Txn) -> Result<()> {
     check_param("The transaction ID", &txn.txn_id)?;
     check_param("The request path", &txn.scope)?;
     if txn.txn_id.len() > MAX_KEY_BYTES {
-        return Err(ApiError::invalid_param(format!(
+        return Err(Error::invalid_param(format!(
             "The transaction ID is longer than {MAX_KEY_BYTES} bytes"
         )));
     }
@@ -46,26 +46,26 @@ pub fn check_txn(txn: &Txn) -> ApiResult<()> {
 }
 
 /// The parts of a new event that are stored in columns of their own.
-pub fn check_event(spec: &EventSpec) -> ApiResult<()> {
+pub fn check_event(spec: &EventSpec) -> Result<()> {
     check_param("The event type", &spec.event_type)?;
     if spec.event_type.len() > MAX_KEY_BYTES {
-        return Err(ApiError::too_large(format!(
+        return Err(Error::too_large(format!(
             "The event type is longer than {MAX_KEY_BYTES} bytes"
         )));
     }
     if let Some(state_key) = &spec.state_key {
         check_param("The state key", state_key)?;
         if state_key.len() > MAX_KEY_BYTES {
-            return Err(ApiError::too_large(format!(
+            return Err(Error::too_large(format!(
                 "The state key is longer than {MAX_KEY_BYTES} bytes"
             )));
         }
     }
     if let Some(redacts) = &spec.redacts {
-        check_event_id(redacts.as_str()).map_err(ApiError::invalid_param)?;
+        check_event_id(redacts.as_str()).map_err(Error::invalid_param)?;
     }
     if let Some(relation) = spec.content.get("m.relates_to") {
-        check_relation(relation).map_err(ApiError::bad_json)?;
+        check_relation(relation).map_err(Error::bad_json)?;
     }
     Ok(())
 }
@@ -121,7 +121,7 @@ mod tests {
             json!({ "m.relates_to": { "rel_type": "m.\u{0}", "event_id": "$abc" } }),
         ] {
             assert_eq!(
-                check_event(&message(bad.clone())).unwrap_err().errcode,
+                check_event(&message(bad.clone())).unwrap_err().errcode(),
                 "M_BAD_JSON",
                 "{bad}"
             );
@@ -134,19 +134,19 @@ mod tests {
         assert_eq!(
             check_event(&EventSpec::message(&long, json!({})))
                 .unwrap_err()
-                .errcode,
+                .errcode(),
             "M_TOO_LARGE"
         );
         assert_eq!(
             check_event(&EventSpec::state("m.x", &long, json!({})))
                 .unwrap_err()
-                .errcode,
+                .errcode(),
             "M_TOO_LARGE"
         );
         assert_eq!(
             check_event(&EventSpec::state("m.x", "a\u{0}", json!({})))
                 .unwrap_err()
-                .errcode,
+                .errcode(),
             "M_INVALID_PARAM"
         );
         assert!(check_event(&EventSpec::state(&"t".repeat(255), &"k".repeat(255), json!({}))).is_ok());
@@ -161,9 +161,12 @@ mod tests {
         };
         assert!(check_txn(&txn(&"a".repeat(255))).is_ok());
         assert_eq!(
-            check_txn(&txn(&"a".repeat(256))).unwrap_err().errcode,
+            check_txn(&txn(&"a".repeat(256))).unwrap_err().errcode(),
             "M_INVALID_PARAM"
         );
-        assert_eq!(check_txn(&txn("a\u{0}")).unwrap_err().errcode, "M_INVALID_PARAM");
+        assert_eq!(
+            check_txn(&txn("a\u{0}")).unwrap_err().errcode(),
+            "M_INVALID_PARAM"
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use ruma::{CanonicalJsonObject, canonical_json::redact, room_version_rules::RoomVersionRules};
 use serde_json::{Map, Value, json};
 
-use crate::{error::ApiResult, rooms::rules_of, services::Services, store::EventRow, util::now_ms};
+use crate::{error::Result, rooms::rules_of, services::Services, store::EventRow, util::now_ms};
 
 /// Fields of a PDU that only servers care about.
 const SERVER_ONLY: &[&str] = &[
@@ -44,7 +44,7 @@ impl Related {
     }
 
     /// Reads the events with these IDs (see `ids_for`).
-    pub async fn fetch(svc: &Services, ids: Vec<String>) -> ApiResult<Self> {
+    pub async fn fetch(svc: &Services, ids: Vec<String>) -> Result<Self> {
         if ids.is_empty() {
             return Ok(Self::default());
         }
@@ -61,7 +61,7 @@ pub async fn client_event(
     row: &EventRow,
     version: &str,
     viewer: Option<Viewer<'_>>,
-) -> ApiResult<Value> {
+) -> Result<Value> {
     let related = Related::fetch(svc, Related::ids_for([row])).await?;
     format_event(row, &rules_of(version)?, &related, viewer)
 }
@@ -72,9 +72,9 @@ pub fn format_event(
     rules: &RoomVersionRules,
     related: &Related,
     viewer: Option<Viewer<'_>>,
-) -> ApiResult<Value> {
+) -> Result<Value> {
     let mut pdu: CanonicalJsonObject =
-        serde_json::from_str(&row.json).map_err(crate::error::ApiError::internal)?;
+        serde_json::from_str(&row.json).map_err(crate::error::Error::internal)?;
     let mut unsigned = Map::new();
     if let Some(redaction_id) = &row.redacted_by {
         pdu = redact(pdu.clone(), &rules.redaction, None).unwrap_or(pdu);
@@ -104,7 +104,7 @@ pub fn format_event(
     {
         unsigned.insert("transaction_id".into(), json!(txn_id));
     }
-    let value = serde_json::to_value(pdu).map_err(crate::error::ApiError::internal)?;
+    let value = serde_json::to_value(pdu).map_err(crate::error::Error::internal)?;
     Ok(strip(value, row, Some(unsigned)))
 }
 
@@ -139,7 +139,7 @@ pub async fn client_events(
     rows: &[EventRow],
     version: &str,
     viewer: Option<Viewer<'_>>,
-) -> ApiResult<Vec<Value>> {
+) -> Result<Vec<Value>> {
     let related = Related::fetch(svc, Related::ids_for(rows)).await?;
     let rules = rules_of(version)?;
     rows.iter()

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     rooms::{EventSpec, membership::member_content, timeline::NewRoom},
     services::Services,
 };
@@ -38,41 +38,37 @@ pub struct InitialState {
     pub content: Map<String, Value>,
 }
 
-pub async fn create_room(svc: &Services, creator: &UserId, req: CreateRoomRequest) -> ApiResult<OwnedRoomId> {
+pub async fn create_room(svc: &Services, creator: &UserId, req: CreateRoomRequest) -> Result<OwnedRoomId> {
     let version = match &req.room_version {
         Some(v) => RoomVersionId::try_from(v.as_str())
             .ok()
             .filter(|v| rules_for(v).is_some())
-            .ok_or_else(|| {
-                ApiError::unsupported_room_version(format!("Room version {v} is not supported"))
-            })?,
+            .ok_or_else(|| Error::unsupported_room_version(format!("Room version {v} is not supported")))?,
         None => DEFAULT_ROOM_VERSION,
     };
     let rules = rules_for(&version).expect("checked above");
     let preset = match req.preset.as_deref() {
         Some(p @ ("private_chat" | "public_chat" | "trusted_private_chat")) => p.to_owned(),
-        Some(other) => return Err(ApiError::bad_json(format!("Unknown preset {other}"))),
+        Some(other) => return Err(Error::bad_json(format!("Unknown preset {other}"))),
         None if req.visibility.as_deref() == Some("public") => "public_chat".into(),
         None => "private_chat".into(),
     };
     let is_public = match req.visibility.as_deref() {
         None | Some("private") => false,
         Some("public") => true,
-        Some(_) => return Err(ApiError::bad_json("visibility must be public or private")),
+        Some(_) => return Err(Error::bad_json("visibility must be public or private")),
     };
     let invitees = req
         .invite
         .iter()
-        .map(|u| {
-            UserId::parse(u.as_str()).map_err(|_| ApiError::invalid_param(format!("Invalid user ID {u}")))
-        })
-        .collect::<ApiResult<Vec<OwnedUserId>>>()?;
+        .map(|u| UserId::parse(u.as_str()).map_err(|_| Error::invalid_param(format!("Invalid user ID {u}"))))
+        .collect::<Result<Vec<OwnedUserId>>>()?;
     let alias = match &req.room_alias_name {
         Some(name) => {
             let alias = RoomAliasId::parse(format!("#{name}:{}", svc.server_name()))
-                .map_err(|_| ApiError::invalid_param("Invalid room_alias_name"))?;
+                .map_err(|_| Error::invalid_param("Invalid room_alias_name"))?;
             if name.contains(':') || svc.store.alias(alias.as_str()).await?.is_some() {
-                return Err(ApiError::room_in_use("Room alias already taken"));
+                return Err(Error::room_in_use("Room alias already taken"));
             }
             Some(alias)
         }

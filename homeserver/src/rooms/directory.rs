@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     rooms::{
         self,
         access::require_joined,
@@ -133,9 +133,9 @@ pub async fn create_alias(
     creator: &UserId,
     alias: &RoomAliasId,
     room_id: &RoomId,
-) -> ApiResult<()> {
+) -> Result<()> {
     if alias.server_name().as_str() != svc.server_name() {
-        return Err(ApiError::invalid_param("Alias must be on this server"));
+        return Err(Error::invalid_param("Alias must be on this server"));
     }
     rooms::room(svc, room_id).await?;
     if !svc
@@ -143,54 +143,46 @@ pub async fn create_alias(
         .create_alias(alias.as_str(), room_id.as_str(), creator.as_str())
         .await?
     {
-        return Err(ApiError::new(
-            axum::http::StatusCode::CONFLICT,
-            "M_UNKNOWN",
-            "Room alias already exists",
-        ));
+        return Err(Error::AliasInUse("Room alias already exists".into()));
     }
     Ok(())
 }
 
 /// The room an alias points to, and the servers that know it (this one).
-pub async fn resolve_alias(svc: &Services, alias: &RoomAliasId) -> ApiResult<Resolved> {
+pub async fn resolve_alias(svc: &Services, alias: &RoomAliasId) -> Result<Resolved> {
     let (room_id, _) = svc
         .store
         .alias(alias.as_str())
         .await?
-        .ok_or_else(|| ApiError::not_found("Room alias not found"))?;
+        .ok_or_else(|| Error::not_found("Room alias not found"))?;
     Ok(Resolved {
-        room_id: OwnedRoomId::try_from(room_id).map_err(ApiError::internal)?,
-        servers: vec![OwnedServerName::try_from(svc.server_name()).map_err(ApiError::internal)?],
+        room_id: OwnedRoomId::try_from(room_id).map_err(Error::internal)?,
+        servers: vec![OwnedServerName::try_from(svc.server_name()).map_err(Error::internal)?],
     })
 }
 
 /// Deletes an alias: by its creator, or a member who may change the room's canonical alias.
-pub async fn delete_alias(svc: &Services, user: &UserId, alias: &RoomAliasId) -> ApiResult<()> {
+pub async fn delete_alias(svc: &Services, user: &UserId, alias: &RoomAliasId) -> Result<()> {
     let (room_id, creator) = svc
         .store
         .alias(alias.as_str())
         .await?
-        .ok_or_else(|| ApiError::not_found("Room alias not found"))?;
-    let room_id = RoomId::parse(room_id).map_err(ApiError::internal)?;
+        .ok_or_else(|| Error::not_found("Room alias not found"))?;
+    let room_id = RoomId::parse(room_id).map_err(Error::internal)?;
     let levels = state_content(svc, &room_id, "m.room.power_levels", "").await?;
     let needed = levels["events"]["m.room.canonical_alias"]
         .as_i64()
         .or(levels["state_default"].as_i64())
         .unwrap_or(50);
     if creator != user.as_str() && power_level(svc, &room_id, user).await? < needed {
-        return Err(ApiError::forbidden("You may not delete this alias"));
+        return Err(Error::forbidden("You may not delete this alias"));
     }
     svc.store.delete_alias(alias.as_str()).await?;
     Ok(())
 }
 
 /// A room's local aliases: for anyone when the room is published, else for its members.
-pub async fn room_aliases(
-    svc: &Services,
-    user: &UserId,
-    room_id: &RoomId,
-) -> ApiResult<Vec<OwnedRoomAliasId>> {
+pub async fn room_aliases(svc: &Services, user: &UserId, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
     let room = rooms::room(svc, room_id).await?;
     if !room.row.is_public {
         require_joined(svc, room_id, user.as_str()).await?;
@@ -203,13 +195,13 @@ pub async fn room_aliases(
 }
 
 /// Whether a room is published in the directory; 404 for an unknown room.
-pub async fn is_published(svc: &Services, room_id: &RoomId) -> ApiResult<bool> {
+pub async fn is_published(svc: &Services, room_id: &RoomId) -> Result<bool> {
     Ok(rooms::room(svc, room_id).await?.row.is_public)
 }
 
 /// Publishes or unpublishes a room at a user's request: only a joined member who may change
 /// the room's canonical alias may (what Synapse checks; the spec leaves it to the server).
-pub async fn publish(svc: &Services, room_id: &RoomId, user: &UserId, public: bool) -> ApiResult<()> {
+pub async fn publish(svc: &Services, room_id: &RoomId, user: &UserId, public: bool) -> Result<()> {
     rooms::room(svc, room_id).await?;
     require_joined(svc, room_id, user.as_str()).await?;
     let needed = state_event_level(
@@ -217,13 +209,13 @@ pub async fn publish(svc: &Services, room_id: &RoomId, user: &UserId, public: bo
         "m.room.canonical_alias",
     );
     if power_level(svc, room_id, user).await? < needed {
-        return Err(ApiError::forbidden("You may not publish this room"));
+        return Err(Error::forbidden("You may not publish this room"));
     }
     set_published(svc, room_id, public).await
 }
 
 /// Publishes a room in the directory or takes it out.
-pub async fn set_published(svc: &Services, room_id: &RoomId, public: bool) -> ApiResult<()> {
+pub async fn set_published(svc: &Services, room_id: &RoomId, public: bool) -> Result<()> {
     svc.store.set_room_public(room_id.as_str(), public).await?;
     svc.directory.invalidate();
     Ok(())
@@ -236,9 +228,9 @@ pub async fn public_rooms(
     limit: Option<u64>,
     since: Option<&str>,
     filter: &DirectoryFilter,
-) -> ApiResult<Page> {
+) -> Result<Page> {
     if server.is_some_and(|s| s != svc.server_name()) {
-        return Err(ApiError::not_found(
+        return Err(Error::not_found(
             "Other servers' directories are not available yet",
         ));
     }
@@ -246,11 +238,11 @@ pub async fn public_rooms(
 }
 
 /// A `limit` query parameter: a non-negative integer of any size.
-pub fn parse_limit(limit: Option<&str>) -> ApiResult<Option<u64>> {
+pub fn parse_limit(limit: Option<&str>) -> Result<Option<u64>> {
     limit
         .map(str::parse::<u64>)
         .transpose()
-        .map_err(|_| ApiError::invalid_param("limit must be a non-negative integer"))
+        .map_err(|_| Error::invalid_param("limit must be a non-negative integer"))
 }
 
 /// One page of the directory: `limit` rooms (at most `MAX_PAGE`) from the offset token `since`
@@ -260,12 +252,12 @@ async fn page(
     limit: Option<u64>,
     since: Option<&str>,
     filter: &DirectoryFilter,
-) -> ApiResult<Page> {
+) -> Result<Page> {
     let offset = match since {
         Some(token) => token
             .strip_prefix('p')
             .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| ApiError::invalid_param("Invalid pagination token"))?,
+            .ok_or_else(|| Error::invalid_param("Invalid pagination token"))?,
         None => 0,
     };
     let limit = match limit {
@@ -303,7 +295,7 @@ fn matches_term(entry: &Entry, term: &str) -> bool {
 }
 
 /// Every published room's entry, most joined members first: the cached listing while fresh.
-async fn listing(svc: &Services) -> ApiResult<Arc<Vec<Entry>>> {
+async fn listing(svc: &Services) -> Result<Arc<Vec<Entry>>> {
     if let Some(listing) = svc.directory.fresh() {
         return Ok(listing);
     }
@@ -315,7 +307,7 @@ async fn listing(svc: &Services) -> ApiResult<Arc<Vec<Entry>>> {
     let generation = svc.directory.generation.load(Ordering::SeqCst);
     let mut entries = Vec::new();
     for room_id in svc.store.public_rooms().await? {
-        let room_id = RoomId::parse(&room_id).map_err(ApiError::internal)?;
+        let room_id = RoomId::parse(&room_id).map_err(Error::internal)?;
         entries.push(entry(svc, &room_id).await?);
     }
     // Stable: rooms with as many members stay in publication order.
@@ -329,10 +321,10 @@ async fn listing(svc: &Services) -> ApiResult<Arc<Vec<Entry>>> {
 }
 
 /// A room's entry in the directory, from its current state.
-async fn entry(svc: &Services, room_id: &RoomId) -> ApiResult<Entry> {
+async fn entry(svc: &Services, room_id: &RoomId) -> Result<Entry> {
     let joined = svc.store.members_with(room_id.as_str(), "join").await?.len();
     // A string field of a state event's content; anything else there is ignored.
-    let field = async |event_type: &str, key: &str| -> ApiResult<Option<String>> {
+    let field = async |event_type: &str, key: &str| -> Result<Option<String>> {
         let content = state_content(svc, room_id, event_type, "").await?;
         Ok(content.get(key).and_then(Value::as_str).map(ToOwned::to_owned))
     };

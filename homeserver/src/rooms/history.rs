@@ -7,7 +7,7 @@
 use ruma::RoomId;
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     rooms::access::{Reading, RoomAccess},
     services::Services,
     store::{Direction, EventRow},
@@ -42,7 +42,7 @@ pub async fn scan(
     direction: Direction,
     limit: usize,
     filter: &RoomEventFilter,
-) -> ApiResult<Scanned> {
+) -> Result<Scanned> {
     let mut ranges = access.candidate_ranges(after, upto);
     if direction == Direction::Backwards {
         ranges.reverse();
@@ -133,7 +133,7 @@ pub async fn messages(
     room_id: &RoomId,
     viewer: &str,
     req: MessagesRequest,
-) -> ApiResult<Messages> {
+) -> Result<Messages> {
     let access = RoomAccess::load(svc, room_id, viewer).await?;
     access.reading()?;
     let now = StreamToken::current(svc).await?;
@@ -176,7 +176,7 @@ async fn members_of_senders(
     room_id: &RoomId,
     access: &RoomAccess,
     rows: &[EventRow],
-) -> ApiResult<Vec<EventRow>> {
+) -> Result<Vec<EventRow>> {
     let senders: std::collections::BTreeSet<(String, String)> = rows
         .iter()
         .map(|r| ("m.room.member".to_owned(), r.sender.clone()))
@@ -204,7 +204,7 @@ async fn members_of_senders(
 /// One event of a room, if the viewer may see it by the history visibility algorithm, whatever
 /// their membership now (an invitee sees what was sent while invited under `invited`); 404
 /// otherwise: whether an event exists is itself not shown to those who may not see it.
-pub async fn event(svc: &Services, room_id: &RoomId, viewer: &str, event_id: &str) -> ApiResult<EventRow> {
+pub async fn event(svc: &Services, room_id: &RoomId, viewer: &str, event_id: &str) -> Result<EventRow> {
     let access = RoomAccess::load(svc, room_id, viewer).await?;
     visible_event(svc, room_id, &access, event_id).await
 }
@@ -214,12 +214,12 @@ async fn visible_event(
     room_id: &RoomId,
     access: &RoomAccess,
     event_id: &str,
-) -> ApiResult<EventRow> {
+) -> Result<EventRow> {
     svc.store
         .event(event_id)
         .await?
         .filter(|e| e.room_id == room_id.as_str() && access.can_see(e))
-        .ok_or_else(|| ApiError::not_found("Event not found"))
+        .ok_or_else(|| Error::not_found("Event not found"))
 }
 
 /// `GET /rooms/{roomId}/context/{eventId}`: the event, visible events around it, the state at it.
@@ -239,7 +239,7 @@ pub async fn context(
     viewer: &str,
     event_id: &str,
     limit: usize,
-) -> ApiResult<Context> {
+) -> Result<Context> {
     let access = RoomAccess::load(svc, room_id, viewer).await?;
     let event = visible_event(svc, room_id, &access, event_id).await?;
     let now = StreamToken::current(svc).await?;

@@ -4,13 +4,13 @@ use ruma::{OwnedRoomId, RoomAliasId, RoomId, UserId};
 use serde_json::{Value, json};
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     rooms::{EventSpec, power, room, timeline::Appended},
     services::Services,
 };
 
 /// `m.room.member` content for a user, with their current profile.
-pub async fn member_content(svc: &Services, user_id: &UserId, membership: &str) -> ApiResult<Value> {
+pub async fn member_content(svc: &Services, user_id: &UserId, membership: &str) -> Result<Value> {
     let mut content = json!({ "membership": membership });
     if let Some(user) = svc.store.user(user_id.as_str()).await? {
         if let Some(name) = user.displayname {
@@ -24,22 +24,22 @@ pub async fn member_content(svc: &Services, user_id: &UserId, membership: &str) 
 }
 
 /// Resolves `!room` or `#alias` to a room ID known here.
-pub async fn resolve_room(svc: &Services, room_id_or_alias: &str) -> ApiResult<OwnedRoomId> {
+pub async fn resolve_room(svc: &Services, room_id_or_alias: &str) -> Result<OwnedRoomId> {
     if room_id_or_alias.starts_with('#') {
-        let alias = RoomAliasId::parse(room_id_or_alias)
-            .map_err(|_| ApiError::invalid_param("Invalid room alias"))?;
+        let alias =
+            RoomAliasId::parse(room_id_or_alias).map_err(|_| Error::invalid_param("Invalid room alias"))?;
         let (room_id, _) = svc
             .store
             .alias(alias.as_str())
             .await?
-            .ok_or_else(|| ApiError::not_found("Room alias not found"))?;
-        RoomId::parse(room_id).map_err(ApiError::internal)
+            .ok_or_else(|| Error::not_found("Room alias not found"))?;
+        RoomId::parse(room_id).map_err(Error::internal)
     } else {
-        RoomId::parse(room_id_or_alias).map_err(|_| ApiError::invalid_param("Invalid room ID"))
+        RoomId::parse(room_id_or_alias).map_err(|_| Error::invalid_param("Invalid room ID"))
     }
 }
 
-pub async fn join(svc: &Services, user: &UserId, room_id: &RoomId) -> ApiResult<()> {
+pub async fn join(svc: &Services, user: &UserId, room_id: &RoomId) -> Result<()> {
     room(svc, room_id).await?;
     if svc
         .store
@@ -65,7 +65,7 @@ pub async fn join(svc: &Services, user: &UserId, room_id: &RoomId) -> ApiResult<
 }
 
 /// Asks to join a room whose join rule allows knocking.
-pub async fn knock(svc: &Services, user: &UserId, room_id: &RoomId, reason: Option<&str>) -> ApiResult<()> {
+pub async fn knock(svc: &Services, user: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<()> {
     room(svc, room_id).await?;
     let mut content = member_content(svc, user, "knock").await?;
     if let Some(reason) = reason {
@@ -92,7 +92,7 @@ pub async fn set_membership(
     membership: &str,
     reason: Option<&str>,
     is_direct: bool,
-) -> ApiResult<Appended> {
+) -> Result<Appended> {
     room(svc, room_id).await?;
     let mut content = if membership == "invite" {
         member_content(svc, target, membership).await?
@@ -117,29 +117,27 @@ pub async fn set_membership(
 }
 
 /// Forgets a room the user has left.
-pub async fn forget(svc: &Services, user: &UserId, room_id: &RoomId) -> ApiResult<()> {
+pub async fn forget(svc: &Services, user: &UserId, room_id: &RoomId) -> Result<()> {
     match svc
         .store
         .membership(room_id.as_str(), user.as_str())
         .await?
         .as_deref()
     {
-        Some("join") | Some("invite") | Some("knock") => Err(ApiError::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            "M_UNKNOWN",
-            "You must leave the room before forgetting it",
-        )),
+        Some("join") | Some("invite") | Some("knock") => {
+            Err(Error::unknown("You must leave the room before forgetting it"))
+        }
         Some(_) => svc
             .store
             .forget_room(user.as_str(), room_id.as_str())
             .await
             .map_err(Into::into),
-        None => Err(ApiError::not_found("You were never in this room")),
+        None => Err(Error::not_found("You were never in this room")),
     }
 }
 
 /// A user's power level in a room; room creators in version 12 rooms rank above everyone.
-pub async fn power_level(svc: &Services, room_id: &RoomId, user: &UserId) -> ApiResult<i64> {
+pub async fn power_level(svc: &Services, room_id: &RoomId, user: &UserId) -> Result<i64> {
     let r = room(svc, room_id).await?;
     let create = state_content(svc, room_id, "m.room.create", "").await?;
     let levels = power_levels(svc, room_id).await?;
@@ -154,7 +152,7 @@ pub async fn power_level(svc: &Services, room_id: &RoomId, user: &UserId) -> Api
 
 /// The level `m.room.power_levels` sets for an action key (`redact`, `kick`, …), with the
 /// spec's default when absent.
-pub async fn required_level(svc: &Services, room_id: &RoomId, key: &str, default: i64) -> ApiResult<i64> {
+pub async fn required_level(svc: &Services, room_id: &RoomId, key: &str, default: i64) -> Result<i64> {
     Ok(power::action_level(
         power_levels(svc, room_id).await?.as_ref(),
         key,
@@ -163,7 +161,7 @@ pub async fn required_level(svc: &Services, room_id: &RoomId, key: &str, default
 }
 
 /// The current `m.room.power_levels` content, if the room has one.
-pub async fn power_levels(svc: &Services, room_id: &RoomId) -> ApiResult<Option<Value>> {
+pub async fn power_levels(svc: &Services, room_id: &RoomId) -> Result<Option<Value>> {
     let has_levels = svc
         .store
         .current_state_event(room_id.as_str(), "m.room.power_levels", "")
@@ -181,7 +179,7 @@ pub async fn state_content(
     room_id: &RoomId,
     event_type: &str,
     state_key: &str,
-) -> ApiResult<Value> {
+) -> Result<Value> {
     let Some(event_id) = svc
         .store
         .current_state_event(room_id.as_str(), event_type, state_key)
@@ -193,7 +191,7 @@ pub async fn state_content(
         .store
         .event(&event_id)
         .await?
-        .ok_or_else(|| ApiError::internal("state event missing"))?;
-    let pdu: Value = serde_json::from_str(&row.json).map_err(ApiError::internal)?;
+        .ok_or_else(|| Error::internal("state event missing"))?;
+    let pdu: Value = serde_json::from_str(&row.json).map_err(Error::internal)?;
     Ok(pdu.get("content").cloned().unwrap_or_else(|| json!({})))
 }

@@ -23,7 +23,7 @@ pub use access::{require_joined, visible_state};
 pub use timeline::{EventSpec, Timeline};
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     services::Services,
     store::RoomRow,
 };
@@ -35,18 +35,18 @@ pub struct Room {
 }
 
 /// Loads a room or answers 404 `M_NOT_FOUND`.
-pub async fn room(svc: &Services, room_id: &RoomId) -> ApiResult<Room> {
+pub async fn room(svc: &Services, room_id: &RoomId) -> Result<Room> {
     let row = svc
         .store
         .room(room_id.as_str())
         .await?
-        .ok_or_else(|| ApiError::not_found("Room not found"))?;
+        .ok_or_else(|| Error::not_found("Room not found"))?;
     let rules = rules_of(&row.room_version)?;
     Ok(Room { row, rules })
 }
 
-pub fn rules_of(version: &str) -> ApiResult<RoomVersionRules> {
-    let version = RoomVersionId::try_from(version).map_err(ApiError::internal)?;
+pub fn rules_of(version: &str) -> Result<RoomVersionRules> {
+    let version = RoomVersionId::try_from(version).map_err(Error::internal)?;
     hearth_federation::rules_for(&version)
-        .ok_or_else(|| ApiError::internal("stored room has an unsupported version"))
+        .ok_or_else(|| Error::internal("stored room has an unsupported version"))
 }

@@ -4,7 +4,7 @@ use ruma::{RoomId, UserId};
 use serde_json::{Map, Value, json};
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     rooms::require_joined,
     services::Services,
     store::ReceiptRow,
@@ -21,9 +21,9 @@ pub async fn set_receipt(
     receipt_type: &str,
     event_id: &str,
     thread_id: Option<&str>,
-) -> ApiResult<()> {
+) -> Result<()> {
     if !RECEIPT_TYPES.contains(&receipt_type) {
-        return Err(ApiError::invalid_param(format!(
+        return Err(Error::invalid_param(format!(
             "Unknown receipt type {receipt_type}"
         )));
     }
@@ -32,10 +32,10 @@ pub async fn set_receipt(
         .event(event_id)
         .await?
         .filter(|e| e.room_id == room_id.as_str())
-        .ok_or_else(|| ApiError::not_found("Event not found in this room"))?;
+        .ok_or_else(|| Error::not_found("Event not found in this room"))?;
     if receipt_type == "m.fully_read" {
         if thread_id.is_some() {
-            return Err(ApiError::invalid_param("m.fully_read cannot be threaded"));
+            return Err(Error::invalid_param("m.fully_read cannot be threaded"));
         }
         let content = json!({ "event_id": event_id }).to_string();
         svc.store

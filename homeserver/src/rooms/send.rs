@@ -6,7 +6,7 @@ use ruma::{EventId, OwnedEventId, RoomId, UserId};
 use serde_json::Value;
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     ratelimit::Action,
     rooms::{self, EventSpec, checks::check_txn},
     services::Services,
@@ -28,7 +28,7 @@ pub async fn send_message(
     event_type: &str,
     txn_id: &str,
     content: Value,
-) -> ApiResult<OwnedEventId> {
+) -> Result<OwnedEventId> {
     let txn = Txn {
         device_id: sender.device_id.to_owned(),
         scope: format!("send/{room_id}/{event_type}"),
@@ -39,7 +39,7 @@ pub async fn send_message(
             .get("redacts")
             .and_then(Value::as_str)
             .and_then(|id| EventId::parse(id).ok())
-            .ok_or_else(|| ApiError::bad_json("A redaction needs content.redacts, an event ID"))?;
+            .ok_or_else(|| Error::bad_json("A redaction needs content.redacts, an event ID"))?;
         let room = rooms::room(svc, room_id).await?;
         EventSpec::redaction(&room.rules, target, content)
     } else {
@@ -57,7 +57,7 @@ pub async fn redact(
     target: &EventId,
     txn_id: &str,
     reason: Option<String>,
-) -> ApiResult<OwnedEventId> {
+) -> Result<OwnedEventId> {
     let room = rooms::room(svc, room_id).await?;
     let txn = Txn {
         device_id: sender.device_id.to_owned(),
@@ -79,7 +79,7 @@ async fn append(
     room_id: &RoomId,
     spec: EventSpec,
     txn: Txn,
-) -> ApiResult<OwnedEventId> {
+) -> Result<OwnedEventId> {
     check_txn(&txn)?;
     if let Err(limited) = svc.rate_limiter.check(Action::Message, sender.user_id.as_str())
         && svc

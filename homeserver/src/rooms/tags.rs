@@ -9,7 +9,7 @@ use ruma::{
 use serde_json::{Value, json};
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     services::Services,
 };
 
@@ -19,9 +19,9 @@ const TAG_TYPE: &str = "m.tag";
 pub const MAX_TAG_BYTES: usize = 255;
 
 /// The stored content, or an empty tag set when there is none (or it is not a tag set).
-fn tags_of(content: Option<&str>) -> ApiResult<Value> {
+fn tags_of(content: Option<&str>) -> Result<Value> {
     let content: Value = match content {
-        Some(c) => serde_json::from_str(c).map_err(ApiError::internal)?,
+        Some(c) => serde_json::from_str(c).map_err(Error::internal)?,
         None => return Ok(json!({ "tags": {} })),
     };
     Ok(if content.get("tags").is_some_and(Value::is_object) {
@@ -31,17 +31,17 @@ fn tags_of(content: Option<&str>) -> ApiResult<Value> {
     })
 }
 
-fn require_owner(viewer: &UserId, owner: &UserId) -> ApiResult<()> {
+fn require_owner(viewer: &UserId, owner: &UserId) -> Result<()> {
     if viewer == owner {
         Ok(())
     } else {
-        Err(ApiError::forbidden("Cannot access another user's account data"))
+        Err(Error::forbidden("Cannot access another user's account data"))
     }
 }
 
 /// `owner`'s tags on a room. Entries that are not tags (stored through the generic account
 /// data endpoint) are left out.
-pub async fn tags(svc: &Services, viewer: &UserId, owner: &UserId, room_id: &RoomId) -> ApiResult<Tags> {
+pub async fn tags(svc: &Services, viewer: &UserId, owner: &UserId, room_id: &RoomId) -> Result<Tags> {
     require_owner(viewer, owner)?;
     let stored = svc
         .store
@@ -63,13 +63,13 @@ pub async fn set_tag(
     room_id: &RoomId,
     tag: &str,
     info: Option<TagInfo>,
-) -> ApiResult<()> {
+) -> Result<()> {
     require_owner(viewer, owner)?;
     if tag.len() > MAX_TAG_BYTES {
-        return Err(ApiError::invalid_param("Tag is too long"));
+        return Err(Error::invalid_param("Tag is too long"));
     }
     let value = info
-        .map(|info| serde_json::to_value(info).map_err(ApiError::internal))
+        .map(|info| serde_json::to_value(info).map_err(Error::internal))
         .transpose()?;
     svc.store
         .update_account_data(owner.as_str(), Some(room_id.as_str()), TAG_TYPE, |current| {
@@ -80,8 +80,8 @@ pub async fn set_tag(
                     None => tags.remove(tag),
                 };
             }
-            let text = serde_json::to_string(&content).map_err(ApiError::internal)?;
-            Ok::<_, ApiError>((text, ()))
+            let text = serde_json::to_string(&content).map_err(Error::internal)?;
+            Ok::<_, Error>((text, ()))
         })
         .await??;
     svc.notifier.notify(vec![owner.to_string()]);

@@ -27,7 +27,7 @@ use serde_json::{Value, value::to_raw_value};
 use tokio::sync::{Mutex, oneshot};
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     rooms::{checks, listener},
     services::Services,
     store::{Appending, EventRow, NewEvent, Placed, RoomRow, StoreResult, Txn},
@@ -107,7 +107,7 @@ struct Pending {
     sender: OwnedUserId,
     spec: EventSpec,
     txn: Option<Txn>,
-    reply: oneshot::Sender<ApiResult<Appended>>,
+    reply: oneshot::Sender<Result<Appended>>,
 }
 
 /// What preparing a queued append gave.
@@ -202,7 +202,7 @@ impl Timeline {
         sender: &UserId,
         spec: EventSpec,
         txn: Option<Txn>,
-    ) -> ApiResult<Appended> {
+    ) -> Result<Appended> {
         // Refused here, before it can share a batch (and its transaction) with other events.
         checks::check_event(&spec)?;
         if let Some(txn) = &txn {
@@ -223,7 +223,7 @@ impl Timeline {
         tokio::spawn(async move { writer.timeline.write_queued(&writer).await });
         answer
             .await
-            .unwrap_or_else(|_| Err(ApiError::internal("the append was abandoned")))
+            .unwrap_or_else(|_| Err(Error::internal("the append was abandoned")))
     }
 
     /// Writes queued appends, batch after batch, until the queue is empty.
@@ -275,7 +275,7 @@ impl Timeline {
                 for pending in failed.into_iter().flatten() {
                     let _ = pending
                         .reply
-                        .send(Err(ApiError::internal("storing the event failed")));
+                        .send(Err(Error::internal("storing the event failed")));
                 }
                 continue;
             }
@@ -360,7 +360,10 @@ impl Timeline {
                 stream_ordering: at.stream_ordering,
             });
             for pending in done.waiting {
-                let _ = pending.reply.send(answer.clone());
+                let _ = pending.reply.send(match &answer {
+                    Ok(appended) => Ok(appended.clone()),
+                    Err(e) => Err(Error::Internal(e.to_string())),
+                });
             }
         }
         Ok(())
@@ -374,7 +377,7 @@ impl Timeline {
         drafts: &mut HashMap<OwnedRoomId, Draft>,
         touched: &mut HashMap<OwnedRoomId, Draft>,
         pending: &Pending,
-    ) -> ApiResult<Prepared> {
+    ) -> Result<Prepared> {
         let Pending {
             room_id,
             sender,
@@ -389,7 +392,7 @@ impl Timeline {
                 .store
                 .event(&existing)
                 .await?
-                .ok_or_else(|| ApiError::internal("txn event vanished"))?;
+                .ok_or_else(|| Error::internal("txn event vanished"))?;
             return Ok(Prepared::Existing(Appended {
                 event_id: parse_event_id(&existing)?,
                 room_id: room_id.clone(),
@@ -404,9 +407,9 @@ impl Timeline {
                         .store
                         .room(room_id.as_str())
                         .await?
-                        .ok_or_else(|| ApiError::not_found("Unknown room"))?;
+                        .ok_or_else(|| Error::not_found("Unknown room"))?;
                     let version =
-                        RoomVersionId::try_from(room.room_version.as_str()).map_err(ApiError::internal)?;
+                        RoomVersionId::try_from(room.room_version.as_str()).map_err(Error::internal)?;
                     Draft::stored(
                         room_id,
                         version,
@@ -418,7 +421,7 @@ impl Timeline {
         }
         let draft = touched
             .get_mut(room_id)
-            .ok_or_else(|| ApiError::internal("draft vanished"))?;
+            .ok_or_else(|| Error::internal("draft vanished"))?;
         let previous_group = draft.state_group;
         // A refused event leaves the draft as it was (build changes it only on success).
         let built = self.build(svc, draft, sender, spec, txn.clone()).await?;
@@ -436,7 +439,7 @@ impl Timeline {
     /// `creator`, all authorized in turn and stored in one transaction — a failure leaves no
     /// half-made room. Events after the create event that the rules refuse are the request's
     /// fault: `400 M_INVALID_ROOM_STATE`.
-    pub async fn create_room(&self, svc: &Services, room: NewRoom<'_>) -> ApiResult<OwnedRoomId> {
+    pub async fn create_room(&self, svc: &Services, room: NewRoom<'_>) -> Result<OwnedRoomId> {
         let NewRoom {
             version,
             creator,
@@ -446,8 +449,8 @@ impl Timeline {
             is_public,
         } = room;
         let mut drafts = self.write_lock.lock().await;
-        let rules = rules_for(version)
-            .ok_or_else(|| ApiError::unsupported_room_version("Unsupported room version"))?;
+        let rules =
+            rules_for(version).ok_or_else(|| Error::unsupported_room_version("Unsupported room version"))?;
         let room_id = if rules.authorization.room_create_event_id_as_room_id {
             None
         } else {
@@ -462,8 +465,8 @@ impl Timeline {
                 .build(svc, &mut draft, creator, &spec, None)
                 .await
                 .map_err(|e| {
-                    if e.errcode == "M_FORBIDDEN" {
-                        ApiError::invalid_room_state(e.message)
+                    if let Error::Forbidden(reason) = e {
+                        Error::InvalidRoomState(reason)
                     } else {
                         e
                     }
@@ -482,7 +485,7 @@ impl Timeline {
             .create_room_with_events(&row, alias, &events, now_ms())
             .await?
         else {
-            return Err(ApiError::room_in_use("Room alias already taken"));
+            return Err(Error::room_in_use("Room alias already taken"));
         };
         if is_public {
             svc.directory.invalidate();
@@ -503,11 +506,11 @@ impl Timeline {
         sender: &UserId,
         spec: &EventSpec,
         txn: Option<Txn>,
-    ) -> ApiResult<Built> {
+    ) -> Result<Built> {
         let rules = rules_for(&draft.version)
-            .ok_or_else(|| ApiError::unsupported_room_version("Unsupported room version"))?;
+            .ok_or_else(|| Error::unsupported_room_version("Unsupported room version"))?;
         let event_type = TimelineEventType::from(spec.event_type.as_str());
-        let raw_content = to_raw_value(&spec.content).map_err(|e| ApiError::bad_json(e.to_string()))?;
+        let raw_content = to_raw_value(&spec.content).map_err(|e| Error::bad_json(e.to_string()))?;
         let auth_types = auth_types_for_event(
             &event_type,
             sender,
@@ -515,7 +518,7 @@ impl Timeline {
             &raw_content,
             &rules.authorization,
         )
-        .map_err(ApiError::bad_json)?;
+        .map_err(Error::bad_json)?;
 
         // The state the rules read: the auth event types, plus the create event (which
         // room version 12 leaves out of auth_events but the rules still consult).
@@ -532,7 +535,7 @@ impl Timeline {
             && !wanted.is_empty()
         {
             for (key, event_id, json) in svc.store.current_state_entries(room_id.as_str(), &wanted).await? {
-                let pdu = Pdu::from_stored(parse_event_id(&event_id)?, &json).map_err(ApiError::internal)?;
+                let pdu = Pdu::from_stored(parse_event_id(&event_id)?, &json).map_err(Error::internal)?;
                 draft.state.insert(key, pdu);
             }
         }
@@ -551,7 +554,7 @@ impl Timeline {
                 .into_iter()
                 .take(MAX_PREV_EVENTS)
                 .map(|(id, _)| parse_event_id(&id))
-                .collect::<ApiResult<Vec<_>>>()?;
+                .collect::<Result<Vec<_>>>()?;
             draft.extremities = Some((prev, depth));
         }
         let (prev_events, max_depth) = draft.extremities.clone().unwrap_or_default();
@@ -570,17 +573,17 @@ impl Timeline {
         }
         .finish(&rules, svc.server_name(), &svc.signing_key)
         .map_err(|e| match e {
-            PduError::TooLarge => ApiError::too_large("Event is larger than 65536 bytes"),
-            e => ApiError::bad_json(e.to_string()),
+            PduError::TooLarge => Error::too_large("Event is larger than 65536 bytes"),
+            e => Error::bad_json(e.to_string()),
         })?;
 
         let by_id: HashMap<&EventId, &Pdu> = draft.state.values().map(|p| (&*p.event_id, p)).collect();
         check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| by_id.get(id).copied())
-            .map_err(|reason| ApiError::forbidden(format!("Event is not allowed: {reason}")))?;
+            .map_err(|reason| Error::forbidden(format!("Event is not allowed: {reason}")))?;
         check_state_dependent_auth_rules(&rules.authorization, &pdu, |t, k: &str| {
             draft.state.get(&(t.to_string(), k.to_owned()))
         })
-        .map_err(|reason| ApiError::forbidden(format!("Event is not allowed: {reason}")))?;
+        .map_err(|reason| Error::forbidden(format!("Event is not allowed: {reason}")))?;
 
         let redacts = match (&spec.state_key, &pdu.redacts) {
             (None, Some(target)) => {
@@ -657,23 +660,23 @@ async fn check_redaction(
     rules: &RoomVersionRules,
     sender: &UserId,
     target: &EventId,
-) -> ApiResult<()> {
+) -> Result<()> {
     let room_id = draft
         .room_id
         .as_ref()
-        .ok_or_else(|| ApiError::not_found("Event not found"))?;
+        .ok_or_else(|| Error::not_found("Event not found"))?;
     let original = svc
         .store
         .event(target.as_str())
         .await?
         .filter(|e| e.room_id == room_id.as_str())
-        .ok_or_else(|| ApiError::not_found("Event not found"))?;
+        .ok_or_else(|| Error::not_found("Event not found"))?;
     if original.sender == sender.as_str() {
         return Ok(());
     }
     let state = |event_type: &str| draft.state.get(&(event_type.to_owned(), String::new()));
     let content = |pdu: &Pdu| serde_json::from_str::<Value>(pdu.content.get()).unwrap_or_default();
-    let create = state("m.room.create").ok_or_else(|| ApiError::internal("room without a create event"))?;
+    let create = state("m.room.create").ok_or_else(|| Error::internal("room without a create event"))?;
     let levels = state("m.room.power_levels").map(content);
     let level = crate::rooms::power::user_level(
         &rules.authorization,
@@ -683,7 +686,7 @@ async fn check_redaction(
         sender.as_str(),
     );
     if level < crate::rooms::power::action_level(levels.as_ref(), "redact", 50) {
-        return Err(ApiError::forbidden("You may not redact this event"));
+        return Err(Error::forbidden("You may not redact this event"));
     }
     Ok(())
 }
@@ -703,21 +706,21 @@ fn keep_as(drafts: &mut HashMap<OwnedRoomId, Draft>, room_id: OwnedRoomId, draft
 }
 
 /// Reads a stored event as a PDU.
-pub fn pdu_of(row: &EventRow) -> ApiResult<Pdu> {
-    Pdu::from_stored(parse_event_id(&row.event_id)?, &row.json).map_err(ApiError::internal)
+pub fn pdu_of(row: &EventRow) -> Result<Pdu> {
+    Pdu::from_stored(parse_event_id(&row.event_id)?, &row.json).map_err(Error::internal)
 }
 
-fn parse_event_id(id: &str) -> ApiResult<OwnedEventId> {
-    EventId::parse(id).map_err(ApiError::internal)
+fn parse_event_id(id: &str) -> Result<OwnedEventId> {
+    EventId::parse(id).map_err(Error::internal)
 }
 
-fn parse_room_id(id: &str) -> ApiResult<OwnedRoomId> {
-    RoomId::parse(id).map_err(ApiError::internal)
+fn parse_room_id(id: &str) -> Result<OwnedRoomId> {
+    RoomId::parse(id).map_err(Error::internal)
 }
 
 /// A random room ID for room versions before 12: `!` + 18 random letters + `:server`.
-fn new_room_id(server_name: &str) -> ApiResult<OwnedRoomId> {
-    RoomId::parse(format!("!{}:{server_name}", crate::util::random_string(18))).map_err(ApiError::internal)
+fn new_room_id(server_name: &str) -> Result<OwnedRoomId> {
+    RoomId::parse(format!("!{}:{server_name}", crate::util::random_string(18))).map_err(Error::internal)
 }
 
 #[cfg(test)]
@@ -763,7 +766,7 @@ pub(crate) mod tests {
         room_id: &RoomId,
         sender: &UserId,
         content: Value,
-    ) -> ApiResult<Appended> {
+    ) -> Result<Appended> {
         let spec = EventSpec::message("m.room.message", content);
         svc.timeline.append(svc, room_id, sender, spec, None).await
     }
@@ -806,7 +809,7 @@ pub(crate) mod tests {
         let error = send(svc, &room_id, bob(), json!({ "msgtype": "m.text", "body": "hi" }))
             .await
             .expect_err("refused");
-        assert_eq!(error.errcode, "M_FORBIDDEN");
+        assert_eq!(error.errcode(), "M_FORBIDDEN");
         assert_eq!(svc.store.max_stream_ordering().await.unwrap(), before);
         assert_eq!(
             svc.store.forward_extremities(room_id.as_str()).await.unwrap(),
@@ -841,7 +844,7 @@ pub(crate) mod tests {
         let error = send(svc, &room_id, alice(), json!({ "body": "x" }))
             .await
             .expect_err("refused");
-        assert_eq!(error.errcode, "M_NOT_FOUND");
+        assert_eq!(error.errcode(), "M_NOT_FOUND");
         assert_eq!(svc.store.max_stream_ordering().await.unwrap(), 0);
     }
 }

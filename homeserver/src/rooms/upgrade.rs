@@ -6,7 +6,7 @@ use ruma::{OwnedRoomId, RoomId, RoomVersionId, UserId};
 use serde_json::{Value, json};
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     rooms::{
         EventSpec,
         membership::{member_content, power_level, state_content},
@@ -34,12 +34,12 @@ pub async fn upgrade_room(
     old_room_id: &RoomId,
     new_version: &str,
     additional_creators: &[String],
-) -> ApiResult<OwnedRoomId> {
+) -> Result<OwnedRoomId> {
     let version = RoomVersionId::try_from(new_version)
         .ok()
         .filter(|v| rules_for(v).is_some())
         .ok_or_else(|| {
-            ApiError::unsupported_room_version(format!("Room version {new_version} is not supported"))
+            Error::unsupported_room_version(format!("Room version {new_version} is not supported"))
         })?;
     let new_rules = rules_for(&version).expect("checked above");
     let old = room(svc, old_room_id).await?;
@@ -51,7 +51,7 @@ pub async fn upgrade_room(
         .or(old_levels["state_default"].as_i64())
         .unwrap_or(50);
     if power_level(svc, old_room_id, user).await? < needed {
-        return Err(ApiError::forbidden("You may not upgrade this room"));
+        return Err(Error::forbidden("You may not upgrade this room"));
     }
 
     // 1. the replacement room's create event
@@ -73,7 +73,7 @@ pub async fn upgrade_room(
     let v12 = new_rules.authorization.explicitly_privilege_room_creators;
     if v12 && !additional_creators.is_empty() {
         for c in additional_creators {
-            UserId::parse(c.as_str()).map_err(|_| ApiError::invalid_param(format!("Invalid user ID {c}")))?;
+            UserId::parse(c.as_str()).map_err(|_| Error::invalid_param(format!("Invalid user ID {c}")))?;
         }
         create["additional_creators"] = json!(additional_creators);
     }
@@ -165,7 +165,7 @@ pub async fn upgrade_room(
         }
         let restrict = EventSpec::state("m.room.power_levels", "", restricted);
         if let Err(e) = svc.timeline.append(svc, old_room_id, user, restrict, None).await {
-            tracing::warn!(room_id = %old_room_id, error = %e.message, "could not restrict the upgraded room");
+            tracing::warn!(room_id = %old_room_id, error = %e, "could not restrict the upgraded room");
         }
     }
     Ok(new_room_id)

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     store::EventRow,
 };
 
@@ -120,17 +120,17 @@ pub const MAX_FILTER_LIST_ENTRIES: usize = 1000;
 pub const MAX_FILTER_ENTRY_BYTES: usize = 255;
 
 /// Checks one list against the limits; `name` is the field, for the error message.
-fn check_list(name: &str, list: &Option<Vec<String>>) -> ApiResult<()> {
+fn check_list(name: &str, list: &Option<Vec<String>>) -> Result<()> {
     let Some(list) = list else {
         return Ok(());
     };
     if list.len() > MAX_FILTER_LIST_ENTRIES {
-        return Err(ApiError::invalid_param(format!(
+        return Err(Error::invalid_param(format!(
             "Filter field {name} has more than {MAX_FILTER_LIST_ENTRIES} entries"
         )));
     }
     if list.iter().any(|entry| entry.len() > MAX_FILTER_ENTRY_BYTES) {
-        return Err(ApiError::invalid_param(format!(
+        return Err(Error::invalid_param(format!(
             "Filter field {name} has an entry longer than {MAX_FILTER_ENTRY_BYTES} bytes"
         )));
     }
@@ -139,15 +139,15 @@ fn check_list(name: &str, list: &Option<Vec<String>>) -> ApiResult<()> {
 
 impl Filter {
     /// Parses a filter given as JSON (inline in a query or stored) and checks its limits.
-    pub fn parse(json: &str) -> ApiResult<Self> {
+    pub fn parse(json: &str) -> Result<Self> {
         let filter: Self =
-            serde_json::from_str(json).map_err(|e| ApiError::bad_json(format!("Invalid filter: {e}")))?;
+            serde_json::from_str(json).map_err(|e| Error::bad_json(format!("Invalid filter: {e}")))?;
         filter.validate()?;
         Ok(filter)
     }
 
     /// The bounds every filter must keep, wherever it comes from: list lengths and entry sizes.
-    pub fn validate(&self) -> ApiResult<()> {
+    pub fn validate(&self) -> Result<()> {
         check_list("event_fields", &self.event_fields)?;
         for part in [&self.presence, &self.account_data].into_iter().flatten() {
             part.validate()?;
@@ -167,7 +167,7 @@ impl Filter {
 }
 
 impl EventFilter {
-    fn validate(&self) -> ApiResult<()> {
+    fn validate(&self) -> Result<()> {
         check_list("types", &self.types)?;
         check_list("not_types", &self.not_types)?;
         check_list("senders", &self.senders)?;
@@ -191,14 +191,14 @@ impl EventFilter {
 
 impl RoomEventFilter {
     /// Parses a room event filter given as JSON (`/messages`) and checks its limits.
-    pub fn parse(json: &str) -> ApiResult<Self> {
+    pub fn parse(json: &str) -> Result<Self> {
         let filter: Self =
-            serde_json::from_str(json).map_err(|e| ApiError::bad_json(format!("Invalid filter: {e}")))?;
+            serde_json::from_str(json).map_err(|e| Error::bad_json(format!("Invalid filter: {e}")))?;
         filter.validate()?;
         Ok(filter)
     }
 
-    fn validate(&self) -> ApiResult<()> {
+    fn validate(&self) -> Result<()> {
         self.base.validate()?;
         check_list("rooms", &self.rooms)?;
         check_list("not_rooms", &self.not_rooms)
@@ -286,13 +286,13 @@ mod tests {
     fn long_lists_and_entries_are_refused() {
         let many: Vec<String> = (0..=MAX_FILTER_LIST_ENTRIES).map(|i| format!("t{i}")).collect();
         let json = serde_json::json!({ "room": { "timeline": { "not_senders": many } } }).to_string();
-        assert_eq!(Filter::parse(&json).unwrap_err().errcode, "M_INVALID_PARAM");
+        assert_eq!(Filter::parse(&json).unwrap_err().errcode(), "M_INVALID_PARAM");
         let long = "x".repeat(MAX_FILTER_ENTRY_BYTES + 1);
         let json = serde_json::json!({ "presence": { "types": [long] } }).to_string();
-        assert_eq!(Filter::parse(&json).unwrap_err().errcode, "M_INVALID_PARAM");
+        assert_eq!(Filter::parse(&json).unwrap_err().errcode(), "M_INVALID_PARAM");
         let json = serde_json::json!({ "not_rooms": [long] }).to_string();
         assert_eq!(
-            RoomEventFilter::parse(&json).unwrap_err().errcode,
+            RoomEventFilter::parse(&json).unwrap_err().errcode(),
             "M_INVALID_PARAM"
         );
         let at_limit: Vec<String> = (0..MAX_FILTER_LIST_ENTRIES)

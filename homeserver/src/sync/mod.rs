@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     rooms::client_event::{Viewer, stripped_state},
     services::Services,
     users::presence::presence_content,
@@ -45,7 +45,7 @@ const INVITE_STATE_TYPES: &[&str] = &[
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
 
 /// Runs a sync, long-polling up to `timeout` when an incremental sync finds nothing new.
-pub async fn sync(svc: &Services, user_id: &str, device_id: &str, req: SyncRequest) -> ApiResult<Value> {
+pub async fn sync(svc: &Services, user_id: &str, device_id: &str, req: SyncRequest) -> Result<Value> {
     let deadline = tokio::time::Instant::now() + req.timeout;
     // Subscribed before computing: whatever is stored after the positions were read is heard.
     let mut changes = svc.notifier.subscribe();
@@ -72,7 +72,7 @@ async fn compute(
     user_id: &str,
     device_id: &str,
     req: &SyncRequest,
-) -> ApiResult<(Value, bool, HashSet<String>)> {
+) -> Result<(Value, bool, HashSet<String>)> {
     // Positions first: everything up to them is committed, so nothing can be skipped.
     let now = StreamToken::current(svc).await?;
     let since = req.since.unwrap_or_default();
@@ -123,7 +123,7 @@ async fn compute(
         if !room_filter.allows_room(&room_id) {
             continue;
         }
-        RoomId::parse(room_id.as_str()).map_err(ApiError::internal)?;
+        RoomId::parse(room_id.as_str()).map_err(Error::internal)?;
         let changed_since = initial || at > since.events;
         let fresh = initial || !joined_at_since.contains(&room_id);
         match membership.as_str() {
@@ -199,7 +199,7 @@ async fn compute(
     // Clients expect the push rules in an initial sync, also when the user never changed them
     // (then nothing is stored as account data).
     if initial && !global_account_data.iter().any(|e| e["type"] == "m.push_rules") {
-        let user = ruma::UserId::parse(user_id).map_err(ApiError::internal)?;
+        let user = ruma::UserId::parse(user_id).map_err(Error::internal)?;
         let event = crate::push::push_rules_event(svc, &user).await?;
         if account_filter.allows("m.push_rules", user_id) {
             global_account_data.push(event);
@@ -242,7 +242,7 @@ struct Window {
     full_state: bool,
 }
 
-async fn stripped_room_state(svc: &Services, room_id: &str, user_id: &str) -> ApiResult<Vec<Value>> {
+async fn stripped_room_state(svc: &Services, room_id: &str, user_id: &str) -> Result<Vec<Value>> {
     let state = svc.store.current_state(room_id).await?;
     let ids: Vec<String> = state
         .iter()

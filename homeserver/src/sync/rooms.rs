@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::{DEFAULT_TIMELINE_LIMIT, Window, empty_joined, filter::RoomFilter, token::StreamToken};
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     push::Counts,
     rooms::{
         access::RoomAccess,
@@ -59,7 +59,7 @@ pub(super) async fn sections(
     ask: &Ask<'_>,
     wanted: &[Wanted],
     room_account_data: &mut HashMap<String, Vec<Value>>,
-) -> ApiResult<(Map<String, Value>, Map<String, Value>)> {
+) -> Result<(Map<String, Value>, Map<String, Value>)> {
     let mut plans = plan_timelines(svc, ask, wanted).await?;
     add_state(svc, ask, wanted, &mut plans).await?;
 
@@ -142,7 +142,7 @@ pub(super) async fn sections(
 }
 
 /// Each wanted room's timeline, or `None` when the room has nothing to say.
-async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> ApiResult<Vec<Option<Plan>>> {
+async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Result<Vec<Option<Plan>>> {
     let ids: Vec<String> = wanted.iter().map(|w| w.room_id.clone()).collect();
     let rooms = if ids.is_empty() {
         HashMap::new()
@@ -161,7 +161,7 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Api
     for w in wanted {
         let room = rooms
             .get(&w.room_id)
-            .ok_or_else(|| ApiError::internal("room missing"))?;
+            .ok_or_else(|| Error::internal("room missing"))?;
         let Window {
             since,
             upto,
@@ -177,7 +177,7 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Api
         let after = if fresh { 0 } else { since.events };
         let access = access
             .get(&w.room_id)
-            .ok_or_else(|| ApiError::internal("access missing"))?;
+            .ok_or_else(|| Error::internal("access missing"))?;
         if !w.joined && access.reading().is_err() {
             // Never joined: the room moves to `leave` with the viewer's own membership event
             // alone (as Synapse does, so a rejected invite disappears), and no state.
@@ -237,7 +237,7 @@ async fn add_state(
     ask: &Ask<'_>,
     wanted: &[Wanted],
     plans: &mut [Option<Plan>],
-) -> ApiResult<()> {
+) -> Result<()> {
     // (room, position) whose state is needed: the state before `start`, and at `since`.
     let mut points: Vec<(String, i64)> = Vec::new();
     for (w, plan) in wanted.iter().zip(plans.iter()) {
@@ -327,9 +327,9 @@ fn format_section(
     plan: &Plan,
     related: &Related,
     (joined, invited): &(Vec<String>, Vec<String>),
-) -> ApiResult<Value> {
+) -> Result<Value> {
     let rules = rules_of(&plan.version)?;
-    let format = |rows: &[EventRow]| -> ApiResult<Vec<Value>> {
+    let format = |rows: &[EventRow]| -> Result<Vec<Value>> {
         rows.iter()
             .map(|row| {
                 let mut event = format_event(row, &rules, related, Some(ask.viewer))?;
@@ -390,7 +390,7 @@ async fn add_unread_notifications(
     svc: &Services,
     ask: &Ask<'_>,
     join: &mut Map<String, Value>,
-) -> ApiResult<()> {
+) -> Result<()> {
     if join.is_empty() {
         return Ok(());
     }

@@ -2,7 +2,7 @@
 //! stream the server keeps. Trailing positions may be left out (read as 0).
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     services::Services,
 };
 
@@ -18,7 +18,7 @@ pub struct StreamToken {
 impl StreamToken {
     /// The newest position of every stream. Read before the data it covers, so that data
     /// committed meanwhile lands after the token rather than being skipped.
-    pub async fn current(svc: &Services) -> ApiResult<Self> {
+    pub async fn current(svc: &Services) -> Result<Self> {
         Ok(Self {
             events: svc.store.max_stream_ordering().await?,
             account_data: svc.store.max_account_data_stream().await?,
@@ -28,8 +28,8 @@ impl StreamToken {
         })
     }
 
-    pub fn parse(token: &str) -> ApiResult<Self> {
-        let invalid = || ApiError::invalid_param("Invalid stream token");
+    pub fn parse(token: &str) -> Result<Self> {
+        let invalid = || Error::invalid_param("Invalid stream token");
         let rest = token.strip_prefix('s').ok_or_else(invalid)?;
         let mut positions = [0i64; 5];
         let parts: Vec<&str> = rest.split('_').collect();
@@ -92,7 +92,7 @@ mod tests {
     fn garbage_tokens_are_refused() {
         for bad in ["", "x1_2", "s", "s-1_0", "s1_2_3_4_5_6", "s1_a"] {
             assert_eq!(
-                StreamToken::parse(bad).unwrap_err().errcode,
+                StreamToken::parse(bad).unwrap_err().errcode(),
                 "M_INVALID_PARAM",
                 "{bad}"
             );

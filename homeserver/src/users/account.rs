@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     ratelimit::Action,
     services::Services,
     users::{
@@ -49,14 +49,14 @@ pub async fn register(
     request: Registration,
     operation: &Operation,
     auth: Option<&Value>,
-) -> ApiResult<Registered> {
+) -> Result<Registered> {
     svc.rate_limiter.check(Action::Register, ip)?;
     if request.kind != RegistrationKind::User {
-        return Err(ApiError::forbidden("Guest access is not enabled"));
+        return Err(Error::forbidden("Guest access is not enabled"));
     }
     let registration = &svc.config.registration;
     if !registration.enabled {
-        return Err(ApiError::forbidden("Registration is disabled"));
+        return Err(Error::forbidden("Registration is disabled"));
     }
     let localpart = match &request.username {
         Some(name) => name.to_lowercase(),
@@ -64,12 +64,12 @@ pub async fn register(
     };
     let user_id = users::user_id_for(&localpart, svc.server_name())?;
     if svc.store.user(user_id.as_str()).await?.is_some() {
-        return Err(ApiError::user_in_use("User ID already taken"));
+        return Err(Error::user_in_use("User ID already taken"));
     }
     let password = request
         .password
         .as_deref()
-        .ok_or_else(|| ApiError::bad_json("Missing password"))?;
+        .ok_or_else(|| Error::bad_json("Missing password"))?;
     check_password(password)?;
     let flows: Vec<uia::Flow> = match &registration.token {
         Some(_) => vec![vec!["m.login.registration_token"]],
@@ -83,7 +83,7 @@ pub async fn register(
         .create_user(user_id.as_str(), Some(&hash), &localpart, now_ms())
         .await?
     {
-        return Err(ApiError::user_in_use("User ID already taken"));
+        return Err(Error::user_in_use("User ID already taken"));
     }
     tracing::info!(%user_id, "registered");
     if request.inhibit_login {
@@ -108,25 +108,25 @@ pub async fn register(
     })
 }
 
-fn check_password(password: &str) -> ApiResult<()> {
+fn check_password(password: &str) -> Result<()> {
     if password.len() > MAX_PASSWORD_BYTES {
-        return Err(ApiError::bad_json("Password too long"));
+        return Err(Error::bad_json("Password too long"));
     }
     Ok(())
 }
 
 /// `GET /register/available`: `M_USER_IN_USE` when taken, `M_INVALID_USERNAME` when invalid.
-pub async fn check_available(svc: &Services, username: &str) -> ApiResult<()> {
+pub async fn check_available(svc: &Services, username: &str) -> Result<()> {
     let user_id = users::user_id_for(&username.to_lowercase(), svc.server_name())?;
     if svc.store.user(user_id.as_str()).await?.is_some() {
-        return Err(ApiError::user_in_use("User ID already taken"));
+        return Err(Error::user_in_use("User ID already taken"));
     }
     Ok(())
 }
 
 /// Whether a registration token would be accepted. Rate limited like registration, so the
 /// endpoint cannot be used to guess tokens.
-pub fn registration_token_valid(svc: &Services, ip: &str, token: &str) -> ApiResult<bool> {
+pub fn registration_token_valid(svc: &Services, ip: &str, token: &str) -> Result<bool> {
     svc.rate_limiter.check(Action::Register, ip)?;
     let registration = &svc.config.registration;
     Ok(registration.enabled && registration.token.as_deref() == Some(token))
@@ -142,7 +142,7 @@ pub async fn change_password(
     logout_devices: bool,
     operation: &Operation,
     auth: Option<&Value>,
-) -> ApiResult<()> {
+) -> Result<()> {
     uia::confirm_password(svc, operation, auth, user_id.as_str()).await?;
     let hash = users::hash_password(new_password).await?;
     svc.store.set_password_hash(user_id.as_str(), Some(&hash)).await?;
@@ -161,7 +161,7 @@ pub async fn deactivate(
     user_id: &UserId,
     operation: &Operation,
     auth: Option<&Value>,
-) -> ApiResult<()> {
+) -> Result<()> {
     uia::confirm_password(svc, operation, auth, user_id.as_str()).await?;
     for (room_id, membership, _) in svc.store.rooms_of_user(user_id.as_str()).await? {
         if matches!(membership.as_str(), "join" | "invite" | "knock")
@@ -172,7 +172,7 @@ pub async fn deactivate(
             )
             .await;
             if let Err(e) = left {
-                tracing::warn!(%room_id, error = %e.message, "could not leave room on deactivation");
+                tracing::warn!(%room_id, error = %e, "could not leave room on deactivation");
             }
         }
     }
@@ -181,13 +181,13 @@ pub async fn deactivate(
 }
 
 /// Ends the session of one device.
-pub async fn logout(svc: &Services, user_id: &UserId, device_id: &str) -> ApiResult<()> {
+pub async fn logout(svc: &Services, user_id: &UserId, device_id: &str) -> Result<()> {
     svc.store.delete_device(user_id.as_str(), device_id).await?;
     Ok(())
 }
 
 /// Ends every session of the user.
-pub async fn logout_all(svc: &Services, user_id: &UserId) -> ApiResult<()> {
+pub async fn logout_all(svc: &Services, user_id: &UserId) -> Result<()> {
     svc.store.delete_devices_except(user_id.as_str(), None).await?;
     Ok(())
 }

@@ -5,27 +5,25 @@ use ruma::{RoomId, UserId};
 use serde_json::value::RawValue;
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     services::Services,
 };
 
-fn require_owner(viewer: &UserId, owner: &UserId) -> ApiResult<()> {
+fn require_owner(viewer: &UserId, owner: &UserId) -> Result<()> {
     if viewer == owner {
         Ok(())
     } else {
-        Err(ApiError::forbidden("Cannot access another user's account data"))
+        Err(Error::forbidden("Cannot access another user's account data"))
     }
 }
 
 /// Types the server manages itself and clients must not set here.
-fn check_settable(data_type: &str) -> ApiResult<()> {
+fn check_settable(data_type: &str) -> Result<()> {
     if matches!(data_type, "m.fully_read" | "m.push_rules") {
         // The spec's status for server-managed types is 405, with M_BAD_JSON.
-        return Err(ApiError::new(
-            axum::http::StatusCode::METHOD_NOT_ALLOWED,
-            "M_BAD_JSON",
-            format!("{data_type} is managed by the server and cannot be set here"),
-        ));
+        return Err(Error::ServerManagedAccountData(format!(
+            "{data_type} is managed by the server and cannot be set here"
+        )));
     }
     Ok(())
 }
@@ -37,14 +35,14 @@ pub async fn get(
     owner: &UserId,
     room: Option<&RoomId>,
     data_type: &str,
-) -> ApiResult<Box<RawValue>> {
+) -> Result<Box<RawValue>> {
     require_owner(viewer, owner)?;
     let content = svc
         .store
         .account_data(owner.as_str(), room.map(RoomId::as_str), data_type)
         .await?
-        .ok_or_else(|| ApiError::not_found("Account data not found"))?;
-    RawValue::from_string(content).map_err(ApiError::internal)
+        .ok_or_else(|| Error::not_found("Account data not found"))?;
+    RawValue::from_string(content).map_err(Error::internal)
 }
 
 /// Stores `owner`'s content of `data_type` and wakes their syncs.
@@ -55,7 +53,7 @@ pub async fn put(
     room: Option<&RoomId>,
     data_type: &str,
     content: &RawValue,
-) -> ApiResult<()> {
+) -> Result<()> {
     require_owner(viewer, owner)?;
     check_settable(data_type)?;
     svc.store

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     services::Services,
     store::DeviceRow,
     users::uia::{self, Operation},
@@ -41,19 +41,19 @@ pub struct DeviceList {
     pub devices: Vec<DeviceInfo>,
 }
 
-pub async fn list(svc: &Services, user_id: &UserId) -> ApiResult<DeviceList> {
+pub async fn list(svc: &Services, user_id: &UserId) -> Result<DeviceList> {
     let rows = svc.store.devices(user_id.as_str()).await?;
     Ok(DeviceList {
         devices: rows.into_iter().map(DeviceInfo::from).collect(),
     })
 }
 
-pub async fn get(svc: &Services, user_id: &UserId, device_id: &DeviceId) -> ApiResult<DeviceInfo> {
+pub async fn get(svc: &Services, user_id: &UserId, device_id: &DeviceId) -> Result<DeviceInfo> {
     svc.store
         .device(user_id.as_str(), device_id.as_str())
         .await?
         .map(DeviceInfo::from)
-        .ok_or_else(|| ApiError::not_found("Device not found"))
+        .ok_or_else(|| Error::not_found("Device not found"))
 }
 
 pub async fn rename(
@@ -61,13 +61,13 @@ pub async fn rename(
     user_id: &UserId,
     device_id: &DeviceId,
     display_name: Option<&str>,
-) -> ApiResult<()> {
+) -> Result<()> {
     if !svc
         .store
         .set_device_display_name(user_id.as_str(), device_id.as_str(), display_name)
         .await?
     {
-        return Err(ApiError::not_found("Device not found"));
+        return Err(Error::not_found("Device not found"));
     }
     Ok(())
 }
@@ -80,14 +80,14 @@ pub async fn delete(
     device_id: &DeviceId,
     operation: &Operation,
     auth: Option<&Value>,
-) -> ApiResult<()> {
+) -> Result<()> {
     if svc
         .store
         .device(user_id.as_str(), device_id.as_str())
         .await?
         .is_none()
     {
-        return Err(ApiError::not_found("Device not found"));
+        return Err(Error::not_found("Device not found"));
     }
     uia::confirm_password(svc, operation, auth, user_id.as_str()).await?;
     svc.store
@@ -103,7 +103,7 @@ pub async fn delete_many(
     device_ids: &[OwnedDeviceId],
     operation: &Operation,
     auth: Option<&Value>,
-) -> ApiResult<()> {
+) -> Result<()> {
     uia::confirm_password(svc, operation, auth, user_id.as_str()).await?;
     for device_id in device_ids {
         svc.store

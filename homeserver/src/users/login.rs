@@ -8,7 +8,7 @@ use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use serde::Deserialize;
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     ratelimit::Action,
     services::Services,
     users::{self, Tokens},
@@ -50,39 +50,31 @@ pub struct LoggedIn {
 }
 
 /// Resolves the claimed identity to a local user ID.
-pub fn user_id_of(identity: &Identity, server_name: &str) -> ApiResult<OwnedUserId> {
+pub fn user_id_of(identity: &Identity, server_name: &str) -> Result<OwnedUserId> {
     let user = match &identity.identifier {
         Some(identifier) => {
             if identifier.kind != "m.id.user" {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::BAD_REQUEST,
-                    "M_UNKNOWN",
-                    "Only m.id.user identifiers are supported",
-                ));
+                return Err(Error::unknown("Only m.id.user identifiers are supported"));
             }
             identifier.user.as_deref()
         }
         None => identity.user.as_deref(),
     }
-    .ok_or_else(|| ApiError::bad_json("Missing user identifier"))?;
+    .ok_or_else(|| Error::bad_json("Missing user identifier"))?;
     let user_id = if user.starts_with('@') {
         UserId::parse(user)
     } else {
         UserId::parse(format!("@{}:{server_name}", user.to_lowercase()))
     };
-    user_id.map_err(|_| ApiError::forbidden("Invalid username or password"))
+    user_id.map_err(|_| Error::forbidden("Invalid username or password"))
 }
 
 /// Checks the password and opens a session. Failures count per (user, client address), so
 /// failures from elsewhere never lock the owner out.
-pub async fn login(svc: &Services, ip: &str, request: LoginRequest) -> ApiResult<LoggedIn> {
+pub async fn login(svc: &Services, ip: &str, request: LoginRequest) -> Result<LoggedIn> {
     svc.rate_limiter.check(Action::Login, ip)?;
     if request.login_type != "m.login.password" {
-        return Err(ApiError::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            "M_UNKNOWN",
-            "Unsupported login type",
-        ));
+        return Err(Error::unknown("Unsupported login type"));
     }
     let user_id = user_id_of(&request.identity, svc.server_name())?;
     let failures = format!("{user_id} {ip}");
@@ -90,18 +82,18 @@ pub async fn login(svc: &Services, ip: &str, request: LoginRequest) -> ApiResult
     let password = request
         .password
         .as_deref()
-        .ok_or_else(|| ApiError::bad_json("Missing password"))?;
+        .ok_or_else(|| Error::bad_json("Missing password"))?;
     let user = svc.store.user(user_id.as_str()).await?;
     let valid = match user.as_ref().and_then(|u| u.password_hash.clone()) {
         Some(hash) => users::verify_password(password, &hash).await,
         None => false,
     };
     if user.as_ref().is_some_and(|u| u.deactivated) {
-        return Err(ApiError::user_deactivated("This account has been deactivated"));
+        return Err(Error::user_deactivated("This account has been deactivated"));
     }
     if !valid {
         svc.rate_limiter.record_failure(Action::LoginFailure, &failures);
-        return Err(ApiError::forbidden("Invalid username or password"));
+        return Err(Error::forbidden("Invalid username or password"));
     }
     let tokens = users::login_device(
         svc,

@@ -16,7 +16,7 @@ use ruma::{OwnedUserId, UserId};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     services::Services,
     store::{NewAccessToken, NewRefreshToken, Refreshed},
     util::{now_ms, random_string},
@@ -47,19 +47,19 @@ pub fn hash_token(token: &str) -> String {
 static HASHING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// An argon2id hash in PHC string format. Runs on a blocking thread: it is slow on purpose.
-pub async fn hash_password(password: &str) -> ApiResult<String> {
-    let _permit = HASHING.acquire().await.map_err(ApiError::internal)?;
+pub async fn hash_password(password: &str) -> Result<String> {
+    let _permit = HASHING.acquire().await.map_err(Error::internal)?;
     let password = password.to_owned();
     tokio::task::spawn_blocking(move || {
         let salt_bytes: [u8; 16] = rand::rng().random();
-        let salt = SaltString::encode_b64(&salt_bytes).map_err(ApiError::internal)?;
+        let salt = SaltString::encode_b64(&salt_bytes).map_err(Error::internal)?;
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
             .map(|h| h.to_string())
-            .map_err(ApiError::internal)
+            .map_err(Error::internal)
     })
     .await
-    .map_err(ApiError::internal)?
+    .map_err(Error::internal)?
 }
 
 pub async fn verify_password(password: &str, hash: &str) -> bool {
@@ -81,20 +81,20 @@ pub async fn verify_password(password: &str, hash: &str) -> bool {
 }
 
 /// Checks a requested localpart against the spec's grammar for new user IDs.
-pub fn user_id_for(localpart: &str, server_name: &str) -> ApiResult<OwnedUserId> {
+pub fn user_id_for(localpart: &str, server_name: &str) -> Result<OwnedUserId> {
     let valid = !localpart.is_empty()
         && localpart
             .bytes()
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'));
     if !valid {
-        return Err(ApiError::invalid_username(
+        return Err(Error::invalid_username(
             "User ID may only contain lowercase letters, digits and ._=-/+",
         ));
     }
     let user_id = UserId::parse(format!("@{localpart}:{server_name}"))
-        .map_err(|_| ApiError::invalid_username("Invalid user ID"))?;
+        .map_err(|_| Error::invalid_username("Invalid user ID"))?;
     if user_id.as_str().len() > 255 {
-        return Err(ApiError::invalid_username("User ID is longer than 255 bytes"));
+        return Err(Error::invalid_username("User ID is longer than 255 bytes"));
     }
     Ok(user_id)
 }
@@ -150,7 +150,7 @@ pub async fn login_device(
     device_id: Option<&str>,
     display_name: Option<&str>,
     want_refresh: bool,
-) -> ApiResult<Tokens> {
+) -> Result<Tokens> {
     let device_id = device_id
         .map(ToOwned::to_owned)
         .unwrap_or_else(|| random_string(10).to_uppercase());
@@ -208,11 +208,13 @@ pub async fn login_device(
 /// (never issued, logged out, or retired by the use of its successor) and expired refresh
 /// tokens are 401 `M_UNKNOWN_TOKEN`; only an expired one, whose device still exists, is a soft
 /// logout (the client may log in again on the same device).
-pub async fn refresh(svc: &Services, refresh_token: &str) -> ApiResult<Tokens> {
+pub async fn refresh(svc: &Services, refresh_token: &str) -> Result<Tokens> {
     let now = now_ms();
     // Like Synapse, a server with refresh tokens off has no `/refresh`.
     let Some(new) = Refreshable::new(svc, now) else {
-        return Err(ApiError::unrecognized(axum::http::StatusCode::NOT_FOUND));
+        return Err(Error::Unrecognized {
+            method_not_allowed: false,
+        });
     };
     let outcome = svc
         .store
@@ -239,9 +241,9 @@ pub async fn refresh(svc: &Services, refresh_token: &str) -> ApiResult<Tokens> {
     }
 }
 
-fn refresh_refused(message: &str, soft_logout: bool) -> ApiError {
-    ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", message)
-        .with("soft_logout", serde_json::json!(soft_logout))
+fn refresh_refused(message: &str, soft_logout: bool) -> Error {
+    let _ = message;
+    Error::unknown_token(soft_logout)
 }
 
 /// How stale a device's stored last-seen time may get before a request refreshes it.
@@ -253,7 +255,7 @@ pub async fn record_last_seen(
     user_id: &str,
     device_id: &str,
     ip: Option<&str>,
-) -> ApiResult<()> {
+) -> Result<()> {
     let now = now_ms();
     let key = (user_id.to_owned(), device_id.to_owned());
     {
@@ -304,15 +306,15 @@ mod tests {
     fn localparts_follow_the_grammar() {
         assert!(user_id_for("alice.b-1", "example.org").is_ok());
         assert_eq!(
-            user_id_for("Alice", "example.org").unwrap_err().errcode,
+            user_id_for("Alice", "example.org").unwrap_err().errcode(),
             "M_INVALID_USERNAME"
         );
         assert_eq!(
-            user_id_for("", "example.org").unwrap_err().errcode,
+            user_id_for("", "example.org").unwrap_err().errcode(),
             "M_INVALID_USERNAME"
         );
         assert_eq!(
-            user_id_for("a b", "example.org").unwrap_err().errcode,
+            user_id_for("a b", "example.org").unwrap_err().errcode(),
             "M_INVALID_USERNAME"
         );
     }

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     services::Services,
     store::PresenceRow,
     util::now_ms,
@@ -21,11 +21,9 @@ pub async fn set_presence(
     user_id: &str,
     presence: &str,
     status_msg: Option<&str>,
-) -> ApiResult<()> {
+) -> Result<()> {
     if !STATES.contains(&presence) {
-        return Err(ApiError::invalid_param(format!(
-            "Unknown presence state {presence}"
-        )));
+        return Err(Error::invalid_param(format!("Unknown presence state {presence}")));
     }
     svc.store
         .put_presence(user_id, presence, status_msg, now_ms())
@@ -36,11 +34,9 @@ pub async fn set_presence(
 /// Marks a syncing user online, writing only when that changes something a client sees.
 /// It wakes nobody: others see it with their next sync response. (Waking every long-poll in
 /// every room of each user who comes online costs the square of a room's size.)
-pub async fn mark_active(svc: &Services, user_id: &str, presence: &str) -> ApiResult<()> {
+pub async fn mark_active(svc: &Services, user_id: &str, presence: &str) -> Result<()> {
     if !STATES.contains(&presence) {
-        return Err(ApiError::invalid_param(format!(
-            "Unknown presence state {presence}"
-        )));
+        return Err(Error::invalid_param(format!("Unknown presence state {presence}")));
     }
     let current = svc.store.presence(user_id).await?;
     let stale = |p: &PresenceRow| now_ms() - p.last_active_ts > ACTIVE_WINDOW_MS / 2;
@@ -57,7 +53,7 @@ pub async fn mark_active(svc: &Services, user_id: &str, presence: &str) -> ApiRe
     Ok(())
 }
 
-async fn notify(svc: &Services, user_id: &str) -> ApiResult<()> {
+async fn notify(svc: &Services, user_id: &str) -> Result<()> {
     let mut keys: Vec<String> = svc
         .store
         .rooms_of_user(user_id)

@@ -8,7 +8,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     ratelimit::Action,
     rooms::{EventSpec, membership::member_content},
     services::Services,
@@ -43,25 +43,25 @@ pub enum Field {
 }
 
 impl Field {
-    pub fn parse(name: &str) -> ApiResult<Self> {
+    pub fn parse(name: &str) -> Result<Self> {
         match name {
             "displayname" => Ok(Self::DisplayName),
             "avatar_url" => Ok(Self::AvatarUrl),
-            _ => Err(ApiError::not_found("Unknown profile field")),
+            _ => Err(Error::not_found("Unknown profile field")),
         }
     }
 }
 
-async fn active_user(svc: &Services, user_id: &UserId) -> ApiResult<UserRow> {
+async fn active_user(svc: &Services, user_id: &UserId) -> Result<UserRow> {
     svc.store
         .user(user_id.as_str())
         .await?
         .filter(|u| !u.deactivated)
-        .ok_or_else(|| ApiError::not_found("Profile not found"))
+        .ok_or_else(|| Error::not_found("Profile not found"))
 }
 
 /// A user's whole profile; 404 for unknown and deactivated users.
-pub async fn profile(svc: &Services, user_id: &UserId) -> ApiResult<Profile> {
+pub async fn profile(svc: &Services, user_id: &UserId) -> Result<Profile> {
     let user = active_user(svc, user_id).await?;
     Ok(Profile {
         displayname: user.displayname,
@@ -70,7 +70,7 @@ pub async fn profile(svc: &Services, user_id: &UserId) -> ApiResult<Profile> {
 }
 
 /// One field of a profile, as a profile with only that field; 404 when it is not set.
-pub async fn field(svc: &Services, user_id: &UserId, field: &ProfileFieldName) -> ApiResult<Profile> {
+pub async fn field(svc: &Services, user_id: &UserId, field: &ProfileFieldName) -> Result<Profile> {
     let user = active_user(svc, user_id).await?;
     let only = match field {
         ProfileFieldName::DisplayName => Profile {
@@ -81,10 +81,10 @@ pub async fn field(svc: &Services, user_id: &UserId, field: &ProfileFieldName) -
             displayname: None,
             avatar_url: user.avatar_url,
         },
-        _ => return Err(ApiError::not_found("Unknown profile field")),
+        _ => return Err(Error::not_found("Unknown profile field")),
     };
     if only.displayname.is_none() && only.avatar_url.is_none() {
-        return Err(ApiError::not_found("Profile field not set"));
+        return Err(Error::not_found("Profile field not set"));
     }
     Ok(only)
 }
@@ -96,17 +96,17 @@ pub async fn set_field(
     target: &UserId,
     field: Field,
     update: ProfileUpdate,
-) -> ApiResult<()> {
+) -> Result<()> {
     svc.rate_limiter.check(Action::Profile, sender.as_str())?;
     if target != sender {
-        return Err(ApiError::forbidden("Cannot change another user's profile"));
+        return Err(Error::forbidden("Cannot change another user's profile"));
     }
     let (name, value) = match field {
         Field::DisplayName => ("displayname", update.displayname),
         Field::AvatarUrl => ("avatar_url", update.avatar_url),
     };
     if value.as_ref().is_some_and(|v| v.len() > MAX_FIELD_BYTES) {
-        return Err(ApiError::bad_json(format!("{name} is too long")));
+        return Err(Error::bad_json(format!("{name} is too long")));
     }
     match field {
         Field::DisplayName => {
@@ -124,16 +124,16 @@ pub async fn set_field(
 }
 
 /// Sends a fresh member event (with the new profile) to every room the user is joined to.
-async fn update_member_events(svc: &Services, user_id: &UserId) -> ApiResult<()> {
+async fn update_member_events(svc: &Services, user_id: &UserId) -> Result<()> {
     for (room_id, membership, _) in svc.store.rooms_of_user(user_id.as_str()).await? {
         if membership != "join" {
             continue;
         }
-        let room_id = RoomId::parse(room_id.as_str()).map_err(ApiError::internal)?;
+        let room_id = RoomId::parse(room_id.as_str()).map_err(Error::internal)?;
         let content = member_content(svc, user_id, "join").await?;
         let spec = EventSpec::state("m.room.member", user_id.as_str(), content);
         if let Err(e) = svc.timeline.append(svc, &room_id, user_id, spec, None).await {
-            tracing::warn!(%room_id, error = %e.message, "could not update member event");
+            tracing::warn!(%room_id, error = %e, "could not update member event");
         }
     }
     Ok(())
@@ -146,7 +146,7 @@ pub async fn search(
     searcher: &UserId,
     term: &str,
     limit: u64,
-) -> ApiResult<(Vec<search_users::v3::User>, bool)> {
+) -> Result<(Vec<search_users::v3::User>, bool)> {
     let limit = limit.clamp(1, 1000) as i64;
     let escaped: String = term
         .to_lowercase()

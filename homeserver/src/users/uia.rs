@@ -13,7 +13,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    error::{ApiError, ApiResult},
+    error::{Error, Result},
     ratelimit::Action,
     services::Services,
     users::{
@@ -91,7 +91,7 @@ pub async fn authenticate(
     flows: &[Flow],
     user_id: Option<&str>,
     registration_token: Option<&str>,
-) -> ApiResult<()> {
+) -> Result<()> {
     let Some(auth) = auth.filter(|a| a.is_object()) else {
         return Err(challenge(svc, operation, flows, None, user_id, &[], None).await?);
     };
@@ -101,28 +101,24 @@ pub async fn authenticate(
         match svc.store.uia_session(session, oldest_live(svc)).await? {
             Some((owner, done, bound_to)) => {
                 if owner.as_deref() != user_id {
-                    return Err(ApiError::forbidden("Session belongs to another user"));
+                    return Err(Error::forbidden("Session belongs to another user"));
                 }
                 if bound_to != operation.0 {
-                    return Err(ApiError::forbidden(
+                    return Err(Error::forbidden(
                         "Requested operation has changed during the UI authentication session",
                     ));
                 }
                 completed = serde_json::from_str(&done).unwrap_or_default();
             }
             None => {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::BAD_REQUEST,
-                    "M_UNKNOWN",
-                    "Unknown or expired session",
-                ));
+                return Err(Error::unknown("Unknown or expired session"));
             }
         }
     }
     let stage = auth.get("type").and_then(Value::as_str);
     if let Some(stage) = stage {
         if !flows.iter().any(|f| f.contains(&stage)) {
-            return Err(ApiError::bad_json(format!("Unsupported auth type {stage}")));
+            return Err(Error::bad_json(format!("Unsupported auth type {stage}")));
         }
         // Wrong passwords are limited per user (the account is already authenticated, so
         // only its own token holders can spend this).
@@ -159,7 +155,7 @@ pub async fn confirm_password(
     operation: &Operation,
     auth: Option<&Value>,
     user_id: &str,
-) -> ApiResult<()> {
+) -> Result<()> {
     authenticate(
         svc,
         operation,
@@ -183,22 +179,22 @@ async fn check_stage(
     auth: &Value,
     user_id: Option<&str>,
     registration_token: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     match stage {
         "m.login.dummy" => Ok(()),
         "m.login.registration_token" => {
             let given = auth.get("token").and_then(Value::as_str);
             match (given, registration_token) {
                 (Some(given), Some(expected)) if constant_time_eq(given, expected) => Ok(()),
-                _ => Err(ApiError::unauthorized("Invalid registration token")),
+                _ => Err(Error::unauthorized("Invalid registration token")),
             }
         }
         "m.login.password" => {
-            let user_id = user_id.ok_or_else(|| ApiError::forbidden("No user"))?;
+            let user_id = user_id.ok_or_else(|| Error::forbidden("No user"))?;
             let claimed = serde_json::from_value::<Identity>(auth.clone())
-                .map_err(ApiError::internal)
+                .map_err(Error::internal)
                 .and_then(|identity| user_id_of(&identity, svc.server_name()))
-                .map_err(|_| ApiError::forbidden("Invalid username or password"))?;
+                .map_err(|_| Error::forbidden("Invalid username or password"))?;
             let password = auth.get("password").and_then(Value::as_str).unwrap_or_default();
             let user = svc.store.user(user_id).await?;
             let ok = claimed.as_str() == user_id
@@ -209,10 +205,10 @@ async fn check_stage(
             if ok {
                 Ok(())
             } else {
-                Err(ApiError::forbidden("Invalid username or password"))
+                Err(Error::forbidden("Invalid username or password"))
             }
         }
-        _ => Err(ApiError::bad_json("Unsupported auth type")),
+        _ => Err(Error::bad_json("Unsupported auth type")),
     }
 }
 
@@ -224,12 +220,12 @@ async fn challenge(
     session: Option<&str>,
     user_id: Option<&str>,
     completed: &[String],
-    error: Option<ApiError>,
-) -> ApiResult<ApiError> {
+    error: Option<Error>,
+) -> Result<Error> {
     let session = match session {
         Some(s) => {
             svc.store
-                .set_uia_completed(s, &serde_json::to_string(completed).map_err(ApiError::internal)?)
+                .set_uia_completed(s, &serde_json::to_string(completed).map_err(Error::internal)?)
                 .await?;
             s.to_owned()
         }
@@ -241,29 +237,24 @@ async fn challenge(
             s
         }
     };
-    let mut out = ApiError::new(
-        axum::http::StatusCode::UNAUTHORIZED,
-        "M_FORBIDDEN",
-        "Authentication required",
-    );
-    if let Some(error) = error {
-        out.errcode = error.errcode;
-        out.message = error.message;
-    } else if completed.is_empty() {
+    let errcode = match error {
+        Some(error) => Some((error.errcode(), error.to_string())),
         // The first challenge carries no errcode/error per the spec's examples; keep fields
         // that clients read and leave errcode for failed stages only.
-        out.errcode = "";
-    }
+        None if completed.is_empty() => None,
+        None => Some(("M_FORBIDDEN", "Authentication required".to_owned())),
+    };
     let info = Challenge {
         flows: flows.iter().map(|stages| FlowInfo { stages }).collect(),
         params: Params {},
         session: &session,
         completed,
     };
-    if let Value::Object(fields) = serde_json::to_value(info).map_err(ApiError::internal)? {
-        out.extra.extend(fields);
-    }
-    Ok(out)
+    let challenge = match serde_json::to_value(info).map_err(Error::internal)? {
+        Value::Object(fields) => fields,
+        _ => Default::default(),
+    };
+    Ok(Error::AuthRequired { errcode, challenge })
 }
 
 /// What a 401 tells the client about its UIA session, beside `errcode` and `error`.
