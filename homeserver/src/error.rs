@@ -74,7 +74,7 @@ pub enum Error {
         challenge: Map<String, Value>,
     },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// A failure that is ours, not the client's (logged where it is made, never shown).
     #[error("{0}")]
     Internal(String),
@@ -154,5 +154,21 @@ impl Error {
             Self::AuthRequired { errcode, .. } => errcode.as_ref().map_or("", |(code, _)| code),
             Self::Unknown(_) | Self::AliasInUse(_) | Self::Store(_) | Self::Internal(_) => "M_UNKNOWN",
         }
+    }
+}
+
+impl From<StoreError> for Error {
+    /// A value the database refuses by its nature is the request's fault, whatever path it came
+    /// by: PostgreSQL cannot store U+0000 in text (SQLSTATE 22021) nor index a value past its row
+    /// size limit (54000). Nothing was stored: the statement, and its transaction, failed.
+    fn from(e: StoreError) -> Self {
+        if let StoreError::Db(sqlx::Error::Database(db)) = &e {
+            match db.code().as_deref() {
+                Some("22021") => return Self::invalid_param("U+0000 is not allowed here"),
+                Some("54000") => return Self::too_large("A value is too large to store"),
+                _ => {}
+            }
+        }
+        Self::Store(e)
     }
 }

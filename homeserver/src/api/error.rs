@@ -162,20 +162,7 @@ impl From<Error> for ApiError {
                 out.extra = challenge;
                 out
             }
-            Error::Store(e) => {
-                // A value the database refuses by its nature is the request's fault, whatever
-                // path it came by: PostgreSQL cannot store U+0000 in text (SQLSTATE 22021) nor
-                // index a value past its row size limit (54000). Nothing was stored: the
-                // statement, and its transaction, failed.
-                if let StoreError::Db(sqlx::Error::Database(db)) = &e {
-                    match db.code().as_deref() {
-                        Some("22021") => return Self::invalid_param("U+0000 is not allowed here"),
-                        Some("54000") => return Self::too_large("A value is too large to store"),
-                        _ => {}
-                    }
-                }
-                Self::internal(e)
-            }
+            Error::Store(e) => Self::internal(e),
             Error::Internal(_) => Self::new(status, errcode, "Internal server error"),
             other => Self::new(status, errcode, other.to_string()),
         }

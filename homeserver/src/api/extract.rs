@@ -7,17 +7,13 @@ use axum::{
     extract::{ConnectInfo, FromRequest, FromRequestParts, Request},
     http::{HeaderMap, header, request::Parts},
 };
+use ruma::OwnedUserId;
 use ruma::api::IncomingRequest;
-use ruma::{OwnedUserId, UserId};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{
-    api::error::ApiError,
-    api::ruma::Ruma,
-    config::Network,
-    services::Services,
-    users::{hash_token, uia::Operation},
+    api::error::ApiError, api::ruma::Ruma, config::Network, services::Services, users::uia::Operation,
 };
 
 /// The user and device an access token belongs to.
@@ -119,21 +115,9 @@ impl FromRequestParts<Services> for Auth {
 
     async fn from_request_parts(parts: &mut Parts, svc: &Services) -> Result<Self, ApiError> {
         let token = access_token(parts).ok_or_else(|| ApiError::missing_token("Missing access token"))?;
-        let token_hash = hash_token(&token);
-        let now = crate::util::now_ms();
-        let owner = svc
-            .store
-            .token_owner(&token_hash, now)
-            .await?
-            .ok_or_else(|| ApiError::unknown_token(false))?;
-        // An expired token's session lives on: the client may refresh or log in again.
-        if owner.expires_ts.is_some_and(|at| at <= now) {
-            return Err(ApiError::unknown_token(true));
-        }
-        let device_id = owner.device_id;
-        let user_id = UserId::parse(owner.user_id).map_err(ApiError::internal)?;
         let ip = client_ip(parts, &svc.config.trusted_proxies);
-        crate::users::record_last_seen(svc, user_id.as_str(), &device_id, ip.as_deref()).await?;
+        let session = crate::users::authenticate(svc, &token, ip.as_deref()).await?;
+        let (user_id, device_id, token_hash) = (session.user_id, session.device_id, session.token_hash);
         Ok(Self {
             user_id,
             device_id,

@@ -250,6 +250,36 @@ fn refresh_refused(message: &str, soft_logout: bool) -> Error {
 const LAST_SEEN_RESOLUTION_MS: i64 = 60_000;
 
 /// Records that a device made a request, writing to the database at most once a minute.
+/// Who an access token belongs to.
+pub struct Session {
+    pub user_id: OwnedUserId,
+    pub device_id: String,
+    pub token_hash: String,
+}
+
+/// The session of an access token, recording when (and from where) its device was last seen.
+/// Unknown: `M_UNKNOWN_TOKEN`; expired: the same with `soft_logout` (the client may refresh or
+/// log in again).
+pub async fn authenticate(svc: &Services, token: &str, ip: Option<&str>) -> Result<Session> {
+    let token_hash = hash_token(token);
+    let now = now_ms();
+    let owner = svc
+        .store
+        .token_owner(&token_hash, now)
+        .await?
+        .ok_or_else(|| Error::unknown_token(false))?;
+    if owner.expires_ts.is_some_and(|at| at <= now) {
+        return Err(Error::unknown_token(true));
+    }
+    let user_id = UserId::parse(owner.user_id).map_err(Error::internal)?;
+    record_last_seen(svc, user_id.as_str(), &owner.device_id, ip).await?;
+    Ok(Session {
+        user_id,
+        device_id: owner.device_id,
+        token_hash,
+    })
+}
+
 pub async fn record_last_seen(
     svc: &Services,
     user_id: &str,
