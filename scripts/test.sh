@@ -100,6 +100,13 @@ ensure_rust_components
 log "cargo fmt --check"
 cargo fmt --all -- --check || die "code is not formatted (run cargo fmt --all)"
 
+log "Layering: api/ never names the store"
+# Handlers extract, authenticate, make one domain call and respond; SQL is reached only through
+# the domain modules (ARCHITECTURE.md, Invariants).
+if grep -rnE 'svc\.store|crate::store|\bstore::|^\s*\.store\b' homeserver/src/api; then
+    die "api/ names the store (above): move the call into a domain module"
+fi
+
 log "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings || die "clippy"
 
