@@ -1,16 +1,63 @@
 //! Read receipts and the fully-read marker.
 
-use ruma::{RoomId, UserId};
+use ruma::{
+    EventId, RoomId, UserId, api::client::receipt::create_receipt::v3::ReceiptType,
+    events::receipt::ReceiptThread,
+};
 use serde_json::{Map, Value, json};
 
 use crate::{
     error::{ApiError, ApiResult},
+    ratelimit::Action,
     rooms::require_joined,
     services::{Services, now_ms},
     store::ReceiptRow,
 };
 
 pub const RECEIPT_TYPES: &[&str] = &["m.read", "m.read.private", "m.fully_read"];
+
+/// `POST /rooms/{roomId}/receipt/{receiptType}/{eventId}`: rate limited; a thread ID, when
+/// given, must not be empty.
+pub async fn receipt(
+    svc: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+    receipt_type: &ReceiptType,
+    event_id: &EventId,
+    thread: &ReceiptThread,
+) -> ApiResult<()> {
+    svc.rate_limiter.check(Action::Receipt, user.as_str())?;
+    let thread_id = thread.as_str();
+    if thread_id.is_some_and(str::is_empty) {
+        return Err(ApiError::invalid_param("thread_id must not be empty"));
+    }
+    set_receipt(
+        svc,
+        user,
+        room_id,
+        receipt_type.as_str(),
+        event_id.as_str(),
+        thread_id,
+    )
+    .await
+}
+
+/// `POST /rooms/{roomId}/read_markers`: each marker given, as its receipt type. Rate limited
+/// once for the request.
+pub async fn read_markers(
+    svc: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+    markers: [(ReceiptType, Option<&EventId>); 3],
+) -> ApiResult<()> {
+    svc.rate_limiter.check(Action::Receipt, user.as_str())?;
+    for (receipt_type, event_id) in markers {
+        if let Some(event_id) = event_id {
+            set_receipt(svc, user, room_id, receipt_type.as_str(), event_id.as_str(), None).await?;
+        }
+    }
+    Ok(())
+}
 
 /// Records a receipt (or, for `m.fully_read`, the room's fully-read marker).
 pub async fn set_receipt(

@@ -10,7 +10,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::services::{Services, now_ms};
+use ruma::{RoomId, UserId};
+
+use crate::{
+    error::{ApiError, ApiResult},
+    ratelimit::Action,
+    rooms,
+    services::{Services, now_ms},
+};
 
 /// Longest a client may claim to be typing without renewing.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
@@ -95,6 +102,25 @@ impl Typing {
         }
         false
     }
+}
+
+/// `PUT /rooms/{roomId}/typing/{userId}`: rate limited; only for oneself, in a room one is
+/// joined to. `timeout` is `None` to stop typing.
+pub async fn typing(
+    svc: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+    target: &str,
+    timeout: Option<Duration>,
+) -> ApiResult<()> {
+    svc.rate_limiter.check(Action::Typing, user.as_str())?;
+    if target != user.as_str() {
+        return Err(ApiError::forbidden("Cannot set another user's typing state"));
+    }
+    rooms::room(svc, room_id).await?;
+    rooms::require_joined(svc, room_id, user.as_str()).await?;
+    set_typing(svc, room_id.as_str(), user.as_str(), timeout);
+    Ok(())
 }
 
 /// Starts or stops a user's typing notification in a room, waking syncs when it changes and
