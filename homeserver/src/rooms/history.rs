@@ -217,7 +217,12 @@ async fn members_of_senders(
 /// One event of a room, if the viewer may see it by the history visibility algorithm, whatever
 /// their membership now (an invitee sees what was sent while invited under `invited`); 404
 /// otherwise: whether an event exists is itself not shown to those who may not see it.
-pub async fn event(svc: &Services, room_id: &RoomId, viewer: &str, event_id: &str) -> ApiResult<EventRow> {
+pub async fn event(
+    svc: &Services,
+    room_id: &RoomId,
+    viewer: &str,
+    event_id: &EventId,
+) -> ApiResult<EventRow> {
     let access = RoomAccess::load(svc, room_id, viewer).await?;
     visible_event(svc, room_id, &access, event_id).await
 }
@@ -226,10 +231,10 @@ async fn visible_event(
     svc: &Services,
     room_id: &RoomId,
     access: &RoomAccess,
-    event_id: &str,
+    event_id: &EventId,
 ) -> ApiResult<EventRow> {
     svc.store
-        .event(event_id)
+        .event(event_id.as_str())
         .await?
         .filter(|e| e.room_id == room_id.as_str() && access.can_see(e))
         .ok_or_else(|| ApiError::not_found("Event not found"))
@@ -250,7 +255,7 @@ pub async fn context(
     svc: &Services,
     room_id: &RoomId,
     viewer: &str,
-    event_id: &str,
+    event_id: &EventId,
     limit: usize,
 ) -> ApiResult<Context> {
     let access = RoomAccess::load(svc, room_id, viewer).await?;
@@ -364,7 +369,7 @@ pub async fn event_for_client(
     event_id: &EventId,
 ) -> ApiResult<Raw<ruma::events::AnyTimelineEvent>> {
     let room = rooms::room(svc, room_id).await?;
-    let row = event(svc, room_id, viewer.user_id, event_id.as_str()).await?;
+    let row = event(svc, room_id, viewer.user_id, event_id).await?;
     raw(&client_event(svc, &row, &room.row.room_version, Some(viewer)).await?)
 }
 
@@ -393,7 +398,7 @@ pub async fn context_for_client(
 ) -> ApiResult<ContextResponse> {
     let room = rooms::room(svc, &req.room_id).await?;
     let limit = u64::from(req.limit).min(MAX_CONTEXT_LIMIT) as usize;
-    let context = context(svc, &req.room_id, viewer.user_id, req.event_id.as_str(), limit).await?;
+    let context = context(svc, &req.room_id, viewer.user_id, &req.event_id, limit).await?;
     let version = &room.row.room_version;
     let viewer = Some(viewer);
     Ok(ContextResponse {

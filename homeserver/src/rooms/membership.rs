@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use ruma::{
     OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomOrAliasId, UserId,
     api::client::membership::joined_members::v3::RoomMember,
-    events::room::member::{MembershipState, RoomMemberEvent},
+    events::room::member::{MembershipState, RoomMemberEvent, RoomMemberEventContent},
     serde::Raw,
 };
 use serde_json::{Value, json};
@@ -24,17 +24,26 @@ use crate::{
 };
 
 /// `m.room.member` content for a user, with their current profile.
-pub async fn member_content(svc: &Services, user_id: &UserId, membership: &str) -> ApiResult<Value> {
-    let mut content = json!({ "membership": membership });
+pub async fn member_event_content(
+    svc: &Services,
+    user_id: &UserId,
+    membership: MembershipState,
+) -> ApiResult<RoomMemberEventContent> {
+    let mut content = RoomMemberEventContent::new(membership);
     if let Some(user) = svc.store.user(user_id.as_str()).await? {
-        if let Some(name) = user.displayname {
-            content["displayname"] = json!(name);
-        }
-        if let Some(url) = user.avatar_url {
-            content["avatar_url"] = json!(url);
-        }
+        content.displayname = user.displayname;
+        content.avatar_url = user.avatar_url.map(OwnedMxcUri::from);
     }
     Ok(content)
+}
+
+/// `member_event_content` as JSON, for callers that add to it.
+pub async fn member_content(svc: &Services, user_id: &UserId, membership: &str) -> ApiResult<Value> {
+    to_json(member_event_content(svc, user_id, MembershipState::from(membership)).await?)
+}
+
+fn to_json(content: RoomMemberEventContent) -> ApiResult<Value> {
+    serde_json::to_value(content).map_err(ApiError::internal)
 }
 
 /// Resolves `!room` or `#alias` to a room ID known here.
@@ -55,16 +64,10 @@ pub async fn resolve_room(svc: &Services, room_id_or_alias: &str) -> ApiResult<O
 
 pub async fn join(svc: &Services, user: &UserId, room_id: &RoomId) -> ApiResult<()> {
     room(svc, room_id).await?;
-    if svc
-        .store
-        .membership(room_id.as_str(), user.as_str())
-        .await?
-        .as_deref()
-        == Some("join")
-    {
+    if membership_of(svc, room_id, user).await? == Some(MembershipState::Join) {
         return Ok(());
     }
-    let content = member_content(svc, user, "join").await?;
+    let content = to_json(member_event_content(svc, user, MembershipState::Join).await?)?;
     svc.timeline
         .append(
             svc,
@@ -81,10 +84,9 @@ pub async fn join(svc: &Services, user: &UserId, room_id: &RoomId) -> ApiResult<
 /// Asks to join a room whose join rule allows knocking.
 pub async fn knock(svc: &Services, user: &UserId, room_id: &RoomId, reason: Option<&str>) -> ApiResult<()> {
     room(svc, room_id).await?;
-    let mut content = member_content(svc, user, "knock").await?;
-    if let Some(reason) = reason {
-        content["reason"] = json!(reason);
-    }
+    let mut content = member_event_content(svc, user, MembershipState::Knock).await?;
+    content.reason = reason.map(str::to_owned);
+    let content = to_json(content)?;
     svc.timeline
         .append(
             svc,
@@ -108,17 +110,15 @@ pub async fn set_membership(
     is_direct: bool,
 ) -> ApiResult<Appended> {
     room(svc, room_id).await?;
-    let mut content = if membership == "invite" {
-        member_content(svc, target, membership).await?
+    let membership = MembershipState::from(membership);
+    let mut content = if membership == MembershipState::Invite {
+        member_event_content(svc, target, membership).await?
     } else {
-        json!({ "membership": membership })
+        RoomMemberEventContent::new(membership)
     };
-    if let Some(reason) = reason {
-        content["reason"] = json!(reason);
-    }
-    if is_direct {
-        content["is_direct"] = json!(true);
-    }
+    content.reason = reason.map(str::to_owned);
+    content.is_direct = is_direct.then_some(true);
+    let content = to_json(content)?;
     svc.timeline
         .append(
             svc,
@@ -132,13 +132,8 @@ pub async fn set_membership(
 
 /// Forgets a room the user has left.
 pub async fn forget(svc: &Services, user: &UserId, room_id: &RoomId) -> ApiResult<()> {
-    match svc
-        .store
-        .membership(room_id.as_str(), user.as_str())
-        .await?
-        .as_deref()
-    {
-        Some("join") | Some("invite") | Some("knock") => Err(ApiError::new(
+    match membership_of(svc, room_id, user).await? {
+        Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => Err(ApiError::new(
             axum::http::StatusCode::BAD_REQUEST,
             "M_UNKNOWN",
             "You must leave the room before forgetting it",

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use ruma::{RoomId, UserId};
+use ruma::{RoomId, UserId, events::room::member::MembershipState};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
@@ -169,7 +169,7 @@ async fn compute(
             .memberships_at(user_id, since.events)
             .await?
             .into_iter()
-            .filter(|(_, m, _)| m == "join")
+            .filter(|(_, m, _)| m == MembershipState::Join.as_str())
             .map(|(r, _, _)| r)
             .collect()
     };
@@ -184,8 +184,9 @@ async fn compute(
         RoomId::parse(room_id.as_str()).map_err(ApiError::internal)?;
         let changed_since = initial || at > since.events;
         let fresh = initial || !joined_at_since.contains(&room_id);
-        match membership.as_str() {
-            "join" => wanted.push(rooms::Wanted {
+        let membership = MembershipState::from(membership);
+        match membership {
+            MembershipState::Join => wanted.push(rooms::Wanted {
                 room_id,
                 joined: true,
                 window: Window {
@@ -195,15 +196,15 @@ async fn compute(
                     full_state: req.full_state,
                 },
             }),
-            "invite" | "knock" if changed_since => {
+            MembershipState::Invite | MembershipState::Knock if changed_since => {
                 let state = Events::new(stripped_room_state(svc, &room_id, user_id).await?);
-                if membership == "invite" {
+                if membership == MembershipState::Invite {
                     invite.insert(room_id, InvitedRoom { invite_state: state });
                 } else {
                     knock.insert(room_id, KnockedRoom { knock_state: state });
                 }
             }
-            "leave" | "ban" if !forgotten.contains(&room_id) => {
+            MembershipState::Leave | MembershipState::Ban if !forgotten.contains(&room_id) => {
                 let wanted_leave = if initial {
                     room_filter.include_leave.unwrap_or(false)
                 } else {
