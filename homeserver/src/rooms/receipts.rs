@@ -31,15 +31,7 @@ pub async fn receipt(
     if thread_id.is_some_and(str::is_empty) {
         return Err(ApiError::invalid_param("thread_id must not be empty"));
     }
-    set_receipt(
-        svc,
-        user,
-        room_id,
-        receipt_type.as_str(),
-        event_id.as_str(),
-        thread_id,
-    )
-    .await
+    set_receipt(svc, user, room_id, receipt_type, event_id, thread_id).await
 }
 
 /// `POST /rooms/{roomId}/read_markers`: each marker given, as its receipt type. Rate limited
@@ -53,21 +45,22 @@ pub async fn read_markers(
     svc.rate_limiter.check(Action::Receipt, user.as_str())?;
     for (receipt_type, event_id) in markers {
         if let Some(event_id) = event_id {
-            set_receipt(svc, user, room_id, receipt_type.as_str(), event_id.as_str(), None).await?;
+            set_receipt(svc, user, room_id, &receipt_type, event_id, None).await?;
         }
     }
     Ok(())
 }
 
 /// Records a receipt (or, for `m.fully_read`, the room's fully-read marker).
-pub async fn set_receipt(
+async fn set_receipt(
     svc: &Services,
     user: &UserId,
     room_id: &RoomId,
-    receipt_type: &str,
-    event_id: &str,
+    receipt_type: &ReceiptType,
+    event_id: &EventId,
     thread_id: Option<&str>,
 ) -> ApiResult<()> {
+    let receipt_type = receipt_type.as_str();
     if !RECEIPT_TYPES.contains(&receipt_type) {
         return Err(ApiError::invalid_param(format!(
             "Unknown receipt type {receipt_type}"
@@ -75,7 +68,7 @@ pub async fn set_receipt(
     }
     require_joined(svc, room_id, user.as_str()).await?;
     svc.store
-        .event(event_id)
+        .event(event_id.as_str())
         .await?
         .filter(|e| e.room_id == room_id.as_str())
         .ok_or_else(|| ApiError::not_found("Event not found in this room"))?;
@@ -97,7 +90,7 @@ pub async fn set_receipt(
             user.as_str(),
             receipt_type,
             thread,
-            event_id,
+            event_id.as_str(),
             now_ms(),
         )
         .await?;

@@ -119,13 +119,14 @@ pub async fn typing(
     }
     rooms::room(svc, room_id).await?;
     rooms::require_joined(svc, room_id, user.as_str()).await?;
-    set_typing(svc, room_id.as_str(), user.as_str(), timeout);
+    set_typing(svc, room_id, user, timeout);
     Ok(())
 }
 
 /// Starts or stops a user's typing notification in a room, waking syncs when it changes and
 /// again when it times out.
-pub fn set_typing(svc: &Services, room_id: &str, user_id: &str, timeout: Option<Duration>) {
+fn set_typing(svc: &Services, room_id: &RoomId, user_id: &UserId, timeout: Option<Duration>) {
+    let (room_id, user_id) = (room_id.as_str(), user_id.as_str());
     let timeout = timeout.map(|t| t.min(MAX_TIMEOUT));
     if svc
         .typing
