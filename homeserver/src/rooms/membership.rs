@@ -317,7 +317,16 @@ async fn membership_of(
 pub async fn leave(svc: &Services, user: &UserId, room_id: &RoomId, reason: Option<&str>) -> ApiResult<()> {
     match membership_of(svc, room_id, user).await? {
         Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
-            set_membership(svc, user, room_id, user, "leave", reason, false).await?;
+            set_membership(
+                svc,
+                user,
+                room_id,
+                user,
+                MembershipState::Leave.as_str(),
+                reason,
+                false,
+            )
+            .await?;
             Ok(())
         }
         Some(MembershipState::Leave) => Ok(()),
