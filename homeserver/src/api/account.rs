@@ -263,10 +263,7 @@ pub async fn logout_all(State(svc): State<Services>, auth: Auth) -> ApiResult<Js
 }
 
 /// `GET /account/whoami`
-pub async fn whoami(
-    auth: Auth,
-    Ruma(_): Ruma<whoami::v3::Request>,
-) -> ApiResult<RumaResponse<whoami::v3::Response>> {
+pub async fn whoami(auth: Auth, Ruma(_): Ruma<whoami::v3::Request>) -> ApiResult<RumaResponse<whoami::v3::Response>> {
     let mut response = whoami::v3::Response::new(auth.user_id, false);
     response.device_id = Some(auth.device_id.into());
     Ok(response.into())
