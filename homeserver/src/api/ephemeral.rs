@@ -6,7 +6,13 @@ use axum::{
     Json,
     extract::{Path, State},
 };
-use ruma::UserId;
+use ruma::{
+    UserId,
+    api::client::{
+        read_marker::set_read_marker,
+        receipt::create_receipt::{self, v3::ReceiptType},
+    },
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -14,76 +20,49 @@ use crate::{
     api::error::{ApiError, ApiResult},
     api::{
         extract::{Auth, JsonBody},
-        rooms::parse_room_id,
+        rooms::{Empty, parse_room_id},
+        ruma::{Ruma, RumaResponse},
     },
-    rooms::{self, receipts::set_receipt, typing::set_typing},
+    rooms::{receipts, typing},
     services::Services,
     users::presence,
 };
-
-#[derive(Deserialize)]
-pub struct ReceiptBody {
-    thread_id: Option<String>,
-}
 
 /// `POST /rooms/{roomId}/receipt/{receiptType}/{eventId}`
 pub async fn receipt(
     State(svc): State<Services>,
     auth: Auth,
-    Path((room_id, receipt_type, event_id)): Path<(String, String, String)>,
-    JsonBody(body): JsonBody<ReceiptBody>,
-) -> ApiResult<Json<Value>> {
-    svc.rate_limiter
-        .check(crate::ratelimit::Action::Receipt, auth.user_id.as_str())?;
-    let room_id = parse_room_id(&room_id)?;
-    if body.thread_id.as_deref().is_some_and(str::is_empty) {
-        return Err(ApiError::invalid_param("thread_id must not be empty"));
-    }
-    set_receipt(
+    Ruma(req): Ruma<create_receipt::v3::Request>,
+) -> ApiResult<RumaResponse<create_receipt::v3::Response>> {
+    receipts::receipt(
         &svc,
         &auth.user_id,
-        &room_id,
-        &receipt_type,
-        &event_id,
-        body.thread_id.as_deref(),
+        &req.room_id,
+        &req.receipt_type,
+        &req.event_id,
+        &req.thread,
     )
     .await?;
-    Ok(Json(json!({})))
-}
-
-#[derive(Deserialize)]
-pub struct ReadMarkersBody {
-    #[serde(rename = "m.fully_read")]
-    fully_read: Option<String>,
-    #[serde(rename = "m.read")]
-    read: Option<String>,
-    #[serde(rename = "m.read.private")]
-    read_private: Option<String>,
+    Ok(create_receipt::v3::Response::new().into())
 }
 
 /// `POST /rooms/{roomId}/read_markers`
 pub async fn read_markers(
     State(svc): State<Services>,
     auth: Auth,
-    Path(room_id): Path<String>,
-    JsonBody(body): JsonBody<ReadMarkersBody>,
-) -> ApiResult<Json<Value>> {
-    svc.rate_limiter
-        .check(crate::ratelimit::Action::Receipt, auth.user_id.as_str())?;
-    let room_id = parse_room_id(&room_id)?;
+    Ruma(req): Ruma<set_read_marker::v3::Request>,
+) -> ApiResult<RumaResponse<set_read_marker::v3::Response>> {
     let markers = [
-        ("m.fully_read", body.fully_read),
-        ("m.read", body.read),
-        ("m.read.private", body.read_private),
+        (ReceiptType::FullyRead, req.fully_read.as_deref()),
+        (ReceiptType::Read, req.read_receipt.as_deref()),
+        (ReceiptType::ReadPrivate, req.private_read_receipt.as_deref()),
     ];
-    for (receipt_type, event_id) in markers {
-        if let Some(event_id) = event_id {
-            set_receipt(&svc, &auth.user_id, &room_id, receipt_type, &event_id, None).await?;
-        }
-    }
-    Ok(Json(json!({})))
+    receipts::read_markers(&svc, &auth.user_id, &req.room_id, markers).await?;
+    Ok(set_read_marker::v3::Response::new().into())
 }
 
+/// The body of `/typing`: ours rather than ruma's, which refuses `typing: true` without a
+/// `timeout` (the spec makes it optional; we default to 30 seconds).
 #[derive(Deserialize)]
 pub struct TypingBody {
     typing: bool,
@@ -96,20 +75,13 @@ pub async fn typing(
     auth: Auth,
     Path((room_id, user_id)): Path<(String, String)>,
     JsonBody(body): JsonBody<TypingBody>,
-) -> ApiResult<Json<Value>> {
-    svc.rate_limiter
-        .check(crate::ratelimit::Action::Typing, auth.user_id.as_str())?;
+) -> ApiResult<Json<Empty>> {
     let room_id = parse_room_id(&room_id)?;
-    if user_id != auth.user_id.as_str() {
-        return Err(ApiError::forbidden("Cannot set another user's typing state"));
-    }
-    rooms::room(&svc, &room_id).await?;
-    rooms::require_joined(&svc, &room_id, auth.user_id.as_str()).await?;
     let timeout = body
         .typing
         .then(|| Duration::from_millis(body.timeout.unwrap_or(30_000)));
-    set_typing(&svc, room_id.as_str(), auth.user_id.as_str(), timeout);
-    Ok(Json(json!({})))
+    typing::typing(&svc, &auth.user_id, &room_id, &user_id, timeout).await?;
+    Ok(Json(Empty {}))
 }
 
 #[derive(Deserialize)]

@@ -47,7 +47,7 @@ fn upload_meta(headers: &HeaderMap, params: &HashMap<String, String>) -> UploadM
 
 /// An upload's answer. A refused body may be partly unread, so a 413 also closes the
 /// connection (`Connection: close`): the client must not send its next request on it.
-fn upload_response(result: crate::error::Result<impl IntoResponse>) -> Response {
+fn upload_response(result: Result<impl IntoResponse, crate::Error>) -> Response {
     match result.map_err(ApiError::from) {
         Ok(body) => body.into_response(),
         Err(e) => {

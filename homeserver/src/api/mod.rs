@@ -71,15 +71,15 @@ fn client_routes() -> Router<Services> {
         .route("/rooms/{room_id}/state", get(state::all))
         .route(
             "/rooms/{room_id}/state/{event_type}",
-            get(state::get_empty).put(state::put_empty),
+            get(state::get).put(state::put),
         )
         .route(
             "/rooms/{room_id}/state/{event_type}/",
-            get(state::get_empty).put(state::put_empty),
+            get(state::get).put(state::put),
         )
         .route(
             "/rooms/{room_id}/state/{event_type}/{state_key}",
-            get(state::get_keyed).put(state::put_keyed),
+            get(state::get).put(state::put),
         )
         .route("/rooms/{room_id}/send/{event_type}/{txn_id}", put(messages::send))
         .route(

@@ -2,20 +2,33 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, State},
+    extract::{Path, State},
+    http::StatusCode,
 };
-use ruma::{OwnedRoomId, RoomId, UserId};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use ruma::{
+    OwnedRoomId, RoomId, RoomOrAliasId,
+    api::client::{
+        knock::knock_room,
+        membership::{
+            forget_room, get_member_events, join_room_by_id, join_room_by_id_or_alias, joined_members,
+            joined_rooms, leave_room,
+        },
+        room::{create_room as create_room_api, upgrade_room},
+    },
+};
+use serde::{Deserialize, Serialize};
 
 use crate::{
     api::error::{ApiError, ApiResult},
-    api::extract::{Auth, JsonBody},
+    api::{
+        extract::{Auth, JsonBody},
+        ruma::{Ruma, RumaResponse},
+    },
     rooms::{
-        self,
-        client_event::{Viewer, client_events},
+        client_event::Viewer,
         create::{CreateRoomRequest, create_room as create},
-        membership::{self, resolve_room},
+        membership::{self, MemberAction},
+        upgrade::upgrade_room as upgrade_to,
     },
     services::Services,
 };
@@ -24,58 +37,51 @@ pub fn parse_room_id(room_id: &str) -> ApiResult<OwnedRoomId> {
     RoomId::parse(room_id).map_err(|_| ApiError::invalid_param("Invalid room ID"))
 }
 
-/// `POST /createRoom`
+/// `POST /createRoom`. The body keeps its own type: its checks and their error codes
+/// (`M_UNSUPPORTED_ROOM_VERSION`, `M_INVALID_ROOM_STATE`, …) are ours.
 pub async fn create_room(
     State(svc): State<Services>,
     auth: Auth,
     JsonBody(body): JsonBody<CreateRoomRequest>,
-) -> ApiResult<Json<Value>> {
-    svc.rate_limiter
-        .check(crate::ratelimit::Action::RoomCreation, auth.user_id.as_str())?;
+) -> ApiResult<RumaResponse<create_room_api::v3::Response>> {
     let room_id = create(&svc, &auth.user_id, body).await?;
-    Ok(Json(json!({ "room_id": room_id })))
+    Ok(create_room_api::v3::Response::new(room_id).into())
 }
 
 /// `POST /join/{roomIdOrAlias}`
 pub async fn join_by_id_or_alias(
     State(svc): State<Services>,
     auth: Auth,
-    Path(target): Path<String>,
-) -> ApiResult<Json<Value>> {
-    svc.rate_limiter
-        .check(crate::ratelimit::Action::Join, auth.user_id.as_str())?;
-    let room_id = resolve_room(&svc, &target).await?;
-    membership::join(&svc, &auth.user_id, &room_id).await?;
-    Ok(Json(json!({ "room_id": room_id })))
+    Ruma(req): Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> ApiResult<RumaResponse<join_room_by_id_or_alias::v3::Response>> {
+    let room_id = membership::join_room(&svc, &auth.user_id, &req.room_id_or_alias).await?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id).into())
 }
 
 /// `POST /knock/{roomIdOrAlias}`
 pub async fn knock(
     State(svc): State<Services>,
     auth: Auth,
-    Path(target): Path<String>,
-    JsonBody(body): JsonBody<ReasonBody>,
-) -> ApiResult<Json<Value>> {
-    svc.rate_limiter
-        .check(crate::ratelimit::Action::Join, auth.user_id.as_str())?;
-    let room_id = resolve_room(&svc, &target).await?;
-    membership::knock(&svc, &auth.user_id, &room_id, body.reason.as_deref()).await?;
-    Ok(Json(json!({ "room_id": room_id })))
+    Ruma(req): Ruma<knock_room::v3::Request>,
+) -> ApiResult<RumaResponse<knock_room::v3::Response>> {
+    let room_id =
+        membership::knock_room(&svc, &auth.user_id, &req.room_id_or_alias, req.reason.as_deref()).await?;
+    Ok(knock_room::v3::Response::new(room_id).into())
 }
 
 /// `POST /rooms/{roomId}/join`
 pub async fn join(
     State(svc): State<Services>,
     auth: Auth,
-    Path(room_id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    svc.rate_limiter
-        .check(crate::ratelimit::Action::Join, auth.user_id.as_str())?;
-    let room_id = parse_room_id(&room_id)?;
-    membership::join(&svc, &auth.user_id, &room_id).await?;
-    Ok(Json(json!({ "room_id": room_id })))
+    Ruma(req): Ruma<join_room_by_id::v3::Request>,
+) -> ApiResult<RumaResponse<join_room_by_id::v3::Response>> {
+    let room_id = membership::join_room(&svc, &auth.user_id, <&RoomOrAliasId>::from(&*req.room_id)).await?;
+    Ok(join_room_by_id::v3::Response::new(room_id).into())
 }
 
+/// The body of `/invite`, `/kick`, `/ban` and `/unban`: one route serves all four, so the body
+/// is ours (ruma has one type per action); the user ID is checked by the domain
+/// (`M_INVALID_PARAM`).
 #[derive(Deserialize)]
 pub struct TargetBody {
     user_id: String,
@@ -84,10 +90,9 @@ pub struct TargetBody {
     is_direct: bool,
 }
 
-#[derive(Deserialize)]
-pub struct ReasonBody {
-    reason: Option<String>,
-}
+/// `{}`: the answer of the membership actions.
+#[derive(Serialize)]
+pub struct Empty {}
 
 /// `POST /rooms/{roomId}/{invite|kick|ban|unban}`
 pub async fn target_membership(
@@ -95,168 +100,85 @@ pub async fn target_membership(
     auth: Auth,
     Path((room_id, action)): Path<(String, String)>,
     JsonBody(body): JsonBody<TargetBody>,
-) -> ApiResult<Json<Value>> {
-    if action == "invite" {
-        svc.rate_limiter
-            .check(crate::ratelimit::Action::Invite, auth.user_id.as_str())?;
-    }
+) -> ApiResult<Json<Empty>> {
+    let action = MemberAction::from_path(&action).ok_or(ApiError::unrecognized(StatusCode::NOT_FOUND))?;
     let room_id = parse_room_id(&room_id)?;
-    let target =
-        UserId::parse(body.user_id.as_str()).map_err(|_| ApiError::invalid_param("Invalid user ID"))?;
-    let current = svc.store.membership(room_id.as_str(), target.as_str()).await?;
-    let membership = match action.as_str() {
-        "invite" => "invite",
-        "kick" => "leave",
-        "ban" => "ban",
-        "unban" => {
-            if current.as_deref() != Some("ban") {
-                return Err(ApiError::forbidden("User is not banned"));
-            }
-            "leave"
-        }
-        _ => return Err(ApiError::unrecognized(axum::http::StatusCode::NOT_FOUND)),
-    };
-    if action == "kick" && !matches!(current.as_deref(), Some("join" | "invite" | "knock")) {
-        return Err(ApiError::forbidden("User is not in the room"));
-    }
-    if action == "invite" && current.as_deref() == Some("invite") {
-        return Ok(Json(json!({})));
-    }
-    membership::set_membership(
+    membership::act_on_member(
         &svc,
         &auth.user_id,
         &room_id,
-        &target,
-        membership,
+        action,
+        &body.user_id,
         body.reason.as_deref(),
-        body.is_direct && action == "invite",
+        body.is_direct,
     )
     .await?;
-    Ok(Json(json!({})))
+    Ok(Json(Empty {}))
 }
 
 /// `POST /rooms/{roomId}/leave`
 pub async fn leave(
     State(svc): State<Services>,
     auth: Auth,
-    Path(room_id): Path<String>,
-    JsonBody(body): JsonBody<ReasonBody>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
-    match svc
-        .store
-        .membership(room_id.as_str(), auth.user_id.as_str())
-        .await?
-        .as_deref()
-    {
-        Some("join" | "invite" | "knock") => {
-            membership::set_membership(
-                &svc,
-                &auth.user_id,
-                &room_id,
-                &auth.user_id,
-                "leave",
-                body.reason.as_deref(),
-                false,
-            )
-            .await?;
-        }
-        // Leaving a room one has already left is a no-op, as in other servers.
-        Some("leave") => {}
-        Some(_) => return Err(ApiError::forbidden("You cannot leave this room")),
-        None => {
-            rooms::room(&svc, &room_id).await?;
-            return Err(ApiError::forbidden("You are not in this room"));
-        }
-    }
-    Ok(Json(json!({})))
+    Ruma(req): Ruma<leave_room::v3::Request>,
+) -> ApiResult<RumaResponse<leave_room::v3::Response>> {
+    membership::leave(&svc, &auth.user_id, &req.room_id, req.reason.as_deref()).await?;
+    Ok(leave_room::v3::Response::new().into())
 }
 
 /// `POST /rooms/{roomId}/forget`
 pub async fn forget(
     State(svc): State<Services>,
     auth: Auth,
-    Path(room_id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
-    membership::forget(&svc, &auth.user_id, &room_id).await?;
-    Ok(Json(json!({})))
+    Ruma(req): Ruma<forget_room::v3::Request>,
+) -> ApiResult<RumaResponse<forget_room::v3::Response>> {
+    membership::forget(&svc, &auth.user_id, &req.room_id).await?;
+    Ok(forget_room::v3::Response::new().into())
 }
 
 /// `GET /joined_rooms`
-pub async fn joined_rooms(State(svc): State<Services>, auth: Auth) -> ApiResult<Json<Value>> {
-    let rooms: Vec<String> = svc
-        .store
-        .rooms_of_user(auth.user_id.as_str())
-        .await?
-        .into_iter()
-        .filter(|(_, m, _)| m == "join")
-        .map(|(r, _, _)| r)
-        .collect();
-    Ok(Json(json!({ "joined_rooms": rooms })))
-}
-
-#[derive(Deserialize)]
-pub struct MembersQuery {
-    membership: Option<String>,
-    not_membership: Option<String>,
+pub async fn joined_rooms(
+    State(svc): State<Services>,
+    auth: Auth,
+    Ruma(_): Ruma<joined_rooms::v3::Request>,
+) -> ApiResult<RumaResponse<joined_rooms::v3::Response>> {
+    let rooms = membership::joined_rooms(&svc, &auth.user_id).await?;
+    Ok(joined_rooms::v3::Response::new(rooms).into())
 }
 
 /// `GET /rooms/{roomId}/members`
 pub async fn members(
     State(svc): State<Services>,
     auth: Auth,
-    Path(room_id): Path<String>,
-    Query(q): Query<MembersQuery>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
-    let room = rooms::room(&svc, &room_id).await?;
-    let state = rooms::visible_state(&svc, &room_id, auth.user_id.as_str()).await?;
-    let ids: Vec<String> = state
-        .iter()
-        .filter(|((t, _), _)| t == "m.room.member")
-        .map(|(_, id)| id.clone())
-        .collect();
-    let mut rows = svc.store.events(&ids).await?;
-    rows.sort_by_key(|r| r.stream_ordering);
+    Ruma(req): Ruma<get_member_events::v3::Request>,
+) -> ApiResult<RumaResponse<get_member_events::v3::Response>> {
     let viewer = Viewer {
         user_id: auth.user_id.as_str(),
         device_id: &auth.device_id,
     };
-    let events = client_events(&svc, &rows, &room.row.room_version, Some(viewer)).await?;
-    let chunk: Vec<Value> = events
-        .into_iter()
-        .filter(|e| {
-            let m = e["content"]["membership"].as_str().unwrap_or_default();
-            q.membership.as_deref().is_none_or(|w| w == m) && q.not_membership.as_deref() != Some(m)
-        })
-        .collect();
-    Ok(Json(json!({ "chunk": chunk })))
+    let chunk = membership::members_for_client(
+        &svc,
+        viewer,
+        &req.room_id,
+        req.membership.as_ref(),
+        req.not_membership.as_ref(),
+    )
+    .await?;
+    Ok(get_member_events::v3::Response::new(chunk).into())
 }
 
 /// `GET /rooms/{roomId}/joined_members`
 pub async fn joined_members(
     State(svc): State<Services>,
     auth: Auth,
-    Path(room_id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
-    rooms::room(&svc, &room_id).await?;
-    rooms::require_joined(&svc, &room_id, auth.user_id.as_str()).await?;
-    let mut joined = serde_json::Map::new();
-    for user_id in svc.store.members_with(room_id.as_str(), "join").await? {
-        let content = membership::state_content(&svc, &room_id, "m.room.member", &user_id).await?;
-        let mut profile = serde_json::Map::new();
-        for (from, to) in [("displayname", "display_name"), ("avatar_url", "avatar_url")] {
-            if let Some(value) = content.get(from).filter(|v| v.is_string()) {
-                profile.insert(to.into(), value.clone());
-            }
-        }
-        joined.insert(user_id, Value::Object(profile));
-    }
-    Ok(Json(json!({ "joined": joined })))
+    Ruma(req): Ruma<joined_members::v3::Request>,
+) -> ApiResult<RumaResponse<joined_members::v3::Response>> {
+    let joined = membership::joined_members(&svc, &auth.user_id, &req.room_id).await?;
+    Ok(joined_members::v3::Response::new(joined).into())
 }
 
+/// The body of `/upgrade`. Ours rather than ruma's: an invalid creator ID is `M_INVALID_PARAM`,
+/// checked by the upgrade (ruma's would be `M_BAD_JSON`).
 #[derive(Deserialize)]
 pub struct UpgradeBody {
     new_version: String,
@@ -270,9 +192,9 @@ pub async fn upgrade(
     auth: Auth,
     Path(room_id): Path<String>,
     JsonBody(body): JsonBody<UpgradeBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<RumaResponse<upgrade_room::v3::Response>> {
     let room_id = parse_room_id(&room_id)?;
-    let new_room = rooms::upgrade::upgrade_room(
+    let new_room = upgrade_to(
         &svc,
         &auth.user_id,
         &room_id,
@@ -280,5 +202,5 @@ pub async fn upgrade(
         &body.additional_creators,
     )
     .await?;
-    Ok(Json(json!({ "replacement_room": new_room })))
+    Ok(upgrade_room::v3::Response::new(new_room).into())
 }

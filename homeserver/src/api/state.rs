@@ -1,22 +1,15 @@
 //! Room state: reading it and setting state events.
 
-use axum::{
-    Json,
-    extract::{Path, State},
-};
-use serde_json::{Value, json};
+use axum::extract::State;
+use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
 
 use crate::{
     api::error::{ApiError, ApiResult},
     api::{
-        extract::{Auth, JsonBody},
-        rooms::parse_room_id,
+        extract::Auth,
+        ruma::{Ruma, RumaResponse},
     },
-    ratelimit::Action,
-    rooms::{
-        self, EventSpec,
-        client_event::{Viewer, client_events},
-    },
+    rooms::{client_event::Viewer, state},
     services::Services,
 };
 
@@ -24,111 +17,43 @@ use crate::{
 pub async fn all(
     State(svc): State<Services>,
     auth: Auth,
-    Path(room_id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(&room_id)?;
-    let room = rooms::room(&svc, &room_id).await?;
-    let ids: Vec<String> = rooms::visible_state(&svc, &room_id, auth.user_id.as_str())
-        .await?
-        .into_values()
-        .collect();
-    let mut rows = svc.store.events(&ids).await?;
-    rows.sort_by_key(|r| r.stream_ordering);
+    Ruma(req): Ruma<get_state_events::v3::Request>,
+) -> ApiResult<RumaResponse<get_state_events::v3::Response>> {
     let viewer = Viewer {
         user_id: auth.user_id.as_str(),
         device_id: &auth.device_id,
     };
-    Ok(Json(json!(
-        client_events(&svc, &rows, &room.row.room_version, Some(viewer)).await?
-    )))
+    let events = state::all_for_client(&svc, viewer, &req.room_id).await?;
+    Ok(get_state_events::v3::Response::new(events).into())
 }
 
-async fn get(
-    svc: &Services,
-    auth: &Auth,
-    room_id: &str,
-    event_type: &str,
-    state_key: &str,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(room_id)?;
-    rooms::room(svc, &room_id).await?;
-    let state = rooms::visible_state(svc, &room_id, auth.user_id.as_str()).await?;
-    let event_id = state
-        .get(&(event_type.to_owned(), state_key.to_owned()))
-        .ok_or_else(|| ApiError::not_found("State event not found"))?;
-    let row = svc
-        .store
-        .event(event_id)
-        .await?
-        .ok_or_else(|| ApiError::internal("state event missing"))?;
-    let pdu: Value = serde_json::from_str(&row.json).map_err(ApiError::internal)?;
-    if row.redacted_by.is_some() {
-        let room = rooms::room(svc, &room_id).await?;
-        let redacted =
-            crate::rooms::client_event::client_event(svc, &row, &room.row.room_version, None).await?;
-        return Ok(Json(redacted["content"].clone()));
-    }
-    Ok(Json(pdu.get("content").cloned().unwrap_or_else(|| json!({}))))
-}
-
-async fn put(
-    svc: &Services,
-    auth: &Auth,
-    room_id: &str,
-    event_type: &str,
-    state_key: &str,
-    content: Value,
-) -> ApiResult<Json<Value>> {
-    let room_id = parse_room_id(room_id)?;
-    svc.rate_limiter.check(Action::Message, auth.user_id.as_str())?;
-    rooms::room(svc, &room_id).await?;
-    let appended = svc
-        .timeline
-        .append(
-            svc,
-            &room_id,
-            &auth.user_id,
-            EventSpec::state(event_type, state_key, content),
-            None,
-        )
-        .await?;
-    Ok(Json(json!({ "event_id": appended.event_id })))
-}
-
-/// `GET /rooms/{roomId}/state/{eventType}/{stateKey}`
-pub async fn get_keyed(
+/// `GET /rooms/{roomId}/state/{eventType}[/{stateKey}]` (no key: the empty state key)
+pub async fn get(
     State(svc): State<Services>,
     auth: Auth,
-    Path((room_id, t, k)): Path<(String, String, String)>,
-) -> ApiResult<Json<Value>> {
-    get(&svc, &auth, &room_id, &t, &k).await
+    Ruma(req): Ruma<get_state_event_for_key::v3::Request>,
+) -> ApiResult<RumaResponse<get_state_event_for_key::v3::Response>> {
+    let content =
+        state::content_for_client(&svc, &auth.user_id, &req.room_id, &req.event_type, &req.state_key).await?;
+    Ok(get_state_event_for_key::v3::Response::new(content).into())
 }
 
-/// `GET /rooms/{roomId}/state/{eventType}` (empty state key)
-pub async fn get_empty(
+/// `PUT /rooms/{roomId}/state/{eventType}[/{stateKey}]` (no key: the empty state key)
+pub async fn put(
     State(svc): State<Services>,
     auth: Auth,
-    Path((room_id, t)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
-    get(&svc, &auth, &room_id, &t, "").await
-}
-
-/// `PUT /rooms/{roomId}/state/{eventType}/{stateKey}`
-pub async fn put_keyed(
-    State(svc): State<Services>,
-    auth: Auth,
-    Path((room_id, t, k)): Path<(String, String, String)>,
-    JsonBody(content): JsonBody<Value>,
-) -> ApiResult<Json<Value>> {
-    put(&svc, &auth, &room_id, &t, &k, content).await
-}
-
-/// `PUT /rooms/{roomId}/state/{eventType}` (empty state key)
-pub async fn put_empty(
-    State(svc): State<Services>,
-    auth: Auth,
-    Path((room_id, t)): Path<(String, String)>,
-    JsonBody(content): JsonBody<Value>,
-) -> ApiResult<Json<Value>> {
-    put(&svc, &auth, &room_id, &t, "", content).await
+    Ruma(req): Ruma<send_state_event::v3::Request>,
+) -> ApiResult<RumaResponse<send_state_event::v3::Response>> {
+    // State content is the client's data: kept as it came.
+    let content = serde_json::from_str(req.body.json().get()).map_err(ApiError::internal)?;
+    let event_id = state::set(
+        &svc,
+        &auth.user_id,
+        &req.room_id,
+        &req.event_type,
+        &req.state_key,
+        content,
+    )
+    .await?;
+    Ok(send_state_event::v3::Response::new(event_id).into())
 }

@@ -39,6 +39,8 @@ pub struct InitialState {
 }
 
 pub async fn create_room(svc: &Services, creator: &UserId, req: CreateRoomRequest) -> Result<OwnedRoomId> {
+    svc.rate_limiter
+        .check(crate::ratelimit::Action::RoomCreation, creator.as_str())?;
     let version = match &req.room_version {
         Some(v) => RoomVersionId::try_from(v.as_str())
             .ok()

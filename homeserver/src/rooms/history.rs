@@ -4,11 +4,24 @@
 //! request, then answers with what it found and a position to continue from — a filter or a
 //! history that matches nothing costs the server little (the spec lets a page be short).
 
-use ruma::RoomId;
+use ruma::{
+    EventId, RoomId,
+    api::{
+        Direction as ClientDirection,
+        client::{context::get_context, message::get_message_events},
+    },
+    serde::Raw,
+};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::{
     error::{Error, Result},
-    rooms::access::{Reading, RoomAccess},
+    rooms::{
+        self,
+        access::{Reading, RoomAccess},
+        client_event::{Viewer, client_event, client_events},
+    },
     services::Services,
     store::{Direction, EventRow},
     sync::{filter::RoomEventFilter, token::StreamToken},
@@ -204,7 +217,7 @@ async fn members_of_senders(
 /// One event of a room, if the viewer may see it by the history visibility algorithm, whatever
 /// their membership now (an invitee sees what was sent while invited under `invited`); 404
 /// otherwise: whether an event exists is itself not shown to those who may not see it.
-pub async fn event(svc: &Services, room_id: &RoomId, viewer: &str, event_id: &str) -> Result<EventRow> {
+pub async fn event(svc: &Services, room_id: &RoomId, viewer: &str, event_id: &EventId) -> Result<EventRow> {
     let access = RoomAccess::load(svc, room_id, viewer).await?;
     visible_event(svc, room_id, &access, event_id).await
 }
@@ -213,10 +226,10 @@ async fn visible_event(
     svc: &Services,
     room_id: &RoomId,
     access: &RoomAccess,
-    event_id: &str,
+    event_id: &EventId,
 ) -> Result<EventRow> {
     svc.store
-        .event(event_id)
+        .event(event_id.as_str())
         .await?
         .filter(|e| e.room_id == room_id.as_str() && access.can_see(e))
         .ok_or_else(|| Error::not_found("Event not found"))
@@ -237,7 +250,7 @@ pub async fn context(
     svc: &Services,
     room_id: &RoomId,
     viewer: &str,
-    event_id: &str,
+    event_id: &EventId,
     limit: usize,
 ) -> Result<Context> {
     let access = RoomAccess::load(svc, room_id, viewer).await?;
@@ -281,5 +294,114 @@ pub async fn context(
         before: before.rows,
         after: after.rows,
         state,
+    })
+}
+
+/// `GET /rooms/{roomId}/messages` as the client sees it. Our own shape rather than ruma's: ruma
+/// leaves out an empty `state`, which a lazy-loading client is sent as `[]`.
+#[derive(Serialize)]
+pub struct MessagesResponse {
+    pub start: String,
+    pub chunk: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
+    /// Present exactly when members are lazy-loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<Vec<Value>>,
+}
+
+/// Most events a `/messages` page holds.
+const MAX_MESSAGES_LIMIT: u64 = 1000;
+
+/// Most events `/context` returns around its event.
+const MAX_CONTEXT_LIMIT: u64 = 100;
+
+/// Parses a `/messages` request, reads the page, formats it for `viewer`.
+pub async fn messages_for_client(
+    svc: &Services,
+    viewer: Viewer<'_>,
+    req: get_message_events::v3::Request,
+) -> Result<MessagesResponse> {
+    let room = rooms::room(svc, &req.room_id).await?;
+    let direction = match req.dir {
+        ClientDirection::Backward => Direction::Backwards,
+        ClientDirection::Forward => Direction::Forwards,
+    };
+    // The filter arrives parsed by ruma; ours is read from the same JSON and keeps its limits.
+    let filter = if req.filter.is_empty() {
+        RoomEventFilter::default()
+    } else {
+        RoomEventFilter::parse(&serde_json::to_string(&req.filter).map_err(Error::internal)?)?
+    };
+    let lazy_load = filter.lazy_load_members == Some(true);
+    let parsed = MessagesRequest {
+        from: req.from.as_deref().map(StreamToken::parse).transpose()?,
+        to: req.to.as_deref().map(StreamToken::parse).transpose()?,
+        direction,
+        limit: u64::from(req.limit).clamp(1, MAX_MESSAGES_LIMIT) as usize,
+        filter,
+    };
+    let page = messages(svc, &req.room_id, viewer.user_id, parsed).await?;
+    let version = &room.row.room_version;
+    let state = if lazy_load {
+        Some(client_events(svc, &page.state, version, Some(viewer)).await?)
+    } else {
+        None
+    };
+    Ok(MessagesResponse {
+        start: page.start.to_string(),
+        chunk: client_events(svc, &page.chunk, version, Some(viewer)).await?,
+        end: page.end.map(|end| end.to_string()),
+        state,
+    })
+}
+
+/// `GET /rooms/{roomId}/event/{eventId}` as the client sees it.
+pub async fn event_for_client(
+    svc: &Services,
+    viewer: Viewer<'_>,
+    room_id: &RoomId,
+    event_id: &EventId,
+) -> Result<Raw<ruma::events::AnyTimelineEvent>> {
+    let room = rooms::room(svc, room_id).await?;
+    let row = event(svc, room_id, viewer.user_id, event_id).await?;
+    raw(&client_event(svc, &row, &room.row.room_version, Some(viewer)).await?)
+}
+
+/// A formatted event as ruma's raw JSON.
+pub fn raw<T>(value: &Value) -> Result<Raw<T>> {
+    let json = serde_json::value::to_raw_value(value).map_err(Error::internal)?;
+    Ok(Raw::from_json(json))
+}
+
+/// `GET /rooms/{roomId}/context/{eventId}` as the client sees it. Our own shape: ruma leaves out
+/// empty lists, which clients are sent as `[]`.
+#[derive(Serialize)]
+pub struct ContextResponse {
+    pub event: Value,
+    pub events_before: Vec<Value>,
+    pub events_after: Vec<Value>,
+    pub start: String,
+    pub end: String,
+    pub state: Vec<Value>,
+}
+
+pub async fn context_for_client(
+    svc: &Services,
+    viewer: Viewer<'_>,
+    req: get_context::v3::Request,
+) -> Result<ContextResponse> {
+    let room = rooms::room(svc, &req.room_id).await?;
+    let limit = u64::from(req.limit).min(MAX_CONTEXT_LIMIT) as usize;
+    let context = context(svc, &req.room_id, viewer.user_id, &req.event_id, limit).await?;
+    let version = &room.row.room_version;
+    let viewer = Some(viewer);
+    Ok(ContextResponse {
+        event: client_event(svc, &context.event, version, viewer).await?,
+        events_before: client_events(svc, &context.before, version, viewer).await?,
+        events_after: client_events(svc, &context.after, version, viewer).await?,
+        start: context.start.to_string(),
+        end: context.end.to_string(),
+        state: client_events(svc, &context.state, version, viewer).await?,
     })
 }

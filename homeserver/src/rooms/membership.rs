@@ -1,26 +1,49 @@
 //! Membership changes: join, invite, leave, kick, ban, unban, forget; and power levels.
 
-use ruma::{OwnedRoomId, RoomAliasId, RoomId, UserId};
+use std::collections::BTreeMap;
+
+use ruma::{
+    OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomOrAliasId, UserId,
+    api::client::membership::joined_members::v3::RoomMember,
+    events::room::member::{MembershipState, RoomMemberEvent, RoomMemberEventContent},
+    serde::Raw,
+};
 use serde_json::{Value, json};
 
 use crate::{
     error::{Error, Result},
-    rooms::{EventSpec, power, room, timeline::Appended},
+    ratelimit::Action,
+    rooms::{
+        self, EventSpec,
+        client_event::{Viewer, client_events},
+        history::raw,
+        power, room,
+        timeline::Appended,
+    },
     services::Services,
 };
 
 /// `m.room.member` content for a user, with their current profile.
-pub async fn member_content(svc: &Services, user_id: &UserId, membership: &str) -> Result<Value> {
-    let mut content = json!({ "membership": membership });
+pub async fn member_event_content(
+    svc: &Services,
+    user_id: &UserId,
+    membership: MembershipState,
+) -> Result<RoomMemberEventContent> {
+    let mut content = RoomMemberEventContent::new(membership);
     if let Some(user) = svc.store.user(user_id.as_str()).await? {
-        if let Some(name) = user.displayname {
-            content["displayname"] = json!(name);
-        }
-        if let Some(url) = user.avatar_url {
-            content["avatar_url"] = json!(url);
-        }
+        content.displayname = user.displayname;
+        content.avatar_url = user.avatar_url.map(OwnedMxcUri::from);
     }
     Ok(content)
+}
+
+/// `member_event_content` as JSON, for callers that add to it.
+pub async fn member_content(svc: &Services, user_id: &UserId, membership: &str) -> Result<Value> {
+    to_json(member_event_content(svc, user_id, MembershipState::from(membership)).await?)
+}
+
+fn to_json(content: RoomMemberEventContent) -> Result<Value> {
+    serde_json::to_value(content).map_err(Error::internal)
 }
 
 /// Resolves `!room` or `#alias` to a room ID known here.
@@ -41,16 +64,10 @@ pub async fn resolve_room(svc: &Services, room_id_or_alias: &str) -> Result<Owne
 
 pub async fn join(svc: &Services, user: &UserId, room_id: &RoomId) -> Result<()> {
     room(svc, room_id).await?;
-    if svc
-        .store
-        .membership(room_id.as_str(), user.as_str())
-        .await?
-        .as_deref()
-        == Some("join")
-    {
+    if membership_of(svc, room_id, user).await? == Some(MembershipState::Join) {
         return Ok(());
     }
-    let content = member_content(svc, user, "join").await?;
+    let content = to_json(member_event_content(svc, user, MembershipState::Join).await?)?;
     svc.timeline
         .append(
             svc,
@@ -67,10 +84,9 @@ pub async fn join(svc: &Services, user: &UserId, room_id: &RoomId) -> Result<()>
 /// Asks to join a room whose join rule allows knocking.
 pub async fn knock(svc: &Services, user: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<()> {
     room(svc, room_id).await?;
-    let mut content = member_content(svc, user, "knock").await?;
-    if let Some(reason) = reason {
-        content["reason"] = json!(reason);
-    }
+    let mut content = member_event_content(svc, user, MembershipState::Knock).await?;
+    content.reason = reason.map(str::to_owned);
+    let content = to_json(content)?;
     svc.timeline
         .append(
             svc,
@@ -94,17 +110,15 @@ pub async fn set_membership(
     is_direct: bool,
 ) -> Result<Appended> {
     room(svc, room_id).await?;
-    let mut content = if membership == "invite" {
-        member_content(svc, target, membership).await?
+    let membership = MembershipState::from(membership);
+    let mut content = if membership == MembershipState::Invite {
+        member_event_content(svc, target, membership).await?
     } else {
-        json!({ "membership": membership })
+        RoomMemberEventContent::new(membership)
     };
-    if let Some(reason) = reason {
-        content["reason"] = json!(reason);
-    }
-    if is_direct {
-        content["is_direct"] = json!(true);
-    }
+    content.reason = reason.map(str::to_owned);
+    content.is_direct = is_direct.then_some(true);
+    let content = to_json(content)?;
     svc.timeline
         .append(
             svc,
@@ -118,13 +132,8 @@ pub async fn set_membership(
 
 /// Forgets a room the user has left.
 pub async fn forget(svc: &Services, user: &UserId, room_id: &RoomId) -> Result<()> {
-    match svc
-        .store
-        .membership(room_id.as_str(), user.as_str())
-        .await?
-        .as_deref()
-    {
-        Some("join") | Some("invite") | Some("knock") => {
+    match membership_of(svc, room_id, user).await? {
+        Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
             Err(Error::unknown("You must leave the room before forgetting it"))
         }
         Some(_) => svc
@@ -194,4 +203,195 @@ pub async fn state_content(
         .ok_or_else(|| Error::internal("state event missing"))?;
     let pdu: Value = serde_json::from_str(&row.json).map_err(Error::internal)?;
     Ok(pdu.get("content").cloned().unwrap_or_else(|| json!({})))
+}
+
+/// `POST /join/{roomIdOrAlias}` and `POST /rooms/{roomId}/join`: rate limited, idempotent.
+pub async fn join_room(svc: &Services, user: &UserId, target: &RoomOrAliasId) -> Result<OwnedRoomId> {
+    svc.rate_limiter.check(Action::Join, user.as_str())?;
+    let room_id = resolve_room(svc, target.as_str()).await?;
+    join(svc, user, &room_id).await?;
+    Ok(room_id)
+}
+
+/// `POST /knock/{roomIdOrAlias}`: rate limited like joins.
+pub async fn knock_room(
+    svc: &Services,
+    user: &UserId,
+    target: &RoomOrAliasId,
+    reason: Option<&str>,
+) -> Result<OwnedRoomId> {
+    svc.rate_limiter.check(Action::Join, user.as_str())?;
+    let room_id = resolve_room(svc, target.as_str()).await?;
+    knock(svc, user, &room_id, reason).await?;
+    Ok(room_id)
+}
+
+/// What `POST /rooms/{roomId}/{action}` does to its target.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum MemberAction {
+    Invite,
+    Kick,
+    Ban,
+    Unban,
+}
+
+impl MemberAction {
+    /// The action named in the path, if it is one.
+    pub fn from_path(action: &str) -> Option<Self> {
+        match action {
+            "invite" => Some(Self::Invite),
+            "kick" => Some(Self::Kick),
+            "ban" => Some(Self::Ban),
+            "unban" => Some(Self::Unban),
+            _ => None,
+        }
+    }
+}
+
+/// `POST /rooms/{roomId}/{invite|kick|ban|unban}`: the target must be a valid user ID; kicking
+/// needs a target in the room, unbanning a banned one; inviting someone invited is a no-op.
+pub async fn act_on_member(
+    svc: &Services,
+    sender: &UserId,
+    room_id: &RoomId,
+    action: MemberAction,
+    target: &str,
+    reason: Option<&str>,
+    is_direct: bool,
+) -> Result<()> {
+    if action == MemberAction::Invite {
+        svc.rate_limiter.check(Action::Invite, sender.as_str())?;
+    }
+    let target = UserId::parse(target).map_err(|_| Error::invalid_param("Invalid user ID"))?;
+    let current = membership_of(svc, room_id, &target).await?;
+    let membership = match action {
+        MemberAction::Invite if current == Some(MembershipState::Invite) => return Ok(()),
+        MemberAction::Invite => MembershipState::Invite,
+        MemberAction::Kick => {
+            if !matches!(
+                current,
+                Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock)
+            ) {
+                return Err(Error::forbidden("User is not in the room"));
+            }
+            MembershipState::Leave
+        }
+        MemberAction::Ban => MembershipState::Ban,
+        MemberAction::Unban => {
+            if current != Some(MembershipState::Ban) {
+                return Err(Error::forbidden("User is not banned"));
+            }
+            MembershipState::Leave
+        }
+    };
+    set_membership(
+        svc,
+        sender,
+        room_id,
+        &target,
+        membership.as_str(),
+        reason,
+        is_direct && action == MemberAction::Invite,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A user's current membership in a room, if they have one.
+async fn membership_of(svc: &Services, room_id: &RoomId, user: &UserId) -> Result<Option<MembershipState>> {
+    Ok(svc
+        .store
+        .membership(room_id.as_str(), user.as_str())
+        .await?
+        .map(MembershipState::from))
+}
+
+/// `POST /rooms/{roomId}/leave`: leaving a room one has already left is a no-op, as in other
+/// servers; a banned user cannot leave.
+pub async fn leave(svc: &Services, user: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<()> {
+    match membership_of(svc, room_id, user).await? {
+        Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
+            set_membership(
+                svc,
+                user,
+                room_id,
+                user,
+                MembershipState::Leave.as_str(),
+                reason,
+                false,
+            )
+            .await?;
+            Ok(())
+        }
+        Some(MembershipState::Leave) => Ok(()),
+        Some(_) => Err(Error::forbidden("You cannot leave this room")),
+        None => {
+            rooms::room(svc, room_id).await?;
+            Err(Error::forbidden("You are not in this room"))
+        }
+    }
+}
+
+/// `GET /joined_rooms`
+pub async fn joined_rooms(svc: &Services, user: &UserId) -> Result<Vec<OwnedRoomId>> {
+    svc.store
+        .rooms_of_user(user.as_str())
+        .await?
+        .into_iter()
+        .filter(|(_, m, _)| m == MembershipState::Join.as_str())
+        .map(|(room_id, _, _)| RoomId::parse(room_id).map_err(Error::internal))
+        .collect()
+}
+
+/// `GET /rooms/{roomId}/members`: the member events in the state the viewer may read, oldest
+/// first, kept by `membership` / dropped by `not_membership`.
+pub async fn members_for_client(
+    svc: &Services,
+    viewer: Viewer<'_>,
+    room_id: &RoomId,
+    membership: Option<&MembershipState>,
+    not_membership: Option<&MembershipState>,
+) -> Result<Vec<Raw<RoomMemberEvent>>> {
+    let room = rooms::room(svc, room_id).await?;
+    let state = rooms::visible_state(svc, room_id, viewer.user_id).await?;
+    let ids: Vec<String> = state
+        .iter()
+        .filter(|((t, _), _)| t == "m.room.member")
+        .map(|(_, id)| id.clone())
+        .collect();
+    let mut rows = svc.store.events(&ids).await?;
+    rows.sort_by_key(|r| r.stream_ordering);
+    let events = client_events(svc, &rows, &room.row.room_version, Some(viewer)).await?;
+    events
+        .iter()
+        .filter(|e| {
+            let m = e["content"]["membership"].as_str().unwrap_or_default();
+            membership.is_none_or(|w| w.as_str() == m) && not_membership.is_none_or(|n| n.as_str() != m)
+        })
+        .map(raw)
+        .collect()
+}
+
+/// `GET /rooms/{roomId}/joined_members`: for members only, with each one's profile in the room.
+pub async fn joined_members(
+    svc: &Services,
+    viewer: &UserId,
+    room_id: &RoomId,
+) -> Result<BTreeMap<OwnedUserId, RoomMember>> {
+    rooms::room(svc, room_id).await?;
+    rooms::require_joined(svc, room_id, viewer.as_str()).await?;
+    let mut joined = BTreeMap::new();
+    for user_id in svc
+        .store
+        .members_with(room_id.as_str(), MembershipState::Join.as_str())
+        .await?
+    {
+        let content = state_content(svc, room_id, "m.room.member", &user_id).await?;
+        let text = |key: &str| content.get(key).and_then(Value::as_str).map(str::to_owned);
+        let mut member = RoomMember::new();
+        member.display_name = text("displayname");
+        member.avatar_url = text("avatar_url").map(OwnedMxcUri::from);
+        joined.insert(UserId::parse(user_id).map_err(Error::internal)?, member);
+    }
+    Ok(joined)
 }

@@ -12,6 +12,7 @@ pub mod membership;
 pub mod power;
 pub mod receipts;
 pub mod send;
+pub mod state;
 pub mod tags;
 pub mod timeline;
 pub mod typing;

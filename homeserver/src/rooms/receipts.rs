@@ -1,10 +1,14 @@
 //! Read receipts and the fully-read marker.
 
-use ruma::{RoomId, UserId};
+use ruma::{
+    EventId, RoomId, UserId, api::client::receipt::create_receipt::v3::ReceiptType,
+    events::receipt::ReceiptThread,
+};
 use serde_json::{Map, Value, json};
 
 use crate::{
     error::{Error, Result},
+    ratelimit::Action,
     rooms::require_joined,
     services::Services,
     store::ReceiptRow,
@@ -13,15 +17,51 @@ use crate::{
 
 pub const RECEIPT_TYPES: &[&str] = &["m.read", "m.read.private", "m.fully_read"];
 
-/// Records a receipt (or, for `m.fully_read`, the room's fully-read marker).
-pub async fn set_receipt(
+/// `POST /rooms/{roomId}/receipt/{receiptType}/{eventId}`: rate limited; a thread ID, when
+/// given, must not be empty.
+pub async fn receipt(
     svc: &Services,
     user: &UserId,
     room_id: &RoomId,
-    receipt_type: &str,
-    event_id: &str,
+    receipt_type: &ReceiptType,
+    event_id: &EventId,
+    thread: &ReceiptThread,
+) -> Result<()> {
+    svc.rate_limiter.check(Action::Receipt, user.as_str())?;
+    let thread_id = thread.as_str();
+    if thread_id.is_some_and(str::is_empty) {
+        return Err(Error::invalid_param("thread_id must not be empty"));
+    }
+    set_receipt(svc, user, room_id, receipt_type, event_id, thread_id).await
+}
+
+/// `POST /rooms/{roomId}/read_markers`: each marker given, as its receipt type. Rate limited
+/// once for the request.
+pub async fn read_markers(
+    svc: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+    markers: [(ReceiptType, Option<&EventId>); 3],
+) -> Result<()> {
+    svc.rate_limiter.check(Action::Receipt, user.as_str())?;
+    for (receipt_type, event_id) in markers {
+        if let Some(event_id) = event_id {
+            set_receipt(svc, user, room_id, &receipt_type, event_id, None).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Records a receipt (or, for `m.fully_read`, the room's fully-read marker).
+async fn set_receipt(
+    svc: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+    receipt_type: &ReceiptType,
+    event_id: &EventId,
     thread_id: Option<&str>,
 ) -> Result<()> {
+    let receipt_type = receipt_type.as_str();
     if !RECEIPT_TYPES.contains(&receipt_type) {
         return Err(Error::invalid_param(format!(
             "Unknown receipt type {receipt_type}"
@@ -29,7 +69,7 @@ pub async fn set_receipt(
     }
     require_joined(svc, room_id, user.as_str()).await?;
     svc.store
-        .event(event_id)
+        .event(event_id.as_str())
         .await?
         .filter(|e| e.room_id == room_id.as_str())
         .ok_or_else(|| Error::not_found("Event not found in this room"))?;
@@ -51,7 +91,7 @@ pub async fn set_receipt(
             user.as_str(),
             receipt_type,
             thread,
-            event_id,
+            event_id.as_str(),
             now_ms(),
         )
         .await?;

@@ -10,7 +10,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{services::Services, util::now_ms};
+use ruma::{RoomId, UserId};
+
+use crate::{
+    error::{Error, Result},
+    ratelimit::Action,
+    rooms,
+    services::Services,
+    util::now_ms,
+};
 
 /// Longest a client may claim to be typing without renewing.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
@@ -97,9 +105,29 @@ impl Typing {
     }
 }
 
+/// `PUT /rooms/{roomId}/typing/{userId}`: rate limited; only for oneself, in a room one is
+/// joined to. `timeout` is `None` to stop typing.
+pub async fn typing(
+    svc: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+    target: &str,
+    timeout: Option<Duration>,
+) -> Result<()> {
+    svc.rate_limiter.check(Action::Typing, user.as_str())?;
+    if target != user.as_str() {
+        return Err(Error::forbidden("Cannot set another user's typing state"));
+    }
+    rooms::room(svc, room_id).await?;
+    rooms::require_joined(svc, room_id, user.as_str()).await?;
+    set_typing(svc, room_id, user, timeout);
+    Ok(())
+}
+
 /// Starts or stops a user's typing notification in a room, waking syncs when it changes and
 /// again when it times out.
-pub fn set_typing(svc: &Services, room_id: &str, user_id: &str, timeout: Option<Duration>) {
+fn set_typing(svc: &Services, room_id: &RoomId, user_id: &UserId, timeout: Option<Duration>) {
+    let (room_id, user_id) = (room_id.as_str(), user_id.as_str());
     let timeout = timeout.map(|t| t.min(MAX_TIMEOUT));
     if svc
         .typing

@@ -3,16 +3,18 @@
 
 pub mod filter;
 pub mod notifier;
+pub mod response;
 mod rooms;
 pub mod token;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     time::Duration,
 };
 
-use ruma::RoomId;
-use serde_json::{Map, Value, json};
+use ruma::{RoomId, UserId, events::room::member::MembershipState};
+use serde::Deserialize;
+use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::{
@@ -22,7 +24,58 @@ use crate::{
     users::presence::presence_content,
 };
 use filter::Filter;
+use response::{DeviceLists, Events, InvitedRoom, KnockedRoom, RoomSection, Rooms, SyncResponse, Timeline};
 use token::StreamToken;
+
+/// Longest long-poll a client can ask for.
+const MAX_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+
+/// The query of `GET /sync`, as sent. Ours rather than ruma's request: ruma parses an inline
+/// filter into its own types, which refuse what Hearth accepts (room IDs and senders that are not
+/// valid IDs simply match nothing) and answer a malformed filter differently (`M_BAD_JSON` here).
+#[derive(Deserialize)]
+pub struct SyncQuery {
+    since: Option<String>,
+    timeout: Option<String>,
+    full_state: Option<String>,
+    filter: Option<String>,
+    set_presence: Option<String>,
+}
+
+/// `GET /sync`: parses the query, marks the user active, runs the sync.
+pub async fn sync_for_client(
+    svc: &Services,
+    user_id: &UserId,
+    device_id: &str,
+    q: SyncQuery,
+) -> Result<SyncResponse> {
+    let since = q.since.as_deref().map(StreamToken::parse).transpose()?;
+    let timeout = match &q.timeout {
+        Some(t) => t
+            .parse::<u64>()
+            .map_err(|_| Error::invalid_param("timeout must be an integer"))?,
+        None => 0,
+    };
+    let full_state = match q.full_state.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(Error::invalid_param("full_state must be true or false")),
+    };
+    let filter = match &q.filter {
+        Some(f) => filter::load(svc, user_id, f).await?,
+        None => Filter::default(),
+    };
+    // Syncing counts as activity: the client says which state that means (online by default).
+    let presence = q.set_presence.as_deref().unwrap_or("online");
+    crate::users::presence::mark_active(svc, user_id.as_str(), presence).await?;
+    let req = SyncRequest {
+        since,
+        timeout: Duration::from_millis(timeout.min(MAX_TIMEOUT_MS)),
+        full_state,
+        filter,
+    };
+    sync(svc, user_id.as_str(), device_id, req).await
+}
 
 pub struct SyncRequest {
     pub since: Option<StreamToken>,
@@ -45,7 +98,7 @@ const INVITE_STATE_TYPES: &[&str] = &[
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
 
 /// Runs a sync, long-polling up to `timeout` when an incremental sync finds nothing new.
-pub async fn sync(svc: &Services, user_id: &str, device_id: &str, req: SyncRequest) -> Result<Value> {
+pub async fn sync(svc: &Services, user_id: &str, device_id: &str, req: SyncRequest) -> Result<SyncResponse> {
     let deadline = tokio::time::Instant::now() + req.timeout;
     // Subscribed before computing: whatever is stored after the positions were read is heard.
     let mut changes = svc.notifier.subscribe();
@@ -72,7 +125,7 @@ async fn compute(
     user_id: &str,
     device_id: &str,
     req: &SyncRequest,
-) -> Result<(Value, bool, HashSet<String>)> {
+) -> Result<(SyncResponse, bool, HashSet<String>)> {
     // Positions first: everything up to them is committed, so nothing can be skipped.
     let now = StreamToken::current(svc).await?;
     let since = req.since.unwrap_or_default();
@@ -81,8 +134,8 @@ async fn compute(
     let viewer = Viewer { user_id, device_id };
 
     let forgotten: HashSet<String> = svc.store.forgotten_rooms(user_id).await?.into_iter().collect();
-    let mut invite = Map::new();
-    let mut knock = Map::new();
+    let mut invite = BTreeMap::new();
+    let mut knock = BTreeMap::new();
 
     let account_changes = svc
         .store
@@ -111,7 +164,7 @@ async fn compute(
             .memberships_at(user_id, since.events)
             .await?
             .into_iter()
-            .filter(|(_, m, _)| m == "join")
+            .filter(|(_, m, _)| m == MembershipState::Join.as_str())
             .map(|(r, _, _)| r)
             .collect()
     };
@@ -126,8 +179,9 @@ async fn compute(
         RoomId::parse(room_id.as_str()).map_err(Error::internal)?;
         let changed_since = initial || at > since.events;
         let fresh = initial || !joined_at_since.contains(&room_id);
-        match membership.as_str() {
-            "join" => wanted.push(rooms::Wanted {
+        let membership = MembershipState::from(membership);
+        match membership {
+            MembershipState::Join => wanted.push(rooms::Wanted {
                 room_id,
                 joined: true,
                 window: Window {
@@ -137,21 +191,15 @@ async fn compute(
                     full_state: req.full_state,
                 },
             }),
-            "invite" | "knock" if changed_since => {
-                let key = if membership == "invite" {
-                    "invite_state"
+            MembershipState::Invite | MembershipState::Knock if changed_since => {
+                let state = Events::new(stripped_room_state(svc, &room_id, user_id).await?);
+                if membership == MembershipState::Invite {
+                    invite.insert(room_id, InvitedRoom { invite_state: state });
                 } else {
-                    "knock_state"
-                };
-                let state = stripped_room_state(svc, &room_id, user_id).await?;
-                let section = json!({ key: { "events": state } });
-                if membership == "invite" {
-                    invite.insert(room_id, section)
-                } else {
-                    knock.insert(room_id, section)
-                };
+                    knock.insert(room_id, KnockedRoom { knock_state: state });
+                }
             }
-            "leave" | "ban" if !forgotten.contains(&room_id) => {
+            MembershipState::Leave | MembershipState::Ban if !forgotten.contains(&room_id) => {
                 let wanted_leave = if initial {
                     room_filter.include_leave.unwrap_or(false)
                 } else {
@@ -211,24 +259,34 @@ async fn compute(
         && knock.is_empty()
         && global_account_data.is_empty()
         && presence.is_empty());
-    let response = json!({
-        "next_batch": now.to_string(),
-        "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
-        "account_data": { "events": global_account_data },
-        "presence": { "events": presence },
-        "to_device": { "events": [] },
-        "device_lists": { "changed": [], "left": [] },
-        "device_one_time_keys_count": {},
-    });
+    let response = SyncResponse {
+        next_batch: now.to_string(),
+        rooms: Rooms {
+            join,
+            invite,
+            leave,
+            knock,
+        },
+        account_data: Events::new(global_account_data),
+        presence: Events::new(presence),
+        to_device: Events::default(),
+        device_lists: DeviceLists::default(),
+        device_one_time_keys_count: BTreeMap::new(),
+    };
     Ok((response, has_changes, interest))
 }
 
-fn empty_joined(since: StreamToken) -> Value {
-    json!({
-        "timeline": { "events": [], "limited": false, "prev_batch": since.to_string() },
-        "state": { "events": [] },
-        "ephemeral": { "events": [] },
-    })
+/// A room section with nothing in its timeline or state.
+fn empty_section(since: StreamToken) -> RoomSection {
+    RoomSection {
+        timeline: Timeline {
+            events: Vec::new(),
+            limited: false,
+            prev_batch: since.to_string(),
+        },
+        state: Events::default(),
+        summary: None,
+    }
 }
 
 /// Which part of a room's history a sync response covers.

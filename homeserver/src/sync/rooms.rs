@@ -3,11 +3,16 @@
 //! events that formatting needs) with one query per kind for all the rooms: on PostgreSQL a
 //! dozen statements per room made an initial sync of 20 rooms take seconds.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::{DEFAULT_TIMELINE_LIMIT, Window, empty_joined, filter::RoomFilter, token::StreamToken};
+use super::{
+    DEFAULT_TIMELINE_LIMIT, Window, empty_section,
+    filter::RoomFilter,
+    response::{Events, JoinedRoom, LeftRoom, RoomSection, Summary, Timeline, UnreadCounts},
+    token::StreamToken,
+};
 use crate::{
     error::{Error, Result},
     push::Counts,
@@ -59,7 +64,7 @@ pub(super) async fn sections(
     ask: &Ask<'_>,
     wanted: &[Wanted],
     room_account_data: &mut HashMap<String, Vec<Value>>,
-) -> Result<(Map<String, Value>, Map<String, Value>)> {
+) -> Result<(BTreeMap<String, JoinedRoom>, BTreeMap<String, LeftRoom>)> {
     let mut plans = plan_timelines(svc, ask, wanted).await?;
     add_state(svc, ask, wanted, &mut plans).await?;
 
@@ -95,8 +100,8 @@ pub(super) async fn sections(
     };
 
     let ephemeral_filter = ask.room_filter.ephemeral.clone().unwrap_or_default();
-    let mut join = Map::new();
-    let mut leave = Map::new();
+    let mut join = BTreeMap::new();
+    let mut leave = BTreeMap::new();
     for (w, plan) in wanted.iter().zip(plans) {
         let account_data = room_account_data.remove(&w.room_id).unwrap_or_default();
         let section = match plan {
@@ -108,14 +113,15 @@ pub(super) async fn sections(
             None => None,
         };
         if !w.joined {
-            let mut section = section.unwrap_or_else(|| empty_joined(w.window.since));
-            if let Some(object) = section.as_object_mut() {
-                object.remove("summary");
-                object.remove("unread_notifications");
-                object.remove("ephemeral");
-            }
-            section["account_data"] = json!({ "events": account_data });
-            leave.insert(w.room_id.clone(), section);
+            let section = section.unwrap_or_else(|| empty_section(w.window.since));
+            leave.insert(
+                w.room_id.clone(),
+                LeftRoom {
+                    timeline: section.timeline,
+                    state: section.state,
+                    account_data: Events::new(account_data),
+                },
+            );
             continue;
         }
         let mut ephemeral = ephemeral_events(
@@ -129,12 +135,21 @@ pub(super) async fn sections(
                 .base
                 .allows(e["type"].as_str().unwrap_or_default(), "")
         });
-        if let Some(mut section) = section
-            .or_else(|| (!account_data.is_empty() || !ephemeral.is_empty()).then(|| empty_joined(ask.since)))
+        if let Some(section) = section
+            .or_else(|| (!account_data.is_empty() || !ephemeral.is_empty()).then(|| empty_section(ask.since)))
         {
-            section["account_data"] = json!({ "events": account_data });
-            section["ephemeral"] = json!({ "events": ephemeral });
-            join.insert(w.room_id.clone(), section);
+            join.insert(
+                w.room_id.clone(),
+                JoinedRoom {
+                    timeline: section.timeline,
+                    state: section.state,
+                    summary: section.summary,
+                    ephemeral: Events::new(ephemeral),
+                    account_data: Events::new(account_data),
+                    unread_notifications: None,
+                    unread_thread_notifications: None,
+                },
+            );
         }
     }
     add_unread_notifications(svc, ask, &mut join).await?;
@@ -327,7 +342,7 @@ fn format_section(
     plan: &Plan,
     related: &Related,
     (joined, invited): &(Vec<String>, Vec<String>),
-) -> Result<Value> {
+) -> Result<RoomSection> {
     let rules = rules_of(&plan.version)?;
     let format = |rows: &[EventRow]| -> Result<Vec<Value>> {
         rows.iter()
@@ -341,26 +356,26 @@ fn format_section(
             })
             .collect()
     };
-    let heroes: Vec<&String> = joined
+    let heroes: Vec<String> = joined
         .iter()
         .chain(invited.iter())
         .filter(|u| *u != ask.user_id)
         .take(5)
+        .cloned()
         .collect();
-    Ok(json!({
-        "timeline": {
-            "events": format(&plan.timeline)?,
-            "limited": plan.limited,
-            "prev_batch": since.at_events(plan.start - 1).to_string(),
+    Ok(RoomSection {
+        timeline: Timeline {
+            events: format(&plan.timeline)?,
+            limited: plan.limited,
+            prev_batch: since.at_events(plan.start - 1).to_string(),
         },
-        "state": { "events": format(&plan.state)? },
-        "summary": {
-            "m.heroes": heroes,
-            "m.joined_member_count": joined.len(),
-            "m.invited_member_count": invited.len(),
-        },
-        "ephemeral": { "events": [] },
-    }))
+        state: Events::new(format(&plan.state)?),
+        summary: Some(Summary {
+            heroes,
+            joined_member_count: joined.len(),
+            invited_member_count: invited.len(),
+        }),
+    })
 }
 
 /// Receipts and typing in a room since the token (all of them in an initial sync).
@@ -389,7 +404,7 @@ fn ephemeral_events(
 async fn add_unread_notifications(
     svc: &Services,
     ask: &Ask<'_>,
-    join: &mut Map<String, Value>,
+    join: &mut BTreeMap<String, JoinedRoom>,
 ) -> Result<()> {
     if join.is_empty() {
         return Ok(());
@@ -405,27 +420,30 @@ async fn add_unread_notifications(
     for (room_id, section) in join.iter_mut() {
         let counts = Counts::from_rows(counts.remove(room_id).unwrap_or_default());
         if !threaded {
-            section["unread_notifications"] = json!({
-                "notification_count": counts.total_notifications(),
-                "highlight_count": counts.total_highlights(),
+            section.unread_notifications = Some(UnreadCounts {
+                notification_count: counts.total_notifications(),
+                highlight_count: counts.total_highlights(),
             });
             continue;
         }
-        section["unread_notifications"] = json!({
-            "notification_count": counts.notification_count,
-            "highlight_count": counts.highlight_count,
+        section.unread_notifications = Some(UnreadCounts {
+            notification_count: counts.notification_count,
+            highlight_count: counts.highlight_count,
         });
-        let threads: Map<String, Value> = counts
+        let threads = counts
             .per_thread
             .iter()
-            .map(|(root, (n, h))| {
+            .map(|(root, &(n, h))| {
                 (
                     root.clone(),
-                    json!({ "notification_count": n, "highlight_count": h }),
+                    UnreadCounts {
+                        notification_count: n,
+                        highlight_count: h,
+                    },
                 )
             })
             .collect();
-        section["unread_thread_notifications"] = Value::Object(threads);
+        section.unread_thread_notifications = Some(threads);
     }
     Ok(())
 }
