@@ -3,6 +3,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod filter;
 
 pub use error::Error;
 pub mod media;
@@ -11,6 +12,7 @@ pub mod ratelimit;
 pub mod rooms;
 pub mod services;
 pub mod store;
+pub mod stream;
 pub mod sync;
 pub mod users;
 pub mod util;

@@ -7,17 +7,17 @@ use axum::{
     extract::{Path, State},
 };
 use ruma::{
-    UserId,
     api::client::{
+        presence::{get_presence, set_presence},
         read_marker::set_read_marker,
         receipt::create_receipt::{self, v3::ReceiptType},
     },
+    presence::PresenceState,
 };
 use serde::Deserialize;
-use serde_json::{Value, json};
 
 use crate::{
-    api::error::{ApiError, ApiResult},
+    api::error::ApiResult,
     api::{
         extract::{Auth, JsonBody},
         rooms::{Empty, parse_room_id},
@@ -84,49 +84,33 @@ pub async fn typing(
     Ok(Json(Empty {}))
 }
 
-#[derive(Deserialize)]
-pub struct PresenceBody {
-    presence: String,
-    status_msg: Option<String>,
-}
-
 /// `PUT /presence/{userId}/status`
 pub async fn set_presence(
     State(svc): State<Services>,
     auth: Auth,
-    Path(user_id): Path<String>,
-    JsonBody(body): JsonBody<PresenceBody>,
-) -> ApiResult<Json<Value>> {
-    svc.rate_limiter
-        .check(crate::ratelimit::Action::Presence, auth.user_id.as_str())?;
-    if user_id != auth.user_id.as_str() {
-        return Err(ApiError::forbidden("Cannot set another user's presence"));
-    }
-    presence::set_presence(&svc, &user_id, &body.presence, body.status_msg.as_deref()).await?;
-    Ok(Json(json!({})))
+    Ruma(req): Ruma<set_presence::v3::Request>,
+) -> ApiResult<RumaResponse<set_presence::v3::Response>> {
+    presence::set_own_presence(
+        &svc,
+        &auth.user_id,
+        &req.user_id,
+        req.presence.as_str(),
+        req.status_msg.as_deref(),
+    )
+    .await?;
+    Ok(set_presence::v3::Response::new().into())
 }
 
 /// `GET /presence/{userId}/status`: for oneself and users who share a room.
 pub async fn get_presence(
     State(svc): State<Services>,
     auth: Auth,
-    Path(user_id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let target = UserId::parse(user_id.as_str()).map_err(|_| ApiError::invalid_param("Invalid user ID"))?;
-    if target != auth.user_id
-        && svc
-            .store
-            .shared_rooms(auth.user_id.as_str(), target.as_str())
-            .await?
-            .is_empty()
-    {
-        return Err(ApiError::forbidden("You do not share a room with this user"));
-    }
-    match svc.store.presence(target.as_str()).await? {
-        Some(row) => Ok(Json(presence::presence_content(&row))),
-        None if svc.store.user(target.as_str()).await?.is_some() => {
-            Ok(Json(json!({ "presence": "offline" })))
-        }
-        None => Err(ApiError::not_found("Unknown user")),
-    }
+    Ruma(req): Ruma<get_presence::v3::Request>,
+) -> ApiResult<RumaResponse<get_presence::v3::Response>> {
+    let found = presence::presence_of(&svc, &auth.user_id, &req.user_id).await?;
+    let mut response = get_presence::v3::Response::new(PresenceState::from(found.presence.as_str()));
+    response.last_active_ago = found.last_active_ago.map(Duration::from_millis);
+    response.currently_active = found.currently_active;
+    response.status_msg = found.status_msg;
+    Ok(response.into())
 }

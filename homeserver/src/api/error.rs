@@ -8,7 +8,7 @@ use axum::{
 };
 use serde_json::{Map, Value, json};
 
-use crate::{error::Error, store::StoreError};
+use crate::error::Error;
 
 /// An error a client sees. Everything that can go wrong in a request ends as one of these;
 /// internal failures become `M_UNKNOWN` with status 500 and are logged, not shown.
@@ -120,12 +120,6 @@ impl IntoResponse for ApiError {
                 .insert(axum::http::header::RETRY_AFTER, ms.div_ceil(1000).into());
         }
         response
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        Error::Store(e).into()
     }
 }
 

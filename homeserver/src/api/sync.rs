@@ -12,8 +12,9 @@ use crate::{
         extract::{Auth, JsonBody},
         ruma::RumaResponse,
     },
+    filter::Filter,
     services::Services,
-    sync::{SyncQuery, filter, filter::Filter, response::SyncResponse, sync_for_client},
+    sync::{SyncQuery, filter, response::SyncResponse, sync_for_client},
 };
 
 /// `GET /sync`

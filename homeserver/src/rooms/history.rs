@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::{
     error::{Error, Result},
+    filter::RoomEventFilter,
     rooms::{
         self,
         access::{Reading, RoomAccess},
@@ -24,7 +25,7 @@ use crate::{
     },
     services::Services,
     store::{Direction, EventRow},
-    sync::{filter::RoomEventFilter, token::StreamToken},
+    stream::StreamToken,
 };
 
 /// Most events one request examines.

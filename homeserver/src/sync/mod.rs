@@ -5,7 +5,6 @@ pub mod filter;
 pub mod notifier;
 pub mod response;
 mod rooms;
-pub mod token;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -17,15 +16,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::filter::Filter;
+use crate::stream::StreamToken;
 use crate::{
     error::{Error, Result},
     rooms::client_event::{Viewer, stripped_state},
     services::Services,
     users::presence::presence_content,
 };
-use filter::Filter;
 use response::{DeviceLists, Events, InvitedRoom, KnockedRoom, RoomSection, Rooms, SyncResponse, Timeline};
-use token::StreamToken;
 
 /// Longest long-poll a client can ask for.
 const MAX_TIMEOUT_MS: u64 = 5 * 60 * 1000;

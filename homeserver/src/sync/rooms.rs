@@ -9,12 +9,11 @@ use serde_json::{Value, json};
 
 use super::{
     DEFAULT_TIMELINE_LIMIT, Window, empty_section,
-    filter::RoomFilter,
     response::{Events, JoinedRoom, LeftRoom, RoomSection, Summary, Timeline, UnreadCounts},
-    token::StreamToken,
 };
 use crate::{
     error::{Error, Result},
+    filter::RoomFilter,
     push::Counts,
     rooms::{
         access::RoomAccess,
@@ -25,6 +24,7 @@ use crate::{
     },
     services::Services,
     store::{Direction, EventRow, StateMap},
+    stream::StreamToken,
 };
 
 /// A room whose section the sync may include.

@@ -1,10 +1,12 @@
 //! Presence: stored on change only, with `last_active_ago` computed when read, so an idle
 //! server runs no per-user timers.
 
+use ruma::UserId;
 use serde_json::{Value, json};
 
 use crate::{
     error::{Error, Result},
+    ratelimit::Action,
     services::Services,
     store::PresenceRow,
     util::now_ms,
@@ -79,4 +81,58 @@ pub fn presence_content(row: &PresenceRow) -> Value {
         content["status_msg"] = json!(msg);
     }
     content
+}
+
+/// A user's presence as `GET /presence/{userId}/status` answers it.
+pub struct Presence {
+    pub presence: String,
+    pub last_active_ago: Option<u64>,
+    pub currently_active: Option<bool>,
+    pub status_msg: Option<String>,
+}
+
+/// `PUT /presence/{userId}/status`: only one's own, rate limited.
+pub async fn set_own_presence(
+    svc: &Services,
+    setter: &UserId,
+    target: &UserId,
+    presence: &str,
+    status_msg: Option<&str>,
+) -> Result<()> {
+    svc.rate_limiter.check(Action::Presence, setter.as_str())?;
+    if setter != target {
+        return Err(Error::forbidden("Cannot set another user's presence"));
+    }
+    set_presence(svc, target.as_str(), presence, status_msg).await
+}
+
+/// `GET /presence/{userId}/status`: for oneself and users who share a room.
+pub async fn presence_of(svc: &Services, viewer: &UserId, target: &UserId) -> Result<Presence> {
+    if target != viewer
+        && svc
+            .store
+            .shared_rooms(viewer.as_str(), target.as_str())
+            .await?
+            .is_empty()
+    {
+        return Err(Error::forbidden("You do not share a room with this user"));
+    }
+    match svc.store.presence(target.as_str()).await? {
+        Some(row) => {
+            let ago = (now_ms() - row.last_active_ts).max(0);
+            Ok(Presence {
+                currently_active: Some(row.presence == "online" && ago < ACTIVE_WINDOW_MS),
+                presence: row.presence,
+                last_active_ago: Some(ago as u64),
+                status_msg: row.status_msg,
+            })
+        }
+        None if svc.store.user(target.as_str()).await?.is_some() => Ok(Presence {
+            presence: "offline".into(),
+            last_active_ago: None,
+            currently_active: None,
+            status_msg: None,
+        }),
+        None => Err(Error::not_found("Unknown user")),
+    }
 }
