@@ -176,7 +176,7 @@ pub async fn set_pusher(
     auth: Auth,
     JsonBody(body): JsonBody<pushers::SetPusher>,
 ) -> ApiResult<RumaResponse<set_pusher_api::v3::Response>> {
-    pushers::set_pusher(&svc, auth.user_id.as_str(), &auth.device_id, body).await?;
+    pushers::set_pusher(&svc, &auth.user_id, &auth.device_id, body).await?;
     Ok(set_pusher_api::v3::Response::new().into())
 }
 

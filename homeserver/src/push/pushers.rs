@@ -43,7 +43,13 @@ pub struct SetPusher {
 
 /// Adds, replaces or (with `kind: null`) deletes a pusher of `user_id`, set from `device_id`
 /// (the pusher is deleted with that device).
-pub async fn set_pusher(svc: &Services, user_id: &str, device_id: &str, body: SetPusher) -> Result<()> {
+pub async fn set_pusher(
+    svc: &Services,
+    user_id_typed: &UserId,
+    device_id: &str,
+    body: SetPusher,
+) -> Result<()> {
+    let user_id = user_id_typed.as_str();
     svc.rate_limiter
         .check(crate::ratelimit::Action::Pusher, user_id)?;
     if body.pushkey.len() > 512 {

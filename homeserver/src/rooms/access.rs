@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use ruma::RoomId;
+use ruma::{RoomId, UserId};
 use serde_json::Value;
 
 use crate::{
@@ -298,8 +298,13 @@ pub async fn state_for(svc: &Services, room_id: &RoomId, access: &RoomAccess) ->
 }
 
 /// Requires the viewer to be joined to the room now (for writes and member-only reads).
-pub async fn require_joined(svc: &Services, room_id: &RoomId, user_id: &str) -> Result<()> {
-    match svc.store.membership(room_id.as_str(), user_id).await?.as_deref() {
+pub async fn require_joined(svc: &Services, room_id: &RoomId, user: &UserId) -> Result<()> {
+    match svc
+        .store
+        .membership(room_id.as_str(), user.as_str())
+        .await?
+        .as_deref()
+    {
         Some("join") => Ok(()),
         _ => Err(Error::forbidden("You are not joined to this room")),
     }

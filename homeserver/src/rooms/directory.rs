@@ -185,7 +185,7 @@ pub async fn delete_alias(svc: &Services, user: &UserId, alias: &RoomAliasId) ->
 pub async fn room_aliases(svc: &Services, user: &UserId, room_id: &RoomId) -> Result<Vec<OwnedRoomAliasId>> {
     let room = rooms::room(svc, room_id).await?;
     if !room.row.is_public {
-        require_joined(svc, room_id, user.as_str()).await?;
+        require_joined(svc, room_id, user).await?;
     }
     let aliases = svc.store.aliases_of_room(room_id.as_str()).await?;
     Ok(aliases
@@ -203,7 +203,7 @@ pub async fn is_published(svc: &Services, room_id: &RoomId) -> Result<bool> {
 /// the room's canonical alias may (what Synapse checks; the spec leaves it to the server).
 pub async fn publish(svc: &Services, room_id: &RoomId, user: &UserId, public: bool) -> Result<()> {
     rooms::room(svc, room_id).await?;
-    require_joined(svc, room_id, user.as_str()).await?;
+    require_joined(svc, room_id, user).await?;
     let needed = state_event_level(
         power_levels(svc, room_id).await?.as_ref(),
         "m.room.canonical_alias",

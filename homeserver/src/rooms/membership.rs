@@ -379,7 +379,7 @@ pub async fn joined_members(
     room_id: &RoomId,
 ) -> Result<BTreeMap<OwnedUserId, RoomMember>> {
     rooms::room(svc, room_id).await?;
-    rooms::require_joined(svc, room_id, viewer.as_str()).await?;
+    rooms::require_joined(svc, room_id, viewer).await?;
     let mut joined = BTreeMap::new();
     for user_id in svc
         .store

@@ -67,7 +67,7 @@ async fn set_receipt(
             "Unknown receipt type {receipt_type}"
         )));
     }
-    require_joined(svc, room_id, user.as_str()).await?;
+    require_joined(svc, room_id, user).await?;
     svc.store
         .event(event_id.as_str())
         .await?

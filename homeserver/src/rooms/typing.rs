@@ -119,7 +119,7 @@ pub async fn typing(
         return Err(Error::forbidden("Cannot set another user's typing state"));
     }
     rooms::room(svc, room_id).await?;
-    rooms::require_joined(svc, room_id, user.as_str()).await?;
+    rooms::require_joined(svc, room_id, user).await?;
     set_typing(svc, room_id, user, timeout);
     Ok(())
 }

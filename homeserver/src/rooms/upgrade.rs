@@ -43,7 +43,7 @@ pub async fn upgrade_room(
         })?;
     let new_rules = rules_for(&version).expect("checked above");
     let old = room(svc, old_room_id).await?;
-    crate::rooms::require_joined(svc, old_room_id, user.as_str()).await?;
+    crate::rooms::require_joined(svc, old_room_id, user).await?;
 
     let old_levels = state_content(svc, old_room_id, "m.room.power_levels", "").await?;
     let needed = old_levels["events"]["m.room.tombstone"]

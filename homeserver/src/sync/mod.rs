@@ -66,7 +66,7 @@ pub async fn sync_for_client(
     };
     // Syncing counts as activity: the client says which state that means (online by default).
     let presence = q.set_presence.as_deref().unwrap_or("online");
-    crate::users::presence::mark_active(svc, user_id.as_str(), presence).await?;
+    crate::users::presence::mark_active(svc, user_id, presence).await?;
     let req = SyncRequest {
         since,
         timeout: Duration::from_millis(timeout.min(MAX_TIMEOUT_MS)),

@@ -143,7 +143,7 @@ pub async fn change_password(
     operation: &Operation,
     auth: Option<&Value>,
 ) -> Result<()> {
-    uia::confirm_password(svc, operation, auth, user_id.as_str()).await?;
+    uia::confirm_password(svc, operation, auth, user_id).await?;
     let hash = users::hash_password(new_password).await?;
     svc.store.set_password_hash(user_id.as_str(), Some(&hash)).await?;
     if logout_devices {
@@ -162,7 +162,7 @@ pub async fn deactivate(
     operation: &Operation,
     auth: Option<&Value>,
 ) -> Result<()> {
-    uia::confirm_password(svc, operation, auth, user_id.as_str()).await?;
+    uia::confirm_password(svc, operation, auth, user_id).await?;
     for (room_id, membership, _) in svc.store.rooms_of_user(user_id.as_str()).await? {
         if matches!(membership.as_str(), "join" | "invite" | "knock")
             && let Ok(room_id) = ruma::RoomId::parse(room_id.as_str())

@@ -89,7 +89,7 @@ pub async fn delete(
     {
         return Err(Error::not_found("Device not found"));
     }
-    uia::confirm_password(svc, operation, auth, user_id.as_str()).await?;
+    uia::confirm_password(svc, operation, auth, user_id).await?;
     svc.store
         .delete_device(user_id.as_str(), device_id.as_str())
         .await?;
@@ -104,7 +104,7 @@ pub async fn delete_many(
     operation: &Operation,
     auth: Option<&Value>,
 ) -> Result<()> {
-    uia::confirm_password(svc, operation, auth, user_id.as_str()).await?;
+    uia::confirm_password(svc, operation, auth, user_id).await?;
     for device_id in device_ids {
         svc.store
             .delete_device(user_id.as_str(), device_id.as_str())

@@ -272,7 +272,7 @@ pub async fn authenticate(svc: &Services, token: &str, ip: Option<&str>) -> Resu
         return Err(Error::unknown_token(true));
     }
     let user_id = UserId::parse(owner.user_id).map_err(Error::internal)?;
-    record_last_seen(svc, user_id.as_str(), &owner.device_id, ip).await?;
+    record_last_seen(svc, &user_id, &owner.device_id, ip).await?;
     Ok(Session {
         user_id,
         device_id: owner.device_id,
@@ -282,10 +282,11 @@ pub async fn authenticate(svc: &Services, token: &str, ip: Option<&str>) -> Resu
 
 pub async fn record_last_seen(
     svc: &Services,
-    user_id: &str,
+    user_id_typed: &UserId,
     device_id: &str,
     ip: Option<&str>,
 ) -> Result<()> {
+    let user_id = user_id_typed.as_str();
     let now = now_ms();
     let key = (user_id.to_owned(), device_id.to_owned());
     {

@@ -20,10 +20,11 @@ pub const STATES: &[&str] = &["online", "offline", "unavailable"];
 /// Sets a user's presence, waking the syncs of everyone sharing a room with them.
 pub async fn set_presence(
     svc: &Services,
-    user_id: &str,
+    user_id_typed: &UserId,
     presence: &str,
     status_msg: Option<&str>,
 ) -> Result<()> {
+    let user_id = user_id_typed.as_str();
     if !STATES.contains(&presence) {
         return Err(Error::invalid_param(format!("Unknown presence state {presence}")));
     }
@@ -36,7 +37,8 @@ pub async fn set_presence(
 /// Marks a syncing user online, writing only when that changes something a client sees.
 /// It wakes nobody: others see it with their next sync response. (Waking every long-poll in
 /// every room of each user who comes online costs the square of a room's size.)
-pub async fn mark_active(svc: &Services, user_id: &str, presence: &str) -> Result<()> {
+pub async fn mark_active(svc: &Services, user_id_typed: &UserId, presence: &str) -> Result<()> {
+    let user_id = user_id_typed.as_str();
     if !STATES.contains(&presence) {
         return Err(Error::invalid_param(format!("Unknown presence state {presence}")));
     }
@@ -103,7 +105,7 @@ pub async fn set_own_presence(
     if setter != target {
         return Err(Error::forbidden("Cannot set another user's presence"));
     }
-    set_presence(svc, target.as_str(), presence, status_msg).await
+    set_presence(svc, target, presence, status_msg).await
 }
 
 /// `GET /presence/{userId}/status`: for oneself and users who share a room.

@@ -8,6 +8,7 @@
 
 use std::sync::OnceLock;
 
+use ruma::UserId;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -154,8 +155,9 @@ pub async fn confirm_password(
     svc: &Services,
     operation: &Operation,
     auth: Option<&Value>,
-    user_id: &str,
+    user_id_typed: &UserId,
 ) -> Result<()> {
+    let user_id = user_id_typed.as_str();
     authenticate(
         svc,
         operation,
