@@ -164,7 +164,21 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Res
     } else {
         svc.store.sync_rooms(&ids, ask.now.events).await?
     };
-    let access = RoomAccess::load_many(svc, &ids, Some(ask.user_id)).await?;
+    // Who may see what is read only for the rooms with something to say: an incremental sync
+    // in which little changed stays as cheap as it was.
+    let active: Vec<String> = wanted
+        .iter()
+        .filter(|w| {
+            w.window.fresh
+                || w.window.full_state
+                || rooms
+                    .get(&w.room_id)
+                    .and_then(|r| r.latest)
+                    .is_some_and(|latest| latest > w.window.since.events)
+        })
+        .map(|w| w.room_id.clone())
+        .collect();
+    let access = RoomAccess::load_many(svc, &active, Some(ask.user_id)).await?;
     let timeline_filter = ask.room_filter.timeline.clone().unwrap_or_default();
     let limit = timeline_filter
         .base
