@@ -1,0 +1,569 @@
+// End-to-end encryption interop: matrix-js-sdk with Rust crypto (initRustCrypto, in-memory store)
+// and matrix-nio[e2e] (nio_e2ee_peer.py, driven over stdin/stdout) in one encrypted room.
+//
+// Usage: node e2ee.mjs --url URL --nio-python PYTHON [--http-log FILE] [--nio-http-log FILE]
+//                      [--nio-store DIR] [--no-nio] [--verbose]
+//
+// carol (js, Rust crypto): device keys, cross-signing bootstrap with password user-interactive auth,
+// secret storage, a new key backup version; an m.megolm.v1.aes-sha2 room shared with dave (nio);
+// carol -> dave and dave -> carol encrypted messages, each decrypted by the other library; carol's
+// room keys reach the backup; a second js device of carol restores them from the backup (key via
+// secret storage) and decrypts the history, then the two js devices exchange messages.
+// Every step prints PASS or FAIL (prefix "e2ee"); exit status non-zero when a step failed.
+
+import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+
+import { ClientEvent, createClient, MatrixError, Method, SyncState } from "matrix-js-sdk";
+import { logger } from "matrix-js-sdk/lib/logger.js";
+
+const { values: opts } = parseArgs({
+    options: {
+        url: { type: "string", default: process.env.HS_URL },
+        "http-log": { type: "string" },
+        "nio-http-log": { type: "string" },
+        "nio-python": { type: "string", default: "python3" },
+        "nio-store": { type: "string" },
+        "no-nio": { type: "boolean", default: false },
+        verbose: { type: "boolean", default: false },
+    },
+});
+if (!opts.url) {
+    console.error("e2ee.mjs: --url or HS_URL is required");
+    process.exit(2);
+}
+const baseUrl = opts.url.replace(/\/+$/, "");
+const out = (line) => process.stdout.write(`${line}\n`);
+if (!opts.verbose) {
+    logger.setLevel("silent");
+    // the Rust crypto (wasm) logs through console.*: keep stdout for the step lines
+    for (const k of ["log", "debug", "info", "warn", "trace"]) console[k] = () => {};
+}
+
+const PASSWORD = "interop-Passw0rd!";
+const suffix = randomBytes(4).toString("hex");
+const WAIT_MS = 30_000;
+const HERE = dirname(fileURLToPath(import.meta.url));
+
+// ---------------------------------------------------------------- HTTP recording
+const httpLog = [];
+
+function redact(body) {
+    if (typeof body !== "string" || !body) return body ? "<binary>" : "";
+    try {
+        const obj = JSON.parse(body);
+        for (const k of ["password", "access_token"]) if (k in obj) obj[k] = "<redacted>";
+        if (obj.auth && "password" in obj.auth) obj.auth.password = "<redacted>";
+        return JSON.stringify(obj);
+    } catch {
+        return body;
+    }
+}
+
+function recordingFetch(who) {
+    return async (input, init = {}) => {
+        const url = new URL(input instanceof Request ? input.url : String(input));
+        url.searchParams.delete("access_token");
+        const method = (init.method || "GET").toUpperCase();
+        const rec = { who, method, path: url.pathname + url.search, status: 0, request_body: redact(init.body).slice?.(0, 2000) ?? "", response_body: "" };
+        httpLog.push(rec);
+        try {
+            const resp = await fetch(input, init);
+            rec.status = resp.status;
+            if (resp.status >= 400) rec.response_body = (await resp.clone().text()).slice(0, 2000);
+            return resp;
+        } catch (e) {
+            rec.status = -1;
+            rec.response_body = `${e.name}: ${e.message}`;
+            throw e;
+        }
+    };
+}
+
+/** The last recorded request matching method and path regex, as "METHOD path -> status errcode". */
+function lastCall(who, method, re) {
+    const r = [...httpLog].reverse().find((x) => x.who === who && x.method === method && re.test(x.path.split("?")[0]));
+    if (!r) return `no ${method} ${re} request was made`;
+    let errcode = "";
+    try {
+        errcode = JSON.parse(r.response_body).errcode ?? "";
+    } catch {}
+    return `${r.method} ${r.path.split("?")[0]} -> ${r.status} ${errcode}`.trim();
+}
+
+// ---------------------------------------------------------------- steps
+const results = [];
+class StepFailed extends Error {}
+const expect = (cond, msg) => {
+    if (!cond) throw new StepFailed(msg);
+};
+
+async function step(name, fn) {
+    const start = Date.now();
+    try {
+        const v = await fn();
+        results.push({ name, ok: true });
+        out(`PASS  e2ee ${name}  (${Date.now() - start} ms)`);
+        return v ?? true;
+    } catch (e) {
+        let detail;
+        if (e instanceof MatrixError) detail = `MatrixError ${e.httpStatus} ${e.errcode}: ${e.data?.error ?? e.message} (${e.url ?? ""})`;
+        else if (e instanceof StepFailed) detail = e.message;
+        else detail = `${e?.name ?? "Error"}: ${e?.message ?? e}`;
+        results.push({ name, ok: false, detail });
+        out(`FAIL  e2ee ${name}  (${Date.now() - start} ms)\n      ${detail}`);
+        return undefined;
+    }
+}
+
+/** A step that cannot run because an earlier one failed: counted as FAIL. */
+function skipped(name, why) {
+    results.push({ name, ok: false, detail: why });
+    out(`FAIL  e2ee ${name}  (not run)\n      ${why}`);
+}
+
+async function poll(check, what, timeoutMs = WAIT_MS) {
+    const end = Date.now() + timeoutMs;
+    let last;
+    for (;;) {
+        try {
+            const v = await check();
+            if (v) return v;
+        } catch (e) {
+            last = e;
+        }
+        if (Date.now() > end) {
+            const why = last ? ` (last error: ${last instanceof MatrixError ? `${last.httpStatus} ${last.errcode}` : last.message})` : "";
+            throw new StepFailed(`timed out after ${timeoutMs / 1000}s waiting for ${what}${why}`);
+        }
+        await new Promise((r) => setTimeout(r, 250));
+    }
+}
+
+// ---------------------------------------------------------------- nio peer
+class NioPeer {
+    constructor() {
+        const args = [join(HERE, "..", "nio_e2ee_peer.py"), "--url", baseUrl, "--store", opts["nio-store"] ?? mkdtempSync(join(tmpdir(), "nio-e2ee-"))];
+        if (opts["nio-http-log"]) args.push("--http-log", opts["nio-http-log"]);
+        this.proc = spawn(opts["nio-python"], args, { stdio: ["pipe", "pipe", "inherit"] });
+        this.pending = new Map();
+        this.next = 1;
+        this.exited = new Promise((resolve) => this.proc.on("exit", (code) => {
+            for (const { reject } of this.pending.values()) reject(new StepFailed(`nio peer exited (${code}) before answering`));
+            this.pending.clear();
+            resolve(code);
+        }));
+        this.proc.on("error", (e) => {
+            for (const { reject } of this.pending.values()) reject(new StepFailed(`nio peer: ${e.message}`));
+            this.pending.clear();
+        });
+        createInterface({ input: this.proc.stdout }).on("line", (line) => {
+            let msg;
+            try {
+                msg = JSON.parse(line);
+            } catch {
+                return;
+            }
+            const p = this.pending.get(msg.id);
+            if (!p) return;
+            this.pending.delete(msg.id);
+            if (msg.ok) p.resolve(msg.result);
+            else p.reject(new StepFailed(`nio: ${msg.error}`));
+        });
+    }
+
+    call(cmd, args = {}, timeoutMs = WAIT_MS + 15_000) {
+        const id = this.next++;
+        return new Promise((resolve, reject) => {
+            const timer = setTimeout(() => {
+                this.pending.delete(id);
+                reject(new StepFailed(`nio peer did not answer ${cmd} within ${timeoutMs / 1000}s`));
+            }, timeoutMs);
+            this.pending.set(id, {
+                resolve: (v) => (clearTimeout(timer), resolve(v)),
+                reject: (e) => (clearTimeout(timer), reject(e)),
+            });
+            this.proc.stdin.write(`${JSON.stringify({ id, cmd, ...args })}\n`);
+        });
+    }
+}
+
+// ---------------------------------------------------------------- js clients
+const clients = [];
+// secret storage keys created by bootstrapSecretStorage, by key ID (shared by carol's devices,
+// the way a user would type the recovery key on the second device)
+const ssssKeys = new Map();
+const cryptoCallbacks = {
+    getSecretStorageKey: async ({ keys }) => {
+        for (const id of Object.keys(keys)) if (ssssKeys.has(id)) return [id, ssssKeys.get(id)];
+        return null;
+    },
+    cacheSecretStorageKey: (keyId, _info, key) => ssssKeys.set(keyId, key),
+};
+
+async function registerUser(who) {
+    const username = `${who}_${suffix}`;
+    const anon = createClient({ baseUrl, fetchFn: recordingFetch(`${who}-reg`) });
+    const data = { username, password: PASSWORD, initial_device_display_name: `js ${who} e2ee` };
+    let resp;
+    try {
+        resp = await anon.registerRequest(data);
+    } catch (e) {
+        expect(e instanceof MatrixError && e.httpStatus === 401 && e.data?.session, `register -> ${e.httpStatus} ${e.errcode}`);
+        resp = await anon.registerRequest({ ...data, auth: { type: "m.login.dummy", session: e.data.session } });
+    }
+    return { userId: resp.user_id, deviceId: resp.device_id, accessToken: resp.access_token, username };
+}
+
+async function loginDevice(who, username, label) {
+    const anon = createClient({ baseUrl, fetchFn: recordingFetch(`${who}-login`) });
+    const r = await anon.loginRequest({
+        type: "m.login.password",
+        identifier: { type: "m.id.user", user: username },
+        password: PASSWORD,
+        initial_device_display_name: label,
+    });
+    return { userId: r.user_id, deviceId: r.device_id, accessToken: r.access_token, username };
+}
+
+/** createClient + initRustCrypto (in-memory store) + startClient until PREPARED. */
+async function startCrypto(who, creds) {
+    const client = createClient({ baseUrl, ...creds, fetchFn: recordingFetch(who), cryptoCallbacks });
+    client.who = who;
+    client.username = creds.username;
+    clients.push(client);
+    await client.initRustCrypto({ useIndexedDB: false });
+    expect(client.getCrypto(), "getCrypto() is undefined after initRustCrypto");
+    let lastError;
+    const prepared = new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new StepFailed(`sync never reached PREPARED${lastError ? `; last sync error: ${lastError}` : ""}`)), 20_000);
+        client.on(ClientEvent.Sync, (state) => {
+            if (state === SyncState.Error) {
+                const err = client.getSyncStateData()?.error;
+                lastError = `${err?.httpStatus ?? ""} ${err?.errcode ?? ""} ${err?.message ?? err}`;
+            }
+            if (state === SyncState.Prepared || state === SyncState.Syncing) {
+                clearTimeout(timer);
+                resolve();
+            }
+        });
+    });
+    await client.startClient({ initialSyncLimit: 20 });
+    await prepared;
+    return client;
+}
+
+/** POST /keys/query for one user, the way any client would see the keys on the server. */
+function queryKeys(client, userId) {
+    return client.http.authedRequest(Method.Post, "/keys/query", undefined, { device_keys: { [userId]: [] } });
+}
+
+/** Resolves when the device's keys (matching the local identity keys) are on the server. */
+async function deviceKeysOnServer(client) {
+    const own = await client.getCrypto().getOwnDeviceKeys();
+    const uid = client.getUserId();
+    const dev = client.getDeviceId();
+    await poll(async () => {
+        const r = await queryKeys(client, uid);
+        const d = r.device_keys?.[uid]?.[dev];
+        return d && d.keys?.[`ed25519:${dev}`] === own.ed25519 && d.keys?.[`curve25519:${dev}`] === own.curve25519;
+    }, `${uid}/${dev} in POST /keys/query (upload: ${lastCall(client.who, "POST", /\/keys\/upload$/)})`);
+}
+
+/** Password UIA for bootstrapCrossSigning: first without auth, then m.login.password with the session. */
+function passwordUia(client, notes) {
+    return async (makeRequest) => {
+        try {
+            await makeRequest(null);
+            notes.push("the server accepted the first upload of cross-signing keys without user-interactive auth");
+            return;
+        } catch (e) {
+            if (!(e instanceof MatrixError) || e.httpStatus !== 401) throw e;
+            const flows = e.data?.flows ?? [];
+            expect(flows.some((f) => (f.stages ?? []).includes("m.login.password")),
+                `401 from /keys/device_signing/upload offers no m.login.password flow: ${JSON.stringify(e.data)}`);
+            notes.push(`401 UIA (flows ${JSON.stringify(flows.map((f) => f.stages))}), answered with m.login.password`);
+            await makeRequest({
+                type: "m.login.password",
+                identifier: { type: "m.id.user", user: client.getUserId() },
+                password: PASSWORD,
+                session: e.data.session,
+            });
+        }
+    };
+}
+
+/** A decrypted m.room.message with this body on the client's live timeline of roomId. */
+function decryptedMessage(client, roomId, body) {
+    const room = client.getRoom(roomId);
+    if (!room) return undefined;
+    return room.getLiveTimeline().getEvents().find((ev) => ev.getType() === "m.room.message" && ev.getContent().body === body && !ev.status);
+}
+
+async function waitDecrypted(client, roomId, body, sender) {
+    const ev = await poll(() => decryptedMessage(client, roomId, body), `${body} decrypted on ${client.who}'s timeline`).catch((e) => {
+        const room = client.getRoom(roomId);
+        const failures = (room?.getLiveTimeline().getEvents() ?? [])
+            .filter((x) => x.isDecryptionFailure())
+            .map((x) => `${x.getId()} from ${x.getSender()}: ${x.decryptionFailureReason ?? x.getContent().body}`);
+        throw new StepFailed(`${e.message}; undecryptable events on the timeline: ${failures.length ? failures.join("; ") : "none"}`);
+    });
+    expect(ev.getSender() === sender, `sender ${ev.getSender()} != ${sender}`);
+    expect(ev.isEncrypted() && ev.getWireType() === "m.room.encrypted", `arrived as ${ev.getWireType()}, not m.room.encrypted`);
+    expect(ev.getWireContent().algorithm === "m.megolm.v1.aes-sha2", `algorithm ${ev.getWireContent().algorithm}`);
+    return ev;
+}
+
+/** The event as the server stores it: m.room.encrypted with Megolm ciphertext, no plaintext. */
+async function assertCiphertextOnServer(client, roomId, eventId, plaintext) {
+    const raw = await client.http.authedRequest(Method.Get, `/rooms/${encodeURIComponent(roomId)}/event/${encodeURIComponent(eventId)}`);
+    expect(raw.type === "m.room.encrypted", `GET /event -> type ${raw.type}`);
+    expect(raw.content?.algorithm === "m.megolm.v1.aes-sha2" && typeof raw.content?.ciphertext === "string",
+        `GET /event content ${JSON.stringify(raw.content).slice(0, 200)}`);
+    expect(!JSON.stringify(raw).includes(plaintext), "the plaintext is visible in the stored event");
+}
+
+// ---------------------------------------------------------------- scenario
+let nio = null;
+
+async function main() {
+    nio = opts["no-nio"] ? null : new NioPeer();
+    const notes = [];
+    let carol;
+
+    carol = await step("carol (js) registers, initRustCrypto({useIndexedDB: false}), startClient; device keys on the server (POST /keys/upload, /keys/query)", async () => {
+        const creds = await registerUser("carol");
+        const c = await startCrypto("carol", creds);
+        await deviceKeysOnServer(c);
+        return c;
+    });
+
+    const dave = nio && await step("dave (nio[e2e]) registers with encryption on; sync_forever uploads his device keys", async () => {
+        const r = await nio.call("register", { username: `dave_${suffix}`, password: PASSWORD });
+        expect(r.user_id && r.device_id, `register result ${JSON.stringify(r)}`);
+        if (carol) {
+            await poll(async () => {
+                const q = await queryKeys(carol, r.user_id);
+                return q.device_keys?.[r.user_id]?.[r.device_id]?.keys?.[`ed25519:${r.device_id}`] === r.ed25519;
+            }, "dave's device keys in carol's POST /keys/query");
+        }
+        return r;
+    });
+    if (!carol) return;
+    const crypto = carol.getCrypto();
+
+    const xsigned = await step("carol bootstrapCrossSigning (password UIA); master, self-signing, user-signing keys on the server; her device cross-signed", async () => {
+        await crypto.bootstrapCrossSigning({ authUploadDeviceSigningKeys: passwordUia(carol, notes) });
+        expect(await crypto.isCrossSigningReady(), `isCrossSigningReady() false; ${JSON.stringify(await crypto.getCrossSigningStatus())}`);
+        const uid = carol.getUserId();
+        const ssk = await crypto.getCrossSigningKeyId("self_signing");
+        await poll(async () => {
+            const q = await queryKeys(carol, uid);
+            const sigs = q.device_keys?.[uid]?.[carol.getDeviceId()]?.signatures?.[uid] ?? {};
+            return q.master_keys?.[uid] && q.self_signing_keys?.[uid] && q.user_signing_keys?.[uid] && sigs[`ed25519:${ssk}`];
+        }, `cross-signing keys + the self-signing signature on carol's device in /keys/query (${lastCall("carol", "POST", /\/keys\/device_signing\/upload$/)}; ${lastCall("carol", "POST", /\/keys\/signatures\/upload$/)})`);
+        const status = await crypto.getDeviceVerificationStatus(uid, carol.getDeviceId());
+        expect(status?.crossSigningVerified, `own device not cross-signing verified: ${JSON.stringify(status)}`);
+    });
+    for (const n of notes.splice(0)) out(`      note: ${n}`);
+
+    await step("carol replaces her cross-signing keys (bootstrapCrossSigning setupNewCrossSigning): 401 UIA answered with m.login.password", async () => {
+        expect(xsigned, "cross-signing was not bootstrapped");
+        const before = await crypto.getCrossSigningKeyId("master");
+        await crypto.bootstrapCrossSigning({ setupNewCrossSigning: true, authUploadDeviceSigningKeys: passwordUia(carol, notes) });
+        const after = await crypto.getCrossSigningKeyId("master");
+        expect(after && after !== before, `master key unchanged (${before})`);
+        expect(notes.some((n) => n.startsWith("401 UIA")), `the server replaced the cross-signing keys without user-interactive auth (${notes.join("; ")})`);
+        const uid = carol.getUserId();
+        await poll(async () => {
+            const q = await queryKeys(carol, uid);
+            return Object.keys(q.master_keys?.[uid]?.keys ?? {}).includes(`ed25519:${after}`);
+        }, "the new master key in /keys/query");
+    });
+    for (const n of notes.splice(0)) out(`      note: ${n}`);
+
+    await step("carol bootstrapSecretStorage (new key): cross-signing private keys stored encrypted in account data", async () => {
+        expect(xsigned, "cross-signing was not bootstrapped");
+        await crypto.bootstrapSecretStorage({ createSecretStorageKey: () => crypto.createRecoveryKeyFromPassphrase(), setupNewSecretStorage: true });
+        expect(await crypto.isSecretStorageReady(), "isSecretStorageReady() false");
+        const def = await carol.getAccountDataFromServer("m.secret_storage.default_key");
+        expect(def?.key && ssssKeys.has(def.key), `m.secret_storage.default_key ${JSON.stringify(def)}`);
+        for (const t of ["m.cross_signing.master", "m.cross_signing.self_signing", "m.cross_signing.user_signing"]) {
+            const c = await carol.getAccountDataFromServer(t);
+            expect(c?.encrypted?.[def.key]?.ciphertext, `${t} account data ${JSON.stringify(c)}`);
+        }
+    });
+
+    const backupVersion = await step("carol resetKeyBackup: new backup version (POST /room_keys/version), trusted, active, key in secret storage", async () => {
+        await crypto.resetKeyBackup();
+        const info = await carol.http.authedRequest(Method.Get, "/room_keys/version")
+            .catch((e) => { throw new StepFailed(`GET /room_keys/version after resetKeyBackup -> ${e.httpStatus} ${e.errcode} (${lastCall("carol", "POST", /\/room_keys\/version$/)})`); });
+        expect(info.version && info.algorithm === "m.megolm_backup.v1.curve25519-aes-sha2" && info.auth_data?.public_key,
+            `GET /room_keys/version ${JSON.stringify(info)}`);
+        expect(info.auth_data.signatures?.[carol.getUserId()], `backup auth_data carries no signature of carol's: ${JSON.stringify(info.auth_data)}`);
+        const trust = await crypto.isKeyBackupTrusted(info);
+        expect(trust.trusted && trust.matchesDecryptionKey, `isKeyBackupTrusted ${JSON.stringify(trust)}`);
+        await poll(async () => (await crypto.getActiveSessionBackupVersion()) === info.version, `backup version ${info.version} active on carol's device`);
+        const stored = await carol.getAccountDataFromServer("m.megolm_backup.v1");
+        expect(stored?.encrypted, `m.megolm_backup.v1 account data ${JSON.stringify(stored)}`);
+        return info.version;
+    });
+
+    const roomId = await step("carol createRoom with m.room.encryption (m.megolm.v1.aes-sha2)" + (dave ? " and invites dave" : ""), async () => {
+        const { room_id: id } = await carol.createRoom({
+            name: "E2EE interop",
+            preset: "private_chat",
+            invite: dave ? [dave.user_id] : [],
+            initial_state: [{ type: "m.room.encryption", state_key: "", content: { algorithm: "m.megolm.v1.aes-sha2" } }],
+        });
+        await poll(async () => carol.getRoom(id) && (await crypto.isEncryptionEnabledInRoom(id)), "the room to be encrypted in carol's client");
+        return id;
+    });
+    if (!roomId) return;
+
+    const history = `history from dave ${suffix}`;
+    if (nio && dave) {
+        const joined = await step("dave (nio) joins; nio sees the room as encrypted; carol sees him joined", async () => {
+            await nio.call("join", { room_id: roomId });
+            await poll(() => carol.getRoom(roomId)?.getMember(dave.user_id)?.membership === "join", "dave's join in carol's client");
+        });
+        if (joined) {
+            const body = `secret from js carol ${suffix}`;
+            const sent = await step("carol sends an encrypted message (keys claimed, room key sent to dave's device; stored as m.room.encrypted)", async () => {
+                const { event_id: id } = await carol.sendTextMessage(roomId, body);
+                await assertCiphertextOnServer(carol, roomId, id, body);
+                const toDevice = httpLog.filter((r) => r.who === "carol" && r.method === "PUT" && r.path.includes("/sendToDevice/m.room.encrypted/"));
+                expect(toDevice.some((r) => r.status === 200), `no successful PUT /sendToDevice/m.room.encrypted (${lastCall("carol", "POST", /\/keys\/claim$/)})`);
+                return id;
+            });
+            if (sent) {
+                await step("dave (nio) decrypts carol's message", async () => {
+                    const r = await nio.call("wait_message", { room_id: roomId, body });
+                    expect(r.sender === carol.getUserId() && r.decrypted, `nio: ${JSON.stringify(r)}`);
+                    expect(r.event_id === sent, `event_id ${r.event_id} != ${sent}`);
+                });
+            } else skipped("dave (nio) decrypts carol's message", "carol's message was not sent");
+
+            const daveBody = `secret from nio dave ${suffix}`;
+            const daveSent = await step("dave (nio) sends an encrypted message (room_send; m.room.encrypted on the wire)", async () => {
+                const r = await nio.call("send", { room_id: roomId, body: daveBody });
+                expect(r.wire_type === "m.room.encrypted", `nio sent ${r.wire_type}`);
+                return r.event_id;
+            });
+            if (daveSent) {
+                await step("carol (js) decrypts dave's message", async () => {
+                    const ev = await waitDecrypted(carol, roomId, daveBody, dave.user_id);
+                    expect(ev.getId() === daveSent, `event_id ${ev.getId()} != ${daveSent}`);
+                });
+            } else skipped("carol (js) decrypts dave's message", "dave's message was not sent");
+            await nio.call("send", { room_id: roomId, body: history }).catch(() => {});
+        }
+    }
+
+    if (backupVersion) {
+        await step("carol's Megolm sessions reach the key backup (PUT /room_keys/keys; GET /room_keys/keys lists the room)", async () => {
+            await poll(async () => {
+                const r = await carol.http.authedRequest(Method.Get, "/room_keys/keys", { version: backupVersion });
+                return Object.keys(r.rooms?.[roomId]?.sessions ?? {}).length > 0;
+            }, `the room's sessions in the backup (${lastCall("carol", "PUT", /\/room_keys\/keys$/)})`);
+        });
+    }
+
+    // ---- a second js device of carol: restore from backup, then js <-> js
+    const carol2 = await step("carol logs in a second js device (Rust crypto) and starts it", async () => {
+        const creds = await loginDevice("carol2", carol.username, "js carol second device");
+        const c = await startCrypto("carol2", creds);
+        await deviceKeysOnServer(c);
+        return c;
+    });
+    if (!carol2) return;
+
+    if (backupVersion && dave) {
+        await step("carol's second device: backup key from secret storage + restoreKeyBackup decrypts dave's earlier message", async () => {
+            const c2 = carol2.getCrypto();
+            await c2.loadSessionBackupPrivateKeyFromSecretStorage();
+            await c2.checkKeyBackupAndEnable();
+            // the history message may reach the backup a little after the others
+            await poll(async () => {
+                const r = await c2.restoreKeyBackup();
+                return r.imported > 0 && decryptedMessage(carol2, roomId, history);
+            }, "the backed-up session for dave's message").catch(async (e) => {
+                const room = carol2.getRoom(roomId);
+                throw new StepFailed(`${e.message} (timeline has ${room?.getLiveTimeline().getEvents().length ?? 0} events; ${lastCall("carol2", "GET", /\/room_keys\/keys$/)})`);
+            });
+        });
+    }
+
+    const c2Body = `from carol's first js device ${suffix}`;
+    await step("js -> js: carol's first device sends, her second device decrypts", async () => {
+        await carol.sendTextMessage(roomId, c2Body);
+        await waitDecrypted(carol2, roomId, c2Body, carol.getUserId());
+    });
+    const back = `from carol's second js device ${suffix}`;
+    await step("js -> js: carol's second device sends, her first device decrypts", async () => {
+        await carol2.sendTextMessage(roomId, back);
+        await waitDecrypted(carol, roomId, back, carol.getUserId());
+    });
+    if (nio && dave) {
+        await step("dave (nio) decrypts the message from carol's second device", async () => {
+            const r = await nio.call("wait_message", { room_id: roomId, body: back });
+            expect(r.decrypted, `nio: ${JSON.stringify(r)}`);
+        });
+    }
+}
+
+let nioSummary;
+try {
+    await main();
+} catch (e) {
+    results.push({ name: "unexpected exception", ok: false });
+    out(`FAIL  e2ee unexpected exception\n      ${e?.stack ?? e}`);
+} finally {
+    for (const c of clients) c.stopClient();
+}
+// stop the nio peer (if it was started) and collect its HTTP summary
+if (nio) nioSummary = await nio.call("quit", {}, 10_000).catch(() => undefined);
+
+if (opts["http-log"]) writeFileSync(opts["http-log"], httpLog.map((r) => JSON.stringify(r)).join("\n") + "\n");
+const errors = httpLog.filter((r) => r.status >= 400);
+if (errors.length) {
+    out("\ne2ee (js): HTTP requests answered with an error status:");
+    for (const r of errors) {
+        out(`  [${r.who}] ${r.method} ${r.path} -> ${r.status}`);
+        if (r.request_body) out(`      request:  ${String(r.request_body).slice(0, 300)}`);
+        out(`      response: ${r.response_body.slice(0, 300)}`);
+    }
+}
+if (nioSummary?.errors?.length) {
+    out("\ne2ee (nio): HTTP requests answered with an error status:");
+    for (const r of nioSummary.errors) {
+        out(`  [${r.who}] ${r.method} ${r.path} -> ${r.status}`);
+        if (r.request_body) out(`      request:  ${String(r.request_body).slice(0, 300)}`);
+        out(`      response: ${r.response_body.slice(0, 300)}`);
+    }
+}
+const strip = (p) => p.split("?")[0].replace(/\/[@!#$][^/]*/g, "/{id}").replace(/%(40|21|23|24)[^/]*/g, "{id}")
+    .replace(/\/(send|sendToDevice)\/([^/]+)\/[^/]+$/, "/$1/$2/{txn}").replace(/\/filter\/[^/]+$/, "/filter/{n}");
+const endpoints = new Map();
+for (const r of httpLog) {
+    const k = `${r.method} ${strip(r.path)}`;
+    if (!endpoints.has(k)) endpoints.set(k, new Set());
+    endpoints.get(k).add(r.status);
+}
+const keyish = [...endpoints.keys()].filter((k) => /keys|sendToDevice|account_data\/m\.(secret|cross|megolm)|\/send\/m\.room\.encrypted/.test(k)).sort();
+out(`\ne2ee (js): ${httpLog.length} HTTP requests; key-related endpoints:`);
+for (const k of keyish) out(`  ${k}  [${[...endpoints.get(k)].join(",")}]`);
+if (nioSummary) {
+    const nk = Object.entries(nioSummary.endpoints).filter(([k]) => /keys|sendToDevice|send\//.test(k));
+    out(`e2ee (nio): ${nioSummary.requests} HTTP requests; key-related endpoints:`);
+    for (const [k, v] of nk) out(`  ${k.replace(/\/sendToDevice\/([^/]+)\/[^/]+$/, "/sendToDevice/$1/{txn}")}  [${v.join(",")}]`);
+}
+const failed = results.filter((r) => !r.ok);
+out(`\ne2ee: ${results.length - failed.length}/${results.length} steps passed`);
+process.exit(failed.length || results.length === 0 ? 1 : 0);
