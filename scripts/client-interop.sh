@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Client-library interop check: real Matrix client libraries (matrix-nio, matrix-js-sdk) walk
 # through what a new user does (register, login, createRoom, invite, join, send, /sync, display
-# name, DM with m.direct, leave, logout) against a homeserver.
+# name, DM with m.direct, leave, logout) against a homeserver; then the end-to-end encryption
+# steps (e2ee): matrix-js-sdk with Rust crypto and matrix-nio[e2e] in one Megolm room (device
+# keys, cross-signing with password UIA, secret storage, key backup + restore, encrypted
+# messages js->nio, nio->js and js->js).
 #
 #   scripts/client-interop.sh                  build Hearth, run it on a free loopback port, test it
 #   scripts/client-interop.sh --synapse        start Synapse (scripts/synapse.sh) instead and test it
 #   scripts/client-interop.sh --url URL        test an already running server (or set HS_URL)
 #
-# Options: --only nio|js      run one library only
+# Options: --only nio|js|e2ee run one part only (e2ee uses both libraries)
+#          --no-e2ee          skip the end-to-end encryption steps
 #          --no-extras        skip the EXTRA steps (typing, receipts, presence, media, push rules, …;
 #                             reported but never part of the exit status)
 #          --keep             keep the temp dir (server log, HTTP logs) even when everything passed
@@ -20,9 +24,9 @@
 #              "debug,tower_http=debug"), INTEROP_DIR (use this dir instead of a fresh temp dir),
 #              HEARTH_BIN (run this Hearth binary instead of building one).
 #
-# Installs matrix-nio into <repo>/.venv-interop and matrix-js-sdk into scripts/client-interop/js
-# (npm ci from the committed lockfile) when missing. Prints PASS/FAIL per step and a summary;
-# exits non-zero if any step failed.
+# Installs matrix-nio[e2e] into <repo>/.venv-interop (pip install -r scripts/client-interop/
+# requirements.txt) and matrix-js-sdk into scripts/client-interop/js (npm ci from the committed
+# lockfile) when missing. Prints PASS/FAIL per step and a summary; exits non-zero if any step failed.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,24 +40,32 @@ keep=0
 profile=debug
 pg=0
 pgdb=""
+e2ee=1
 js_extra=()
+e2ee_extra=()
 nio_extra=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --url) [[ $# -ge 2 ]] || { echo "--url needs a value" >&2; exit 2; }; url="$2"; target=external; shift 2 ;;
         --synapse) target=synapse; shift ;;
-        --only) [[ $# -ge 2 ]] || { echo "--only needs nio or js" >&2; exit 2; }; only="$2"; shift 2 ;;
+        --only) [[ $# -ge 2 ]] || { echo "--only needs nio, js or e2ee" >&2; exit 2; }; only="$2"; shift 2 ;;
+        --no-e2ee) e2ee=0; shift ;;
         --keep) keep=1; shift ;;
         --release) profile=release; shift ;;
         --postgres) pg=1; shift ;;
-        --js-shim-pushrules) js_extra+=(--shim-pushrules); shift ;;
+        --js-shim-pushrules) js_extra+=(--shim-pushrules); e2ee_extra+=(--shim-pushrules); shift ;;
         --no-extras) js_extra+=(--no-extras); nio_extra+=(--no-extras); shift ;;
-        -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "client-interop.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 [[ -n "$url" && "$target" == hearth ]] && target=external
-case "$only" in ""|nio|js) ;; *) echo "--only takes nio or js" >&2; exit 2 ;; esac
+case "$only" in ""|nio|js|e2ee) ;; *) echo "--only takes nio, js or e2ee" >&2; exit 2 ;; esac
+[[ "$only" == e2ee ]] && e2ee=1
+[[ -n "$only" && "$only" != e2ee ]] && e2ee=0
+need_nio=0; need_js=0
+[[ -z "$only" || "$only" == nio || $e2ee -eq 1 ]] && need_nio=1
+[[ -z "$only" || "$only" == js || $e2ee -eq 1 ]] && need_js=1
 
 log() { echo "client-interop: $*" >&2; }
 
@@ -115,17 +127,20 @@ cleanup() {
 trap cleanup EXIT
 
 # ---------------------------------------------------------------- client libraries
-if [[ "$only" != js ]]; then
+if [[ $need_nio -eq 1 ]]; then
     if [[ ! -x "$VENV/bin/python" ]]; then
         log "creating $VENV"
         python3 -m venv "$VENV"
     fi
-    if ! "$VENV/bin/python" -c 'import nio' 2>/dev/null; then
-        log "installing matrix-nio into $VENV"
-        "$VENV/bin/pip" install --quiet --disable-pip-version-check matrix-nio
+    # matrix-nio 0.26's [e2e] extra brings vodozemac's Python bindings (a binary wheel; no libolm)
+    if ! "$VENV/bin/python" -c 'import nio, nio.crypto; assert nio.crypto.ENCRYPTION_ENABLED' 2>/dev/null; then
+        log "installing matrix-nio[e2e] into $VENV (scripts/client-interop/requirements.txt)"
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$HERE/requirements.txt"
+        "$VENV/bin/python" -c 'import nio.crypto; assert nio.crypto.ENCRYPTION_ENABLED' \
+            || { log "matrix-nio has no encryption support after the install"; exit 1; }
     fi
 fi
-if [[ "$only" != nio ]]; then
+if [[ $need_js -eq 1 ]]; then
     if [[ ! -d "$HERE/js/node_modules/matrix-js-sdk" ]]; then
         log "installing matrix-js-sdk (npm ci)"
         (cd "$HERE/js" && npm ci --no-audit --no-fund --silent)
@@ -209,20 +224,29 @@ run_lib() {
     echo
 }
 
-if [[ "$only" != js ]]; then
+if [[ -z "$only" || "$only" == nio ]]; then
     run_lib nio "$VENV/bin/python" "$HERE/nio_interop.py" --url "$url" --http-log "$workdir/nio-http.jsonl" "${nio_extra[@]}" \
         | tee "$workdir/nio.out"
 fi
-if [[ "$only" != nio ]]; then
+if [[ -z "$only" || "$only" == js ]]; then
     run_lib js node "$HERE/js/interop.mjs" --url "$url" --http-log "$workdir/js-http.jsonl" "${js_extra[@]}" \
         | tee "$workdir/js.out"
+fi
+if [[ $e2ee -eq 1 ]]; then
+    run_lib e2ee node "$HERE/js/e2ee.mjs" --url "$url" --nio-python "$VENV/bin/python" \
+        --nio-store "$workdir/nio-e2ee-store" --http-log "$workdir/e2ee-js-http.jsonl" \
+        --nio-http-log "$workdir/e2ee-nio-http.jsonl" "${e2ee_extra[@]}" \
+        | tee "$workdir/e2ee.out"
 fi
 
 echo "==================== client interop summary ===================="
 echo "server: $target at $url${server_header:+ ($server_header)}${pgdb:+ on PostgreSQL}"
 overall=0
-for name in nio js; do
-    [[ -n "$only" && "$only" != "$name" ]] && continue
+names=()
+[[ -z "$only" || "$only" == nio ]] && names+=(nio)
+[[ -z "$only" || "$only" == js ]] && names+=(js)
+[[ $e2ee -eq 1 ]] && names+=(e2ee)
+for name in "${names[@]}"; do
     out="$workdir/$name.out"
     passed=$(grep -c '^PASS' "$out" || true)
     failed=$(grep -c '^FAIL' "$out" || true)

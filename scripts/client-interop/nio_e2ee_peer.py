@@ -10,6 +10,7 @@ Commands:
   register {username, password}   register (m.login.dummy) with encryption on (olm account in DIR),
                                   start sync_forever (which uploads keys, queries and claims them,
                                   sends queued to-device messages), wait for the device keys upload
+                                  (its failure is returned as upload_error, not raised)
   join {room_id}                  wait for the invite via sync, join, wait until nio knows the room
                                   is encrypted (m.room.encryption in its state)
   wait_message {room_id, body}    wait until a message with this body arrives decrypted; fails with
@@ -62,6 +63,7 @@ class Peer:
         self.undecryptable: list[tuple[str, MegolmEvent]] = []
         self.keys_uploaded = False
         self.upload_errors: list[str] = []
+        self.to_device_count = 0
 
     def _notify(self) -> None:
         self.changed.set()
@@ -113,6 +115,7 @@ class Peer:
             self._notify()
 
         async def on_sync(resp: Any) -> None:
+            self.to_device_count += len(getattr(resp, "to_device_events", None) or [])
             self._notify()
 
         c.add_event_callback(on_message, RoomMessageText)
@@ -130,11 +133,33 @@ class Peer:
                 self._notify()
 
         self.sync_task = asyncio.create_task(run_sync())
-        await self.wait(lambda: self.keys_uploaded or self.upload_errors, "POST /keys/upload")
+        # the device keys upload is reported, not raised: the steps after it still run
+        upload_error = None
+        try:
+            await self.wait(lambda: self.keys_uploaded or self.upload_errors, "POST /keys/upload")
+        except RuntimeError as e:
+            upload_error = str(e)
         if self.upload_errors:
-            raise RuntimeError(f"keys_upload failed: {self.upload_errors[0]}")
+            upload_error = self.upload_errors[0]
+        if upload_error:
+            upload_error += f" ({self.last_call('POST', '/keys/upload')})"
         keys = c.olm.account.identity_keys
-        return {"user_id": c.user_id, "device_id": c.device_id, "ed25519": keys["ed25519"], "curve25519": keys["curve25519"]}
+        return {
+            "user_id": c.user_id, "device_id": c.device_id, "ed25519": keys["ed25519"], "curve25519": keys["curve25519"],
+            "keys_uploaded": self.keys_uploaded, "upload_error": upload_error,
+        }
+
+    def last_call(self, method: str, path_suffix: str) -> str:
+        """The last recorded request like "POST /path -> 404 M_UNRECOGNIZED", for failure messages."""
+        for r in reversed(self.recorder.records):
+            path = r.path.split("?")[0]
+            if r.method == method and path.endswith(path_suffix):
+                try:
+                    errcode = json.loads(r.response_body).get("errcode", "") if r.response_body else ""
+                except ValueError:
+                    errcode = ""
+                return f"{method} {path} -> {r.status} {errcode}".strip()
+        return f"no {method} …{path_suffix} request was made"
 
     async def join(self, room_id: str) -> dict[str, Any]:
         c = self._c()
@@ -170,7 +195,10 @@ class Peer:
                 for rid, u in self.undecryptable
                 if rid == room_id
             ]
-            raise RuntimeError(f"{err}; undecryptable events seen: {bad or 'none'}")
+            raise RuntimeError(
+                f"{err}; undecryptable events seen: {bad or 'none'}; "
+                f"{self.last_call('POST', '/keys/upload')}; to-device events received: {self.to_device_count}"
+            )
         return {
             "event_id": e.event_id,
             "sender": e.sender,
@@ -185,7 +213,10 @@ class Peer:
             room_id, "m.room.message", {"msgtype": "m.text", "body": body}, ignore_unverified_devices=True
         )
         if isinstance(resp, ErrorResponse):
-            raise RuntimeError(f"room_send -> {resp.status_code} {resp.message}")
+            raise RuntimeError(
+                f"room_send -> {resp.status_code} {resp.message} ({self.last_call('POST', '/keys/query')}; "
+                f"{self.last_call('POST', '/keys/claim')})"
+            )
         sent = [r for r in self.recorder.records if r.method == "PUT" and "/send/" in r.path]
         wire = strip_ids(sent[-1].path).split("/send/")[1].split("/")[0] if sent else None
         return {"event_id": resp.event_id, "wire_type": wire}
@@ -221,8 +252,20 @@ async def main() -> int:
     ap.add_argument("--store", required=True, help="directory for nio's olm/megolm store")
     ap.add_argument("--http-log", default=None)
     args = ap.parse_args()
-    # nio logs through the logging module: keep it off stdout (the command channel)
+    # nio logs through the logging module: keep it off stdout (the command channel), and say each
+    # distinct message once (sync_forever retries a failing keys upload on every loop)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    seen: set[str] = set()
+
+    def once(record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg in seen:
+            return False
+        seen.add(msg)
+        return True
+
+    for h in logging.getLogger().handlers:
+        h.addFilter(once)
     os.makedirs(args.store, exist_ok=True)
     peer = Peer(args.url.rstrip("/"), args.store)
 

@@ -48,7 +48,7 @@ if (!opts.verbose) {
 
 const PASSWORD = "interop-Passw0rd!";
 const suffix = randomBytes(4).toString("hex");
-const WAIT_MS = 30_000;
+const WAIT_MS = 20_000;
 const HERE = dirname(fileURLToPath(import.meta.url));
 
 // ---------------------------------------------------------------- HTTP recording
@@ -140,7 +140,7 @@ async function poll(check, what, timeoutMs = WAIT_MS) {
         }
         if (Date.now() > end) {
             const why = last ? ` (last error: ${last instanceof MatrixError ? `${last.httpStatus} ${last.errcode}` : last.message})` : "";
-            throw new StepFailed(`timed out after ${timeoutMs / 1000}s waiting for ${what}${why}`);
+            throw new StepFailed(`timed out after ${timeoutMs / 1000}s waiting for ${typeof what === "function" ? what() : what}${why}`);
         }
         await new Promise((r) => setTimeout(r, 250));
     }
@@ -273,7 +273,7 @@ async function deviceKeysOnServer(client) {
         const r = await queryKeys(client, uid);
         const d = r.device_keys?.[uid]?.[dev];
         return d && d.keys?.[`ed25519:${dev}`] === own.ed25519 && d.keys?.[`curve25519:${dev}`] === own.curve25519;
-    }, `${uid}/${dev} in POST /keys/query (upload: ${lastCall(client.who, "POST", /\/keys\/upload$/)})`);
+    }, () => `${uid}/${dev} in POST /keys/query (upload: ${lastCall(client.who, "POST", /\/keys\/upload$/)})`);
 }
 
 /** Password UIA for bootstrapCrossSigning: first without auth, then m.login.password with the session. */
@@ -332,33 +332,48 @@ async function assertCiphertextOnServer(client, roomId, eventId, plaintext) {
 // ---------------------------------------------------------------- scenario
 let nio = null;
 
+/** Runs the step when every dependency is truthy; otherwise reports it as FAIL (not run). */
+async function stepIf(deps, name, fn) {
+    const missing = Object.entries(deps).filter(([, v]) => !v).map(([k]) => k);
+    if (missing.length) {
+        skipped(name, `not run: needs ${missing.join(", ")} (an earlier step failed)`);
+        return undefined;
+    }
+    return step(name, fn);
+}
+
 async function main() {
     nio = opts["no-nio"] ? null : new NioPeer();
     const notes = [];
-    let carol;
+    const printNotes = () => {
+        for (const n of notes.splice(0)) out(`      note: ${n}`);
+    };
 
-    carol = await step("carol (js) registers, initRustCrypto({useIndexedDB: false}), startClient; device keys on the server (POST /keys/upload, /keys/query)", async () => {
+    const carol = await step("carol (js) registers, initRustCrypto({useIndexedDB: false}), startClient reaches PREPARED", async () => {
         const creds = await registerUser("carol");
-        const c = await startCrypto("carol", creds);
-        await deviceKeysOnServer(c);
-        return c;
+        return startCrypto("carol", creds);
     });
+    const crypto = carol?.getCrypto();
+    const carolKeys = await stepIf({ carol }, "carol's device keys reach the server (POST /keys/upload, seen in POST /keys/query)",
+        () => deviceKeysOnServer(carol).then(() => true));
 
-    const dave = nio && await step("dave (nio[e2e]) registers with encryption on; sync_forever uploads his device keys", async () => {
-        const r = await nio.call("register", { username: `dave_${suffix}`, password: PASSWORD });
-        expect(r.user_id && r.device_id, `register result ${JSON.stringify(r)}`);
-        if (carol) {
+    let dave;
+    if (nio) {
+        dave = await step("dave (nio[e2e]) registers with encryption on (olm account) and starts sync_forever", async () => {
+            const r = await nio.call("register", { username: `dave_${suffix}`, password: PASSWORD });
+            expect(r.user_id && r.device_id, `register result ${JSON.stringify(r)}`);
+            return r;
+        });
+        await stepIf({ dave, carol }, "dave's device keys reach the server (nio keys_upload, seen in carol's POST /keys/query)", async () => {
+            expect(dave.keys_uploaded, `nio keys_upload: ${dave.upload_error}`);
             await poll(async () => {
-                const q = await queryKeys(carol, r.user_id);
-                return q.device_keys?.[r.user_id]?.[r.device_id]?.keys?.[`ed25519:${r.device_id}`] === r.ed25519;
+                const q = await queryKeys(carol, dave.user_id);
+                return q.device_keys?.[dave.user_id]?.[dave.device_id]?.keys?.[`ed25519:${dave.device_id}`] === dave.ed25519;
             }, "dave's device keys in carol's POST /keys/query");
-        }
-        return r;
-    });
-    if (!carol) return;
-    const crypto = carol.getCrypto();
+        });
+    }
 
-    const xsigned = await step("carol bootstrapCrossSigning (password UIA); master, self-signing, user-signing keys on the server; her device cross-signed", async () => {
+    const xsigned = await stepIf({ carol }, "carol bootstrapCrossSigning (auth callback: password UIA); master, self-signing, user-signing keys on the server; her device cross-signed", async () => {
         await crypto.bootstrapCrossSigning({ authUploadDeviceSigningKeys: passwordUia(carol, notes) });
         expect(await crypto.isCrossSigningReady(), `isCrossSigningReady() false; ${JSON.stringify(await crypto.getCrossSigningStatus())}`);
         const uid = carol.getUserId();
@@ -367,14 +382,13 @@ async function main() {
             const q = await queryKeys(carol, uid);
             const sigs = q.device_keys?.[uid]?.[carol.getDeviceId()]?.signatures?.[uid] ?? {};
             return q.master_keys?.[uid] && q.self_signing_keys?.[uid] && q.user_signing_keys?.[uid] && sigs[`ed25519:${ssk}`];
-        }, `cross-signing keys + the self-signing signature on carol's device in /keys/query (${lastCall("carol", "POST", /\/keys\/device_signing\/upload$/)}; ${lastCall("carol", "POST", /\/keys\/signatures\/upload$/)})`);
+        }, () => `cross-signing keys + the self-signing signature on carol's device in /keys/query (${lastCall("carol", "POST", /\/keys\/device_signing\/upload$/)}; ${lastCall("carol", "POST", /\/keys\/signatures\/upload$/)})`);
         const status = await crypto.getDeviceVerificationStatus(uid, carol.getDeviceId());
         expect(status?.crossSigningVerified, `own device not cross-signing verified: ${JSON.stringify(status)}`);
     });
-    for (const n of notes.splice(0)) out(`      note: ${n}`);
+    printNotes();
 
-    await step("carol replaces her cross-signing keys (bootstrapCrossSigning setupNewCrossSigning): 401 UIA answered with m.login.password", async () => {
-        expect(xsigned, "cross-signing was not bootstrapped");
+    await stepIf({ xsigned }, "carol replaces her cross-signing keys (bootstrapCrossSigning setupNewCrossSigning): 401 UIA answered with m.login.password", async () => {
         const before = await crypto.getCrossSigningKeyId("master");
         await crypto.bootstrapCrossSigning({ setupNewCrossSigning: true, authUploadDeviceSigningKeys: passwordUia(carol, notes) });
         const after = await crypto.getCrossSigningKeyId("master");
@@ -386,10 +400,9 @@ async function main() {
             return Object.keys(q.master_keys?.[uid]?.keys ?? {}).includes(`ed25519:${after}`);
         }, "the new master key in /keys/query");
     });
-    for (const n of notes.splice(0)) out(`      note: ${n}`);
+    printNotes();
 
-    await step("carol bootstrapSecretStorage (new key): cross-signing private keys stored encrypted in account data", async () => {
-        expect(xsigned, "cross-signing was not bootstrapped");
+    const ssss = await stepIf({ carol }, "carol bootstrapSecretStorage (new key): default key + cross-signing private keys encrypted in account data", async () => {
         await crypto.bootstrapSecretStorage({ createSecretStorageKey: () => crypto.createRecoveryKeyFromPassphrase(), setupNewSecretStorage: true });
         expect(await crypto.isSecretStorageReady(), "isSecretStorageReady() false");
         const def = await carol.getAccountDataFromServer("m.secret_storage.default_key");
@@ -400,22 +413,25 @@ async function main() {
         }
     });
 
-    const backupVersion = await step("carol resetKeyBackup: new backup version (POST /room_keys/version), trusted, active, key in secret storage", async () => {
+    const backupVersion = await stepIf({ carol }, "carol resetKeyBackup: new backup version (POST /room_keys/version), trusted, active, key in secret storage", async () => {
         await crypto.resetKeyBackup();
-        const info = await carol.http.authedRequest(Method.Get, "/room_keys/version")
-            .catch((e) => { throw new StepFailed(`GET /room_keys/version after resetKeyBackup -> ${e.httpStatus} ${e.errcode} (${lastCall("carol", "POST", /\/room_keys\/version$/)})`); });
+        const info = await carol.http.authedRequest(Method.Get, "/room_keys/version").catch((e) => {
+            throw new StepFailed(`GET /room_keys/version after resetKeyBackup -> ${e.httpStatus} ${e.errcode} (${lastCall("carol", "POST", /\/room_keys\/version$/)})`);
+        });
         expect(info.version && info.algorithm === "m.megolm_backup.v1.curve25519-aes-sha2" && info.auth_data?.public_key,
             `GET /room_keys/version ${JSON.stringify(info)}`);
         expect(info.auth_data.signatures?.[carol.getUserId()], `backup auth_data carries no signature of carol's: ${JSON.stringify(info.auth_data)}`);
         const trust = await crypto.isKeyBackupTrusted(info);
         expect(trust.trusted && trust.matchesDecryptionKey, `isKeyBackupTrusted ${JSON.stringify(trust)}`);
         await poll(async () => (await crypto.getActiveSessionBackupVersion()) === info.version, `backup version ${info.version} active on carol's device`);
-        const stored = await carol.getAccountDataFromServer("m.megolm_backup.v1");
-        expect(stored?.encrypted, `m.megolm_backup.v1 account data ${JSON.stringify(stored)}`);
+        if (ssss) {
+            const stored = await carol.getAccountDataFromServer("m.megolm_backup.v1");
+            expect(stored?.encrypted, `m.megolm_backup.v1 account data ${JSON.stringify(stored)}`);
+        }
         return info.version;
     });
 
-    const roomId = await step("carol createRoom with m.room.encryption (m.megolm.v1.aes-sha2)" + (dave ? " and invites dave" : ""), async () => {
+    const roomId = await stepIf({ carol }, `carol createRoom with m.room.encryption (m.megolm.v1.aes-sha2)${nio ? " and invites dave" : ""}`, async () => {
         const { room_id: id } = await carol.createRoom({
             name: "E2EE interop",
             preset: "private_chat",
@@ -425,96 +441,87 @@ async function main() {
         await poll(async () => carol.getRoom(id) && (await crypto.isEncryptionEnabledInRoom(id)), "the room to be encrypted in carol's client");
         return id;
     });
-    if (!roomId) return;
 
     const history = `history from dave ${suffix}`;
-    if (nio && dave) {
-        const joined = await step("dave (nio) joins; nio sees the room as encrypted; carol sees him joined", async () => {
+    let historySent;
+    if (nio) {
+        const joined = await stepIf({ roomId, dave }, "dave (nio) joins; nio sees the room as encrypted; carol sees him joined", async () => {
             await nio.call("join", { room_id: roomId });
             await poll(() => carol.getRoom(roomId)?.getMember(dave.user_id)?.membership === "join", "dave's join in carol's client");
         });
-        if (joined) {
-            const body = `secret from js carol ${suffix}`;
-            const sent = await step("carol sends an encrypted message (keys claimed, room key sent to dave's device; stored as m.room.encrypted)", async () => {
-                const { event_id: id } = await carol.sendTextMessage(roomId, body);
-                await assertCiphertextOnServer(carol, roomId, id, body);
-                const toDevice = httpLog.filter((r) => r.who === "carol" && r.method === "PUT" && r.path.includes("/sendToDevice/m.room.encrypted/"));
-                expect(toDevice.some((r) => r.status === 200), `no successful PUT /sendToDevice/m.room.encrypted (${lastCall("carol", "POST", /\/keys\/claim$/)})`);
-                return id;
-            });
-            if (sent) {
-                await step("dave (nio) decrypts carol's message", async () => {
-                    const r = await nio.call("wait_message", { room_id: roomId, body });
-                    expect(r.sender === carol.getUserId() && r.decrypted, `nio: ${JSON.stringify(r)}`);
-                    expect(r.event_id === sent, `event_id ${r.event_id} != ${sent}`);
-                });
-            } else skipped("dave (nio) decrypts carol's message", "carol's message was not sent");
-
-            const daveBody = `secret from nio dave ${suffix}`;
-            const daveSent = await step("dave (nio) sends an encrypted message (room_send; m.room.encrypted on the wire)", async () => {
-                const r = await nio.call("send", { room_id: roomId, body: daveBody });
-                expect(r.wire_type === "m.room.encrypted", `nio sent ${r.wire_type}`);
-                return r.event_id;
-            });
-            if (daveSent) {
-                await step("carol (js) decrypts dave's message", async () => {
-                    const ev = await waitDecrypted(carol, roomId, daveBody, dave.user_id);
-                    expect(ev.getId() === daveSent, `event_id ${ev.getId()} != ${daveSent}`);
-                });
-            } else skipped("carol (js) decrypts dave's message", "dave's message was not sent");
-            await nio.call("send", { room_id: roomId, body: history }).catch(() => {});
-        }
-    }
-
-    if (backupVersion) {
-        await step("carol's Megolm sessions reach the key backup (PUT /room_keys/keys; GET /room_keys/keys lists the room)", async () => {
-            await poll(async () => {
-                const r = await carol.http.authedRequest(Method.Get, "/room_keys/keys", { version: backupVersion });
-                return Object.keys(r.rooms?.[roomId]?.sessions ?? {}).length > 0;
-            }, `the room's sessions in the backup (${lastCall("carol", "PUT", /\/room_keys\/keys$/)})`);
+        const body = `secret from js carol ${suffix}`;
+        const sent = await stepIf({ joined }, "carol sends an encrypted message (claims dave's one-time key, sends him the room key over Olm; stored as m.room.encrypted)", async () => {
+            const { event_id: id } = await carol.sendTextMessage(roomId, body);
+            await assertCiphertextOnServer(carol, roomId, id, body);
+            const toDevice = httpLog.filter((r) => r.who === "carol" && r.method === "PUT" && r.path.includes("/sendToDevice/m.room.encrypted/"));
+            expect(toDevice.some((r) => r.status === 200),
+                `no successful PUT /sendToDevice/m.room.encrypted: dave's device got no room key (${lastCall("carol", "POST", /\/keys\/query$/)}; ${lastCall("carol", "POST", /\/keys\/claim$/)})`);
+            return id;
         });
+        await stepIf({ sent }, "dave (nio) decrypts carol's message", async () => {
+            const r = await nio.call("wait_message", { room_id: roomId, body });
+            expect(r.sender === carol.getUserId() && r.decrypted, `nio: ${JSON.stringify(r)}`);
+            expect(r.event_id === sent, `event_id ${r.event_id} != ${sent}`);
+        });
+        const daveBody = `secret from nio dave ${suffix}`;
+        const daveSent = await stepIf({ joined }, "dave (nio) sends an encrypted message (room_send; m.room.encrypted on the wire)", async () => {
+            const r = await nio.call("send", { room_id: roomId, body: daveBody });
+            expect(r.wire_type === "m.room.encrypted", `nio sent ${r.wire_type}`);
+            return r.event_id;
+        });
+        await stepIf({ daveSent }, "carol (js) decrypts dave's message", async () => {
+            const ev = await waitDecrypted(carol, roomId, daveBody, dave.user_id);
+            expect(ev.getId() === daveSent, `event_id ${ev.getId()} != ${daveSent}`);
+        });
+        if (daveSent) historySent = await nio.call("send", { room_id: roomId, body: history }).then(() => true, () => false);
     }
 
-    // ---- a second js device of carol: restore from backup, then js <-> js
-    const carol2 = await step("carol logs in a second js device (Rust crypto) and starts it", async () => {
+    await stepIf({ backupVersion, roomId }, "carol's Megolm sessions reach the key backup (PUT /room_keys/keys; GET /room_keys/keys lists the room)", async () => {
+        // the Rust crypto uploads room keys to the backup in batches, a few seconds after they appear
+        await poll(async () => {
+            const r = await carol.http.authedRequest(Method.Get, "/room_keys/keys", { version: backupVersion });
+            return Object.keys(r.rooms?.[roomId]?.sessions ?? {}).length > 0;
+        }, () => `the room's sessions in the backup (${lastCall("carol", "PUT", /\/room_keys\/keys$/)})`, 30_000);
+    });
+
+    // ---- a second js device of carol: restore from the backup, then js <-> js
+    const carol2 = await stepIf({ carol }, "carol logs in a second js device (Rust crypto), startClient, device keys on the server", async () => {
         const creds = await loginDevice("carol2", carol.username, "js carol second device");
         const c = await startCrypto("carol2", creds);
         await deviceKeysOnServer(c);
         return c;
     });
-    if (!carol2) return;
 
-    if (backupVersion && dave) {
-        await step("carol's second device: backup key from secret storage + restoreKeyBackup decrypts dave's earlier message", async () => {
-            const c2 = carol2.getCrypto();
-            await c2.loadSessionBackupPrivateKeyFromSecretStorage();
-            await c2.checkKeyBackupAndEnable();
-            // the history message may reach the backup a little after the others
-            await poll(async () => {
-                const r = await c2.restoreKeyBackup();
-                return r.imported > 0 && decryptedMessage(carol2, roomId, history);
-            }, "the backed-up session for dave's message").catch(async (e) => {
-                const room = carol2.getRoom(roomId);
-                throw new StepFailed(`${e.message} (timeline has ${room?.getLiveTimeline().getEvents().length ?? 0} events; ${lastCall("carol2", "GET", /\/room_keys\/keys$/)})`);
+    if (nio) {
+        await stepIf({ carol2, backupVersion, ssss, "dave's history message": historySent },
+            "carol's second device: backup key from secret storage + restoreKeyBackup decrypts dave's earlier message", async () => {
+                const c2 = carol2.getCrypto();
+                await c2.loadSessionBackupPrivateKeyFromSecretStorage();
+                await c2.checkKeyBackupAndEnable();
+                // the history message may reach the backup a little after the others
+                await poll(async () => {
+                    const r = await c2.restoreKeyBackup();
+                    return r.imported > 0 && decryptedMessage(carol2, roomId, history);
+                }, () => `dave's earlier message decrypted from the backed-up session (${lastCall("carol2", "GET", /\/room_keys\/keys$/)})`);
             });
-        });
     }
 
-    const c2Body = `from carol's first js device ${suffix}`;
-    await step("js -> js: carol's first device sends, her second device decrypts", async () => {
-        await carol.sendTextMessage(roomId, c2Body);
-        await waitDecrypted(carol2, roomId, c2Body, carol.getUserId());
+    const c1Body = `from carol's first js device ${suffix}`;
+    await stepIf({ carol2, roomId }, "js -> js: carol's first device sends, her second device decrypts", async () => {
+        await carol.sendTextMessage(roomId, c1Body);
+        await waitDecrypted(carol2, roomId, c1Body, carol.getUserId());
     });
     const back = `from carol's second js device ${suffix}`;
-    await step("js -> js: carol's second device sends, her first device decrypts", async () => {
+    const backSent = await stepIf({ carol2, roomId }, "js -> js: carol's second device sends, her first device decrypts", async () => {
         await carol2.sendTextMessage(roomId, back);
         await waitDecrypted(carol, roomId, back, carol.getUserId());
     });
-    if (nio && dave) {
-        await step("dave (nio) decrypts the message from carol's second device", async () => {
-            const r = await nio.call("wait_message", { room_id: roomId, body: back });
-            expect(r.decrypted, `nio: ${JSON.stringify(r)}`);
-        });
+    if (nio) {
+        await stepIf({ "dave joined": carol?.getRoom(roomId ?? "")?.getMember(dave?.user_id ?? "")?.membership === "join", "carol2's message": backSent },
+            "dave (nio) decrypts the message from carol's second device", async () => {
+                const r = await nio.call("wait_message", { room_id: roomId, body: back });
+                expect(r.decrypted, `nio: ${JSON.stringify(r)}`);
+            });
     }
 }
 
@@ -531,25 +538,27 @@ try {
 if (nio) nioSummary = await nio.call("quit", {}, 10_000).catch(() => undefined);
 
 if (opts["http-log"]) writeFileSync(opts["http-log"], httpLog.map((r) => JSON.stringify(r)).join("\n") + "\n");
-const errors = httpLog.filter((r) => r.status >= 400);
-if (errors.length) {
-    out("\ne2ee (js): HTTP requests answered with an error status:");
-    for (const r of errors) {
-        out(`  [${r.who}] ${r.method} ${r.path} -> ${r.status}`);
-        if (r.request_body) out(`      request:  ${String(r.request_body).slice(0, 300)}`);
-        out(`      response: ${r.response_body.slice(0, 300)}`);
-    }
-}
-if (nioSummary?.errors?.length) {
-    out("\ne2ee (nio): HTTP requests answered with an error status:");
-    for (const r of nioSummary.errors) {
-        out(`  [${r.who}] ${r.method} ${r.path} -> ${r.status}`);
-        if (r.request_body) out(`      request:  ${String(r.request_body).slice(0, 300)}`);
-        out(`      response: ${r.response_body.slice(0, 300)}`);
-    }
-}
 const strip = (p) => p.split("?")[0].replace(/\/[@!#$][^/]*/g, "/{id}").replace(/%(40|21|23|24)[^/]*/g, "{id}")
     .replace(/\/(send|sendToDevice)\/([^/]+)\/[^/]+$/, "/$1/$2/{txn}").replace(/\/filter\/[^/]+$/, "/filter/{n}");
+/** Error responses, one line per distinct endpoint + status + body (with a count). */
+function printErrors(label, records) {
+    const groups = new Map();
+    for (const r of records.filter((x) => x.status >= 400)) {
+        const k = `[${r.who}] ${r.method} ${strip(r.path)} -> ${r.status}\n      response: ${r.response_body.slice(0, 300)}`;
+        if (!groups.has(k)) groups.set(k, { n: 0, request: r.request_body });
+        groups.get(k).n += 1;
+    }
+    if (!groups.size) return;
+    out(`\n${label}: HTTP requests answered with an error status:`);
+    for (const [k, { n, request }] of groups) {
+        const [head, resp] = k.split("\n");
+        out(`  ${head}${n > 1 ? `  (x${n})` : ""}`);
+        if (request) out(`      request:  ${String(request).slice(0, 300)}`);
+        out(resp);
+    }
+}
+printErrors("e2ee (js)", httpLog);
+printErrors("e2ee (nio)", nioSummary?.errors ?? []);
 const endpoints = new Map();
 for (const r of httpLog) {
     const k = `${r.method} ${strip(r.path)}`;
