@@ -16,7 +16,8 @@ Commands:
   wait_message {room_id, body}    wait until a message with this body arrives decrypted; fails with
                                   the undecryptable event's details when one came instead
   send {room_id, body}            room_send(ignore_unverified_devices=True): shares the Megolm
-                                  session over Olm to-device messages and sends m.room.encrypted
+                                  session over Olm to-device messages and sends m.room.encrypted;
+                                  answers how many room-key to-device requests succeeded so far
   quit                            stop syncing, close, answer with the HTTP requests that failed
                                   and the distinct endpoints called
 Requests answered with 4xx/5xx are recorded with their bodies (same recorder as nio_interop.py).
@@ -219,7 +220,14 @@ class Peer:
             )
         sent = [r for r in self.recorder.records if r.method == "PUT" and "/send/" in r.path]
         wire = strip_ids(sent[-1].path).split("/send/")[1].split("/")[0] if sent else None
-        return {"event_id": resp.event_id, "wire_type": wire}
+        to_device = [
+            r for r in self.recorder.records
+            if r.method == "PUT" and "/sendToDevice/m.room.encrypted/" in r.path and r.status == 200
+        ]
+        return {
+            "event_id": resp.event_id, "wire_type": wire, "room_key_to_device_ok": len(to_device),
+            "keys_query": self.last_call("POST", "/keys/query"), "keys_claim": self.last_call("POST", "/keys/claim"),
+        }
 
     async def quit(self) -> dict[str, Any]:
         if self.sync_task:

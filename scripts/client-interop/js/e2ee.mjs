@@ -475,9 +475,10 @@ async function main() {
             expect(r.event_id === sent, `event_id ${r.event_id} != ${sent}`);
         });
         const daveBody = `secret from nio dave ${suffix}`;
-        const daveSent = await stepIf({ joined }, "dave (nio) sends an encrypted message (room_send; m.room.encrypted on the wire)", async () => {
+        const daveSent = await stepIf({ joined }, "dave (nio) sends an encrypted message (room key to carol's device over Olm; m.room.encrypted on the wire)", async () => {
             const r = await nio.call("send", { room_id: roomId, body: daveBody });
             expect(r.wire_type === "m.room.encrypted", `nio sent ${r.wire_type}`);
+            expect(r.room_key_to_device_ok > 0, `nio sent its room key to no device (${r.keys_query}; ${r.keys_claim}); event ${r.event_id} was sent anyway`);
             return r.event_id;
         });
         await stepIf({ daveSent }, "carol (js) decrypts dave's message", async () => {
