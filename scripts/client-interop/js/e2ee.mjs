@@ -97,7 +97,7 @@ function recordingFetch(who) {
 /** The last recorded request matching method and path regex, as "METHOD path -> status errcode". */
 function lastCall(who, method, re) {
     const r = [...httpLog].reverse().find((x) => x.who === who && x.method === method && re.test(x.path.split("?")[0]));
-    if (!r) return `no ${method} ${re} request was made`;
+    if (!r) return `no ${method} …${re.source.replace(/\\/g, "").replace(/\$$/, "")} request was made`;
     let errcode = "";
     try {
         errcode = JSON.parse(r.response_body).errcode ?? "";
@@ -363,7 +363,7 @@ async function main() {
     });
     const crypto = carol?.getCrypto();
     if (shimmed.size) skipped(`server answers ${[...shimmed].join(", ")} with 404 (shimmed client-side so the later steps could run)`, "startClient never reaches PREPARED without push rules");
-    const carolKeys = await stepIf({ carol }, "carol's device keys reach the server (POST /keys/upload, seen in POST /keys/query)",
+    await stepIf({ "carol's client": carol }, "carol's device keys reach the server (POST /keys/upload, seen in POST /keys/query)",
         () => deviceKeysOnServer(carol).then(() => true));
 
     let dave;
@@ -373,7 +373,7 @@ async function main() {
             expect(r.user_id && r.device_id, `register result ${JSON.stringify(r)}`);
             return r;
         });
-        await stepIf({ dave, carol }, "dave's device keys reach the server (nio keys_upload, seen in carol's POST /keys/query)", async () => {
+        await stepIf({ "dave's client": dave, "carol's client": carol }, "dave's device keys reach the server (nio keys_upload, seen in carol's POST /keys/query)", async () => {
             expect(dave.keys_uploaded, `nio keys_upload: ${dave.upload_error}`);
             await poll(async () => {
                 const q = await queryKeys(carol, dave.user_id);
@@ -382,7 +382,7 @@ async function main() {
         });
     }
 
-    const xsigned = await stepIf({ carol }, "carol bootstrapCrossSigning (auth callback: password UIA); master, self-signing, user-signing keys on the server; her device cross-signed", async () => {
+    const xsigned = await stepIf({ "carol's client": carol }, "carol bootstrapCrossSigning (auth callback: password UIA); master, self-signing, user-signing keys on the server; her device cross-signed", async () => {
         await crypto.bootstrapCrossSigning({ authUploadDeviceSigningKeys: passwordUia(carol, notes) });
         expect(await crypto.isCrossSigningReady(), `isCrossSigningReady() false; ${JSON.stringify(await crypto.getCrossSigningStatus())}`);
         const uid = carol.getUserId();
@@ -397,7 +397,7 @@ async function main() {
     });
     printNotes();
 
-    await stepIf({ xsigned }, "carol replaces her cross-signing keys (bootstrapCrossSigning setupNewCrossSigning): 401 UIA answered with m.login.password", async () => {
+    await stepIf({ "cross-signing": xsigned }, "carol replaces her cross-signing keys (bootstrapCrossSigning setupNewCrossSigning): 401 UIA answered with m.login.password", async () => {
         const before = await crypto.getCrossSigningKeyId("master");
         await crypto.bootstrapCrossSigning({ setupNewCrossSigning: true, authUploadDeviceSigningKeys: passwordUia(carol, notes) });
         expect(notes.some((n) => n.startsWith("401 UIA")), `the server replaced the cross-signing keys without user-interactive auth (${notes.join("; ")})`);
@@ -412,7 +412,7 @@ async function main() {
     });
     printNotes();
 
-    const ssss = await stepIf({ carol }, "carol bootstrapSecretStorage (new key): default key + cross-signing private keys encrypted in account data", async () => {
+    const ssss = await stepIf({ "carol's client": carol }, "carol bootstrapSecretStorage (new key): default key + cross-signing private keys encrypted in account data", async () => {
         await crypto.bootstrapSecretStorage({ createSecretStorageKey: () => crypto.createRecoveryKeyFromPassphrase(), setupNewSecretStorage: true });
         expect(await crypto.isSecretStorageReady(), "isSecretStorageReady() false");
         const def = await carol.getAccountDataFromServer("m.secret_storage.default_key");
@@ -423,7 +423,7 @@ async function main() {
         }
     });
 
-    const backupVersion = await stepIf({ carol }, "carol resetKeyBackup: new backup version (POST /room_keys/version), trusted, active, key in secret storage", async () => {
+    const backupVersion = await stepIf({ "carol's client": carol }, "carol resetKeyBackup: new backup version (POST /room_keys/version), trusted, active, key in secret storage", async () => {
         await crypto.resetKeyBackup();
         const info = await carol.http.authedRequest(Method.Get, "/room_keys/version").catch((e) => {
             throw new StepFailed(`GET /room_keys/version after resetKeyBackup -> ${e.httpStatus} ${e.errcode} (${lastCall("carol", "POST", /\/room_keys\/version$/)})`);
@@ -441,7 +441,7 @@ async function main() {
         return info.version;
     });
 
-    const roomId = await stepIf({ carol }, `carol createRoom with m.room.encryption (m.megolm.v1.aes-sha2)${nio ? " and invites dave" : ""}`, async () => {
+    const roomId = await stepIf({ "carol's client": carol }, `carol createRoom with m.room.encryption (m.megolm.v1.aes-sha2)${nio ? " and invites dave" : ""}`, async () => {
         const { room_id: id } = await carol.createRoom({
             name: "E2EE interop",
             preset: "private_chat",
@@ -455,12 +455,12 @@ async function main() {
     const history = `history from dave ${suffix}`;
     let historySent;
     if (nio) {
-        const joined = await stepIf({ roomId, dave }, "dave (nio) joins; nio sees the room as encrypted; carol sees him joined", async () => {
+        const joined = await stepIf({ "the encrypted room": roomId, "dave's client": dave }, "dave (nio) joins; nio sees the room as encrypted; carol sees him joined", async () => {
             await nio.call("join", { room_id: roomId });
             await poll(() => carol.getRoom(roomId)?.getMember(dave.user_id)?.membership === "join", "dave's join in carol's client");
         });
         const body = `secret from js carol ${suffix}`;
-        const sent = await stepIf({ joined }, "carol sends an encrypted message (claims dave's one-time key, sends him the room key over Olm; stored as m.room.encrypted)", async () => {
+        const sent = await stepIf({ "dave's join": joined }, "carol sends an encrypted message (claims dave's one-time key, sends him the room key over Olm; stored as m.room.encrypted)", async () => {
             const { event_id: id } = await carol.sendTextMessage(roomId, body);
             await assertCiphertextOnServer(carol, roomId, id, body);
             const toDevice = httpLog.filter((r) => r.who === "carol" && r.method === "PUT" && r.path.includes("/sendToDevice/m.room.encrypted/"));
@@ -470,19 +470,19 @@ async function main() {
                 `no successful PUT /sendToDevice/m.room.encrypted: dave's device got no room key (${lastCall("carol", "POST", /\/keys\/query$/)}; ${lastCall("carol", "POST", /\/keys\/claim$/)})`);
             return id;
         });
-        await stepIf({ sent }, "dave (nio) decrypts carol's message", async () => {
+        await stepIf({ "carol's message": sent }, "dave (nio) decrypts carol's message", async () => {
             const r = await nio.call("wait_message", { room_id: roomId, body });
             expect(r.sender === carol.getUserId() && r.decrypted, `nio: ${JSON.stringify(r)}`);
             expect(r.event_id === sent, `event_id ${r.event_id} != ${sent}`);
         });
         const daveBody = `secret from nio dave ${suffix}`;
-        const daveSent = await stepIf({ joined }, "dave (nio) sends an encrypted message (room key to carol's device over Olm; m.room.encrypted on the wire)", async () => {
+        const daveSent = await stepIf({ "dave's join": joined }, "dave (nio) sends an encrypted message (room key to carol's device over Olm; m.room.encrypted on the wire)", async () => {
             const r = await nio.call("send", { room_id: roomId, body: daveBody });
             expect(r.wire_type === "m.room.encrypted", `nio sent ${r.wire_type}`);
             expect(r.room_key_to_device_ok > 0, `nio sent its room key to no device (${r.keys_query}; ${r.keys_claim}); event ${r.event_id} was sent anyway`);
             return r.event_id;
         });
-        await stepIf({ daveSent }, "carol (js) decrypts dave's message", async () => {
+        await stepIf({ "dave's message": daveSent }, "carol (js) decrypts dave's message", async () => {
             const ev = await waitDecrypted(carol, roomId, daveBody, dave.user_id);
             expect(ev.getId() === daveSent, `event_id ${ev.getId()} != ${daveSent}`);
         });
@@ -491,7 +491,7 @@ async function main() {
 
     // without nio nothing was encrypted yet: one message gives carol an outbound session to back up
     if (!nio && roomId) await carol.sendTextMessage(roomId, `alone in here ${suffix}`).catch(() => {});
-    await stepIf({ backupVersion, roomId }, "carol's Megolm sessions reach the key backup (PUT /room_keys/keys; GET /room_keys/keys lists the room)", async () => {
+    await stepIf({ "a backup version": backupVersion, "the encrypted room": roomId }, "carol's Megolm sessions reach the key backup (PUT /room_keys/keys; GET /room_keys/keys lists the room)", async () => {
         // the Rust crypto uploads room keys to the backup in batches, a few seconds after they appear
         await poll(async () => {
             const r = await carol.http.authedRequest(Method.Get, "/room_keys/keys", { version: backupVersion });
@@ -500,7 +500,7 @@ async function main() {
     });
 
     // ---- a second js device of carol: restore from the backup, then js <-> js
-    const carol2 = await stepIf({ carol }, "carol logs in a second js device (Rust crypto), startClient, device keys on the server", async () => {
+    const carol2 = await stepIf({ "carol's client": carol }, "carol logs in a second js device (Rust crypto), startClient, device keys on the server", async () => {
         const creds = await loginDevice("carol2", carol.username, "js carol second device");
         const c = await startCrypto("carol2", creds);
         await deviceKeysOnServer(c);
@@ -508,7 +508,7 @@ async function main() {
     });
 
     if (nio) {
-        await stepIf({ carol2, backupVersion, ssss, "dave's history message": historySent },
+        await stepIf({ "carol's second device": carol2, "a backup version": backupVersion, "secret storage": ssss, "dave's history message": historySent },
             "carol's second device: backup key from secret storage + restoreKeyBackup decrypts dave's earlier message", async () => {
                 const c2 = carol2.getCrypto();
                 await c2.loadSessionBackupPrivateKeyFromSecretStorage();
@@ -522,7 +522,7 @@ async function main() {
     }
 
     const c1Body = `from carol's first js device ${suffix}`;
-    await stepIf({ carol2, roomId }, "js -> js: carol's first device learns of her second device (/sync device_lists), sends; the second decrypts", async () => {
+    await stepIf({ "carol's second device": carol2, "the encrypted room": roomId }, "js -> js: carol's first device learns of her second device (/sync device_lists), sends; the second decrypts", async () => {
         const uid = carol.getUserId();
         await poll(async () => (await crypto.getUserDeviceInfo([uid])).get(uid)?.has(carol2.getDeviceId()),
             () => `carol's second device in her first device's device list (${lastCall("carol", "POST", /\/keys\/query$/)})`);
@@ -530,7 +530,7 @@ async function main() {
         await waitDecrypted(carol2, roomId, c1Body, carol.getUserId());
     });
     const back = `from carol's second js device ${suffix}`;
-    const backSent = await stepIf({ carol2, roomId }, "js -> js: carol's second device sends, her first device decrypts", async () => {
+    const backSent = await stepIf({ "carol's second device": carol2, "the encrypted room": roomId }, "js -> js: carol's second device sends, her first device decrypts", async () => {
         await carol2.sendTextMessage(roomId, back);
         await waitDecrypted(carol, roomId, back, carol.getUserId());
     });
