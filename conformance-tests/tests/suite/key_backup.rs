@@ -105,20 +105,27 @@ conformance_test! {
         let room = format!("!kb5room:{}", alice.server_name());
         let path = session_path(&room, "s", &version);
         alice.put(&path, &key(5, 1, false, "Zmlyc3Q")).await.ok();
-        // A higher first_message_index does not replace it.
-        alice.put(&path, &key(6, 0, false, "bGF0ZXI")).await.ok();
-        assert_eq!(alice.get(&path).await.ok(), &key(5, 1, false, "Zmlyc3Q"));
+        let deviation = "§Server-side key backups (Synapse lets a lower forwarded_count beat a lower \
+            first_message_index, and an unverified key with a lower index replace a verified one)";
+        if !hs.skip_on_synapse(deviation) {
+            // A higher first_message_index does not replace it, whatever its forwarded_count.
+            alice.put(&path, &key(6, 0, false, "bGF0ZXI")).await.ok();
+            assert_eq!(alice.get(&path).await.ok(), &key(5, 1, false, "Zmlyc3Q"));
+        }
         // A lower one does.
         alice.put(&path, &key(2, 3, false, "ZWFybGllcg")).await.ok();
         assert_eq!(alice.get(&path).await.ok(), &key(2, 3, false, "ZWFybGllcg"));
         // Same index, lower forwarded_count: replaces.
         alice.put(&path, &key(2, 1, false, "bGVzcw")).await.ok();
         assert_eq!(alice.get(&path).await.ok(), &key(2, 1, false, "bGVzcw"));
-        // Verified beats a better index; unverified never replaces verified.
+        // Verified beats a better index.
         alice.put(&path, &key(9, 9, true, "dmVyaWZpZWQ")).await.ok();
         assert_eq!(alice.get(&path).await.ok(), &key(9, 9, true, "dmVyaWZpZWQ"));
-        alice.put(&path, &key(0, 0, false, "dW52ZXJpZmllZA")).await.ok();
-        assert_eq!(alice.get(&path).await.ok(), &key(9, 9, true, "dmVyaWZpZWQ"));
+        if !hs.skip_on_synapse(deviation) {
+            // An unverified key never replaces a verified one.
+            alice.put(&path, &key(0, 0, false, "dW52ZXJpZmllZA")).await.ok();
+            assert_eq!(alice.get(&path).await.ok(), &key(9, 9, true, "dmVyaWZpZWQ"));
+        }
     }
 }
 
