@@ -33,7 +33,11 @@ fn key(first_message_index: u64, forwarded_count: u64, is_verified: bool, tag: &
 }
 
 fn session_path(room: &str, session: &str, version: &str) -> String {
-    format!("/room_keys/keys/{}/{}?version={version}", encode(room), encode(session))
+    format!(
+        "/room_keys/keys/{}/{}?version={version}",
+        encode(room),
+        encode(session)
+    )
 }
 
 fn assert_error(status: StatusCode, body: &Value, want_status: StatusCode, errcode: &str) {
@@ -87,17 +91,46 @@ async fn versions_are_created_read_updated_and_deleted() {
 
     // Unknown algorithms and malformed auth_data are refused at creation.
     for (body, status_code, errcode) in [
-        (json!({"algorithm": "org.example.rot13", "auth_data": {"public_key": "x"}}), StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
-        (json!({"algorithm": ALGORITHM, "auth_data": "not an object"}), StatusCode::BAD_REQUEST, "M_BAD_JSON"),
-        (json!({"algorithm": ALGORITHM, "auth_data": {}}), StatusCode::BAD_REQUEST, "M_BAD_JSON"),
-        (json!({"algorithm": ALGORITHM}), StatusCode::BAD_REQUEST, "M_BAD_JSON"),
-        (json!({"algorithm": 5, "auth_data": {"public_key": "x"}}), StatusCode::BAD_REQUEST, "M_BAD_JSON"),
-        (json!({"algorithm": ALGORITHM, "auth_data": {"public_key": "x".repeat(70_000)}}), StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE"),
+        (
+            json!({"algorithm": "org.example.rot13", "auth_data": {"public_key": "x"}}),
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+        ),
+        (
+            json!({"algorithm": ALGORITHM, "auth_data": "not an object"}),
+            StatusCode::BAD_REQUEST,
+            "M_BAD_JSON",
+        ),
+        (
+            json!({"algorithm": ALGORITHM, "auth_data": {}}),
+            StatusCode::BAD_REQUEST,
+            "M_BAD_JSON",
+        ),
+        (
+            json!({"algorithm": ALGORITHM}),
+            StatusCode::BAD_REQUEST,
+            "M_BAD_JSON",
+        ),
+        (
+            json!({"algorithm": 5, "auth_data": {"public_key": "x"}}),
+            StatusCode::BAD_REQUEST,
+            "M_BAD_JSON",
+        ),
+        (
+            json!({"algorithm": ALGORITHM, "auth_data": {"public_key": "x".repeat(70_000)}}),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "M_TOO_LARGE",
+        ),
     ] {
-        let (status, resp) = alice.request(Method::POST, "/room_keys/version", Some(&body)).await;
+        let (status, resp) = alice
+            .request(Method::POST, "/room_keys/version", Some(&body))
+            .await;
         assert_error(status, &resp, status_code, errcode);
     }
-    assert_eq!(alice.ok(Method::GET, "/room_keys/version", None).await["version"], "1");
+    assert_eq!(
+        alice.ok(Method::GET, "/room_keys/version", None).await["version"],
+        "1"
+    );
 
     // Versions that were never handed out are unknown, whatever they look like.
     for version in ["2", "0", "01", "abc", "99999999999999999999999"] {
@@ -119,7 +152,10 @@ async fn versions_are_created_read_updated_and_deleted() {
     assert_eq!(create_version(&alice, "a2V5Mw").await, "2");
 
     // Without a token: 401.
-    let (status, body) = server.anon().request(Method::GET, "/room_keys/version", None).await;
+    let (status, body) = server
+        .anon()
+        .request(Method::GET, "/room_keys/version", None)
+        .await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN");
 }
 
@@ -131,10 +167,15 @@ async fn the_better_key_stays_and_etag_and_count_follow_changes() {
     let room = "!room:hearth.test";
     let path = session_path(room, "sess", &v);
 
-    let first = alice.ok(Method::PUT, &path, Some(&key(5, 1, false, "first"))).await;
+    let first = alice
+        .ok(Method::PUT, &path, Some(&key(5, 1, false, "first")))
+        .await;
     assert_eq!(first["count"], 1);
     let etag1 = first["etag"].as_str().unwrap().to_owned();
-    assert_eq!(alice.ok(Method::GET, &path, None).await, key(5, 1, false, "first"));
+    assert_eq!(
+        alice.ok(Method::GET, &path, None).await,
+        key(5, 1, false, "first")
+    );
 
     // (upload, does it replace what is stored?) in order; each row's expected stored key after.
     let steps = [
@@ -143,17 +184,29 @@ async fn the_better_key_stays_and_etag_and_count_follow_changes() {
         // Full tie: the stored key stays.
         (key(5, 1, false, "tie"), key(5, 1, false, "first")),
         // Lower forwarded_count: replaces.
-        (key(5, 0, false, "less forwarded"), key(5, 0, false, "less forwarded")),
+        (
+            key(5, 0, false, "less forwarded"),
+            key(5, 0, false, "less forwarded"),
+        ),
         // Higher first_message_index, even with forwarded_count 0: kept.
-        (key(6, 0, false, "later index"), key(5, 0, false, "less forwarded")),
+        (
+            key(6, 0, false, "later index"),
+            key(5, 0, false, "less forwarded"),
+        ),
         // Lower first_message_index beats a lower forwarded_count.
-        (key(3, 9, false, "earlier index"), key(3, 9, false, "earlier index")),
+        (
+            key(3, 9, false, "earlier index"),
+            key(3, 9, false, "earlier index"),
+        ),
         // Verified beats everything.
         (key(50, 50, true, "verified"), key(50, 50, true, "verified")),
         // Unverified never replaces verified, even with a better index.
         (key(0, 0, false, "unverified"), key(50, 50, true, "verified")),
         // Among verified ones the index counts again.
-        (key(10, 50, true, "verified earlier"), key(10, 50, true, "verified earlier")),
+        (
+            key(10, 50, true, "verified earlier"),
+            key(10, 50, true, "verified earlier"),
+        ),
     ];
     let mut etag = etag1.clone();
     for (upload, expected) in steps {
@@ -187,15 +240,30 @@ async fn the_better_key_stays_and_etag_and_count_follow_changes() {
     let all = alice
         .ok(Method::GET, &format!("/room_keys/keys?version={v}"), None)
         .await;
-    assert_eq!(all["rooms"][room]["sessions"].as_object().unwrap().len(), 3, "{all}");
-    assert_eq!(all["rooms"]["!other:hearth.test"]["sessions"]["s4"], key(0, 0, false, "s4"));
+    assert_eq!(
+        all["rooms"][room]["sessions"].as_object().unwrap().len(),
+        3,
+        "{all}"
+    );
+    assert_eq!(
+        all["rooms"]["!other:hearth.test"]["sessions"]["s4"],
+        key(0, 0, false, "s4")
+    );
     let one_room = alice
-        .ok(Method::GET, &format!("/room_keys/keys/{}?version={v}", encode(room)), None)
+        .ok(
+            Method::GET,
+            &format!("/room_keys/keys/{}?version={v}", encode(room)),
+            None,
+        )
         .await;
     assert_eq!(one_room["sessions"], all["rooms"][room]["sessions"]);
     // A room without keys is an empty object, a session without a key 404.
     let empty = alice
-        .ok(Method::GET, &format!("/room_keys/keys/{}?version={v}", encode("!none:hearth.test")), None)
+        .ok(
+            Method::GET,
+            &format!("/room_keys/keys/{}?version={v}", encode("!none:hearth.test")),
+            None,
+        )
         .await;
     assert_eq!(empty, json!({"sessions": {}}));
     let (status, body) = alice
@@ -204,11 +272,17 @@ async fn the_better_key_stays_and_etag_and_count_follow_changes() {
     assert_error(status, &body, StatusCode::NOT_FOUND, "M_NOT_FOUND");
 
     // Deleting: one session, then a room, then everything; etag moves, count follows.
-    let resp = alice.ok(Method::DELETE, &session_path(room, "s2", &v), None).await;
+    let resp = alice
+        .ok(Method::DELETE, &session_path(room, "s2", &v), None)
+        .await;
     assert_eq!(resp["count"], 3);
     assert_ne!(resp["etag"], info["etag"]);
     let resp = alice
-        .ok(Method::DELETE, &format!("/room_keys/keys/{}?version={v}", encode(room)), None)
+        .ok(
+            Method::DELETE,
+            &format!("/room_keys/keys/{}?version={v}", encode(room)),
+            None,
+        )
         .await;
     assert_eq!(resp["count"], 1);
     let resp = alice
@@ -228,19 +302,31 @@ async fn keys_go_only_to_the_latest_version_and_die_with_their_version() {
     let v1 = create_version(&alice, "a2V5MQ").await;
     let room = "!room:hearth.test";
     alice
-        .ok(Method::PUT, &session_path(room, "old", &v1), Some(&key(0, 0, false, "old")))
+        .ok(
+            Method::PUT,
+            &session_path(room, "old", &v1),
+            Some(&key(0, 0, false, "old")),
+        )
         .await;
     let v2 = create_version(&alice, "a2V5Mg").await;
 
     // v1 is no longer the latest: writes are refused with the current version named.
     let (status, body) = alice
-        .request(Method::PUT, &session_path(room, "new", &v1), Some(&key(0, 0, false, "new")))
+        .request(
+            Method::PUT,
+            &session_path(room, "new", &v1),
+            Some(&key(0, 0, false, "new")),
+        )
         .await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "M_WRONG_ROOM_KEYS_VERSION");
     assert_eq!(body["current_version"], v2);
     // A version that does not exist is 404, not 403.
     let (status, body) = alice
-        .request(Method::PUT, &session_path(room, "new", "77"), Some(&key(0, 0, false, "new")))
+        .request(
+            Method::PUT,
+            &session_path(room, "new", "77"),
+            Some(&key(0, 0, false, "new")),
+        )
         .await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "M_NOT_FOUND");
     // The version parameter is required.
@@ -260,7 +346,9 @@ async fn keys_go_only_to_the_latest_version_and_die_with_their_version() {
         alice.ok(Method::GET, &session_path(room, "old", &v1), None).await,
         key(0, 0, false, "old")
     );
-    let (status, _) = alice.request(Method::GET, &session_path(room, "old", &v2), None).await;
+    let (status, _) = alice
+        .request(Method::GET, &session_path(room, "old", &v2), None)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Deleting v1 deletes its keys: unreadable, and gone from the database.
@@ -277,7 +365,12 @@ async fn keys_go_only_to_the_latest_version_and_die_with_their_version() {
     assert_error(status, &body, StatusCode::NOT_FOUND, "M_NOT_FOUND");
     let db = server.db().await;
     assert_eq!(
-        count(&db, "SELECT COUNT(*) FROM key_backup_sessions WHERE version = 1", &[]).await,
+        count(
+            &db,
+            "SELECT COUNT(*) FROM key_backup_sessions WHERE version = 1",
+            &[]
+        )
+        .await,
         0
     );
     // Deleting the latest version leaves no current one: uploads are 404.
@@ -285,7 +378,11 @@ async fn keys_go_only_to_the_latest_version_and_die_with_their_version() {
         .ok(Method::DELETE, &format!("/room_keys/version/{v2}"), None)
         .await;
     let (status, body) = alice
-        .request(Method::PUT, &session_path(room, "x", &v2), Some(&key(0, 0, false, "x")))
+        .request(
+            Method::PUT,
+            &session_path(room, "x", &v2),
+            Some(&key(0, 0, false, "x")),
+        )
         .await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "M_NOT_FOUND");
 }
@@ -298,7 +395,11 @@ async fn another_users_backup_does_not_exist_for_you() {
     let v = create_version(&alice, "YWxpY2U").await;
     let room = "!room:hearth.test";
     alice
-        .ok(Method::PUT, &session_path(room, "s", &v), Some(&key(0, 0, false, "alice's")))
+        .ok(
+            Method::PUT,
+            &session_path(room, "s", &v),
+            Some(&key(0, 0, false, "alice's")),
+        )
         .await;
 
     for (method, path) in [
@@ -313,7 +414,11 @@ async fn another_users_backup_does_not_exist_for_you() {
         assert_error(status, &body, StatusCode::NOT_FOUND, "M_NOT_FOUND");
     }
     let (status, body) = bob
-        .request(Method::PUT, &session_path(room, "s", &v), Some(&key(0, 0, true, "bob's")))
+        .request(
+            Method::PUT,
+            &session_path(room, "s", &v),
+            Some(&key(0, 0, true, "bob's")),
+        )
         .await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "M_NOT_FOUND");
     let update = json!({"algorithm": ALGORITHM, "auth_data": auth_data("Ym9i")});
@@ -324,8 +429,12 @@ async fn another_users_backup_does_not_exist_for_you() {
 
     // Bob's own version 1 is his; alice's stays as it was.
     assert_eq!(create_version(&bob, "Ym9i").await, "1");
-    bob.ok(Method::PUT, &session_path(room, "s", "1"), Some(&key(0, 0, true, "bob's")))
-        .await;
+    bob.ok(
+        Method::PUT,
+        &session_path(room, "s", "1"),
+        Some(&key(0, 0, true, "bob's")),
+    )
+    .await;
     assert_eq!(
         alice.ok(Method::GET, &session_path(room, "s", &v), None).await,
         key(0, 0, false, "alice's")
@@ -349,7 +458,11 @@ async fn hostile_uploads_get_spec_errors_and_store_nothing() {
         .map(|i| (format!("s{i}"), key(0, 0, false, "x")))
         .collect();
     let (status, body) = alice
-        .request(Method::PUT, &keys_path, Some(&json!({"rooms": {room: {"sessions": sessions}}})))
+        .request(
+            Method::PUT,
+            &keys_path,
+            Some(&json!({"rooms": {room: {"sessions": sessions}}})),
+        )
         .await;
     assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
 
@@ -358,7 +471,9 @@ async fn hostile_uploads_get_spec_errors_and_store_nothing() {
         "first_message_index": 0, "forwarded_count": 0, "is_verified": false,
         "session_data": {"ciphertext": "A".repeat(20_000)},
     });
-    let (status, body) = alice.request(Method::PUT, &session_path(room, "big", &v), Some(&big)).await;
+    let (status, body) = alice
+        .request(Method::PUT, &session_path(room, "big", &v), Some(&big))
+        .await;
     assert_error(status, &body, StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE");
 
     // Malformed keys: each refused as bad JSON (or an invalid parameter), none a 500.
@@ -371,7 +486,9 @@ async fn hostile_uploads_get_spec_errors_and_store_nothing() {
         json!([1, 2, 3]),
     ];
     for bad in bad_keys {
-        let (status, body) = alice.request(Method::PUT, &session_path(room, "bad", &v), Some(&bad)).await;
+        let (status, body) = alice
+            .request(Method::PUT, &session_path(room, "bad", &v), Some(&bad))
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
         assert!(
             ["M_BAD_JSON", "M_NOT_JSON", "M_INVALID_PARAM"].contains(&body["errcode"].as_str().unwrap_or("")),
@@ -400,5 +517,8 @@ async fn hostile_uploads_get_spec_errors_and_store_nothing() {
     let info = alice.ok(Method::GET, "/room_keys/version", None).await;
     assert_eq!(info["count"], 0, "{info}");
     let db = server.db().await;
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM key_backup_sessions", &[]).await, 0);
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM key_backup_sessions", &[]).await,
+        0
+    );
 }

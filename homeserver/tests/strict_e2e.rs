@@ -37,7 +37,11 @@ async fn send_raw(client: &Client, room: &str, event_type: &str, content: &Value
 
 async fn put_state(client: &Client, room: &str, event_type: &str, content: &Value) -> (StatusCode, Value) {
     client
-        .request(Method::PUT, &Client::state_path(room, event_type, ""), Some(content))
+        .request(
+            Method::PUT,
+            &Client::state_path(room, event_type, ""),
+            Some(content),
+        )
         .await
 }
 
@@ -68,15 +72,33 @@ async fn a_strict_room_takes_only_megolm_and_keeps_its_encryption() {
     // Plaintext of every kind is refused.
     for (event_type, content) in [
         ("m.room.message", json!({"msgtype": "m.text", "body": "hello"})),
-        ("m.reaction", json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": "$x", "key": "👍"}})),
-        ("m.sticker", json!({"body": "sticker", "url": "mxc://hearth.test/abc", "info": {}})),
-        ("m.poll.start", json!({"m.poll": {"question": {"m.text": [{"body": "?"}]}}})),
+        (
+            "m.reaction",
+            json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": "$x", "key": "👍"}}),
+        ),
+        (
+            "m.sticker",
+            json!({"body": "sticker", "url": "mxc://hearth.test/abc", "info": {}}),
+        ),
+        (
+            "m.poll.start",
+            json!({"m.poll": {"question": {"m.text": [{"body": "?"}]}}}),
+        ),
         ("org.example.custom", json!({"anything": "goes"})),
-        ("m.room.encrypted", json!({"algorithm": MEGOLM, "ciphertext": "plain words, not Megolm"})),
-        ("m.room.encrypted", json!({"algorithm": MEGOLM, "ciphertext": "aGVsbG8gd29ybGQ"})),
+        (
+            "m.room.encrypted",
+            json!({"algorithm": MEGOLM, "ciphertext": "plain words, not Megolm"}),
+        ),
+        (
+            "m.room.encrypted",
+            json!({"algorithm": MEGOLM, "ciphertext": "aGVsbG8gd29ybGQ"}),
+        ),
         ("m.room.encrypted", json!({"algorithm": MEGOLM})),
         ("m.room.encrypted", json!({"algorithm": MEGOLM, "ciphertext": 42})),
-        ("m.room.encrypted", json!({"algorithm": "m.olm.v1.curve25519-aes-sha2", "ciphertext": {}})),
+        (
+            "m.room.encrypted",
+            json!({"algorithm": "m.olm.v1.curve25519-aes-sha2", "ciphertext": {}}),
+        ),
         ("m.room.encrypted", json!({"ciphertext": "x"})),
     ] {
         let (status, body) = send_raw(&bob, &room, event_type, &content).await;
@@ -85,12 +107,24 @@ async fn a_strict_room_takes_only_megolm_and_keeps_its_encryption() {
 
     // A real Megolm message is accepted and delivered.
     let mut session = GroupSession::new(SessionConfig::version_1());
-    let (status, body) = send_raw(&alice, &room, "m.room.encrypted", &megolm_content(&mut session, "hi bob")).await;
+    let (status, body) = send_raw(
+        &alice,
+        &room,
+        "m.room.encrypted",
+        &megolm_content(&mut session, "hi bob"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let encrypted_id = body["event_id"].as_str().unwrap().to_owned();
     let sync = bob.sync(None, 0, 50).await;
-    let timeline = sync["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().clone();
-    assert!(timeline.iter().any(|e| e["event_id"] == encrypted_id.as_str()), "{sync}");
+    let timeline = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        timeline.iter().any(|e| e["event_id"] == encrypted_id.as_str()),
+        "{sync}"
+    );
     assert!(
         timeline
             .iter()
@@ -101,7 +135,13 @@ async fn a_strict_room_takes_only_megolm_and_keeps_its_encryption() {
 
     // Redactions (both endpoints) and ordinary state events pass.
     alice.redact(&room, &encrypted_id).await;
-    let (status, body) = send_raw(&alice, &room, "m.room.encrypted", &megolm_content(&mut session, "again")).await;
+    let (status, body) = send_raw(
+        &alice,
+        &room,
+        "m.room.encrypted",
+        &megolm_content(&mut session, "again"),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let second = body["event_id"].as_str().unwrap().to_owned();
     let (status, body) = send_raw(&alice, &room, "m.room.redaction", &json!({"redacts": second})).await;
@@ -124,22 +164,40 @@ async fn a_strict_room_takes_only_megolm_and_keeps_its_encryption() {
     let ids = alice.room_state_ids(&room).await;
     for key in ["m.room.encryption", PRIVACY] {
         let event_id = &ids[&(key.to_owned(), String::new())];
-        let path = format!("/rooms/{}/redact/{}/{}", encode(&room), encode(event_id), txn_id());
+        let path = format!(
+            "/rooms/{}/redact/{}/{}",
+            encode(&room),
+            encode(event_id),
+            txn_id()
+        );
         let (status, body) = alice.request(Method::PUT, &path, Some(&json!({}))).await;
         assert_strict_refusal(status, &body, &format!("redacting {key}"));
     }
 
     // The mode only moves towards strict.
-    for content in [json!({"mode": "search_enabled"}), json!({}), json!({"mode": "plain"})] {
+    for content in [
+        json!({"mode": "search_enabled"}),
+        json!({}),
+        json!({"mode": "plain"}),
+    ] {
         let (status, body) = put_state(&alice, &room, PRIVACY, &content).await;
         assert_strict_refusal(status, &body, &format!("mode {content}"));
     }
     let (status, body) = put_state(&alice, &room, PRIVACY, &json!({"mode": "strict_e2e"})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(alice.get_state_content(&room, "m.room.encryption", "").await, json!({"algorithm": MEGOLM}));
+    assert_eq!(
+        alice.get_state_content(&room, "m.room.encryption", "").await,
+        json!({"algorithm": MEGOLM})
+    );
 
     // Still refusing plaintext after all that.
-    let (status, body) = send_raw(&alice, &room, "m.room.message", &json!({"msgtype": "m.text", "body": "x"})).await;
+    let (status, body) = send_raw(
+        &alice,
+        &room,
+        "m.room.message",
+        &json!({"msgtype": "m.text", "body": "x"}),
+    )
+    .await;
     assert_strict_refusal(status, &body, "plaintext at the end");
 }
 
@@ -156,12 +214,19 @@ async fn rooms_become_strict_when_encryption_is_enabled() {
     assert_eq!(status, StatusCode::OK);
     let (status, body) = put_state(&alice, &room, "m.room.encryption", &json!({"algorithm": MEGOLM})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(alice.get_state_content(&room, PRIVACY, "").await, json!({"mode": "strict_e2e"}));
+    assert_eq!(
+        alice.get_state_content(&room, PRIVACY, "").await,
+        json!({"mode": "strict_e2e"})
+    );
     let ids = alice.room_state_ids(&room).await;
     let mode_event = alice
         .ok(
             Method::GET,
-            &format!("/rooms/{}/event/{}", encode(&room), encode(&ids[&(PRIVACY.to_owned(), String::new())])),
+            &format!(
+                "/rooms/{}/event/{}",
+                encode(&room),
+                encode(&ids[&(PRIVACY.to_owned(), String::new())])
+            ),
             None,
         )
         .await;
@@ -177,7 +242,10 @@ async fn rooms_become_strict_when_encryption_is_enabled() {
     assert_eq!(status, StatusCode::OK);
     let (status, body) = put_state(&alice, &room, "m.room.encryption", &json!({"algorithm": MEGOLM})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(alice.get_state_content(&room, PRIVACY, "").await, json!({"mode": "strict_e2e"}));
+    assert_eq!(
+        alice.get_state_content(&room, PRIVACY, "").await,
+        json!({"mode": "strict_e2e"})
+    );
     let (status, body) = send_raw(&alice, &room, "m.room.message", &text).await;
     assert_strict_refusal(status, &body, "search_enabled room after encryption");
 
@@ -188,7 +256,13 @@ async fn rooms_become_strict_when_encryption_is_enabled() {
     let (status, body) = send_raw(&alice, &room, "m.room.message", &text).await;
     assert_strict_refusal(status, &body, "explicit strict mode");
     // A strict room's encryption is Megolm.
-    let (status, body) = put_state(&alice, &room, "m.room.encryption", &json!({"algorithm": "org.example.rot13"})).await;
+    let (status, body) = put_state(
+        &alice,
+        &room,
+        "m.room.encryption",
+        &json!({"algorithm": "org.example.rot13"}),
+    )
+    .await;
     assert_strict_refusal(status, &body, "non-Megolm encryption");
 
     // createRoom: search_enabled after encryption is refused as a whole, nothing is created.
@@ -224,17 +298,27 @@ async fn rooms_become_strict_when_encryption_is_enabled() {
         )
         .await;
     let new_room = upgraded["replacement_room"].as_str().unwrap();
-    assert_eq!(alice.get_state_content(new_room, PRIVACY, "").await, json!({"mode": "strict_e2e"}));
+    assert_eq!(
+        alice.get_state_content(new_room, PRIVACY, "").await,
+        json!({"mode": "strict_e2e"})
+    );
     let (status, body) = send_raw(&alice, new_room, "m.room.message", &text).await;
     assert_strict_refusal(status, &body, "upgraded room");
 }
 
 #[tokio::test]
 async fn encrypted_rooms_stay_plain_when_the_config_says_so() {
-    let server = Server::start_with_config(Backend::from_env(), "[privacy]\nencrypted_rooms_strict = false\n").await;
+    let server =
+        Server::start_with_config(Backend::from_env(), "[privacy]\nencrypted_rooms_strict = false\n").await;
     let alice = server.register("alice").await;
     let room = alice.create_room(encrypted_room_body()).await;
-    let (status, body) = send_raw(&alice, &room, "m.room.message", &json!({"msgtype": "m.text", "body": "ok"})).await;
+    let (status, body) = send_raw(
+        &alice,
+        &room,
+        "m.room.message",
+        &json!({"msgtype": "m.text", "body": "ok"}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, _) = alice
         .request(Method::GET, &Client::state_path(&room, PRIVACY, ""), None)
@@ -243,7 +327,13 @@ async fn encrypted_rooms_stay_plain_when_the_config_says_so() {
     // An explicit strict mode still holds.
     let (status, body) = put_state(&alice, &room, PRIVACY, &json!({"mode": "strict_e2e"})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = send_raw(&alice, &room, "m.room.message", &json!({"msgtype": "m.text", "body": "no"})).await;
+    let (status, body) = send_raw(
+        &alice,
+        &room,
+        "m.room.message",
+        &json!({"msgtype": "m.text", "body": "no"}),
+    )
+    .await;
     assert_strict_refusal(status, &body, "explicitly strict");
 }
 
@@ -276,7 +366,11 @@ fn persisted_places(server: &Server, needle: &str) -> Vec<String> {
             .arg(&server.db_url)
             .output()
             .expect("run pg_dump");
-        assert!(dump.status.success(), "pg_dump: {}", String::from_utf8_lossy(&dump.stderr));
+        assert!(
+            dump.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&dump.stderr)
+        );
         assert!(dump.stdout.len() > 1000, "a dump with the schema in it");
         if dump.stdout.windows(needle.len()).any(|w| w == needle.as_bytes()) {
             places.push("pg_dump".into());
@@ -325,13 +419,23 @@ async fn nothing_persisted_holds_what_was_sent_encrypted() {
     )
     .await;
     assert_strict_refusal(status, &body, "plaintext");
-    let (status, body) = send_raw(&bob, &room, "m.room.encrypted", &json!({"algorithm": MEGOLM, "ciphertext": refused_secret})).await;
+    let (status, body) = send_raw(
+        &bob,
+        &room,
+        "m.room.encrypted",
+        &json!({"algorithm": MEGOLM, "ciphertext": refused_secret}),
+    )
+    .await;
     assert_strict_refusal(status, &body, "fake ciphertext");
     // Delivered and read: sync, messages, receipts, notifications touch it.
     let sync = bob.sync(None, 0, 50).await;
     assert!(sync["rooms"]["join"][&room].is_object());
-    bob.ok(Method::GET, &format!("/rooms/{}/messages?dir=b&limit=50", encode(&room)), None)
-        .await;
+    bob.ok(
+        Method::GET,
+        &format!("/rooms/{}/messages?dir=b&limit=50", encode(&room)),
+        None,
+    )
+    .await;
     bob.ok(Method::GET, "/notifications", None).await;
 
     // The control: a plain room's plaintext is stored, and the same scan finds it.

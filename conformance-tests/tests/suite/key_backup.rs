@@ -12,7 +12,10 @@ async fn create_backup(c: &Client, public_key: &str) -> String {
         "auth_data": {"public_key": public_key, "signatures": {}},
     });
     let resp = c.post(&format!("{V3}/room_keys/version"), &body).await;
-    resp.ok()["version"].as_str().expect("version is a string").to_owned()
+    resp.ok()["version"]
+        .as_str()
+        .expect("version is a string")
+        .to_owned()
 }
 
 fn key(first_message_index: u64, forwarded_count: u64, is_verified: bool, ciphertext: &str) -> Value {
@@ -25,7 +28,12 @@ fn key(first_message_index: u64, forwarded_count: u64, is_verified: bool, cipher
 }
 
 fn session_path(room: &str, session: &str, version: &str) -> String {
-    format!("{V3}/room_keys/keys/{}/{}?version={}", enc(room), enc(session), enc(version))
+    format!(
+        "{V3}/room_keys/keys/{}/{}?version={}",
+        enc(room),
+        enc(session),
+        enc(version)
+    )
 }
 
 conformance_test! {

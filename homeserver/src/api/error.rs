@@ -163,7 +163,8 @@ impl From<Error> for ApiError {
                 Self::new(status, errcode, message).with("org.hearth.error", json!(code))
             }
             Error::WrongRoomKeysVersion { current_version } => {
-                Self::new(status, errcode, "Wrong backup version").with("current_version", json!(current_version))
+                Self::new(status, errcode, "Wrong backup version")
+                    .with("current_version", json!(current_version))
             }
             Error::Store(e) => Self::internal(e),
             Error::Internal(_) => Self::new(status, errcode, "Internal server error"),

@@ -6,9 +6,9 @@ use ruma::{
     UInt,
     api::client::backup::{
         add_backup_keys, add_backup_keys_for_room, add_backup_keys_for_session, create_backup_version,
-        delete_backup_keys, delete_backup_keys_for_room, delete_backup_keys_for_session, delete_backup_version,
-        get_backup_info, get_backup_keys, get_backup_keys_for_room, get_backup_keys_for_session,
-        get_latest_backup_info, update_backup_version,
+        delete_backup_keys, delete_backup_keys_for_room, delete_backup_keys_for_session,
+        delete_backup_version, get_backup_info, get_backup_keys, get_backup_keys_for_room,
+        get_backup_keys_for_session, get_latest_backup_info, update_backup_version,
     },
 };
 
@@ -43,7 +43,10 @@ pub async fn latest_version(
     Ruma(_): Ruma<get_latest_backup_info::v3::Request>,
 ) -> ApiResult<RumaResponse<get_latest_backup_info::v3::Response>> {
     let info = backup::latest_version(&svc, &auth.user_id).await?;
-    Ok(get_latest_backup_info::v3::Response::new(info.algorithm, uint(info.count), info.etag, info.version).into())
+    Ok(
+        get_latest_backup_info::v3::Response::new(info.algorithm, uint(info.count), info.etag, info.version)
+            .into(),
+    )
 }
 
 /// `GET /room_keys/version/{version}`
@@ -82,13 +85,16 @@ pub async fn put_keys(
     auth: Auth,
     Ruma(req): Ruma<add_backup_keys::v3::Request>,
 ) -> ApiResult<RumaResponse<add_backup_keys::v3::Response>> {
-    let keys = req.rooms.iter().flat_map(|(room_id, backup)| {
-        backup
-            .sessions
-            .iter()
-            .map(move |(session_id, data)| (&**room_id, session_id.as_str(), data.json()))
-    })
-    .collect::<Vec<_>>();
+    let keys = req
+        .rooms
+        .iter()
+        .flat_map(|(room_id, backup)| {
+            backup
+                .sessions
+                .iter()
+                .map(move |(session_id, data)| (&**room_id, session_id.as_str(), data.json()))
+        })
+        .collect::<Vec<_>>();
     let KeysUpdated { etag, count } = backup::put_keys(&svc, &auth.user_id, &req.version, &keys).await?;
     Ok(add_backup_keys::v3::Response::new(etag, uint(count)).into())
 }
@@ -155,7 +161,8 @@ pub async fn delete_keys(
     auth: Auth,
     Ruma(req): Ruma<delete_backup_keys::v3::Request>,
 ) -> ApiResult<RumaResponse<delete_backup_keys::v3::Response>> {
-    let KeysUpdated { etag, count } = backup::delete_keys(&svc, &auth.user_id, &req.version, None, None).await?;
+    let KeysUpdated { etag, count } =
+        backup::delete_keys(&svc, &auth.user_id, &req.version, None, None).await?;
     Ok(delete_backup_keys::v3::Response::new(etag, uint(count)).into())
 }
 

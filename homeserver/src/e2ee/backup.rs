@@ -69,7 +69,10 @@ pub fn replaces(stored: &BackupSessionRow, new: &BackupSessionRow) -> bool {
 /// version.
 fn parse_version(version: &str) -> Result<i64> {
     let not_found = || Error::not_found(format!("Unknown backup version {version:?}"));
-    if version.is_empty() || version.len() > 18 || !version.bytes().all(|b| b.is_ascii_digit()) || version.starts_with('0')
+    if version.is_empty()
+        || version.len() > 18
+        || !version.bytes().all(|b| b.is_ascii_digit())
+        || version.starts_with('0')
     {
         return Err(not_found());
     }
@@ -87,8 +90,8 @@ struct AlgorithmBody {
 /// Reads `{"algorithm", "auth_data"[, "version"]}`: the algorithm must be the spec's, and its
 /// `auth_data` an object with a `public_key` string (and `signatures`, when present, an object).
 fn parse_algorithm(body: &RawValue) -> Result<(String, String, Option<Value>)> {
-    let body: AlgorithmBody =
-        serde_json::from_str(body.get()).map_err(|e| Error::bad_json(format!("Invalid backup algorithm: {e}")))?;
+    let body: AlgorithmBody = serde_json::from_str(body.get())
+        .map_err(|e| Error::bad_json(format!("Invalid backup algorithm: {e}")))?;
     let algorithm = body
         .algorithm
         .as_str()
@@ -100,11 +103,16 @@ fn parse_algorithm(body: &RawValue) -> Result<(String, String, Option<Value>)> {
         )));
     }
     if body.auth_data.get().len() > MAX_AUTH_DATA_BYTES {
-        return Err(Error::too_large(format!("auth_data is larger than {MAX_AUTH_DATA_BYTES} bytes")));
+        return Err(Error::too_large(format!(
+            "auth_data is larger than {MAX_AUTH_DATA_BYTES} bytes"
+        )));
     }
     let auth_data: Map<String, Value> = serde_json::from_str(body.auth_data.get())
         .map_err(|_| Error::bad_json("auth_data must be an object"))?;
-    if !auth_data.get("public_key").is_some_and(|k| k.as_str().is_some_and(|k| !k.is_empty())) {
+    if !auth_data
+        .get("public_key")
+        .is_some_and(|k| k.as_str().is_some_and(|k| !k.is_empty()))
+    {
         return Err(Error::bad_json("auth_data.public_key must be a non-empty string"));
     }
     if auth_data.get("signatures").is_some_and(|s| !s.is_object()) {
@@ -168,7 +176,9 @@ pub async fn update_version(svc: &Services, user: &UserId, version: &str, body: 
     if let Some(body_version) = body_version
         && body_version.as_str() != Some(version)
     {
-        return Err(Error::invalid_param("version in the body does not match the path"));
+        return Err(Error::invalid_param(
+            "version in the body does not match the path",
+        ));
     }
     let current = live_version(svc, user, version).await?;
     if current.algorithm != algorithm {
@@ -225,7 +235,9 @@ fn session_row(room_id: &RoomId, session_id: &str, data: &RawValue) -> Result<Ba
         return Err(Error::bad_json("session_data must be an object"));
     }
     if key.first_message_index > MAX_JSON_INT || key.forwarded_count > MAX_JSON_INT {
-        return Err(Error::bad_json("first_message_index and forwarded_count must be at most 2^53-1"));
+        return Err(Error::bad_json(
+            "first_message_index and forwarded_count must be at most 2^53-1",
+        ));
     }
     Ok(BackupSessionRow {
         room_id: room_id.to_string(),
@@ -287,7 +299,11 @@ fn key_data(row: &BackupSessionRow) -> Result<Raw<KeyBackupData>> {
 
 /// `GET /room_keys/keys`: every key of `version` (any live version, not only the latest), by
 /// room and session.
-pub async fn all_keys(svc: &Services, user: &UserId, version: &str) -> Result<BTreeMap<OwnedRoomId, RoomKeyBackup>> {
+pub async fn all_keys(
+    svc: &Services,
+    user: &UserId,
+    version: &str,
+) -> Result<BTreeMap<OwnedRoomId, RoomKeyBackup>> {
     let rows = keys(svc, user, version, None, None).await?;
     let mut rooms: BTreeMap<OwnedRoomId, BTreeMap<String, Raw<KeyBackupData>>> = BTreeMap::new();
     for row in &rows {
@@ -345,7 +361,12 @@ async fn keys(
     }
     Ok(svc
         .store
-        .backup_sessions(user.as_str(), row.version, room_id.map(RoomId::as_str), session_id)
+        .backup_sessions(
+            user.as_str(),
+            row.version,
+            room_id.map(RoomId::as_str),
+            session_id,
+        )
         .await?)
 }
 

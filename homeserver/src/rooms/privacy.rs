@@ -122,12 +122,10 @@ fn check_mode_change(state: &PrivacyState<'_>, current: PrivacyMode, content: &V
     };
     match (current, new) {
         (PrivacyMode::StrictE2e, PrivacyMode::StrictE2e) => Ok(()),
-        (PrivacyMode::StrictE2e, _) => Err(Error::strict_e2e(
-            "A strict_e2e room cannot leave strict mode",
-        )),
-        (_, PrivacyMode::SearchEnabled) if state.encryption.is_some() => Err(Error::strict_e2e(
-            "An encrypted room cannot be search_enabled",
-        )),
+        (PrivacyMode::StrictE2e, _) => Err(Error::strict_e2e("A strict_e2e room cannot leave strict mode")),
+        (_, PrivacyMode::SearchEnabled) if state.encryption.is_some() => {
+            Err(Error::strict_e2e("An encrypted room cannot be search_enabled"))
+        }
         _ => Ok(()),
     }
 }
@@ -267,7 +265,9 @@ pub async fn after_encryption_enabled(svc: &Services, sender: &UserId, room_id: 
             return;
         }
     };
-    if explicit == Some(PrivacyMode::StrictE2e) || !PrivacyMode::of(explicit, true, &svc.config.privacy).is_strict() {
+    if explicit == Some(PrivacyMode::StrictE2e)
+        || !PrivacyMode::of(explicit, true, &svc.config.privacy).is_strict()
+    {
         return;
     }
     if let Err(error) = svc
@@ -343,7 +343,11 @@ mod tests {
         assert_eq!(events[1].event_type, PRIVACY_EVENT_TYPE);
         assert_eq!(events[2].event_type, "m.room.encryption");
         let mut off = events[..1].to_vec();
-        off.push(EventSpec::state("m.room.encryption", "", json!({"algorithm": MEGOLM_ALGORITHM})));
+        off.push(EventSpec::state(
+            "m.room.encryption",
+            "",
+            json!({"algorithm": MEGOLM_ALGORITHM}),
+        ));
         add_mode_to_initial_events(
             &PrivacyConfig {
                 encrypted_rooms_strict: false,

@@ -532,7 +532,11 @@ impl Timeline {
             (privacy::PRIVACY_EVENT_TYPE.to_owned(), String::new()),
             ("m.room.encryption".to_owned(), String::new()),
         ];
-        let privacy_wanted = if draft.privacy_read { &[][..] } else { &privacy_keys[..] };
+        let privacy_wanted = if draft.privacy_read {
+            &[][..]
+        } else {
+            &privacy_keys[..]
+        };
         let mut wanted: Vec<(String, String)> = auth_types
             .iter()
             .map(|(t, k)| (t.to_string(), k.clone()))

@@ -42,18 +42,26 @@ pub enum BackupWrite {
 impl Store {
     /// Creates `user_id`'s next backup version (one more than any they ever had, deleted ones
     /// included) and returns its number.
-    pub async fn create_backup_version(&self, user_id: &str, algorithm: &str, auth_data: &str) -> StoreResult<i64> {
+    pub async fn create_backup_version(
+        &self,
+        user_id: &str,
+        algorithm: &str,
+        auth_data: &str,
+    ) -> StoreResult<i64> {
         // Two creations at once on PostgreSQL may pick the same number; the loser tries again.
         let mut attempt = 0;
         loop {
             let mut tx = self.begin_write().await?;
-            let next: i64 = q("SELECT COALESCE(MAX(version), 0) + 1 FROM key_backup_versions WHERE user_id = $1")
-                .bind(user_id.to_owned())
-                .fetch_one(&mut *tx)
-                .await?
-                .get(0);
-            let inserted = q("INSERT INTO key_backup_versions (user_id, version, algorithm, auth_data) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            let next: i64 =
+                q("SELECT COALESCE(MAX(version), 0) + 1 FROM key_backup_versions WHERE user_id = $1")
+                    .bind(user_id.to_owned())
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .get(0);
+            let inserted = q(
+                "INSERT INTO key_backup_versions (user_id, version, algorithm, auth_data) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
             .bind(user_id.to_owned())
             .bind(next)
             .bind(algorithm.to_owned())
@@ -76,8 +84,10 @@ impl Store {
 
     /// `user_id`'s latest backup version that is not deleted.
     pub async fn latest_backup_version(&self, user_id: &str) -> StoreResult<Option<BackupVersionRow>> {
-        let row = q("SELECT version FROM key_backup_versions WHERE user_id = $1 AND deleted = 0 \
-             ORDER BY version DESC LIMIT 1")
+        let row = q(
+            "SELECT version FROM key_backup_versions WHERE user_id = $1 AND deleted = 0 \
+             ORDER BY version DESC LIMIT 1",
+        )
         .bind(user_id.to_owned())
         .fetch_optional(&self.pool)
         .await?;
@@ -106,7 +116,12 @@ impl Store {
     }
 
     /// Replaces a live version's `auth_data`; false when there is no such version.
-    pub async fn update_backup_auth_data(&self, user_id: &str, version: i64, auth_data: &str) -> StoreResult<bool> {
+    pub async fn update_backup_auth_data(
+        &self,
+        user_id: &str,
+        version: i64,
+        auth_data: &str,
+    ) -> StoreResult<bool> {
         let updated = q("UPDATE key_backup_versions SET auth_data = $3 WHERE user_id = $1 AND version = $2 AND deleted = 0")
             .bind(user_id.to_owned())
             .bind(version)
@@ -156,8 +171,10 @@ impl Store {
         replaces: impl Fn(&BackupSessionRow, &BackupSessionRow) -> bool,
     ) -> StoreResult<BackupWrite> {
         let mut tx = self.begin_write().await?;
-        let current: Option<i64> = q("SELECT version FROM key_backup_versions WHERE user_id = $1 AND deleted = 0 \
-             ORDER BY version DESC LIMIT 1")
+        let current: Option<i64> = q(
+            "SELECT version FROM key_backup_versions WHERE user_id = $1 AND deleted = 0 \
+             ORDER BY version DESC LIMIT 1",
+        )
         .bind(user_id.to_owned())
         .fetch_optional(&mut *tx)
         .await?
@@ -166,12 +183,13 @@ impl Store {
             return Ok(BackupWrite::NotFound);
         };
         if current != version {
-            let exists = q("SELECT 1 FROM key_backup_versions WHERE user_id = $1 AND version = $2 AND deleted = 0")
-                .bind(user_id.to_owned())
-                .bind(version)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
+            let exists =
+                q("SELECT 1 FROM key_backup_versions WHERE user_id = $1 AND version = $2 AND deleted = 0")
+                    .bind(user_id.to_owned())
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
             return Ok(if exists {
                 BackupWrite::NotLatest { current }
             } else {
@@ -190,7 +208,8 @@ impl Store {
         .ok_or_else(|| super::StoreError::Corrupt("backup version vanished".into()))?;
         let mut changed = false;
         for new in sessions {
-            let stored = Self::backup_session_in(&mut tx, user_id, version, &new.room_id, &new.session_id).await?;
+            let stored =
+                Self::backup_session_in(&mut tx, user_id, version, &new.room_id, &new.session_id).await?;
             if stored.as_ref().is_some_and(|stored| !replaces(stored, new)) {
                 continue;
             }
@@ -217,7 +236,10 @@ impl Store {
             Ok(BackupWrite::Done { etag, count })
         } else {
             tx.rollback().await?;
-            Ok(BackupWrite::Done { etag: etag - 1, count })
+            Ok(BackupWrite::Done {
+                etag: etag - 1,
+                count,
+            })
         }
     }
 
@@ -228,8 +250,10 @@ impl Store {
         room_id: &str,
         session_id: &str,
     ) -> StoreResult<Option<BackupSessionRow>> {
-        let row = q("SELECT first_message_index, forwarded_count, is_verified, session_data FROM key_backup_sessions \
-             WHERE user_id = $1 AND version = $2 AND room_id = $3 AND session_id = $4")
+        let row = q(
+            "SELECT first_message_index, forwarded_count, is_verified, session_data FROM key_backup_sessions \
+             WHERE user_id = $1 AND version = $2 AND room_id = $3 AND session_id = $4",
+        )
         .bind(user_id.to_owned())
         .bind(version)
         .bind(room_id.to_owned())
@@ -246,13 +270,19 @@ impl Store {
         }))
     }
 
-    async fn backup_count_in(tx: &mut Transaction<'static, Any>, user_id: &str, version: i64) -> StoreResult<i64> {
-        Ok(q("SELECT COUNT(*) FROM key_backup_sessions WHERE user_id = $1 AND version = $2")
-            .bind(user_id.to_owned())
-            .bind(version)
-            .fetch_one(&mut **tx)
-            .await?
-            .get(0))
+    async fn backup_count_in(
+        tx: &mut Transaction<'static, Any>,
+        user_id: &str,
+        version: i64,
+    ) -> StoreResult<i64> {
+        Ok(
+            q("SELECT COUNT(*) FROM key_backup_sessions WHERE user_id = $1 AND version = $2")
+                .bind(user_id.to_owned())
+                .bind(version)
+                .fetch_one(&mut **tx)
+                .await?
+                .get(0),
+        )
     }
 
     /// The keys of `version` (all, one room's, or one session's), ordered by room and session.
@@ -264,10 +294,12 @@ impl Store {
         room_id: Option<&str>,
         session_id: Option<&str>,
     ) -> StoreResult<Vec<BackupSessionRow>> {
-        let rows = q("SELECT room_id, session_id, first_message_index, forwarded_count, is_verified, session_data \
+        let rows = q(
+            "SELECT room_id, session_id, first_message_index, forwarded_count, is_verified, session_data \
              FROM key_backup_sessions WHERE user_id = $1 AND version = $2 \
                AND ($3 = '' OR room_id = $3) AND ($4 = '' OR session_id = $4) \
-             ORDER BY room_id, session_id")
+             ORDER BY room_id, session_id",
+        )
         .bind(user_id.to_owned())
         .bind(version)
         .bind(room_id.unwrap_or("").to_owned())
@@ -297,17 +329,20 @@ impl Store {
         session_id: Option<&str>,
     ) -> StoreResult<Option<(i64, i64)>> {
         let mut tx = self.begin_write().await?;
-        let etag: Option<i64> = q("SELECT etag FROM key_backup_versions WHERE user_id = $1 AND version = $2 AND deleted = 0")
-            .bind(user_id.to_owned())
-            .bind(version)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.get(0));
+        let etag: Option<i64> =
+            q("SELECT etag FROM key_backup_versions WHERE user_id = $1 AND version = $2 AND deleted = 0")
+                .bind(user_id.to_owned())
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.get(0));
         let Some(mut etag) = etag else {
             return Ok(None);
         };
-        let deleted = q("DELETE FROM key_backup_sessions WHERE user_id = $1 AND version = $2 \
-               AND ($3 = '' OR room_id = $3) AND ($4 = '' OR session_id = $4)")
+        let deleted = q(
+            "DELETE FROM key_backup_sessions WHERE user_id = $1 AND version = $2 \
+               AND ($3 = '' OR room_id = $3) AND ($4 = '' OR session_id = $4)",
+        )
         .bind(user_id.to_owned())
         .bind(version)
         .bind(room_id.unwrap_or("").to_owned())
