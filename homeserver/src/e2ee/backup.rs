@@ -109,10 +109,8 @@ fn parse_algorithm(body: &RawValue) -> Result<(String, String, Option<Value>)> {
     }
     let auth_data: Map<String, Value> = serde_json::from_str(body.auth_data.get())
         .map_err(|_| Error::bad_json("auth_data must be an object"))?;
-    if !auth_data
-        .get("public_key")
-        .is_some_and(|k| k.as_str().is_some_and(|k| !k.is_empty()))
-    {
+    let public_key = auth_data.get("public_key").and_then(Value::as_str);
+    if public_key.is_none_or(str::is_empty) {
         return Err(Error::bad_json("auth_data.public_key must be a non-empty string"));
     }
     if auth_data.get("signatures").is_some_and(|s| !s.is_object()) {
