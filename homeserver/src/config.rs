@@ -41,6 +41,25 @@ pub struct Config {
     pub push: PushConfig,
     #[serde(default)]
     pub uia: UiaConfig,
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
+}
+
+/// Hearth's room privacy modes (spec/privacy-modes.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// A room that gets `m.room.encryption` becomes a strict end-to-end encrypted room
+    /// (`org.hearth.room.privacy` `strict_e2e`): the server refuses its local users' plaintext.
+    pub encrypted_rooms_strict: bool,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self {
+            encrypted_rooms_strict: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -377,6 +396,7 @@ impl Config {
             trusted_proxies: Vec::new(),
             push: PushConfig::default(),
             uia: UiaConfig::default(),
+            privacy: PrivacyConfig::default(),
         }
     }
 
@@ -550,6 +570,11 @@ allowed_networks = []             # e.g. ["10.1.2.3/32"]
 
 [uia]
 session_timeout_secs = 600        # user-interactive auth sessions expire after this
+
+[privacy]
+# Rooms with m.room.encryption become strict end-to-end encrypted rooms: the server refuses
+# plaintext messages from its users there (spec/privacy-modes.md).
+encrypted_rooms_strict = true
 
 [auth]
 # Access tokens of clients that ask for a refresh token last this long (ms); 0: no refresh tokens.

@@ -13,6 +13,14 @@ pub enum Error {
     /// The user may not do this (`M_FORBIDDEN`).
     #[error("{0}")]
     Forbidden(String),
+    /// `M_FORBIDDEN` by one of Hearth's own guarantees, named to the client in the body's
+    /// `org.hearth.error` field (e.g. `strict_e2e`: see spec/privacy-modes.md).
+    #[error("{message}")]
+    HearthForbidden { code: &'static str, message: String },
+    /// The key backup version is not the user's latest (`M_WRONG_ROOM_KEYS_VERSION`, with the
+    /// latest one in `current_version`).
+    #[error("Wrong backup version")]
+    WrongRoomKeysVersion { current_version: String },
     /// No such thing, or not one the user may see (`M_NOT_FOUND`).
     #[error("{0}")]
     NotFound(String),
@@ -117,6 +125,14 @@ impl Error {
         Self::UnknownToken { soft_logout }
     }
 
+    /// Refused by a strict end-to-end encrypted room (`org.hearth.error: strict_e2e`).
+    pub fn strict_e2e(message: impl Into<String>) -> Self {
+        Self::HearthForbidden {
+            code: "strict_e2e",
+            message: message.into(),
+        }
+    }
+
     pub fn limit_exceeded(retry_after_ms: u64) -> Self {
         Self::LimitExceeded { retry_after_ms }
     }
@@ -130,7 +146,8 @@ impl Error {
     /// The spec's error code for this error.
     pub fn errcode(&self) -> &'static str {
         match self {
-            Self::Forbidden(_) => "M_FORBIDDEN",
+            Self::Forbidden(_) | Self::HearthForbidden { .. } => "M_FORBIDDEN",
+            Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
             Self::NotFound(_) => "M_NOT_FOUND",
             Self::InvalidParam(_) => "M_INVALID_PARAM",
             Self::MissingParam(_) => "M_MISSING_PARAM",

@@ -10,6 +10,7 @@ mod e2ee;
 mod ephemeral;
 mod errors;
 mod filters;
+mod key_backup;
 mod login;
 mod logout;
 mod media;

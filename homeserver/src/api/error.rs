@@ -128,7 +128,10 @@ impl From<Error> for ApiError {
         use StatusCode as S;
         let errcode = error.errcode();
         let status = match &error {
-            Error::Forbidden(_) | Error::UserDeactivated(_) => S::FORBIDDEN,
+            Error::Forbidden(_)
+            | Error::UserDeactivated(_)
+            | Error::HearthForbidden { .. }
+            | Error::WrongRoomKeysVersion { .. } => S::FORBIDDEN,
             Error::NotFound(_) => S::NOT_FOUND,
             Error::TooLarge(_) => S::PAYLOAD_TOO_LARGE,
             Error::LimitExceeded { .. } => S::TOO_MANY_REQUESTS,
@@ -155,6 +158,13 @@ impl From<Error> for ApiError {
                 let mut out = Self::new(status, code, message);
                 out.extra = challenge;
                 out
+            }
+            Error::HearthForbidden { code, message } => {
+                Self::new(status, errcode, message).with("org.hearth.error", json!(code))
+            }
+            Error::WrongRoomKeysVersion { current_version } => {
+                Self::new(status, errcode, "Wrong backup version")
+                    .with("current_version", json!(current_version))
             }
             Error::Store(e) => Self::internal(e),
             Error::Internal(_) => Self::new(status, errcode, "Internal server error"),

@@ -13,6 +13,7 @@ pub mod media;
 pub mod messages;
 pub mod profile;
 pub mod push;
+pub mod room_keys;
 pub mod rooms;
 pub mod ruma;
 pub mod state;
@@ -149,6 +150,34 @@ fn client_routes() -> Router<Services> {
         .route("/pushers", get(push::get_pushers))
         .route("/pushers/set", post(push::set_pusher))
         .route("/notifications", get(push::notifications))
+        .route(
+            "/room_keys/version",
+            get(room_keys::latest_version).post(room_keys::create_version),
+        )
+        .route(
+            "/room_keys/version/{version}",
+            get(room_keys::get_version)
+                .put(room_keys::update_version)
+                .delete(room_keys::delete_version),
+        )
+        .route(
+            "/room_keys/keys",
+            get(room_keys::get_keys)
+                .put(room_keys::put_keys)
+                .delete(room_keys::delete_keys),
+        )
+        .route(
+            "/room_keys/keys/{room_id}",
+            get(room_keys::get_room_keys)
+                .put(room_keys::put_room_keys)
+                .delete(room_keys::delete_room_keys),
+        )
+        .route(
+            "/room_keys/keys/{room_id}/{session_id}",
+            get(room_keys::get_session_key)
+                .put(room_keys::put_session_key)
+                .delete(room_keys::delete_session_key),
+        )
 }
 
 /// The content repository: uploads and the deprecated endpoints under `/_matrix/media/…`, the

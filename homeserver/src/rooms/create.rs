@@ -188,6 +188,9 @@ pub async fn create_room(svc: &Services, creator: &UserId, req: CreateRoomReques
         ));
     }
 
+    // Encryption in the initial state may make the room strict (rooms::privacy).
+    crate::rooms::privacy::add_mode_to_initial_events(&svc.config.privacy, &mut events);
+
     // 7. name and topic
     if let Some(name) = req.name {
         events.push(EventSpec::state("m.room.name", "", json!({ "name": name })));

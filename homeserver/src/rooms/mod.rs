@@ -10,6 +10,7 @@ pub mod history;
 pub mod listener;
 pub mod membership;
 pub mod power;
+pub mod privacy;
 pub mod receipts;
 pub mod send;
 pub mod state;

@@ -81,15 +81,19 @@ pub async fn set(
 ) -> Result<OwnedEventId> {
     svc.rate_limiter.check(Action::Message, sender.as_str())?;
     rooms::room(svc, room_id).await?;
+    let event_type = event_type.to_string();
     let appended = svc
         .timeline
         .append(
             svc,
             room_id,
             sender,
-            EventSpec::state(&event_type.to_string(), state_key, content),
+            EventSpec::state(&event_type, state_key, content),
             None,
         )
         .await?;
+    if event_type == "m.room.encryption" && state_key.is_empty() {
+        rooms::privacy::after_encryption_enabled(svc, sender, room_id).await;
+    }
     Ok(appended.event_id)
 }

@@ -28,7 +28,7 @@ use tokio::sync::{Mutex, oneshot};
 
 use crate::{
     error::{Error, Result},
-    rooms::{checks, listener},
+    rooms::{checks, listener, privacy},
     services::Services,
     store::{Appending, EventRow, NewEvent, Placed, RoomRow, StoreResult, Txn},
     util::now_ms,
@@ -144,6 +144,9 @@ struct Draft {
     extremities: Option<(Vec<OwnedEventId>, u64)>,
     /// The state group after the newest stored event (`None` before the first).
     state_group: Option<i64>,
+    /// Whether `state` holds the room's privacy mode and encryption events (when it has them):
+    /// read once with the first event built, kept current by the events built since.
+    privacy_read: bool,
 }
 
 impl Draft {
@@ -155,6 +158,7 @@ impl Draft {
             state: HashMap::new(),
             extremities: None,
             state_group,
+            privacy_read: false,
         }
     }
 
@@ -166,6 +170,7 @@ impl Draft {
             state: HashMap::new(),
             extremities: Some((Vec::new(), 0)),
             state_group: None,
+            privacy_read: true,
         }
     }
 }
@@ -522,10 +527,21 @@ impl Timeline {
 
         // The state the rules read: the auth event types, plus the create event (which
         // room version 12 leaves out of auth_events but the rules still consult).
+        // The room's privacy state too, the first time (rooms::privacy).
+        let privacy_keys = [
+            (privacy::PRIVACY_EVENT_TYPE.to_owned(), String::new()),
+            ("m.room.encryption".to_owned(), String::new()),
+        ];
+        let privacy_wanted = if draft.privacy_read {
+            &[][..]
+        } else {
+            &privacy_keys[..]
+        };
         let mut wanted: Vec<(String, String)> = auth_types
             .iter()
             .map(|(t, k)| (t.to_string(), k.clone()))
             .chain([("m.room.create".to_owned(), String::new())])
+            .chain(privacy_wanted.iter().cloned())
             .filter(|key| !draft.state.contains_key(key))
             .collect();
         wanted.sort();
@@ -539,6 +555,8 @@ impl Timeline {
                 draft.state.insert(key, pdu);
             }
         }
+        draft.privacy_read = true;
+        check_privacy(svc, draft, spec)?;
         let auth_events: Vec<OwnedEventId> = auth_types
             .iter()
             .filter_map(|(t, k)| draft.state.get(&(t.to_string(), k.clone())))
@@ -689,6 +707,26 @@ async fn check_redaction(
         return Err(Error::forbidden("You may not redact this event"));
     }
     Ok(())
+}
+
+/// The room's privacy rules (`rooms::privacy`) against the draft's current state.
+fn check_privacy(svc: &Services, draft: &Draft, spec: &EventSpec) -> Result<()> {
+    let entry = |event_type: &str| {
+        draft
+            .state
+            .get(&(event_type.to_owned(), String::new()))
+            .map(|pdu| {
+                serde_json::from_str::<Value>(pdu.content.get())
+                    .map(|content| (&*pdu.event_id, content))
+                    .map_err(Error::internal)
+            })
+            .transpose()
+    };
+    let state = privacy::PrivacyState {
+        mode_event: entry(privacy::PRIVACY_EVENT_TYPE)?,
+        encryption: entry("m.room.encryption")?,
+    };
+    privacy::check_local_event(&svc.config.privacy, &state, spec)
 }
 
 /// Puts a room's draft back for the next append.

@@ -19,6 +19,7 @@ use crate::{
 /// State copied to the replacement room, in this order (power levels come first, separately).
 const TRANSFERRED: &[&str] = &[
     "m.room.server_acl",
+    crate::rooms::privacy::PRIVACY_EVENT_TYPE,
     "m.room.encryption",
     "m.room.name",
     "m.room.avatar",
@@ -118,6 +119,8 @@ pub async fn upgrade_room(
             events.push(EventSpec::state(event_type, "", content));
         }
     }
+
+    crate::rooms::privacy::add_mode_to_initial_events(&svc.config.privacy, &mut events);
 
     // 5. local aliases move with the room
     let canonical = state_content(svc, old_room_id, "m.room.canonical_alias", "").await?;
