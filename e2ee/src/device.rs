@@ -40,6 +40,9 @@ pub const MEGOLM_ALGORITHM: &str = "m.megolm.v1.aes-sha2";
 /// The one-time key algorithm clients upload and claim.
 pub const SIGNED_CURVE25519: &str = "signed_curve25519";
 
+/// The spec's default `rotation_period_msgs` of `m.room.encryption`.
+pub const DEFAULT_ROTATION_PERIOD_MSGS: u64 = 100;
+
 /// Olm sessions kept per peer identity key (older ones are dropped).
 const MAX_SESSIONS_PER_PEER: usize = 8;
 /// Olm payloads waiting for their sender's device keys.
@@ -139,6 +142,8 @@ pub struct SyncChanges {
 
 struct OutboundGroup {
     session: GroupSession,
+    /// Messages encrypted with it.
+    messages: u64,
     /// (user, device, curve25519) the current session was shared with.
     shared_with: BTreeSet<(String, String, String)>,
 }
@@ -170,6 +175,8 @@ pub struct Device {
     device_keys_uploaded: bool,
     /// One-time keys the device keeps on the server.
     one_time_key_target: usize,
+    /// Messages after which an outbound Megolm session is replaced.
+    rotation_period_msgs: u64,
     /// Peer curve25519 key -> sessions, most recently used first.
     olm_sessions: HashMap<String, Vec<Session>>,
     /// user -> device -> verified keys.
@@ -203,6 +210,7 @@ impl Device {
             account: Account::new(),
             device_keys_uploaded: false,
             one_time_key_target: 50,
+            rotation_period_msgs: DEFAULT_ROTATION_PERIOD_MSGS,
             olm_sessions: HashMap::new(),
             devices: BTreeMap::new(),
             tracked: BTreeSet::new(),
@@ -232,6 +240,13 @@ impl Device {
     /// keeps, `Account::max_number_of_one_time_keys`).
     pub fn set_one_time_key_target(&mut self, n: usize) {
         self.one_time_key_target = n.min(self.account.max_number_of_one_time_keys());
+    }
+
+    /// Replace outbound Megolm sessions after `n` messages (the room's
+    /// `m.room.encryption` `rotation_period_msgs`; default 100). Time-based rotation
+    /// (`rotation_period_ms`) is the caller's: it owns the clock ([`Device::rotate_room_key`]).
+    pub fn set_rotation_period_msgs(&mut self, n: u64) {
+        self.rotation_period_msgs = n.max(1);
     }
 
     fn sign_json(&self, value: &mut Value) -> Result<()> {
@@ -529,7 +544,8 @@ impl Device {
     }
 
     /// Olm-encrypt a to-device event for `to`: the `m.room.encrypted` content with the spec's
-    /// payload (sender, sender_device, keys, recipient, recipient_keys, type, content).
+    /// payload (sender, sender_device, keys, recipient, recipient_keys, type, content, and
+    /// this device's signed `sender_device_keys`).
     pub fn olm_encrypt(&mut self, to: &DeviceKeys, event_type: &str, content: &Value) -> Result<Value> {
         let payload = json!({
             "type": event_type,
@@ -539,6 +555,7 @@ impl Device {
             "keys": {"ed25519": self.ed25519_key()},
             "recipient": to.user_id,
             "recipient_keys": {"ed25519": to.ed25519},
+            "sender_device_keys": self.device_keys(),
         });
         let session = self
             .olm_sessions
@@ -579,6 +596,7 @@ impl Device {
         let payload: Value =
             serde_json::from_slice(&plaintext).map_err(|e| malformed(format!("payload: {e}")))?;
         self.check_payload_recipient(sender, &payload)?;
+        Self::check_sender_device_keys(sender, &sender_key, &payload)?;
         self.check_payload_sender(sender, &sender_key, payload)
     }
 
@@ -631,6 +649,39 @@ impl Device {
             ));
         }
         Ok(())
+    }
+
+    /// Spec checks 5.1–5.4 on `sender_device_keys`, when the payload carries them.
+    fn check_sender_device_keys(sender: &str, sender_key: &str, payload: &Value) -> Result<()> {
+        let Some(keys) = payload.get("sender_device_keys") else {
+            return Ok(());
+        };
+        let device_id = keys
+            .get("device_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| malformed("sender_device_keys without device_id"))?;
+        if keys.get("user_id").and_then(Value::as_str) != Some(sender) {
+            return Err(Error::PayloadMismatch(
+                "sender_device_keys.user_id is not the sender".into(),
+            ));
+        }
+        let key = |alg: &str| {
+            keys.pointer(&format!("/keys/{alg}:{device_id}"))
+                .and_then(Value::as_str)
+        };
+        if key("curve25519") != Some(sender_key) {
+            return Err(Error::PayloadMismatch(
+                "sender_device_keys curve25519 is not sender_key".into(),
+            ));
+        }
+        let ed25519 = key("ed25519").ok_or_else(|| malformed("sender_device_keys without ed25519"))?;
+        if payload.pointer("/keys/ed25519").and_then(Value::as_str) != Some(ed25519) {
+            return Err(Error::PayloadMismatch(
+                "sender_device_keys ed25519 is not keys.ed25519".into(),
+            ));
+        }
+        verify_signed_json(keys, sender, &format!("ed25519:{device_id}"), ed25519)
+            .map_err(|e| Error::Signature(format!("sender_device_keys: {e}")))
     }
 
     /// The payload's `sender_device` and `keys.ed25519` must be those of the verified device
@@ -863,7 +914,7 @@ impl Device {
             .map(|d| (d.user_id, d.device_id, d.curve25519))
             .collect();
         if let Some(g) = self.outbound.get(room_id)
-            && g.shared_with.iter().any(|t| !targets.contains(t))
+            && (g.shared_with.iter().any(|t| !targets.contains(t)) || g.messages >= self.rotation_period_msgs)
         {
             self.outbound.remove(room_id);
         }
@@ -887,6 +938,7 @@ impl Device {
                 room_id.to_owned(),
                 OutboundGroup {
                     session,
+                    messages: 0,
                     shared_with: BTreeSet::new(),
                 },
             );
@@ -930,6 +982,14 @@ impl Device {
         Ok(Some(json!({"messages": messages})))
     }
 
+    /// Whether [`Device::encrypt_room_event`] would refuse for lack of a usable outbound session
+    /// (none yet, or it reached the rotation period): call [`Device::share_room_key`] first.
+    pub fn encrypt_room_event_would_rotate(&self, room_id: &str) -> bool {
+        self.outbound
+            .get(room_id)
+            .is_none_or(|g| g.messages >= self.rotation_period_msgs)
+    }
+
     /// The devices the current outbound session of `room_id` was shared with (user, device).
     pub fn room_key_recipients(&self, room_id: &str) -> Vec<(String, String)> {
         self.outbound
@@ -952,8 +1012,12 @@ impl Device {
             .outbound
             .get_mut(room_id)
             .ok_or_else(|| Error::NoOutboundSession(room_id.to_owned()))?;
+        if g.messages >= self.rotation_period_msgs {
+            return Err(Error::NoOutboundSession(room_id.to_owned()));
+        }
         let plaintext = json!({"type": event_type, "content": content, "room_id": room_id});
         let message = g.session.encrypt(plaintext.to_string());
+        g.messages += 1;
         Ok(json!({
             "algorithm": MEGOLM_ALGORITHM,
             "sender_key": sender_key,
@@ -1050,6 +1114,7 @@ impl Device {
             account: self.account.pickle().encrypt(key),
             device_keys_uploaded: self.device_keys_uploaded,
             one_time_key_target: self.one_time_key_target,
+            rotation_period_msgs: self.rotation_period_msgs,
             olm_sessions: self
                 .olm_sessions
                 .iter()
@@ -1066,6 +1131,7 @@ impl Device {
                         room.clone(),
                         OutboundPickle {
                             session: g.session.pickle().encrypt(key),
+                            messages: g.messages,
                             shared_with: g.shared_with.iter().cloned().collect(),
                         },
                     )
@@ -1134,6 +1200,7 @@ impl Device {
                     session: GroupSession::from_pickle(
                         GroupSessionPickle::from_encrypted(&g.session, key).map_err(perr)?,
                     ),
+                    messages: g.messages,
                     shared_with: g.shared_with.into_iter().collect(),
                 },
             );
@@ -1161,6 +1228,7 @@ impl Device {
             account,
             device_keys_uploaded: doc.device_keys_uploaded,
             one_time_key_target: doc.one_time_key_target,
+            rotation_period_msgs: doc.rotation_period_msgs,
             olm_sessions,
             devices: doc.devices,
             tracked: doc.tracked,
@@ -1180,6 +1248,7 @@ struct PickleDoc {
     account: String,
     device_keys_uploaded: bool,
     one_time_key_target: usize,
+    rotation_period_msgs: u64,
     olm_sessions: BTreeMap<String, Vec<String>>,
     devices: BTreeMap<String, BTreeMap<String, DeviceKeys>>,
     tracked: BTreeSet<String>,
@@ -1192,6 +1261,7 @@ struct PickleDoc {
 #[derive(Serialize, Deserialize)]
 struct OutboundPickle {
     session: String,
+    messages: u64,
     shared_with: Vec<(String, String, String)>,
 }
 

@@ -376,3 +376,73 @@ fn pickle_round_trip_and_tamper() {
     assert!(Device::unpickle("{}", &key).is_err());
     assert!(Device::unpickle("not json", &key).is_err());
 }
+
+#[test]
+fn outbound_session_rotates_after_rotation_period_msgs() {
+    let mut alice = Device::new("@alice:hs", "ALICE");
+    let mut bob = Device::new("@bob:hs", "BOB");
+    setup(&mut alice, &mut bob);
+    alice.set_rotation_period_msgs(2);
+    let members = vec!["@alice:hs".to_owned(), "@bob:hs".to_owned()];
+    let first = alice.outbound_session_id(ROOM).unwrap();
+    alice
+        .encrypt_room_event(ROOM, "m.room.message", &json!({}))
+        .unwrap();
+    alice
+        .encrypt_room_event(ROOM, "m.room.message", &json!({}))
+        .unwrap();
+    assert_eq!(
+        alice.encrypt_room_event(ROOM, "m.room.message", &json!({})),
+        Err(Error::NoOutboundSession(ROOM.into()))
+    );
+    let body = alice.share_room_key(ROOM, &members).unwrap().unwrap();
+    assert_ne!(alice.outbound_session_id(ROOM).unwrap(), first);
+    assert_eq!(
+        bob.receive_sync(&to_device_sync(&alice, &body, &bob))
+            .room_keys
+            .len(),
+        1
+    );
+    let c = alice
+        .encrypt_room_event(ROOM, "m.room.message", &json!({"body": "new"}))
+        .unwrap();
+    assert_eq!(
+        bob.decrypt_room_event(ROOM, &room_event(&alice, c, "$n"))
+            .unwrap()
+            .content["body"],
+        "new"
+    );
+}
+
+#[test]
+fn inconsistent_sender_device_keys_are_refused() {
+    let mut alice = Device::new("@alice:hs", "ALICE");
+    let mut bob = Device::new("@bob:hs", "BOB");
+    let other = Device::new("@alice:hs", "OTHER");
+    let bob_upload = bob.initial_keys_upload_body();
+    bob.mark_keys_as_published();
+    let q = query_response(&[&alice, &bob]);
+    alice.receive_keys_query(&q);
+    bob.receive_keys_query(&q);
+    alice.receive_keys_claim(&claim_response(&bob_upload, &bob, false));
+    let bob_keys = alice.devices_of("@bob:hs").pop().unwrap();
+    // A payload naming another device's keys as sender_device_keys.
+    let payload = json!({
+        "type": "m.dummy", "content": {}, "sender": "@alice:hs", "sender_device": "ALICE",
+        "keys": {"ed25519": alice.ed25519_key()}, "recipient": "@bob:hs",
+        "recipient_keys": {"ed25519": bob.ed25519_key()}, "sender_device_keys": other.device_keys(),
+    });
+    let session = alice
+        .olm_sessions
+        .get_mut(&bob_keys.curve25519)
+        .unwrap()
+        .first_mut()
+        .unwrap();
+    let (t, body) = session.encrypt(payload.to_string()).unwrap().to_parts();
+    let content = json!({"algorithm": crate::OLM_ALGORITHM, "sender_key": alice.curve25519_key(),
+        "ciphertext": {bob.curve25519_key(): {"type": t, "body": vodozemac::base64_encode(body)}}});
+    assert!(matches!(
+        bob.receive_to_device_encrypted("@alice:hs", &content),
+        Err(Error::PayloadMismatch(_))
+    ));
+}

@@ -240,6 +240,14 @@ pub async fn run(ctx: &Ctx, args: &EncryptedArgs, report: &mut Report) -> Result
         let d = &mut sender_devices[seq as usize % n];
         let content =
             json!({"msgtype": "m.text", "body": format!("hearth-bench encrypted #{seq}"), "seq": seq});
+        if d.device.encrypt_room_event_would_rotate(&room) {
+            // The session reached rotation_period_msgs: share a new one (timed as a share).
+            let t = Instant::now();
+            d.share_room_key(&room)
+                .await
+                .map_err(|e| anyhow!("sharing a new room key: {e}"))?;
+            share_ms.push(ms(t.elapsed()));
+        }
         let t = Instant::now();
         let mut encrypted = d
             .device
