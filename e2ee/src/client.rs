@@ -59,28 +59,42 @@ pub struct E2eeClient<T> {
     pub device: Device,
     /// `next_batch` of the last sync.
     pub since: Option<String>,
+    /// Random per driver, so transaction IDs never repeat across restarts of one device.
+    txn_prefix: String,
     txn: u64,
+}
+
+/// A few random URL-safe characters (from vodozemac's CSPRNG, which also works on wasm).
+fn random_token() -> String {
+    let secret = vodozemac::Curve25519SecretKey::new();
+    vodozemac::Curve25519PublicKey::from(&secret)
+        .to_base64()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(12)
+        .collect()
 }
 
 impl<T: Transport + Sync> E2eeClient<T> {
     /// A new device for a logged-in session (`user_id`, `device_id` from `/login`).
     pub fn new(transport: T, user_id: &str, device_id: &str) -> Self {
+        Self::with_device(transport, Device::new(user_id, device_id))
+    }
+
+    /// Drive an existing device (e.g. one restored with [`Device::unpickle`]).
+    pub fn with_device(transport: T, device: Device) -> Self {
         E2eeClient {
             transport,
-            device: Device::new(user_id, device_id),
+            device,
             since: None,
+            txn_prefix: random_token(),
             txn: 0,
         }
     }
 
     fn txn_id(&mut self) -> String {
         self.txn += 1;
-        format!(
-            "e2ee-{}-{}-{}",
-            self.device.device_id(),
-            std::process::id(),
-            self.txn
-        )
+        format!("e2ee-{}-{}", self.txn_prefix, self.txn)
     }
 
     /// Upload the device keys, one-time keys (to the device's target) and a fallback key.
