@@ -19,7 +19,12 @@ fn olm_megolm_and_pickle_on_wasm() {
         "@bob:hs": {"BOB": bob.device_keys()}}});
     alice.receive_keys_query(&query);
     bob.receive_keys_query(&query);
-    let (id, key) = bob_upload["one_time_keys"].as_object().unwrap().iter().next().unwrap();
+    let (id, key) = bob_upload["one_time_keys"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .unwrap();
     let claim = json!({"one_time_keys": {"@bob:hs": {"BOB": {id.clone(): key.clone()}}}});
     assert!(alice.receive_keys_claim(&claim).is_empty());
     let members = vec!["@alice:hs".to_owned(), "@bob:hs".to_owned()];
@@ -30,8 +35,12 @@ fn olm_megolm_and_pickle_on_wasm() {
     let content = alice
         .encrypt_room_event("!r:hs", "m.room.message", &json!({"body": "wasm"}))
         .unwrap();
-    let event = json!({"type": "m.room.encrypted", "sender": "@alice:hs", "event_id": "$w", "content": content});
+    let event =
+        json!({"type": "m.room.encrypted", "sender": "@alice:hs", "event_id": "$w", "content": content});
     let key = [3u8; 32];
     let mut bob = Device::unpickle(&bob.pickle(&key), &key).unwrap();
-    assert_eq!(bob.decrypt_room_event("!r:hs", &event).unwrap().content["body"], "wasm");
+    assert_eq!(
+        bob.decrypt_room_event("!r:hs", &event).unwrap().content["body"],
+        "wasm"
+    );
 }
