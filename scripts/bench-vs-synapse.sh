@@ -56,7 +56,8 @@
 #   BENCH_OUT          results directory (default target/bench-results/<UTC time>)
 #   BENCH_SERVERS      "hearth synapse" (default); e.g. "synapse" to measure Synapse alone
 #   BENCH_BACKENDS     "sqlite postgres" (default)
-#   BENCH_SCENARIOS    "idle send deliver connections initial-sync" (default)
+#   BENCH_SCENARIOS    "idle send deliver connections initial-sync" (default); add "encrypted"
+#                      for the end-to-end encrypted room (2 senders, 4 receivers, 10 msg/s, 10 s)
 #   BENCH_SCALE        integer multiplier for the default comparison sizes (default 1)
 #   BENCH_IDLE_ARGS, BENCH_SEND_ARGS, BENCH_DELIVER_ARGS, BENCH_CONNECTIONS_ARGS,
 #   BENCH_INITIAL_SYNC_ARGS
@@ -98,6 +99,7 @@ IDLE_ARGS="${BENCH_IDLE_ARGS:---settle 3 --window 5}"
 SEND_ARGS="${BENCH_SEND_ARGS:---senders 4 --rooms 2 --in-flight 8 --duration $((15 * SCALE))}"
 DELIVER_ARGS="${BENCH_DELIVER_ARGS:---senders 2 --receivers $((8 * SCALE)) --rooms 1 --rate 20 --duration $((15 * SCALE))}"
 CONNECTIONS_ARGS="${BENCH_CONNECTIONS_ARGS:---clients $((150 * SCALE)) --hold 10}"
+ENCRYPTED_ARGS="${BENCH_ENCRYPTED_ARGS:---senders 2 --receivers $((4 * SCALE)) --rate 10 --duration $((10 * SCALE))}"
 INITIAL_SYNC_ARGS="${BENCH_INITIAL_SYNC_ARGS:---rooms 300 --members 2 --messages $((5 * SCALE)) --repeat 3}"
 
 # Each held long-poll is a socket in both the benchmark and the server (children inherit this).
@@ -257,6 +259,7 @@ scenario_args() {
         deliver) echo "$DELIVER_ARGS" ;;
         connections) echo "$CONNECTIONS_ARGS" ;;
         initial-sync) echo "$INITIAL_SYNC_ARGS" ;;
+        encrypted) echo "$ENCRYPTED_ARGS" ;;
         *) die "unknown scenario $1" ;;
     esac
 }

@@ -79,6 +79,9 @@ enum Command {
     Connections(scenarios::connections::ConnectionsArgs),
     /// Initial and incremental /sync time for a user in many rooms.
     InitialSync(scenarios::initial_sync::InitialSyncArgs),
+    /// An end-to-end encrypted room: Megolm send→delivery latency, with the client's
+    /// encryption/decryption cost reported apart.
+    Encrypted(scenarios::encrypted::EncryptedArgs),
     /// Compare two directories of JSON results (candidate / baseline ratios).
     Compare {
         #[arg(long)]
@@ -213,6 +216,10 @@ async fn main() -> Result<()> {
             "initial-sync",
             json!({"rooms": a.rooms, "members": a.members, "messages": a.messages, "repeat": a.repeat}),
         ),
+        Command::Encrypted(a) => (
+            "encrypted",
+            json!({"senders": a.senders, "receivers": a.receivers, "rate": a.rate, "duration_s": a.duration}),
+        ),
         Command::Compare { .. } | Command::Targets(_) => unreachable!("handled above"),
     };
     let mut report = Report::new(name, &cli.label, base.as_str(), params);
@@ -231,6 +238,7 @@ async fn main() -> Result<()> {
             Command::Deliver(a) => scenarios::deliver::run(&ctx, a, &mut report).await,
             Command::Connections(a) => scenarios::connections::run(&ctx, a, &mut report).await,
             Command::InitialSync(a) => scenarios::initial_sync::run(&ctx, a, &mut report).await,
+            Command::Encrypted(a) => scenarios::encrypted::run(&ctx, a, &mut report).await,
             Command::Compare { .. } | Command::Targets(_) => unreachable!("handled above"),
         }
     };

@@ -50,6 +50,7 @@ impl Response {
 pub struct User {
     pub user_id: String,
     pub access_token: String,
+    pub device_id: String,
 }
 
 /// Handle on one homeserver; cheap to clone (shares the HTTP connection pool and counters).
@@ -267,6 +268,24 @@ impl Api {
         string_field(&resp.body, "room_id")
     }
 
+    /// Creates a room like [`Api::create_room`] with `m.room.encryption` (Megolm) in its
+    /// initial state; returns its ID.
+    pub async fn create_encrypted_room(&self, token: &str, name: &str) -> Result<String> {
+        let body = json!({"preset": "public_chat", "name": name, "visibility": "private",
+            "initial_state": [{"type": "m.room.encryption", "state_key": "",
+                "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]});
+        let resp = self
+            .call(Method::POST, self.url(&["createRoom"]), Some(token), Some(&body))
+            .await?
+            .ok_or_error("POST /createRoom")?;
+        string_field(&resp.body, "room_id")
+    }
+
+    /// The HTTP client and base URL, for `hearth-e2ee`'s reqwest transport.
+    pub fn e2ee_transport(&self, token: &str) -> hearth_e2ee::http::ReqwestTransport {
+        hearth_e2ee::http::ReqwestTransport::new(self.http.clone(), self.base.as_str(), token)
+    }
+
     pub async fn join(&self, token: &str, room_id: &str) -> Result<()> {
         self.call(
             Method::POST,
@@ -327,6 +346,7 @@ fn user_from_login(body: &Value) -> Result<User> {
     Ok(User {
         user_id: string_field(body, "user_id")?,
         access_token: string_field(body, "access_token")?,
+        device_id: string_field(body, "device_id")?,
     })
 }
 

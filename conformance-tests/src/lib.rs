@@ -7,6 +7,7 @@
 //! `cargo run -p conformance-tests --bin conformance-report` prints a per-module summary.
 
 pub mod client;
+pub mod e2ee;
 pub mod harness;
 pub mod spec;
 

@@ -2,6 +2,7 @@
 
 pub mod connections;
 pub mod deliver;
+pub mod encrypted;
 pub mod idle;
 pub mod initial_sync;
 pub mod send;

@@ -7,6 +7,7 @@ mod devices;
 mod directory;
 mod discovery;
 mod e2ee;
+mod e2ee_devices;
 mod ephemeral;
 mod errors;
 mod filters;
