@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod ephemeral;
 pub mod error;
 pub mod extract;
+pub mod keys;
 pub mod media;
 pub mod messages;
 pub mod profile;
@@ -149,6 +150,13 @@ fn client_routes() -> Router<Services> {
         .route("/pushers", get(push::get_pushers))
         .route("/pushers/set", post(push::set_pusher))
         .route("/notifications", get(push::notifications))
+        .route("/keys/upload", post(keys::upload))
+        .route("/keys/query", post(keys::query))
+        .route("/keys/claim", post(keys::claim))
+        .route("/keys/changes", get(keys::changes))
+        .route("/keys/device_signing/upload", post(keys::upload_signing_keys))
+        .route("/keys/signatures/upload", post(keys::upload_signatures))
+        .route("/sendToDevice/{event_type}/{txn_id}", put(keys::send_to_device))
 }
 
 /// The content repository: uploads and the deprecated endpoints under `/_matrix/media/…`, the
