@@ -22,7 +22,8 @@ pub const MAX_ONE_TIME_KEYS_STORED: u64 = 1000;
 pub const MAX_QUERIED: usize = 1000;
 /// Most (user, device) entries one `sendToDevice` may carry.
 pub const MAX_TO_DEVICE_RECIPIENTS: usize = 1000;
-/// Most to-device messages queued for one device; senders past it get 429.
+/// Most to-device messages queued for one device by default (`limits.max_pending_to_device`);
+/// senders past it get 429.
 pub const MAX_PENDING_TO_DEVICE: i64 = 10_000;
 /// Most to-device messages one sync delivers.
 pub const TO_DEVICE_PER_SYNC: i64 = 100;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{MAX_PENDING_TO_DEVICE, MAX_TO_DEVICE_RECIPIENTS, TO_DEVICE_PER_SYNC, is_local};
+use super::{MAX_TO_DEVICE_RECIPIENTS, TO_DEVICE_PER_SYNC, is_local};
 use crate::{
     error::{Error, Result},
     services::Services,
@@ -70,7 +70,7 @@ pub async fn send(
             txn_id,
             event_type,
             &out,
-            MAX_PENDING_TO_DEVICE,
+            svc.config.limits.max_pending_to_device,
             now_ms(),
         )
         .await?;
