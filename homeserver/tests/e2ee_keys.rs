@@ -107,12 +107,14 @@ async fn hostile_uploads_are_refused_and_store_nothing() {
         user_id: bob.user_id.clone(),
         device_id: alice.device_id.clone(),
         ed25519: Ed25519Keypair::new(),
+        curve25519: e2ee_support::curve25519(),
     };
     refused(json!({ "device_keys": other_user.device_keys() }), "another user").await;
     let other_device = Device {
         user_id: alice.user_id.clone(),
         device_id: "NOTMINE".into(),
         ed25519: Ed25519Keypair::new(),
+        curve25519: e2ee_support::curve25519(),
     };
     refused(json!({ "device_keys": other_device.device_keys() }), "another device").await;
     // Malformed key IDs and key shapes.

@@ -34,6 +34,8 @@ pub struct Device {
     pub user_id: String,
     pub device_id: String,
     pub ed25519: Ed25519Keypair,
+    /// The curve25519 identity key (public, base64); fixed so `device_keys` is the same each time.
+    pub curve25519: String,
 }
 
 impl Device {
@@ -42,6 +44,7 @@ impl Device {
             user_id: client.user_id.clone(),
             device_id: client.device_id.clone(),
             ed25519: Ed25519Keypair::new(),
+            curve25519: curve25519(),
         }
     }
 
@@ -51,15 +54,13 @@ impl Device {
 
     /// The self-signed `device_keys` object.
     pub fn device_keys(&self) -> Value {
-        let curve = vodozemac::Curve25519SecretKey::new();
         let mut keys = json!({
             "user_id": self.user_id,
             "device_id": self.device_id,
             "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
             "keys": {
                 self.key_id(): self.ed25519.public_key().to_base64(),
-                format!("curve25519:{}", self.device_id):
-                    vodozemac::Curve25519PublicKey::from(&curve).to_base64(),
+                format!("curve25519:{}", self.device_id): self.curve25519,
             },
         });
         sign(&mut keys, &self.user_id, &self.key_id(), &self.ed25519);
@@ -84,6 +85,11 @@ impl Device {
         sign(&mut key, &self.user_id, &self.key_id(), &self.ed25519);
         key
     }
+}
+
+/// A fresh curve25519 public key, base64.
+pub fn curve25519() -> String {
+    vodozemac::Curve25519PublicKey::from(&vodozemac::Curve25519SecretKey::new()).to_base64()
 }
 
 /// A cross-signing key of `usage` for `user_id`, signed by `signer` when given.
