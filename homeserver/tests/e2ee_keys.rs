@@ -473,6 +473,27 @@ async fn cross_signing_keys_and_signatures() {
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{challenge}");
     assert_eq!(query(&bob).await["master_keys"][a]["keys"], keys["master_key"]["keys"]);
+    // The same master key with a different self-signing key is new too: UIA.
+    let other_ssk = json!({
+        "master_key": keys["master_key"].clone(),
+        "self_signing_key": cross_signing_key(a, "self_signing", &Ed25519Keypair::new(), Some(&master)),
+    });
+    let (status, _) = alice
+        .request(Method::POST, "/keys/device_signing/upload", Some(&other_ssk))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // With the password, the new master key replaces the old one.
+    let mut with_auth = replace.clone();
+    with_auth["auth"] = password_auth("alice", challenge["session"].as_str());
+    alice.ok(Method::POST, "/keys/device_signing/upload", Some(&with_auth)).await;
+    assert_eq!(query(&bob).await["master_keys"][a]["keys"], replace["master_key"]["keys"]);
+    // Back to the first master key (its self-signing and user-signing keys are still stored).
+    let (_, challenge) = alice
+        .request(Method::POST, "/keys/device_signing/upload", Some(&keys))
+        .await;
+    let mut with_auth = keys.clone();
+    with_auth["auth"] = password_auth("alice", challenge["session"].as_str());
+    alice.ok(Method::POST, "/keys/device_signing/upload", Some(&with_auth)).await;
 
     // The self-signing key signs alice's device: merged into /keys/query.
     let mut device_keys = dev.device_keys();
@@ -529,4 +550,54 @@ async fn cross_signing_keys_and_signatures() {
     assert!(query(&bob).await["master_keys"][a]["signatures"][b][&usk_id].is_string());
     let carol = server.register("carol").await;
     assert!(query(&carol).await["master_keys"][a]["signatures"].get(b).is_none());
+}
+
+#[tokio::test]
+async fn deactivation_removes_every_key() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    let dev = Device::new(&alice);
+    alice
+        .ok(
+            Method::POST,
+            "/keys/upload",
+            Some(&json!({
+                "device_keys": dev.device_keys(),
+                "one_time_keys": dev.one_time_keys("Z", 3),
+                "fallback_keys": { "signed_curve25519:F": dev.signed_key(true) },
+            })),
+        )
+        .await;
+    let master = Ed25519Keypair::new();
+    alice
+        .ok(
+            Method::POST,
+            "/keys/device_signing/upload",
+            Some(&json!({ "master_key": cross_signing_key(&alice.user_id, "master", &master, None) })),
+        )
+        .await;
+    let s0 = bob.sync(None, 0, 1).await;
+    let (_, challenge) = alice.request(Method::POST, "/account/deactivate", Some(&json!({}))).await;
+    alice
+        .ok(
+            Method::POST,
+            "/account/deactivate",
+            Some(&json!({ "auth": password_auth("alice", challenge["session"].as_str()) })),
+        )
+        .await;
+    let db = server.db().await;
+    for table in ["device_keys", "one_time_keys", "fallback_keys", "cross_signing_keys"] {
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE user_id = $1");
+        assert_eq!(count(&db, &sql, &[&alice.user_id]).await, 0, "{table}");
+    }
+    let s1 = bob.sync(Some(s0["next_batch"].as_str().unwrap()), 0, 1).await;
+    assert!(contains(&s1["device_lists"]["left"], &alice.user_id), "{s1}");
+    let q = bob
+        .ok(Method::POST, "/keys/query", Some(&json!({"device_keys": { alice.user_id.clone(): [] }})))
+        .await;
+    assert_eq!(q["device_keys"][&alice.user_id], json!({}));
+    assert!(q["master_keys"].get(&alice.user_id).is_none());
 }

@@ -51,17 +51,19 @@ async fn delivered_in_order_once_acknowledged() {
     let woke = waiting.await.unwrap();
     assert!(started.elapsed().as_secs() < 10);
     assert!(!events(&woke).is_empty(), "{woke}");
-    // The same transaction ID again stores nothing.
+    // The same transaction ID again stores nothing; from another device it is another request.
     send(&alice, "t1", json!({ bob.user_id.clone(): { bob.device_id.clone(): { "n": 99 } } })).await;
+    let alice2 = login(&server, "alice").await;
+    send(&alice2, "t1", json!({ bob.user_id.clone(): { bob.device_id.clone(): { "n": 3 } } })).await;
 
     let s1 = bob.sync(Some(&since), 0, 1).await;
-    assert_eq!(numbers(&s1), vec![0, 1, 2], "in order, no duplicate: {s1}");
+    assert_eq!(numbers(&s1), vec![0, 1, 2, 3], "in order, no duplicate: {s1}");
     let ev = &events(&s1)[0];
     assert_eq!(ev["sender"], json!(alice.user_id));
     assert_eq!(ev["type"], "org.example.test");
     // Not acknowledged yet: the same `since` gets them again.
     let again = bob.sync(Some(&since), 0, 1).await;
-    assert_eq!(numbers(&again), vec![0, 1, 2]);
+    assert_eq!(numbers(&again), vec![0, 1, 2, 3]);
     // Acknowledged by syncing with the later token: gone.
     let s2 = bob.sync(Some(s1["next_batch"].as_str().unwrap()), 0, 1).await;
     assert!(events(&s2).is_empty(), "{s2}");

@@ -22,19 +22,14 @@ pub struct Changes {
 
 /// Device list changes for `user_id` between two tokens.
 pub async fn changes(svc: &Services, user_id: &str, from: StreamToken, to: StreamToken) -> Result<Changes> {
-    let sharing = svc.store.users_sharing_rooms(user_id).await?;
     let mut changed: BTreeSet<String> = BTreeSet::new();
     let mut candidates_left: HashSet<String> = HashSet::new();
     if to.device_lists > from.device_lists {
-        for user in svc
-            .store
-            .device_list_changes(from.device_lists, to.device_lists)
-            .await?
-        {
-            if sharing.contains(&user) || user == user_id {
-                changed.insert(user);
-            }
-        }
+        changed.extend(
+            svc.store
+                .device_list_changes(from.device_lists, to.device_lists)
+                .await?,
+        );
     }
     if to.events > from.events {
         let joined = |rows: Vec<(String, String, i64)>| -> HashSet<String> {
@@ -70,6 +65,11 @@ pub async fn changes(svc: &Services, user_id: &str, from: StreamToken, to: Strea
             }
         }
     }
+    if changed.is_empty() && candidates_left.is_empty() {
+        return Ok(Changes::default());
+    }
+    // Read only when something may concern the user: most syncs skip it.
+    let sharing = svc.store.users_sharing_rooms(user_id).await?;
     changed.retain(|u| sharing.contains(u) || u == user_id);
     let mut left: Vec<String> = candidates_left
         .into_iter()

@@ -99,7 +99,10 @@ pub async fn for_sync(
     since: Option<i64>,
     upto: i64,
 ) -> Result<(Vec<Value>, i64)> {
-    if let Some(since) = since.filter(|s| *s > 0) {
+    // A read first, so that syncs with nothing to acknowledge write nothing.
+    if let Some(since) = since.filter(|s| *s > 0)
+        && svc.store.has_to_device_upto(user_id, device_id, since).await?
+    {
         svc.store.ack_to_device(user_id, device_id, since).await?;
     }
     let rows = svc

@@ -478,6 +478,17 @@ impl Store {
         Ok(Queued::Sent(users))
     }
 
+    /// Whether the device has messages up to `upto` queued.
+    pub async fn has_to_device_upto(&self, user_id: &str, device_id: &str, upto: i64) -> StoreResult<bool> {
+        let row = q("SELECT 1 FROM to_device_messages WHERE user_id = $1 AND device_id = $2 AND stream_id <= $3 LIMIT 1")
+            .bind(user_id.to_owned())
+            .bind(device_id.to_owned())
+            .bind(upto)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Deletes the device's messages up to `upto`: the device synced with a token past them.
     pub async fn ack_to_device(&self, user_id: &str, device_id: &str, upto: i64) -> StoreResult<()> {
         q("DELETE FROM to_device_messages WHERE user_id = $1 AND device_id = $2 AND stream_id <= $3")
