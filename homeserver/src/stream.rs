@@ -44,7 +44,15 @@ impl StreamToken {
         for (slot, part) in positions.iter_mut().zip(parts) {
             *slot = part.parse().ok().filter(|n: &i64| *n >= 0).ok_or_else(invalid)?;
         }
-        let [events, account_data, receipts, typing, presence, to_device, device_lists] = positions;
+        let [
+            events,
+            account_data,
+            receipts,
+            typing,
+            presence,
+            to_device,
+            device_lists,
+        ] = positions;
         Ok(Self {
             events,
             account_data,

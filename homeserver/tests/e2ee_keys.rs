@@ -55,7 +55,10 @@ async fn upload_query_and_counts() {
     assert_eq!(got["signatures"], keys["signatures"]);
     assert!(got["unsigned"].is_object());
     assert_eq!(q["device_keys"]["@nobody:hearth.test"], json!({}));
-    assert!(q["failures"]["elsewhere.example"].is_object(), "remote users are failures: {q}");
+    assert!(
+        q["failures"]["elsewhere.example"].is_object(),
+        "remote users are failures: {q}"
+    );
     // Asking for one device only.
     let q = bob
         .ok(
@@ -69,9 +72,16 @@ async fn upload_query_and_counts() {
     // The device's own sync counts its keys; uploading the same keys again changes nothing.
     let s = alice.sync(None, 0, 1).await;
     assert_eq!(s["device_one_time_keys_count"]["signed_curve25519"], 5, "{s}");
-    assert_eq!(s["device_unused_fallback_key_types"], json!(["signed_curve25519"]));
+    assert_eq!(
+        s["device_unused_fallback_key_types"],
+        json!(["signed_curve25519"])
+    );
     let again = alice
-        .ok(Method::POST, "/keys/upload", Some(&json!({ "device_keys": keys })))
+        .ok(
+            Method::POST,
+            "/keys/upload",
+            Some(&json!({ "device_keys": keys })),
+        )
         .await;
     assert_eq!(again["one_time_key_counts"]["signed_curve25519"], 5);
     // A device that uploaded nothing still gets the fields.
@@ -116,13 +126,25 @@ async fn hostile_uploads_are_refused_and_store_nothing() {
         ed25519: Ed25519Keypair::new(),
         curve25519: e2ee_support::curve25519(),
     };
-    refused(json!({ "device_keys": other_device.device_keys() }), "another device").await;
+    refused(
+        json!({ "device_keys": other_device.device_keys() }),
+        "another device",
+    )
+    .await;
     // Malformed key IDs and key shapes.
     for id in ["nocolon", ":AAAA", "signed_curve25519:", "bad alg:x"] {
         refused(json!({ "one_time_keys": { id: "a2V5" } }), "malformed key id").await;
     }
-    refused(json!({ "one_time_keys": { "curve25519:A": 5 } }), "a number as key").await;
-    refused(json!({ "one_time_keys": { "signed_curve25519:A": {"nokey": 1} } }), "no key field").await;
+    refused(
+        json!({ "one_time_keys": { "curve25519:A": 5 } }),
+        "a number as key",
+    )
+    .await;
+    refused(
+        json!({ "one_time_keys": { "signed_curve25519:A": {"nokey": 1} } }),
+        "no key field",
+    )
+    .await;
     let (status, resp) = alice
         .request(Method::POST, "/keys/upload", Some(&json!({ "device_keys": "x" })))
         .await;
@@ -138,11 +160,19 @@ async fn hostile_uploads_are_refused_and_store_nothing() {
 
     // With the device keys known, one-time keys must carry a valid signature.
     alice
-        .ok(Method::POST, "/keys/upload", Some(&json!({ "device_keys": dev.device_keys() })))
+        .ok(
+            Method::POST,
+            "/keys/upload",
+            Some(&json!({ "device_keys": dev.device_keys() })),
+        )
         .await;
     let mut forged = dev.signed_key(false);
     forged["key"] = json!("Zm9yZ2VkIGtleQ");
-    refused(json!({ "one_time_keys": { "signed_curve25519:F": forged } }), "forged otk").await;
+    refused(
+        json!({ "one_time_keys": { "signed_curve25519:F": forged } }),
+        "forged otk",
+    )
+    .await;
     // A key ID reused with other content.
     alice
         .ok(
@@ -166,13 +196,22 @@ async fn hostile_uploads_are_refused_and_store_nothing() {
     };
     refused(json!({ "one_time_keys": many("x", 1001) }), "1001 keys").await;
     let resp = alice
-        .ok(Method::POST, "/keys/upload", Some(&json!({ "one_time_keys": many("y", 1000) })))
+        .ok(
+            Method::POST,
+            "/keys/upload",
+            Some(&json!({ "one_time_keys": many("y", 1000) })),
+        )
         .await;
     assert_eq!(resp["one_time_key_counts"]["curve25519"], 1000);
     refused(json!({ "one_time_keys": many("z", 1) }), "the 1001st stored key").await;
     let db = server.db().await;
     assert_eq!(
-        count(&db, "SELECT COUNT(*) FROM one_time_keys WHERE algorithm = $1", &["curve25519"]).await,
+        count(
+            &db,
+            "SELECT COUNT(*) FROM one_time_keys WHERE algorithm = $1",
+            &["curve25519"]
+        )
+        .await,
         1000
     );
 
@@ -181,9 +220,16 @@ async fn hostile_uploads_are_refused_and_store_nothing() {
         .map(|i| (format!("@u{i}:hearth.test"), json!([])))
         .collect();
     let (status, resp) = bob
-        .request(Method::POST, "/keys/query", Some(&json!({ "device_keys": users })))
+        .request(
+            Method::POST,
+            "/keys/query",
+            Some(&json!({ "device_keys": users })),
+        )
         .await;
-    assert_eq!((status, resp["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")));
+    assert_eq!(
+        (status, resp["errcode"].clone()),
+        (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM"))
+    );
     let devices: serde_json::Map<String, Value> = (0..1001)
         .map(|i| (format!("D{i}"), json!("signed_curve25519")))
         .collect();
@@ -194,15 +240,30 @@ async fn hostile_uploads_are_refused_and_store_nothing() {
             Some(&json!({ "one_time_keys": { alice.user_id.clone(): devices } })),
         )
         .await;
-    assert_eq!((status, resp["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")));
+    assert_eq!(
+        (status, resp["errcode"].clone()),
+        (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM"))
+    );
     let (status, _) = bob
-        .request(Method::POST, "/keys/query", Some(&json!({ "device_keys": { "not a user": [] } })))
+        .request(
+            Method::POST,
+            "/keys/query",
+            Some(&json!({ "device_keys": { "not a user": [] } })),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, resp) = bob.request(Method::GET, "/keys/changes?from=s1", None).await;
-    assert_eq!((status, resp["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_MISSING_PARAM")));
-    let (status, resp) = bob.request(Method::GET, "/keys/changes?from=garbage&to=s1", None).await;
-    assert_eq!((status, resp["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")));
+    assert_eq!(
+        (status, resp["errcode"].clone()),
+        (StatusCode::BAD_REQUEST, json!("M_MISSING_PARAM"))
+    );
+    let (status, resp) = bob
+        .request(Method::GET, "/keys/changes?from=garbage&to=s1", None)
+        .await;
+    assert_eq!(
+        (status, resp["errcode"].clone()),
+        (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM"))
+    );
 }
 
 async fn claim(client: &common::Client, user: &str, device: &str) -> Value {
@@ -250,7 +311,10 @@ async fn claims_hand_out_each_key_once_then_the_fallback_key() {
     }
     let s = alice.sync(None, 0, 1).await;
     assert_eq!(s["device_one_time_keys_count"]["signed_curve25519"], 0);
-    assert_eq!(s["device_unused_fallback_key_types"], json!(["signed_curve25519"]));
+    assert_eq!(
+        s["device_unused_fallback_key_types"],
+        json!(["signed_curve25519"])
+    );
     // None left: the fallback key, marked used, and handed out again while nothing replaces it.
     for _ in 0..2 {
         let got = claim(&bob, &alice.user_id, &alice.device_id).await;
@@ -267,7 +331,10 @@ async fn claims_hand_out_each_key_once_then_the_fallback_key() {
         )
         .await;
     let s = alice.sync(None, 0, 1).await;
-    assert_eq!(s["device_unused_fallback_key_types"], json!(["signed_curve25519"]));
+    assert_eq!(
+        s["device_unused_fallback_key_types"],
+        json!(["signed_curve25519"])
+    );
     // Unknown devices and users get nothing.
     assert!(claim(&bob, &alice.user_id, "NOSUCH").await.is_null());
     assert!(claim(&bob, "@nobody:hearth.test", "X").await.is_null());
@@ -333,7 +400,11 @@ async fn device_lists_follow_keys_rooms_and_deleted_devices() {
     let started = std::time::Instant::now();
     let dev = Device::new(&alice);
     alice
-        .ok(Method::POST, "/keys/upload", Some(&json!({ "device_keys": dev.device_keys() })))
+        .ok(
+            Method::POST,
+            "/keys/upload",
+            Some(&json!({ "device_keys": dev.device_keys() })),
+        )
         .await;
     let s1 = waiting.await.unwrap();
     assert!(started.elapsed().as_secs() < 10, "the long-poll woke");
@@ -350,7 +421,11 @@ async fn device_lists_follow_keys_rooms_and_deleted_devices() {
     // Carol shares no room with bob: her keys are not his business.
     let carol_dev = Device::new(&carol);
     carol
-        .ok(Method::POST, "/keys/upload", Some(&json!({ "device_keys": carol_dev.device_keys() })))
+        .ok(
+            Method::POST,
+            "/keys/upload",
+            Some(&json!({ "device_keys": carol_dev.device_keys() })),
+        )
         .await;
     let s2 = bob.sync(Some(&s1_token), 0, 1).await;
     assert!(!contains(&s2["device_lists"]["changed"], &carol.user_id), "{s2}");
@@ -385,10 +460,17 @@ async fn device_lists_follow_keys_rooms_and_deleted_devices() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let session = challenge["session"].as_str().unwrap();
     alice
-        .ok(Method::DELETE, &path, Some(&json!({ "auth": password_auth("alice", Some(session)) })))
+        .ok(
+            Method::DELETE,
+            &path,
+            Some(&json!({ "auth": password_auth("alice", Some(session)) })),
+        )
         .await;
     let after = bob.sync(Some(&before_token), 0, 1).await;
-    assert!(contains(&after["device_lists"]["changed"], &alice.user_id), "{after}");
+    assert!(
+        contains(&after["device_lists"]["changed"], &alice.user_id),
+        "{after}"
+    );
     let q = bob
         .ok(
             Method::POST,
@@ -396,12 +478,23 @@ async fn device_lists_follow_keys_rooms_and_deleted_devices() {
             Some(&json!({"device_keys": { alice.user_id.clone(): [] }})),
         )
         .await;
-    assert!(q["device_keys"][&alice.user_id].get(&alice2.device_id).is_none(), "{q}");
-    assert!(q["device_keys"][&alice.user_id].get(&alice.device_id).is_some(), "{q}");
+    assert!(
+        q["device_keys"][&alice.user_id].get(&alice2.device_id).is_none(),
+        "{q}"
+    );
+    assert!(
+        q["device_keys"][&alice.user_id].get(&alice.device_id).is_some(),
+        "{q}"
+    );
     assert!(claim(&bob, &alice.user_id, &alice2.device_id).await.is_null());
     let db = server.db().await;
     assert_eq!(
-        count(&db, "SELECT COUNT(*) FROM one_time_keys WHERE device_id = $1", &[&alice2.device_id]).await,
+        count(
+            &db,
+            "SELECT COUNT(*) FROM one_time_keys WHERE device_id = $1",
+            &[&alice2.device_id]
+        )
+        .await,
         0
     );
 
@@ -409,8 +502,19 @@ async fn device_lists_follow_keys_rooms_and_deleted_devices() {
     let after_token = after["next_batch"].as_str().unwrap().to_owned();
     alice.ok(Method::POST, "/logout", Some(&json!({}))).await;
     let last = bob.sync(Some(&after_token), 0, 1).await;
-    assert!(contains(&last["device_lists"]["changed"], &alice.user_id), "{last}");
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM device_keys WHERE user_id = $1", &[&alice.user_id]).await, 0);
+    assert!(
+        contains(&last["device_lists"]["changed"], &alice.user_id),
+        "{last}"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM device_keys WHERE user_id = $1",
+            &[&alice.user_id]
+        )
+        .await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -422,7 +526,11 @@ async fn cross_signing_keys_and_signatures() {
     bob.join(&room).await;
     let dev = Device::new(&alice);
     alice
-        .ok(Method::POST, "/keys/upload", Some(&json!({ "device_keys": dev.device_keys() })))
+        .ok(
+            Method::POST,
+            "/keys/upload",
+            Some(&json!({ "device_keys": dev.device_keys() })),
+        )
         .await;
     let s0 = bob.sync(None, 0, 1).await;
 
@@ -446,10 +554,18 @@ async fn cross_signing_keys_and_signatures() {
             })),
         )
         .await;
-    assert_eq!((status, resp["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")), "{resp}");
+    assert_eq!(
+        (status, resp["errcode"].clone()),
+        (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")),
+        "{resp}"
+    );
     // No master key yet: no UIA. The same keys again: no UIA either.
-    alice.ok(Method::POST, "/keys/device_signing/upload", Some(&keys)).await;
-    alice.ok(Method::POST, "/keys/device_signing/upload", Some(&keys)).await;
+    alice
+        .ok(Method::POST, "/keys/device_signing/upload", Some(&keys))
+        .await;
+    alice
+        .ok(Method::POST, "/keys/device_signing/upload", Some(&keys))
+        .await;
     let s1 = bob.sync(Some(s0["next_batch"].as_str().unwrap()), 0, 1).await;
     assert!(contains(&s1["device_lists"]["changed"], a), "{s1}");
 
@@ -459,11 +575,23 @@ async fn cross_signing_keys_and_signatures() {
         async move { client.ok(Method::POST, "/keys/query", Some(&body)).await }
     };
     let by_bob = query(&bob).await;
-    assert_eq!(by_bob["master_keys"][a]["keys"], keys["master_key"]["keys"], "{by_bob}");
-    assert_eq!(by_bob["self_signing_keys"][a]["keys"], keys["self_signing_key"]["keys"]);
-    assert!(by_bob["user_signing_keys"].get(a).is_none(), "the user-signing key is private: {by_bob}");
+    assert_eq!(
+        by_bob["master_keys"][a]["keys"], keys["master_key"]["keys"],
+        "{by_bob}"
+    );
+    assert_eq!(
+        by_bob["self_signing_keys"][a]["keys"],
+        keys["self_signing_key"]["keys"]
+    );
+    assert!(
+        by_bob["user_signing_keys"].get(a).is_none(),
+        "the user-signing key is private: {by_bob}"
+    );
     let by_alice = query(&alice).await;
-    assert_eq!(by_alice["user_signing_keys"][a]["keys"], keys["user_signing_key"]["keys"]);
+    assert_eq!(
+        by_alice["user_signing_keys"][a]["keys"],
+        keys["user_signing_key"]["keys"]
+    );
 
     // A new master key needs UIA.
     let other_master = Ed25519Keypair::new();
@@ -472,7 +600,10 @@ async fn cross_signing_keys_and_signatures() {
         .request(Method::POST, "/keys/device_signing/upload", Some(&replace))
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{challenge}");
-    assert_eq!(query(&bob).await["master_keys"][a]["keys"], keys["master_key"]["keys"]);
+    assert_eq!(
+        query(&bob).await["master_keys"][a]["keys"],
+        keys["master_key"]["keys"]
+    );
     // The same master key with a different self-signing key is new too: UIA.
     let other_ssk = json!({
         "master_key": keys["master_key"].clone(),
@@ -485,15 +616,22 @@ async fn cross_signing_keys_and_signatures() {
     // With the password, the new master key replaces the old one.
     let mut with_auth = replace.clone();
     with_auth["auth"] = password_auth("alice", challenge["session"].as_str());
-    alice.ok(Method::POST, "/keys/device_signing/upload", Some(&with_auth)).await;
-    assert_eq!(query(&bob).await["master_keys"][a]["keys"], replace["master_key"]["keys"]);
+    alice
+        .ok(Method::POST, "/keys/device_signing/upload", Some(&with_auth))
+        .await;
+    assert_eq!(
+        query(&bob).await["master_keys"][a]["keys"],
+        replace["master_key"]["keys"]
+    );
     // Back to the first master key (its self-signing and user-signing keys are still stored).
     let (_, challenge) = alice
         .request(Method::POST, "/keys/device_signing/upload", Some(&keys))
         .await;
     let mut with_auth = keys.clone();
     with_auth["auth"] = password_auth("alice", challenge["session"].as_str());
-    alice.ok(Method::POST, "/keys/device_signing/upload", Some(&with_auth)).await;
+    alice
+        .ok(Method::POST, "/keys/device_signing/upload", Some(&with_auth))
+        .await;
 
     // The self-signing key signs alice's device: merged into /keys/query.
     let mut device_keys = dev.device_keys();
@@ -510,7 +648,10 @@ async fn cross_signing_keys_and_signatures() {
         .await;
     assert_eq!(resp["failures"], json!({}), "{resp}");
     let by_bob = query(&bob).await;
-    assert!(by_bob["device_keys"][a][&alice.device_id]["signatures"][a][&ss_id].is_string(), "{by_bob}");
+    assert!(
+        by_bob["device_keys"][a][&alice.device_id]["signatures"][a][&ss_id].is_string(),
+        "{by_bob}"
+    );
     // A forged signature, an unknown key: per-key failures, nothing stored.
     let resp = alice
         .ok(
@@ -519,7 +660,10 @@ async fn cross_signing_keys_and_signatures() {
             Some(&json!({ a.clone(): { alice.device_id.clone(): forged, "NOSUCHKEY": {"user_id": a} } })),
         )
         .await;
-    assert_eq!(resp["failures"][a][&alice.device_id]["errcode"], "M_INVALID_SIGNATURE", "{resp}");
+    assert_eq!(
+        resp["failures"][a][&alice.device_id]["errcode"], "M_INVALID_SIGNATURE",
+        "{resp}"
+    );
     assert!(resp["failures"][a]["NOSUCHKEY"]["errcode"].is_string(), "{resp}");
 
     // Bob signs alice's master key with his user-signing key: only bob sees that signature.
@@ -549,7 +693,11 @@ async fn cross_signing_keys_and_signatures() {
     assert_eq!(resp["failures"], json!({}), "{resp}");
     assert!(query(&bob).await["master_keys"][a]["signatures"][b][&usk_id].is_string());
     let carol = server.register("carol").await;
-    assert!(query(&carol).await["master_keys"][a]["signatures"].get(b).is_none());
+    assert!(
+        query(&carol).await["master_keys"][a]["signatures"]
+            .get(b)
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -580,7 +728,9 @@ async fn deactivation_removes_every_key() {
         )
         .await;
     let s0 = bob.sync(None, 0, 1).await;
-    let (_, challenge) = alice.request(Method::POST, "/account/deactivate", Some(&json!({}))).await;
+    let (_, challenge) = alice
+        .request(Method::POST, "/account/deactivate", Some(&json!({})))
+        .await;
     alice
         .ok(
             Method::POST,
@@ -589,14 +739,23 @@ async fn deactivation_removes_every_key() {
         )
         .await;
     let db = server.db().await;
-    for table in ["device_keys", "one_time_keys", "fallback_keys", "cross_signing_keys"] {
+    for table in [
+        "device_keys",
+        "one_time_keys",
+        "fallback_keys",
+        "cross_signing_keys",
+    ] {
         let sql = format!("SELECT COUNT(*) FROM {table} WHERE user_id = $1");
         assert_eq!(count(&db, &sql, &[&alice.user_id]).await, 0, "{table}");
     }
     let s1 = bob.sync(Some(s0["next_batch"].as_str().unwrap()), 0, 1).await;
     assert!(contains(&s1["device_lists"]["left"], &alice.user_id), "{s1}");
     let q = bob
-        .ok(Method::POST, "/keys/query", Some(&json!({"device_keys": { alice.user_id.clone(): [] }})))
+        .ok(
+            Method::POST,
+            "/keys/query",
+            Some(&json!({"device_keys": { alice.user_id.clone(): [] }})),
+        )
         .await;
     assert_eq!(q["device_keys"][&alice.user_id], json!({}));
     assert!(q["master_keys"].get(&alice.user_id).is_none());

@@ -10,11 +10,17 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 fn events(sync: &Value) -> Vec<Value> {
-    sync["to_device"]["events"].as_array().cloned().unwrap_or_default()
+    sync["to_device"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn numbers(sync: &Value) -> Vec<i64> {
-    events(sync).iter().filter_map(|e| e["content"]["n"].as_i64()).collect()
+    events(sync)
+        .iter()
+        .filter_map(|e| e["content"]["n"].as_i64())
+        .collect()
 }
 
 async fn send(client: &common::Client, txn: &str, messages: Value) -> (StatusCode, Value) {
@@ -45,16 +51,31 @@ async fn delivered_in_order_once_acknowledged() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
     for n in 0..3 {
-        let (status, resp) = send(&alice, &format!("t{n}"), json!({ bob.user_id.clone(): { bob.device_id.clone(): { "n": n } } })).await;
+        let (status, resp) = send(
+            &alice,
+            &format!("t{n}"),
+            json!({ bob.user_id.clone(): { bob.device_id.clone(): { "n": n } } }),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{resp}");
     }
     let woke = waiting.await.unwrap();
     assert!(started.elapsed().as_secs() < 10);
     assert!(!events(&woke).is_empty(), "{woke}");
     // The same transaction ID again stores nothing; from another device it is another request.
-    send(&alice, "t1", json!({ bob.user_id.clone(): { bob.device_id.clone(): { "n": 99 } } })).await;
+    send(
+        &alice,
+        "t1",
+        json!({ bob.user_id.clone(): { bob.device_id.clone(): { "n": 99 } } }),
+    )
+    .await;
     let alice2 = login(&server, "alice").await;
-    send(&alice2, "t1", json!({ bob.user_id.clone(): { bob.device_id.clone(): { "n": 3 } } })).await;
+    send(
+        &alice2,
+        "t1",
+        json!({ bob.user_id.clone(): { bob.device_id.clone(): { "n": 3 } } }),
+    )
+    .await;
 
     let s1 = bob.sync(Some(&since), 0, 1).await;
     assert_eq!(numbers(&s1), vec![0, 1, 2, 3], "in order, no duplicate: {s1}");
@@ -68,13 +89,29 @@ async fn delivered_in_order_once_acknowledged() {
     let s2 = bob.sync(Some(s1["next_batch"].as_str().unwrap()), 0, 1).await;
     assert!(events(&s2).is_empty(), "{s2}");
     let db = server.db().await;
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM to_device_messages WHERE device_id = $1", &[&bob.device_id]).await, 0);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM to_device_messages WHERE device_id = $1",
+            &[&bob.device_id]
+        )
+        .await,
+        0
+    );
     // The other device got nothing.
     assert!(events(&bob2.sync(None, 0, 1).await).is_empty());
 
     // `*` reaches every device of the user.
-    send(&alice, "star", json!({ bob.user_id.clone(): { "*": { "n": 7 } } })).await;
-    assert_eq!(numbers(&bob.sync(Some(s2["next_batch"].as_str().unwrap()), 0, 1).await), vec![7]);
+    send(
+        &alice,
+        "star",
+        json!({ bob.user_id.clone(): { "*": { "n": 7 } } }),
+    )
+    .await;
+    assert_eq!(
+        numbers(&bob.sync(Some(s2["next_batch"].as_str().unwrap()), 0, 1).await),
+        vec![7]
+    );
     assert_eq!(numbers(&bob2.sync(None, 0, 1).await), vec![7]);
 }
 
@@ -84,7 +121,12 @@ async fn more_than_a_sync_holds_come_in_batches() {
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     for n in 0..150 {
-        send(&alice, &format!("b{n}"), json!({ bob.user_id.clone(): { bob.device_id.clone(): { "n": n } } })).await;
+        send(
+            &alice,
+            &format!("b{n}"),
+            json!({ bob.user_id.clone(): { bob.device_id.clone(): { "n": n } } }),
+        )
+        .await;
     }
     let s1 = bob.sync(None, 0, 1).await;
     assert_eq!(numbers(&s1), (0..100).collect::<Vec<_>>());
@@ -117,7 +159,11 @@ async fn queued_messages_survive_restart_and_sigkill() {
 
 #[tokio::test]
 async fn floods_and_hostile_bodies_are_refused() {
-    let server = Server::start_with_config(common::Backend::from_env(), "[limits]\nmax_pending_to_device = 5\n").await;
+    let server = Server::start_with_config(
+        common::Backend::from_env(),
+        "[limits]\nmax_pending_to_device = 5\n",
+    )
+    .await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let to_bob = |n: i64| json!({ bob.user_id.clone(): { bob.device_id.clone(): { "n": n } } });
@@ -126,7 +172,11 @@ async fn floods_and_hostile_bodies_are_refused() {
         assert_eq!(status, StatusCode::OK);
     }
     let (status, resp) = send(&alice, "f5", to_bob(5)).await;
-    assert_eq!((status, resp["errcode"].clone()), (StatusCode::TOO_MANY_REQUESTS, json!("M_LIMIT_EXCEEDED")), "{resp}");
+    assert_eq!(
+        (status, resp["errcode"].clone()),
+        (StatusCode::TOO_MANY_REQUESTS, json!("M_LIMIT_EXCEEDED")),
+        "{resp}"
+    );
     // Refused, so the transaction ID is free for a retry once the queue drains.
     let s = bob.sync(None, 0, 1).await;
     bob.sync(Some(s["next_batch"].as_str().unwrap()), 0, 1).await;
@@ -136,21 +186,41 @@ async fn floods_and_hostile_bodies_are_refused() {
     // Too many recipients in one request.
     let many: serde_json::Map<String, Value> = (0..1001).map(|i| (format!("D{i}"), json!({}))).collect();
     let (status, resp) = send(&alice, "many", json!({ bob.user_id.clone(): many })).await;
-    assert_eq!((status, resp["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")));
+    assert_eq!(
+        (status, resp["errcode"].clone()),
+        (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM"))
+    );
     // Bad user IDs, non-object contents, a body without `messages`.
     let (status, _) = send(&alice, "bad1", json!({ "not-a-user": { "D": {} } })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = send(&alice, "bad2", json!({ bob.user_id.clone(): { "D": 5 } })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = alice
-        .request(Method::PUT, "/sendToDevice/t/x", Some(&json!({ "nomessages": 1 })))
+        .request(
+            Method::PUT,
+            "/sendToDevice/t/x",
+            Some(&json!({ "nomessages": 1 })),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     // An unknown device: accepted, nothing queued.
-    let (status, _) = send(&alice, "ghost", json!({ bob.user_id.clone(): { "GHOST": {"n": 1} } })).await;
+    let (status, _) = send(
+        &alice,
+        "ghost",
+        json!({ bob.user_id.clone(): { "GHOST": {"n": 1} } }),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let db = server.db().await;
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM to_device_messages WHERE device_id = $1", &["GHOST"]).await, 0);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM to_device_messages WHERE device_id = $1",
+            &["GHOST"]
+        )
+        .await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -161,7 +231,15 @@ async fn deleting_a_device_drops_its_queue() {
     let bob2 = login(&server, "bob").await;
     send(&alice, "d1", json!({ bob.user_id.clone(): { "*": { "n": 1 } } })).await;
     let db = server.db().await;
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM to_device_messages WHERE user_id = $1", &[&bob.user_id]).await, 2);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM to_device_messages WHERE user_id = $1",
+            &[&bob.user_id]
+        )
+        .await,
+        2
+    );
     let body = json!({ "devices": [bob2.device_id.clone()] });
     let (status, challenge) = bob.request(Method::POST, "/delete_devices", Some(&body)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -173,11 +251,24 @@ async fn deleting_a_device_drops_its_queue() {
     )
     .await;
     assert_eq!(
-        count(&db, "SELECT COUNT(*) FROM to_device_messages WHERE device_id = $1", &[&bob2.device_id]).await,
+        count(
+            &db,
+            "SELECT COUNT(*) FROM to_device_messages WHERE device_id = $1",
+            &[&bob2.device_id]
+        )
+        .await,
         0
     );
     assert_eq!(numbers(&bob.sync(None, 0, 1).await), vec![1]);
     // logout/all drops the rest.
     bob.ok(Method::POST, "/logout/all", Some(&json!({}))).await;
-    assert_eq!(count(&db, "SELECT COUNT(*) FROM to_device_messages WHERE user_id = $1", &[&bob.user_id]).await, 0);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM to_device_messages WHERE user_id = $1",
+            &[&bob.user_id]
+        )
+        .await,
+        0
+    );
 }

@@ -47,8 +47,16 @@ fn sign(object: &mut Value, user_id: &str, key_id: &str, key: &Ed25519Keypair) {
     let mut text = String::new();
     canonical(&unsigned, &mut text);
     let signature = key.sign(text.as_bytes()).to_base64();
-    let sigs = object.as_object_mut().unwrap().entry("signatures").or_insert_with(|| json!({}));
-    let by_user = sigs.as_object_mut().unwrap().entry(user_id.to_owned()).or_insert_with(|| json!({}));
+    let sigs = object
+        .as_object_mut()
+        .unwrap()
+        .entry("signatures")
+        .or_insert_with(|| json!({}));
+    let by_user = sigs
+        .as_object_mut()
+        .unwrap()
+        .entry(user_id.to_owned())
+        .or_insert_with(|| json!({}));
     by_user[key_id] = Value::String(signature);
 }
 
@@ -66,7 +74,12 @@ struct Device {
 
 impl Device {
     fn new(c: &Client) -> Self {
-        Self { user_id: c.user_id.clone(), device_id: c.device_id.clone(), ed25519: Ed25519Keypair::new(), curve25519: curve25519() }
+        Self {
+            user_id: c.user_id.clone(),
+            device_id: c.device_id.clone(),
+            ed25519: Ed25519Keypair::new(),
+            curve25519: curve25519(),
+        }
     }
 
     fn key_id(&self) -> String {
@@ -96,17 +109,30 @@ impl Device {
     }
 }
 
-fn cross_signing_key(user_id: &str, usage: &str, key: &Ed25519Keypair, signer: Option<&Ed25519Keypair>) -> Value {
+fn cross_signing_key(
+    user_id: &str,
+    usage: &str,
+    key: &Ed25519Keypair,
+    signer: Option<&Ed25519Keypair>,
+) -> Value {
     let public = key.public_key().to_base64();
-    let mut object = json!({"user_id": user_id, "usage": [usage], "keys": {format!("ed25519:{public}"): public}});
+    let mut object =
+        json!({"user_id": user_id, "usage": [usage], "keys": {format!("ed25519:{public}"): public}});
     if let Some(signer) = signer {
-        sign(&mut object, user_id, &format!("ed25519:{}", signer.public_key().to_base64()), signer);
+        sign(
+            &mut object,
+            user_id,
+            &format!("ed25519:{}", signer.public_key().to_base64()),
+            signer,
+        );
     }
     object
 }
 
 fn lists(s: &Value, field: &str, user: &str) -> bool {
-    s["device_lists"][field].as_array().is_some_and(|l| l.iter().any(|u| u == user))
+    s["device_lists"][field]
+        .as_array()
+        .is_some_and(|l| l.iter().any(|u| u == user))
 }
 
 conformance_test! {

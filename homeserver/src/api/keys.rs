@@ -20,7 +20,9 @@ use crate::{
     e2ee::{
         cross_signing::{self, SignaturesResponse, SigningKeys},
         device_lists,
-        keys::{self, ClaimRequest, ClaimResponse, QueryRequest, QueryResponse, UploadRequest, UploadResponse},
+        keys::{
+            self, ClaimRequest, ClaimResponse, QueryRequest, QueryResponse, UploadRequest, UploadResponse,
+        },
         to_device::{self, SendRequest},
     },
     services::Services,

@@ -37,14 +37,18 @@ pub fn public_key(key: &Value) -> Option<String> {
 fn check_key(key: &Value, user_id: &str, usage: &str, signed_by: Option<&str>) -> Result<String> {
     let field = format!("{usage}_key");
     if key.get("user_id").and_then(Value::as_str) != Some(user_id) {
-        return Err(Error::invalid_param(format!("{field}.user_id must be the user's own ID")));
+        return Err(Error::invalid_param(format!(
+            "{field}.user_id must be the user's own ID"
+        )));
     }
     let usages = key
         .get("usage")
         .and_then(Value::as_array)
         .ok_or_else(|| Error::invalid_param(format!("{field}.usage must be a list")))?;
     if !usages.iter().any(|u| u.as_str() == Some(usage)) || usages.len() > 8 {
-        return Err(Error::invalid_param(format!("{field}.usage must contain {usage}")));
+        return Err(Error::invalid_param(format!(
+            "{field}.usage must contain {usage}"
+        )));
     }
     let public = public_key(key).ok_or_else(|| {
         Error::invalid_param(format!("{field}.keys must hold exactly one ed25519:<key>: <key>"))
@@ -153,9 +157,23 @@ pub async fn upload_signatures(
     let mut changed: Vec<String> = Vec::new();
     for (target_user, objects) in body {
         for (key_id, object) in objects {
-            match check_signed(svc, user_id, &target_user, &key_id, &object, self_signing.as_deref(), user_signing.as_deref()).await? {
+            match check_signed(
+                svc,
+                user_id,
+                &target_user,
+                &key_id,
+                &object,
+                self_signing.as_deref(),
+                user_signing.as_deref(),
+            )
+            .await?
+            {
                 Ok(signatures) => {
-                    let notify = if target_user == user_id { &target_user } else { user_id };
+                    let notify = if target_user == user_id {
+                        &target_user
+                    } else {
+                        user_id
+                    };
                     if !changed.iter().any(|u| u == notify) {
                         changed.push(notify.to_owned());
                     }
@@ -223,7 +241,9 @@ async fn check_signed(
                 Some(sigs) => {
                     let mut found = None;
                     for id in sigs.keys() {
-                        let Some(device) = id.strip_prefix("ed25519:") else { continue };
+                        let Some(device) = id.strip_prefix("ed25519:") else {
+                            continue;
+                        };
                         if let Some(keys) = svc.store.device_keys(user_id, device).await?
                             && let Ok(keys) = serde_json::from_str::<Value>(&keys)
                             && let Some(public) = keys["keys"][id].as_str()
@@ -249,16 +269,25 @@ async fn check_signed(
             .get("master")
             .and_then(|j| serde_json::from_str::<Value>(j).ok())
             .filter(|m| public_key(m).as_deref() == Some(key_id));
-        (master, user_signing.map(|k| (format!("ed25519:{k}"), k.to_owned())))
+        (
+            master,
+            user_signing.map(|k| (format!("ed25519:{k}"), k.to_owned())),
+        )
     };
     let Some(stored) = stored else {
         return Ok(Err(failure("M_NOT_FOUND", "Unknown key")));
     };
     if signed_part(&stored) != signed_part(object) {
-        return Ok(Err(failure("M_INVALID_PARAM", "The signed object does not match the stored key")));
+        return Ok(Err(failure(
+            "M_INVALID_PARAM",
+            "The signed object does not match the stored key",
+        )));
     }
     let Some((signer_key_id, signer_public)) = signer else {
-        return Ok(Err(failure("M_INVALID_SIGNATURE", "No key of yours may sign this")));
+        return Ok(Err(failure(
+            "M_INVALID_SIGNATURE",
+            "No key of yours may sign this",
+        )));
     };
     let Some(signature) = object["signatures"][user_id][&signer_key_id].as_str() else {
         return Ok(Err(failure("M_INVALID_SIGNATURE", "Missing signature")));

@@ -85,7 +85,12 @@ pub async fn changes(svc: &Services, user_id: &str, from: StreamToken, to: Strea
 /// Wakes the syncs of everyone who should hear that `user_id`'s devices or keys changed (the
 /// change is already stored).
 pub async fn announce(svc: &Services, user_id: &str) -> Result<()> {
-    let mut users: Vec<String> = svc.store.users_sharing_rooms(user_id).await?.into_iter().collect();
+    let mut users: Vec<String> = svc
+        .store
+        .users_sharing_rooms(user_id)
+        .await?
+        .into_iter()
+        .collect();
     if !users.iter().any(|u| u == user_id) {
         users.push(user_id.to_owned());
     }

@@ -42,7 +42,9 @@ pub fn check_device_keys(keys: &Value, user_id: &str, device_id: &str) -> Result
         .as_object()
         .ok_or_else(|| Error::invalid_param("device_keys must be an object"))?;
     if object.get("user_id").and_then(Value::as_str) != Some(user_id) {
-        return Err(Error::invalid_param("device_keys.user_id must be the user's own ID"));
+        return Err(Error::invalid_param(
+            "device_keys.user_id must be the user's own ID",
+        ));
     }
     if object.get("device_id").and_then(Value::as_str) != Some(device_id) {
         return Err(Error::invalid_param(
@@ -54,7 +56,9 @@ pub fn check_device_keys(keys: &Value, user_id: &str, device_id: &str) -> Result
         .and_then(Value::as_array)
         .ok_or_else(|| Error::invalid_param("device_keys.algorithms must be a list"))?;
     if algorithms.len() > 64 || !algorithms.iter().all(Value::is_string) {
-        return Err(Error::invalid_param("device_keys.algorithms must be at most 64 strings"));
+        return Err(Error::invalid_param(
+            "device_keys.algorithms must be at most 64 strings",
+        ));
     }
     let key_map = object
         .get("keys")
@@ -66,7 +70,9 @@ pub fn check_device_keys(keys: &Value, user_id: &str, device_id: &str) -> Result
     for (id, key) in key_map {
         split_key_id(id)?;
         if !key.is_string() {
-            return Err(Error::invalid_param(format!("device_keys.keys.{id} must be a string")));
+            return Err(Error::invalid_param(format!(
+                "device_keys.keys.{id} must be a string"
+            )));
         }
     }
     let signing_id = format!("ed25519:{device_id}");
@@ -121,7 +127,12 @@ fn check_keys(
 }
 
 /// `POST /keys/upload`: all or nothing.
-pub async fn upload(svc: &Services, user_id: &str, device_id: &str, req: UploadRequest) -> Result<UploadResponse> {
+pub async fn upload(
+    svc: &Services,
+    user_id: &str,
+    device_id: &str,
+    req: UploadRequest,
+) -> Result<UploadResponse> {
     let ed25519 = match &req.device_keys {
         Some(keys) => Some(check_device_keys(keys, user_id, device_id)?),
         None => svc
@@ -141,7 +152,10 @@ pub async fn upload(svc: &Services, user_id: &str, device_id: &str, req: UploadR
             "At most {MAX_ONE_TIME_KEYS_PER_UPLOAD} one-time keys per upload"
         )));
     }
-    let fallback = req.fallback_keys.or(req.fallback_keys_unstable).unwrap_or_default();
+    let fallback = req
+        .fallback_keys
+        .or(req.fallback_keys_unstable)
+        .unwrap_or_default();
     if fallback.len() > 16 {
         return Err(Error::invalid_param("At most 16 fallback keys per upload"));
     }
@@ -151,7 +165,11 @@ pub async fn upload(svc: &Services, user_id: &str, device_id: &str, req: UploadR
         fallback_keys: check_keys(&fallback, "fallback_keys", user_id, device_id, ed25519.as_deref())?,
     };
     let mut algorithms = HashSet::new();
-    if !upload.fallback_keys.iter().all(|k| algorithms.insert(k.algorithm.as_str())) {
+    if !upload
+        .fallback_keys
+        .iter()
+        .all(|k| algorithms.insert(k.algorithm.as_str()))
+    {
         return Err(Error::invalid_param("At most one fallback key per algorithm"));
     }
     let (counts, changed) = match svc
@@ -222,9 +240,10 @@ pub async fn query(svc: &Services, requester: &str, req: QueryRequest) -> Result
         if !is_local(svc, user_id) {
             // Remote: federation's `/user/keys/query` goes here.
             let server = user_id.split_once(':').map_or("", |(_, s)| s);
-            response
-                .failures
-                .insert(server.to_owned(), json!({"errcode": "M_UNKNOWN", "error": "Federation is not available"}));
+            response.failures.insert(
+                server.to_owned(),
+                json!({"errcode": "M_UNKNOWN", "error": "Federation is not available"}),
+            );
             continue;
         }
         let signatures = svc.store.signatures_on(user_id).await?;
@@ -329,15 +348,24 @@ pub async fn claim(svc: &Services, req: ClaimRequest) -> Result<ClaimResponse> {
         if !is_local(svc, user_id) {
             // Remote: federation's `/user/keys/claim` goes here.
             let server = user_id.split_once(':').map_or("", |(_, s)| s);
-            response
-                .failures
-                .insert(server.to_owned(), json!({"errcode": "M_UNKNOWN", "error": "Federation is not available"}));
+            response.failures.insert(
+                server.to_owned(),
+                json!({"errcode": "M_UNKNOWN", "error": "Federation is not available"}),
+            );
             continue;
         }
         for (device_id, algorithm) in devices {
-            let claimed = match svc.store.claim_one_time_key(user_id, device_id, algorithm).await? {
+            let claimed = match svc
+                .store
+                .claim_one_time_key(user_id, device_id, algorithm)
+                .await?
+            {
                 Some(key) => Some(key),
-                None => svc.store.claim_fallback_key(user_id, device_id, algorithm).await?,
+                None => {
+                    svc.store
+                        .claim_fallback_key(user_id, device_id, algorithm)
+                        .await?
+                }
             };
             if let Some((key_id, json)) = claimed {
                 let key: Value = serde_json::from_str(&json).map_err(Error::internal)?;

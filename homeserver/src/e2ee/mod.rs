@@ -72,7 +72,10 @@ mod tests {
 
     #[test]
     fn key_ids() {
-        assert_eq!(split_key_id("signed_curve25519:AAAAQ").unwrap(), ("signed_curve25519", "AAAAQ"));
+        assert_eq!(
+            split_key_id("signed_curve25519:AAAAQ").unwrap(),
+            ("signed_curve25519", "AAAAQ")
+        );
         assert_eq!(split_key_id("ed25519:a:b").unwrap(), ("ed25519", "a:b"));
         for bad in ["", "nocolon", ":id", "alg:", "al g:id", "alg:i d"] {
             assert!(split_key_id(bad).is_err(), "{bad}");

@@ -33,7 +33,9 @@ pub async fn send(
     req: SendRequest,
 ) -> Result<()> {
     if event_type.is_empty() || event_type.len() > 255 || txn_id.is_empty() || txn_id.len() > 255 {
-        return Err(Error::invalid_param("Event type and transaction ID must be 1 to 255 bytes"));
+        return Err(Error::invalid_param(
+            "Event type and transaction ID must be 1 to 255 bytes",
+        ));
     }
     let count: usize = req.messages.values().map(BTreeMap::len).sum();
     if count > MAX_TO_DEVICE_RECIPIENTS {

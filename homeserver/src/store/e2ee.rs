@@ -83,11 +83,13 @@ impl Store {
 
     /// Records that `user_id`'s devices or keys changed (the stream's lock must be held).
     async fn mark_device_list_in(tx: &mut Tx, user_id: &str) -> StoreResult<i64> {
-        Ok(q("INSERT INTO device_lists_stream (user_id) VALUES ($1) RETURNING stream_id")
-            .bind(user_id.to_owned())
-            .fetch_one(&mut **tx)
-            .await?
-            .get(0))
+        Ok(
+            q("INSERT INTO device_lists_stream (user_id) VALUES ($1) RETURNING stream_id")
+                .bind(user_id.to_owned())
+                .fetch_one(&mut **tx)
+                .await?
+                .get(0),
+        )
     }
 
     pub async fn max_device_lists_stream(&self) -> StoreResult<i64> {
@@ -124,8 +126,10 @@ impl Store {
                     .await?
                     .map(|r| r.get(0));
             if old.as_deref() != Some(json.as_str()) {
-                q("INSERT INTO device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3) \
-                   ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json")
+                q(
+                    "INSERT INTO device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3) \
+                   ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
+                )
                 .bind(user_id.to_owned())
                 .bind(device_id.to_owned())
                 .bind(json.clone())
@@ -157,8 +161,10 @@ impl Store {
                 }
                 None => {}
             }
-            q("INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json) \
-               VALUES ($1, $2, $3, $4, $5)")
+            q(
+                "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json) \
+               VALUES ($1, $2, $3, $4, $5)",
+            )
             .bind(user_id.to_owned())
             .bind(device_id.to_owned())
             .bind(key.algorithm.clone())
@@ -168,10 +174,12 @@ impl Store {
             .await?;
         }
         for key in &upload.fallback_keys {
-            q("INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, key_json, used) \
+            q(
+                "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, key_json, used) \
                VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT (user_id, device_id, algorithm) DO UPDATE \
                SET used = CASE WHEN fallback_keys.key_json = excluded.key_json \
-               THEN fallback_keys.used ELSE 0 END, key_id = excluded.key_id, key_json = excluded.key_json")
+               THEN fallback_keys.used ELSE 0 END, key_id = excluded.key_id, key_json = excluded.key_json",
+            )
             .bind(user_id.to_owned())
             .bind(device_id.to_owned())
             .bind(key.algorithm.clone())
@@ -189,15 +197,25 @@ impl Store {
     }
 
     /// The number of unclaimed one-time keys of a device, per algorithm.
-    pub async fn one_time_key_counts(&self, user_id: &str, device_id: &str) -> StoreResult<BTreeMap<String, u64>> {
+    pub async fn one_time_key_counts(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> StoreResult<BTreeMap<String, u64>> {
         let mut conn = self.pool.acquire().await?;
         otk_counts(&mut conn, user_id, device_id).await
     }
 
     /// Algorithms of the device's fallback keys that were not handed out yet.
-    pub async fn unused_fallback_key_types(&self, user_id: &str, device_id: &str) -> StoreResult<Vec<String>> {
-        let rows = q("SELECT algorithm FROM fallback_keys WHERE user_id = $1 AND device_id = $2 AND used = 0 \
-                      ORDER BY algorithm")
+    pub async fn unused_fallback_key_types(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> StoreResult<Vec<String>> {
+        let rows = q(
+            "SELECT algorithm FROM fallback_keys WHERE user_id = $1 AND device_id = $2 AND used = 0 \
+                      ORDER BY algorithm",
+        )
         .bind(user_id.to_owned())
         .bind(device_id.to_owned())
         .fetch_all(&self.pool)
@@ -218,10 +236,15 @@ impl Store {
     }
 
     /// Every device of a user that uploaded keys: (device ID, key JSON, display name).
-    pub async fn user_device_keys(&self, user_id: &str) -> StoreResult<Vec<(String, String, Option<String>)>> {
-        let rows = q("SELECT k.device_id, k.key_json, d.display_name FROM device_keys k \
+    pub async fn user_device_keys(
+        &self,
+        user_id: &str,
+    ) -> StoreResult<Vec<(String, String, Option<String>)>> {
+        let rows = q(
+            "SELECT k.device_id, k.key_json, d.display_name FROM device_keys k \
                       JOIN devices d ON d.user_id = k.user_id AND d.device_id = k.device_id \
-                      WHERE k.user_id = $1 ORDER BY k.device_id")
+                      WHERE k.user_id = $1 ORDER BY k.device_id",
+        )
         .bind(user_id.to_owned())
         .fetch_all(&self.pool)
         .await?;
@@ -270,8 +293,10 @@ impl Store {
         device_id: &str,
         algorithm: &str,
     ) -> StoreResult<Option<(String, String)>> {
-        let row = q("UPDATE fallback_keys SET used = 1 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
-                     RETURNING key_id, key_json")
+        let row = q(
+            "UPDATE fallback_keys SET used = 1 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
+                     RETURNING key_id, key_json",
+        )
         .bind(user_id.to_owned())
         .bind(device_id.to_owned())
         .bind(algorithm.to_owned())
@@ -293,8 +318,10 @@ impl Store {
     pub async fn set_cross_signing_keys(&self, user_id: &str, keys: &[(String, String)]) -> StoreResult<()> {
         let mut tx = self.begin_stream_write(Stream::DeviceLists).await?;
         for (key_type, json) in keys {
-            q("INSERT INTO cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3) \
-               ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json")
+            q(
+                "INSERT INTO cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3) \
+               ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json",
+            )
             .bind(user_id.to_owned())
             .bind(key_type.clone())
             .bind(json.clone())
@@ -307,9 +334,14 @@ impl Store {
     }
 
     /// Signatures uploaded on a user's keys: (target key, signer user, signer key ID, signature).
-    pub async fn signatures_on(&self, target_user: &str) -> StoreResult<Vec<(String, String, String, String)>> {
-        let rows = q("SELECT target_key, signer_user, signer_key_id, signature FROM e2e_signatures \
-                      WHERE target_user = $1")
+    pub async fn signatures_on(
+        &self,
+        target_user: &str,
+    ) -> StoreResult<Vec<(String, String, String, String)>> {
+        let rows = q(
+            "SELECT target_key, signer_user, signer_key_id, signature FROM e2e_signatures \
+                      WHERE target_user = $1",
+        )
         .bind(target_user.to_owned())
         .fetch_all(&self.pool)
         .await?;
@@ -328,9 +360,11 @@ impl Store {
     ) -> StoreResult<()> {
         let mut tx = self.begin_stream_write(Stream::DeviceLists).await?;
         for (target_user, target_key, signer_user, signer_key_id, signature) in signatures {
-            q("INSERT INTO e2e_signatures (target_user, target_key, signer_user, signer_key_id, signature) \
+            q(
+                "INSERT INTO e2e_signatures (target_user, target_key, signer_user, signer_key_id, signature) \
                VALUES ($1, $2, $3, $4, $5) ON CONFLICT (target_user, target_key, signer_user, signer_key_id) \
-               DO UPDATE SET signature = excluded.signature")
+               DO UPDATE SET signature = excluded.signature",
+            )
             .bind(target_user.clone())
             .bind(target_key.clone())
             .bind(signer_user.clone())
@@ -348,11 +382,12 @@ impl Store {
 
     /// Users whose devices or keys changed in `(from, to]`.
     pub async fn device_list_changes(&self, from: i64, to: i64) -> StoreResult<HashSet<String>> {
-        let rows = q("SELECT DISTINCT user_id FROM device_lists_stream WHERE stream_id > $1 AND stream_id <= $2")
-            .bind(from)
-            .bind(to)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            q("SELECT DISTINCT user_id FROM device_lists_stream WHERE stream_id > $1 AND stream_id <= $2")
+                .bind(from)
+                .bind(to)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
@@ -369,9 +404,11 @@ impl Store {
 
     /// Everyone joined to a room the user is joined to (the user included when joined anywhere).
     pub async fn users_sharing_rooms(&self, user_id: &str) -> StoreResult<HashSet<String>> {
-        let rows = q("SELECT DISTINCT b.state_key FROM current_state a JOIN current_state b ON a.room_id = b.room_id \
+        let rows = q(
+            "SELECT DISTINCT b.state_key FROM current_state a JOIN current_state b ON a.room_id = b.room_id \
                       WHERE a.type = 'm.room.member' AND a.state_key = $1 AND a.membership = 'join' \
-                      AND b.type = 'm.room.member' AND b.membership = 'join'")
+                      AND b.type = 'm.room.member' AND b.membership = 'join'",
+        )
         .bind(user_id.to_owned())
         .fetch_all(&self.pool)
         .await?;
@@ -419,8 +456,10 @@ impl Store {
         now: i64,
     ) -> StoreResult<Queued> {
         let mut tx = self.begin_stream_write(Stream::ToDevice).await?;
-        let fresh = q("INSERT INTO to_device_txns (user_id, device_id, txn_id, ts) VALUES ($1, $2, $3, $4) \
-                       ON CONFLICT DO NOTHING")
+        let fresh = q(
+            "INSERT INTO to_device_txns (user_id, device_id, txn_id, ts) VALUES ($1, $2, $3, $4) \
+                       ON CONFLICT DO NOTHING",
+        )
         .bind(sender.to_owned())
         .bind(sender_device.to_owned())
         .bind(txn_id.to_owned())
@@ -451,17 +490,20 @@ impl Store {
                     .collect()
             };
             for device in devices {
-                let pending: i64 = q("SELECT COUNT(*) FROM to_device_messages WHERE user_id = $1 AND device_id = $2")
-                    .bind(message.user_id.clone())
-                    .bind(device.clone())
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .get(0);
+                let pending: i64 =
+                    q("SELECT COUNT(*) FROM to_device_messages WHERE user_id = $1 AND device_id = $2")
+                        .bind(message.user_id.clone())
+                        .bind(device.clone())
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .get(0);
                 if pending >= max_pending {
                     return Ok(Queued::QueueFull(format!("{} {device}", message.user_id)));
                 }
-                q("INSERT INTO to_device_messages (user_id, device_id, sender, type, content) \
-                   VALUES ($1, $2, $3, $4, $5)")
+                q(
+                    "INSERT INTO to_device_messages (user_id, device_id, sender, type, content) \
+                   VALUES ($1, $2, $3, $4, $5)",
+                )
                 .bind(message.user_id.clone())
                 .bind(device)
                 .bind(sender.to_owned())
@@ -530,14 +572,25 @@ impl Store {
     /// Removes the E2EE data of deleted devices (keys, one-time and fallback keys, signatures
     /// on them, queued messages, to-device transaction IDs) inside the deleting transaction,
     /// and records the device list change.
-    pub(crate) async fn delete_devices_e2ee_in(&self, tx: &mut Tx, user_id: &str, devices: Devices<'_>) -> StoreResult<()> {
+    pub(crate) async fn delete_devices_e2ee_in(
+        &self,
+        tx: &mut Tx,
+        user_id: &str,
+        devices: Devices<'_>,
+    ) -> StoreResult<()> {
         // The stream's lock first: an upload holding it may wait for the rows deleted here.
         self.lock_stream(tx, Stream::DeviceLists).await?;
         let (filter, device) = match devices {
             Devices::One(d) => ("device_id = $2", d),
             Devices::AllExcept(d) => ("device_id <> $2", d),
         };
-        for table in ["device_keys", "one_time_keys", "fallback_keys", "to_device_messages", "to_device_txns"] {
+        for table in [
+            "device_keys",
+            "one_time_keys",
+            "fallback_keys",
+            "to_device_messages",
+            "to_device_txns",
+        ] {
             let sql = format!("DELETE FROM {table} WHERE user_id = $1 AND {filter}");
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(user_id.to_owned())
@@ -568,7 +621,8 @@ impl Store {
             .bind(user_id.to_owned())
             .execute(&mut **tx)
             .await?;
-        self.delete_devices_e2ee_in(tx, user_id, Devices::AllExcept("")).await
+        self.delete_devices_e2ee_in(tx, user_id, Devices::AllExcept(""))
+            .await
     }
 }
 
@@ -577,14 +631,21 @@ async fn otk_counts(
     user_id: &str,
     device_id: &str,
 ) -> StoreResult<BTreeMap<String, u64>> {
-    let rows = q("SELECT algorithm, COUNT(*) FROM one_time_keys WHERE user_id = $1 AND device_id = $2 \
-                  GROUP BY algorithm")
+    let rows = q(
+        "SELECT algorithm, COUNT(*) FROM one_time_keys WHERE user_id = $1 AND device_id = $2 \
+                  GROUP BY algorithm",
+    )
     .bind(user_id.to_owned())
     .bind(device_id.to_owned())
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| (r.get::<String, _>(0), u64::try_from(r.get::<i64, _>(1)).unwrap_or(0)))
+        .map(|r| {
+            (
+                r.get::<String, _>(0),
+                u64::try_from(r.get::<i64, _>(1)).unwrap_or(0),
+            )
+        })
         .collect())
 }
