@@ -266,12 +266,15 @@ impl Default for UiaConfig {
 pub struct LimitsConfig {
     /// Largest request body accepted, in bytes.
     pub max_request_bytes: usize,
+    /// To-device messages queued for one device before senders get 429 `M_LIMIT_EXCEEDED`.
+    pub max_pending_to_device: i64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_request_bytes: 1024 * 1024,
+            max_pending_to_device: crate::e2ee::MAX_PENDING_TO_DEVICE,
         }
     }
 }
@@ -544,6 +547,7 @@ uia_failures_burst = 3.0
 
 [limits]
 max_request_bytes = 1048576
+max_pending_to_device = 10000     # queued to-device messages per device
 
 [media]
 # path = "./hearth-data/media"   # default: <data_dir>/media

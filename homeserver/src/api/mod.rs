@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod ephemeral;
 pub mod error;
 pub mod extract;
+pub mod keys;
 pub mod media;
 pub mod messages;
 pub mod profile;
@@ -178,6 +179,13 @@ fn client_routes() -> Router<Services> {
                 .put(room_keys::put_session_key)
                 .delete(room_keys::delete_session_key),
         )
+        .route("/keys/upload", post(keys::upload))
+        .route("/keys/query", post(keys::query))
+        .route("/keys/claim", post(keys::claim))
+        .route("/keys/changes", get(keys::changes))
+        .route("/keys/device_signing/upload", post(keys::upload_signing_keys))
+        .route("/keys/signatures/upload", post(keys::upload_signatures))
+        .route("/sendToDevice/{event_type}/{txn_id}", put(keys::send_to_device))
 }
 
 /// The content repository: uploads and the deprecated endpoints under `/_matrix/media/…`, the

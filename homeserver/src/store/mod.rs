@@ -8,6 +8,7 @@
 mod account_data;
 mod aliases;
 mod backup;
+mod e2ee;
 mod events;
 mod filters;
 mod keys;
@@ -35,6 +36,7 @@ use sqlx::{
 };
 
 pub use backup::{BackupSessionRow, BackupVersionRow, BackupWrite};
+pub use e2ee::{KeyUpload, KeysUpload, Queued, ToDeviceOut, ToDeviceRow, UploadRefusal};
 pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Txn};
 pub use media::{MediaRow, UploadedContent};
 pub use presence::PresenceRow;
@@ -98,6 +100,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(7, "0007_refresh_tokens"),
     migration!(8, "0008_uia_binding_pusher_devices"),
     migration!(9, "0009_visibility"),
+    migration!(10, "0010_e2ee_keys"),
     migration!(11, "0011_key_backup"),
 ];
 
@@ -110,6 +113,8 @@ pub(crate) enum Stream {
     AccountData = 2,
     Receipts = 3,
     Presence = 4,
+    DeviceLists = 5,
+    ToDevice = 6,
 }
 
 /// Shorthand for a query on the `Any` driver.

@@ -156,6 +156,7 @@ impl Store {
             .bind(user_id.to_owned())
             .execute(&mut *tx)
             .await?;
+        self.delete_user_e2ee_in(&mut tx, user_id).await?;
         q("DELETE FROM devices WHERE user_id = $1")
             .bind(user_id.to_owned())
             .execute(&mut *tx)
@@ -358,6 +359,10 @@ impl Store {
             .bind(device_id.to_owned())
             .execute(&mut *tx)
             .await?;
+        if done.rows_affected() == 1 {
+            self.delete_devices_e2ee_in(&mut tx, user_id, super::e2ee::Devices::One(device_id))
+                .await?;
+        }
         q("DELETE FROM pushers WHERE user_id = $1 AND device_id = $2")
             .bind(user_id.to_owned())
             .bind(device_id.to_owned())
@@ -383,11 +388,15 @@ impl Store {
             .bind(keep.clone())
             .execute(&mut *tx)
             .await?;
-        q("DELETE FROM devices WHERE user_id = $1 AND device_id <> $2")
+        let done = q("DELETE FROM devices WHERE user_id = $1 AND device_id <> $2")
             .bind(user_id.to_owned())
             .bind(keep.clone())
             .execute(&mut *tx)
             .await?;
+        if done.rows_affected() > 0 {
+            self.delete_devices_e2ee_in(&mut tx, user_id, super::e2ee::Devices::AllExcept(&keep))
+                .await?;
+        }
         q("DELETE FROM pushers WHERE user_id = $1 AND (device_id IS NULL OR device_id <> $2)")
             .bind(user_id.to_owned())
             .bind(keep)

@@ -126,8 +126,10 @@ async fn compute(
     req: &SyncRequest,
 ) -> Result<(SyncResponse, bool, HashSet<String>)> {
     // Positions first: everything up to them is committed, so nothing can be skipped.
-    let now = StreamToken::current(svc).await?;
+    let mut now = StreamToken::current(svc).await?;
     let since = req.since.unwrap_or_default();
+    // Delivered messages are deleted, so the newest stored one can be older than the token.
+    now.to_device = now.to_device.max(since.to_device);
     let initial = req.since.is_none();
     let room_filter = req.filter.room.clone().unwrap_or_default();
     let viewer = Viewer { user_id, device_id };
@@ -252,14 +254,41 @@ async fn compute(
             global_account_data.push(event);
         }
     }
+    let (to_device, to_device_position) = crate::e2ee::to_device::for_sync(
+        svc,
+        user_id,
+        device_id,
+        req.since.map(|s| s.to_device),
+        now.to_device,
+    )
+    .await?;
+    let device_lists = if initial {
+        DeviceLists::default()
+    } else {
+        let changes = crate::e2ee::device_lists::changes(svc, user_id, since, now).await?;
+        DeviceLists {
+            changed: changes.changed,
+            left: changes.left,
+        }
+    };
+    let device_one_time_keys_count =
+        crate::e2ee::keys::with_default_count(svc.store.one_time_key_counts(user_id, device_id).await?);
+    let device_unused_fallback_key_types = svc.store.unused_fallback_key_types(user_id, device_id).await?;
     let has_changes = !(join.is_empty()
+        && to_device.is_empty()
+        && device_lists.changed.is_empty()
+        && device_lists.left.is_empty()
         && invite.is_empty()
         && leave.is_empty()
         && knock.is_empty()
         && global_account_data.is_empty()
         && presence.is_empty());
     let response = SyncResponse {
-        next_batch: now.to_string(),
+        next_batch: StreamToken {
+            to_device: to_device_position,
+            ..now
+        }
+        .to_string(),
         rooms: Rooms {
             join,
             invite,
@@ -268,9 +297,10 @@ async fn compute(
         },
         account_data: Events::new(global_account_data),
         presence: Events::new(presence),
-        to_device: Events::default(),
-        device_lists: DeviceLists::default(),
-        device_one_time_keys_count: BTreeMap::new(),
+        to_device: Events::new(to_device),
+        device_lists,
+        device_one_time_keys_count,
+        device_unused_fallback_key_types,
     };
     Ok((response, has_changes, interest))
 }

@@ -16,6 +16,7 @@ pub struct SyncResponse {
     pub to_device: Events,
     pub device_lists: DeviceLists,
     pub device_one_time_keys_count: BTreeMap<String, u64>,
+    pub device_unused_fallback_key_types: Vec<String>,
 }
 
 #[derive(Serialize, Default)]

@@ -150,6 +150,7 @@ pub async fn change_password(
         svc.store
             .delete_devices_except(user_id.as_str(), Some(device_id))
             .await?;
+        crate::e2ee::device_lists::announce(svc, user_id.as_str()).await?;
     }
     Ok(())
 }
@@ -177,17 +178,20 @@ pub async fn deactivate(
         }
     }
     svc.store.deactivate_user(user_id.as_str()).await?;
+    crate::e2ee::device_lists::announce(svc, user_id.as_str()).await?;
     Ok(())
 }
 
 /// Ends the session of one device.
 pub async fn logout(svc: &Services, user_id: &UserId, device_id: &str) -> Result<()> {
     svc.store.delete_device(user_id.as_str(), device_id).await?;
+    crate::e2ee::device_lists::announce(svc, user_id.as_str()).await?;
     Ok(())
 }
 
 /// Ends every session of the user.
 pub async fn logout_all(svc: &Services, user_id: &UserId) -> Result<()> {
     svc.store.delete_devices_except(user_id.as_str(), None).await?;
+    crate::e2ee::device_lists::announce(svc, user_id.as_str()).await?;
     Ok(())
 }

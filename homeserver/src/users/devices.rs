@@ -93,6 +93,7 @@ pub async fn delete(
     svc.store
         .delete_device(user_id.as_str(), device_id.as_str())
         .await?;
+    crate::e2ee::device_lists::announce(svc, user_id.as_str()).await?;
     Ok(())
 }
 
@@ -110,5 +111,6 @@ pub async fn delete_many(
             .delete_device(user_id.as_str(), device_id.as_str())
             .await?;
     }
+    crate::e2ee::device_lists::announce(svc, user_id.as_str()).await?;
     Ok(())
 }
