@@ -13,6 +13,16 @@ pub enum Error {
     /// The user may not do this (`M_FORBIDDEN`).
     #[error("{0}")]
     Forbidden(String),
+    /// `M_FORBIDDEN` with a Hearth reason code clients can act on, sent as the response's
+    /// `org.hearth.error` field (e.g. `window_expired`).
+    #[error("{reason}")]
+    ForbiddenBecause {
+        reason: String,
+        hearth_error: &'static str,
+    },
+    /// A second identical annotation of an event (`M_DUPLICATE_ANNOTATION`).
+    #[error("{0}")]
+    DuplicateAnnotation(String),
     /// No such thing, or not one the user may see (`M_NOT_FOUND`).
     #[error("{0}")]
     NotFound(String),
@@ -117,6 +127,14 @@ impl Error {
         Self::UnknownToken { soft_logout }
     }
 
+    /// `M_FORBIDDEN` carrying `"org.hearth.error": hearth_error`.
+    pub fn forbidden_because(reason: impl Into<String>, hearth_error: &'static str) -> Self {
+        Self::ForbiddenBecause {
+            reason: reason.into(),
+            hearth_error,
+        }
+    }
+
     pub fn limit_exceeded(retry_after_ms: u64) -> Self {
         Self::LimitExceeded { retry_after_ms }
     }
@@ -130,7 +148,8 @@ impl Error {
     /// The spec's error code for this error.
     pub fn errcode(&self) -> &'static str {
         match self {
-            Self::Forbidden(_) => "M_FORBIDDEN",
+            Self::Forbidden(_) | Self::ForbiddenBecause { .. } => "M_FORBIDDEN",
+            Self::DuplicateAnnotation(_) => "M_DUPLICATE_ANNOTATION",
             Self::NotFound(_) => "M_NOT_FOUND",
             Self::InvalidParam(_) => "M_INVALID_PARAM",
             Self::MissingParam(_) => "M_MISSING_PARAM",

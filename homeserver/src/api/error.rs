@@ -128,7 +128,7 @@ impl From<Error> for ApiError {
         use StatusCode as S;
         let errcode = error.errcode();
         let status = match &error {
-            Error::Forbidden(_) | Error::UserDeactivated(_) => S::FORBIDDEN,
+            Error::Forbidden(_) | Error::ForbiddenBecause { .. } | Error::UserDeactivated(_) => S::FORBIDDEN,
             Error::NotFound(_) => S::NOT_FOUND,
             Error::TooLarge(_) => S::PAYLOAD_TOO_LARGE,
             Error::LimitExceeded { .. } => S::TOO_MANY_REQUESTS,
@@ -155,6 +155,9 @@ impl From<Error> for ApiError {
                 let mut out = Self::new(status, code, message);
                 out.extra = challenge;
                 out
+            }
+            Error::ForbiddenBecause { reason, hearth_error } => {
+                Self::new(status, errcode, reason).with("org.hearth.error", json!(hearth_error))
             }
             Error::Store(e) => Self::internal(e),
             Error::Internal(_) => Self::new(status, errcode, "Internal server error"),

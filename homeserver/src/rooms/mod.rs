@@ -11,6 +11,7 @@ pub mod listener;
 pub mod membership;
 pub mod power;
 pub mod receipts;
+pub mod relations;
 pub mod send;
 pub mod state;
 pub mod tags;

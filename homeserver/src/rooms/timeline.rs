@@ -9,7 +9,7 @@
 //! memory between appends, so a message costs no reads: this process is the only writer of its
 //! rooms (several processes will need the lock and the cache to move; see ARCHITECTURE.md).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use hearth_federation::{
     Pdu, PduError,
@@ -28,7 +28,7 @@ use tokio::sync::{Mutex, oneshot};
 
 use crate::{
     error::{Error, Result},
-    rooms::{checks, listener},
+    rooms::{checks, listener, relations},
     services::Services,
     store::{Appending, EventRow, NewEvent, Placed, RoomRow, StoreResult, Txn},
     util::now_ms,
@@ -144,6 +144,8 @@ struct Draft {
     extremities: Option<(Vec<OwnedEventId>, u64)>,
     /// The state group after the newest stored event (`None` before the first).
     state_group: Option<i64>,
+    /// Annotations built in the batch being written, not stored yet (`rooms::relations`).
+    annotations: HashSet<relations::AnnotationKey>,
 }
 
 impl Draft {
@@ -155,6 +157,7 @@ impl Draft {
             state: HashMap::new(),
             extremities: None,
             state_group,
+            annotations: HashSet::new(),
         }
     }
 
@@ -166,6 +169,7 @@ impl Draft {
             state: HashMap::new(),
             extremities: Some((Vec::new(), 0)),
             state_group: None,
+            annotations: HashSet::new(),
         }
     }
 }
@@ -348,6 +352,7 @@ impl Timeline {
         for (appending, at) in appendings.iter().zip(&placed) {
             if let Some(draft) = touched.get_mut(appending.event.room_id.as_str()) {
                 draft.state_group = Some(at.state_group);
+                draft.annotations.clear();
             }
         }
         for (room_id, draft) in touched {
@@ -596,6 +601,8 @@ impl Timeline {
             .room_id
             .get_or_insert_with(|| room_id_from_create_event(&pdu.event_id))
             .clone();
+        let annotation =
+            relations::check_new_relation(svc, room_id.as_str(), sender, spec, &draft.annotations).await?;
         let relation = spec.content.get("m.relates_to");
         let relation_field = |key: &str| {
             relation
@@ -614,6 +621,7 @@ impl Timeline {
             redacts,
             rel_type: relation_field("rel_type"),
             relates_to: relation_field("event_id"),
+            relation_key: relation_field("key").filter(|_| relation_field("rel_type").as_deref() == Some("m.annotation")),
             prev_events: pdu.prev_events.iter().map(ToString::to_string).collect(),
             membership: (spec.event_type == "m.room.member")
                 .then(|| {
@@ -627,6 +635,7 @@ impl Timeline {
             json: pdu.to_canonical_string(),
         };
         draft.extremities = Some((vec![pdu.event_id.clone()], pdu.depth));
+        draft.annotations.extend(annotation);
         let event_id = pdu.event_id.clone();
         if let Some(state_key) = &spec.state_key {
             draft

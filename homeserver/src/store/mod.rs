@@ -14,6 +14,7 @@ mod media;
 mod presence;
 mod push;
 mod receipts;
+mod relations;
 mod rooms;
 mod state;
 mod sync;
@@ -38,6 +39,7 @@ pub use media::{MediaRow, UploadedContent};
 pub use presence::PresenceRow;
 pub use push::{PushActionRow, PusherRow, ThreadCounts};
 pub use receipts::ReceiptRow;
+pub use relations::{RelationPage, ThreadRoot};
 pub use rooms::RoomRow;
 pub use state::StateMap;
 pub use sync::SyncRoom;
@@ -96,6 +98,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(7, "0007_refresh_tokens"),
     migration!(8, "0008_uia_binding_pusher_devices"),
     migration!(9, "0009_visibility"),
+    migration!(12, "0012_relations"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside
