@@ -9,6 +9,7 @@ pub mod directory;
 pub mod history;
 pub mod listener;
 pub mod membership;
+pub mod message_policy;
 pub mod power;
 pub mod receipts;
 pub mod relations;

@@ -81,6 +81,9 @@ pub async fn set(
 ) -> Result<OwnedEventId> {
     svc.rate_limiter.check(Action::Message, sender.as_str())?;
     rooms::room(svc, room_id).await?;
+    if event_type.to_string() == rooms::message_policy::POLICY_EVENT_TYPE {
+        rooms::message_policy::check_policy_content(&content)?;
+    }
     let appended = svc
         .timeline
         .append(
