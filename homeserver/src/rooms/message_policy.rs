@@ -119,7 +119,7 @@ pub async fn check_window(svc: &Services, sender: &UserId, room_id: &RoomId, spe
     }
     let window = match policy.as_ref().and_then(|p| p.get(field)) {
         Some(Value::Null) => None,
-        Some(value) => value.as_u64().or(default),
+        Some(value) => value.as_u64().map_or(default, |ms| (ms > 0).then_some(ms)),
         None => default,
     };
     let Some(window) = window else {

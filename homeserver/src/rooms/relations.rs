@@ -465,11 +465,13 @@ pub async fn threads(
     access.reading()?;
     let limit = limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as usize;
     let now = StreamToken::current(svc).await?;
+    // A former member's threads end, and are ordered, where their view of the room ends.
+    let cap = access.events_until().min(now.events);
     let mut upto = match from {
         Some(token) => StreamToken::parse(token)?.events,
         None => now.events,
     }
-    .min(access.events_until());
+    .min(cap);
     let participant = participated.then_some(viewer.user_id);
     let mut kept: Vec<EventRow> = Vec::new();
     let mut examined = 0;
@@ -482,7 +484,7 @@ pub async fn threads(
         }
         let roots = svc
             .store
-            .thread_roots(room_id.as_str(), upto, want as i64, participant)
+            .thread_roots(room_id.as_str(), (cap, upto), want as i64, participant)
             .await?;
         let exhausted = roots.len() < want;
         let ids: Vec<String> = roots.iter().map(|r| r.root.clone()).collect();

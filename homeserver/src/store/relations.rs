@@ -160,31 +160,32 @@ impl Store {
     }
 
     /// A room's thread roots (events of the room with unredacted `m.thread` children), by their
-    /// latest reply, newest first, among those whose latest reply is at or before `upto`; with
-    /// `participant`, only threads that user started or replied in.
+    /// latest reply at or before `cap`, newest first, among those whose latest reply is at or
+    /// before `upto`; with `participant`, only threads that user started or replied in.
     pub async fn thread_roots(
         &self,
         room_id: &str,
-        upto: i64,
+        (cap, upto): (i64, i64),
         limit: i64,
         participant: Option<&str>,
     ) -> StoreResult<Vec<ThreadRoot>> {
         let having = if participant.is_some() {
-            " AND (MAX(CASE WHEN e.sender = $4 THEN 1 ELSE 0 END) = 1 OR MAX(p.sender) = $4)"
+            " AND (MAX(CASE WHEN e.sender = $5 THEN 1 ELSE 0 END) = 1 OR MAX(p.sender) = $5)"
         } else {
             ""
         };
         let sql = format!(
             "SELECT e.relates_to, MAX(e.stream_ordering) AS latest FROM events e \
              JOIN events p ON p.event_id = e.relates_to AND p.room_id = e.room_id \
-             WHERE e.room_id = $1 AND e.rel_type = 'm.thread' AND {NOT_REDACTED} \
+             WHERE e.room_id = $1 AND e.rel_type = 'm.thread' AND e.stream_ordering <= $4 AND {NOT_REDACTED} \
              GROUP BY e.relates_to HAVING MAX(e.stream_ordering) <= $2{having} \
              ORDER BY latest DESC LIMIT $3"
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(room_id.to_owned())
             .bind(upto)
-            .bind(limit);
+            .bind(limit)
+            .bind(cap);
         if let Some(user) = participant {
             query = query.bind(user.to_owned());
         }
