@@ -542,3 +542,59 @@ async fn edits_do_not_notify_again_and_threads_count_apart() {
     assert_eq!(main, 1, "{after_thread}");
     assert_eq!(threads[&root]["notification_count"], 2, "{after_thread}");
 }
+
+#[tokio::test]
+async fn related_by_filters_keep_events_with_such_children() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = public_room(&alice, &[&bob]).await;
+    let root = alice.send_text(&room, "root").await;
+    let reacted = alice.send_text(&room, "reacted").await;
+    alice.send_text(&room, "plain").await;
+    let reply = bob.send(&room, "m.room.message", thread_reply(&root, "r")).await;
+    bob.send(&room, "m.reaction", react(&reacted, "👍")).await;
+
+    let messages = |filter: Value| {
+        let alice = alice.clone();
+        let room = room.clone();
+        async move {
+            alice
+                .request(
+                    Method::GET,
+                    &format!(
+                        "/rooms/{}/messages?dir=b&limit=50&filter={}",
+                        encode(&room),
+                        encode(&filter.to_string())
+                    ),
+                    None,
+                )
+                .await
+        }
+    };
+    let (status, page) = messages(json!({ "related_by_rel_types": ["m.thread"] })).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(ids(&page["chunk"]), vec![root.clone()]);
+    let (_, page) = messages(json!({ "related_by_senders": [bob.user_id] })).await;
+    assert_eq!(ids(&page["chunk"]), vec![reacted.clone(), root.clone()]);
+    let (_, page) =
+        messages(json!({ "related_by_senders": [alice.user_id], "related_by_rel_types": ["m.thread"] })).await;
+    assert!(ids(&page["chunk"]).is_empty(), "{page}");
+
+    // /sync applies it to timelines.
+    let filter = json!({ "room": { "timeline": { "related_by_rel_types": ["m.annotation"] } } });
+    let sync = alice
+        .ok(
+            Method::GET,
+            &format!("/sync?filter={}", encode(&filter.to_string())),
+            None,
+        )
+        .await;
+    assert_eq!(common::timeline_ids(&sync, &room), vec![reacted]);
+
+    // Hostile: too long a list.
+    let many: Vec<String> = (0..1001).map(|n| format!("@u{n}:x")).collect();
+    let (status, body) = messages(json!({ "related_by_senders": many })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(!reply.is_empty());
+}

@@ -4,6 +4,8 @@
 //! request, then answers with what it found and a position to continue from — a filter or a
 //! history that matches nothing costs the server little (the spec lets a page be short).
 
+use std::collections::HashSet;
+
 use ruma::{
     EventId, RoomId,
     api::{
@@ -86,10 +88,31 @@ pub async fn scan(
                 .room_events(room_id, from, to, page as i64, direction)
                 .await?;
             let exhausted = rows.len() < page;
+            // `related_by_*`: which events of the page have such children, in one query.
+            let related: Option<HashSet<String>> = if filter.filters_by_relations() {
+                let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+                Some(
+                    svc.store
+                        .events_with_children(
+                            room_id,
+                            &ids,
+                            filter.related_by_rel_types.as_deref(),
+                            filter.related_by_senders.as_deref(),
+                        )
+                        .await?
+                        .into_iter()
+                        .collect(),
+                )
+            } else {
+                None
+            };
             for row in rows {
                 examined += 1;
                 let at = row.stream_ordering;
-                if access.can_see(&row) && filter.allows_event(&row) {
+                if access.can_see(&row)
+                    && filter.allows_event(&row)
+                    && related.as_ref().is_none_or(|r| r.contains(&row.event_id))
+                {
                     if kept.len() == limit {
                         return Ok(Scanned {
                             rows: kept,
@@ -328,6 +351,7 @@ pub async fn messages_for_client(
     svc: &Services,
     viewer: Viewer<'_>,
     req: get_message_events::v3::Request,
+    raw_filter: Option<&str>,
 ) -> Result<MessagesResponse> {
     let room = rooms::room(svc, &req.room_id).await?;
     let direction = match req.dir {
@@ -335,7 +359,9 @@ pub async fn messages_for_client(
         ClientDirection::Forward => Direction::Forwards,
     };
     // The filter arrives parsed by ruma; ours is read from the same JSON and keeps its limits.
-    let filter = if req.filter.is_empty() {
+    let filter = if let Some(raw) = raw_filter.filter(|f| f.trim_start().starts_with('{')) {
+        RoomEventFilter::parse(raw)?
+    } else if req.filter.is_empty() {
         RoomEventFilter::default()
     } else {
         RoomEventFilter::parse(&serde_json::to_string(&req.filter).map_err(Error::internal)?)?
