@@ -738,7 +738,10 @@ mod tests {
                 &[],
             )
             .unwrap_err();
-            assert!(err.to_string().contains("edit_window") || err.to_string().contains("duration"), "{bad}: {err}");
+            assert!(
+                err.to_string().contains("edit_window") || err.to_string().contains("duration"),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -136,12 +136,18 @@ async fn the_latest_valid_edit_is_bundled() {
 
     let mut edits = Vec::new();
     for n in 1..=3 {
-        edits.push(alice.send(&room, "m.room.message", edit(&message, &format!("v{n}"))).await);
+        edits.push(
+            alice
+                .send(&room, "m.room.message", edit(&message, &format!("v{n}")))
+                .await,
+        );
     }
     // Invalid edits, stored but ignored: another sender, another type, no m.new_content, and
     // an edit of an edit.
     bob.send(&room, "m.room.message", edit(&message, "bob's")).await;
-    alice.send(&room, "org.example.other", edit(&message, "other type")).await;
+    alice
+        .send(&room, "org.example.other", edit(&message, "other type"))
+        .await;
     alice
         .send(
             &room,
@@ -149,7 +155,9 @@ async fn the_latest_valid_edit_is_bundled() {
             json!({ "body": "* x", "m.relates_to": { "rel_type": "m.replace", "event_id": message } }),
         )
         .await;
-    let of_edit = alice.send(&room, "m.room.message", edit(&edits[0], "edit of edit")).await;
+    let of_edit = alice
+        .send(&room, "m.room.message", edit(&edits[0], "edit of edit"))
+        .await;
 
     let event = get_event(&bob, &room, &message).await;
     let replace = &relations_of(&event)["m.replace"];
@@ -206,9 +214,15 @@ async fn threads_are_summarised_in_sync_messages_and_event() {
     let carol = server.register("carol").await;
     let room = public_room(&alice, &[&bob, &carol]).await;
     let root = alice.send_text(&room, "root").await;
-    let r1 = bob.send(&room, "m.room.message", thread_reply(&root, "one")).await;
-    let r2 = alice.send(&room, "m.room.message", thread_reply(&root, "two")).await;
-    let r3 = bob.send(&room, "m.room.message", thread_reply(&root, "three")).await;
+    let r1 = bob
+        .send(&room, "m.room.message", thread_reply(&root, "one"))
+        .await;
+    let r2 = alice
+        .send(&room, "m.room.message", thread_reply(&root, "two"))
+        .await;
+    let r3 = bob
+        .send(&room, "m.room.message", thread_reply(&root, "three"))
+        .await;
     // The latest reply's own edits are bundled on it.
     let r3_edit = bob.send(&room, "m.room.message", edit(&r3, "three!")).await;
 
@@ -225,8 +239,14 @@ async fn threads_are_summarised_in_sync_messages_and_event() {
     }
 
     let sync = carol.sync(None, 0, 50).await;
-    let timeline = sync["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap().clone();
-    let in_sync = timeline.iter().find(|e| e["event_id"] == root).expect("root in sync");
+    let timeline = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let in_sync = timeline
+        .iter()
+        .find(|e| e["event_id"] == root)
+        .expect("root in sync");
     assert_eq!(relations_of(in_sync)["m.thread"]["count"], 3, "{in_sync}");
 
     let page = carol
@@ -243,7 +263,10 @@ async fn threads_are_summarised_in_sync_messages_and_event() {
         .find(|e| e["event_id"] == root)
         .expect("root in /messages")
         .clone();
-    assert_eq!(relations_of(&in_messages)["m.thread"]["latest_event"]["event_id"], r3);
+    assert_eq!(
+        relations_of(&in_messages)["m.thread"]["latest_event"]["event_id"],
+        r3
+    );
 
     // A redacted reply leaves the count.
     bob.redact(&room, &r3).await;
@@ -266,7 +289,9 @@ async fn threads_are_summarised_in_sync_messages_and_event() {
             json!({ "body": "re", "m.relates_to": { "m.in_reply_to": { "event_id": root } } }),
         )
         .await;
-    carol.send(&room, "m.room.message", thread_reply(&reply, "ok")).await;
+    carol
+        .send(&room, "m.room.message", thread_reply(&reply, "ok"))
+        .await;
 }
 
 #[tokio::test]
@@ -333,9 +358,16 @@ async fn relations_paginate_both_ways_without_loss_or_repetition() {
     let root = alice.send_text(&room, "root").await;
     let mut children = Vec::new();
     for n in 0..4 {
-        children.push(bob.send(&room, "m.room.message", thread_reply(&root, &format!("r{n}"))).await);
+        children.push(
+            bob.send(&room, "m.room.message", thread_reply(&root, &format!("r{n}")))
+                .await,
+        );
         alice.send_text(&room, "noise").await;
-        children.push(alice.send(&room, "m.reaction", react(&root, &format!("k{n}"))).await);
+        children.push(
+            alice
+                .send(&room, "m.reaction", react(&root, &format!("k{n}")))
+                .await,
+        );
     }
     let reference = bob
         .send(
@@ -389,12 +421,20 @@ async fn relations_paginate_both_ways_without_loss_or_repetition() {
     assert_eq!(ids(&threads["chunk"]).len(), 4);
     let (_, reactions) = relations(&bob, &room, &format!("{}/m.annotation/m.reaction", encode(&root))).await;
     assert_eq!(ids(&reactions["chunk"]).len(), 4);
-    let (_, none) = relations(&bob, &room, &format!("{}/m.annotation/m.room.message", encode(&root))).await;
+    let (_, none) = relations(
+        &bob,
+        &room,
+        &format!("{}/m.annotation/m.room.message", encode(&root)),
+    )
+    .await;
     assert!(ids(&none["chunk"]).is_empty());
 
     // The reference is bundled as a chunk of event IDs.
     let event = get_event(&bob, &room, &root).await;
-    assert_eq!(relations_of(&event)["m.reference"]["chunk"], json!([{ "event_id": reference }]));
+    assert_eq!(
+        relations_of(&event)["m.reference"]["chunk"],
+        json!([{ "event_id": reference }])
+    );
 
     // recurse: a reaction to a thread reply is a grandchild.
     let grandchild = alice.send(&room, "m.reaction", react(&children[0], "🙂")).await;
@@ -430,10 +470,14 @@ async fn a_former_member_sees_no_relation_sent_after_they_left() {
         .await;
     bob.join(&room).await;
     let root = alice.send_text(&room, "root").await;
-    let before = alice.send(&room, "m.room.message", thread_reply(&root, "before")).await;
+    let before = alice
+        .send(&room, "m.room.message", thread_reply(&root, "before"))
+        .await;
     let seen_edit = alice.send(&room, "m.room.message", edit(&root, "seen")).await;
     bob.leave(&room).await;
-    let after = alice.send(&room, "m.room.message", thread_reply(&root, "after")).await;
+    let after = alice
+        .send(&room, "m.room.message", thread_reply(&root, "after"))
+        .await;
     alice.send(&room, "m.reaction", react(&root, "🤫")).await;
     alice.send(&room, "m.room.message", edit(&root, "unseen")).await;
 
@@ -444,7 +488,10 @@ async fn a_former_member_sees_no_relation_sent_after_they_left() {
     assert_eq!(got.len(), 2, "{got:?}");
     let event = get_event(&bob, &room, &root).await;
     assert_eq!(relations_of(&event)["m.thread"]["count"], 1, "{event}");
-    assert_eq!(relations_of(&event)["m.thread"]["latest_event"]["event_id"], before);
+    assert_eq!(
+        relations_of(&event)["m.thread"]["latest_event"]["event_id"],
+        before
+    );
     assert_eq!(relations_of(&event)["m.replace"]["event_id"], seen_edit);
     let (_, threads) = bob
         .request_v1(Method::GET, &format!("/rooms/{}/threads", encode(&room)))
@@ -464,7 +511,9 @@ async fn relations_to_an_event_of_another_room_are_ignored() {
     let two = public_room(&alice, &[]).await;
     let root = alice.send_text(&one, "root").await;
     // Stored (the spec ignores such relations, it does not refuse them)…
-    alice.send(&two, "m.room.message", thread_reply(&root, "elsewhere")).await;
+    alice
+        .send(&two, "m.room.message", thread_reply(&root, "elsewhere"))
+        .await;
     alice.send(&two, "m.room.message", edit(&root, "elsewhere")).await;
     alice.send(&two, "m.reaction", react(&root, "👍")).await;
     // …but neither aggregated nor listed, and the key stays free in the parent's room.
@@ -531,12 +580,18 @@ async fn edits_do_not_notify_again_and_threads_count_apart() {
     let before = bob.ok(Method::GET, &sync_path, None).await;
     assert_eq!(counts(&before).0, 1, "{before}");
 
-    alice.send(&room, "m.room.message", edit(&root, "one, edited")).await;
+    alice
+        .send(&room, "m.room.message", edit(&root, "one, edited"))
+        .await;
     let after_edit = bob.ok(Method::GET, &sync_path, None).await;
     assert_eq!(counts(&after_edit).0, 1, "an edit does not notify: {after_edit}");
 
-    alice.send(&room, "m.room.message", thread_reply(&root, "in thread")).await;
-    alice.send(&room, "m.room.message", thread_reply(&root, "in thread again")).await;
+    alice
+        .send(&room, "m.room.message", thread_reply(&root, "in thread"))
+        .await;
+    alice
+        .send(&room, "m.room.message", thread_reply(&root, "in thread again"))
+        .await;
     let after_thread = bob.ok(Method::GET, &sync_path, None).await;
     let (main, threads) = counts(&after_thread);
     assert_eq!(main, 1, "{after_thread}");
@@ -578,7 +633,8 @@ async fn related_by_filters_keep_events_with_such_children() {
     let (_, page) = messages(json!({ "related_by_senders": [bob.user_id] })).await;
     assert_eq!(ids(&page["chunk"]), vec![reacted.clone(), root.clone()]);
     let (_, page) =
-        messages(json!({ "related_by_senders": [alice.user_id], "related_by_rel_types": ["m.thread"] })).await;
+        messages(json!({ "related_by_senders": [alice.user_id], "related_by_rel_types": ["m.thread"] }))
+            .await;
     assert!(ids(&page["chunk"]).is_empty(), "{page}");
 
     // /sync applies it to timelines.

@@ -65,7 +65,12 @@ async fn the_rooms_policy_limits_edits_and_deletes_of_ones_own_events() {
     let bob = server.register("bob").await;
     let room = room_with_bob(&alice, &bob).await;
     alice
-        .set_state(&room, POLICY, "", json!({ "edit_window_ms": 1500, "delete_window_ms": 1500 }))
+        .set_state(
+            &room,
+            POLICY,
+            "",
+            json!({ "edit_window_ms": 1500, "delete_window_ms": 1500 }),
+        )
         .await;
 
     // Just inside: at once.
@@ -101,9 +106,11 @@ async fn the_rooms_policy_limits_edits_and_deletes_of_ones_own_events() {
         bob.request(
             Method::PUT,
             &bob.send_path(&room, "m.room.encrypted"),
-            Some(&json!({ "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "BBBB",
+            Some(
+                &json!({ "algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "BBBB",
                           "sender_key": "k", "device_id": "D", "session_id": "s",
-                          "m.relates_to": { "rel_type": "m.replace", "event_id": old_encrypted } })),
+                          "m.relates_to": { "rel_type": "m.replace", "event_id": old_encrypted } }),
+            ),
         )
         .await,
     );
@@ -117,7 +124,12 @@ async fn the_rooms_policy_limits_edits_and_deletes_of_ones_own_events() {
 
     // null means unlimited.
     alice
-        .set_state(&room, POLICY, "", json!({ "edit_window_ms": null, "delete_window_ms": null }))
+        .set_state(
+            &room,
+            POLICY,
+            "",
+            json!({ "edit_window_ms": null, "delete_window_ms": null }),
+        )
         .await;
     let late = bob.send_text(&room, "late").await;
     tokio::time::sleep(Duration::from_millis(1700)).await;

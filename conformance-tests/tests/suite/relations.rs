@@ -27,7 +27,11 @@ fn edit(target: &str, body: &str) -> Value {
 fn ids(chunk: &Value) -> Vec<String> {
     chunk
         .as_array()
-        .map(|a| a.iter().filter_map(|e| e["event_id"].as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 

@@ -167,7 +167,10 @@ fn v1_client_routes() -> Router<Services> {
             "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}",
             get(relations::by_rel_and_event_type),
         )
-        .route("/_matrix/client/v1/rooms/{room_id}/threads", get(relations::threads))
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/threads",
+            get(relations::threads),
+        )
 }
 
 /// The content repository: uploads and the deprecated endpoints under `/_matrix/media/…`, the

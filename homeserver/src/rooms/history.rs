@@ -399,9 +399,17 @@ pub async fn event_for_client(
     let room = rooms::room(svc, room_id).await?;
     let access = RoomAccess::load(svc, room_id, viewer.user_id).await?;
     let row = visible_event(svc, room_id, &access, event_id).await?;
-    let mut formatted =
-        format_with_bundles(svc, viewer, &access, &room.row.room_version, std::slice::from_ref(&row)).await?;
-    raw(&formatted.pop().ok_or_else(|| Error::internal("event not formatted"))?)
+    let mut formatted = format_with_bundles(
+        svc,
+        viewer,
+        &access,
+        &room.row.room_version,
+        std::slice::from_ref(&row),
+    )
+    .await?;
+    raw(&formatted
+        .pop()
+        .ok_or_else(|| Error::internal("event not formatted"))?)
 }
 
 /// A formatted event as ruma's raw JSON.
@@ -438,7 +446,9 @@ pub async fn context_for_client(
     let mut formatted = format_with_bundles(svc, viewer, &context.access, version, &rows).await?;
     let events_after = formatted.split_off(1 + context.before.len());
     let events_before = formatted.split_off(1);
-    let event = formatted.pop().ok_or_else(|| Error::internal("event not formatted"))?;
+    let event = formatted
+        .pop()
+        .ok_or_else(|| Error::internal("event not formatted"))?;
     let viewer = Some(viewer);
     Ok(ContextResponse {
         event,

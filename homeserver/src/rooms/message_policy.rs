@@ -79,12 +79,7 @@ pub async fn check_window(svc: &Services, sender: &UserId, room_id: &RoomId, spe
         return Ok(());
     };
     let (target, field, default, what) = match &limit {
-        Limited::Edit(target) => (
-            *target,
-            EDIT_FIELD,
-            svc.config.messages.edit_window.0,
-            "edit",
-        ),
+        Limited::Edit(target) => (*target, EDIT_FIELD, svc.config.messages.edit_window.0, "edit"),
         Limited::Delete(target) => (
             target.as_str(),
             DELETE_FIELD,
@@ -168,7 +163,11 @@ mod tests {
             json!({ "delete_window_ms": true }),
             json!([]),
         ] {
-            assert_eq!(check_policy_content(&bad).unwrap_err().errcode(), "M_BAD_JSON", "{bad}");
+            assert_eq!(
+                check_policy_content(&bad).unwrap_err().errcode(),
+                "M_BAD_JSON",
+                "{bad}"
+            );
         }
     }
 }

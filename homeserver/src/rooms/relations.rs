@@ -234,9 +234,7 @@ async fn bundles_one_level(
             && let Some(edit) = children
                 .iter()
                 .filter(|c| c.rel_type.as_deref() == Some("m.replace") && valid_edit(parent, c))
-                .max_by(|a, b| {
-                    (a.origin_server_ts, &a.event_id).cmp(&(b.origin_server_ts, &b.event_id))
-                })
+                .max_by(|a, b| (a.origin_server_ts, &a.event_id).cmp(&(b.origin_server_ts, &b.event_id)))
         {
             let room = &rooms[&parent.room_id];
             let event = format_event(edit, room.rules, &Related::default(), Some(viewer))?;

@@ -621,7 +621,8 @@ impl Timeline {
             redacts,
             rel_type: relation_field("rel_type"),
             relates_to: relation_field("event_id"),
-            relation_key: relation_field("key").filter(|_| relation_field("rel_type").as_deref() == Some("m.annotation")),
+            relation_key: relation_field("key")
+                .filter(|_| relation_field("rel_type").as_deref() == Some("m.annotation")),
             prev_events: pdu.prev_events.iter().map(ToString::to_string).collect(),
             membership: (spec.event_type == "m.room.member")
                 .then(|| {

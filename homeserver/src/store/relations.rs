@@ -107,7 +107,12 @@ impl Store {
         if let Some(event_type) = page.event_type {
             query = query.bind(event_type.to_owned());
         }
-        Ok(query.fetch_all(&self.pool).await?.into_iter().map(event_row).collect())
+        Ok(query
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(event_row)
+            .collect())
     }
 
     /// The IDs of the unredacted children (any relation type) of `parents` in the room, at
@@ -156,7 +161,12 @@ impl Store {
         for parent in parents {
             query = query.bind(parent.clone());
         }
-        Ok(query.fetch_all(&self.pool).await?.into_iter().map(event_row).collect())
+        Ok(query
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(event_row)
+            .collect())
     }
 
     /// A room's thread roots (events of the room with unredacted `m.thread` children), by their
