@@ -79,6 +79,8 @@ enum Command {
     Connections(scenarios::connections::ConnectionsArgs),
     /// Initial and incremental /sync time for a user in many rooms.
     InitialSync(scenarios::initial_sync::InitialSyncArgs),
+    /// Reaction (m.annotation) send→arrival latency in other members' /sync long-polls.
+    Reaction(scenarios::reaction::ReactionArgs),
     /// Compare two directories of JSON results (candidate / baseline ratios).
     Compare {
         #[arg(long)]
@@ -213,6 +215,10 @@ async fn main() -> Result<()> {
             "initial-sync",
             json!({"rooms": a.rooms, "members": a.members, "messages": a.messages, "repeat": a.repeat}),
         ),
+        Command::Reaction(a) => (
+            "reaction",
+            json!({"receivers": a.receivers, "rate": a.rate, "duration_s": a.duration}),
+        ),
         Command::Compare { .. } | Command::Targets(_) => unreachable!("handled above"),
     };
     let mut report = Report::new(name, &cli.label, base.as_str(), params);
@@ -231,6 +237,7 @@ async fn main() -> Result<()> {
             Command::Deliver(a) => scenarios::deliver::run(&ctx, a, &mut report).await,
             Command::Connections(a) => scenarios::connections::run(&ctx, a, &mut report).await,
             Command::InitialSync(a) => scenarios::initial_sync::run(&ctx, a, &mut report).await,
+            Command::Reaction(a) => scenarios::reaction::run(&ctx, a, &mut report).await,
             Command::Compare { .. } | Command::Targets(_) => unreachable!("handled above"),
         }
     };

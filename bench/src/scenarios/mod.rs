@@ -4,6 +4,7 @@ pub mod connections;
 pub mod deliver;
 pub mod idle;
 pub mod initial_sync;
+pub mod reaction;
 pub mod send;
 
 use std::future::Future;
