@@ -145,6 +145,20 @@ impl Store {
     /// room), newest first, at most `limit`. Only an edit's JSON is read (its content decides its
     /// validity); the others carry `{}`.
     pub async fn aggregation_children(&self, parents: &[String], limit: i64) -> StoreResult<Vec<EventRow>> {
+        let mut out = Vec::new();
+        // Chunks keep the parameter count well inside SQLite's limit (a /sync of many rooms).
+        for chunk in parents.chunks(500) {
+            let mut rows = self.aggregation_children_of(chunk, limit).await?;
+            out.append(&mut rows);
+        }
+        if parents.len() > 500 {
+            out.sort_by_key(|r| std::cmp::Reverse(r.stream_ordering));
+            out.truncate(limit.max(0) as usize);
+        }
+        Ok(out)
+    }
+
+    async fn aggregation_children_of(&self, parents: &[String], limit: i64) -> StoreResult<Vec<EventRow>> {
         if parents.is_empty() {
             return Ok(Vec::new());
         }
