@@ -18,6 +18,8 @@
 #   send          4 senders x 8 in flight, 2 rooms, 15 s
 #   deliver       20 msg/s, 2 senders, 8 receivers, 1 room, 15 s
 #   connections   150 clients, 10 s hold
+#   reaction      (only when named in BENCH_SCENARIOS) 10 reactions/s to one message, 4
+#                 receivers long-polling /sync, 15 s: reaction send→arrival P50/P95
 #   initial-sync  300 rooms (the target's size) x 2 members x 5 messages, 3 repeats. Members and
 #                 messages are kept small because Synapse's setup dominates: 300 room creations,
 #                 300 joins and 1,500 messages (each room's timeline then has ~13 events).
@@ -60,7 +62,7 @@
 #                      for the end-to-end encrypted room (2 senders, 4 receivers, 10 msg/s, 10 s)
 #   BENCH_SCALE        integer multiplier for the default comparison sizes (default 1)
 #   BENCH_IDLE_ARGS, BENCH_SEND_ARGS, BENCH_DELIVER_ARGS, BENCH_CONNECTIONS_ARGS,
-#   BENCH_INITIAL_SYNC_ARGS
+#   BENCH_INITIAL_SYNC_ARGS, BENCH_REACTION_ARGS
 #                      replace a scenario's size flags entirely (see hearth-bench SCENARIO --help)
 #   BENCH_TARGETS      1 (default) runs the targets pass, 0 skips it
 #   BENCH_TARGETS_SERVERS  servers given the targets pass (default "hearth"; adding synapse costs
@@ -101,6 +103,7 @@ DELIVER_ARGS="${BENCH_DELIVER_ARGS:---senders 2 --receivers $((8 * SCALE)) --roo
 CONNECTIONS_ARGS="${BENCH_CONNECTIONS_ARGS:---clients $((150 * SCALE)) --hold 10}"
 ENCRYPTED_ARGS="${BENCH_ENCRYPTED_ARGS:---senders 2 --receivers $((4 * SCALE)) --rate 10 --duration $((10 * SCALE))}"
 INITIAL_SYNC_ARGS="${BENCH_INITIAL_SYNC_ARGS:---rooms 300 --members 2 --messages $((5 * SCALE)) --repeat 3}"
+REACTION_ARGS="${BENCH_REACTION_ARGS:---receivers $((4 * SCALE)) --rate 10 --duration $((15 * SCALE))}"
 
 # Each held long-poll is a socket in both the benchmark and the server (children inherit this).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
@@ -260,6 +263,7 @@ scenario_args() {
         connections) echo "$CONNECTIONS_ARGS" ;;
         initial-sync) echo "$INITIAL_SYNC_ARGS" ;;
         encrypted) echo "$ENCRYPTED_ARGS" ;;
+        reaction) echo "$REACTION_ARGS" ;;
         *) die "unknown scenario $1" ;;
     esac
 }

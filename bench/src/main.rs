@@ -82,6 +82,8 @@ enum Command {
     /// An end-to-end encrypted room: Megolm send→delivery latency, with the client's
     /// encryption/decryption cost reported apart.
     Encrypted(scenarios::encrypted::EncryptedArgs),
+    /// Reaction (m.annotation) send→arrival latency in other members' /sync long-polls.
+    Reaction(scenarios::reaction::ReactionArgs),
     /// Compare two directories of JSON results (candidate / baseline ratios).
     Compare {
         #[arg(long)]
@@ -220,6 +222,10 @@ async fn main() -> Result<()> {
             "encrypted",
             json!({"senders": a.senders, "receivers": a.receivers, "rate": a.rate, "duration_s": a.duration}),
         ),
+        Command::Reaction(a) => (
+            "reaction",
+            json!({"receivers": a.receivers, "rate": a.rate, "duration_s": a.duration}),
+        ),
         Command::Compare { .. } | Command::Targets(_) => unreachable!("handled above"),
     };
     let mut report = Report::new(name, &cli.label, base.as_str(), params);
@@ -239,6 +245,7 @@ async fn main() -> Result<()> {
             Command::Connections(a) => scenarios::connections::run(&ctx, a, &mut report).await,
             Command::InitialSync(a) => scenarios::initial_sync::run(&ctx, a, &mut report).await,
             Command::Encrypted(a) => scenarios::encrypted::run(&ctx, a, &mut report).await,
+            Command::Reaction(a) => scenarios::reaction::run(&ctx, a, &mut report).await,
             Command::Compare { .. } | Command::Targets(_) => unreachable!("handled above"),
         }
     };

@@ -306,7 +306,20 @@ impl Api {
         txn_id: &str,
         content: &Value,
     ) -> Result<String> {
-        let url = self.url(&["rooms", room_id, "send", "m.room.message", txn_id]);
+        self.send_event(token, room_id, "m.room.message", txn_id, content)
+            .await
+    }
+
+    /// PUT /rooms/{room}/send/{type}/{txn}; returns the event ID.
+    pub async fn send_event(
+        &self,
+        token: &str,
+        room_id: &str,
+        event_type: &str,
+        txn_id: &str,
+        content: &Value,
+    ) -> Result<String> {
+        let url = self.url(&["rooms", room_id, "send", event_type, txn_id]);
         let resp = self
             .call(Method::PUT, url, Some(token), Some(content))
             .await?

@@ -43,6 +43,8 @@ pub struct Config {
     pub uia: UiaConfig,
     #[serde(default)]
     pub privacy: PrivacyConfig,
+    #[serde(default)]
+    pub messages: MessagesConfig,
 }
 
 /// Hearth's room privacy modes (spec/privacy-modes.md).
@@ -261,6 +263,78 @@ impl Default for UiaConfig {
     }
 }
 
+/// Hearth's edit and delete windows (spec/message-policy.md): how long after sending it a local
+/// user may still edit (`m.replace`) or redact their own event. Rooms override them with the
+/// `org.hearth.room.message_policy` state event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessagesConfig {
+    pub edit_window: Window,
+    pub delete_window: Window,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        Self {
+            edit_window: Window(Some(15 * 60 * 1000)),
+            delete_window: Window(Some(15 * 60 * 1000)),
+        }
+    }
+}
+
+/// A duration in milliseconds, `None` for unlimited. Written as an integer of milliseconds or a
+/// string: a number with a unit (`"500ms"`, `"30s"`, `"15m"`, `"2h"`, `"1d"`) or a bare number
+/// of milliseconds. 0 (or `"0"`, `"unlimited"`) means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window(pub Option<u64>);
+
+impl Window {
+    fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text == "unlimited" {
+            return Ok(Self(None));
+        }
+        let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (number, unit) = text.split_at(digits);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration (e.g. \"15m\", \"30s\", 900000)"))?;
+        let factor = match unit.trim() {
+            "" | "ms" => 1,
+            "s" => 1000,
+            "m" => 60 * 1000,
+            "h" => 60 * 60 * 1000,
+            "d" => 24 * 60 * 60 * 1000,
+            other => return Err(format!("unknown duration unit {other:?} (ms, s, m, h, d)")),
+        };
+        let ms = number
+            .checked_mul(factor)
+            .ok_or_else(|| format!("{text:?} is too long"))?;
+        Ok(Self((ms > 0).then_some(ms)))
+    }
+}
+
+impl Serialize for Window {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0.unwrap_or(0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Window {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Ms(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Ms(ms) => Ok(Self((ms > 0).then_some(ms))),
+            Raw::Text(text) => Self::parse(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -400,6 +474,7 @@ impl Config {
             push: PushConfig::default(),
             uia: UiaConfig::default(),
             privacy: PrivacyConfig::default(),
+            messages: MessagesConfig::default(),
         }
     }
 
@@ -579,6 +654,12 @@ session_timeout_secs = 600        # user-interactive auth sessions expire after 
 # Rooms with m.room.encryption become strict end-to-end encrypted rooms: the server refuses
 # plaintext messages from its users there (spec/privacy-modes.md).
 encrypted_rooms_strict = true
+[messages]
+# How long after sending it a local user may still edit or delete (redact) their own event:
+# milliseconds, or a duration such as "15m", "30s", "2h"; 0 means unlimited. Rooms override
+# these with the org.hearth.room.message_policy state event (spec/message-policy.md).
+edit_window = "15m"
+delete_window = "15m"
 
 [auth]
 # Access tokens of clients that ask for a refresh token last this long (ms); 0: no refresh tokens.
@@ -655,6 +736,41 @@ mod tests {
         .unwrap();
         assert_eq!(c.database.url.as_deref(), Some("postgres://p@h/db"));
         assert!(c.registration.enabled);
+    }
+
+    #[test]
+    fn message_windows_read_durations_and_milliseconds() {
+        let c = load_str("server_name = \"a.example\"\n", &[]).unwrap();
+        assert_eq!(c.messages.edit_window, Window(Some(900_000)));
+        assert_eq!(c.messages.delete_window, Window(Some(900_000)));
+        let c = load_str(
+            "server_name = \"a.example\"\n[messages]\nedit_window = \"30s\"\ndelete_window = 0\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.messages.edit_window, Window(Some(30_000)));
+        assert_eq!(c.messages.delete_window, Window(None));
+        let c = load_str(
+            "server_name = \"a.example\"\n",
+            &[
+                ("HEARTH_MESSAGES__EDIT_WINDOW", "2h"),
+                ("HEARTH_MESSAGES__DELETE_WINDOW", "1500"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.messages.edit_window, Window(Some(7_200_000)));
+        assert_eq!(c.messages.delete_window, Window(Some(1500)));
+        for bad in ["\"15 minutes\"", "\"-1s\"", "\"m\"", "-5"] {
+            let err = load_str(
+                &format!("server_name = \"a.example\"\n[messages]\nedit_window = {bad}\n"),
+                &[],
+            )
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("edit_window") || err.to_string().contains("duration"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -13,14 +13,21 @@ pub enum Error {
     /// The user may not do this (`M_FORBIDDEN`).
     #[error("{0}")]
     Forbidden(String),
-    /// `M_FORBIDDEN` by one of Hearth's own guarantees, named to the client in the body's
-    /// `org.hearth.error` field (e.g. `strict_e2e`: see spec/privacy-modes.md).
-    #[error("{message}")]
-    HearthForbidden { code: &'static str, message: String },
     /// The key backup version is not the user's latest (`M_WRONG_ROOM_KEYS_VERSION`, with the
     /// latest one in `current_version`).
     #[error("Wrong backup version")]
     WrongRoomKeysVersion { current_version: String },
+    /// `M_FORBIDDEN` by one of Hearth's own rules, with a reason code clients can act on, sent
+    /// as the response's `org.hearth.error` field (`window_expired`: spec/message-policy.md;
+    /// `strict_e2e`: spec/privacy-modes.md).
+    #[error("{reason}")]
+    ForbiddenBecause {
+        reason: String,
+        hearth_error: &'static str,
+    },
+    /// A second identical annotation of an event (`M_DUPLICATE_ANNOTATION`).
+    #[error("{0}")]
+    DuplicateAnnotation(String),
     /// No such thing, or not one the user may see (`M_NOT_FOUND`).
     #[error("{0}")]
     NotFound(String),
@@ -127,9 +134,14 @@ impl Error {
 
     /// Refused by a strict end-to-end encrypted room (`org.hearth.error: strict_e2e`).
     pub fn strict_e2e(message: impl Into<String>) -> Self {
-        Self::HearthForbidden {
-            code: "strict_e2e",
-            message: message.into(),
+        Self::forbidden_because(message, "strict_e2e")
+    }
+
+    /// `M_FORBIDDEN` carrying `"org.hearth.error": hearth_error`.
+    pub fn forbidden_because(reason: impl Into<String>, hearth_error: &'static str) -> Self {
+        Self::ForbiddenBecause {
+            reason: reason.into(),
+            hearth_error,
         }
     }
 
@@ -146,8 +158,9 @@ impl Error {
     /// The spec's error code for this error.
     pub fn errcode(&self) -> &'static str {
         match self {
-            Self::Forbidden(_) | Self::HearthForbidden { .. } => "M_FORBIDDEN",
             Self::WrongRoomKeysVersion { .. } => "M_WRONG_ROOM_KEYS_VERSION",
+            Self::Forbidden(_) | Self::ForbiddenBecause { .. } => "M_FORBIDDEN",
+            Self::DuplicateAnnotation(_) => "M_DUPLICATE_ANNOTATION",
             Self::NotFound(_) => "M_NOT_FOUND",
             Self::InvalidParam(_) => "M_INVALID_PARAM",
             Self::MissingParam(_) => "M_MISSING_PARAM",

@@ -77,6 +77,21 @@ pub struct RoomEventFilter {
     pub include_redundant_members: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unread_thread_notifications: Option<bool>,
+    /// Only events that have a child relation sent by one of these users (threads' MSC3440
+    /// filter; Synapse's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub related_by_senders: Option<Vec<String>>,
+    /// Only events that have a child relation of one of these types (e.g. `["m.thread"]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub related_by_rel_types: Option<Vec<String>>,
+}
+
+impl RoomEventFilter {
+    /// Whether matching needs the events' children (`related_by_*`), which `rooms::history`
+    /// reads for a page at once.
+    pub fn filters_by_relations(&self) -> bool {
+        self.related_by_senders.is_some() || self.related_by_rel_types.is_some()
+    }
 }
 
 /// Whether `value` passes an allow list (absent: everything) and a deny list (absent: nothing).
@@ -202,7 +217,9 @@ impl RoomEventFilter {
     fn validate(&self) -> Result<()> {
         self.base.validate()?;
         check_list("rooms", &self.rooms)?;
-        check_list("not_rooms", &self.not_rooms)
+        check_list("not_rooms", &self.not_rooms)?;
+        check_list("related_by_senders", &self.related_by_senders)?;
+        check_list("related_by_rel_types", &self.related_by_rel_types)
     }
 
     pub fn allows_event(&self, row: &EventRow) -> bool {

@@ -5,6 +5,7 @@ pub mod deliver;
 pub mod encrypted;
 pub mod idle;
 pub mod initial_sync;
+pub mod reaction;
 pub mod send;
 
 use std::future::Future;

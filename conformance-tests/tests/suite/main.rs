@@ -20,6 +20,7 @@ mod messages;
 mod profile;
 mod push_rules;
 mod registration;
+mod relations;
 mod room_state;
 mod rooms_create;
 mod rooms_extra;

@@ -130,7 +130,7 @@ impl From<Error> for ApiError {
         let status = match &error {
             Error::Forbidden(_)
             | Error::UserDeactivated(_)
-            | Error::HearthForbidden { .. }
+            | Error::ForbiddenBecause { .. }
             | Error::WrongRoomKeysVersion { .. } => S::FORBIDDEN,
             Error::NotFound(_) => S::NOT_FOUND,
             Error::TooLarge(_) => S::PAYLOAD_TOO_LARGE,
@@ -159,12 +159,12 @@ impl From<Error> for ApiError {
                 out.extra = challenge;
                 out
             }
-            Error::HearthForbidden { code, message } => {
-                Self::new(status, errcode, message).with("org.hearth.error", json!(code))
-            }
             Error::WrongRoomKeysVersion { current_version } => {
                 Self::new(status, errcode, "Wrong backup version")
                     .with("current_version", json!(current_version))
+            }
+            Error::ForbiddenBecause { reason, hearth_error } => {
+                Self::new(status, errcode, reason).with("org.hearth.error", json!(hearth_error))
             }
             Error::Store(e) => Self::internal(e),
             Error::Internal(_) => Self::new(status, errcode, "Internal server error"),

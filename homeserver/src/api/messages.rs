@@ -1,6 +1,9 @@
 //! Sending, redacting and reading room events.
 
-use axum::{Json, extract::State};
+use axum::{
+    Json,
+    extract::{Query, State, rejection::QueryRejection},
+};
 use ruma::api::client::{
     context::get_context,
     message::{get_message_events, send_message_event},
@@ -82,14 +85,19 @@ fn viewer(auth: &Auth) -> Viewer<'_> {
     }
 }
 
-/// `GET /rooms/{roomId}/messages`
+/// `GET /rooms/{roomId}/messages`. The filter is also read as sent: ruma's type leaves out the
+/// fields it does not know (`related_by_senders`, `related_by_rel_types`).
 pub async fn messages(
     State(svc): State<Services>,
     auth: Auth,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     Ruma(req): Ruma<get_message_events::v3::Request>,
 ) -> ApiResult<Json<MessagesResponse>> {
+    let raw_filter = query
+        .ok()
+        .and_then(|Query(pairs)| pairs.into_iter().find(|(k, _)| k == "filter").map(|(_, v)| v));
     Ok(Json(
-        history::messages_for_client(&svc, viewer(&auth), req).await?,
+        history::messages_for_client(&svc, viewer(&auth), req, raw_filter.as_deref()).await?,
     ))
 }
 

@@ -14,6 +14,7 @@ pub mod media;
 pub mod messages;
 pub mod profile;
 pub mod push;
+pub mod relations;
 pub mod room_keys;
 pub mod rooms;
 pub mod ruma;
@@ -188,6 +189,27 @@ fn client_routes() -> Router<Services> {
         .route("/sendToDevice/{event_type}/{txn_id}", put(keys::send_to_device))
 }
 
+/// Client-Server endpoints that exist under `/v1` only.
+fn v1_client_routes() -> Router<Services> {
+    Router::new()
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}",
+            get(relations::all),
+        )
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}/{rel_type}",
+            get(relations::by_rel_type),
+        )
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}",
+            get(relations::by_rel_and_event_type),
+        )
+        .route(
+            "/_matrix/client/v1/rooms/{room_id}/threads",
+            get(relations::threads),
+        )
+}
+
 /// The content repository: uploads and the deprecated endpoints under `/_matrix/media/…`, the
 /// authenticated downloads under `/_matrix/client/v1/media/…`. Upload routes take bodies up to
 /// `media.max_upload_bytes` instead of the global request limit.
@@ -250,6 +272,7 @@ pub fn router(svc: Services) -> Router {
             "/_matrix/client/v1/register/m.login.registration_token/validity",
             get(account::registration_token_validity),
         )
+        .merge(v1_client_routes())
         .nest("/_matrix/client/v3", client.clone())
         .nest("/_matrix/client/r0", client)
         .merge(media)

@@ -330,6 +330,8 @@ mod tests {
             txn_device_id: None,
             txn_id: None,
             redacted_by: None,
+            rel_type: None,
+            relates_to: None,
             json: json.into(),
         }
     }

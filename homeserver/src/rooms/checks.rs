@@ -82,6 +82,11 @@ fn check_relation(relation: &Value) -> Result<(), String> {
             "m.relates_to.rel_type must be at most {MAX_KEY_BYTES} bytes without U+0000"
         ));
     }
+    if let Some(key) = relation.get("key").and_then(Value::as_str)
+        && key.contains('\0')
+    {
+        return Err("m.relates_to.key may not contain U+0000".into());
+    }
     Ok(())
 }
 

@@ -4,6 +4,8 @@
 //! request, then answers with what it found and a position to continue from — a filter or a
 //! history that matches nothing costs the server little (the spec lets a page be short).
 
+use std::collections::HashSet;
+
 use ruma::{
     EventId, RoomId,
     api::{
@@ -21,7 +23,8 @@ use crate::{
     rooms::{
         self,
         access::{Reading, RoomAccess},
-        client_event::{Viewer, client_event, client_events},
+        client_event::{Viewer, client_events},
+        relations::format_with_bundles,
     },
     services::Services,
     store::{Direction, EventRow},
@@ -85,10 +88,31 @@ pub async fn scan(
                 .room_events(room_id, from, to, page as i64, direction)
                 .await?;
             let exhausted = rows.len() < page;
+            // `related_by_*`: which events of the page have such children, in one query.
+            let related: Option<HashSet<String>> = if filter.filters_by_relations() {
+                let ids: Vec<String> = rows.iter().map(|r| r.event_id.clone()).collect();
+                Some(
+                    svc.store
+                        .events_with_children(
+                            room_id,
+                            &ids,
+                            filter.related_by_rel_types.as_deref(),
+                            filter.related_by_senders.as_deref(),
+                        )
+                        .await?
+                        .into_iter()
+                        .collect(),
+                )
+            } else {
+                None
+            };
             for row in rows {
                 examined += 1;
                 let at = row.stream_ordering;
-                if access.can_see(&row) && filter.allows_event(&row) {
+                if access.can_see(&row)
+                    && filter.allows_event(&row)
+                    && related.as_ref().is_none_or(|r| r.contains(&row.event_id))
+                {
                     if kept.len() == limit {
                         return Ok(Scanned {
                             rows: kept,
@@ -139,6 +163,8 @@ pub struct Messages {
     pub end: Option<StreamToken>,
     pub chunk: Vec<EventRow>,
     pub state: Vec<EventRow>,
+    /// The viewer's access, for the bundled aggregations.
+    pub access: RoomAccess,
 }
 
 /// `GET /rooms/{roomId}/messages`.
@@ -181,6 +207,7 @@ pub async fn messages(
         end: scanned.more.then(|| from.at_events(scanned.next)),
         chunk: scanned.rows,
         state,
+        access,
     })
 }
 
@@ -245,6 +272,7 @@ pub struct Context {
     pub start: StreamToken,
     pub end: StreamToken,
     pub state: Vec<EventRow>,
+    pub access: RoomAccess,
 }
 
 pub async fn context(
@@ -295,6 +323,7 @@ pub async fn context(
         before: before.rows,
         after: after.rows,
         state,
+        access,
     })
 }
 
@@ -322,6 +351,7 @@ pub async fn messages_for_client(
     svc: &Services,
     viewer: Viewer<'_>,
     req: get_message_events::v3::Request,
+    raw_filter: Option<&str>,
 ) -> Result<MessagesResponse> {
     let room = rooms::room(svc, &req.room_id).await?;
     let direction = match req.dir {
@@ -329,7 +359,9 @@ pub async fn messages_for_client(
         ClientDirection::Forward => Direction::Forwards,
     };
     // The filter arrives parsed by ruma; ours is read from the same JSON and keeps its limits.
-    let filter = if req.filter.is_empty() {
+    let filter = if let Some(raw) = raw_filter.filter(|f| f.trim_start().starts_with('{')) {
+        RoomEventFilter::parse(raw)?
+    } else if req.filter.is_empty() {
         RoomEventFilter::default()
     } else {
         RoomEventFilter::parse(&serde_json::to_string(&req.filter).map_err(Error::internal)?)?
@@ -351,7 +383,7 @@ pub async fn messages_for_client(
     };
     Ok(MessagesResponse {
         start: page.start.to_string(),
-        chunk: client_events(svc, &page.chunk, version, Some(viewer)).await?,
+        chunk: format_with_bundles(svc, viewer, &page.access, version, &page.chunk).await?,
         end: page.end.map(|end| end.to_string()),
         state,
     })
@@ -365,8 +397,19 @@ pub async fn event_for_client(
     event_id: &EventId,
 ) -> Result<Raw<ruma::events::AnyTimelineEvent>> {
     let room = rooms::room(svc, room_id).await?;
-    let row = event(svc, room_id, viewer.user_id, event_id).await?;
-    raw(&client_event(svc, &row, &room.row.room_version, Some(viewer)).await?)
+    let access = RoomAccess::load(svc, room_id, viewer.user_id).await?;
+    let row = visible_event(svc, room_id, &access, event_id).await?;
+    let mut formatted = format_with_bundles(
+        svc,
+        viewer,
+        &access,
+        &room.row.room_version,
+        std::slice::from_ref(&row),
+    )
+    .await?;
+    raw(&formatted
+        .pop()
+        .ok_or_else(|| Error::internal("event not formatted"))?)
 }
 
 /// A formatted event as ruma's raw JSON.
@@ -396,11 +439,21 @@ pub async fn context_for_client(
     let limit = u64::from(req.limit).min(MAX_CONTEXT_LIMIT) as usize;
     let context = context(svc, &req.room_id, viewer.user_id, &req.event_id, limit).await?;
     let version = &room.row.room_version;
+    // One bundle query for the event and those around it.
+    let mut rows = vec![context.event.clone()];
+    rows.extend(context.before.iter().cloned());
+    rows.extend(context.after.iter().cloned());
+    let mut formatted = format_with_bundles(svc, viewer, &context.access, version, &rows).await?;
+    let events_after = formatted.split_off(1 + context.before.len());
+    let events_before = formatted.split_off(1);
+    let event = formatted
+        .pop()
+        .ok_or_else(|| Error::internal("event not formatted"))?;
     let viewer = Some(viewer);
     Ok(ContextResponse {
-        event: client_event(svc, &context.event, version, viewer).await?,
-        events_before: client_events(svc, &context.before, version, viewer).await?,
-        events_after: client_events(svc, &context.after, version, viewer).await?,
+        event,
+        events_before,
+        events_after,
         start: context.start.to_string(),
         end: context.end.to_string(),
         state: client_events(svc, &context.state, version, viewer).await?,

@@ -1,6 +1,6 @@
 //! Sending an event to a room on behalf of a client (`PUT /send`, `PUT /redact`): the
 //! transaction, the rate limit (a retry of a sent transaction is answered even over the
-//! limit), and the event handed to the timeline.
+//! limit), the edit and delete windows (`message_policy`), and the event handed to the timeline.
 
 use ruma::{EventId, OwnedEventId, RoomId, UserId};
 use serde_json::Value;
@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::{
     error::{Error, Result},
     ratelimit::Action,
-    rooms::{self, EventSpec, checks::check_txn},
+    rooms::{self, EventSpec, checks::check_txn, message_policy},
     services::Services,
     store::Txn,
 };
@@ -89,6 +89,16 @@ async fn append(
             .is_none()
     {
         return Err(limited);
+    }
+    // A retry of a sent edit or redaction is answered even once its window has passed.
+    if let Err(expired) = message_policy::check_window(svc, sender.user_id, room_id, &spec).await
+        && svc
+            .store
+            .event_for_txn(sender.user_id.as_str(), &txn)
+            .await?
+            .is_none()
+    {
+        return Err(expired);
     }
     let appended = svc
         .timeline

@@ -82,6 +82,9 @@ pub async fn set(
     svc.rate_limiter.check(Action::Message, sender.as_str())?;
     rooms::room(svc, room_id).await?;
     let event_type = event_type.to_string();
+    if event_type == rooms::message_policy::POLICY_EVENT_TYPE {
+        rooms::message_policy::check_policy_content(&content)?;
+    }
     let appended = svc
         .timeline
         .append(

@@ -9,7 +9,7 @@
 //! memory between appends, so a message costs no reads: this process is the only writer of its
 //! rooms (several processes will need the lock and the cache to move; see ARCHITECTURE.md).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use hearth_federation::{
     Pdu, PduError,
@@ -28,7 +28,7 @@ use tokio::sync::{Mutex, oneshot};
 
 use crate::{
     error::{Error, Result},
-    rooms::{checks, listener, privacy},
+    rooms::{checks, listener, privacy, relations},
     services::Services,
     store::{Appending, EventRow, NewEvent, Placed, RoomRow, StoreResult, Txn},
     util::now_ms,
@@ -147,6 +147,8 @@ struct Draft {
     /// Whether `state` holds the room's privacy mode and encryption events (when it has them):
     /// read once with the first event built, kept current by the events built since.
     privacy_read: bool,
+    /// Annotations built in the batch being written, not stored yet (`rooms::relations`).
+    annotations: HashSet<relations::AnnotationKey>,
 }
 
 impl Draft {
@@ -159,6 +161,7 @@ impl Draft {
             extremities: None,
             state_group,
             privacy_read: false,
+            annotations: HashSet::new(),
         }
     }
 
@@ -171,6 +174,7 @@ impl Draft {
             extremities: Some((Vec::new(), 0)),
             state_group: None,
             privacy_read: true,
+            annotations: HashSet::new(),
         }
     }
 }
@@ -353,6 +357,7 @@ impl Timeline {
         for (appending, at) in appendings.iter().zip(&placed) {
             if let Some(draft) = touched.get_mut(appending.event.room_id.as_str()) {
                 draft.state_group = Some(at.state_group);
+                draft.annotations.clear();
             }
         }
         for (room_id, draft) in touched {
@@ -614,6 +619,8 @@ impl Timeline {
             .room_id
             .get_or_insert_with(|| room_id_from_create_event(&pdu.event_id))
             .clone();
+        let annotation =
+            relations::check_new_relation(svc, room_id.as_str(), sender, spec, &draft.annotations).await?;
         let relation = spec.content.get("m.relates_to");
         let relation_field = |key: &str| {
             relation
@@ -632,6 +639,8 @@ impl Timeline {
             redacts,
             rel_type: relation_field("rel_type"),
             relates_to: relation_field("event_id"),
+            relation_key: relation_field("key")
+                .filter(|_| relation_field("rel_type").as_deref() == Some("m.annotation")),
             prev_events: pdu.prev_events.iter().map(ToString::to_string).collect(),
             membership: (spec.event_type == "m.room.member")
                 .then(|| {
@@ -645,6 +654,7 @@ impl Timeline {
             json: pdu.to_canonical_string(),
         };
         draft.extremities = Some((vec![pdu.event_id.clone()], pdu.depth));
+        draft.annotations.extend(annotation);
         let event_id = pdu.event_id.clone();
         if let Some(state_key) = &spec.state_key {
             draft

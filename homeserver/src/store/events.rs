@@ -17,6 +17,8 @@ pub struct NewEvent {
     pub redacts: Option<String>,
     pub rel_type: Option<String>,
     pub relates_to: Option<String>,
+    /// An `m.annotation`'s `key` (`m.relates_to.key`).
+    pub relation_key: Option<String>,
     pub prev_events: Vec<String>,
     /// `content.membership` of an `m.room.member` event.
     pub membership: Option<String>,
@@ -58,7 +60,7 @@ fn messages_fitting_one_query(batch: &[Appending]) -> usize {
             break;
         }
         params +=
-            20 + appending.event.prev_events.len() + 4 * appending.push.len().min(MAX_BATCHED_PUSH_ROWS);
+            21 + appending.event.prev_events.len() + 4 * appending.push.len().min(MAX_BATCHED_PUSH_ROWS);
         if n > 0 && params > MAX_QUERY_PARAMS {
             break;
         }
@@ -106,6 +108,7 @@ impl Statements {
             self.opt_text(event.redacts.as_deref()),
             self.opt_text(event.rel_type.as_deref()),
             self.opt_text(event.relates_to.as_deref()),
+            self.opt_text(event.relation_key.as_deref()),
             self.int(state_group),
             self.opt_text(event.txn.as_ref().map(|t| t.device_id.as_str())),
             self.opt_text(event.txn.as_ref().map(|t| t.txn_id.as_str())),
@@ -113,7 +116,7 @@ impl Statements {
         ];
         self.sql.push_str(&format!(
             "INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, \
-             redacts, rel_type, relates_to, state_group, txn_device_id, txn_id, json) VALUES ({}) \
+             redacts, rel_type, relates_to, relation_key, state_group, txn_device_id, txn_id, json) VALUES ({}) \
              RETURNING stream_ordering;",
             columns.join(", ")
         ));
@@ -223,6 +226,9 @@ pub struct EventRow {
     /// whose `redacts` column is set — which only happens once the redaction was checked (its
     /// sender sent the target or may redact others; see `rooms::timeline`).
     pub redacted_by: Option<String>,
+    /// `m.relates_to.rel_type` and `m.relates_to.event_id`, as stored in their columns.
+    pub rel_type: Option<String>,
+    pub relates_to: Option<String>,
     pub json: String,
 }
 
@@ -232,13 +238,17 @@ macro_rules! select_events {
             "SELECT e.stream_ordering, e.event_id, e.room_id, e.type, e.state_key, e.sender, \
              e.origin_server_ts, e.depth, e.state_group, e.replaces_state, e.txn_device_id, e.txn_id, \
              (SELECT MIN(r.event_id) FROM events r WHERE r.redacts = e.event_id AND r.room_id = e.room_id \
-              AND r.type = 'm.room.redaction' AND r.state_key IS NULL), e.json FROM events e ",
+              AND r.type = 'm.room.redaction' AND r.state_key IS NULL), e.json, e.rel_type, e.relates_to \
+             FROM events e ",
             $rest
         )
     };
 }
 
-fn event_row(r: AnyRow) -> EventRow {
+/// The select list of `EventRow`s (read by `event_row`), for queries in other store files.
+pub(super) const SELECT_EVENTS: &str = select_events!("");
+
+pub(super) fn event_row(r: AnyRow) -> EventRow {
     EventRow {
         stream_ordering: r.get(0),
         event_id: r.get(1),
@@ -254,6 +264,8 @@ fn event_row(r: AnyRow) -> EventRow {
         txn_id: r.get(11),
         redacted_by: r.get(12),
         json: r.get(13),
+        rel_type: r.get(14),
+        relates_to: r.get(15),
     }
 }
 
@@ -342,8 +354,9 @@ impl Store {
         let mut state_group = previous_group.unwrap_or(0);
         let stream: i64 = q(
             "INSERT INTO events (event_id, room_id, type, state_key, sender, depth, \
-             origin_server_ts, redacts, rel_type, relates_to, state_group, txn_device_id, txn_id, json) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING stream_ordering",
+             origin_server_ts, redacts, rel_type, relates_to, relation_key, state_group, txn_device_id, \
+             txn_id, json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             RETURNING stream_ordering",
         )
         .bind(event.event_id.clone())
         .bind(event.room_id.clone())
@@ -355,6 +368,7 @@ impl Store {
         .bind(event.redacts.clone())
         .bind(event.rel_type.clone())
         .bind(event.relates_to.clone())
+        .bind(event.relation_key.clone())
         .bind(state_group)
         .bind(event.txn.as_ref().map(|t| t.device_id.clone()))
         .bind(event.txn.as_ref().map(|t| t.txn_id.clone()))

@@ -16,6 +16,7 @@ mod media;
 mod presence;
 mod push;
 mod receipts;
+mod relations;
 mod rooms;
 mod state;
 mod sync;
@@ -42,6 +43,7 @@ pub use media::{MediaRow, UploadedContent};
 pub use presence::PresenceRow;
 pub use push::{PushActionRow, PusherRow, ThreadCounts};
 pub use receipts::ReceiptRow;
+pub use relations::{RelationPage, ThreadRoot};
 pub use rooms::RoomRow;
 pub use state::StateMap;
 pub use sync::SyncRoom;
@@ -102,6 +104,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(9, "0009_visibility"),
     migration!(10, "0010_e2ee_keys"),
     migration!(11, "0011_key_backup"),
+    migration!(12, "0012_relations"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside

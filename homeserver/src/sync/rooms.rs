@@ -20,6 +20,7 @@ use crate::{
         client_event::{Related, Viewer, format_event},
         history,
         receipts::receipt_event,
+        relations::{self, BundleRoom},
         rules_of,
     },
     services::Services,
@@ -55,6 +56,8 @@ struct Plan {
     state: Vec<EventRow>,
     /// The viewer may read none of the room's state (a rejected invite, a withdrawn knock).
     stateless: bool,
+    /// The viewer's access, when the timeline was read through it (for bundled aggregations).
+    access: Option<RoomAccess>,
 }
 
 /// Builds the sections of the wanted rooms: `(join, leave)`. Takes the rooms' account data
@@ -75,6 +78,7 @@ pub(super) async fn sections(
             .flat_map(|p| p.timeline.iter().chain(p.state.iter())),
     );
     let related = Related::fetch(svc, related_ids).await?;
+    let bundles = timeline_bundles(svc, ask, wanted, &plans).await?;
     let joined_ids: Vec<String> = wanted
         .iter()
         .filter(|w| w.joined)
@@ -108,7 +112,13 @@ pub(super) async fn sections(
             Some(plan) => {
                 let no_members = (Vec::new(), Vec::new());
                 let members = members.get(&w.room_id).unwrap_or(&no_members);
-                Some(format_section(ask, w.window.since, &plan, &related, members)?)
+                Some(format_section(
+                    ask,
+                    w.window.since,
+                    &plan,
+                    (&related, &bundles),
+                    members,
+                )?)
             }
             None => None,
         };
@@ -221,6 +231,7 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Res
                 limited: false,
                 state: Vec::new(),
                 stateless: true,
+                access: None,
             }));
             continue;
         }
@@ -253,6 +264,7 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Res
             start,
             state: Vec::new(),
             stateless: false,
+            access: Some(access.clone()),
         }));
     }
     Ok(plans)
@@ -349,12 +361,44 @@ async fn add_state(
     Ok(())
 }
 
+/// The bundled aggregations of every timeline event of the sync, in one query for all rooms.
+async fn timeline_bundles(
+    svc: &Services,
+    ask: &Ask<'_>,
+    wanted: &[Wanted],
+    plans: &[Option<Plan>],
+) -> Result<HashMap<String, Value>> {
+    let mut rules = HashMap::new();
+    for (w, plan) in wanted.iter().zip(plans) {
+        if let Some(plan) = plan
+            && plan.access.is_some()
+            && !plan.timeline.is_empty()
+        {
+            rules.insert(w.room_id.clone(), rules_of(&plan.version)?);
+        }
+    }
+    if rules.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut rooms = HashMap::new();
+    let mut rows = Vec::new();
+    for (w, plan) in wanted.iter().zip(plans) {
+        if let (Some(plan), Some(rules)) = (plan, rules.get(&w.room_id))
+            && let Some(access) = &plan.access
+        {
+            rooms.insert(w.room_id.clone(), BundleRoom { access, rules });
+            rows.extend(plan.timeline.iter());
+        }
+    }
+    relations::bundles(svc, ask.viewer, &rooms, &rows).await
+}
+
 /// A room's section: timeline, state and summary.
 fn format_section(
     ask: &Ask<'_>,
     since: StreamToken,
     plan: &Plan,
-    related: &Related,
+    (related, bundles): (&Related, &HashMap<String, Value>),
     (joined, invited): &(Vec<String>, Vec<String>),
 ) -> Result<RoomSection> {
     let rules = rules_of(&plan.version)?;
@@ -362,6 +406,9 @@ fn format_section(
         rows.iter()
             .map(|row| {
                 let mut event = format_event(row, &rules, related, Some(ask.viewer))?;
+                if let Some(bundle) = bundles.get(&row.event_id) {
+                    relations::attach(&mut event, bundle.clone());
+                }
                 // Events inside a room's section are in the ClientEventWithoutRoomID format.
                 if let Some(object) = event.as_object_mut() {
                     object.remove("room_id");

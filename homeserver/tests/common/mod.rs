@@ -513,6 +513,19 @@ impl Client {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// Sends a request to `/_matrix/client/v1{path}` (endpoints that exist only under v1).
+    pub async fn request_v1(&self, method: Method, path: &str) -> (StatusCode, Value) {
+        let url = format!("{}/_matrix/client/v1{path}", self.base_url);
+        let mut req = self.http.request(method.clone(), &url);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
     /// Like `request`, but panics unless the status is 200.
     pub async fn ok(&self, method: Method, path: &str, body: Option<&Value>) -> Value {
         let (status, value) = self.request(method.clone(), path, body).await;
