@@ -33,6 +33,8 @@ pub enum AuthError {
     BadSignature(String),
 }
 
+pub use http::Method;
+
 /// A parsed `Authorization: X-Matrix …` header.
 pub type Header = XMatrix;
 

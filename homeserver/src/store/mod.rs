@@ -8,6 +8,7 @@
 mod account_data;
 mod aliases;
 mod events;
+mod federation;
 mod filters;
 mod keys;
 mod media;
@@ -33,6 +34,7 @@ use sqlx::{
     query::Query,
 };
 
+pub use federation::RemoteKeyRow;
 pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Txn};
 pub use media::{MediaRow, UploadedContent};
 pub use presence::PresenceRow;
@@ -96,6 +98,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(7, "0007_refresh_tokens"),
     migration!(8, "0008_uia_binding_pusher_devices"),
     migration!(9, "0009_visibility"),
+    migration!(14, "0014_federation_keys"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside
