@@ -1,21 +1,33 @@
 //! The outbound federation client: discovery (or the operator's `federation.resolve` table),
-//! HTTPS through rustls, X-Matrix signing, and bounds on everything a remote server controls
-//! (connect and total time, response size, no redirects, no non-global addresses unless
-//! allowed in `federation.allow_ip_ranges`).
+//! HTTPS through hyper + rustls, X-Matrix signing, and bounds on everything a remote server
+//! controls (connect and total time, response size, no redirects, no non-global addresses
+//! unless allowed in `federation.allow_ip_ranges`).
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll},
     time::Duration,
 };
 
+use axum::body::Bytes;
 use hearth_federation::{
     SigningKey,
     discovery::{Destination, Resolver},
     request_auth,
 };
-use reqwest::{Method, header};
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Request, StatusCode, header};
+use hyper_util::{
+    client::legacy::{
+        Client,
+        connect::{HttpConnector, dns::Name},
+    },
+    rt::TokioExecutor,
+};
 use ruma::{OwnedServerName, ServerName};
 
 use super::lookup::NetLookup;
@@ -41,16 +53,36 @@ pub enum FedError {
     Invalid(String, String),
 }
 
-/// The HTTP client's resolver: a name pinned by discovery (an SRV target, a `federation.resolve`
+/// The connector's resolver: a name pinned by discovery (an SRV target, a `federation.resolve`
 /// entry) resolves to its target; every address is checked against the address policy, so a
 /// connection only goes to a permitted address.
+#[derive(Clone)]
 pub struct FederationDns {
     policy: AddressPolicy,
-    pins: Mutex<HashMap<String, String>>,
+    pins: Arc<Mutex<HashMap<String, String>>>,
 }
 
-impl reqwest::dns::Resolve for FederationDns {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+impl FederationDns {
+    fn new(policy: AddressPolicy) -> Self {
+        Self {
+            policy,
+            pins: Default::default(),
+        }
+    }
+}
+
+type DnsFuture = Pin<Box<dyn Future<Output = Result<std::vec::IntoIter<SocketAddr>, std::io::Error>> + Send>>;
+
+impl tower::Service<Name> for FederationDns {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = DnsFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         let policy = self.policy.clone();
         let requested = name.as_str().to_owned();
         let host = self
@@ -63,20 +95,74 @@ impl reqwest::dns::Resolve for FederationDns {
         Box::pin(async move {
             let permitted = policy.resolve(&host, 0).await?;
             if permitted.is_empty() {
-                return Err(format!(
+                return Err(std::io::Error::other(format!(
                     "{requested} resolves to no address federation may use (see federation.allow_ip_ranges)"
-                )
-                .into());
+                )));
             }
-            Ok(Box::new(permitted.into_iter()) as reqwest::dns::Addrs)
+            Ok(permitted.into_iter())
         })
     }
 }
 
+pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector<FederationDns>>, Full<Bytes>>;
+
+/// An HTTPS client over `tls` that resolves through `dns`.
+fn https_client(tls: rustls::ClientConfig, dns: FederationDns) -> HttpsClient {
+    let mut http = HttpConnector::new_with_resolver(dns);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(https)
+}
+
+/// Sends `request` and reads the response, at most `limit` bytes of body, all within
+/// `REQUEST_TIMEOUT`. Any status is returned.
+pub(crate) async fn fetch(
+    client: &HttpsClient,
+    request: Request<Full<Bytes>>,
+    limit: usize,
+    who: &str,
+) -> Result<(StatusCode, HeaderMap, Vec<u8>), FedError> {
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| FedError::Unreachable(who.to_owned(), error_chain(&e)))?;
+        let (parts, mut body) = response.into_parts();
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(FedError::TooLarge(who.to_owned(), limit));
+        }
+        let mut bytes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| FedError::Unreachable(who.to_owned(), error_chain(&e)))?;
+            if let Ok(data) = frame.into_data() {
+                if bytes.len() + data.len() > limit {
+                    return Err(FedError::TooLarge(who.to_owned(), limit));
+                }
+                bytes.extend_from_slice(&data);
+            }
+        }
+        Ok((parts.status, parts.headers, bytes))
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| FedError::Timeout(who.to_owned()))?
+}
+
 pub struct FederationClient {
     origin: OwnedServerName,
-    http: reqwest::Client,
-    dns: Arc<FederationDns>,
+    http: HttpsClient,
+    dns: FederationDns,
     policy: AddressPolicy,
     resolver: Resolver<NetLookup>,
     overrides: HashMap<String, (String, u16)>,
@@ -86,21 +172,10 @@ impl FederationClient {
     pub fn new(origin: OwnedServerName, config: &FederationConfig) -> anyhow::Result<Self> {
         let tls = super::tls::client_config(config.verify_tls, &config.ca_files)?;
         let policy = AddressPolicy::from_networks(config.allow_ip_ranges.clone());
-        let dns = Arc::new(FederationDns {
-            policy: policy.clone(),
-            pins: Mutex::new(HashMap::new()),
-        });
-        let http = base_builder(tls.clone(), dns.clone())
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        // `.well-known` may redirect (a few times); its hosts are never pinned.
-        let well_known_dns = Arc::new(FederationDns {
-            policy: policy.clone(),
-            pins: Mutex::new(HashMap::new()),
-        });
-        let well_known_http = base_builder(tls, well_known_dns)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()?;
+        let dns = FederationDns::new(policy.clone());
+        let http = https_client(tls.clone(), dns.clone());
+        // `.well-known` requests get a client of their own: their hosts are never pinned.
+        let well_known = https_client(tls, FederationDns::new(policy.clone()));
         let overrides = config
             .resolve
             .iter()
@@ -115,7 +190,7 @@ impl FederationClient {
             http,
             dns,
             policy,
-            resolver: Resolver::new(NetLookup::new(well_known_http)),
+            resolver: Resolver::new(NetLookup::new(well_known)),
             overrides,
         })
     }
@@ -134,8 +209,23 @@ impl FederationClient {
         self.resolver.resolve(server).await
     }
 
-    /// GET `path` (with its query) from `server`, signed with `key` when given; the body, at
-    /// most `limit` bytes.
+    /// The X-Matrix `Authorization` header for a request from this server to `server`.
+    pub fn authorization(
+        &self,
+        key: &SigningKey,
+        server: &ServerName,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<String, FedError> {
+        let method = request_auth::Method::from_bytes(method.as_bytes())
+            .map_err(|e| FedError::Invalid(server.to_string(), e.to_string()))?;
+        request_auth::sign(key, &self.origin, server, &method, path, body)
+            .map_err(|e| FedError::Invalid(server.to_string(), e.to_string()))
+    }
+
+    /// GET `path` (with its query) from `server`, signed with `key` when given: the body of a
+    /// successful response, at most `limit` bytes.
     pub async fn get(
         &self,
         server: &ServerName,
@@ -143,7 +233,10 @@ impl FederationClient {
         key: Option<&SigningKey>,
         limit: usize,
     ) -> Result<Vec<u8>, FedError> {
-        self.request(Method::GET, server, path, None, key, limit).await
+        let authorization = key
+            .map(|key| self.authorization(key, server, "GET", path, None))
+            .transpose()?;
+        self.successful(self.request("GET", server, path, None, authorization, limit).await?, server)
     }
 
     /// POST a JSON body to `server`.
@@ -155,28 +248,44 @@ impl FederationClient {
         key: Option<&SigningKey>,
         limit: usize,
     ) -> Result<Vec<u8>, FedError> {
-        self.request(Method::POST, server, path, Some(body), key, limit).await
+        let authorization = key
+            .map(|key| self.authorization(key, server, "POST", path, Some(&body)))
+            .transpose()?;
+        self.successful(
+            self.request("POST", server, path, Some(body), authorization, limit).await?,
+            server,
+        )
     }
 
-    async fn request(
+    fn successful(&self, (status, body): (u16, Vec<u8>), server: &ServerName) -> Result<Vec<u8>, FedError> {
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            Err(FedError::Status(server.to_string(), status))
+        }
+    }
+
+    /// One request to `server` with the given `Authorization` header (or none): the status and
+    /// the body, whatever the status.
+    pub async fn request(
         &self,
-        method: Method,
+        method: &str,
         server: &ServerName,
         path: &str,
         body: Option<Vec<u8>>,
-        key: Option<&SigningKey>,
+        authorization: Option<String>,
         limit: usize,
-    ) -> Result<Vec<u8>, FedError> {
+    ) -> Result<(u16, Vec<u8>), FedError> {
         let name = server.to_string();
-        let unreachable = |e: String| FedError::Unreachable(name.clone(), e);
         let dest = self.destination(server).await;
-        // The HTTP client does not resolve IP literals, so they are checked here.
+        // The connector does not resolve IP literals, so they are checked here.
         if let Ok(ip) = dest.host.parse::<IpAddr>()
             && !self.policy.permits(ip)
         {
-            return Err(unreachable(format!(
-                "{ip} is not an address federation may use (see federation.allow_ip_ranges)"
-            )));
+            return Err(FedError::Unreachable(
+                name,
+                format!("{ip} is not an address federation may use (see federation.allow_ip_ranges)"),
+            ));
         }
         if dest.tls_name != dest.host {
             self.dns
@@ -189,70 +298,30 @@ impl FederationClient {
             Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
             _ => dest.tls_name.clone(),
         };
-        let url = format!("https://{url_host}:{}{path}", dest.port);
-        let mut request = self
-            .http
-            .request(method.clone(), &url)
-            .header(header::HOST, &dest.host_header);
-        if let Some(key) = key {
-            let auth = request_auth::sign(
-                key,
-                &self.origin,
-                server,
-                &request_auth::Method::from_bytes(method.as_str().as_bytes()).expect("a known method"),
-                path,
-                body.as_deref(),
-            )
-                .map_err(|e| FedError::Invalid(name.clone(), e.to_string()))?;
-            request = request.header(header::AUTHORIZATION, auth);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("https://{url_host}:{}{path}", dest.port))
+            .header(header::HOST, &dest.host_header)
+            .header(header::USER_AGENT, concat!("Hearth/", env!("CARGO_PKG_VERSION")));
+        if let Some(authorization) = authorization {
+            request = request.header(header::AUTHORIZATION, authorization);
         }
-        if let Some(body) = body {
-            request = request.header(header::CONTENT_TYPE, "application/json").body(body);
-        }
-        let timed_out = |e: &reqwest::Error| e.is_timeout();
-        let mut response = request.send().await.map_err(|e| {
-            if timed_out(&e) {
-                FedError::Timeout(name.clone())
-            } else {
-                unreachable(error_chain(&e))
+        let body = match body {
+            Some(body) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(body))
             }
-        })?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(FedError::Status(name, status.as_u16()));
-        }
-        if response.content_length().is_some_and(|len| len > limit as u64) {
-            return Err(FedError::TooLarge(name, limit));
-        }
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > limit {
-                        return Err(FedError::TooLarge(name, limit));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => return Ok(body),
-                Err(e) if timed_out(&e) => return Err(FedError::Timeout(name)),
-                Err(e) => return Err(unreachable(error_chain(&e))),
-            }
-        }
+            None => Full::new(Bytes::new()),
+        };
+        let request = request
+            .body(body)
+            .map_err(|e| FedError::Invalid(name.clone(), e.to_string()))?;
+        let (status, _, body) = fetch(&self.http, request, limit, &name).await?;
+        Ok((status.as_u16(), body))
     }
 }
 
-fn base_builder(tls: rustls::ClientConfig, dns: Arc<FederationDns>) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .https_only(true)
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        .no_proxy()
-        .user_agent(concat!("Hearth/", env!("CARGO_PKG_VERSION")))
-        .dns_resolver(dns)
-}
-
-/// An error with its causes (reqwest's own message is often just "error sending request").
+/// An error with its causes (the outermost message is often just "client error").
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

@@ -4,20 +4,25 @@
 use std::time::{Duration, SystemTime};
 
 use hearth_federation::discovery::{Lookup, SrvTarget, WellKnownResponse, cache_lifetime};
+use axum::body::Bytes;
 use hickory_resolver::{TokioResolver, proto::rr::RData};
+use http_body_util::Full;
+use hyper::{Request, header};
+
+use super::client::{HttpsClient, fetch};
 
 /// The largest `.well-known/matrix/server` body read.
 const WELL_KNOWN_LIMIT: usize = 64 * 1024;
-const WELL_KNOWN_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_REDIRECTS: usize = 3;
 const SRV_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct NetLookup {
-    http: reqwest::Client,
+    http: HttpsClient,
     dns: Option<TokioResolver>,
 }
 
 impl NetLookup {
-    pub fn new(http: reqwest::Client) -> Self {
+    pub fn new(http: HttpsClient) -> Self {
         let dns = match TokioResolver::builder_tokio().and_then(|b| b.build()) {
             Ok(dns) => Some(dns),
             Err(error) => {
@@ -28,38 +33,35 @@ impl NetLookup {
         Self { http, dns }
     }
 
+    /// GET the `.well-known` document, following up to `MAX_REDIRECTS` redirects to other
+    /// `https` URLs.
     async fn fetch_well_known(&self, hostname: &str) -> Result<(Vec<u8>, Option<Duration>), String> {
-        let url = format!("https://{hostname}/.well-known/matrix/server");
-        let mut response = self
-            .http
-            .get(&url)
-            .timeout(WELL_KNOWN_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let header = |name| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let cache_for = cache_lifetime(
-            header(reqwest::header::CACHE_CONTROL).as_deref(),
-            header(reqwest::header::EXPIRES).as_deref(),
-            SystemTime::now(),
-        );
-        if !response.status().is_success() {
-            return Err(format!("status {}", response.status()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-            if body.len() + chunk.len() > WELL_KNOWN_LIMIT {
-                return Err("response too large".into());
+        let mut url = format!("https://{hostname}/.well-known/matrix/server");
+        for _ in 0..=MAX_REDIRECTS {
+            let request = Request::get(&url)
+                .header(header::USER_AGENT, concat!("Hearth/", env!("CARGO_PKG_VERSION")))
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| e.to_string())?;
+            let (status, headers, body) = fetch(&self.http, request, WELL_KNOWN_LIMIT, hostname)
+                .await
+                .map_err(|e| e.to_string())?;
+            if status.is_redirection() {
+                let next = headers
+                    .get(header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|l| l.starts_with("https://"))
+                    .ok_or("a redirect without an https Location")?;
+                url = next.to_owned();
+                continue;
             }
-            body.extend_from_slice(&chunk);
+            let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+            let cache_for = cache_lifetime(header(header::CACHE_CONTROL), header(header::EXPIRES), SystemTime::now());
+            if !status.is_success() {
+                return Err(format!("status {status}"));
+            }
+            return Ok((body, cache_for));
         }
-        Ok((body, cache_for))
+        Err("too many redirects".into())
     }
 }
 
