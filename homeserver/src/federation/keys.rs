@@ -23,6 +23,9 @@ const NOTARY_RESPONSE_LIMIT: usize = 1024 * 1024;
 /// One server's keys are fetched at most this often (a flood of requests naming unknown keys
 /// cannot turn into a flood of fetches).
 const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// How long one key fetch (direct, or from one notary) may take: well below a caller's request
+/// timeout, so a notary answers its own callers even when the server asked about hangs.
+const KEY_FETCH_TIMEOUT: Duration = Duration::from_secs(6);
 /// Servers one notary query may name.
 pub const MAX_NOTARY_SERVERS: usize = 50;
 
@@ -84,13 +87,19 @@ pub async fn fetch(svc: &Services, server: &ServerName) -> Result<CanonicalJsonO
         let keys = server_keys::verify(&response, server).map_err(|e| e.to_string())?;
         Ok::<_, String>((response, keys))
     };
+    let direct = async {
+        tokio::time::timeout(KEY_FETCH_TIMEOUT, direct)
+            .await
+            .unwrap_or_else(|_| Err(format!("{server} took too long")))
+    };
     let found = match direct.await {
         Ok(found) => Some(found),
         Err(error) => {
             tracing::info!(%server, %error, "direct key fetch failed");
             let mut found = None;
             for notary in &svc.config.trusted_key_servers {
-                match via_notary(svc, notary, server).await {
+                let attempt = tokio::time::timeout(KEY_FETCH_TIMEOUT, via_notary(svc, notary, server));
+                match attempt.await.unwrap_or_else(|_| Err("the notary took too long".into())) {
                     Ok(result) => {
                         found = Some(result);
                         break;

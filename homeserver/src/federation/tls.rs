@@ -45,7 +45,8 @@ pub fn server_config(certificate: &Path, private_key: &Path) -> anyhow::Result<S
 /// all when `verify` is false.
 pub fn client_config(verify: bool, ca_files: &[std::path::PathBuf]) -> anyhow::Result<ClientConfig> {
     let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let mut config = if verify {
+    // ALPN (h2, http/1.1) is set by the HTTPS connector.
+    let config = if verify {
         let mut roots = RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         for error in &native.errors {
@@ -74,7 +75,6 @@ pub fn client_config(verify: bool, ca_files: &[std::path::PathBuf]) -> anyhow::R
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
             .with_no_client_auth()
     };
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 
