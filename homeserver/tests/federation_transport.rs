@@ -145,7 +145,11 @@ impl Fed {
         .unwrap();
         let key_id: String = row.get(0);
         let pkcs8: String = row.get(1);
-        SigningKey::from_pkcs8(&STANDARD.decode(pkcs8).unwrap(), key_id.strip_prefix("ed25519:").unwrap()).unwrap()
+        SigningKey::from_pkcs8(
+            &STANDARD.decode(pkcs8).unwrap(),
+            key_id.strip_prefix("ed25519:").unwrap(),
+        )
+        .unwrap()
     }
 
     async fn remote_key_count(&self, server: &str) -> i64 {
@@ -177,7 +181,11 @@ async fn send(
     )
 }
 
-async fn get_json(http: &FederationClient, url: &(String, String), auth: Option<String>) -> (StatusCode, Value) {
+async fn get_json(
+    http: &FederationClient,
+    url: &(String, String),
+    auth: Option<String>,
+) -> (StatusCode, Value) {
     send(http, "GET", url, None, auth).await
 }
 
@@ -204,14 +212,27 @@ async fn the_listener_speaks_tls_1_3_only() {
                 .await
         }
     };
-    assert!(connect(&rustls::version::TLS12).await.is_err(), "a TLS 1.2 handshake must be refused");
+    assert!(
+        connect(&rustls::version::TLS12).await.is_err(),
+        "a TLS 1.2 handshake must be refused"
+    );
     assert!(connect(&rustls::version::TLS13).await.is_ok());
 
-    let (status, body) = get_json(&a.client(certs.path()), &a.url("/_matrix/federation/v1/version"), None).await;
+    let (status, body) = get_json(
+        &a.client(certs.path()),
+        &a.url("/_matrix/federation/v1/version"),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["server"]["name"], "Hearth");
     // Unknown federation endpoints are the spec's 404 M_UNRECOGNIZED.
-    let (status, body) = get_json(&a.client(certs.path()), &a.url("/_matrix/federation/v1/nothing"), None).await;
+    let (status, body) = get_json(
+        &a.client(certs.path()),
+        &a.url("/_matrix/federation/v1/nothing"),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["errcode"], "M_UNRECOGNIZED");
 }
@@ -239,14 +260,21 @@ async fn the_key_response_verifies_and_a_rotation_keeps_the_old_key() {
         .arg(a.server.config_path())
         .output()
         .expect("run hearth keys rotate");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     a.server.restart().await;
 
     let (_, second) = get_json(&http, &a.url("/_matrix/key/v2/server"), None).await;
     let keys = server_keys::verify(&canonical(&second), name("hs-a.test")).expect("signed by the new key");
     assert!(!keys.verify_keys.contains_key(&old_id), "{second}");
     let (old_key, expired_ts) = &keys.old_verify_keys[&old_id];
-    assert_eq!(old_key.encode(), first["verify_keys"][&old_id]["key"].as_str().unwrap());
+    assert_eq!(
+        old_key.encode(),
+        first["verify_keys"][&old_id]["key"].as_str().unwrap()
+    );
     assert!(*expired_ts >= now && *expired_ts <= common_now(), "{second}");
     assert_eq!(second["signatures"]["hs-a.test"].as_object().unwrap().len(), 1);
 }
@@ -263,14 +291,29 @@ async fn signed_requests_pass_and_unsigned_forged_or_misaddressed_ones_get_401()
     let (a, certs) = start_one("hs-a.test", "").await;
     let alice = a.server.register("alice").await;
     alice
-        .ok(Method::PUT, &format!("/profile/{}/displayname", alice.user_id), Some(&json!({ "displayname": "Alice" })))
+        .ok(
+            Method::PUT,
+            &format!("/profile/{}/displayname", alice.user_id),
+            Some(&json!({ "displayname": "Alice" })),
+        )
         .await;
     let http = a.client(certs.path());
-    let uri = format!("/_matrix/federation/v1/query/profile?user_id={}&field=displayname", "%40alice%3Ahs-a.test");
+    let uri = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}&field=displayname",
+        "%40alice%3Ahs-a.test"
+    );
     let url = a.url(&uri);
     let key = a.signing_key().await;
     let sign = |key: &SigningKey, origin: &str, destination: &str, uri: &str| {
-        request_auth::sign(key, name(origin), name(destination), &request_auth::Method::GET, uri, None).unwrap()
+        request_auth::sign(
+            key,
+            name(origin),
+            name(destination),
+            &request_auth::Method::GET,
+            uri,
+            None,
+        )
+        .unwrap()
     };
 
     // Signed by the server itself (its own key needs no fetch).
@@ -285,17 +328,43 @@ async fn signed_requests_pass_and_unsigned_forged_or_misaddressed_ones_get_401()
     // No header, another scheme, garbage.
     refused(get_json(&http, &url, None).await);
     refused(get_json(&http, &url, Some("Bearer abc".into())).await);
-    refused(get_json(&http, &url, Some("X-Matrix origin=\"hs-a.test\",key=\"nope\",sig=\"!\"".into())).await);
+    refused(
+        get_json(
+            &http,
+            &url,
+            Some("X-Matrix origin=\"hs-a.test\",key=\"nope\",sig=\"!\"".into()),
+        )
+        .await,
+    );
     // Forged: another key under the server's key ID.
     let forger = SigningKey::from_pkcs8(SigningKey::generate("x").unwrap().pkcs8(), key.version()).unwrap();
     refused(get_json(&http, &url, Some(sign(&forger, "hs-a.test", "hs-a.test", &uri))).await);
     // Signed for another target, another destination.
-    refused(get_json(&http, &url, Some(sign(&key, "hs-a.test", "hs-a.test", "/_matrix/federation/v1/version"))).await);
+    refused(
+        get_json(
+            &http,
+            &url,
+            Some(sign(
+                &key,
+                "hs-a.test",
+                "hs-a.test",
+                "/_matrix/federation/v1/version",
+            )),
+        )
+        .await,
+    );
     refused(get_json(&http, &url, Some(sign(&key, "hs-a.test", "other.test", &uri))).await);
     // An unknown key ID, and an origin whose keys cannot be fetched.
     let unknown = SigningKey::generate("unknown").unwrap();
     refused(get_json(&http, &url, Some(sign(&unknown, "hs-a.test", "hs-a.test", &uri))).await);
-    refused(get_json(&http, &url, Some(sign(&unknown, "nowhere.invalid", "hs-a.test", &uri))).await);
+    refused(
+        get_json(
+            &http,
+            &url,
+            Some(sign(&unknown, "nowhere.invalid", "hs-a.test", &uri)),
+        )
+        .await,
+    );
 }
 
 #[tokio::test]
@@ -323,10 +392,14 @@ async fn two_servers_fetch_each_others_keys_and_accept_each_others_requests() {
     assert_eq!(responses.len(), 1, "{answer}\n{}", a.server.log_tail());
     let b_response = canonical(&responses[0]);
     let b_keys = server_keys::verify(&b_response, name("hs-b.test")).unwrap();
-    assert_eq!(b_keys.verify_keys.keys().next().unwrap(), &b.signing_key().await.key_id());
+    assert_eq!(
+        b_keys.verify_keys.keys().next().unwrap(),
+        &b.signing_key().await.key_id()
+    );
     let (_, a_own) = get_json(&a_http, &a.url("/_matrix/key/v2/server"), None).await;
     let a_keys = server_keys::verify(&canonical(&a_own), name("hs-a.test")).unwrap();
-    server_keys::check_signature(&b_response, "hs-a.test", &a_keys.verify_keys).expect("the notary's signature");
+    server_keys::check_signature(&b_response, "hs-a.test", &a_keys.verify_keys)
+        .expect("the notary's signature");
     assert_eq!(a.remote_key_count("hs-b.test").await, 1);
 
     // The batch form, for both servers and one nobody knows.
@@ -350,12 +423,23 @@ async fn two_servers_fetch_each_others_keys_and_accept_each_others_requests() {
 
     // B signs a request to A: A fetches B's key... already cached; to B, A's key is fetched.
     let bob = b.server.register("bob").await;
-    bob.ok(Method::PUT, &format!("/profile/{}/displayname", bob.user_id), Some(&json!({ "displayname": "Bob" })))
-        .await;
+    bob.ok(
+        Method::PUT,
+        &format!("/profile/{}/displayname", bob.user_id),
+        Some(&json!({ "displayname": "Bob" })),
+    )
+    .await;
     let uri = "/_matrix/federation/v1/query/profile?user_id=%40bob%3Ahs-b.test";
     let a_key = a.signing_key().await;
-    let auth = request_auth::sign(&a_key, name("hs-a.test"), name("hs-b.test"), &request_auth::Method::GET, uri, None)
-        .unwrap();
+    let auth = request_auth::sign(
+        &a_key,
+        name("hs-a.test"),
+        name("hs-b.test"),
+        &request_auth::Method::GET,
+        uri,
+        None,
+    )
+    .unwrap();
     let (status, body) = get_json(&b.client(certs.path()), &b.url(uri), Some(auth)).await;
     assert_eq!(status, StatusCode::OK, "{body}\n{}", b.server.log_tail());
     assert_eq!(body["displayname"], "Bob");
@@ -363,10 +447,21 @@ async fn two_servers_fetch_each_others_keys_and_accept_each_others_requests() {
     // B's signature checked by A, with B's key from A's cache.
     let b_key = b.signing_key().await;
     let uri = "/_matrix/federation/v1/query/profile?user_id=%40nobody%3Ahs-a.test";
-    let auth = request_auth::sign(&b_key, name("hs-b.test"), name("hs-a.test"), &request_auth::Method::GET, uri, None)
-        .unwrap();
+    let auth = request_auth::sign(
+        &b_key,
+        name("hs-b.test"),
+        name("hs-a.test"),
+        &request_auth::Method::GET,
+        uri,
+        None,
+    )
+    .unwrap();
     let (status, body) = get_json(&a_http, &a.url(uri), Some(auth)).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "authenticated, then no such user: {body}");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "authenticated, then no such user: {body}"
+    );
 }
 
 #[tokio::test]
@@ -382,17 +477,23 @@ async fn outbound_requests_to_loopback_are_refused_unless_allowed() {
     let _b = start("hs-b.test", b_port, &b_cert, &b_key, LOOPBACK, "").await;
     let http = a.client(certs.path());
     for server in ["hs-b.test".to_owned(), format!("127.0.0.1:{b_port}")] {
-        let (status, answer) = get_json(&http, &a.url(&format!("/_matrix/key/v2/query/{server}")), None).await;
+        let (status, answer) =
+            get_json(&http, &a.url(&format!("/_matrix/key/v2/query/{server}")), None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(answer["server_keys"], json!([]), "{server}: {answer}");
     }
-    assert!(a.server.log_tail().contains("federation may use"), "{}", a.server.log_tail());
+    assert!(
+        a.server.log_tail().contains("federation may use"),
+        "{}",
+        a.server.log_tail()
+    );
     assert_eq!(a.remote_key_count("hs-b.test").await, 0);
 }
 
 /// A TLS front for a plain-HTTP mock server (HTTP/1.1), with a certificate for `names`.
 async fn tls_front(upstream: SocketAddr, names: &[&str], dir: &Path) -> (u16, PathBuf) {
-    let cert = rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     let ca = dir.join("front.crt");
     std::fs::write(&ca, cert.cert.pem()).unwrap();
     let key = PrivateKeyDer::from_pem_slice(cert.signing_key.serialize_pem().as_bytes()).unwrap();
@@ -425,7 +526,14 @@ async fn tls_front(upstream: SocketAddr, names: &[&str], dir: &Path) -> (u16, Pa
 async fn a_misbehaving_server_is_refused_in_bounded_time_and_memory() {
     let mock = MockServer::start().await;
     let certs = tempfile::tempdir().unwrap();
-    let names = ["good.test", "slow.test", "garbage.test", "huge.test", "forged.test", "other.test"];
+    let names = [
+        "good.test",
+        "slow.test",
+        "garbage.test",
+        "huge.test",
+        "forged.test",
+        "other.test",
+    ];
     let (front, front_ca) = tls_front(*mock.address(), &names, certs.path()).await;
     let keys_path = "/_matrix/key/v2/server";
     let serve = |host: &str, response: ResponseTemplate| {
@@ -437,22 +545,42 @@ async fn a_misbehaving_server_is_refused_in_bounded_time_and_memory() {
     let valid_until = common_now() + 3_600_000;
     let good_key = SigningKey::generate("good").unwrap();
     let good = server_keys::build(name("good.test"), &good_key, &[], valid_until);
-    serve("good.test", ResponseTemplate::new(200).set_body_json(&good)).mount(&mock).await;
-    serve("slow.test", ResponseTemplate::new(200).set_body_json(&good).set_delay(Duration::from_secs(120)))
+    serve("good.test", ResponseTemplate::new(200).set_body_json(&good))
         .mount(&mock)
         .await;
-    serve("garbage.test", ResponseTemplate::new(200).set_body_string("{\"server_name\": \"garb"))
-        .mount(&mock)
-        .await;
-    serve("huge.test", ResponseTemplate::new(200).set_body_string(" ".repeat(8 << 20)))
-        .mount(&mock)
-        .await;
+    serve(
+        "slow.test",
+        ResponseTemplate::new(200)
+            .set_body_json(&good)
+            .set_delay(Duration::from_secs(120)),
+    )
+    .mount(&mock)
+    .await;
+    serve(
+        "garbage.test",
+        ResponseTemplate::new(200).set_body_string("{\"server_name\": \"garb"),
+    )
+    .mount(&mock)
+    .await;
+    serve(
+        "huge.test",
+        ResponseTemplate::new(200).set_body_string(" ".repeat(8 << 20)),
+    )
+    .mount(&mock)
+    .await;
     // A valid response of good.test, served as forged.test's: wrong server; and one with its
     // name changed after signing: a bad signature.
     let mut forged = server_keys::build(name("forged.test"), &good_key, &[], valid_until);
-    forged.insert("valid_until_ts".into(), ruma::CanonicalJsonValue::Integer((valid_until + 1).try_into().unwrap()));
-    serve("forged.test", ResponseTemplate::new(200).set_body_json(&forged)).mount(&mock).await;
-    serve("other.test", ResponseTemplate::new(200).set_body_json(&good)).mount(&mock).await;
+    forged.insert(
+        "valid_until_ts".into(),
+        ruma::CanonicalJsonValue::Integer((valid_until + 1).try_into().unwrap()),
+    );
+    serve("forged.test", ResponseTemplate::new(200).set_body_json(&forged))
+        .mount(&mock)
+        .await;
+    serve("other.test", ResponseTemplate::new(200).set_body_json(&good))
+        .mount(&mock)
+        .await;
 
     let resolve: String = names
         .iter()
@@ -491,7 +619,12 @@ async fn a_misbehaving_server_is_refused_in_bounded_time_and_memory() {
         ("other.test", Duration::from_secs(5)),
     ] {
         let (found, took) = query(server).await;
-        assert_eq!(found, 0, "{server}'s keys must be refused:\n{}", a.server.log_tail());
+        assert_eq!(
+            found,
+            0,
+            "{server}'s keys must be refused:\n{}",
+            a.server.log_tail()
+        );
         assert!(took < limit, "{server} took {took:?}");
         assert_eq!(a.remote_key_count(server).await, 0, "{server}");
     }
@@ -499,5 +632,8 @@ async fn a_misbehaving_server_is_refused_in_bounded_time_and_memory() {
     assert!(log.contains("took too long"), "{log}");
     assert!(log.contains("more than"), "{log}");
     assert!(log.contains("not valid") || log.contains("signed"), "{log}");
-    assert!(log.contains("not good.test") || log.contains("is for good.test"), "{log}");
+    assert!(
+        log.contains("not good.test") || log.contains("is for good.test"),
+        "{log}"
+    );
 }

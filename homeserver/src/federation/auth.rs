@@ -16,8 +16,12 @@ pub async fn verify_request(
     body: &[u8],
 ) -> Result<OwnedServerName> {
     let refuse = |e: request_auth::AuthError| Error::unauthorized(e.to_string());
-    let header = request_auth::parse(authorization.ok_or(request_auth::AuthError::Missing).map_err(refuse)?)
-        .map_err(refuse)?;
+    let header = request_auth::parse(
+        authorization
+            .ok_or(request_auth::AuthError::Missing)
+            .map_err(refuse)?,
+    )
+    .map_err(refuse)?;
     let method = request_auth::Method::from_bytes(method.as_bytes())
         .map_err(|_| Error::unauthorized("unknown request method"))?;
     let us = <&ServerName>::try_from(svc.server_name()).expect("the configured server name is valid");
@@ -25,7 +29,9 @@ pub async fn verify_request(
     if let Some(destination) = &header.destination
         && destination != us
     {
-        return Err(refuse(request_auth::AuthError::WrongDestination(destination.to_string())));
+        return Err(refuse(request_auth::AuthError::WrongDestination(
+            destination.to_string(),
+        )));
     }
     let key = super::keys::request_key(svc, &header.origin, header.key.as_str()).await?;
     let body = (!body.is_empty()).then_some(body);

@@ -236,7 +236,11 @@ impl FederationClient {
         let authorization = key
             .map(|key| self.authorization(key, server, "GET", path, None))
             .transpose()?;
-        self.successful(self.request("GET", server, path, None, authorization, limit).await?, server)
+        self.successful(
+            self.request("GET", server, path, None, authorization, limit)
+                .await?,
+            server,
+        )
     }
 
     /// POST a JSON body to `server`.
@@ -252,7 +256,8 @@ impl FederationClient {
             .map(|key| self.authorization(key, server, "POST", path, Some(&body)))
             .transpose()?;
         self.successful(
-            self.request("POST", server, path, Some(body), authorization, limit).await?,
+            self.request("POST", server, path, Some(body), authorization, limit)
+                .await?,
             server,
         )
     }

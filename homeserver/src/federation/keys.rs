@@ -44,7 +44,8 @@ pub async fn request_key(svc: &Services, server: &ServerName, key_id: &str) -> R
             .then(|| Base64::parse(svc.signing_key.public_key_base64()).ok())
             .flatten());
     }
-    let usable = |row: &crate::store::RemoteKeyRow| row.expired_ts.is_none() && row.valid_until_ts >= now_ms();
+    let usable =
+        |row: &crate::store::RemoteKeyRow| row.expired_ts.is_none() && row.valid_until_ts >= now_ms();
     if let Some(row) = svc.store.remote_server_key(server.as_str(), key_id).await?
         && usable(&row)
     {
@@ -70,7 +71,9 @@ pub async fn fetch(svc: &Services, server: &ServerName) -> Result<CanonicalJsonO
         if let Some(at) = last.get(server.as_str())
             && now.duration_since(*at) < REFETCH_INTERVAL
         {
-            return Err(Error::unknown(format!("{server}'s keys were fetched moments ago")));
+            return Err(Error::unknown(format!(
+                "{server}'s keys were fetched moments ago"
+            )));
         }
         if last.len() > 10_000 {
             last.retain(|_, at| now.duration_since(*at) < REFETCH_INTERVAL);
@@ -99,7 +102,10 @@ pub async fn fetch(svc: &Services, server: &ServerName) -> Result<CanonicalJsonO
             let mut found = None;
             for notary in &svc.config.trusted_key_servers {
                 let attempt = tokio::time::timeout(KEY_FETCH_TIMEOUT, via_notary(svc, notary, server));
-                match attempt.await.unwrap_or_else(|_| Err("the notary took too long".into())) {
+                match attempt
+                    .await
+                    .unwrap_or_else(|_| Err("the notary took too long".into()))
+                {
                     Ok(result) => {
                         found = Some(result);
                         break;
@@ -166,7 +172,12 @@ async fn via_notary(
     Err(last_error)
 }
 
-async fn store(svc: &Services, server: &ServerName, response: &CanonicalJsonObject, keys: &ServerKeys) -> Result<()> {
+async fn store(
+    svc: &Services,
+    server: &ServerName,
+    response: &CanonicalJsonObject,
+    keys: &ServerKeys,
+) -> Result<()> {
     let json = serde_json::to_string(response).map_err(|e| Error::Internal(e.to_string()))?;
     let verify: Vec<(String, String)> = keys
         .verify_keys
@@ -179,7 +190,14 @@ async fn store(svc: &Services, server: &ServerName, response: &CanonicalJsonObje
         .map(|(id, (key, ts))| (id.clone(), key.encode(), *ts))
         .collect();
     svc.store
-        .store_remote_key_response(server.as_str(), &json, keys.valid_until_ts, now_ms(), &verify, &old)
+        .store_remote_key_response(
+            server.as_str(),
+            &json,
+            keys.valid_until_ts,
+            now_ms(),
+            &verify,
+            &old,
+        )
         .await?;
     Ok(())
 }
@@ -203,7 +221,10 @@ pub async fn notary_query(
         }
         let cached = svc.store.remote_key_response(server.as_str()).await?;
         let cached = cached.and_then(|(json, valid_until)| {
-            Some((serde_json::from_str::<CanonicalJsonObject>(&json).ok()?, valid_until))
+            Some((
+                serde_json::from_str::<CanonicalJsonObject>(&json).ok()?,
+                valid_until,
+            ))
         });
         if let Some((response, valid_until)) = &cached
             && *valid_until >= min_valid

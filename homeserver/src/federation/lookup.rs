@@ -3,8 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use hearth_federation::discovery::{Lookup, SrvTarget, WellKnownResponse, cache_lifetime};
 use axum::body::Bytes;
+use hearth_federation::discovery::{Lookup, SrvTarget, WellKnownResponse, cache_lifetime};
 use hickory_resolver::{TokioResolver, proto::rr::RData};
 use http_body_util::Full;
 use hyper::{Request, header};
@@ -55,7 +55,11 @@ impl NetLookup {
                 continue;
             }
             let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
-            let cache_for = cache_lifetime(header(header::CACHE_CONTROL), header(header::EXPIRES), SystemTime::now());
+            let cache_for = cache_lifetime(
+                header(header::CACHE_CONTROL),
+                header(header::EXPIRES),
+                SystemTime::now(),
+            );
             if !status.is_success() {
                 return Err(format!("status {status}"));
             }

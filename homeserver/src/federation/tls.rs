@@ -28,7 +28,10 @@ pub fn server_config(certificate: &Path, private_key: &Path) -> anyhow::Result<S
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .with_context(|| format!("federation.tls_certificate {}", certificate.display()))?;
     if certs.is_empty() {
-        anyhow::bail!("federation.tls_certificate {} holds no certificate", certificate.display());
+        anyhow::bail!(
+            "federation.tls_certificate {} holds no certificate",
+            certificate.display()
+        );
     }
     let key = PrivateKeyDer::from_pem_file(private_key)
         .with_context(|| format!("federation.tls_private_key {}", private_key.display()))?;
@@ -121,7 +124,11 @@ impl ServerCertVerifier for NoVerification {
 /// too) and its private key as PEM files, for local use and tests.
 pub fn generate_dev_cert(server_name: &str, certificate: &Path, private_key: &Path) -> anyhow::Result<()> {
     let name = ruma::ServerName::parse(server_name).context("invalid server name")?;
-    let host = name.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = name
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let mut names = vec![host];
     for extra in ["localhost", "127.0.0.1"] {
         if !names.iter().any(|n| n == extra) {

@@ -18,9 +18,15 @@ pub struct RemoteKeyRow {
 
 impl Store {
     /// One cached key of `server_name`.
-    pub async fn remote_server_key(&self, server_name: &str, key_id: &str) -> StoreResult<Option<RemoteKeyRow>> {
-        let row = q("SELECT key_id, public_key, valid_until_ts, expired_ts FROM remote_server_keys \
-                     WHERE server_name = $1 AND key_id = $2")
+    pub async fn remote_server_key(
+        &self,
+        server_name: &str,
+        key_id: &str,
+    ) -> StoreResult<Option<RemoteKeyRow>> {
+        let row = q(
+            "SELECT key_id, public_key, valid_until_ts, expired_ts FROM remote_server_keys \
+                     WHERE server_name = $1 AND key_id = $2",
+        )
         .bind(server_name.to_owned())
         .bind(key_id.to_owned())
         .fetch_optional(&self.pool)
@@ -35,10 +41,11 @@ impl Store {
 
     /// The newest verified key response of `server_name`: (canonical JSON, valid_until_ts).
     pub async fn remote_key_response(&self, server_name: &str) -> StoreResult<Option<(String, i64)>> {
-        let row = q("SELECT response, valid_until_ts FROM remote_server_key_responses WHERE server_name = $1")
-            .bind(server_name.to_owned())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            q("SELECT response, valid_until_ts FROM remote_server_key_responses WHERE server_name = $1")
+                .bind(server_name.to_owned())
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
@@ -66,10 +73,12 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         for (key_id, public_key) in verify_keys {
-            q("INSERT INTO remote_server_keys (server_name, key_id, public_key, valid_until_ts) \
+            q(
+                "INSERT INTO remote_server_keys (server_name, key_id, public_key, valid_until_ts) \
                VALUES ($1, $2, $3, $4) ON CONFLICT (server_name, key_id) DO UPDATE SET \
                public_key = excluded.public_key, valid_until_ts = excluded.valid_until_ts \
-               WHERE excluded.valid_until_ts > remote_server_keys.valid_until_ts")
+               WHERE excluded.valid_until_ts > remote_server_keys.valid_until_ts",
+            )
             .bind(server_name.to_owned())
             .bind(key_id.clone())
             .bind(public_key.clone())

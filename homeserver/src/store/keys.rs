@@ -8,8 +8,10 @@ impl Store {
     /// The current signing key (key ID, base64 PKCS#8), if one was generated before: the
     /// newest one not expired by a rotation.
     pub async fn signing_key(&self) -> StoreResult<Option<(String, String)>> {
-        let row = q("SELECT key_id, pkcs8 FROM server_signing_keys WHERE expired_ts IS NULL \
-                     ORDER BY created_ts DESC, key_id LIMIT 1")
+        let row = q(
+            "SELECT key_id, pkcs8 FROM server_signing_keys WHERE expired_ts IS NULL \
+                     ORDER BY created_ts DESC, key_id LIMIT 1",
+        )
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|r| (r.get(0), r.get(1))))

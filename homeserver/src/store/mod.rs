@@ -34,8 +34,8 @@ use sqlx::{
     query::Query,
 };
 
-pub use federation::RemoteKeyRow;
 pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Txn};
+pub use federation::RemoteKeyRow;
 pub use media::{MediaRow, UploadedContent};
 pub use presence::PresenceRow;
 pub use push::{PushActionRow, PusherRow, ThreadCounts};

@@ -42,7 +42,8 @@ impl<T: IncomingRequest> FromRequest<Services> for Signed<T> {
             .and_then(|v| v.to_str().ok());
         let origin =
             federation::auth::verify_request(svc, parts.method.as_str(), uri, authorization, &bytes).await?;
-        let Ruma(request) = Ruma::<T>::from_request(Request::from_parts(parts, Body::from(bytes)), svc).await?;
+        let Ruma(request) =
+            Ruma::<T>::from_request(Request::from_parts(parts, Body::from(bytes)), svc).await?;
         Ok(Self { origin, request })
     }
 }

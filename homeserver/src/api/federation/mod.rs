@@ -25,7 +25,10 @@ pub fn router(svc: Services) -> Router {
         .route("/_matrix/key/v2/server", get(handlers::server_keys))
         .route("/_matrix/key/v2/query", post(handlers::query_keys_batch))
         .route("/_matrix/key/v2/query/{server_name}", get(handlers::query_keys))
-        .route("/_matrix/federation/v1/query/profile", get(handlers::query_profile))
+        .route(
+            "/_matrix/federation/v1/query/profile",
+            get(handlers::query_profile),
+        )
         .fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED) })
         .layer(DefaultBodyLimit::max(body_limit))
