@@ -637,3 +637,93 @@ async fn a_misbehaving_server_is_refused_in_bounded_time_and_memory() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn keys_of_an_unreachable_server_come_through_a_trusted_key_server() {
+    let certs = tempfile::tempdir().unwrap();
+    let (a_cert, a_key) = dev_cert(certs.path(), "hs-a.test");
+    let (b_cert, b_key) = dev_cert(certs.path(), "hs-b.test");
+    let (c_cert, c_key) = dev_cert(certs.path(), "hs-c.test");
+    let (a_port, b_port, c_port, closed) = (free_port(), free_port(), free_port(), free_port());
+    let c = start("hs-c.test", c_port, &c_cert, &c_key, "", "").await;
+    // B, the notary, reaches C.
+    let b = start(
+        "hs-b.test",
+        b_port,
+        &b_cert,
+        &b_key,
+        &format!("{LOOPBACK}ca_files = [\"{}\"]\n", c_cert.display()),
+        &format!("[federation.resolve]\n\"hs-c.test\" = \"127.0.0.1:{c_port}\"\n"),
+    )
+    .await;
+    let b_signing = b.signing_key().await;
+    // A cannot reach C (nothing listens where it looks), but trusts B with B's key.
+    let a = start(
+        "hs-a.test",
+        a_port,
+        &a_cert,
+        &a_key,
+        &format!("{LOOPBACK}ca_files = [\"{}\"]\n", b_cert.display()),
+        &format!(
+            "[federation.resolve]\n\"hs-b.test\" = \"127.0.0.1:{b_port}\"\n\"hs-c.test\" = \"127.0.0.1:{closed}\"\n\
+             [[trusted_key_servers]]\nserver_name = \"hs-b.test\"\nverify_keys = {{ \"{}\" = \"{}\" }}\n",
+            b_signing.key_id(),
+            b_signing.public_key_base64()
+        ),
+    )
+    .await;
+    let (status, answer) = get_json(
+        &a.client(certs.path()),
+        &a.url("/_matrix/key/v2/query/hs-c.test"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let responses = answer["server_keys"].as_array().unwrap();
+    assert_eq!(responses.len(), 1, "{answer}\n{}", a.server.log_tail());
+    let response = canonical(&responses[0]);
+    let keys = server_keys::verify(&response, name("hs-c.test")).unwrap();
+    assert_eq!(
+        keys.verify_keys.keys().next().unwrap(),
+        &c.signing_key().await.key_id()
+    );
+    // Handed out with A's signature beside C's; B's was checked and dropped.
+    let signers: Vec<&String> = responses[0]["signatures"].as_object().unwrap().keys().collect();
+    assert_eq!(signers, ["hs-a.test", "hs-c.test"]);
+    assert_eq!(a.remote_key_count("hs-c.test").await, 1);
+    assert!(
+        a.server.log_tail().contains("direct key fetch failed"),
+        "{}",
+        a.server.log_tail()
+    );
+
+    // A server that has the notary's key wrong refuses the notary's answer.
+    let wrong = SigningKey::generate("wrong").unwrap();
+    let a2 = start(
+        "hs-a.test",
+        free_port(),
+        &a_cert,
+        &a_key,
+        &format!("{LOOPBACK}ca_files = [\"{}\"]\n", b_cert.display()),
+        &format!(
+            "[federation.resolve]\n\"hs-b.test\" = \"127.0.0.1:{b_port}\"\n\"hs-c.test\" = \"127.0.0.1:{closed}\"\n\
+             [[trusted_key_servers]]\nserver_name = \"hs-b.test\"\nverify_keys = {{ \"{}\" = \"{}\" }}\n",
+            b_signing.key_id(),
+            wrong.public_key_base64()
+        ),
+    )
+    .await;
+    let (_, answer) = get_json(
+        &a2.client(certs.path()),
+        &a2.url("/_matrix/key/v2/query/hs-c.test"),
+        None,
+    )
+    .await;
+    assert_eq!(answer["server_keys"], json!([]), "{answer}");
+    assert_eq!(a2.remote_key_count("hs-c.test").await, 0);
+    assert!(
+        a2.server.log_tail().contains("notary key fetch failed"),
+        "{}",
+        a2.server.log_tail()
+    );
+}
