@@ -51,7 +51,7 @@ pub async fn request_key(svc: &Services, server: &ServerName, key_id: &str) -> R
     {
         return Ok(Base64::parse(&row.public_key).ok());
     }
-    if let Err(error) = fetch(svc, server).await {
+    if let Err(error) = fetch(svc, server, Some(key_id)).await {
         tracing::info!(%server, %error, "cannot fetch server keys");
     }
     Ok(svc
@@ -63,8 +63,10 @@ pub async fn request_key(svc: &Services, server: &ServerName, key_id: &str) -> R
 }
 
 /// Fetches `server`'s keys, directly, else from each trusted key server in turn; stores and
-/// returns the verified response (as its origin signed it). Spaced out per server.
-pub async fn fetch(svc: &Services, server: &ServerName) -> Result<CanonicalJsonObject> {
+/// returns the verified response (as its origin signed it). Spaced out per server. `key_id`,
+/// when known, is named in the notary query (Synapse as a notary fetches uncached keys only
+/// for named key IDs, and requires `minimum_valid_until_ts` with each).
+pub async fn fetch(svc: &Services, server: &ServerName, key_id: Option<&str>) -> Result<CanonicalJsonObject> {
     {
         let mut last = svc.federation.last_fetch.lock().expect("last fetch lock");
         let now = Instant::now();
@@ -101,7 +103,8 @@ pub async fn fetch(svc: &Services, server: &ServerName) -> Result<CanonicalJsonO
             tracing::info!(%server, %error, "direct key fetch failed");
             let mut found = None;
             for notary in &svc.config.trusted_key_servers {
-                let attempt = tokio::time::timeout(KEY_FETCH_TIMEOUT, via_notary(svc, notary, server));
+                let attempt =
+                    tokio::time::timeout(KEY_FETCH_TIMEOUT, via_notary(svc, notary, server, key_id));
                 match attempt
                     .await
                     .unwrap_or_else(|_| Err("the notary took too long".into()))
@@ -133,6 +136,7 @@ async fn via_notary(
     svc: &Services,
     notary: &crate::config::TrustedKeyServer,
     server: &ServerName,
+    key_id: Option<&str>,
 ) -> std::result::Result<(CanonicalJsonObject, ServerKeys), String> {
     let client = svc.federation.client().map_err(|e| e.to_string())?;
     let notary_name = <&ServerName>::try_from(notary.server_name.as_str()).map_err(|e| e.to_string())?;
@@ -141,7 +145,11 @@ async fn via_notary(
         .iter()
         .filter_map(|(id, key)| Some((id.clone(), Base64::parse(key).ok()?)))
         .collect();
-    let body = serde_json::to_vec(&serde_json::json!({ "server_keys": { server.as_str(): {} } }))
+    let criteria = match key_id {
+        Some(key_id) => serde_json::json!({ key_id: { "minimum_valid_until_ts": now_ms() } }),
+        None => serde_json::json!({}),
+    };
+    let body = serde_json::to_vec(&serde_json::json!({ "server_keys": { server.as_str(): criteria } }))
         .map_err(|e| e.to_string())?;
     let answer = client
         .post(
@@ -232,7 +240,7 @@ pub async fn notary_query(
             return Ok(Some(response.clone()));
         }
         if svc.federation.client().is_ok() {
-            match fetch(svc, server).await {
+            match fetch(svc, server, None).await {
                 Ok(response) => return Ok(Some(response)),
                 Err(error) => tracing::info!(%server, %error, "notary: no fresh keys"),
             }
