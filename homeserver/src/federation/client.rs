@@ -38,6 +38,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a whole request (connect, send, the full response) may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Names pinned to a connect target at once.
+const MAX_PINS: usize = 10_000;
+
 /// Why an outbound request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FedError {
@@ -293,11 +296,12 @@ impl FederationClient {
             ));
         }
         if dest.tls_name != dest.host {
-            self.dns
-                .pins
-                .lock()
-                .expect("pins lock")
-                .insert(dest.tls_name.clone(), dest.host.clone());
+            let mut pins = self.dns.pins.lock().expect("pins lock");
+            // Bounded: a pin is set again before each request that needs it.
+            if pins.len() >= MAX_PINS && !pins.contains_key(&dest.tls_name) {
+                pins.clear();
+            }
+            pins.insert(dest.tls_name.clone(), dest.host.clone());
         }
         let url_host = match dest.tls_name.parse::<IpAddr>() {
             Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
