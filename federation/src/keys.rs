@@ -56,6 +56,16 @@ impl SigningKey {
     pub fn pair(&self) -> &impl KeyPair {
         &self.pair
     }
+
+    /// The ruma key pair itself, for APIs that name its type (X-Matrix request signing).
+    pub fn ed25519(&self) -> &Ed25519KeyPair {
+        &self.pair
+    }
+
+    /// The version part of the key ID (after `ed25519:`).
+    pub fn version(&self) -> &str {
+        self.pair.version()
+    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,62 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     #[serde(default)]
     pub messages: MessagesConfig,
+    #[serde(default)]
+    pub federation: FederationConfig,
+    /// Notary servers asked for another server's keys when that server cannot be reached
+    /// directly, with the keys their answers must be signed with. Empty by default.
+    #[serde(default)]
+    pub trusted_key_servers: Vec<TrustedKeyServer>,
+}
+
+/// The Server-Server API: its HTTPS listener and the outbound client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationConfig {
+    /// Serve federation (a TLS 1.3 listener) and talk to other servers.
+    pub enabled: bool,
+    /// Address of the federation listener.
+    pub listen: SocketAddr,
+    /// PEM certificate chain of the federation listener (required when enabled).
+    pub tls_certificate: Option<PathBuf>,
+    /// PEM private key of that certificate (required when enabled).
+    pub tls_private_key: Option<PathBuf>,
+    /// Check other servers' certificates. Only for tests and private networks: off trusts any
+    /// certificate.
+    pub verify_tls: bool,
+    /// PEM files of extra certificate authorities trusted besides the system's.
+    pub ca_files: Vec<PathBuf>,
+    /// Server name → `host:port` to connect to instead of discovering it (private deployments,
+    /// tests). The certificate must still be valid for the server name.
+    pub resolve: std::collections::BTreeMap<String, String>,
+    /// Non-global networks (loopback, RFC 1918, ...) other servers may nevertheless be on;
+    /// outbound requests to any other non-global address are refused.
+    pub allow_ip_ranges: Vec<Network>,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "0.0.0.0:8448".parse().expect("valid address"),
+            tls_certificate: None,
+            tls_private_key: None,
+            verify_tls: true,
+            ca_files: Vec::new(),
+            resolve: Default::default(),
+            allow_ip_ranges: Vec::new(),
+        }
+    }
+}
+
+/// A notary this server trusts for other servers' keys (`/_matrix/key/v2/query`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKeyServer {
+    pub server_name: String,
+    /// Key ID (`ed25519:…`) → unpadded base64 public key; its answers must carry a signature
+    /// by one of them.
+    pub verify_keys: std::collections::BTreeMap<String, String>,
 }
 
 /// Hearth's room privacy modes (spec/privacy-modes.md).
@@ -475,6 +531,8 @@ impl Config {
             uia: UiaConfig::default(),
             privacy: PrivacyConfig::default(),
             messages: MessagesConfig::default(),
+            federation: FederationConfig::default(),
+            trusted_key_servers: Vec::new(),
         }
     }
 
@@ -539,10 +597,56 @@ impl Config {
                 "media.thumbnail_sizes needs at least one size, each wider and higher than 0".into(),
             ));
         }
+        self.validate_federation()?;
         if self.media.max_concurrent_thumbnails == 0 {
             return Err(ConfigError::Invalid(
                 "media.max_concurrent_thumbnails must be at least 1".into(),
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_federation(&self) -> Result<(), ConfigError> {
+        let fed = &self.federation;
+        if fed.enabled && (fed.tls_certificate.is_none() || fed.tls_private_key.is_none()) {
+            return Err(ConfigError::Invalid(
+                "federation.enabled needs federation.tls_certificate and federation.tls_private_key \
+                 (`hearth generate-dev-cert` writes a self-signed pair for local use)"
+                    .into(),
+            ));
+        }
+        for (name, target) in &fed.resolve {
+            ruma::ServerName::parse(name).map_err(|e| {
+                ConfigError::Invalid(format!("federation.resolve: {name:?} is not a server name: {e}"))
+            })?;
+            let valid = target
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            if !valid {
+                return Err(ConfigError::Invalid(format!(
+                    "federation.resolve.{name:?}: {target:?} is not host:port"
+                )));
+            }
+        }
+        for server in &self.trusted_key_servers {
+            ruma::ServerName::parse(&server.server_name).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "trusted_key_servers: {:?} is not a server name: {e}",
+                    server.server_name
+                ))
+            })?;
+            let keys_ok = !server.verify_keys.is_empty()
+                && server.verify_keys.iter().all(|(id, key)| {
+                    id.starts_with("ed25519:")
+                        && ruma::serde::Base64::<ruma::serde::base64::Standard>::parse(key)
+                            .is_ok_and(|k| k.as_bytes().len() == 32)
+                });
+            if !keys_ok {
+                return Err(ConfigError::Invalid(format!(
+                    "trusted_key_servers: {:?} needs verify_keys, each \"ed25519:ID\" = base64 public key",
+                    server.server_name
+                )));
+            }
         }
         Ok(())
     }
@@ -660,6 +764,25 @@ encrypted_rooms_strict = true
 # these with the org.hearth.room.message_policy state event (spec/message-policy.md).
 edit_window = "15m"
 delete_window = "15m"
+[federation]
+# The Server-Server API, on its own HTTPS listener (TLS 1.3 only).
+enabled = false
+listen = "0.0.0.0:8448"
+# PEM certificate chain and private key (`hearth generate-dev-cert` makes a self-signed pair).
+# tls_certificate = "./hearth-data/federation.crt"
+# tls_private_key = "./hearth-data/federation.key"
+verify_tls = true                 # false trusts any certificate: tests and private networks only
+ca_files = []                     # extra CA certificates (PEM) trusted besides the system's
+allow_ip_ranges = []              # non-global networks other servers may be on, e.g. ["10.0.0.0/8"]
+
+# Server name -> host:port, instead of discovery (.well-known, SRV, port 8448).
+[federation.resolve]
+# "other.example" = "10.0.0.5:8448"
+
+# Notaries asked for other servers' keys when those cannot be reached directly:
+# [[trusted_key_servers]]
+# server_name = "matrix.org"
+# verify_keys = {{ "ed25519:auto" = "Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw" }}
 
 [auth]
 # Access tokens of clients that ask for a refresh token last this long (ms); 0: no refresh tokens.
@@ -870,6 +993,40 @@ mod tests {
         let defaults = load_str("server_name = \"a.example\"\n", &[]).unwrap();
         assert!(defaults.trusted_proxies.is_empty());
         assert_eq!(defaults.media.thumbnail_sizes.len(), 5);
+    }
+
+    #[test]
+    fn federation_keys_load_and_bad_values_are_named() {
+        let c = load_str("server_name = \"a.example\"\n", &[]).unwrap();
+        assert!(!c.federation.enabled);
+        assert!(c.federation.verify_tls);
+        assert!(c.trusted_key_servers.is_empty());
+        let c = load_str(
+            "server_name = \"a.example\"\n\
+             [federation]\nenabled = true\ntls_certificate = \"c.pem\"\ntls_private_key = \"k.pem\"\n\
+             allow_ip_ranges = [\"127.0.0.1/32\"]\n\
+             [federation.resolve]\n\"b.example\" = \"127.0.0.1:8449\"\n\
+             [[trusted_key_servers]]\nserver_name = \"matrix.org\"\n\
+             verify_keys = { \"ed25519:auto\" = \"Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw\" }\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.federation.resolve["b.example"], "127.0.0.1:8449");
+        assert_eq!(c.trusted_key_servers[0].server_name, "matrix.org");
+        let err = load_str("server_name = \"a.example\"\n[federation]\nenabled = true\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("tls_certificate"), "{err}");
+        let err = load_str(
+            "server_name = \"a.example\"\n[federation.resolve]\n\"b.example\" = \"nowhere\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("federation.resolve"), "{err}");
+        let err = load_str(
+            "server_name = \"a.example\"\n[[trusted_key_servers]]\nserver_name = \"m.org\"\nverify_keys = {}\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("trusted_key_servers"), "{err}");
     }
 
     #[test]

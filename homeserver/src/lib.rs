@@ -4,6 +4,7 @@ pub mod api;
 pub mod config;
 pub mod e2ee;
 pub mod error;
+pub mod federation;
 pub mod filter;
 
 pub use error::Error;
@@ -27,6 +28,7 @@ use crate::{config::Config, services::Services, store::Store, sync::notifier::Lo
 
 /// Opens storage, loads (or creates) the signing key, and assembles the services.
 pub async fn build(config: Config) -> anyhow::Result<Services> {
+    federation::tls::install_default_provider();
     let store = Store::connect(&config.database_url(), config.database.max_connections).await?;
     // Every stored user and room ID carries the server name: a database is bound to one.
     let stored_name = store
@@ -42,6 +44,7 @@ pub async fn build(config: Config) -> anyhow::Result<Services> {
     let signing_key = load_signing_key(&store).await?;
     tracing::info!(server_name = %config.server_name, key_id = %signing_key.key_id(), backend = ?store.backend(), "storage ready");
     let svc = Services::new(config, store, signing_key, Arc::new(LocalNotifier::default()));
+    federation::init(&svc).await?;
     svc.media.init().map_err(|e| {
         anyhow::anyhow!(
             "cannot create the media directory {}: {e}",
@@ -69,10 +72,53 @@ async fn load_signing_key(store: &Store) -> anyhow::Result<SigningKey> {
     Ok(SigningKey::from_pkcs8(&STANDARD.decode(pkcs8)?, version)?)
 }
 
-/// Serves the Client-Server API until the process is stopped.
+/// Expires the current signing key (it stays published in `old_verify_keys`) and stores a new
+/// one, which a (re)started server signs with. Returns the new key ID.
+pub async fn rotate_signing_key(config: &Config) -> anyhow::Result<String> {
+    let store = Store::connect(&config.database_url(), config.database.max_connections).await?;
+    let key = SigningKey::generate(&util::random_string(6))?;
+    store
+        .rotate_signing_key(&key.key_id(), &STANDARD.encode(key.pkcs8()), util::now_ms())
+        .await?;
+    Ok(key.key_id())
+}
+
+/// Starts the federation listener (HTTPS, TLS 1.3 only) when federation is enabled. The port is
+/// bound before this returns, so a taken port stops start-up.
+fn serve_federation(svc: &Services) -> anyhow::Result<()> {
+    let fed = &svc.config.federation;
+    if !fed.enabled {
+        return Ok(());
+    }
+    let (Some(cert), Some(key)) = (&fed.tls_certificate, &fed.tls_private_key) else {
+        anyhow::bail!("federation.enabled needs federation.tls_certificate and federation.tls_private_key");
+    };
+    let tls = federation::tls::server_config(cert, key)?;
+    let listener = std::net::TcpListener::bind(fed.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on federation.listen {}: {e}", fed.listen))?;
+    listener.set_nonblocking(true)?;
+    tracing::info!(address = %listener.local_addr()?, "federation listening (TLS 1.3)");
+    let server = axum_server::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
+    )?;
+    let app = api::federation::router(svc.clone());
+    tokio::spawn(async move {
+        if let Err(error) = server
+            .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+            .await
+        {
+            tracing::error!(%error, "federation listener stopped");
+        }
+    });
+    Ok(())
+}
+
+/// Serves the Client-Server API (and the federation listener) until the process is stopped.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let svc = build(config).await?;
+    serve_federation(&svc)?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "listening");
     axum::serve(

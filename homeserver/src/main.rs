@@ -29,6 +29,32 @@ enum Command {
         #[arg(long)]
         server_name: String,
     },
+    /// Manage the server's signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Write a self-signed TLS certificate and key for the federation listener (local use).
+    GenerateDevCert {
+        #[arg(long)]
+        server_name: String,
+        /// Where the PEM certificate goes.
+        #[arg(long, default_value = "federation.crt")]
+        cert: PathBuf,
+        /// Where the PEM private key goes (mode 0600).
+        #[arg(long, default_value = "federation.key")]
+        key: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Start signing with a new key; the current one stays published in `old_verify_keys`.
+    /// Restart a running server afterwards.
+    Rotate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 /// Each argon2id hash allocates a 19 MiB block. glibc raises its mmap threshold after freeing
@@ -71,6 +97,24 @@ async fn run() -> std::process::ExitCode {
             let _ = std::io::stdout().write_all(Config::generate(&server_name).as_bytes());
             Ok(())
         }
+        Command::Keys {
+            command: KeysCommand::Rotate { config },
+        } => match Config::load(Some(&config), false) {
+            Ok(config) => hearth::rotate_signing_key(&config).await.map(|key_id| {
+                tracing::info!(%key_id, "new signing key stored; restart the server to use it");
+            }),
+            Err(e) => {
+                tracing::error!("{e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        Command::GenerateDevCert {
+            server_name,
+            cert,
+            key,
+        } => hearth::federation::tls::generate_dev_cert(&server_name, &cert, &key).map(|()| {
+            tracing::info!(cert = %cert.display(), key = %key.display(), "self-signed certificate written");
+        }),
         Command::Serve { config, dev } => match Config::load(config.as_deref(), dev) {
             Ok(config) => hearth::serve(config).await,
             Err(e) => {

@@ -32,6 +32,8 @@ pub struct Inner {
     pub push: crate::push::PushState,
     /// The room directory's cached listing.
     pub directory: crate::rooms::directory::PublicRooms,
+    /// Federation: old keys, the outbound client, the key fetch spacing.
+    pub federation: crate::federation::Federation,
     /// When each device's last-seen time was last written, so requests do not each write it.
     pub last_seen_written: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
 }
@@ -65,6 +67,7 @@ impl Services {
             typing: Typing::default(),
             push,
             directory: Default::default(),
+            federation: Default::default(),
             last_seen_written: Default::default(),
         }))
     }

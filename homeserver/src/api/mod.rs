@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod ephemeral;
 pub mod error;
 pub mod extract;
+pub mod federation;
 pub mod keys;
 pub mod media;
 pub mod messages;

@@ -25,6 +25,14 @@ impl AddressPolicy {
         }
     }
 
+    /// Only global addresses and `allowed` (federation's `allow_ip_ranges`).
+    pub fn from_networks(allowed: Vec<Network>) -> Self {
+        Self {
+            allow_private: false,
+            allowed,
+        }
+    }
+
     pub fn permits(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.allow_private || is_global(ip) || self.allowed.iter().any(|n| n.contains(&ip))

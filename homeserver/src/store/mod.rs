@@ -10,6 +10,7 @@ mod aliases;
 mod backup;
 mod e2ee;
 mod events;
+mod federation;
 mod filters;
 mod keys;
 mod media;
@@ -39,6 +40,7 @@ use sqlx::{
 pub use backup::{BackupSessionRow, BackupVersionRow, BackupWrite};
 pub use e2ee::{KeyUpload, KeysUpload, Queued, ToDeviceOut, ToDeviceRow, UploadRefusal};
 pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Txn};
+pub use federation::RemoteKeyRow;
 pub use media::{MediaRow, UploadedContent};
 pub use presence::PresenceRow;
 pub use push::{PushActionRow, PusherRow, ThreadCounts};
@@ -105,6 +107,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(10, "0010_e2ee_keys"),
     migration!(11, "0011_key_backup"),
     migration!(12, "0012_relations"),
+    migration!(14, "0014_federation_keys"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside

@@ -182,6 +182,17 @@ impl Server {
     /// Starts a server with `top` among the top-level keys (e.g. `trusted_proxies = […]`), the
     /// body of `[rate_limits]` given in full, and `extra` sections at the end.
     pub async fn start_with_limits(backend: Backend, top: &str, rate_limits: &str, extra: &str) -> Server {
+        Self::start_named(backend, SERVER_NAME, top, rate_limits, extra).await
+    }
+
+    /// `start_with_limits` for a server named `server_name` (several servers side by side).
+    pub async fn start_named(
+        backend: Backend,
+        server_name: &str,
+        top: &str,
+        rate_limits: &str,
+        extra: &str,
+    ) -> Server {
         install_default_drivers();
         let dir = tempfile::Builder::new()
             .prefix("hearth-it-")
@@ -211,7 +222,7 @@ impl Server {
         let port = free_port();
         let config_path = dir.path().join("hearth.toml");
         let config = format!(
-            "server_name = \"{SERVER_NAME}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n{top}\n\
+            "server_name = \"{server_name}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\n{top}\n\
              [database]\nurl = \"{db_url}\"\n[registration]\nenabled = true\n\
              [rate_limits]\n{rate_limits}\n{extra}",
             data = dir.path().join("data").display(),
@@ -239,6 +250,10 @@ impl Server {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
     }
 
     fn log_path(&self) -> PathBuf {

@@ -1,0 +1,94 @@
+//! Federation handlers: extract, authenticate (`Signed<T>` where the spec asks), one domain
+//! call, respond.
+
+use axum::{Json, extract::State};
+use ruma::{
+    CanonicalJsonObject,
+    api::federation::{
+        discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_version},
+        query::get_profile_information,
+    },
+};
+use serde_json::{Value, json};
+
+use super::Signed;
+use crate::{
+    api::{
+        error::{ApiError, ApiResult},
+        ruma::{Ruma, RumaResponse},
+    },
+    federation::keys,
+    services::Services,
+    users::profile,
+};
+
+/// `GET /_matrix/federation/v1/version`.
+pub async fn version(
+    Ruma(_): Ruma<get_server_version::v1::Request>,
+) -> RumaResponse<get_server_version::v1::Response> {
+    let mut server = get_server_version::v1::Server::new();
+    server.name = Some("Hearth".into());
+    server.version = Some(env!("CARGO_PKG_VERSION").into());
+    let mut response = get_server_version::v1::Response::new();
+    response.server = Some(server);
+    response.into()
+}
+
+/// `GET /_matrix/key/v2/server`: this server's keys, signed by its current key.
+pub async fn server_keys(State(svc): State<Services>) -> Json<CanonicalJsonObject> {
+    Json(keys::own_response(&svc))
+}
+
+/// `GET /_matrix/key/v2/query/{serverName}`: the notary, for one server.
+pub async fn query_keys(
+    State(svc): State<Services>,
+    Ruma(request): Ruma<get_remote_server_keys::v2::Request>,
+) -> ApiResult<Json<Value>> {
+    let min = i64::from(request.minimum_valid_until_ts.get());
+    let found = keys::notary_query(&svc, vec![(request.server_name, Some(min))]).await?;
+    Ok(Json(json!({ "server_keys": found })))
+}
+
+/// `POST /_matrix/key/v2/query`: the notary, for several servers. A server's criteria ask for
+/// keys valid until the latest `minimum_valid_until_ts` among its key IDs.
+pub async fn query_keys_batch(
+    State(svc): State<Services>,
+    Ruma(request): Ruma<get_remote_server_keys_batch::v2::Request>,
+) -> ApiResult<Json<Value>> {
+    if request.server_keys.len() > keys::MAX_NOTARY_SERVERS {
+        return Err(ApiError::invalid_param(format!(
+            "at most {} servers per key query",
+            keys::MAX_NOTARY_SERVERS
+        )));
+    }
+    let queries = request
+        .server_keys
+        .into_iter()
+        .map(|(server, criteria)| {
+            let min = criteria
+                .values()
+                .filter_map(|c| c.minimum_valid_until_ts)
+                .map(|ts| i64::from(ts.get()))
+                .max();
+            (server, min)
+        })
+        .collect();
+    let found = keys::notary_query(&svc, queries).await?;
+    Ok(Json(json!({ "server_keys": found })))
+}
+
+/// `GET /_matrix/federation/v1/query/profile`: a local user's profile (or one field of it).
+pub async fn query_profile(
+    State(svc): State<Services>,
+    signed: Signed<get_profile_information::v1::Request>,
+) -> ApiResult<Json<profile::Profile>> {
+    let request = signed.request;
+    if request.user_id.server_name().as_str() != svc.server_name() {
+        return Err(ApiError::invalid_param("The user is not on this server"));
+    }
+    let found = match &request.field {
+        Some(field) => profile::field(&svc, &request.user_id, field).await?,
+        None => profile::profile(&svc, &request.user_id).await?,
+    };
+    Ok(Json(found))
+}

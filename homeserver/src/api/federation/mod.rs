@@ -1,0 +1,37 @@
+//! The Server-Server API, served on the federation listener (`federation.listen`, TLS 1.3):
+//! version, server keys (own and notary), and the endpoints other servers call with an
+//! X-Matrix signature (`Signed<T>`).
+
+mod auth;
+mod handlers;
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::StatusCode,
+    routing::{get, post},
+};
+use tower_http::trace::TraceLayer;
+
+pub use auth::Signed;
+
+use crate::{api::error::ApiError, services::Services};
+
+/// The federation listener's routes.
+pub fn router(svc: Services) -> Router {
+    let body_limit = svc.config.limits.max_request_bytes;
+    Router::new()
+        .route("/_matrix/federation/v1/version", get(handlers::version))
+        .route("/_matrix/key/v2/server", get(handlers::server_keys))
+        .route("/_matrix/key/v2/query", post(handlers::query_keys_batch))
+        .route("/_matrix/key/v2/query/{server_name}", get(handlers::query_keys))
+        .route(
+            "/_matrix/federation/v1/query/profile",
+            get(handlers::query_profile),
+        )
+        .fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND) })
+        .method_not_allowed_fallback(|| async { ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED) })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(svc)
+}
