@@ -760,3 +760,140 @@ async fn deactivation_removes_every_key() {
     assert_eq!(q["device_keys"][&alice.user_id], json!({}));
     assert!(q["master_keys"].get(&alice.user_id).is_none());
 }
+
+async fn query_keys(client: &common::Client, user: &str) -> Value {
+    let body = json!({ "device_keys": { user: [] } });
+    client.ok(Method::POST, "/keys/query", Some(&body)).await
+}
+
+/// The sequence a client runs to replace its cross-signing keys (what matrix-js-sdk's
+/// `bootstrapCrossSigning({setupNewCrossSigning: true})` does): the upload without auth is
+/// answered 401 and changes nothing (no stored key, no device-list change a client would
+/// re-query for); the upload with the password stores all three new keys at once, puts the
+/// user in their own devices' `device_lists.changed`, and `/keys/query` then returns the new
+/// set, with the new self-signing key's signature on the device.
+#[tokio::test]
+async fn replacing_cross_signing_keys_reaches_own_devices() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let second = login(&server, "alice").await;
+    let a = alice.user_id.clone();
+    let dev = Device::new(&alice);
+    alice
+        .ok(
+            Method::POST,
+            "/keys/upload",
+            Some(&json!({ "device_keys": dev.device_keys() })),
+        )
+        .await;
+    let bootstrap = |master: &Ed25519Keypair, ssk: &Ed25519Keypair, usk: &Ed25519Keypair| {
+        let mut master_key = cross_signing_key(&a, "master", master, Some(master));
+        sign(&mut master_key, &a, &dev.key_id(), &dev.ed25519);
+        json!({
+            "master_key": master_key,
+            "self_signing_key": cross_signing_key(&a, "self_signing", ssk, Some(master)),
+            "user_signing_key": cross_signing_key(&a, "user_signing", usk, Some(master)),
+        })
+    };
+    let sign_device = |ssk: &Ed25519Keypair| {
+        let mut device_keys = dev.device_keys();
+        let id = format!("ed25519:{}", ssk.public_key().to_base64());
+        sign(&mut device_keys, &a, &id, ssk);
+        json!({ a.clone(): { alice.device_id.clone(): device_keys } })
+    };
+    let (m1, s1, u1) = (
+        Ed25519Keypair::new(),
+        Ed25519Keypair::new(),
+        Ed25519Keypair::new(),
+    );
+    let first = bootstrap(&m1, &s1, &u1);
+    alice
+        .ok(Method::POST, "/keys/device_signing/upload", Some(&first))
+        .await;
+    let resp = alice
+        .ok(Method::POST, "/keys/signatures/upload", Some(&sign_device(&s1)))
+        .await;
+    assert_eq!(resp["failures"], json!({}), "{resp}");
+    let settled = second.sync(None, 0, 1).await;
+    let since = settled["next_batch"].as_str().unwrap().to_owned();
+
+    // New keys without auth: 401 with a password flow, nothing stored, nothing announced.
+    let (m2, s2, u2) = (
+        Ed25519Keypair::new(),
+        Ed25519Keypair::new(),
+        Ed25519Keypair::new(),
+    );
+    let replace = bootstrap(&m2, &s2, &u2);
+    let (status, challenge) = alice
+        .request(Method::POST, "/keys/device_signing/upload", Some(&replace))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{challenge}");
+    assert!(
+        challenge["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["stages"] == json!(["m.login.password"])),
+        "{challenge}"
+    );
+    let quiet = second.sync(Some(&since), 0, 1).await;
+    assert!(
+        !contains(&quiet["device_lists"]["changed"], &a),
+        "a refused upload is no device-list change: {quiet}"
+    );
+    assert_eq!(
+        query_keys(&second, &a).await["master_keys"][&a]["keys"],
+        first["master_key"]["keys"]
+    );
+    // A wrong password: refused, still nothing stored.
+    let mut wrong = replace.clone();
+    wrong["auth"] = password_auth("alice", challenge["session"].as_str());
+    wrong["auth"]["password"] = json!("not the password");
+    let (status, resp) = alice
+        .request(Method::POST, "/keys/device_signing/upload", Some(&wrong))
+        .await;
+    assert!(
+        status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN,
+        "{status} {resp}"
+    );
+    assert_eq!(
+        query_keys(&second, &a).await["self_signing_keys"][&a]["keys"],
+        first["self_signing_key"]["keys"]
+    );
+
+    // With the password: all three new keys at once, announced to alice's other device.
+    let (_, challenge) = alice
+        .request(Method::POST, "/keys/device_signing/upload", Some(&replace))
+        .await;
+    let mut with_auth = replace.clone();
+    with_auth["auth"] = password_auth("alice", challenge["session"].as_str());
+    alice
+        .ok(Method::POST, "/keys/device_signing/upload", Some(&with_auth))
+        .await;
+    let changed = second.sync(Some(&since), 0, 1).await;
+    assert!(contains(&changed["device_lists"]["changed"], &a), "{changed}");
+    let q = query_keys(&second, &a).await;
+    assert_eq!(q["master_keys"][&a], replace["master_key"], "{q}");
+    assert_eq!(q["self_signing_keys"][&a], replace["self_signing_key"], "{q}");
+    assert_eq!(q["user_signing_keys"][&a], replace["user_signing_key"], "{q}");
+    // The new self-signing key signs the device: shown next to the device's own signature.
+    let resp = alice
+        .ok(Method::POST, "/keys/signatures/upload", Some(&sign_device(&s2)))
+        .await;
+    assert_eq!(resp["failures"], json!({}), "{resp}");
+    let q = query_keys(&second, &a).await;
+    let sigs = &q["device_keys"][&a][&alice.device_id]["signatures"][&a];
+    assert!(sigs[dev.key_id()].is_string(), "{q}");
+    assert!(
+        sigs[format!("ed25519:{}", s2.public_key().to_base64())].is_string(),
+        "{q}"
+    );
+    // A signature by the replaced self-signing key is refused now.
+    let resp = alice
+        .ok(Method::POST, "/keys/signatures/upload", Some(&sign_device(&s1)))
+        .await;
+    assert_eq!(
+        resp["failures"][&a][&alice.device_id]["errcode"], "M_INVALID_SIGNATURE",
+        "{resp}"
+    );
+}

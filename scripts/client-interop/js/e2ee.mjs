@@ -56,6 +56,8 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 
 // ---------------------------------------------------------------- HTTP recording
 const httpLog = [];
+// order of request starts and answers, to tell which /sync a client issued after an upload
+let httpSeq = 0;
 const shimmed = new Set();
 
 function redact(body) {
@@ -75,12 +77,17 @@ function recordingFetch(who) {
         const url = new URL(input instanceof Request ? input.url : String(input));
         url.searchParams.delete("access_token");
         const method = (init.method || "GET").toUpperCase();
-        const rec = { who, method, path: url.pathname + url.search, status: 0, request_body: redact(init.body).slice?.(0, 2000) ?? "", response_body: "" };
+        const rec = { who, method, path: url.pathname + url.search, status: 0, request_body: redact(init.body).slice?.(0, 2000) ?? "", response_body: "", sent: ++httpSeq, sent_ms: Date.now() };
         httpLog.push(rec);
         try {
             const resp = await fetch(input, init);
             rec.status = resp.status;
-            if (resp.status >= 400) rec.response_body = (await resp.clone().text()).slice(0, 2000);
+            rec.answered = ++httpSeq;
+            rec.answered_ms = Date.now();
+            // error bodies, and the key endpoints' answers (what the crypto saw) for the --keep log
+            if (resp.status >= 400 || /\/keys\/(query|device_signing\/upload|signatures\/upload)$/.test(url.pathname)) {
+                rec.response_body = (await resp.clone().text()).slice(0, resp.status >= 400 ? 2000 : 20000);
+            }
             if (opts["shim-pushrules"] && resp.status === 404 && method === "GET" && /\/pushrules\/?$/.test(url.pathname)) {
                 shimmed.add(`${method} ${url.pathname}`);
                 return new Response(JSON.stringify({ global: {} }), { status: 200, headers: { "content-type": "application/json" } });
@@ -267,6 +274,34 @@ async function startCrypto(who, creds) {
     return client;
 }
 
+/**
+ * Waits until `client` has taken in its own last cross-signing upload: a /sync it sent after that
+ * upload was answered has been processed, or is long-polling (so the device_lists change is in a
+ * processed sync response), and none
+ * of its /keys/query requests is in flight or was answered in the last 500 ms. Without this, a
+ * key query the Rust crypto queues for an earlier change can run in the middle of the next
+ * bootstrapCrossSigning({setupNewCrossSigning}) (between the 401 and the authenticated upload),
+ * return the old master key, and make the crypto drop the private keys it just created: a client
+ * race whose outcome depends only on timing (seen against Hearth; Synapse answers more slowly).
+ */
+async function settle(client) {
+    const mine = (r) => r.who === client.who;
+    const pathOf = (r) => r.path.split("?")[0];
+    const upload = [...httpLog].reverse().find((r) => mine(r) && r.method === "POST" && /\/keys\/(device_signing|signatures)\/upload$/.test(pathOf(r)));
+    if (!upload) return;
+    await poll(async () => {
+        if (!upload.answered) return false;
+        const syncs = httpLog.filter((r) => mine(r) && r.method === "GET" && /\/sync$/.test(pathOf(r)));
+        // a /sync sent after the upload that is either long-polling (nothing newer to tell) or
+        // answered and processed (the client sent the next one after it)
+        const synced = syncs.some((r) => r.sent > upload.answered
+            && (r.answered ? syncs.some((n) => n.sent > r.answered) : Date.now() - r.sent_ms >= 500));
+        const queries = httpLog.filter((r) => mine(r) && r.method === "POST" && /\/keys\/query$/.test(pathOf(r)));
+        const busy = queries.some((r) => !r.answered || Date.now() - r.answered_ms < 500);
+        return synced && !busy;
+    }, () => `${client.who}'s client to take in its last key upload (${lastCall(client.who, "POST", /\/keys\/query$/)})`);
+}
+
 /** POST /keys/query for one user, the way any client would see the keys on the server. */
 function queryKeys(client, userId) {
     return client.http.authedRequest(Method.Post, "/keys/query", undefined, { device_keys: { [userId]: [] } });
@@ -392,12 +427,18 @@ async function main() {
             const sigs = q.device_keys?.[uid]?.[carol.getDeviceId()]?.signatures?.[uid] ?? {};
             return q.master_keys?.[uid] && q.self_signing_keys?.[uid] && q.user_signing_keys?.[uid] && sigs[`ed25519:${ssk}`];
         }, () => `cross-signing keys + the self-signing signature on carol's device in /keys/query (${lastCall("carol", "POST", /\/keys\/device_signing\/upload$/)}; ${lastCall("carol", "POST", /\/keys\/signatures\/upload$/)})`);
-        const status = await crypto.getDeviceVerificationStatus(uid, carol.getDeviceId());
-        expect(status?.crossSigningVerified, `own device not cross-signing verified: ${JSON.stringify(status)}`);
+        // the Rust crypto learns of the self-signing signature on its device from its own
+        // /keys/query after the /sync device_lists change, which may come after ours
+        let status;
+        await poll(async () => {
+            status = await crypto.getDeviceVerificationStatus(uid, carol.getDeviceId());
+            return status?.crossSigningVerified;
+        }, () => `own device cross-signing verified in carol's client: ${JSON.stringify(status)}`);
     });
     printNotes();
 
     await stepIf({ "cross-signing": xsigned }, "carol replaces her cross-signing keys (bootstrapCrossSigning setupNewCrossSigning): 401 UIA answered with m.login.password", async () => {
+        await settle(carol);
         const before = await crypto.getCrossSigningKeyId("master");
         await crypto.bootstrapCrossSigning({ setupNewCrossSigning: true, authUploadDeviceSigningKeys: passwordUia(carol, notes) });
         expect(notes.some((n) => n.startsWith("401 UIA")), `the server replaced the cross-signing keys without user-interactive auth (${notes.join("; ")})`);
