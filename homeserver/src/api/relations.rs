@@ -2,15 +2,12 @@
 //! `GET /rooms/{roomId}/threads` (client-server API v1).
 
 use axum::{Json, extract::State};
-use ruma::api::{
-    Direction as ClientDirection,
-    client::{
-        relations::{
-            get_relating_events, get_relating_events_with_rel_type,
-            get_relating_events_with_rel_type_and_event_type,
-        },
-        threads::get_threads::{self, v1::IncludeThreads},
+use ruma::api::client::{
+    relations::{
+        get_relating_events, get_relating_events_with_rel_type,
+        get_relating_events_with_rel_type_and_event_type,
     },
+    threads::get_threads::{self, v1::IncludeThreads},
 };
 
 use crate::{
@@ -20,20 +17,12 @@ use crate::{
         relations::{self, RelationsRequest, RelationsResponse, ThreadsResponse},
     },
     services::Services,
-    store::Direction,
 };
 
 fn viewer(auth: &Auth) -> Viewer<'_> {
     Viewer {
         user_id: auth.user_id.as_str(),
         device_id: &auth.device_id,
-    }
-}
-
-fn direction(dir: ClientDirection) -> Direction {
-    match dir {
-        ClientDirection::Backward => Direction::Backwards,
-        ClientDirection::Forward => Direction::Forwards,
     }
 }
 
@@ -48,7 +37,7 @@ pub async fn all(
         event_type: None,
         from: req.from,
         to: req.to,
-        direction: direction(req.dir),
+        dir: req.dir,
         limit: req.limit.map(u64::from),
         recurse: req.recurse,
     };
@@ -68,7 +57,7 @@ pub async fn by_rel_type(
         event_type: None,
         from: req.from,
         to: req.to,
-        direction: direction(req.dir),
+        dir: req.dir,
         limit: req.limit.map(u64::from),
         recurse: req.recurse,
     };
@@ -88,7 +77,7 @@ pub async fn by_rel_and_event_type(
         event_type: Some(req.event_type.to_string()),
         from: req.from,
         to: req.to,
-        direction: direction(req.dir),
+        dir: req.dir,
         limit: req.limit.map(u64::from),
         recurse: req.recurse,
     };

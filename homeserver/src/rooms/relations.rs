@@ -322,7 +322,8 @@ pub struct RelationsRequest {
     pub event_type: Option<String>,
     pub from: Option<String>,
     pub to: Option<String>,
-    pub direction: Direction,
+    /// As the client sent it (`dir`).
+    pub dir: ruma::api::Direction,
     pub limit: Option<u64>,
     pub recurse: bool,
 }
@@ -361,7 +362,11 @@ pub async fn relations(
     let to = req.to.as_deref().map(StreamToken::parse).transpose()?;
     let now = StreamToken::current(svc).await?;
     let upper = access.events_until().min(now.events);
-    let (mut after, mut upto) = match req.direction {
+    let direction = match req.dir {
+        ruma::api::Direction::Backward => Direction::Backwards,
+        ruma::api::Direction::Forward => Direction::Forwards,
+    };
+    let (mut after, mut upto) = match direction {
         Direction::Backwards => (
             to.map_or(0, |t| t.events),
             from.map_or(upper, |t| t.events).min(upper),
@@ -402,7 +407,7 @@ pub async fn relations(
             after,
             upto,
             limit: page_size as i64,
-            direction: req.direction,
+            direction,
         };
         let rows = svc.store.relation_children(&page).await?;
         let exhausted = rows.len() < page_size;
@@ -412,7 +417,7 @@ pub async fn relations(
                 break;
             }
             examined += 1;
-            match req.direction {
+            match direction {
                 Direction::Backwards => upto = row.stream_ordering - 1,
                 Direction::Forwards => after = row.stream_ordering,
             }
@@ -425,7 +430,7 @@ pub async fn relations(
         }
     }
     let next_batch = more.then(|| {
-        let at = match req.direction {
+        let at = match direction {
             Direction::Backwards => upto,
             Direction::Forwards => after,
         };
