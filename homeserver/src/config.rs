@@ -45,6 +45,9 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     #[serde(default)]
     pub messages: MessagesConfig,
+    /// For test suites only.
+    #[serde(default)]
+    pub testing: TestingConfig,
     #[serde(default)]
     pub federation: FederationConfig,
     /// Notary servers asked for another server's keys when that server cannot be reached
@@ -101,6 +104,15 @@ pub struct TrustedKeyServer {
     /// Key ID (`ed25519:…`) → unpadded base64 public key; its answers must carry a signature
     /// by one of them.
     pub verify_keys: std::collections::BTreeMap<String, String>,
+}
+
+/// Switches for test suites; never on in production.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestingConfig {
+    /// `POST /_hearth/testing/v1/clock/advance` moves the clock of time-dependent rules (edit
+    /// and delete windows) forward, so tests need not wait (`clock.rs`).
+    pub adjustable_clock: bool,
 }
 
 /// Hearth's room privacy modes (spec/privacy-modes.md).
@@ -531,6 +543,7 @@ impl Config {
             uia: UiaConfig::default(),
             privacy: PrivacyConfig::default(),
             messages: MessagesConfig::default(),
+            testing: TestingConfig::default(),
             federation: FederationConfig::default(),
             trusted_key_servers: Vec::new(),
         }

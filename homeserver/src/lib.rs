@@ -1,6 +1,7 @@
 //! Hearth, a Matrix homeserver. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod e2ee;
 pub mod error;

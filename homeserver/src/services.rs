@@ -34,6 +34,8 @@ pub struct Inner {
     pub directory: crate::rooms::directory::PublicRooms,
     /// Federation: old keys, the outbound client, the key fetch spacing.
     pub federation: crate::federation::Federation,
+    /// The clock of time-dependent rules (edit and delete windows); adjustable in tests.
+    pub clock: crate::clock::Clock,
     /// When each device's last-seen time was last written, so requests do not each write it.
     pub last_seen_written: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
 }
@@ -50,6 +52,7 @@ impl Services {
         let rate_limiter = RateLimiter::new(config.rate_limits.clone());
         let push = crate::push::PushState::new(&config.push);
         let media = MediaRepo::new(config.media_path(), config.media.max_concurrent_thumbnails);
+        let clock = crate::clock::Clock::new(config.testing.adjustable_clock);
         Self(Arc::new(Inner {
             config,
             store,
@@ -68,6 +71,7 @@ impl Services {
             push,
             directory: Default::default(),
             federation: Default::default(),
+            clock,
             last_seen_written: Default::default(),
         }))
     }

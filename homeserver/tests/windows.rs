@@ -1,16 +1,42 @@
-//! Edit and delete windows (spec/message-policy.md): tiny windows set by the room's
-//! `org.hearth.room.message_policy` or the server's `[messages]` config, a request just inside
-//! (at once) and just outside (after sleeping past the window).
+//! Edit and delete windows (spec/message-policy.md): the server's `[messages]` default
+//! (15 minutes) and the room's `org.hearth.room.message_policy`, each checked just inside and
+//! just outside its window. The servers run with `testing.adjustable_clock`, and the tests move
+//! the clock forward (`POST /_hearth/testing/v1/clock/advance`) instead of waiting.
 
 mod common;
-
-use std::time::Duration;
 
 use common::{Backend, Client, Server, encode, txn_id};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 const POLICY: &str = "org.hearth.room.message_policy";
+const MINUTE: i64 = 60_000;
+
+async fn start(extra: &str) -> Server {
+    Server::start_with_config(
+        Backend::from_env(),
+        &format!("[testing]\nadjustable_clock = true\n{extra}"),
+    )
+    .await
+}
+
+/// Moves the server's clock forward by `ms`.
+async fn advance(client: &Client, ms: i64) {
+    let resp = client
+        .http
+        .post(format!("{}/_hearth/testing/v1/clock/advance", client.base_url))
+        .bearer_auth(client.token.as_deref().unwrap_or_default())
+        .json(&json!({ "ms": ms }))
+        .send()
+        .await
+        .expect("clock advance");
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+}
 
 fn edit(target: &str, body: &str) -> Value {
     json!({
@@ -59,8 +85,28 @@ async fn room_with_bob(alice: &Client, bob: &Client) -> String {
 }
 
 #[tokio::test]
+async fn the_server_default_is_fifteen_minutes() {
+    let server = start("").await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = room_with_bob(&alice, &bob).await;
+
+    let a = bob.send_text(&room, "a").await;
+    let b = bob.send_text(&room, "b").await;
+    let c = bob.send_text(&room, "c").await;
+    advance(&bob, 15 * MINUTE - 5_000).await;
+    // Just inside: 14:55 after sending.
+    assert_ok(try_edit(&bob, &room, &a).await);
+    assert_ok(try_redact(&bob, &room, &b).await);
+    advance(&bob, 10_000).await;
+    // Just outside: 15:05 after sending.
+    assert_expired(try_edit(&bob, &room, &c).await);
+    assert_expired(try_redact(&bob, &room, &c).await);
+}
+
+#[tokio::test]
 async fn the_rooms_policy_limits_edits_and_deletes_of_ones_own_events() {
-    let server = Server::start().await;
+    let server = start("").await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let room = room_with_bob(&alice, &bob).await;
@@ -69,17 +115,12 @@ async fn the_rooms_policy_limits_edits_and_deletes_of_ones_own_events() {
             &room,
             POLICY,
             "",
-            json!({ "edit_window_ms": 1500, "delete_window_ms": 1500 }),
+            json!({ "edit_window_ms": MINUTE, "delete_window_ms": MINUTE }),
         )
         .await;
 
-    // Just inside: at once.
     let fresh = bob.send_text(&room, "fresh").await;
-    assert_ok(try_edit(&bob, &room, &fresh).await);
     let fresh2 = bob.send_text(&room, "fresh too").await;
-    assert_ok(try_redact(&bob, &room, &fresh2).await);
-
-    // Just outside.
     let old = bob.send_text(&room, "old").await;
     let old_encrypted = bob
         .send(
@@ -89,7 +130,13 @@ async fn the_rooms_policy_limits_edits_and_deletes_of_ones_own_events() {
                     "device_id": "D", "session_id": "s" }),
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(1700)).await;
+    // Just inside: 59 s.
+    advance(&bob, MINUTE - 1_000).await;
+    assert_ok(try_edit(&bob, &room, &fresh).await);
+    assert_ok(try_redact(&bob, &room, &fresh2).await);
+
+    // Just outside: 61 s.
+    advance(&bob, 2_000).await;
     assert_expired(try_edit(&bob, &room, &old).await);
     assert_expired(try_redact(&bob, &room, &old).await);
     // Through PUT /send/m.room.redaction too.
@@ -117,7 +164,7 @@ async fn the_rooms_policy_limits_edits_and_deletes_of_ones_own_events() {
 
     // The moderator (alice, power 100 ≥ redact 50) is never limited, for her own events too.
     let alices = alice.send_text(&room, "mine").await;
-    tokio::time::sleep(Duration::from_millis(1700)).await;
+    advance(&alice, 2 * MINUTE).await;
     assert_ok(try_edit(&alice, &room, &alices).await);
     assert_ok(try_redact(&alice, &room, &old).await);
     assert_ok(try_redact(&alice, &room, &alices).await);
@@ -132,24 +179,21 @@ async fn the_rooms_policy_limits_edits_and_deletes_of_ones_own_events() {
         )
         .await;
     let late = bob.send_text(&room, "late").await;
-    tokio::time::sleep(Duration::from_millis(1700)).await;
+    advance(&bob, 24 * 60 * MINUTE).await;
     assert_ok(try_edit(&bob, &room, &late).await);
     assert_ok(try_redact(&bob, &room, &late).await);
 }
 
 #[tokio::test]
 async fn a_retried_transaction_is_answered_after_the_window() {
-    let server = Server::start().await;
+    let server = start("").await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let room = room_with_bob(&alice, &bob).await;
-    alice
-        .set_state(&room, POLICY, "", json!({ "edit_window_ms": 1000 }))
-        .await;
     let message = bob.send_text(&room, "x").await;
     let path = bob.send_path(&room, "m.room.message");
     let first = bob.ok(Method::PUT, &path, Some(&edit(&message, "y"))).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    advance(&bob, 16 * MINUTE).await;
     let retry = bob.ok(Method::PUT, &path, Some(&edit(&message, "y"))).await;
     assert_eq!(first["event_id"], retry["event_id"]);
 }
@@ -185,19 +229,16 @@ async fn the_policy_is_validated_and_needs_state_power() {
 
 #[tokio::test]
 async fn the_server_default_applies_unless_the_room_overrides_it() {
-    let server = Server::start_with_config(
-        Backend::from_env(),
-        "[messages]\nedit_window = \"1s\"\ndelete_window = 1000\n",
-    )
-    .await;
+    let server = start("[messages]\nedit_window = \"2m\"\ndelete_window = 120000\n").await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let room = room_with_bob(&alice, &bob).await;
 
     let inside = bob.send_text(&room, "inside").await;
-    assert_ok(try_edit(&bob, &room, &inside).await);
     let outside = bob.send_text(&room, "outside").await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    advance(&bob, 2 * MINUTE - 1_000).await;
+    assert_ok(try_edit(&bob, &room, &inside).await);
+    advance(&bob, 2_000).await;
     assert_expired(try_edit(&bob, &room, &outside).await);
     assert_expired(try_redact(&bob, &room, &outside).await);
 
@@ -207,4 +248,44 @@ async fn the_server_default_applies_unless_the_room_overrides_it() {
         .await;
     assert_ok(try_edit(&bob, &room, &outside).await);
     assert_expired(try_redact(&bob, &room, &outside).await);
+}
+
+#[tokio::test]
+async fn the_clock_moves_only_when_the_configuration_allows_it() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let resp = alice
+        .http
+        .post(format!("{}/_hearth/testing/v1/clock/advance", alice.base_url))
+        .bearer_auth(alice.token.as_deref().unwrap_or_default())
+        .json(&json!({ "ms": MINUTE }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_UNRECOGNIZED");
+
+    let server = start("").await;
+    let bob = server.register("bob").await;
+    for bad in [json!({ "ms": -1 }), json!({ "ms": "1m" }), json!({})] {
+        let resp = bob
+            .http
+            .post(format!("{}/_hearth/testing/v1/clock/advance", bob.base_url))
+            .bearer_auth(bob.token.as_deref().unwrap_or_default())
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    // Without an access token: 401.
+    let resp = bob
+        .http
+        .post(format!("{}/_hearth/testing/v1/clock/advance", bob.base_url))
+        .json(&json!({ "ms": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }

@@ -21,6 +21,7 @@ pub mod rooms;
 pub mod ruma;
 pub mod state;
 pub mod sync;
+pub mod testing;
 
 use axum::{
     Router,
@@ -273,6 +274,7 @@ pub fn router(svc: Services) -> Router {
             "/_matrix/client/v1/register/m.login.registration_token/validity",
             get(account::registration_token_validity),
         )
+        .route("/_hearth/testing/v1/clock/advance", post(testing::advance_clock))
         .merge(v1_client_routes())
         .nest("/_matrix/client/v3", client.clone())
         .nest("/_matrix/client/r0", client)

@@ -16,7 +16,6 @@ use crate::{
     error::{Error, Result},
     rooms::{self, EventSpec, power},
     services::Services,
-    util::now_ms,
 };
 
 /// The state event type of a room's message policy (state key `""`).
@@ -120,7 +119,7 @@ pub async fn check_window(svc: &Services, sender: &UserId, room_id: &RoomId, spe
     let Some(window) = window else {
         return Ok(());
     };
-    if now_ms() - original.origin_server_ts <= window as i64 {
+    if svc.clock.now_ms() - original.origin_server_ts <= window as i64 {
         return Ok(());
     }
     let room = rooms::room(svc, room_id).await?;

@@ -591,7 +591,9 @@ impl Timeline {
             prev_events,
             auth_events,
             depth: max_depth + 1,
-            origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(now_ms() as u64).unwrap_or_default()),
+            origin_server_ts: MilliSecondsSinceUnixEpoch(
+                UInt::new(svc.clock.now_ms() as u64).unwrap_or_default(),
+            ),
             redacts: spec.redacts.clone(),
         }
         .finish(&rules, svc.server_name(), &svc.signing_key)
