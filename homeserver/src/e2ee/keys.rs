@@ -222,6 +222,23 @@ pub struct QueryResponse {
     pub user_signing_keys: BTreeMap<String, Value>,
 }
 
+/// Refuses a malformed user ID; for a remote user, records their server in `failures` (until
+/// federation answers for it) and says so.
+fn is_remote(svc: &Services, user_id: &str, failures: &mut BTreeMap<String, Value>) -> Result<bool> {
+    if ruma::UserId::parse(user_id).is_err() {
+        return Err(Error::invalid_param(format!("Invalid user ID {user_id}")));
+    }
+    if is_local(svc, user_id) {
+        return Ok(false);
+    }
+    let server = user_id.split_once(':').map_or("", |(_, s)| s);
+    failures.insert(
+        server.to_owned(),
+        json!({"errcode": "M_UNKNOWN", "error": "Federation is not available"}),
+    );
+    Ok(true)
+}
+
 /// `POST /keys/query`: local users' device and cross-signing keys, with the signatures
 /// uploaded on them. Remote users are answered in `failures` (the seam where federation will
 /// fetch them).
@@ -234,16 +251,8 @@ pub async fn query(svc: &Services, requester: &str, req: QueryRequest) -> Result
     }
     let mut response = QueryResponse::default();
     for (user_id, wanted) in &req.device_keys {
-        if ruma::UserId::parse(user_id.as_str()).is_err() {
-            return Err(Error::invalid_param(format!("Invalid user ID {user_id}")));
-        }
-        if !is_local(svc, user_id) {
+        if is_remote(svc, user_id, &mut response.failures)? {
             // Remote: federation's `/user/keys/query` goes here.
-            let server = user_id.split_once(':').map_or("", |(_, s)| s);
-            response.failures.insert(
-                server.to_owned(),
-                json!({"errcode": "M_UNKNOWN", "error": "Federation is not available"}),
-            );
             continue;
         }
         let signatures = svc.store.signatures_on(user_id).await?;
@@ -342,16 +351,8 @@ pub async fn claim(svc: &Services, req: ClaimRequest) -> Result<ClaimResponse> {
     }
     let mut response = ClaimResponse::default();
     for (user_id, devices) in &req.one_time_keys {
-        if ruma::UserId::parse(user_id.as_str()).is_err() {
-            return Err(Error::invalid_param(format!("Invalid user ID {user_id}")));
-        }
-        if !is_local(svc, user_id) {
+        if is_remote(svc, user_id, &mut response.failures)? {
             // Remote: federation's `/user/keys/claim` goes here.
-            let server = user_id.split_once(':').map_or("", |(_, s)| s);
-            response.failures.insert(
-                server.to_owned(),
-                json!({"errcode": "M_UNKNOWN", "error": "Federation is not available"}),
-            );
             continue;
         }
         for (device_id, algorithm) in devices {
