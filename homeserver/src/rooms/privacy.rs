@@ -22,7 +22,7 @@ use ruma::{EventId, RoomId, UserId};
 use serde_json::{Value, json};
 
 use crate::{
-    config::PrivacyConfig,
+    config::{DefaultMode, PrivacyConfig},
     error::{Error, Result},
     rooms::EventSpec,
     services::Services,
@@ -229,12 +229,22 @@ pub fn strict_mode_event() -> EventSpec {
 /// `/createRoom`: when the initial events enable encryption and that makes the room strict,
 /// the strict mode event goes right before the encryption event (unless the initial state
 /// already sets strict_e2e before it), so the room is stored strict from its first message on.
+/// A room without encryption and without a mode in its initial state gets
+/// `privacy.default_mode`.
 pub fn add_mode_to_initial_events(config: &PrivacyConfig, events: &mut Vec<EventSpec>) {
     let is_mode = |e: &EventSpec| e.event_type == PRIVACY_EVENT_TYPE && e.state_key.as_deref() == Some("");
     let Some(at) = events
         .iter()
         .position(|e| e.event_type == "m.room.encryption" && e.state_key.as_deref() == Some(""))
     else {
+        // Unencrypted: `privacy.default_mode` applies unless the initial state names a mode.
+        if config.default_mode == DefaultMode::SearchEnabled && !events.iter().any(is_mode) {
+            events.push(EventSpec::state(
+                PRIVACY_EVENT_TYPE,
+                "",
+                json!({ "mode": "search_enabled" }),
+            ));
+        }
         return;
     };
     let explicit = events[..at]
@@ -286,6 +296,7 @@ mod tests {
     fn strict_config() -> PrivacyConfig {
         PrivacyConfig {
             encrypted_rooms_strict: true,
+            ..Default::default()
         }
     }
 
@@ -317,6 +328,7 @@ mod tests {
         let on = strict_config();
         let off = PrivacyConfig {
             encrypted_rooms_strict: false,
+            ..Default::default()
         };
         assert_eq!(PrivacyMode::of(None, true, &on), PrivacyMode::StrictE2e);
         assert_eq!(PrivacyMode::of(None, true, &off), PrivacyMode::Plain);
@@ -351,6 +363,7 @@ mod tests {
         add_mode_to_initial_events(
             &PrivacyConfig {
                 encrypted_rooms_strict: false,
+                ..Default::default()
             },
             &mut off,
         );
