@@ -96,6 +96,23 @@ impl Search {
     }
 }
 
+/// `hearth search reindex`: deletes the index directory and rebuilds the index from the event
+/// log (the stored position belongs to the deleted index, so the indexer starts from 0).
+/// Returns the position reached. The server must not be running: tantivy's lock on the
+/// directory would refuse the second writer.
+pub async fn reindex(config: crate::config::Config) -> anyhow::Result<i64> {
+    let path = config.search_index_path();
+    if path.exists() {
+        std::fs::remove_dir_all(&path)
+            .map_err(|e| anyhow::anyhow!("cannot delete the search index {}: {e}", path.display()))?;
+    }
+    let svc = crate::build(config).await?;
+    let target = svc.store.max_stream_ordering().await?;
+    let mut indexed = svc.search.indexed.subscribe();
+    indexed.wait_for(|at| *at >= target).await?;
+    Ok(target)
+}
+
 /// Wakes the indexer after every stored batch.
 pub struct SearchListener;
 
