@@ -94,8 +94,8 @@ impl Tokenizer for WordsAndBigrams {
                 if j == i {
                     push(start, end_of(i), &mut tokens);
                 } else {
-                    for k in i..j {
-                        push(chars[k].0, end_of(k + 1), &mut tokens);
+                    for (k, (at, _)) in chars.iter().enumerate().take(j).skip(i) {
+                        push(*at, end_of(k + 1), &mut tokens);
                     }
                 }
                 i = j + 1;
