@@ -369,4 +369,38 @@ mod tests {
         );
         assert_eq!(off.len(), 2);
     }
+
+    #[test]
+    fn unencrypted_rooms_get_the_default_mode_unless_they_name_one() {
+        let config = strict_config();
+        let mut events = vec![EventSpec::state(
+            "m.room.join_rules",
+            "",
+            json!({"join_rule": "invite"}),
+        )];
+        add_mode_to_initial_events(&config, &mut events);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].event_type, PRIVACY_EVENT_TYPE);
+        assert_eq!(events[1].content, json!({"mode": "search_enabled"}));
+        // A mode in the initial state wins.
+        let mut named = vec![EventSpec::state(
+            PRIVACY_EVENT_TYPE,
+            "",
+            json!({"mode": "strict_e2e"}),
+        )];
+        add_mode_to_initial_events(&config, &mut named);
+        assert_eq!(named.len(), 1);
+        // default_mode = none: plain Matrix rooms.
+        let none = PrivacyConfig {
+            default_mode: DefaultMode::None,
+            ..Default::default()
+        };
+        let mut plain = vec![EventSpec::state(
+            "m.room.join_rules",
+            "",
+            json!({"join_rule": "invite"}),
+        )];
+        add_mode_to_initial_events(&none, &mut plain);
+        assert_eq!(plain.len(), 1);
+    }
 }
