@@ -469,6 +469,14 @@ async fn the_index_survives_restarts_and_reindex_rebuilds_it() {
     assert_eq!(ids(&again), vec![first.clone()], "indexed once, kept: {again}");
     assert_eq!(again["count"], 1);
     let second = alice.send_text(&room, "second platypus").await;
+    // Not while the server holds the index.
+    let refused = hearth_command()
+        .args(["search", "reindex", "--config"])
+        .arg(server.config_path())
+        .status()
+        .expect("run hearth search reindex");
+    assert!(!refused.success(), "reindex beside a running server");
+    assert_eq!(ids(&search(&alice, "platypus", json!({})).await).len(), 2);
     server.stop().await;
     // A stopped server's index rebuilt from the log.
     let status = hearth_command()

@@ -96,16 +96,37 @@ impl Search {
     }
 }
 
-/// `hearth search reindex`: deletes the index directory and rebuilds the index from the event
-/// log (the stored position belongs to the deleted index, so the indexer starts from 0).
-/// Returns the position reached. The server must not be running: tantivy's lock on the
-/// directory would refuse the second writer.
+/// `hearth search reindex`: empties the index and rebuilds it from the event log (the stored
+/// position is dropped, so the indexer starts from 0). Returns the position reached. Refused
+/// while a server holds the index (tantivy's writer lock); an index that cannot be opened at
+/// all is deleted and made anew.
 pub async fn reindex(config: crate::config::Config) -> anyhow::Result<i64> {
     let path = config.search_index_path();
-    if path.exists() {
-        std::fs::remove_dir_all(&path)
-            .map_err(|e| anyhow::anyhow!("cannot delete the search index {}: {e}", path.display()))?;
+    match SearchIndex::open(&config) {
+        Ok(index) => drop(index),
+        Err(e)
+            if matches!(
+                e.downcast_ref::<tantivy::TantivyError>(),
+                Some(tantivy::TantivyError::LockFailure(
+                    tantivy::directory::error::LockError::LockBusy,
+                    _
+                ))
+            ) =>
+        {
+            anyhow::bail!(
+                "the search index {} is in use: stop the server first",
+                path.display()
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the search index cannot be opened; deleting it");
+            std::fs::remove_dir_all(&path)
+                .map_err(|e| anyhow::anyhow!("cannot delete the search index {}: {e}", path.display()))?;
+        }
     }
+    let store = crate::store::Store::connect(&config.database_url(), config.database.max_connections).await?;
+    store.clear_search_position().await?;
+    drop(store);
     let svc = crate::build(config).await?;
     let target = svc.store.max_stream_ordering().await?;
     let mut indexed = svc.search.indexed.subscribe();

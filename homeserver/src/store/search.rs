@@ -30,6 +30,12 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets the position: the indexer starts again from an empty index.
+    pub async fn clear_search_position(&self) -> StoreResult<()> {
+        q("DELETE FROM search_index_position").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Up to `limit` events of every room after stream position `after`, oldest first.
     pub async fn events_after(&self, after: i64, limit: i64) -> StoreResult<Vec<EventRow>> {
         let sql = format!("{SELECT_EVENTS}WHERE e.stream_ordering > $1 ORDER BY e.stream_ordering LIMIT $2");
