@@ -84,6 +84,9 @@ enum Command {
     Encrypted(scenarios::encrypted::EncryptedArgs),
     /// Reaction (m.annotation) send→arrival latency in other members' /sync long-polls.
     Reaction(scenarios::reaction::ReactionArgs),
+    /// Server-side search: a corpus sent through /send, then ranked and recent query latency
+    /// and send→searchable lag.
+    Search(scenarios::search::SearchArgs),
     /// Compare two directories of JSON results (candidate / baseline ratios).
     Compare {
         #[arg(long)]
@@ -226,6 +229,10 @@ async fn main() -> Result<()> {
             "reaction",
             json!({"receivers": a.receivers, "rate": a.rate, "duration_s": a.duration}),
         ),
+        Command::Search(a) => (
+            "search",
+            json!({"messages": a.messages, "senders": a.senders, "rooms": a.rooms, "queries": a.queries, "lag_samples": a.lag_samples}),
+        ),
         Command::Compare { .. } | Command::Targets(_) => unreachable!("handled above"),
     };
     let mut report = Report::new(name, &cli.label, base.as_str(), params);
@@ -246,6 +253,7 @@ async fn main() -> Result<()> {
             Command::InitialSync(a) => scenarios::initial_sync::run(&ctx, a, &mut report).await,
             Command::Encrypted(a) => scenarios::encrypted::run(&ctx, a, &mut report).await,
             Command::Reaction(a) => scenarios::reaction::run(&ctx, a, &mut report).await,
+            Command::Search(a) => scenarios::search::run(&ctx, a, &mut report).await,
             Command::Compare { .. } | Command::Targets(_) => unreachable!("handled above"),
         }
     };

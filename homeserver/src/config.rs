@@ -45,6 +45,8 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     #[serde(default)]
     pub messages: MessagesConfig,
+    #[serde(default)]
+    pub search: SearchConfig,
     /// For test suites only.
     #[serde(default)]
     pub testing: TestingConfig,
@@ -122,14 +124,34 @@ pub struct PrivacyConfig {
     /// A room that gets `m.room.encryption` becomes a strict end-to-end encrypted room
     /// (`org.hearth.room.privacy` `strict_e2e`): the server refuses its local users' plaintext.
     pub encrypted_rooms_strict: bool,
+    /// The mode `/createRoom` gives a new room that is not encrypted and names no mode in its
+    /// `initial_state`: `search_enabled` (the default) or `none` (plain Matrix).
+    pub default_mode: DefaultMode,
 }
 
 impl Default for PrivacyConfig {
     fn default() -> Self {
         Self {
             encrypted_rooms_strict: true,
+            default_mode: DefaultMode::SearchEnabled,
         }
     }
+}
+
+/// `privacy.default_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DefaultMode {
+    SearchEnabled,
+    None,
+}
+
+/// Server-side search (`POST /search`, spec/privacy-modes.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SearchConfig {
+    /// The tantivy index directory; `<data_dir>/search` when absent.
+    pub index_path: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -543,6 +565,7 @@ impl Config {
             uia: UiaConfig::default(),
             privacy: PrivacyConfig::default(),
             messages: MessagesConfig::default(),
+            search: SearchConfig::default(),
             testing: TestingConfig::default(),
             federation: FederationConfig::default(),
             trusted_key_servers: Vec::new(),
@@ -672,6 +695,14 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("media"))
     }
 
+    /// The search index directory: `search.index_path`, else `<data_dir>/search`.
+    pub fn search_index_path(&self) -> PathBuf {
+        self.search
+            .index_path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("search"))
+    }
+
     /// The database URL, defaulting to SQLite in the data directory.
     pub fn database_url(&self) -> String {
         self.database
@@ -771,6 +802,12 @@ session_timeout_secs = 600        # user-interactive auth sessions expire after 
 # Rooms with m.room.encryption become strict end-to-end encrypted rooms: the server refuses
 # plaintext messages from its users there (spec/privacy-modes.md).
 encrypted_rooms_strict = true
+# The mode of new unencrypted rooms whose initial_state names none: "search_enabled" (the server
+# indexes them for /search) or "none" (plain Matrix rooms, searchable too, as on other servers).
+default_mode = "search_enabled"
+
+[search]
+# index_path = "./hearth-data/search"   # default: <data_dir>/search
 [messages]
 # How long after sending it a local user may still edit or delete (redact) their own event:
 # milliseconds, or a duration such as "15m", "30s", "2h"; 0 means unlimited. Rooms override

@@ -13,6 +13,7 @@ pub mod media;
 pub mod push;
 pub mod ratelimit;
 pub mod rooms;
+pub mod search;
 pub mod services;
 pub mod store;
 pub mod stream;
@@ -52,6 +53,7 @@ pub async fn build(config: Config) -> anyhow::Result<Services> {
             svc.config.media_path().display()
         )
     })?;
+    search::Search::start(&svc).await?;
     Ok(svc)
 }
 

@@ -34,6 +34,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Manage the search index.
+    Search {
+        #[command(subcommand)]
+        command: SearchCommand,
+    },
     /// Write a self-signed TLS certificate and key for the federation listener (local use).
     GenerateDevCert {
         #[arg(long)]
@@ -52,6 +57,15 @@ enum KeysCommand {
     /// Start signing with a new key; the current one stays published in `old_verify_keys`.
     /// Restart a running server afterwards.
     Rotate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum SearchCommand {
+    /// Delete the search index and rebuild it from the event log. The server must be stopped.
+    Reindex {
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -102,6 +116,17 @@ async fn run() -> std::process::ExitCode {
         } => match Config::load(Some(&config), false) {
             Ok(config) => hearth::rotate_signing_key(&config).await.map(|key_id| {
                 tracing::info!(%key_id, "new signing key stored; restart the server to use it");
+            }),
+            Err(e) => {
+                tracing::error!("{e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        Command::Search {
+            command: SearchCommand::Reindex { config },
+        } => match Config::load(Some(&config), false) {
+            Ok(config) => hearth::search::reindex(config).await.map(|position| {
+                tracing::info!(position, "search index rebuilt from the event log");
             }),
             Err(e) => {
                 tracing::error!("{e}");

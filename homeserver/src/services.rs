@@ -28,6 +28,8 @@ pub struct Inner {
     pub listeners: Vec<Box<dyn AppendListener>>,
     pub media: MediaRepo,
     pub typing: Typing,
+    /// The search index and its indexer's progress.
+    pub search: crate::search::Search,
     /// Cached push rule sets and room contexts, and the push gateway client.
     pub push: crate::push::PushState,
     /// The room directory's cached listing.
@@ -65,9 +67,11 @@ impl Services {
             listeners: vec![
                 Box::new(crate::push::PushListener),
                 Box::new(crate::sync::notifier::WakeSyncs),
+                Box::new(crate::search::SearchListener),
             ],
             media,
             typing: Typing::default(),
+            search: Default::default(),
             push,
             directory: Default::default(),
             federation: Default::default(),

@@ -6,6 +6,7 @@ pub mod encrypted;
 pub mod idle;
 pub mod initial_sync;
 pub mod reaction;
+pub mod search;
 pub mod send;
 
 use std::future::Future;

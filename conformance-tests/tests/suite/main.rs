@@ -24,5 +24,6 @@ mod relations;
 mod room_state;
 mod rooms_create;
 mod rooms_extra;
+mod search;
 mod sync;
 mod visibility;

@@ -19,6 +19,7 @@ pub mod relations;
 pub mod room_keys;
 pub mod rooms;
 pub mod ruma;
+pub mod search;
 pub mod state;
 pub mod sync;
 pub mod testing;
@@ -58,6 +59,7 @@ fn client_routes() -> Router<Services> {
         .route("/delete_devices", post(devices::delete_many))
         .route("/profile/{user_id}", get(profile::get))
         .route("/user_directory/search", post(profile::search_users))
+        .route("/search", post(search::search))
         .route(
             "/profile/{user_id}/{field}",
             get(profile::get_field).put(profile::set_field),

@@ -22,7 +22,7 @@ use ruma::{EventId, RoomId, UserId};
 use serde_json::{Value, json};
 
 use crate::{
-    config::PrivacyConfig,
+    config::{DefaultMode, PrivacyConfig},
     error::{Error, Result},
     rooms::EventSpec,
     services::Services,
@@ -229,12 +229,22 @@ pub fn strict_mode_event() -> EventSpec {
 /// `/createRoom`: when the initial events enable encryption and that makes the room strict,
 /// the strict mode event goes right before the encryption event (unless the initial state
 /// already sets strict_e2e before it), so the room is stored strict from its first message on.
+/// A room without encryption and without a mode in its initial state gets
+/// `privacy.default_mode`.
 pub fn add_mode_to_initial_events(config: &PrivacyConfig, events: &mut Vec<EventSpec>) {
     let is_mode = |e: &EventSpec| e.event_type == PRIVACY_EVENT_TYPE && e.state_key.as_deref() == Some("");
     let Some(at) = events
         .iter()
         .position(|e| e.event_type == "m.room.encryption" && e.state_key.as_deref() == Some(""))
     else {
+        // Unencrypted: `privacy.default_mode` applies unless the initial state names a mode.
+        if config.default_mode == DefaultMode::SearchEnabled && !events.iter().any(is_mode) {
+            events.push(EventSpec::state(
+                PRIVACY_EVENT_TYPE,
+                "",
+                json!({ "mode": "search_enabled" }),
+            ));
+        }
         return;
     };
     let explicit = events[..at]
@@ -286,6 +296,7 @@ mod tests {
     fn strict_config() -> PrivacyConfig {
         PrivacyConfig {
             encrypted_rooms_strict: true,
+            ..Default::default()
         }
     }
 
@@ -317,6 +328,7 @@ mod tests {
         let on = strict_config();
         let off = PrivacyConfig {
             encrypted_rooms_strict: false,
+            ..Default::default()
         };
         assert_eq!(PrivacyMode::of(None, true, &on), PrivacyMode::StrictE2e);
         assert_eq!(PrivacyMode::of(None, true, &off), PrivacyMode::Plain);
@@ -351,9 +363,44 @@ mod tests {
         add_mode_to_initial_events(
             &PrivacyConfig {
                 encrypted_rooms_strict: false,
+                ..Default::default()
             },
             &mut off,
         );
         assert_eq!(off.len(), 2);
+    }
+
+    #[test]
+    fn unencrypted_rooms_get_the_default_mode_unless_they_name_one() {
+        let config = strict_config();
+        let mut events = vec![EventSpec::state(
+            "m.room.join_rules",
+            "",
+            json!({"join_rule": "invite"}),
+        )];
+        add_mode_to_initial_events(&config, &mut events);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].event_type, PRIVACY_EVENT_TYPE);
+        assert_eq!(events[1].content, json!({"mode": "search_enabled"}));
+        // A mode in the initial state wins.
+        let mut named = vec![EventSpec::state(
+            PRIVACY_EVENT_TYPE,
+            "",
+            json!({"mode": "strict_e2e"}),
+        )];
+        add_mode_to_initial_events(&config, &mut named);
+        assert_eq!(named.len(), 1);
+        // default_mode = none: plain Matrix rooms.
+        let none = PrivacyConfig {
+            default_mode: DefaultMode::None,
+            ..Default::default()
+        };
+        let mut plain = vec![EventSpec::state(
+            "m.room.join_rules",
+            "",
+            json!({"join_rule": "invite"}),
+        )];
+        add_mode_to_initial_events(&none, &mut plain);
+        assert_eq!(plain.len(), 1);
     }
 }

@@ -116,7 +116,7 @@ pub async fn check_new_relation(
 
 /// Whether `edit` is a valid replacement of `original` (spec §"Validity of replacement
 /// events"); both are in the same room (the queries see to that).
-fn valid_edit(original: &EventRow, edit: &EventRow) -> bool {
+pub(crate) fn valid_edit(original: &EventRow, edit: &EventRow) -> bool {
     if edit.sender != original.sender
         || edit.event_type != original.event_type
         || original.state_key.is_some()

@@ -19,6 +19,7 @@ mod push;
 mod receipts;
 mod relations;
 mod rooms;
+mod search;
 mod state;
 mod sync;
 mod users;
@@ -108,6 +109,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(11, "0011_key_backup"),
     migration!(12, "0012_relations"),
     migration!(14, "0014_federation_keys"),
+    migration!(18, "0018_search"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside
