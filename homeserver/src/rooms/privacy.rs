@@ -286,6 +286,7 @@ mod tests {
     fn strict_config() -> PrivacyConfig {
         PrivacyConfig {
             encrypted_rooms_strict: true,
+            ..PrivacyConfig::default()
         }
     }
 
@@ -317,6 +318,7 @@ mod tests {
         let on = strict_config();
         let off = PrivacyConfig {
             encrypted_rooms_strict: false,
+            ..PrivacyConfig::default()
         };
         assert_eq!(PrivacyMode::of(None, true, &on), PrivacyMode::StrictE2e);
         assert_eq!(PrivacyMode::of(None, true, &off), PrivacyMode::Plain);
@@ -351,6 +353,7 @@ mod tests {
         add_mode_to_initial_events(
             &PrivacyConfig {
                 encrypted_rooms_strict: false,
+                ..PrivacyConfig::default()
             },
             &mut off,
         );
