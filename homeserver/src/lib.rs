@@ -15,6 +15,7 @@ pub mod media;
 pub mod push;
 pub mod ratelimit;
 pub mod rooms;
+pub mod search;
 pub mod services;
 pub mod store;
 pub mod stream;
