@@ -25,7 +25,9 @@ const WORDS: &[&str] = &[
 ];
 
 fn message(i: u64) -> String {
-    let mut x = i.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = i
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut words = Vec::with_capacity(12);
     for _ in 0..12 {
         x ^= x >> 33;
@@ -93,7 +95,13 @@ fn run(dir: Box<dyn Directory>, docs: u64) -> Outcome {
 
 fn dir_size(path: &Path) -> u64 {
     std::fs::read_dir(path)
-        .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -104,7 +112,10 @@ fn main() {
         .unwrap_or(200_000);
     let plain_dir = tempfile::tempdir().expect("tempdir");
     let sealed_dir = tempfile::tempdir().expect("tempdir");
-    let mut plain = run(Box::new(MmapDirectory::open(plain_dir.path()).expect("mmap")), docs);
+    let mut plain = run(
+        Box::new(MmapDirectory::open(plain_dir.path()).expect("mmap")),
+        docs,
+    );
     plain.bytes = dir_size(plain_dir.path());
     let dir = EncryptedDirectory::open(sealed_dir.path(), &Key::generate()).expect("encrypted dir");
     let mut sealed = run(Box::new(dir), docs);

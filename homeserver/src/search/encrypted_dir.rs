@@ -519,6 +519,33 @@ mod tests {
     }
 
     #[test]
+    fn empty_and_whole_chunk_files_and_truncation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = EncryptedDirectory::open(tmp.path(), &Key::generate()).unwrap();
+        for (name, len) in [("empty", 0), ("one", CHUNK), ("two", 2 * CHUNK)] {
+            let data = vec![7u8; len];
+            let mut w = dir.open_write(Path::new(name)).unwrap();
+            w.write_all(&data).unwrap();
+            w.terminate().unwrap();
+            assert_eq!(dir.atomic_read(Path::new(name)).unwrap(), data, "{name}");
+        }
+        // Dropping the last chunk and shortening the length is detected.
+        let path = tmp.path().join("two");
+        let mut raw = fs::read(&path).unwrap();
+        raw.truncate(HEADER_LEN + CHUNK + TAG);
+        raw[8 + FILE_ID_LEN..HEADER_LEN].copy_from_slice(&(CHUNK as u64).to_le_bytes());
+        fs::write(&path, raw).unwrap();
+        assert!(dir.atomic_read(Path::new("two")).is_err());
+        dir.atomic_write(Path::new("meta.json"), b"{}").unwrap();
+        dir.atomic_write(Path::new("meta.json"), b"{\"a\":1}").unwrap();
+        assert_eq!(dir.atomic_read(Path::new("meta.json")).unwrap(), b"{\"a\":1}");
+        assert!(matches!(
+            dir.delete(Path::new("nope")),
+            Err(DeleteError::FileDoesNotExist(_))
+        ));
+    }
+
+    #[test]
     fn a_real_index_is_searchable_and_reveals_no_words() {
         let tmp = tempfile::tempdir().unwrap();
         let key = Key::generate();
