@@ -49,6 +49,17 @@ impl Store {
         }
         let server =
             at_rest::server_key().ok_or_else(|| StoreError::Corrupt("no at-rest key is loaded".into()))?;
+        // A rotation while this process runs would leave it wrapping with the old key.
+        let check: Option<String> = q("SELECT value FROM server_settings WHERE name = $1")
+            .bind(KEY_CHECK_SETTING)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.get(0));
+        if check.is_some_and(|c| c != server.check_value()) {
+            return Err(StoreError::Corrupt(
+                "the at-rest key was rotated while the server ran; restart it with the new key".into(),
+            ));
+        }
         q(
             "INSERT INTO room_data_keys (room_id, wrapped_key, created_ts) VALUES ($1, $2, $3) \
            ON CONFLICT (room_id) DO NOTHING",
