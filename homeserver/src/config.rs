@@ -56,6 +56,10 @@ pub struct Config {
     /// directly, with the keys their answers must be signed with. Empty by default.
     #[serde(default)]
     pub trusted_key_servers: Vec<TrustedKeyServer>,
+    /// Server admins (user IDs), besides those granted with `hearth admin grant`: they may read
+    /// search-enabled rooms through the audited admin API (spec/admin.md).
+    #[serde(default)]
+    pub admins: Vec<String>,
 }
 
 /// The Server-Server API: its HTTPS listener and the outbound client.
@@ -127,6 +131,17 @@ pub struct PrivacyConfig {
     /// The mode `/createRoom` gives a new room that is not encrypted and names no mode in its
     /// `initial_state`: `search_enabled` (the default) or `none` (plain Matrix).
     pub default_mode: DefaultMode,
+    /// The server key that wraps search-enabled rooms' data keys (encryption at rest): base64
+    /// of 32 bytes, usually given as `HEARTH_PRIVACY__AT_REST_KEY`. Takes precedence over
+    /// `at_rest_key_file`.
+    pub at_rest_key: Option<String>,
+    /// A file holding the server key (base64 of 32 bytes). With neither set, the key is
+    /// `<data_dir>/at_rest.key`, generated on first start (development only: it lies beside
+    /// the data it protects).
+    pub at_rest_key_file: Option<PathBuf>,
+    /// Post an `org.hearth.admin_read` notice into a room whenever a server admin reads its
+    /// messages (spec/admin.md).
+    pub notify_admin_reads: bool,
 }
 
 impl Default for PrivacyConfig {
@@ -134,6 +149,9 @@ impl Default for PrivacyConfig {
         Self {
             encrypted_rooms_strict: true,
             default_mode: DefaultMode::SearchEnabled,
+            at_rest_key: None,
+            at_rest_key_file: None,
+            notify_admin_reads: true,
         }
     }
 }
@@ -569,6 +587,7 @@ impl Config {
             testing: TestingConfig::default(),
             federation: FederationConfig::default(),
             trusted_key_servers: Vec::new(),
+            admins: Vec::new(),
         }
     }
 
@@ -603,6 +622,10 @@ impl Config {
                 self.server_name
             ))
         })?;
+        for admin in &self.admins {
+            ruma::UserId::parse(admin)
+                .map_err(|e| ConfigError::Invalid(format!("admins: {admin:?} is not a user ID: {e}")))?;
+        }
         if let Some(url) = &self.database.url
             && !(url.starts_with("sqlite:")
                 || url.starts_with("postgres://")
@@ -725,6 +748,9 @@ data_dir = "./hearth-data"
 # Reverse proxies trusted to name the client in X-Forwarded-For (addresses or CIDRs). Empty: the
 # header is ignored and the connection's peer address is the client's.
 trusted_proxies = []
+# Server admins (user IDs) who may read search-enabled rooms through the audited admin API;
+# `hearth admin grant @user:server` adds more (spec/admin.md).
+admins = []
 
 [database]
 # SQLite by default; for PostgreSQL: url = "postgres://user@localhost/hearth"
@@ -808,6 +834,12 @@ default_mode = "search_enabled"
 
 [search]
 # index_path = "./hearth-data/search"   # default: <data_dir>/search
+# The server key that encrypts search-enabled rooms at rest (base64 of 32 bytes; `head -c 32
+# /dev/urandom | base64`). Or set HEARTH_PRIVACY__AT_REST_KEY. Without either, a key is
+# generated into <data_dir>/at_rest.key: keep it elsewhere in production. Change it only with
+# `hearth keys rotate-at-rest`; a wrong key stops start-up.
+# at_rest_key_file = "/etc/hearth/at_rest.key"
+notify_admin_reads = true         # a notice in the room whenever an admin reads it (spec/admin.md)
 [messages]
 # How long after sending it a local user may still edit or delete (redact) their own event:
 # milliseconds, or a duration such as "15m", "30s", "2h"; 0 means unlimited. Rooms override

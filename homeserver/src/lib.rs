@@ -1,6 +1,8 @@
 //! Hearth, a Matrix homeserver. See ARCHITECTURE.md for the map.
 
+pub mod admin;
 pub mod api;
+pub mod at_rest;
 pub mod clock;
 pub mod config;
 pub mod e2ee;
@@ -43,6 +45,9 @@ pub async fn build(config: Config) -> anyhow::Result<Services> {
             config.server_name
         );
     }
+    let at_rest_key = at_rest::load_server_key(&config)?;
+    let sealed_rooms = store.load_at_rest_keys(&at_rest_key).await?;
+    tracing::info!(sealed_rooms, "at-rest keys loaded");
     let signing_key = load_signing_key(&store).await?;
     tracing::info!(server_name = %config.server_name, key_id = %signing_key.key_id(), backend = ?store.backend(), "storage ready");
     let svc = Services::new(config, store, signing_key, Arc::new(LocalNotifier::default()));
@@ -84,6 +89,51 @@ pub async fn rotate_signing_key(config: &Config) -> anyhow::Result<String> {
         .rotate_signing_key(&key.key_id(), &STANDARD.encode(key.pkcs8()), util::now_ms())
         .await?;
     Ok(key.key_id())
+}
+
+/// Re-wraps every search-enabled room's data key under a new server key (events are not
+/// rewritten). The new key comes from `new_key_file`; without one, a new key is generated and
+/// replaces the configured key file (the old one kept as `<file>.previous`), which only works
+/// when the key is read from a file. Returns how many room keys were re-wrapped.
+pub async fn rotate_at_rest_key(
+    config: &Config,
+    new_key_file: Option<&std::path::Path>,
+) -> anyhow::Result<usize> {
+    let old = at_rest::load_server_key(config)?;
+    let store = Store::connect(&config.database_url(), config.database.max_connections).await?;
+    if let Some(path) = new_key_file {
+        let new = at_rest::Key::read_file(path)?;
+        let count = store.rewrap_at_rest_keys(&old, &new).await?;
+        tracing::info!(
+            count,
+            new_key = %path.display(),
+            "room keys re-wrapped; configure the new key (privacy.at_rest_key_file) before the next start"
+        );
+        return Ok(count);
+    }
+    if config.privacy.at_rest_key.is_some() {
+        anyhow::bail!("the at-rest key comes from the environment or config: pass --new-key-file");
+    }
+    let path = config
+        .privacy
+        .at_rest_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("at_rest.key"));
+    // The new key is on disk before the database uses it: a crash in between leaves it in
+    // `<file>.new`, which the error on the next start points to.
+    let pending = path.with_extension("new");
+    let new = at_rest::Key::generate();
+    new.write_file(&pending)?;
+    let count = store.rewrap_at_rest_keys(&old, &new).await?;
+    old.write_file(&path.with_extension("previous"))?;
+    std::fs::rename(&pending, &path).map_err(|e| {
+        anyhow::anyhow!(
+            "the database now uses {}; move it to {}: {e}",
+            pending.display(),
+            path.display()
+        )
+    })?;
+    Ok(count)
 }
 
 /// Starts the federation listener (HTTPS, TLS 1.3 only) when federation is enabled. The port is

@@ -39,6 +39,11 @@ enum Command {
         #[command(subcommand)]
         command: SearchCommand,
     },
+    /// Manage server admins.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Write a self-signed TLS certificate and key for the federation listener (local use).
     GenerateDevCert {
         #[arg(long)]
@@ -59,6 +64,26 @@ enum KeysCommand {
     Rotate {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Re-wrap every search-enabled room's data key under a new at-rest server key (events are
+    /// not rewritten). Stop the server first; start it again with the new key.
+    RotateAtRest {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The new key (base64 of 32 bytes). Without it, a new key is generated and replaces
+        /// the configured key file, the old one kept as `<file>.previous`.
+        #[arg(long)]
+        new_key_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Make a local user a server admin (spec/admin.md).
+    Grant {
+        #[arg(long, short)]
+        config: PathBuf,
+        user_id: String,
     },
 }
 
@@ -128,6 +153,28 @@ async fn run() -> std::process::ExitCode {
             Ok(config) => hearth::search::reindex(config).await.map(|position| {
                 tracing::info!(position, "search index rebuilt from the event log");
             }),
+            Err(e) => {
+                tracing::error!("{e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        Command::Keys {
+            command: KeysCommand::RotateAtRest { config, new_key_file },
+        } => match Config::load(Some(&config), false) {
+            Ok(config) => hearth::rotate_at_rest_key(&config, new_key_file.as_deref())
+                .await
+                .map(|count| tracing::info!(count, "at-rest room keys re-wrapped under the new key")),
+            Err(e) => {
+                tracing::error!("{e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        Command::Admin {
+            command: AdminCommand::Grant { config, user_id },
+        } => match Config::load(Some(&config), false) {
+            Ok(config) => hearth::admin::grant(&config, &user_id)
+                .await
+                .map(|()| tracing::info!(%user_id, "server admin granted")),
             Err(e) => {
                 tracing::error!("{e}");
                 return std::process::ExitCode::from(2);

@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod account_data;
+pub mod admin;
 pub mod devices;
 pub mod directory;
 pub mod discovery;
@@ -277,6 +278,12 @@ pub fn router(svc: Services) -> Router {
             get(account::registration_token_validity),
         )
         .route("/_hearth/testing/v1/clock/advance", post(testing::advance_clock))
+        .route(
+            "/_hearth/admin/v1/rooms/{room_id}/messages",
+            get(admin::room_messages),
+        )
+        .route("/_hearth/admin/v1/rooms/{room_id}/audit", get(admin::room_audit))
+        .route("/_hearth/admin/v1/audit", get(admin::audit))
         .merge(v1_client_routes())
         .nest("/_matrix/client/v3", client.clone())
         .nest("/_matrix/client/r0", client)

@@ -663,6 +663,15 @@ impl Timeline {
                 .state
                 .insert((spec.event_type.clone(), state_key.clone()), pdu);
         }
+        // A search-enabled room's events are stored encrypted (crate::at_rest): its data key
+        // is committed before its first event is written.
+        if !crate::at_rest::is_sealed_room(room_id.as_str())
+            && privacy_state(draft)?.mode(&svc.config.privacy) == privacy::PrivacyMode::SearchEnabled
+        {
+            svc.store
+                .ensure_room_data_key(room_id.as_str(), crate::util::now_ms())
+                .await?;
+        }
         Ok(Built { new, event_id })
     }
 }
@@ -723,6 +732,11 @@ async fn check_redaction(
 
 /// The room's privacy rules (`rooms::privacy`) against the draft's current state.
 fn check_privacy(svc: &Services, draft: &Draft, spec: &EventSpec) -> Result<()> {
+    privacy::check_local_event(&svc.config.privacy, &privacy_state(draft)?, spec)
+}
+
+/// The draft's `org.hearth.room.privacy` and `m.room.encryption` events.
+fn privacy_state(draft: &Draft) -> Result<privacy::PrivacyState<'_>> {
     let entry = |event_type: &str| {
         draft
             .state
@@ -734,11 +748,10 @@ fn check_privacy(svc: &Services, draft: &Draft, spec: &EventSpec) -> Result<()> 
             })
             .transpose()
     };
-    let state = privacy::PrivacyState {
+    Ok(privacy::PrivacyState {
         mode_event: entry(privacy::PRIVACY_EVENT_TYPE)?,
         encryption: entry("m.room.encryption")?,
-    };
-    privacy::check_local_event(&svc.config.privacy, &state, spec)
+    })
 }
 
 /// Puts a room's draft back for the next append.

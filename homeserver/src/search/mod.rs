@@ -2,6 +2,7 @@
 //! that projects the event log (`indexer`), queried with BM25 ranking or by recency (`query`).
 //! Strict end-to-end encrypted rooms are never indexed (`rooms::privacy`).
 
+pub mod encrypted_dir;
 pub mod index;
 pub mod indexer;
 pub mod query;

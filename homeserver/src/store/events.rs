@@ -263,7 +263,7 @@ pub(super) fn event_row(r: AnyRow) -> EventRow {
         txn_device_id: r.get(10),
         txn_id: r.get(11),
         redacted_by: r.get(12),
-        json: r.get(13),
+        json: super::at_rest::open(&r.get::<String, _>(2), r.get(13)),
         rel_type: r.get(14),
         relates_to: r.get(15),
     }
@@ -276,6 +276,15 @@ impl Store {
     /// concurrent sends shares one commit. Returns where each event landed, in order. Callers
     /// serialize appends (see `rooms::timeline`).
     pub async fn append_events(&self, batch: &mut [Appending]) -> StoreResult<Vec<Placed>> {
+        // Search-enabled rooms' events are written encrypted (store/at_rest.rs); the batch gets
+        // its plaintext back for the listeners.
+        let plain = super::at_rest::seal_in_place(batch.iter_mut().map(|a| &mut a.event));
+        let placed = self.append_sealed_events(batch).await;
+        super::at_rest::unseal_in_place(batch.iter_mut().map(|a| &mut a.event), plain);
+        placed
+    }
+
+    async fn append_sealed_events(&self, batch: &mut [Appending]) -> StoreResult<Vec<Placed>> {
         let mut tx = self.begin_stream_write(Stream::Events).await?;
         let mut placed = Vec::with_capacity(batch.len());
         let mut rest = &mut batch[..];
@@ -317,6 +326,7 @@ impl Store {
         events: &[NewEvent],
         now: i64,
     ) -> StoreResult<Option<Placed>> {
+        let events = super::at_rest::sealed(events);
         let mut tx = self.begin_stream_write(Stream::Events).await?;
         Self::insert_room_in(&mut tx, room, now).await?;
         if let Some(alias) = alias
@@ -325,7 +335,7 @@ impl Store {
             return Ok(None);
         }
         let mut last = None;
-        for event in events {
+        for event in events.iter() {
             let previous_group = last.map(|p: Placed| p.state_group);
             last = Some(Self::append_in(&mut tx, event, previous_group).await?);
         }

@@ -6,7 +6,9 @@
 //! DDL must (auto-increment keys) and are embedded in the binary.
 
 mod account_data;
+mod admin;
 mod aliases;
+mod at_rest;
 mod backup;
 mod e2ee;
 mod events;
@@ -38,6 +40,7 @@ use sqlx::{
     query::Query,
 };
 
+pub use admin::AuditRow;
 pub use backup::{BackupSessionRow, BackupVersionRow, BackupWrite};
 pub use e2ee::{KeyUpload, KeysUpload, Queued, ToDeviceOut, ToDeviceRow, UploadRefusal};
 pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Txn};
@@ -109,6 +112,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(11, "0011_key_backup"),
     migration!(12, "0012_relations"),
     migration!(14, "0014_federation_keys"),
+    migration!(17, "0017_at_rest_admin_audit"),
     migration!(18, "0018_search"),
 ];
 

@@ -179,7 +179,10 @@ impl Store {
         .bind(room_id.to_owned())
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get(0), super::at_rest::open(room_id, r.get(1))))
+            .collect())
     }
 
     pub async fn pushers(&self, user_id: &str) -> StoreResult<Vec<PusherRow>> {

@@ -50,7 +50,13 @@ impl Store {
         let rows = query.fetch_all(&self.pool).await?;
         Ok(rows
             .into_iter()
-            .map(|r| ((r.get(0), r.get(1)), r.get(2), r.get(3)))
+            .map(|r| {
+                (
+                    (r.get(0), r.get(1)),
+                    r.get(2),
+                    super::at_rest::open(room_id, r.get(3)),
+                )
+            })
             .collect())
     }
 
@@ -143,7 +149,9 @@ impl Store {
                 query = query.bind(id.clone());
             }
             for r in query.fetch_all(&self.pool).await? {
-                out.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
+                let room_id: String = r.get(0);
+                let json = super::at_rest::open(&room_id, r.get(2));
+                out.entry(room_id).or_default().push((r.get(1), json));
             }
         }
         Ok(out)
@@ -169,7 +177,9 @@ impl Store {
                 query = query.bind(id.clone());
             }
             for r in query.fetch_all(&self.pool).await? {
-                out.entry(r.get(0)).or_default().push((r.get(1), r.get(2)));
+                let room_id: String = r.get(0);
+                let json = super::at_rest::open(&room_id, r.get(2));
+                out.entry(room_id).or_default().push((r.get(1), json));
             }
         }
         Ok(out)
