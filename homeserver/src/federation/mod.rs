@@ -4,6 +4,8 @@
 //! protocol pieces without state are in the `hearth-federation` crate.
 
 pub mod auth;
+pub mod inbound;
+pub mod resolve;
 pub mod client;
 pub mod keys;
 pub mod lookup;

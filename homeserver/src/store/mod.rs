@@ -14,6 +14,7 @@ mod federation;
 mod filters;
 mod keys;
 mod media;
+mod outliers;
 mod presence;
 mod push;
 mod receipts;
@@ -42,6 +43,7 @@ pub use e2ee::{KeyUpload, KeysUpload, Queued, ToDeviceOut, ToDeviceRow, UploadRe
 pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Txn};
 pub use federation::RemoteKeyRow;
 pub use media::{MediaRow, UploadedContent};
+pub use outliers::StateEntry;
 pub use presence::PresenceRow;
 pub use push::{PushActionRow, PusherRow, ThreadCounts};
 pub use receipts::ReceiptRow;
@@ -108,6 +110,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(11, "0011_key_backup"),
     migration!(12, "0012_relations"),
     migration!(14, "0014_federation_keys"),
+    migration!(15, "0015_federated_rooms"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside

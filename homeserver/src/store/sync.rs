@@ -34,7 +34,7 @@ impl Store {
             // A correlated MAX per room is one index probe each (events_by_room).
             let sql = format!(
                 "SELECT r.room_id, r.room_version, (SELECT MAX(e.stream_ordering) FROM events e \
-                 WHERE e.room_id = r.room_id AND e.stream_ordering <= $1) FROM rooms r WHERE r.room_id IN ({})",
+                 WHERE e.room_id = r.room_id AND e.stream_ordering <= $1 AND e.outlier = 0) FROM rooms r WHERE r.room_id IN ({})",
                 placeholders(2, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(upto);
@@ -63,7 +63,7 @@ impl Store {
                 .collect();
             let sql = format!(
                 "SELECT v.column3, (SELECT e.state_group FROM events e WHERE e.room_id = v.column1 \
-                 AND e.stream_ordering < v.column2 ORDER BY e.stream_ordering DESC LIMIT 1) \
+                 AND e.stream_ordering < v.column2 AND e.outlier = 0 ORDER BY e.stream_ordering DESC LIMIT 1) \
                  FROM (VALUES {}) AS v",
                 values.join(", ")
             );

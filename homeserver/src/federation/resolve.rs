@@ -1,0 +1,116 @@
+//! State resolution over stored events: ruma-state-res v2 (v2.1 for room version 12, through
+//! the version's `StateResolutionV2Rules`) for the state before an event whose prev_events'
+//! states differ and for a room's current state when it has several forward extremities.
+
+use std::collections::{HashMap, HashSet};
+
+use hearth_federation::Pdu;
+use ruma::{
+    EventId, OwnedEventId, events::StateEventType, room_version_rules::RoomVersionRules, state_res,
+};
+
+use crate::{
+    error::{Error, Result},
+    rooms::timeline::pdu_of,
+    services::Services,
+    store::StateMap,
+};
+
+/// Most events one resolution may load (the states' events and their auth chains).
+const MAX_RESOLVE_EVENTS: usize = 20_000;
+
+/// Resolves stored states (each (type, state key) → event ID) into one.
+pub async fn resolve(svc: &Services, rules: &RoomVersionRules, states: &[StateMap]) -> Result<StateMap> {
+    if states.len() <= 1 || states.windows(2).all(|w| w[0] == w[1]) {
+        return Ok(states.first().cloned().unwrap_or_default());
+    }
+    let mut events: HashMap<OwnedEventId, Pdu> = HashMap::new();
+    let mut wanted: Vec<String> = states.iter().flat_map(|s| s.values().cloned()).collect();
+    while !wanted.is_empty() {
+        wanted.sort();
+        wanted.dedup();
+        let rows = svc.store.events(&wanted).await?;
+        wanted = Vec::new();
+        for row in rows {
+            let pdu = pdu_of(&row)?;
+            for auth in &pdu.auth_events {
+                if !events.contains_key(auth) {
+                    wanted.push(auth.to_string());
+                }
+            }
+            events.insert(pdu.event_id.clone(), pdu);
+        }
+        wanted.retain(|id| EventId::parse(id.as_str()).is_ok_and(|id| !events.contains_key(&id)));
+        if events.len() > MAX_RESOLVE_EVENTS {
+            return Err(Error::internal("state resolution needs too many events"));
+        }
+    }
+    let to_ruma = |state: &StateMap| -> state_res::StateMap<OwnedEventId> {
+        state
+            .iter()
+            .filter_map(|((t, k), id)| Some(((StateEventType::from(t.as_str()), k.clone()), EventId::parse(id).ok()?)))
+            .collect()
+    };
+    let maps: Vec<state_res::StateMap<OwnedEventId>> = states.iter().map(to_ruma).collect();
+    let chains: Vec<HashSet<OwnedEventId>> = maps
+        .iter()
+        .map(|m| auth_chain(&events, m.values().cloned()))
+        .collect();
+    let resolved = state_res::resolve(
+        &rules.authorization,
+        rules
+            .state_res
+            .v2_rules()
+            .ok_or_else(|| Error::internal("room version without state resolution v2"))?,
+        maps.iter(),
+        chains.into_iter().map(|c| c.into_iter().collect()).collect(),
+        |id: &EventId| events.get(id).cloned(),
+        |conflicted: &state_res::StateMap<Vec<OwnedEventId>>| {
+            Some(conflicted_subgraph(&events, conflicted).into_iter().collect())
+        },
+    )
+    .map_err(|e| Error::internal(format!("state resolution failed: {e}")))?;
+    Ok(resolved
+        .into_iter()
+        .map(|((t, k), id)| ((t.to_string(), k), id.to_string()))
+        .collect())
+}
+
+/// Every event reachable through `auth_events` from `start` (not including `start` itself
+/// unless reached again).
+fn auth_chain(events: &HashMap<OwnedEventId, Pdu>, start: impl Iterator<Item = OwnedEventId>) -> HashSet<OwnedEventId> {
+    let mut seen = HashSet::new();
+    let mut todo: Vec<OwnedEventId> = start
+        .filter_map(|id| events.get(&id))
+        .flat_map(|p| p.auth_events.clone())
+        .collect();
+    while let Some(id) = todo.pop() {
+        if seen.insert(id.clone())
+            && let Some(pdu) = events.get(&id)
+        {
+            todo.extend(pdu.auth_events.iter().cloned());
+        }
+    }
+    seen
+}
+
+/// The conflicted state subgraph (state resolution v2.1): the events on auth-event paths from
+/// one conflicted state event to another — each is a conflicted event, or both reaches one
+/// (through its auth events) and is reached from one.
+fn conflicted_subgraph(
+    events: &HashMap<OwnedEventId, Pdu>,
+    conflicted: &state_res::StateMap<Vec<OwnedEventId>>,
+) -> HashSet<OwnedEventId> {
+    let conflicted: HashSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
+    // Reached from a conflicted event: in the auth chain of one.
+    let below = auth_chain(events, conflicted.iter().cloned());
+    // Reaches a conflicted event: its own auth chain holds one.
+    let mut out: HashSet<OwnedEventId> = conflicted.clone();
+    for id in &below {
+        let chain = auth_chain(events, std::iter::once(id.clone()));
+        if chain.iter().any(|c| conflicted.contains(c)) {
+            out.insert(id.clone());
+        }
+    }
+    out
+}
