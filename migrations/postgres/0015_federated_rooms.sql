@@ -16,3 +16,15 @@ CREATE TABLE unserved_events (
     json         TEXT NOT NULL,
     received_ts  BIGINT NOT NULL
 );
+
+-- Invites of local users into rooms this server is not in: the invite (an outlier) and the
+-- stripped state the inviting server sent, shown in the invitee's /sync.
+CREATE TABLE remote_invites (
+    event_id      TEXT PRIMARY KEY,
+    room_id       TEXT NOT NULL,
+    user_id       TEXT NOT NULL,
+    room_version  TEXT NOT NULL,
+    invite_state  TEXT NOT NULL,        -- JSON array of stripped state events
+    received_ts   BIGINT NOT NULL
+);
+CREATE INDEX remote_invites_by_user ON remote_invites (user_id, room_id);

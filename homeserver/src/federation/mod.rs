@@ -9,6 +9,8 @@ pub mod resolve;
 pub mod client;
 pub mod keys;
 pub mod lookup;
+pub mod membership;
+pub mod remote_membership;
 pub mod tls;
 
 use std::{

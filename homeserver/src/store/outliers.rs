@@ -119,6 +119,67 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
+    /// A remote server's invite of a local user: the invite as an outlier, the membership change
+    /// (so `/sync` lists the room under `invite`), and the stripped state to show with it.
+    pub async fn store_remote_invite(
+        &self,
+        event: &NewEvent,
+        room_version: &str,
+        invite_state: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin_stream_write(Stream::Events).await?;
+        Self::insert_outliers_in(&mut tx, std::slice::from_ref(event)).await?;
+        Self::outlier_membership_in(&mut tx, event).await?;
+        q("INSERT INTO remote_invites (event_id, room_id, user_id, room_version, invite_state, received_ts) \
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING")
+        .bind(event.event_id.clone())
+        .bind(event.room_id.clone())
+        .bind(event.state_key.clone().unwrap_or_default())
+        .bind(room_version.to_owned())
+        .bind(invite_state.to_owned())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A membership change of a local user in a room this server is not in (the leave that
+    /// rejects a remote invite), stored as an outlier.
+    pub async fn store_outlier_membership(&self, event: &NewEvent) -> StoreResult<()> {
+        let mut tx = self.begin_stream_write(Stream::Events).await?;
+        Self::insert_outliers_in(&mut tx, std::slice::from_ref(event)).await?;
+        Self::outlier_membership_in(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn outlier_membership_in(tx: &mut Transaction<'static, Any>, event: &NewEvent) -> StoreResult<()> {
+        q("INSERT INTO room_memberships (event_id, room_id, user_id, sender, membership, stream_ordering) \
+           SELECT e.event_id, e.room_id, $2, e.sender, $3, e.stream_ordering FROM events e WHERE e.event_id = $1 \
+           ON CONFLICT (event_id) DO NOTHING")
+        .bind(event.event_id.clone())
+        .bind(event.state_key.clone().unwrap_or_default())
+        .bind(event.membership.clone().unwrap_or_default())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest remote invite of a user into a room: (event ID, room version, stripped state
+    /// JSON, the inviter's user ID).
+    pub async fn remote_invite(&self, user_id: &str, room_id: &str) -> StoreResult<Option<(String, String, String, String)>> {
+        let row = q("SELECT i.event_id, i.room_version, i.invite_state, e.sender FROM remote_invites i \
+                     JOIN events e ON e.event_id = i.event_id WHERE i.user_id = $1 AND i.room_id = $2 \
+                     ORDER BY e.stream_ordering DESC LIMIT 1")
+        .bind(user_id.to_owned())
+        .bind(room_id.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+    }
+
     /// A remote room this server joins: the room row (kept if it exists), the state and auth
     /// chain the resident server sent as outliers, and that state as a full state group and as
     /// the room's current state. Returns the group: the state before the join event.
