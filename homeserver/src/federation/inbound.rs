@@ -155,7 +155,9 @@ pub async fn accept_checked(
 
     // Auth against its own auth events.
     let mut budget = Budget::default();
-    let auth = ensure_events(svc, origin, rules, &room_id, &pdu.auth_events, &mut budget, 0)
+    let mut wanted = pdu.auth_events.clone();
+    wanted.extend(implied_create(rules, &room_id));
+    let auth = ensure_events(svc, origin, rules, &room_id, &wanted, &mut budget, 0)
         .await
         .map_err(refuse)?;
     if let Err(reason) = check_with_auth_events(rules, &pdu, &auth) {
@@ -260,6 +262,8 @@ async fn place(
         }
     }
 
+    // Known as an outlier (fetched to check another event): it enters the timeline now.
+    svc.store.drop_outlier(pdu.event_id.as_str()).await?;
     let mut event = new_event(pdu);
     event.redacts = redaction_target(svc, pdu, room_id).await?;
     let mut batch = [Appending {
@@ -392,7 +396,9 @@ fn ensure_events<'a>(
             if pdu.room_id.as_deref() != Some(room_id) && !is_v12_create(rules, &pdu) {
                 return Err(format!("auth event {id} is of another room"));
             }
-            let auth = ensure_events(svc, origin, rules, room_id, &pdu.auth_events, budget, depth + 1).await?;
+            let mut wanted = pdu.auth_events.clone();
+            wanted.extend(implied_create(rules, room_id).filter(|c| *c != pdu.event_id));
+            let auth = ensure_events(svc, origin, rules, room_id, &wanted, budget, depth + 1).await?;
             if let Err(reason) = check_with_auth_events(rules, &pdu, &auth) {
                 reject(svc, &pdu, &reason).await;
                 return Err(format!("auth event {id} is rejected: {reason}"));
@@ -407,6 +413,15 @@ fn ensure_events<'a>(
         }
         Ok(out)
     })
+}
+
+/// The create event a room version 12 event's rules read without naming it in `auth_events`:
+/// its ID is the room ID's hash.
+fn implied_create(rules: &RoomVersionRules, room_id: &RoomId) -> Option<OwnedEventId> {
+    if !rules.authorization.room_create_event_id_as_room_id {
+        return None;
+    }
+    EventId::parse(format!("${}", room_id.as_str().trim_start_matches('!'))).ok()
 }
 
 fn is_v12_create(rules: &RoomVersionRules, pdu: &Pdu) -> bool {
@@ -424,9 +439,10 @@ pub fn check_with_auth_events(
             return Err(format!("auth event {id} is unknown"));
         }
     }
+    let create = pdu.room_id.as_deref().and_then(|r| implied_create(rules, r));
     let state: HashMap<(String, String), &Pdu> = auth
         .values()
-        .filter(|p| pdu.auth_events.contains(&p.event_id))
+        .filter(|p| pdu.auth_events.contains(&p.event_id) || create.as_ref() == Some(&p.event_id))
         .filter_map(|p| Some(((p.event_type.to_string(), p.state_key.clone()?), p)))
         .collect();
     check_state_independent_auth_rules(&rules.authorization, pdu, |id: &EventId| auth.get(id))

@@ -5,6 +5,8 @@
 
 pub mod auth;
 pub mod inbound;
+#[cfg(test)]
+mod inbound_tests;
 pub mod resolve;
 pub mod client;
 pub mod keys;

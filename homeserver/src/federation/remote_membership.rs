@@ -60,6 +60,19 @@ pub async fn is_resident(svc: &Services, room_id: &RoomId) -> Result<bool> {
             .is_empty())
 }
 
+/// Whether the user's newest membership in the room is an invite a remote server sent (and
+/// this server did not see in the room's timeline): answering it goes through that server.
+pub async fn has_pending_remote_invite(svc: &Services, user: &UserId, room_id: &RoomId) -> Result<bool> {
+    let Some((event_id, ..)) = svc.store.remote_invite(user.as_str(), room_id.as_str()).await? else {
+        return Ok(false);
+    };
+    let latest_is_invite = svc.store.latest_membership(user.as_str(), room_id.as_str()).await?.as_deref() == Some("invite");
+    let current = svc.store.membership(room_id.as_str(), user.as_str()).await?;
+    Ok(latest_is_invite
+        && matches!(current.as_deref(), None | Some("leave"))
+        && svc.store.is_outlier(&event_id).await? == Some(true))
+}
+
 /// The servers to ask about a room: the client's `via`, the inviter's server, the room ID's.
 async fn candidate_servers(
     svc: &Services,

@@ -330,9 +330,7 @@ async fn membership_of(svc: &Services, room_id: &RoomId, user: &UserId) -> Resul
 /// `POST /rooms/{roomId}/leave`: leaving a room one has already left is a no-op, as in other
 /// servers; a banned user cannot leave.
 pub async fn leave(svc: &Services, user: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<()> {
-    if !remote_membership::is_resident(svc, room_id).await?
-        && svc.store.remote_invite(user.as_str(), room_id.as_str()).await?.is_some()
-    {
+    if remote_membership::has_pending_remote_invite(svc, user, room_id).await? {
         // An invite into a room this server is not in: rejected through the inviter's server.
         return remote_membership::reject_remote_invite(svc, user, room_id).await;
     }

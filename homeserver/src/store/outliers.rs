@@ -47,6 +47,16 @@ impl Store {
         Ok(())
     }
 
+    /// Removes an outlier row, so the event can enter the timeline (where it gets a stream
+    /// position of its own). Timeline events are left alone.
+    pub async fn drop_outlier(&self, event_id: &str) -> StoreResult<()> {
+        q("DELETE FROM events WHERE event_id = $1 AND outlier = 1")
+            .bind(event_id.to_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Records a rejected or soft-failed event (`kind`), which is never served.
     pub async fn insert_unserved(
         &self,
@@ -178,6 +188,18 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+    }
+
+    /// A user's newest membership change in a room (timeline or outlier), as `room_memberships`
+    /// records it.
+    pub async fn latest_membership(&self, user_id: &str, room_id: &str) -> StoreResult<Option<String>> {
+        let row = q("SELECT membership FROM room_memberships WHERE user_id = $1 AND room_id = $2 \
+                     ORDER BY stream_ordering DESC LIMIT 1")
+        .bind(user_id.to_owned())
+        .bind(room_id.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     /// A remote room this server joins: the room row (kept if it exists), the state and auth
