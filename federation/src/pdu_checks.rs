@@ -49,8 +49,9 @@ pub fn keys_needed(
     object: &CanonicalJsonObject,
     rules: &RoomVersionRules,
 ) -> Result<Vec<(OwnedServerName, Vec<String>)>, PduError> {
-    let servers: BTreeSet<OwnedServerName> = required_server_signatures_to_verify_event(object, &rules.signatures)
-        .map_err(|e| PduError::Json(e.to_string()))?;
+    let servers: BTreeSet<OwnedServerName> =
+        required_server_signatures_to_verify_event(object, &rules.signatures)
+            .map_err(|e| PduError::Json(e.to_string()))?;
     let signatures = match object.get("signatures") {
         Some(CanonicalJsonValue::Object(s)) => s,
         _ => return Err(PduError::Field("signatures")),
@@ -120,7 +121,8 @@ fn check_format(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> Resul
         _ => return Err(PduError::Field("depth")),
     }
     match object.get("hashes") {
-        Some(CanonicalJsonValue::Object(h)) if matches!(h.get("sha256"), Some(CanonicalJsonValue::String(_))) => {}
+        Some(CanonicalJsonValue::Object(h))
+            if matches!(h.get("sha256"), Some(CanonicalJsonValue::String(_))) => {}
         _ => return Err(PduError::Field("hashes")),
     }
     if let Some(state_key) = object.get("state_key")
@@ -135,7 +137,9 @@ fn check_format(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> Resul
 mod tests {
     use std::collections::BTreeMap;
 
-    use ruma::{MilliSecondsSinceUnixEpoch, RoomVersionId, UInt, owned_room_id, owned_user_id, serde::Base64};
+    use ruma::{
+        MilliSecondsSinceUnixEpoch, RoomVersionId, UInt, owned_room_id, owned_user_id, serde::Base64,
+    };
     use serde_json::json;
 
     use super::*;
@@ -205,7 +209,9 @@ mod tests {
     fn too_many_prev_events_is_bad_format() {
         let key = SigningKey::generate("a").unwrap();
         let (mut object, rules) = signed(&key, "hi");
-        let ids = (0..21).map(|i| CanonicalJsonValue::String(format!("$e{i}"))).collect();
+        let ids = (0..21)
+            .map(|i| CanonicalJsonValue::String(format!("$e{i}")))
+            .collect();
         object.insert("prev_events".into(), CanonicalJsonValue::Array(ids));
         assert!(check(object, &rules, &keys_of(&key)).is_err());
     }

@@ -12,7 +12,9 @@ use common::{Backend, RATE_LIMIT_FIELDS, Server, encode, free_port, hearth_comma
 use hearth::{config::FederationConfig, federation::FederationClient};
 use hearth_federation::{SigningKey, pdu::PduTemplate, request_auth};
 use reqwest::{Method, StatusCode};
-use ruma::{EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, RoomVersionId, ServerName, UInt, UserId};
+use ruma::{
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, RoomVersionId, ServerName, UInt, UserId,
+};
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -137,11 +139,24 @@ impl Pair {
     }
 
     /// A request to A signed as B with `key`.
-    async fn to_a(&self, key: &SigningKey, method: &str, uri: &str, body: Option<&Value>) -> (StatusCode, Value) {
+    async fn to_a(
+        &self,
+        key: &SigningKey,
+        method: &str,
+        uri: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
         let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
         let method_ = request_auth::Method::from_bytes(method.as_bytes()).unwrap();
-        let auth = request_auth::sign(key, name("hs-b.test"), name("hs-a.test"), &method_, uri, bytes.as_deref())
-            .unwrap();
+        let auth = request_auth::sign(
+            key,
+            name("hs-b.test"),
+            name("hs-a.test"),
+            &method_,
+            uri,
+            bytes.as_deref(),
+        )
+        .unwrap();
         let (status, answer) = self
             .client_to_a()
             .request(method, name("hs-a.test"), uri, bytes, Some(auth), 16 << 20)
@@ -172,7 +187,11 @@ async fn membership(client: &common::Client, room_id: &str, user_id: &str) -> Op
 
 async fn joined(client: &common::Client, room_id: &str) -> Vec<String> {
     let body = client
-        .ok(Method::GET, &format!("/rooms/{}/joined_members", encode(room_id)), None)
+        .ok(
+            Method::GET,
+            &format!("/rooms/{}/joined_members", encode(room_id)),
+            None,
+        )
         .await;
     let mut members: Vec<String> = body["joined"].as_object().unwrap().keys().cloned().collect();
     members.sort();
@@ -198,7 +217,13 @@ async fn joins_invites_and_leaves_across_two_servers() {
             Some(&json!({})),
         )
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}\nA: {}\nB: {}", p.a.server.log_tail(), p.b.server.log_tail());
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{body}\nA: {}\nB: {}",
+        p.a.server.log_tail(),
+        p.b.server.log_tail()
+    );
     assert_eq!(body["room_id"], public.as_str());
     let both = vec![alice.user_id.clone(), bob.user_id.clone()];
     assert_eq!(joined(&alice, &public).await, both, "A sees Bob joined");
@@ -227,7 +252,10 @@ async fn joins_invites_and_leaves_across_two_servers() {
         .create_room(json!({ "preset": "private_chat", "name": "Inner" }))
         .await;
     alice.invite(&private, &carol.user_id).await;
-    assert_eq!(membership(&alice, &private, &carol.user_id).await.as_deref(), Some("invite"));
+    assert_eq!(
+        membership(&alice, &private, &carol.user_id).await.as_deref(),
+        Some("invite")
+    );
     let sync = carol.sync(None, 0, 10).await;
     let invite = &sync["rooms"]["invite"][&private];
     assert!(invite.is_object(), "Carol's /sync lists the invite: {sync}");
@@ -238,7 +266,11 @@ async fn joins_invites_and_leaves_across_two_servers() {
         .filter(|e| e["type"] == "m.room.name")
         .map(|e| &e["content"]["name"])
         .collect();
-    assert_eq!(names, [&json!("Inner")], "with the room's stripped state: {invite}");
+    assert_eq!(
+        names,
+        [&json!("Inner")],
+        "with the room's stripped state: {invite}"
+    );
     carol.join(&private).await;
     let members = vec![alice.user_id.clone(), carol.user_id.clone()];
     assert_eq!(joined(&alice, &private).await, members);
@@ -246,7 +278,10 @@ async fn joins_invites_and_leaves_across_two_servers() {
 
     // Bob leaves: A hears of it (send_leave), both agree.
     bob.leave(&public).await;
-    assert_eq!(membership(&alice, &public, &bob.user_id).await.as_deref(), Some("leave"));
+    assert_eq!(
+        membership(&alice, &public, &bob.user_id).await.as_deref(),
+        Some("leave")
+    );
     assert_eq!(joined(&alice, &public).await, vec![alice.user_id.clone()]);
 
     // Dave rejects an invite: A records his leave; the invite leaves Dave's /sync.
@@ -254,7 +289,10 @@ async fn joins_invites_and_leaves_across_two_servers() {
     let sync = dave.sync(None, 0, 10).await;
     assert!(sync["rooms"]["invite"][&private].is_object(), "{sync}");
     dave.leave(&private).await;
-    assert_eq!(membership(&alice, &private, &dave.user_id).await.as_deref(), Some("leave"));
+    assert_eq!(
+        membership(&alice, &private, &dave.user_id).await.as_deref(),
+        Some("leave")
+    );
     let sync = dave.sync(None, 0, 10).await;
     assert!(sync["rooms"]["invite"].get(&private).is_none(), "{sync}");
 }
@@ -302,7 +340,13 @@ async fn join_from_template(
     (pdu.event_id.clone(), serde_json::to_value(&pdu.json).unwrap())
 }
 
-async fn send_join(p: &Pair, key: &SigningKey, room_id: &str, event_id: &EventId, pdu: &Value) -> (StatusCode, Value) {
+async fn send_join(
+    p: &Pair,
+    key: &SigningKey,
+    room_id: &str,
+    event_id: &EventId,
+    pdu: &Value,
+) -> (StatusCode, Value) {
     let uri = format!(
         "/_matrix/federation/v2/send_join/{}/{}",
         encode(room_id),
@@ -321,7 +365,11 @@ async fn hostile_joins_and_invites_are_refused() {
     let mallory = "@mallory:hs-b.test";
 
     // make_join: a version B does not claim to support.
-    let uri = format!("/_matrix/federation/v1/make_join/{}/{}?ver=9", encode(&public), encode(mallory));
+    let uri = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver=9",
+        encode(&public),
+        encode(mallory)
+    );
     let (status, body) = p.to_a(&b_key, "GET", &uri, None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["errcode"], "M_INCOMPATIBLE_ROOM_VERSION");
@@ -334,24 +382,55 @@ async fn hostile_joins_and_invites_are_refused() {
     let (status, body) = p.to_a(&b_key, "GET", &uri, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     // make_join to an invite-only room without an invite.
-    let uri = format!("/_matrix/federation/v1/make_join/{}/{}?ver=12", encode(&private), encode(mallory));
+    let uri = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+        encode(&private),
+        encode(mallory)
+    );
     let (status, body) = p.to_a(&b_key, "GET", &uri, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["errcode"], "M_FORBIDDEN");
     // make_join with a request signed by a key that is not B's: 401.
     let forged = SigningKey::generate(b_key.version()).unwrap();
-    let uri = format!("/_matrix/federation/v1/make_join/{}/{}?ver=12", encode(&public), encode(mallory));
+    let uri = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+        encode(&public),
+        encode(mallory)
+    );
     let (status, _) = p.to_a(&forged, "GET", &uri, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
     // send_join with a forged event signature (B's key ID, another key): refused, not stored.
-    let (event_id, pdu) = join_from_template(&p, &b_key, &forged, &public, mallory, json!({ "membership": "join" })).await;
+    let (event_id, pdu) = join_from_template(
+        &p,
+        &b_key,
+        &forged,
+        &public,
+        mallory,
+        json!({ "membership": "join" }),
+    )
+    .await;
     let (status, body) = send_join(&p, &b_key, &public, &event_id, &pdu).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(p.a.count("SELECT COUNT(*) FROM events WHERE event_id = $1", event_id.as_str()).await, 0);
+    assert_eq!(
+        p.a.count(
+            "SELECT COUNT(*) FROM events WHERE event_id = $1",
+            event_id.as_str()
+        )
+        .await,
+        0
+    );
 
     // send_join for a user of another server than the origin.
-    let (event_id, pdu) = join_from_template(&p, &b_key, &b_key, &public, mallory, json!({ "membership": "join" })).await;
+    let (event_id, pdu) = join_from_template(
+        &p,
+        &b_key,
+        &b_key,
+        &public,
+        mallory,
+        json!({ "membership": "join" }),
+    )
+    .await;
     let mut other = pdu.clone();
     other["sender"] = json!("@eve:hs-c.test");
     other["state_key"] = json!("@eve:hs-c.test");
@@ -363,7 +442,13 @@ async fn hostile_joins_and_invites_are_refused() {
     tampered["content"]["displayname"] = json!("Not Mallory");
     let (status, body) = send_join(&p, &b_key, &public, &event_id, &tampered).await;
     assert_eq!(status, StatusCode::OK, "{body}\n{}", p.a.server.log_tail());
-    assert!(body["state"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.create"));
+    assert!(
+        body["state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.create")
+    );
     assert!(!body["auth_chain"].as_array().unwrap().is_empty());
     assert_eq!(body["members_omitted"], false);
     let content = alice.get_state_content(&public, "m.room.member", mallory).await;
@@ -376,16 +461,21 @@ async fn hostile_joins_and_invites_are_refused() {
         let db = db.clone();
         let private = private.clone();
         async move {
-            let row = sqlx::query("SELECT event_id FROM current_state WHERE room_id = $1 AND type = $2 AND state_key = ''")
-                .bind(private)
-                .bind(t)
-                .fetch_one(&db)
-                .await
-                .unwrap();
+            let row = sqlx::query(
+                "SELECT event_id FROM current_state WHERE room_id = $1 AND type = $2 AND state_key = ''",
+            )
+            .bind(private)
+            .bind(t)
+            .fetch_one(&db)
+            .await
+            .unwrap();
             EventId::parse(row.get::<String, _>(0)).unwrap()
         }
     };
-    let auth_events = vec![state_id("m.room.power_levels").await, state_id("m.room.join_rules").await];
+    let auth_events = vec![
+        state_id("m.room.power_levels").await,
+        state_id("m.room.join_rules").await,
+    ];
     let row = sqlx::query("SELECT f.event_id, e.depth FROM forward_extremities f JOIN events e ON e.event_id = f.event_id WHERE f.room_id = $1")
         .bind(private.clone())
         .fetch_one(&db)
@@ -411,12 +501,22 @@ async fn hostile_joins_and_invites_are_refused() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(membership(&alice, &private, trudy).await, None);
     assert_eq!(
-        p.a.count("SELECT COUNT(*) FROM unserved_events WHERE event_id = $1 AND kind = 'rejected'", pdu.event_id.as_str())
-            .await,
+        p.a.count(
+            "SELECT COUNT(*) FROM unserved_events WHERE event_id = $1 AND kind = 'rejected'",
+            pdu.event_id.as_str()
+        )
+        .await,
         1,
         "kept as rejected"
     );
-    assert_eq!(p.a.count("SELECT COUNT(*) FROM events WHERE event_id = $1", pdu.event_id.as_str()).await, 0);
+    assert_eq!(
+        p.a.count(
+            "SELECT COUNT(*) FROM events WHERE event_id = $1",
+            pdu.event_id.as_str()
+        )
+        .await,
+        0
+    );
 
     // invite: a room version this server does not support.
     let uri = format!(

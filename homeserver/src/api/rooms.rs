@@ -75,7 +75,8 @@ pub async fn join(
     auth: Auth,
     Ruma(req): Ruma<join_room_by_id::v3::Request>,
 ) -> ApiResult<RumaResponse<join_room_by_id::v3::Response>> {
-    let room_id = membership::join_room(&svc, &auth.user_id, <&RoomOrAliasId>::from(&*req.room_id), &[]).await?;
+    let room_id =
+        membership::join_room(&svc, &auth.user_id, <&RoomOrAliasId>::from(&*req.room_id), &[]).await?;
     Ok(join_room_by_id::v3::Response::new(room_id).into())
 }
 

@@ -116,7 +116,10 @@ pub async fn accept(svc: &Services, origin: &ServerName, raw: &RawValue) -> Resu
     }
     accept_checked(svc, origin, &rules, pdu)
         .await
-        .map_err(|e| Refused { event_id: Some(id), ..e })
+        .map_err(|e| Refused {
+            event_id: Some(id),
+            ..e
+        })
 }
 
 /// The stateful checks and storage of a PDU whose signatures and hashes were checked.
@@ -132,7 +135,11 @@ pub async fn accept_checked(
     let internal = |e: Error| Refused::new(Some(&id), format!("internal error: {e}"));
 
     // Already known: the same answer as the first time.
-    if let Some(known) = svc.store.is_outlier(id.as_str()).await.map_err(|e| internal(e.into()))?
+    if let Some(known) = svc
+        .store
+        .is_outlier(id.as_str())
+        .await
+        .map_err(|e| internal(e.into()))?
         && !known
     {
         return Ok(Accepted {
@@ -141,7 +148,12 @@ pub async fn accept_checked(
             fate: Fate::Timeline,
         });
     }
-    if let Some((kind, reason)) = svc.store.unserved(id.as_str()).await.map_err(|e| internal(e.into()))? {
+    if let Some((kind, reason)) = svc
+        .store
+        .unserved(id.as_str())
+        .await
+        .map_err(|e| internal(e.into()))?
+    {
         return if kind == "soft_failed" {
             Ok(Accepted {
                 event_id: id.clone(),
@@ -151,6 +163,16 @@ pub async fn accept_checked(
         } else {
             Err(refuse(format!("rejected: {reason}")))
         };
+    }
+
+    // The room's server ACL applies to whoever sends its events.
+    super::membership::check_acl(svc, &room_id, origin)
+        .await
+        .map_err(|e| refuse(e.to_string()))?;
+    if let Ok(sender_server) = <&ServerName>::try_from(pdu.sender.server_name().as_str()) {
+        super::membership::check_acl(svc, &room_id, sender_server)
+            .await
+            .map_err(|e| refuse(e.to_string()))?;
     }
 
     // Auth against its own auth events.
@@ -220,8 +242,10 @@ async fn place(
     room_id: &RoomId,
     groups: Vec<i64>,
 ) -> Result<Fate, Placement> {
-    let latest = svc.store.latest_state_group(room_id.as_str()).await?;
-    let linear = groups.len() == 1 && Some(groups[0]) == latest;
+    // The common case: the state before the event is the one state of all forward extremities,
+    // which is the current state; no resolution, no soft-fail check.
+    let current_groups = svc.store.extremity_state_groups(room_id.as_str()).await?;
+    let linear = groups.len() == 1 && current_groups == groups;
     let (before_group, before) = if linear {
         (groups[0], None)
     } else {
@@ -231,7 +255,10 @@ async fn place(
         }
         let resolved = resolve::resolve(svc, rules, &states).await?;
         let entries = state_entries(svc, &resolved).await?;
-        (svc.store.snapshot_group(room_id.as_str(), &entries).await?, Some(resolved))
+        (
+            svc.store.snapshot_group(room_id.as_str(), &entries).await?,
+            Some(resolved),
+        )
     };
 
     let wanted = wanted_state(rules, pdu)?;
@@ -352,6 +379,10 @@ pub async fn fetch_event(
     Ok(checked.pdu)
 }
 
+/// What `ensure_events` returns (boxed: it recurses).
+type EnsureFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<HashMap<OwnedEventId, Pdu>, String>> + Send + 'a>>;
+
 /// Fetches bounded by count across one PDU's checks.
 #[derive(Default)]
 struct Budget {
@@ -370,7 +401,7 @@ fn ensure_events<'a>(
     ids: &'a [OwnedEventId],
     budget: &'a mut Budget,
     depth: usize,
-) -> std::pin::Pin<Box<dyn Future<Output = Result<HashMap<OwnedEventId, Pdu>, String>> + Send + 'a>> {
+) -> EnsureFuture<'a> {
     Box::pin(async move {
         let wanted: Vec<String> = ids.iter().map(ToString::to_string).collect();
         let mut out = HashMap::new();
@@ -454,7 +485,11 @@ pub fn check_with_auth_events(
 }
 
 /// The state-dependent rules against a state (the state before the event, or the current one).
-fn check_against_state(rules: &RoomVersionRules, pdu: &Pdu, state: &HashMap<(String, String), Pdu>) -> Result<(), String> {
+fn check_against_state(
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    state: &HashMap<(String, String), Pdu>,
+) -> Result<(), String> {
     check_state_dependent_auth_rules(&rules.authorization, pdu, |t, k: &str| {
         state.get(&(t.to_string(), k.to_owned()))
     })
@@ -576,7 +611,8 @@ async fn redaction_target(svc: &Services, pdu: &Pdu, room_id: &RoomId) -> Result
     let Some(row) = svc.store.event(target.as_str()).await? else {
         return Ok(None);
     };
-    let same_server = UserId::parse(row.sender.as_str()).is_ok_and(|s| s.server_name() == pdu.sender.server_name());
+    let same_server =
+        UserId::parse(row.sender.as_str()).is_ok_and(|s| s.server_name() == pdu.sender.server_name());
     Ok((row.room_id == room_id.as_str() && same_server).then(|| target.to_string()))
 }
 
@@ -593,9 +629,11 @@ pub fn new_event(pdu: &Pdu) -> NewEvent {
     let event_type = pdu.event_type.to_string();
     NewEvent {
         event_id: pdu.event_id.to_string(),
-        room_id: pdu.room_id.as_ref().map(|r| r.to_string()).unwrap_or_else(|| {
-            hearth_federation::pdu::room_id_from_create_event(&pdu.event_id).to_string()
-        }),
+        room_id: pdu
+            .room_id
+            .as_ref()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| hearth_federation::pdu::room_id_from_create_event(&pdu.event_id).to_string()),
         state_key: pdu.state_key.clone(),
         sender: pdu.sender.to_string(),
         depth: pdu.depth as i64,
@@ -606,7 +644,12 @@ pub fn new_event(pdu: &Pdu) -> NewEvent {
         relation_key: field("key").filter(|_| field("rel_type").as_deref() == Some("m.annotation")),
         prev_events: pdu.prev_events.iter().map(ToString::to_string).collect(),
         membership: (event_type == "m.room.member")
-            .then(|| content.get("membership").and_then(Value::as_str).map(ToOwned::to_owned))
+            .then(|| {
+                content
+                    .get("membership")
+                    .and_then(Value::as_str)
+                    .map(ToOwned::to_owned)
+            })
             .flatten(),
         event_type,
         txn: None,

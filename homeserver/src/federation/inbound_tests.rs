@@ -54,13 +54,21 @@ fn craft(
         origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(ts).unwrap()),
         redacts: None,
     }
-    .finish(&RoomVersionId::V11.rules().unwrap(), svc.server_name(), &svc.signing_key)
+    .finish(
+        &RoomVersionId::V11.rules().unwrap(),
+        svc.server_name(),
+        &svc.signing_key,
+    )
     .unwrap()
 }
 
 async fn join(svc: &Services, room_id: &RoomId, user: &UserId) -> OwnedEventId {
     let spec = EventSpec::state("m.room.member", user.as_str(), json!({ "membership": "join" }));
-    svc.timeline.append(svc, room_id, user, spec, None).await.unwrap().event_id
+    svc.timeline
+        .append(svc, room_id, user, spec, None)
+        .await
+        .unwrap()
+        .event_id
 }
 
 async fn depth_of(svc: &Services, id: &OwnedEventId) -> u64 {
@@ -107,7 +115,9 @@ async fn a_power_level_fork_resolves_and_the_next_event_merges_it() {
     );
     let first = accept_checked(svc, origin(), &rules, left.clone()).await.unwrap();
     assert_eq!(first.fate, Fate::Timeline);
-    let second = accept_checked(svc, origin(), &rules, right.clone()).await.unwrap();
+    let second = accept_checked(svc, origin(), &rules, right.clone())
+        .await
+        .unwrap();
     assert_eq!(second.fate, Fate::Timeline);
 
     let extremities = svc.store.forward_extremities(room_id.as_str()).await.unwrap();
@@ -130,6 +140,12 @@ async fn a_power_level_fork_resolves_and_the_next_event_merges_it() {
     let mut expected = vec![left.event_id.clone(), right.event_id.clone()];
     expected.sort();
     assert_eq!(prev, expected);
+    // Its state is the resolved one, not either branch's.
+    let state = svc.store.state_of_group(row.state_group).await.unwrap();
+    assert_eq!(
+        state[&("m.room.power_levels".to_owned(), String::new())],
+        right.event_id.as_str()
+    );
 
     // Accepting the same event again changes nothing.
     let again = accept_checked(svc, origin(), &rules, right).await.unwrap();
@@ -148,7 +164,10 @@ async fn rejected_soft_failed_and_outlier_events_are_never_served() {
     let depth = depth_of(svc, &joined).await;
     // Alice bans Bob after his join.
     let ban = EventSpec::state("m.room.member", bob().as_str(), json!({ "membership": "ban" }));
-    svc.timeline.append(svc, &room_id, alice(), ban, None).await.unwrap();
+    svc.timeline
+        .append(svc, &room_id, alice(), ban, None)
+        .await
+        .unwrap();
 
     // Bob's message on the branch before the ban: allowed by the state before it, not by the
     // current state — soft-failed.
@@ -183,7 +202,9 @@ async fn rejected_soft_failed_and_outlier_events_are_never_served() {
         depth + 1,
         6_000,
     );
-    let refused = accept_checked(svc, origin(), &rules, stranger.clone()).await.unwrap_err();
+    let refused = accept_checked(svc, origin(), &rules, stranger.clone())
+        .await
+        .unwrap_err();
     assert!(refused.reason.starts_with("rejected"), "{}", refused.reason);
     let unserved = svc.store.unserved(stranger.event_id.as_str()).await.unwrap();
     assert_eq!(unserved.map(|(kind, _)| kind).as_deref(), Some("rejected"));
@@ -219,7 +240,10 @@ async fn rejected_soft_failed_and_outlier_events_are_never_served() {
         .insert_outliers(&[super::inbound::new_event(&outlier)])
         .await
         .unwrap();
-    assert_eq!(svc.store.is_outlier(outlier.event_id.as_str()).await.unwrap(), Some(true));
+    assert_eq!(
+        svc.store.is_outlier(outlier.event_id.as_str()).await.unwrap(),
+        Some(true)
+    );
 
     let upto = svc.store.max_stream_ordering().await.unwrap();
     let timeline: Vec<String> = svc
@@ -231,7 +255,10 @@ async fn rejected_soft_failed_and_outlier_events_are_never_served() {
         .map(|r| r.event_id)
         .collect();
     for hidden in [&late.event_id, &stranger.event_id, &outlier.event_id] {
-        assert!(!timeline.contains(&hidden.to_string()), "{hidden} is not in the timeline");
+        assert!(
+            !timeline.contains(&hidden.to_string()),
+            "{hidden} is not in the timeline"
+        );
     }
     // Nor are they forward extremities.
     let extremities = svc.store.forward_extremities(room_id.as_str()).await.unwrap();

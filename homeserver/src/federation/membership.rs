@@ -39,7 +39,12 @@ pub async fn make_join(
 }
 
 /// `GET /make_leave/{roomId}/{userId}`.
-pub async fn make_leave(svc: &Services, origin: &ServerName, room_id: &RoomId, user: &UserId) -> Result<Value> {
+pub async fn make_leave(
+    svc: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<Value> {
     make_membership(svc, origin, room_id, user, "leave", None).await
 }
 
@@ -52,7 +57,9 @@ async fn make_membership(
     ver: Option<&[RoomVersionId]>,
 ) -> Result<Value> {
     if user.server_name() != origin {
-        return Err(Error::forbidden("The user does not belong to the requesting server"));
+        return Err(Error::forbidden(
+            "The user does not belong to the requesting server",
+        ));
     }
     let (version, rules) = inbound::room_rules(svc, room_id).await?;
     if let Some(ver) = ver
@@ -64,7 +71,16 @@ async fn make_membership(
     }
     check_acl(svc, room_id, origin).await?;
     let content = json!({ "membership": membership });
-    let built = build_event(svc, room_id, user, "m.room.member", Some(user.as_str()), content, &rules).await?;
+    let built = build_event(
+        svc,
+        room_id,
+        user,
+        "m.room.member",
+        Some(user.as_str()),
+        content,
+        &rules,
+    )
+    .await?;
     // The template passes the rules now, or the join or leave is refused here.
     let state = built.state;
     check_state_independent_auth_rules(&rules.authorization, &built.pdu, |id: &EventId| {
@@ -136,7 +152,9 @@ pub async fn build_event(
         prev_events,
         auth_events,
         depth: depth + 1,
-        origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(svc.clock.now_ms() as u64).unwrap_or_default()),
+        origin_server_ts: MilliSecondsSinceUnixEpoch(
+            UInt::new(svc.clock.now_ms() as u64).unwrap_or_default(),
+        ),
         redacts: None,
     }
     .finish(rules, svc.server_name(), &svc.signing_key)
@@ -161,7 +179,11 @@ pub async fn send_join(
     for row in &state_rows {
         state.push(pdu_of(row)?);
     }
-    let chain = auth_chain(svc, state.iter().flat_map(|p| p.auth_events.iter().cloned()).collect()).await?;
+    let chain = auth_chain(
+        svc,
+        state.iter().flat_map(|p| p.auth_events.iter().cloned()).collect(),
+    )
+    .await?;
     let json_of = |p: &Pdu| serde_json::to_value(&p.json).unwrap_or_default();
     Ok(json!({
         "origin": svc.server_name(),
@@ -207,8 +229,11 @@ async fn send_membership(
         },
         _ => None,
     };
-    if field("type").as_deref() != Some("m.room.member") || claimed_membership.as_deref() != Some(membership) {
-        return Err(Error::bad_json(format!("Not an m.room.member {membership} event")));
+    if field("type").as_deref() != Some("m.room.member") || claimed_membership.as_deref() != Some(membership)
+    {
+        return Err(Error::bad_json(format!(
+            "Not an m.room.member {membership} event"
+        )));
     }
     let sender = field("sender").unwrap_or_default();
     if field("state_key").as_deref() != Some(sender.as_str()) {
@@ -216,7 +241,9 @@ async fn send_membership(
     }
     let sender = UserId::parse(sender).map_err(|_| Error::bad_json("Invalid sender"))?;
     if sender.server_name() != origin {
-        return Err(Error::forbidden("The user does not belong to the requesting server"));
+        return Err(Error::forbidden(
+            "The user does not belong to the requesting server",
+        ));
     }
     if field("room_id").as_deref() != Some(room_id.as_str()) {
         return Err(Error::bad_json("The event is for another room"));
@@ -229,7 +256,9 @@ async fn send_membership(
         return Err(Error::bad_json("The event ID does not match the event"));
     }
     if accepted.fate == Fate::SoftFailed {
-        return Err(Error::forbidden("The event fails against the room's current state"));
+        return Err(Error::forbidden(
+            "The event fails against the room's current state",
+        ));
     }
     Ok(accepted)
 }
@@ -286,7 +315,12 @@ pub async fn auth_chain(svc: &Services, start: Vec<OwnedEventId>) -> Result<Vec<
 /// `m.room.server_acl`: a server the room's ACL denies gets 403.
 pub async fn check_acl(svc: &Services, room_id: &RoomId, server: &ServerName) -> Result<()> {
     let key = [("m.room.server_acl".to_owned(), String::new())];
-    if let Some((_, _, json)) = svc.store.current_state_entries(room_id.as_str(), &key).await?.pop() {
+    if let Some((_, _, json)) = svc
+        .store
+        .current_state_entries(room_id.as_str(), &key)
+        .await?
+        .pop()
+    {
         let value: Value = serde_json::from_str(&json).map_err(Error::internal)?;
         if let Ok(acl) = serde_json::from_value::<RoomServerAclEventContent>(value["content"].clone())
             && !acl.is_allowed(server)
@@ -327,14 +361,18 @@ pub async fn invite(
         return Err(Error::bad_json("Not an invite"));
     }
     if pdu.sender.server_name() != origin {
-        return Err(Error::forbidden("The inviter does not belong to the requesting server"));
+        return Err(Error::forbidden(
+            "The inviter does not belong to the requesting server",
+        ));
     }
     let invitee = pdu
         .state_key
         .as_deref()
         .and_then(|k| UserId::parse(k).ok())
         .ok_or_else(|| Error::bad_json("Invalid state_key"))?;
-    if invitee.server_name().as_str() != svc.server_name() || svc.store.user(invitee.as_str()).await?.is_none() {
+    if invitee.server_name().as_str() != svc.server_name()
+        || svc.store.user(invitee.as_str()).await?.is_none()
+    {
         return Err(Error::not_found("The invitee is not a user of this server"));
     }
     if invite_room_state.len() > 50 {

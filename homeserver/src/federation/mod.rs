@@ -4,15 +4,15 @@
 //! protocol pieces without state are in the `hearth-federation` crate.
 
 pub mod auth;
+pub mod client;
 pub mod inbound;
 #[cfg(test)]
 mod inbound_tests;
-pub mod resolve;
-pub mod client;
 pub mod keys;
 pub mod lookup;
 pub mod membership;
 pub mod remote_membership;
+pub mod resolve;
 pub mod tls;
 
 use std::{

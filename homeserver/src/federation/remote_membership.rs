@@ -7,9 +7,8 @@ use std::collections::HashMap;
 
 use hearth_federation::{Pdu, pdu::PduTemplate, pdu_checks, rules_for};
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedServerName,
-    RoomId, RoomVersionId, ServerName, UInt, UserId,
-    room_version_rules::RoomVersionRules,
+    CanonicalJsonObject, CanonicalJsonValue, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId,
+    OwnedServerName, RoomId, RoomVersionId, ServerName, UInt, UserId, room_version_rules::RoomVersionRules,
     state_res::check_state_dependent_auth_rules,
 };
 use serde_json::{Value, json, value::RawValue};
@@ -66,7 +65,12 @@ pub async fn has_pending_remote_invite(svc: &Services, user: &UserId, room_id: &
     let Some((event_id, ..)) = svc.store.remote_invite(user.as_str(), room_id.as_str()).await? else {
         return Ok(false);
     };
-    let latest_is_invite = svc.store.latest_membership(user.as_str(), room_id.as_str()).await?.as_deref() == Some("invite");
+    let latest_is_invite = svc
+        .store
+        .latest_membership(user.as_str(), room_id.as_str())
+        .await?
+        .as_deref()
+        == Some("invite");
     let current = svc.store.membership(room_id.as_str(), user.as_str()).await?;
     Ok(latest_is_invite
         && matches!(current.as_deref(), None | Some("leave"))
@@ -90,18 +94,27 @@ async fn candidate_servers(
         servers.push(server.to_owned());
     }
     let mut seen = Vec::new();
-    servers.retain(|s| s.as_str() != svc.server_name() && !seen.contains(s) && {
-        seen.push(s.clone());
-        true
+    servers.retain(|s| {
+        s.as_str() != svc.server_name() && !seen.contains(s) && {
+            seen.push(s.clone());
+            true
+        }
     });
     if servers.is_empty() {
-        return Err(Error::not_found("No server to join the room through (give one in `via`)"));
+        return Err(Error::not_found(
+            "No server to join the room through (give one in `via`)",
+        ));
     }
     Ok(servers)
 }
 
 /// Joins a room this server is not in, through one of `via` (or the inviter's server).
-pub async fn join_remote(svc: &Services, user: &UserId, room_id: &RoomId, via: &[OwnedServerName]) -> Result<()> {
+pub async fn join_remote(
+    svc: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+    via: &[OwnedServerName],
+) -> Result<()> {
     let servers = candidate_servers(svc, user, room_id, via).await?;
     let mut last = Error::not_found("No server could join the room");
     for server in servers.iter().take(MAX_SERVERS_TRIED) {
@@ -139,8 +152,14 @@ async fn join_through(svc: &Services, user: &UserId, room_id: &RoomId, server: &
         inbound::encode(room_id.as_str()),
         inbound::encode(join.event_id.as_str())
     );
-    let body = put(svc, server, &path, serde_json::to_vec(&join.json).map_err(Error::internal)?, SEND_JOIN_RESPONSE)
-        .await?;
+    let body = put(
+        svc,
+        server,
+        &path,
+        serde_json::to_vec(&join.json).map_err(Error::internal)?,
+        SEND_JOIN_RESPONSE,
+    )
+    .await?;
     #[derive(serde::Deserialize)]
     struct SendJoin {
         #[serde(default)]
@@ -148,8 +167,8 @@ async fn join_through(svc: &Services, user: &UserId, room_id: &RoomId, server: &
         #[serde(default)]
         auth_chain: Vec<Box<RawValue>>,
     }
-    let answer: SendJoin =
-        serde_json::from_slice(&body).map_err(|e| Error::unknown(format!("{server} sent a bad send_join answer: {e}")))?;
+    let answer: SendJoin = serde_json::from_slice(&body)
+        .map_err(|e| Error::unknown(format!("{server} sent a bad send_join answer: {e}")))?;
     if answer.state.len() + answer.auth_chain.len() > MAX_JOIN_EVENTS {
         return Err(Error::unknown(format!("{server} sent too many events")));
     }
@@ -283,8 +302,8 @@ async fn fill_template(
         room_version: Option<RoomVersionId>,
         event: CanonicalJsonObject,
     }
-    let answer: MakeMembership =
-        serde_json::from_slice(body).map_err(|e| Error::unknown(format!("bad make_{membership} answer: {e}")))?;
+    let answer: MakeMembership = serde_json::from_slice(body)
+        .map_err(|e| Error::unknown(format!("bad make_{membership} answer: {e}")))?;
     let version = answer.room_version.unwrap_or(RoomVersionId::V1);
     let rules = rules_for(&version)
         .ok_or_else(|| Error::unsupported_room_version(format!("Room version {version} is not supported")))?;
@@ -297,14 +316,18 @@ async fn fill_template(
         || field("state_key").as_deref() != Some(user.as_str())
         || field("room_id").as_deref() != Some(room_id.as_str())
     {
-        return Err(Error::unknown(format!("the make_{membership} template is not this user's {membership}")));
+        return Err(Error::unknown(format!(
+            "the make_{membership} template is not this user's {membership}"
+        )));
     }
     let ids = |key: &str| -> Result<Vec<OwnedEventId>> {
         match answer.event.get(key) {
             Some(CanonicalJsonValue::Array(a)) if a.len() <= 20 => a
                 .iter()
                 .map(|v| match v {
-                    CanonicalJsonValue::String(s) => EventId::parse(s).map_err(|_| Error::unknown("bad event ID")),
+                    CanonicalJsonValue::String(s) => {
+                        EventId::parse(s).map_err(|_| Error::unknown("bad event ID"))
+                    }
                     _ => Err(Error::unknown("bad event ID")),
                 })
                 .collect(),
@@ -329,7 +352,9 @@ async fn fill_template(
         prev_events: ids("prev_events")?,
         auth_events: ids("auth_events")?,
         depth,
-        origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(svc.clock.now_ms() as u64).unwrap_or_default()),
+        origin_server_ts: MilliSecondsSinceUnixEpoch(
+            UInt::new(svc.clock.now_ms() as u64).unwrap_or_default(),
+        ),
         redacts: None,
     }
     .finish(&rules, svc.server_name(), &svc.signing_key)
@@ -354,7 +379,9 @@ pub async fn reject_remote_invite(svc: &Services, user: &UserId, room_id: &RoomI
         .map_err(remote_error)?;
     let (_, _, leave) = fill_template(svc, user, room_id, &body, "leave").await?;
     send_leave(svc, server, &leave).await?;
-    svc.store.store_outlier_membership(&inbound::new_event(&leave)).await?;
+    svc.store
+        .store_outlier_membership(&inbound::new_event(&leave))
+        .await?;
     svc.notifier.notify(vec![user.to_string(), room_id.to_string()]);
     Ok(())
 }
@@ -362,13 +389,23 @@ pub async fn reject_remote_invite(svc: &Services, user: &UserId, room_id: &RoomI
 /// Sends a stored leave of a local user to a server (`send_leave` v2), so it learns of it even
 /// before the outbound queue delivers it (which then repeats it harmlessly).
 pub async fn send_leave(svc: &Services, server: &ServerName, leave: &Pdu) -> Result<()> {
-    let room_id = leave.room_id.as_deref().ok_or_else(|| Error::internal("no room"))?;
+    let room_id = leave
+        .room_id
+        .as_deref()
+        .ok_or_else(|| Error::internal("no room"))?;
     let path = format!(
         "/_matrix/federation/v2/send_leave/{}/{}",
         inbound::encode(room_id.as_str()),
         inbound::encode(leave.event_id.as_str())
     );
-    put(svc, server, &path, serde_json::to_vec(&leave.json).map_err(Error::internal)?, SMALL_RESPONSE).await?;
+    put(
+        svc,
+        server,
+        &path,
+        serde_json::to_vec(&leave.json).map_err(Error::internal)?,
+        SMALL_RESPONSE,
+    )
+    .await?;
     Ok(())
 }
 
@@ -426,8 +463,16 @@ pub async fn invite_remote(
     content: Value,
 ) -> Result<()> {
     let (version, rules) = inbound::room_rules(svc, room_id).await?;
-    let built = membership::build_event(svc, room_id, sender, "m.room.member", Some(target.as_str()), content, &rules)
-        .await?;
+    let built = membership::build_event(
+        svc,
+        room_id,
+        sender,
+        "m.room.member",
+        Some(target.as_str()),
+        content,
+        &rules,
+    )
+    .await?;
     let state = &built.state;
     check_state_dependent_auth_rules(&rules.authorization, &built.pdu, |t, k: &str| {
         state.get(&(t.to_string(), k.to_owned()))
@@ -445,15 +490,23 @@ pub async fn invite_remote(
         "event": built.pdu.json,
         "invite_room_state": stripped,
     });
-    let answer = put(svc, server, &path, serde_json::to_vec(&body).map_err(Error::internal)?, SMALL_RESPONSE).await?;
+    let answer = put(
+        svc,
+        server,
+        &path,
+        serde_json::to_vec(&body).map_err(Error::internal)?,
+        SMALL_RESPONSE,
+    )
+    .await?;
     #[derive(serde::Deserialize)]
     struct Invited {
         event: Box<RawValue>,
     }
-    let invited: Invited =
-        serde_json::from_slice(&answer).map_err(|e| Error::unknown(format!("{server} sent a bad invite answer: {e}")))?;
+    let invited: Invited = serde_json::from_slice(&answer)
+        .map_err(|e| Error::unknown(format!("{server} sent a bad invite answer: {e}")))?;
     let object = pdu_checks::parse(&invited.event).map_err(|e| Error::unknown(e.to_string()))?;
-    if !matches!(object.get("signatures"), Some(CanonicalJsonValue::Object(s)) if s.contains_key(server.as_str())) {
+    if !matches!(object.get("signatures"), Some(CanonicalJsonValue::Object(s)) if s.contains_key(server.as_str()))
+    {
         return Err(Error::unknown(format!("{server} did not sign the invite")));
     }
     let checked = inbound::verify(svc, object, &rules)
@@ -466,7 +519,9 @@ pub async fn invite_remote(
         .await
         .map_err(|r| Error::forbidden(r.reason))?;
     if accepted.fate != Fate::Timeline {
-        return Err(Error::forbidden("The invite is not allowed by the room's current state"));
+        return Err(Error::forbidden(
+            "The invite is not allowed by the room's current state",
+        ));
     }
     Ok(())
 }
@@ -483,7 +538,13 @@ async fn invite_room_state(svc: &Services, room_id: &RoomId) -> Result<Vec<Value
 }
 
 /// PUT a JSON body to `server`, signed: the answer's body.
-async fn put(svc: &Services, server: &ServerName, path: &str, body: Vec<u8>, limit: usize) -> Result<Vec<u8>> {
+async fn put(
+    svc: &Services,
+    server: &ServerName,
+    path: &str,
+    body: Vec<u8>,
+    limit: usize,
+) -> Result<Vec<u8>> {
     let client = svc.federation.client()?;
     let authorization = client
         .authorization(&svc.signing_key, server, "PUT", path, Some(&body))
@@ -494,8 +555,15 @@ async fn put(svc: &Services, server: &ServerName, path: &str, body: Vec<u8>, lim
         .map_err(remote_error)?;
     if !(200..300).contains(&status) {
         let detail: Value = serde_json::from_slice(&answer).unwrap_or_default();
-        let message = format!("{server} refused: {}", detail["error"].as_str().unwrap_or("no reason given"));
-        return Err(if status == 403 { Error::forbidden(message) } else { Error::unknown(message) });
+        let message = format!(
+            "{server} refused: {}",
+            detail["error"].as_str().unwrap_or("no reason given")
+        );
+        return Err(if status == 403 {
+            Error::forbidden(message)
+        } else {
+            Error::unknown(message)
+        });
     }
     Ok(answer)
 }

@@ -5,9 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use hearth_federation::Pdu;
-use ruma::{
-    EventId, OwnedEventId, events::StateEventType, room_version_rules::RoomVersionRules, state_res,
-};
+use ruma::{EventId, OwnedEventId, events::StateEventType, room_version_rules::RoomVersionRules, state_res};
 
 use crate::{
     error::{Error, Result},
@@ -48,7 +46,12 @@ pub async fn resolve(svc: &Services, rules: &RoomVersionRules, states: &[StateMa
     let to_ruma = |state: &StateMap| -> state_res::StateMap<OwnedEventId> {
         state
             .iter()
-            .filter_map(|((t, k), id)| Some(((StateEventType::from(t.as_str()), k.clone()), EventId::parse(id).ok()?)))
+            .filter_map(|((t, k), id)| {
+                Some((
+                    (StateEventType::from(t.as_str()), k.clone()),
+                    EventId::parse(id).ok()?,
+                ))
+            })
             .collect()
     };
     let maps: Vec<state_res::StateMap<OwnedEventId>> = states.iter().map(to_ruma).collect();
@@ -78,7 +81,10 @@ pub async fn resolve(svc: &Services, rules: &RoomVersionRules, states: &[StateMa
 
 /// Every event reachable through `auth_events` from `start` (not including `start` itself
 /// unless reached again).
-fn auth_chain(events: &HashMap<OwnedEventId, Pdu>, start: impl Iterator<Item = OwnedEventId>) -> HashSet<OwnedEventId> {
+fn auth_chain(
+    events: &HashMap<OwnedEventId, Pdu>,
+    start: impl Iterator<Item = OwnedEventId>,
+) -> HashSet<OwnedEventId> {
     let mut seen = HashSet::new();
     let mut todo: Vec<OwnedEventId> = start
         .filter_map(|id| events.get(&id))

@@ -434,7 +434,7 @@ impl Timeline {
                     Draft::stored(
                         room_id,
                         version,
-                        svc.store.latest_state_group(room_id.as_str()).await?,
+                        svc.store.current_state_group(room_id.as_str()).await?,
                     )
                 }
             };

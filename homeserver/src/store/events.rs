@@ -583,10 +583,12 @@ impl Store {
 
     /// Every event of a room in stream order (for DAG checks and exports).
     pub async fn all_room_events(&self, room_id: &str) -> StoreResult<Vec<EventRow>> {
-        let rows = q(select_events!("WHERE e.room_id = $1 AND e.outlier = 0 ORDER BY e.stream_ordering"))
-            .bind(room_id.to_owned())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = q(select_events!(
+            "WHERE e.room_id = $1 AND e.outlier = 0 ORDER BY e.stream_ordering"
+        ))
+        .bind(room_id.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(event_row).collect())
     }
 

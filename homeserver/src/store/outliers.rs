@@ -29,10 +29,12 @@ impl Store {
 
     async fn insert_outliers_in(tx: &mut Transaction<'static, Any>, events: &[NewEvent]) -> StoreResult<()> {
         for event in events {
-            q("INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, \
+            q(
+                "INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, \
                redacts, rel_type, relates_to, relation_key, state_group, json, outlier) \
                VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL, NULL, 0, $8, 1) \
-               ON CONFLICT (event_id) DO NOTHING")
+               ON CONFLICT (event_id) DO NOTHING",
+            )
             .bind(event.event_id.clone())
             .bind(event.room_id.clone())
             .bind(event.event_type.clone())
@@ -67,8 +69,10 @@ impl Store {
         json: &str,
         now: i64,
     ) -> StoreResult<()> {
-        q("INSERT INTO unserved_events (event_id, room_id, kind, reason, json, received_ts) \
-           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING")
+        q(
+            "INSERT INTO unserved_events (event_id, room_id, kind, reason, json, received_ts) \
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+        )
         .bind(event_id.to_owned())
         .bind(room_id.to_owned())
         .bind(kind.to_owned())
@@ -179,10 +183,16 @@ impl Store {
 
     /// The newest remote invite of a user into a room: (event ID, room version, stripped state
     /// JSON, the inviter's user ID).
-    pub async fn remote_invite(&self, user_id: &str, room_id: &str) -> StoreResult<Option<(String, String, String, String)>> {
-        let row = q("SELECT i.event_id, i.room_version, i.invite_state, e.sender FROM remote_invites i \
+    pub async fn remote_invite(
+        &self,
+        user_id: &str,
+        room_id: &str,
+    ) -> StoreResult<Option<(String, String, String, String)>> {
+        let row = q(
+            "SELECT i.event_id, i.room_version, i.invite_state, e.sender FROM remote_invites i \
                      JOIN events e ON e.event_id = i.event_id WHERE i.user_id = $1 AND i.room_id = $2 \
-                     ORDER BY e.stream_ordering DESC LIMIT 1")
+                     ORDER BY e.stream_ordering DESC LIMIT 1",
+        )
         .bind(user_id.to_owned())
         .bind(room_id.to_owned())
         .fetch_optional(&self.pool)
@@ -193,13 +203,41 @@ impl Store {
     /// A user's newest membership change in a room (timeline or outlier), as `room_memberships`
     /// records it.
     pub async fn latest_membership(&self, user_id: &str, room_id: &str) -> StoreResult<Option<String>> {
-        let row = q("SELECT membership FROM room_memberships WHERE user_id = $1 AND room_id = $2 \
-                     ORDER BY stream_ordering DESC LIMIT 1")
+        let row = q(
+            "SELECT membership FROM room_memberships WHERE user_id = $1 AND room_id = $2 \
+                     ORDER BY stream_ordering DESC LIMIT 1",
+        )
         .bind(user_id.to_owned())
         .bind(room_id.to_owned())
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    /// The state group matching the room's current state, for the next local event: the newest
+    /// event's, or — when the forward extremities' states differ (a fork, resolved into
+    /// `current_state`) — a new snapshot of the current state.
+    pub async fn current_state_group(&self, room_id: &str) -> StoreResult<Option<i64>> {
+        if self.extremity_state_groups(room_id).await?.len() <= 1 {
+            return self.latest_state_group(room_id).await;
+        }
+        let mut tx = self.begin_write().await?;
+        let group: i64 =
+            q("INSERT INTO state_groups (room_id, prev_group, chain_len) VALUES ($1, NULL, 0) RETURNING id")
+                .bind(room_id.to_owned())
+                .fetch_one(&mut *tx)
+                .await?
+                .get(0);
+        q(
+            "INSERT INTO state_group_entries (state_group, type, state_key, event_id) \
+           SELECT $1, type, state_key, event_id FROM current_state WHERE room_id = $2",
+        )
+        .bind(group)
+        .bind(room_id.to_owned())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(group))
     }
 
     /// A remote room this server joins: the room row (kept if it exists), the state and auth
@@ -213,8 +251,10 @@ impl Store {
         now: i64,
     ) -> StoreResult<i64> {
         let mut tx = self.begin_stream_write(Stream::Events).await?;
-        q("INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) \
-           VALUES ($1, $2, $3, 0, $4) ON CONFLICT (room_id) DO NOTHING")
+        q(
+            "INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) \
+           VALUES ($1, $2, $3, 0, $4) ON CONFLICT (room_id) DO NOTHING",
+        )
         .bind(room.room_id.clone())
         .bind(room.room_version.clone())
         .bind(room.creator.clone())
@@ -279,8 +319,10 @@ impl Store {
             .execute(&mut **tx)
             .await?;
         for entry in state {
-            q("INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_ordering) \
-               SELECT $1, $2, $3, $4, $5, e.stream_ordering FROM events e WHERE e.event_id = $4")
+            q(
+                "INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_ordering) \
+               SELECT $1, $2, $3, $4, $5, e.stream_ordering FROM events e WHERE e.event_id = $4",
+            )
             .bind(room_id.to_owned())
             .bind(entry.event_type.clone())
             .bind(entry.state_key.clone())
