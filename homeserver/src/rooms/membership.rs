@@ -214,11 +214,22 @@ pub async fn join_room(
     via: &[OwnedServerName],
 ) -> Result<OwnedRoomId> {
     svc.rate_limiter.check(Action::Join, user.as_str())?;
-    let room_id = resolve_room(svc, target.as_str()).await?;
+    let mut via = via.to_vec();
+    let room_id = if target.as_str().starts_with('#') {
+        // Through the directory, which asks the alias's server for other servers' aliases; the
+        // servers it names are where a remote join can go.
+        let alias =
+            RoomAliasId::parse(target.as_str()).map_err(|_| Error::invalid_param("Invalid room alias"))?;
+        let resolved = rooms::directory::resolve_alias(svc, &alias).await?;
+        via.extend(resolved.servers);
+        resolved.room_id
+    } else {
+        resolve_room(svc, target.as_str()).await?
+    };
     // A room this server is not in is joined through another server (federation).
     if !remote_membership::is_resident(svc, &room_id).await? {
         if svc.config.federation.enabled {
-            remote_membership::join_remote(svc, user, &room_id, via).await?;
+            remote_membership::join_remote(svc, user, &room_id, &via).await?;
             return Ok(room_id);
         }
         return Err(Error::not_found("Room not found"));
