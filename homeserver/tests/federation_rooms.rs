@@ -210,6 +210,16 @@ async fn joins_invites_and_leaves_across_two_servers() {
     let public = alice
         .create_room(json!({ "preset": "public_chat", "name": "Lobby" }))
         .await;
+    let before = alice.sync(None, 0, 10).await;
+    let since = before["next_batch"].as_str().unwrap().to_owned();
+    // Alice's long-poll, waiting while Bob joins from B: the remote join wakes it.
+    let waiting = {
+        let alice =
+            p.a.server
+                .client_with_token(&alice.user_id, &alice.device_id, alice.token.as_deref().unwrap());
+        let since = since.clone();
+        tokio::spawn(async move { alice.sync(Some(&since), 20_000, 10).await })
+    };
     let (status, body) = bob
         .request(
             Method::POST,
@@ -225,6 +235,14 @@ async fn joins_invites_and_leaves_across_two_servers() {
         p.b.server.log_tail()
     );
     assert_eq!(body["room_id"], public.as_str());
+    let woken = waiting.await.unwrap();
+    let bobs: Vec<&Value> = woken["rooms"]["join"][&public]["timeline"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
+        .collect();
+    assert_eq!(bobs.len(), 1, "Bob's join reaches Alice's /sync: {woken}");
     let both = vec![alice.user_id.clone(), bob.user_id.clone()];
     assert_eq!(joined(&alice, &public).await, both, "A sees Bob joined");
     assert_eq!(joined(&bob, &public).await, both, "B sees the same members");
@@ -517,6 +535,23 @@ async fn hostile_joins_and_invites_are_refused() {
         .await,
         0
     );
+
+    // A server the room's ACL denies cannot join it.
+    let fenced = alice.create_room(json!({ "preset": "public_chat" })).await;
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/rooms/{}/state/m.room.server_acl/", encode(&fenced)),
+            Some(&json!({ "allow": ["*"], "deny": ["hs-b.test"], "allow_ip_literals": false })),
+        )
+        .await;
+    let uri = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+        encode(&fenced),
+        encode(mallory)
+    );
+    let (status, body) = p.to_a(&b_key, "GET", &uri, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 
     // invite: a room version this server does not support.
     let uri = format!(
