@@ -110,13 +110,93 @@ fn conflicted_subgraph(
     let conflicted: HashSet<OwnedEventId> = conflicted.values().flatten().cloned().collect();
     // Reached from a conflicted event: in the auth chain of one.
     let below = auth_chain(events, conflicted.iter().cloned());
-    // Reaches a conflicted event: its own auth chain holds one.
-    let mut out: HashSet<OwnedEventId> = conflicted.clone();
-    for id in &below {
-        let chain = auth_chain(events, std::iter::once(id.clone()));
-        if chain.iter().any(|c| conflicted.contains(c)) {
-            out.insert(id.clone());
+    // Reaches a conflicted event: one of its auth events is conflicted or reaches one. Decided
+    // once per event, children first (an explicit stack: auth chains can be deep).
+    let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
+    for start in &below {
+        let mut stack = vec![(start.clone(), false)];
+        while let Some((id, expanded)) = stack.pop() {
+            if reaches.contains_key(&id) {
+                continue;
+            }
+            let auth = events
+                .get(&id)
+                .map(|p| p.auth_events.as_slice())
+                .unwrap_or_default();
+            if expanded {
+                let found = auth
+                    .iter()
+                    .any(|a| conflicted.contains(a) || reaches.get(a).copied().unwrap_or(false));
+                reaches.insert(id, found);
+            } else {
+                stack.push((id.clone(), true));
+                stack.extend(
+                    auth.iter()
+                        .filter(|a| !reaches.contains_key(*a))
+                        .map(|a| (a.clone(), false)),
+                );
+            }
         }
     }
+    let mut out: HashSet<OwnedEventId> = conflicted;
+    out.extend(
+        below
+            .into_iter()
+            .filter(|id| reaches.get(id).copied().unwrap_or(false)),
+    );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use hearth_federation::{SigningKey, pdu::PduTemplate};
+    use ruma::{MilliSecondsSinceUnixEpoch, RoomVersionId, UInt, owned_room_id, owned_user_id};
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(key: &SigningKey, n: u64, auth: Vec<OwnedEventId>) -> Pdu {
+        PduTemplate {
+            room_id: Some(owned_room_id!("!r:hearth.test")),
+            sender: owned_user_id!("@a:hearth.test"),
+            event_type: "m.room.topic".into(),
+            state_key: Some(String::new()),
+            content: json!({ "topic": n.to_string() }),
+            prev_events: vec![],
+            auth_events: auth,
+            depth: n,
+            origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(n).unwrap()),
+            redacts: None,
+        }
+        .finish(&RoomVersionId::V12.rules().unwrap(), "hearth.test", key)
+        .unwrap()
+    }
+
+    #[test]
+    fn the_conflicted_subgraph_is_the_auth_paths_between_conflicted_events() {
+        let key = SigningKey::generate("t").unwrap();
+        let a = event(&key, 1, vec![]);
+        let b = event(&key, 2, vec![a.event_id.clone()]);
+        let c = event(&key, 3, vec![b.event_id.clone()]);
+        let d = event(&key, 4, vec![a.event_id.clone()]);
+        let events: HashMap<OwnedEventId, Pdu> = [&a, &b, &c, &d]
+            .into_iter()
+            .map(|p| (p.event_id.clone(), p.clone()))
+            .collect();
+        let conflicted = |ids: &[&Pdu]| -> state_res::StateMap<Vec<OwnedEventId>> {
+            [(
+                (StateEventType::RoomTopic, String::new()),
+                ids.iter().map(|p| p.event_id.clone()).collect(),
+            )]
+            .into()
+        };
+        // C reaches A through B: all three.
+        let found = conflicted_subgraph(&events, &conflicted(&[&c, &a]));
+        let expected: HashSet<OwnedEventId> = [&a, &b, &c].iter().map(|p| p.event_id.clone()).collect();
+        assert_eq!(found, expected);
+        // No auth path between C and D: only themselves.
+        let found = conflicted_subgraph(&events, &conflicted(&[&c, &d]));
+        let expected: HashSet<OwnedEventId> = [&c, &d].iter().map(|p| p.event_id.clone()).collect();
+        assert_eq!(found, expected);
+    }
 }
