@@ -129,6 +129,31 @@ pub async fn accept_checked(
     rules: &RoomVersionRules,
     pdu: Pdu,
 ) -> Result<Accepted, Refused> {
+    accept_in(svc, origin, rules, pdu, &mut Budget::default(), 0).await
+}
+
+/// What `accept_in` returns (boxed: it recurses into missing prev_events).
+type AcceptFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Accepted, Refused>> + Send + 'a>>;
+
+fn accept_in<'a>(
+    svc: &'a Services,
+    origin: &'a ServerName,
+    rules: &'a RoomVersionRules,
+    pdu: Pdu,
+    budget: &'a mut Budget,
+    depth: usize,
+) -> AcceptFuture<'a> {
+    Box::pin(accept_inner(svc, origin, rules, pdu, budget, depth))
+}
+
+async fn accept_inner(
+    svc: &Services,
+    origin: &ServerName,
+    rules: &RoomVersionRules,
+    pdu: Pdu,
+    budget: &mut Budget,
+    depth: usize,
+) -> Result<Accepted, Refused> {
     let id = pdu.event_id.clone();
     let refuse = |reason: String| Refused::new(Some(&id), reason);
     let room_id = pdu.room_id.clone().ok_or_else(|| refuse("no room_id".into()))?;
@@ -176,10 +201,9 @@ pub async fn accept_checked(
     }
 
     // Auth against its own auth events.
-    let mut budget = Budget::default();
     let mut wanted = pdu.auth_events.clone();
     wanted.extend(implied_create(rules, &room_id));
-    let auth = ensure_events(svc, origin, rules, &room_id, &wanted, &mut budget, 0)
+    let auth = ensure_events(svc, origin, rules, &room_id, &wanted, budget, 0)
         .await
         .map_err(refuse)?;
     if let Err(reason) = check_with_auth_events(rules, &pdu, &auth) {
@@ -187,17 +211,65 @@ pub async fn accept_checked(
         return Err(refuse(format!("rejected: {reason}")));
     }
 
-    // The state before it: its prev_events must be in the timeline.
+    // The state before it: the states of its prev_events, which must be in the timeline (missing
+    // ones are fetched from the origin and accepted first, bounded), or be where this server's
+    // timeline of the room starts (a remote join's prev_events: the state it joined with).
     let prevs: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
-    let known = svc
+    let mut known = svc
         .store
         .timeline_events_state(&prevs)
         .await
         .map_err(|e| internal(e.into()))?;
-    if known.len() < prevs.len() {
-        return Err(refuse("prev_events are missing".into()));
+    let start = svc
+        .store
+        .timeline_start(room_id.as_str())
+        .await
+        .map_err(|e| internal(e.into()))?
+        .and_then(|(json, group)| {
+            let first: Value = serde_json::from_str(&json).ok()?;
+            let prevs: Vec<String> = first["prev_events"]
+                .as_array()?
+                .iter()
+                .filter_map(|v| v.as_str().map(ToOwned::to_owned))
+                .collect();
+            Some((prevs, group))
+        });
+    let mut groups: Vec<i64> = Vec::new();
+    for prev in &pdu.prev_events {
+        if known.iter().any(|(id, _, _)| id == prev.as_str()) {
+            continue;
+        }
+        if let Some((start_prevs, group)) = &start
+            && start_prevs.iter().any(|p| p == prev.as_str())
+        {
+            groups.push(*group);
+            continue;
+        }
+        if depth >= MAX_FETCH_DEPTH || budget.fetched >= MAX_FETCHED {
+            return Err(refuse(format!(
+                "prev event {prev} is missing (fetch limit reached)"
+            )));
+        }
+        budget.fetched += 1;
+        let fetched = fetch_event(svc, origin, rules, prev)
+            .await
+            .map_err(|e| refuse(format!("prev event {prev} is missing: {e}")))?;
+        if fetched.room_id.as_deref() != Some(&*room_id) {
+            return Err(refuse(format!("prev event {prev} is of another room")));
+        }
+        accept_in(svc, origin, rules, fetched, budget, depth + 1)
+            .await
+            .map_err(|r| refuse(format!("prev event {prev}: {}", r.reason)))?;
+        known = svc
+            .store
+            .timeline_events_state(&prevs)
+            .await
+            .map_err(|e| internal(e.into()))?;
+        if !known.iter().any(|(id, _, _)| id == prev.as_str()) {
+            return Err(refuse(format!("prev event {prev} did not enter the timeline")));
+        }
     }
-    let mut groups: Vec<i64> = known.iter().map(|(_, g, _)| *g).collect();
+    groups.extend(known.iter().map(|(_, g, _)| *g));
     groups.sort_unstable();
     groups.dedup();
 

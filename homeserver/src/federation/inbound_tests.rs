@@ -265,3 +265,64 @@ async fn rejected_soft_failed_and_outlier_events_are_never_served() {
     assert_eq!(extremities.len(), 1);
     assert!(svc.store.event(late.event_id.as_str()).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn handle_incoming_pdu_checks_signatures_and_keeps_a_bad_hash_redacted() {
+    let test = TestServices::new().await;
+    let svc = &test.svc;
+    let room_id = public_room(svc).await;
+    let joined = join(svc, &room_id, bob()).await;
+    let create = state_id(svc, &room_id, "m.room.create", "").await;
+    let levels = state_id(svc, &room_id, "m.room.power_levels", "").await;
+    let depth = depth_of(svc, &joined).await;
+    let message = |body: &str, ts: u64| {
+        craft(
+            svc,
+            &room_id,
+            bob(),
+            "m.room.message",
+            None,
+            json!({ "msgtype": "m.text", "body": body }),
+            vec![joined.clone()],
+            vec![create.clone(), levels.clone(), joined.clone()],
+            depth + 1,
+            ts,
+        )
+    };
+    let raw = |pdu: &Pdu| serde_json::value::to_raw_value(&pdu.json).unwrap();
+
+    let good = message("hello", 10);
+    let result = super::inbound::handle_incoming_pdu(svc, origin(), &raw(&good)).await;
+    assert_eq!(result.error, None);
+    assert_eq!(result.event_id.as_ref(), Some(&good.event_id));
+    assert!(svc.store.event(good.event_id.as_str()).await.unwrap().is_some());
+
+    // The body changed after signing: same event ID (the reference hash covers the redacted
+    // form), stored without its content.
+    let mut tampered = message("original", 20);
+    let id = tampered.event_id.clone();
+    if let Some(ruma::CanonicalJsonValue::Object(content)) = tampered.json.get_mut("content") {
+        content.insert("body".into(), ruma::CanonicalJsonValue::String("changed".into()));
+    }
+    let result = super::inbound::handle_incoming_pdu(svc, origin(), &raw(&tampered)).await;
+    assert_eq!(result.error, None);
+    assert_eq!(result.event_id.as_ref(), Some(&id));
+    let row = svc.store.event(id.as_str()).await.unwrap().unwrap();
+    let stored: Value = serde_json::from_str(&row.json).unwrap();
+    assert_eq!(stored["content"], json!({}));
+
+    // A signature that does not verify: dropped, nothing stored.
+    let mut forged = message("forged", 30);
+    let other = hearth_federation::SigningKey::generate(svc.signing_key.version()).unwrap();
+    forged.json.remove("signatures");
+    ruma::signatures::sign_json("hearth.test", other.pair(), &mut forged.json).unwrap();
+    let result = super::inbound::handle_incoming_pdu(svc, origin(), &raw(&forged)).await;
+    assert!(result.error.is_some());
+    assert!(svc.store.event(forged.event_id.as_str()).await.unwrap().is_none());
+
+    // Not a PDU at all.
+    let garbage = serde_json::value::to_raw_value(&json!({ "type": 5 })).unwrap();
+    let result = super::inbound::handle_incoming_pdu(svc, origin(), &garbage).await;
+    assert!(result.error.is_some());
+    assert_eq!(result.event_id, None);
+}

@@ -240,6 +240,19 @@ impl Store {
         Ok(Some(group))
     }
 
+    /// Where a room's timeline starts when it started elsewhere (a remote join): the first
+    /// timeline event's JSON and the state group before it (`None` for rooms created here).
+    pub async fn timeline_start(&self, room_id: &str) -> StoreResult<Option<(String, i64)>> {
+        let row = q(
+            "SELECT e.json, g.prev_group FROM events e JOIN state_groups g ON g.id = e.state_group \
+                     WHERE e.room_id = $1 AND e.outlier = 0 ORDER BY e.stream_ordering LIMIT 1",
+        )
+        .bind(room_id.to_owned())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|r| Some((r.get::<String, _>(0), r.get::<Option<i64>, _>(1)?))))
+    }
+
     /// A remote room this server joins: the room row (kept if it exists), the state and auth
     /// chain the resident server sent as outliers, and that state as a full state group and as
     /// the room's current state. Returns the group: the state before the join event.
