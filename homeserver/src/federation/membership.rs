@@ -381,6 +381,23 @@ pub async fn invite(
     let mut json = pdu.json.clone();
     sign_json(svc.server_name(), svc.signing_key.pair(), &mut json).map_err(Error::internal)?;
     let signed = Pdu::from_parts(pdu.event_id.clone(), json).map_err(Error::internal)?;
+    // In a room this server is in, the invite joins the timeline like any received event (so the
+    // invitee answers it locally); elsewhere it is kept aside with the inviter's stripped state.
+    if super::remote_membership::is_resident(svc, room_id).await? {
+        match inbound::accept_checked(svc, origin, &rules, signed.clone()).await {
+            Ok(accepted) if accepted.fate == Fate::Timeline => {
+                return Ok(json!({ "event": serde_json::to_value(&signed.json).map_err(Error::internal)? }));
+            }
+            Ok(_) => {
+                return Err(Error::forbidden(
+                    "The invite fails against the room's current state",
+                ));
+            }
+            Err(refused) => {
+                tracing::info!(reason = %refused.reason, "invite not in the timeline; kept as an outlier")
+            }
+        }
+    }
     let stripped: Vec<Value> = invite_room_state
         .iter()
         .filter_map(|raw| serde_json::from_str::<Value>(raw.get()).ok())

@@ -272,7 +272,11 @@ async fn join_through(svc: &Services, user: &UserId, room_id: &RoomId, server: &
                 previous_group: Some(group),
                 push: Vec::new(),
             }];
-            timeline::persist(svc, &mut batch).await?;
+            if let Err(error) = timeline::persist(svc, &mut batch).await {
+                // Without its join the room is not this server's: a retry joins remotely again.
+                svc.store.set_current_state(room_id.as_str(), &[]).await?;
+                return Err(error.into());
+            }
             Ok::<_, Error>(())
         })
         .await?;
