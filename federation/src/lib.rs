@@ -10,6 +10,7 @@
 pub mod discovery;
 pub mod keys;
 pub mod pdu;
+pub mod pdu_checks;
 pub mod request_auth;
 pub mod room_version;
 pub mod server_keys;

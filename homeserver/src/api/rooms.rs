@@ -54,7 +54,7 @@ pub async fn join_by_id_or_alias(
     auth: Auth,
     Ruma(req): Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<RumaResponse<join_room_by_id_or_alias::v3::Response>> {
-    let room_id = membership::join_room(&svc, &auth.user_id, &req.room_id_or_alias).await?;
+    let room_id = membership::join_room(&svc, &auth.user_id, &req.room_id_or_alias, &req.via).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id).into())
 }
 
@@ -75,7 +75,8 @@ pub async fn join(
     auth: Auth,
     Ruma(req): Ruma<join_room_by_id::v3::Request>,
 ) -> ApiResult<RumaResponse<join_room_by_id::v3::Response>> {
-    let room_id = membership::join_room(&svc, &auth.user_id, <&RoomOrAliasId>::from(&*req.room_id)).await?;
+    let room_id =
+        membership::join_room(&svc, &auth.user_id, <&RoomOrAliasId>::from(&*req.room_id), &[]).await?;
     Ok(join_room_by_id::v3::Response::new(room_id).into())
 }
 

@@ -5,8 +5,14 @@
 
 pub mod auth;
 pub mod client;
+pub mod inbound;
+#[cfg(test)]
+mod inbound_tests;
 pub mod keys;
 pub mod lookup;
+pub mod membership;
+pub mod remote_membership;
+pub mod resolve;
 pub mod tls;
 
 use std::{

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use ruma::{
-    OwnedMxcUri, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, RoomOrAliasId, UserId,
+    OwnedMxcUri, OwnedRoomId, OwnedServerName, OwnedUserId, RoomAliasId, RoomId, RoomOrAliasId, UserId,
     api::client::membership::joined_members::v3::RoomMember,
     events::room::member::{MembershipState, RoomMemberEvent, RoomMemberEventContent},
     serde::Raw,
@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::{
     error::{Error, Result},
+    federation::remote_membership,
     ratelimit::Action,
     rooms::{
         self, EventSpec,
@@ -206,9 +207,33 @@ pub async fn state_content(
 }
 
 /// `POST /join/{roomIdOrAlias}` and `POST /rooms/{roomId}/join`: rate limited, idempotent.
-pub async fn join_room(svc: &Services, user: &UserId, target: &RoomOrAliasId) -> Result<OwnedRoomId> {
+pub async fn join_room(
+    svc: &Services,
+    user: &UserId,
+    target: &RoomOrAliasId,
+    via: &[OwnedServerName],
+) -> Result<OwnedRoomId> {
     svc.rate_limiter.check(Action::Join, user.as_str())?;
-    let room_id = resolve_room(svc, target.as_str()).await?;
+    let mut via = via.to_vec();
+    let room_id = if target.as_str().starts_with('#') {
+        // Through the directory, which asks the alias's server for other servers' aliases; the
+        // servers it names are where a remote join can go.
+        let alias =
+            RoomAliasId::parse(target.as_str()).map_err(|_| Error::invalid_param("Invalid room alias"))?;
+        let resolved = rooms::directory::resolve_alias(svc, &alias).await?;
+        via.extend(resolved.servers);
+        resolved.room_id
+    } else {
+        resolve_room(svc, target.as_str()).await?
+    };
+    // A room this server is not in is joined through another server (federation).
+    if !remote_membership::is_resident(svc, &room_id).await? {
+        if svc.config.federation.enabled {
+            remote_membership::join_remote(svc, user, &room_id, &via).await?;
+            return Ok(room_id);
+        }
+        return Err(Error::not_found("Room not found"));
+    }
     join(svc, user, &room_id).await?;
     Ok(room_id)
 }
@@ -284,6 +309,13 @@ pub async fn act_on_member(
             MembershipState::Leave
         }
     };
+    if action == MemberAction::Invite && target.server_name().as_str() != svc.server_name() {
+        rooms::room(svc, room_id).await?;
+        let mut content = member_event_content(svc, &target, MembershipState::Invite).await?;
+        content.reason = reason.map(str::to_owned);
+        content.is_direct = is_direct.then_some(true);
+        return remote_membership::invite_remote(svc, sender, room_id, &target, to_json(content)?).await;
+    }
     set_membership(
         svc,
         sender,
@@ -309,9 +341,13 @@ async fn membership_of(svc: &Services, room_id: &RoomId, user: &UserId) -> Resul
 /// `POST /rooms/{roomId}/leave`: leaving a room one has already left is a no-op, as in other
 /// servers; a banned user cannot leave.
 pub async fn leave(svc: &Services, user: &UserId, room_id: &RoomId, reason: Option<&str>) -> Result<()> {
+    if remote_membership::has_pending_remote_invite(svc, user, room_id).await? {
+        // An invite into a room this server is not in: rejected through the inviter's server.
+        return remote_membership::reject_remote_invite(svc, user, room_id).await;
+    }
     match membership_of(svc, room_id, user).await? {
         Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
-            set_membership(
+            let appended = set_membership(
                 svc,
                 user,
                 room_id,
@@ -321,6 +357,7 @@ pub async fn leave(svc: &Services, user: &UserId, room_id: &RoomId, reason: Opti
                 false,
             )
             .await?;
+            remote_membership::announce_leave(svc, room_id, &appended.event_id).await;
             Ok(())
         }
         Some(MembershipState::Leave) => Ok(()),

@@ -235,6 +235,17 @@ impl Timeline {
             .unwrap_or_else(|_| Err(Error::internal("the append was abandoned")))
     }
 
+    /// Runs `work` under the append lock with the room's draft dropped before and after: the
+    /// path of events built elsewhere (remote PDUs, a remote join), which check the room's state
+    /// and `persist` while no local append can change it.
+    pub(crate) async fn with_append_lock<T>(&self, room_id: &RoomId, work: impl Future<Output = T>) -> T {
+        let mut drafts = self.write_lock.lock().await;
+        drafts.remove(room_id);
+        let out = work.await;
+        drafts.remove(room_id);
+        out
+    }
+
     /// Writes queued appends, batch after batch, until the queue is empty.
     async fn write_queued(&self, svc: &Services) {
         let mut drafts = self.write_lock.lock().await;
@@ -423,7 +434,7 @@ impl Timeline {
                     Draft::stored(
                         room_id,
                         version,
-                        svc.store.latest_state_group(room_id.as_str()).await?,
+                        svc.store.current_state_group(room_id.as_str()).await?,
                     )
                 }
             };

@@ -346,7 +346,7 @@ impl Store {
     /// The room's state group after its newest event (`None` for a room with no events).
     pub async fn latest_state_group(&self, room_id: &str) -> StoreResult<Option<i64>> {
         let row =
-            q("SELECT state_group FROM events WHERE room_id = $1 ORDER BY stream_ordering DESC LIMIT 1")
+            q("SELECT state_group FROM events WHERE room_id = $1 AND outlier = 0 ORDER BY stream_ordering DESC LIMIT 1")
                 .bind(room_id.to_owned())
                 .fetch_optional(&self.pool)
                 .await?;
@@ -573,11 +573,11 @@ impl Store {
     ) -> StoreResult<Vec<EventRow>> {
         let sql = match direction {
             Direction::Backwards => select_events!(
-                "WHERE e.room_id = $1 AND e.stream_ordering > $2 AND e.stream_ordering <= $3 \
+                "WHERE e.room_id = $1 AND e.stream_ordering > $2 AND e.stream_ordering <= $3 AND e.outlier = 0 \
                  ORDER BY e.stream_ordering DESC LIMIT $4"
             ),
             Direction::Forwards => select_events!(
-                "WHERE e.room_id = $1 AND e.stream_ordering > $2 AND e.stream_ordering <= $3 \
+                "WHERE e.room_id = $1 AND e.stream_ordering > $2 AND e.stream_ordering <= $3 AND e.outlier = 0 \
                  ORDER BY e.stream_ordering ASC LIMIT $4"
             ),
         };
@@ -593,17 +593,19 @@ impl Store {
 
     /// Every event of a room in stream order (for DAG checks and exports).
     pub async fn all_room_events(&self, room_id: &str) -> StoreResult<Vec<EventRow>> {
-        let rows = q(select_events!("WHERE e.room_id = $1 ORDER BY e.stream_ordering"))
-            .bind(room_id.to_owned())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = q(select_events!(
+            "WHERE e.room_id = $1 AND e.outlier = 0 ORDER BY e.stream_ordering"
+        ))
+        .bind(room_id.to_owned())
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(event_row).collect())
     }
 
     /// The state group in force just before a stream position in a room (0 if none).
     pub async fn state_group_before(&self, room_id: &str, stream: i64) -> StoreResult<Option<i64>> {
         let row = q(
-            "SELECT state_group FROM events WHERE room_id = $1 AND stream_ordering < $2 \
+            "SELECT state_group FROM events WHERE room_id = $1 AND stream_ordering < $2 AND outlier = 0 \
                      ORDER BY stream_ordering DESC LIMIT 1",
         )
         .bind(room_id.to_owned())
@@ -616,7 +618,7 @@ impl Store {
     /// Rooms with at least one event in `(after, upto]`, among the given rooms.
     pub async fn rooms_with_events_between(&self, after: i64, upto: i64) -> StoreResult<Vec<String>> {
         let rows =
-            q("SELECT DISTINCT room_id FROM events WHERE stream_ordering > $1 AND stream_ordering <= $2")
+            q("SELECT DISTINCT room_id FROM events WHERE stream_ordering > $1 AND stream_ordering <= $2 AND outlier = 0")
                 .bind(after)
                 .bind(upto)
                 .fetch_all(&self.pool)

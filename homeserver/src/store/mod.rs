@@ -16,6 +16,7 @@ mod federation;
 mod filters;
 mod keys;
 mod media;
+mod outliers;
 mod presence;
 mod push;
 mod receipts;
@@ -46,6 +47,7 @@ pub use e2ee::{KeyUpload, KeysUpload, Queued, ToDeviceOut, ToDeviceRow, UploadRe
 pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Txn};
 pub use federation::RemoteKeyRow;
 pub use media::{MediaRow, UploadedContent};
+pub use outliers::StateEntry;
 pub use presence::PresenceRow;
 pub use push::{PushActionRow, PusherRow, ThreadCounts};
 pub use receipts::ReceiptRow;
@@ -112,6 +114,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(11, "0011_key_backup"),
     migration!(12, "0012_relations"),
     migration!(14, "0014_federation_keys"),
+    migration!(15, "0015_federated_rooms"),
     migration!(17, "0017_at_rest_admin_audit"),
     migration!(18, "0018_search"),
 ];

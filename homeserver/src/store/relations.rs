@@ -78,7 +78,7 @@ impl Store {
         }
         let mut sql = format!(
             "{SELECT_EVENTS}WHERE e.room_id = $1 AND e.stream_ordering > $2 AND e.stream_ordering <= $3 \
-             AND e.relates_to IN ({}) AND {NOT_REDACTED}",
+             AND e.outlier = 0 AND e.relates_to IN ({}) AND {NOT_REDACTED}",
             placeholders(5, page.parents.len())
         );
         let mut next = 5 + page.parents.len();

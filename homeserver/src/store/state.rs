@@ -187,11 +187,12 @@ impl Store {
 
     /// The state group after the room's event at a stream position.
     pub async fn state_group_at(&self, room_id: &str, stream: i64) -> StoreResult<Option<i64>> {
-        let row = q("SELECT state_group FROM events WHERE room_id = $1 AND stream_ordering = $2")
-            .bind(room_id.to_owned())
-            .bind(stream)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            q("SELECT state_group FROM events WHERE room_id = $1 AND stream_ordering = $2 AND outlier = 0")
+                .bind(room_id.to_owned())
+                .bind(stream)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|r| r.get(0)))
     }
 

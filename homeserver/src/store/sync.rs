@@ -26,6 +26,12 @@ pub struct SyncRoom {
     pub latest: Option<i64>,
 }
 
+/// The state before a room's first timeline event, for rooms whose history starts with state
+/// from elsewhere (a remote join: that event's group is a delta over the joined state). `v.column1`
+/// is the room. For a room created here it is NULL (the create event's group is a snapshot).
+pub(super) const FIRST_PREV_GROUP: &str = "SELECT g.prev_group FROM events f JOIN state_groups g \
+     ON g.id = f.state_group WHERE f.room_id = v.column1 AND f.outlier = 0 ORDER BY f.stream_ordering LIMIT 1";
+
 impl Store {
     /// Version and newest event up to `upto` of each room (rooms that do not exist are absent).
     pub async fn sync_rooms(&self, room_ids: &[String], upto: i64) -> StoreResult<HashMap<String, SyncRoom>> {
@@ -34,7 +40,7 @@ impl Store {
             // A correlated MAX per room is one index probe each (events_by_room).
             let sql = format!(
                 "SELECT r.room_id, r.room_version, (SELECT MAX(e.stream_ordering) FROM events e \
-                 WHERE e.room_id = r.room_id AND e.stream_ordering <= $1) FROM rooms r WHERE r.room_id IN ({})",
+                 WHERE e.room_id = r.room_id AND e.stream_ordering <= $1 AND e.outlier = 0) FROM rooms r WHERE r.room_id IN ({})",
                 placeholders(2, chunk.len())
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(upto);
@@ -62,9 +68,9 @@ impl Store {
                 .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
                 .collect();
             let sql = format!(
-                "SELECT v.column3, (SELECT e.state_group FROM events e WHERE e.room_id = v.column1 \
-                 AND e.stream_ordering < v.column2 ORDER BY e.stream_ordering DESC LIMIT 1) \
-                 FROM (VALUES {}) AS v",
+                "SELECT v.column3, COALESCE((SELECT e.state_group FROM events e WHERE e.room_id = v.column1 \
+                 AND e.stream_ordering < v.column2 AND e.outlier = 0 ORDER BY e.stream_ordering DESC LIMIT 1), \
+                 ({FIRST_PREV_GROUP})) FROM (VALUES {}) AS v",
                 values.join(", ")
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));

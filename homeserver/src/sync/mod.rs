@@ -84,7 +84,7 @@ pub struct SyncRequest {
 }
 
 /// Types whose stripped state an invitee sees.
-const INVITE_STATE_TYPES: &[&str] = &[
+pub(crate) const INVITE_STATE_TYPES: &[&str] = &[
     "m.room.create",
     "m.room.join_rules",
     "m.room.name",
@@ -331,6 +331,10 @@ struct Window {
 
 async fn stripped_room_state(svc: &Services, room_id: &str, user_id: &str) -> Result<Vec<Value>> {
     let state = svc.store.current_state(room_id).await?;
+    if state.is_empty() {
+        // A room this server is not in: the state the inviting server sent (federation).
+        return crate::federation::remote_membership::invite_state(svc, room_id, user_id).await;
+    }
     let ids: Vec<String> = state
         .iter()
         .filter(|((t, k), _)| {

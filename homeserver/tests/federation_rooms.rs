@@ -1,0 +1,572 @@
+//! Federated rooms between two Hearth servers (TLS, X-Matrix, each other's keys): a remote join
+//! by room ID with `via`, a remote invite accepted, a leave, a rejected invite — both servers
+//! then agree on the membership. Hostile cases through make_join / send_join / invite, with
+//! PDUs the test builds and signs with B's real key (or a forged one).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use common::{Backend, RATE_LIMIT_FIELDS, Server, encode, free_port, hearth_command};
+use hearth::{config::FederationConfig, federation::FederationClient};
+use hearth_federation::{SigningKey, pdu::PduTemplate, request_auth};
+use reqwest::{Method, StatusCode};
+use ruma::{
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, RoomVersionId, ServerName, UInt, UserId,
+};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+fn name(s: &str) -> &ServerName {
+    <&ServerName>::try_from(s).unwrap()
+}
+
+fn dev_cert(dir: &Path, server_name: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{server_name}.crt"));
+    let key = dir.join(format!("{server_name}.key"));
+    let status = hearth_command()
+        .arg("generate-dev-cert")
+        .arg("--server-name")
+        .arg(server_name)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .status()
+        .expect("run hearth generate-dev-cert");
+    assert!(status.success());
+    (cert, key)
+}
+
+struct Fed {
+    server: Server,
+    name: String,
+    port: u16,
+}
+
+/// Two servers that trust each other's certificates and find each other on loopback.
+struct Pair {
+    a: Fed,
+    b: Fed,
+    certs: tempfile::TempDir,
+}
+
+async fn pair() -> Pair {
+    let certs = tempfile::tempdir().unwrap();
+    let (a_cert, a_key) = dev_cert(certs.path(), "hs-a.test");
+    let (b_cert, b_key) = dev_cert(certs.path(), "hs-b.test");
+    let (a_port, b_port) = (free_port(), free_port());
+    let both = format!(
+        "allow_ip_ranges = [\"127.0.0.1/32\"]\nca_files = [\"{}\", \"{}\"]\n",
+        a_cert.display(),
+        b_cert.display()
+    );
+    let resolve = format!(
+        "[federation.resolve]\n\"hs-a.test\" = \"127.0.0.1:{a_port}\"\n\"hs-b.test\" = \"127.0.0.1:{b_port}\"\n"
+    );
+    let start = |server_name: &'static str, port: u16, cert: PathBuf, key: PathBuf| {
+        let extra = format!(
+            "[federation]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\ntls_certificate = \"{}\"\n\
+             tls_private_key = \"{}\"\n{both}\n{resolve}",
+            cert.display(),
+            key.display()
+        );
+        async move {
+            let server = Server::start_named(
+                Backend::from_env(),
+                server_name,
+                "",
+                &format!("enabled = false\n{RATE_LIMIT_FIELDS}"),
+                &extra,
+            )
+            .await;
+            Fed {
+                server,
+                name: server_name.to_owned(),
+                port,
+            }
+        }
+    };
+    let a = start("hs-a.test", a_port, a_cert, a_key).await;
+    let b = start("hs-b.test", b_port, b_cert, b_key).await;
+    Pair { a, b, certs }
+}
+
+impl Fed {
+    /// The server's signing key, read from its database.
+    async fn signing_key(&self) -> SigningKey {
+        let db = self.server.db().await;
+        let row = sqlx::query(
+            "SELECT key_id, pkcs8 FROM server_signing_keys WHERE expired_ts IS NULL \
+             ORDER BY created_ts DESC LIMIT 1",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        let key_id: String = row.get(0);
+        let pkcs8: String = row.get(1);
+        SigningKey::from_pkcs8(
+            &STANDARD.decode(pkcs8).unwrap(),
+            key_id.strip_prefix("ed25519:").unwrap(),
+        )
+        .unwrap()
+    }
+
+    async fn count(&self, sql: &str, bind: &str) -> i64 {
+        let db = self.server.db().await;
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .bind(bind.to_owned())
+            .fetch_one(&db)
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+impl Pair {
+    /// A federation client that reaches A, as the test (requests are signed by hand).
+    fn client_to_a(&self) -> FederationClient {
+        let mut config = FederationConfig {
+            ca_files: vec![self.certs.path().join("hs-a.test.crt")],
+            allow_ip_ranges: vec!["127.0.0.1/32".parse().unwrap()],
+            ..Default::default()
+        };
+        config
+            .resolve
+            .insert(self.a.name.clone(), format!("127.0.0.1:{}", self.a.port));
+        FederationClient::new("hs-b.test".try_into().unwrap(), &config).unwrap()
+    }
+
+    /// A request to A signed as B with `key`.
+    async fn to_a(
+        &self,
+        key: &SigningKey,
+        method: &str,
+        uri: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
+        let method_ = request_auth::Method::from_bytes(method.as_bytes()).unwrap();
+        let auth = request_auth::sign(
+            key,
+            name("hs-b.test"),
+            name("hs-a.test"),
+            &method_,
+            uri,
+            bytes.as_deref(),
+        )
+        .unwrap();
+        let (status, answer) = self
+            .client_to_a()
+            .request(method, name("hs-a.test"), uri, bytes, Some(auth), 16 << 20)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {uri}: {e}"));
+        (
+            StatusCode::from_u16(status).unwrap(),
+            serde_json::from_slice(&answer).unwrap_or(Value::Null),
+        )
+    }
+}
+
+/// A member's membership in the room as `client` sees it (None when absent or unreadable).
+async fn membership(client: &common::Client, room_id: &str, user_id: &str) -> Option<String> {
+    let (status, content) = client
+        .request(
+            Method::GET,
+            &format!(
+                "/rooms/{}/state/m.room.member/{}",
+                encode(room_id),
+                encode(user_id)
+            ),
+            None,
+        )
+        .await;
+    (status == StatusCode::OK).then(|| content["membership"].as_str().unwrap_or_default().to_owned())
+}
+
+async fn joined(client: &common::Client, room_id: &str) -> Vec<String> {
+    let body = client
+        .ok(
+            Method::GET,
+            &format!("/rooms/{}/joined_members", encode(room_id)),
+            None,
+        )
+        .await;
+    let mut members: Vec<String> = body["joined"].as_object().unwrap().keys().cloned().collect();
+    members.sort();
+    members
+}
+
+#[tokio::test]
+async fn joins_invites_and_leaves_across_two_servers() {
+    let p = pair().await;
+    let alice = p.a.server.register("alice").await;
+    let bob = p.b.server.register("bob").await;
+    let carol = p.b.server.register("carol").await;
+    let dave = p.b.server.register("dave").await;
+
+    // Bob joins A's public room by ID, through `via`.
+    let public = alice
+        .create_room(json!({ "preset": "public_chat", "name": "Lobby" }))
+        .await;
+    let before = alice.sync(None, 0, 10).await;
+    let since = before["next_batch"].as_str().unwrap().to_owned();
+    // Alice's long-poll, waiting while Bob joins from B: the remote join wakes it.
+    let waiting = {
+        let alice =
+            p.a.server
+                .client_with_token(&alice.user_id, &alice.device_id, alice.token.as_deref().unwrap());
+        let since = since.clone();
+        tokio::spawn(async move { alice.sync(Some(&since), 20_000, 10).await })
+    };
+    let (status, body) = bob
+        .request(
+            Method::POST,
+            &format!("/join/{}?via=hs-a.test", encode(&public)),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{body}\nA: {}\nB: {}",
+        p.a.server.log_tail(),
+        p.b.server.log_tail()
+    );
+    assert_eq!(body["room_id"], public.as_str());
+    let woken = waiting.await.unwrap();
+    let bobs: Vec<&Value> = woken["rooms"]["join"][&public]["timeline"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str())
+        .collect();
+    assert_eq!(bobs.len(), 1, "Bob's join reaches Alice's /sync: {woken}");
+    let both = vec![alice.user_id.clone(), bob.user_id.clone()];
+    assert_eq!(joined(&alice, &public).await, both, "A sees Bob joined");
+    assert_eq!(joined(&bob, &public).await, both, "B sees the same members");
+    assert_eq!(
+        bob.get_state_content(&public, "m.room.name", "").await["name"],
+        "Lobby",
+        "B has the room's state"
+    );
+    let sync = bob.sync(None, 0, 10).await;
+    let room = &sync["rooms"]["join"][&public];
+    let types: Vec<&str> = room["state"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(room["timeline"]["events"].as_array().into_iter().flatten())
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert!(
+        types.contains(&"m.room.create") && types.contains(&"m.room.name"),
+        "the room and its state are in Bob's /sync: {sync}"
+    );
+
+    // Alice invites Carol (B signs the invite); Carol sees it in /sync, then accepts.
+    let private = alice
+        .create_room(json!({ "preset": "private_chat", "name": "Inner" }))
+        .await;
+    alice.invite(&private, &carol.user_id).await;
+    assert_eq!(
+        membership(&alice, &private, &carol.user_id).await.as_deref(),
+        Some("invite")
+    );
+    let sync = carol.sync(None, 0, 10).await;
+    let invite = &sync["rooms"]["invite"][&private];
+    assert!(invite.is_object(), "Carol's /sync lists the invite: {sync}");
+    let names: Vec<&Value> = invite["invite_state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.name")
+        .map(|e| &e["content"]["name"])
+        .collect();
+    assert_eq!(
+        names,
+        [&json!("Inner")],
+        "with the room's stripped state: {invite}"
+    );
+    carol.join(&private).await;
+    let members = vec![alice.user_id.clone(), carol.user_id.clone()];
+    assert_eq!(joined(&alice, &private).await, members);
+    assert_eq!(joined(&carol, &private).await, members);
+
+    // Bob leaves: A hears of it (send_leave), both agree.
+    bob.leave(&public).await;
+    assert_eq!(
+        membership(&alice, &public, &bob.user_id).await.as_deref(),
+        Some("leave")
+    );
+    assert_eq!(joined(&alice, &public).await, vec![alice.user_id.clone()]);
+
+    // Dave rejects an invite: A records his leave; the invite leaves Dave's /sync.
+    alice.invite(&private, &dave.user_id).await;
+    let sync = dave.sync(None, 0, 10).await;
+    assert!(sync["rooms"]["invite"][&private].is_object(), "{sync}");
+    dave.leave(&private).await;
+    assert_eq!(
+        membership(&alice, &private, &dave.user_id).await.as_deref(),
+        Some("leave")
+    );
+    let sync = dave.sync(None, 0, 10).await;
+    assert!(sync["rooms"]["invite"].get(&private).is_none(), "{sync}");
+}
+
+/// A join event for `user` from A's `make_join` template, signed by `key` as hs-b.test.
+async fn join_from_template(
+    p: &Pair,
+    key: &SigningKey,
+    event_key: &SigningKey,
+    room_id: &str,
+    user: &str,
+    content: Value,
+) -> (OwnedEventId, Value) {
+    let uri = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver=10&ver=11&ver=12",
+        encode(room_id),
+        encode(user)
+    );
+    let (status, template) = p.to_a(key, "GET", &uri, None).await;
+    assert_eq!(status, StatusCode::OK, "{template}");
+    let event = &template["event"];
+    let ids = |k: &str| -> Vec<OwnedEventId> {
+        event[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| EventId::parse(v.as_str().unwrap()).unwrap())
+            .collect()
+    };
+    let version = RoomVersionId::try_from(template["room_version"].as_str().unwrap()).unwrap();
+    let pdu = PduTemplate {
+        room_id: Some(RoomId::parse(room_id).unwrap()),
+        sender: UserId::parse(user).unwrap(),
+        event_type: "m.room.member".into(),
+        state_key: Some(user.to_owned()),
+        content,
+        prev_events: ids("prev_events"),
+        auth_events: ids("auth_events"),
+        depth: event["depth"].as_u64().unwrap(),
+        origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(1_700_000_000_000).unwrap()),
+        redacts: None,
+    }
+    .finish(&version.rules().unwrap(), "hs-b.test", event_key)
+    .unwrap();
+    (pdu.event_id.clone(), serde_json::to_value(&pdu.json).unwrap())
+}
+
+async fn send_join(
+    p: &Pair,
+    key: &SigningKey,
+    room_id: &str,
+    event_id: &EventId,
+    pdu: &Value,
+) -> (StatusCode, Value) {
+    let uri = format!(
+        "/_matrix/federation/v2/send_join/{}/{}",
+        encode(room_id),
+        encode(event_id.as_str())
+    );
+    p.to_a(key, "PUT", &uri, Some(pdu)).await
+}
+
+#[tokio::test]
+async fn hostile_joins_and_invites_are_refused() {
+    let p = pair().await;
+    let alice = p.a.server.register("alice").await;
+    let b_key = p.b.signing_key().await;
+    let public = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let private = alice.create_room(json!({ "preset": "private_chat" })).await;
+    let mallory = "@mallory:hs-b.test";
+
+    // make_join: a version B does not claim to support.
+    let uri = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver=9",
+        encode(&public),
+        encode(mallory)
+    );
+    let (status, body) = p.to_a(&b_key, "GET", &uri, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_INCOMPATIBLE_ROOM_VERSION");
+    // make_join for a user of another server than the origin.
+    let uri = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+        encode(&public),
+        encode("@eve:hs-c.test")
+    );
+    let (status, body) = p.to_a(&b_key, "GET", &uri, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // make_join to an invite-only room without an invite.
+    let uri = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+        encode(&private),
+        encode(mallory)
+    );
+    let (status, body) = p.to_a(&b_key, "GET", &uri, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    // make_join with a request signed by a key that is not B's: 401.
+    let forged = SigningKey::generate(b_key.version()).unwrap();
+    let uri = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+        encode(&public),
+        encode(mallory)
+    );
+    let (status, _) = p.to_a(&forged, "GET", &uri, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // send_join with a forged event signature (B's key ID, another key): refused, not stored.
+    let (event_id, pdu) = join_from_template(
+        &p,
+        &b_key,
+        &forged,
+        &public,
+        mallory,
+        json!({ "membership": "join" }),
+    )
+    .await;
+    let (status, body) = send_join(&p, &b_key, &public, &event_id, &pdu).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        p.a.count(
+            "SELECT COUNT(*) FROM events WHERE event_id = $1",
+            event_id.as_str()
+        )
+        .await,
+        0
+    );
+
+    // send_join for a user of another server than the origin.
+    let (event_id, pdu) = join_from_template(
+        &p,
+        &b_key,
+        &b_key,
+        &public,
+        mallory,
+        json!({ "membership": "join" }),
+    )
+    .await;
+    let mut other = pdu.clone();
+    other["sender"] = json!("@eve:hs-c.test");
+    other["state_key"] = json!("@eve:hs-c.test");
+    let (status, body) = send_join(&p, &b_key, &public, &event_id, &other).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    // A wrong content hash: the join is kept, redacted (its displayname dropped).
+    let mut tampered = pdu.clone();
+    tampered["content"]["displayname"] = json!("Not Mallory");
+    let (status, body) = send_join(&p, &b_key, &public, &event_id, &tampered).await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", p.a.server.log_tail());
+    assert!(
+        body["state"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.create")
+    );
+    assert!(!body["auth_chain"].as_array().unwrap().is_empty());
+    assert_eq!(body["members_omitted"], false);
+    let content = alice.get_state_content(&public, "m.room.member", mallory).await;
+    assert_eq!(content, json!({ "membership": "join" }), "stored redacted");
+
+    // An event failing auth: a join to the invite-only room without an invite, with the room's
+    // real auth events and extremities: refused and kept as rejected (never served).
+    let db = p.a.server.db().await;
+    let state_id = |t: &'static str| {
+        let db = db.clone();
+        let private = private.clone();
+        async move {
+            let row = sqlx::query(
+                "SELECT event_id FROM current_state WHERE room_id = $1 AND type = $2 AND state_key = ''",
+            )
+            .bind(private)
+            .bind(t)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            EventId::parse(row.get::<String, _>(0)).unwrap()
+        }
+    };
+    let auth_events = vec![
+        state_id("m.room.power_levels").await,
+        state_id("m.room.join_rules").await,
+    ];
+    let row = sqlx::query("SELECT f.event_id, e.depth FROM forward_extremities f JOIN events e ON e.event_id = f.event_id WHERE f.room_id = $1")
+        .bind(private.clone())
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let trudy = "@trudy:hs-b.test";
+    let pdu = PduTemplate {
+        room_id: Some(RoomId::parse(&private).unwrap()),
+        sender: UserId::parse(trudy).unwrap(),
+        event_type: "m.room.member".into(),
+        state_key: Some(trudy.to_owned()),
+        content: json!({ "membership": "join" }),
+        prev_events: vec![EventId::parse(row.get::<String, _>(0)).unwrap()],
+        auth_events,
+        depth: row.get::<i64, _>(1) as u64 + 1,
+        origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(1_700_000_000_000).unwrap()),
+        redacts: None,
+    }
+    .finish(&RoomVersionId::V12.rules().unwrap(), "hs-b.test", &b_key)
+    .unwrap();
+    let json = serde_json::to_value(&pdu.json).unwrap();
+    let (status, body) = send_join(&p, &b_key, &private, &pdu.event_id, &json).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(membership(&alice, &private, trudy).await, None);
+    assert_eq!(
+        p.a.count(
+            "SELECT COUNT(*) FROM unserved_events WHERE event_id = $1 AND kind = 'rejected'",
+            pdu.event_id.as_str()
+        )
+        .await,
+        1,
+        "kept as rejected"
+    );
+    assert_eq!(
+        p.a.count(
+            "SELECT COUNT(*) FROM events WHERE event_id = $1",
+            pdu.event_id.as_str()
+        )
+        .await,
+        0
+    );
+
+    // A server the room's ACL denies cannot join it.
+    let fenced = alice.create_room(json!({ "preset": "public_chat" })).await;
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/rooms/{}/state/m.room.server_acl/", encode(&fenced)),
+            Some(&json!({ "allow": ["*"], "deny": ["hs-b.test"], "allow_ip_literals": false })),
+        )
+        .await;
+    let uri = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+        encode(&fenced),
+        encode(mallory)
+    );
+    let (status, body) = p.to_a(&b_key, "GET", &uri, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    // invite: a room version this server does not support.
+    let uri = format!(
+        "/_matrix/federation/v2/invite/{}/{}",
+        encode(&public),
+        encode("$whatever")
+    );
+    let (status, body) = p
+        .to_a(
+            &b_key,
+            "PUT",
+            &uri,
+            Some(&json!({ "room_version": "9", "event": {}, "invite_room_state": [] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_INCOMPATIBLE_ROOM_VERSION");
+}
