@@ -65,6 +65,7 @@ impl Services {
             listeners: vec![
                 Box::new(crate::push::PushListener),
                 Box::new(crate::sync::notifier::WakeSyncs),
+                Box::new(crate::federation::sender::FederationSender),
             ],
             media,
             typing: Typing::default(),

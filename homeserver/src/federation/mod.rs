@@ -3,11 +3,17 @@
 //! of incoming requests, the outbound client, and the TLS listener's configuration. The
 //! protocol pieces without state are in the `hearth-federation` crate.
 
+pub mod acl;
+pub mod answers;
 pub mod auth;
 pub mod client;
+pub mod inbound;
 pub mod keys;
 pub mod lookup;
+pub mod remote;
+pub mod sender;
 pub mod tls;
+pub mod transactions;
 
 use std::{
     collections::HashMap,
@@ -30,6 +36,8 @@ pub struct Federation {
     old_keys: RwLock<Vec<OldKey>>,
     /// When each server's keys were last fetched (fetches of one server are spaced out).
     last_fetch: Mutex<HashMap<String, Instant>>,
+    /// The outbound transaction queue.
+    pub sender: sender::Sender,
 }
 
 impl Federation {
@@ -63,6 +71,7 @@ pub async fn init(svc: &Services) -> anyhow::Result<()> {
         let origin = ruma::ServerName::parse(svc.server_name())?;
         let client = FederationClient::new(origin, &svc.config.federation)?;
         let _ = svc.federation.client.set(client);
+        sender::start(svc).await?;
     }
     Ok(())
 }

@@ -108,6 +108,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(11, "0011_key_backup"),
     migration!(12, "0012_relations"),
     migration!(14, "0014_federation_keys"),
+    migration!(16, "0016_federation_txn"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside

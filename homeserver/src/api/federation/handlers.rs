@@ -5,8 +5,11 @@ use axum::{Json, extract::State};
 use ruma::{
     CanonicalJsonObject,
     api::federation::{
+        device::get_devices,
         discovery::{get_remote_server_keys, get_remote_server_keys_batch, get_server_version},
-        query::get_profile_information,
+        keys::{claim_keys, get_keys},
+        query::{get_profile_information, get_room_information},
+        transactions::send_transaction_message,
     },
 };
 use serde_json::{Value, json};
@@ -17,7 +20,7 @@ use crate::{
         error::{ApiError, ApiResult},
         ruma::{Ruma, RumaResponse},
     },
-    federation::keys,
+    federation::{answers, keys, transactions},
     services::Services,
     users::profile,
 };
@@ -91,4 +94,46 @@ pub async fn query_profile(
         None => profile::profile(&svc, &request.user_id).await?,
     };
     Ok(Json(found))
+}
+
+/// `PUT /_matrix/federation/v1/send/{txnId}`: a transaction of PDUs and EDUs.
+pub async fn send_transaction(
+    State(svc): State<Services>,
+    signed: Signed<send_transaction_message::v1::Request>,
+) -> ApiResult<RumaResponse<send_transaction_message::v1::Response>> {
+    Ok(transactions::receive(&svc, &signed.origin, signed.request)
+        .await?
+        .into())
+}
+
+/// `POST /_matrix/federation/v1/user/keys/query`.
+pub async fn user_keys_query(
+    State(svc): State<Services>,
+    signed: Signed<get_keys::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(answers::keys_query(&svc, signed.request.device_keys).await?))
+}
+
+/// `POST /_matrix/federation/v1/user/keys/claim`.
+pub async fn user_keys_claim(
+    State(svc): State<Services>,
+    signed: Signed<claim_keys::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(answers::keys_claim(&svc, signed.request.one_time_keys).await?))
+}
+
+/// `GET /_matrix/federation/v1/user/devices/{userId}`.
+pub async fn user_devices(
+    State(svc): State<Services>,
+    signed: Signed<get_devices::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(answers::user_devices(&svc, &signed.request.user_id).await?))
+}
+
+/// `GET /_matrix/federation/v1/query/directory?room_alias=`.
+pub async fn query_directory(
+    State(svc): State<Services>,
+    signed: Signed<get_room_information::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(answers::directory(&svc, &signed.request.room_alias).await?))
 }

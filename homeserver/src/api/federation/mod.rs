@@ -9,7 +9,7 @@ use axum::{
     Router,
     extract::DefaultBodyLimit,
     http::StatusCode,
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use tower_http::trace::TraceLayer;
 
@@ -28,6 +28,26 @@ pub fn router(svc: Services) -> Router {
         .route(
             "/_matrix/federation/v1/query/profile",
             get(handlers::query_profile),
+        )
+        .route(
+            "/_matrix/federation/v1/send/{txn_id}",
+            put(handlers::send_transaction),
+        )
+        .route(
+            "/_matrix/federation/v1/user/keys/query",
+            post(handlers::user_keys_query),
+        )
+        .route(
+            "/_matrix/federation/v1/user/keys/claim",
+            post(handlers::user_keys_claim),
+        )
+        .route(
+            "/_matrix/federation/v1/user/devices/{user_id}",
+            get(handlers::user_devices),
+        )
+        .route(
+            "/_matrix/federation/v1/query/directory",
+            get(handlers::query_directory),
         )
         .fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED) })
