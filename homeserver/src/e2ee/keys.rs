@@ -373,7 +373,8 @@ pub async fn claim(svc: &Services, req: ClaimRequest) -> Result<ClaimResponse> {
         )));
     }
     let mut response = ClaimResponse::default();
-    let mut remote: BTreeMap<ruma::OwnedServerName, BTreeMap<String, BTreeMap<String, String>>> = BTreeMap::new();
+    let mut remote: BTreeMap<ruma::OwnedServerName, BTreeMap<String, BTreeMap<String, String>>> =
+        BTreeMap::new();
     let mut local = BTreeMap::new();
     for (user_id, devices) in req.one_time_keys {
         match remote_server(svc, &user_id)? {

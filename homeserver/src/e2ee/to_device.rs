@@ -92,7 +92,14 @@ pub async fn send(
             // Only a first sending goes out: a retried txnId was sent the first time.
             for (server, messages) in &remote {
                 let message_id = crate::util::random_string(24);
-                crate::federation::sender::direct_to_device(svc, server, sender, event_type, &message_id, messages);
+                crate::federation::sender::direct_to_device(
+                    svc,
+                    server,
+                    sender,
+                    event_type,
+                    &message_id,
+                    messages,
+                );
             }
             Ok(())
         }

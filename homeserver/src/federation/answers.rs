@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use ruma::{OwnedDeviceId, OwnedUserId, RoomAliasId, UserId, api::federation::keys::claim_keys::v1::OneTimeKeyClaims};
+use ruma::{
+    OwnedDeviceId, OwnedUserId, RoomAliasId, UserId, api::federation::keys::claim_keys::v1::OneTimeKeyClaims,
+};
 use serde_json::{Value, json};
 
 use crate::{
@@ -17,7 +19,9 @@ use crate::{
 pub async fn keys_query(svc: &Services, asked: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>) -> Result<Value> {
     let asked_devices: usize = asked.values().map(|d| d.len().max(1)).sum();
     if asked.len() > MAX_QUERIED || asked_devices > MAX_QUERIED * 10 {
-        return Err(Error::invalid_param(format!("At most {MAX_QUERIED} users per key query")));
+        return Err(Error::invalid_param(format!(
+            "At most {MAX_QUERIED} users per key query"
+        )));
     }
     let users = asked
         .into_iter()
@@ -36,7 +40,9 @@ pub async fn keys_query(svc: &Services, asked: BTreeMap<OwnedUserId, Vec<OwnedDe
 pub async fn keys_claim(svc: &Services, asked: OneTimeKeyClaims) -> Result<Value> {
     let count: usize = asked.values().map(BTreeMap::len).sum();
     if count > MAX_QUERIED {
-        return Err(Error::invalid_param(format!("At most {MAX_QUERIED} devices per key claim")));
+        return Err(Error::invalid_param(format!(
+            "At most {MAX_QUERIED} devices per key claim"
+        )));
     }
     let users = asked
         .into_iter()
@@ -79,7 +85,10 @@ pub async fn user_devices(svc: &Services, user_id: &UserId) -> Result<Value> {
     });
     let cross = svc.store.cross_signing_keys(user_id.as_str()).await?;
     for (key_type, field) in [("master", "master_key"), ("self_signing", "self_signing_key")] {
-        if let Some(key) = cross.get(key_type).and_then(|k| serde_json::from_str::<Value>(k).ok()) {
+        if let Some(key) = cross
+            .get(key_type)
+            .and_then(|k| serde_json::from_str::<Value>(k).ok())
+        {
             answer[field] = key;
         }
     }
@@ -98,7 +107,11 @@ pub async fn directory(svc: &Services, alias: &RoomAliasId) -> Result<Value> {
         .ok_or_else(|| Error::not_found("Room alias not found"))?;
     // The servers of the room's members may also help a joining server; this one first.
     let mut servers = vec![svc.server_name().to_owned()];
-    for server in super::sender::room_servers(svc, &room_id).await?.into_iter().take(10) {
+    for server in super::sender::room_servers(svc, &room_id)
+        .await?
+        .into_iter()
+        .take(10)
+    {
         servers.push(server.to_string());
     }
     Ok(json!({ "room_id": room_id, "servers": servers }))

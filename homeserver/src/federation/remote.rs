@@ -37,10 +37,7 @@ async fn ask_each(
     let client = match svc.federation.client() {
         Ok(client) => client,
         Err(e) => {
-            return bodies
-                .into_keys()
-                .map(|s| (s, Err(e.to_string())))
-                .collect();
+            return bodies.into_keys().map(|s| (s, Err(e.to_string()))).collect();
         }
     };
     let asks = bodies.into_iter().map(|(server, body)| async move {
@@ -104,7 +101,14 @@ pub async fn query_keys(
         })
         .collect();
     let mut out = RemoteKeys::default();
-    for (server, result) in ask_each(svc, "/_matrix/federation/v1/user/keys/query", bodies, wait_for(timeout_ms)).await {
+    for (server, result) in ask_each(
+        svc,
+        "/_matrix/federation/v1/user/keys/query",
+        bodies,
+        wait_for(timeout_ms),
+    )
+    .await
+    {
         let answer = match result {
             Ok(answer) => answer,
             Err(error) => {
@@ -162,7 +166,14 @@ pub async fn claim_keys(
         })
         .collect();
     let (mut keys, mut failures) = (BTreeMap::new(), BTreeMap::new());
-    for (server, result) in ask_each(svc, "/_matrix/federation/v1/user/keys/claim", bodies, wait_for(timeout_ms)).await {
+    for (server, result) in ask_each(
+        svc,
+        "/_matrix/federation/v1/user/keys/claim",
+        bodies,
+        wait_for(timeout_ms),
+    )
+    .await
+    {
         let answer = match result {
             Ok(answer) => answer,
             Err(error) => {
@@ -240,7 +251,8 @@ pub async fn resolve_alias(svc: &Services, alias: &ruma::RoomAliasId) -> Result<
             tracing::info!(%alias, error = %e, "remote alias lookup failed");
             Error::not_found("Room alias not found")
         })?;
-    let answer: Value = serde_json::from_slice(&bytes).map_err(|_| Error::not_found("Room alias not found"))?;
+    let answer: Value =
+        serde_json::from_slice(&bytes).map_err(|_| Error::not_found("Room alias not found"))?;
     let room_id = answer
         .get("room_id")
         .and_then(Value::as_str)

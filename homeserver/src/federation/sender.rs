@@ -97,7 +97,12 @@ pub async fn start(svc: &Services) -> anyhow::Result<()> {
 
 /// Wakes (or starts) the task of a destination.
 fn wake(svc: &Services, destination: &str) {
-    let mut all = svc.federation.sender.destinations.lock().expect("destinations lock");
+    let mut all = svc
+        .federation
+        .sender
+        .destinations
+        .lock()
+        .expect("destinations lock");
     if let Some(dest) = all.get(destination) {
         dest.new_items.notify_one();
         return;
@@ -145,7 +150,11 @@ async fn rows_of(svc: &Services, job: Job) -> Result<Vec<(String, &'static str, 
                 {
                     servers.push(target);
                 }
-                rows.extend(servers.into_iter().map(|s| (s.to_string(), "pdu", pdu.json.clone())));
+                rows.extend(
+                    servers
+                        .into_iter()
+                        .map(|s| (s.to_string(), "pdu", pdu.json.clone())),
+                );
             }
         }
         Job::RoomEdu { room_id, edu } => {
@@ -177,7 +186,9 @@ async fn rows_of(svc: &Services, job: Job) -> Result<Vec<(String, &'static str, 
 
 /// The server part of a user ID.
 fn server_of(user_id: &str) -> Option<OwnedServerName> {
-    ruma::UserId::parse(user_id).ok().map(|u| u.server_name().to_owned())
+    ruma::UserId::parse(user_id)
+        .ok()
+        .map(|u| u.server_name().to_owned())
 }
 
 /// The other servers with a user joined to the room that its server ACL lets in.
@@ -351,7 +362,14 @@ pub fn typing(svc: &Services, room_id: &str, user_id: &str, typing: bool) {
 }
 
 /// `m.receipt` (a public `m.read`) of a local user, to the servers in the room.
-pub fn receipt(svc: &Services, room_id: &str, user_id: &str, event_id: &str, thread_id: Option<&str>, ts: i64) {
+pub fn receipt(
+    svc: &Services,
+    room_id: &str,
+    user_id: &str,
+    event_id: &str,
+    thread_id: Option<&str>,
+    ts: i64,
+) {
     let mut data = json!({ "ts": ts });
     if let Some(thread_id) = thread_id {
         data["thread_id"] = json!(thread_id);
@@ -364,7 +382,14 @@ pub fn receipt(svc: &Services, room_id: &str, user_id: &str, event_id: &str, thr
 }
 
 /// `m.presence` of a local user, to the servers sharing a room with them.
-pub fn presence(svc: &Services, user_id: &str, presence: &str, status_msg: Option<&str>, last_active_ago: i64, currently_active: bool) {
+pub fn presence(
+    svc: &Services,
+    user_id: &str,
+    presence: &str,
+    status_msg: Option<&str>,
+    last_active_ago: i64,
+    currently_active: bool,
+) {
     let mut update = json!({
         "user_id": user_id,
         "presence": presence,
@@ -432,7 +457,10 @@ pub async fn signing_key_update(svc: &Services, user_id: &str) -> Result<()> {
     let keys = svc.store.cross_signing_keys(user_id).await?;
     let mut content = json!({ "user_id": user_id });
     for (key_type, field) in [("master", "master_key"), ("self_signing", "self_signing_key")] {
-        if let Some(key) = keys.get(key_type).and_then(|k| serde_json::from_str::<Value>(k).ok()) {
+        if let Some(key) = keys
+            .get(key_type)
+            .and_then(|k| serde_json::from_str::<Value>(k).ok())
+        {
             content[field] = key;
         }
     }

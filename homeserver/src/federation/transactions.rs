@@ -9,7 +9,9 @@ use std::{collections::BTreeMap, time::Duration};
 use ruma::{
     OwnedEventId, OwnedRoomId, RoomId, ServerName, UserId,
     api::federation::transactions::{
-        edu::{DeviceListUpdateContent, DirectDeviceContent, Edu, PresenceContent, ReceiptContent, TypingContent},
+        edu::{
+            DeviceListUpdateContent, DirectDeviceContent, Edu, PresenceContent, ReceiptContent, TypingContent,
+        },
         send_transaction_message::v1::{Request, Response},
     },
 };
@@ -35,7 +37,9 @@ const MAX_PRESENCE_UPDATES: usize = 100;
 /// Handles one transaction from `origin` (already authenticated by its X-Matrix signature).
 pub async fn receive(svc: &Services, origin: &ServerName, req: Request) -> Result<Response> {
     if req.origin != origin {
-        return Err(Error::forbidden("The transaction's origin is not the signing server"));
+        return Err(Error::forbidden(
+            "The transaction's origin is not the signing server",
+        ));
     }
     if req.pdus.len() > MAX_PDUS || req.edus.len() > MAX_EDUS {
         return Err(Error::bad_json(format!(
@@ -134,7 +138,12 @@ async fn apply_edu(svc: &Services, origin: &ServerName, edu: Edu) -> Result<()> 
 /// Whether a remote user may speak in a room: of the origin, joined, and the ACL lets it in.
 async fn may_act_in(svc: &Services, origin: &ServerName, room_id: &RoomId, user: &UserId) -> Result<bool> {
     Ok(of_origin(user, origin)
-        && svc.store.membership(room_id.as_str(), user.as_str()).await?.as_deref() == Some("join")
+        && svc
+            .store
+            .membership(room_id.as_str(), user.as_str())
+            .await?
+            .as_deref()
+            == Some("join")
         && acl::allowed(svc, room_id.as_str(), origin).await?)
 }
 
@@ -155,7 +164,9 @@ async fn apply_receipts(svc: &Services, origin: &ServerName, receipts: ReceiptCo
             if !may_act_in(svc, origin, room_id, user_id).await? {
                 continue;
             }
-            let Some(event_id) = data.event_ids.last() else { continue };
+            let Some(event_id) = data.event_ids.last() else {
+                continue;
+            };
             let known = svc
                 .store
                 .event(event_id.as_str())
@@ -167,7 +178,14 @@ async fn apply_receipts(svc: &Services, origin: &ServerName, receipts: ReceiptCo
             let thread = data.data.thread.as_str().unwrap_or("");
             let ts = data.data.ts.map_or_else(now_ms, |ts| i64::from(ts.get()));
             svc.store
-                .put_receipt(room_id.as_str(), user_id.as_str(), "m.read", thread, event_id.as_str(), ts)
+                .put_receipt(
+                    room_id.as_str(),
+                    user_id.as_str(),
+                    "m.read",
+                    thread,
+                    event_id.as_str(),
+                    ts,
+                )
                 .await?;
             changed = true;
         }
@@ -190,7 +208,12 @@ async fn apply_presence(svc: &Services, origin: &ServerName, presence: PresenceC
         let ago = i64::try_from(u64::from(update.last_active_ago)).unwrap_or(i64::MAX);
         let last_active = now_ms().saturating_sub(ago);
         svc.store
-            .put_presence(update.user_id.as_str(), state, update.status_msg.as_deref(), last_active)
+            .put_presence(
+                update.user_id.as_str(),
+                state,
+                update.status_msg.as_deref(),
+                last_active,
+            )
             .await?;
         let mut keys: Vec<String> = svc
             .store
@@ -242,7 +265,9 @@ async fn apply_to_device(svc: &Services, origin: &ServerName, message: DirectDev
         .await?;
     match queued {
         Queued::Sent(users) if !users.is_empty() => svc.notifier.notify(users),
-        Queued::QueueFull(device) => tracing::info!(%origin, recipient = %device, "to-device queue full; dropped"),
+        Queued::QueueFull(device) => {
+            tracing::info!(%origin, recipient = %device, "to-device queue full; dropped")
+        }
         _ => {}
     }
     Ok(())

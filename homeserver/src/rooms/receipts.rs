@@ -96,7 +96,14 @@ async fn set_receipt(
         )
         .await?;
     if receipt_type == "m.read" {
-        crate::federation::sender::receipt(svc, room_id.as_str(), user.as_str(), event_id.as_str(), thread_id, now_ms());
+        crate::federation::sender::receipt(
+            svc,
+            room_id.as_str(),
+            user.as_str(),
+            event_id.as_str(),
+            thread_id,
+            now_ms(),
+        );
     }
     svc.notifier.notify(vec![room_id.to_string()]);
     Ok(())

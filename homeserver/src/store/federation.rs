@@ -113,7 +113,11 @@ pub struct OutboundRow {
 
 impl Store {
     /// Queues PDUs and EDUs, each for its destination: (destination, kind, JSON), in order.
-    pub async fn enqueue_outbound(&self, items: &[(String, &'static str, String)], now: i64) -> StoreResult<()> {
+    pub async fn enqueue_outbound(
+        &self,
+        items: &[(String, &'static str, String)],
+        now: i64,
+    ) -> StoreResult<()> {
         if items.is_empty() {
             return Ok(());
         }
@@ -133,11 +137,12 @@ impl Store {
 
     /// The oldest queued items of a destination, at most `limit`, in queue order.
     pub async fn outbound_items(&self, destination: &str, limit: i64) -> StoreResult<Vec<OutboundRow>> {
-        let rows = q("SELECT id, kind, json FROM federation_outbound WHERE destination = $1 ORDER BY id LIMIT $2")
-            .bind(destination.to_owned())
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            q("SELECT id, kind, json FROM federation_outbound WHERE destination = $1 ORDER BY id LIMIT $2")
+                .bind(destination.to_owned())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows
             .into_iter()
             .map(|r| OutboundRow {
@@ -160,11 +165,13 @@ impl Store {
 
     /// How many items wait for a destination.
     pub async fn outbound_pending(&self, destination: &str) -> StoreResult<i64> {
-        Ok(q("SELECT COUNT(*) FROM federation_outbound WHERE destination = $1")
-            .bind(destination.to_owned())
-            .fetch_one(&self.pool)
-            .await?
-            .get(0))
+        Ok(
+            q("SELECT COUNT(*) FROM federation_outbound WHERE destination = $1")
+                .bind(destination.to_owned())
+                .fetch_one(&self.pool)
+                .await?
+                .get(0),
+        )
     }
 
     /// Destinations with queued items (a restart resumes them).
@@ -186,9 +193,17 @@ impl Store {
     }
 
     /// Records an inbound transaction's response (the first one stored wins).
-    pub async fn store_inbound_txn(&self, origin: &str, txn_id: &str, response: &str, now: i64) -> StoreResult<()> {
-        q("INSERT INTO federation_inbound_txns (origin, txn_id, response, ts) VALUES ($1, $2, $3, $4) \
-           ON CONFLICT (origin, txn_id) DO NOTHING")
+    pub async fn store_inbound_txn(
+        &self,
+        origin: &str,
+        txn_id: &str,
+        response: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        q(
+            "INSERT INTO federation_inbound_txns (origin, txn_id, response, ts) VALUES ($1, $2, $3, $4) \
+           ON CONFLICT (origin, txn_id) DO NOTHING",
+        )
         .bind(origin.to_owned())
         .bind(txn_id.to_owned())
         .bind(response.to_owned())

@@ -56,7 +56,14 @@ pub async fn mark_active(svc: &Services, user_id_typed: &UserId, presence: &str)
             .put_presence(user_id, presence, status.as_deref(), now_ms())
             .await?;
         if changed {
-            crate::federation::sender::presence(svc, user_id, presence, status.as_deref(), 0, presence == "online");
+            crate::federation::sender::presence(
+                svc,
+                user_id,
+                presence,
+                status.as_deref(),
+                0,
+                presence == "online",
+            );
         }
     }
     Ok(())

@@ -119,7 +119,9 @@ pub async fn user_keys_claim(
     State(svc): State<Services>,
     signed: Signed<claim_keys::v1::Request>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(answers::keys_claim(&svc, signed.request.one_time_keys).await?))
+    Ok(Json(
+        answers::keys_claim(&svc, signed.request.one_time_keys).await?,
+    ))
 }
 
 /// `GET /_matrix/federation/v1/user/devices/{userId}`.
