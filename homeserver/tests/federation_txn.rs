@@ -696,3 +696,124 @@ async fn typing_for_users_the_origin_does_not_own_or_outside_the_room_is_ignored
         "{sync}"
     );
 }
+
+/// Signs and sends a request from `origin` (with `key`) to `to`.
+async fn signed(
+    to: &Fed,
+    certs: &Path,
+    origin: &str,
+    key: &SigningKey,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let bytes = body.map(|b| serde_json::to_vec(&b).unwrap());
+    let auth = request_auth::sign(
+        key,
+        name(origin),
+        name(&to.name),
+        &request_auth::Method::from_bytes(method.as_bytes()).unwrap(),
+        uri,
+        bytes.as_deref(),
+    )
+    .unwrap();
+    let (status, body) = to
+        .client(certs)
+        .request(method, name(&to.name), uri, bytes, Some(auth), 1 << 20)
+        .await
+        .unwrap();
+    (
+        StatusCode::from_u16(status).unwrap(),
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn a_server_without_a_user_in_the_room_reads_nothing_of_it() {
+    let (a, b, certs) = two().await;
+    let alice = a.server.register("alice").await;
+    let room_id = alice
+        .create_room(json!({ "preset": "public_chat", "visibility": "public", "name": "Lobby" }))
+        .await;
+    let event_id = alice.send_text(&room_id, "hello").await;
+    let b_key = b.signing_key().await;
+    let (room, event) = (encode(&room_id), encode(&event_id));
+    let reads = [
+        ("GET", format!("/_matrix/federation/v1/event/{event}"), None),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/state/{room}?event_id={event}"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/state_ids/{room}?event_id={event}"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/event_auth/{room}/{event}"),
+            None,
+        ),
+        (
+            "GET",
+            format!("/_matrix/federation/v1/backfill/{room}?v={event}&limit=10"),
+            None,
+        ),
+        (
+            "POST",
+            format!("/_matrix/federation/v1/get_missing_events/{room}"),
+            Some(json!({ "earliest_events": [], "latest_events": [event_id], "limit": 10 })),
+        ),
+    ];
+    for (method, uri, body) in reads {
+        let (status, answer) = signed(&a, certs.path(), "hs-b.test", &b_key, method, &uri, body).await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{method} {uri}: {answer}\n{}",
+            a.server.log_tail()
+        );
+        assert_eq!(answer["errcode"], "M_FORBIDDEN");
+    }
+    // An unknown room is 404; an unsigned read is 401.
+    let uri = format!(
+        "/_matrix/federation/v1/state_ids/{}?event_id={event}",
+        encode("!nope:hs-a.test")
+    );
+    let (status, _) = signed(&a, certs.path(), "hs-b.test", &b_key, "GET", &uri, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let uri = format!("/_matrix/federation/v1/event/{event}");
+    let (status, _) = a
+        .client(certs.path())
+        .request("GET", name("hs-a.test"), &uri, None, None, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+
+    // The public room directory is for every server.
+    let (status, page) = signed(
+        &a,
+        certs.path(),
+        "hs-b.test",
+        &b_key,
+        "GET",
+        "/_matrix/federation/v1/publicRooms?limit=5",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["chunk"][0]["room_id"], room_id.as_str(), "{page}");
+    let (status, page) = signed(
+        &a,
+        certs.path(),
+        "hs-b.test",
+        &b_key,
+        "POST",
+        "/_matrix/federation/v1/publicRooms",
+        Some(json!({ "limit": 5, "filter": { "generic_search_term": "nothing like it" } })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page["chunk"].as_array().unwrap().is_empty(), "{page}");
+}

@@ -10,6 +10,7 @@ pub mod client;
 pub mod inbound;
 pub mod keys;
 pub mod lookup;
+pub mod reads;
 pub mod remote;
 pub mod sender;
 pub mod tls;
