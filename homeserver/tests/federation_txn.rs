@@ -262,6 +262,17 @@ async fn transactions(mock: &MockServer) -> Vec<Value> {
         .collect()
 }
 
+/// The paths of the `/send` requests the mock received.
+async fn transaction_paths(mock: &MockServer) -> Vec<String> {
+    mock.received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .filter(|p| p.starts_with("/_matrix/federation/v1/send/"))
+        .collect()
+}
+
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done().await {
@@ -441,6 +452,14 @@ async fn the_queue_retries_with_backoff_and_delivers_in_order_once() {
         started.elapsed() >= Duration::from_millis(1300),
         "{:?}",
         started.elapsed()
+    );
+    // The failed transaction is retried as it was (same txnId, same items) until accepted.
+    let paths = transaction_paths(&mock).await;
+    assert!(paths[..4].iter().all(|p| *p == paths[0]), "{paths:?}");
+    assert!(
+        all[..4]
+            .iter()
+            .all(|b| message_numbers(std::slice::from_ref(b)) == message_numbers(&all[..1]))
     );
     // What the destination accepted: everything, in order, once.
     let accepted = message_numbers(&all[3..]);

@@ -221,8 +221,11 @@ async fn deliver(svc: Services, destination: String, wake: Arc<Destination>) {
     let config = &svc.config.federation;
     let mut retries: u32 = 0;
     let mut last_success: Option<i64> = None;
+    // The last queue ID of a transaction that failed: its retry carries exactly the same items
+    // (and so the same txnId), whatever was queued since.
+    let mut in_flight: Option<i64> = None;
     loop {
-        let items = match svc
+        let mut items = match svc
             .store
             .outbound_items(&destination, (MAX_PDUS + MAX_EDUS) as i64)
             .await
@@ -234,7 +237,11 @@ async fn deliver(svc: Services, destination: String, wake: Arc<Destination>) {
                 continue;
             }
         };
+        if let Some(last) = in_flight {
+            items.retain(|item| item.id <= last);
+        }
         if items.is_empty() {
+            in_flight = None;
             wake.new_items.notified().await;
             continue;
         }
@@ -261,12 +268,14 @@ async fn deliver(svc: Services, destination: String, wake: Arc<Destination>) {
                     tracing::error!(%destination, %error, "cannot delete sent federation items");
                 }
                 retries = 0;
+                in_flight = None;
                 last_success = Some(now_ms());
                 let pending = svc.store.outbound_pending(&destination).await.unwrap_or(-1);
                 tracing::info!(%destination, txn_id, pdus = sent_pdus, edus = sent_edus, pending, "federation transaction sent");
             }
             Err(error) => {
                 retries = retries.saturating_add(1);
+                in_flight = Some(last_id);
                 let delay = config
                     .retry_initial_ms
                     .saturating_mul(1u64 << (retries - 1).min(30))
