@@ -335,9 +335,12 @@ impl FederationSender {
             .map(|e| PduOut {
                 room_id: e.room_id.clone(),
                 json: e.json.clone(),
+                // A kicked or banned user's server hears of it even when no one else of it
+                // is left; invites go through `/invite` instead (the membership flow's).
                 membership_target: e
                     .membership
-                    .as_ref()
+                    .as_deref()
+                    .filter(|m| *m != "invite")
                     .and(e.state_key.clone())
                     .filter(|target| !target.ends_with(&local)),
             })
