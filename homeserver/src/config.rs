@@ -85,6 +85,11 @@ pub struct FederationConfig {
     /// Non-global networks (loopback, RFC 1918, ...) other servers may nevertheless be on;
     /// outbound requests to any other non-global address are refused.
     pub allow_ip_ranges: Vec<Network>,
+    /// First wait (milliseconds) before a failed transaction to a server is retried; it
+    /// doubles with each failure up to `retry_max_ms`.
+    pub retry_initial_ms: u64,
+    /// Longest wait (milliseconds) between retries of a transaction to a server that is down.
+    pub retry_max_ms: u64,
 }
 
 impl Default for FederationConfig {
@@ -98,6 +103,8 @@ impl Default for FederationConfig {
             ca_files: Vec::new(),
             resolve: Default::default(),
             allow_ip_ranges: Vec::new(),
+            retry_initial_ms: 1_000,
+            retry_max_ms: 600_000,
         }
     }
 }
@@ -856,6 +863,8 @@ listen = "0.0.0.0:8448"
 verify_tls = true                 # false trusts any certificate: tests and private networks only
 ca_files = []                     # extra CA certificates (PEM) trusted besides the system's
 allow_ip_ranges = []              # non-global networks other servers may be on, e.g. ["10.0.0.0/8"]
+retry_initial_ms = 1000           # first wait before a failed transaction is retried (doubles)
+retry_max_ms = 600000             # longest wait between retries to a server that is down
 
 # Server name -> host:port, instead of discovery (.well-known, SRV, port 8448).
 [federation.resolve]

@@ -116,6 +116,7 @@ pub async fn upload_signing_keys(
         return Ok(());
     }
     svc.store.set_cross_signing_keys(user_id, &new).await?;
+    crate::federation::sender::signing_key_update(svc, user_id).await?;
     super::device_lists::announce(svc, user_id).await
 }
 

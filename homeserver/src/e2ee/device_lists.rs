@@ -95,7 +95,7 @@ pub async fn announce(svc: &Services, user_id: &str) -> Result<()> {
         users.push(user_id.to_owned());
     }
     svc.notifier.notify(users);
-    Ok(())
+    crate::federation::sender::device_list_update(svc, user_id).await
 }
 
 /// `GET /keys/changes`.

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use hearth_e2ee::verify::verify_signed_json;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::{
     MAX_ONE_TIME_KEYS_PER_UPLOAD, MAX_ONE_TIME_KEYS_STORED, MAX_QUERIED, cross_signing, is_local,
@@ -222,21 +222,14 @@ pub struct QueryResponse {
     pub user_signing_keys: BTreeMap<String, Value>,
 }
 
-/// Refuses a malformed user ID; for a remote user, records their server in `failures` (until
-/// federation answers for it) and says so.
-fn is_remote(svc: &Services, user_id: &str, failures: &mut BTreeMap<String, Value>) -> Result<bool> {
-    if ruma::UserId::parse(user_id).is_err() {
-        return Err(Error::invalid_param(format!("Invalid user ID {user_id}")));
-    }
+/// Refuses a malformed user ID; for a remote user, their server (asked over federation).
+fn remote_server(svc: &Services, user_id: &str) -> Result<Option<ruma::OwnedServerName>> {
+    let parsed = ruma::UserId::parse(user_id)
+        .map_err(|_| Error::invalid_param(format!("Invalid user ID {user_id}")))?;
     if is_local(svc, user_id) {
-        return Ok(false);
+        return Ok(None);
     }
-    let server = user_id.split_once(':').map_or("", |(_, s)| s);
-    failures.insert(
-        server.to_owned(),
-        json!({"errcode": "M_UNKNOWN", "error": "Federation is not available"}),
-    );
-    Ok(true)
+    Ok(Some(parsed.server_name().to_owned()))
 }
 
 /// `POST /keys/query`: local users' device and cross-signing keys, with the signatures
@@ -250,9 +243,39 @@ pub async fn query(svc: &Services, requester: &str, req: QueryRequest) -> Result
         )));
     }
     let mut response = QueryResponse::default();
-    for (user_id, wanted) in &req.device_keys {
-        if is_remote(svc, user_id, &mut response.failures)? {
-            // Remote: federation's `/user/keys/query` goes here.
+    let mut remote: BTreeMap<ruma::OwnedServerName, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut local = BTreeMap::new();
+    for (user_id, wanted) in req.device_keys {
+        match remote_server(svc, &user_id)? {
+            Some(server) => {
+                remote.entry(server).or_default().insert(user_id, wanted);
+            }
+            None => {
+                local.insert(user_id, wanted);
+            }
+        }
+    }
+    if !remote.is_empty() {
+        let found = crate::federation::remote::query_keys(svc, remote, req.timeout).await;
+        response.device_keys.extend(found.device_keys);
+        response.master_keys.extend(found.master_keys);
+        response.self_signing_keys.extend(found.self_signing_keys);
+        response.failures.extend(found.failures);
+    }
+    query_local(svc, requester, &local, &mut response).await?;
+    Ok(response)
+}
+
+/// Local users' keys, into `response` (remote users asking through federation come here too,
+/// with an empty `requester`).
+pub async fn query_local(
+    svc: &Services,
+    requester: &str,
+    users: &BTreeMap<String, Vec<String>>,
+    response: &mut QueryResponse,
+) -> Result<()> {
+    for (user_id, wanted) in users {
+        if !is_local(svc, user_id) {
             continue;
         }
         let signatures = svc.store.signatures_on(user_id).await?;
@@ -295,7 +318,7 @@ pub async fn query(svc: &Services, requester: &str, req: QueryRequest) -> Result
             }
         }
     }
-    Ok(response)
+    Ok(())
 }
 
 /// Adds the uploaded signatures on `target_key` into `object.signatures`.
@@ -350,9 +373,36 @@ pub async fn claim(svc: &Services, req: ClaimRequest) -> Result<ClaimResponse> {
         )));
     }
     let mut response = ClaimResponse::default();
-    for (user_id, devices) in &req.one_time_keys {
-        if is_remote(svc, user_id, &mut response.failures)? {
-            // Remote: federation's `/user/keys/claim` goes here.
+    let mut remote: BTreeMap<ruma::OwnedServerName, BTreeMap<String, BTreeMap<String, String>>> =
+        BTreeMap::new();
+    let mut local = BTreeMap::new();
+    for (user_id, devices) in req.one_time_keys {
+        match remote_server(svc, &user_id)? {
+            Some(server) => {
+                remote.entry(server).or_default().insert(user_id, devices);
+            }
+            None => {
+                local.insert(user_id, devices);
+            }
+        }
+    }
+    if !remote.is_empty() {
+        let (keys, failures) = crate::federation::remote::claim_keys(svc, remote, req.timeout).await;
+        response.one_time_keys.extend(keys);
+        response.failures.extend(failures);
+    }
+    claim_local(svc, &local, &mut response).await?;
+    Ok(response)
+}
+
+/// Claims local users' keys into `response` (remote servers' claims come here too).
+pub async fn claim_local(
+    svc: &Services,
+    users: &BTreeMap<String, BTreeMap<String, String>>,
+    response: &mut ClaimResponse,
+) -> Result<()> {
+    for (user_id, devices) in users {
+        if !is_local(svc, user_id) {
             continue;
         }
         for (device_id, algorithm) in devices {
@@ -380,5 +430,5 @@ pub async fn claim(svc: &Services, req: ClaimRequest) -> Result<ClaimResponse> {
             }
         }
     }
-    Ok(response)
+    Ok(())
 }

@@ -44,6 +44,8 @@ pub async fn send(
         )));
     }
     let mut out = Vec::with_capacity(count);
+    // Remote recipients, by server: each server gets one `m.direct_to_device` EDU.
+    let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for (user_id, devices) in req.messages {
         if ruma::UserId::parse(user_id.as_str()).is_err() {
             return Err(Error::invalid_param(format!("Invalid user ID {user_id}")));
@@ -53,8 +55,14 @@ pub async fn send(
                 return Err(Error::invalid_param("Each message must be a JSON object"));
             }
             if !is_local(svc, &user_id) {
-                // Remote: the federation EDU queue (`m.direct_to_device`) goes here.
-                tracing::debug!(%user_id, "to-device message for a remote user dropped: no federation");
+                let server = user_id.split_once(':').map_or("", |(_, s)| s).to_owned();
+                let by_user = remote.entry(server).or_default();
+                let devices = by_user
+                    .entry(user_id.clone())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Some(devices) = devices.as_object_mut() {
+                    devices.insert(device_id, content);
+                }
                 continue;
             }
             out.push(ToDeviceOut {
@@ -80,6 +88,18 @@ pub async fn send(
         Queued::Sent(users) => {
             if !users.is_empty() {
                 svc.notifier.notify(users);
+            }
+            // Only a first sending goes out: a retried txnId was sent the first time.
+            for (server, messages) in &remote {
+                let message_id = crate::util::random_string(24);
+                crate::federation::sender::direct_to_device(
+                    svc,
+                    server,
+                    sender,
+                    event_type,
+                    &message_id,
+                    messages,
+                );
             }
             Ok(())
         }

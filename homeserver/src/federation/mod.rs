@@ -3,6 +3,8 @@
 //! of incoming requests, the outbound client, and the TLS listener's configuration. The
 //! protocol pieces without state are in the `hearth-federation` crate.
 
+pub mod acl;
+pub mod answers;
 pub mod auth;
 pub mod client;
 pub mod inbound;
@@ -11,9 +13,13 @@ mod inbound_tests;
 pub mod keys;
 pub mod lookup;
 pub mod membership;
+pub mod reads;
+pub mod remote;
 pub mod remote_membership;
 pub mod resolve;
+pub mod sender;
 pub mod tls;
+pub mod transactions;
 
 use std::{
     collections::HashMap,
@@ -36,6 +42,8 @@ pub struct Federation {
     old_keys: RwLock<Vec<OldKey>>,
     /// When each server's keys were last fetched (fetches of one server are spaced out).
     last_fetch: Mutex<HashMap<String, Instant>>,
+    /// The outbound transaction queue.
+    pub sender: sender::Sender,
 }
 
 impl Federation {
@@ -69,6 +77,7 @@ pub async fn init(svc: &Services) -> anyhow::Result<()> {
         let origin = ruma::ServerName::parse(svc.server_name())?;
         let client = FederationClient::new(origin, &svc.config.federation)?;
         let _ = svc.federation.client.set(client);
+        sender::start(svc).await?;
     }
     Ok(())
 }

@@ -150,6 +150,16 @@ pub async fn create_alias(
 
 /// The room an alias points to, and the servers that know it (this one).
 pub async fn resolve_alias(svc: &Services, alias: &RoomAliasId) -> Result<Resolved> {
+    if alias.server_name().as_str() != svc.server_name() {
+        let (room_id, servers) = crate::federation::remote::resolve_alias(svc, alias).await?;
+        return Ok(Resolved {
+            room_id: OwnedRoomId::try_from(room_id).map_err(Error::internal)?,
+            servers: servers
+                .into_iter()
+                .filter_map(|s| OwnedServerName::try_from(s).ok())
+                .collect(),
+        });
+    }
     let (room_id, _) = svc
         .store
         .alias(alias.as_str())

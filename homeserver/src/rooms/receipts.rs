@@ -95,6 +95,16 @@ async fn set_receipt(
             now_ms(),
         )
         .await?;
+    if receipt_type == "m.read" {
+        crate::federation::sender::receipt(
+            svc,
+            room_id.as_str(),
+            user.as_str(),
+            event_id.as_str(),
+            thread_id,
+            now_ms(),
+        );
+    }
     svc.notifier.notify(vec![room_id.to_string()]);
     Ok(())
 }

@@ -121,12 +121,13 @@ pub async fn typing(
     rooms::room(svc, room_id).await?;
     rooms::require_joined(svc, room_id, user).await?;
     set_typing(svc, room_id, user, timeout);
+    crate::federation::sender::typing(svc, room_id.as_str(), user.as_str(), timeout.is_some());
     Ok(())
 }
 
 /// Starts or stops a user's typing notification in a room, waking syncs when it changes and
 /// again when it times out.
-fn set_typing(svc: &Services, room_id: &RoomId, user_id: &UserId, timeout: Option<Duration>) {
+pub(crate) fn set_typing(svc: &Services, room_id: &RoomId, user_id: &UserId, timeout: Option<Duration>) {
     let (room_id, user_id) = (room_id.as_str(), user_id.as_str());
     let timeout = timeout.map(|t| t.min(MAX_TIMEOUT));
     if svc

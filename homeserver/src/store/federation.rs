@@ -101,3 +101,128 @@ impl Store {
         Ok(())
     }
 }
+
+/// A queued PDU or EDU for one destination.
+#[derive(Debug, Clone)]
+pub struct OutboundRow {
+    pub id: i64,
+    /// `pdu` or `edu`.
+    pub kind: String,
+    pub json: String,
+}
+
+impl Store {
+    /// Queues PDUs and EDUs, each for its destination: (destination, kind, JSON), in order.
+    pub async fn enqueue_outbound(
+        &self,
+        items: &[(String, &'static str, String)],
+        now: i64,
+    ) -> StoreResult<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for (destination, kind, json) in items {
+            q("INSERT INTO federation_outbound (destination, kind, json, created_ts) VALUES ($1, $2, $3, $4)")
+                .bind(destination.clone())
+                .bind((*kind).to_owned())
+                .bind(json.clone())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The oldest queued items of a destination, at most `limit`, in queue order.
+    pub async fn outbound_items(&self, destination: &str, limit: i64) -> StoreResult<Vec<OutboundRow>> {
+        let rows =
+            q("SELECT id, kind, json FROM federation_outbound WHERE destination = $1 ORDER BY id LIMIT $2")
+                .bind(destination.to_owned())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| OutboundRow {
+                id: r.get(0),
+                kind: r.get(1),
+                json: r.get(2),
+            })
+            .collect())
+    }
+
+    /// Deletes a destination's queued items up to `last_id` (after it accepted them).
+    pub async fn delete_outbound(&self, destination: &str, last_id: i64) -> StoreResult<()> {
+        q("DELETE FROM federation_outbound WHERE destination = $1 AND id <= $2")
+            .bind(destination.to_owned())
+            .bind(last_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// How many items wait for a destination.
+    pub async fn outbound_pending(&self, destination: &str) -> StoreResult<i64> {
+        Ok(
+            q("SELECT COUNT(*) FROM federation_outbound WHERE destination = $1")
+                .bind(destination.to_owned())
+                .fetch_one(&self.pool)
+                .await?
+                .get(0),
+        )
+    }
+
+    /// Destinations with queued items (a restart resumes them).
+    pub async fn outbound_destinations(&self) -> StoreResult<Vec<String>> {
+        let rows = q("SELECT DISTINCT destination FROM federation_outbound")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The stored response to an inbound transaction already handled.
+    pub async fn inbound_txn(&self, origin: &str, txn_id: &str) -> StoreResult<Option<String>> {
+        let row = q("SELECT response FROM federation_inbound_txns WHERE origin = $1 AND txn_id = $2")
+            .bind(origin.to_owned())
+            .bind(txn_id.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Records an inbound transaction's response (the first one stored wins).
+    pub async fn store_inbound_txn(
+        &self,
+        origin: &str,
+        txn_id: &str,
+        response: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        q(
+            "INSERT INTO federation_inbound_txns (origin, txn_id, response, ts) VALUES ($1, $2, $3, $4) \
+           ON CONFLICT (origin, txn_id) DO NOTHING",
+        )
+        .bind(origin.to_owned())
+        .bind(txn_id.to_owned())
+        .bind(response.to_owned())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records that a remote user's devices or keys changed, so local users sharing a room with
+    /// them see the user in `device_lists.changed` and query the keys again.
+    pub async fn mark_remote_device_list(&self, user_id: &str) -> StoreResult<i64> {
+        let mut tx = self.begin_stream_write(super::Stream::DeviceLists).await?;
+        let id = q("INSERT INTO device_lists_stream (user_id) VALUES ($1) RETURNING stream_id")
+            .bind(user_id.to_owned())
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        tx.commit().await?;
+        Ok(id)
+    }
+}

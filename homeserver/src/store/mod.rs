@@ -115,6 +115,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(12, "0012_relations"),
     migration!(14, "0014_federation_keys"),
     migration!(15, "0015_federated_rooms"),
+    migration!(16, "0016_federation_txn"),
     migration!(17, "0017_at_rest_admin_audit"),
     migration!(18, "0018_search"),
 ];

@@ -31,6 +31,7 @@ pub async fn set_presence(
     svc.store
         .put_presence(user_id, presence, status_msg, now_ms())
         .await?;
+    crate::federation::sender::presence(svc, user_id, presence, status_msg, 0, presence == "online");
     notify(svc, user_id).await
 }
 
@@ -49,10 +50,21 @@ pub async fn mark_active(svc: &Services, user_id_typed: &UserId, presence: &str)
         Some(p) => p.presence != presence || (presence == "online" && stale(p)),
     };
     if needed {
+        let changed = current.as_ref().is_none_or(|p| p.presence != presence);
         let status = current.and_then(|p| p.status_msg);
         svc.store
             .put_presence(user_id, presence, status.as_deref(), now_ms())
             .await?;
+        if changed {
+            crate::federation::sender::presence(
+                svc,
+                user_id,
+                presence,
+                status.as_deref(),
+                0,
+                presence == "online",
+            );
+        }
     }
     Ok(())
 }

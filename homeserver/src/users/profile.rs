@@ -52,6 +52,16 @@ impl Field {
     }
 }
 
+/// A remote user's profile, asked of their server (`query/profile`).
+async fn remote_profile(svc: &Services, user_id: &UserId, field: Option<&str>) -> Result<Profile> {
+    let found = crate::federation::remote::profile(svc, user_id, field).await?;
+    let text = |key: &str| found.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    Ok(Profile {
+        displayname: text("displayname"),
+        avatar_url: text("avatar_url"),
+    })
+}
+
 async fn active_user(svc: &Services, user_id: &UserId) -> Result<UserRow> {
     svc.store
         .user(user_id.as_str())
@@ -62,6 +72,9 @@ async fn active_user(svc: &Services, user_id: &UserId) -> Result<UserRow> {
 
 /// A user's whole profile; 404 for unknown and deactivated users.
 pub async fn profile(svc: &Services, user_id: &UserId) -> Result<Profile> {
+    if user_id.server_name().as_str() != svc.server_name() {
+        return remote_profile(svc, user_id, None).await;
+    }
     let user = active_user(svc, user_id).await?;
     Ok(Profile {
         displayname: user.displayname,
@@ -71,6 +84,13 @@ pub async fn profile(svc: &Services, user_id: &UserId) -> Result<Profile> {
 
 /// One field of a profile, as a profile with only that field; 404 when it is not set.
 pub async fn field(svc: &Services, user_id: &UserId, field: &ProfileFieldName) -> Result<Profile> {
+    if user_id.server_name().as_str() != svc.server_name() {
+        let only = remote_profile(svc, user_id, Some(field.as_str())).await?;
+        if only.displayname.is_none() && only.avatar_url.is_none() {
+            return Err(Error::not_found("Profile field not set"));
+        }
+        return Ok(only);
+    }
     let user = active_user(svc, user_id).await?;
     let only = match field {
         ProfileFieldName::DisplayName => Profile {

@@ -50,6 +50,51 @@ pub fn router(svc: Services) -> Router {
             "/_matrix/federation/v2/invite/{room_id}/{event_id}",
             put(membership::invite),
         )
+        .route(
+            "/_matrix/federation/v1/send/{txn_id}",
+            put(handlers::send_transaction),
+        )
+        .route(
+            "/_matrix/federation/v1/user/keys/query",
+            post(handlers::user_keys_query),
+        )
+        .route(
+            "/_matrix/federation/v1/user/keys/claim",
+            post(handlers::user_keys_claim),
+        )
+        .route(
+            "/_matrix/federation/v1/user/devices/{user_id}",
+            get(handlers::user_devices),
+        )
+        .route(
+            "/_matrix/federation/v1/query/directory",
+            get(handlers::query_directory),
+        )
+        .route("/_matrix/federation/v1/event/{event_id}", get(handlers::event))
+        .route(
+            "/_matrix/federation/v1/state/{room_id}",
+            get(handlers::room_state),
+        )
+        .route(
+            "/_matrix/federation/v1/state_ids/{room_id}",
+            get(handlers::room_state_ids),
+        )
+        .route(
+            "/_matrix/federation/v1/event_auth/{room_id}/{event_id}",
+            get(handlers::event_auth),
+        )
+        .route(
+            "/_matrix/federation/v1/backfill/{room_id}",
+            get(handlers::backfill),
+        )
+        .route(
+            "/_matrix/federation/v1/get_missing_events/{room_id}",
+            post(handlers::missing_events),
+        )
+        .route(
+            "/_matrix/federation/v1/publicRooms",
+            get(handlers::public_rooms).post(handlers::public_rooms_filtered),
+        )
         .fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED) })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -1,0 +1,484 @@
+//! The outbound transaction queue: what local users do that other servers must hear of (their
+//! events, typing, receipts, presence, to-device messages, device and key changes) is stored per
+//! destination (`federation_outbound`) and sent by one task per destination as `PUT
+//! /_matrix/federation/v1/send/{txnId}` (≤ 50 PDUs, ≤ 100 EDUs). A failed transaction is retried
+//! with exponential backoff up to `federation.retry_max_ms`; rows are deleted only after a 200, so
+//! nothing is lost across a restart and the queue catches up once the destination answers again.
+//!
+//! Jobs go through one channel to one task that computes destinations and stores the rows, so
+//! the queue keeps the order in which events were committed.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use ruma::{OwnedServerName, ServerName};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+
+use crate::{
+    error::Result,
+    rooms::listener::{AppendListener, ListenerFuture},
+    services::Services,
+    store::{Appending, NewEvent, Placed},
+    util::now_ms,
+};
+
+/// Most PDUs in one transaction (the spec's limit).
+pub const MAX_PDUS: usize = 50;
+/// Most EDUs in one transaction (the spec's limit).
+pub const MAX_EDUS: usize = 100;
+/// Most devices announced per device-list change (each is one EDU).
+const MAX_ANNOUNCED_DEVICES: usize = 50;
+
+/// Something to send: where it goes is worked out by the queue's task.
+pub enum Job {
+    /// Local events just committed, to the other servers joined to their rooms (and, for a
+    /// membership event, the target's server).
+    Pdus(Vec<PduOut>),
+    /// An EDU about a room, to the other servers joined to it.
+    RoomEdu { room_id: String, edu: Value },
+    /// An EDU about a user, to the servers sharing a room with them.
+    UserEdu { user_id: String, edu: Value },
+    /// An EDU for one server.
+    ServerEdu { destination: String, edu: Value },
+}
+
+pub struct PduOut {
+    pub room_id: String,
+    pub json: String,
+    pub membership_target: Option<String>,
+}
+
+/// A destination's wake-ups: new items, or a sign that it is reachable again.
+#[derive(Default)]
+struct Destination {
+    new_items: Notify,
+    up: Notify,
+}
+
+/// The queue's handles in `Services` (inert when federation is off).
+#[derive(Default)]
+pub struct Sender {
+    jobs: OnceLock<mpsc::UnboundedSender<Job>>,
+    destinations: Mutex<HashMap<String, Arc<Destination>>>,
+}
+
+impl Sender {
+    /// Queues a job; nothing happens when federation is off.
+    pub fn submit(&self, job: Job) {
+        if let Some(jobs) = self.jobs.get() {
+            let _ = jobs.send(job);
+        }
+    }
+
+    /// `server` just talked to us: a pending retry to it is cut short.
+    pub fn reachable(&self, server: &str) {
+        if let Some(dest) = self.destinations.lock().expect("destinations lock").get(server) {
+            dest.up.notify_one();
+        }
+    }
+}
+
+/// Starts the queue's task and resumes the destinations left with queued items.
+pub async fn start(svc: &Services) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    if svc.federation.sender.jobs.set(tx).is_err() {
+        return Ok(());
+    }
+    tokio::spawn(store_jobs(svc.clone(), rx));
+    for destination in svc.store.outbound_destinations().await? {
+        wake(svc, &destination);
+    }
+    Ok(())
+}
+
+/// Wakes (or starts) the task of a destination.
+fn wake(svc: &Services, destination: &str) {
+    let mut all = svc
+        .federation
+        .sender
+        .destinations
+        .lock()
+        .expect("destinations lock");
+    if let Some(dest) = all.get(destination) {
+        dest.new_items.notify_one();
+        return;
+    }
+    let dest = Arc::new(Destination::default());
+    all.insert(destination.to_owned(), dest.clone());
+    tokio::spawn(deliver(svc.clone(), destination.to_owned(), dest));
+}
+
+/// The queue's task: stores each job's rows for their destinations, then wakes those.
+async fn store_jobs(svc: Services, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(job) = rx.recv().await {
+        match rows_of(&svc, job).await {
+            Ok(rows) => {
+                if let Err(error) = svc.store.enqueue_outbound(&rows, now_ms()).await {
+                    tracing::error!(%error, "cannot queue federation items");
+                    continue;
+                }
+                let destinations: BTreeSet<&str> = rows.iter().map(|(d, _, _)| d.as_str()).collect();
+                for destination in destinations {
+                    wake(&svc, destination);
+                }
+            }
+            Err(error) => tracing::error!(%error, "cannot work out federation destinations"),
+        }
+    }
+}
+
+/// (destination, kind, JSON) rows of a job.
+async fn rows_of(svc: &Services, job: Job) -> Result<Vec<(String, &'static str, String)>> {
+    let mut rows = Vec::new();
+    match job {
+        Job::Pdus(pdus) => {
+            let mut servers_of_room: HashMap<String, Vec<OwnedServerName>> = HashMap::new();
+            for pdu in pdus {
+                if !servers_of_room.contains_key(&pdu.room_id) {
+                    let servers = room_servers(svc, &pdu.room_id).await?;
+                    servers_of_room.insert(pdu.room_id.clone(), servers);
+                }
+                let mut servers = servers_of_room[&pdu.room_id].clone();
+                if let Some(target) = pdu.membership_target.as_deref().and_then(server_of)
+                    && !servers.contains(&target)
+                    && target.as_str() != svc.server_name()
+                    && super::acl::allowed(svc, &pdu.room_id, &target).await?
+                {
+                    servers.push(target);
+                }
+                rows.extend(
+                    servers
+                        .into_iter()
+                        .map(|s| (s.to_string(), "pdu", pdu.json.clone())),
+                );
+            }
+        }
+        Job::RoomEdu { room_id, edu } => {
+            let edu = edu.to_string();
+            for server in room_servers(svc, &room_id).await? {
+                rows.push((server.to_string(), "edu", edu.clone()));
+            }
+        }
+        Job::UserEdu { user_id, edu } => {
+            let edu = edu.to_string();
+            let servers: BTreeSet<OwnedServerName> = svc
+                .store
+                .users_sharing_rooms(&user_id)
+                .await?
+                .iter()
+                .filter_map(|u| server_of(u))
+                .filter(|s| s.as_str() != svc.server_name())
+                .collect();
+            rows.extend(servers.into_iter().map(|s| (s.to_string(), "edu", edu.clone())));
+        }
+        Job::ServerEdu { destination, edu } => {
+            if destination != svc.server_name() {
+                rows.push((destination, "edu", edu.to_string()));
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The server part of a user ID.
+fn server_of(user_id: &str) -> Option<OwnedServerName> {
+    ruma::UserId::parse(user_id)
+        .ok()
+        .map(|u| u.server_name().to_owned())
+}
+
+/// The other servers with a user joined to the room that its server ACL lets in.
+pub async fn room_servers(svc: &Services, room_id: &str) -> Result<Vec<OwnedServerName>> {
+    let servers: BTreeSet<OwnedServerName> = svc
+        .store
+        .members_with(room_id, "join")
+        .await?
+        .iter()
+        .filter_map(|u| server_of(u))
+        .filter(|s| s.as_str() != svc.server_name())
+        .collect();
+    let mut allowed = Vec::with_capacity(servers.len());
+    for server in servers {
+        if super::acl::allowed(svc, room_id, &server).await? {
+            allowed.push(server);
+        } else {
+            tracing::debug!(%room_id, %server, "not sent: denied by the room's server ACL");
+        }
+    }
+    Ok(allowed)
+}
+
+/// One destination's task: sends its queued items, oldest first, one transaction at a time.
+async fn deliver(svc: Services, destination: String, wake: Arc<Destination>) {
+    let Ok(server) = OwnedServerName::try_from(destination.clone()) else {
+        tracing::warn!(%destination, "queued items for an invalid server name are never sent");
+        return;
+    };
+    let config = &svc.config.federation;
+    let mut retries: u32 = 0;
+    let mut last_success: Option<i64> = None;
+    // The last queue ID of a transaction that failed: its retry carries exactly the same items
+    // (and so the same txnId), whatever was queued since.
+    let mut in_flight: Option<i64> = None;
+    loop {
+        let mut items = match svc
+            .store
+            .outbound_items(&destination, (MAX_PDUS + MAX_EDUS) as i64)
+            .await
+        {
+            Ok(items) => items,
+            Err(error) => {
+                tracing::error!(%destination, %error, "cannot read the federation queue");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        if let Some(last) = in_flight {
+            items.retain(|item| item.id <= last);
+        }
+        if items.is_empty() {
+            in_flight = None;
+            wake.new_items.notified().await;
+            continue;
+        }
+        // A prefix of the queue, so that deleting up to its last ID removes exactly it.
+        let (mut pdus, mut edus, mut last_id) = (Vec::new(), Vec::new(), items[0].id);
+        for item in &items {
+            let Ok(value) = serde_json::from_str::<Value>(&item.json) else {
+                last_id = item.id;
+                continue;
+            };
+            let list = if item.kind == "pdu" { &mut pdus } else { &mut edus };
+            let max = if item.kind == "pdu" { MAX_PDUS } else { MAX_EDUS };
+            if list.len() >= max {
+                break;
+            }
+            list.push(value);
+            last_id = item.id;
+        }
+        let txn_id = format!("{}-{}", items[0].id, last_id);
+        let (sent_pdus, sent_edus) = (pdus.len(), edus.len());
+        match send_transaction(&svc, &server, &txn_id, pdus, edus).await {
+            Ok(()) => {
+                if let Err(error) = svc.store.delete_outbound(&destination, last_id).await {
+                    tracing::error!(%destination, %error, "cannot delete sent federation items");
+                }
+                retries = 0;
+                in_flight = None;
+                last_success = Some(now_ms());
+                let pending = svc.store.outbound_pending(&destination).await.unwrap_or(-1);
+                tracing::info!(%destination, txn_id, pdus = sent_pdus, edus = sent_edus, pending, "federation transaction sent");
+            }
+            Err(error) => {
+                retries = retries.saturating_add(1);
+                in_flight = Some(last_id);
+                let delay = config
+                    .retry_initial_ms
+                    .saturating_mul(1u64 << (retries - 1).min(30))
+                    .min(config.retry_max_ms);
+                let pending = svc.store.outbound_pending(&destination).await.unwrap_or(-1);
+                tracing::warn!(%destination, txn_id, %error, retries, pending, ?last_success, delay_ms = delay, "federation transaction failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
+                    _ = wake.up.notified() => {}
+                }
+            }
+        }
+    }
+}
+
+/// One `PUT /send/{txnId}`: Ok on a 200.
+async fn send_transaction(
+    svc: &Services,
+    server: &ServerName,
+    txn_id: &str,
+    pdus: Vec<Value>,
+    edus: Vec<Value>,
+) -> std::result::Result<(), String> {
+    let client = svc.federation.client().map_err(|e| e.to_string())?;
+    let path = format!("/_matrix/federation/v1/send/{txn_id}");
+    let mut body = json!({
+        "origin": svc.server_name(),
+        "origin_server_ts": now_ms(),
+        "pdus": pdus,
+    });
+    if !edus.is_empty() {
+        body["edus"] = Value::Array(edus);
+    }
+    let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    let authorization = client
+        .authorization(&svc.signing_key, server, "PUT", &path, Some(&body))
+        .map_err(|e| e.to_string())?;
+    let (status, _) = client
+        .request("PUT", server, &path, Some(body), Some(authorization), 1 << 20)
+        .await
+        .map_err(|e| e.to_string())?;
+    if status == 200 {
+        Ok(())
+    } else {
+        Err(format!("{server} answered {status}"))
+    }
+}
+
+/// The append listener: local users' committed events join the queue.
+pub struct FederationSender;
+
+impl FederationSender {
+    fn submit_local(svc: &Services, events: &mut dyn Iterator<Item = &NewEvent>) {
+        let local = format!(":{}", svc.server_name());
+        let pdus: Vec<PduOut> = events
+            .filter(|e| e.sender.ends_with(&local))
+            .map(|e| PduOut {
+                room_id: e.room_id.clone(),
+                json: e.json.clone(),
+                // A kicked or banned user's server hears of it even when no one else of it
+                // is left; invites go through `/invite` instead (the membership flow's).
+                membership_target: e
+                    .membership
+                    .as_deref()
+                    .filter(|m| *m != "invite")
+                    .and(e.state_key.clone())
+                    .filter(|target| !target.ends_with(&local)),
+            })
+            .collect();
+        if !pdus.is_empty() {
+            svc.federation.sender.submit(Job::Pdus(pdus));
+        }
+    }
+}
+
+impl AppendListener for FederationSender {
+    fn committed(&self, svc: &Services, batch: &[Appending], _placed: &[Placed]) {
+        Self::submit_local(svc, &mut batch.iter().map(|a| &a.event));
+    }
+
+    fn room_created<'a>(&'a self, svc: &'a Services, events: &'a [NewEvent]) -> Option<ListenerFuture<'a>> {
+        Self::submit_local(svc, &mut events.iter());
+        None
+    }
+}
+
+// The EDUs local users cause.
+
+/// `m.typing` of a local user, to the servers in the room.
+pub fn typing(svc: &Services, room_id: &str, user_id: &str, typing: bool) {
+    svc.federation.sender.submit(Job::RoomEdu {
+        room_id: room_id.to_owned(),
+        edu: json!({ "edu_type": "m.typing",
+                     "content": { "room_id": room_id, "user_id": user_id, "typing": typing } }),
+    });
+}
+
+/// `m.receipt` (a public `m.read`) of a local user, to the servers in the room.
+pub fn receipt(
+    svc: &Services,
+    room_id: &str,
+    user_id: &str,
+    event_id: &str,
+    thread_id: Option<&str>,
+    ts: i64,
+) {
+    let mut data = json!({ "ts": ts });
+    if let Some(thread_id) = thread_id {
+        data["thread_id"] = json!(thread_id);
+    }
+    svc.federation.sender.submit(Job::RoomEdu {
+        room_id: room_id.to_owned(),
+        edu: json!({ "edu_type": "m.receipt", "content": { room_id: { "m.read": {
+            user_id: { "event_ids": [event_id], "data": data } } } } }),
+    });
+}
+
+/// `m.presence` of a local user, to the servers sharing a room with them.
+pub fn presence(
+    svc: &Services,
+    user_id: &str,
+    presence: &str,
+    status_msg: Option<&str>,
+    last_active_ago: i64,
+    currently_active: bool,
+) {
+    let mut update = json!({
+        "user_id": user_id,
+        "presence": presence,
+        "last_active_ago": last_active_ago.max(0),
+        "currently_active": currently_active,
+    });
+    if let Some(status_msg) = status_msg {
+        update["status_msg"] = json!(status_msg);
+    }
+    svc.federation.sender.submit(Job::UserEdu {
+        user_id: user_id.to_owned(),
+        edu: json!({ "edu_type": "m.presence", "content": { "push": [update] } }),
+    });
+}
+
+/// `m.direct_to_device` from a local user: `messages` for one remote server's users.
+pub fn direct_to_device(
+    svc: &Services,
+    destination: &str,
+    sender: &str,
+    event_type: &str,
+    message_id: &str,
+    messages: &serde_json::Map<String, Value>,
+) {
+    svc.federation.sender.submit(Job::ServerEdu {
+        destination: destination.to_owned(),
+        edu: json!({ "edu_type": "m.direct_to_device", "content": {
+            "sender": sender, "type": event_type, "message_id": message_id, "messages": messages } }),
+    });
+}
+
+/// `m.device_list_update` for each of a local user's devices (their keys changed or a device
+/// came or went), to the servers sharing a room with them; `stream_id` is the change's
+/// position in `device_lists_stream`.
+pub async fn device_list_update(svc: &Services, user_id: &str) -> Result<()> {
+    if svc.federation.client().is_err() {
+        return Ok(());
+    }
+    let stream_id = svc.store.max_device_lists_stream().await?;
+    let devices = svc.store.user_device_keys(user_id).await?;
+    for (device_id, keys, display_name) in devices.into_iter().take(MAX_ANNOUNCED_DEVICES) {
+        let mut content = json!({
+            "user_id": user_id, "device_id": device_id, "stream_id": stream_id, "prev_id": [],
+        });
+        if let Ok(keys) = serde_json::from_str::<Value>(&keys) {
+            content["keys"] = keys;
+        }
+        if let Some(name) = display_name {
+            content["device_display_name"] = json!(name);
+        }
+        svc.federation.sender.submit(Job::UserEdu {
+            user_id: user_id.to_owned(),
+            edu: json!({ "edu_type": "m.device_list_update", "content": content }),
+        });
+    }
+    Ok(())
+}
+
+/// `m.signing_key_update`: a local user's master and self-signing keys, to the servers sharing
+/// a room with them.
+pub async fn signing_key_update(svc: &Services, user_id: &str) -> Result<()> {
+    if svc.federation.client().is_err() {
+        return Ok(());
+    }
+    let keys = svc.store.cross_signing_keys(user_id).await?;
+    let mut content = json!({ "user_id": user_id });
+    for (key_type, field) in [("master", "master_key"), ("self_signing", "self_signing_key")] {
+        if let Some(key) = keys
+            .get(key_type)
+            .and_then(|k| serde_json::from_str::<Value>(k).ok())
+        {
+            content[field] = key;
+        }
+    }
+    svc.federation.sender.submit(Job::UserEdu {
+        user_id: user_id.to_owned(),
+        edu: json!({ "edu_type": "m.signing_key_update", "content": content }),
+    });
+    Ok(())
+}
