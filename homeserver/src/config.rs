@@ -838,21 +838,23 @@ encrypted_rooms_strict = true
 # The mode of new unencrypted rooms whose initial_state names none: "search_enabled" (the server
 # indexes them for /search) or "none" (plain Matrix rooms, searchable too, as on other servers).
 default_mode = "search_enabled"
-
-[search]
-# index_path = "./hearth-data/search"   # default: <data_dir>/search
 # The server key that encrypts search-enabled rooms at rest (base64 of 32 bytes; `head -c 32
 # /dev/urandom | base64`). Or set HEARTH_PRIVACY__AT_REST_KEY. Without either, a key is
 # generated into <data_dir>/at_rest.key: keep it elsewhere in production. Change it only with
 # `hearth keys rotate-at-rest`; a wrong key stops start-up.
 # at_rest_key_file = "/etc/hearth/at_rest.key"
 notify_admin_reads = true         # a notice in the room whenever an admin reads it (spec/admin.md)
+
+[search]
+# index_path = "./hearth-data/search"   # default: <data_dir>/search
+
 [messages]
 # How long after sending it a local user may still edit or delete (redact) their own event:
 # milliseconds, or a duration such as "15m", "30s", "2h"; 0 means unlimited. Rooms override
 # these with the org.hearth.room.message_policy state event (spec/message-policy.md).
 edit_window = "15m"
 delete_window = "15m"
+
 [federation]
 # The Server-Server API, on its own HTTPS listener (TLS 1.3 only).
 enabled = false

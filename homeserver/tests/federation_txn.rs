@@ -860,7 +860,6 @@ fn timeline_bodies(sync: &Value, room_id: &str) -> Vec<String> {
 
 // Needs joins across servers (the fed-rooms branch); passes on a merge of both branches.
 #[tokio::test]
-#[ignore = "needs fed-rooms' remote joins: un-ignore once fed-rooms is merged"]
 async fn a_shared_room_carries_messages_typing_receipts_and_device_lists_both_ways() {
     let (a, b, _certs) = two().await;
     let alice = a.server.register("alice").await;
