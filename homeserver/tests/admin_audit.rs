@@ -15,7 +15,9 @@ async fn start() -> Server {
         Backend::from_env(),
         &format!("admins = [\"{ADMIN}\"]"),
         &format!("enabled = false\n{RATE_LIMIT_FIELDS}"),
-        "",
+        // Rooms created without a mode stay plain (the server default would make them
+        // search-enabled), so the refusals for plain rooms can be checked.
+        "[privacy]\ndefault_mode = \"none\"\n",
     )
     .await
 }

@@ -84,7 +84,9 @@ async fn stored_json(server: &Server, room_id: &str) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn search_enabled_rooms_are_encrypted_at_rest_and_read_normally() {
-    let mut server = Server::start().await;
+    // Rooms without a mode stay plain here, so a plain room can be compared.
+    let mut server =
+        Server::start_with_config(Backend::from_env(), "[privacy]\ndefault_mode = \"none\"\n").await;
     let alice = server.register("alice").await;
     let room = alice.create_room(search_enabled_room()).await;
     let plain = alice.create_room(json!({ "name": "plain" })).await;
