@@ -238,6 +238,15 @@ fn room_key(room_id: &str) -> Option<Arc<Key>> {
         .cloned()
 }
 
+/// The name the search index's data key is kept under, among the rooms' data keys (so that
+/// `hearth keys rotate-at-rest` re-wraps it with them); not a room ID, so it meets no room.
+pub const SEARCH_INDEX_KEY_ID: &str = "org.hearth.search_index";
+
+/// The search index's data key, once loaded or made (`Store::search_index_key`).
+pub fn search_index_key() -> Option<Arc<Key>> {
+    room_key(SEARCH_INDEX_KEY_ID)
+}
+
 /// Whether the room's events are stored encrypted.
 pub fn is_sealed_room(room_id: &str) -> bool {
     room_key(room_id).is_some()

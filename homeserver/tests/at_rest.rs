@@ -67,6 +67,20 @@ async fn database_bytes(server: &Server) -> Vec<u8> {
     }
 }
 
+/// Every byte of the files under `dir`.
+fn directory_bytes(dir: &std::path::Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read the directory").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            bytes.extend(directory_bytes(&path));
+        } else {
+            bytes.extend(std::fs::read(&path).unwrap_or_default());
+        }
+    }
+    bytes
+}
+
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
@@ -150,6 +164,29 @@ async fn search_enabled_rooms_are_encrypted_at_rest_and_read_normally() {
         contains(&bytes, "lanternfish"),
         "the plain room is stored as before"
     );
+
+    // Both rooms are searchable, yet no indexed word is in the index's files (every file of the
+    // directory is sealed, the plain room's terms included).
+    for (word, room_id) in [("xylophonequartz", &room), ("lanternfish", &plain)] {
+        let (status, found) = alice
+            .request(
+                Method::POST,
+                "/search",
+                Some(&json!({"search_categories": {"room_events": {"search_term": word}}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{found}");
+        let results = &found["search_categories"]["room_events"]["results"];
+        assert_eq!(results[0]["result"]["room_id"], json!(room_id), "{found}");
+    }
+    let index_bytes = directory_bytes(&server.dir().join("data").join("search"));
+    assert!(!index_bytes.is_empty(), "no index files found");
+    for word in secrets
+        .iter()
+        .chain(&["gingerbreadnebula", "lanternfish", "xylophon"])
+    {
+        assert!(!contains(&index_bytes, word), "{word} found in the search index");
+    }
 
     // After a restart (keys loaded from the database), still readable; sync too.
     server.restart().await;

@@ -327,19 +327,9 @@ impl TerminatingWrite for EncryptedWriter {
     }
 }
 
-/// The index locks this process holds (tantivy's writer and meta locks), by path.
-static HELD_LOCKS: std::sync::LazyLock<Mutex<std::collections::HashSet<PathBuf>>> =
-    std::sync::LazyLock::new(Mutex::default);
-
-struct HeldLock(PathBuf);
-
-impl Drop for HeldLock {
-    fn drop(&mut self) {
-        HELD_LOCKS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.0);
-    }
+/// A held index lock: the locked file, unlocked when closed.
+struct HeldLock {
+    _file: File,
 }
 
 impl Directory for EncryptedDirectory {
@@ -418,21 +408,25 @@ impl Directory for EncryptedDirectory {
     }
 
     fn acquire_lock(&self, lock: &Lock) -> Result<DirectoryLock, LockError> {
-        // Held in memory, not as a file: a lock file left by a crashed process would block the
-        // next start, and one process owns the index (as it owns the database).
+        // An advisory lock (flock) on an empty file: it excludes other processes (and other
+        // opens in this one), and the kernel drops it with its holder, so a crashed process
+        // leaves no stale lock behind.
         let path = self.path(&lock.filepath);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| LockError::IoError(Arc::new(e)))?;
         loop {
-            if HELD_LOCKS
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(path.clone())
-            {
-                return Ok(DirectoryLock::from(Box::new(HeldLock(path))));
+            match file.try_lock() {
+                Ok(()) => return Ok(DirectoryLock::from(Box::new(HeldLock { _file: file }))),
+                Err(fs::TryLockError::WouldBlock) if lock.is_blocking => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(LockError::LockBusy),
+                Err(fs::TryLockError::Error(e)) => return Err(LockError::IoError(Arc::new(e))),
             }
-            if !lock.is_blocking {
-                return Err(LockError::LockBusy);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 

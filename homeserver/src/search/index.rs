@@ -8,14 +8,16 @@ use std::path::Path;
 
 use tantivy::{
     Index, IndexReader, IndexWriter, ReloadPolicy,
-    directory::MmapDirectory,
     schema::{
         FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
     },
 };
 
-use super::tokenizer::{ANALYZER, analyzer};
-use crate::config::Config;
+use super::{
+    encrypted_dir::EncryptedDirectory,
+    tokenizer::{ANALYZER, analyzer},
+};
+use crate::{at_rest::Key, config::Config};
 
 /// Memory the index writer may buffer before it flushes a segment.
 const WRITER_MEMORY: usize = 50_000_000;
@@ -56,12 +58,12 @@ fn schema() -> (Schema, Fields) {
     (b.build(), fields)
 }
 
-/// The index's storage. Today plain files (memory-mapped); the at-rest encryption of
-/// search-enabled rooms replaces this with an encrypting `Directory` under the server key.
-pub fn open_directory(_config: &Config, path: &Path) -> anyhow::Result<Box<dyn tantivy::Directory>> {
-    std::fs::create_dir_all(path)
+/// The index's storage: every file sealed under the index's data key (spec/at-rest.md), so a
+/// copy of the directory reveals no indexed word.
+pub fn open_directory(path: &Path, key: &Key) -> anyhow::Result<Box<dyn tantivy::Directory>> {
+    let directory = EncryptedDirectory::open(path, key)
         .map_err(|e| anyhow::anyhow!("cannot create the search index directory {}: {e}", path.display()))?;
-    Ok(Box::new(MmapDirectory::open(path)?))
+    Ok(Box::new(directory))
 }
 
 /// An open index with its single writer and a reader reloaded by the indexer after each commit.
@@ -73,10 +75,10 @@ pub struct SearchIndex {
 }
 
 impl SearchIndex {
-    pub fn open(config: &Config) -> anyhow::Result<Self> {
+    pub fn open(config: &Config, key: &Key) -> anyhow::Result<Self> {
         let path = config.search_index_path();
         let (schema, fields) = schema();
-        let index = Index::open_or_create(open_directory(config, &path)?, schema)
+        let index = Index::open_or_create(open_directory(&path, key)?, schema)
             .map_err(|e| anyhow::anyhow!("cannot open the search index {}: {e}", path.display()))?;
         index.tokenizers().register(ANALYZER, analyzer());
         let reader = index

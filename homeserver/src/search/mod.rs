@@ -40,7 +40,8 @@ impl Search {
     /// Opens the index and starts the indexer from its stored position (from the start when
     /// the stored position belongs to another index, e.g. the directory was deleted).
     pub async fn start(svc: &Services) -> anyhow::Result<()> {
-        let index = Arc::new(SearchIndex::open(&svc.config)?);
+        let key = svc.store.search_index_key(crate::util::now_ms()).await?;
+        let index = Arc::new(open_or_rebuild(&svc.config, &key)?);
         let stored = svc.store.search_position().await?;
         let committed = index.committed_id();
         let (index_id, position) = match (stored, committed) {
@@ -103,17 +104,14 @@ impl Search {
 /// all is deleted and made anew.
 pub async fn reindex(config: crate::config::Config) -> anyhow::Result<i64> {
     let path = config.search_index_path();
-    match SearchIndex::open(&config) {
+    let store = crate::store::Store::connect(&config.database_url(), config.database.max_connections).await?;
+    store
+        .load_at_rest_keys(&crate::at_rest::load_server_key(&config)?)
+        .await?;
+    let key = store.search_index_key(crate::util::now_ms()).await?;
+    match SearchIndex::open(&config, &key) {
         Ok(index) => drop(index),
-        Err(e)
-            if matches!(
-                e.downcast_ref::<tantivy::TantivyError>(),
-                Some(tantivy::TantivyError::LockFailure(
-                    tantivy::directory::error::LockError::LockBusy,
-                    _
-                ))
-            ) =>
-        {
+        Err(e) if is_lock_busy(&e) => {
             anyhow::bail!(
                 "the search index {} is in use: stop the server first",
                 path.display()
@@ -121,11 +119,9 @@ pub async fn reindex(config: crate::config::Config) -> anyhow::Result<i64> {
         }
         Err(e) => {
             tracing::warn!(error = %e, "the search index cannot be opened; deleting it");
-            std::fs::remove_dir_all(&path)
-                .map_err(|e| anyhow::anyhow!("cannot delete the search index {}: {e}", path.display()))?;
+            remove_index(&path)?;
         }
     }
-    let store = crate::store::Store::connect(&config.database_url(), config.database.max_connections).await?;
     store.clear_search_position().await?;
     drop(store);
     let svc = crate::build(config).await?;
@@ -133,6 +129,38 @@ pub async fn reindex(config: crate::config::Config) -> anyhow::Result<i64> {
     let mut indexed = svc.search.indexed.subscribe();
     indexed.wait_for(|at| *at >= target).await?;
     Ok(target)
+}
+
+/// Opens the index; one that cannot be read (damaged, or sealed under a key this database no
+/// longer has) is deleted and made anew: it is a projection of the event log, and the indexer
+/// rebuilds it since its stored position no longer matches. One held by another process is
+/// refused.
+fn open_or_rebuild(config: &crate::config::Config, key: &crate::at_rest::Key) -> anyhow::Result<SearchIndex> {
+    match SearchIndex::open(config, key) {
+        Ok(index) => Ok(index),
+        Err(e) if is_lock_busy(&e) => Err(e),
+        Err(e) => {
+            let path = config.search_index_path();
+            tracing::warn!(error = %e, path = %path.display(), "the search index cannot be opened; rebuilding it");
+            remove_index(&path)?;
+            SearchIndex::open(config, key)
+        }
+    }
+}
+
+fn is_lock_busy(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<tantivy::TantivyError>(),
+        Some(tantivy::TantivyError::LockFailure(
+            tantivy::directory::error::LockError::LockBusy,
+            _
+        ))
+    )
+}
+
+fn remove_index(path: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::remove_dir_all(path)
+        .map_err(|e| anyhow::anyhow!("cannot delete the search index {}: {e}", path.display()))
 }
 
 /// Wakes the indexer after every stored batch.

@@ -81,6 +81,13 @@ impl Store {
         Ok(())
     }
 
+    /// The search index's data key (made on first use, wrapped by the server key like a room's).
+    pub async fn search_index_key(&self, now: i64) -> StoreResult<std::sync::Arc<Key>> {
+        self.ensure_room_data_key(at_rest::SEARCH_INDEX_KEY_ID, now)
+            .await?;
+        at_rest::search_index_key().ok_or_else(|| StoreError::Corrupt("no search index key".into()))
+    }
+
     /// Re-wraps every room's data key from `old` to `new` in one transaction (events are not
     /// rewritten) and records `new` as the database's key. Returns how many keys were re-wrapped.
     pub async fn rewrap_at_rest_keys(&self, old: &Key, new: &Key) -> StoreResult<usize> {
