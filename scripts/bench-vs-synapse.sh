@@ -64,6 +64,13 @@
 #   BENCH_IDLE_ARGS, BENCH_SEND_ARGS, BENCH_DELIVER_ARGS, BENCH_CONNECTIONS_ARGS,
 #   BENCH_INITIAL_SYNC_ARGS, BENCH_REACTION_ARGS
 #                      replace a scenario's size flags entirely (see hearth-bench SCENARIO --help)
+#   BENCH_SEARCH_ARGS, BENCH_SYNAPSE_SEARCH_ARGS
+#                      the search scenario (only when named in BENCH_SCENARIOS): a corpus sent
+#                      through /send, then ranked and recent queries and send->searchable lag;
+#                      Hearth 100,000 messages x BENCH_SCALE by default, Synapse 5,000 x
+#                      BENCH_SCALE (about 60 messages/s here: a larger corpus does not finish in
+#                      bounded time)
+#                      replace a scenario's size flags entirely (see hearth-bench SCENARIO --help)
 #   BENCH_TARGETS      1 (default) runs the targets pass, 0 skips it
 #   BENCH_TARGETS_SERVERS  servers given the targets pass (default "hearth"; adding synapse costs
 #                      up to 3 x BENCH_TARGETS_MAX_TIME per backend)
@@ -103,6 +110,8 @@ DELIVER_ARGS="${BENCH_DELIVER_ARGS:---senders 2 --receivers $((8 * SCALE)) --roo
 CONNECTIONS_ARGS="${BENCH_CONNECTIONS_ARGS:---clients $((150 * SCALE)) --hold 10}"
 ENCRYPTED_ARGS="${BENCH_ENCRYPTED_ARGS:---senders 2 --receivers $((4 * SCALE)) --rate 10 --duration $((10 * SCALE))}"
 INITIAL_SYNC_ARGS="${BENCH_INITIAL_SYNC_ARGS:---rooms 300 --members 2 --messages $((5 * SCALE)) --repeat 3}"
+SEARCH_ARGS="${BENCH_SEARCH_ARGS:---messages $((100000 * SCALE)) --in-flight 8 --max-time 3600}"
+SYNAPSE_SEARCH_ARGS="${BENCH_SYNAPSE_SEARCH_ARGS:---messages $((5000 * SCALE)) --max-time 1800}"
 REACTION_ARGS="${BENCH_REACTION_ARGS:---receivers $((4 * SCALE)) --rate 10 --duration $((15 * SCALE))}"
 
 # Each held long-poll is a socket in both the benchmark and the server (children inherit this).
@@ -264,6 +273,8 @@ scenario_args() {
         initial-sync) echo "$INITIAL_SYNC_ARGS" ;;
         encrypted) echo "$ENCRYPTED_ARGS" ;;
         reaction) echo "$REACTION_ARGS" ;;
+        # `server` is the loop's current server: Synapse gets the corpus it can build in time.
+        search) if [[ "$server" == synapse ]]; then echo "$SYNAPSE_SEARCH_ARGS"; else echo "$SEARCH_ARGS"; fi ;;
         *) die "unknown scenario $1" ;;
     esac
 }
