@@ -616,7 +616,7 @@ async fn check_room(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn dag_is_valid() {
-    let server = Server::start().await;
+    let server = Server::start_with_plain_rooms().await;
     let users = [
         server.register("alice").await,
         server.register("bob").await,
@@ -679,7 +679,7 @@ async fn dag_is_valid() {
 /// DAG with consistent state, and keeps every event whose send was acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn crash_mid_write_keeps_the_dag_valid() {
-    let mut server = Server::start().await;
+    let mut server = Server::start_with_plain_rooms().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let mut rooms = Vec::new();

@@ -34,7 +34,7 @@ async fn served_content(client: &Client, room: &str, event_id: &str) -> Value {
 
 #[tokio::test]
 async fn redacted_events_keep_what_the_room_version_keeps() {
-    let server = Server::start().await;
+    let server = Server::start_with_plain_rooms().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let db = server.db().await;

@@ -381,7 +381,7 @@ fn persisted_places(server: &Server, needle: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn nothing_persisted_holds_what_was_sent_encrypted() {
-    let server = Server::start().await;
+    let server = Server::start_with_plain_rooms().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let unique = format!(

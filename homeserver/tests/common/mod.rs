@@ -163,6 +163,12 @@ impl Server {
         Self::start_on(Backend::from_env()).await
     }
 
+    /// A server whose rooms stay plain unless they name a mode, for tests that read stored PDUs
+    /// from the database (the default mode, search-enabled, stores them sealed).
+    pub async fn start_with_plain_rooms() -> Server {
+        Self::start_with_config(Backend::from_env(), "[privacy]\ndefault_mode = \"none\"\n").await
+    }
+
     pub async fn start_on(backend: Backend) -> Server {
         Self::start_with_config(backend, "").await
     }
