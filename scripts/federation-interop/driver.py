@@ -169,6 +169,43 @@ def exercise_room(label, owner, guest, guest_server, version):
         if out.get("displayname") != owner.name.title():
             raise RuntimeError(f"profile: {out}")
     check(f"{prefix} remote profile lookup", profile)
+
+    def guest_redaction():
+        eid = guest.send(room, "to be redacted by its sender")
+        eventually("message at owner", lambda: any(e["event_id"] == eid for e in owner.messages(room)))
+        guest.ok("PUT", f"/rooms/{q(room)}/redact/{q(eid)}/{uuid.uuid4().hex}", {"reason": "interop"})
+        eventually("redacted at owner", lambda: any(
+            e["event_id"] == eid and not e.get("content") for e in owner.messages(room)))
+    check(f"{prefix} redaction guest → owner", guest_redaction)
+
+    def guest_typing():
+        owner.sync(0)
+        guest.ok("PUT", f"/rooms/{q(room)}/typing/{q(guest.user_id)}", {"typing": True, "timeout": 10000})
+        seen_in_sync(owner, room, lambda e: e.get("type") == "m.typing"
+                     and guest.user_id in e.get("content", {}).get("user_ids", []), section="ephemeral")
+    check(f"{prefix} typing guest → owner", guest_typing)
+
+    def guest_leaves():
+        guest.ok("POST", f"/rooms/{q(room)}/leave", {})
+        eventually("leave at owner", lambda: guest.user_id not in owner.ok(
+            "GET", f"/rooms/{q(room)}/joined_members")["joined"])
+    check(f"{prefix} guest leaves", guest_leaves)
+
+    def invite_and_join():
+        private = owner.ok("POST", "/createRoom", {"room_version": version, "preset": "private_chat",
+                                                   "name": f"interop invite {label} v{version}"})["room_id"]
+        guest.sync(0)
+        owner.ok("POST", f"/rooms/{q(private)}/invite", {"user_id": guest.user_id})
+        deadline = time.monotonic() + TIMEOUT
+        while private not in guest.sync().get("rooms", {}).get("invite", {}):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{guest.name} never saw the invite")
+        guest.ok("POST", f"/join/{q(private)}", {}, {"server_name": guest_server, "via": guest_server})
+        eventually("invited guest joined", lambda: owner.ok(
+            "GET", f"/rooms/{q(private)}/joined_members")["joined"].get(guest.user_id))
+        eid = owner.send(private, "hello, invited guest")
+        seen_in_sync(guest, private, lambda e: e.get("event_id") == eid)
+    check(f"{prefix} invite owner → guest, accepted", invite_and_join)
     return join_ms
 
 
