@@ -15,7 +15,7 @@
 # join time (--latency 0: none). Prints one line per check and the figures; exits non-zero on
 # any failure. --keep leaves the work directory (server logs).
 #
-# Cost (2 shared cores, debug build already there): about 3 minutes in all; the checks take
+# Cost (2 shared cores, debug build already there): 3–5 minutes in all; the checks take
 # ~45 s for three room versions, the latency part ~100 s (Synapse↔Synapse is the slowest),
 # start-up ~15 s. `--latency 0 --no-same` (the checks only) takes about a minute. First run:
 # + ~20 s for `pip install matrix-synapse`, + the debug build of hearth (~13 min cold here).
