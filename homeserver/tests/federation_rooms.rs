@@ -570,3 +570,108 @@ async fn hostile_joins_and_invites_are_refused() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["errcode"], "M_INCOMPATIBLE_ROOM_VERSION");
 }
+
+/// `invite_room_state` in room version 12 (Matrix 1.16, MSC4311): whole PDUs, signed, of the
+/// invite's room, its create event among them; stripped events or a missing create event are
+/// `400 M_INVALID_PARAM`. (Hearth's own invites send whole PDUs: the two-server test above
+/// invites into a version 12 room, and the invitee's server checks them.)
+#[tokio::test]
+async fn invite_room_state_must_be_whole_pdus_in_v12() {
+    let p = pair().await;
+    let alice = p.a.server.register("alice").await;
+    let b_key = p.b.signing_key().await;
+    let rules = RoomVersionId::V12.rules().unwrap();
+    let mallory = "@mallory:hs-b.test";
+    let ts = MilliSecondsSinceUnixEpoch(UInt::new(1_700_000_000_000).unwrap());
+    let create = PduTemplate {
+        room_id: None,
+        sender: UserId::parse(mallory).unwrap(),
+        event_type: "m.room.create".into(),
+        state_key: Some(String::new()),
+        content: json!({ "room_version": "12" }),
+        prev_events: vec![],
+        auth_events: vec![],
+        depth: 1,
+        origin_server_ts: ts,
+        redacts: None,
+    }
+    .finish(&rules, "hs-b.test", &b_key)
+    .unwrap();
+    let room_id = hearth_federation::pdu::room_id_from_create_event(&create.event_id);
+    let name_event = PduTemplate {
+        room_id: Some(room_id.clone()),
+        sender: UserId::parse(mallory).unwrap(),
+        event_type: "m.room.name".into(),
+        state_key: Some(String::new()),
+        content: json!({ "name": "Elsewhere" }),
+        prev_events: vec![create.event_id.clone()],
+        auth_events: vec![],
+        depth: 2,
+        origin_server_ts: ts,
+        redacts: None,
+    }
+    .finish(&rules, "hs-b.test", &b_key)
+    .unwrap();
+    let invite = PduTemplate {
+        room_id: Some(room_id.clone()),
+        sender: UserId::parse(mallory).unwrap(),
+        event_type: "m.room.member".into(),
+        state_key: Some(alice.user_id.clone()),
+        content: json!({ "membership": "invite" }),
+        prev_events: vec![name_event.event_id.clone()],
+        auth_events: vec![],
+        depth: 3,
+        origin_server_ts: ts,
+        redacts: None,
+    }
+    .finish(&rules, "hs-b.test", &b_key)
+    .unwrap();
+    let uri = format!(
+        "/_matrix/federation/v2/invite/{}/{}",
+        encode(room_id.as_str()),
+        encode(invite.event_id.as_str())
+    );
+    let whole = |p: &hearth_federation::Pdu| serde_json::to_value(&p.json).unwrap();
+    let stripped = |p: &hearth_federation::Pdu| {
+        let v = whole(p);
+        json!({ "type": v["type"], "state_key": v["state_key"], "sender": v["sender"], "content": v["content"] })
+    };
+    let body = |state: Vec<Value>| json!({ "room_version": "12", "event": whole(&invite), "invite_room_state": state });
+    for (what, state) in [
+        ("stripped events", vec![stripped(&create), stripped(&name_event)]),
+        ("no create event", vec![whole(&name_event)]),
+        ("a tampered signature", {
+            let mut forged = whole(&create);
+            forged["signatures"]["hs-b.test"] = json!({ (b_key.key_id()): "AAAA" });
+            vec![forged, whole(&name_event)]
+        }),
+    ] {
+        let (status, answer) = p.to_a(&b_key, "PUT", &uri, Some(&body(state))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {answer}");
+        assert_eq!(answer["errcode"], "M_INVALID_PARAM", "{what}: {answer}");
+    }
+    let sync = alice.sync(None, 0, 10).await;
+    assert!(sync["rooms"]["invite"].get(room_id.as_str()).is_none(), "{sync}");
+
+    // Whole, signed PDUs with the create event: the invite is signed and shown, stripped.
+    let (status, answer) = p
+        .to_a(
+            &b_key,
+            "PUT",
+            &uri,
+            Some(&body(vec![whole(&create), whole(&name_event)])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}\n{}", p.a.server.log_tail());
+    assert!(answer["event"]["signatures"]["hs-a.test"].is_object(), "{answer}");
+    let sync = alice.sync(None, 0, 10).await;
+    let state = &sync["rooms"]["invite"][room_id.as_str()]["invite_state"]["events"];
+    let names: Vec<&Value> = state
+        .as_array()
+        .unwrap_or_else(|| panic!("{sync}"))
+        .iter()
+        .filter(|e| e["type"] == "m.room.name")
+        .map(|e| &e["content"]["name"])
+        .collect();
+    assert_eq!(names, [&json!("Elsewhere")], "{sync}");
+}

@@ -2,10 +2,14 @@
 
 For each room version: a Hearth user joins a Synapse room and a Synapse user joins a Hearth room;
 then in each room messages both ways, a redaction, typing, a read receipt and profile lookups.
-Prints one line per check and the join times; exits 1 if any check failed.
+Then delivery latency: ~50 messages sent one after another on one server, each timed until it
+appears in the other server's /sync (P50/P95), Hearth→Synapse and Synapse→Hearth, and with
+--hearth2/--synapse2 also Hearth↔Hearth and Synapse↔Synapse, each with its remote join time.
+Prints one line per check and the figures; exits 1 if any check failed.
 """
 import argparse
 import json
+import math
 import sys
 import time
 import urllib.error
@@ -165,7 +169,84 @@ def exercise_room(label, owner, guest, guest_server, version):
         if out.get("displayname") != owner.name.title():
             raise RuntimeError(f"profile: {out}")
     check(f"{prefix} remote profile lookup", profile)
+
+    def guest_redaction():
+        eid = guest.send(room, "to be redacted by its sender")
+        eventually("message at owner", lambda: any(e["event_id"] == eid for e in owner.messages(room)))
+        guest.ok("PUT", f"/rooms/{q(room)}/redact/{q(eid)}/{uuid.uuid4().hex}", {"reason": "interop"})
+        eventually("redacted at owner", lambda: any(
+            e["event_id"] == eid and not e.get("content") for e in owner.messages(room)))
+    check(f"{prefix} redaction guest → owner", guest_redaction)
+
+    def guest_typing():
+        owner.sync(0)
+        guest.ok("PUT", f"/rooms/{q(room)}/typing/{q(guest.user_id)}", {"typing": True, "timeout": 10000})
+        seen_in_sync(owner, room, lambda e: e.get("type") == "m.typing"
+                     and guest.user_id in e.get("content", {}).get("user_ids", []), section="ephemeral")
+    check(f"{prefix} typing guest → owner", guest_typing)
+
+    def guest_leaves():
+        guest.ok("POST", f"/rooms/{q(room)}/leave", {})
+        eventually("leave at owner", lambda: guest.user_id not in owner.ok(
+            "GET", f"/rooms/{q(room)}/joined_members")["joined"])
+    check(f"{prefix} guest leaves", guest_leaves)
+
+    def invite_and_join():
+        private = owner.ok("POST", "/createRoom", {"room_version": version, "preset": "private_chat",
+                                                   "name": f"interop invite {label} v{version}"})["room_id"]
+        guest.sync(0)
+        owner.ok("POST", f"/rooms/{q(private)}/invite", {"user_id": guest.user_id})
+        deadline = time.monotonic() + TIMEOUT
+        while private not in guest.sync().get("rooms", {}).get("invite", {}):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{guest.name} never saw the invite")
+        guest.ok("POST", f"/join/{q(private)}", {}, {"server_name": guest_server, "via": guest_server})
+        eventually("invited guest joined", lambda: owner.ok(
+            "GET", f"/rooms/{q(private)}/joined_members")["joined"].get(guest.user_id))
+        eid = owner.send(private, "hello, invited guest")
+        seen_in_sync(guest, private, lambda e: e.get("event_id") == eid)
+    check(f"{prefix} invite owner → guest, accepted", invite_and_join)
     return join_ms
+
+
+def percentile(samples, p):
+    """Nearest-rank percentile of a non-empty list."""
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def delivery_latency(sender, receiver, room, n):
+    """Sends n messages one at a time; each is timed from the send request until it appears in
+    the receiver's /sync (long-polling). Returns the samples in milliseconds."""
+    receiver.sync(0)
+    samples = []
+    for i in range(n):
+        t0 = time.monotonic()
+        eid = sender.send(room, f"latency probe {i}")
+        while True:
+            out = receiver.sync(timeout_ms=5000)
+            events = out.get("rooms", {}).get("join", {}).get(room, {}).get("timeline", {}).get("events", [])
+            if any(e.get("event_id") == eid for e in events):
+                break
+            if time.monotonic() - t0 > TIMEOUT:
+                raise RuntimeError(f"{receiver.name} never saw probe {i} ({eid})")
+        samples.append((time.monotonic() - t0) * 1000)
+    return samples
+
+
+def measure_pair(label, owner, guest, owner_server, version, n, figures):
+    """A room of `owner`, joined by `guest` over federation; delivery latency both ways."""
+    room = owner.ok("POST", "/createRoom", {"room_version": version, "preset": "public_chat",
+                                            "name": f"latency {label}"})["room_id"]
+    t0 = time.monotonic()
+    guest.ok("POST", f"/join/{q(room)}", {}, {"server_name": owner_server, "via": owner_server})
+    join_ms = (time.monotonic() - t0) * 1000
+    eventually("membership", lambda: owner.ok("GET", f"/rooms/{q(room)}/joined_members")["joined"].get(guest.user_id))
+    figures.append((f"remote join {label} ({guest.kind} joins {owner.kind}'s room)", [join_ms]))
+    for sender, receiver in ((owner, guest), (guest, owner)):
+        samples = delivery_latency(sender, receiver, room, n)
+        figures.append((f"delivery {sender.kind} → {receiver.kind}", samples))
 
 
 def main():
@@ -175,6 +256,11 @@ def main():
     p.add_argument("--hearth-name", required=True)
     p.add_argument("--synapse-name", required=True)
     p.add_argument("--versions", default="10 11 12")
+    p.add_argument("--latency", type=int, default=50, help="messages per latency measurement (0: none)")
+    p.add_argument("--hearth2")
+    p.add_argument("--hearth2-name")
+    p.add_argument("--synapse2")
+    p.add_argument("--synapse2-name")
     args = p.parse_args()
 
     run = uuid.uuid4().hex[:6]
@@ -194,6 +280,32 @@ def main():
                 failures.append(f"{label} v{version}")
     for label, version, ms in joins:
         print(f"join time {label} v{version}: {ms:.0f} ms")
+
+    if args.latency > 0:
+        version = args.versions.split()[-1]
+        hearth.kind, synapse.kind = "Hearth", "Synapse"
+        pairs = [("Hearth-Synapse", synapse, hearth, args.synapse_name)]
+        if args.hearth2:
+            hearth2 = Client(args.hearth2, "carol")
+            hearth2.register(f"carol{run}")
+            hearth2.kind, hearth.kind = "Hearth2", "Hearth"
+            pairs.append(("Hearth-Hearth", hearth, hearth2, args.hearth_name))
+        if args.synapse2:
+            synapse2 = Client(args.synapse2, "dave")
+            synapse2.register(f"dave{run}")
+            synapse2.kind = "Synapse2"
+            pairs.append(("Synapse-Synapse", synapse, synapse2, args.synapse_name))
+        figures = []
+        for label, owner, guest, owner_server in pairs:
+            check(f"latency {label} (v{version}, {args.latency} messages each way)",
+                  lambda: measure_pair(label, owner, guest, owner_server, version, args.latency, figures))
+        print(f"figures (room version {version}; ms; nearest-rank percentiles):")
+        for what, samples in figures:
+            if len(samples) == 1:
+                print(f"  {what}: {samples[0]:.0f} ms")
+            else:
+                print(f"  {what}: n={len(samples)} P50 {percentile(samples, 50):.0f} ms, "
+                      f"P95 {percentile(samples, 95):.0f} ms, max {max(samples):.0f} ms")
     print(f"{len(failures)} failure(s)")
     sys.exit(1 if failures else 0)
 

@@ -378,6 +378,9 @@ pub async fn invite(
     if invite_room_state.len() > 50 {
         return Err(Error::bad_json("invite_room_state is too long"));
     }
+    if !is_pre_msc4311(version) {
+        check_invite_room_state(svc, room_id, &rules, invite_room_state).await?;
+    }
     let mut json = pdu.json.clone();
     sign_json(svc.server_name(), svc.signing_key.pair(), &mut json).map_err(Error::internal)?;
     let signed = Pdu::from_parts(pdu.event_id.clone(), json).map_err(Error::internal)?;
@@ -413,4 +416,46 @@ pub async fn invite(
         .await?;
     svc.notifier.notify(vec![invitee.to_string()]);
     Ok(json!({ "event": serde_json::to_value(&signed.json).map_err(Error::internal)? }))
+}
+
+/// Room versions 1 to 11, where a server MAY accept an `invite_room_state` of stripped events
+/// (Matrix 1.16); in later versions it SHOULD refuse one that is not whole, signed PDUs of the
+/// room with its create event.
+fn is_pre_msc4311(version: &RoomVersionId) -> bool {
+    use RoomVersionId::*;
+    matches!(version, V1 | V2 | V3 | V4 | V5 | V6 | V7 | V8 | V9 | V10 | V11)
+}
+
+/// Checks `invite_room_state` as the spec asks for room versions after 11: each entry a PDU of
+/// the room version whose signatures verify, of the invite's room, the create event among them.
+/// A failure is `400 M_INVALID_PARAM`.
+async fn check_invite_room_state(
+    svc: &Services,
+    room_id: &RoomId,
+    rules: &RoomVersionRules,
+    invite_room_state: &[Box<RawValue>],
+) -> Result<()> {
+    let mut has_create = false;
+    for raw in invite_room_state {
+        let object = pdu_checks::parse(raw)
+            .map_err(|e| Error::invalid_param(format!("invite_room_state holds a bad PDU: {e}")))?;
+        let checked = inbound::verify(svc, object, rules)
+            .await
+            .map_err(|e| Error::invalid_param(format!("invite_room_state holds a bad PDU: {e}")))?;
+        let pdu = checked.pdu;
+        let is_create = super::remote_membership::is_create_of(rules, &pdu, room_id);
+        if pdu.room_id.as_deref() != Some(room_id) && !is_create {
+            return Err(Error::invalid_param(
+                "invite_room_state holds an event of another room",
+            ));
+        }
+        has_create |= is_create
+            || (pdu.event_type.to_string() == "m.room.create" && pdu.state_key.as_deref() == Some(""));
+    }
+    if !has_create {
+        return Err(Error::invalid_param(
+            "invite_room_state must hold the room's m.room.create event",
+        ));
+    }
+    Ok(())
 }

@@ -286,7 +286,7 @@ async fn join_through(svc: &Services, user: &UserId, room_id: &RoomId, server: &
 }
 
 /// Whether `pdu` is the room version 12 create event that defines `room_id`.
-fn is_create_of(rules: &RoomVersionRules, pdu: &Pdu, room_id: &RoomId) -> bool {
+pub(super) fn is_create_of(rules: &RoomVersionRules, pdu: &Pdu, room_id: &RoomId) -> bool {
     rules.authorization.room_create_event_id_as_room_id
         && pdu.event_type.to_string() == "m.room.create"
         && hearth_federation::pdu::room_id_from_create_event(&pdu.event_id) == room_id
@@ -530,7 +530,10 @@ pub async fn invite_remote(
     Ok(())
 }
 
-/// The stripped state sent with an invite.
+/// The state sent with an invite (`invite_room_state`): since Matrix 1.16 whole PDUs of the
+/// room version, the create event among them (the receiver checks their signatures; Synapse
+/// warns about stripped events in room version 12 and the spec says such invites SHOULD be
+/// refused). The invitee's server strips them for its client.
 async fn invite_room_state(svc: &Services, room_id: &RoomId) -> Result<Vec<Value>> {
     let state = svc.store.current_state(room_id.as_str()).await?;
     let ids: Vec<String> = state
@@ -538,7 +541,12 @@ async fn invite_room_state(svc: &Services, room_id: &RoomId) -> Result<Vec<Value
         .filter(|((t, _), _)| crate::sync::INVITE_STATE_TYPES.contains(&t.as_str()))
         .map(|(_, id)| id.clone())
         .collect();
-    Ok(svc.store.events(&ids).await?.iter().map(stripped_state).collect())
+    svc.store
+        .events(&ids)
+        .await?
+        .iter()
+        .map(|row| serde_json::to_value(&timeline::pdu_of(row)?.json).map_err(Error::internal))
+        .collect()
 }
 
 /// PUT a JSON body to `server`, signed: the answer's body.
