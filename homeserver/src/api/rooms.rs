@@ -64,8 +64,14 @@ pub async fn knock(
     auth: Auth,
     Ruma(req): Ruma<knock_room::v3::Request>,
 ) -> ApiResult<RumaResponse<knock_room::v3::Response>> {
-    let room_id =
-        membership::knock_room(&svc, &auth.user_id, &req.room_id_or_alias, req.reason.as_deref()).await?;
+    let room_id = membership::knock_room(
+        &svc,
+        &auth.user_id,
+        &req.room_id_or_alias,
+        &req.via,
+        req.reason.as_deref(),
+    )
+    .await?;
     Ok(knock_room::v3::Response::new(room_id).into())
 }
 

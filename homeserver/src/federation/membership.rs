@@ -1,5 +1,6 @@
 //! Membership over federation, the resident server's side: `make_join`/`send_join` (v2),
-//! `make_leave`/`send_leave` (v2), and `invite` (v2) of a local user by a remote server.
+//! `make_leave`/`send_leave` (v2), `make_knock`/`send_knock`, and `invite` (v2) of a local user by
+//! a remote server.
 
 use std::collections::HashMap;
 
@@ -46,6 +47,25 @@ pub async fn make_leave(
     user: &UserId,
 ) -> Result<Value> {
     make_membership(svc, origin, room_id, user, "leave", None).await
+}
+
+/// `GET /make_knock/{roomId}/{userId}`: the room's version must support knocking (7 and later)
+/// and be one the knocking server supports, else `M_INCOMPATIBLE_ROOM_VERSION`; the template must
+/// pass the auth rules (a join rule other than `knock`, a ban: 403).
+pub async fn make_knock(
+    svc: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    user: &UserId,
+    ver: &[RoomVersionId],
+) -> Result<Value> {
+    let (version, rules) = inbound::room_rules(svc, room_id).await?;
+    if !rules.authorization.knocking {
+        return Err(Error::IncompatibleRoomVersion(format!(
+            "The room is version {version}, which does not support knocking"
+        )));
+    }
+    make_membership(svc, origin, room_id, user, "knock", Some(ver)).await
 }
 
 async fn make_membership(
@@ -206,7 +226,39 @@ pub async fn send_leave(
     Ok(json!({}))
 }
 
-/// The checks `send_join` and `send_leave` share: the event is the membership it claims, of a
+/// `PUT /send_knock/{roomId}/{eventId}` (v1): checks and stores the knock, sends it to the
+/// room's other servers (the knocking server is not in the room, so it cannot), and answers the
+/// room's state a knocker is shown (`knock_room_state`: full PDUs, the create event among them).
+pub async fn send_knock(
+    svc: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+    pdu: &RawValue,
+) -> Result<Value> {
+    let accepted = send_membership(svc, origin, room_id, event_id, pdu, "knock").await?;
+    let json = serde_json::to_string(&accepted.pdu.json).map_err(Error::internal)?;
+    svc.federation
+        .sender
+        .submit(super::sender::Job::Pdus(vec![super::sender::PduOut {
+            room_id: room_id.to_string(),
+            json,
+            membership_target: None,
+        }]));
+    let state = svc.store.current_state(room_id.as_str()).await?;
+    let ids: Vec<String> = state
+        .iter()
+        .filter(|((t, _), _)| crate::sync::INVITE_STATE_TYPES.contains(&t.as_str()))
+        .map(|(_, id)| id.clone())
+        .collect();
+    let mut knock_room_state = Vec::with_capacity(ids.len());
+    for row in svc.store.events(&ids).await? {
+        knock_room_state.push(serde_json::to_value(&pdu_of(&row)?.json).map_err(Error::internal)?);
+    }
+    Ok(json!({ "knock_room_state": knock_room_state }))
+}
+
+/// The checks `send_join`, `send_leave` and `send_knock` share: the event is the membership it claims, of a
 /// user of the origin, with the event ID of the path; then the incoming PDU pipeline. A
 /// soft-failed membership is refused too: it would never take effect.
 async fn send_membership(

@@ -1,7 +1,8 @@
 //! Membership over federation, the local user's side: joining a room this server is not in
 //! (make_join, send_join, the returned state and auth chain checked and kept as outliers, the
 //! join stored with that state as the room's), inviting a remote user (their server signs the
-//! invite first), rejecting a remote invite and telling remote servers of a local leave.
+//! invite first), knocking on a room this server is not in (make_knock, send_knock), rejecting a
+//! remote invite and telling remote servers of a local leave.
 
 use std::collections::HashMap;
 
@@ -65,12 +66,14 @@ pub async fn has_pending_remote_invite(svc: &Services, user: &UserId, room_id: &
     let Some((event_id, ..)) = svc.store.remote_invite(user.as_str(), room_id.as_str()).await? else {
         return Ok(false);
     };
-    let latest_is_invite = svc
-        .store
-        .latest_membership(user.as_str(), room_id.as_str())
-        .await?
-        .as_deref()
-        == Some("invite");
+    // A knock on a room this server is not in is kept the same way, and retracted the same way.
+    let latest_is_invite = matches!(
+        svc.store
+            .latest_membership(user.as_str(), room_id.as_str())
+            .await?
+            .as_deref(),
+        Some("invite" | "knock")
+    );
     let current = svc.store.membership(room_id.as_str(), user.as_str()).await?;
     Ok(latest_is_invite
         && matches!(current.as_deref(), None | Some("leave"))
@@ -85,10 +88,19 @@ async fn candidate_servers(
     via: &[OwnedServerName],
 ) -> Result<Vec<OwnedServerName>> {
     let mut servers: Vec<OwnedServerName> = via.to_vec();
-    if let Some((_, _, _, inviter)) = svc.store.remote_invite(user.as_str(), room_id.as_str()).await?
-        && let Ok(inviter) = UserId::parse(inviter)
-    {
-        servers.push(inviter.server_name().to_owned());
+    if let Some((_, _, state, inviter)) = svc.store.remote_invite(user.as_str(), room_id.as_str()).await? {
+        if let Ok(inviter) = UserId::parse(inviter) {
+            servers.push(inviter.server_name().to_owned());
+        }
+        // The senders of the room's stripped state (a knock's own sender is this server; a
+        // version 12 room ID names no server).
+        let state: Vec<Value> = serde_json::from_str(&state).unwrap_or_default();
+        servers.extend(
+            state
+                .iter()
+                .filter_map(|e| UserId::parse(e["sender"].as_str()?).ok())
+                .map(|u| u.server_name().to_owned()),
+        );
     }
     if let Some(server) = room_id.server_name() {
         servers.push(server.to_owned());
@@ -145,7 +157,7 @@ async fn join_through(svc: &Services, user: &UserId, room_id: &RoomId, server: &
         .get(server, &path, Some(&svc.signing_key), SMALL_RESPONSE)
         .await
         .map_err(remote_error)?;
-    let (version, rules, join) = fill_template(svc, user, room_id, &body, "join").await?;
+    let (version, rules, join) = fill_template(svc, user, room_id, &body, "join", None).await?;
 
     let path = format!(
         "/_matrix/federation/v2/send_join/{}/{}",
@@ -285,6 +297,133 @@ async fn join_through(svc: &Services, user: &UserId, room_id: &RoomId, server: &
     Ok(())
 }
 
+/// Knocks on a room this server is not in, through one of `via` (or the room ID's server):
+/// `make_knock`, the knock built from the template and signed here, `send_knock`. The knock is
+/// kept as an outlier with the `knock_room_state` the resident server answered (stripped, like a
+/// remote invite's state), so the knocker sees the room in `/sync` `knock`. A refusal (403) or a
+/// room version without knocking is the answer; other failures try the next server.
+pub async fn knock_remote(
+    svc: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+    via: &[OwnedServerName],
+    reason: Option<&str>,
+) -> Result<()> {
+    let servers = candidate_servers(svc, user, room_id, via).await?;
+    let mut last = Error::not_found("No server could knock on the room");
+    for server in servers.iter().take(MAX_SERVERS_TRIED) {
+        match knock_through(svc, user, room_id, server, reason).await {
+            Ok(()) => return Ok(()),
+            Err(error @ (Error::Forbidden(_) | Error::IncompatibleRoomVersion(_))) => return Err(error),
+            Err(error) => {
+                tracing::info!(%server, %room_id, %error, "remote knock failed");
+                last = error;
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn knock_through(
+    svc: &Services,
+    user: &UserId,
+    room_id: &RoomId,
+    server: &ServerName,
+    reason: Option<&str>,
+) -> Result<()> {
+    let versions: Vec<String> = hearth_federation::SUPPORTED_ROOM_VERSIONS
+        .iter()
+        .map(|v| format!("ver={v}"))
+        .collect();
+    let path = format!(
+        "/_matrix/federation/v1/make_knock/{}/{}?{}",
+        inbound::encode(room_id.as_str()),
+        inbound::encode(user.as_str()),
+        versions.join("&")
+    );
+    let body = knock_request(svc, server, "GET", &path, None).await?;
+    let (version, rules, knock) = fill_template(svc, user, room_id, &body, "knock", reason).await?;
+    if !rules.authorization.knocking {
+        return Err(Error::IncompatibleRoomVersion(format!(
+            "Room version {version} does not support knocking"
+        )));
+    }
+    let path = format!(
+        "/_matrix/federation/v1/send_knock/{}/{}",
+        inbound::encode(room_id.as_str()),
+        inbound::encode(knock.event_id.as_str())
+    );
+    let answer = knock_request(
+        svc,
+        server,
+        "PUT",
+        &path,
+        Some(serde_json::to_vec(&knock.json).map_err(Error::internal)?),
+    )
+    .await?;
+    #[derive(serde::Deserialize)]
+    struct SendKnock {
+        #[serde(default)]
+        knock_room_state: Vec<Value>,
+    }
+    let answer: SendKnock = serde_json::from_slice(&answer)
+        .map_err(|e| Error::unknown(format!("{server} sent a bad send_knock answer: {e}")))?;
+    // Shown to the knocker only, as stripped state: the type, state key, sender and content of
+    // each state event of this room (at most 50).
+    let stripped: Vec<Value> = answer
+        .knock_room_state
+        .iter()
+        .filter(|v| v["state_key"].is_string() && v["type"].is_string() && v["content"].is_object())
+        .filter(|v| v["room_id"].as_str().is_none_or(|r| r == room_id.as_str()))
+        .take(50)
+        .map(|v| json!({ "type": v["type"], "state_key": v["state_key"], "sender": v["sender"], "content": v["content"] }))
+        .collect();
+    svc.store
+        .store_remote_invite(
+            &inbound::new_event(&knock),
+            version.as_str(),
+            &serde_json::to_string(&stripped).map_err(Error::internal)?,
+            now_ms(),
+        )
+        .await?;
+    svc.notifier.notify(vec![user.to_string()]);
+    tracing::info!(%room_id, %user, %server, "knocked on a remote room");
+    Ok(())
+}
+
+/// A signed request for a knock: the answer's body on a 2xx; the resident server's refusal as
+/// the spec's error (403 `M_FORBIDDEN`, 400 `M_INCOMPATIBLE_ROOM_VERSION`, 404 `M_NOT_FOUND`).
+async fn knock_request(
+    svc: &Services,
+    server: &ServerName,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Vec<u8>> {
+    let client = svc.federation.client()?;
+    let authorization = client
+        .authorization(&svc.signing_key, server, method, path, body.as_deref())
+        .map_err(remote_error)?;
+    let (status, answer) = client
+        .request(method, server, path, body, Some(authorization), SMALL_RESPONSE)
+        .await
+        .map_err(remote_error)?;
+    if (200..300).contains(&status) {
+        return Ok(answer);
+    }
+    let detail: Value = serde_json::from_slice(&answer).unwrap_or_default();
+    let message = format!(
+        "{server} refused: {}",
+        detail["error"].as_str().unwrap_or("no reason given")
+    );
+    Err(match (status, detail["errcode"].as_str()) {
+        (403, _) => Error::forbidden(message),
+        (_, Some("M_INCOMPATIBLE_ROOM_VERSION")) => Error::IncompatibleRoomVersion(message),
+        (404, _) => Error::not_found(message),
+        _ => Error::unknown(message),
+    })
+}
+
 /// Whether `pdu` is the room version 12 create event that defines `room_id`.
 pub(super) fn is_create_of(rules: &RoomVersionRules, pdu: &Pdu, room_id: &RoomId) -> bool {
     rules.authorization.room_create_event_id_as_room_id
@@ -300,6 +439,7 @@ async fn fill_template(
     room_id: &RoomId,
     body: &[u8],
     membership: &str,
+    reason: Option<&str>,
 ) -> Result<(RoomVersionId, RoomVersionRules, Pdu)> {
     #[derive(serde::Deserialize)]
     struct MakeMembership {
@@ -342,11 +482,14 @@ async fn fill_template(
         Some(CanonicalJsonValue::Integer(d)) => u64::try_from(i64::from(*d)).unwrap_or(1),
         _ => 1,
     };
-    let content = if membership == "join" {
-        crate::rooms::membership::member_content(svc, user, "join").await?
+    let mut content = if matches!(membership, "join" | "knock") {
+        crate::rooms::membership::member_content(svc, user, membership).await?
     } else {
         json!({ "membership": membership })
     };
+    if let Some(reason) = reason {
+        content["reason"] = json!(reason);
+    }
     let pdu = PduTemplate {
         room_id: Some(room_id.to_owned()),
         sender: user.to_owned(),
@@ -381,7 +524,7 @@ pub async fn reject_remote_invite(svc: &Services, user: &UserId, room_id: &RoomI
         .get(server, &path, Some(&svc.signing_key), SMALL_RESPONSE)
         .await
         .map_err(remote_error)?;
-    let (_, _, leave) = fill_template(svc, user, room_id, &body, "leave").await?;
+    let (_, _, leave) = fill_template(svc, user, room_id, &body, "leave", None).await?;
     send_leave(svc, server, &leave).await?;
     svc.store
         .store_outlier_membership(&inbound::new_event(&leave))

@@ -238,15 +238,33 @@ pub async fn join_room(
     Ok(room_id)
 }
 
-/// `POST /knock/{roomIdOrAlias}`: rate limited like joins.
+/// `POST /knock/{roomIdOrAlias}`: rate limited like joins. A room this server is not in is
+/// knocked on through another server (`via`, the alias's servers, the room ID's).
 pub async fn knock_room(
     svc: &Services,
     user: &UserId,
     target: &RoomOrAliasId,
+    via: &[OwnedServerName],
     reason: Option<&str>,
 ) -> Result<OwnedRoomId> {
     svc.rate_limiter.check(Action::Join, user.as_str())?;
-    let room_id = resolve_room(svc, target.as_str()).await?;
+    let mut via = via.to_vec();
+    let room_id = if target.as_str().starts_with('#') {
+        let alias =
+            RoomAliasId::parse(target.as_str()).map_err(|_| Error::invalid_param("Invalid room alias"))?;
+        let resolved = rooms::directory::resolve_alias(svc, &alias).await?;
+        via.extend(resolved.servers);
+        resolved.room_id
+    } else {
+        resolve_room(svc, target.as_str()).await?
+    };
+    if !remote_membership::is_resident(svc, &room_id).await? {
+        if svc.config.federation.enabled {
+            remote_membership::knock_remote(svc, user, &room_id, &via, reason).await?;
+            return Ok(room_id);
+        }
+        return Err(Error::not_found("Room not found"));
+    }
     knock(svc, user, &room_id, reason).await?;
     Ok(room_id)
 }

@@ -349,6 +349,20 @@ impl Server {
         self.spawn().await;
     }
 
+    /// Kills the process with SIGKILL and leaves it down (`start_again` brings it back).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL hearth");
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped or killed server again, on its config file (which a test may have
+    /// edited), port and data.
+    pub async fn start_again(&mut self) {
+        self.spawn().await;
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }

@@ -1,10 +1,11 @@
 //! Membership handlers of the Server-Server API: make_join, send_join (v2), make_leave,
-//! send_leave (v2), invite (v2). Each: `Signed<T>` (X-Matrix verified, ruma's request), one call
+//! send_leave (v2), make_knock, send_knock, invite (v2). Each: `Signed<T>` (X-Matrix verified, ruma's request), one call
 //! into `federation::membership`, the answer.
 
 use axum::{Json, extract::State};
 use ruma::api::federation::membership::{
-    create_invite, create_join_event, create_leave_event, prepare_join_event, prepare_leave_event,
+    create_invite, create_join_event, create_knock_event, create_leave_event, prepare_join_event,
+    prepare_knock_event, prepare_leave_event,
 };
 use serde_json::{Value, value::RawValue};
 
@@ -56,6 +57,28 @@ pub async fn send_leave(
     let r = signed.request;
     Ok(Json(
         membership::send_leave(&svc, &signed.origin, &r.room_id, &r.event_id, &r.pdu).await?,
+    ))
+}
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}`
+pub async fn make_knock(
+    State(svc): State<Services>,
+    signed: Signed<prepare_knock_event::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    let r = signed.request;
+    Ok(Json(
+        membership::make_knock(&svc, &signed.origin, &r.room_id, &r.user_id, &r.ver).await?,
+    ))
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`
+pub async fn send_knock(
+    State(svc): State<Services>,
+    signed: Signed<create_knock_event::v1::Request>,
+) -> ApiResult<Json<Value>> {
+    let r = signed.request;
+    Ok(Json(
+        membership::send_knock(&svc, &signed.origin, &r.room_id, &r.event_id, &r.pdu).await?,
     ))
 }
 

@@ -47,6 +47,14 @@ pub fn router(svc: Services) -> Router {
             put(membership::send_leave),
         )
         .route(
+            "/_matrix/federation/v1/make_knock/{room_id}/{user_id}",
+            get(membership::make_knock),
+        )
+        .route(
+            "/_matrix/federation/v1/send_knock/{room_id}/{event_id}",
+            put(membership::send_knock),
+        )
+        .route(
             "/_matrix/federation/v2/invite/{room_id}/{event_id}",
             put(membership::invite),
         )
