@@ -14,7 +14,6 @@ use std::{
 use ruma::{RoomId, UserId, events::room::member::MembershipState};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::filter::Filter;
 use crate::stream::StreamToken;
@@ -99,20 +98,17 @@ const DEFAULT_TIMELINE_LIMIT: usize = 10;
 /// Runs a sync, long-polling up to `timeout` when an incremental sync finds nothing new.
 pub async fn sync(svc: &Services, user_id: &str, device_id: &str, req: SyncRequest) -> Result<SyncResponse> {
     let deadline = tokio::time::Instant::now() + req.timeout;
-    // Subscribed before computing: whatever is stored after the positions were read is heard.
-    let mut changes = svc.notifier.subscribe();
+    let mut waiter = svc.notifier.subscribe();
     loop {
+        // Marked before computing: whatever is stored after the positions were read is heard.
+        let mark = waiter.mark();
         let (response, has_changes, interest) = compute(svc, user_id, device_id, &req).await?;
         if req.since.is_none() || req.full_state || has_changes {
             return Ok(response);
         }
-        loop {
-            match tokio::time::timeout_at(deadline, changes.recv()).await {
-                Err(_) | Ok(Err(RecvError::Closed)) => return Ok(response),
-                Ok(Err(RecvError::Lagged(_))) => break,
-                Ok(Ok(keys)) if keys.iter().any(|k| interest.contains(k)) => break,
-                Ok(Ok(_)) => {}
-            }
+        waiter.watch(interest);
+        if !waiter.wait(mark, deadline).await {
+            return Ok(response);
         }
     }
 }
