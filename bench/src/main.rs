@@ -7,6 +7,7 @@ mod report;
 mod scenarios;
 mod target;
 mod targets;
+mod ws;
 
 use std::path::PathBuf;
 use std::time::Duration;
