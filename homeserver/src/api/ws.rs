@@ -412,13 +412,21 @@ async fn write(
         };
         match tokio::time::timeout(CLOSE_TIMEOUT, sink.send(frame)).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "stream write failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!("stream dropped: a frame could not be written within the close timeout");
+                return;
+            }
         }
         if let Some(next) = message.next_batch {
             written = Some(next);
         }
     };
     if let Some(stop) = reason {
+        tracing::info!(?stop, next_batch = written.as_deref(), "closing a stream");
         close(&mut sink, &stop, written.as_deref()).await;
     }
 }
