@@ -6,7 +6,7 @@ mod common;
 
 use std::{collections::HashSet, time::Duration};
 
-use common::{Client, Server, encode, txn_id};
+use common::{Backend, Client, Server, encode, txn_id};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -30,17 +30,44 @@ fn url(server: &Server, query: &str) -> String {
     format!("ws://127.0.0.1:{}{PATH}?{query}", server.port)
 }
 
-/// Connects with the token in the `Authorization` header.
-async fn connect(server: &Server, client: &Client, query: &str) -> Ws {
+/// Connects with `token` (if any) in the `Authorization` header; a refusal before the upgrade
+/// is its status and JSON body.
+async fn try_connect(server: &Server, token: Option<&str>, query: &str) -> Result<Ws, (u16, Value)> {
     let mut request = url(server, query).into_client_request().unwrap();
-    let token = client.token.as_deref().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (ws, _) = tokio_tungstenite::connect_async(request)
+    if let Some(token) = token {
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body =
+                serde_json::from_slice(response.body().as_deref().unwrap_or(b"null")).unwrap_or(Value::Null);
+            Err((response.status().as_u16(), body))
+        }
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+/// Connects with the client's token in the `Authorization` header.
+async fn connect(server: &Server, client: &Client, query: &str) -> Ws {
+    try_connect(server, client.token.as_deref(), query)
         .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
+        .unwrap_or_else(|e| panic!("refused: {e:?}"))
+}
+
+/// Connects without a token and sends it as the first frame.
+async fn connect_first_frame(server: &Server, token: &str, query: &str) -> Ws {
+    let mut ws = try_connect(server, None, query).await.unwrap();
+    let auth = json!({ "type": "auth", "access_token": token }).to_string();
+    ws.send(Message::text(auth)).await.unwrap();
     ws
+}
+
+/// The errcode of a close reason.
+fn close_errcode(reason: &str) -> Value {
+    serde_json::from_str::<Value>(reason).unwrap_or_else(|e| panic!("{reason}: {e}"))["errcode"].clone()
 }
 
 /// The next JSON text frame (pings are answered by the library), or the close frame's code and
@@ -52,8 +79,12 @@ async fn next(ws: &mut Ws) -> Result<Value, (u16, String)> {
             return Err((0, "no frame within 30 s".into()));
         };
         match message {
-            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(text.as_str()).expect("JSON frame")),
-            Some(Ok(Message::Close(Some(frame)))) => return Err((u16::from(frame.code), frame.reason.to_string())),
+            Some(Ok(Message::Text(text))) => {
+                return Ok(serde_json::from_str(text.as_str()).expect("JSON frame"));
+            }
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return Err((u16::from(frame.code), frame.reason.to_string()));
+            }
             Some(Ok(Message::Close(None))) | None => return Err((0, String::new())),
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err((0, e.to_string())),
@@ -82,7 +113,10 @@ async fn read_syncs(ws: &mut Ws, mut on_sync: impl FnMut(&Value) -> bool) -> Str
 /// Bodies (`content.body`) of the room's timeline in a sync body.
 fn bodies(body: &Value, room_id: &str) -> Vec<String> {
     let timeline = &body["rooms"]["join"][room_id]["timeline"];
-    assert_ne!(timeline["limited"], true, "a gap: the test's filter must let every event through");
+    assert_ne!(
+        timeline["limited"], true,
+        "a gap: the test's filter must let every event through"
+    );
     timeline["events"]
         .as_array()
         .map(|events| {
@@ -124,7 +158,10 @@ async fn frames_are_sync_steps_and_sends_are_idempotent() {
 
     // Delivery: alice's message reaches bob as a step whose body is an incremental sync.
     alice.send_text(&room, "hello bob").await;
-    read_syncs(&mut ws, |body| bodies(body, &room).contains(&"hello bob".to_owned())).await;
+    read_syncs(&mut ws, |body| {
+        bodies(body, &room).contains(&"hello bob".to_owned())
+    })
+    .await;
 
     // A send, retried with the same txn_id: one event, the same ID each time.
     let txn = txn_id();
@@ -161,7 +198,11 @@ async fn frames_are_sync_steps_and_sends_are_idempotent() {
     assert_eq!(put["event_id"], ids[0].as_str());
     // Alice sees one event.
     let messages = alice
-        .ok(Method::GET, &format!("/rooms/{}/messages?dir=b&limit=50", encode(&room)), None)
+        .ok(
+            Method::GET,
+            &format!("/rooms/{}/messages?dir=b&limit=50", encode(&room)),
+            None,
+        )
         .await;
     let count = messages["chunk"]
         .as_array()
@@ -182,9 +223,18 @@ async fn frames_are_sync_steps_and_sends_are_idempotent() {
 
     // Hostile sends: answered with the spec's errors, the stream stays open.
     let bad = [
-        (json!({ "type": "send", "room_id": "not-a-room", "event_type": "m.room.message", "txn_id": "x1", "content": {} }), "M_INVALID_PARAM"),
-        (json!({ "type": "send", "room_id": room, "event_type": "m.room.message", "txn_id": "x2", "content": "text" }), "M_BAD_JSON"),
-        (json!({ "type": "send", "room_id": "!nowhere:localhost", "event_type": "m.room.message", "txn_id": "x3", "content": {} }), "M_FORBIDDEN"),
+        (
+            json!({ "type": "send", "room_id": "not-a-room", "event_type": "m.room.message", "txn_id": "x1", "content": {} }),
+            "M_INVALID_PARAM",
+        ),
+        (
+            json!({ "type": "send", "room_id": room, "event_type": "m.room.message", "txn_id": "x2", "content": "text" }),
+            "M_BAD_JSON",
+        ),
+        (
+            json!({ "type": "send", "room_id": "!nowhere:localhost", "event_type": "m.room.message", "txn_id": "x3", "content": {} }),
+            "M_FORBIDDEN",
+        ),
         (json!({ "type": "send", "room_id": room }), "M_BAD_JSON"),
         (json!({ "type": "dance" }), "M_BAD_JSON"),
     ];
@@ -223,75 +273,68 @@ async fn first_message_auth_and_bad_tokens_and_filters() {
     let (alice, bob, room) = two_in_a_room(&server).await;
 
     // A bad token in the header: 401 before any upgrade.
-    let mut request = url(&server, "").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", "Bearer nope".parse().unwrap());
-    match tokio_tungstenite::connect_async(request).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status(), 401);
-            let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
-            assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN");
-        }
-        other => panic!("expected 401, got {other:?}"),
-    }
-    // A bad filter or since with a good header: 400 M_INVALID_PARAM before the upgrade.
-    for query in ["filter=nope", "since=garbage", &format!("filter={}", encode("{\"room\":{\"timeline\":{\"limit\":-1}}}"))] {
-        let mut request = url(&server, query).into_client_request().unwrap();
-        let token = bob.token.as_deref().unwrap();
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        match tokio_tungstenite::connect_async(request).await {
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                assert_eq!(response.status(), 400, "{query}");
-                let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
-                assert!(
-                    body["errcode"] == "M_INVALID_PARAM" || body["errcode"] == "M_BAD_JSON",
-                    "{query}: {body}"
-                );
-            }
-            other => panic!("{query}: expected 400, got {other:?}"),
+    let (status, body) = try_connect(&server, Some("nope"), "").await.unwrap_err();
+    assert_eq!(
+        (status, &body["errcode"]),
+        (401, &json!("M_UNKNOWN_TOKEN")),
+        "{body}"
+    );
+    // A bad filter or since with a good header: refused before the upgrade exactly as /sync
+    // refuses them.
+    let token = bob.token.as_deref().unwrap();
+    let negative = encode(r#"{"room":{"timeline":{"limit":-1}}}"#);
+    let not_json = encode("{oops");
+    for query in [
+        "filter=nope".to_owned(),
+        "filter=424242".to_owned(),
+        "since=garbage".to_owned(),
+        format!("filter={negative}"),
+        format!("filter={not_json}"),
+    ] {
+        let (sync_status, sync_body) = bob
+            .request(Method::GET, &format!("/sync?timeout=0&{query}"), None)
+            .await;
+        assert!(sync_status.is_client_error(), "/sync?{query}: {sync_body}");
+        let (status, body) = try_connect(&server, Some(token), &query).await.unwrap_err();
+        assert_eq!(status, sync_status.as_u16(), "{query}: {body}");
+        assert_eq!(body["errcode"], sync_body["errcode"], "{query}: {body}");
+        // After first-frame authentication the same error closes the socket.
+        if query.starts_with("filter=") {
+            let mut ws = connect_first_frame(&server, token, &query).await;
+            let (code, reason) = next(&mut ws).await.unwrap_err();
+            assert_eq!(code, 4400, "{query}: {reason}");
+            assert_eq!(close_errcode(&reason), sync_body["errcode"], "{query}");
         }
     }
 
     // The token as the first message (what a browser does).
-    let (mut ws, _) = tokio_tungstenite::connect_async(url(&server, &format!("filter={}", encode(&filter(20)))))
-        .await
-        .unwrap();
-    let token = bob.token.as_deref().unwrap();
-    ws.send(Message::text(json!({ "type": "auth", "access_token": token }).to_string()))
-        .await
-        .unwrap();
+    let mut ws = connect_first_frame(&server, token, &format!("filter={}", encode(&filter(20)))).await;
     assert_eq!(next_ok(&mut ws).await["type"], "sync");
     alice.send_text(&room, "after auth").await;
-    read_syncs(&mut ws, |body| bodies(body, &room).contains(&"after auth".to_owned())).await;
+    read_syncs(&mut ws, |body| {
+        bodies(body, &room).contains(&"after auth".to_owned())
+    })
+    .await;
     drop(ws);
 
     // A bad token as the first message: closed with M_UNKNOWN_TOKEN.
-    let (mut ws, _) = tokio_tungstenite::connect_async(url(&server, "")).await.unwrap();
-    ws.send(Message::text(json!({ "type": "auth", "access_token": "nope" }).to_string()))
-        .await
-        .unwrap();
+    let mut ws = connect_first_frame(&server, "nope", "").await;
     let (code, reason) = next(&mut ws).await.unwrap_err();
-    assert_eq!(code, 4401, "{reason}");
-    assert_eq!(serde_json::from_str::<Value>(&reason).unwrap()["errcode"], "M_UNKNOWN_TOKEN");
+    assert_eq!(
+        (code, close_errcode(&reason)),
+        (4401, json!("M_UNKNOWN_TOKEN")),
+        "{reason}"
+    );
 
     // Anything else first: M_MISSING_TOKEN.
-    let (mut ws, _) = tokio_tungstenite::connect_async(url(&server, "")).await.unwrap();
+    let mut ws = try_connect(&server, None, "").await.unwrap();
     ws.send(send_frame(&room, "t", "sneaky")).await.unwrap();
     let (code, reason) = next(&mut ws).await.unwrap_err();
-    assert_eq!(code, 4401, "{reason}");
-    assert_eq!(serde_json::from_str::<Value>(&reason).unwrap()["errcode"], "M_MISSING_TOKEN");
-
-    // A bad filter after first-message auth: closed with M_INVALID_PARAM.
-    let (mut ws, _) = tokio_tungstenite::connect_async(url(&server, "filter=nope")).await.unwrap();
-    ws.send(Message::text(json!({ "type": "auth", "access_token": token }).to_string()))
-        .await
-        .unwrap();
-    let (code, reason) = next(&mut ws).await.unwrap_err();
-    assert_eq!(code, 4400, "{reason}");
-    assert_eq!(serde_json::from_str::<Value>(&reason).unwrap()["errcode"], "M_INVALID_PARAM");
+    assert_eq!(
+        (code, close_errcode(&reason)),
+        (4401, json!("M_MISSING_TOKEN")),
+        "{reason}"
+    );
 
     // Logging out ends a stream: closed with M_UNKNOWN_TOKEN at its next step.
     let mut ws = connect(&server, &bob, "").await;
@@ -304,8 +347,64 @@ async fn first_message_auth_and_bad_tokens_and_filters() {
             Err(closed) => break closed,
         }
     };
-    assert_eq!(closed.0, 4401, "{closed:?}");
-    assert_eq!(serde_json::from_str::<Value>(&closed.1).unwrap()["errcode"], "M_UNKNOWN_TOKEN");
+    assert_eq!(
+        (closed.0, close_errcode(&closed.1)),
+        (4401, json!("M_UNKNOWN_TOKEN"))
+    );
+}
+
+#[tokio::test]
+async fn streams_per_user_are_bounded_and_frames_too() {
+    let server = Server::start_with_config(Backend::from_env(), "[limits]\nmax_streams_per_user = 1\n").await;
+    let bob = server.register("bob").await;
+    let token = bob.token.as_deref().unwrap();
+    let mut first = connect(&server, &bob, "").await;
+    assert_eq!(next_ok(&mut first).await["type"], "sync");
+
+    // A second stream: 429 before the upgrade, or 4429 after first-frame authentication.
+    let (status, body) = try_connect(&server, Some(token), "").await.unwrap_err();
+    assert_eq!(
+        (status, &body["errcode"]),
+        (429, &json!("M_LIMIT_EXCEEDED")),
+        "{body}"
+    );
+    let mut ws = connect_first_frame(&server, token, "").await;
+    let (code, reason) = next(&mut ws).await.unwrap_err();
+    assert_eq!(
+        (code, close_errcode(&reason)),
+        (4429, json!("M_LIMIT_EXCEEDED")),
+        "{reason}"
+    );
+
+    // Frames of the wrong kind or size: an error frame, or the socket closed; never a crash.
+    first.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(next_ok(&mut first).await["errcode"], "M_NOT_JSON");
+    let huge = json!({ "type": "ping", "id": "x".repeat(2 * 1024 * 1024) }).to_string();
+    let _ = first.send(Message::text(huge)).await;
+    let closed = loop {
+        match next(&mut first).await {
+            Ok(_) => continue,
+            Err(closed) => break closed,
+        }
+    };
+    assert_ne!(
+        closed.1, "no frame within 30 s",
+        "an oversized frame closes the stream"
+    );
+    drop(first);
+
+    // A closed stream gives its slot back (once the server has noticed).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut again = loop {
+        match try_connect(&server, Some(token), "").await {
+            Ok(ws) => break ws,
+            Err((429, _)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(refused) => panic!("{refused:?}"),
+        }
+    };
+    assert_eq!(next_ok(&mut again).await["type"], "sync");
 }
 
 /// Counts each body once; panics on a repeat.
@@ -376,7 +475,9 @@ async fn connect_slow(server: &Server, client: &Client, query: &str) -> Ws {
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let (ws, _) = client_async(request, MaybeTlsStream::Plain(stream)).await.unwrap();
+    let (ws, _) = client_async(request, MaybeTlsStream::Plain(stream))
+        .await
+        .unwrap();
     ws
 }
 
@@ -417,11 +518,19 @@ async fn a_slow_reader_is_closed_with_its_token_and_resumes() {
             Err(closed) => break closed,
         }
     };
-    eprintln!("{} delivered before the close; server log:\n{}", seen.len(), server.log_tail());
+    eprintln!(
+        "{} delivered before the close; server log:\n{}",
+        seen.len(),
+        server.log_tail()
+    );
     assert_eq!(code, 4408, "{reason}");
     let reason: Value = serde_json::from_str(&reason).unwrap();
     assert_eq!(reason["errcode"], "ORG.HEARTH.SLOW_READER");
-    assert_eq!(reason["next_batch"].as_str(), last.as_deref(), "the token of the last frame written");
+    assert_eq!(
+        reason["next_batch"].as_str(),
+        last.as_deref(),
+        "the token of the last frame written"
+    );
     assert!(seen.len() < MESSAGES, "the server gave up before the end");
 
     // Resuming from that token brings the rest, once each.

@@ -126,7 +126,9 @@ pub async fn run(ctx: &Ctx, args: &DeliverArgs, report: &mut Report) -> Result<(
                         .sync(&token, Some(&since), poll_ms, filter.as_deref())
                         .await
                         .map(|r| r.body),
-                    Transport::Ws => next_streamed(&api, &mut stream, &token, &since, filter.as_deref()).await,
+                    Transport::Ws => {
+                        next_streamed(&api, &mut stream, &token, &since, filter.as_deref()).await
+                    }
                 };
                 let now = now_micros();
                 let failed = {

@@ -276,7 +276,10 @@ pub fn router(svc: Services) -> Router {
             get(account::registration_token_validity),
         )
         .route("/_hearth/testing/v1/clock/advance", post(testing::advance_clock))
-        .route("/_matrix/client/unstable/org.hearth.ws/v1/stream", get(ws::stream))
+        .route(
+            "/_matrix/client/unstable/org.hearth.ws/v1/stream",
+            get(ws::stream),
+        )
         .merge(v1_client_routes())
         .nest("/_matrix/client/v3", client.clone())
         .nest("/_matrix/client/r0", client)
