@@ -25,6 +25,16 @@ pub enum Transport {
     Ws,
 }
 
+impl Transport {
+    /// As written on the command line and in the JSON parameters.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::LongPoll => "long-poll",
+            Transport::Ws => "ws",
+        }
+    }
+}
+
 pub struct SyncStream {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
