@@ -46,6 +46,9 @@ use crate::{
 const OUTBOUND_FRAMES: usize = 32;
 /// How long one `sync_step` long-polls before it starts again (and checks the token).
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read and write buffers of a socket (the library's default, 128 KiB each, made an idle
+/// stream cost several times a long-poll).
+const SOCKET_BUFFER: usize = 8 * 1024;
 /// How long a client has to authenticate with its first frame.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -83,6 +86,8 @@ pub async fn stream(
     let limit = svc.config.limits.max_request_bytes;
     Ok(upgrade
         .max_message_size(limit)
+        .read_buffer_size(SOCKET_BUFFER)
+        .write_buffer_size(SOCKET_BUFFER)
         .on_upgrade(move |socket| async move {
             let connection = Connection {
                 svc,
