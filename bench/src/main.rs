@@ -7,6 +7,7 @@ mod report;
 mod scenarios;
 mod target;
 mod targets;
+mod ws;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -211,11 +212,11 @@ async fn main() -> Result<()> {
         ),
         Command::Deliver(a) => (
             "deliver",
-            json!({"senders": a.senders, "receivers": a.receivers, "rooms": a.rooms, "rate": a.rate, "duration_s": a.duration}),
+            json!({"senders": a.senders, "receivers": a.receivers, "rooms": a.rooms, "rate": a.rate, "duration_s": a.duration, "transport": a.transport.name()}),
         ),
         Command::Connections(a) => (
             "connections",
-            json!({"clients": a.clients, "polls_per_user": a.polls_per_user, "hold_s": a.hold}),
+            json!({"clients": a.clients, "polls_per_user": a.polls_per_user, "hold_s": a.hold, "transport": a.transport.name()}),
         ),
         Command::InitialSync(a) => (
             "initial-sync",

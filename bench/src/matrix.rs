@@ -57,6 +57,8 @@ pub struct User {
 #[derive(Clone)]
 pub struct Api {
     base: Url,
+    /// Source address of outgoing connections (also the streams').
+    local_address: Option<IpAddr>,
     http: reqwest::Client,
     pub counters: Arc<Counters>,
     /// `set_presence` sent with every /sync (None: the server's default, online).
@@ -78,6 +80,7 @@ impl Api {
         }
         Ok(Api {
             base,
+            local_address,
             http: builder.build().context("building the HTTP client")?,
             counters: Arc::new(Counters::default()),
             sync_set_presence: None,
@@ -325,6 +328,16 @@ impl Api {
             .await?
             .ok_or_error("PUT /rooms/{roomId}/send")?;
         string_field(&resp.body, "event_id")
+    }
+
+    /// Opens an `org.hearth.ws` stream from `since` (Hearth only).
+    pub async fn stream(
+        &self,
+        token: &str,
+        since: Option<&str>,
+        filter: Option<&str>,
+    ) -> Result<crate::ws::SyncStream> {
+        crate::ws::SyncStream::connect(&self.base, token, since, filter, self.local_address).await
     }
 
     /// GET /sync. `filter` is an inline JSON filter (or None for the server default).

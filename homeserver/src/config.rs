@@ -457,6 +457,8 @@ pub struct LimitsConfig {
     pub max_request_bytes: usize,
     /// To-device messages queued for one device before senders get 429 `M_LIMIT_EXCEEDED`.
     pub max_pending_to_device: i64,
+    /// `org.hearth.ws` streams one user may hold open at once (spec/websocket.md).
+    pub max_streams_per_user: usize,
 }
 
 impl Default for LimitsConfig {
@@ -464,6 +466,7 @@ impl Default for LimitsConfig {
         Self {
             max_request_bytes: 1024 * 1024,
             max_pending_to_device: crate::e2ee::MAX_PENDING_TO_DEVICE,
+            max_streams_per_user: 100,
         }
     }
 }
@@ -804,6 +807,7 @@ uia_failures_burst = 3.0
 [limits]
 max_request_bytes = 1048576
 max_pending_to_device = 10000     # queued to-device messages per device
+max_streams_per_user = 100        # open org.hearth.ws streams per user
 
 [media]
 # path = "./hearth-data/media"   # default: <data_dir>/media

@@ -40,6 +40,8 @@ pub struct Inner {
     pub clock: crate::clock::Clock,
     /// When each device's last-seen time was last written, so requests do not each write it.
     pub last_seen_written: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
+    /// Open `org.hearth.ws` streams per user (`limits.max_streams_per_user`).
+    pub streams: crate::util::Slots,
 }
 
 impl std::ops::Deref for Services {
@@ -78,6 +80,7 @@ impl Services {
             federation: Default::default(),
             clock,
             last_seen_written: Default::default(),
+            streams: Default::default(),
         }))
     }
 

@@ -19,3 +19,65 @@ pub fn random_string(len: usize) -> String {
         .map(char::from)
         .collect()
 }
+
+/// Holders per key, up to a bound per key (e.g. open streams per user): [`Slots::take`] hands
+/// out a [`Slot`] that gives itself back when dropped.
+#[derive(Default)]
+pub struct Slots {
+    held: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// One held slot of a [`Slots`].
+pub struct Slot {
+    held: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Slots {
+    /// A slot for `key` if it holds fewer than `max`.
+    pub fn take(&self, key: &str, max: usize) -> Option<Slot> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let count = held.entry(key.to_owned()).or_default();
+        if *count >= max {
+            if *count == 0 {
+                held.remove(key);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            held: self.held.clone(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slots;
+
+    #[test]
+    fn slots_are_bounded_per_key_and_given_back() {
+        let slots = Slots::default();
+        let a1 = slots.take("a", 2).unwrap();
+        let _a2 = slots.take("a", 2).unwrap();
+        assert!(slots.take("a", 2).is_none());
+        assert!(slots.take("b", 2).is_some());
+        drop(a1);
+        assert!(slots.take("a", 2).is_some());
+        assert!(slots.take("c", 0).is_none());
+        assert!(slots.held.lock().unwrap().get("c").is_none());
+    }
+}

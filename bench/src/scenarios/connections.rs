@@ -23,6 +23,7 @@ use crate::matrix::{self, Api, now_micros};
 use crate::procstat;
 use crate::report::{Better, Report, ms};
 use crate::target;
+use crate::ws::Transport;
 
 #[derive(Args, Debug, Clone)]
 pub struct ConnectionsArgs {
@@ -53,6 +54,9 @@ pub struct ConnectionsArgs {
     /// After the message is sent, how long to wait for it to reach every client, seconds.
     #[arg(long, default_value_t = 30)]
     pub drain: u64,
+    /// How clients wait: `/sync` long-polls, or one `org.hearth.ws` stream each.
+    #[arg(long, value_enum, default_value_t = Transport::LongPoll)]
+    pub transport: Transport,
 }
 
 /// How long a client's first long-poll keeps its ramp slot: ample for a loopback connect and
@@ -145,6 +149,7 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
             state.clone(),
         );
         let poll_ms = args.poll_timeout_ms;
+        let transport = args.transport;
         tasks.spawn(async move {
             let fail = |e: anyhow::Error| {
                 failed.fetch_add(1, Ordering::Relaxed);
@@ -156,6 +161,37 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
             };
             let mut since = since;
             let mut permit = Some(ramp.acquire().await.expect("semaphore open"));
+            if transport == Transport::Ws {
+                // One stream per client, opened under a ramp slot; it stays open and silent
+                // until the message comes.
+                let opened = api.stream(&token, Some(&since), filter.as_deref()).await;
+                drop(permit.take());
+                started.fetch_add(1, Ordering::Relaxed);
+                let mut stream = match opened {
+                    Ok(stream) => stream,
+                    Err(e) => return fail(e),
+                };
+                in_poll.fetch_add(1, Ordering::Relaxed);
+                loop {
+                    let body = stream.next_body().await;
+                    let now = now_micros();
+                    let body = match body {
+                        Ok(body) => body,
+                        Err(e) => {
+                            in_poll.fetch_sub(1, Ordering::Relaxed);
+                            return fail(e);
+                        }
+                    };
+                    let stamp = matrix::timeline_events(&body).find_map(|(_, ev)| read_stamp(ev, &run_id));
+                    if let Some((_, sent_at)) = stamp {
+                        let latency = now.saturating_sub(sent_at) as f64 / 1000.0;
+                        state.lock().expect("state").latencies_ms.push(latency);
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    early.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             // Bounded: the poll timeout is long, and the scenario aborts these tasks at its end.
             for _ in 0..10_000 {
                 in_poll.fetch_add(1, Ordering::Relaxed);

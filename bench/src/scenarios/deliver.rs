@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use super::{Ctx, Start, TOKEN_SYNC_FILTER, bounded, finish_process, read_stamp, stamped_content};
 use crate::matrix::{self, now_micros};
 use crate::report::{Better, Report, ms};
+use crate::ws::{Transport, next_streamed};
 
 #[derive(Args, Debug, Clone)]
 pub struct DeliverArgs {
@@ -41,6 +42,9 @@ pub struct DeliverArgs {
     /// Long-poll timeout of the receivers' /sync, milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub poll_timeout_ms: u64,
+    /// How receivers follow the rooms: `/sync` long-polls, or the `org.hearth.ws` stream.
+    #[arg(long, value_enum, default_value_t = Transport::LongPoll)]
+    pub transport: Transport,
 }
 
 #[derive(Default)]
@@ -111,17 +115,27 @@ pub async fn run(ctx: &Ctx, args: &DeliverArgs, report: &mut Report) -> Result<(
         let run_id = ctx.run_id.clone();
         let (received, deliveries) = (received.clone(), deliveries.clone());
         let poll_ms = args.poll_timeout_ms;
+        let transport = args.transport;
         polls.spawn(async move {
             let mut since = since;
             let mut seen = HashSet::new();
+            let mut stream = None;
             loop {
-                let resp = api.sync(&token, Some(&since), poll_ms, filter.as_deref()).await;
+                let resp = match transport {
+                    Transport::LongPoll => api
+                        .sync(&token, Some(&since), poll_ms, filter.as_deref())
+                        .await
+                        .map(|r| r.body),
+                    Transport::Ws => {
+                        next_streamed(&api, &mut stream, &token, &since, filter.as_deref()).await
+                    }
+                };
                 let now = now_micros();
                 let failed = {
                     let mut rx = received.lock().expect("received lock");
                     match resp {
-                        Ok(resp) => {
-                            for (_, ev) in matrix::timeline_events(&resp.body) {
+                        Ok(body) => {
+                            for (_, ev) in matrix::timeline_events(&body) {
                                 if let Some((seq, sent_at)) = read_stamp(ev, &run_id) {
                                     if seen.insert(seq) {
                                         rx.latencies_ms.push(now.saturating_sub(sent_at) as f64 / 1000.0);
@@ -131,7 +145,7 @@ pub async fn run(ctx: &Ctx, args: &DeliverArgs, report: &mut Report) -> Result<(
                                     }
                                 }
                             }
-                            rx.limited += resp.body["rooms"]["join"]
+                            rx.limited += body["rooms"]["join"]
                                 .as_object()
                                 .map(|rooms| {
                                     rooms
@@ -140,7 +154,7 @@ pub async fn run(ctx: &Ctx, args: &DeliverArgs, report: &mut Report) -> Result<(
                                         .count()
                                 })
                                 .unwrap_or(0) as u64;
-                            match matrix::next_batch(&resp.body) {
+                            match matrix::next_batch(&body) {
                                 Ok(next) => {
                                     since = next;
                                     false

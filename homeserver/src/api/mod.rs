@@ -24,6 +24,7 @@ pub mod search;
 pub mod state;
 pub mod sync;
 pub mod testing;
+pub mod ws;
 
 use axum::{
     Router,
@@ -284,6 +285,10 @@ pub fn router(svc: Services) -> Router {
         )
         .route("/_hearth/admin/v1/rooms/{room_id}/audit", get(admin::room_audit))
         .route("/_hearth/admin/v1/audit", get(admin::audit))
+        .route(
+            "/_matrix/client/unstable/org.hearth.ws/v1/stream",
+            get(ws::stream),
+        )
         .merge(v1_client_routes())
         .nest("/_matrix/client/v3", client.clone())
         .nest("/_matrix/client/r0", client)

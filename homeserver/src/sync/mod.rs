@@ -14,7 +14,6 @@ use std::{
 use ruma::{RoomId, UserId, events::room::member::MembershipState};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::filter::Filter;
 use crate::stream::StreamToken;
@@ -98,22 +97,40 @@ const DEFAULT_TIMELINE_LIMIT: usize = 10;
 
 /// Runs a sync, long-polling up to `timeout` when an incremental sync finds nothing new.
 pub async fn sync(svc: &Services, user_id: &str, device_id: &str, req: SyncRequest) -> Result<SyncResponse> {
+    Ok(sync_step(svc, user_id, device_id, &req).await?.0)
+}
+
+/// A sync and whether it has anything new (an initial sync always has): the step of a `/sync`
+/// long-poll and of a stream (`org.hearth.ws`). A waiter registered for the user's rooms and
+/// the user is woken only by notifications of those; positions are compared, so nothing stored
+/// after the response's positions were read can be missed.
+pub async fn sync_step(
+    svc: &Services,
+    user_id: &str,
+    device_id: &str,
+    req: &SyncRequest,
+) -> Result<(SyncResponse, bool)> {
     let deadline = tokio::time::Instant::now() + req.timeout;
-    // Subscribed before computing: whatever is stored after the positions were read is heard.
-    let mut changes = svc.notifier.subscribe();
+    let mut waiter = svc.notifier.subscribe();
     loop {
-        let (response, has_changes, interest) = compute(svc, user_id, device_id, &req).await?;
+        // Marked before computing: whatever is stored after the positions were read is heard.
+        let mark = waiter.mark();
+        let (response, has_changes, interest) = compute(svc, user_id, device_id, req).await?;
         if req.since.is_none() || req.full_state || has_changes {
-            return Ok(response);
+            return Ok((response, true));
         }
-        loop {
-            match tokio::time::timeout_at(deadline, changes.recv()).await {
-                Err(_) | Ok(Err(RecvError::Closed)) => return Ok(response),
-                Ok(Err(RecvError::Lagged(_))) => break,
-                Ok(Ok(keys)) if keys.iter().any(|k| interest.contains(k)) => break,
-                Ok(Ok(_)) => {}
-            }
+        waiter.watch(interest);
+        if !waiter.wait(mark, deadline).await {
+            return Ok((response, false));
         }
+    }
+}
+
+/// The `filter` parameter of a stream, read like `/sync`'s: inline JSON or a stored filter's ID.
+pub async fn stream_filter(svc: &Services, user_id: &UserId, filter: Option<&str>) -> Result<Filter> {
+    match filter {
+        Some(f) => filter::load(svc, user_id, f).await,
+        None => Ok(Filter::default()),
     }
 }
 

@@ -1,13 +1,26 @@
-//! Wakes long-polling `/sync` requests when something they care about is stored.
+//! Wakes long-polling `/sync` requests and WebSocket streams when something they care about is
+//! stored: wake-ups by interest.
 //!
-//! A notification names what changed: room IDs (a new event) and user IDs (an invite, account
-//! data). Waiters keep only the ones that concern them, so one message does not make every
-//! syncing user recompute. Behind a trait so that several Hearth processes can later share
-//! notifications through Redis pub/sub.
+//! A notification names what changed: room IDs (a new event, typing, a receipt) and user IDs (an
+//! invite, account data, to-device messages, presence of someone sharing a room). A waiter
+//! registers the keys it cares about; a notification wakes only the waiters of its keys. Nothing
+//! is queued per waiter: every notification takes the next position of a counter, each key
+//! remembers the position of its last notification, and a waiter asks "did any of my keys move
+//! past the position I computed at?", so a slow waiter misses nothing and costs nothing.
+//!
+//! Behind the [`Notifier`] trait so that several Hearth processes can later share notifications
+//! (through Redis pub/sub: a subscriber task feeds [`Waiters::wake`]).
 
-use std::sync::Arc;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
-use tokio::sync::broadcast;
+use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     rooms::listener::{AppendListener, ListenerFuture},
@@ -15,36 +28,196 @@ use crate::{
     store::{Appending, NewEvent, Placed},
 };
 
-/// What changed: room IDs and user IDs.
-pub type Keys = Arc<[String]>;
+/// How long a woken waiter lets a burst of notifications gather before it computes, so that a
+/// burst wakes it once.
+pub const COALESCE: Duration = Duration::from_millis(3);
 
 pub trait Notifier: Send + Sync {
+    /// Something concerning these keys (room and user IDs) is stored.
     fn notify(&self, keys: Vec<String>);
-    /// A receiver of every notification from now on. A receiver that falls behind gets
-    /// `Lagged` and should treat it as "anything may have changed".
-    fn subscribe(&self) -> broadcast::Receiver<Keys>;
+    /// A waiter with no interest yet: see [`Subscription`].
+    fn subscribe(&self) -> Subscription;
+    /// How many waiters have been woken since start (a debugging and test counter).
+    fn wakeups(&self) -> u64;
 }
 
+/// The in-process notifier: notifications go straight to the waiters' table.
+#[derive(Default)]
 pub struct LocalNotifier {
-    sender: broadcast::Sender<Keys>,
-}
-
-impl Default for LocalNotifier {
-    fn default() -> Self {
-        Self {
-            sender: broadcast::channel(4096).0,
-        }
-    }
+    waiters: Arc<Waiters>,
 }
 
 impl Notifier for LocalNotifier {
     fn notify(&self, keys: Vec<String>) {
-        // No receivers is fine: nobody is waiting.
-        let _ = self.sender.send(keys.into());
+        self.waiters.wake(&keys);
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Keys> {
-        self.sender.subscribe()
+    fn subscribe(&self) -> Subscription {
+        Subscription::new(self.waiters.clone())
+    }
+
+    fn wakeups(&self) -> u64 {
+        self.waiters.wakeups.load(Ordering::Relaxed)
+    }
+}
+
+/// Who waits for which key, and the position of each key's last notification.
+#[derive(Default)]
+pub struct Waiters {
+    inner: Mutex<Table>,
+    wakeups: AtomicU64,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Position of the newest notification.
+    position: u64,
+    /// Per key: position of its last notification, and its waiters. A key stays after its
+    /// waiters leave (a waiter registering later must see that it moved); one entry per room
+    /// and user the server has notified.
+    keys: HashMap<Arc<str>, Key>,
+    next_waiter: u64,
+}
+
+#[derive(Default)]
+struct Key {
+    last: u64,
+    waiters: HashMap<u64, Weak<Shared>>,
+}
+
+/// What a notification writes into a waiter.
+struct Shared {
+    /// Newest position of a notification of one of its keys.
+    moved: AtomicU64,
+    notify: Notify,
+}
+
+impl Waiters {
+    /// Records a notification of `keys` and wakes their waiters.
+    pub fn wake(&self, keys: &[String]) {
+        let mut woken: Vec<Arc<Shared>> = Vec::new();
+        {
+            let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            table.position += 1;
+            let position = table.position;
+            for key in keys {
+                let entry = match table.keys.get_mut(key.as_str()) {
+                    Some(entry) => entry,
+                    None => table.keys.entry(Arc::from(key.as_str())).or_default(),
+                };
+                entry.last = position;
+                for waiter in entry.waiters.values().filter_map(Weak::upgrade) {
+                    // A waiter of several of these keys is woken once.
+                    if waiter.moved.swap(position, Ordering::AcqRel) != position {
+                        woken.push(waiter);
+                    }
+                }
+            }
+        }
+        self.wakeups.fetch_add(woken.len() as u64, Ordering::Relaxed);
+        for waiter in woken {
+            // Stores a permit when the waiter is not waiting right now: nothing is lost.
+            waiter.notify.notify_one();
+        }
+    }
+}
+
+/// One waiter (a long-polling `/sync`, a WebSocket stream): the keys it cares about and the
+/// newest position of their notifications. Unregisters itself when dropped.
+pub struct Subscription {
+    waiters: Arc<Waiters>,
+    id: u64,
+    shared: Arc<Shared>,
+    keys: HashSet<Arc<str>>,
+}
+
+impl Subscription {
+    fn new(waiters: Arc<Waiters>) -> Self {
+        let id = {
+            let mut table = waiters.inner.lock().unwrap_or_else(|e| e.into_inner());
+            table.next_waiter += 1;
+            table.next_waiter
+        };
+        Self {
+            waiters,
+            id,
+            shared: Arc::new(Shared {
+                moved: AtomicU64::new(0),
+                notify: Notify::new(),
+            }),
+            keys: HashSet::new(),
+        }
+    }
+
+    /// The position of the newest notification. Take it before reading what a response covers:
+    /// anything stored after that read is notified after this position.
+    pub fn mark(&self) -> u64 {
+        self.waiters
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .position
+    }
+
+    /// Sets the keys this waiter cares about. A key that moved earlier counts as moved (see
+    /// [`Self::moved_since`]).
+    pub fn watch(&mut self, keys: impl IntoIterator<Item = String>) {
+        let wanted: HashSet<Arc<str>> = keys.into_iter().map(Arc::from).collect();
+        if wanted == self.keys {
+            return;
+        }
+        let mut table = self.waiters.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in self.keys.difference(&wanted) {
+            if let Some(entry) = table.keys.get_mut(gone) {
+                entry.waiters.remove(&self.id);
+            }
+        }
+        let mut moved = 0;
+        for new in wanted.difference(&self.keys) {
+            let entry = table.keys.entry(new.clone()).or_default();
+            entry.waiters.insert(self.id, Arc::downgrade(&self.shared));
+            moved = moved.max(entry.last);
+        }
+        self.shared.moved.fetch_max(moved, Ordering::AcqRel);
+        drop(table);
+        self.keys = wanted;
+    }
+
+    /// Whether one of the watched keys was notified after `mark`: a comparison of positions,
+    /// no I/O.
+    pub fn moved_since(&self, mark: u64) -> bool {
+        self.shared.moved.load(Ordering::Acquire) > mark
+    }
+
+    /// Waits until a watched key moves past `mark` (then lets the burst gather for
+    /// [`COALESCE`]), or until `deadline`. Returns whether something moved.
+    pub async fn wait(&self, mark: u64, deadline: Instant) -> bool {
+        loop {
+            if self.moved_since(mark) {
+                tokio::time::sleep(COALESCE.min(deadline.saturating_duration_since(Instant::now()))).await;
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, self.shared.notify.notified())
+                .await
+                .is_err()
+            {
+                return self.moved_since(mark);
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let mut table = self.waiters.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for key in &self.keys {
+            if let Some(entry) = table.keys.get_mut(key) {
+                entry.waiters.remove(&self.id);
+            }
+        }
     }
 }
 
@@ -70,9 +243,97 @@ fn notification_keys<'a>(events: impl IntoIterator<Item = &'a NewEvent>) -> Vec<
         if !keys.contains(&event.room_id) {
             keys.push(event.room_id.clone());
         }
-        if let (Some(_), Some(target)) = (&event.membership, &event.state_key) {
+        if let (Some(_), Some(target)) = (&event.membership, &event.state_key)
+            && !keys.contains(target)
+        {
             keys.push(target.clone());
         }
     }
     keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(list: &[&str]) -> Vec<String> {
+        list.iter().map(|k| k.to_string()).collect()
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_millis(50)
+    }
+
+    #[tokio::test]
+    async fn a_waiter_of_room_x_is_not_woken_by_room_y() {
+        let notifier = LocalNotifier::default();
+        let mut x = notifier.subscribe();
+        let mark = x.mark();
+        x.watch(keys(&["!x:hs", "@alice:hs"]));
+        notifier.notify(keys(&["!y:hs"]));
+        notifier.notify(keys(&["@bob:hs"]));
+        assert!(!x.wait(mark, soon()).await);
+        assert_eq!(notifier.wakeups(), 0);
+
+        notifier.notify(keys(&["!y:hs", "!x:hs"]));
+        assert!(x.wait(mark, soon()).await);
+        assert_eq!(notifier.wakeups(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_burst_wakes_a_waiter_once() {
+        let notifier = LocalNotifier::default();
+        let mut x = notifier.subscribe();
+        x.watch(keys(&["!x:hs", "@alice:hs"]));
+        let mark = x.mark();
+        // One notification naming both keys wakes once.
+        notifier.notify(keys(&["!x:hs", "@alice:hs"]));
+        assert_eq!(notifier.wakeups(), 1);
+        assert!(x.wait(mark, soon()).await);
+        // The permit left by a notification already seen does not count as a change.
+        let mark = x.mark();
+        assert!(!x.wait(mark, soon()).await);
+    }
+
+    #[tokio::test]
+    async fn a_key_moved_before_watching_counts() {
+        let notifier = LocalNotifier::default();
+        let mut x = notifier.subscribe();
+        // The sync read its positions at `mark`; the event lands before it registers.
+        let mark = x.mark();
+        notifier.notify(keys(&["!x:hs"]));
+        x.watch(keys(&["!x:hs"]));
+        assert!(x.moved_since(mark));
+        assert!(x.wait(mark, soon()).await);
+        // But not a move older than the mark.
+        let mut late = notifier.subscribe();
+        let mark = late.mark();
+        late.watch(keys(&["!x:hs"]));
+        assert!(!late.moved_since(mark));
+    }
+
+    #[tokio::test]
+    async fn a_slow_waiter_loses_nothing() {
+        let notifier = LocalNotifier::default();
+        let mut x = notifier.subscribe();
+        x.watch(keys(&["!x:hs"]));
+        let mark = x.mark();
+        // Many notifications while the waiter is busy elsewhere: no queue to overflow.
+        for _ in 0..100_000 {
+            notifier.notify(keys(&["!x:hs"]));
+        }
+        assert!(x.wait(mark, soon()).await);
+    }
+
+    #[tokio::test]
+    async fn dropped_waiters_are_forgotten() {
+        let notifier = LocalNotifier::default();
+        let mut x = notifier.subscribe();
+        x.watch(keys(&["!x:hs"]));
+        drop(x);
+        notifier.notify(keys(&["!x:hs"]));
+        assert_eq!(notifier.wakeups(), 0);
+        let table = notifier.waiters.inner.lock().unwrap();
+        assert!(table.keys["!x:hs"].waiters.is_empty());
+    }
 }

@@ -251,6 +251,7 @@ const LAST_SEEN_RESOLUTION_MS: i64 = 60_000;
 
 /// Records that a device made a request, writing to the database at most once a minute.
 /// Who an access token belongs to.
+#[derive(Clone)]
 pub struct Session {
     pub user_id: OwnedUserId,
     pub device_id: String,

@@ -69,16 +69,18 @@ pub async fn mark_active(svc: &Services, user_id_typed: &UserId, presence: &str)
     Ok(())
 }
 
+/// Wakes the users who share a room with `user_id` (and the user): presence wakes people, not
+/// rooms, so a user in many rooms does not wake every long-poll of every room.
 async fn notify(svc: &Services, user_id: &str) -> Result<()> {
     let mut keys: Vec<String> = svc
         .store
-        .rooms_of_user(user_id)
+        .users_sharing_rooms(user_id)
         .await?
         .into_iter()
-        .filter(|(_, m, _)| m == "join")
-        .map(|(r, _, _)| r)
         .collect();
-    keys.push(user_id.to_owned());
+    if !keys.iter().any(|u| u == user_id) {
+        keys.push(user_id.to_owned());
+    }
     svc.notifier.notify(keys);
     Ok(())
 }
