@@ -688,6 +688,17 @@ async fn redaction_target(svc: &Services, pdu: &Pdu, room_id: &RoomId) -> Result
     Ok((row.room_id == room_id.as_str() && same_server).then(|| target.to_string()))
 }
 
+/// A state event in the stripped form kept with remote invites and knocks (what `/sync` shows
+/// for a room the user is not in).
+pub fn stripped_state(event: &Value) -> Value {
+    serde_json::json!({
+        "type": event["type"],
+        "state_key": event["state_key"],
+        "sender": event["sender"],
+        "content": event["content"],
+    })
+}
+
 /// The columns of a received PDU.
 pub fn new_event(pdu: &Pdu) -> NewEvent {
     let content = pdu.content_value();

@@ -456,7 +456,7 @@ pub async fn invite(
     let stripped: Vec<Value> = invite_room_state
         .iter()
         .filter_map(|raw| serde_json::from_str::<Value>(raw.get()).ok())
-        .map(|v| json!({ "type": v["type"], "state_key": v["state_key"], "sender": v["sender"], "content": v["content"] }))
+        .map(|v| inbound::stripped_state(&v))
         .collect();
     svc.store
         .store_remote_invite(

@@ -376,7 +376,7 @@ async fn knock_through(
         .filter(|v| v["state_key"].is_string() && v["type"].is_string() && v["content"].is_object())
         .filter(|v| v["room_id"].as_str().is_none_or(|r| r == room_id.as_str()))
         .take(50)
-        .map(|v| json!({ "type": v["type"], "state_key": v["state_key"], "sender": v["sender"], "content": v["content"] }))
+        .map(inbound::stripped_state)
         .collect();
     svc.store
         .store_remote_invite(
