@@ -77,6 +77,9 @@
 #   BENCH_TARGETS_MAX_TIME  hard limit of each targets-pass scenario, seconds (default 420)
 #   BENCH_TARGET_SEND_ARGS, BENCH_TARGET_DELIVER_ARGS, BENCH_TARGET_CONNECTIONS_ARGS
 #                      replace the targets pass's size flags
+#   BENCH_TARGET_TRANSPORTS  "long-poll ws" (default): the targets pass's deliver and connections
+#                      run once per transport; `ws` (Hearth's org.hearth.ws stream, Hearth only)
+#                      writes to $BENCH_OUT/targets-ws/ and gets its own targets table
 #   HEARTH_BENCH_PORT  (default 18108), SYNAPSE_BENCH_PORT (default 18118)
 #   BENCH_PG_URL       PostgreSQL server for Hearth (default postgres://postgres@127.0.0.1:5432)
 #   BENCH_NO_BUILD=1   use the existing target/release binaries
@@ -135,6 +138,7 @@ TARGET_SOURCES=$(( TARGET_CONNECTIONS / 10000 + 1 ))
 TARGET_SEND_ARGS="${BENCH_TARGET_SEND_ARGS:---senders 16 --rooms 8 --in-flight 4 --duration 15}"
 TARGET_DELIVER_ARGS="${BENCH_TARGET_DELIVER_ARGS:---senders 10 --rooms 10 --receivers 100 --rate 1000 --duration 15 --drain 10}"
 TARGET_CONNECTIONS_ARGS="${BENCH_TARGET_CONNECTIONS_ARGS:---clients $TARGET_CONNECTIONS --polls-per-user 100 --sources $TARGET_SOURCES --ramp-concurrency 64 --hold 10 --drain 60}"
+TARGET_TRANSPORTS="${BENCH_TARGET_TRANSPORTS:-long-poll ws}"
 if [[ "$TARGETS" == 1 ]]; then
     log "targets pass for: $TARGETS_SERVERS"
     if (( TARGET_CONNECTIONS < 50000 )) && [[ -z "${BENCH_TARGET_CONNECTIONS_ARGS:-}" ]]; then
@@ -342,6 +346,16 @@ for backend in $BACKENDS; do
                 # shellcheck disable=SC2046
                 run_scenario "$label/targets" "$tdir" "$port" "$server" "$scenario" $(target_args "$scenario") || break
             done
+            # The same delivery and connection targets over the WebSocket stream (Hearth's own).
+            if [[ " $TARGET_TRANSPORTS " == *" ws "* && "$server" == hearth && -n "$SERVER_PID" ]]; then
+                wdir="$OUT/targets-ws/$label"
+                mkdir -p "$wdir"
+                for scenario in deliver connections; do
+                    # shellcheck disable=SC2046
+                    run_scenario "$label/targets-ws" "$wdir" "$port" "$server" "$scenario" \
+                        $(target_args "$scenario") --transport ws || break
+                done
+            fi
         fi
         [[ -n "$SERVER_PID" ]] && stop_server
     done
@@ -361,6 +375,11 @@ done
                 [[ -d "$OUT/$server-$backend" ]] || continue
                 "$BENCH" targets --results "$OUT/$server-$backend" --targets "$OUT/targets/$server-$backend" \
                     --baseline "$OUT/synapse-$backend" --title "Targets: $server on $backend" || true
+                if [[ -d "$OUT/targets-ws/$server-$backend" ]]; then
+                    # Only deliver and connections are run over the stream; the other rows say so.
+                    "$BENCH" targets --results "$OUT/targets-ws/$server-$backend" \
+                        --title "Targets: $server on $backend, receivers on org.hearth.ws" || true
+                fi
             done
         done
         [[ " $TARGETS_SERVERS " == *" synapse "* ]] \

@@ -34,7 +34,10 @@ use crate::{
 /// Most events one request examines.
 pub const MAX_SCANNED: usize = 1000;
 
-/// Events read from the database at once.
+/// Most events read from the database at once. A scan starts with a page just large enough
+/// for its limit and doubles it while invisible or filtered events leave it short: every row
+/// read may cost a decryption (search-enabled rooms), so a search result's context of five
+/// events must not read two hundred.
 const PAGE: usize = 200;
 
 /// What a scan found.
@@ -70,6 +73,8 @@ pub async fn scan(
         Direction::Backwards => upto,
         Direction::Forwards => after,
     };
+    // One more than the limit: the extra visible event tells that more follow.
+    let mut want = limit.saturating_add(1).min(PAGE);
     for (lo, hi) in ranges {
         // The part of the range still to read: (from, to].
         let (mut from, mut to) = (lo - 1, hi);
@@ -82,7 +87,8 @@ pub async fn scan(
                     next: pos,
                 });
             }
-            let page = budget.min(PAGE);
+            let page = budget.min(want);
+            want = want.saturating_mul(2).min(PAGE);
             let rows = svc
                 .store
                 .room_events(room_id, from, to, page as i64, direction)
