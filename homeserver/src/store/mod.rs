@@ -16,6 +16,7 @@ mod federation;
 mod filters;
 mod keys;
 mod media;
+mod openid;
 mod outliers;
 mod presence;
 mod push;
@@ -119,6 +120,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(17, "0017_at_rest_admin_audit"),
     migration!(18, "0018_search"),
     migration!(19, "0019_remote_media"),
+    migration!(20, "0020_openid_tokens"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside

@@ -109,6 +109,10 @@ pub fn router(svc: Services) -> Router {
             get(media::thumbnail),
         )
         .route(
+            "/_matrix/federation/v1/openid/userinfo",
+            get(handlers::openid_userinfo),
+        )
+        .route(
             "/_matrix/federation/v1/publicRooms",
             get(handlers::public_rooms).post(handlers::public_rooms_filtered),
         )
