@@ -81,6 +81,13 @@ pub enum Error {
     CannotOverwriteMedia(String),
     #[error("{0}")]
     NotYetUploaded(String),
+    /// Another server failed us: unreachable, an error, or an answer that is not what the spec
+    /// says (502 `M_UNKNOWN`).
+    #[error("{0}")]
+    BadGateway(String),
+    /// Another server's content is larger than this server will take (502 `M_TOO_LARGE`).
+    #[error("{0}")]
+    RemoteTooLarge(String),
     /// No such endpoint or method.
     #[error("unrecognized request")]
     Unrecognized { method_not_allowed: bool },
@@ -128,6 +135,7 @@ constructors! {
     unsupported_room_version => UnsupportedRoomVersion;
     invalid_room_state => InvalidRoomState;
     unknown => Unknown;
+    bad_gateway => BadGateway;
 }
 
 impl Error {
@@ -169,7 +177,7 @@ impl Error {
             Self::MissingParam(_) => "M_MISSING_PARAM",
             Self::BadJson(_) | Self::ServerManagedAccountData(_) => "M_BAD_JSON",
             Self::NotJson(_) => "M_NOT_JSON",
-            Self::TooLarge(_) => "M_TOO_LARGE",
+            Self::TooLarge(_) | Self::RemoteTooLarge(_) => "M_TOO_LARGE",
             Self::LimitExceeded { .. } => "M_LIMIT_EXCEEDED",
             Self::UnknownToken { .. } => "M_UNKNOWN_TOKEN",
             Self::MissingToken(_) => "M_MISSING_TOKEN",
@@ -186,7 +194,11 @@ impl Error {
             Self::NotYetUploaded(_) => "M_NOT_YET_UPLOADED",
             Self::Unrecognized { .. } => "M_UNRECOGNIZED",
             Self::AuthRequired { errcode, .. } => errcode.as_ref().map_or("", |(code, _)| code),
-            Self::Unknown(_) | Self::AliasInUse(_) | Self::Store(_) | Self::Internal(_) => "M_UNKNOWN",
+            Self::Unknown(_)
+            | Self::AliasInUse(_)
+            | Self::BadGateway(_)
+            | Self::Store(_)
+            | Self::Internal(_) => "M_UNKNOWN",
         }
     }
 }

@@ -6,7 +6,7 @@ use axum::{Json, extract::State};
 use ruma::api::client::{
     account::{
         ThirdPartyIdRemovalStatus, change_password, check_registration_token_validity, deactivate, get_3pids,
-        get_username_availability, register, whoami,
+        get_username_availability, register, request_openid_token, whoami,
     },
     session::{
         get_login_types::{
@@ -182,4 +182,22 @@ pub async fn deactivate(
 ) -> ApiResult<RumaResponse<deactivate::v3::Response>> {
     account::deactivate(&svc, &auth.user_id, &uia.operation, uia.auth.as_ref()).await?;
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport).into())
+}
+
+/// `POST /user/{userId}/openid/request_token`
+pub async fn request_openid_token(
+    State(svc): State<Services>,
+    auth: Auth,
+    Ruma(request): Ruma<request_openid_token::v3::Request>,
+) -> ApiResult<RumaResponse<request_openid_token::v3::Response>> {
+    let (token, expires_in_ms) =
+        crate::users::openid::request_token(&svc, &auth.user_id, request.user_id.as_str()).await?;
+    let server_name = ruma::ServerName::parse(svc.server_name()).map_err(ApiError::internal)?;
+    Ok(request_openid_token::v3::Response::new(
+        token,
+        ruma::authentication::TokenType::Bearer,
+        server_name,
+        Duration::from_millis(expires_in_ms as u64),
+    )
+    .into())
 }

@@ -142,6 +142,7 @@ impl From<Error> for ApiError {
             Error::AliasInUse(_) | Error::CannotOverwriteMedia(_) => S::CONFLICT,
             Error::ServerManagedAccountData(_) => S::METHOD_NOT_ALLOWED,
             Error::NotYetUploaded(_) => S::GATEWAY_TIMEOUT,
+            Error::BadGateway(_) | Error::RemoteTooLarge(_) => S::BAD_GATEWAY,
             Error::Unrecognized {
                 method_not_allowed: true,
             } => S::METHOD_NOT_ALLOWED,

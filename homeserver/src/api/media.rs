@@ -185,7 +185,7 @@ fn insert_media_headers(headers: &mut HeaderMap, disposition: &str) {
 }
 
 /// A file streamed in 64 KiB chunks.
-fn file_body(file: tokio::fs::File) -> Body {
+pub(crate) fn file_body(file: tokio::fs::File) -> Body {
     let chunks = futures_util::stream::unfold(Some(file), |file| async move {
         let mut file = file?;
         let mut buf = vec![0u8; 64 * 1024];

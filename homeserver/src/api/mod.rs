@@ -134,6 +134,10 @@ fn client_routes() -> Router<Services> {
         )
         .route("/sync", get(sync::sync))
         .route("/user/{user_id}/filter", post(sync::create_filter))
+        .route(
+            "/user/{user_id}/openid/request_token",
+            post(account::request_openid_token),
+        )
         .route("/user/{user_id}/filter/{filter_id}", get(sync::get_filter))
         .route(
             "/user/{user_id}/account_data/{data_type}",

@@ -124,12 +124,13 @@ fn https_client(tls: rustls::ClientConfig, dns: FederationDns) -> HttpsClient {
 }
 
 /// Sends `request` and reads the response, at most `limit` bytes of body, all within
-/// `REQUEST_TIMEOUT`. Any status is returned.
+/// `timeout`. Any status is returned.
 pub(crate) async fn fetch(
     client: &HttpsClient,
     request: Request<Full<Bytes>>,
     limit: usize,
     who: &str,
+    timeout: Duration,
 ) -> Result<(StatusCode, HeaderMap, Vec<u8>), FedError> {
     let exchange = async {
         let response = client
@@ -157,9 +158,17 @@ pub(crate) async fn fetch(
         }
         Ok((parts.status, parts.headers, bytes))
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| FedError::Timeout(who.to_owned()))?
+}
+
+/// A whole answer: status, headers and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
 }
 
 pub struct FederationClient {
@@ -284,6 +293,24 @@ impl FederationClient {
         authorization: Option<String>,
         limit: usize,
     ) -> Result<(u16, Vec<u8>), FedError> {
+        let answer = self
+            .request_within(method, server, path, body, authorization, limit, REQUEST_TIMEOUT)
+            .await?;
+        Ok((answer.status, answer.body))
+    }
+
+    /// `request` with its own time bound, answering the headers too (media downloads).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn request_within(
+        &self,
+        method: &str,
+        server: &ServerName,
+        path: &str,
+        body: Option<Vec<u8>>,
+        authorization: Option<String>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Answer, FedError> {
         let name = server.to_string();
         let dest = self.destination(server).await;
         // The connector does not resolve IP literals, so they are checked here.
@@ -325,8 +352,45 @@ impl FederationClient {
         let request = request
             .body(body)
             .map_err(|e| FedError::Invalid(name.clone(), e.to_string()))?;
-        let (status, _, body) = fetch(&self.http, request, limit, &name).await?;
-        Ok((status.as_u16(), body))
+        let (status, headers, body) = fetch(&self.http, request, limit, &name, timeout).await?;
+        Ok(Answer {
+            status: status.as_u16(),
+            headers,
+            body,
+        })
+    }
+
+    /// An unsigned GET of an `https` URL another server named (a media `Location`): the same
+    /// address policy, bounds and no redirects as every other request.
+    pub async fn get_url(&self, url: &str, limit: usize, timeout: Duration) -> Result<Answer, FedError> {
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| FedError::Invalid(url.to_owned(), format!("not a URL: {e}")))?;
+        let host = uri.host().unwrap_or_default().to_owned();
+        if uri.scheme_str() != Some("https") || host.is_empty() {
+            return Err(FedError::Invalid(url.to_owned(), "not an https URL".into()));
+        }
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>()
+            && !self.policy.permits(ip)
+        {
+            return Err(FedError::Unreachable(
+                host,
+                format!("{ip} is not an address federation may use (see federation.allow_ip_ranges)"),
+            ));
+        }
+        let request = Request::builder()
+            .method("GET")
+            .uri(uri)
+            .header(header::USER_AGENT, concat!("Hearth/", env!("CARGO_PKG_VERSION")))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| FedError::Invalid(host.clone(), e.to_string()))?;
+        let (status, headers, body) = fetch(&self.http, request, limit, &host, timeout).await?;
+        Ok(Answer {
+            status: status.as_u16(),
+            headers,
+            body,
+        })
     }
 }
 

@@ -42,9 +42,15 @@ impl NetLookup {
                 .header(header::USER_AGENT, concat!("Hearth/", env!("CARGO_PKG_VERSION")))
                 .body(Full::new(Bytes::new()))
                 .map_err(|e| e.to_string())?;
-            let (status, headers, body) = fetch(&self.http, request, WELL_KNOWN_LIMIT, hostname)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (status, headers, body) = fetch(
+                &self.http,
+                request,
+                WELL_KNOWN_LIMIT,
+                hostname,
+                super::client::REQUEST_TIMEOUT,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             if status.is_redirection() {
                 let next = headers
                     .get(header::LOCATION)

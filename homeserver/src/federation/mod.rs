@@ -12,6 +12,7 @@ pub mod inbound;
 mod inbound_tests;
 pub mod keys;
 pub mod lookup;
+pub mod media;
 pub mod membership;
 pub mod reads;
 pub mod remote;

@@ -180,9 +180,9 @@ async fn join_through(svc: &Services, user: &UserId, room_id: &RoomId, server: &
         auth_chain: Vec<Box<RawValue>>,
     }
     let answer: SendJoin = serde_json::from_slice(&body)
-        .map_err(|e| Error::unknown(format!("{server} sent a bad send_join answer: {e}")))?;
+        .map_err(|e| Error::bad_gateway(format!("{server} sent a bad send_join answer: {e}")))?;
     if answer.state.len() + answer.auth_chain.len() > MAX_JOIN_EVENTS {
-        return Err(Error::unknown(format!("{server} sent too many events")));
+        return Err(Error::bad_gateway(format!("{server} sent too many events")));
     }
 
     // Every event checked: signatures and hashes, then auth against its auth events, oldest
@@ -195,13 +195,15 @@ async fn join_through(svc: &Services, user: &UserId, room_id: &RoomId, server: &
         .map(|r| (r, true))
         .chain(answer.auth_chain.iter().map(|r| (r, false)))
     {
-        let object = pdu_checks::parse(raw).map_err(|e| Error::unknown(format!("{server}: {e}")))?;
+        let object = pdu_checks::parse(raw).map_err(|e| Error::bad_gateway(format!("{server}: {e}")))?;
         let checked = inbound::verify(svc, object, &rules)
             .await
-            .map_err(|e| Error::unknown(format!("{server} sent an event that fails its checks: {e}")))?;
+            .map_err(|e| Error::bad_gateway(format!("{server} sent an event that fails its checks: {e}")))?;
         let pdu = checked.pdu;
         if pdu.room_id.as_deref() != Some(room_id) && !is_create_of(&rules, &pdu, room_id) {
-            return Err(Error::unknown(format!("{server} sent an event of another room")));
+            return Err(Error::bad_gateway(format!(
+                "{server} sent an event of another room"
+            )));
         }
         if is_state {
             state_ids.push(pdu.event_id.clone());
@@ -217,7 +219,7 @@ async fn join_through(svc: &Services, user: &UserId, room_id: &RoomId, server: &
                 accepted.insert(pdu.event_id.clone(), pdu.clone());
             }
             Err(reason) if state_ids.contains(&pdu.event_id) => {
-                return Err(Error::unknown(format!(
+                return Err(Error::bad_gateway(format!(
                     "{server} sent room state that fails the auth rules ({}: {reason})",
                     pdu.event_id
                 )));
@@ -234,13 +236,15 @@ async fn join_through(svc: &Services, user: &UserId, room_id: &RoomId, server: &
     }
     let create = state
         .get(&("m.room.create".to_owned(), String::new()))
-        .ok_or_else(|| Error::unknown(format!("{server} sent state without a create event")))?;
+        .ok_or_else(|| Error::bad_gateway(format!("{server} sent state without a create event")))?;
     let created_version = create.content_value()["room_version"]
         .as_str()
         .unwrap_or("1")
         .to_owned();
     if created_version != version.as_str() {
-        return Err(Error::unknown("the room's create event names another version"));
+        return Err(Error::bad_gateway(
+            "the room's create event names another version",
+        ));
     }
     // The join itself must pass against that state.
     check_state_dependent_auth_rules(&rules.authorization, &join, |t, k: &str| {
@@ -367,7 +371,7 @@ async fn knock_through(
         knock_room_state: Vec<Value>,
     }
     let answer: SendKnock = serde_json::from_slice(&answer)
-        .map_err(|e| Error::unknown(format!("{server} sent a bad send_knock answer: {e}")))?;
+        .map_err(|e| Error::bad_gateway(format!("{server} sent a bad send_knock answer: {e}")))?;
     // Shown to the knocker only, as stripped state: the type, state key, sender and content of
     // each state event of this room (at most 50).
     let stripped: Vec<Value> = answer
@@ -420,7 +424,7 @@ async fn knock_request(
         (403, _) => Error::forbidden(message),
         (_, Some("M_INCOMPATIBLE_ROOM_VERSION")) => Error::IncompatibleRoomVersion(message),
         (404, _) => Error::not_found(message),
-        _ => Error::unknown(message),
+        _ => Error::bad_gateway(message),
     })
 }
 
@@ -447,7 +451,7 @@ async fn fill_template(
         event: CanonicalJsonObject,
     }
     let answer: MakeMembership = serde_json::from_slice(body)
-        .map_err(|e| Error::unknown(format!("bad make_{membership} answer: {e}")))?;
+        .map_err(|e| Error::bad_gateway(format!("bad make_{membership} answer: {e}")))?;
     let version = answer.room_version.unwrap_or(RoomVersionId::V1);
     let rules = rules_for(&version)
         .ok_or_else(|| Error::unsupported_room_version(format!("Room version {version} is not supported")))?;
@@ -460,7 +464,7 @@ async fn fill_template(
         || field("state_key").as_deref() != Some(user.as_str())
         || field("room_id").as_deref() != Some(room_id.as_str())
     {
-        return Err(Error::unknown(format!(
+        return Err(Error::bad_gateway(format!(
             "the make_{membership} template is not this user's {membership}"
         )));
     }
@@ -470,12 +474,12 @@ async fn fill_template(
                 .iter()
                 .map(|v| match v {
                     CanonicalJsonValue::String(s) => {
-                        EventId::parse(s).map_err(|_| Error::unknown("bad event ID"))
+                        EventId::parse(s).map_err(|_| Error::bad_gateway("bad event ID"))
                     }
-                    _ => Err(Error::unknown("bad event ID")),
+                    _ => Err(Error::bad_gateway("bad event ID")),
                 })
                 .collect(),
-            _ => Err(Error::unknown(format!("the template's {key} are missing"))),
+            _ => Err(Error::bad_gateway(format!("the template's {key} are missing"))),
         }
     };
     let depth = match answer.event.get("depth") {
@@ -650,17 +654,17 @@ pub async fn invite_remote(
         event: Box<RawValue>,
     }
     let invited: Invited = serde_json::from_slice(&answer)
-        .map_err(|e| Error::unknown(format!("{server} sent a bad invite answer: {e}")))?;
-    let object = pdu_checks::parse(&invited.event).map_err(|e| Error::unknown(e.to_string()))?;
+        .map_err(|e| Error::bad_gateway(format!("{server} sent a bad invite answer: {e}")))?;
+    let object = pdu_checks::parse(&invited.event).map_err(|e| Error::bad_gateway(e.to_string()))?;
     if !matches!(object.get("signatures"), Some(CanonicalJsonValue::Object(s)) if s.contains_key(server.as_str()))
     {
-        return Err(Error::unknown(format!("{server} did not sign the invite")));
+        return Err(Error::bad_gateway(format!("{server} did not sign the invite")));
     }
     let checked = inbound::verify(svc, object, &rules)
         .await
-        .map_err(|e| Error::unknown(format!("{server} sent a bad invite: {e}")))?;
+        .map_err(|e| Error::bad_gateway(format!("{server} sent a bad invite: {e}")))?;
     if checked.pdu.event_id != built.pdu.event_id {
-        return Err(Error::unknown(format!("{server} changed the invite")));
+        return Err(Error::bad_gateway(format!("{server} changed the invite")));
     }
     let accepted = inbound::accept_checked(svc, server, &rules, checked.pdu)
         .await
@@ -717,7 +721,7 @@ async fn put(
         return Err(if status == 403 {
             Error::forbidden(message)
         } else {
-            Error::unknown(message)
+            Error::bad_gateway(message)
         });
     }
     Ok(answer)
@@ -727,6 +731,6 @@ fn remote_error(e: super::FedError) -> Error {
     match e {
         super::FedError::Status(server, 403) => Error::forbidden(format!("{server} refused")),
         super::FedError::Status(server, 404) => Error::not_found(format!("{server} does not know the room")),
-        e => Error::unknown(e.to_string()),
+        e => Error::bad_gateway(e.to_string()),
     }
 }

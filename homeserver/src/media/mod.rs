@@ -5,8 +5,10 @@
 //! before a database row names it. Every file is written to `tmp/` first and renamed into place.
 //! Thumbnails are generated on demand and cached in `thumbnails/ab/<sha256>/<w>x<h>-<method>.<ext>`.
 //!
-//! Only local media is served: another server's `mxc://` answers 404 until federation exists.
+//! Another server's `mxc://` is fetched from it over federation once (`remote.rs`) and kept here
+//! like an upload; only local media is served to other servers.
 
+pub mod remote;
 pub mod thumbnail;
 
 use std::{
@@ -42,13 +44,20 @@ pub struct MediaRepo {
     root: PathBuf,
     /// Permits for image decodes, so thumbnail requests cannot occupy every core and all memory.
     decodes: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Permits for fetches of other servers' media, each of which holds up to the size limit in
+    /// memory while it is checked.
+    remote_fetches: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Fetches of other servers' media running at once; more requests wait.
+const MAX_REMOTE_FETCHES: usize = 4;
 
 impl MediaRepo {
     pub fn new(root: PathBuf, max_concurrent_decodes: usize) -> Self {
         Self {
             root,
             decodes: std::sync::Arc::new(tokio::sync::Semaphore::new(max_concurrent_decodes.max(1))),
+            remote_fetches: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_REMOTE_FETCHES)),
         }
     }
 
@@ -112,6 +121,26 @@ impl MediaRepo {
             return Err(Error::internal(format!("storing media file: {e}")));
         }
         Ok((sha256, size))
+    }
+
+    /// Stores bytes already in memory (another server's media, checked whole): temp file, then
+    /// renamed to its SHA-256. Returns (sha256 hex, size).
+    pub async fn store_bytes(&self, bytes: &[u8]) -> Result<(String, u64)> {
+        let sha256 = hex(&Sha256::digest(bytes));
+        let temp = self.temp_path();
+        let written = async {
+            let mut file = tokio::fs::File::create(&temp).await?;
+            file.write_all(bytes).await?;
+            file.sync_all().await?;
+            drop(file);
+            place(&temp, &self.content_path(&sha256)).await
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(Error::internal(format!("storing media file: {e}")));
+        }
+        Ok((sha256, bytes.len() as u64))
     }
 
     async fn write_temp(&self, temp: &Path, body: Body, max_bytes: u64) -> Result<(String, u64)> {
@@ -378,6 +407,21 @@ pub async fn download(
     timeout_ms: Option<u64>,
 ) -> Result<Download> {
     let content = find(svc, server_name, media_id, timeout_ms).await?;
+    open_download(svc, content, file_name).await
+}
+
+/// This server's own media as another server downloads it (Server-Server API §Content
+/// repository): never media this server fetched from elsewhere.
+pub async fn download_local(svc: &Services, media_id: &str, timeout_ms: Option<u64>) -> Result<Download> {
+    let content = find_local(svc, svc.server_name(), media_id, timeout_ms).await?;
+    open_download(svc, content, None).await
+}
+
+async fn open_download(
+    svc: &Services,
+    content: UploadedContent,
+    file_name: Option<String>,
+) -> Result<Download> {
     let file = svc.media.open(&content.sha256).await?;
     let filename = file_name.or(content.filename);
     let content_type = if axum::http::HeaderValue::from_str(&content.content_type).is_ok() {
@@ -394,9 +438,34 @@ pub async fn download(
     })
 }
 
-/// The content of local media, waiting up to `timeout_ms` for a `/create`d ID's upload
-/// (then 504 `M_NOT_YET_UPLOADED`). Unknown, expired and remote media are 404 `M_NOT_FOUND`.
+/// The content of media: local media waits up to `timeout_ms` for a `/create`d ID's upload (then
+/// 504 `M_NOT_YET_UPLOADED`); another server's is fetched from it the first time (`remote.rs`).
+/// Unknown and expired media are 404 `M_NOT_FOUND`.
 pub async fn find(
+    svc: &Services,
+    server_name: &str,
+    media_id: &str,
+    timeout_ms: Option<u64>,
+) -> Result<UploadedContent> {
+    if server_name != svc.server_name() && ServerName::parse(server_name).is_ok() && valid_media_id(media_id)
+    {
+        return remote::content(svc, server_name, media_id, wait(timeout_ms)).await;
+    }
+    find_local(svc, server_name, media_id, timeout_ms).await
+}
+
+/// How long a download may wait: the client's `timeout_ms`, bounded.
+fn wait(timeout_ms: Option<u64>) -> Duration {
+    Duration::from_millis(
+        timeout_ms
+            .unwrap_or(DEFAULT_DOWNLOAD_WAIT_MS)
+            .min(MAX_DOWNLOAD_WAIT_MS),
+    )
+}
+
+/// The content of this server's own media (what other servers are served: never another
+/// server's media cached here).
+pub async fn find_local(
     svc: &Services,
     server_name: &str,
     media_id: &str,
@@ -407,15 +476,9 @@ pub async fn find(
         return Err(not_found());
     }
     if server_name != svc.server_name() {
-        // Remote media needs federation, which Hearth does not speak yet.
         return Err(not_found());
     }
-    let wait = Duration::from_millis(
-        timeout_ms
-            .unwrap_or(DEFAULT_DOWNLOAD_WAIT_MS)
-            .min(MAX_DOWNLOAD_WAIT_MS),
-    );
-    let deadline = tokio::time::Instant::now() + wait;
+    let deadline = tokio::time::Instant::now() + wait(timeout_ms);
     loop {
         let row = svc
             .store
@@ -450,12 +513,19 @@ pub async fn thumbnail(
     request: ThumbnailRequest,
     timeout_ms: Option<u64>,
 ) -> Result<Thumbnail> {
-    let content = find(svc, server_name, media_id, timeout_ms).await?;
+    // Only configured sizes are made (or fetched), so the cache holds a bounded number of files
+    // per image.
+    let request = thumbnail::nearest_size(&svc.config.media.thumbnail_sizes, request);
+    if server_name != svc.server_name() {
+        if ServerName::parse(server_name).is_err() || !valid_media_id(media_id) {
+            return Err(Error::not_found("Media not found"));
+        }
+        return remote::thumbnail(svc, server_name, media_id, &request, wait(timeout_ms)).await;
+    }
+    let content = find_local(svc, server_name, media_id, timeout_ms).await?;
     let Some(output) = thumbnail::output_format(&content.content_type) else {
         return Err(thumbnail::cannot_thumbnail());
     };
-    // Only configured sizes are made, so the cache holds a bounded number of files per image.
-    let request = thumbnail::nearest_size(&svc.config.media.thumbnail_sizes, request);
     let cache_name = request.cache_name(output);
     let cached = || svc.media.read_thumbnail(&content.sha256, &cache_name);
     if let Some(bytes) = cached().await {

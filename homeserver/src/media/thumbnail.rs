@@ -33,7 +33,7 @@ impl Method {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Crop => "crop",
             Self::Scale => "scale",

@@ -149,3 +149,99 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 }
+
+/// Which cached thumbnail of another server's media.
+#[derive(Debug, Clone)]
+pub struct RemoteThumbnailKey<'a> {
+    pub server_name: &'a str,
+    pub media_id: &'a str,
+    pub width: u32,
+    pub height: u32,
+    pub method: &'a str,
+    pub animated: bool,
+}
+
+/// A cached thumbnail of another server's media.
+#[derive(Debug, Clone)]
+pub struct RemoteThumbnail {
+    pub content_type: String,
+    pub size: i64,
+    pub sha256: String,
+}
+
+impl Store {
+    /// Records another server's media fetched here. A concurrent fetch of the same media may
+    /// have recorded it first; both stored the same kind of content, so the first row stays.
+    pub async fn insert_remote_media(
+        &self,
+        server_name: &str,
+        media_id: &str,
+        content: &UploadedContent,
+        now: i64,
+    ) -> StoreResult<()> {
+        q(
+            "INSERT INTO media (server_name, media_id, uploader, created_ts, content_type, filename, \
+             size, sha256, uploaded_ts) VALUES ($1, $2, $1, $3, $4, $5, $6, $7, $3) \
+             ON CONFLICT (server_name, media_id) DO NOTHING",
+        )
+        .bind(server_name.to_owned())
+        .bind(media_id.to_owned())
+        .bind(now)
+        .bind(content.content_type.clone())
+        .bind(content.filename.clone())
+        .bind(content.size)
+        .bind(content.sha256.clone())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn remote_thumbnail(
+        &self,
+        key: &RemoteThumbnailKey<'_>,
+    ) -> StoreResult<Option<RemoteThumbnail>> {
+        let row = q(
+            "SELECT content_type, size, sha256 FROM remote_thumbnails WHERE server_name = $1 \
+             AND media_id = $2 AND width = $3 AND height = $4 AND method = $5 AND animated = $6",
+        )
+        .bind(key.server_name.to_owned())
+        .bind(key.media_id.to_owned())
+        .bind(i64::from(key.width))
+        .bind(i64::from(key.height))
+        .bind(key.method.to_owned())
+        .bind(i64::from(key.animated))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| RemoteThumbnail {
+            content_type: r.get(0),
+            size: r.get(1),
+            sha256: r.get(2),
+        }))
+    }
+
+    pub async fn insert_remote_thumbnail(
+        &self,
+        key: &RemoteThumbnailKey<'_>,
+        thumbnail: &RemoteThumbnail,
+        now: i64,
+    ) -> StoreResult<()> {
+        q(
+            "INSERT INTO remote_thumbnails (server_name, media_id, width, height, method, animated, \
+             content_type, size, sha256, created_ts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (server_name, media_id, width, height, method, animated) DO NOTHING",
+        )
+        .bind(key.server_name.to_owned())
+        .bind(key.media_id.to_owned())
+        .bind(i64::from(key.width))
+        .bind(i64::from(key.height))
+        .bind(key.method.to_owned())
+        .bind(i64::from(key.animated))
+        .bind(thumbnail.content_type.clone())
+        .bind(thumbnail.size)
+        .bind(thumbnail.sha256.clone())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

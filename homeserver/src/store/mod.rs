@@ -16,6 +16,7 @@ mod federation;
 mod filters;
 mod keys;
 mod media;
+mod openid;
 mod outliers;
 mod presence;
 mod push;
@@ -46,7 +47,7 @@ pub use backup::{BackupSessionRow, BackupVersionRow, BackupWrite};
 pub use e2ee::{KeyUpload, KeysUpload, Queued, ToDeviceOut, ToDeviceRow, UploadRefusal};
 pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Txn};
 pub use federation::RemoteKeyRow;
-pub use media::{MediaRow, UploadedContent};
+pub use media::{MediaRow, RemoteThumbnail, RemoteThumbnailKey, UploadedContent};
 pub use outliers::StateEntry;
 pub use presence::PresenceRow;
 pub use push::{PushActionRow, PusherRow, ThreadCounts};
@@ -118,6 +119,8 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(16, "0016_federation_txn"),
     migration!(17, "0017_at_rest_admin_audit"),
     migration!(18, "0018_search"),
+    migration!(19, "0019_remote_media"),
+    migration!(20, "0020_openid_tokens"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside

@@ -5,6 +5,7 @@ pub mod account;
 pub mod account_data;
 pub mod devices;
 pub mod login;
+pub mod openid;
 pub mod presence;
 pub mod profile;
 pub mod uia;

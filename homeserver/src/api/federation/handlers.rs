@@ -254,3 +254,14 @@ pub async fn public_rooms_filtered(
         directory::public_rooms(&svc, None, limit, r.since.as_deref(), &filter).await?,
     ))
 }
+
+/// `GET /_matrix/federation/v1/openid/userinfo?access_token=…`: not X-Matrix signed — the
+/// token is the credential. Missing, unknown or expired → 401 `M_UNKNOWN_TOKEN`.
+pub async fn openid_userinfo(
+    State(svc): State<Services>,
+    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let token = params.get("access_token").map(String::as_str).unwrap_or_default();
+    let sub = crate::users::openid::userinfo(&svc, token).await?;
+    Ok(Json(json!({ "sub": sub })))
+}

@@ -4,6 +4,7 @@
 
 mod auth;
 mod handlers;
+mod media;
 mod membership;
 
 use axum::{
@@ -98,6 +99,18 @@ pub fn router(svc: Services) -> Router {
         .route(
             "/_matrix/federation/v1/get_missing_events/{room_id}",
             post(handlers::missing_events),
+        )
+        .route(
+            "/_matrix/federation/v1/media/download/{media_id}",
+            get(media::download),
+        )
+        .route(
+            "/_matrix/federation/v1/media/thumbnail/{media_id}",
+            get(media::thumbnail),
+        )
+        .route(
+            "/_matrix/federation/v1/openid/userinfo",
+            get(handlers::openid_userinfo),
         )
         .route(
             "/_matrix/federation/v1/publicRooms",
