@@ -1,10 +1,12 @@
 //! `/sync`: what changed for a user since a token, computed independently of the transport,
 //! and the long-poll that waits for the notifier.
 
+pub mod engine;
 pub mod filter;
 pub mod notifier;
 pub mod response;
 mod rooms;
+pub mod stats;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -112,10 +114,14 @@ pub async fn sync_step(
 ) -> Result<(SyncResponse, bool)> {
     let deadline = tokio::time::Instant::now() + req.timeout;
     let mut waiter = svc.notifier.subscribe();
+    let mut woken = false;
     loop {
         // Marked before computing: whatever is stored after the positions were read is heard.
         let mark = waiter.mark();
-        let (response, has_changes, interest) = compute(svc, user_id, device_id, req).await?;
+        let (computed, queries) = crate::store::count_queries(compute(svc, user_id, device_id, req)).await;
+        let (response, has_changes, interest) = computed?;
+        svc.sync_engine.stats.computed(woken, queries);
+        tracing::debug!(user_id, woken, queries, has_changes, "sync computed");
         if req.since.is_none() || req.full_state || has_changes {
             return Ok((response, true));
         }
@@ -123,6 +129,7 @@ pub async fn sync_step(
         if !waiter.wait(mark, deadline).await {
             return Ok((response, false));
         }
+        woken = true;
     }
 }
 
