@@ -187,10 +187,7 @@ impl Store {
 
     pub async fn pushers(&self, user_id: &str) -> StoreResult<Vec<PusherRow>> {
         let sql = format!("SELECT {PUSHER_COLUMNS} FROM pushers WHERE user_id = $1 ORDER BY app_id, pushkey");
-        let rows = qs(sql)
-            .bind(user_id.to_owned())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = qs(sql).bind(user_id.to_owned()).fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(pusher_row).collect())
     }
 

@@ -8,8 +8,8 @@ use sqlx::Row;
 
 use super::{
     Direction, EventRow, Store, StoreResult,
-    qs,
     events::{SELECT_EVENTS, event_row},
+    qs,
 };
 
 /// `e` is not redacted (by a checked redaction; see `EventRow::redacted_by`).
@@ -127,9 +127,7 @@ impl Store {
              ORDER BY e.stream_ordering LIMIT $2",
             placeholders(3, parents.len())
         );
-        let mut query = qs(sql)
-            .bind(room_id.to_owned())
-            .bind(limit);
+        let mut query = qs(sql).bind(room_id.to_owned()).bind(limit);
         for parent in parents {
             query = query.bind(parent.clone());
         }
@@ -206,11 +204,7 @@ impl Store {
              GROUP BY e.relates_to HAVING MAX(e.stream_ordering) <= $2{having} \
              ORDER BY latest DESC LIMIT $3"
         );
-        let mut query = qs(sql)
-            .bind(room_id.to_owned())
-            .bind(upto)
-            .bind(limit)
-            .bind(cap);
+        let mut query = qs(sql).bind(room_id.to_owned()).bind(upto).bind(limit).bind(cap);
         if let Some(user) = participant {
             query = query.bind(user.to_owned());
         }
