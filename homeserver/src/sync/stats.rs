@@ -9,9 +9,10 @@ use serde::Serialize;
 
 #[derive(Default)]
 pub struct SyncStats {
-    /// Computations over everything the user can see (every first step of a request).
+    /// Computations over everything the user can see (every first step of a request, and a
+    /// woken one when more than joined rooms moved).
     pub full_computes: AtomicU64,
-    /// Computations after a wake-up, of only what moved.
+    /// Computations after a wake-up (of only the joined rooms that moved, when that is all).
     pub woken_computes: AtomicU64,
     /// Database queries of the latest woken computation, and of all of them.
     pub last_woken_queries: AtomicU64,
@@ -61,14 +62,16 @@ impl SyncStats {
         }
     }
 
-    /// Records a computation and the queries it made.
-    pub(crate) fn computed(&self, woken: bool, queries: u64) {
+    /// Records a computation (after a wake-up or not; of everything or of what moved) and the
+    /// queries it made.
+    pub(crate) fn computed(&self, woken: bool, full: bool, queries: u64) {
+        if full {
+            bump(&self.full_computes);
+        }
         if woken {
             bump(&self.woken_computes);
             self.last_woken_queries.store(queries, Ordering::Relaxed);
             self.woken_queries.fetch_add(queries, Ordering::Relaxed);
-        } else {
-            bump(&self.full_computes);
         }
     }
 }
