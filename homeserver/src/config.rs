@@ -126,6 +126,9 @@ pub struct TestingConfig {
     /// `POST /_hearth/testing/v1/clock/advance` moves the clock of time-dependent rules (edit
     /// and delete windows) forward, so tests need not wait (`clock.rs`).
     pub adjustable_clock: bool,
+    /// `GET /_hearth/testing/v1/sync_stats` serves what `/sync` computations cost (database
+    /// queries of woken syncs, rooms scanned and skipped, formatted-event cache hits).
+    pub sync_stats: bool,
 }
 
 /// Hearth's room privacy modes (spec/privacy-modes.md).

@@ -51,6 +51,7 @@ pub async fn build(config: Config) -> anyhow::Result<Services> {
     let signing_key = load_signing_key(&store).await?;
     tracing::info!(server_name = %config.server_name, key_id = %signing_key.key_id(), backend = ?store.backend(), "storage ready");
     let svc = Services::new(config, store, signing_key, Arc::new(LocalNotifier::default()));
+    sync::engine::SyncEngine::start(&svc).await?;
     federation::init(&svc).await?;
     svc.media.init().map_err(|e| {
         anyhow::anyhow!(

@@ -42,6 +42,9 @@ pub struct Inner {
     pub last_seen_written: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
     /// Open `org.hearth.ws` streams per user (`limits.max_streams_per_user`).
     pub streams: crate::util::Slots,
+    /// What `/sync` keeps in memory: stream and room positions, recent events formatted for
+    /// clients, and its cost counters.
+    pub sync_engine: crate::sync::engine::SyncEngine,
 }
 
 impl std::ops::Deref for Services {
@@ -81,6 +84,7 @@ impl Services {
             clock,
             last_seen_written: Default::default(),
             streams: Default::default(),
+            sync_engine: Default::default(),
         }))
     }
 

@@ -283,6 +283,7 @@ pub fn router(svc: Services) -> Router {
             get(account::registration_token_validity),
         )
         .route("/_hearth/testing/v1/clock/advance", post(testing::advance_clock))
+        .route("/_hearth/testing/v1/sync_stats", get(testing::sync_stats))
         .route(
             "/_hearth/admin/v1/rooms/{room_id}/messages",
             get(admin::room_messages),

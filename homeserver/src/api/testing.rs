@@ -1,5 +1,7 @@
-//! `POST /_hearth/testing/v1/clock/advance`: moves the clock of time-dependent rules forward
-//! (`clock.rs`). Answers `404 M_UNRECOGNIZED` unless `testing.adjustable_clock` is on.
+//! Endpoints for test suites, absent (`404 M_UNRECOGNIZED`) unless configured:
+//! `POST /_hearth/testing/v1/clock/advance` moves the clock of time-dependent rules forward
+//! (`clock.rs`, `testing.adjustable_clock`); `GET /_hearth/testing/v1/sync_stats` serves the
+//! `/sync` engine's counters (`sync/stats.rs`, `testing.sync_stats`).
 
 use axum::{Json, extract::State};
 use serde::{Deserialize, Serialize};
@@ -31,4 +33,18 @@ pub async fn advance_clock(
     Ok(Json(AdvanceResponse {
         now_ms: svc.clock.advance(body.ms)?,
     }))
+}
+
+/// `GET /_hearth/testing/v1/sync_stats`.
+pub async fn sync_stats(
+    State(svc): State<Services>,
+    _auth: Auth,
+) -> ApiResult<Json<crate::sync::stats::StatsSnapshot>> {
+    if !svc.config.testing.sync_stats {
+        return Err(crate::error::Error::Unrecognized {
+            method_not_allowed: false,
+        }
+        .into());
+    }
+    Ok(Json(svc.sync_engine.stats.snapshot()))
 }

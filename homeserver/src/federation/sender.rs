@@ -356,7 +356,12 @@ impl AppendListener for FederationSender {
         Self::submit_local(svc, &mut batch.iter().map(|a| &a.event));
     }
 
-    fn room_created<'a>(&'a self, svc: &'a Services, events: &'a [NewEvent]) -> Option<ListenerFuture<'a>> {
+    fn room_created<'a>(
+        &'a self,
+        svc: &'a Services,
+        events: &'a [NewEvent],
+        _last: Placed,
+    ) -> Option<ListenerFuture<'a>> {
         Self::submit_local(svc, &mut events.iter());
         None
     }

@@ -177,16 +177,16 @@ async fn apply_receipts(svc: &Services, origin: &ServerName, receipts: ReceiptCo
             }
             let thread = data.data.thread.as_str().unwrap_or("");
             let ts = data.data.ts.map_or_else(now_ms, |ts| i64::from(ts.get()));
-            svc.store
-                .put_receipt(
-                    room_id.as_str(),
-                    user_id.as_str(),
-                    "m.read",
-                    thread,
-                    event_id.as_str(),
-                    ts,
-                )
-                .await?;
+            crate::rooms::receipts::store_receipt(
+                svc,
+                room_id.as_str(),
+                user_id.as_str(),
+                "m.read",
+                thread,
+                event_id.as_str(),
+                ts,
+            )
+            .await?;
             changed = true;
         }
         if changed {
@@ -215,16 +215,7 @@ async fn apply_presence(svc: &Services, origin: &ServerName, presence: PresenceC
                 last_active,
             )
             .await?;
-        let mut keys: Vec<String> = svc
-            .store
-            .rooms_of_user(update.user_id.as_str())
-            .await?
-            .into_iter()
-            .filter(|(_, m, _)| m == "join")
-            .map(|(r, _, _)| r)
-            .collect();
-        keys.push(update.user_id.to_string());
-        svc.notifier.notify(keys);
+        crate::users::presence::notify(svc, update.user_id.as_str()).await?;
     }
     Ok(())
 }

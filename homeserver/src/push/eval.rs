@@ -44,7 +44,12 @@ impl AppendListener for PushListener {
         }
     }
 
-    fn room_created<'a>(&'a self, svc: &'a Services, events: &'a [NewEvent]) -> Option<ListenerFuture<'a>> {
+    fn room_created<'a>(
+        &'a self,
+        svc: &'a Services,
+        events: &'a [NewEvent],
+        _last: Placed,
+    ) -> Option<ListenerFuture<'a>> {
         Some(Box::pin(on_room_created(svc, events)))
     }
 }

@@ -98,14 +98,26 @@ pub fn format_event(
         }
     }
     unsigned.insert("age".into(), json!((now_ms() - row.origin_server_ts).max(0)));
+    let value = serde_json::to_value(pdu).map_err(crate::error::Error::internal)?;
+    let mut value = strip(value, row, Some(unsigned));
+    add_viewer_fields(&mut value, row, viewer);
+    Ok(value)
+}
+
+/// The fields of a formatted event that depend on who looks and when: `unsigned.age`, and
+/// `unsigned.transaction_id` for the device that sent it. Applied to a copy of an event
+/// formatted once for everyone (`sync::recent`).
+pub fn add_viewer_fields(event: &mut Value, row: &EventRow, viewer: Option<Viewer<'_>>) {
+    let Some(unsigned) = event.get_mut("unsigned").and_then(Value::as_object_mut) else {
+        return;
+    };
+    unsigned.insert("age".into(), json!((now_ms() - row.origin_server_ts).max(0)));
     if let (Some(viewer), Some(txn_id), Some(device)) = (viewer, &row.txn_id, &row.txn_device_id)
         && viewer.user_id == row.sender
         && viewer.device_id == device
     {
         unsigned.insert("transaction_id".into(), json!(txn_id));
     }
-    let value = serde_json::to_value(pdu).map_err(crate::error::Error::internal)?;
-    Ok(strip(value, row, Some(unsigned)))
 }
 
 /// Drops server-only fields and adds `event_id`, `room_id`, `unsigned`, and the top-level

@@ -89,10 +89,19 @@ pub async fn scan(
             }
             let page = budget.min(want);
             want = want.saturating_mul(2).min(PAGE);
-            let rows = svc
-                .store
-                .room_events(room_id, from, to, page as i64, direction)
-                .await?;
+            // Recent events come from the sync engine's rings when they hold the whole range
+            // (the same rows, checked below like any other).
+            let rows = match svc
+                .sync_engine
+                .recent_events(room_id, (from, to), page, direction)
+            {
+                Some(rows) => rows,
+                None => {
+                    svc.store
+                        .room_events(room_id, from, to, page as i64, direction)
+                        .await?
+                }
+            };
             let exhausted = rows.len() < page;
             // `related_by_*`: which events of the page have such children, in one query.
             let related: Option<HashSet<String>> = if filter.filters_by_relations() {

@@ -29,8 +29,13 @@ pub trait AppendListener: Send + Sync {
     fn committed(&self, svc: &Services, batch: &[Appending], placed: &[Placed]);
 
     /// After a new room's first events are committed together (nothing was prepared for them:
-    /// the room did not exist yet).
-    fn room_created<'a>(&'a self, svc: &'a Services, events: &'a [NewEvent]) -> Option<ListenerFuture<'a>>;
+    /// the room did not exist yet); `last` is where the last of them landed.
+    fn room_created<'a>(
+        &'a self,
+        svc: &'a Services,
+        events: &'a [NewEvent],
+        last: Placed,
+    ) -> Option<ListenerFuture<'a>>;
 }
 
 /// Runs every listener's `prepare` on a batch about to be stored.
@@ -50,9 +55,9 @@ pub(crate) fn committed(svc: &Services, batch: &[Appending], placed: &[Placed]) 
 }
 
 /// Tells every listener about a new room's committed first events.
-pub(crate) async fn room_created(svc: &Services, events: &[NewEvent]) {
+pub(crate) async fn room_created(svc: &Services, events: &[NewEvent], last: Placed) {
     for listener in svc.listeners.iter() {
-        if let Some(work) = listener.room_created(svc, events) {
+        if let Some(work) = listener.room_created(svc, events, last) {
             work.await;
         }
     }

@@ -85,16 +85,16 @@ async fn set_receipt(
         return Ok(());
     }
     let thread = thread_id.unwrap_or("");
-    svc.store
-        .put_receipt(
-            room_id.as_str(),
-            user.as_str(),
-            receipt_type,
-            thread,
-            event_id.as_str(),
-            now_ms(),
-        )
-        .await?;
+    store_receipt(
+        svc,
+        room_id.as_str(),
+        user.as_str(),
+        receipt_type,
+        thread,
+        event_id.as_str(),
+        now_ms(),
+    )
+    .await?;
     if receipt_type == "m.read" {
         crate::federation::sender::receipt(
             svc,
@@ -106,6 +106,26 @@ async fn set_receipt(
         );
     }
     svc.notifier.notify(vec![room_id.to_string()]);
+    Ok(())
+}
+
+/// Stores a receipt (local or from another server) and tells the sync engine where it landed,
+/// in commit order.
+pub async fn store_receipt(
+    svc: &Services,
+    room_id: &str,
+    user_id: &str,
+    receipt_type: &str,
+    thread_id: &str,
+    event_id: &str,
+    ts: i64,
+) -> Result<()> {
+    let _in_order = svc.sync_engine.receipts_write().await;
+    let position = svc
+        .store
+        .put_receipt(room_id, user_id, receipt_type, thread_id, event_id, ts)
+        .await?;
+    svc.sync_engine.receipt_stored(room_id, position);
     Ok(())
 }
 

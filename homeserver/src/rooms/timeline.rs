@@ -514,7 +514,7 @@ impl Timeline {
         draft.stored = true;
         draft.state_group = Some(placed.state_group);
         keep(&mut drafts, draft);
-        listener::room_created(svc, &events).await;
+        listener::room_created(svc, &events, placed).await;
         Ok(room_id)
     }
 

@@ -171,7 +171,12 @@ impl AppendListener for SearchListener {
         svc.search.wake.notify_one();
     }
 
-    fn room_created<'a>(&'a self, svc: &'a Services, _events: &'a [NewEvent]) -> Option<ListenerFuture<'a>> {
+    fn room_created<'a>(
+        &'a self,
+        svc: &'a Services,
+        _events: &'a [NewEvent],
+        _last: Placed,
+    ) -> Option<ListenerFuture<'a>> {
         svc.search.wake.notify_one();
         None
     }

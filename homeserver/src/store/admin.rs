@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreResult, q};
+use super::{Store, StoreResult, q, qs};
 
 /// One audit entry: an admin's read of a room's messages.
 #[derive(Debug, Clone)]
@@ -78,7 +78,7 @@ impl Store {
             "SELECT {AUDIT_COLUMNS} FROM admin_audit_log WHERE ($1 = '' OR room_id = $1) AND audit_id < $2 \
              ORDER BY audit_id DESC LIMIT $3"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = qs(sql)
             .bind(room_id.unwrap_or_default().to_owned())
             .bind(before.unwrap_or(i64::MAX))
             .bind(limit)

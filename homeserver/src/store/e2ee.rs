@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use sqlx::Row;
 
-use super::{Backend, Store, StoreResult, Stream, q};
+use super::{Backend, Store, StoreResult, Stream, q, qs};
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
@@ -430,7 +430,7 @@ impl Store {
                  AND stream_ordering <= $2 AND room_id IN ({}) ORDER BY stream_ordering",
                 placeholders.join(", ")
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(from).bind(to);
+            let mut query = qs(sql).bind(from).bind(to);
             for id in chunk {
                 query = query.bind(id.clone());
             }
@@ -592,7 +592,7 @@ impl Store {
             "to_device_txns",
         ] {
             let sql = format!("DELETE FROM {table} WHERE user_id = $1 AND {filter}");
-            sqlx::query(sqlx::AssertSqlSafe(sql))
+            qs(sql)
                 .bind(user_id.to_owned())
                 .bind(device.to_owned())
                 .execute(&mut **tx)
@@ -602,7 +602,7 @@ impl Store {
             "DELETE FROM e2e_signatures WHERE target_user = $1 AND {}",
             filter.replace("device_id", "target_key")
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        qs(sql)
             .bind(user_id.to_owned())
             .bind(device.to_owned())
             .execute(&mut **tx)

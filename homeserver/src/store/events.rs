@@ -2,7 +2,7 @@
 
 use sqlx::{Any, Row, Transaction, any::AnyRow};
 
-use super::{Backend, PushActionRow, RoomRow, Store, StoreResult, Stream, q};
+use super::{Backend, PushActionRow, RoomRow, Store, StoreResult, Stream, q, qs};
 
 /// An event to append, with the columns queries need beside its opaque JSON.
 #[derive(Debug, Clone)]
@@ -419,12 +419,12 @@ impl Store {
                 "INSERT INTO event_edges (event_id, prev_event_id) VALUES {} ON CONFLICT DO NOTHING",
                 edges.join(", ")
             );
-            let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(event.event_id.clone());
+            let mut insert = qs(sql).bind(event.event_id.clone());
             let sql = format!(
                 "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id IN ({})",
                 params.collect::<Vec<_>>().join(", ")
             );
-            let mut delete = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(event.room_id.clone());
+            let mut delete = qs(sql).bind(event.room_id.clone());
             for prev in &event.prev_events {
                 insert = insert.bind(prev.clone());
                 delete = delete.bind(prev.clone());
@@ -475,7 +475,7 @@ impl Store {
         {
             b.message(event, previous_group.unwrap_or(0), push);
         }
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(b.sql));
+        let mut query = qs(b.sql);
         for param in b.params {
             query = match param {
                 Param::Text(text) => query.bind(text),
@@ -544,7 +544,7 @@ impl Store {
                 select_events!(""),
                 placeholders.join(", ")
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut query = qs(sql);
             for id in chunk {
                 query = query.bind(id.clone());
             }

@@ -138,7 +138,35 @@ pub(crate) enum Stream {
 
 /// Shorthand for a query on the `Any` driver.
 fn q(sql: &'static str) -> Query<'static, Any, AnyArguments> {
+    count_query();
     sqlx::query(sql)
+}
+
+/// A query whose SQL is built at run time (placeholder lists); only ever from this module's
+/// own fragments, never from input.
+fn qs(sql: String) -> Query<'static, Any, AnyArguments> {
+    count_query();
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+}
+
+tokio::task_local! {
+    /// Queries made by the task running inside [`count_queries`].
+    static QUERIES: std::cell::Cell<u64>;
+}
+
+fn count_query() {
+    let _ = QUERIES.try_with(|n| n.set(n.get() + 1));
+}
+
+/// Runs `work` and counts the queries it makes (in its own task: work it spawns is not
+/// counted). How `/sync` measures what a computation costs the database.
+pub async fn count_queries<T>(work: impl std::future::Future<Output = T>) -> (T, u64) {
+    QUERIES
+        .scope(std::cell::Cell::new(0), async {
+            let out = work.await;
+            (out, QUERIES.with(std::cell::Cell::get))
+        })
+        .await
 }
 
 impl Store {

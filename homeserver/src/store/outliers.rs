@@ -5,7 +5,7 @@
 
 use sqlx::{Any, Row, Transaction};
 
-use super::{NewEvent, RoomRow, Store, StoreResult, Stream, q};
+use super::{NewEvent, RoomRow, Store, StoreResult, Stream, q, qs};
 
 /// One entry of a room state written as a whole.
 #[derive(Debug, Clone)]
@@ -112,7 +112,7 @@ impl Store {
                 "SELECT event_id, state_group, depth FROM events WHERE outlier = 0 AND event_id IN ({})",
                 placeholders.join(", ")
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut query = qs(sql);
             for id in chunk {
                 query = query.bind(id.clone());
             }

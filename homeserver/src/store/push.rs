@@ -2,7 +2,7 @@
 
 use sqlx::{Any, Row, Transaction, any::AnyRow};
 
-use super::{Store, StoreResult, q};
+use super::{Store, StoreResult, q, qs};
 
 /// One user's push rule outcome for one event (only events that notify are stored).
 #[derive(Debug, Clone)]
@@ -97,7 +97,7 @@ impl Store {
                  highlight, thread_id, actions) VALUES {} ON CONFLICT (user_id, room_id, stream_ordering) DO NOTHING",
                 values.join(", ")
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut query = qs(sql);
             for row in chunk {
                 query = query
                     .bind(row.event_id.clone())
@@ -187,10 +187,7 @@ impl Store {
 
     pub async fn pushers(&self, user_id: &str) -> StoreResult<Vec<PusherRow>> {
         let sql = format!("SELECT {PUSHER_COLUMNS} FROM pushers WHERE user_id = $1 ORDER BY app_id, pushkey");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(user_id.to_owned())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = qs(sql).bind(user_id.to_owned()).fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(pusher_row).collect())
     }
 
@@ -203,7 +200,7 @@ impl Store {
                 "SELECT {PUSHER_COLUMNS} FROM pushers WHERE user_id IN ({})",
                 placeholders.join(", ")
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut query = qs(sql);
             for id in chunk {
                 query = query.bind(id.clone());
             }

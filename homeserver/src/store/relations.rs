@@ -9,6 +9,7 @@ use sqlx::Row;
 use super::{
     Direction, EventRow, Store, StoreResult,
     events::{SELECT_EVENTS, event_row},
+    qs,
 };
 
 /// `e` is not redacted (by a checked redaction; see `EventRow::redacted_by`).
@@ -59,7 +60,7 @@ impl Store {
              AND e.room_id = $2 AND e.sender = $3 AND e.type = $4 AND e.relation_key = $5 AND {NOT_REDACTED} \
              LIMIT 1"
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = qs(sql)
             .bind(target.to_owned())
             .bind(room_id.to_owned())
             .bind(sender.to_owned())
@@ -93,7 +94,7 @@ impl Store {
             Direction::Backwards => " ORDER BY e.stream_ordering DESC LIMIT $4",
             Direction::Forwards => " ORDER BY e.stream_ordering ASC LIMIT $4",
         });
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let mut query = qs(sql)
             .bind(page.room_id.to_owned())
             .bind(page.after)
             .bind(page.upto)
@@ -126,9 +127,7 @@ impl Store {
              ORDER BY e.stream_ordering LIMIT $2",
             placeholders(3, parents.len())
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(room_id.to_owned())
-            .bind(limit);
+        let mut query = qs(sql).bind(room_id.to_owned()).bind(limit);
         for parent in parents {
             query = query.bind(parent.clone());
         }
@@ -171,7 +170,7 @@ impl Store {
              ORDER BY e.stream_ordering DESC LIMIT $1",
             placeholders(2, parents.len())
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(limit);
+        let mut query = qs(sql).bind(limit);
         for parent in parents {
             query = query.bind(parent.clone());
         }
@@ -205,11 +204,7 @@ impl Store {
              GROUP BY e.relates_to HAVING MAX(e.stream_ordering) <= $2{having} \
              ORDER BY latest DESC LIMIT $3"
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(room_id.to_owned())
-            .bind(upto)
-            .bind(limit)
-            .bind(cap);
+        let mut query = qs(sql).bind(room_id.to_owned()).bind(upto).bind(limit).bind(cap);
         if let Some(user) = participant {
             query = query.bind(user.to_owned());
         }
@@ -251,7 +246,7 @@ impl Store {
                 next += list.len();
             }
         }
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_id.to_owned());
+        let mut query = qs(sql).bind(room_id.to_owned());
         for value in events
             .iter()
             .chain(rel_types.into_iter().flatten())

@@ -5,7 +5,7 @@ use sqlx::Row;
 use super::{
     EventRow, Store, StoreResult,
     events::{SELECT_EVENTS, event_row},
-    q,
+    q, qs,
 };
 
 impl Store {
@@ -39,11 +39,7 @@ impl Store {
     /// Up to `limit` events of every room after stream position `after`, oldest first.
     pub async fn events_after(&self, after: i64, limit: i64) -> StoreResult<Vec<EventRow>> {
         let sql = format!("{SELECT_EVENTS}WHERE e.stream_ordering > $1 ORDER BY e.stream_ordering LIMIT $2");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = qs(sql).bind(after).bind(limit).fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(event_row).collect())
     }
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use sqlx::{Any, Row, Transaction};
 
-use super::{NewEvent, Store, StoreResult, q};
+use super::{NewEvent, Store, StoreResult, q, qs};
 
 /// (event type, state key) → event ID.
 pub type StateMap = HashMap<(String, String), String>;
@@ -43,7 +43,7 @@ impl Store {
              JOIN events e ON e.event_id = c.event_id WHERE c.room_id = $1 AND ({})",
             conditions.join(" OR ")
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(room_id.to_owned());
+        let mut query = qs(sql).bind(room_id.to_owned());
         for (event_type, state_key) in keys {
             query = query.bind(event_type.clone()).bind(state_key.clone());
         }
@@ -144,7 +144,7 @@ impl Store {
                  AND type = 'm.room.history_visibility' AND state_key = '' ORDER BY stream_ordering",
                 placeholders.join(", ")
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut query = qs(sql);
             for id in chunk {
                 query = query.bind(id.clone());
             }
@@ -172,7 +172,7 @@ impl Store {
                  WHERE user_id = $1 AND room_id IN ({}) ORDER BY stream_ordering",
                 placeholders.join(", ")
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id.to_owned());
+            let mut query = qs(sql).bind(user_id.to_owned());
             for id in chunk {
                 query = query.bind(id.clone());
             }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use super::{ReceiptRow, StateMap, Store, StoreResult, ThreadCounts};
+use super::{ReceiptRow, StateMap, Store, StoreResult, ThreadCounts, qs};
 
 /// Rooms per statement: keeps the parameter count well inside SQLite's limit.
 const CHUNK: usize = 400;
@@ -43,7 +43,7 @@ impl Store {
                  WHERE e.room_id = r.room_id AND e.stream_ordering <= $1 AND e.outlier = 0) FROM rooms r WHERE r.room_id IN ({})",
                 placeholders(2, chunk.len())
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(upto);
+            let mut query = qs(sql).bind(upto);
             for id in chunk {
                 query = query.bind(id.clone());
             }
@@ -73,7 +73,7 @@ impl Store {
                  ({FIRST_PREV_GROUP})) FROM (VALUES {}) AS v",
                 values.join(", ")
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut query = qs(sql);
             for (i, (room_id, stream)) in chunk.iter().enumerate() {
                 query = query.bind(room_id.clone()).bind(*stream).bind(i as i64);
             }
@@ -103,7 +103,7 @@ impl Store {
                  JOIN state_group_entries e ON e.state_group = c.id ORDER BY c.root, c.n DESC",
                 placeholders(1, chunk.len())
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut query = qs(sql);
             for group in chunk {
                 query = query.bind(*group);
             }
@@ -131,7 +131,7 @@ impl Store {
                  AND type = 'm.room.member' AND membership IN ('join', 'invite') ORDER BY stream_ordering",
                 placeholders(1, chunk.len())
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut query = qs(sql);
             for id in chunk {
                 query = query.bind(id.clone());
             }
@@ -163,7 +163,7 @@ impl Store {
                  WHERE room_id IN ({}) AND stream_id > $1 AND stream_id <= $2 ORDER BY stream_id",
                 placeholders(3, chunk.len())
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(after).bind(upto);
+            let mut query = qs(sql).bind(after).bind(upto);
             for id in chunk {
                 query = query.bind(id.clone());
             }
@@ -204,7 +204,7 @@ impl Store {
                 placeholders(2, n),
                 placeholders(2 + n, n)
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id.to_owned());
+            let mut query = qs(sql).bind(user_id.to_owned());
             for _ in 0..2 {
                 for id in chunk {
                     query = query.bind(id.clone());

@@ -1,10 +1,13 @@
 //! `/sync`: what changed for a user since a token, computed independently of the transport,
 //! and the long-poll that waits for the notifier.
 
+pub mod engine;
 pub mod filter;
 pub mod notifier;
+pub mod recent;
 pub mod response;
 mod rooms;
+pub mod stats;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -21,7 +24,7 @@ use crate::{
     error::{Error, Result},
     rooms::client_event::{Viewer, stripped_state},
     services::Services,
-    users::presence::presence_content,
+    users::presence::{presence_content, presence_key},
 };
 use response::{DeviceLists, Events, InvitedRoom, KnockedRoom, RoomSection, Rooms, SyncResponse, Timeline};
 
@@ -112,18 +115,161 @@ pub async fn sync_step(
 ) -> Result<(SyncResponse, bool)> {
     let deadline = tokio::time::Instant::now() + req.timeout;
     let mut waiter = svc.notifier.subscribe();
+    let mut baseline: Option<Baseline> = None;
+    let mut last_mark = None;
     loop {
         // Marked before computing: whatever is stored after the positions were read is heard.
         let mark = waiter.mark();
-        let (response, has_changes, interest) = compute(svc, user_id, device_id, req).await?;
+        // Woken: only what moved since the last computation is computed again, when all of it
+        // is rooms the user is joined to (anything else: everything again).
+        let moved = match (&baseline, last_mark) {
+            (Some(base), Some(last)) => base.moved(waiter.moved_keys(last), user_id),
+            _ => None,
+        };
+        let woken = last_mark.is_some();
+        let full = moved.is_none();
+        let (computed, queries) = crate::store::count_queries(async {
+            match (&baseline, moved) {
+                (Some(base), Some(moved)) => {
+                    compute_moved(svc, Viewer { user_id, device_id }, req, base, moved)
+                        .await
+                        .map(|(response, has_changes)| (response, has_changes, None))
+                }
+                _ => compute(svc, user_id, device_id, req)
+                    .await
+                    .map(|(response, has_changes, base)| (response, has_changes, Some(base))),
+            }
+        })
+        .await;
+        let (response, has_changes, new_baseline) = computed?;
+        svc.sync_engine.stats.computed(woken, full, queries);
+        tracing::debug!(user_id, woken, full, queries, has_changes, "sync computed");
         if req.since.is_none() || req.full_state || has_changes {
             return Ok((response, true));
         }
-        waiter.watch(interest);
+        if let Some(base) = new_baseline {
+            waiter.watch(base.interest.iter().cloned());
+            baseline = Some(base);
+        }
+        last_mark = Some(mark);
         if !waiter.wait(mark, deadline).await {
             return Ok((response, false));
         }
     }
+}
+
+/// What a full computation that found nothing leaves for the woken ones of the same request:
+/// the positions it covered, the rooms it would have shown, the keys it waits on.
+struct Baseline {
+    /// The response's `next_batch` positions.
+    now: StreamToken,
+    /// The joined rooms the filter lets through, and what their sections would cover.
+    joined: HashMap<String, Window>,
+    interest: HashSet<String>,
+    device_one_time_keys_count: BTreeMap<String, u64>,
+    device_unused_fallback_key_types: Vec<String>,
+}
+
+/// What moved for a woken sync, when it is only joined rooms and presence.
+struct Moved {
+    rooms: Vec<String>,
+    presence: bool,
+}
+
+impl Baseline {
+    /// The moved keys as joined rooms and the user's presence key, if that is all they are:
+    /// account data, to-device messages, device lists and membership changes notify the user's
+    /// own key, which means computing everything again.
+    fn moved(&self, keys: Vec<String>, user_id: &str) -> Option<Moved> {
+        let presence_key = presence_key(user_id);
+        let mut moved = Moved {
+            rooms: Vec::new(),
+            presence: false,
+        };
+        for key in keys {
+            if key == presence_key {
+                moved.presence = true;
+            } else if self.joined.contains_key(&key) {
+                moved.rooms.push(key);
+            } else {
+                return None;
+            }
+        }
+        Some(moved)
+    }
+}
+
+/// A woken sync's computation: the sections of the joined rooms that moved since the baseline
+/// (their timelines, state, receipts and typing) and presence if it moved, nothing else. Rooms
+/// the engine knows quiet since the token (a typing notification) read no timeline, and rooms
+/// without new receipts no receipts: a typing change costs no query.
+async fn compute_moved(
+    svc: &Services,
+    viewer: Viewer<'_>,
+    req: &SyncRequest,
+    base: &Baseline,
+    moved: Moved,
+) -> Result<(SyncResponse, bool)> {
+    let since = req.since.unwrap_or_default();
+    let engine = &svc.sync_engine;
+    let receipts = match engine.receipts_position() {
+        Some(position) => position,
+        None => svc.store.max_receipts_stream().await?,
+    };
+    let mut now = StreamToken {
+        events: base.now.events.max(engine.events_position()),
+        receipts: base.now.receipts.max(receipts),
+        typing: svc.typing.current_serial(),
+        ..base.now
+    };
+    let presence = if moved.presence {
+        now.presence = base.now.presence.max(svc.store.max_presence_stream().await?);
+        presence_events(svc, viewer.user_id, req, since, now).await?
+    } else {
+        Vec::new()
+    };
+    let wanted: Vec<rooms::Wanted> = moved
+        .rooms
+        .into_iter()
+        .filter_map(|room_id| {
+            let window = Window {
+                upto: now,
+                ..*base.joined.get(&room_id)?
+            };
+            Some(rooms::Wanted {
+                room_id,
+                joined: true,
+                window,
+            })
+        })
+        .collect();
+    let room_filter = req.filter.room.clone().unwrap_or_default();
+    let ask = rooms::Ask {
+        user_id: viewer.user_id,
+        viewer,
+        room_filter: &room_filter,
+        since,
+        now,
+        initial: false,
+        woken: true,
+    };
+    let (join, leave) = rooms::sections(svc, &ask, &wanted, &mut HashMap::new()).await?;
+    let has_changes = !(join.is_empty() && leave.is_empty() && presence.is_empty());
+    let response = SyncResponse {
+        next_batch: now.to_string(),
+        rooms: Rooms {
+            join,
+            leave,
+            ..Rooms::default()
+        },
+        account_data: Events::default(),
+        presence: Events::new(presence),
+        to_device: Events::default(),
+        device_lists: DeviceLists::default(),
+        device_one_time_keys_count: base.device_one_time_keys_count.clone(),
+        device_unused_fallback_key_types: base.device_unused_fallback_key_types.clone(),
+    };
+    Ok((response, has_changes))
 }
 
 /// The `filter` parameter of a stream, read like `/sync`'s: inline JSON or a stored filter's ID.
@@ -134,14 +280,14 @@ pub async fn stream_filter(svc: &Services, user_id: &UserId, filter: Option<&str
     }
 }
 
-/// The response, whether it has anything new, and the keys (rooms, the user) whose
-/// notifications should wake this sync.
+/// The response, whether it has anything new, and its baseline (with the keys, rooms and the
+/// user, whose notifications should wake this sync).
 async fn compute(
     svc: &Services,
     user_id: &str,
     device_id: &str,
     req: &SyncRequest,
-) -> Result<(SyncResponse, bool, HashSet<String>)> {
+) -> Result<(SyncResponse, bool, Baseline)> {
     // Positions first: everything up to them is committed, so nothing can be skipped.
     let mut now = StreamToken::current(svc).await?;
     let since = req.since.unwrap_or_default();
@@ -186,7 +332,8 @@ async fn compute(
             .map(|(r, _, _)| r)
             .collect()
     };
-    let mut interest: HashSet<String> = HashSet::from([user_id.to_owned()]);
+    let mut interest: HashSet<String> = HashSet::from([user_id.to_owned(), presence_key(user_id)]);
+    let mut joined = HashMap::new();
     // Joined and left rooms are built together below (their queries batched across rooms).
     let mut wanted = Vec::new();
     for (room_id, membership, at) in svc.store.memberships_at(user_id, now.events).await? {
@@ -199,16 +346,20 @@ async fn compute(
         let fresh = initial || !joined_at_since.contains(&room_id);
         let membership = MembershipState::from(membership);
         match membership {
-            MembershipState::Join => wanted.push(rooms::Wanted {
-                room_id,
-                joined: true,
-                window: Window {
+            MembershipState::Join => {
+                let window = Window {
                     since,
                     upto: now,
                     fresh,
                     full_state: req.full_state,
-                },
-            }),
+                };
+                joined.insert(room_id.clone(), window);
+                wanted.push(rooms::Wanted {
+                    room_id,
+                    joined: true,
+                    window,
+                });
+            }
             MembershipState::Invite | MembershipState::Knock if changed_since => {
                 let state = Events::new(stripped_room_state(svc, &room_id, user_id).await?);
                 if membership == MembershipState::Invite {
@@ -246,22 +397,10 @@ async fn compute(
         since,
         now,
         initial,
+        woken: false,
     };
     let (join, leave) = rooms::sections(svc, &ask, &wanted, &mut room_account_data).await?;
-
-    let presence: Vec<Value> = svc
-        .store
-        .presence_changes_for(user_id, since.presence, now.presence)
-        .await?
-        .iter()
-        .filter(|p| {
-            req.filter
-                .presence
-                .as_ref()
-                .is_none_or(|f| f.allows("m.presence", &p.user_id))
-        })
-        .map(|p| json!({ "type": "m.presence", "sender": p.user_id, "content": presence_content(p) }))
-        .collect();
+    let presence = presence_events(svc, user_id, req, since, now).await?;
     // Clients expect the push rules in an initial sync, also when the user never changed them
     // (then nothing is stored as account data).
     if initial && !global_account_data.iter().any(|e| e["type"] == "m.push_rules") {
@@ -300,12 +439,19 @@ async fn compute(
         && knock.is_empty()
         && global_account_data.is_empty()
         && presence.is_empty());
+    let next_batch = StreamToken {
+        to_device: to_device_position,
+        ..now
+    };
+    let baseline = Baseline {
+        now: next_batch,
+        joined,
+        interest,
+        device_one_time_keys_count: device_one_time_keys_count.clone(),
+        device_unused_fallback_key_types: device_unused_fallback_key_types.clone(),
+    };
     let response = SyncResponse {
-        next_batch: StreamToken {
-            to_device: to_device_position,
-            ..now
-        }
-        .to_string(),
+        next_batch: next_batch.to_string(),
         rooms: Rooms {
             join,
             invite,
@@ -319,7 +465,31 @@ async fn compute(
         device_one_time_keys_count,
         device_unused_fallback_key_types,
     };
-    Ok((response, has_changes, interest))
+    Ok((response, has_changes, baseline))
+}
+
+/// Presence changes in `(since, now]` of the users sharing a room with the user (and the
+/// user's own), as the filter allows.
+async fn presence_events(
+    svc: &Services,
+    user_id: &str,
+    req: &SyncRequest,
+    since: StreamToken,
+    now: StreamToken,
+) -> Result<Vec<Value>> {
+    Ok(svc
+        .store
+        .presence_changes_for(user_id, since.presence, now.presence)
+        .await?
+        .iter()
+        .filter(|p| {
+            req.filter
+                .presence
+                .as_ref()
+                .is_none_or(|f| f.allows("m.presence", &p.user_id))
+        })
+        .map(|p| json!({ "type": "m.presence", "sender": p.user_id, "content": presence_content(p) }))
+        .collect())
 }
 
 /// A room section with nothing in its timeline or state.

@@ -189,6 +189,17 @@ impl Subscription {
         self.shared.moved.load(Ordering::Acquire) > mark
     }
 
+    /// The watched keys notified after `mark`: what a woken sync needs to recompute. A lookup
+    /// per watched key, no I/O.
+    pub fn moved_keys(&self, mark: u64) -> Vec<String> {
+        let table = self.waiters.inner.lock().unwrap_or_else(|e| e.into_inner());
+        self.keys
+            .iter()
+            .filter(|key| table.keys.get(*key).is_some_and(|entry| entry.last > mark))
+            .map(|key| key.to_string())
+            .collect()
+    }
+
     /// Waits until a watched key moves past `mark` (then lets the burst gather for
     /// [`COALESCE`]), or until `deadline`. Returns whether something moved.
     pub async fn wait(&self, mark: u64, deadline: Instant) -> bool {
@@ -225,12 +236,28 @@ impl Drop for Subscription {
 pub struct WakeSyncs;
 
 impl AppendListener for WakeSyncs {
-    fn committed(&self, svc: &Services, batch: &[Appending], _placed: &[Placed]) {
+    fn committed(&self, svc: &Services, batch: &[Appending], placed: &[Placed]) {
+        // The sync engine learns of the events before anyone is woken to look for them.
+        svc.sync_engine.appended(
+            batch
+                .iter()
+                .zip(placed)
+                .map(|(appending, placed)| (&appending.event, placed.stream_ordering, placed.state_group)),
+            svc.server_name(),
+        );
         svc.notifier
             .notify(notification_keys(batch.iter().map(|appending| &appending.event)));
     }
 
-    fn room_created<'a>(&'a self, svc: &'a Services, events: &'a [NewEvent]) -> Option<ListenerFuture<'a>> {
+    fn room_created<'a>(
+        &'a self,
+        svc: &'a Services,
+        events: &'a [NewEvent],
+        last: Placed,
+    ) -> Option<ListenerFuture<'a>> {
+        if let Some(first) = events.first() {
+            svc.sync_engine.room_created(&first.room_id, last.stream_ordering);
+        }
         svc.notifier.notify(notification_keys(events));
         None
     }
@@ -323,6 +350,18 @@ mod tests {
             notifier.notify(keys(&["!x:hs"]));
         }
         assert!(x.wait(mark, soon()).await);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_learns_which_keys_moved() {
+        let notifier = LocalNotifier::default();
+        let mut x = notifier.subscribe();
+        x.watch(keys(&["!x:hs", "!y:hs", "@alice:hs"]));
+        let mark = x.mark();
+        notifier.notify(keys(&["!y:hs", "!z:hs"]));
+        assert_eq!(x.moved_keys(mark), keys(&["!y:hs"]));
+        let later = x.mark();
+        assert!(x.moved_keys(later).is_empty());
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::{
     DEFAULT_TIMELINE_LIMIT, Window, empty_section,
     response::{Events, JoinedRoom, LeftRoom, RoomSection, Summary, Timeline, UnreadCounts},
+    stats::bump,
 };
 use crate::{
     error::{Error, Result},
@@ -17,14 +18,14 @@ use crate::{
     push::Counts,
     rooms::{
         access::RoomAccess,
-        client_event::{Related, Viewer, format_event},
+        client_event::{Related, Viewer},
         history,
         receipts::receipt_event,
         relations::{self, BundleRoom},
         rules_of,
     },
     services::Services,
-    store::{Direction, EventRow, StateMap},
+    store::{Direction, EventRow, StateMap, SyncRoom},
     stream::StreamToken,
 };
 
@@ -44,6 +45,9 @@ pub(super) struct Ask<'a> {
     pub since: StreamToken,
     pub now: StreamToken,
     pub initial: bool,
+    /// A woken computation of what moved: a room whose only news is typing gets no counts
+    /// (they cannot have changed).
+    pub woken: bool,
 }
 
 /// A room that changed: its timeline and the state the client is to be given.
@@ -95,13 +99,25 @@ pub(super) async fn sections(
     } else {
         svc.store.joined_and_invited(&with_plan).await?
     };
-    let mut receipts = if joined_ids.is_empty() {
+    // Receipts are read for the rooms the engine cannot say are without new ones.
+    let receipt_rooms: Vec<String> = joined_ids
+        .into_iter()
+        .filter(|room_id| {
+            ask.initial
+                || svc
+                    .sync_engine
+                    .receipts_moved(room_id, ask.since.receipts, ask.now.receipts)
+                    != Some(false)
+        })
+        .collect();
+    let mut receipts = if receipt_rooms.is_empty() {
         HashMap::new()
     } else {
         svc.store
-            .receipts_in_rooms(&joined_ids, ask.since.receipts, ask.now.receipts)
+            .receipts_in_rooms(&receipt_rooms, ask.since.receipts, ask.now.receipts)
             .await?
     };
+    let mut typing_only = Vec::new();
 
     let ephemeral_filter = ask.room_filter.ephemeral.clone().unwrap_or_default();
     let mut join = BTreeMap::new();
@@ -113,6 +129,7 @@ pub(super) async fn sections(
                 let no_members = (Vec::new(), Vec::new());
                 let members = members.get(&w.room_id).unwrap_or(&no_members);
                 Some(format_section(
+                    svc,
                     ask,
                     w.window.since,
                     &plan,
@@ -134,12 +151,11 @@ pub(super) async fn sections(
             );
             continue;
         }
-        let mut ephemeral = ephemeral_events(
-            svc,
-            ask,
-            &w.room_id,
-            &receipts.remove(&w.room_id).unwrap_or_default(),
-        );
+        let room_receipts = receipts.remove(&w.room_id).unwrap_or_default();
+        if ask.woken && section.is_none() && account_data.is_empty() && room_receipts.is_empty() {
+            typing_only.push(w.room_id.clone());
+        }
+        let mut ephemeral = ephemeral_events(svc, ask, &w.room_id, &room_receipts);
         ephemeral.retain(|e| {
             ephemeral_filter
                 .base
@@ -162,25 +178,56 @@ pub(super) async fn sections(
             );
         }
     }
-    add_unread_notifications(svc, ask, &mut join).await?;
+    add_unread_notifications(svc, ask, &mut join, &typing_only).await?;
     Ok((join, leave))
 }
 
 /// Each wanted room's timeline, or `None` when the room has nothing to say.
 async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Result<Vec<Option<Plan>>> {
-    let ids: Vec<String> = wanted.iter().map(|w| w.room_id.clone()).collect();
-    let rooms = if ids.is_empty() {
-        HashMap::new()
-    } else {
-        svc.store.sync_rooms(&ids, ask.now.events).await?
-    };
+    let engine = &svc.sync_engine;
+    let full = |w: &Wanted| w.window.fresh || w.window.full_state;
+    // Rooms the engine knows to be quiet since the token cost nothing; the others' versions come
+    // from memory when it has them, and what memory cannot tell is asked in one query.
+    let moved: Vec<Option<bool>> = wanted
+        .iter()
+        .map(|w| engine.moved(&w.room_id, w.window.since.events, w.window.upto.events))
+        .collect();
+    let quiet: Vec<bool> = wanted
+        .iter()
+        .zip(&moved)
+        .map(|(w, moved)| !full(w) && *moved == Some(false))
+        .collect();
+    let mut rooms: HashMap<String, SyncRoom> = HashMap::new();
+    let mut ask_db = Vec::new();
+    for ((w, quiet), moved) in wanted.iter().zip(&quiet).zip(&moved) {
+        if *quiet {
+            continue;
+        }
+        match (engine.room_version(&w.room_id), moved) {
+            (Some(version), moved) if *moved == Some(true) || full(w) => {
+                rooms.insert(
+                    w.room_id.clone(),
+                    SyncRoom {
+                        room_version: version.to_string(),
+                        latest: Some(i64::MAX),
+                    },
+                );
+            }
+            _ => ask_db.push(w.room_id.clone()),
+        }
+    }
+    if !ask_db.is_empty() {
+        for (room_id, room) in svc.store.sync_rooms(&ask_db, ask.now.events).await? {
+            engine.remember_version(&room_id, &room.room_version);
+            rooms.insert(room_id, room);
+        }
+    }
     // Who may see what is read only for the rooms with something to say: an incremental sync
     // in which little changed stays as cheap as it was.
     let active: Vec<String> = wanted
         .iter()
         .filter(|w| {
-            w.window.fresh
-                || w.window.full_state
+            full(w)
                 || rooms
                     .get(&w.room_id)
                     .and_then(|r| r.latest)
@@ -188,7 +235,11 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Res
         })
         .map(|w| w.room_id.clone())
         .collect();
-    let access = RoomAccess::load_many(svc, &active, Some(ask.user_id)).await?;
+    let access = if active.is_empty() {
+        HashMap::new()
+    } else {
+        RoomAccess::load_many(svc, &active, Some(ask.user_id)).await?
+    };
     let timeline_filter = ask.room_filter.timeline.clone().unwrap_or_default();
     let limit = timeline_filter
         .base
@@ -197,7 +248,12 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Res
         .unwrap_or(DEFAULT_TIMELINE_LIMIT)
         .clamp(1, 1000);
     let mut plans = Vec::with_capacity(wanted.len());
-    for w in wanted {
+    for (w, quiet) in wanted.iter().zip(quiet) {
+        if quiet {
+            bump(&engine.stats.rooms_skipped);
+            plans.push(None);
+            continue;
+        }
         let room = rooms
             .get(&w.room_id)
             .ok_or_else(|| Error::internal("room missing"))?;
@@ -235,6 +291,7 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Res
             }));
             continue;
         }
+        bump(&engine.stats.rooms_scanned);
         let scanned = history::scan(
             svc,
             &w.room_id,
@@ -395,6 +452,7 @@ async fn timeline_bundles(
 
 /// A room's section: timeline, state and summary.
 fn format_section(
+    svc: &Services,
     ask: &Ask<'_>,
     since: StreamToken,
     plan: &Plan,
@@ -405,7 +463,7 @@ fn format_section(
     let format = |rows: &[EventRow]| -> Result<Vec<Value>> {
         rows.iter()
             .map(|row| {
-                let mut event = format_event(row, &rules, related, Some(ask.viewer))?;
+                let mut event = svc.sync_engine.format(row, &rules, related, ask.viewer)?;
                 if let Some(bundle) = bundles.get(&row.event_id) {
                     relations::attach(&mut event, bundle.clone());
                 }
@@ -466,11 +524,16 @@ async fn add_unread_notifications(
     svc: &Services,
     ask: &Ask<'_>,
     join: &mut BTreeMap<String, JoinedRoom>,
+    typing_only: &[String],
 ) -> Result<()> {
-    if join.is_empty() {
+    let ids: Vec<String> = join
+        .keys()
+        .filter(|room_id| !typing_only.contains(room_id))
+        .cloned()
+        .collect();
+    if ids.is_empty() {
         return Ok(());
     }
-    let ids: Vec<String> = join.keys().cloned().collect();
     let mut counts = svc.store.unread_counts_in_rooms(ask.user_id, &ids).await?;
     let threaded = ask
         .room_filter
@@ -479,6 +542,9 @@ async fn add_unread_notifications(
         .and_then(|t| t.unread_thread_notifications)
         == Some(true);
     for (room_id, section) in join.iter_mut() {
+        if typing_only.contains(room_id) {
+            continue;
+        }
         let counts = Counts::from_rows(counts.remove(room_id).unwrap_or_default());
         if !threaded {
             section.unread_notifications = Some(UnreadCounts {

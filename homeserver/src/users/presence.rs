@@ -70,19 +70,26 @@ pub async fn mark_active(svc: &Services, user_id_typed: &UserId, presence: &str)
 }
 
 /// Wakes the users who share a room with `user_id` (and the user): presence wakes people, not
-/// rooms, so a user in many rooms does not wake every long-poll of every room.
-async fn notify(svc: &Services, user_id: &str) -> Result<()> {
-    let mut keys: Vec<String> = svc
+/// rooms, so a user in many rooms does not wake every long-poll of every room. Under each
+/// one's presence key: a woken sync then reads presence and nothing else.
+pub(crate) async fn notify(svc: &Services, user_id: &str) -> Result<()> {
+    let mut users: Vec<String> = svc
         .store
         .users_sharing_rooms(user_id)
         .await?
         .into_iter()
         .collect();
-    if !keys.iter().any(|u| u == user_id) {
-        keys.push(user_id.to_owned());
+    if !users.iter().any(|u| u == user_id) {
+        users.push(user_id.to_owned());
     }
-    svc.notifier.notify(keys);
+    svc.notifier
+        .notify(users.iter().map(|u| presence_key(u)).collect());
     Ok(())
+}
+
+/// The notifier key of presence changes a user is to hear of.
+pub fn presence_key(user_id: &str) -> String {
+    format!("{user_id}/presence")
 }
 
 /// The presence content clients see.

@@ -1,0 +1,318 @@
+//! The incremental sync engine's memory: what `/sync` knows without asking the database.
+//!
+//! - **Positions**: the events stream position up to which every appended event is reflected
+//!   here, and each room's latest position. The append listener (`notifier::WakeSyncs`) records
+//!   a batch's rooms before advancing the position, in commit order (appends are serialized by
+//!   the timeline's lock), and before it wakes anyone: a sync that read position N knows every
+//!   room's latest event ≤ N. A room absent from the table had nothing appended since this
+//!   process started (`floor`).
+//! - The receipts stream likewise: its position and each room's latest receipt, recorded in
+//!   commit order (`receipts_write`), so a receipt-less room costs a sync no query.
+//! - Room versions (they never change).
+//! - The recent events of each room, formatted once for all receivers (`recent.rs`).
+//!
+//! It is a cache: a question it cannot answer (a token from before start-up, a position beyond
+//! what it has seen) goes to the database, so correctness never depends on it being warm. Several
+//! processes could share it by feeding `appended` from their notification bus.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, AtomicI64, Ordering},
+    },
+};
+
+use super::{recent::RecentEvents, stats::SyncStats};
+use ruma::room_version_rules::RoomVersionRules;
+use serde_json::Value;
+
+use crate::{
+    error::Result,
+    rooms::client_event::{Related, Viewer, add_viewer_fields, format_event},
+    services::Services,
+    store::{Direction, EventRow, NewEvent},
+};
+
+#[derive(Default)]
+pub struct SyncEngine {
+    pub stats: SyncStats,
+    /// The last events of each room, formatted once for every receiver.
+    pub recent: RecentEvents,
+    /// Every timeline event at or below this position is reflected in `rooms`.
+    events: AtomicI64,
+    /// The events stream position when this process started (once `started`).
+    floor: AtomicI64,
+    started: AtomicBool,
+    /// Per room: its latest timeline position, if appended since start-up.
+    rooms: RwLock<HashMap<Arc<str>, i64>>,
+    versions: RwLock<HashMap<Arc<str>, Arc<str>>>,
+    /// The receipts stream: the same, position and per room, written under `receipts_write`.
+    receipts: AtomicI64,
+    receipts_floor: AtomicI64,
+    room_receipts: RwLock<HashMap<Arc<str>, i64>>,
+    receipts_write: tokio::sync::Mutex<()>,
+}
+
+impl SyncEngine {
+    /// Sets the positions at start-up, before anything is appended.
+    pub async fn start(svc: &Services) -> Result<()> {
+        let max = svc.store.max_stream_ordering().await?;
+        let receipts = svc.store.max_receipts_stream().await?;
+        let engine = &svc.sync_engine;
+        engine.receipts_floor.store(receipts, Ordering::Release);
+        engine.receipts.fetch_max(receipts, Ordering::AcqRel);
+        engine.floor.store(max, Ordering::Release);
+        engine.events.fetch_max(max, Ordering::AcqRel);
+        engine.started.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The events stream position whose rooms are all known here.
+    pub fn events_position(&self) -> i64 {
+        self.events.load(Ordering::Acquire)
+    }
+
+    /// Records appended timeline events, `(event, position, state group after it)`, in the
+    /// room table and the recent-event rings, then advances the position. Called in commit
+    /// order, before anyone is woken.
+    pub fn appended<'a>(
+        &self,
+        events: impl IntoIterator<Item = (&'a NewEvent, i64, i64)>,
+        server_name: &str,
+    ) {
+        let started = self.started.load(Ordering::Acquire);
+        let floor = self.floor.load(Ordering::Acquire);
+        let mut newest = 0;
+        {
+            let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+            for (event, position, state_group) in events {
+                newest = newest.max(position);
+                let previous = match rooms.get_mut(event.room_id.as_str()) {
+                    Some(latest) => Some(std::mem::replace(latest, (*latest).max(position))),
+                    None => {
+                        rooms.insert(Arc::from(event.room_id.as_str()), position);
+                        started.then_some(floor)
+                    }
+                };
+                let local = event
+                    .sender
+                    .rsplit_once(':')
+                    .is_some_and(|(_, server)| server == server_name);
+                self.recent
+                    .appended(event, position, state_group, previous, local);
+            }
+        }
+        self.events.fetch_max(newest, Ordering::AcqRel);
+    }
+
+    /// A new room's first events, stored together: only the last one's position is known, so
+    /// the room's ring starts after it.
+    pub fn room_created(&self, room_id: &str, last: i64) {
+        self.rooms
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(Arc::from(room_id), last);
+        self.events.fetch_max(last, Ordering::AcqRel);
+    }
+
+    /// Whether the room has a timeline event in `(after, upto]`, when this memory can tell:
+    /// `None` sends the question to the database.
+    pub fn moved(&self, room_id: &str, after: i64, upto: i64) -> Option<bool> {
+        if upto > self.events_position() || !self.started.load(Ordering::Acquire) {
+            return None;
+        }
+        match self.rooms.read().unwrap_or_else(|e| e.into_inner()).get(room_id) {
+            // Its latest may lie beyond `upto`: then the scan tells (an empty timeline).
+            Some(latest) => Some(*latest > after),
+            None if self.floor.load(Ordering::Acquire) <= after => Some(false),
+            // A token from before start-up, for a room quiet since.
+            None => None,
+        }
+    }
+
+    /// A room's events in `(from, to]` from its recent-event ring, when the ring holds all of
+    /// them (see `recent.rs`); `None` sends the read to the database.
+    pub fn recent_events(
+        &self,
+        room_id: &str,
+        (from, to): (i64, i64),
+        limit: usize,
+        direction: Direction,
+    ) -> Option<Vec<EventRow>> {
+        if to > self.events_position() {
+            return None;
+        }
+        let rows = self.recent.room_events(room_id, (from, to), limit, direction)?;
+        super::stats::bump(&self.stats.ring_hits);
+        Some(rows)
+    }
+
+    /// An event formatted for `viewer`: from the shared formatted copy when the event is in a
+    /// ring (formatted there once, for everyone), else afresh.
+    pub fn format(
+        &self,
+        row: &EventRow,
+        rules: &RoomVersionRules,
+        related: &Related,
+        viewer: Viewer<'_>,
+    ) -> Result<Value> {
+        let cached = (row.redacted_by.is_none() && row.replaces_state.is_none())
+            .then(|| self.recent.get(&row.room_id, row.stream_ordering, &row.event_id))
+            .flatten();
+        let Some(cached) = cached else {
+            super::stats::bump(&self.stats.format_misses);
+            return format_event(row, rules, related, Some(viewer));
+        };
+        let shared = match cached.formatted.get() {
+            Some(shared) => {
+                super::stats::bump(&self.stats.format_hits);
+                shared
+            }
+            None => {
+                super::stats::bump(&self.stats.format_misses);
+                let formatted = format_event(&cached.row, rules, &Related::default(), None)?;
+                cached.formatted.get_or_init(|| formatted)
+            }
+        };
+        let mut event = shared.clone();
+        add_viewer_fields(&mut event, row, Some(viewer));
+        Ok(event)
+    }
+
+    /// Held while a receipt is written and recorded, so that receipts are recorded here in
+    /// commit order (their stream lock orders the commits; this, what follows).
+    pub async fn receipts_write(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.receipts_write.lock().await
+    }
+
+    /// A receipt stored at `position` (under `receipts_write`).
+    pub fn receipt_stored(&self, room_id: &str, position: i64) {
+        self.room_receipts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(Arc::from(room_id))
+            .and_modify(|p| *p = (*p).max(position))
+            .or_insert(position);
+        self.receipts.fetch_max(position, Ordering::AcqRel);
+    }
+
+    /// The receipts stream position whose rooms are all known here (once started).
+    pub fn receipts_position(&self) -> Option<i64> {
+        self.started
+            .load(Ordering::Acquire)
+            .then(|| self.receipts.load(Ordering::Acquire))
+    }
+
+    /// Whether the room has a receipt in `(after, upto]`, when this memory can tell.
+    pub fn receipts_moved(&self, room_id: &str, after: i64, upto: i64) -> Option<bool> {
+        if upto > self.receipts_position()? {
+            return None;
+        }
+        match self
+            .room_receipts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room_id)
+        {
+            Some(latest) => Some(*latest > after),
+            None if self.receipts_floor.load(Ordering::Acquire) <= after => Some(false),
+            None => None,
+        }
+    }
+
+    pub fn room_version(&self, room_id: &str) -> Option<Arc<str>> {
+        self.versions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room_id)
+            .cloned()
+    }
+
+    pub fn remember_version(&self, room_id: &str, version: &str) {
+        self.versions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(Arc::from(room_id))
+            .or_insert_with(|| Arc::from(version));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started(floor: i64) -> SyncEngine {
+        let engine = SyncEngine::default();
+        engine.floor.store(floor, Ordering::Release);
+        engine.events.store(floor, Ordering::Release);
+        engine.started.store(true, Ordering::Release);
+        engine
+    }
+
+    #[test]
+    fn rooms_without_appends_are_quiet_after_the_floor_only() {
+        let engine = started(10);
+        assert_eq!(engine.moved("!a:hs", 10, 10), Some(false));
+        // A token from before start-up: the database must tell.
+        assert_eq!(engine.moved("!a:hs", 9, 10), None);
+        // A position beyond what was seen: unknown.
+        assert_eq!(engine.moved("!a:hs", 10, 11), None);
+    }
+
+    #[test]
+    fn appended_rooms_move_and_others_stay_quiet() {
+        let engine = started(10);
+        let event = |id: &str| NewEvent {
+            event_id: id.into(),
+            room_id: "!a:hs".into(),
+            event_type: "m.room.message".into(),
+            state_key: None,
+            sender: "@u:hs".into(),
+            depth: 1,
+            origin_server_ts: 0,
+            redacts: None,
+            rel_type: None,
+            relates_to: None,
+            relation_key: None,
+            prev_events: Vec::new(),
+            membership: None,
+            txn: None,
+            json: "{}".into(),
+        };
+        let (one, two) = (event("$1"), event("$2"));
+        engine.appended([(&one, 11, 1), (&two, 12, 1)], "hs");
+        assert_eq!(engine.events_position(), 12);
+        assert_eq!(engine.moved("!a:hs", 11, 12), Some(true));
+        assert_eq!(engine.moved("!a:hs", 12, 12), Some(false));
+        assert_eq!(engine.moved("!a:hs", 5, 12), Some(true));
+        assert_eq!(engine.moved("!b:hs", 10, 12), Some(false));
+        // The ring covers the room since the floor (nothing of it came in between).
+        assert!(
+            engine
+                .recent
+                .room_events("!a:hs", (10, 12), 5, crate::store::Direction::Forwards)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn receipts_are_known_per_room() {
+        let engine = started(10);
+        engine.receipts_floor.store(3, Ordering::Release);
+        engine.receipts.store(3, Ordering::Release);
+        engine.receipt_stored("!a:hs", 4);
+        assert_eq!(engine.receipts_position(), Some(4));
+        assert_eq!(engine.receipts_moved("!a:hs", 3, 4), Some(true));
+        assert_eq!(engine.receipts_moved("!a:hs", 4, 4), Some(false));
+        assert_eq!(engine.receipts_moved("!b:hs", 3, 4), Some(false));
+        assert_eq!(engine.receipts_moved("!b:hs", 2, 4), None);
+        assert_eq!(engine.receipts_moved("!b:hs", 4, 5), None);
+    }
+
+    #[test]
+    fn an_unstarted_engine_knows_nothing() {
+        let engine = SyncEngine::default();
+        assert_eq!(engine.moved("!a:hs", 0, 0), None);
+    }
+}

@@ -1,0 +1,281 @@
+//! The shared cache of recent events: per room, a ring of its last [`RING_SIZE`] timeline
+//! events, filled by the append path (no read), each formatted for clients at most once (the
+//! parts that are the same for everyone) however many syncs deliver it.
+//!
+//! What it must never do is show anyone more than the database would:
+//! - a ring answers a range `(from, to]` only when it holds every event of the room there
+//!   (`after <= from`, and every appended event goes into the ring or empties it), and the rows
+//!   it answers with go through the same visibility check (`RoomAccess::can_see` in
+//!   `rooms::history::scan`) as rows read from the database;
+//! - only events whose formatting cannot change later are kept: local, non-state, not
+//!   redactions. A redaction (which changes how its target is formatted) empties its room's
+//!   ring; state events (`prev_content`) and remote events (a redaction can precede its target
+//!   over federation) empty it too, and are read from the database;
+//! - per-receiver fields (`unsigned.age`, `unsigned.transaction_id`, bundled aggregations) are
+//!   added to a copy for each receiver.
+//!
+//! Anything it does not hold is read from the database: nothing depends on it being warm.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, OnceLock, RwLock},
+};
+
+use serde_json::Value;
+
+use crate::store::{Direction, EventRow, NewEvent};
+
+/// Events kept per room.
+pub const RING_SIZE: usize = 64;
+/// Rooms with a ring; beyond, the ring of the room quiet longest goes.
+const MAX_RINGS: usize = 10_000;
+
+pub struct CachedEvent {
+    pub row: EventRow,
+    /// The event as every client sees it, before per-receiver fields; formatted on first use.
+    pub formatted: OnceLock<Value>,
+}
+
+struct Ring {
+    /// Every timeline event of the room after this position is in `events` (oldest first).
+    after: i64,
+    events: VecDeque<Arc<CachedEvent>>,
+    newest: i64,
+}
+
+#[derive(Default)]
+pub struct RecentEvents {
+    rings: RwLock<HashMap<Arc<str>, Ring>>,
+}
+
+impl RecentEvents {
+    /// An appended event at `position`, in commit order; `previous` is the room's latest
+    /// position before it, when known (it lets a new ring cover the gap since).
+    pub fn appended(
+        &self,
+        event: &NewEvent,
+        position: i64,
+        state_group: i64,
+        previous: Option<i64>,
+        local: bool,
+    ) {
+        let mut rings = self.rings.write().unwrap_or_else(|e| e.into_inner());
+        let cacheable = local && event.state_key.is_none() && event.event_type != "m.room.redaction";
+        if !cacheable {
+            // From here on the ring starts afresh: what came before is read from the database.
+            if let Some(ring) = rings.get_mut(event.room_id.as_str()) {
+                ring.events.clear();
+                ring.after = position;
+                ring.newest = position;
+            }
+            return;
+        }
+        if !rings.contains_key(event.room_id.as_str()) {
+            if rings.len() >= MAX_RINGS {
+                evict_quietest(&mut rings);
+            }
+            rings.insert(
+                Arc::from(event.room_id.as_str()),
+                Ring {
+                    after: previous.unwrap_or(position - 1),
+                    events: VecDeque::new(),
+                    newest: 0,
+                },
+            );
+        }
+        let ring = rings.get_mut(event.room_id.as_str()).expect("inserted above");
+        ring.events.push_back(Arc::new(CachedEvent {
+            row: row_of(event, position, state_group),
+            formatted: OnceLock::new(),
+        }));
+        ring.newest = position;
+        while ring.events.len() > RING_SIZE {
+            if let Some(gone) = ring.events.pop_front() {
+                ring.after = gone.row.stream_ordering;
+            }
+        }
+    }
+
+    /// Up to `limit` events of the room with `from < position <= to`, as
+    /// `Store::room_events` would read them, if the ring holds all of that range. `to` must be
+    /// a position the sync engine has seen (`SyncEngine::events_position`).
+    pub fn room_events(
+        &self,
+        room_id: &str,
+        (from, to): (i64, i64),
+        limit: usize,
+        direction: Direction,
+    ) -> Option<Vec<EventRow>> {
+        let rings = self.rings.read().unwrap_or_else(|e| e.into_inner());
+        let ring = rings.get(room_id)?;
+        if from < ring.after {
+            return None;
+        }
+        let in_range = |e: &&Arc<CachedEvent>| e.row.stream_ordering > from && e.row.stream_ordering <= to;
+        let rows = match direction {
+            Direction::Forwards => ring
+                .events
+                .iter()
+                .filter(in_range)
+                .take(limit)
+                .map(|e| e.row.clone())
+                .collect(),
+            Direction::Backwards => ring
+                .events
+                .iter()
+                .rev()
+                .filter(in_range)
+                .take(limit)
+                .map(|e| e.row.clone())
+                .collect(),
+        };
+        Some(rows)
+    }
+
+    /// The cached entry of an event, to format it once for every receiver.
+    pub fn get(&self, room_id: &str, position: i64, event_id: &str) -> Option<Arc<CachedEvent>> {
+        let rings = self.rings.read().unwrap_or_else(|e| e.into_inner());
+        let ring = rings.get(room_id)?;
+        let index = ring
+            .events
+            .binary_search_by_key(&position, |e| e.row.stream_ordering)
+            .ok()?;
+        let cached = &ring.events[index];
+        (cached.row.event_id == event_id).then(|| cached.clone())
+    }
+}
+
+fn evict_quietest(rings: &mut HashMap<Arc<str>, Ring>) {
+    if let Some(quietest) = rings
+        .iter()
+        .min_by_key(|(_, ring)| ring.newest)
+        .map(|(room, _)| room.clone())
+    {
+        rings.remove(&quietest);
+    }
+}
+
+/// The row the store would read back for a just-appended local, non-state event: nothing
+/// redacts it yet and it replaces no state.
+fn row_of(event: &NewEvent, position: i64, state_group: i64) -> EventRow {
+    EventRow {
+        stream_ordering: position,
+        event_id: event.event_id.clone(),
+        room_id: event.room_id.clone(),
+        event_type: event.event_type.clone(),
+        state_key: None,
+        sender: event.sender.clone(),
+        origin_server_ts: event.origin_server_ts,
+        depth: event.depth,
+        state_group,
+        replaces_state: None,
+        txn_device_id: event.txn.as_ref().map(|t| t.device_id.clone()),
+        txn_id: event.txn.as_ref().map(|t| t.txn_id.clone()),
+        redacted_by: None,
+        rel_type: event.rel_type.clone(),
+        relates_to: event.relates_to.clone(),
+        json: event.json.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(room: &str, id: &str) -> NewEvent {
+        NewEvent {
+            event_id: id.into(),
+            room_id: room.into(),
+            event_type: "m.room.message".into(),
+            state_key: None,
+            sender: "@a:hs".into(),
+            depth: 1,
+            origin_server_ts: 0,
+            redacts: None,
+            rel_type: None,
+            relates_to: None,
+            relation_key: None,
+            prev_events: Vec::new(),
+            membership: None,
+            txn: None,
+            json: "{}".into(),
+        }
+    }
+
+    fn ids(rows: Option<Vec<EventRow>>) -> Option<Vec<String>> {
+        rows.map(|rows| rows.into_iter().map(|r| r.event_id).collect())
+    }
+
+    #[test]
+    fn a_ring_answers_only_ranges_it_holds_entirely() {
+        let recent = RecentEvents::default();
+        recent.appended(&message("!r:hs", "$1"), 11, 1, Some(5), true);
+        recent.appended(&message("!r:hs", "$2"), 12, 1, Some(11), true);
+        assert_eq!(
+            ids(recent.room_events("!r:hs", (5, 12), 10, Direction::Forwards)),
+            Some(vec!["$1".into(), "$2".into()])
+        );
+        assert_eq!(
+            ids(recent.room_events("!r:hs", (5, 12), 1, Direction::Backwards)),
+            Some(vec!["$2".into()])
+        );
+        // Before the ring's start: the database's to answer.
+        assert_eq!(
+            ids(recent.room_events("!r:hs", (4, 12), 10, Direction::Forwards)),
+            None
+        );
+        assert_eq!(
+            ids(recent.room_events("!other:hs", (5, 12), 10, Direction::Forwards)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_redaction_or_a_remote_event_empties_the_ring() {
+        let recent = RecentEvents::default();
+        recent.appended(&message("!r:hs", "$1"), 11, 1, Some(5), true);
+        let mut redaction = message("!r:hs", "$x");
+        redaction.event_type = "m.room.redaction".into();
+        redaction.redacts = Some("$1".into());
+        recent.appended(&redaction, 12, 1, Some(11), true);
+        assert!(recent.get("!r:hs", 11, "$1").is_none());
+        assert_eq!(
+            ids(recent.room_events("!r:hs", (5, 12), 10, Direction::Forwards)),
+            None
+        );
+        assert_eq!(
+            ids(recent.room_events("!r:hs", (12, 12), 10, Direction::Forwards)),
+            Some(vec![])
+        );
+        recent.appended(&message("!r:hs", "$3"), 13, 1, Some(12), true);
+        recent.appended(&message("!r:hs", "$4"), 14, 1, Some(13), false);
+        assert_eq!(
+            ids(recent.room_events("!r:hs", (12, 14), 10, Direction::Forwards)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_full_ring_forgets_its_oldest() {
+        let recent = RecentEvents::default();
+        for i in 0..(RING_SIZE as i64 + 3) {
+            recent.appended(
+                &message("!r:hs", &format!("${i}")),
+                100 + i,
+                1,
+                Some(99 + i),
+                true,
+            );
+        }
+        assert!(recent.get("!r:hs", 100, "$0").is_none());
+        assert!(recent.get("!r:hs", 103, "$3").is_some());
+        assert_eq!(
+            ids(recent.room_events("!r:hs", (99, 200), 1, Direction::Forwards)),
+            None
+        );
+        assert_eq!(
+            ids(recent.room_events("!r:hs", (102, 200), 1, Direction::Forwards)),
+            Some(vec!["$3".into()])
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! What `/sync` computations cost, counted: how many ran, how many database queries a woken
+//! one made, how much room work they did, how often the formatted-event cache answered.
+//! Read by tests and `hearth-bench` through `GET /_hearth/testing/v1/sync_stats` (on only with
+//! `testing.sync_stats`), and logged per computation at `debug`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+#[derive(Default)]
+pub struct SyncStats {
+    /// Computations over everything the user can see (every first step of a request, and a
+    /// woken one when more than joined rooms moved).
+    pub full_computes: AtomicU64,
+    /// Computations after a wake-up (of only the joined rooms that moved, when that is all).
+    pub woken_computes: AtomicU64,
+    /// Database queries of the latest woken computation, and of all of them.
+    pub last_woken_queries: AtomicU64,
+    pub woken_queries: AtomicU64,
+    /// Rooms whose timeline was read (a scan through `RoomAccess`), over all computations.
+    pub rooms_scanned: AtomicU64,
+    /// Rooms left out because the in-memory positions say nothing was appended after the token.
+    pub rooms_skipped: AtomicU64,
+    /// Events formatted from the shared cache, and formatted afresh.
+    pub format_hits: AtomicU64,
+    pub format_misses: AtomicU64,
+    /// Timeline reads answered from the recent-event rings instead of the database.
+    pub ring_hits: AtomicU64,
+}
+
+/// A snapshot, as served.
+#[derive(Serialize)]
+pub struct StatsSnapshot {
+    pub full_computes: u64,
+    pub woken_computes: u64,
+    pub last_woken_queries: u64,
+    pub woken_queries: u64,
+    pub rooms_scanned: u64,
+    pub rooms_skipped: u64,
+    pub format_hits: u64,
+    pub format_misses: u64,
+    pub ring_hits: u64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl SyncStats {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            full_computes: get(&self.full_computes),
+            woken_computes: get(&self.woken_computes),
+            last_woken_queries: get(&self.last_woken_queries),
+            woken_queries: get(&self.woken_queries),
+            rooms_scanned: get(&self.rooms_scanned),
+            rooms_skipped: get(&self.rooms_skipped),
+            format_hits: get(&self.format_hits),
+            format_misses: get(&self.format_misses),
+            ring_hits: get(&self.ring_hits),
+        }
+    }
+
+    /// Records a computation (after a wake-up or not; of everything or of what moved) and the
+    /// queries it made.
+    pub(crate) fn computed(&self, woken: bool, full: bool, queries: u64) {
+        if full {
+            bump(&self.full_computes);
+        }
+        if woken {
+            bump(&self.woken_computes);
+            self.last_woken_queries.store(queries, Ordering::Relaxed);
+            self.woken_queries.fetch_add(queries, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! The incremental sync engine (issue 14): what a woken `/sync` costs, that it builds only
+//! what moved, and that its shared caches never show anyone more than the database would.
+//! The servers run with `testing.sync_stats`, whose counters these tests read.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, Client, Server, encode, timeline_ids};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn start() -> Server {
+    Server::start_with_config(
+        Backend::from_env(),
+        "[privacy]\ndefault_mode = \"none\"\n[testing]\nsync_stats = true\n",
+    )
+    .await
+}
+
+async fn stats(client: &Client) -> Value {
+    let url = format!("{}/_hearth/testing/v1/sync_stats", client.base_url);
+    let resp = client
+        .http
+        .get(&url)
+        .bearer_auth(client.token.as_deref().unwrap_or_default())
+        .send()
+        .await
+        .expect("stats");
+    assert_eq!(resp.status(), 200);
+    resp.json().await.expect("stats JSON")
+}
+
+fn stat(stats: &Value, name: &str) -> u64 {
+    stats[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{name} in {stats}"))
+}
+
+/// `count` rooms made by `owner`, each joined by `others`.
+async fn rooms_with(owner: &Client, others: &[&Client], count: usize) -> Vec<String> {
+    let mut rooms = Vec::new();
+    for i in 0..count {
+        let room = owner
+            .create_room(json!({ "preset": "public_chat", "name": format!("room {i}") }))
+            .await;
+        for other in others {
+            other.join(&room).await;
+        }
+        rooms.push(room);
+    }
+    rooms
+}
+
+/// Starts a long-poll of `client` from `since` in the background.
+fn long_poll(client: &Client, since: &str) -> tokio::task::JoinHandle<Value> {
+    let client = client.clone();
+    let since = since.to_owned();
+    tokio::spawn(async move { client.sync(Some(&since), 10_000, 10).await })
+}
+
+/// Waits until the server has run `n` full computations more than `before` (the long-polls'
+/// first steps), so that what follows wakes them.
+async fn until_waiting(client: &Client, before: u64, n: u64) {
+    for _ in 0..200 {
+        if stat(&stats(client).await, "full_computes") >= before + n {
+            // The computation is counted just before the waiter registers.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the long-polls never started");
+}
+
+#[tokio::test]
+async fn a_woken_sync_is_measured_and_delivers_the_message() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let rooms = rooms_with(&bob, &[&alice], 10).await;
+    let initial = alice.sync(None, 0, 10).await;
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+
+    let before = stats(&alice).await;
+    let poll = long_poll(&alice, &since);
+    until_waiting(&alice, stat(&before, "full_computes"), 1).await;
+    let event_id = bob.send_text(&rooms[3], "hello").await;
+    let woken = poll.await.unwrap();
+    assert_eq!(timeline_ids(&woken, &rooms[3]), vec![event_id]);
+    assert_eq!(
+        woken["rooms"]["join"].as_object().unwrap().len(),
+        1,
+        "only the room that moved: {woken}"
+    );
+
+    let after = stats(&alice).await;
+    assert_eq!(
+        stat(&after, "woken_computes"),
+        stat(&before, "woken_computes") + 1
+    );
+    let queries = stat(&after, "last_woken_queries");
+    eprintln!("a woken sync of a user in 10 rooms, one room with a message: {queries} queries");
+    assert!(queries > 0);
+    // The woken computation read one room's timeline: the one that moved.
+    assert_eq!(
+        stat(&after, "rooms_scanned"),
+        stat(&before, "rooms_scanned") + 1,
+        "{before} -> {after}"
+    );
+    // Its timeline came from the recent-event ring, not the database.
+    assert!(stat(&after, "ring_hits") > stat(&before, "ring_hits"));
+}
+
+/// Three receivers of one event: it is formatted once, and each gets its own per-receiver
+/// fields (only the sending device sees its transaction ID).
+#[tokio::test]
+async fn receivers_share_one_formatting_of_an_event() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let rooms = rooms_with(&bob, &[&alice, &carol], 2).await;
+    let mut tokens = Vec::new();
+    for client in [&alice, &bob, &carol] {
+        tokens.push(
+            client.sync(None, 0, 10).await["next_batch"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // Past everyone's presence of coming online.
+    for (client, token) in [&alice, &bob, &carol].into_iter().zip(tokens.iter_mut()) {
+        *token = client.sync(Some(token), 0, 10).await["next_batch"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    let before = stats(&alice).await;
+    let polls: Vec<_> = [&alice, &bob, &carol]
+        .into_iter()
+        .zip(&tokens)
+        .map(|(client, token)| long_poll(client, token))
+        .collect();
+    until_waiting(&alice, stat(&before, "full_computes"), 3).await;
+    let before = stats(&alice).await;
+    let event_id = bob.send_text(&rooms[1], "to all").await;
+    let mut seen = Vec::new();
+    for poll in polls {
+        let resp = poll.await.unwrap();
+        let events = resp["rooms"]["join"][&rooms[1]]["timeline"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let event = events
+            .iter()
+            .find(|e| e["event_id"] == event_id.as_str())
+            .unwrap_or_else(|| panic!("the event in {resp}"))
+            .clone();
+        assert_eq!(event["content"]["body"], "to all");
+        assert!(event.get("room_id").is_none());
+        assert!(event["unsigned"]["age"].is_u64());
+        seen.push(event);
+    }
+    let after = stats(&alice).await;
+    assert_eq!(
+        stat(&after, "format_misses") - stat(&before, "format_misses"),
+        1,
+        "formatted once: {before} -> {after}"
+    );
+    assert_eq!(stat(&after, "format_hits") - stat(&before, "format_hits"), 2);
+    // alice, bob (the sender's device), carol.
+    assert!(seen[0]["unsigned"].get("transaction_id").is_none());
+    assert!(seen[1]["unsigned"]["transaction_id"].is_string(), "{}", seen[1]);
+    assert!(seen[2]["unsigned"].get("transaction_id").is_none());
+}
+
+/// Typing, a receipt and presence wake a sync that builds only those: no room's timeline is
+/// read, and typing costs no query at all.
+#[tokio::test]
+async fn ephemeral_wakes_do_no_room_work() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let rooms = rooms_with(&bob, &[&alice], 10).await;
+    let event_id = bob.send_text(&rooms[3], "read me").await;
+    let mut since = alice.sync(None, 0, 10).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Typing.
+    let before = stats(&alice).await;
+    let poll = long_poll(&alice, &since);
+    until_waiting(&alice, stat(&before, "full_computes"), 1).await;
+    bob.ok(
+        Method::PUT,
+        &format!("/rooms/{}/typing/{}", encode(&rooms[3]), encode(&bob.user_id)),
+        Some(&json!({ "typing": true, "timeout": 10000 })),
+    )
+    .await;
+    let woken = poll.await.unwrap();
+    let join = woken["rooms"]["join"].as_object().unwrap();
+    assert_eq!(join.len(), 1, "{woken}");
+    let ephemeral = &woken["rooms"]["join"][&rooms[3]]["ephemeral"]["events"];
+    assert_eq!(ephemeral[0]["type"], "m.typing", "{woken}");
+    assert_eq!(ephemeral[0]["content"]["user_ids"], json!([bob.user_id]));
+    assert!(timeline_ids(&woken, &rooms[3]).is_empty());
+    let after = stats(&alice).await;
+    assert_eq!(stat(&after, "rooms_scanned"), stat(&before, "rooms_scanned"));
+    assert_eq!(stat(&after, "last_woken_queries"), 0, "{after}");
+    since = woken["next_batch"].as_str().unwrap().to_owned();
+
+    // A receipt.
+    let before = stats(&alice).await;
+    let poll = long_poll(&alice, &since);
+    until_waiting(&alice, stat(&before, "full_computes"), 1).await;
+    bob.ok(
+        Method::POST,
+        &format!(
+            "/rooms/{}/receipt/m.read/{}",
+            encode(&rooms[3]),
+            encode(&event_id)
+        ),
+        Some(&json!({})),
+    )
+    .await;
+    let woken = poll.await.unwrap();
+    let ephemeral = &woken["rooms"]["join"][&rooms[3]]["ephemeral"]["events"];
+    let receipt = ephemeral
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.receipt")
+        .unwrap_or_else(|| panic!("a receipt in {woken}"));
+    assert!(receipt["content"][&event_id]["m.read"][&bob.user_id]["ts"].is_u64());
+    let after = stats(&alice).await;
+    assert_eq!(stat(&after, "rooms_scanned"), stat(&before, "rooms_scanned"));
+    since = woken["next_batch"].as_str().unwrap().to_owned();
+
+    // Presence of someone sharing a room.
+    let before = stats(&alice).await;
+    let poll = long_poll(&alice, &since);
+    until_waiting(&alice, stat(&before, "full_computes"), 1).await;
+    bob.ok(
+        Method::PUT,
+        &format!("/presence/{}/status", encode(&bob.user_id)),
+        Some(&json!({ "presence": "unavailable", "status_msg": "away" })),
+    )
+    .await;
+    let woken = poll.await.unwrap();
+    let presence = woken["presence"]["events"].as_array().unwrap();
+    assert!(
+        presence
+            .iter()
+            .any(|p| p["sender"] == bob.user_id.as_str() && p["content"]["status_msg"] == "away"),
+        "{woken}"
+    );
+    assert!(woken["rooms"]["join"].as_object().unwrap().is_empty(), "{woken}");
+    let after = stats(&alice).await;
+    assert_eq!(stat(&after, "rooms_scanned"), stat(&before, "rooms_scanned"));
+    assert!(stat(&after, "last_woken_queries") <= 2, "{after}");
+}
+
+/// Presence reaches only users who share a room: a stranger's long-poll is not woken.
+#[tokio::test]
+async fn presence_wakes_only_users_who_share_a_room() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let stranger = server.register("stranger").await;
+    rooms_with(&bob, &[&alice], 1).await;
+    let since = stranger.sync(None, 0, 10).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = stats(&stranger).await;
+    let client = stranger.clone();
+    let poll = tokio::spawn(async move { client.sync(Some(&since), 1500, 10).await });
+    until_waiting(&stranger, stat(&before, "full_computes"), 1).await;
+    bob.ok(
+        Method::PUT,
+        &format!("/presence/{}/status", encode(&bob.user_id)),
+        Some(&json!({ "presence": "unavailable", "status_msg": "secret" })),
+    )
+    .await;
+    let resp = poll.await.unwrap();
+    assert!(!resp.to_string().contains("secret"), "{resp}");
+    let after = stats(&stranger).await;
+    assert_eq!(stat(&after, "woken_computes"), stat(&before, "woken_computes"));
+}
+
+/// An event cached (formatted and in its room's ring) and then redacted: the next syncs show
+/// it redacted, not the cached copy.
+#[tokio::test]
+async fn a_redaction_after_caching_is_reflected() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let rooms = rooms_with(&bob, &[&alice], 1).await;
+    let room = &rooms[0];
+    let since = alice.sync(None, 0, 10).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = stats(&alice).await;
+    let poll = long_poll(&alice, &since);
+    until_waiting(&alice, stat(&before, "full_computes"), 1).await;
+    let event_id = bob.send_text(room, "regrettable").await;
+    let woken = poll.await.unwrap();
+    assert_eq!(timeline_ids(&woken, room), vec![event_id.clone()]);
+    // Formatted again from the cache by a second sync over the same range.
+    let again = alice.sync(Some(&since), 0, 10).await;
+    assert!(again.to_string().contains("regrettable"));
+    assert!(stat(&stats(&alice).await, "format_hits") > stat(&before, "format_hits"));
+
+    let redaction = bob.redact(room, &event_id).await;
+    let after = alice.sync(Some(&since), 0, 10).await;
+    assert!(!after.to_string().contains("regrettable"), "{after}");
+    let events = after["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .unwrap();
+    let redacted = events
+        .iter()
+        .find(|e| e["event_id"] == event_id.as_str())
+        .unwrap();
+    assert_eq!(redacted["content"], json!({}));
+    assert_eq!(
+        redacted["unsigned"]["redacted_because"]["event_id"],
+        redaction.as_str()
+    );
+    assert!(events.iter().any(|e| e["event_id"] == redaction.as_str()));
+    // And through /messages, which reads the same rings.
+    let messages = alice
+        .ok(
+            Method::GET,
+            &format!("/rooms/{}/messages?dir=b&limit=10", encode(room)),
+            None,
+        )
+        .await;
+    assert!(!messages.to_string().contains("regrettable"), "{messages}");
+}
+
+/// A user who left, and one who never joined, never get a cached event of the room: the
+/// rings answer reads, the visibility check still decides.
+#[tokio::test]
+async fn cached_events_never_reach_those_who_may_not_see_them() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let dave = server.register("dave").await;
+    let eve = server.register("eve").await;
+    let room = bob
+        .create_room(json!({
+            "preset": "public_chat",
+            "initial_state": [{
+                "type": "m.room.history_visibility",
+                "state_key": "",
+                "content": { "history_visibility": "joined" }
+            }]
+        }))
+        .await;
+    alice.join(&room).await;
+    dave.join(&room).await;
+    bob.send_text(&room, "before").await;
+    let dave_before_leave = dave.sync(None, 0, 10).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    dave.leave(&room).await;
+    let dave_since = dave.sync(Some(&dave_before_leave), 0, 10).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let eve_since = eve.sync(None, 0, 10).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // alice receives the secret, so it is in the ring and formatted.
+    let alice_since = alice.sync(None, 0, 10).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let poll = long_poll(&alice, &alice_since);
+    let dave_client = dave.clone();
+    let dave_poll = tokio::spawn(async move { dave_client.sync(Some(&dave_since), 1500, 10).await });
+    let (eve_client, eve_from) = (eve.clone(), eve_since.clone());
+    let eve_poll = tokio::spawn(async move { eve_client.sync(Some(&eve_from), 1500, 10).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let secret = bob.send_text(&room, "secret after they left").await;
+    assert!(poll.await.unwrap().to_string().contains(&secret));
+    for resp in [dave_poll.await.unwrap(), eve_poll.await.unwrap()] {
+        assert!(!resp.to_string().contains(&secret), "{resp}");
+    }
+    // Their later syncs and reads neither: the room's `leave` section ends at the leave.
+    let dave_sync = dave.sync(Some(&dave_before_leave), 0, 50).await;
+    assert!(dave_sync["rooms"]["leave"][&room].is_object(), "{dave_sync}");
+    assert!(!dave_sync.to_string().contains(&secret), "{dave_sync}");
+    let dave_sync = dave.sync(None, 0, 50).await;
+    assert!(!dave_sync.to_string().contains(&secret), "{dave_sync}");
+    let messages = dave
+        .ok(
+            Method::GET,
+            &format!("/rooms/{}/messages?dir=b&limit=50", encode(&room)),
+            None,
+        )
+        .await;
+    assert!(!messages.to_string().contains(&secret), "{messages}");
+    let (status, body) = eve
+        .request(
+            Method::GET,
+            &format!("/rooms/{}/messages?dir=b&limit=50", encode(&room)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    // A user who joins later sees nothing from before (history visibility `joined`), even
+    // though the ring holds it.
+    eve.join(&room).await;
+    let eve_sync = eve.sync(Some(&eve_since), 0, 50).await;
+    assert!(!eve_sync.to_string().contains(&secret), "{eve_sync}");
+    assert!(eve_sync["rooms"]["join"][&room].is_object(), "{eve_sync}");
+}
+
+#[tokio::test]
+async fn sync_stats_are_absent_unless_configured() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let url = format!("{}/_hearth/testing/v1/sync_stats", alice.base_url);
+    let resp = alice
+        .http
+        .get(&url)
+        .bearer_auth(alice.token.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_UNRECOGNIZED");
+    // And never without a token.
+    let resp = alice.http.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+}
