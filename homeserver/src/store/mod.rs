@@ -17,6 +17,7 @@ mod filters;
 mod keys;
 mod media;
 mod outliers;
+mod pending_pdus;
 mod presence;
 mod push;
 mod receipts;
@@ -47,7 +48,8 @@ pub use e2ee::{KeyUpload, KeysUpload, Queued, ToDeviceOut, ToDeviceRow, UploadRe
 pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Txn};
 pub use federation::RemoteKeyRow;
 pub use media::{MediaRow, UploadedContent};
-pub use outliers::StateEntry;
+pub use outliers::{EventPlace, StateEntry};
+pub use pending_pdus::PendingPdu;
 pub use presence::PresenceRow;
 pub use push::{PushActionRow, PusherRow, ThreadCounts};
 pub use receipts::ReceiptRow;
@@ -118,6 +120,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(16, "0016_federation_txn"),
     migration!(17, "0017_at_rest_admin_audit"),
     migration!(18, "0018_search"),
+    migration!(19, "0019_pending_pdus"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside

@@ -36,9 +36,12 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `limit` events of every room after stream position `after`, oldest first.
+    /// Up to `limit` timeline events of every room after stream position `after`, oldest first
+    /// (outliers and soft-failed events are never indexed).
     pub async fn events_after(&self, after: i64, limit: i64) -> StoreResult<Vec<EventRow>> {
-        let sql = format!("{SELECT_EVENTS}WHERE e.stream_ordering > $1 ORDER BY e.stream_ordering LIMIT $2");
+        let sql = format!(
+            "{SELECT_EVENTS}WHERE e.stream_ordering > $1 AND e.outlier = 0 ORDER BY e.stream_ordering LIMIT $2"
+        );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(after)
             .bind(limit)
