@@ -15,7 +15,7 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, encode, free_port, hearth_command};
+use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, count, encode, free_port, hearth_command};
 use hearth::{config::FederationConfig, federation::FederationClient};
 use hearth_federation::{SigningKey, request_auth};
 use reqwest::{Method, StatusCode};
@@ -631,17 +631,11 @@ fn move_listener(fed: &mut Fed, port: u16) {
 }
 
 #[tokio::test]
-#[ignore = "known gap: after the heal, A and B refuse C's events of the partition (a prev event \
-            is missing and C answers their /event fetch with 403), so C's messages never reach \
-            them; not yet diagnosed"]
 async fn a_partition_heals_to_the_same_state_on_all_three() {
     partition(false).await;
 }
 
 #[tokio::test]
-#[ignore = "known gap: a soft-failed event is kept out of the DAG here (unserved_events, no state \
-            group), so C's later events that build on its topic (soft-failed on A and B) are \
-            refused as having a missing prev event"]
 async fn a_partition_with_a_conflicting_state_change_heals_to_the_same_state() {
     partition(true).await;
 }
@@ -693,6 +687,7 @@ async fn partition(minority_topic: bool) {
         .await;
     }
     carol.send_text(&room, "before the partition").await;
+    wait_for_messages(&t, &[&alice, &bob], &room, &expected(&["before the partition"])).await;
 
     // The partition: C listens elsewhere and finds A and B nowhere; A and B still look for C
     // at its old port, where no one answers.
@@ -727,6 +722,26 @@ async fn partition(minority_topic: bool) {
             .await;
     }
     carol.send_text(&room, "C during the partition").await;
+    // C's queue holds its events for A and B before it stops: the hand-over from a commit to
+    // the queue's rows is in memory, and a stop right after the send could lose it (a known gap
+    // of the queue, not what this test is about).
+    let queued = |needle: &'static str| {
+        let fed = &t.c;
+        async move {
+            count(
+                &fed.server.db().await,
+                "SELECT COUNT(*) FROM federation_outbound WHERE json LIKE $1",
+                &[&format!("%{needle}%")],
+            )
+            .await
+        }
+    };
+    wait_for(
+        "C to queue its partition events for A and B",
+        || t.logs(),
+        async || queued("C during the partition").await >= 2,
+    )
+    .await;
 
     // The partition heals: C listens where A and B look for it, and finds them again.
     t.c.server.stop().await;
