@@ -15,7 +15,7 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, encode, free_port, hearth_command};
+use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, count, encode, free_port, hearth_command};
 use hearth::{config::FederationConfig, federation::FederationClient};
 use hearth_federation::{SigningKey, request_auth};
 use reqwest::{Method, StatusCode};
@@ -631,17 +631,16 @@ fn move_listener(fed: &mut Fed, port: u16) {
 }
 
 #[tokio::test]
-#[ignore = "known gap: after the heal, A and B refuse C's events of the partition (a prev event \
-            is missing and C answers their /event fetch with 403), so C's messages never reach \
-            them; not yet diagnosed"]
+#[ignore = "passes since soft-failed events joined the DAG and server reads follow the visibility \
+            at each event (2/2 runs on SQLite, 1/1 on PostgreSQL), but not yet proven stable under \
+            CI's parallel load; run with --run-ignored"]
 async fn a_partition_heals_to_the_same_state_on_all_three() {
     partition(false).await;
 }
 
 #[tokio::test]
-#[ignore = "known gap: a soft-failed event is kept out of the DAG here (unserved_events, no state \
-            group), so C's later events that build on its topic (soft-failed on A and B) are \
-            refused as having a missing prev event"]
+#[ignore = "passes (2/2 runs on SQLite, 1/1 on PostgreSQL) but takes ~110 s against 40 s waits per \
+            step; not yet proven stable under CI's parallel load; run with --run-ignored"]
 async fn a_partition_with_a_conflicting_state_change_heals_to_the_same_state() {
     partition(true).await;
 }
@@ -693,6 +692,7 @@ async fn partition(minority_topic: bool) {
         .await;
     }
     carol.send_text(&room, "before the partition").await;
+    wait_for_messages(&t, &[&alice, &bob], &room, &expected(&["before the partition"])).await;
 
     // The partition: C listens elsewhere and finds A and B nowhere; A and B still look for C
     // at its old port, where no one answers.
@@ -727,6 +727,26 @@ async fn partition(minority_topic: bool) {
             .await;
     }
     carol.send_text(&room, "C during the partition").await;
+    // C's queue holds its events for A and B before it stops: the hand-over from a commit to
+    // the queue's rows is in memory, and a stop right after the send could lose it (a known gap
+    // of the queue, not what this test is about).
+    let queued = |needle: &'static str| {
+        let fed = &t.c;
+        async move {
+            count(
+                &fed.server.db().await,
+                "SELECT COUNT(*) FROM federation_outbound WHERE json LIKE $1",
+                &[&format!("%{needle}%")],
+            )
+            .await
+        }
+    };
+    wait_for(
+        "C to queue its partition events for A and B",
+        || t.logs(),
+        async || queued("C during the partition").await >= 2,
+    )
+    .await;
 
     // The partition heals: C listens where A and B look for it, and finds them again.
     t.c.server.stop().await;
@@ -770,4 +790,254 @@ async fn partition(minority_topic: bool) {
             .await;
         assert_ne!(topic["topic"], "minority", "{}: {topic}", client.user_id);
     }
+}
+
+/// What a client sent through a recording front, in the clear.
+type Recorded = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// A TLS front for `name` (its own dev certificate, so its peers trust it) that forwards to the
+/// server's listener at `upstream` over TLS and records what clients send, in the clear. Both
+/// sides speak HTTP/1.1 only, so the bytes pass through unchanged.
+async fn recording_front(certs: &Path, name: &str, upstream: u16) -> (u16, Recorded) {
+    use rustls::{
+        ClientConfig, RootCertStore, ServerConfig,
+        crypto::ring,
+        pki_types::{CertificateDer, PrivateKeyDer, ServerName as TlsName, pem::PemObject},
+    };
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let cert = CertificateDer::from_pem_file(certs.join(format!("{name}.crt"))).unwrap();
+    let key = PrivateKeyDer::from_pem_file(certs.join(format!("{name}.key"))).unwrap();
+    let provider = Arc::new(ring::default_provider());
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut roots = RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let mut client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tls_name = TlsName::try_from(name.to_owned()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let recorded: Recorded = Arc::default();
+    let log = recorded.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, connector, tls_name, log) =
+                (acceptor.clone(), connector.clone(), tls_name.clone(), log.clone());
+            tokio::spawn(async move {
+                let Ok(down) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    return;
+                };
+                let Ok(up) = connector.connect(tls_name, up).await else {
+                    return;
+                };
+                let (mut down_read, mut down_write) = tokio::io::split(down);
+                let (mut up_read, mut up_write) = tokio::io::split(up);
+                let answers = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut up_read, &mut down_write).await;
+                    let _ = down_write.shutdown().await;
+                });
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = down_read.read(&mut buf).await {
+                    if n == 0 || up_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    log.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+                let _ = up_write.shutdown().await;
+                let _ = answers.await;
+            });
+        }
+    });
+    (port, recorded)
+}
+
+/// How often `needle` occurs in what went through a front.
+fn occurrences(recorded: &Recorded, needle: &str) -> usize {
+    String::from_utf8_lossy(&recorded.lock().unwrap())
+        .matches(needle)
+        .count()
+}
+
+#[tokio::test]
+async fn a_local_leave_of_a_remote_room_reaches_each_other_server_once() {
+    let mut t = three().await;
+    // B reaches A and C through recording fronts: everything B sends them is seen in the clear.
+    let (to_a, seen_by_a) = recording_front(t.certs.path(), "hs-a.test", t.a.port).await;
+    let (to_c, seen_by_c) = recording_front(t.certs.path(), "hs-c.test", t.c.port).await;
+    t.b.server.stop().await;
+    repoint(&t.b, &[("hs-a.test", to_a), ("hs-c.test", to_c)]);
+    t.b.server.start_again().await;
+
+    let alice = t.a.server.register("alice").await;
+    let bob = t.b.server.register("bob").await;
+    let carol = t.c.server.register("carol").await;
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "room_version": "11" }))
+        .await;
+    for client in [&bob, &carol] {
+        client
+            .ok(
+                Method::POST,
+                &format!("/join/{}?via=hs-a.test", encode(&room)),
+                Some(&json!({})),
+            )
+            .await;
+    }
+    let mut everyone = vec![alice.user_id.clone(), bob.user_id.clone(), carol.user_id.clone()];
+    everyone.sort();
+    for client in [&alice, &bob, &carol] {
+        wait_for(
+            "all three joined everywhere",
+            || t.logs(),
+            async || joined(client, &room).await == everyone,
+        )
+        .await;
+    }
+    // Bob's join went through the fronts: they do record B's traffic.
+    assert!(occurrences(&seen_by_a, "/send_join/") >= 1);
+    assert_eq!(occurrences(&seen_by_a, "\"membership\":\"leave\""), 0);
+
+    // Bob leaves A's room: A and C hear of it, each once (the queue's transaction), and no
+    // send_leave goes beside it.
+    bob.leave(&room).await;
+    for client in [&alice, &carol] {
+        wait_for(
+            "Bob's leave everywhere",
+            || t.logs(),
+            async || membership(client, &room, &bob.user_id).await.as_deref() == Some("leave"),
+        )
+        .await;
+    }
+    // Anything sent a second time would be on its way by now (the queue retries within 1 s).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (server, seen) in [("A", &seen_by_a), ("C", &seen_by_c)] {
+        assert_eq!(
+            occurrences(seen, "\"membership\":\"leave\""),
+            1,
+            "{server} received Bob's leave once"
+        );
+        assert_eq!(occurrences(seen, "/send_leave/"), 0, "no send_leave to {server}");
+    }
+    assert_eq!(
+        alice.room_state_ids(&room).await,
+        carol.room_state_ids(&room).await
+    );
+}
+
+/// Rows of A's table of PDUs waiting for a prev event.
+async fn pending_pdus(fed: &Fed) -> Vec<(String, String)> {
+    let db = fed.server.db().await;
+    sqlx::query("SELECT event_id, reason FROM federation_pending_pdus")
+        .fetch_all(&db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_pdu_whose_prev_event_cannot_be_had_is_answered_with_an_error_and_placed_later() {
+    let mut t = three().await;
+    let alice = t.a.server.register("alice").await;
+    let bob = t.b.server.register("bob").await;
+    let carol = t.c.server.register("carol").await;
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "room_version": "11" }))
+        .await;
+    for client in [&bob, &carol] {
+        client
+            .ok(
+                Method::POST,
+                &format!("/join/{}?via=hs-a.test", encode(&room)),
+                Some(&json!({})),
+            )
+            .await;
+    }
+    let mut everyone = vec![alice.user_id.clone(), bob.user_id.clone(), carol.user_id.clone()];
+    everyone.sort();
+    for client in [&alice, &bob, &carol] {
+        wait_for(
+            "all three joined everywhere",
+            || t.logs(),
+            async || joined(client, &room).await == everyone,
+        )
+        .await;
+    }
+
+    // A reaches neither B nor C; B does not reach A. C reaches both.
+    let (a_port, c_port) = (t.a.port, t.c.port);
+    let dead = free_port();
+    t.a.server.stop().await;
+    repoint(&t.a, &[("hs-b.test", dead), ("hs-c.test", dead)]);
+    t.a.server.start_again().await;
+    t.b.server.stop().await;
+    repoint(&t.b, &[("hs-a.test", dead), ("hs-c.test", c_port)]);
+    t.b.server.start_again().await;
+
+    // Bob's message reaches C only; Carol answers after it, so A gets Carol's message, whose
+    // prev event (Bob's) no server A can reach will give it.
+    bob.send_text(&room, "from B").await;
+    wait_for_messages(&t, &[&carol], &room, &expected(&["from B"])).await;
+    let answer = carol.send_text(&room, "from C, after B").await;
+    wait_for(
+        "A to keep Carol's message as pending",
+        || t.logs(),
+        async || pending_pdus(&t.a).await.iter().any(|(id, _)| *id == answer),
+    )
+    .await;
+    let pending = pending_pdus(&t.a).await;
+    assert!(pending[0].1.contains("prev event"), "{pending:?}");
+    // The /send result told C so, for that PDU.
+    let db = t.a.server.db().await;
+    let responses: Vec<String> =
+        sqlx::query("SELECT response FROM federation_inbound_txns WHERE origin = 'hs-c.test'")
+            .fetch_all(&db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+    assert!(
+        responses.iter().any(|r| {
+            let r: Value = serde_json::from_str(r).unwrap();
+            r[&answer].as_str().is_some_and(|e| e.contains("prev event"))
+        }),
+        "{responses:?}"
+    );
+    assert!(messages(&alice, &room).await.is_empty());
+
+    // B reaches A again: its queue brings Bob's message, and Carol's, kept, follows it.
+    t.b.server.stop().await;
+    repoint(&t.b, &[("hs-a.test", a_port), ("hs-c.test", c_port)]);
+    t.b.server.start_again().await;
+    let both = expected(&["from B", "from C, after B"]);
+    wait_for_messages(&t, &[&alice], &room, &both).await;
+    assert_eq!(
+        messages(&alice, &room).await,
+        vec!["from B".to_owned(), "from C, after B".to_owned()],
+        "in order, once each"
+    );
+    wait_for(
+        "nothing left pending on A",
+        || t.logs(),
+        async || pending_pdus(&t.a).await.is_empty(),
+    )
+    .await;
 }

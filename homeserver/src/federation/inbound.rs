@@ -22,7 +22,7 @@ use crate::{
     federation::{keys, resolve},
     rooms::timeline::{self, pdu_of},
     services::Services,
-    store::{Appending, NewEvent, StateEntry, StateMap},
+    store::{Appending, EventPlace, NewEvent, StateEntry, StateMap},
     util::now_ms,
 };
 
@@ -44,6 +44,9 @@ const EVENT_RESPONSE_LIMIT: usize = 256 * 1024;
 pub struct Refused {
     pub event_id: Option<OwnedEventId>,
     pub reason: String,
+    /// A prev event could not be had (no server answered, or the fetch limit was reached): the
+    /// PDU may pass later, once it can be (`federation::pending`).
+    pub missing_prev: bool,
 }
 
 impl Refused {
@@ -51,13 +54,23 @@ impl Refused {
         Self {
             event_id: event_id.map(ToOwned::to_owned),
             reason: reason.into(),
+            missing_prev: false,
+        }
+    }
+
+    fn missing_prev(event_id: &EventId, reason: String) -> Self {
+        Self {
+            missing_prev: true,
+            ..Self::new(Some(event_id), reason)
         }
     }
 }
 
 /// Checks and stores one PDU received from `origin` (the spec's order: format, signatures,
 /// content hash, auth against its auth events, against the state before it, against the
-/// current state (soft fail)). Never panics; a bad PDU never affects others.
+/// current state (soft fail)). Never panics; a bad PDU never affects others. One refused for a
+/// missing prev event is kept to be tried again (`federation::pending`); its result still
+/// carries the error.
 pub async fn handle_incoming_pdu(svc: &Services, origin: &ServerName, pdu: &RawValue) -> PduResult {
     match accept(svc, origin, pdu).await {
         Ok(accepted) => PduResult {
@@ -66,6 +79,9 @@ pub async fn handle_incoming_pdu(svc: &Services, origin: &ServerName, pdu: &RawV
         },
         Err(refused) => {
             tracing::info!(%origin, event_id = ?refused.event_id, reason = %refused.reason, "PDU refused");
+            if refused.missing_prev {
+                super::pending::keep(svc, origin, pdu, &refused).await;
+            }
             PduResult {
                 event_id: refused.event_id,
                 error: Some(refused.reason),
@@ -79,7 +95,7 @@ pub async fn handle_incoming_pdu(svc: &Services, origin: &ServerName, pdu: &RawV
 pub enum Fate {
     /// In the timeline (now, or before).
     Timeline,
-    /// Passed auth but not against the current state: stored, never served.
+    /// Passed auth but not against the current state: in the DAG, never shown to clients.
     SoftFailed,
 }
 
@@ -160,18 +176,27 @@ async fn accept_inner(
     let internal = |e: Error| Refused::new(Some(&id), format!("internal error: {e}"));
 
     // Already known: the same answer as the first time.
-    if let Some(known) = svc
+    match svc
         .store
-        .is_outlier(id.as_str())
+        .event_place(id.as_str())
         .await
         .map_err(|e| internal(e.into()))?
-        && !known
     {
-        return Ok(Accepted {
-            event_id: id.clone(),
-            pdu,
-            fate: Fate::Timeline,
-        });
+        Some(EventPlace::Timeline) => {
+            return Ok(Accepted {
+                event_id: id.clone(),
+                pdu,
+                fate: Fate::Timeline,
+            });
+        }
+        Some(EventPlace::SoftFailed) => {
+            return Ok(Accepted {
+                event_id: id.clone(),
+                pdu,
+                fate: Fate::SoftFailed,
+            });
+        }
+        Some(EventPlace::Outlier) | None => {}
     }
     if let Some((kind, reason)) = svc
         .store
@@ -180,6 +205,7 @@ async fn accept_inner(
         .map_err(|e| internal(e.into()))?
     {
         return if kind == "soft_failed" {
+            // Kept outside the DAG by an older version of this server.
             Ok(Accepted {
                 event_id: id.clone(),
                 pdu,
@@ -211,13 +237,13 @@ async fn accept_inner(
         return Err(refuse(format!("rejected: {reason}")));
     }
 
-    // The state before it: the states of its prev_events, which must be in the timeline (missing
+    // The state before it: the states of its prev_events, which must be in the DAG (missing
     // ones are fetched from the origin and accepted first, bounded), or be where this server's
     // timeline of the room starts (a remote join's prev_events: the state it joined with).
     let prevs: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
     let mut known = svc
         .store
-        .timeline_events_state(&prevs)
+        .dag_events_state(&prevs)
         .await
         .map_err(|e| internal(e.into()))?;
     let start = svc
@@ -246,27 +272,31 @@ async fn accept_inner(
             continue;
         }
         if depth >= MAX_FETCH_DEPTH || budget.fetched >= MAX_FETCHED {
-            return Err(refuse(format!(
-                "prev event {prev} is missing (fetch limit reached)"
-            )));
+            return Err(Refused::missing_prev(
+                &id,
+                format!("prev event {prev} is missing (fetch limit reached)"),
+            ));
         }
         budget.fetched += 1;
-        let fetched = fetch_event(svc, origin, rules, prev)
+        let fetched = fetch_from_room(svc, origin, &room_id, rules, prev)
             .await
-            .map_err(|e| refuse(format!("prev event {prev} is missing: {e}")))?;
+            .map_err(|e| Refused::missing_prev(&id, format!("prev event {prev} is missing: {e}")))?;
         if fetched.room_id.as_deref() != Some(&*room_id) {
             return Err(refuse(format!("prev event {prev} is of another room")));
         }
         accept_in(svc, origin, rules, fetched, budget, depth + 1)
             .await
-            .map_err(|r| refuse(format!("prev event {prev}: {}", r.reason)))?;
+            .map_err(|r| Refused {
+                missing_prev: r.missing_prev,
+                ..refuse(format!("prev event {prev}: {}", r.reason))
+            })?;
         known = svc
             .store
-            .timeline_events_state(&prevs)
+            .dag_events_state(&prevs)
             .await
             .map_err(|e| internal(e.into()))?;
         if !known.iter().any(|(id, _, _)| id == prev.as_str()) {
-            return Err(refuse(format!("prev event {prev} did not enter the timeline")));
+            return Err(refuse(format!("prev event {prev} did not enter the DAG")));
         }
     }
     groups.extend(known.iter().map(|(_, g, _)| *g));
@@ -345,18 +375,12 @@ async fn place(
     if before.is_some() {
         let current = current_entries(svc, room_id, &wanted).await?;
         if let Err(reason) = check_against_state(rules, pdu, &current) {
+            // Soft failure: part of the DAG (a later event may build on it, and its state takes
+            // part in resolution then), never shown to clients nor a forward extremity.
             tracing::info!(event_id = %pdu.event_id, %reason, "PDU soft-failed");
-            let _ = svc
-                .store
-                .insert_unserved(
-                    pdu.event_id.as_str(),
-                    room_id.as_str(),
-                    "soft_failed",
-                    &reason,
-                    &pdu.to_canonical_string(),
-                    now_ms(),
-                )
-                .await;
+            svc.store
+                .insert_soft_failed(&new_event(pdu), before_group)
+                .await?;
             return Ok(Fate::SoftFailed);
         }
     }
@@ -424,6 +448,38 @@ pub async fn verify(
     pdu_checks::check(object, rules, &map).map_err(|e| e.to_string())
 }
 
+/// Most other servers of the room asked for a prev event its origin did not give.
+const MAX_OTHER_SERVERS_ASKED: usize = 3;
+
+/// A prev event from `origin`, else from a few of the room's other servers (the origin may be
+/// down while they have it).
+async fn fetch_from_room(
+    svc: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    rules: &RoomVersionRules,
+    event_id: &EventId,
+) -> Result<Pdu, String> {
+    let first = match fetch_event(svc, origin, rules, event_id).await {
+        Ok(pdu) => return Ok(pdu),
+        Err(e) => e,
+    };
+    let others = super::remote_membership::remote_servers(svc, room_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    for server in others
+        .iter()
+        .filter(|s| s.as_str() != origin.as_str())
+        .take(MAX_OTHER_SERVERS_ASKED)
+    {
+        match fetch_event(svc, server, rules, event_id).await {
+            Ok(pdu) => return Ok(pdu),
+            Err(e) => tracing::debug!(%server, %event_id, error = %e, "prev event fetch failed"),
+        }
+    }
+    Err(first)
+}
+
 /// Fetches an event from `origin` (`/event/{eventId}`) and checks its signatures and hash.
 pub async fn fetch_event(
     svc: &Services,
@@ -461,8 +517,8 @@ struct Budget {
     fetched: usize,
 }
 
-/// The events `ids` of `room_id` as PDUs: stored ones (timeline or outlier; never rejected or
-/// soft-failed ones), else fetched from `origin`, checked against their own auth events
+/// The events `ids` of `room_id` as PDUs: stored ones (timeline, soft-failed or outlier; never
+/// rejected ones), else fetched from `origin`, checked against their own auth events
 /// (fetched in turn, up to `MAX_FETCH_DEPTH`) and kept as outliers. An event that cannot be had
 /// or is rejected is an error.
 fn ensure_events<'a>(
@@ -488,7 +544,9 @@ fn ensure_events<'a>(
             if out.contains_key(id) {
                 continue;
             }
-            if let Some((kind, _)) = svc.store.unserved(id.as_str()).await.map_err(|e| e.to_string())? {
+            if let Some((kind, _)) = svc.store.unserved(id.as_str()).await.map_err(|e| e.to_string())?
+                && kind == "rejected"
+            {
                 return Err(format!("auth event {id} was {kind}"));
             }
             if depth >= MAX_FETCH_DEPTH || budget.fetched >= MAX_FETCHED {
@@ -651,7 +709,7 @@ fn membership_of(json: &str) -> Option<String> {
     value["content"]["membership"].as_str().map(ToOwned::to_owned)
 }
 
-/// Stores a rejected event (never served, never a prev or auth event).
+/// Stores a rejected event (never served, never a prev or auth event, outside the DAG).
 async fn reject(svc: &Services, pdu: &Pdu, reason: &str) {
     let room_id = pdu.room_id.as_ref().map(|r| r.to_string()).unwrap_or_default();
     if let Err(error) = svc

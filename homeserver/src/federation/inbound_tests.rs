@@ -14,7 +14,7 @@ use crate::{
         timeline::tests::{alice, bob, public_room},
     },
     services::{Services, TestServices},
-    store::Direction,
+    store::{Direction, EventPlace},
 };
 use hearth_federation::{Pdu, pdu::PduTemplate};
 
@@ -152,8 +152,11 @@ async fn a_power_level_fork_resolves_and_the_next_event_merges_it() {
     assert_eq!(again.fate, Fate::Timeline);
 }
 
+/// Soft-failed events are part of the DAG (a state group, a prev event of later events, served
+/// to servers) but never shown to clients nor a forward extremity; rejected events and
+/// outliers stay out of it.
 #[tokio::test]
-async fn rejected_soft_failed_and_outlier_events_are_never_served() {
+async fn soft_failed_events_join_the_dag_but_not_the_timeline_and_rejected_ones_stay_out() {
     let test = TestServices::new().await;
     let svc = &test.svc;
     let rules = RoomVersionId::V11.rules().unwrap();
@@ -164,10 +167,12 @@ async fn rejected_soft_failed_and_outlier_events_are_never_served() {
     let depth = depth_of(svc, &joined).await;
     // Alice bans Bob after his join.
     let ban = EventSpec::state("m.room.member", bob().as_str(), json!({ "membership": "ban" }));
-    svc.timeline
+    let ban = svc
+        .timeline
         .append(svc, &room_id, alice(), ban, None)
         .await
-        .unwrap();
+        .unwrap()
+        .event_id;
 
     // Bob's message on the branch before the ban: allowed by the state before it, not by the
     // current state — soft-failed.
@@ -185,8 +190,14 @@ async fn rejected_soft_failed_and_outlier_events_are_never_served() {
     );
     let accepted = accept_checked(svc, origin(), &rules, late.clone()).await.unwrap();
     assert_eq!(accepted.fate, Fate::SoftFailed);
-    let unserved = svc.store.unserved(late.event_id.as_str()).await.unwrap();
-    assert_eq!(unserved.map(|(kind, _)| kind).as_deref(), Some("soft_failed"));
+    assert_eq!(
+        svc.store.event_place(late.event_id.as_str()).await.unwrap(),
+        Some(EventPlace::SoftFailed)
+    );
+    assert_eq!(svc.store.unserved(late.event_id.as_str()).await.unwrap(), None);
+    // The same event again: the same answer, nothing stored twice.
+    let again = accept_checked(svc, origin(), &rules, late.clone()).await.unwrap();
+    assert_eq!(again.fate, Fate::SoftFailed);
 
     // Carol never joined: rejected against the event's own auth events.
     let carol = user_id!("@carol:hearth.test");
@@ -222,6 +233,24 @@ async fn rejected_soft_failed_and_outlier_events_are_never_served() {
         7_000,
     );
     assert!(accept_checked(svc, origin(), &rules, child).await.is_err());
+    // Nor a prev event: it is not in the DAG.
+    let orphan = craft(
+        svc,
+        &room_id,
+        alice(),
+        "m.room.message",
+        None,
+        json!({ "body": "y" }),
+        vec![stranger.event_id.clone()],
+        vec![
+            create.clone(),
+            levels.clone(),
+            state_id(svc, &room_id, "m.room.member", alice().as_str()).await,
+        ],
+        depth + 2,
+        7_500,
+    );
+    assert!(accept_checked(svc, origin(), &rules, orphan).await.is_err());
 
     // An outlier: stored, known by ID, out of the timeline.
     let outlier = craft(
@@ -232,7 +261,7 @@ async fn rejected_soft_failed_and_outlier_events_are_never_served() {
         None,
         json!({ "msgtype": "m.text", "body": "outlier" }),
         vec![joined.clone()],
-        vec![create, levels],
+        vec![create.clone(), levels.clone()],
         depth + 1,
         8_000,
     );
@@ -263,7 +292,71 @@ async fn rejected_soft_failed_and_outlier_events_are_never_served() {
     // Nor are they forward extremities.
     let extremities = svc.store.forward_extremities(room_id.as_str()).await.unwrap();
     assert_eq!(extremities.len(), 1);
-    assert!(svc.store.event(late.event_id.as_str()).await.unwrap().is_none());
+    // The soft-failed event is stored (servable to servers, with the state after it) but a
+    // client asking for it by ID is told it does not exist.
+    let row = svc.store.event(late.event_id.as_str()).await.unwrap().unwrap();
+    assert!(row.soft_failed);
+    let after = svc.store.state_of_group(row.state_group).await.unwrap();
+    assert_eq!(
+        after[&("m.room.member".to_owned(), bob().to_string())],
+        joined.as_str(),
+        "the state after it is its branch's, where Bob is joined"
+    );
+    assert!(
+        crate::rooms::history::event(svc, &room_id, alice().as_str(), &late.event_id)
+            .await
+            .is_err()
+    );
+    assert!(
+        svc.store
+            .event(stranger.event_id.as_str())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Another server's event naming the soft-failed one and the ban as prev events enters the
+    // timeline: the branch merges, and the resolved state keeps the ban.
+    let merge = craft(
+        svc,
+        &room_id,
+        alice(),
+        "m.room.message",
+        None,
+        json!({ "msgtype": "m.text", "body": "merge" }),
+        vec![late.event_id.clone(), ban.clone()],
+        vec![
+            create.clone(),
+            levels.clone(),
+            state_id(svc, &room_id, "m.room.member", alice().as_str()).await,
+        ],
+        depth + 3,
+        9_000,
+    );
+    let merged = accept_checked(svc, origin(), &rules, merge.clone())
+        .await
+        .unwrap();
+    assert_eq!(merged.fate, Fate::Timeline);
+    let extremities = svc.store.forward_extremities(room_id.as_str()).await.unwrap();
+    assert_eq!(
+        extremities.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
+        vec![merge.event_id.to_string()]
+    );
+    assert_eq!(
+        state_id(svc, &room_id, "m.room.member", bob().as_str()).await,
+        ban
+    );
+    let upto = svc.store.max_stream_ordering().await.unwrap();
+    let timeline: Vec<String> = svc
+        .store
+        .room_events(room_id.as_str(), 0, upto, 1000, Direction::Backwards)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event_id)
+        .collect();
+    assert!(timeline.contains(&merge.event_id.to_string()));
+    assert!(!timeline.contains(&late.event_id.to_string()));
 }
 
 #[tokio::test]
@@ -325,4 +418,103 @@ async fn handle_incoming_pdu_checks_signatures_and_keeps_a_bad_hash_redacted() {
     let result = super::inbound::handle_incoming_pdu(svc, origin(), &garbage).await;
     assert!(result.error.is_some());
     assert_eq!(result.event_id, None);
+}
+
+#[tokio::test]
+async fn a_pdu_missing_a_prev_event_is_kept_and_placed_once_the_prev_event_arrives() {
+    let test = TestServices::new().await;
+    let svc = &test.svc;
+    let rules = RoomVersionId::V11.rules().unwrap();
+    let room_id = public_room(svc).await;
+    let joined = join(svc, &room_id, bob()).await;
+    let create = state_id(svc, &room_id, "m.room.create", "").await;
+    let levels = state_id(svc, &room_id, "m.room.power_levels", "").await;
+    let depth = depth_of(svc, &joined).await;
+    let auth = vec![create.clone(), levels.clone(), joined.clone()];
+    let message = |body: &str, prev: OwnedEventId, depth: u64, ts: u64| {
+        craft(
+            svc,
+            &room_id,
+            bob(),
+            "m.room.message",
+            None,
+            json!({ "msgtype": "m.text", "body": body }),
+            vec![prev],
+            auth.clone(),
+            depth,
+            ts,
+        )
+    };
+    let raw = |pdu: &Pdu| serde_json::value::to_raw_value(&pdu.json).unwrap();
+    let first = message("first", joined.clone(), depth + 1, 10);
+    let second = message("second", first.event_id.clone(), depth + 2, 20);
+
+    // The first is not known and cannot be fetched (no server answers here): the second is
+    // refused with an error, and kept.
+    let result = super::inbound::handle_incoming_pdu(svc, origin(), &raw(&second)).await;
+    assert_eq!(result.event_id.as_ref(), Some(&second.event_id));
+    assert!(
+        result.error.as_deref().is_some_and(|e| e.contains("prev event")),
+        "{:?}",
+        result.error
+    );
+    let pending = svc
+        .store
+        .pending_pdus_of_room(room_id.as_str(), 10)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].event_id, second.event_id.as_str());
+    // Tried again while the prev event is still missing: still kept, one attempt more.
+    assert_eq!(super::pending::retry_room(svc, room_id.as_str(), false).await, 0);
+    let pending = svc
+        .store
+        .pending_pdus_of_room(room_id.as_str(), 10)
+        .await
+        .unwrap();
+    assert_eq!(pending[0].attempts, 1);
+    assert!(svc.store.event(second.event_id.as_str()).await.unwrap().is_none());
+
+    // A rejected PDU is not kept: waiting would not change its fate.
+    let stranger = craft(
+        svc,
+        &room_id,
+        user_id!("@carol:hearth.test"),
+        "m.room.message",
+        None,
+        json!({ "msgtype": "m.text", "body": "hi" }),
+        vec![joined.clone()],
+        vec![create, levels],
+        depth + 1,
+        30,
+    );
+    let result = super::inbound::handle_incoming_pdu(svc, origin(), &raw(&stranger)).await;
+    assert!(result.error.is_some());
+    assert_eq!(
+        svc.store
+            .pending_pdus_of_room(room_id.as_str(), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // The first arrives: the second, tried again, follows it into the timeline.
+    let result = super::inbound::handle_incoming_pdu(svc, origin(), &raw(&first)).await;
+    assert_eq!(result.error, None);
+    assert_eq!(super::pending::retry_room(svc, room_id.as_str(), false).await, 1);
+    assert!(
+        svc.store
+            .pending_pdus_of_room(room_id.as_str(), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let extremities = svc.store.forward_extremities(room_id.as_str()).await.unwrap();
+    assert_eq!(
+        extremities.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
+        vec![second.event_id.to_string()]
+    );
+    let again = accept_checked(svc, origin(), &rules, second).await.unwrap();
+    assert_eq!(again.fate, Fate::Timeline);
 }

@@ -320,7 +320,7 @@ async fn state_before(svc: &Services, pdu: &Pdu) -> Result<StateMap> {
     let prevs: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
     let mut groups: Vec<i64> = svc
         .store
-        .timeline_events_state(&prevs)
+        .dag_events_state(&prevs)
         .await?
         .into_iter()
         .map(|(_, g, _)| g)

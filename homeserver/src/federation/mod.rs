@@ -14,6 +14,7 @@ pub mod keys;
 pub mod lookup;
 pub mod media;
 pub mod membership;
+pub mod pending;
 pub mod reads;
 pub mod remote;
 pub mod remote_membership;
@@ -45,6 +46,8 @@ pub struct Federation {
     last_fetch: Mutex<HashMap<String, Instant>>,
     /// The outbound transaction queue.
     pub sender: sender::Sender,
+    /// Rooms whose pending PDUs are being tried again.
+    pub pending: pending::Retrying,
 }
 
 impl Federation {
@@ -79,6 +82,7 @@ pub async fn init(svc: &Services) -> anyhow::Result<()> {
         let client = FederationClient::new(origin, &svc.config.federation)?;
         let _ = svc.federation.client.set(client);
         sender::start(svc).await?;
+        pending::start(svc);
     }
     Ok(())
 }

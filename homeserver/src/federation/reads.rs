@@ -1,8 +1,12 @@
 //! What other servers may read of a room: single events, the state (and its auth chain) at an
-//! event, an event's auth chain, backfill and missing events. Only a server with a user joined
-//! to the room now may read it (and one its server ACL lets in); each event is served if any of
-//! that server's users could see it under the room's history visibility (`rooms::access`).
-//! Every walk through the DAG is bounded.
+//! event, an event's auth chain, backfill and missing events. Only a server that ever had a user
+//! in the room may read it (and one its server ACL lets in); each event is served if the history
+//! visibility *at that event* lets one of that server's users see it (joined then, or `shared`
+//! and joined at some point after, or invited under `invited`), or anyone (`world_readable`):
+//! `rooms::access`, whatever the memberships are now. A server cut off from the room for a
+//! while (a partition) may so read what was sent while it was still in it. Soft-failed events
+//! are served like any other; rejected ones are not stored here. Every walk through the DAG is
+//! bounded.
 
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
 
@@ -32,7 +36,8 @@ pub struct ServerAccess {
 }
 
 impl ServerAccess {
-    /// Loads `origin`'s access to the room; 403 unless one of its users is joined now.
+    /// Loads `origin`'s access to the room; 403 unless one of its users ever had a membership
+    /// in it (`can_see` then judges each event by the visibility at that event).
     pub async fn load(svc: &Services, room_id: &RoomId, origin: &ServerName) -> Result<Self> {
         if svc.store.room(room_id.as_str()).await?.is_none() {
             return Err(Error::not_found("Unknown room"));
@@ -40,29 +45,13 @@ impl ServerAccess {
         if !super::acl::allowed(svc, room_id.as_str(), origin).await? {
             return Err(Error::forbidden("Server is denied by the room's server ACL"));
         }
-        let of_origin =
-            |user: &String| ruma::UserId::parse(user.as_str()).is_ok_and(|u| u.server_name() == origin);
-        let joined: Vec<String> = svc
+        let users = svc
             .store
-            .members_with(room_id.as_str(), "join")
-            .await?
-            .into_iter()
-            .filter(of_origin)
-            .collect();
-        if joined.is_empty() {
+            .room_users_of_server(room_id.as_str(), origin.as_str(), MAX_USERS_CONSULTED as i64)
+            .await?;
+        if users.is_empty() {
             return Err(Error::forbidden("Server has no user in this room"));
         }
-        let mut users: Vec<String> = svc
-            .store
-            .current_state(room_id.as_str())
-            .await?
-            .into_keys()
-            .filter(|(t, _)| t == "m.room.member")
-            .map(|(_, key)| key)
-            .filter(of_origin)
-            .collect();
-        users.sort();
-        users.truncate(MAX_USERS_CONSULTED);
         let rooms = [room_id.to_string()];
         let mut accesses = Vec::with_capacity(users.len() + 1);
         accesses.extend(RoomAccess::load_many(svc, &rooms, None).await?.into_values());

@@ -560,35 +560,6 @@ pub async fn send_leave(svc: &Services, server: &ServerName, leave: &Pdu) -> Res
     Ok(())
 }
 
-/// Tells the room's other servers of a local user's leave (`send_leave`), best effort: once the
-/// outbound queue exists it delivers the leave too, and a repeat is harmless.
-pub async fn announce_leave(svc: &Services, room_id: &RoomId, event_id: &EventId) {
-    if !svc.config.federation.enabled {
-        return;
-    }
-    let servers = match remote_servers(svc, room_id).await {
-        Ok(servers) => servers,
-        Err(error) => {
-            tracing::warn!(%error, "cannot list a room's servers");
-            return;
-        }
-    };
-    if servers.is_empty() {
-        return;
-    }
-    let Ok(Some(row)) = svc.store.event(event_id.as_str()).await else {
-        return;
-    };
-    let Ok(leave) = timeline::pdu_of(&row) else {
-        return;
-    };
-    for server in servers.iter().take(MAX_SERVERS_TRIED) {
-        if let Err(error) = send_leave(svc, server, &leave).await {
-            tracing::info!(%server, %error, "send_leave failed");
-        }
-    }
-}
-
 /// The other servers with joined members in a room.
 pub async fn remote_servers(svc: &Services, room_id: &RoomId) -> Result<Vec<OwnedServerName>> {
     let mut servers: Vec<OwnedServerName> = svc

@@ -4,7 +4,10 @@
 //! speak for the origin's own users (typing, receipts, presence, to-device messages, device-list
 //! and signing-key updates). A room's server ACL drops what a denied origin sends about it.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use ruma::{
     OwnedEventId, OwnedRoomId, RoomId, ServerName, UserId,
@@ -20,6 +23,7 @@ use serde_json::{Map, Value};
 use super::{
     acl,
     inbound::handle_incoming_pdu,
+    pending,
     sender::{MAX_EDUS, MAX_PDUS},
 };
 use crate::{
@@ -53,14 +57,22 @@ pub async fn receive(svc: &Services, origin: &ServerName, req: Request) -> Resul
         return Ok(Response::new(results_from_json(&stored)));
     }
     let mut results = BTreeMap::new();
+    // Rooms where a PDU entered: PDUs of theirs waiting for a prev event may pass now.
+    let mut advanced: BTreeSet<OwnedRoomId> = BTreeSet::new();
     for pdu in &req.pdus {
-        if let Some(room_id) = room_of(pdu.get())
+        let room_id = room_of(pdu.get());
+        if let Some(room_id) = &room_id
             && !acl::allowed(svc, room_id.as_str(), origin).await?
         {
             tracing::info!(%origin, %room_id, "PDU dropped: origin denied by the room's server ACL");
             continue;
         }
         let outcome = handle_incoming_pdu(svc, origin, pdu).await;
+        if outcome.error.is_none()
+            && let Some(room_id) = room_id
+        {
+            advanced.insert(room_id);
+        }
         if let Some(event_id) = outcome.event_id {
             results.insert(event_id, outcome.error.map_or(Ok(()), Err));
         } else if let Some(error) = outcome.error {
@@ -80,6 +92,9 @@ pub async fn receive(svc: &Services, origin: &ServerName, req: Request) -> Resul
     svc.store
         .store_inbound_txn(origin.as_str(), txn_id, &results_to_json(&results), now_ms())
         .await?;
+    for room_id in &advanced {
+        pending::retry_room_soon(svc, room_id);
+    }
     Ok(Response::new(results))
 }
 

@@ -333,6 +333,7 @@ mod tests {
             rel_type: None,
             relates_to: None,
             json: json.into(),
+            soft_failed: false,
         }
     }
 

@@ -274,7 +274,7 @@ async fn visible_event(
     svc.store
         .event(event_id.as_str())
         .await?
-        .filter(|e| e.room_id == room_id.as_str() && access.can_see(e))
+        .filter(|e| e.room_id == room_id.as_str() && !e.soft_failed && access.can_see(e))
         .ok_or_else(|| Error::not_found("Event not found"))
 }
 

@@ -365,7 +365,10 @@ pub async fn leave(svc: &Services, user: &UserId, room_id: &RoomId, reason: Opti
     }
     match membership_of(svc, room_id, user).await? {
         Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
-            let appended = set_membership(
+            // Like any local event, the leave reaches the room's other servers through the
+            // outbound queue (`federation::sender`), once each: no `send_leave` beside it, which
+            // is for servers outside the room (rejecting a remote invite, above).
+            set_membership(
                 svc,
                 user,
                 room_id,
@@ -375,7 +378,6 @@ pub async fn leave(svc: &Services, user: &UserId, room_id: &RoomId, reason: Opti
                 false,
             )
             .await?;
-            remote_membership::announce_leave(svc, room_id, &appended.event_id).await;
             Ok(())
         }
         Some(MembershipState::Leave) => Ok(()),

@@ -187,8 +187,8 @@ async fn step(
     position: i64,
     modes: &mut HashMap<String, bool>,
 ) -> Result<Option<i64>> {
-    let rows = svc.store.events_after(position, BATCH).await?;
-    let Some(last) = rows.last().map(|r| r.stream_ordering) else {
+    let (rows, last) = svc.store.events_after(position, BATCH).await?;
+    let Some(last) = last else {
         return Ok(None);
     };
     let mut ops = Vec::new();

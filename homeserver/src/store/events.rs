@@ -230,6 +230,8 @@ pub struct EventRow {
     pub rel_type: Option<String>,
     pub relates_to: Option<String>,
     pub json: String,
+    /// Soft-failed (`outlier = 2`): in the DAG, served to other servers, never to clients.
+    pub soft_failed: bool,
 }
 
 macro_rules! select_events {
@@ -238,8 +240,8 @@ macro_rules! select_events {
             "SELECT e.stream_ordering, e.event_id, e.room_id, e.type, e.state_key, e.sender, \
              e.origin_server_ts, e.depth, e.state_group, e.replaces_state, e.txn_device_id, e.txn_id, \
              (SELECT MIN(r.event_id) FROM events r WHERE r.redacts = e.event_id AND r.room_id = e.room_id \
-              AND r.type = 'm.room.redaction' AND r.state_key IS NULL), e.json, e.rel_type, e.relates_to \
-             FROM events e ",
+              AND r.type = 'm.room.redaction' AND r.state_key IS NULL), e.json, e.rel_type, e.relates_to, \
+             e.outlier FROM events e ",
             $rest
         )
     };
@@ -266,6 +268,7 @@ pub(super) fn event_row(r: AnyRow) -> EventRow {
         json: super::at_rest::open(&r.get::<String, _>(2), r.get(13)),
         rel_type: r.get(14),
         relates_to: r.get(15),
+        soft_failed: r.get::<i64, _>(16) == 2,
     }
 }
 

@@ -18,6 +18,7 @@ mod keys;
 mod media;
 mod openid;
 mod outliers;
+mod pending_pdus;
 mod presence;
 mod push;
 mod receipts;
@@ -48,7 +49,8 @@ pub use e2ee::{KeyUpload, KeysUpload, Queued, ToDeviceOut, ToDeviceRow, UploadRe
 pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Txn};
 pub use federation::RemoteKeyRow;
 pub use media::{MediaRow, RemoteThumbnail, RemoteThumbnailKey, UploadedContent};
-pub use outliers::StateEntry;
+pub use outliers::{EventPlace, StateEntry};
+pub use pending_pdus::PendingPdu;
 pub use presence::PresenceRow;
 pub use push::{PushActionRow, PusherRow, ThreadCounts};
 pub use receipts::ReceiptRow;
@@ -121,6 +123,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(18, "0018_search"),
     migration!(19, "0019_remote_media"),
     migration!(20, "0020_openid_tokens"),
+    migration!(21, "0021_pending_pdus"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside

@@ -1,11 +1,24 @@
-//! Events outside the timeline: outliers (in `events` with `outlier = 1`, skipped by every
-//! timeline, sync and state-group query), rejected and soft-failed events (`unserved_events`,
-//! never served), and room state that comes from elsewhere than the events before it (the state
-//! a remote join answers with, the resolution of several forward extremities).
+//! Events outside the client timeline: outliers (in `events` with `outlier = 1`, skipped by
+//! every timeline, sync and state-group query), soft-failed events (`outlier = 2`: part of the
+//! DAG, with a state group, but skipped by every client read like outliers), rejected events
+//! (`unserved_events`, never served, outside the DAG), and room state that comes from elsewhere
+//! than the events before it (the state a remote join answers with, the resolution of several
+//! forward extremities).
 
 use sqlx::{Any, Row, Transaction};
 
 use super::{NewEvent, RoomRow, Store, StoreResult, Stream, q, qs};
+
+/// Where a stored event stands (`events.outlier`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventPlace {
+    /// 0: in the timeline.
+    Timeline,
+    /// 1: known, outside the DAG (auth chains, a join's state).
+    Outlier,
+    /// 2: in the DAG, never shown to clients.
+    SoftFailed,
+}
 
 /// One entry of a room state written as a whole.
 #[derive(Debug, Clone)]
@@ -49,6 +62,68 @@ impl Store {
         Ok(())
     }
 
+    /// Stores a soft-failed event: its row (`outlier = 2`), its DAG edges and the state after it
+    /// (a full snapshot of `before` with the event applied, for a state event; soft-failed state
+    /// events are rare), so later events may name it as a prev event. Not a forward extremity,
+    /// not the current state, no membership history, no notification: no client hears of it.
+    /// An outlier row of the same event is replaced.
+    pub async fn insert_soft_failed(&self, event: &NewEvent, before_group: i64) -> StoreResult<()> {
+        let state = match &event.state_key {
+            Some(key) => {
+                let mut map = self.state_of_group(before_group).await?;
+                map.insert((event.event_type.clone(), key.clone()), event.event_id.clone());
+                Some(
+                    map.into_iter()
+                        .map(|((event_type, state_key), event_id)| StateEntry {
+                            event_type,
+                            state_key,
+                            event_id,
+                            membership: None,
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            }
+            None => None,
+        };
+        let sealed = super::at_rest::sealed(std::slice::from_ref(event));
+        let event = &sealed[0];
+        let mut tx = self.begin_stream_write(Stream::Events).await?;
+        let group = match &state {
+            Some(entries) => Self::snapshot_group_in(&mut tx, &event.room_id, entries).await?,
+            None => before_group,
+        };
+        q("DELETE FROM events WHERE event_id = $1 AND outlier = 1")
+            .bind(event.event_id.clone())
+            .execute(&mut *tx)
+            .await?;
+        q(
+            "INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, \
+           redacts, rel_type, relates_to, relation_key, state_group, json, outlier) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL, NULL, $8, $9, 2) \
+           ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(event.event_id.clone())
+        .bind(event.room_id.clone())
+        .bind(event.event_type.clone())
+        .bind(event.state_key.clone())
+        .bind(event.sender.clone())
+        .bind(event.depth)
+        .bind(event.origin_server_ts)
+        .bind(group)
+        .bind(event.json.clone())
+        .execute(&mut *tx)
+        .await?;
+        for prev in &event.prev_events {
+            q("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(event.event_id.clone())
+                .bind(prev.clone())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Removes an outlier row, so the event can enter the timeline (where it gets a stream
     /// position of its own). Timeline events are left alone.
     pub async fn drop_outlier(&self, event_id: &str) -> StoreResult<()> {
@@ -59,7 +134,8 @@ impl Store {
         Ok(())
     }
 
-    /// Records a rejected or soft-failed event (`kind`), which is never served.
+    /// Records a rejected event (`kind`), which is never served. (Soft-failed events were kept
+    /// here before they joined the DAG; such rows are still read as soft-failed.)
     pub async fn insert_unserved(
         &self,
         event_id: &str,
@@ -95,21 +171,33 @@ impl Store {
 
     /// Whether an event is an outlier (`None`: not stored).
     pub async fn is_outlier(&self, event_id: &str) -> StoreResult<Option<bool>> {
+        Ok(self
+            .event_place(event_id)
+            .await?
+            .map(|p| p == EventPlace::Outlier))
+    }
+
+    /// Where a stored event stands (`None`: not stored).
+    pub async fn event_place(&self, event_id: &str) -> StoreResult<Option<EventPlace>> {
         let row = q("SELECT outlier FROM events WHERE event_id = $1")
             .bind(event_id.to_owned())
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| r.get::<i64, _>(0) != 0))
+        Ok(row.map(|r| match r.get::<i64, _>(0) {
+            0 => EventPlace::Timeline,
+            2 => EventPlace::SoftFailed,
+            _ => EventPlace::Outlier,
+        }))
     }
 
-    /// The timeline events (not outliers) among `event_ids`, each with its state group (the
-    /// state after it) and depth.
-    pub async fn timeline_events_state(&self, event_ids: &[String]) -> StoreResult<Vec<(String, i64, i64)>> {
+    /// The events of the DAG (timeline and soft-failed, not outliers) among `event_ids`, each
+    /// with its state group (the state after it) and depth.
+    pub async fn dag_events_state(&self, event_ids: &[String]) -> StoreResult<Vec<(String, i64, i64)>> {
         let mut out = Vec::new();
         for chunk in event_ids.chunks(500) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "SELECT event_id, state_group, depth FROM events WHERE outlier = 0 AND event_id IN ({})",
+                "SELECT event_id, state_group, depth FROM events WHERE outlier IN (0, 2) AND event_id IN ({})",
                 placeholders.join(", ")
             );
             let mut query = qs(sql);
@@ -254,8 +342,9 @@ impl Store {
     }
 
     /// A remote room this server joins: the room row (kept if it exists), the state and auth
-    /// chain the resident server sent as outliers, and that state as a full state group and as
-    /// the room's current state. Returns the group: the state before the join event.
+    /// chain the resident server sent as outliers, the memberships of that state, and that state
+    /// as a full state group and as the room's current state. Returns the group: the state before
+    /// the join event.
     pub async fn adopt_remote_room(
         &self,
         room: &RoomRow,
@@ -275,6 +364,23 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         Self::insert_outliers_in(&mut tx, outliers).await?;
+        // The members in that state get their membership from the position their event has
+        // here, so the history visibility at later events knows them (what a server whose user
+        // joined before this server did may read).
+        for entry in state.iter().filter(|e| e.event_type == "m.room.member") {
+            let Some(membership) = &entry.membership else {
+                continue;
+            };
+            q("INSERT INTO room_memberships (event_id, room_id, user_id, sender, membership, stream_ordering) \
+               SELECT e.event_id, e.room_id, $2, e.sender, $3, e.stream_ordering FROM events e \
+               WHERE e.event_id = $1 AND e.room_id = $4 ON CONFLICT (event_id) DO NOTHING")
+            .bind(entry.event_id.clone())
+            .bind(entry.state_key.clone())
+            .bind(membership.clone())
+            .bind(room.room_id.clone())
+            .execute(&mut *tx)
+            .await?;
+        }
         let group = Self::snapshot_group_in(&mut tx, &room.room_id, state).await?;
         Self::replace_current_state_in(&mut tx, &room.room_id, state).await?;
         tx.commit().await?;

@@ -89,6 +89,32 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
+    /// Users of `server` who ever had a membership in the room (joined, invited, left…), in
+    /// the order they first appeared, at most `limit`.
+    pub async fn room_users_of_server(
+        &self,
+        room_id: &str,
+        server: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<String>> {
+        // Server names hold no `%` or `_` (the spec's grammar), so the pattern is exact but for
+        // users whose localpart ends like a server name, filtered out below.
+        let rows = q(
+            "SELECT user_id FROM room_memberships WHERE room_id = $1 AND user_id LIKE $2 \
+             GROUP BY user_id ORDER BY MIN(stream_ordering) LIMIT $3",
+        )
+        .bind(room_id.to_owned())
+        .bind(format!("%:{server}"))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| r.get::<String, _>(0))
+            .filter(|u| ruma::UserId::parse(u.as_str()).is_ok_and(|u| u.server_name() == server))
+            .collect())
+    }
+
     /// The user's current membership in the room.
     pub async fn membership(&self, room_id: &str, user_id: &str) -> StoreResult<Option<String>> {
         let row = q(
@@ -131,7 +157,7 @@ impl Store {
     }
 
     /// Each room's `m.room.history_visibility` events in stream order: room → (stream position,
-    /// PDU JSON).
+    /// PDU JSON). Soft-failed ones never took effect here.
     pub async fn history_visibility_changes(
         &self,
         room_ids: &[String],
@@ -141,7 +167,7 @@ impl Store {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT room_id, stream_ordering, json FROM events WHERE room_id IN ({}) \
-                 AND type = 'm.room.history_visibility' AND state_key = '' ORDER BY stream_ordering",
+                 AND type = 'm.room.history_visibility' AND state_key = '' AND outlier <> 2 ORDER BY stream_ordering",
                 placeholders.join(", ")
             );
             let mut query = qs(sql);

@@ -175,6 +175,8 @@ fn row_of(event: &NewEvent, position: i64, state_group: i64) -> EventRow {
         rel_type: event.rel_type.clone(),
         relates_to: event.relates_to.clone(),
         json: event.json.clone(),
+        // Only local events enter the rings, and they are never soft-failed.
+        soft_failed: false,
     }
 }
 
