@@ -73,7 +73,7 @@ impl Services {
                 Box::new(crate::push::PushListener),
                 Box::new(crate::sync::notifier::WakeSyncs),
                 Box::new(crate::search::SearchListener),
-                Box::new(crate::federation::sender::FederationSender),
+                Box::new(crate::federation::outbound::FederationSender),
             ],
             media,
             typing: Typing::default(),

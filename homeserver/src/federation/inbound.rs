@@ -393,6 +393,7 @@ async fn place(
         event,
         previous_group: Some(before_group),
         push: Vec::new(),
+        outbound: Vec::new(),
     }];
     timeline::persist(svc, &mut batch).await?;
 

@@ -243,7 +243,6 @@ pub async fn send_knock(
         .submit(super::sender::Job::Pdus(vec![super::sender::PduOut {
             room_id: room_id.to_string(),
             json,
-            membership_target: None,
         }]));
     let state = svc.store.current_state(room_id.as_str()).await?;
     let ids: Vec<String> = state

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod lookup;
 pub mod media;
 pub mod membership;
+pub mod outbound;
 pub mod pending;
 pub mod reads;
 pub mod remote;

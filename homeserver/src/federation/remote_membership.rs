@@ -287,6 +287,7 @@ async fn join_through(svc: &Services, user: &UserId, room_id: &RoomId, server: &
                 event: inbound::new_event(&join),
                 previous_group: Some(group),
                 push: Vec::new(),
+                outbound: Vec::new(),
             }];
             if let Err(error) = timeline::persist(svc, &mut batch).await {
                 // Without its join the room is not this server's: a retry joins remotely again.

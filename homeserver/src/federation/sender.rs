@@ -5,8 +5,9 @@
 //! with exponential backoff up to `federation.retry_max_ms`; rows are deleted only after a 200, so
 //! nothing is lost across a restart and the queue catches up once the destination answers again.
 //!
-//! Jobs go through one channel to one task that computes destinations and stores the rows, so
-//! the queue keeps the order in which events were committed.
+//! Local events' rows are written in the events' own transaction (`super::outbound`). The
+//! EDUs (and relayed PDUs) go through one channel to one task that computes destinations and
+//! stores the rows, in the order they were submitted.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -18,13 +19,7 @@ use ruma::{OwnedServerName, ServerName};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 
-use crate::{
-    error::Result,
-    rooms::listener::{AppendListener, ListenerFuture},
-    services::Services,
-    store::{Appending, NewEvent, Placed},
-    util::now_ms,
-};
+use crate::{error::Result, services::Services, store::NewOutbound, util::now_ms};
 
 /// Most PDUs in one transaction (the spec's limit).
 pub const MAX_PDUS: usize = 50;
@@ -35,8 +30,9 @@ const MAX_ANNOUNCED_DEVICES: usize = 50;
 
 /// Something to send: where it goes is worked out by the queue's task.
 pub enum Job {
-    /// Local events just committed, to the other servers joined to their rooms (and, for a
-    /// membership event, the target's server).
+    /// Another server's event this server relays (an accepted knock: the knocking server is
+    /// not in the room), to the other servers joined to its room. Local events are queued in
+    /// their own transaction instead (`super::outbound`).
     Pdus(Vec<PduOut>),
     /// An EDU about a room, to the other servers joined to it.
     RoomEdu { room_id: String, edu: Value },
@@ -49,7 +45,6 @@ pub enum Job {
 pub struct PduOut {
     pub room_id: String,
     pub json: String,
-    pub membership_target: Option<String>,
 }
 
 /// A destination's wake-ups: new items, or a sign that it is reachable again.
@@ -95,8 +90,12 @@ pub async fn start(svc: &Services) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Wakes (or starts) the task of a destination.
-fn wake(svc: &Services, destination: &str) {
+/// Wakes (or starts) the task of a destination; nothing when the queue is not running (its
+/// start resumes every destination with queued items).
+pub(super) fn wake(svc: &Services, destination: &str) {
+    if svc.federation.sender.jobs.get().is_none() {
+        return;
+    }
     let mut all = svc
         .federation
         .sender
@@ -121,7 +120,7 @@ async fn store_jobs(svc: Services, mut rx: mpsc::UnboundedReceiver<Job>) {
                     tracing::error!(%error, "cannot queue federation items");
                     continue;
                 }
-                let destinations: BTreeSet<&str> = rows.iter().map(|(d, _, _)| d.as_str()).collect();
+                let destinations: BTreeSet<&str> = rows.iter().map(|r| r.destination.as_str()).collect();
                 for destination in destinations {
                     wake(&svc, destination);
                 }
@@ -131,36 +130,32 @@ async fn store_jobs(svc: Services, mut rx: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
-/// (destination, kind, JSON) rows of a job.
-async fn rows_of(svc: &Services, job: Job) -> Result<Vec<(String, &'static str, String)>> {
+/// The rows of a job.
+async fn rows_of(svc: &Services, job: Job) -> Result<Vec<NewOutbound>> {
+    let row = |destination: String, room_id: Option<&str>, kind, json: String| NewOutbound {
+        destination,
+        kind,
+        room_id: room_id.map(ToOwned::to_owned),
+        json,
+    };
     let mut rows = Vec::new();
     match job {
         Job::Pdus(pdus) => {
-            let mut servers_of_room: HashMap<String, Vec<OwnedServerName>> = HashMap::new();
             for pdu in pdus {
-                if !servers_of_room.contains_key(&pdu.room_id) {
-                    let servers = room_servers(svc, &pdu.room_id).await?;
-                    servers_of_room.insert(pdu.room_id.clone(), servers);
+                for server in room_servers(svc, &pdu.room_id).await? {
+                    rows.push(row(
+                        server.to_string(),
+                        Some(pdu.room_id.as_str()),
+                        "pdu",
+                        pdu.json.clone(),
+                    ));
                 }
-                let mut servers = servers_of_room[&pdu.room_id].clone();
-                if let Some(target) = pdu.membership_target.as_deref().and_then(server_of)
-                    && !servers.contains(&target)
-                    && target.as_str() != svc.server_name()
-                    && super::acl::allowed(svc, &pdu.room_id, &target).await?
-                {
-                    servers.push(target);
-                }
-                rows.extend(
-                    servers
-                        .into_iter()
-                        .map(|s| (s.to_string(), "pdu", pdu.json.clone())),
-                );
             }
         }
         Job::RoomEdu { room_id, edu } => {
             let edu = edu.to_string();
             for server in room_servers(svc, &room_id).await? {
-                rows.push((server.to_string(), "edu", edu.clone()));
+                rows.push(row(server.to_string(), None, "edu", edu.clone()));
             }
         }
         Job::UserEdu { user_id, edu } => {
@@ -173,11 +168,15 @@ async fn rows_of(svc: &Services, job: Job) -> Result<Vec<(String, &'static str, 
                 .filter_map(|u| server_of(u))
                 .filter(|s| s.as_str() != svc.server_name())
                 .collect();
-            rows.extend(servers.into_iter().map(|s| (s.to_string(), "edu", edu.clone())));
+            rows.extend(
+                servers
+                    .into_iter()
+                    .map(|s| row(s.to_string(), None, "edu", edu.clone())),
+            );
         }
         Job::ServerEdu { destination, edu } => {
             if destination != svc.server_name() {
-                rows.push((destination, "edu", edu.to_string()));
+                rows.push(row(destination, None, "edu", edu.to_string()));
             }
         }
     }
@@ -185,25 +184,30 @@ async fn rows_of(svc: &Services, job: Job) -> Result<Vec<(String, &'static str, 
 }
 
 /// The server part of a user ID.
-fn server_of(user_id: &str) -> Option<OwnedServerName> {
+pub(super) fn server_of(user_id: &str) -> Option<OwnedServerName> {
     ruma::UserId::parse(user_id)
         .ok()
         .map(|u| u.server_name().to_owned())
 }
 
-/// The other servers with a user joined to the room that its server ACL lets in.
-pub async fn room_servers(svc: &Services, room_id: &str) -> Result<Vec<OwnedServerName>> {
-    let servers: BTreeSet<OwnedServerName> = svc
+/// The other servers with a user joined to the room, whatever its server ACL says.
+pub(super) async fn joined_servers(svc: &Services, room_id: &str) -> Result<BTreeSet<OwnedServerName>> {
+    Ok(svc
         .store
         .members_with(room_id, "join")
         .await?
         .iter()
         .filter_map(|u| server_of(u))
         .filter(|s| s.as_str() != svc.server_name())
-        .collect();
-    let mut allowed = Vec::with_capacity(servers.len());
-    for server in servers {
-        if super::acl::allowed(svc, room_id, &server).await? {
+        .collect())
+}
+
+/// The other servers with a user joined to the room that its server ACL lets in.
+pub async fn room_servers(svc: &Services, room_id: &str) -> Result<Vec<OwnedServerName>> {
+    let acl = super::acl::current(svc, room_id).await?;
+    let mut allowed = Vec::new();
+    for server in joined_servers(svc, room_id).await? {
+        if acl.as_ref().is_none_or(|acl| acl.is_allowed(&server)) {
             allowed.push(server);
         } else {
             tracing::debug!(%room_id, %server, "not sent: denied by the room's server ACL");
@@ -321,49 +325,6 @@ async fn send_transaction(
         Ok(())
     } else {
         Err(format!("{server} answered {status}"))
-    }
-}
-
-/// The append listener: local users' committed events join the queue.
-pub struct FederationSender;
-
-impl FederationSender {
-    fn submit_local(svc: &Services, events: &mut dyn Iterator<Item = &NewEvent>) {
-        let local = format!(":{}", svc.server_name());
-        let pdus: Vec<PduOut> = events
-            .filter(|e| e.sender.ends_with(&local))
-            .map(|e| PduOut {
-                room_id: e.room_id.clone(),
-                json: e.json.clone(),
-                // A kicked or banned user's server hears of it even when no one else of it
-                // is left; invites go through `/invite` instead (the membership flow's).
-                membership_target: e
-                    .membership
-                    .as_deref()
-                    .filter(|m| *m != "invite")
-                    .and(e.state_key.clone())
-                    .filter(|target| !target.ends_with(&local)),
-            })
-            .collect();
-        if !pdus.is_empty() {
-            svc.federation.sender.submit(Job::Pdus(pdus));
-        }
-    }
-}
-
-impl AppendListener for FederationSender {
-    fn committed(&self, svc: &Services, batch: &[Appending], _placed: &[Placed]) {
-        Self::submit_local(svc, &mut batch.iter().map(|a| &a.event));
-    }
-
-    fn room_created<'a>(
-        &'a self,
-        svc: &'a Services,
-        events: &'a [NewEvent],
-        _last: Placed,
-    ) -> Option<ListenerFuture<'a>> {
-        Self::submit_local(svc, &mut events.iter());
-        None
     }
 }
 

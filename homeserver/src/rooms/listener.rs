@@ -1,7 +1,7 @@
 //! What else happens when events are stored. Listeners are registered once, at start-up
-//! (`Services::new`: push rule evaluation and delivery, the `/sync` wake-ups; later the
-//! federation sender, the search indexer, story expiry), and the timeline hands every batch to
-//! each in turn, so it names none of them.
+//! (`Services::new`: push rule evaluation and delivery, the `/sync` wake-ups, the federation
+//! queue, the search indexer; later story expiry), and the timeline hands every batch to each
+//! in turn, so it names none of them.
 //!
 //! Dispatch costs nothing per event: a listener sees the whole batch, and only one that writes
 //! into the batch's transaction (`prepare`) returns a future, boxed once per batch.
@@ -24,6 +24,17 @@ pub trait AppendListener: Send + Sync {
         None
     }
 
+    /// Before a new room's first events are stored together (the room does not exist yet, so
+    /// it has no members or state in the database): adds to each event what must be written in
+    /// their transaction. Failures are logged, not returned.
+    fn prepare_new_room<'a>(
+        &'a self,
+        _svc: &'a Services,
+        _batch: &'a mut [Appending],
+    ) -> Option<ListenerFuture<'a>> {
+        None
+    }
+
     /// After a batch is committed; `placed[i]` is where `batch[i]` landed. Must not wait on
     /// anything slow (spawn it): the callers are answered after every listener returns.
     fn committed(&self, svc: &Services, batch: &[Appending], placed: &[Placed]);
@@ -42,6 +53,15 @@ pub trait AppendListener: Send + Sync {
 pub(crate) async fn prepare(svc: &Services, batch: &mut [Appending]) {
     for listener in svc.listeners.iter() {
         if let Some(work) = listener.prepare(svc, batch) {
+            work.await;
+        }
+    }
+}
+
+/// Runs every listener's `prepare_new_room` on a new room's first events.
+pub(crate) async fn prepare_new_room(svc: &Services, batch: &mut [Appending]) {
+    for listener in svc.listeners.iter() {
+        if let Some(work) = listener.prepare_new_room(svc, batch) {
             work.await;
         }
     }

@@ -451,6 +451,7 @@ impl Timeline {
                 event: built.new,
                 previous_group,
                 push: Vec::new(),
+                outbound: Vec::new(),
             }),
             event_id: built.event_id,
         })
@@ -501,9 +502,19 @@ impl Timeline {
             creator: creator.to_string(),
             is_public,
         };
+        let mut batch: Vec<Appending> = events
+            .into_iter()
+            .map(|event| Appending {
+                event,
+                previous_group: None,
+                push: Vec::new(),
+                outbound: Vec::new(),
+            })
+            .collect();
+        listener::prepare_new_room(svc, &mut batch).await;
         let Some(placed) = svc
             .store
-            .create_room_with_events(&row, alias, &events, now_ms())
+            .create_room_with_events(&row, alias, &batch, now_ms())
             .await?
         else {
             return Err(Error::room_in_use("Room alias already taken"));
@@ -514,6 +525,7 @@ impl Timeline {
         draft.stored = true;
         draft.state_group = Some(placed.state_group);
         keep(&mut drafts, draft);
+        let events: Vec<NewEvent> = batch.into_iter().map(|a| a.event).collect();
         listener::room_created(svc, &events, placed).await;
         Ok(room_id)
     }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use sqlx::Row;
 
-use super::{Backend, Store, StoreResult, Stream, q, qs};
+use super::{Store, StoreResult, Stream, q, qs};
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
@@ -69,18 +69,6 @@ pub(crate) enum Devices<'a> {
 }
 
 impl Store {
-    /// Takes `stream`'s write lock inside an open transaction (PostgreSQL; SQLite writers are
-    /// already serialized by `BEGIN IMMEDIATE`).
-    async fn lock_stream(&self, tx: &mut Tx, stream: Stream) -> StoreResult<()> {
-        if self.backend == Backend::Postgres {
-            q("SELECT 1 FROM pg_advisory_xact_lock($1)")
-                .bind(stream as i64)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
-    }
-
     /// Records that `user_id`'s devices or keys changed (the stream's lock must be held).
     async fn mark_device_list_in(tx: &mut Tx, user_id: &str) -> StoreResult<i64> {
         Ok(

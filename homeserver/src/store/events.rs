@@ -77,6 +77,9 @@ pub struct Appending {
     pub previous_group: Option<i64>,
     /// Who the event notifies; `stream_ordering` is filled in when it is stored.
     pub push: Vec<PushActionRow>,
+    /// The other servers it goes to: queued (`federation_outbound`) in its own transaction, so
+    /// a committed event is never missing from the queue.
+    pub outbound: Vec<String>,
 }
 
 /// A multi-statement query being built: its SQL and its parameters, numbered across statements.
@@ -315,21 +318,29 @@ impl Store {
             Self::insert_push_actions_in(&mut tx, &appending.push[written..]).await?;
             out.push(at);
         }
+        let queued = batch
+            .iter()
+            .map(|a| (&a.outbound[..], a.event.room_id.as_str(), a.event.json.as_str()));
+        self.enqueue_pdus_in(&mut tx, queued, crate::util::now_ms())
+            .await?;
         tx.commit().await?;
         Ok(out)
     }
 
-    /// Creates a room with its first events (and its alias, if any) in one transaction, so a
-    /// failure leaves nothing behind. Returns where the last event landed, or `None` when the
-    /// alias is taken.
+    /// Creates a room with its first events (and its alias, if any) and their federation queue
+    /// rows in one transaction, so a failure leaves nothing behind. Each event's state group
+    /// chains from the previous one here (`previous_group` is not read), and `push` is not
+    /// stored (the push listener's `room_created` does that). Returns where the last event
+    /// landed, or `None` when the alias is taken.
     pub async fn create_room_with_events(
         &self,
         room: &RoomRow,
         alias: Option<&str>,
-        events: &[NewEvent],
+        batch: &[Appending],
         now: i64,
     ) -> StoreResult<Option<Placed>> {
-        let events = super::at_rest::sealed(events);
+        let events: Vec<NewEvent> = batch.iter().map(|a| a.event.clone()).collect();
+        let events = super::at_rest::sealed(&events);
         let mut tx = self.begin_stream_write(Stream::Events).await?;
         Self::insert_room_in(&mut tx, room, now).await?;
         if let Some(alias) = alias
@@ -342,6 +353,11 @@ impl Store {
             let previous_group = last.map(|p: Placed| p.state_group);
             last = Some(Self::append_in(&mut tx, event, previous_group).await?);
         }
+        let queued = batch
+            .iter()
+            .zip(events.iter())
+            .map(|(a, stored)| (&a.outbound[..], stored.room_id.as_str(), stored.json.as_str()));
+        self.enqueue_pdus_in(&mut tx, queued, now).await?;
         tx.commit().await?;
         Ok(last)
     }
@@ -474,6 +490,7 @@ impl Store {
             event,
             previous_group,
             push,
+            ..
         } in batch
         {
             b.message(event, previous_group.unwrap_or(0), push);

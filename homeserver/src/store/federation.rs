@@ -1,9 +1,10 @@
 //! Other servers' signing keys: the keys themselves, and each server's newest verified key
 //! response (what this server hands out as a notary).
 
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 
-use super::{Store, StoreResult, q};
+use super::{Store, StoreResult, Stream, q};
+use crate::at_rest;
 
 /// A cached public key of another server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,44 +112,111 @@ pub struct OutboundRow {
     pub json: String,
 }
 
+/// Something to queue for one destination.
+#[derive(Debug, Clone)]
+pub struct NewOutbound {
+    pub destination: String,
+    /// `pdu` or `edu`.
+    pub kind: &'static str,
+    /// A PDU's room: its JSON is stored sealed when the room is encrypted at rest.
+    pub room_id: Option<String>,
+    pub json: String,
+}
+
+type Tx = Transaction<'static, Any>;
+
 impl Store {
-    /// Queues PDUs and EDUs, each for its destination: (destination, kind, JSON), in order.
-    pub async fn enqueue_outbound(
-        &self,
-        items: &[(String, &'static str, String)],
-        now: i64,
-    ) -> StoreResult<()> {
+    /// Queues PDUs and EDUs, each for its destination, in order.
+    pub async fn enqueue_outbound(&self, items: &[NewOutbound], now: i64) -> StoreResult<()> {
         if items.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin_write().await?;
-        for (destination, kind, json) in items {
-            q("INSERT INTO federation_outbound (destination, kind, json, created_ts) VALUES ($1, $2, $3, $4)")
-                .bind(destination.clone())
-                .bind((*kind).to_owned())
-                .bind(json.clone())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+        let mut tx = self.begin_stream_write(Stream::FederationOutbound).await?;
+        for item in items {
+            let json = match &item.room_id {
+                Some(room_id) => at_rest::seal(room_id, &item.json),
+                None => None,
+            };
+            Self::insert_outbound_in(
+                &mut tx,
+                &item.destination,
+                item.kind,
+                item.room_id.as_deref(),
+                json.as_deref().unwrap_or(&item.json),
+                now,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
+    /// Queues the events of a batch being appended, in its transaction: `(destinations, room,
+    /// JSON as stored in `events`, sealed or not)`. Takes the queue's lock first (see
+    /// `Stream::FederationOutbound`).
+    pub(super) async fn enqueue_pdus_in<'a>(
+        &self,
+        tx: &mut Tx,
+        pdus: impl Iterator<Item = (&'a [String], &'a str, &'a str)>,
+        now: i64,
+    ) -> StoreResult<()> {
+        let mut locked = false;
+        for (destinations, room_id, stored_json) in pdus {
+            for destination in destinations {
+                if !locked {
+                    self.lock_stream(tx, Stream::FederationOutbound).await?;
+                    locked = true;
+                }
+                Self::insert_outbound_in(tx, destination, "pdu", Some(room_id), stored_json, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn insert_outbound_in(
+        tx: &mut Tx,
+        destination: &str,
+        kind: &str,
+        room_id: Option<&str>,
+        stored_json: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        q(
+            "INSERT INTO federation_outbound (destination, kind, room_id, json, created_ts) \
+           VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(destination.to_owned())
+        .bind(kind.to_owned())
+        .bind(room_id.map(ToOwned::to_owned))
+        .bind(stored_json.to_owned())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
     /// The oldest queued items of a destination, at most `limit`, in queue order.
     pub async fn outbound_items(&self, destination: &str, limit: i64) -> StoreResult<Vec<OutboundRow>> {
-        let rows =
-            q("SELECT id, kind, json FROM federation_outbound WHERE destination = $1 ORDER BY id LIMIT $2")
-                .bind(destination.to_owned())
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = q(
+            "SELECT id, kind, json, room_id FROM federation_outbound WHERE destination = $1 \
+             ORDER BY id LIMIT $2",
+        )
+        .bind(destination.to_owned())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .into_iter()
-            .map(|r| OutboundRow {
-                id: r.get(0),
-                kind: r.get(1),
-                json: r.get(2),
+            .map(|r| {
+                let json: String = r.get(2);
+                OutboundRow {
+                    id: r.get(0),
+                    kind: r.get(1),
+                    json: match r.get::<Option<String>, _>(3) {
+                        Some(room_id) => at_rest::open(&room_id, json),
+                        None => json,
+                    },
+                }
             })
             .collect())
     }

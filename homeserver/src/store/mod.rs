@@ -47,7 +47,7 @@ pub use admin::AuditRow;
 pub use backup::{BackupSessionRow, BackupVersionRow, BackupWrite};
 pub use e2ee::{KeyUpload, KeysUpload, Queued, ToDeviceOut, ToDeviceRow, UploadRefusal};
 pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Txn};
-pub use federation::RemoteKeyRow;
+pub use federation::{NewOutbound, RemoteKeyRow};
 pub use media::{MediaRow, RemoteThumbnail, RemoteThumbnailKey, UploadedContent};
 pub use outliers::{EventPlace, StateEntry};
 pub use pending_pdus::PendingPdu;
@@ -124,6 +124,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(19, "0019_remote_media"),
     migration!(20, "0020_openid_tokens"),
     migration!(21, "0021_pending_pdus"),
+    migration!(24, "0024_federation_outbound_room"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside
@@ -137,6 +138,9 @@ pub(crate) enum Stream {
     Presence = 4,
     DeviceLists = 5,
     ToDevice = 6,
+    /// Not a sync stream: `federation_outbound`, whose IDs the queue deletes up to, so they
+    /// must also become visible in order.
+    FederationOutbound = 7,
 }
 
 /// Shorthand for a query on the `Any` driver.
@@ -274,6 +278,18 @@ impl Store {
                 .await?;
         }
         Ok(tx)
+    }
+
+    /// Takes `stream`'s write lock inside an open transaction (PostgreSQL; SQLite writers are
+    /// already serialized by `BEGIN IMMEDIATE`).
+    async fn lock_stream(&self, tx: &mut sqlx::Transaction<'static, Any>, stream: Stream) -> StoreResult<()> {
+        if self.backend == Backend::Postgres {
+            q("SELECT 1 FROM pg_advisory_xact_lock($1)")
+                .bind(stream as i64)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     pub fn backend(&self) -> Backend {
