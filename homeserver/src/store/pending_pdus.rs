@@ -1,8 +1,10 @@
-//! PDUs waiting for a prev event (`federation_pending_pdus`, see `federation::pending`).
+//! PDUs waiting for a prev event (`federation_pending_pdus`, see `federation::pending`). A PDU
+//! of a room encrypted at rest is stored sealed under the room's data key, like `events.json`.
 
 use sqlx::Row;
 
 use super::{Store, StoreResult, q};
+use crate::at_rest;
 
 /// A PDU refused for a missing prev event, kept to be tried again.
 #[derive(Debug, Clone)]
@@ -33,7 +35,7 @@ impl Store {
         .bind(event_id.to_owned())
         .bind(room_id.to_owned())
         .bind(origin.to_owned())
-        .bind(json.to_owned())
+        .bind(at_rest::seal(room_id, json).unwrap_or_else(|| json.to_owned()))
         .bind(reason.to_owned())
         .bind(next_try_ts)
         .bind(now)
@@ -66,7 +68,7 @@ impl Store {
             .map(|r| PendingPdu {
                 event_id: r.get(0),
                 origin: r.get(1),
-                json: r.get(2),
+                json: at_rest::open(room_id, r.get(2)),
                 attempts: r.get(3),
                 next_try_ts: r.get(4),
             })
