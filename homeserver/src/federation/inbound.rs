@@ -344,6 +344,13 @@ async fn place(
     room_id: &RoomId,
     groups: Vec<i64>,
 ) -> Result<Fate, Placement> {
+    // Placed since the check before the lock (two transactions fetched it as a missing prev
+    // event at once): the same answer, and no second insert.
+    match svc.store.event_place(pdu.event_id.as_str()).await? {
+        Some(EventPlace::Timeline) => return Ok(Fate::Timeline),
+        Some(EventPlace::SoftFailed) => return Ok(Fate::SoftFailed),
+        Some(EventPlace::Outlier) | None => {}
+    }
     // The common case: the state before the event is the one state of all forward extremities,
     // which is the current state; no resolution, no soft-fail check.
     let current_groups = svc.store.extremity_state_groups(room_id.as_str()).await?;
