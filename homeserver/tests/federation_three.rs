@@ -715,16 +715,11 @@ fn move_listener(fed: &mut Fed, port: u16) {
 }
 
 #[tokio::test]
-#[ignore = "passes since soft-failed events joined the DAG and server reads follow the visibility \
-            at each event (2/2 runs on SQLite, 1/1 on PostgreSQL), but not yet proven stable under \
-            CI's parallel load; run with --run-ignored"]
 async fn a_partition_heals_to_the_same_state_on_all_three() {
     partition(false).await;
 }
 
 #[tokio::test]
-#[ignore = "passes (2/2 runs on SQLite, 1/1 on PostgreSQL) but takes ~110 s against 40 s waits per \
-            step; not yet proven stable under CI's parallel load; run with --run-ignored"]
 async fn a_partition_with_a_conflicting_state_change_heals_to_the_same_state() {
     partition(true).await;
 }
