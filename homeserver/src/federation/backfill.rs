@@ -260,7 +260,11 @@ async fn store_batch(
         }
         let mut event = inbound::new_event(&pdu);
         event.redacts = inbound::redaction_target(svc, &pdu, room_id).await?;
-        if svc.store.insert_backfilled(&event, first + i as i64, group).await? {
+        if svc
+            .store
+            .insert_backfilled(&event, first + i as i64, group)
+            .await?
+        {
             count += 1;
             stored.fetch_add(1, Ordering::SeqCst);
         }

@@ -432,7 +432,8 @@ pub async fn check_without_state(
         Some(r) => r.as_str() == room_id.as_str(),
         None => {
             is_v12_create(rules, &pdu)
-                && hearth_federation::pdu::room_id_from_create_event(&pdu.event_id).as_str() == room_id.as_str()
+                && hearth_federation::pdu::room_id_from_create_event(&pdu.event_id).as_str()
+                    == room_id.as_str()
         }
     };
     if !of_room {
