@@ -809,6 +809,12 @@ async fn messages_backfill_history_from_before_the_join() {
         since = sync["next_batch"].as_str().unwrap().to_owned();
     }
     assert_eq!(seen, ["m31"], "only the new message is new");
+    let full = bob.sync(None, 0, 1).await;
+    let unread = &full["rooms"]["join"][&room]["unread_notifications"];
+    assert!(
+        unread["notification_count"].as_i64() == Some(1),
+        "m31 is counted, the backfilled events are not: {unread}"
+    );
     // Paging again reads the store: the same history, no remote call needed.
     let again = all_messages_backwards(&bob, &room).await;
     let mut expected = vec!["m31".to_owned()];
