@@ -271,3 +271,39 @@ async fn store_batch(
     }
     Ok(count)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_is_remembered_with_a_growing_delay_until_a_success() {
+        let state = Backfilling::default();
+        assert!(!state.failed_recently("!r:x"));
+        state.record("!r:x", false);
+        assert!(state.failed_recently("!r:x"));
+        assert!(!state.failed_recently("!other:x"), "per room");
+        state.record("!r:x", false);
+        let delay = state.failures.lock().unwrap()["!r:x"].delay;
+        assert_eq!(delay, FIRST_RETRY * 2);
+        for _ in 0..20 {
+            state.record("!r:x", false);
+        }
+        assert_eq!(state.failures.lock().unwrap()["!r:x"].delay, LAST_RETRY);
+        state.record("!r:x", true);
+        assert!(!state.failed_recently("!r:x"));
+    }
+
+    #[tokio::test]
+    async fn one_backfill_per_room_at_a_time() {
+        let state = Backfilling::default();
+        let slot = state.slot("!r:x");
+        let held = slot.lock.lock().await;
+        assert!(state.slot("!r:x").lock.try_lock().is_err(), "the same room waits");
+        assert!(
+            state.slot("!s:x").lock.try_lock().is_ok(),
+            "another room does not"
+        );
+        drop(held);
+    }
+}
