@@ -41,8 +41,13 @@ impl StreamToken {
         if parts.len() > positions.len() {
             return Err(invalid());
         }
-        for (slot, part) in positions.iter_mut().zip(parts) {
-            *slot = part.parse().ok().filter(|n: &i64| *n >= 0).ok_or_else(invalid)?;
+        // Only the events position may be negative: backfilled events sit below 0.
+        for (i, (slot, part)) in positions.iter_mut().zip(parts).enumerate() {
+            *slot = part
+                .parse()
+                .ok()
+                .filter(|n: &i64| *n >= 0 || (i == 0 && *n >= crate::rooms::access::FLOOR))
+                .ok_or_else(invalid)?;
         }
         let [
             events,
@@ -115,7 +120,7 @@ mod tests {
 
     #[test]
     fn garbage_tokens_are_refused() {
-        for bad in ["", "x1_2", "s", "s-1_0", "s1_2_3_4_5_6_7_8", "s1_a"] {
+        for bad in ["", "x1_2", "s", "s0_-1", "s1_2_3_4_5_6_7_8", "s1_a"] {
             assert_eq!(
                 StreamToken::parse(bad).unwrap_err().errcode(),
                 "M_INVALID_PARAM",

@@ -634,3 +634,185 @@ async fn missing_prev_events_from_misbehaving_answers(
     assert_eq!(stored(missing.event_id.to_string()).await, 1);
     assert_eq!(stored(next.event_id.to_string()).await, 1);
 }
+
+/// A message (no state key) from the fake room's creator after `prev`, signed with `key`.
+fn plain_message(room: &FakeRoom, prev: &Pdu, body: &str, key: &SigningKey) -> Pdu {
+    let [create, member, _] = &room.events[..] else {
+        unreachable!()
+    };
+    PduTemplate {
+        room_id: Some(RoomId::parse(&room.room_id).unwrap()),
+        sender: UserId::parse(format!("@creator:{}", room.server)).unwrap(),
+        event_type: "m.room.message".into(),
+        state_key: None,
+        content: json!({ "msgtype": "m.text", "body": body }),
+        prev_events: vec![prev.event_id.clone()],
+        auth_events: vec![create.event_id.clone(), member.event_id.clone()],
+        depth: prev.depth + 1,
+        origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(now_ms()).unwrap()),
+        redacts: None,
+    }
+    .finish(&RoomVersionId::V10.rules().unwrap(), &room.server, key)
+    .unwrap()
+}
+
+/// A fake room with history before the join: its `/backfill` answers one event signed with
+/// another key and one whose content no longer matches its hash. Hearth drops the first, keeps
+/// the second redacted, shows the rest in order, and does not ask again on every page.
+#[tokio::test]
+async fn backfill_from_a_misbehaving_server() {
+    let mock = MockServer::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (front, front_ca) = tls_front(*mock.address(), &["hist.test"], certs.path()).await;
+    let fed_port = free_port();
+    let server_cert = certs.path().join("hs-b.test.crt");
+    let server_key = certs.path().join("hs-b.test.key");
+    let status = common::hearth_command()
+        .args(["generate-dev-cert", "--server-name", "hs-b.test", "--cert"])
+        .arg(&server_cert)
+        .arg("--key")
+        .arg(&server_key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let server = Server::start_named(
+        Backend::from_env(),
+        "hs-b.test",
+        "",
+        &format!("enabled = false\n{RATE_LIMIT_FIELDS}"),
+        &format!(
+            "[privacy]\ndefault_mode = \"none\"\n\
+             [federation]\nenabled = true\nlisten = \"127.0.0.1:{fed_port}\"\n\
+             tls_certificate = \"{}\"\ntls_private_key = \"{}\"\n\
+             allow_ip_ranges = [\"127.0.0.1/32\"]\nca_files = [\"{}\"]\n\
+             [federation.resolve]\n\"hist.test\" = \"127.0.0.1:{front}\"\n",
+            server_cert.display(),
+            server_key.display(),
+            front_ca.display()
+        ),
+    )
+    .await;
+    let bob = server.register("bob").await;
+    let key = SigningKey::generate("fake").unwrap();
+    serve_keys(&mock, "hist.test", &key).await;
+    let room = fake_room("hist.test", key);
+    let rules = &room.events[2];
+    let h1 = plain_message(&room, rules, "h1", &room.key);
+    let wrong = SigningKey::generate(room.key.version()).unwrap();
+    let h2 = plain_message(&room, &h1, "h2", &wrong);
+    let h3 = plain_message(&room, &h2, "h3", &room.key);
+    let h4 = plain_message(&room, &h3, "h4", &room.key);
+    // h3 as served: its body changed after hashing and signing (the signature covers only the
+    // redacted form, so it still verifies; the content hash does not).
+    let mut h3_served = serde_json::to_value(&h3.json).unwrap();
+    h3_served["content"]["body"] = json!("h3, altered");
+
+    let mut template = room.template(&bob.user_id);
+    template["event"]["prev_events"] = json!([h4.event_id]);
+    template["event"]["depth"] = json!(h4.depth + 1);
+    serve_make_join(
+        &mock,
+        "hist.test",
+        ResponseTemplate::new(200).set_body_json(template),
+    )
+    .await;
+    serve_send_join(
+        &mock,
+        "hist.test",
+        ResponseTemplate::new(200).set_body_json(room.send_join()),
+    )
+    .await;
+    let mut pdus = vec![
+        serde_json::to_value(&h4.json).unwrap(),
+        h3_served,
+        serde_json::to_value(&h2.json).unwrap(),
+        serde_json::to_value(&h1.json).unwrap(),
+    ];
+    pdus.extend(
+        room.events
+            .iter()
+            .rev()
+            .map(|p| serde_json::to_value(&p.json).unwrap()),
+    );
+    Mock::given(method("GET"))
+        .and(path_regex("^/_matrix/federation/v1/backfill/"))
+        .and(header_is("host", "hist.test"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "origin": "hist.test",
+            "origin_server_ts": now_ms(),
+            "pdus": pdus,
+        })))
+        .mount(&mock)
+        .await;
+    let (status, body, _) = join(&bob, &room.room_id).await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", server.log_tail());
+
+    let mut pages = Vec::new();
+    for _ in 0..3 {
+        let mut events: Vec<Value> = Vec::new();
+        let mut from: Option<String> = None;
+        loop {
+            let mut uri = format!("/rooms/{}/messages?dir=b&limit=3", encode(&room.room_id));
+            if let Some(from) = &from {
+                uri.push_str(&format!("&from={}", encode(from)));
+            }
+            let page = bob.ok(Method::GET, &uri, None).await;
+            events.extend(page["chunk"].as_array().unwrap().iter().cloned());
+            match page["end"].as_str() {
+                Some(end) => from = Some(end.to_owned()),
+                None => break,
+            }
+        }
+        pages.push(events);
+    }
+    let messages: Vec<(String, Value)> = pages[0]
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| (e["event_id"].as_str().unwrap().to_owned(), e["content"].clone()))
+        .collect();
+    assert_eq!(
+        messages,
+        vec![
+            (
+                h4.event_id.to_string(),
+                json!({ "msgtype": "m.text", "body": "h4" })
+            ),
+            (h3.event_id.to_string(), json!({})),
+            (
+                h1.event_id.to_string(),
+                json!({ "msgtype": "m.text", "body": "h1" })
+            ),
+        ],
+        "h2 dropped at its signature, h3 redacted\n{}",
+        server.log_tail()
+    );
+    assert_eq!(pages[0].last().unwrap()["type"], "m.room.create");
+    let ids = |events: &[Value]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&pages[1]), ids(&pages[0]), "the same history from the store");
+    assert_eq!(ids(&pages[2]), ids(&pages[0]));
+    let db = server.db().await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM events WHERE event_id = $1",
+            &[h2.event_id.as_str()]
+        )
+        .await,
+        0,
+        "the forged event is not stored"
+    );
+    // The gap h2 leaves is asked about once more, then remembered: not on every page.
+    let asked = mock
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path().starts_with("/_matrix/federation/v1/backfill/"))
+        .count();
+    assert!((1..=2).contains(&asked), "{asked} backfill requests");
+}

@@ -687,3 +687,183 @@ async fn invite_room_state_must_be_whole_pdus_in_v12() {
         .collect();
     assert_eq!(names, [&json!("Elsewhere")], "{sync}");
 }
+
+/// Pages `/messages` backwards from the newest event until there is no `end`: every event, newest
+/// first.
+async fn all_messages_backwards(client: &common::Client, room_id: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..50 {
+        let mut path = format!("/rooms/{}/messages?dir=b&limit=7", encode(room_id));
+        if let Some(from) = &from {
+            path.push_str(&format!("&from={}", encode(from)));
+        }
+        let page = client.ok(Method::GET, &path, None).await;
+        events.extend(page["chunk"].as_array().unwrap().iter().cloned());
+        match page["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => return events,
+        }
+    }
+    panic!("/messages never ended: {} events", events.len());
+}
+
+fn bodies(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The events of `room_id` in a `/sync` response's timeline.
+fn sync_timeline(sync: &Value, room_id: &str) -> Vec<Value> {
+    sync["rooms"]["join"][room_id]["timeline"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn messages_backfill_history_from_before_the_join() {
+    let p = pair().await;
+    let alice = p.a.server.register("alice").await;
+    let bob = p.b.server.register("bob").await;
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "name": "Old" }))
+        .await;
+    for i in 1..=30 {
+        alice.send_text(&room, &format!("m{i}")).await;
+    }
+    let (status, body) = bob
+        .request(
+            Method::POST,
+            &format!("/join/{}?via=hs-a.test", encode(&room)),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sync = bob.sync(None, 0, 50).await;
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    assert!(
+        bodies(&sync_timeline(&sync, &room)).is_empty(),
+        "before any backfill, B has no history: {sync}"
+    );
+    // A long-poll waiting while Bob pages: backfilled events wake nobody.
+    let waiting = {
+        let bob =
+            p.b.server
+                .client_with_token(&bob.user_id, &bob.device_id, bob.token.as_deref().unwrap());
+        let since = since.clone();
+        tokio::spawn(async move { bob.sync(Some(&since), 3_000, 50).await })
+    };
+
+    let events = all_messages_backwards(&bob, &room).await;
+    let expected: Vec<String> = (1..=30).rev().map(|i| format!("m{i}")).collect();
+    assert_eq!(
+        bodies(&events),
+        expected,
+        "all 30, newest first, once\nB: {}",
+        p.b.server.log_tail()
+    );
+    let mut ids: Vec<&str> = events.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    let total = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), total, "no event twice");
+    assert_eq!(
+        events.last().unwrap()["type"],
+        "m.room.create",
+        "the room's creation ends the history"
+    );
+    assert_eq!(
+        events.first().unwrap()["type"],
+        "m.room.member",
+        "Bob's join first"
+    );
+    let b_rows =
+        p.b.count(
+            "SELECT COUNT(*) FROM events WHERE room_id = $1 AND stream_ordering < 0",
+            &room,
+        )
+        .await;
+    assert!(b_rows >= 30, "stored below the existing history: {b_rows}");
+
+    // Nothing of it reaches /sync as new: not the waiting long-poll, not a later one.
+    let woken = waiting.await.unwrap();
+    assert!(
+        bodies(&sync_timeline(&woken, &room)).is_empty(),
+        "backfilled events are not new: {woken}"
+    );
+    alice.send_text(&room, "m31").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let mut since = woken["next_batch"].as_str().unwrap().to_owned();
+    while !seen.contains(&"m31".to_owned()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "m31 never reached B: {seen:?}"
+        );
+        let sync = bob.sync(Some(&since), 2_000, 50).await;
+        seen.extend(bodies(&sync_timeline(&sync, &room)));
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(seen, ["m31"], "only the new message is new");
+    let full = bob.sync(None, 0, 1).await;
+    let unread = &full["rooms"]["join"][&room]["unread_notifications"];
+    assert!(
+        unread["notification_count"].as_i64() == Some(1),
+        "m31 is counted, the backfilled events are not: {unread}"
+    );
+    // Paging again reads the store: the same history, no remote call needed.
+    let again = all_messages_backwards(&bob, &room).await;
+    let mut expected = vec!["m31".to_owned()];
+    expected.extend((1..=30).rev().map(|i| format!("m{i}")));
+    assert_eq!(bodies(&again), expected);
+}
+
+#[tokio::test]
+async fn backfilled_history_keeps_its_visibility() {
+    let p = pair().await;
+    let alice = p.a.server.register("alice").await;
+    let bob = p.b.server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    alice.send_text(&room, "shared-before").await;
+    alice
+        .set_state(
+            &room,
+            "m.room.history_visibility",
+            "",
+            json!({ "history_visibility": "joined" }),
+        )
+        .await;
+    for i in 1..=5 {
+        alice.send_text(&room, &format!("secret{i}")).await;
+    }
+    let (status, body) = bob
+        .request(
+            Method::POST,
+            &format!("/join/{}?via=hs-a.test", encode(&room)),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    alice.send_text(&room, "after-join").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let events = all_messages_backwards(&bob, &room).await;
+        if bodies(&events).contains(&"after-join".to_owned()) {
+            // A does not serve B what B's users may not see (`joined`): the secrets never
+            // come; what was shared before does, and shows.
+            assert_eq!(
+                bodies(&events),
+                ["after-join", "shared-before"],
+                "B: {}",
+                p.b.server.log_tail()
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "after-join never reached B");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -417,6 +417,51 @@ async fn place(
     Ok(Fate::Timeline)
 }
 
+/// The checks of a PDU that joins the timeline without the state before it (a backfilled one:
+/// its prev events are older and not here): steps 1–4 of `accept` — format, signatures,
+/// content hash (a mismatch keeps it redacted), the room's server ACL, auth against its own
+/// auth events (missing ones fetched from `origin` within `budget`, kept as outliers; failing
+/// that, stored as rejected). The state before it and the current state are not consulted.
+pub async fn check_without_state(
+    svc: &Services,
+    origin: &ServerName,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    raw: &RawValue,
+    budget: &mut Budget,
+) -> Result<Pdu, String> {
+    let object = pdu_checks::parse(raw).map_err(|e| e.to_string())?;
+    let checked = verify(svc, object, rules).await?;
+    let pdu = checked.pdu;
+    if checked.redacted {
+        tracing::info!(event_id = %pdu.event_id, "content hash mismatch: the event is kept redacted");
+    }
+    let of_room = match &pdu.room_id {
+        Some(r) => r.as_str() == room_id.as_str(),
+        None => {
+            is_v12_create(rules, &pdu)
+                && hearth_federation::pdu::room_id_from_create_event(&pdu.event_id).as_str()
+                    == room_id.as_str()
+        }
+    };
+    if !of_room {
+        return Err(format!("{} is not an event of {room_id}", pdu.event_id));
+    }
+    if let Ok(sender_server) = <&ServerName>::try_from(pdu.sender.server_name().as_str()) {
+        super::membership::check_acl(svc, room_id, sender_server)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut wanted = pdu.auth_events.clone();
+    wanted.extend(implied_create(rules, room_id).filter(|c| *c != pdu.event_id));
+    let auth = ensure_events(svc, origin, rules, room_id, &wanted, budget, 0).await?;
+    if let Err(reason) = check_with_auth_events(rules, &pdu, &auth) {
+        reject(svc, &pdu, &reason).await;
+        return Err(format!("rejected: {reason}"));
+    }
+    Ok(pdu)
+}
+
 /// The room's version and rules; an error for rooms this server does not know.
 pub async fn room_rules(svc: &Services, room_id: &RoomId) -> Result<(RoomVersionId, RoomVersionRules)> {
     let room = svc
@@ -519,9 +564,9 @@ pub async fn fetch_event(
 type EnsureFuture<'a> =
     std::pin::Pin<Box<dyn Future<Output = Result<HashMap<OwnedEventId, Pdu>, String>> + Send + 'a>>;
 
-/// Fetches bounded by count across one PDU's checks.
+/// Fetches bounded by count across one PDU's checks (or one backfill's).
 #[derive(Default)]
-struct Budget {
+pub struct Budget {
     fetched: usize,
 }
 
@@ -739,7 +784,7 @@ async fn reject(svc: &Services, pdu: &Pdu, reason: &str) {
 /// The `redacts` column of a received redaction: set only when its target is an event of the
 /// same room sent by a user of the redaction sender's server (a moderator's redaction of
 /// another server's event is stored but not applied; see spec/server-server.md).
-async fn redaction_target(svc: &Services, pdu: &Pdu, room_id: &RoomId) -> Result<Option<String>> {
+pub(crate) async fn redaction_target(svc: &Services, pdu: &Pdu, room_id: &RoomId) -> Result<Option<String>> {
     let Some(target) = &pdu.redacts else {
         return Ok(None);
     };

@@ -6,6 +6,7 @@
 pub mod acl;
 pub mod answers;
 pub mod auth;
+pub mod backfill;
 pub mod client;
 pub mod inbound;
 #[cfg(test)]
@@ -49,6 +50,8 @@ pub struct Federation {
     pub sender: sender::Sender,
     /// Rooms whose pending PDUs are being tried again.
     pub pending: pending::Retrying,
+    /// Backfills in flight and remembered failures.
+    pub backfill: backfill::Backfilling,
 }
 
 impl Federation {

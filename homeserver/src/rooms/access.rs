@@ -19,6 +19,13 @@
 //! room is appended here one after another. (Federated rooms will need the state at each
 //! event, from its state group, instead.)
 //!
+//! Backfilled events (`federation::backfill`) sit at negative stream positions, in depth order,
+//! below everything else. Before the first change of visibility stored among them, the setting
+//! is the one of the state this server adopted when it joined (that event, not yet backfilled,
+//! is older than all of them); once it is backfilled too and nothing older is, the setting is
+//! unknown until the room's creation is reached, and unknown reads as `joined` (the strictest
+//! for a viewer who was not a member then), never as the spec's default `shared`.
+//!
 //! Endpoints: the room's events and state may be read by anyone who has been joined to it, or
 //! left or was banned after (then up to that point), and by anyone at all while the room is
 //! `world_readable` (peeking). Invitees and knockers see the stripped state in `/sync` only.
@@ -64,6 +71,11 @@ pub struct RoomAccess {
     viewer: Option<String>,
     /// History visibility changes: (stream position, setting from then on), in stream order.
     visibility: Vec<(i64, HistoryVisibility)>,
+    /// The setting of the state a remote join adopted (an outlier), for backfilled events
+    /// older than every change stored in the timeline.
+    adopted: Option<HistoryVisibility>,
+    /// The room's creation is in the timeline: its history here starts at the beginning.
+    complete: bool,
     /// The viewer's membership changes: (stream position, membership from then on).
     membership: Vec<(i64, String)>,
 }
@@ -83,14 +95,19 @@ impl RoomAccess {
         Ok(rooms
             .iter()
             .map(|room| {
+                let rows = visibility.remove(room).unwrap_or_default();
                 let access = RoomAccess {
                     viewer: viewer.map(ToOwned::to_owned),
-                    visibility: visibility
-                        .remove(room)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(at, json)| (at, HistoryVisibility::of_pdu(&json)))
+                    visibility: rows
+                        .iter()
+                        .filter(|r| !r.create)
+                        .map(|r| (r.at, HistoryVisibility::of_pdu(&r.json)))
                         .collect(),
+                    adopted: rows
+                        .iter()
+                        .find(|r| !r.create && r.outlier)
+                        .map(|r| HistoryVisibility::of_pdu(&r.json)),
+                    complete: rows.iter().any(|r| r.create && !r.outlier),
                     membership: membership.remove(room).unwrap_or_default(),
                 };
                 (room.clone(), access)
@@ -105,12 +122,20 @@ impl RoomAccess {
             .ok_or_else(|| Error::internal("access not loaded"))
     }
 
-    /// The setting in force after the last change before `at` (`shared` when never set).
+    /// The setting in force after the last change before `at` (`shared` when never set); for a
+    /// backfilled event (below 0) before every stored change, the adopted state's setting, or
+    /// `joined` while the history back to the room's creation is not here.
     fn visibility_before(&self, at: i64) -> HistoryVisibility {
         let i = self.visibility.partition_point(|(s, _)| *s < at);
-        i.checked_sub(1)
-            .map(|i| self.visibility[i].1)
-            .unwrap_or(HistoryVisibility::Shared)
+        match i.checked_sub(1) {
+            Some(i) => self.visibility[i].1,
+            None if at < 0 => match self.adopted {
+                Some(adopted) => adopted,
+                None if self.complete => HistoryVisibility::Shared,
+                None => HistoryVisibility::Joined,
+            },
+            None => HistoryVisibility::Shared,
+        }
     }
 
     /// The viewer's membership after their last change before `at`.
@@ -163,11 +188,13 @@ impl RoomAccess {
     /// of the viewer's membership) rules 1–5 give one answer for every event; a change itself
     /// is one event, kept as a range of its own for `can_see` to decide.
     pub fn candidate_ranges(&self, after: i64, upto: i64) -> Vec<(i64, i64)> {
+        // 0 too: below it lie backfilled events, whose setting before any change differs.
         let mut points: Vec<i64> = self
             .visibility
             .iter()
             .map(|(s, _)| *s)
             .chain(self.membership.iter().map(|(s, _)| *s))
+            .chain([0])
             .collect();
         points.sort_unstable();
         points.dedup();
@@ -182,11 +209,11 @@ impl RoomAccess {
                 _ => ranges.push((lo, hi)),
             }
         };
-        // The open segments (start, next): start = 0 before the first change.
-        let starts = std::iter::once(0).chain(points.iter().copied());
+        // The open segments (start, next): start = FLOOR before the first change.
+        let starts = std::iter::once(FLOOR).chain(points.iter().copied());
         let ends = points.iter().copied().chain(std::iter::once(i64::MAX));
         for (start, end) in starts.zip(ends) {
-            if start > 0 {
+            if start > FLOOR {
                 push(start, start);
             }
             let probe = start + 1;
@@ -262,6 +289,9 @@ impl RoomAccess {
         }
     }
 }
+
+/// Below every stream position (backfilled events count down from 0), with room to subtract.
+pub const FLOOR: i64 = i64::MIN / 4;
 
 /// How a viewer may read a room now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,6 +375,8 @@ mod tests {
         RoomAccess {
             viewer: Some("@v:x".into()),
             visibility: visibility.to_vec(),
+            adopted: None,
+            complete: true,
             membership: membership.iter().map(|(s, m)| (*s, m.to_string())).collect(),
         }
     }
@@ -437,6 +469,31 @@ mod tests {
                     "{at} in {ranges:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn backfilled_events_take_the_adopted_setting_or_the_strictest() {
+        // Nothing of visibility backfilled yet: the setting the join adopted.
+        let mut a = access(&[(5, Joined)], &[(10, "join")]);
+        (a.adopted, a.complete) = (Some(Joined), false);
+        assert!(!a.can_see(&msg(-3)));
+        a.adopted = Some(Shared);
+        assert!(a.can_see(&msg(-3)));
+        // The adopted event backfilled at -5: after it its setting, before it unknown until
+        // the room's creation is here too.
+        let mut a = access(&[(-5, Shared)], &[(10, "join")]);
+        (a.adopted, a.complete) = (None, false);
+        assert!(a.can_see(&msg(-3)));
+        assert!(!a.can_see(&msg(-7)));
+        a.complete = true;
+        assert!(a.can_see(&msg(-7)));
+        let ranges = a.candidate_ranges(FLOOR, 20);
+        for at in [-7, -5, -3, 12] {
+            assert!(
+                ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&at)),
+                "{at} in {ranges:?}"
+            );
         }
     }
 

@@ -22,7 +22,7 @@ use crate::{
     filter::RoomEventFilter,
     rooms::{
         self,
-        access::{Reading, RoomAccess},
+        access::{FLOOR, Reading, RoomAccess},
         client_event::{Viewer, client_events},
         relations::format_with_bundles,
     },
@@ -189,20 +189,20 @@ pub async fn messages(
     viewer: &str,
     req: MessagesRequest,
 ) -> Result<Messages> {
-    let access = RoomAccess::load(svc, room_id, viewer).await?;
+    let mut access = RoomAccess::load(svc, room_id, viewer).await?;
     access.reading()?;
     let now = StreamToken::current(svc).await?;
     let upper = access.events_until().min(now.events);
     let from = match req.from {
         Some(token) => token,
         None if req.direction == Direction::Backwards => now,
-        None => now.at_events(0),
+        None => now.at_events(FLOOR),
     };
     let range = match req.direction {
-        Direction::Backwards => (req.to.map(|t| t.events).unwrap_or(0), from.events.min(upper)),
+        Direction::Backwards => (req.to.map(|t| t.events).unwrap_or(FLOOR), from.events.min(upper)),
         Direction::Forwards => (from.events, req.to.map(|t| t.events).unwrap_or(upper).min(upper)),
     };
-    let scanned = scan(
+    let mut scanned = scan(
         svc,
         room_id.as_str(),
         &access,
@@ -212,6 +212,25 @@ pub async fn messages(
         &req.filter,
     )
     .await?;
+    // The start of the history here, but not of the room: fill it from the room's other
+    // servers, then read again (the access too: visibility changes may have come with it).
+    if req.direction == Direction::Backwards
+        && req.to.is_none()
+        && !scanned.more
+        && crate::federation::backfill::fill(svc, room_id).await
+    {
+        access = RoomAccess::load(svc, room_id, viewer).await?;
+        scanned = scan(
+            svc,
+            room_id.as_str(),
+            &access,
+            range,
+            req.direction,
+            req.limit,
+            &req.filter,
+        )
+        .await?;
+    }
     let state = if req.filter.lazy_load_members == Some(true) {
         members_of_senders(svc, room_id, &access, &scanned.rows).await?
     } else {
@@ -307,7 +326,7 @@ pub async fn context(
         svc,
         room_id.as_str(),
         &access,
-        (0, event.stream_ordering - 1),
+        (FLOOR, event.stream_ordering - 1),
         Direction::Backwards,
         before_n,
         &everything,

@@ -9,6 +9,7 @@ mod account_data;
 mod admin;
 mod aliases;
 mod at_rest;
+mod backfill;
 mod backup;
 mod e2ee;
 mod events;
@@ -56,7 +57,7 @@ pub use push::{PushActionRow, PusherRow, ThreadCounts};
 pub use receipts::ReceiptRow;
 pub use relations::{RelationPage, ThreadRoot};
 pub use rooms::RoomRow;
-pub use state::StateMap;
+pub use state::{HistoryRow, StateMap};
 pub use sync::SyncRoom;
 pub use users::{DeviceRow, NewAccessToken, NewRefreshToken, Refreshed, TokenOwner, UserRow};
 

@@ -330,10 +330,12 @@ impl Store {
 
     /// Where a room's timeline starts when it started elsewhere (a remote join): the first
     /// timeline event's JSON and the state group before it (`None` for rooms created here).
+    /// Backfilled events (below 0) came before it and are not where it started.
     pub async fn timeline_start(&self, room_id: &str) -> StoreResult<Option<(String, i64)>> {
         let row = q(
             "SELECT e.json, g.prev_group FROM events e JOIN state_groups g ON g.id = e.state_group \
-                     WHERE e.room_id = $1 AND e.outlier = 0 ORDER BY e.stream_ordering LIMIT 1",
+                     WHERE e.room_id = $1 AND e.outlier = 0 AND e.stream_ordering > 0 \
+                     ORDER BY e.stream_ordering LIMIT 1",
         )
         .bind(room_id.to_owned())
         .fetch_optional(&self.pool)

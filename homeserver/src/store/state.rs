@@ -13,6 +13,18 @@ pub type StateMap = HashMap<(String, String), String>;
 /// needed to rebuild state while keeping most groups one row.
 const MAX_DELTA_CHAIN: i64 = 50;
 
+/// A row of `history_visibility_changes`.
+#[derive(Debug, Clone)]
+pub struct HistoryRow {
+    pub at: i64,
+    /// The room's `m.room.create` (else an `m.room.history_visibility`).
+    pub create: bool,
+    /// Known outside the timeline (the state a remote join adopted).
+    pub outlier: bool,
+    /// The PDU of a history visibility event (empty for the create event).
+    pub json: String,
+}
+
 impl Store {
     /// The room's current state.
     pub async fn current_state(&self, room_id: &str) -> StoreResult<StateMap> {
@@ -156,18 +168,20 @@ impl Store {
         Ok(latest.into_iter().map(|(room, (m, s))| (room, m, s)).collect())
     }
 
-    /// Each room's `m.room.history_visibility` events in stream order: room → (stream position,
-    /// PDU JSON). Soft-failed ones never took effect here.
+    /// Each room's `m.room.history_visibility` events and its `m.room.create`, in stream order,
+    /// timeline and outlier ones (soft-failed ones never took effect here). Where the create
+    /// event is tells whether the room's history here goes back to its start.
     pub async fn history_visibility_changes(
         &self,
         room_ids: &[String],
-    ) -> StoreResult<HashMap<String, Vec<(i64, String)>>> {
-        let mut out: HashMap<String, Vec<(i64, String)>> = HashMap::new();
+    ) -> StoreResult<HashMap<String, Vec<HistoryRow>>> {
+        let mut out: HashMap<String, Vec<HistoryRow>> = HashMap::new();
         for chunk in room_ids.chunks(500) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "SELECT room_id, stream_ordering, json FROM events WHERE room_id IN ({}) \
-                 AND type = 'm.room.history_visibility' AND state_key = '' AND outlier <> 2 ORDER BY stream_ordering",
+                "SELECT room_id, stream_ordering, json, type, outlier FROM events WHERE room_id IN ({}) \
+                 AND type IN ('m.room.history_visibility', 'm.room.create') AND state_key = '' \
+                 AND outlier <> 2 ORDER BY stream_ordering",
                 placeholders.join(", ")
             );
             let mut query = qs(sql);
@@ -176,8 +190,18 @@ impl Store {
             }
             for r in query.fetch_all(&self.pool).await? {
                 let room_id: String = r.get(0);
-                let json = super::at_rest::open(&room_id, r.get(2));
-                out.entry(room_id).or_default().push((r.get(1), json));
+                let create = r.get::<String, _>(3) == "m.room.create";
+                let json = if create {
+                    String::new()
+                } else {
+                    super::at_rest::open(&room_id, r.get(2))
+                };
+                out.entry(room_id).or_default().push(HistoryRow {
+                    at: r.get(1),
+                    create,
+                    outlier: r.get::<i64, _>(4) == 1,
+                    json,
+                });
             }
         }
         Ok(out)

@@ -1,0 +1,94 @@
+//! Backfilled events: history of a remotely joined room from before this server's first event,
+//! fetched from the room's other servers. They enter the timeline at negative stream positions
+//! (below every event this server had), so every scan by stream position places them before
+//! the existing history while `/sync`, which reads ranges above its tokens (never below 0),
+//! never sees them as new. No forward extremity, current state, membership history or
+//! notification is written for them.
+
+use sqlx::Row;
+
+use super::{NewEvent, Store, StoreResult, Stream, q};
+
+/// How many of a room's oldest timeline events are looked at for missing prev events.
+const OLDEST_LOOKED_AT: i64 = 50;
+
+impl Store {
+    /// The prev events of the room's oldest timeline events that are not in the DAG here and
+    /// were not rejected: where a backfill starts (at most `limit`).
+    pub async fn backward_extremities(&self, room_id: &str, limit: i64) -> StoreResult<Vec<String>> {
+        let rows = q(
+            "SELECT DISTINCT d.prev_event_id FROM event_edges d WHERE d.event_id IN \
+               (SELECT event_id FROM events WHERE room_id = $1 AND outlier = 0 ORDER BY stream_ordering LIMIT $2) \
+             AND NOT EXISTS (SELECT 1 FROM events p WHERE p.event_id = d.prev_event_id AND p.outlier IN (0, 2)) \
+             AND NOT EXISTS (SELECT 1 FROM unserved_events u WHERE u.event_id = d.prev_event_id) \
+             ORDER BY d.prev_event_id LIMIT $3",
+        )
+        .bind(room_id.to_owned())
+        .bind(OLDEST_LOOKED_AT)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The lowest stream position of any event (0 when there are none or none below 0).
+    pub async fn lowest_stream_ordering(&self) -> StoreResult<i64> {
+        let row = q("SELECT MIN(stream_ordering) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get::<Option<i64>, _>(0).unwrap_or(0).min(0))
+    }
+
+    /// Stores a backfilled event at `stream_ordering` (below 0) with `state_group` and its DAG
+    /// edges; an outlier row of the same event is replaced. Returns whether it was stored (an
+    /// event already in the DAG is left alone).
+    pub async fn insert_backfilled(
+        &self,
+        event: &NewEvent,
+        stream_ordering: i64,
+        state_group: i64,
+    ) -> StoreResult<bool> {
+        let sealed = super::at_rest::sealed(std::slice::from_ref(event));
+        let event = &sealed[0];
+        let mut tx = self.begin_stream_write(Stream::Events).await?;
+        q("DELETE FROM events WHERE event_id = $1 AND outlier = 1")
+            .bind(event.event_id.clone())
+            .execute(&mut *tx)
+            .await?;
+        let inserted = q(
+            "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth, \
+             origin_server_ts, redacts, rel_type, relates_to, relation_key, state_group, json, outlier) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0) \
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(stream_ordering)
+        .bind(event.event_id.clone())
+        .bind(event.room_id.clone())
+        .bind(event.event_type.clone())
+        .bind(event.state_key.clone())
+        .bind(event.sender.clone())
+        .bind(event.depth)
+        .bind(event.origin_server_ts)
+        .bind(event.redacts.clone())
+        .bind(event.rel_type.clone())
+        .bind(event.relates_to.clone())
+        .bind(event.relation_key.clone())
+        .bind(state_group)
+        .bind(event.json.clone())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if inserted {
+            for prev in &event.prev_events {
+                q("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                    .bind(event.event_id.clone())
+                    .bind(prev.clone())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+}
