@@ -18,7 +18,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, OnceLock, RwLock},
+    sync::{
+        Arc, OnceLock, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use serde_json::Value;
@@ -34,6 +37,11 @@ pub struct CachedEvent {
     pub row: EventRow,
     /// The event as every client sees it, before per-receiver fields; formatted on first use.
     pub formatted: OnceLock<Value>,
+    /// Whether an event relating to this one was appended. A ring holds local events appended
+    /// since start-up, and an event's children can only be created after it (they name its ID, a
+    /// hash of it), so they were all appended since start-up too: one without children needs no
+    /// bundled-aggregation query.
+    has_children: AtomicBool,
 }
 
 struct Ring {
@@ -84,9 +92,15 @@ impl RecentEvents {
             );
         }
         let ring = rings.get_mut(event.room_id.as_str()).expect("inserted above");
+        if let Some(parent) = &event.relates_to {
+            for cached in ring.events.iter().filter(|e| &e.row.event_id == parent) {
+                cached.has_children.store(true, Ordering::Release);
+            }
+        }
         ring.events.push_back(Arc::new(CachedEvent {
             row: row_of(event, position, state_group),
             formatted: OnceLock::new(),
+            has_children: AtomicBool::new(false),
         }));
         ring.newest = position;
         while ring.events.len() > RING_SIZE {
@@ -142,6 +156,13 @@ impl RecentEvents {
             .ok()?;
         let cached = &ring.events[index];
         (cached.row.event_id == event_id).then(|| cached.clone())
+    }
+}
+
+impl CachedEvent {
+    /// No event relating to this one exists (see `has_children`).
+    pub fn childless(&self) -> bool {
+        !self.has_children.load(Ordering::Acquire)
     }
 }
 
