@@ -96,12 +96,19 @@ enum SearchCommand {
     },
 }
 
-/// mimalloc rather than glibc malloc: per-thread free lists without glibc's arena fragmentation
-/// (which cost CPU on every send and kept freed memory, e.g. argon2id's 19 MiB blocks).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// Each argon2id hash allocates a 19 MiB block. glibc raises its mmap threshold after freeing
+/// such a block, so later ones come from per-thread arenas and are never given back: hundreds of
+/// MiB after a burst of logins. A fixed threshold keeps large blocks mmapped and returned.
+fn bound_allocator_retention() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tuning; called once, before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
 
 fn main() -> std::process::ExitCode {
+    bound_allocator_retention();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
