@@ -53,6 +53,10 @@ pub struct SyncEngine {
     /// Per room: the position of its latest membership event, if appended since start-up
     /// (written under the same lock as `rooms`, before `events` advances).
     memberships: RwLock<HashMap<Arc<str>, i64>>,
+    /// Per room: the position of its latest state event (or state stored beside the timeline,
+    /// see `room_state_touched`), if any since start-up: what a viewer's `RoomAccess` is built
+    /// from.
+    states: RwLock<HashMap<Arc<str>, i64>>,
     versions: RwLock<HashMap<Arc<str>, Arc<str>>>,
     /// The receipts stream: the same, position and per room, written under `receipts_write`.
     receipts: AtomicI64,
@@ -95,6 +99,12 @@ impl SyncEngine {
             let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
             for (event, position, state_group) in events {
                 newest = newest.max(position);
+                if event.state_key.is_some() {
+                    self.states
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(Arc::from(event.room_id.as_str()), position);
+                }
                 if event.membership.is_some() {
                     self.memberships
                         .write()
@@ -127,6 +137,10 @@ impl SyncEngine {
             .unwrap_or_else(|e| e.into_inner())
             .insert(Arc::from(room_id), last);
         self.memberships
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(Arc::from(room_id), last);
+        self.states
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(Arc::from(room_id), last);
@@ -250,6 +264,31 @@ impl SyncEngine {
             .unwrap_or_else(|e| e.into_inner())
             .get(room_id)
             .is_some_and(|latest| *latest > after)
+    }
+
+    /// Whether the room's state may have changed after `after`: `false` only when this memory
+    /// knows it did not (then a viewer's `RoomAccess` read at `after` still holds).
+    pub fn state_may_have_moved(&self, room_id: &str, after: i64) -> bool {
+        if !self.started.load(Ordering::Acquire) || after < self.floor.load(Ordering::Acquire) {
+            return true;
+        }
+        self.states
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room_id)
+            .is_some_and(|latest| *latest > after)
+    }
+
+    /// Events stored for a room outside the timeline's append path (outliers from federation,
+    /// an adopted remote room's state): what was read of its state before now may be stale.
+    pub fn room_state_touched(&self, room_id: &str) {
+        let past_now = self.events_position() + 1;
+        self.states
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(Arc::from(room_id))
+            .and_modify(|p| *p = (*p).max(past_now))
+            .or_insert(past_now);
     }
 
     pub fn room_version(&self, room_id: &str) -> Option<Arc<str>> {

@@ -24,6 +24,7 @@ use crate::filter::Filter;
 use crate::stream::StreamToken;
 use crate::{
     error::{Error, Result},
+    rooms::access::RoomAccess,
     rooms::client_event::{Viewer, stripped_state},
     services::Services,
     users::presence::{presence_content, presence_key},
@@ -207,6 +208,9 @@ struct Baseline {
     now: StreamToken,
     /// The joined rooms the filter lets through, and what their sections would cover.
     joined: HashMap<String, Window>,
+    /// The viewer's access to those rooms, read at events position `access_at`.
+    access: Arc<HashMap<String, RoomAccess>>,
+    access_at: i64,
     interest: HashSet<String>,
     device_one_time_keys_count: BTreeMap<String, u64>,
     device_unused_fallback_key_types: Vec<String>,
@@ -231,6 +235,8 @@ impl Baseline {
         Baseline {
             now: next,
             joined: self.joined.keys().map(|room| (room.clone(), window)).collect(),
+            access: self.access.clone(),
+            access_at: self.access_at,
             interest: self.interest.clone(),
             device_one_time_keys_count: self.device_one_time_keys_count.clone(),
             device_unused_fallback_key_types: self.device_unused_fallback_key_types.clone(),
@@ -313,6 +319,7 @@ async fn compute_moved(
         now,
         initial: false,
         woken: true,
+        known_access: Some((&base.access, base.access_at)),
     };
     let (join, leave) = rooms::sections(svc, &ask, &wanted, &mut HashMap::new()).await?;
     let has_changes = !(join.is_empty() && leave.is_empty() && presence.is_empty());
@@ -459,8 +466,17 @@ async fn compute(
         now,
         initial,
         woken: false,
+        known_access: None,
     };
     let (join, leave) = rooms::sections(svc, &ask, &wanted, &mut room_account_data).await?;
+    // The viewer's access to every joined room as of `now`, for the woken and continued steps
+    // that follow (reused while a room's state does not move).
+    let joined_ids: Vec<String> = joined.keys().cloned().collect();
+    let access = if joined_ids.is_empty() {
+        HashMap::new()
+    } else {
+        RoomAccess::load_many(svc, &joined_ids, Some(user_id)).await?
+    };
     let presence = presence_events(svc, user_id, req, since, now).await?;
     // Clients expect the push rules in an initial sync, also when the user never changed them
     // (then nothing is stored as account data).
@@ -507,6 +523,8 @@ async fn compute(
     let baseline = Baseline {
         now: next_batch,
         joined,
+        access: Arc::new(access),
+        access_at: now.events,
         interest,
         device_one_time_keys_count: device_one_time_keys_count.clone(),
         device_unused_fallback_key_types: device_unused_fallback_key_types.clone(),

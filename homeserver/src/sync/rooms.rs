@@ -48,6 +48,9 @@ pub(super) struct Ask<'a> {
     /// A woken computation of what moved: a room whose only news is typing gets no counts
     /// (they cannot have changed).
     pub woken: bool,
+    /// The viewer's access to rooms as read at an events position: reused for a room whose
+    /// state has not moved since (sync/engine.rs), instead of read again.
+    pub known_access: Option<(&'a HashMap<String, RoomAccess>, i64)>,
 }
 
 /// A room that changed: its timeline and the state the client is to be given.
@@ -244,11 +247,24 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Res
         })
         .map(|w| w.room_id.clone())
         .collect();
-    let access = if active.is_empty() {
-        HashMap::new()
-    } else {
-        RoomAccess::load_many(svc, &active, Some(ask.user_id)).await?
-    };
+    let mut access = HashMap::new();
+    let mut to_load = Vec::new();
+    for room_id in active {
+        let known = ask.known_access.and_then(|(known, at)| {
+            known
+                .get(&room_id)
+                .filter(|_| !engine.state_may_have_moved(&room_id, at))
+        });
+        match known {
+            Some(known) => {
+                access.insert(room_id, known.clone());
+            }
+            None => to_load.push(room_id),
+        }
+    }
+    if !to_load.is_empty() {
+        access.extend(RoomAccess::load_many(svc, &to_load, Some(ask.user_id)).await?);
+    }
     let timeline_filter = ask.room_filter.timeline.clone().unwrap_or_default();
     let limit = timeline_filter
         .base
