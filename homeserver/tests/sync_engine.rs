@@ -585,3 +585,35 @@ async fn a_different_filter_does_not_continue_a_step() {
     let resp = alice.sync(Some(&since), 0, 10).await;
     assert_eq!(timeline_ids(&resp, &rooms[1]), vec![event]);
 }
+
+/// A continued step of a user kicked from a room: the leave, and nothing sent after it, even
+/// though the step that is continued watched that room as joined.
+#[tokio::test]
+async fn a_continued_step_after_a_kick_shows_the_leave_and_nothing_after() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let rooms = rooms_with(&bob, &[&alice], 2).await;
+    let mut since = next_batch(&alice.sync(None, 0, 10).await);
+    bob.send_text(&rooms[0], "before").await;
+    since = next_batch(&alice.sync(Some(&since), 0, 10).await);
+
+    bob.ok(
+        Method::POST,
+        &format!("/rooms/{}/kick", encode(&rooms[0])),
+        Some(&json!({ "user_id": alice.user_id.clone() })),
+    )
+    .await;
+    bob.send_text(&rooms[0], "after the kick").await;
+    let other = bob.send_text(&rooms[1], "in the other room").await;
+    let resp = alice.sync(Some(&since), 0, 10).await;
+    assert!(resp["rooms"]["join"][&rooms[0]].is_null(), "{resp}");
+    let left = &resp["rooms"]["leave"][&rooms[0]];
+    assert!(left.is_object(), "{resp}");
+    assert!(!resp.to_string().contains("after the kick"), "{resp}");
+    assert_eq!(timeline_ids(&resp, &rooms[1]), vec![other]);
+    // And the next continued step does not bring the room back.
+    bob.send_text(&rooms[0], "later still").await;
+    let next = alice.sync(Some(&next_batch(&resp)), 0, 10).await;
+    assert!(!next.to_string().contains("later still"), "{next}");
+}

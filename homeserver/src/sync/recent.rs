@@ -111,8 +111,10 @@ impl RecentEvents {
     }
 
     /// Up to `limit` events of the room with `from < position <= to`, as
-    /// `Store::room_events` would read them, if the ring holds all of that range. `to` must be
-    /// a position the sync engine has seen (`SyncEngine::events_position`).
+    /// `Store::room_events` would read them, if the ring holds all of that range — or, read
+    /// backwards, at least `limit` of its newest events (a client that fell behind the ring
+    /// with a small timeline limit). `to` must be a position the sync engine has seen
+    /// (`SyncEngine::events_position`).
     pub fn room_events(
         &self,
         room_id: &str,
@@ -122,7 +124,8 @@ impl RecentEvents {
     ) -> Option<Vec<EventRow>> {
         let rings = self.rings.read().unwrap_or_else(|e| e.into_inner());
         let ring = rings.get(room_id)?;
-        if from < ring.after {
+        let whole = from >= ring.after;
+        if !whole && direction == Direction::Forwards {
             return None;
         }
         let in_range = |e: &&Arc<CachedEvent>| e.row.stream_ordering > from && e.row.stream_ordering <= to;
@@ -141,9 +144,11 @@ impl RecentEvents {
                 .filter(in_range)
                 .take(limit)
                 .map(|e| e.row.clone())
-                .collect(),
+                .collect::<Vec<_>>(),
         };
-        Some(rows)
+        // Part of the range lies before the ring: only a full page of its newest is an answer
+        // (fewer would claim the range exhausted).
+        (whole || rows.len() == limit).then_some(rows)
     }
 
     /// The cached entry of an event, to format it once for every receiver.
@@ -245,6 +250,19 @@ mod tests {
         // Before the ring's start: the database's to answer.
         assert_eq!(
             ids(recent.room_events("!r:hs", (4, 12), 10, Direction::Forwards)),
+            None
+        );
+        // Backwards from before the ring: a full page of the newest is an answer, less is not.
+        assert_eq!(
+            ids(recent.room_events("!r:hs", (4, 12), 1, Direction::Backwards)),
+            Some(vec!["$2".into()])
+        );
+        assert_eq!(
+            ids(recent.room_events("!r:hs", (4, 12), 2, Direction::Backwards)),
+            Some(vec!["$2".into(), "$1".into()])
+        );
+        assert_eq!(
+            ids(recent.room_events("!r:hs", (4, 12), 3, Direction::Backwards)),
             None
         );
         assert_eq!(

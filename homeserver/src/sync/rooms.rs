@@ -96,7 +96,10 @@ pub(super) async fn sections(
     let summarised = |w: &Wanted, plan: &Plan| {
         w.window.fresh
             || w.window.full_state
-            || plan.limited
+            || (plan.limited
+                && svc
+                    .sync_engine
+                    .state_may_have_moved(&w.room_id, w.window.since.events))
             || !plan.state.is_empty()
             || plan.timeline.iter().any(|row| row.state_key.is_some())
     };
@@ -364,9 +367,16 @@ async fn add_state(
     // (room, position) whose state is needed: the state before `start`, and at `since`. A room
     // whose timeline is neither new to the client nor cut needs none: its timeline holds every
     // state change since the token, so its state section is empty.
+    // A cut timeline needs the state delta only if the room's state may have moved since the
+    // token (the engine knows when it did not).
+    let engine = &svc.sync_engine;
     let needs_state = |w: &Wanted, plan: &Option<Plan>| {
-        plan.as_ref()
-            .is_some_and(|p| !p.stateless && (w.window.fresh || w.window.full_state || p.limited))
+        plan.as_ref().is_some_and(|p| {
+            !p.stateless
+                && (w.window.fresh
+                    || w.window.full_state
+                    || (p.limited && engine.state_may_have_moved(&w.room_id, w.window.since.events)))
+        })
     };
     let mut points: Vec<(String, i64)> = Vec::new();
     for (w, plan) in wanted.iter().zip(plans.iter()) {
