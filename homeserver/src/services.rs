@@ -40,6 +40,8 @@ pub struct Inner {
     pub clock: crate::clock::Clock,
     /// When each device's last-seen time was last written, so requests do not each write it.
     pub last_seen_written: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
+    /// Each local user's stored presence and last-active time as last written (users/presence.rs).
+    pub presence_written: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
     /// Open `org.hearth.ws` streams per user (`limits.max_streams_per_user`).
     pub streams: crate::util::Slots,
     /// What `/sync` keeps in memory: stream and room positions, recent events formatted for
@@ -83,6 +85,7 @@ impl Services {
             federation: Default::default(),
             clock,
             last_seen_written: Default::default(),
+            presence_written: Default::default(),
             streams: Default::default(),
             sync_engine: Default::default(),
         }))

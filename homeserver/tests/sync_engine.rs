@@ -3,6 +3,7 @@
 //! The servers run with `testing.sync_stats`, whose counters these tests read.
 
 mod common;
+mod e2ee_support;
 
 use std::time::Duration;
 
@@ -59,12 +60,12 @@ fn long_poll(client: &Client, since: &str) -> tokio::task::JoinHandle<Value> {
     tokio::spawn(async move { client.sync(Some(&since), 10_000, 10).await })
 }
 
-/// Waits until the server has run `n` full computations more than `before` (the long-polls'
-/// first steps), so that what follows wakes them.
+/// Waits until `n` more requests than `before` found nothing and started waiting (the
+/// long-polls), so that what follows wakes them.
 async fn until_waiting(client: &Client, before: u64, n: u64) {
     for _ in 0..200 {
-        if stat(&stats(client).await, "full_computes") >= before + n {
-            // The computation is counted just before the waiter registers.
+        if stat(&stats(client).await, "waits") >= before + n {
+            // The wait is counted just before the waiter starts waiting.
             tokio::time::sleep(Duration::from_millis(100)).await;
             return;
         }
@@ -84,7 +85,7 @@ async fn a_woken_sync_is_measured_and_delivers_the_message() {
 
     let before = stats(&alice).await;
     let poll = long_poll(&alice, &since);
-    until_waiting(&alice, stat(&before, "full_computes"), 1).await;
+    until_waiting(&alice, stat(&before, "waits"), 1).await;
     let event_id = bob.send_text(&rooms[3], "hello").await;
     let woken = poll.await.unwrap();
     assert_eq!(timeline_ids(&woken, &rooms[3]), vec![event_id]);
@@ -143,7 +144,7 @@ async fn receivers_share_one_formatting_of_an_event() {
         .zip(&tokens)
         .map(|(client, token)| long_poll(client, token))
         .collect();
-    until_waiting(&alice, stat(&before, "full_computes"), 3).await;
+    until_waiting(&alice, stat(&before, "waits"), 3).await;
     let before = stats(&alice).await;
     let event_id = bob.send_text(&rooms[1], "to all").await;
     let mut seen = Vec::new();
@@ -193,7 +194,7 @@ async fn ephemeral_wakes_do_no_room_work() {
     // Typing.
     let before = stats(&alice).await;
     let poll = long_poll(&alice, &since);
-    until_waiting(&alice, stat(&before, "full_computes"), 1).await;
+    until_waiting(&alice, stat(&before, "waits"), 1).await;
     bob.ok(
         Method::PUT,
         &format!("/rooms/{}/typing/{}", encode(&rooms[3]), encode(&bob.user_id)),
@@ -215,7 +216,7 @@ async fn ephemeral_wakes_do_no_room_work() {
     // A receipt.
     let before = stats(&alice).await;
     let poll = long_poll(&alice, &since);
-    until_waiting(&alice, stat(&before, "full_computes"), 1).await;
+    until_waiting(&alice, stat(&before, "waits"), 1).await;
     bob.ok(
         Method::POST,
         &format!(
@@ -242,7 +243,7 @@ async fn ephemeral_wakes_do_no_room_work() {
     // Presence of someone sharing a room.
     let before = stats(&alice).await;
     let poll = long_poll(&alice, &since);
-    until_waiting(&alice, stat(&before, "full_computes"), 1).await;
+    until_waiting(&alice, stat(&before, "waits"), 1).await;
     bob.ok(
         Method::PUT,
         &format!("/presence/{}/status", encode(&bob.user_id)),
@@ -278,7 +279,7 @@ async fn presence_wakes_only_users_who_share_a_room() {
     let before = stats(&stranger).await;
     let client = stranger.clone();
     let poll = tokio::spawn(async move { client.sync(Some(&since), 1500, 10).await });
-    until_waiting(&stranger, stat(&before, "full_computes"), 1).await;
+    until_waiting(&stranger, stat(&before, "waits"), 1).await;
     bob.ok(
         Method::PUT,
         &format!("/presence/{}/status", encode(&bob.user_id)),
@@ -306,7 +307,7 @@ async fn a_redaction_after_caching_is_reflected() {
         .to_owned();
     let before = stats(&alice).await;
     let poll = long_poll(&alice, &since);
-    until_waiting(&alice, stat(&before, "full_computes"), 1).await;
+    until_waiting(&alice, stat(&before, "waits"), 1).await;
     let event_id = bob.send_text(room, "regrettable").await;
     let woken = poll.await.unwrap();
     assert_eq!(timeline_ids(&woken, room), vec![event_id.clone()]);
@@ -443,4 +444,176 @@ async fn sync_stats_are_absent_unless_configured() {
     // And never without a token.
     let resp = alice.http.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 401);
+}
+
+fn next_batch(resp: &Value) -> String {
+    resp["next_batch"].as_str().unwrap().to_owned()
+}
+
+/// A client that follows its `next_batch` gets each next request computed from where the last
+/// one left off: no full computation while only its joined rooms move, and the same events a
+/// full computation gives.
+#[tokio::test]
+async fn a_request_from_the_last_next_batch_continues_without_a_full_computation() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let rooms = rooms_with(&bob, &[&alice], 3).await;
+    let mut since = next_batch(&alice.sync(None, 0, 10).await);
+    since = next_batch(&alice.sync(Some(&since), 0, 10).await);
+    let first = since.clone();
+
+    let before = stats(&alice).await;
+    let mut sent = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        sent.push(bob.send_text(room, &format!("message {i}")).await);
+        let resp = alice.sync(Some(&since), 0, 10).await;
+        assert_eq!(timeline_ids(&resp, room), vec![sent[i].clone()], "{resp}");
+        assert_eq!(resp["rooms"]["join"].as_object().unwrap().len(), 1, "{resp}");
+        since = next_batch(&resp);
+    }
+    let after = stats(&alice).await;
+    assert_eq!(stat(&after, "full_computes"), stat(&before, "full_computes"), "{before} -> {after}");
+    assert_eq!(stat(&after, "continued_computes"), stat(&before, "continued_computes") + 3);
+
+    // The whole range again from the first token (not the kept one): computed in full, the same
+    // events.
+    let full = alice.sync(Some(&first), 0, 10).await;
+    for (room, event) in rooms.iter().zip(&sent) {
+        assert_eq!(timeline_ids(&full, room), vec![event.clone()], "{full}");
+    }
+    assert_eq!(stat(&stats(&alice).await, "full_computes"), stat(&after, "full_computes") + 1);
+}
+
+/// What a continuation cannot know from its rooms — an invite, account data, new one-time key
+/// counts — makes the next request compute in full, so none of it is missed.
+#[tokio::test]
+async fn a_continued_request_still_sees_invites_account_data_and_key_counts() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let rooms = rooms_with(&bob, &[&alice], 1).await;
+    let mut since = next_batch(&alice.sync(None, 0, 10).await);
+    since = next_batch(&alice.sync(Some(&since), 0, 10).await);
+
+    // An invite to a room the continued step did not watch.
+    let invited = bob
+        .create_room(json!({ "preset": "private_chat", "invite": [alice.user_id.clone()] }))
+        .await;
+    let resp = alice.sync(Some(&since), 0, 10).await;
+    assert!(resp["rooms"]["invite"][&invited].is_object(), "{resp}");
+    since = next_batch(&resp);
+
+    // Account data.
+    alice
+        .ok(
+            Method::PUT,
+            &format!("/user/{}/account_data/org.example.setting", encode(&alice.user_id)),
+            Some(&json!({ "on": true })),
+        )
+        .await;
+    let resp = alice.sync(Some(&since), 0, 10).await;
+    let types: Vec<&Value> = resp["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["type"])
+        .collect();
+    assert!(types.contains(&&json!("org.example.setting")), "{resp}");
+    since = next_batch(&resp);
+
+    // A message then a long-poll that continues: it waits, and is woken by the next message.
+    bob.send_text(&rooms[0], "first").await;
+    let resp = alice.sync(Some(&since), 0, 10).await;
+    since = next_batch(&resp);
+    let before = stats(&alice).await;
+    let poll = long_poll(&alice, &since);
+    until_waiting(&alice, stat(&before, "waits"), 1).await;
+    let second = bob.send_text(&rooms[0], "second").await;
+    let woken = poll.await.unwrap();
+    assert_eq!(timeline_ids(&woken, &rooms[0]), vec![second]);
+    since = next_batch(&woken);
+
+    // One-time keys uploaded by the device: the next continued sync has the new count.
+    let dev = e2ee_support::Device::new(&alice);
+    alice
+        .ok(
+            Method::POST,
+            "/keys/upload",
+            Some(&json!({ "device_keys": dev.device_keys(), "one_time_keys": dev.one_time_keys("A", 3) })),
+        )
+        .await;
+    let resp = alice.sync(Some(&since), 0, 10).await;
+    assert_eq!(resp["device_one_time_keys_count"]["signed_curve25519"], 3, "{resp}");
+    since = next_batch(&resp);
+    // Claimed by someone else: the count goes down in the next continued sync.
+    bob.ok(
+        Method::POST,
+        "/keys/claim",
+        Some(&json!({ "one_time_keys": { alice.user_id.clone(): { alice.device_id.clone(): "signed_curve25519" } } })),
+    )
+    .await;
+    let resp = alice.sync(Some(&since), 0, 10).await;
+    assert_eq!(resp["device_one_time_keys_count"]["signed_curve25519"], 2, "{resp}");
+}
+
+/// Another device of the same user, or the same device with another filter, does not continue
+/// someone else's step: each gets what a full computation gives.
+#[tokio::test]
+async fn a_different_filter_does_not_continue_a_step() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let rooms = rooms_with(&bob, &[&alice], 2).await;
+    let since = next_batch(&alice.sync(None, 0, 10).await);
+    let since = next_batch(&alice.sync(Some(&since), 0, 10).await);
+    let event = bob.send_text(&rooms[1], "hello").await;
+    // A filter naming only the other room, from the continued token: the full answer under it.
+    let filter = json!({ "room": { "rooms": [rooms[0].clone()] } }).to_string();
+    let before = stats(&alice).await;
+    let resp = alice
+        .ok(
+            Method::GET,
+            &format!("/sync?timeout=0&since={}&filter={}", encode(&since), encode(&filter)),
+            None,
+        )
+        .await;
+    assert!(resp["rooms"]["join"][&rooms[1]].is_null(), "{resp}");
+    let after = stats(&alice).await;
+    assert_eq!(stat(&after, "continued_computes"), stat(&before, "continued_computes"));
+    // And the original filter from the same token still sees the message.
+    let resp = alice.sync(Some(&since), 0, 10).await;
+    assert_eq!(timeline_ids(&resp, &rooms[1]), vec![event]);
+}
+
+/// A continued step of a user kicked from a room: the leave, and nothing sent after it, even
+/// though the step that is continued watched that room as joined.
+#[tokio::test]
+async fn a_continued_step_after_a_kick_shows_the_leave_and_nothing_after() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let rooms = rooms_with(&bob, &[&alice], 2).await;
+    let mut since = next_batch(&alice.sync(None, 0, 10).await);
+    bob.send_text(&rooms[0], "before").await;
+    since = next_batch(&alice.sync(Some(&since), 0, 10).await);
+
+    bob.ok(
+        Method::POST,
+        &format!("/rooms/{}/kick", encode(&rooms[0])),
+        Some(&json!({ "user_id": alice.user_id.clone() })),
+    )
+    .await;
+    bob.send_text(&rooms[0], "after the kick").await;
+    let other = bob.send_text(&rooms[1], "in the other room").await;
+    let resp = alice.sync(Some(&since), 0, 10).await;
+    assert!(resp["rooms"]["join"][&rooms[0]].is_null(), "{resp}");
+    let left = &resp["rooms"]["leave"][&rooms[0]];
+    assert!(left.is_object(), "{resp}");
+    assert!(!resp.to_string().contains("after the kick"), "{resp}");
+    assert_eq!(timeline_ids(&resp, &rooms[1]), vec![other]);
+    // And the next continued step does not bring the room back.
+    bob.send_text(&rooms[0], "later still").await;
+    let next = alice.sync(Some(&next_batch(&resp)), 0, 10).await;
+    assert!(!next.to_string().contains("later still"), "{next}");
 }

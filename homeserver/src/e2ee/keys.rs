@@ -193,6 +193,8 @@ pub async fn upload(
     if changed {
         super::device_lists::announce(svc, user_id).await?;
     }
+    // The device's key counts in `/sync` changed: its next step must not reuse old ones.
+    svc.notifier.notify(vec![user_id.to_owned()]);
     Ok(UploadResponse {
         one_time_key_counts: with_default_count(counts),
     })
@@ -401,6 +403,7 @@ pub async fn claim_local(
     users: &BTreeMap<String, BTreeMap<String, String>>,
     response: &mut ClaimResponse,
 ) -> Result<()> {
+    let mut claimed_from = Vec::new();
     for (user_id, devices) in users {
         if !is_local(svc, user_id) {
             continue;
@@ -419,6 +422,9 @@ pub async fn claim_local(
                 }
             };
             if let Some((key_id, json)) = claimed {
+                if !claimed_from.contains(user_id) {
+                    claimed_from.push(user_id.clone());
+                }
                 let key: Value = serde_json::from_str(&json).map_err(Error::internal)?;
                 response
                     .one_time_keys
@@ -429,6 +435,10 @@ pub async fn claim_local(
                     .insert(format!("{algorithm}:{key_id}"), key);
             }
         }
+    }
+    // Their devices' key counts in `/sync` went down (they may need to upload more).
+    if !claimed_from.is_empty() {
+        svc.notifier.notify(claimed_from);
     }
     Ok(())
 }

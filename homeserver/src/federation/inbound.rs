@@ -623,6 +623,8 @@ fn ensure_events<'a>(
                 .insert_outliers(&[event])
                 .await
                 .map_err(|e| e.to_string())?;
+            // An outlier's history visibility counts in `RoomAccess`: cached reads are stale.
+            svc.sync_engine.room_state_touched(room_id.as_str());
             out.insert(id.clone(), pdu);
         }
         Ok(out)

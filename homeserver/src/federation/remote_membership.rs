@@ -283,6 +283,7 @@ async fn join_through(svc: &Services, user: &UserId, room_id: &RoomId, server: &
                 .store
                 .adopt_remote_room(&room, &outliers, &entries, now_ms())
                 .await?;
+            svc.sync_engine.room_state_touched(&room.room_id);
             let mut batch = [Appending {
                 event: inbound::new_event(&join),
                 previous_group: Some(group),
@@ -534,6 +535,7 @@ pub async fn reject_remote_invite(svc: &Services, user: &UserId, room_id: &RoomI
     svc.store
         .store_outlier_membership(&inbound::new_event(&leave))
         .await?;
+    svc.sync_engine.room_state_touched(room_id.as_str());
     svc.notifier.notify(vec![user.to_string(), room_id.to_string()]);
     Ok(())
 }

@@ -197,10 +197,17 @@ async fn bundles_one_level(
     rooms: &HashMap<String, BundleRoom<'_>>,
     rows: &[&EventRow],
 ) -> Result<HashMap<String, Value>> {
+    let recent = &svc.sync_engine.recent;
     let parents: Vec<&EventRow> = rows
         .iter()
         .copied()
         .filter(|row| row.state_key.is_none() && rooms.contains_key(&row.room_id))
+        // A recent event known to have no children has nothing to bundle (sync/recent.rs).
+        .filter(|row| {
+            recent
+                .get(&row.room_id, row.stream_ordering, &row.event_id)
+                .is_none_or(|cached| !cached.childless())
+        })
         .collect();
     let ids: Vec<String> = parents
         .iter()

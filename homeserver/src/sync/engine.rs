@@ -23,7 +23,7 @@ use std::{
     },
 };
 
-use super::{recent::RecentEvents, stats::SyncStats};
+use super::{carry::Continuations, recent::RecentEvents, stats::SyncStats};
 use ruma::room_version_rules::RoomVersionRules;
 use serde_json::Value;
 
@@ -37,6 +37,10 @@ use crate::{
 #[derive(Default)]
 pub struct SyncEngine {
     pub stats: SyncStats,
+    /// Where each device's last step left off, for its next request (carry.rs).
+    pub continuations: Continuations,
+    /// Stored filters already read (filter.rs).
+    pub filters: super::filter::StoredFilters,
     /// The last events of each room, formatted once for every receiver.
     pub recent: RecentEvents,
     /// Every timeline event at or below this position is reflected in `rooms`.
@@ -46,6 +50,13 @@ pub struct SyncEngine {
     started: AtomicBool,
     /// Per room: its latest timeline position, if appended since start-up.
     rooms: RwLock<HashMap<Arc<str>, i64>>,
+    /// Per room: the position of its latest membership event, if appended since start-up
+    /// (written under the same lock as `rooms`, before `events` advances).
+    memberships: RwLock<HashMap<Arc<str>, i64>>,
+    /// Per room: the position of its latest state event (or state stored beside the timeline,
+    /// see `room_state_touched`), if any since start-up: what a viewer's `RoomAccess` is built
+    /// from.
+    states: RwLock<HashMap<Arc<str>, i64>>,
     versions: RwLock<HashMap<Arc<str>, Arc<str>>>,
     /// The receipts stream: the same, position and per room, written under `receipts_write`.
     receipts: AtomicI64,
@@ -88,6 +99,18 @@ impl SyncEngine {
             let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
             for (event, position, state_group) in events {
                 newest = newest.max(position);
+                if event.state_key.is_some() {
+                    self.states
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(Arc::from(event.room_id.as_str()), position);
+                }
+                if event.membership.is_some() {
+                    self.memberships
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(Arc::from(event.room_id.as_str()), position);
+                }
                 let previous = match rooms.get_mut(event.room_id.as_str()) {
                     Some(latest) => Some(std::mem::replace(latest, (*latest).max(position))),
                     None => {
@@ -110,6 +133,14 @@ impl SyncEngine {
     /// the room's ring starts after it.
     pub fn room_created(&self, room_id: &str, last: i64) {
         self.rooms
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(Arc::from(room_id), last);
+        self.memberships
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(Arc::from(room_id), last);
+        self.states
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(Arc::from(room_id), last);
@@ -219,6 +250,45 @@ impl SyncEngine {
             None if self.receipts_floor.load(Ordering::Acquire) <= after => Some(false),
             None => None,
         }
+    }
+
+    /// Whether the room's membership may have changed after `after`, up to everything appended:
+    /// `false` only when this memory knows it did not (a membership change moves device lists,
+    /// which only a full computation reads).
+    pub fn membership_may_have_moved(&self, room_id: &str, after: i64) -> bool {
+        if !self.started.load(Ordering::Acquire) || after < self.floor.load(Ordering::Acquire) {
+            return true;
+        }
+        self.memberships
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room_id)
+            .is_some_and(|latest| *latest > after)
+    }
+
+    /// Whether the room's state may have changed after `after`: `false` only when this memory
+    /// knows it did not (then a viewer's `RoomAccess` read at `after` still holds).
+    pub fn state_may_have_moved(&self, room_id: &str, after: i64) -> bool {
+        if !self.started.load(Ordering::Acquire) || after < self.floor.load(Ordering::Acquire) {
+            return true;
+        }
+        self.states
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(room_id)
+            .is_some_and(|latest| *latest > after)
+    }
+
+    /// Events stored for a room outside the timeline's append path (outliers from federation,
+    /// an adopted remote room's state): what was read of its state before now may be stale.
+    pub fn room_state_touched(&self, room_id: &str) {
+        let past_now = self.events_position() + 1;
+        self.states
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(Arc::from(room_id))
+            .and_modify(|p| *p = (*p).max(past_now))
+            .or_insert(past_now);
     }
 
     pub fn room_version(&self, room_id: &str) -> Option<Arc<str>> {

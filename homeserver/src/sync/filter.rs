@@ -1,6 +1,8 @@
 //! Stored filters: `POST /user/{userId}/filter`, `GET /user/{userId}/filter/{filterId}`, and the
 //! `filter` parameter of `/sync` (inline JSON or a stored filter's ID).
 
+use std::{collections::HashMap, sync::Mutex};
+
 use ruma::UserId;
 
 use crate::{
@@ -22,10 +24,42 @@ pub async fn load(svc: &Services, user_id: &UserId, filter: &str) -> Result<Filt
 }
 
 async fn stored(svc: &Services, user_id: &str, id: i64) -> Result<String> {
-    svc.store
+    let cache = &svc.sync_engine.filters;
+    if let Some(json) = cache.get(user_id, id) {
+        return Ok(json);
+    }
+    let json = svc
+        .store
         .filter(user_id, id)
         .await?
-        .ok_or_else(|| Error::not_found("Unknown filter"))
+        .ok_or_else(|| Error::not_found("Unknown filter"))?;
+    cache.put(user_id, id, &json);
+    Ok(json)
+}
+
+/// Stored filters already read: a filter never changes once stored, and clients send its ID
+/// with every `/sync`.
+#[derive(Default)]
+pub struct StoredFilters {
+    by_id: Mutex<HashMap<(String, i64), String>>,
+}
+
+/// Filters kept at most (then the cache starts over).
+const MAX_CACHED_FILTERS: usize = 50_000;
+
+impl StoredFilters {
+    fn get(&self, user_id: &str, id: i64) -> Option<String> {
+        let cached = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        cached.get(&(user_id.to_owned(), id)).cloned()
+    }
+
+    fn put(&self, user_id: &str, id: i64, json: &str) {
+        let mut cached = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        if cached.len() >= MAX_CACHED_FILTERS {
+            cached.clear();
+        }
+        cached.insert((user_id.to_owned(), id), json.to_owned());
+    }
 }
 
 /// Only the user themself may store and read their filters.

@@ -1,6 +1,7 @@
 //! `/sync`: what changed for a user since a token, computed independently of the transport,
 //! and the long-poll that waits for the notifier.
 
+mod carry;
 pub mod engine;
 pub mod filter;
 pub mod notifier;
@@ -11,6 +12,7 @@ pub mod stats;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
@@ -22,10 +24,14 @@ use crate::filter::Filter;
 use crate::stream::StreamToken;
 use crate::{
     error::{Error, Result},
+    rooms::access::RoomAccess,
     rooms::client_event::{Viewer, stripped_state},
     services::Services,
     users::presence::{presence_content, presence_key},
 };
+use carry::Continuation;
+use engine::SyncEngine;
+use stats::bump;
 use response::{DeviceLists, Events, InvitedRoom, KnockedRoom, RoomSection, Rooms, SyncResponse, Timeline};
 
 /// Longest long-poll a client can ask for.
@@ -74,6 +80,7 @@ pub async fn sync_for_client(
         timeout: Duration::from_millis(timeout.min(MAX_TIMEOUT_MS)),
         full_state,
         filter,
+        filter_param: q.filter,
     };
     sync(svc, user_id.as_str(), device_id, req).await
 }
@@ -83,6 +90,8 @@ pub struct SyncRequest {
     pub timeout: Duration,
     pub full_state: bool,
     pub filter: Filter,
+    /// The `filter` parameter as sent: a request continues a kept step only with the same one.
+    pub filter_param: Option<String>,
 }
 
 /// Types whose stripped state an invitee sees.
@@ -115,18 +124,34 @@ pub async fn sync_step(
 ) -> Result<(SyncResponse, bool)> {
     let deadline = tokio::time::Instant::now() + req.timeout;
     let mut waiter = svc.notifier.subscribe();
-    let mut baseline: Option<Baseline> = None;
-    let mut last_mark = None;
+    let continuations = &svc.sync_engine.continuations;
+    // A request from the `next_batch` of this device's last step starts where that step left
+    // off, as if woken (carry.rs).
+    let continued = match req.since {
+        Some(since) if !req.full_state => {
+            continuations.find(user_id, device_id, since, req.filter_param.as_deref())
+        }
+        _ => None,
+    };
+    let (mut baseline, mut last_mark) = match continued {
+        Some(kept) => {
+            waiter.watch(kept.base.interest.iter().cloned());
+            (Some(kept.base), Some(kept.mark))
+        }
+        None => (None, None),
+    };
+    let mut continued = last_mark.is_some();
     loop {
         // Marked before computing: whatever is stored after the positions were read is heard.
         let mark = waiter.mark();
         // Woken: only what moved since the last computation is computed again, when all of it
         // is rooms the user is joined to (anything else: everything again).
         let moved = match (&baseline, last_mark) {
-            (Some(base), Some(last)) => base.moved(waiter.moved_keys(last), user_id),
+            (Some(base), Some(last)) => base.moved(waiter.moved_keys(last), user_id, &svc.sync_engine),
             _ => None,
         };
-        let woken = last_mark.is_some();
+        // A continued request's first computation is not a wake-up (stats).
+        let woken = last_mark.is_some() && !continued;
         let full = moved.is_none();
         let (computed, queries) = crate::store::count_queries(async {
             match (&baseline, moved) {
@@ -142,17 +167,35 @@ pub async fn sync_step(
         })
         .await;
         let (response, has_changes, new_baseline) = computed?;
-        svc.sync_engine.stats.computed(woken, full, queries);
-        tracing::debug!(user_id, woken, full, queries, has_changes, "sync computed");
+        svc.sync_engine.stats.computed(woken, continued, full, queries);
+        tracing::debug!(user_id, woken, continued, full, queries, has_changes, "sync computed");
+        continued = false;
+        if let Some(base) = new_baseline {
+            baseline = Some(Arc::new(base));
+        }
+        // What the next request, from this response's `next_batch`, continues; not after
+        // to-device messages, which the next request acknowledges (and more may be queued).
+        let keep = |response: &SyncResponse, base: &Option<Arc<Baseline>>| {
+            if !response.to_device.is_empty() {
+                return;
+            }
+            if let (Some(base), Ok(next)) = (base, StreamToken::parse(&response.next_batch)) {
+                let base = Arc::new(base.continued_at(next));
+                let kept = Continuation::new(next, req.filter_param.clone(), mark, base);
+                continuations.keep(user_id, device_id, kept);
+            }
+        };
         if req.since.is_none() || req.full_state || has_changes {
+            keep(&response, &baseline);
             return Ok((response, true));
         }
-        if let Some(base) = new_baseline {
+        if full && let Some(base) = &baseline {
             waiter.watch(base.interest.iter().cloned());
-            baseline = Some(base);
         }
         last_mark = Some(mark);
+        bump(&svc.sync_engine.stats.waits);
         if !waiter.wait(mark, deadline).await {
+            keep(&response, &baseline);
             return Ok((response, false));
         }
     }
@@ -165,6 +208,9 @@ struct Baseline {
     now: StreamToken,
     /// The joined rooms the filter lets through, and what their sections would cover.
     joined: HashMap<String, Window>,
+    /// The viewer's access to those rooms, read at events position `access_at`.
+    access: Arc<HashMap<String, RoomAccess>>,
+    access_at: i64,
     interest: HashSet<String>,
     device_one_time_keys_count: BTreeMap<String, u64>,
     device_unused_fallback_key_types: Vec<String>,
@@ -177,10 +223,31 @@ struct Moved {
 }
 
 impl Baseline {
+    /// What the next request, from this step's `next_batch` (`next`), starts from: the same
+    /// rooms and interest, none of them new to the client any more.
+    fn continued_at(&self, next: StreamToken) -> Baseline {
+        let window = Window {
+            since: next,
+            upto: next,
+            fresh: false,
+            full_state: false,
+        };
+        Baseline {
+            now: next,
+            joined: self.joined.keys().map(|room| (room.clone(), window)).collect(),
+            access: self.access.clone(),
+            access_at: self.access_at,
+            interest: self.interest.clone(),
+            device_one_time_keys_count: self.device_one_time_keys_count.clone(),
+            device_unused_fallback_key_types: self.device_unused_fallback_key_types.clone(),
+        }
+    }
+
     /// The moved keys as joined rooms and the user's presence key, if that is all they are:
     /// account data, to-device messages, device lists and membership changes notify the user's
-    /// own key, which means computing everything again.
-    fn moved(&self, keys: Vec<String>, user_id: &str) -> Option<Moved> {
+    /// own key, which means computing everything again. So does another member joining or
+    /// leaving one of the rooms (`engine`): it changes whose device lists the user follows.
+    fn moved(&self, keys: Vec<String>, user_id: &str, engine: &SyncEngine) -> Option<Moved> {
         let presence_key = presence_key(user_id);
         let mut moved = Moved {
             rooms: Vec::new(),
@@ -189,7 +256,7 @@ impl Baseline {
         for key in keys {
             if key == presence_key {
                 moved.presence = true;
-            } else if self.joined.contains_key(&key) {
+            } else if self.joined.contains_key(&key) && !engine.membership_may_have_moved(&key, self.now.events) {
                 moved.rooms.push(key);
             } else {
                 return None;
@@ -252,6 +319,7 @@ async fn compute_moved(
         now,
         initial: false,
         woken: true,
+        known_access: Some((&base.access, base.access_at)),
     };
     let (join, leave) = rooms::sections(svc, &ask, &wanted, &mut HashMap::new()).await?;
     let has_changes = !(join.is_empty() && leave.is_empty() && presence.is_empty());
@@ -398,8 +466,17 @@ async fn compute(
         now,
         initial,
         woken: false,
+        known_access: None,
     };
     let (join, leave) = rooms::sections(svc, &ask, &wanted, &mut room_account_data).await?;
+    // The viewer's access to every joined room as of `now`, for the woken and continued steps
+    // that follow (reused while a room's state does not move).
+    let joined_ids: Vec<String> = joined.keys().cloned().collect();
+    let access = if joined_ids.is_empty() {
+        HashMap::new()
+    } else {
+        RoomAccess::load_many(svc, &joined_ids, Some(user_id)).await?
+    };
     let presence = presence_events(svc, user_id, req, since, now).await?;
     // Clients expect the push rules in an initial sync, also when the user never changed them
     // (then nothing is stored as account data).
@@ -446,6 +523,8 @@ async fn compute(
     let baseline = Baseline {
         now: next_batch,
         joined,
+        access: Arc::new(access),
+        access_at: now.events,
         interest,
         device_one_time_keys_count: device_one_time_keys_count.clone(),
         device_unused_fallback_key_types: device_unused_fallback_key_types.clone(),

@@ -18,7 +18,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, OnceLock, RwLock},
+    sync::{
+        Arc, OnceLock, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use serde_json::Value;
@@ -34,6 +37,11 @@ pub struct CachedEvent {
     pub row: EventRow,
     /// The event as every client sees it, before per-receiver fields; formatted on first use.
     pub formatted: OnceLock<Value>,
+    /// Whether an event relating to this one was appended. A ring holds local events appended
+    /// since start-up, and an event's children can only be created after it (they name its ID, a
+    /// hash of it), so they were all appended since start-up too: one without children needs no
+    /// bundled-aggregation query.
+    has_children: AtomicBool,
 }
 
 struct Ring {
@@ -84,9 +92,15 @@ impl RecentEvents {
             );
         }
         let ring = rings.get_mut(event.room_id.as_str()).expect("inserted above");
+        if let Some(parent) = &event.relates_to {
+            for cached in ring.events.iter().filter(|e| &e.row.event_id == parent) {
+                cached.has_children.store(true, Ordering::Release);
+            }
+        }
         ring.events.push_back(Arc::new(CachedEvent {
             row: row_of(event, position, state_group),
             formatted: OnceLock::new(),
+            has_children: AtomicBool::new(false),
         }));
         ring.newest = position;
         while ring.events.len() > RING_SIZE {
@@ -97,8 +111,10 @@ impl RecentEvents {
     }
 
     /// Up to `limit` events of the room with `from < position <= to`, as
-    /// `Store::room_events` would read them, if the ring holds all of that range. `to` must be
-    /// a position the sync engine has seen (`SyncEngine::events_position`).
+    /// `Store::room_events` would read them, if the ring holds all of that range — or, read
+    /// backwards, at least `limit` of its newest events (a client that fell behind the ring
+    /// with a small timeline limit). `to` must be a position the sync engine has seen
+    /// (`SyncEngine::events_position`).
     pub fn room_events(
         &self,
         room_id: &str,
@@ -108,7 +124,8 @@ impl RecentEvents {
     ) -> Option<Vec<EventRow>> {
         let rings = self.rings.read().unwrap_or_else(|e| e.into_inner());
         let ring = rings.get(room_id)?;
-        if from < ring.after {
+        let whole = from >= ring.after;
+        if !whole && direction == Direction::Forwards {
             return None;
         }
         let in_range = |e: &&Arc<CachedEvent>| e.row.stream_ordering > from && e.row.stream_ordering <= to;
@@ -127,9 +144,11 @@ impl RecentEvents {
                 .filter(in_range)
                 .take(limit)
                 .map(|e| e.row.clone())
-                .collect(),
+                .collect::<Vec<_>>(),
         };
-        Some(rows)
+        // Part of the range lies before the ring: only a full page of its newest is an answer
+        // (fewer would claim the range exhausted).
+        (whole || rows.len() == limit).then_some(rows)
     }
 
     /// The cached entry of an event, to format it once for every receiver.
@@ -142,6 +161,13 @@ impl RecentEvents {
             .ok()?;
         let cached = &ring.events[index];
         (cached.row.event_id == event_id).then(|| cached.clone())
+    }
+}
+
+impl CachedEvent {
+    /// No event relating to this one exists (see `has_children`).
+    pub fn childless(&self) -> bool {
+        !self.has_children.load(Ordering::Acquire)
     }
 }
 
@@ -224,6 +250,19 @@ mod tests {
         // Before the ring's start: the database's to answer.
         assert_eq!(
             ids(recent.room_events("!r:hs", (4, 12), 10, Direction::Forwards)),
+            None
+        );
+        // Backwards from before the ring: a full page of the newest is an answer, less is not.
+        assert_eq!(
+            ids(recent.room_events("!r:hs", (4, 12), 1, Direction::Backwards)),
+            Some(vec!["$2".into()])
+        );
+        assert_eq!(
+            ids(recent.room_events("!r:hs", (4, 12), 2, Direction::Backwards)),
+            Some(vec!["$2".into(), "$1".into()])
+        );
+        assert_eq!(
+            ids(recent.room_events("!r:hs", (4, 12), 3, Direction::Backwards)),
             None
         );
         assert_eq!(

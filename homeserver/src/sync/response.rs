@@ -56,14 +56,15 @@ pub struct Timeline {
     pub prev_batch: String,
 }
 
-#[derive(Serialize)]
+/// A room's summary; its fields are left out when unchanged since the token (the spec allows it).
+#[derive(Serialize, Default)]
 pub struct Summary {
-    #[serde(rename = "m.heroes")]
-    pub heroes: Vec<String>,
-    #[serde(rename = "m.joined_member_count")]
-    pub joined_member_count: usize,
-    #[serde(rename = "m.invited_member_count")]
-    pub invited_member_count: usize,
+    #[serde(rename = "m.heroes", skip_serializing_if = "Option::is_none")]
+    pub heroes: Option<Vec<String>>,
+    #[serde(rename = "m.joined_member_count", skip_serializing_if = "Option::is_none")]
+    pub joined_member_count: Option<usize>,
+    #[serde(rename = "m.invited_member_count", skip_serializing_if = "Option::is_none")]
+    pub invited_member_count: Option<usize>,
 }
 
 #[derive(Serialize, Clone, Copy)]

@@ -48,6 +48,9 @@ pub(super) struct Ask<'a> {
     /// A woken computation of what moved: a room whose only news is typing gets no counts
     /// (they cannot have changed).
     pub woken: bool,
+    /// The viewer's access to rooms as read at an events position: reused for a room whose
+    /// state has not moved since (sync/engine.rs), instead of read again.
+    pub known_access: Option<(&'a HashMap<String, RoomAccess>, i64)>,
 }
 
 /// A room that changed: its timeline and the state the client is to be given.
@@ -88,10 +91,22 @@ pub(super) async fn sections(
         .filter(|w| w.joined)
         .map(|w| w.room_id.clone())
         .collect();
+    // The summary only where membership or naming state may have changed since the token:
+    // otherwise the spec lets it be left out, and it costs a query.
+    let summarised = |w: &Wanted, plan: &Plan| {
+        w.window.fresh
+            || w.window.full_state
+            || (plan.limited
+                && svc
+                    .sync_engine
+                    .state_may_have_moved(&w.room_id, w.window.since.events))
+            || !plan.state.is_empty()
+            || plan.timeline.iter().any(|row| row.state_key.is_some())
+    };
     let with_plan: Vec<String> = wanted
         .iter()
         .zip(&plans)
-        .filter(|(w, p)| w.joined && p.is_some())
+        .filter(|(w, p)| w.joined && p.as_ref().is_some_and(|p| summarised(w, p)))
         .map(|(w, _)| w.room_id.clone())
         .collect();
     let members = if with_plan.is_empty() {
@@ -127,7 +142,7 @@ pub(super) async fn sections(
         let section = match plan {
             Some(plan) => {
                 let no_members = (Vec::new(), Vec::new());
-                let members = members.get(&w.room_id).unwrap_or(&no_members);
+                let members = summarised(w, &plan).then(|| members.get(&w.room_id).unwrap_or(&no_members));
                 Some(format_section(
                     svc,
                     ask,
@@ -235,11 +250,24 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Res
         })
         .map(|w| w.room_id.clone())
         .collect();
-    let access = if active.is_empty() {
-        HashMap::new()
-    } else {
-        RoomAccess::load_many(svc, &active, Some(ask.user_id)).await?
-    };
+    let mut access = HashMap::new();
+    let mut to_load = Vec::new();
+    for room_id in active {
+        let known = ask.known_access.and_then(|(known, at)| {
+            known
+                .get(&room_id)
+                .filter(|_| !engine.state_may_have_moved(&room_id, at))
+        });
+        match known {
+            Some(known) => {
+                access.insert(room_id, known.clone());
+            }
+            None => to_load.push(room_id),
+        }
+    }
+    if !to_load.is_empty() {
+        access.extend(RoomAccess::load_many(svc, &to_load, Some(ask.user_id)).await?);
+    }
     let timeline_filter = ask.room_filter.timeline.clone().unwrap_or_default();
     let limit = timeline_filter
         .base
@@ -336,14 +364,25 @@ async fn add_state(
     wanted: &[Wanted],
     plans: &mut [Option<Plan>],
 ) -> Result<()> {
-    // (room, position) whose state is needed: the state before `start`, and at `since`.
+    // (room, position) whose state is needed: the state before `start`, and at `since`. A room
+    // whose timeline is neither new to the client nor cut needs none: its timeline holds every
+    // state change since the token, so its state section is empty.
+    // A cut timeline needs the state delta only if the room's state may have moved since the
+    // token (the engine knows when it did not).
+    let engine = &svc.sync_engine;
+    let needs_state = |w: &Wanted, plan: &Option<Plan>| {
+        plan.as_ref().is_some_and(|p| {
+            !p.stateless
+                && (w.window.fresh
+                    || w.window.full_state
+                    || (p.limited && engine.state_may_have_moved(&w.room_id, w.window.since.events)))
+        })
+    };
     let mut points: Vec<(String, i64)> = Vec::new();
     for (w, plan) in wanted.iter().zip(plans.iter()) {
-        if let Some(plan) = plan
-            && !plan.stateless
-        {
+        if let Some(plan) = plan.as_ref().filter(|_| needs_state(w, plan)) {
             points.push((w.room_id.clone(), plan.start));
-            if !(w.window.fresh || w.window.full_state) && plan.limited {
+            if !(w.window.fresh || w.window.full_state) {
                 points.push((w.room_id.clone(), w.window.since.events + 1));
             }
         }
@@ -367,22 +406,20 @@ async fn add_state(
 
     let mut ids_per_room: Vec<Vec<String>> = Vec::new();
     for (w, plan) in wanted.iter().zip(plans.iter()) {
-        let Some(plan) = plan.as_ref().filter(|p| !p.stateless) else {
+        if !needs_state(w, plan) {
             ids_per_room.push(Vec::new());
             continue;
-        };
+        }
         let state_at_start = state_of.next().unwrap_or(&empty);
         let ids: Vec<String> = if w.window.fresh || w.window.full_state {
             state_at_start.values().cloned().collect()
-        } else if plan.limited {
+        } else {
             let state_at_since = state_of.next().unwrap_or(&empty);
             state_at_start
                 .iter()
                 .filter(|(k, v)| state_at_since.get(*k) != Some(*v))
                 .map(|(_, v)| v.clone())
                 .collect()
-        } else {
-            Vec::new()
         };
         ids_per_room.push(ids);
     }
@@ -457,7 +494,7 @@ fn format_section(
     since: StreamToken,
     plan: &Plan,
     (related, bundles): (&Related, &HashMap<String, Value>),
-    (joined, invited): &(Vec<String>, Vec<String>),
+    members: Option<&(Vec<String>, Vec<String>)>,
 ) -> Result<RoomSection> {
     let rules = rules_of(&plan.version)?;
     let format = |rows: &[EventRow]| -> Result<Vec<Value>> {
@@ -475,13 +512,20 @@ fn format_section(
             })
             .collect()
     };
-    let heroes: Vec<String> = joined
-        .iter()
-        .chain(invited.iter())
-        .filter(|u| *u != ask.user_id)
-        .take(5)
-        .cloned()
-        .collect();
+    // No members: unchanged since the token, an empty summary (as Synapse sends).
+    let summary = members.map(|(joined, invited)| Summary {
+        heroes: Some(
+            joined
+                .iter()
+                .chain(invited.iter())
+                .filter(|u| *u != ask.user_id)
+                .take(5)
+                .cloned()
+                .collect(),
+        ),
+        joined_member_count: Some(joined.len()),
+        invited_member_count: Some(invited.len()),
+    });
     Ok(RoomSection {
         timeline: Timeline {
             events: format(&plan.timeline)?,
@@ -489,11 +533,7 @@ fn format_section(
             prev_batch: since.at_events(plan.start - 1).to_string(),
         },
         state: Events::new(format(&plan.state)?),
-        summary: Some(Summary {
-            heroes,
-            joined_member_count: joined.len(),
-            invited_member_count: invited.len(),
-        }),
+        summary: Some(summary.unwrap_or_default()),
     })
 }
 

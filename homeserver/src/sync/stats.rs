@@ -14,6 +14,10 @@ pub struct SyncStats {
     pub full_computes: AtomicU64,
     /// Computations after a wake-up (of only the joined rooms that moved, when that is all).
     pub woken_computes: AtomicU64,
+    /// First computations of requests that continued a device's previous step (carry.rs).
+    pub continued_computes: AtomicU64,
+    /// Times a request found nothing new and started waiting for the notifier.
+    pub waits: AtomicU64,
     /// Database queries of the latest woken computation, and of all of them.
     pub last_woken_queries: AtomicU64,
     pub woken_queries: AtomicU64,
@@ -33,6 +37,8 @@ pub struct SyncStats {
 pub struct StatsSnapshot {
     pub full_computes: u64,
     pub woken_computes: u64,
+    pub continued_computes: u64,
+    pub waits: u64,
     pub last_woken_queries: u64,
     pub woken_queries: u64,
     pub rooms_scanned: u64,
@@ -52,6 +58,8 @@ impl SyncStats {
         StatsSnapshot {
             full_computes: get(&self.full_computes),
             woken_computes: get(&self.woken_computes),
+            continued_computes: get(&self.continued_computes),
+            waits: get(&self.waits),
             last_woken_queries: get(&self.last_woken_queries),
             woken_queries: get(&self.woken_queries),
             rooms_scanned: get(&self.rooms_scanned),
@@ -62,11 +70,14 @@ impl SyncStats {
         }
     }
 
-    /// Records a computation (after a wake-up or not; of everything or of what moved) and the
-    /// queries it made.
-    pub(crate) fn computed(&self, woken: bool, full: bool, queries: u64) {
+    /// Records a computation (after a wake-up, the first of a continued request, or neither;
+    /// of everything or of what moved) and the queries it made.
+    pub(crate) fn computed(&self, woken: bool, continued: bool, full: bool, queries: u64) {
         if full {
             bump(&self.full_computes);
+        }
+        if continued {
+            bump(&self.continued_computes);
         }
         if woken {
             bump(&self.woken_computes);

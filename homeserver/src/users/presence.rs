@@ -1,6 +1,8 @@
 //! Presence: stored on change only, with `last_active_ago` computed when read, so an idle
 //! server runs no per-user timers.
 
+use std::collections::HashMap;
+
 use ruma::UserId;
 use serde_json::{Value, json};
 
@@ -28,9 +30,9 @@ pub async fn set_presence(
     if !STATES.contains(&presence) {
         return Err(Error::invalid_param(format!("Unknown presence state {presence}")));
     }
-    svc.store
-        .put_presence(user_id, presence, status_msg, now_ms())
-        .await?;
+    let now = now_ms();
+    svc.store.put_presence(user_id, presence, status_msg, now).await?;
+    remember_written(svc, user_id, presence, now);
     crate::federation::sender::presence(svc, user_id, presence, status_msg, 0, presence == "online");
     notify(svc, user_id).await
 }
@@ -43,6 +45,11 @@ pub async fn mark_active(svc: &Services, user_id_typed: &UserId, presence: &str)
     if !STATES.contains(&presence) {
         return Err(Error::invalid_param(format!("Unknown presence state {presence}")));
     }
+    // Known unchanged and fresh without reading it: every `/sync` request comes through here.
+    let fresh = |(state, at): &(String, i64)| state == presence && now_ms() - at <= ACTIVE_WINDOW_MS / 2;
+    if lock_written(svc).get(user_id).is_some_and(fresh) {
+        return Ok(());
+    }
     let current = svc.store.presence(user_id).await?;
     let stale = |p: &PresenceRow| now_ms() - p.last_active_ts > ACTIVE_WINDOW_MS / 2;
     let needed = match &current {
@@ -52,9 +59,11 @@ pub async fn mark_active(svc: &Services, user_id_typed: &UserId, presence: &str)
     if needed {
         let changed = current.as_ref().is_none_or(|p| p.presence != presence);
         let status = current.and_then(|p| p.status_msg);
+        let now = now_ms();
         svc.store
-            .put_presence(user_id, presence, status.as_deref(), now_ms())
+            .put_presence(user_id, presence, status.as_deref(), now)
             .await?;
+        remember_written(svc, user_id, presence, now);
         if changed {
             crate::federation::sender::presence(
                 svc,
@@ -65,8 +74,24 @@ pub async fn mark_active(svc: &Services, user_id_typed: &UserId, presence: &str)
                 presence == "online",
             );
         }
+    } else if let Some(p) = &current {
+        remember_written(svc, user_id, &p.presence, p.last_active_ts);
     }
     Ok(())
+}
+
+fn lock_written(svc: &Services) -> std::sync::MutexGuard<'_, HashMap<String, (String, i64)>> {
+    svc.presence_written.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records a local user's stored presence and last-active time (every write of it goes through
+/// this module), so that `mark_active` need not read it back.
+fn remember_written(svc: &Services, user_id: &str, presence: &str, at: i64) {
+    let mut written = lock_written(svc);
+    if written.len() > 100_000 {
+        written.clear();
+    }
+    written.insert(user_id.to_owned(), (presence.to_owned(), at));
 }
 
 /// Wakes the users who share a room with `user_id` (and the user): presence wakes people, not

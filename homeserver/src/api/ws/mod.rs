@@ -194,6 +194,7 @@ impl Connection {
             timeout: STEP_TIMEOUT,
             full_state: false,
             filter,
+            filter_param: self.filter.clone(),
         };
         loop {
             let step = sync_step(&self.svc, session.user_id.as_str(), &session.device_id, &req).await;
