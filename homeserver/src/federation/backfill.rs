@@ -152,6 +152,9 @@ async fn fill_room(svc: &Services, room_id: &RoomId) -> Result<bool> {
     tracing::info!(%room_id, stored, "backfill");
     state.record(room, stored > 0);
     if stored > 0 {
+        // Backfilled visibility changes and the room's creation count in `RoomAccess`: what
+        // the sync engine reused of it is stale.
+        svc.sync_engine.room_state_touched(room);
         slot.filled.fetch_add(1, Ordering::SeqCst);
     }
     Ok(stored > 0)
