@@ -473,8 +473,15 @@ async fn a_request_from_the_last_next_batch_continues_without_a_full_computation
         since = next_batch(&resp);
     }
     let after = stats(&alice).await;
-    assert_eq!(stat(&after, "full_computes"), stat(&before, "full_computes"), "{before} -> {after}");
-    assert_eq!(stat(&after, "continued_computes"), stat(&before, "continued_computes") + 3);
+    assert_eq!(
+        stat(&after, "full_computes"),
+        stat(&before, "full_computes"),
+        "{before} -> {after}"
+    );
+    assert_eq!(
+        stat(&after, "continued_computes"),
+        stat(&before, "continued_computes") + 3
+    );
 
     // The whole range again from the first token (not the kept one): computed in full, the same
     // events.
@@ -482,7 +489,10 @@ async fn a_request_from_the_last_next_batch_continues_without_a_full_computation
     for (room, event) in rooms.iter().zip(&sent) {
         assert_eq!(timeline_ids(&full, room), vec![event.clone()], "{full}");
     }
-    assert_eq!(stat(&stats(&alice).await, "full_computes"), stat(&after, "full_computes") + 1);
+    assert_eq!(
+        stat(&stats(&alice).await, "full_computes"),
+        stat(&after, "full_computes") + 1
+    );
 }
 
 /// What a continuation cannot know from its rooms — an invite, account data, new one-time key
@@ -508,7 +518,10 @@ async fn a_continued_request_still_sees_invites_account_data_and_key_counts() {
     alice
         .ok(
             Method::PUT,
-            &format!("/user/{}/account_data/org.example.setting", encode(&alice.user_id)),
+            &format!(
+                "/user/{}/account_data/org.example.setting",
+                encode(&alice.user_id)
+            ),
             Some(&json!({ "on": true })),
         )
         .await;
@@ -544,7 +557,10 @@ async fn a_continued_request_still_sees_invites_account_data_and_key_counts() {
         )
         .await;
     let resp = alice.sync(Some(&since), 0, 10).await;
-    assert_eq!(resp["device_one_time_keys_count"]["signed_curve25519"], 3, "{resp}");
+    assert_eq!(
+        resp["device_one_time_keys_count"]["signed_curve25519"], 3,
+        "{resp}"
+    );
     since = next_batch(&resp);
     // Claimed by someone else: the count goes down in the next continued sync.
     bob.ok(
@@ -554,7 +570,10 @@ async fn a_continued_request_still_sees_invites_account_data_and_key_counts() {
     )
     .await;
     let resp = alice.sync(Some(&since), 0, 10).await;
-    assert_eq!(resp["device_one_time_keys_count"]["signed_curve25519"], 2, "{resp}");
+    assert_eq!(
+        resp["device_one_time_keys_count"]["signed_curve25519"], 2,
+        "{resp}"
+    );
 }
 
 /// Another device of the same user, or the same device with another filter, does not continue
@@ -574,13 +593,20 @@ async fn a_different_filter_does_not_continue_a_step() {
     let resp = alice
         .ok(
             Method::GET,
-            &format!("/sync?timeout=0&since={}&filter={}", encode(&since), encode(&filter)),
+            &format!(
+                "/sync?timeout=0&since={}&filter={}",
+                encode(&since),
+                encode(&filter)
+            ),
             None,
         )
         .await;
     assert!(resp["rooms"]["join"][&rooms[1]].is_null(), "{resp}");
     let after = stats(&alice).await;
-    assert_eq!(stat(&after, "continued_computes"), stat(&before, "continued_computes"));
+    assert_eq!(
+        stat(&after, "continued_computes"),
+        stat(&before, "continued_computes")
+    );
     // And the original filter from the same token still sees the message.
     let resp = alice.sync(Some(&since), 0, 10).await;
     assert_eq!(timeline_ids(&resp, &rooms[1]), vec![event]);

@@ -202,16 +202,23 @@ pub async fn messages(
         Direction::Backwards => (req.to.map(|t| t.events).unwrap_or(FLOOR), from.events.min(upper)),
         Direction::Forwards => (from.events, req.to.map(|t| t.events).unwrap_or(upper).min(upper)),
     };
-    let mut scanned = scan(
-        svc,
-        room_id.as_str(),
-        &access,
-        range,
-        req.direction,
-        req.limit,
-        &req.filter,
-    )
-    .await?;
+    let read = |access: &RoomAccess| {
+        let access = access.clone();
+        let filter = &req.filter;
+        async move {
+            scan(
+                svc,
+                room_id.as_str(),
+                &access,
+                range,
+                req.direction,
+                req.limit,
+                filter,
+            )
+            .await
+        }
+    };
+    let mut scanned = read(&access).await?;
     // The start of the history here, but not of the room: fill it from the room's other
     // servers, then read again (the access too: visibility changes may have come with it).
     if req.direction == Direction::Backwards
@@ -220,16 +227,7 @@ pub async fn messages(
         && crate::federation::backfill::fill(svc, room_id).await
     {
         access = RoomAccess::load(svc, room_id, viewer).await?;
-        scanned = scan(
-            svc,
-            room_id.as_str(),
-            &access,
-            range,
-            req.direction,
-            req.limit,
-            &req.filter,
-        )
-        .await?;
+        scanned = read(&access).await?;
     }
     let state = if req.filter.lazy_load_members == Some(true) {
         members_of_senders(svc, room_id, &access, &scanned.rows).await?

@@ -256,23 +256,22 @@ impl SyncEngine {
     /// `false` only when this memory knows it did not (a membership change moves device lists,
     /// which only a full computation reads).
     pub fn membership_may_have_moved(&self, room_id: &str, after: i64) -> bool {
-        if !self.started.load(Ordering::Acquire) || after < self.floor.load(Ordering::Acquire) {
-            return true;
-        }
-        self.memberships
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(room_id)
-            .is_some_and(|latest| *latest > after)
+        self.may_have_moved(&self.memberships, room_id, after)
     }
 
     /// Whether the room's state may have changed after `after`: `false` only when this memory
     /// knows it did not (then a viewer's `RoomAccess` read at `after` still holds).
     pub fn state_may_have_moved(&self, room_id: &str, after: i64) -> bool {
+        self.may_have_moved(&self.states, room_id, after)
+    }
+
+    /// Whether a per-room position table may hold a position past `after` for the room: it
+    /// knows only what was appended since start-up.
+    fn may_have_moved(&self, table: &RwLock<HashMap<Arc<str>, i64>>, room_id: &str, after: i64) -> bool {
         if !self.started.load(Ordering::Acquire) || after < self.floor.load(Ordering::Acquire) {
             return true;
         }
-        self.states
+        table
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(room_id)

@@ -31,8 +31,8 @@ use crate::{
 };
 use carry::Continuation;
 use engine::SyncEngine;
-use stats::bump;
 use response::{DeviceLists, Events, InvitedRoom, KnockedRoom, RoomSection, Rooms, SyncResponse, Timeline};
+use stats::bump;
 
 /// Longest long-poll a client can ask for.
 const MAX_TIMEOUT_MS: u64 = 5 * 60 * 1000;
@@ -168,7 +168,15 @@ pub async fn sync_step(
         .await;
         let (response, has_changes, new_baseline) = computed?;
         svc.sync_engine.stats.computed(woken, continued, full, queries);
-        tracing::debug!(user_id, woken, continued, full, queries, has_changes, "sync computed");
+        tracing::debug!(
+            user_id,
+            woken,
+            continued,
+            full,
+            queries,
+            has_changes,
+            "sync computed"
+        );
         continued = false;
         if let Some(base) = new_baseline {
             baseline = Some(Arc::new(base));
@@ -256,7 +264,9 @@ impl Baseline {
         for key in keys {
             if key == presence_key {
                 moved.presence = true;
-            } else if self.joined.contains_key(&key) && !engine.membership_may_have_moved(&key, self.now.events) {
+            } else if self.joined.contains_key(&key)
+                && !engine.membership_may_have_moved(&key, self.now.events)
+            {
                 moved.rooms.push(key);
             } else {
                 return None;
