@@ -195,17 +195,30 @@ impl SyncEngine {
             super::stats::bump(&self.stats.format_misses);
             return format_event(row, rules, related, Some(viewer));
         };
-        let shared = match cached.formatted.get() {
-            Some(shared) => {
-                super::stats::bump(&self.stats.format_hits);
-                shared
-            }
-            None => {
-                super::stats::bump(&self.stats.format_misses);
-                let formatted = format_event(&cached.row, rules, &Related::default(), None)?;
-                cached.formatted.get_or_init(|| formatted)
-            }
+        // Formatted inside `get_or_init`: receivers woken together wait for the first one's
+        // formatting (microseconds) instead of each formatting the event.
+        let mut failed = None;
+        let mut formatted_here = false;
+        let shared = cached.formatted.get_or_init(|| {
+            formatted_here = true;
+            format_event(&cached.row, rules, &Related::default(), None).unwrap_or_else(|e| {
+                failed = Some(e);
+                Value::Null
+            })
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if shared.is_null() {
+            // Another receiver's formatting failed: this one gets the error afresh.
+            return format_event(row, rules, related, Some(viewer));
+        }
+        let counter = if formatted_here {
+            &self.stats.format_misses
+        } else {
+            &self.stats.format_hits
         };
+        super::stats::bump(counter);
         let mut event = shared.clone();
         add_viewer_fields(&mut event, row, Some(viewer));
         Ok(event)
