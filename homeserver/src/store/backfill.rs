@@ -80,13 +80,7 @@ impl Store {
         .rows_affected()
             > 0;
         if inserted {
-            for prev in &event.prev_events {
-                q("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                    .bind(event.event_id.clone())
-                    .bind(prev.clone())
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            Self::insert_edges_in(&mut tx, event).await?;
         }
         tx.commit().await?;
         Ok(inserted)

@@ -40,6 +40,21 @@ impl Store {
         Ok(())
     }
 
+    /// An event's DAG edges to its prev events (kept once however often it is stored).
+    pub(super) async fn insert_edges_in(
+        tx: &mut Transaction<'static, Any>,
+        event: &NewEvent,
+    ) -> StoreResult<()> {
+        for prev in &event.prev_events {
+            q("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(event.event_id.clone())
+                .bind(prev.clone())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn insert_outliers_in(tx: &mut Transaction<'static, Any>, events: &[NewEvent]) -> StoreResult<()> {
         for event in events {
             q(
@@ -113,13 +128,7 @@ impl Store {
         .bind(event.json.clone())
         .execute(&mut *tx)
         .await?;
-        for prev in &event.prev_events {
-            q("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(event.event_id.clone())
-                .bind(prev.clone())
-                .execute(&mut *tx)
-                .await?;
-        }
+        Self::insert_edges_in(&mut tx, event).await?;
         tx.commit().await?;
         Ok(())
     }
