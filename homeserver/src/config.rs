@@ -90,6 +90,9 @@ pub struct FederationConfig {
     pub retry_initial_ms: u64,
     /// Longest wait (milliseconds) between retries of a transaction to a server that is down.
     pub retry_max_ms: u64,
+    /// Most EDUs kept queued for one destination: past it, the oldest are dropped, superseded
+    /// and short-lived ones (typing, presence, receipts) first (`federation::sender`).
+    pub max_queued_edus: i64,
 }
 
 impl Default for FederationConfig {
@@ -105,6 +108,7 @@ impl Default for FederationConfig {
             allow_ip_ranges: Vec::new(),
             retry_initial_ms: 1_000,
             retry_max_ms: 600_000,
+            max_queued_edus: 10_000,
         }
     }
 }
@@ -874,6 +878,7 @@ ca_files = []                     # extra CA certificates (PEM) trusted besides 
 allow_ip_ranges = []              # non-global networks other servers may be on, e.g. ["10.0.0.0/8"]
 retry_initial_ms = 1000           # first wait before a failed transaction is retried (doubles)
 retry_max_ms = 600000             # longest wait between retries to a server that is down
+max_queued_edus = 10000           # EDUs kept for a server that is down; the oldest go first
 
 # Server name -> host:port, instead of discovery (.well-known, SRV, port 8448).
 [federation.resolve]

@@ -72,6 +72,10 @@ pub async fn send(
             });
         }
     }
+    // One `m.direct_to_device` EDU per server, queued in the transaction that records the
+    // txnId: a retried txnId sends nothing again, so what the first request answered must be
+    // in the federation queue by then.
+    let edus = crate::federation::sender::direct_to_device(svc, sender, event_type, &remote);
     let queued = svc
         .store
         .queue_to_device(
@@ -80,6 +84,7 @@ pub async fn send(
             txn_id,
             event_type,
             &out,
+            &edus,
             svc.config.limits.max_pending_to_device,
             now_ms(),
         )
@@ -89,18 +94,7 @@ pub async fn send(
             if !users.is_empty() {
                 svc.notifier.notify(users);
             }
-            // Only a first sending goes out: a retried txnId was sent the first time.
-            for (server, messages) in &remote {
-                let message_id = crate::util::random_string(24);
-                crate::federation::sender::direct_to_device(
-                    svc,
-                    server,
-                    sender,
-                    event_type,
-                    &message_id,
-                    messages,
-                );
-            }
+            crate::federation::sender::queued(svc, &edus);
             Ok(())
         }
         Queued::Repeated => Ok(()),

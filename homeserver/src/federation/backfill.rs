@@ -262,7 +262,9 @@ async fn store_batch(
             continue;
         }
         let mut event = inbound::new_event(&pdu);
-        event.redacts = inbound::redaction_target(svc, &pdu, room_id).await?;
+        let may_redact = inbound::may_redact_by_auth_events(svc, rules, &pdu, room_id).await?;
+        event.redacts = inbound::redaction_target(svc, &pdu, room_id, may_redact).await?;
+        inbound::apply_awaiting_redactions(svc, &pdu, room_id).await?;
         if svc
             .store
             .insert_backfilled(&event, first + i as i64, group)

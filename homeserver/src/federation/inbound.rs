@@ -20,7 +20,10 @@ use serde_json::{Value, value::RawValue};
 use crate::{
     error::{Error, Result},
     federation::{keys, resolve},
-    rooms::timeline::{self, pdu_of},
+    rooms::{
+        power,
+        timeline::{self, pdu_of},
+    },
     services::Services,
     store::{Appending, EventPlace, NewEvent, StateEntry, StateMap},
     util::now_ms,
@@ -395,7 +398,9 @@ async fn place(
     // Known as an outlier (fetched to check another event): it enters the timeline now.
     svc.store.drop_outlier(pdu.event_id.as_str()).await?;
     let mut event = new_event(pdu);
-    event.redacts = redaction_target(svc, pdu, room_id).await?;
+    let may_redact = may_redact(rules, &state_before, pdu);
+    event.redacts = redaction_target(svc, pdu, room_id, may_redact).await?;
+    apply_awaiting_redactions(svc, pdu, room_id).await?;
     let mut batch = [Appending {
         event,
         previous_group: Some(before_group),
@@ -783,10 +788,18 @@ async fn reject(svc: &Services, pdu: &Pdu, reason: &str) {
     }
 }
 
-/// The `redacts` column of a received redaction: set only when its target is an event of the
-/// same room sent by a user of the redaction sender's server (a moderator's redaction of
-/// another server's event is stored but not applied; see spec/server-server.md).
-pub(crate) async fn redaction_target(svc: &Services, pdu: &Pdu, room_id: &RoomId) -> Result<Option<String>> {
+/// The `redacts` column of a received redaction, which is what applies it (room versions 3+,
+/// "Handling redactions"): its target when the redaction's sender has the redact level in the
+/// state before the redaction (`may_redact`), or when the target is an event of the same room
+/// sent by a user of the redaction sender's server. A target not here yet is named when the
+/// sender may redact (it applies once the target arrives in that room); otherwise the
+/// redaction waits for it (`apply_awaiting_redactions`).
+pub(crate) async fn redaction_target(
+    svc: &Services,
+    pdu: &Pdu,
+    room_id: &RoomId,
+    may_redact: bool,
+) -> Result<Option<String>> {
     let Some(target) = &pdu.redacts else {
         return Ok(None);
     };
@@ -794,11 +807,92 @@ pub(crate) async fn redaction_target(svc: &Services, pdu: &Pdu, room_id: &RoomId
         return Ok(None);
     }
     let Some(row) = svc.store.event(target.as_str()).await? else {
+        if may_redact {
+            return Ok(Some(target.to_string()));
+        }
+        svc.store
+            .await_redaction_target(
+                target.as_str(),
+                pdu.event_id.as_str(),
+                room_id.as_str(),
+                pdu.sender.server_name().as_str(),
+            )
+            .await?;
         return Ok(None);
     };
     let same_server =
         UserId::parse(row.sender.as_str()).is_ok_and(|s| s.server_name() == pdu.sender.server_name());
-    Ok((row.room_id == room_id.as_str() && same_server).then(|| target.to_string()))
+    Ok((row.room_id == room_id.as_str() && (may_redact || same_server)).then(|| target.to_string()))
+}
+
+/// Whether a redaction's sender has the room's redact level in `state` (the state before the
+/// redaction; it holds the create and power levels events, which the auth rules read).
+pub(crate) fn may_redact(
+    rules: &RoomVersionRules,
+    state: &HashMap<(String, String), Pdu>,
+    pdu: &Pdu,
+) -> bool {
+    if pdu.redacts.is_none() {
+        return false;
+    }
+    let Some(create) = state.get(&("m.room.create".to_owned(), String::new())) else {
+        return false;
+    };
+    let levels = state
+        .get(&("m.room.power_levels".to_owned(), String::new()))
+        .map(Pdu::content_value);
+    let level = power::user_level(
+        &rules.authorization,
+        create.sender.as_str(),
+        &create.content_value(),
+        levels.as_ref(),
+        pdu.sender.as_str(),
+    );
+    level >= power::action_level(levels.as_ref(), "redact", 50)
+}
+
+/// `may_redact` for an event checked without the state before it (a backfilled one): judged by
+/// the power levels its auth events name, which the auth rules found it allowed by, and the
+/// room's create event.
+pub(crate) async fn may_redact_by_auth_events(
+    svc: &Services,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    room_id: &RoomId,
+) -> Result<bool> {
+    if pdu.redacts.is_none() {
+        return Ok(false);
+    }
+    let ids: Vec<String> = pdu.auth_events.iter().map(ToString::to_string).collect();
+    let mut state = HashMap::new();
+    for row in svc.store.events(&ids).await? {
+        let auth = pdu_of(&row)?;
+        if let Some(key) = auth.state_key.clone() {
+            state.insert((auth.event_type.to_string(), key), auth);
+        }
+    }
+    let create = ("m.room.create".to_owned(), String::new());
+    if !state.contains_key(&create) {
+        state.extend(current_entries(svc, room_id, &[create]).await?);
+    }
+    Ok(may_redact(rules, &state, pdu))
+}
+
+/// An event entering the timeline: redactions that arrived before it and wait for it apply now
+/// if they came from its sender's server.
+pub(crate) async fn apply_awaiting_redactions(svc: &Services, pdu: &Pdu, room_id: &RoomId) -> Result<()> {
+    let applied = svc
+        .store
+        .apply_awaiting_redactions(
+            pdu.event_id.as_str(),
+            room_id.as_str(),
+            pdu.sender.server_name().as_str(),
+        )
+        .await?;
+    if applied > 0 {
+        tracing::info!(event_id = %pdu.event_id, applied, "redactions that arrived first now apply");
+    }
+    Ok(())
 }
 
 /// A state event in the stripped form kept with remote invites and knocks (what `/sync` shows

@@ -238,12 +238,15 @@ pub async fn send_knock(
 ) -> Result<Value> {
     let accepted = send_membership(svc, origin, room_id, event_id, pdu, "knock").await?;
     let json = serde_json::to_string(&accepted.pdu.json).map_err(Error::internal)?;
-    svc.federation
-        .sender
-        .submit(super::sender::Job::Pdus(vec![super::sender::PduOut {
+    // Queued before the answer: the knocking server relies on this server to relay it.
+    super::sender::relay(
+        svc,
+        vec![super::sender::PduOut {
             room_id: room_id.to_string(),
             json,
-        }]));
+        }],
+    )
+    .await?;
     let state = svc.store.current_state(room_id.as_str()).await?;
     let ids: Vec<String> = state
         .iter()

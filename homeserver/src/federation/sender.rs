@@ -5,12 +5,20 @@
 //! with exponential backoff up to `federation.retry_max_ms`; rows are deleted only after a 200, so
 //! nothing is lost across a restart and the queue catches up once the destination answers again.
 //!
-//! Local events' rows are written in the events' own transaction (`super::outbound`). The
-//! EDUs (and relayed PDUs) go through one channel to one task that computes destinations and
-//! stores the rows, in the order they were submitted.
+//! What a client needs later is queued before the request that causes it answers: local events'
+//! rows are written in the events' own transaction (`super::outbound`), to-device EDUs in the
+//! transaction that records the client's txnId, and device-list, signing-key and receipt EDUs
+//! and the relay of an accepted knock are stored before their request answers. Typing and
+//! presence go through one channel to one task that stores them: they are short-lived (a
+//! typing notice lasts 30 s, presence is sent again on the next change), so a process stopping
+//! in between may lose one.
+//!
+//! A destination that stays down keeps at most `federation.max_queued_edus` EDUs: past it the
+//! oldest are dropped, superseded ones first, then typing, presence and receipts, and only then
+//! to-device messages and key changes, logged as errors. PDUs are never dropped.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
@@ -27,8 +35,14 @@ pub const MAX_PDUS: usize = 50;
 pub const MAX_EDUS: usize = 100;
 /// Most devices announced per device-list change (each is one EDU).
 const MAX_ANNOUNCED_DEVICES: usize = 50;
+/// A queued typing notice older than this is not sent: the receiver would have let it expire.
+const TYPING_TTL_MS: i64 = 30_000;
+/// How often a destination's queue is trimmed while its retry waits.
+const TRIM_EVERY: Duration = Duration::from_secs(30);
+/// What trimming a long queue drops first (after superseded EDUs), in this order.
+const DROPPED_FIRST: [&str; 3] = ["m.typing", "m.presence", "m.receipt"];
 
-/// Something to send: where it goes is worked out by the queue's task.
+/// Something to send: where it goes is worked out when it is queued.
 pub enum Job {
     /// Another server's event this server relays (an accepted knock: the knocking server is
     /// not in the room), to the other servers joined to its room. Local events are queued in
@@ -36,10 +50,8 @@ pub enum Job {
     Pdus(Vec<PduOut>),
     /// An EDU about a room, to the other servers joined to it.
     RoomEdu { room_id: String, edu: Value },
-    /// An EDU about a user, to the servers sharing a room with them.
-    UserEdu { user_id: String, edu: Value },
-    /// An EDU for one server.
-    ServerEdu { destination: String, edu: Value },
+    /// EDUs about a user, to the servers sharing a room with them.
+    UserEdus { user_id: String, edus: Vec<Value> },
 }
 
 pub struct PduOut {
@@ -111,55 +123,118 @@ pub(super) fn wake(svc: &Services, destination: &str) {
     tokio::spawn(deliver(svc.clone(), destination.to_owned(), dest));
 }
 
-/// The queue's task: stores each job's rows for their destinations, then wakes those.
+/// The queue's task for typing and presence: stores each job's rows for their destinations,
+/// then wakes those.
 async fn store_jobs(svc: Services, mut rx: mpsc::UnboundedReceiver<Job>) {
     while let Some(job) = rx.recv().await {
-        match rows_of(&svc, job).await {
-            Ok(rows) => {
-                if let Err(error) = svc.store.enqueue_outbound(&rows, now_ms()).await {
-                    tracing::error!(%error, "cannot queue federation items");
-                    continue;
-                }
-                let destinations: BTreeSet<&str> = rows.iter().map(|r| r.destination.as_str()).collect();
-                for destination in destinations {
-                    wake(&svc, destination);
-                }
-            }
-            Err(error) => tracing::error!(%error, "cannot work out federation destinations"),
+        if let Err(error) = store_job(&svc, job).await {
+            tracing::error!(%error, "cannot queue federation items");
         }
     }
 }
 
+/// Stores a job's rows now (when federation is on) and wakes their destinations: once this
+/// returns, the items survive a restart.
+async fn store_job(svc: &Services, job: Job) -> Result<()> {
+    if svc.federation.sender.jobs.get().is_none() {
+        return Ok(());
+    }
+    let rows = rows_of(svc, job).await?;
+    svc.store.enqueue_outbound(&rows, now_ms()).await?;
+    queued(svc, &rows);
+    Ok(())
+}
+
+/// Rows were committed to the queue: wakes their destinations.
+pub fn queued(svc: &Services, rows: &[NewOutbound]) {
+    let destinations: BTreeSet<&str> = rows.iter().map(|r| r.destination.as_str()).collect();
+    for destination in destinations {
+        wake(svc, destination);
+    }
+}
+
+/// Relays other servers' events (an accepted knock) to the room's other servers, queued
+/// before this returns.
+pub async fn relay(svc: &Services, pdus: Vec<PduOut>) -> Result<()> {
+    store_job(svc, Job::Pdus(pdus)).await
+}
+
+/// A queue row for an EDU, with the type and supersede key that trimming goes by.
+fn edu_row(destination: String, edu: &Value) -> NewOutbound {
+    NewOutbound {
+        destination,
+        kind: "edu",
+        room_id: None,
+        edu_type: edu["edu_type"].as_str().map(ToOwned::to_owned),
+        supersede_key: supersede_key(edu),
+        json: edu.to_string(),
+    }
+}
+
+/// Equal for two EDUs of which only the newer matters: one user's typing in a room, one
+/// user's presence, one user's receipt in a room (and thread), one device's list update, one
+/// user's signing keys. None for to-device messages (each one counts) and anything else.
+fn supersede_key(edu: &Value) -> Option<String> {
+    let content = &edu["content"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    match edu["edu_type"].as_str()? {
+        "m.typing" => Some(format!(
+            "typing {} {}",
+            text(&content["room_id"]),
+            text(&content["user_id"])
+        )),
+        "m.presence" => match content["push"].as_array()?.as_slice() {
+            [one] => Some(format!("presence {}", text(&one["user_id"]))),
+            _ => None,
+        },
+        "m.receipt" => {
+            let (room_id, receipts) = single(content)?;
+            let (user_id, receipt) = single(receipts.get("m.read")?)?;
+            Some(format!(
+                "receipt {room_id} {user_id} {}",
+                text(&receipt["data"]["thread_id"])
+            ))
+        }
+        "m.device_list_update" => Some(format!(
+            "device {} {}",
+            text(&content["user_id"]),
+            text(&content["device_id"])
+        )),
+        "m.signing_key_update" => Some(format!("signing {}", text(&content["user_id"]))),
+        _ => None,
+    }
+}
+
+/// The one entry of a JSON object that has exactly one.
+fn single(value: &Value) -> Option<(&String, &Value)> {
+    let object = value.as_object()?;
+    (object.len() == 1).then(|| object.iter().next()).flatten()
+}
+
 /// The rows of a job.
 async fn rows_of(svc: &Services, job: Job) -> Result<Vec<NewOutbound>> {
-    let row = |destination: String, room_id: Option<&str>, kind, json: String| NewOutbound {
-        destination,
-        kind,
-        room_id: room_id.map(ToOwned::to_owned),
-        json,
-    };
     let mut rows = Vec::new();
     match job {
         Job::Pdus(pdus) => {
             for pdu in pdus {
                 for server in room_servers(svc, &pdu.room_id).await? {
-                    rows.push(row(
-                        server.to_string(),
-                        Some(pdu.room_id.as_str()),
-                        "pdu",
-                        pdu.json.clone(),
-                    ));
+                    rows.push(NewOutbound {
+                        destination: server.to_string(),
+                        kind: "pdu",
+                        room_id: Some(pdu.room_id.clone()),
+                        edu_type: None,
+                        supersede_key: None,
+                        json: pdu.json.clone(),
+                    });
                 }
             }
         }
         Job::RoomEdu { room_id, edu } => {
-            let edu = edu.to_string();
             for server in room_servers(svc, &room_id).await? {
-                rows.push(row(server.to_string(), None, "edu", edu.clone()));
+                rows.push(edu_row(server.to_string(), &edu));
             }
         }
-        Job::UserEdu { user_id, edu } => {
-            let edu = edu.to_string();
+        Job::UserEdus { user_id, edus } => {
             let servers: BTreeSet<OwnedServerName> = svc
                 .store
                 .users_sharing_rooms(&user_id)
@@ -168,15 +243,8 @@ async fn rows_of(svc: &Services, job: Job) -> Result<Vec<NewOutbound>> {
                 .filter_map(|u| server_of(u))
                 .filter(|s| s.as_str() != svc.server_name())
                 .collect();
-            rows.extend(
-                servers
-                    .into_iter()
-                    .map(|s| row(s.to_string(), None, "edu", edu.clone())),
-            );
-        }
-        Job::ServerEdu { destination, edu } => {
-            if destination != svc.server_name() {
-                rows.push(row(destination, None, "edu", edu.to_string()));
+            for server in servers {
+                rows.extend(edus.iter().map(|edu| edu_row(server.to_string(), edu)));
             }
         }
     }
@@ -243,16 +311,23 @@ async fn deliver(svc: Services, destination: String, wake: Arc<Destination>) {
         };
         if let Some(last) = in_flight {
             items.retain(|item| item.id <= last);
+            if items.is_empty() {
+                // Trimmed away while the retry waited: what follows makes a new transaction.
+                in_flight = None;
+                continue;
+            }
         }
         if items.is_empty() {
-            in_flight = None;
             wake.new_items.notified().await;
             continue;
         }
         // A prefix of the queue, so that deleting up to its last ID removes exactly it.
         let (mut pdus, mut edus, mut last_id) = (Vec::new(), Vec::new(), items[0].id);
+        let now = now_ms();
         for item in &items {
-            let Ok(value) = serde_json::from_str::<Value>(&item.json) else {
+            let stale = item.edu_type.as_deref() == Some("m.typing") && now - item.created_ts > TYPING_TTL_MS;
+            let value = serde_json::from_str::<Value>(&item.json).ok().filter(|_| !stale);
+            let Some(value) = value else {
                 last_id = item.id;
                 continue;
             };
@@ -263,6 +338,14 @@ async fn deliver(svc: Services, destination: String, wake: Arc<Destination>) {
             }
             list.push(value);
             last_id = item.id;
+        }
+        if pdus.is_empty() && edus.is_empty() {
+            // Only expired typing notices (or unreadable rows): nothing to send.
+            if let Err(error) = svc.store.delete_outbound(&destination, last_id).await {
+                tracing::error!(%destination, %error, "cannot delete expired federation items");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            continue;
         }
         let txn_id = format!("{}-{}", items[0].id, last_id);
         let (sent_pdus, sent_edus) = (pdus.len(), edus.len());
@@ -286,11 +369,45 @@ async fn deliver(svc: Services, destination: String, wake: Arc<Destination>) {
                     .min(config.retry_max_ms);
                 let pending = svc.store.outbound_pending(&destination).await.unwrap_or(-1);
                 tracing::warn!(%destination, txn_id, %error, retries, pending, ?last_success, delay_ms = delay, "federation transaction failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
-                    _ = wake.up.notified() => {}
+                // While the destination is down its queue is kept within bounds.
+                trim(&svc, &destination).await;
+                let until = tokio::time::Instant::now() + Duration::from_millis(delay);
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = wake.up.notified() => break,
+                        _ = tokio::time::sleep(TRIM_EVERY) => trim(&svc, &destination).await,
+                    }
                 }
             }
+        }
+    }
+}
+
+/// Brings a destination's queued EDUs down to `federation.max_queued_edus` (see the module's
+/// documentation); what is dropped is logged, to-device messages and key changes as errors.
+async fn trim(svc: &Services, destination: &str) {
+    let cap = svc.config.federation.max_queued_edus.max(1);
+    let dropped = match svc
+        .store
+        .trim_outbound_edus(destination, cap, &DROPPED_FIRST)
+        .await
+    {
+        Ok(dropped) => dropped,
+        Err(error) => {
+            tracing::error!(%destination, %error, "cannot trim the federation queue");
+            return;
+        }
+    };
+    let mut by_type: BTreeMap<String, usize> = BTreeMap::new();
+    for edu_type in dropped {
+        *by_type.entry(edu_type.unwrap_or_default()).or_default() += 1;
+    }
+    for (edu_type, count) in by_type {
+        if DROPPED_FIRST.contains(&edu_type.as_str()) {
+            tracing::warn!(%destination, edu_type, count, cap, "federation queue full: oldest EDUs dropped");
+        } else {
+            tracing::error!(%destination, edu_type, count, cap, "federation queue full: oldest EDUs dropped; the destination will not get them");
         }
     }
 }
@@ -339,24 +456,26 @@ pub fn typing(svc: &Services, room_id: &str, user_id: &str, typing: bool) {
     });
 }
 
-/// `m.receipt` (a public `m.read`) of a local user, to the servers in the room.
-pub fn receipt(
+/// `m.receipt` (a public `m.read`) of a local user, to the servers in the room, queued before
+/// this returns.
+pub async fn receipt(
     svc: &Services,
     room_id: &str,
     user_id: &str,
     event_id: &str,
     thread_id: Option<&str>,
     ts: i64,
-) {
+) -> Result<()> {
     let mut data = json!({ "ts": ts });
     if let Some(thread_id) = thread_id {
         data["thread_id"] = json!(thread_id);
     }
-    svc.federation.sender.submit(Job::RoomEdu {
+    let job = Job::RoomEdu {
         room_id: room_id.to_owned(),
         edu: json!({ "edu_type": "m.receipt", "content": { room_id: { "m.read": {
             user_id: { "event_ids": [event_id], "data": data } } } } }),
-    });
+    };
+    store_job(svc, job).await
 }
 
 /// `m.presence` of a local user, to the servers sharing a room with them.
@@ -377,37 +496,46 @@ pub fn presence(
     if let Some(status_msg) = status_msg {
         update["status_msg"] = json!(status_msg);
     }
-    svc.federation.sender.submit(Job::UserEdu {
+    svc.federation.sender.submit(Job::UserEdus {
         user_id: user_id.to_owned(),
-        edu: json!({ "edu_type": "m.presence", "content": { "push": [update] } }),
+        edus: vec![json!({ "edu_type": "m.presence", "content": { "push": [update] } })],
     });
 }
 
-/// `m.direct_to_device` from a local user: `messages` for one remote server's users.
+/// `m.direct_to_device` from a local user: for each remote server, its users' messages in one
+/// EDU with a new `message_id`. The rows are for the caller to store with the messages' txnId
+/// (then `queued`); none when federation is off.
 pub fn direct_to_device(
     svc: &Services,
-    destination: &str,
     sender: &str,
     event_type: &str,
-    message_id: &str,
-    messages: &serde_json::Map<String, Value>,
-) {
-    svc.federation.sender.submit(Job::ServerEdu {
-        destination: destination.to_owned(),
-        edu: json!({ "edu_type": "m.direct_to_device", "content": {
-            "sender": sender, "type": event_type, "message_id": message_id, "messages": messages } }),
-    });
+    by_server: &BTreeMap<String, serde_json::Map<String, Value>>,
+) -> Vec<NewOutbound> {
+    if svc.federation.sender.jobs.get().is_none() {
+        return Vec::new();
+    }
+    by_server
+        .iter()
+        .filter(|(server, _)| server.as_str() != svc.server_name())
+        .map(|(server, messages)| {
+            let message_id = crate::util::random_string(24);
+            let edu = json!({ "edu_type": "m.direct_to_device", "content": {
+                "sender": sender, "type": event_type, "message_id": message_id, "messages": messages } });
+            edu_row(server.clone(), &edu)
+        })
+        .collect()
 }
 
 /// `m.device_list_update` for each of a local user's devices (their keys changed or a device
-/// came or went), to the servers sharing a room with them; `stream_id` is the change's
-/// position in `device_lists_stream`.
+/// came or went), to the servers sharing a room with them, queued before this returns;
+/// `stream_id` is the change's position in `device_lists_stream`.
 pub async fn device_list_update(svc: &Services, user_id: &str) -> Result<()> {
     if svc.federation.client().is_err() {
         return Ok(());
     }
     let stream_id = svc.store.max_device_lists_stream().await?;
     let devices = svc.store.user_device_keys(user_id).await?;
+    let mut edus = Vec::new();
     for (device_id, keys, display_name) in devices.into_iter().take(MAX_ANNOUNCED_DEVICES) {
         let mut content = json!({
             "user_id": user_id, "device_id": device_id, "stream_id": stream_id, "prev_id": [],
@@ -418,16 +546,20 @@ pub async fn device_list_update(svc: &Services, user_id: &str) -> Result<()> {
         if let Some(name) = display_name {
             content["device_display_name"] = json!(name);
         }
-        svc.federation.sender.submit(Job::UserEdu {
-            user_id: user_id.to_owned(),
-            edu: json!({ "edu_type": "m.device_list_update", "content": content }),
-        });
+        edus.push(json!({ "edu_type": "m.device_list_update", "content": content }));
     }
-    Ok(())
+    if edus.is_empty() {
+        return Ok(());
+    }
+    let job = Job::UserEdus {
+        user_id: user_id.to_owned(),
+        edus,
+    };
+    store_job(svc, job).await
 }
 
 /// `m.signing_key_update`: a local user's master and self-signing keys, to the servers sharing
-/// a room with them.
+/// a room with them, queued before this returns.
 pub async fn signing_key_update(svc: &Services, user_id: &str) -> Result<()> {
     if svc.federation.client().is_err() {
         return Ok(());
@@ -442,9 +574,137 @@ pub async fn signing_key_update(svc: &Services, user_id: &str) -> Result<()> {
             content[field] = key;
         }
     }
-    svc.federation.sender.submit(Job::UserEdu {
+    let job = Job::UserEdus {
         user_id: user_id.to_owned(),
-        edu: json!({ "edu_type": "m.signing_key_update", "content": content }),
-    });
-    Ok(())
+        edus: vec![json!({ "edu_type": "m.signing_key_update", "content": content })],
+    };
+    store_job(svc, job).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::TestServices;
+
+    fn typing(user: &str, on: bool) -> Value {
+        json!({ "edu_type": "m.typing", "content": { "room_id": "!r:x", "user_id": user, "typing": on } })
+    }
+
+    fn to_device(n: i64) -> Value {
+        json!({ "edu_type": "m.direct_to_device", "content": {
+            "sender": "@a:hearth.test", "type": "t", "message_id": n.to_string(), "messages": {} } })
+    }
+
+    fn device_list(device: &str, stream_id: i64) -> Value {
+        json!({ "edu_type": "m.device_list_update", "content": {
+            "user_id": "@a:hearth.test", "device_id": device, "stream_id": stream_id, "prev_id": [] } })
+    }
+
+    fn receipt(user: &str, event: &str) -> Value {
+        json!({ "edu_type": "m.receipt", "content": { "!r:x": { "m.read": {
+            user: { "event_ids": [event], "data": { "ts": 1 } } } } } })
+    }
+
+    #[test]
+    fn only_the_newest_of_one_key_matters_and_to_device_messages_have_none() {
+        let key = |edu: &Value| supersede_key(edu);
+        assert_eq!(key(&typing("@a:x", true)), key(&typing("@a:x", false)));
+        assert_ne!(key(&typing("@a:x", true)), key(&typing("@b:x", true)));
+        assert_eq!(key(&receipt("@a:x", "$1")), key(&receipt("@a:x", "$2")));
+        assert_eq!(key(&device_list("D1", 1)), key(&device_list("D1", 2)));
+        assert_ne!(key(&device_list("D1", 1)), key(&device_list("D2", 1)));
+        assert_eq!(key(&to_device(1)), None);
+        let two = json!({ "edu_type": "m.presence", "content": { "push": [
+            { "user_id": "@a:x" }, { "user_id": "@b:x" } ] } });
+        assert_eq!(key(&two), None, "a batch of several users supersedes nothing");
+    }
+
+    #[tokio::test]
+    async fn a_long_queue_drops_superseded_then_short_lived_edus_then_the_oldest() {
+        let test = TestServices::new().await;
+        let store = &test.svc.store;
+        let dest = "hs-x.test";
+        let edus = [
+            to_device(0),          // 1
+            typing("@a:x", true),  // 2: superseded by 7
+            device_list("D1", 1),  // 3: superseded by 9
+            receipt("@a:x", "$1"), // 4
+            to_device(1),          // 5
+            typing("@b:x", true),  // 6
+            typing("@a:x", false), // 7
+            to_device(2),          // 8
+            device_list("D1", 2),  // 9
+        ];
+        let rows: Vec<NewOutbound> = edus.iter().map(|e| edu_row(dest.to_owned(), e)).collect();
+        store.enqueue_outbound(&rows, now_ms()).await.unwrap();
+        let pdu = NewOutbound {
+            destination: dest.to_owned(),
+            kind: "pdu",
+            room_id: Some("!r:x".into()),
+            edu_type: None,
+            supersede_key: None,
+            json: "{}".into(),
+        };
+        store.enqueue_outbound(&[pdu], now_ms()).await.unwrap();
+        let left = async || -> Vec<String> {
+            let items = store.outbound_items(dest, 100).await.unwrap();
+            items
+                .iter()
+                .map(|i| {
+                    let v: Value = serde_json::from_str(&i.json).unwrap();
+                    match i.kind.as_str() {
+                        "pdu" => "pdu".to_owned(),
+                        _ => format!(
+                            "{} {}",
+                            v["edu_type"].as_str().unwrap(),
+                            v["content"]["message_id"]
+                                .as_str()
+                                .or(v["content"]["user_id"].as_str())
+                                .unwrap_or("receipt")
+                        ),
+                    }
+                })
+                .collect()
+        };
+
+        // Under the cap: nothing dropped.
+        assert!(
+            store
+                .trim_outbound_edus(dest, 9, &DROPPED_FIRST)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Superseded first (the oldest typing of @a, the older D1 update), then typing, presence,
+        // receipts, oldest first.
+        let dropped = store.trim_outbound_edus(dest, 5, &DROPPED_FIRST).await.unwrap();
+        let dropped: Vec<&str> = dropped.iter().map(|t| t.as_deref().unwrap()).collect();
+        assert_eq!(
+            dropped,
+            ["m.typing", "m.device_list_update", "m.typing", "m.typing"]
+        );
+        assert_eq!(
+            left().await,
+            [
+                "m.direct_to_device 0",
+                "m.receipt receipt",
+                "m.direct_to_device 1",
+                "m.direct_to_device 2",
+                "m.device_list_update @a:hearth.test",
+                "pdu",
+            ]
+        );
+        // Then the oldest of what remains, whatever it is; PDUs are never dropped.
+        let dropped = store.trim_outbound_edus(dest, 2, &DROPPED_FIRST).await.unwrap();
+        let dropped: Vec<&str> = dropped.iter().map(|t| t.as_deref().unwrap()).collect();
+        assert_eq!(dropped, ["m.receipt", "m.direct_to_device", "m.direct_to_device"]);
+        assert_eq!(
+            left().await,
+            [
+                "m.direct_to_device 2",
+                "m.device_list_update @a:hearth.test",
+                "pdu"
+            ]
+        );
+    }
 }

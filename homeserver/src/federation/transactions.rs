@@ -265,6 +265,7 @@ async fn apply_to_device(svc: &Services, origin: &ServerName, message: DirectDev
             message.message_id.as_str(),
             &message.ev_type.to_string(),
             &out,
+            &[],
             svc.config.limits.max_pending_to_device,
             now_ms(),
         )

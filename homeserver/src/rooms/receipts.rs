@@ -103,7 +103,8 @@ async fn set_receipt(
             event_id.as_str(),
             thread_id,
             now_ms(),
-        );
+        )
+        .await?;
     }
     svc.notifier.notify(vec![room_id.to_string()]);
     Ok(())

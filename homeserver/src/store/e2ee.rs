@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use sqlx::Row;
 
-use super::{Store, StoreResult, Stream, q, qs};
+use super::{NewOutbound, Store, StoreResult, Stream, q, qs};
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
@@ -432,6 +432,7 @@ impl Store {
     /// Queues to-device messages from one sending device, in one transaction with its
     /// transaction ID (so a retry stores nothing twice and a crash loses nothing committed).
     /// `*` as a device means every device of that user. Messages to unknown devices are dropped.
+    /// `remote`: the `m.direct_to_device` EDUs for other servers' recipients, queued with them.
     #[allow(clippy::too_many_arguments)]
     pub async fn queue_to_device(
         &self,
@@ -440,6 +441,7 @@ impl Store {
         txn_id: &str,
         event_type: &str,
         messages: &[ToDeviceOut],
+        remote: &[NewOutbound],
         max_pending: i64,
         now: i64,
     ) -> StoreResult<Queued> {
@@ -504,6 +506,9 @@ impl Store {
                 }
             }
         }
+        // Other servers' recipients: their EDUs are committed with the transaction ID, so a
+        // request answered (or a retry answered as a repeat) has them queued.
+        self.enqueue_outbound_in(&mut tx, remote, now).await?;
         tx.commit().await?;
         Ok(Queued::Sent(users))
     }

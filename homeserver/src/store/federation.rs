@@ -110,6 +110,9 @@ pub struct OutboundRow {
     /// `pdu` or `edu`.
     pub kind: String,
     pub json: String,
+    /// An EDU's `edu_type` (NULL for PDUs and rows queued before migration 0026).
+    pub edu_type: Option<String>,
+    pub created_ts: i64,
 }
 
 /// Something to queue for one destination.
@@ -120,6 +123,10 @@ pub struct NewOutbound {
     pub kind: &'static str,
     /// A PDU's room: its JSON is stored sealed when the room is encrypted at rest.
     pub room_id: Option<String>,
+    /// An EDU's type, and the key a newer EDU of the same key supersedes it by (none for
+    /// to-device messages): what trimming a long queue goes by.
+    pub edu_type: Option<String>,
+    pub supersede_key: Option<String>,
     pub json: String,
 }
 
@@ -131,23 +138,31 @@ impl Store {
         if items.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin_stream_write(Stream::FederationOutbound).await?;
+        let mut tx = self.begin_write().await?;
+        self.enqueue_outbound_in(&mut tx, items, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Queues PDUs and EDUs inside a transaction of another write (the to-device messages
+    /// that cause them), taking the queue's lock first (see `Stream::FederationOutbound`).
+    pub(super) async fn enqueue_outbound_in(
+        &self,
+        tx: &mut Tx,
+        items: &[NewOutbound],
+        now: i64,
+    ) -> StoreResult<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.lock_stream(tx, Stream::FederationOutbound).await?;
         for item in items {
-            let json = match &item.room_id {
+            let sealed = match &item.room_id {
                 Some(room_id) => at_rest::seal(room_id, &item.json),
                 None => None,
             };
-            Self::insert_outbound_in(
-                &mut tx,
-                &item.destination,
-                item.kind,
-                item.room_id.as_deref(),
-                json.as_deref().unwrap_or(&item.json),
-                now,
-            )
-            .await?;
+            Self::insert_outbound_in(tx, item, sealed.as_deref().unwrap_or(&item.json), now).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -167,27 +182,35 @@ impl Store {
                     self.lock_stream(tx, Stream::FederationOutbound).await?;
                     locked = true;
                 }
-                Self::insert_outbound_in(tx, destination, "pdu", Some(room_id), stored_json, now).await?;
+                let item = NewOutbound {
+                    destination: destination.clone(),
+                    kind: "pdu",
+                    room_id: Some(room_id.to_owned()),
+                    edu_type: None,
+                    supersede_key: None,
+                    json: String::new(),
+                };
+                Self::insert_outbound_in(tx, &item, stored_json, now).await?;
             }
         }
         Ok(())
     }
 
+    /// Inserts `item` with `stored_json` (its JSON, sealed when its room's is).
     async fn insert_outbound_in(
         tx: &mut Tx,
-        destination: &str,
-        kind: &str,
-        room_id: Option<&str>,
+        item: &NewOutbound,
         stored_json: &str,
         now: i64,
     ) -> StoreResult<()> {
-        q(
-            "INSERT INTO federation_outbound (destination, kind, room_id, json, created_ts) \
-           VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(destination.to_owned())
-        .bind(kind.to_owned())
-        .bind(room_id.map(ToOwned::to_owned))
+        q("INSERT INTO federation_outbound \
+               (destination, kind, room_id, edu_type, supersede_key, json, created_ts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        .bind(item.destination.clone())
+        .bind(item.kind.to_owned())
+        .bind(item.room_id.clone())
+        .bind(item.edu_type.clone())
+        .bind(item.supersede_key.clone())
         .bind(stored_json.to_owned())
         .bind(now)
         .execute(&mut **tx)
@@ -198,8 +221,8 @@ impl Store {
     /// The oldest queued items of a destination, at most `limit`, in queue order.
     pub async fn outbound_items(&self, destination: &str, limit: i64) -> StoreResult<Vec<OutboundRow>> {
         let rows = q(
-            "SELECT id, kind, json, room_id FROM federation_outbound WHERE destination = $1 \
-             ORDER BY id LIMIT $2",
+            "SELECT id, kind, json, room_id, edu_type, created_ts FROM federation_outbound \
+             WHERE destination = $1 ORDER BY id LIMIT $2",
         )
         .bind(destination.to_owned())
         .bind(limit)
@@ -216,6 +239,8 @@ impl Store {
                         Some(room_id) => at_rest::open(&room_id, json),
                         None => json,
                     },
+                    edu_type: r.get(4),
+                    created_ts: r.get(5),
                 }
             })
             .collect())
@@ -229,6 +254,71 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Brings a destination's queued EDUs down to `cap`, oldest first: superseded ones (an
+    /// EDU with the same key was queued after them), then those of each of `types` in turn,
+    /// then any. PDUs are never dropped. Returns the `edu_type` of each EDU dropped.
+    pub async fn trim_outbound_edus(
+        &self,
+        destination: &str,
+        cap: i64,
+        types: &[&str],
+    ) -> StoreResult<Vec<Option<String>>> {
+        let mut tx = self.begin_write().await?;
+        let queued: i64 =
+            q("SELECT COUNT(*) FROM federation_outbound WHERE destination = $1 AND kind = 'edu'")
+                .bind(destination.to_owned())
+                .fetch_one(&mut *tx)
+                .await?
+                .get(0);
+        let mut excess = queued - cap;
+        let mut dropped = Vec::new();
+        if excess <= 0 {
+            return Ok(dropped);
+        }
+        let superseded = q(
+            "DELETE FROM federation_outbound WHERE id IN (SELECT o.id FROM federation_outbound o \
+               WHERE o.destination = $1 AND o.supersede_key IS NOT NULL AND EXISTS ( \
+                 SELECT 1 FROM federation_outbound n WHERE n.destination = o.destination \
+                 AND n.supersede_key = o.supersede_key AND n.id > o.id) \
+               ORDER BY o.id LIMIT $2) RETURNING edu_type",
+        )
+        .bind(destination.to_owned())
+        .bind(excess)
+        .fetch_all(&mut *tx)
+        .await?;
+        dropped.extend(superseded.iter().map(|r| r.get::<Option<String>, _>(0)));
+        excess -= superseded.len() as i64;
+        for edu_type in types {
+            if excess <= 0 {
+                break;
+            }
+            let rows = q(
+                "DELETE FROM federation_outbound WHERE id IN (SELECT id FROM federation_outbound \
+                   WHERE destination = $1 AND edu_type = $2 ORDER BY id LIMIT $3) RETURNING edu_type",
+            )
+            .bind(destination.to_owned())
+            .bind((*edu_type).to_owned())
+            .bind(excess)
+            .fetch_all(&mut *tx)
+            .await?;
+            dropped.extend(rows.iter().map(|r| r.get::<Option<String>, _>(0)));
+            excess -= rows.len() as i64;
+        }
+        if excess > 0 {
+            let rows = q(
+                "DELETE FROM federation_outbound WHERE id IN (SELECT id FROM federation_outbound \
+                   WHERE destination = $1 AND kind = 'edu' ORDER BY id LIMIT $2) RETURNING edu_type",
+            )
+            .bind(destination.to_owned())
+            .bind(excess)
+            .fetch_all(&mut *tx)
+            .await?;
+            dropped.extend(rows.iter().map(|r| r.get::<Option<String>, _>(0)));
+        }
+        tx.commit().await?;
+        Ok(dropped)
     }
 
     /// How many items wait for a destination.

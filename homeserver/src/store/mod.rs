@@ -23,6 +23,7 @@ mod pending_pdus;
 mod presence;
 mod push;
 mod receipts;
+mod redactions;
 mod relations;
 mod rooms;
 mod search;
@@ -126,6 +127,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(20, "0020_openid_tokens"),
     migration!(21, "0021_pending_pdus"),
     migration!(24, "0024_federation_outbound_room"),
+    migration!(26, "0026_edu_queue_and_redactions"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside
