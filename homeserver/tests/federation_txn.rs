@@ -500,6 +500,141 @@ async fn queued_items_are_delivered_after_a_restart() {
     wait_for("the queue to empty", async || a.outbound_rows().await == 0).await;
 }
 
+/// Queue rows of `fed` for `destination` of one EDU type.
+async fn queued_edus(fed: &Fed, destination: &str, edu_type: &str) -> i64 {
+    count(
+        &fed.server.db().await,
+        "SELECT COUNT(*) FROM federation_outbound WHERE destination = $1 AND edu_type = $2",
+        &[destination, edu_type],
+    )
+    .await
+}
+
+// A to-device message, a device-list update and a receipt answered while B is down, then A
+// killed at once: they were queued before the answers, and reach B once after both restart.
+#[tokio::test]
+async fn edus_answered_just_before_a_kill_reach_a_server_that_was_down_once() {
+    let (mut a, mut b, _certs) = two().await;
+    let alice = a.server.register("alice").await;
+    let bob = b.server.register("bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.ok(
+        Method::POST,
+        &format!("/join/{}?via=hs-a.test", encode(&room_id)),
+        Some(&json!({})),
+    )
+    .await;
+    let hello = alice.send_text(&room_id, "hello").await;
+    sync_until(&bob, "A's message on B", |s| {
+        timeline_bodies(s, &room_id).contains(&"hello".to_owned())
+    })
+    .await;
+    let alice_changes = "SELECT COUNT(*) FROM device_lists_stream WHERE user_id = $1";
+    let before = count(&b.server.db().await, alice_changes, &[&alice.user_id]).await;
+
+    b.server.stop().await;
+    let to_bob = json!({ bob.user_id.as_str(): { bob.device_id.as_str(): { "n": 41 } } });
+    send_to_device(&alice, "before-kill", to_bob).await;
+    let device = Device::new(&alice);
+    alice
+        .ok(
+            Method::POST,
+            "/keys/upload",
+            Some(&json!({ "device_keys": device.device_keys() })),
+        )
+        .await;
+    alice
+        .ok(
+            Method::POST,
+            &format!("/rooms/{}/receipt/m.read/{}", encode(&room_id), encode(&hello)),
+            Some(&json!({})),
+        )
+        .await;
+    a.server.kill();
+    for edu_type in ["m.direct_to_device", "m.device_list_update", "m.receipt"] {
+        assert_eq!(
+            queued_edus(&a, "hs-b.test", edu_type).await,
+            1,
+            "{edu_type} queued before the answer"
+        );
+    }
+
+    b.server.start_again().await;
+    a.server.start_again().await;
+    wait_for("A's queue for B to empty", async || a.outbound_rows().await == 0).await;
+    let events = wait_to_device(&bob).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["sender"], alice.user_id.as_str());
+    assert_eq!(events[0]["content"]["n"], 41);
+    sync_until(&bob, "Alice's receipt on B", |s| {
+        s["rooms"]["join"][&room_id]["ephemeral"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["type"] == "m.receipt" && e["content"][&hello]["m.read"][&alice.user_id].is_object())
+    })
+    .await;
+    // Once each: one message stored for Bob, one device-list change recorded for Alice.
+    let db = b.server.db().await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM to_device_messages WHERE user_id = $1",
+            &[&bob.user_id]
+        )
+        .await,
+        1
+    );
+    assert_eq!(count(&db, alice_changes, &[&alice.user_id]).await, before + 1);
+}
+
+// A destination down for long keeps at most `max_queued_edus` EDUs: the oldest to-device
+// messages go (logged as errors), the newest arrive in order once it is back.
+#[tokio::test]
+async fn a_queue_for_a_server_that_stays_down_is_bounded() {
+    let mock = MockServer::start().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&mock)
+        .await;
+    let (mut a, _certs) = with_mock_destination(&mock).await;
+    let config = std::fs::read_to_string(a.server.config_path()).unwrap();
+    let config = config.replace(
+        "retry_max_ms = 1000\n",
+        "retry_max_ms = 1000\nmax_queued_edus = 5\n",
+    );
+    std::fs::write(a.server.config_path(), config).unwrap();
+    a.server.restart().await;
+    let alice = a.server.register("alice").await;
+    for n in 0..8 {
+        send_to_device(
+            &alice,
+            &format!("m{n}"),
+            json!({ "@w:hs-w.test": { "DEV": { "n": n } } }),
+        )
+        .await;
+    }
+    wait_for("the queue to be trimmed", async || a.outbound_rows().await == 5).await;
+    // Logged: the log of this start (the second) says what was dropped.
+    let log = std::fs::read_to_string(a.server.dir().join("hearth-2.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("federation queue full") && l.contains("m.direct_to_device")),
+        "{}",
+        a.server.log_tail()
+    );
+    mock.reset().await;
+    Mock::given(method("PUT"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "pdus": {} })))
+        .mount(&mock)
+        .await;
+    wait_for("the newest five to arrive", async || {
+        message_numbers(&transactions(&mock).await) == vec![3, 4, 5, 6, 7]
+    })
+    .await;
+    wait_for("the queue to empty", async || a.outbound_rows().await == 0).await;
+}
+
 /// Signs and sends `body` as `PUT /send/{txn}` from `origin` (with `key`) to `to`.
 async fn put_transaction(
     to: &Fed,
