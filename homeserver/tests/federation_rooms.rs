@@ -867,3 +867,301 @@ async fn backfilled_history_keeps_its_visibility() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// The content of `event_id` as `client` reads it (`/rooms/{roomId}/event/{eventId}`), or
+/// `None` while the event is not there.
+async fn content_of(client: &common::Client, room_id: &str, event_id: &str) -> Option<Value> {
+    let (status, body) = client
+        .request(
+            Method::GET,
+            &format!("/rooms/{}/event/{}", encode(room_id), encode(event_id)),
+            None,
+        )
+        .await;
+    (status == StatusCode::OK).then(|| body["content"].clone())
+}
+
+/// Waits (up to 20 s) until `client` reads `event_id` with content `want`.
+async fn wait_for_content(client: &common::Client, room_id: &str, event_id: &str, want: &Value, logs: &Pair) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let now = content_of(client, room_id, event_id).await;
+        if now.as_ref() == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{event_id} reads {now:?} for {}, not {want}\nA: {}\nB: {}",
+            client.user_id,
+            logs.a.server.log_tail(),
+            logs.b.server.log_tail()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A public room of Alice's (on A) that Bob (on B) joined, with a message from each, seen on
+/// both servers: (room, Alice's message, Bob's message).
+async fn shared_room(p: &Pair, alice: &common::Client, bob: &common::Client) -> (String, String, String) {
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "room_version": "12" }))
+        .await;
+    bob.ok(
+        Method::POST,
+        &format!("/join/{}?via=hs-a.test", encode(&room)),
+        Some(&json!({})),
+    )
+    .await;
+    let from_a = alice.send_text(&room, "from A").await;
+    let from_b = bob.send_text(&room, "from B").await;
+    for (client, event) in [(bob, &from_a), (alice, &from_b)] {
+        let body = json!({ "msgtype": "m.text", "body": if *event == from_a { "from A" } else { "from B" } });
+        wait_for_content(client, &room, event, &body, p).await;
+    }
+    (room, from_a, from_b)
+}
+
+#[tokio::test]
+async fn a_moderators_redaction_of_the_other_servers_event_applies_on_both() {
+    let p = pair().await;
+    let alice = p.a.server.register("alice").await;
+    let bob = p.b.server.register("bob").await;
+    let (room, from_a, from_b) = shared_room(&p, &alice, &bob).await;
+
+    // Alice (the room's creator, on A) redacts Bob's message (B's): applied on A at once, and on
+    // B when the redaction arrives, although Alice is not of B.
+    alice.redact(&room, &from_b).await;
+    assert_eq!(content_of(&alice, &room, &from_b).await, Some(json!({})));
+    wait_for_content(&bob, &room, &from_b, &json!({}), &p).await;
+
+    // Alice makes Bob a moderator; Bob (on B) redacts Alice's message (A's): applied on both.
+    let mut levels = alice.get_state_content(&room, "m.room.power_levels", "").await;
+    levels["users"][&bob.user_id] = json!(50);
+    alice.set_state(&room, "m.room.power_levels", "", levels).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while bob.get_state_content(&room, "m.room.power_levels", "").await["users"][&bob.user_id] != 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the power levels never reached B"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    bob.redact(&room, &from_a).await;
+    assert_eq!(content_of(&bob, &room, &from_a).await, Some(json!({})));
+    wait_for_content(&alice, &room, &from_a, &json!({}), &p).await;
+}
+
+/// The room's current state event ID of (`event_type`, `state_key`) and its forward
+/// extremities with the highest depth, read from A's database.
+async fn room_tips(p: &Pair, room: &str, bob: &str) -> (Vec<OwnedEventId>, Vec<OwnedEventId>, u64) {
+    let db = p.a.server.db().await;
+    let mut auth = Vec::new();
+    for (event_type, state_key) in [("m.room.power_levels", ""), ("m.room.member", bob)] {
+        let row = sqlx::query(
+            "SELECT event_id FROM current_state WHERE room_id = $1 AND type = $2 AND state_key = $3",
+        )
+        .bind(room.to_owned())
+        .bind(event_type)
+        .bind(state_key.to_owned())
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        auth.push(EventId::parse(row.get::<String, _>(0)).unwrap());
+    }
+    let rows = sqlx::query(
+        "SELECT f.event_id, e.depth FROM forward_extremities f JOIN events e ON e.event_id = f.event_id \
+         WHERE f.room_id = $1",
+    )
+    .bind(room.to_owned())
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let prev = rows
+        .iter()
+        .map(|r| EventId::parse(r.get::<String, _>(0)).unwrap())
+        .collect();
+    let depth = rows.iter().map(|r| r.get::<i64, _>(1)).max().unwrap() as u64;
+    (auth, prev, depth)
+}
+
+/// An event of `sender` signed by `key` as `server` (room version 12), on `prev`.
+fn crafted(
+    room: &str,
+    sender: &str,
+    event_type: &str,
+    content: Value,
+    (auth, prev, depth): &(Vec<OwnedEventId>, Vec<OwnedEventId>, u64),
+    server: &str,
+    key: &SigningKey,
+) -> (OwnedEventId, Value) {
+    let pdu = PduTemplate {
+        room_id: Some(RoomId::parse(room).unwrap()),
+        sender: UserId::parse(sender).unwrap(),
+        event_type: event_type.into(),
+        state_key: None,
+        content,
+        prev_events: prev.clone(),
+        auth_events: auth.clone(),
+        depth: depth + 1,
+        origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(1_800_000_000_000).unwrap()),
+        redacts: None,
+    }
+    .finish(&RoomVersionId::V12.rules().unwrap(), server, key)
+    .unwrap();
+    (pdu.event_id.clone(), serde_json::to_value(&pdu.json).unwrap())
+}
+
+/// `PUT /send/{txnId}` to A from B (signed with B's key): the per-PDU results.
+async fn send_to_a(p: &Pair, key: &SigningKey, txn: &str, pdus: Vec<Value>) -> Value {
+    let body = json!({ "origin": "hs-b.test", "origin_server_ts": 1, "pdus": pdus });
+    let (status, answer) = p
+        .to_a(
+            key,
+            "PUT",
+            &format!("/_matrix/federation/v1/send/{txn}"),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer["pdus"].clone()
+}
+
+/// Whether `/send` results accept `event_id` (a PDU refused before its ID is known has none).
+fn accepted(results: &Value, event_id: &EventId) -> bool {
+    results
+        .get(event_id.as_str())
+        .is_some_and(|r| r.get("error").is_none())
+}
+
+#[tokio::test]
+async fn redactions_without_the_power_apply_nowhere() {
+    let p = pair().await;
+    let alice = p.a.server.register("alice").await;
+    let bob = p.b.server.register("bob").await;
+    let (room, from_a, _) = shared_room(&p, &alice, &bob).await;
+    let a_message = json!({ "msgtype": "m.text", "body": "from A" });
+
+    // Bob (power 0, on B) may not redact Alice's message: B refuses, nothing goes out.
+    let (status, body) = bob
+        .request(
+            Method::PUT,
+            &format!("/rooms/{}/redact/{}/t1", encode(&room), encode(&from_a)),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+
+    // B misbehaves and sends Bob's redaction anyway, properly signed: A accepts the event (the
+    // auth rules allow sending a redaction) but does not apply it.
+    let b_key = p.b.signing_key().await;
+    let tips = room_tips(&p, &room, &bob.user_id).await;
+    let (redaction, pdu) = crafted(
+        &room,
+        &bob.user_id,
+        "m.room.redaction",
+        json!({ "redacts": from_a }),
+        &tips,
+        "hs-b.test",
+        &b_key,
+    );
+    let results = send_to_a(&p, &b_key, "forged-1", vec![pdu]).await;
+    assert!(accepted(&results, &redaction), "{results}");
+    assert!(
+        content_of(&alice, &room, redaction.as_str()).await.is_some(),
+        "stored"
+    );
+    assert_eq!(content_of(&alice, &room, &from_a).await, Some(a_message.clone()));
+
+    // A redaction claiming to be Alice's (the room's creator) from a key that is not A's,
+    // relayed by B: refused at its signature, applied nowhere.
+    let forged_key = SigningKey::generate(b_key.version()).unwrap();
+    let tips = room_tips(&p, &room, &alice.user_id).await;
+    let (redaction, pdu) = crafted(
+        &room,
+        &alice.user_id,
+        "m.room.redaction",
+        json!({ "redacts": from_a }),
+        &tips,
+        "hs-a.test",
+        &forged_key,
+    );
+    let results = send_to_a(&p, &b_key, "forged-2", vec![pdu]).await;
+    assert!(!accepted(&results, &redaction), "{results}");
+    assert_eq!(content_of(&alice, &room, redaction.as_str()).await, None);
+    // And one from a server that is not in the room (and cannot be reached for its keys).
+    let tips = room_tips(&p, &room, &bob.user_id).await;
+    let (redaction, pdu) = crafted(
+        &room,
+        "@mallory:hs-evil.test",
+        "m.room.redaction",
+        json!({ "redacts": from_a }),
+        &tips,
+        "hs-evil.test",
+        &forged_key,
+    );
+    let results = send_to_a(&p, &b_key, "forged-3", vec![pdu]).await;
+    assert!(!accepted(&results, &redaction), "{results}");
+    assert_eq!(content_of(&alice, &room, redaction.as_str()).await, None);
+
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(content_of(&alice, &room, &from_a).await, Some(a_message.clone()));
+    assert_eq!(content_of(&bob, &room, &from_a).await, Some(a_message));
+}
+
+#[tokio::test]
+async fn a_redaction_that_arrives_before_its_target_applies_when_it_comes() {
+    let p = pair().await;
+    let alice = p.a.server.register("alice").await;
+    let bob = p.b.server.register("bob").await;
+    let (room, _, _) = shared_room(&p, &alice, &bob).await;
+    let b_key = p.b.signing_key().await;
+
+    // Bob's message and Bob's redaction of it, both on the room's tips (neither is the other's
+    // prev event), reach A redaction first. Bob has no redact power: it applies because the
+    // message, once here, is of Bob's server.
+    let tips = room_tips(&p, &room, &bob.user_id).await;
+    let message = json!({ "msgtype": "m.text", "body": "soon gone" });
+    let (target, target_pdu) = crafted(
+        &room,
+        &bob.user_id,
+        "m.room.message",
+        message,
+        &tips,
+        "hs-b.test",
+        &b_key,
+    );
+    let (redaction, redaction_pdu) = crafted(
+        &room,
+        &bob.user_id,
+        "m.room.redaction",
+        json!({ "redacts": target }),
+        &tips,
+        "hs-b.test",
+        &b_key,
+    );
+    let results = send_to_a(&p, &b_key, "early-1", vec![redaction_pdu]).await;
+    assert!(accepted(&results, &redaction), "{results}");
+    let results = send_to_a(&p, &b_key, "early-2", vec![target_pdu]).await;
+    assert!(accepted(&results, &target), "{results}");
+    assert_eq!(content_of(&alice, &room, target.as_str()).await, Some(json!({})));
+
+    // Bob's redaction of Alice's (A's) message, already here: not applied.
+    let from_a = alice.send_text(&room, "stays").await;
+    let tips = room_tips(&p, &room, &bob.user_id).await;
+    let (redaction, redaction_pdu) = crafted(
+        &room,
+        &bob.user_id,
+        "m.room.redaction",
+        json!({ "redacts": from_a }),
+        &tips,
+        "hs-b.test",
+        &b_key,
+    );
+    let results = send_to_a(&p, &b_key, "early-3", vec![redaction_pdu]).await;
+    assert!(accepted(&results, &redaction), "{results}");
+    assert_eq!(
+        content_of(&alice, &room, &from_a).await,
+        Some(json!({ "msgtype": "m.text", "body": "stays" }))
+    );
+}
