@@ -86,8 +86,36 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, for a `hearth` to bind later. Taken below the kernel's
+/// ephemeral range: a port `bind(0)` hands out comes from that range, which is also where every
+/// outgoing connection's local port comes from, so once released it could be taken by any
+/// connection on the machine before `hearth` binds it. Below the range only a process picking
+/// ports this way can collide: each test process starts at its own place (by process ID and
+/// time), and a server whose client port was taken anyway starts again on another
+/// (`Server::spawn`).
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    const LOW: u64 = 10_000;
+    let high = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(32_768);
+    if high > LOW + 1_000 {
+        let span = high - LOW;
+        let start = *START.get_or_init(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos() as u64);
+            (std::process::id() as u64 * 7_919 + nanos) % span
+        });
+        for _ in 0..span {
+            let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -275,34 +303,57 @@ impl Server {
 
     async fn spawn(&mut self) {
         self.starts += 1;
-        let log = fs::File::create(self.log_path()).expect("log file");
-        let child = hearth_command()
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config_path)
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn hearth");
-        self.child = Some(child);
-        self.wait_ready().await;
+        // A first start whose client port another process took in the meantime (see
+        // `free_port`) tries again on another; later starts keep the port clients know.
+        for attempt in 1.. {
+            let log = fs::File::create(self.log_path()).expect("log file");
+            let child = hearth_command()
+                .arg("serve")
+                .arg("--config")
+                .arg(&self.config_path)
+                .current_dir(self.dir.path())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn hearth");
+            self.child = Some(child);
+            let Err(status) = self.wait_ready().await else {
+                return;
+            };
+            let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+            let port_taken = log.contains("Address already in use") && !log.contains("federation.listen");
+            if !(port_taken && self.starts == 1 && attempt < 5) {
+                panic!("hearth exited during start-up ({status}):\n{}", self.log_tail());
+            }
+            let port = free_port();
+            let config = fs::read_to_string(&self.config_path).expect("read config");
+            let config = config.replacen(
+                &format!("listen = \"127.0.0.1:{}\"", self.port),
+                &format!("listen = \"127.0.0.1:{port}\""),
+                1,
+            );
+            fs::write(&self.config_path, config).expect("write config");
+            self.port = port;
+            self.base_url = format!("http://127.0.0.1:{port}");
+        }
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits until the server answers; the exit status if it stopped during start-up.
+    async fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let url = format!("{}/_matrix/client/versions", self.base_url);
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!("hearth exited during start-up ({status}):\n{}", self.log_tail());
+                self.child = None;
+                return Err(status);
             }
             if let Ok(resp) = self.http.get(&url).timeout(Duration::from_secs(2)).send().await
                 && resp.status().is_success()
             {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
                 panic!("hearth did not answer {url} within 20 s:\n{}", self.log_tail());
