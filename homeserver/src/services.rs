@@ -106,15 +106,24 @@ impl Services {
 
 /// Services over a fresh SQLite database in a temporary directory, for unit tests of domain
 /// logic without a running server (no HTTP listener; the directory goes with the value).
+///
+/// One at a time per process: the at-rest keyring is process-wide (`at_rest::install`), so two
+/// live test services would each find the other's server key installed ("rotated while the
+/// server ran") or lose their rooms' data keys.
 #[cfg(test)]
 pub(crate) struct TestServices {
     pub svc: Services,
     _dir: tempfile::TempDir,
+    _alone: tokio::sync::MutexGuard<'static, ()>,
 }
+
+#[cfg(test)]
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[cfg(test)]
 impl TestServices {
     pub async fn new() -> Self {
+        let alone = ONE_AT_A_TIME.lock().await;
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut config = Config::dev();
         config.server_name = "hearth.test".into();
@@ -122,6 +131,10 @@ impl TestServices {
         let svc = crate::build(config)
             .await
             .expect("services over a fresh database");
-        Self { svc, _dir: dir }
+        Self {
+            svc,
+            _dir: dir,
+            _alone: alone,
+        }
     }
 }

@@ -584,7 +584,7 @@ pub async fn signing_key_update(svc: &Services, user_id: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::TestServices;
+    use crate::store::Store;
 
     fn typing(user: &str, on: bool) -> Value {
         json!({ "edu_type": "m.typing", "content": { "room_id": "!r:x", "user_id": user, "typing": on } })
@@ -621,8 +621,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_long_queue_drops_superseded_then_short_lived_edus_then_the_oldest() {
-        let test = TestServices::new().await;
-        let store = &test.svc.store;
+        // A bare store: `TestServices` would install a process-wide at-rest keyring, which
+        // the other unit tests' services share.
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("queue.db").display());
+        let store = &Store::connect(&url, None).await.unwrap();
         let dest = "hs-x.test";
         let edus = [
             to_device(0),          // 1
