@@ -74,7 +74,8 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Queues a job; nothing happens when federation is off.
+    /// Hands a job (typing, presence) to the queue's task, which stores it shortly after, in
+    /// submission order; nothing happens when federation is off.
     pub fn submit(&self, job: Job) {
         if let Some(jobs) = self.jobs.get() {
             let _ = jobs.send(job);
