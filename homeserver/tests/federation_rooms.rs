@@ -1146,22 +1146,65 @@ async fn a_redaction_that_arrives_before_its_target_applies_when_it_comes() {
     assert!(accepted(&results, &target), "{results}");
     assert_eq!(content_of(&alice, &room, target.as_str()).await, Some(json!({})));
 
-    // Bob's redaction of Alice's (A's) message, already here: not applied.
-    let from_a = alice.send_text(&room, "stays").await;
-    let tips = room_tips(&p, &room, &bob.user_id).await;
+    // Bob's redaction of an event not here yet that turns out to be Alice's (A's; the test
+    // signs it with A's key, as if it came late through B): it waited for nothing, not applied.
+    let a_key = p.a.signing_key().await;
+    let bob_tips = room_tips(&p, &room, &bob.user_id).await;
+    let alice_tips = room_tips(&p, &room, &alice.user_id).await;
+    let stays = json!({ "msgtype": "m.text", "body": "stays" });
+    let (target, target_pdu) = crafted(
+        &room,
+        &alice.user_id,
+        "m.room.message",
+        stays.clone(),
+        &alice_tips,
+        "hs-a.test",
+        &a_key,
+    );
     let (redaction, redaction_pdu) = crafted(
         &room,
         &bob.user_id,
         "m.room.redaction",
-        json!({ "redacts": from_a }),
-        &tips,
+        json!({ "redacts": target }),
+        &bob_tips,
         "hs-b.test",
         &b_key,
     );
     let results = send_to_a(&p, &b_key, "early-3", vec![redaction_pdu]).await;
     assert!(accepted(&results, &redaction), "{results}");
-    assert_eq!(
-        content_of(&alice, &room, &from_a).await,
-        Some(json!({ "msgtype": "m.text", "body": "stays" }))
+    let results = send_to_a(&p, &b_key, "early-4", vec![target_pdu]).await;
+    assert!(accepted(&results, &target), "{results}");
+    assert_eq!(content_of(&alice, &room, target.as_str()).await, Some(stays));
+
+    // The same once Bob is a moderator (in the state before his redaction): it names its target
+    // at once, and applies when the target comes, whoever's it is.
+    let mut levels = alice.get_state_content(&room, "m.room.power_levels", "").await;
+    levels["users"][&bob.user_id] = json!(50);
+    alice.set_state(&room, "m.room.power_levels", "", levels).await;
+    let bob_tips = room_tips(&p, &room, &bob.user_id).await;
+    let alice_tips = room_tips(&p, &room, &alice.user_id).await;
+    let goes = json!({ "msgtype": "m.text", "body": "goes" });
+    let (target, target_pdu) = crafted(
+        &room,
+        &alice.user_id,
+        "m.room.message",
+        goes,
+        &alice_tips,
+        "hs-a.test",
+        &a_key,
     );
+    let (redaction, redaction_pdu) = crafted(
+        &room,
+        &bob.user_id,
+        "m.room.redaction",
+        json!({ "redacts": target }),
+        &bob_tips,
+        "hs-b.test",
+        &b_key,
+    );
+    let results = send_to_a(&p, &b_key, "early-5", vec![redaction_pdu]).await;
+    assert!(accepted(&results, &redaction), "{results}");
+    let results = send_to_a(&p, &b_key, "early-6", vec![target_pdu]).await;
+    assert!(accepted(&results, &target), "{results}");
+    assert_eq!(content_of(&alice, &room, target.as_str()).await, Some(json!({})));
 }
