@@ -417,6 +417,11 @@ async fn megolm_both_ways_and_device_list_changes_across_two_servers() {
         receive(&mut bob_dev, &room_id, &after).await.content["body"],
         "only the first device"
     );
+
+    // Bob logs out his last device: A hears of it too, though no device of his is left to list.
+    bob.ok(Method::POST, "/logout", Some(&json!({}))).await;
+    until_devices(&mut alice_dev, &bob.user_id, &[]).await;
+    assert!(queried_devices(&alice, &bob.user_id).await.is_empty());
 }
 
 /// Signs and sends a transaction as the fake server to A.

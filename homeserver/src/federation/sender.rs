@@ -400,14 +400,28 @@ pub fn direct_to_device(
 }
 
 /// `m.device_list_update` for each of a local user's devices (their keys changed or a device
-/// came or went), to the servers sharing a room with them; `stream_id` is the change's
-/// position in `device_lists_stream`.
-pub async fn device_list_update(svc: &Services, user_id: &str) -> Result<()> {
+/// came or went), and one with `deleted: true` for each device of `removed` that is gone, to the
+/// servers sharing a room with them; `stream_id` is the change's position in
+/// `device_lists_stream`. `prev_id` is empty: receivers that cache device lists fetch the whole
+/// list again (`/user/devices`).
+pub async fn device_list_update(svc: &Services, user_id: &str, removed: &[String]) -> Result<()> {
     if svc.federation.client().is_err() {
         return Ok(());
     }
     let stream_id = svc.store.max_device_lists_stream().await?;
     let devices = svc.store.user_device_keys(user_id).await?;
+    let gone = removed
+        .iter()
+        .filter(|r| !devices.iter().any(|(d, _, _)| d == *r))
+        .take(MAX_ANNOUNCED_DEVICES);
+    for device_id in gone {
+        svc.federation.sender.submit(Job::UserEdu {
+            user_id: user_id.to_owned(),
+            edu: json!({ "edu_type": "m.device_list_update", "content": {
+                "user_id": user_id, "device_id": device_id, "stream_id": stream_id, "prev_id": [],
+                "deleted": true } }),
+        });
+    }
     for (device_id, keys, display_name) in devices.into_iter().take(MAX_ANNOUNCED_DEVICES) {
         let mut content = json!({
             "user_id": user_id, "device_id": device_id, "stream_id": stream_id, "prev_id": [],
