@@ -11,11 +11,11 @@
 //! queried and one-time keys claimed across servers, the room key sent by Olm to-device); Bob
 //! logs in a second device, Alice's `/sync` names him in `device_lists.changed`, her next room key
 //! reaches that device; the same for a second device of Alice's; each deletes the second device
-//! and the other side's view drops it (the next message goes out under a new session). The run
-//! stops at the first failing step. Prints one JSON object on stdout:
-//! `{"ok", "room_id", "room_version", "alice", "bob", "steps": [{"name", "ok", "ms", "error"?}]}`;
-//! logs (`tracing`, `RUST_LOG`) go to stderr. Exit status 0 when every step passed, 1 otherwise,
-//! 2 on bad arguments.
+//! and the other side's view drops it (the next message goes out under a new session); Bob logs
+//! out his last device and Alice's view of him empties. The run stops at the first failing step.
+//! Prints one JSON object on stdout: `{"ok", "room_version", "room_id", "steps": [{"name", "ok",
+//! "ms", "error"?}]}`; logs (`tracing`, `RUST_LOG`) go to stderr. Exit status 0 when every step
+//! passed, 1 otherwise, 2 on bad arguments.
 
 use std::{
     process::ExitCode,
@@ -511,6 +511,14 @@ async fn conversation(
             .await
             .map(|_| ())
     })
+    .await?;
+    r.step(
+        "bob logs out his last device: alice's view of him empties",
+        async {
+            bob.req("POST", "/logout", Some(&json!({}))).await?;
+            until_devices(&mut a1, bu, &[]).await
+        },
+    )
     .await?;
     Some(())
 }
