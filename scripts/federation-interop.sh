@@ -13,12 +13,12 @@
 # feature; hearth-e2ee devices on vodozemac): Megolm messages both ways with keys queried and
 # claimed across servers and room keys sent by Olm to-device; a second device on each side
 # announced by a device-list update and given the next room key; each deleted, dropped by the
-# other side, and the room key rotated. Then delivery latency: N messages (default 50)
-# sent one at a time, each timed from the send request until it shows in the other server's
-# /sync, P50/P95 for Hearth→Synapse and Synapse→Hearth, and, with a second Hearth and a second
-# Synapse (started unless --no-same), Hearth↔Hearth and Synapse↔Synapse, each with its remote
-# join time (--latency 0: none). Prints one line per check and the figures; exits non-zero on
-# any failure. --keep leaves the work directory (server logs).
+# other side, and the room key rotated; a last device logged out. Then delivery latency: N
+# messages (default 50) sent one at a time, each timed from the send request until it shows in
+# the other server's /sync, P50/P95 for Hearth→Synapse and Synapse→Hearth, and, with a second
+# Hearth and a second Synapse (started unless --no-same), Hearth↔Hearth and Synapse↔Synapse, each
+# with its remote join time (--latency 0: none). Prints one line per check and the figures;
+# exits non-zero on any failure. --keep leaves the work directory (server logs).
 #
 # Cost (2 shared cores, debug build already there): 3–5 minutes in all; the checks take
 # ~45 s for three room versions, the encrypted exchanges ~45 s (six of 5–8 s), the latency part
