@@ -8,17 +8,23 @@
 # (127.0.0.1:PORT, so neither needs DNS or .well-known), starts them, then runs
 # scripts/federation-interop/driver.py. For each room version: a Hearth user joins a Synapse room
 # and a Synapse user joins a Hearth room; messages, redactions, typing both ways, a receipt,
-# profile lookups, a leave, an invite accepted. Then delivery latency: N messages (default 50)
-# sent one at a time, each timed from the send request until it shows in the other server's
-# /sync, P50/P95 for Hearth→Synapse and Synapse→Hearth, and, with a second Hearth and a second
-# Synapse (started unless --no-same), Hearth↔Hearth and Synapse↔Synapse, each with its remote
-# join time (--latency 0: none). Prints one line per check and the figures; exits non-zero on
-# any failure. --keep leaves the work directory (server logs).
+# profile lookups, a leave, an invite accepted. Then, per room version and with the room on each
+# side, end-to-end encryption through `e2ee-interop` (e2ee/src/bin, built here with the `http`
+# feature; hearth-e2ee devices on vodozemac): Megolm messages both ways with keys queried and
+# claimed across servers and room keys sent by Olm to-device; a second device on each side
+# announced by a device-list update and given the next room key; each deleted, dropped by the
+# other side, and the room key rotated; a last device logged out. Then delivery latency: N
+# messages (default 50) sent one at a time, each timed from the send request until it shows in
+# the other server's /sync, P50/P95 for Hearth→Synapse and Synapse→Hearth, and, with a second
+# Hearth and a second Synapse (started unless --no-same), Hearth↔Hearth and Synapse↔Synapse, each
+# with its remote join time (--latency 0: none). Prints one line per check and the figures;
+# exits non-zero on any failure. --keep leaves the work directory (server logs).
 #
 # Cost (2 shared cores, debug build already there): 3–5 minutes in all; the checks take
-# ~45 s for three room versions, the latency part ~100 s (Synapse↔Synapse is the slowest),
-# start-up ~15 s. `--latency 0 --no-same` (the checks only) takes about a minute. First run:
-# + ~20 s for `pip install matrix-synapse`, + the debug build of hearth (~13 min cold here).
+# ~45 s for three room versions, the encrypted exchanges ~45 s (six of 5–8 s), the latency part
+# ~100 s (Synapse↔Synapse is the slowest), start-up ~15 s. `--latency 0 --no-same` (the checks
+# only) takes about two minutes. First run: + ~20 s for `pip install matrix-synapse`, + the debug
+# build of hearth (~13 min cold here) and of e2ee-interop (~2 min).
 # Needs python3 with venv, curl, network access to PyPI once.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,7 +41,7 @@ while [[ $# -gt 0 ]]; do
         --keep) KEEP=1; shift ;;
         --latency) LATENCY="$2"; shift 2 ;;
         --no-same) SAME=0; shift ;;
-        *) sed -n '2,22p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+        *) sed -n '2,28p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
     esac
 done
 die() { echo "federation-interop.sh: $*" >&2; exit 1; }
@@ -59,8 +65,12 @@ wait_http() {
 }
 
 # --- build and install ---------------------------------------------------------------------
-if [[ $PROFILE == release ]]; then cargo build -q --release -p hearth; else cargo build -q -p hearth; fi
+CARGO_PROFILE=()
+if [[ $PROFILE == release ]]; then CARGO_PROFILE=(--release); fi
+cargo build -q "${CARGO_PROFILE[@]}" -p hearth
+cargo build -q "${CARGO_PROFILE[@]}" -p hearth-e2ee --features http --bin e2ee-interop
 HEARTH="$REPO_ROOT/target/$PROFILE/hearth"
+E2EE_TOOL="$REPO_ROOT/target/$PROFILE/e2ee-interop"
 if [[ ! -x "$VENV/bin/python" ]]; then python3 -m venv "$VENV" || die "python3 -m venv failed"; fi
 if ! "$VENV/bin/python" -c 'import synapse' 2>/dev/null; then
     "$VENV/bin/pip" install --quiet --disable-pip-version-check matrix-synapse || die "pip install matrix-synapse failed"
@@ -131,7 +141,7 @@ status=0
 "$VENV/bin/python" "$REPO_ROOT/scripts/federation-interop/driver.py" \
     --hearth "http://127.0.0.1:$H_CLIENT" --synapse "http://127.0.0.1:$S_CLIENT" \
     --hearth-name "$H_NAME" --synapse-name "$S_NAME" --versions "$VERSIONS" \
-    --latency "$LATENCY" "${SAME_ARGS[@]}" || status=$?
+    --latency "$LATENCY" --e2ee-tool "$E2EE_TOOL" "${SAME_ARGS[@]}" || status=$?
 if [[ $status != 0 ]]; then
     for h in hearth hearth2; do
         if [[ -f "$WORK/$h/log" ]]; then echo "--- $h log (warnings) ---"; grep -E "WARN|ERROR" "$WORK/$h/log" | tail -30 || true; fi

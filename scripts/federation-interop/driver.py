@@ -2,6 +2,8 @@
 
 For each room version: a Hearth user joins a Synapse room and a Synapse user joins a Hearth room;
 then in each room messages both ways, a redaction, typing, a read receipt and profile lookups.
+With --e2ee-tool (the `e2ee-interop` binary), per room version and with the room on each side, an
+end-to-end encrypted exchange with device-list updates both ways (one check line per step).
 Then delivery latency: ~50 messages sent one after another on one server, each timed until it
 appears in the other server's /sync (P50/P95), Hearth→Synapse and Synapse→Hearth, and with
 --hearth2/--synapse2 also Hearth↔Hearth and Synapse↔Synapse, each with its remote join time.
@@ -10,6 +12,7 @@ Prints one line per check and the figures; exits 1 if any check failed.
 import argparse
 import json
 import math
+import subprocess
 import sys
 import time
 import urllib.error
@@ -209,6 +212,32 @@ def exercise_room(label, owner, guest, guest_server, version):
     return join_ms
 
 
+def e2ee_exchange(tool, label, a_url, b_url, version, prefix):
+    """Runs the `e2ee-interop` tool (hearth-e2ee devices on both sides): Alice on A creates a
+    Megolm room, Bob on B joins; messages both ways, a second device each side announced by a
+    device-list update and given the next room key, then deleted. One check line per step."""
+    cmd = [tool, "--a", a_url, "--b", b_url, "--room-version", version, "--prefix", prefix]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        print(f"FAIL e2ee {label} v{version}: no result (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        failures.append(f"e2ee {label} v{version}")
+        return
+    for step in out.get("steps", []):
+        name = f"e2ee {label} v{version}: {step['name']}"
+        if step.get("ok"):
+            print(f"PASS {name} ({step.get('ms', 0)} ms)")
+        else:
+            print(f"FAIL {name}: {step.get('error')}")
+            failures.append(name)
+    if not out.get("ok") and all(s.get("ok") for s in out.get("steps", [])):
+        print(f"FAIL e2ee {label} v{version}: the tool failed without a failing step")
+        failures.append(f"e2ee {label} v{version}")
+    print(f"  e2ee exchange {label} v{version}: {(time.monotonic() - start) * 1000:.0f} ms in all")
+
+
 def percentile(samples, p):
     """Nearest-rank percentile of a non-empty list."""
     ordered = sorted(samples)
@@ -261,6 +290,7 @@ def main():
     p.add_argument("--hearth2-name")
     p.add_argument("--synapse2")
     p.add_argument("--synapse2-name")
+    p.add_argument("--e2ee-tool", help="path of the e2ee-interop binary (no encrypted checks without it)")
     args = p.parse_args()
 
     run = uuid.uuid4().hex[:6]
@@ -280,6 +310,16 @@ def main():
                 failures.append(f"{label} v{version}")
     for label, version, ms in joins:
         print(f"join time {label} v{version}: {ms:.0f} ms")
+
+    if args.e2ee_tool:
+        for version in args.versions.split():
+            for label, a_url, b_url in (("hearth room, synapse joins", args.hearth, args.synapse),
+                                        ("synapse room, hearth joins", args.synapse, args.hearth)):
+                try:
+                    e2ee_exchange(args.e2ee_tool, label, a_url, b_url, version, run)
+                except Exception as e:  # noqa: BLE001
+                    print(f"FAIL e2ee {label} v{version}: {e}")
+                    failures.append(f"e2ee {label} v{version}")
 
     if args.latency > 0:
         version = args.versions.split()[-1]

@@ -85,6 +85,24 @@ pub async fn changes(svc: &Services, user_id: &str, from: StreamToken, to: Strea
 /// Wakes the syncs of everyone who should hear that `user_id`'s devices or keys changed (the
 /// change is already stored).
 pub async fn announce(svc: &Services, user_id: &str) -> Result<()> {
+    announce_removed(svc, user_id, &[]).await
+}
+
+/// The IDs of `user_id`'s devices that have keys: read before deleting devices wholesale, so
+/// [`announce_removed`] can name the ones that went.
+pub async fn keyed_devices(svc: &Services, user_id: &str) -> Result<Vec<String>> {
+    Ok(svc
+        .store
+        .user_device_keys(user_id)
+        .await?
+        .into_iter()
+        .map(|(device_id, _, _)| device_id)
+        .collect())
+}
+
+/// [`announce`] after `removed` devices of `user_id` were deleted: other servers are also told
+/// each of those is gone, which they would not hear otherwise once no device with keys is left.
+pub async fn announce_removed(svc: &Services, user_id: &str, removed: &[String]) -> Result<()> {
     let mut users: Vec<String> = svc
         .store
         .users_sharing_rooms(user_id)
@@ -95,7 +113,7 @@ pub async fn announce(svc: &Services, user_id: &str) -> Result<()> {
         users.push(user_id.to_owned());
     }
     svc.notifier.notify(users);
-    crate::federation::sender::device_list_update(svc, user_id).await
+    crate::federation::sender::device_list_update(svc, user_id, removed).await
 }
 
 /// `GET /keys/changes`.

@@ -80,7 +80,15 @@ pub async fn user_devices(svc: &Services, user_id: &UserId) -> Result<Value> {
         .collect();
     let mut answer = json!({
         "user_id": user_id,
-        "stream_id": svc.store.max_device_lists_stream().await?,
+        // The version the user's next `m.device_list_update` will name in `prev_id`.
+        "stream_id": super::sender::device_list_version(
+            svc.store
+                .last_device_list_changes(user_id.as_str())
+                .await?
+                .first()
+                .copied()
+                .unwrap_or(0),
+        ),
         "devices": devices,
     });
     let cross = svc.store.cross_signing_keys(user_id.as_str()).await?;

@@ -527,26 +527,69 @@ pub fn direct_to_device(
         .collect()
 }
 
+/// How many EDU IDs each device-list change owns: the change at stream position `p` sends its
+/// EDUs as `p * EDU_IDS_PER_CHANGE + k`, `k` counting down to 0 (at most
+/// `MAX_ANNOUNCED_DEVICES` of them), so its last EDU, the one the next change names in
+/// `prev_id`, is always `p * EDU_IDS_PER_CHANGE`: the user's device-list version.
+const EDU_IDS_PER_CHANGE: i64 = 64;
+
+/// The version of a user's device list whose last change is at stream position `position`: the
+/// `stream_id` of `/user/devices`, and the `prev_id` of the next change's first EDU.
+pub fn device_list_version(position: i64) -> i64 {
+    position * EDU_IDS_PER_CHANGE
+}
+
+/// `(stream_id, prev_id)` of each of `n` EDUs of the change at `position`, in sending order, each
+/// naming the one before; the first names the change at `previous` (none: the sequence starts,
+/// and receivers fetch the whole list).
+fn edu_chain(position: i64, previous: Option<i64>, n: usize) -> Vec<(i64, Vec<i64>)> {
+    let mut prev = previous.map(device_list_version);
+    (0..n.min(MAX_ANNOUNCED_DEVICES) as i64)
+        .rev()
+        .map(|k| {
+            let id = device_list_version(position) + k;
+            (id, prev.replace(id).into_iter().collect())
+        })
+        .collect()
+}
+
 /// `m.device_list_update` for each of a local user's devices (their keys changed or a device
-/// came or went), to the servers sharing a room with them, queued before this returns;
-/// `stream_id` is the change's position in `device_lists_stream`.
-pub async fn device_list_update(svc: &Services, user_id: &str) -> Result<()> {
+/// came or went), and one with `deleted: true` for each device of `removed` that is gone, to the
+/// servers sharing a room with them, at most `MAX_ANNOUNCED_DEVICES` in all, queued before this
+/// returns. They form the spec's sequence per user: a `stream_id` of their own each, `prev_id` the
+/// EDU sent before (see `edu_chain`), so a receiver that caches the list applies them without
+/// fetching it again (and tells its users: Synapse does not when a fetched list is empty).
+pub async fn device_list_update(svc: &Services, user_id: &str, removed: &[String]) -> Result<()> {
     if svc.federation.client().is_err() {
         return Ok(());
     }
-    let stream_id = svc.store.max_device_lists_stream().await?;
+    let positions = svc.store.last_device_list_changes(user_id).await?;
     let devices = svc.store.user_device_keys(user_id).await?;
-    let mut edus = Vec::new();
-    for (device_id, keys, display_name) in devices.into_iter().take(MAX_ANNOUNCED_DEVICES) {
-        let mut content = json!({
-            "user_id": user_id, "device_id": device_id, "stream_id": stream_id, "prev_id": [],
-        });
+    let mut contents: Vec<Value> = removed
+        .iter()
+        .filter(|r| !devices.iter().any(|(d, _, _)| d == *r))
+        .map(|device_id| json!({ "device_id": device_id, "deleted": true }))
+        .collect();
+    for (device_id, keys, display_name) in devices {
+        let mut content = json!({ "device_id": device_id });
         if let Ok(keys) = serde_json::from_str::<Value>(&keys) {
             content["keys"] = keys;
         }
         if let Some(name) = display_name {
             content["device_display_name"] = json!(name);
         }
+        contents.push(content);
+    }
+    let chain = edu_chain(
+        positions.first().copied().unwrap_or(0),
+        positions.get(1).copied(),
+        contents.len(),
+    );
+    let mut edus = Vec::with_capacity(contents.len());
+    for (mut content, (stream_id, prev_id)) in contents.into_iter().zip(chain) {
+        content["user_id"] = json!(user_id);
+        content["stream_id"] = json!(stream_id);
+        content["prev_id"] = json!(prev_id);
         edus.push(json!({ "edu_type": "m.device_list_update", "content": content }));
     }
     if edus.is_empty() {
@@ -709,6 +752,30 @@ mod tests {
                 "m.device_list_update @a:hearth.test",
                 "pdu"
             ]
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_list_updates_form_one_chain_per_user() {
+        // The first change of a user: the sequence starts, receivers fetch the list.
+        assert_eq!(edu_chain(3, None, 1), vec![(192, vec![])]);
+        // Three devices at position 7 after a change at 3: each names the one before, the last
+        // is the list's version, which the next change names.
+        let chain = edu_chain(7, Some(3), 3);
+        assert_eq!(chain, vec![(450, vec![192]), (449, vec![450]), (448, vec![449])]);
+        assert_eq!(chain.last().unwrap().0, device_list_version(7));
+        assert_eq!(edu_chain(9, Some(7), 1), vec![(576, vec![448])]);
+        // Never more IDs than a change owns.
+        let many = edu_chain(2, Some(1), 500);
+        assert_eq!(many.len(), MAX_ANNOUNCED_DEVICES);
+        assert!(
+            many.iter()
+                .all(|(id, _)| (128..128 + EDU_IDS_PER_CHANGE).contains(id))
         );
     }
 }

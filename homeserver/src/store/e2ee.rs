@@ -379,6 +379,16 @@ impl Store {
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
+    /// The stream positions of `user_id`'s last two device-list changes, newest first.
+    pub async fn last_device_list_changes(&self, user_id: &str) -> StoreResult<Vec<i64>> {
+        let rows =
+            q("SELECT stream_id FROM device_lists_stream WHERE user_id = $1 ORDER BY stream_id DESC LIMIT 2")
+                .bind(user_id.to_owned())
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
     /// Whether `user_id`'s devices or keys changed in `(from, to]`.
     pub async fn device_list_changed(&self, user_id: &str, from: i64, to: i64) -> StoreResult<bool> {
         let row = q("SELECT 1 FROM device_lists_stream WHERE user_id = $1 AND stream_id > $2 AND stream_id <= $3 LIMIT 1")

@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
+    e2ee::device_lists,
     error::{Error, Result},
     ratelimit::Action,
     services::Services,
@@ -147,10 +148,11 @@ pub async fn change_password(
     let hash = users::hash_password(new_password).await?;
     svc.store.set_password_hash(user_id.as_str(), Some(&hash)).await?;
     if logout_devices {
+        let keyed = device_lists::keyed_devices(svc, user_id.as_str()).await?;
         svc.store
             .delete_devices_except(user_id.as_str(), Some(device_id))
             .await?;
-        crate::e2ee::device_lists::announce(svc, user_id.as_str()).await?;
+        device_lists::announce_removed(svc, user_id.as_str(), &keyed).await?;
     }
     Ok(())
 }
@@ -177,21 +179,23 @@ pub async fn deactivate(
             }
         }
     }
+    let keyed = device_lists::keyed_devices(svc, user_id.as_str()).await?;
     svc.store.deactivate_user(user_id.as_str()).await?;
-    crate::e2ee::device_lists::announce(svc, user_id.as_str()).await?;
+    device_lists::announce_removed(svc, user_id.as_str(), &keyed).await?;
     Ok(())
 }
 
 /// Ends the session of one device.
 pub async fn logout(svc: &Services, user_id: &UserId, device_id: &str) -> Result<()> {
     svc.store.delete_device(user_id.as_str(), device_id).await?;
-    crate::e2ee::device_lists::announce(svc, user_id.as_str()).await?;
+    device_lists::announce_removed(svc, user_id.as_str(), &[device_id.to_owned()]).await?;
     Ok(())
 }
 
 /// Ends every session of the user.
 pub async fn logout_all(svc: &Services, user_id: &UserId) -> Result<()> {
+    let keyed = device_lists::keyed_devices(svc, user_id.as_str()).await?;
     svc.store.delete_devices_except(user_id.as_str(), None).await?;
-    crate::e2ee::device_lists::announce(svc, user_id.as_str()).await?;
+    device_lists::announce_removed(svc, user_id.as_str(), &keyed).await?;
     Ok(())
 }

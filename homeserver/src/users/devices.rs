@@ -93,7 +93,7 @@ pub async fn delete(
     svc.store
         .delete_device(user_id.as_str(), device_id.as_str())
         .await?;
-    crate::e2ee::device_lists::announce(svc, user_id.as_str()).await?;
+    crate::e2ee::device_lists::announce_removed(svc, user_id.as_str(), &[device_id.to_string()]).await?;
     Ok(())
 }
 
@@ -111,6 +111,7 @@ pub async fn delete_many(
             .delete_device(user_id.as_str(), device_id.as_str())
             .await?;
     }
-    crate::e2ee::device_lists::announce(svc, user_id.as_str()).await?;
+    let removed: Vec<String> = device_ids.iter().map(ToString::to_string).collect();
+    crate::e2ee::device_lists::announce_removed(svc, user_id.as_str(), &removed).await?;
     Ok(())
 }
