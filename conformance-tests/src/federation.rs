@@ -101,27 +101,36 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 
 type Https = HyperClient<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
 
-fn https_client() -> &'static Https {
-    static CLIENT: OnceLock<Https> = OnceLock::new();
-    CLIENT.get_or_init(|| {
+/// An HTTPS client. Not shared between tests: its pooled connections live on the runtime that
+/// opened them, and each test has its own runtime.
+fn https_client() -> Https {
+    static CONFIG: OnceLock<rustls::ClientConfig> = OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(config)
-            .https_or_http()
-            .enable_http1()
-            .build();
-        HyperClient::builder(TokioExecutor::new()).build(connector)
-    })
+            .with_no_client_auth()
+    });
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config.clone())
+        .https_or_http()
+        .enable_http1()
+        .build();
+    HyperClient::builder(TokioExecutor::new()).build(connector)
 }
 
 /// Send one request; the response is validated against the spec when it is JSON.
-async fn send(method: &str, url: &str, path: &str, body: Option<&Value>, authorization: Option<&str>) -> Response {
+async fn send(
+    http: &Https,
+    method: &str,
+    url: &str,
+    path: &str,
+    body: Option<&Value>,
+    authorization: Option<&str>,
+) -> Response {
     let mut req = hyper::Request::builder().method(method).uri(format!("{url}{path}"));
     if let Some(auth) = authorization {
         req = req.header("authorization", auth);
@@ -134,7 +143,7 @@ async fn send(method: &str, url: &str, path: &str, body: Option<&Value>, authori
         None => Vec::new(),
     };
     let req = req.body(Full::new(Bytes::from(bytes))).expect("request");
-    let resp = tokio::time::timeout(Duration::from_secs(60), https_client().request(req))
+    let resp = tokio::time::timeout(Duration::from_secs(60), http.request(req))
         .await
         .unwrap_or_else(|_| panic!("{method} {path}: no answer within 60 s"))
         .unwrap_or_else(|e| panic!("{method} {path}: request to {url} failed: {e:?}"));
@@ -163,7 +172,7 @@ async fn send(method: &str, url: &str, path: &str, body: Option<&Value>, authori
 
 /// An unauthenticated request to the target's federation listener (keys, version).
 pub async fn get_unsigned(target_url: &str, path: &str) -> Response {
-    send("GET", target_url, path, None, None).await
+    send(&https_client(), "GET", target_url, path, None, None).await
 }
 
 /// Learn the target's server name from its own key response.
@@ -211,6 +220,7 @@ struct Shared {
 /// A remote homeserver played by the test process; stops when dropped.
 pub struct FakeServer {
     pub name: String,
+    http: Https,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -308,7 +318,12 @@ impl FakeServer {
                 });
             }
         });
-        FakeServer { name, shared, task }
+        FakeServer {
+            name,
+            http: https_client(),
+            shared,
+            task,
+        }
     }
 
     /// A user ID of this server.
@@ -367,13 +382,13 @@ impl FakeServer {
         body: Option<&Value>,
         authorization: Option<&str>,
     ) -> Response {
-        send(method, &target.url, path, body, authorization).await
+        send(&self.http, method, &target.url, path, body, authorization).await
     }
 
     /// A request to the target, signed by this server.
     pub async fn request(&self, target: &Target, method: &str, path: &str, body: Option<&Value>) -> Response {
         let auth = self.x_matrix(target, method, path, body);
-        send(method, &target.url, path, body, Some(&auth)).await
+        send(&self.http, method, &target.url, path, body, Some(&auth)).await
     }
 
     pub async fn get(&self, target: &Target, path: &str) -> Response {

@@ -78,8 +78,6 @@ federation_test! {
         let fake = FakeServer::start().await;
         let path = profile_path(&alice.user_id);
         fake.request_with_auth(&target, "GET", &path, None, None).await.expect_err(401, "M_UNAUTHORIZED");
-        let garbage = "X-Matrix garbage";
-        fake.request_with_auth(&target, "GET", &path, None, Some(garbage)).await.expect_err(401, "M_UNAUTHORIZED");
         let signed = fake.get(&target, &path).await;
         assert_ne!(signed.status, 401, "a signed request is authenticated: {}", signed.text);
     }
