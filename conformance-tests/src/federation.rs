@@ -23,9 +23,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use ruma::room_version_rules::RoomVersionRules;
 use ruma::signatures::{Ed25519KeyPair, hash_and_sign_event, reference_hash, sign_event, sign_json};
 use ruma::{CanonicalJsonObject, RoomVersionId};
-use ruma::room_version_rules::RoomVersionRules;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use serde_json::{Value, json};
 
@@ -99,7 +99,10 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
 }
 
-type Https = HyperClient<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
+type Https = HyperClient<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
 
 /// An HTTPS client. Not shared between tests: its pooled connections live on the runtime that
 /// opened them, and each test has its own runtime.
@@ -131,7 +134,9 @@ async fn send(
     body: Option<&Value>,
     authorization: Option<&str>,
 ) -> Response {
-    let mut req = hyper::Request::builder().method(method).uri(format!("{url}{path}"));
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("{url}{path}"));
     if let Some(auth) = authorization {
         req = req.header("authorization", auth);
     }
@@ -212,8 +217,8 @@ impl SigningKey {
 struct Shared {
     name: String,
     key: SigningKey,
-    /// Bodies of the `/send` transactions the target sent here.
-    transactions: Mutex<Vec<Value>>,
+    /// The `/send` transactions the target sent here.
+    transactions: Mutex<Vec<Received>>,
     key_fetches: AtomicUsize,
 }
 
@@ -254,6 +259,16 @@ impl Shared {
     async fn handle(self: Arc<Self>, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
         let method = req.method().as_str().to_string();
         let path = req.uri().path().to_string();
+        let uri = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| path.clone());
+        let authorization = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
         let body = req
             .into_body()
             .collect()
@@ -265,14 +280,25 @@ impl Shared {
             return json_response(200, &self.key_response());
         }
         if method == "PUT" && path.starts_with("/_matrix/federation/v1/send/") {
-            let txn: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let txn = Received {
+                method,
+                uri,
+                authorization,
+                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            };
             self.transactions.lock().unwrap().push(txn);
             return json_response(200, &json!({ "pdus": {} }));
         }
         if method == "GET" && path == "/_matrix/federation/v1/version" {
-            return json_response(200, &json!({ "server": { "name": "conformance-tests", "version": "0" } }));
+            return json_response(
+                200,
+                &json!({ "server": { "name": "conformance-tests", "version": "0" } }),
+            );
         }
-        json_response(404, &json!({ "errcode": "M_UNRECOGNIZED", "error": "not served by the fake server" }))
+        json_response(
+            404,
+            &json!({ "errcode": "M_UNRECOGNIZED", "error": "not served by the fake server" }),
+        )
     }
 }
 
@@ -281,12 +307,13 @@ impl FakeServer {
     pub async fn start() -> FakeServer {
         let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("certificate");
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.cert.der().clone()], key)
-            .expect("TLS config");
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.cert.der().clone()], key)
+                .expect("TLS config");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -328,7 +355,12 @@ impl FakeServer {
 
     /// A user ID of this server.
     pub fn user_id(&self, prefix: &str) -> String {
-        format!("@{}-{}:{}", prefix.to_lowercase(), crate::unique_suffix(), self.name)
+        format!(
+            "@{}-{}:{}",
+            prefix.to_lowercase(),
+            crate::unique_suffix(),
+            self.name
+        )
     }
 
     pub fn key(&self) -> &SigningKey {
@@ -341,7 +373,7 @@ impl FakeServer {
     }
 
     /// The transactions the target sent here so far.
-    pub fn transactions(&self) -> Vec<Value> {
+    pub fn transactions(&self) -> Vec<Received> {
         self.shared.transactions.lock().unwrap().clone()
     }
 
@@ -354,7 +386,8 @@ impl FakeServer {
         uri: &str,
         body: Option<&Value>,
     ) -> String {
-        let mut request = json!({ "method": method, "uri": uri, "origin": origin, "destination": destination });
+        let mut request =
+            json!({ "method": method, "uri": uri, "origin": origin, "destination": destination });
         if let Some(body) = body {
             request["content"] = body.clone();
         }
@@ -365,12 +398,22 @@ impl FakeServer {
             .as_str()
             .expect("signature")
             .to_string();
-        format!("X-Matrix origin=\"{origin}\",destination=\"{destination}\",key=\"{}\",sig=\"{sig}\"", key.id)
+        format!(
+            "X-Matrix origin=\"{origin}\",destination=\"{destination}\",key=\"{}\",sig=\"{sig}\"",
+            key.id
+        )
     }
 
     /// This server's `X-Matrix` header for `method uri` to `target`.
     pub fn x_matrix(&self, target: &Target, method: &str, uri: &str, body: Option<&Value>) -> String {
-        Self::x_matrix_with(&self.shared.key, &self.name, &target.server_name, method, uri, body)
+        Self::x_matrix_with(
+            &self.shared.key,
+            &self.name,
+            &target.server_name,
+            method,
+            uri,
+            body,
+        )
     }
 
     /// A request to the target with an explicit Authorization header (or none).
@@ -428,15 +471,25 @@ impl FakeServer {
         let version = RoomVersionId::try_from(version).expect("room version");
         let rules = version.rules().expect("room version rules");
         let mut join = canonical(&body["event"]);
-        join.insert("origin_server_ts".into(), ruma::CanonicalJsonValue::Integer(now_ms().try_into().unwrap()));
-        join.insert("origin".into(), ruma::CanonicalJsonValue::String(self.name.clone()));
+        join.insert(
+            "origin_server_ts".into(),
+            ruma::CanonicalJsonValue::Integer(now_ms().try_into().unwrap()),
+        );
+        join.insert(
+            "origin".into(),
+            ruma::CanonicalJsonValue::String(self.name.clone()),
+        );
         let join_id = self.sign_pdu(&rules, &mut join);
         let join = to_value(&join);
         let resp = self
             .request(
                 target,
                 "PUT",
-                &format!("/_matrix/federation/v2/send_join/{}/{}", enc(room_id), enc(&join_id)),
+                &format!(
+                    "/_matrix/federation/v2/send_join/{}/{}",
+                    enc(room_id),
+                    enc(&join_id)
+                ),
                 Some(&join),
             )
             .await;
@@ -506,8 +559,74 @@ impl FakeServer {
             "edus": edus,
         });
         let txn = format!("txn-{}", crate::unique_suffix());
-        self.request(target, "PUT", &format!("/_matrix/federation/v1/send/{txn}"), Some(&body))
-            .await
+        self.request(
+            target,
+            "PUT",
+            &format!("/_matrix/federation/v1/send/{txn}"),
+            Some(&body),
+        )
+        .await
+    }
+}
+
+/// A request the target made to a fake server.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    /// Path and query, as signed.
+    pub uri: String,
+    pub authorization: Option<String>,
+    pub body: Value,
+}
+
+impl Received {
+    /// Check the request's `X-Matrix` authorization (§Request Authentication): sent by the server
+    /// of `keys` (its `GET /_matrix/key/v2/server` answer) to `destination`, and its signature
+    /// over method, URI, origin, destination and body verifies with one of its `verify_keys`.
+    pub fn verify_x_matrix(&self, keys: &Value, destination: &str) -> Result<(), String> {
+        let header = self.authorization.as_deref().ok_or("no Authorization header")?;
+        let params = header
+            .strip_prefix("X-Matrix ")
+            .ok_or_else(|| format!("not an X-Matrix authorization: {header}"))?;
+        let mut fields = BTreeMap::new();
+        for part in params.split(',') {
+            let (name, value) = part
+                .trim()
+                .split_once('=')
+                .ok_or_else(|| format!("bad parameter {part:?} in {header}"))?;
+            let value = value.trim().trim_matches('"').to_string();
+            fields.insert(name.trim().to_lowercase(), value);
+        }
+        let field = |name: &str| {
+            fields
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("no {name} in {header}"))
+        };
+        let (origin, key, sig) = (field("origin")?, field("key")?, field("sig")?);
+        let server = keys["server_name"].as_str().unwrap_or_default();
+        if origin != server {
+            return Err(format!("origin {origin} is not the sending server {server}"));
+        }
+        if field("destination")? != destination {
+            return Err(format!("destination is not {destination}: {header}"));
+        }
+        let public = keys["verify_keys"][&key]["key"]
+            .as_str()
+            .ok_or_else(|| format!("{key} is not one of {server}'s verify_keys"))?;
+        let mut signed = json!({
+            "method": self.method, "uri": self.uri, "origin": origin, "destination": destination,
+            "signatures": { origin.clone(): { key.clone(): sig } },
+        });
+        if !self.body.is_null() {
+            signed["content"] = self.body.clone();
+        }
+        let set = BTreeMap::from([(
+            key,
+            ruma::serde::Base64::parse(public).map_err(|e| format!("bad public key: {e}"))?,
+        )]);
+        let map = ruma::signatures::PublicKeyMap::from([(origin, set)]);
+        ruma::signatures::verify_json(&map, &canonical(&signed)).map_err(|e| e.to_string())
     }
 }
 

@@ -292,7 +292,10 @@ impl TestServer {
         let targets_running_server = std::env::var("HS_URL").is_ok_and(|u| !u.is_empty());
         if !targets_running_server {
             if is_known_gap(short_name(name)) {
-                eprintln!("SKIPPED {}: listed in conformance-tests/known-gaps.txt", short_name(name));
+                eprintln!(
+                    "SKIPPED {}: listed in conformance-tests/known-gaps.txt",
+                    short_name(name)
+                );
                 return None;
             }
             crate::client::set_lenient_nulls(false);
@@ -510,11 +513,6 @@ impl TestServer {
             .as_deref()
             .expect("federation tests get a TestServer from for_federation_test");
         crate::federation::target(url).await
-    }
-
-    /// The server name of this server's users (registers a throwaway user to learn it).
-    pub async fn server_name(&self) -> String {
-        self.user("name").await.server_name().to_string()
     }
 
     /// A client without an access token.

@@ -189,6 +189,37 @@ federation_test! {
 }
 
 federation_test! {
+    /// §Transactions, §Request Authentication: once a remote server's user is in a room, the
+    /// target sends the room's new events to that server in a `/send` transaction, whose
+    /// `X-Matrix` signature verifies with the target's published key.
+    async fn events_are_sent_to_joined_server(hs) {
+        let target = hs.federation().await;
+        let alice = hs.user("fedout").await;
+        let fake = FakeServer::start().await;
+        let (room, _) = joined_room(&alice, &fake, &target).await;
+        let message = alice.send_text(&room.room_id, "pushed to the joined server").await;
+        let txn = conformance_tests::eventually("the message reaches the joined server", || async {
+            fake.transactions().into_iter().find(|t| {
+                t.body["pdus"].as_array().is_some_and(|pdus| pdus.iter().any(|p| p["content"]["body"] == "pushed to the joined server"))
+            })
+        }).await;
+        assert_eq!(txn.method, "PUT");
+        assert!(txn.uri.starts_with("/_matrix/federation/v1/send/"), "{}", txn.uri);
+        assert_eq!(txn.body["origin"], json!(target.server_name), "{}", txn.body);
+        let keys = get_unsigned(&target.url, "/_matrix/key/v2/server").await.ok().clone();
+        txn.verify_x_matrix(&keys, &fake.name).expect("the transaction's X-Matrix signature verifies");
+        // The PDU is the event the client sent.
+        let pdu = txn.body["pdus"].as_array().unwrap().iter()
+            .find(|p| p["content"]["body"] == "pushed to the joined server").unwrap();
+        assert_eq!(conformance_tests::federation::event_id(&room.rules, &canonical(pdu)), message);
+        // A changed body would not verify.
+        let mut tampered = txn.clone();
+        tampered.body["origin_server_ts"] = json!(1);
+        assert!(tampered.verify_x_matrix(&keys, &fake.name).is_err());
+    }
+}
+
+federation_test! {
     /// §Joining Rooms (`make_join`): a `ver` list without the room's version is 400
     /// `M_INCOMPATIBLE_ROOM_VERSION`, naming the room's version.
     async fn make_join_with_unsupported_version(hs) {
