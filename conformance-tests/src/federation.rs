@@ -453,9 +453,14 @@ impl FakeServer {
         sign_event(&self.name, &key.pair, pdu, &rules.redaction).expect("sign PDU");
     }
 
-    /// `GET /make_join` (`ver` 10, 11, 12), sign the template, `PUT /v2/send_join`: `user_id`
-    /// (of this server) joins `room_id`. Panics unless both answer 200.
-    pub async fn join(&self, target: &Target, room_id: &str, user_id: &str) -> (RemoteRoom, Value) {
+    /// `GET /make_join` (`ver` 10, 11, 12) and the template filled in and signed here: (room
+    /// version, its rules, event ID, the join PDU). Panics unless `make_join` answers 200.
+    pub async fn prepare_join(
+        &self,
+        target: &Target,
+        room_id: &str,
+        user_id: &str,
+    ) -> (RoomVersionId, RoomVersionRules, String, CanonicalJsonObject) {
         let resp = self
             .get(
                 target,
@@ -480,19 +485,30 @@ impl FakeServer {
             ruma::CanonicalJsonValue::String(self.name.clone()),
         );
         let join_id = self.sign_pdu(&rules, &mut join);
+        (version, rules, join_id, join)
+    }
+
+    /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}` with `join`; the raw answer.
+    pub async fn send_join(&self, target: &Target, room_id: &str, join_id: &str, join: &Value) -> Response {
+        self.request(
+            target,
+            "PUT",
+            &format!(
+                "/_matrix/federation/v2/send_join/{}/{}",
+                enc(room_id),
+                enc(join_id)
+            ),
+            Some(join),
+        )
+        .await
+    }
+
+    /// `GET /make_join` (`ver` 10, 11, 12), sign the template, `PUT /v2/send_join`: `user_id`
+    /// (of this server) joins `room_id`. Panics unless both answer 200.
+    pub async fn join(&self, target: &Target, room_id: &str, user_id: &str) -> (RemoteRoom, Value) {
+        let (version, rules, join_id, join) = self.prepare_join(target, room_id, user_id).await;
         let join = to_value(&join);
-        let resp = self
-            .request(
-                target,
-                "PUT",
-                &format!(
-                    "/_matrix/federation/v2/send_join/{}/{}",
-                    enc(room_id),
-                    enc(&join_id)
-                ),
-                Some(&join),
-            )
-            .await;
+        let resp = self.send_join(target, room_id, &join_id, &join).await;
         let answer = resp.ok().clone();
         let mut state = BTreeMap::new();
         for pdu in answer["state"].as_array().expect("send_join state") {

@@ -220,6 +220,32 @@ federation_test! {
 }
 
 federation_test! {
+    /// §Joining Rooms (`send_join` v2), §Validating hashes and signatures on received events: a
+    /// join whose signature does not verify is refused (403 `M_FORBIDDEN`) and the user is not
+    /// in the room; the same join properly signed is accepted.
+    async fn send_join_with_forged_signature_is_refused(hs) {
+        let target = hs.federation().await;
+        let alice = hs.user("fedforge").await;
+        let fake = FakeServer::start().await;
+        let room_id = alice.create_room(json!({"preset": "public_chat"})).await;
+        let user = fake.user_id("forger");
+        let (_, rules, join_id, join) = fake.prepare_join(&target, &room_id, &user).await;
+        let mut forged = join.clone();
+        let impostor = SigningKey::generate(fake.key().id.trim_start_matches("ed25519:"));
+        fake.resign_pdu(&impostor, &rules, &mut forged);
+        let forged = serde_json::to_value(&forged).unwrap();
+        fake.send_join(&target, &room_id, &join_id, &forged).await.expect_err(403, "M_FORBIDDEN");
+        let members = alice.joined_members(&room_id).await.ok().clone();
+        assert!(members["joined"].get(&user).is_none(), "a refused join joined: {members}");
+
+        let join = serde_json::to_value(&join).unwrap();
+        fake.send_join(&target, &room_id, &join_id, &join).await.ok();
+        let members = alice.joined_members(&room_id).await.ok().clone();
+        assert!(members["joined"].get(&user).is_some(), "{members}");
+    }
+}
+
+federation_test! {
     /// §Joining Rooms (`make_join`): a `ver` list without the room's version is 400
     /// `M_INCOMPATIBLE_ROOM_VERSION`, naming the room's version.
     async fn make_join_with_unsupported_version(hs) {
