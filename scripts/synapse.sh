@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run Synapse (the reference homeserver) locally for conformance tests and benchmarks.
 #
-#   scripts/synapse.sh start DIR PORT [--postgres DBNAME]
+#   scripts/synapse.sh start DIR PORT [--postgres DBNAME] [--federation FEDPORT]
 #   scripts/synapse.sh stop DIR
 #
 # start: installs Synapse into <repo>/.venv-synapse from PyPI when missing, generates a config in DIR
@@ -9,6 +9,10 @@
 #        federation resources, open registration without verification, all rc_* rate limits relaxed,
 #        room directory publication allowed), starts Synapse in the background, waits until
 #        GET /_matrix/client/versions answers and writes the PID to DIR/synapse.pid.
+#        With --federation FEDPORT the server is named "127.0.0.1:FEDPORT" instead and also listens
+#        there with TLS (a self-signed certificate made with openssl) for federation, reaching other
+#        servers on loopback without checking their certificates (as the suite's federation tests and
+#        a second Synapse need).
 #        With --postgres DBNAME the database DBNAME is (re)created fresh on 127.0.0.1:5432 (user
 #        postgres, or $SYNAPSE_PG_USER) with C collation, as Synapse requires; otherwise SQLite in DIR.
 #        An existing DIR/homeserver.yaml is regenerated, so DIR can be reused.
@@ -24,7 +28,7 @@ VENV="$REPO_ROOT/.venv-synapse"
 die() { echo "synapse.sh: $*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -63,15 +67,22 @@ PY
 }
 
 write_config() {
-    local dir="$1" port="$2" pgdb="$3"
+    local dir="$1" port="$2" pgdb="$3" fedport="$4"
     local name="localhost:$port"
+    if [[ -n "$fedport" ]]; then
+        name="127.0.0.1:$fedport"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+            -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
+            -keyout "$dir/fed.key" -out "$dir/fed.crt" >/dev/null 2>&1 \
+            || die "openssl could not make the federation certificate"
+    fi
     rm -f "$dir/homeserver.yaml"
     (cd "$dir" && "$VENV/bin/python" -m synapse.app.homeserver --server-name "$name" \
         --config-path "$dir/homeserver.yaml" --generate-config --report-stats=no >/dev/null) \
         || die "synapse --generate-config failed"
-    "$VENV/bin/python" - "$dir" "$port" "$pgdb" "${SYNAPSE_LOG_LEVEL:-WARNING}" "${SYNAPSE_PG_USER:-postgres}" <<'PY'
+    "$VENV/bin/python" - "$dir" "$port" "$pgdb" "${SYNAPSE_LOG_LEVEL:-WARNING}" "${SYNAPSE_PG_USER:-postgres}" "$fedport" <<'PY'
 import sys, yaml
-d, port, pgdb, level, pguser = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+d, port, pgdb, level, pguser, fedport = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 path = f"{d}/homeserver.yaml"
 with open(path) as f:
     cfg = yaml.safe_load(f)
@@ -80,6 +91,18 @@ cfg["listeners"] = [{
     "x_forwarded": False,
     "resources": [{"names": ["client", "federation"], "compress": False}],
 }]
+if fedport:
+    cfg["listeners"].append({
+        "port": int(fedport), "bind_addresses": ["127.0.0.1"], "type": "http", "tls": True,
+        "resources": [{"names": ["federation"], "compress": False}],
+    })
+    cfg["tls_certificate_path"] = f"{d}/fed.crt"
+    cfg["tls_private_key_path"] = f"{d}/fed.key"
+    cfg["federation_verify_certificates"] = False
+    # Other servers are on loopback, named by IP literals (Synapse ignores the whitelist there).
+    cfg["ip_range_blacklist"] = []
+    cfg["ip_range_whitelist"] = ["127.0.0.1/8"]
+    cfg["federation_ip_range_blacklist"] = []
 cfg["pid_file"] = f"{d}/homeserver.pid"
 if pgdb:
     cfg["database"] = {"name": "psycopg2", "args": {
@@ -129,11 +152,12 @@ is_running() {
 
 cmd_start() {
     [[ $# -ge 2 ]] || usage
-    local dir="$1" port="$2" pgdb=""
+    local dir="$1" port="$2" pgdb="" fedport=""
     shift 2
     while [[ $# -gt 0 ]]; do
         case "$1" in
             --postgres) [[ $# -ge 2 ]] || usage; pgdb="$2"; shift 2 ;;
+            --federation) [[ $# -ge 2 ]] || usage; fedport="$2"; shift 2 ;;
             *) usage ;;
         esac
     done
@@ -145,7 +169,8 @@ cmd_start() {
     fi
     ensure_venv "$([[ -n "$pgdb" ]] && echo 1 || echo 0)"
     [[ -n "$pgdb" ]] && create_pg_db "$pgdb"
-    write_config "$dir" "$port" "$pgdb"
+    [[ -z "$fedport" || "$fedport" =~ ^[0-9]+$ ]] || die "FEDPORT must be a number: $fedport"
+    write_config "$dir" "$port" "$pgdb" "$fedport"
     # exec: the PID recorded is Synapse's own, not a wrapper shell's.
     (cd "$dir" && exec nohup "$VENV/bin/python" -m synapse.app.homeserver --config-path "$dir/homeserver.yaml" \
         >"$dir/stdout.log" 2>&1) &
@@ -167,7 +192,7 @@ cmd_start() {
         fi
         sleep 0.3
     done
-    echo "synapse.sh: Synapse $("$VENV/bin/python" -c 'import synapse; print(synapse.__version__)') running at http://127.0.0.1:$port (server_name localhost:$port, pid $pid, dir $dir)" >&2
+    echo "synapse.sh: Synapse $("$VENV/bin/python" -c 'import synapse; print(synapse.__version__)') running at http://127.0.0.1:$port (server_name $(grep -m1 '^server_name' "$dir/homeserver.yaml" | cut -d' ' -f2-), pid $pid, dir $dir)" >&2
 }
 
 cmd_stop() {

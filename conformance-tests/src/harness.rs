@@ -8,8 +8,20 @@
 //!   `HEARTH_TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432/test`). The process is
 //!   killed, and the database dropped, when the [`TestServer`] is dropped.
 //!
+//! Federation tests (`federation_test!`, `two_server_test!`) need more of the target:
+//!
+//! * one server's federation listener: a spawned Hearth gets one (TLS with a certificate from
+//!   `hearth generate-dev-cert`, server name `127.0.0.1:PORT`, loopback allowed, other servers'
+//!   certificates not checked); with `HS_URL`, `HS_FEDERATION_URL` names it (`https://…`), else
+//!   the test is skipped with a message;
+//! * two servers that federate: two spawned Hearths (IP-literal names, so they reach each other
+//!   without DNS); with `HS_URL`, `HS2_URL` names the second, else the test is skipped.
+//!
 //! Known gaps: tests listed in `conformance-tests/known-gaps.txt` are skipped (with a message)
 //! when the target is Hearth, unless `CONFORMANCE_RUN_KNOWN_GAPS=1`.
+//!
+//! Skipped tests pass as far as libtest is concerned; their names are also appended to the file
+//! `$CONFORMANCE_SKIP_LOG` when set (`conformance-report` sets it and counts them as skipped).
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -73,6 +85,37 @@ pub async fn detect_kind(base_url: &str) -> ServerKind {
     }
 }
 
+/// Whether test `name` is to be skipped as a known gap of Hearth.
+fn is_known_gap(name: &str) -> bool {
+    std::env::var("CONFORMANCE_RUN_KNOWN_GAPS")
+        .map(|v| v != "1")
+        .unwrap_or(true)
+        && known_gaps().iter().any(|g| g == name)
+}
+
+/// Skip test `name` (printed, and appended to `$CONFORMANCE_SKIP_LOG` when set).
+pub fn skip(name: &str, why: &str) {
+    eprintln!("SKIPPED {name}: {why}");
+    if let Ok(path) = std::env::var("CONFORMANCE_SKIP_LOG")
+        && !path.is_empty()
+    {
+        use std::io::Write;
+        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(file, "{name}");
+        }
+    }
+}
+
+/// What a test needs of the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    Client,
+    /// A Hearth-only extension.
+    Hearth,
+    /// The client API and the federation listener.
+    Federation,
+}
+
 /// Names of the tests listed in `known-gaps.txt` (comments with `#`, blank lines ignored).
 pub fn known_gaps() -> &'static Vec<String> {
     static GAPS: OnceLock<Vec<String>> = OnceLock::new();
@@ -111,6 +154,35 @@ fn hearth_bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace_root().join("target"));
     target.join("debug/hearth")
+}
+
+/// `module::test` from `suite::module::test`.
+fn short_name(name: &str) -> &str {
+    name.split_once("::").map(|(_, rest)| rest).unwrap_or(name)
+}
+
+/// The `[federation]` section of a spawned Hearth: a TLS listener on `port` with a certificate
+/// from `hearth generate-dev-cert`; other servers on loopback with self-signed certificates are
+/// reached (IP-literal names need no resolution), and failed transactions retried quickly.
+fn federation_section(bin: &Path, dir: &Path, port: u16) -> String {
+    let cert = dir.join("federation.crt");
+    let key = dir.join("federation.key");
+    let status = Command::new(bin)
+        .args(["generate-dev-cert", "--server-name", "127.0.0.1", "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {} generate-dev-cert: {e}", bin.display()));
+    assert!(status.success(), "hearth generate-dev-cert failed");
+    format!(
+        "\n[federation]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\ntls_certificate = \"{}\"\n\
+         tls_private_key = \"{}\"\nverify_tls = false\nallow_ip_ranges = [\"127.0.0.1/32\"]\n\
+         retry_initial_ms = 200\nretry_max_ms = 2000\n",
+        cert.display(),
+        key.display()
+    )
 }
 
 fn free_port() -> u16 {
@@ -185,6 +257,8 @@ impl PgDatabase {
 /// The homeserver one test talks to.
 pub struct TestServer {
     pub base_url: String,
+    /// Base URL of its federation listener (`https://…`), when the test asked for one.
+    pub federation_url: Option<String>,
     pub kind: ServerKind,
     /// Whether this server was started by the harness (then it is Hearth).
     pub spawned: bool,
@@ -197,18 +271,60 @@ pub struct TestServer {
 impl TestServer {
     /// The server for test `name` (`module::test`), or `None` when the test is to be skipped.
     pub async fn for_test(name: &str) -> Option<TestServer> {
-        Self::for_test_inner(name, false).await
+        Self::for_test_inner(name, Needs::Client).await
     }
 
     /// Like [`TestServer::for_test`] for a test of a Hearth-only `org.hearth.*` extension: skipped
     /// against any other server.
     pub async fn for_extension_test(name: &str) -> Option<TestServer> {
-        Self::for_test_inner(name, true).await
+        Self::for_test_inner(name, Needs::Hearth).await
     }
 
-    async fn for_test_inner(name: &str, hearth_only: bool) -> Option<TestServer> {
-        // `suite::module::test` -> `module::test`
-        let name = name.split_once("::").map(|(_, rest)| rest).unwrap_or(name);
+    /// Like [`TestServer::for_test`] for a test that also talks to the server's federation
+    /// listener ([`TestServer::federation_url`] is set).
+    pub async fn for_federation_test(name: &str) -> Option<TestServer> {
+        Self::for_test_inner(name, Needs::Federation).await
+    }
+
+    /// Two servers that federate with each other, for test `name`: two spawned Hearths, or
+    /// `HS_URL` and `HS2_URL` (skipped without `HS2_URL`).
+    pub async fn pair_for_test(name: &str) -> Option<(TestServer, TestServer)> {
+        let targets_running_server = std::env::var("HS_URL").is_ok_and(|u| !u.is_empty());
+        if !targets_running_server {
+            if is_known_gap(short_name(name)) {
+                eprintln!(
+                    "SKIPPED {}: listed in conformance-tests/known-gaps.txt",
+                    short_name(name)
+                );
+                return None;
+            }
+            crate::client::set_lenient_nulls(false);
+            let (a, b) = tokio::join!(Self::spawn_hearth(true), Self::spawn_hearth(true));
+            return Some((a, b));
+        }
+        let first = Self::for_test_inner(name, Needs::Client).await?;
+        let name = short_name(name);
+        let Some(url) = std::env::var("HS2_URL").ok().filter(|u| !u.is_empty()) else {
+            skip(name, "needs a second server federating with HS_URL: set HS2_URL");
+            return None;
+        };
+        let url = url.trim_end_matches('/').to_string();
+        let kind = detect_kind(&url).await;
+        let second = TestServer {
+            base_url: url,
+            federation_url: None,
+            kind,
+            spawned: false,
+            child: None,
+            log_path: None,
+            pg: None,
+            _dir: None,
+        };
+        Some((first, second))
+    }
+
+    async fn for_test_inner(name: &str, needs: Needs) -> Option<TestServer> {
+        let name = short_name(name);
         let (base_url, kind, spawned) = match std::env::var("HS_URL") {
             Ok(url) if !url.is_empty() => {
                 let url = url.trim_end_matches('/').to_string();
@@ -218,35 +334,43 @@ impl TestServer {
             _ => (String::new(), ServerKind::Hearth, true),
         };
         crate::client::set_lenient_nulls(kind != ServerKind::Hearth);
-        if hearth_only && kind != ServerKind::Hearth {
-            eprintln!("SKIPPED {name}: Hearth extension test, target is {}", kind.name());
+        if needs == Needs::Hearth && kind != ServerKind::Hearth {
+            skip(name, &format!("Hearth extension test, target is {}", kind.name()));
             return None;
         }
-        if kind == ServerKind::Hearth
-            && std::env::var("CONFORMANCE_RUN_KNOWN_GAPS")
-                .map(|v| v != "1")
-                .unwrap_or(true)
-            && known_gaps().iter().any(|g| g == name)
-        {
+        if kind == ServerKind::Hearth && is_known_gap(name) {
             eprintln!("SKIPPED {name}: listed in conformance-tests/known-gaps.txt");
             return None;
         }
         if spawned {
-            Some(Self::spawn_hearth().await)
-        } else {
-            Some(TestServer {
-                base_url,
-                kind,
-                spawned,
-                child: None,
-                log_path: None,
-                pg: None,
-                _dir: None,
-            })
+            return Some(Self::spawn_hearth(needs == Needs::Federation).await);
         }
+        let federation_url = std::env::var("HS_FEDERATION_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .map(|u| u.trim_end_matches('/').to_string());
+        if needs == Needs::Federation && federation_url.is_none() {
+            skip(
+                name,
+                "needs the federation listener of HS_URL: set HS_FEDERATION_URL (https://host:port)",
+            );
+            return None;
+        }
+        Some(TestServer {
+            base_url,
+            federation_url,
+            kind,
+            spawned,
+            child: None,
+            log_path: None,
+            pg: None,
+            _dir: None,
+        })
     }
 
-    async fn spawn_hearth() -> TestServer {
+    /// Start a Hearth; with `federation`, with a federation listener too (server name
+    /// `127.0.0.1:<federation port>`).
+    async fn spawn_hearth(federation: bool) -> TestServer {
         let bin = hearth_bin();
         assert!(
             bin.is_file(),
@@ -272,13 +396,22 @@ impl TestServer {
                 other => panic!("HEARTH_TEST_DB must be sqlite or postgres, not {other}"),
             };
             let port = free_port();
+            let fed_port = free_port();
+            let server_name = if federation {
+                format!("127.0.0.1:{fed_port}")
+            } else {
+                format!("localhost:{port}")
+            };
             // The suite's pushers name gateways on 127.0.0.1 (Synapse accepts them when set).
-            let config = format!(
-                "server_name = \"localhost:{port}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n\
+            let mut config = format!(
+                "server_name = \"{server_name}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n\
                  [database]\nurl = \"{db_url}\"\n\n[registration]\nenabled = true\n\n[rate_limits]\nenabled = false\n\n\
                  [push]\nallow_private_addresses = true\n",
                 data_dir.display()
             );
+            if federation {
+                config.push_str(&federation_section(&bin, dir.path(), fed_port));
+            }
             let config_path = dir.path().join("hearth.toml");
             std::fs::write(&config_path, config).unwrap();
             let log_path = dir.path().join("hearth.log");
@@ -300,6 +433,7 @@ impl TestServer {
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
             let mut server = TestServer {
                 base_url: format!("http://127.0.0.1:{port}"),
+                federation_url: federation.then(|| format!("https://127.0.0.1:{fed_port}")),
                 kind: ServerKind::Hearth,
                 spawned: true,
                 child: Some(child),
@@ -371,6 +505,16 @@ impl TestServer {
         self.is_synapse()
     }
 
+    /// The target's federation side (base URL and server name, from its key response).
+    /// Panics when the test did not ask for the federation listener.
+    pub async fn federation(&self) -> crate::federation::Target {
+        let url = self
+            .federation_url
+            .as_deref()
+            .expect("federation tests get a TestServer from for_federation_test");
+        crate::federation::target(url).await
+    }
+
     /// A client without an access token.
     pub fn anonymous(&self) -> Client {
         Client::new(&self.base_url)
@@ -439,6 +583,47 @@ macro_rules! extension_test {
             };
             #[allow(unused_variables)]
             let $hs = &$hs;
+            $body
+        }
+    };
+}
+
+/// Like [`conformance_test!`] for a test that also talks to the server's federation listener
+/// (skipped with a message when the target's is unknown: `HS_URL` without `HS_FEDERATION_URL`).
+#[macro_export]
+macro_rules! federation_test {
+    ($(#[$meta:meta])* async fn $name:ident($hs:ident) $body:block) => {
+        $(#[$meta])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some($hs) =
+                $crate::harness::TestServer::for_federation_test(concat!(module_path!(), "::", stringify!($name)))
+                    .await
+            else {
+                return;
+            };
+            #[allow(unused_variables)]
+            let $hs = &$hs;
+            $body
+        }
+    };
+}
+
+/// A test of two servers that federate (two spawned Hearths, or `HS_URL` and `HS2_URL`;
+/// skipped with a message without `HS2_URL`).
+#[macro_export]
+macro_rules! two_server_test {
+    ($(#[$meta:meta])* async fn $name:ident($hs1:ident, $hs2:ident) $body:block) => {
+        $(#[$meta])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some(($hs1, $hs2)) =
+                $crate::harness::TestServer::pair_for_test(concat!(module_path!(), "::", stringify!($name))).await
+            else {
+                return;
+            };
+            #[allow(unused_variables)]
+            let ($hs1, $hs2) = (&$hs1, &$hs2);
             $body
         }
     };

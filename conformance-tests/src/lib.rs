@@ -1,6 +1,7 @@
 //! Hearth's black-box conformance suite: a harness that starts (or finds) a homeserver, a small
 //! Matrix client whose every JSON response is validated against the Matrix specification's
-//! schemas, and the test groups in `tests/suite/` (one module per spec module).
+//! schemas, a fake remote homeserver for the Server-Server API (`federation`), and the test
+//! groups in `tests/suite/` (one module per spec module).
 //!
 //! Run against Hearth: `cargo test -p conformance-tests` (spawns `target/debug/hearth`);
 //! against any running server: `HS_URL=http://127.0.0.1:8008 cargo test -p conformance-tests`.
@@ -8,6 +9,7 @@
 
 pub mod client;
 pub mod e2ee;
+pub mod federation;
 pub mod harness;
 pub mod spec;
 

@@ -1,7 +1,7 @@
 //! Validation of responses against the Matrix specification's own schemas.
 //!
 //! The OpenAPI 3.1 definitions of the Client-Server API (`data/api/client-server/*.yaml`) and the
-//! event JSON schemas (`data/event-schemas/schema/*.yaml`) are loaded at run time from the spec
+//! Server-Server API (`data/api/server-server/*.yaml`), and the event JSON schemas (`data/event-schemas/schema/*.yaml`) are loaded at run time from the spec
 //! checkout. Every `$ref` (same file, other files, `definitions/` subfolders, `../../event-schemas`)
 //! is inlined before compilation, so the validator never fetches anything. Validators are compiled
 //! lazily and cached per process.
@@ -115,7 +115,6 @@ impl Spec {
     }
 
     pub fn load(root: &Path) -> Spec {
-        let cs = root.join("data/api/client-server");
         let root = fs::canonicalize(root).unwrap_or_else(|e| {
             panic!(
                 "Matrix spec not found at {} ({e}); set MATRIX_SPEC_DIR to a matrix-spec checkout",
@@ -128,12 +127,19 @@ impl Spec {
             operations: Vec::new(),
             compiled: Mutex::new(HashMap::new()),
         };
-        let mut files: Vec<PathBuf> = fs::read_dir(&cs)
-            .unwrap_or_else(|e| panic!("cannot list {}: {e}", cs.display()))
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-            .collect();
-        files.sort();
+        // Both APIs' paths start with their own prefix (`/_matrix/client`, `/_matrix/federation`,
+        // `/_matrix/key`, ...), so one operation table serves both.
+        let mut files: Vec<PathBuf> = Vec::new();
+        for api in ["client-server", "server-server"] {
+            let dir = spec.root.join("data/api").join(api);
+            let mut api_files: Vec<PathBuf> = fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+                .collect();
+            api_files.sort();
+            files.extend(api_files);
+        }
         for file in files {
             let file = fs::canonicalize(&file).expect("canonical spec path");
             let doc = spec.doc(&file);
@@ -430,6 +436,20 @@ mod tests {
         assert!(
             errs.iter().any(|e| e.instance_path == "/content/body"),
             "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn finds_server_server_operations() {
+        let spec = Spec::get();
+        assert!(spec.has_operation("GET", "/_matrix/key/v2/server"));
+        assert!(spec.has_operation("GET", "/_matrix/federation/v1/version"));
+        assert!(spec.has_operation("PUT", "/_matrix/federation/v2/send_join/!r:b/$e"));
+        assert!(spec.has_operation("GET", "/_matrix/federation/v1/make_join/!r:b/@u:b"));
+        let bad = json!({"server": {"name": 3}});
+        assert!(
+            spec.validate_response("GET", "/_matrix/federation/v1/version", 200, &bad)
+                .is_err()
         );
     }
 

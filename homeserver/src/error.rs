@@ -66,6 +66,10 @@ pub enum Error {
     /// A remote server cannot join: it supports none of the room's version (`make_join`).
     #[error("{0}")]
     IncompatibleRoomVersion(String),
+    /// The same, answered to the joining server: the spec requires the room's version in the
+    /// error (`room_version`) so that it can tell its user why.
+    #[error("{message}")]
+    IncompatibleRoomVersionOf { message: String, room_version: String },
     #[error("{0}")]
     InvalidRoomState(String),
     /// A request the spec answers with `M_UNKNOWN` (e.g. forgetting a room one is still in).
@@ -188,7 +192,9 @@ impl Error {
             Self::Exclusive(_) => "M_EXCLUSIVE",
             Self::RoomInUse(_) => "M_ROOM_IN_USE",
             Self::UnsupportedRoomVersion(_) => "M_UNSUPPORTED_ROOM_VERSION",
-            Self::IncompatibleRoomVersion(_) => "M_INCOMPATIBLE_ROOM_VERSION",
+            Self::IncompatibleRoomVersion(_) | Self::IncompatibleRoomVersionOf { .. } => {
+                "M_INCOMPATIBLE_ROOM_VERSION"
+            }
             Self::InvalidRoomState(_) => "M_INVALID_ROOM_STATE",
             Self::CannotOverwriteMedia(_) => "M_CANNOT_OVERWRITE_MEDIA",
             Self::NotYetUploaded(_) => "M_NOT_YET_UPLOADED",

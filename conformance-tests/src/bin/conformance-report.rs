@@ -9,7 +9,9 @@
 //! Hearth spawned per test), parses libtest's `test <name> ... ok|FAILED|ignored` lines, prints a
 //! per-module table and writes `target/conformance-summary-<server>.json`. With `--log FILE` it
 //! parses an existing libtest log instead of running anything. Tests skipped as known gaps
-//! (Hearth only, `known-gaps.txt`) are counted as skipped. `--write-known-gaps` runs every test
+//! (Hearth only, `known-gaps.txt`) are counted as skipped, and so are tests the harness skipped
+//! because the target lacks what they need (it names them in `$CONFORMANCE_SKIP_LOG`, which this
+//! sets: e.g. federation tests without `HS_FEDERATION_URL`). `--write-known-gaps` runs every test
 //! (known gaps included) and rewrites `known-gaps.txt` with the tests that failed.
 //! Exit status: 0 when no test failed.
 
@@ -112,6 +114,7 @@ fn main() {
         && std::env::var("CONFORMANCE_RUN_KNOWN_GAPS").as_deref() != Ok("1");
 
     let mut results: Vec<(String, String)> = Vec::new();
+    let mut harness_skipped: Vec<String> = Vec::new();
     let mut exit_ok = true;
     if let Some(log) = &args.log {
         let text =
@@ -129,6 +132,9 @@ fn main() {
         if args.write_known_gaps {
             cmd.env("CONFORMANCE_RUN_KNOWN_GAPS", "1");
         }
+        let skip_log = std::env::temp_dir().join(format!("conformance-skipped-{}.txt", std::process::id()));
+        let _ = std::fs::remove_file(&skip_log);
+        cmd.env("CONFORMANCE_SKIP_LOG", &skip_log);
         println!(
             "conformance-report: running the suite against {} ({server})",
             hs_url.as_deref().unwrap_or("a Hearth spawned per test")
@@ -144,6 +150,12 @@ fn main() {
             }
         }
         let status = child.wait().expect("cargo test");
+        harness_skipped = std::fs::read_to_string(&skip_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let _ = std::fs::remove_file(&skip_log);
         if !status.success() && results.iter().all(|(_, r)| r != "failed") {
             eprintln!(
                 "conformance-report: cargo test failed ({status}) without a failing test: build error?"
@@ -159,7 +171,8 @@ fn main() {
     for (name, result) in &results {
         let module = name.split("::").next().unwrap_or("?").to_string();
         let c = modules.entry(module).or_default();
-        let skipped_gap = gaps_apply && gaps.iter().any(|g| g == name);
+        let skipped_gap =
+            (gaps_apply && gaps.iter().any(|g| g == name)) || harness_skipped.iter().any(|g| g == name);
         match (result.as_str(), skipped_gap) {
             ("failed", _) => {
                 c.failed += 1;
@@ -206,7 +219,8 @@ fn main() {
     );
     if !skipped.is_empty() {
         println!(
-            "\n{} test(s) skipped (known gaps of Hearth, conformance-tests/known-gaps.txt)",
+            "\n{} test(s) skipped (known gaps of Hearth in conformance-tests/known-gaps.txt, or the \
+             target lacks what they need)",
             skipped.len()
         );
     }

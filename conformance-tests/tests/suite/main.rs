@@ -1,4 +1,5 @@
-//! The conformance suite: one module per module of the Client-Server API specification.
+//! The conformance suite: one module per module of the Client-Server API specification, and
+//! `federation` for the Server-Server API.
 //! Test names are `<module>::<test>`; `conformance-report` groups results by `<module>`.
 
 mod account;
@@ -10,6 +11,7 @@ mod e2ee;
 mod e2ee_devices;
 mod ephemeral;
 mod errors;
+mod federation;
 mod filters;
 mod key_backup;
 mod login;

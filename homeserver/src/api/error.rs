@@ -164,6 +164,10 @@ impl From<Error> for ApiError {
                 Self::new(status, errcode, "Wrong backup version")
                     .with("current_version", json!(current_version))
             }
+            Error::IncompatibleRoomVersionOf {
+                message,
+                room_version,
+            } => Self::new(status, errcode, message).with("room_version", json!(room_version)),
             Error::ForbiddenBecause { reason, hearth_error } => {
                 Self::new(status, errcode, reason).with("org.hearth.error", json!(hearth_error))
             }

@@ -121,9 +121,12 @@ pub async fn accept(svc: &Services, origin: &ServerName, raw: &RawValue) -> Resu
     let (_, rules) = room_rules(svc, &room_id)
         .await
         .map_err(|e| Refused::new(None, e.to_string()))?;
+    // The event ID names the result of a PDU dropped for its signatures too: the spec reads a
+    // PDU without an `error` as handled.
+    let dropped_id = hearth_federation::pdu::event_id_of(&object, &rules).ok();
     let checked = verify(svc, object, &rules)
         .await
-        .map_err(|reason| Refused::new(None, reason))?;
+        .map_err(|reason| Refused::new(dropped_id.as_deref(), reason))?;
     let pdu = checked.pdu;
     let id = pdu.event_id.clone();
     let refuse = |reason: String| Refused::new(Some(&id), reason);

@@ -404,13 +404,15 @@ async fn handle_incoming_pdu_checks_signatures_and_keeps_a_bad_hash_redacted() {
     let stored: Value = serde_json::from_str(&row.json).unwrap();
     assert_eq!(stored["content"], json!({}));
 
-    // A signature that does not verify: dropped, nothing stored.
+    // A signature that does not verify: dropped, nothing stored; its error is reported under
+    // its event ID.
     let mut forged = message("forged", 30);
     let other = hearth_federation::SigningKey::generate(svc.signing_key.version()).unwrap();
     forged.json.remove("signatures");
     ruma::signatures::sign_json("hearth.test", other.pair(), &mut forged.json).unwrap();
     let result = super::inbound::handle_incoming_pdu(svc, origin(), &raw(&forged)).await;
     assert!(result.error.is_some());
+    assert_eq!(result.event_id.as_ref(), Some(&forged.event_id));
     assert!(svc.store.event(forged.event_id.as_str()).await.unwrap().is_none());
 
     // Not a PDU at all.

@@ -61,9 +61,10 @@ pub async fn make_knock(
 ) -> Result<Value> {
     let (version, rules) = inbound::room_rules(svc, room_id).await?;
     if !rules.authorization.knocking {
-        return Err(Error::IncompatibleRoomVersion(format!(
-            "The room is version {version}, which does not support knocking"
-        )));
+        return Err(Error::IncompatibleRoomVersionOf {
+            message: format!("The room is version {version}, which does not support knocking"),
+            room_version: version.to_string(),
+        });
     }
     make_membership(svc, origin, room_id, user, "knock", Some(ver)).await
 }
@@ -85,9 +86,10 @@ async fn make_membership(
     if let Some(ver) = ver
         && !ver.contains(&version)
     {
-        return Err(Error::IncompatibleRoomVersion(format!(
-            "The room is version {version}, which the joining server does not support"
-        )));
+        return Err(Error::IncompatibleRoomVersionOf {
+            message: format!("The room is version {version}, which the joining server does not support"),
+            room_version: version.to_string(),
+        });
     }
     check_acl(svc, room_id, origin).await?;
     let content = json!({ "membership": membership });
@@ -114,6 +116,11 @@ async fn make_membership(
     let mut event = built.pdu.json;
     event.remove("hashes");
     event.remove("signatures");
+    // The spec's template names the resident server (`origin`), whatever the room version.
+    event.insert(
+        "origin".to_owned(),
+        CanonicalJsonValue::String(svc.server_name().to_string()),
+    );
     Ok(json!({ "room_version": version, "event": event }))
 }
 

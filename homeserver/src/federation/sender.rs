@@ -754,11 +754,6 @@ mod tests {
             ]
         );
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn device_list_updates_form_one_chain_per_user() {
