@@ -47,7 +47,7 @@ use sqlx::{
 pub use admin::AuditRow;
 pub use backup::{BackupSessionRow, BackupVersionRow, BackupWrite};
 pub use e2ee::{KeyUpload, KeysUpload, Queued, ToDeviceOut, ToDeviceRow, UploadRefusal};
-pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Txn};
+pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Topo, Txn};
 pub use federation::{NewOutbound, RemoteKeyRow};
 pub use media::{MediaRow, RemoteThumbnail, RemoteThumbnailKey, UploadedContent};
 pub use outliers::{EventPlace, StateEntry};
@@ -126,6 +126,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(20, "0020_openid_tokens"),
     migration!(21, "0021_pending_pdus"),
     migration!(24, "0024_federation_outbound_room"),
+    migration!(25, "0025_topological_order"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside
