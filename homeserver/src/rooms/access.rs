@@ -15,16 +15,18 @@
 //! (so a user always sees their own join, and their leave from a join).
 //!
 //! "At that event" is read from the room's history visibility changes and the viewer's
-//! membership changes in stream order, which is the room's DAG order while every event of a
-//! room is appended here one after another. (Federated rooms will need the state at each
-//! event, from its state group, instead.)
+//! membership changes in the room's topological order (`rooms::topo`): a late event (fetched as
+//! a missing prev event) or a backfilled one is judged at its place in the DAG, not at its
+//! arrival. (The state at each event, from its state group, would be exact on forks.) The same
+//! changes by stream position say how the viewer may read the room now and which stream ranges
+//! a `/sync` scan visits: live events sort alike in both orders.
 //!
-//! Backfilled events (`federation::backfill`) sit at negative stream positions, in depth order,
-//! below everything else. Before the first change of visibility stored among them, the setting
-//! is the one of the state this server adopted when it joined (that event, not yet backfilled,
-//! is older than all of them); once it is backfilled too and nothing older is, the setting is
-//! unknown until the room's creation is reached, and unknown reads as `joined` (the strictest
-//! for a viewer who was not a member then), never as the spec's default `shared`.
+//! Backfilled events (`federation::backfill`) sit at negative stream positions, at their claimed
+//! depth below the events that name them. Before the first change of visibility known here
+//! (the state this server adopted when it joined counts, at its own depth), a backfilled
+//! event's setting is unknown until the room's creation is reached, and unknown reads as
+//! `joined` (the strictest for a viewer who was not a member then), never as the spec's
+//! default `shared`.
 //!
 //! Endpoints: the room's events and state may be read by anyone who has been joined to it, or
 //! left or was banned after (then up to that point), and by anyone at all while the room is
@@ -506,7 +508,10 @@ mod tests {
         RoomAccess::new(
             Some("@v:x"),
             visibility.iter().map(|(s, v)| (*s, topo(*s), *v)).collect(),
-            membership.iter().map(|(s, m)| (*s, topo(*s), m.to_string())).collect(),
+            membership
+                .iter()
+                .map(|(s, m)| (*s, topo(*s), m.to_string()))
+                .collect(),
             None,
             true,
         )
@@ -628,7 +633,10 @@ mod tests {
             "older than every setting known here: unknown, read as joined"
         );
         a.complete = true;
-        assert!(a.can_see(&placed(1, -7)), "the room's creation is here: the default");
+        assert!(
+            a.can_see(&placed(1, -7)),
+            "the room's creation is here: the default"
+        );
         let ranges = a.candidate_topo_ranges(Topo::MIN, Topo::MAX);
         for at in [t(1, -7), t(3, -3), t(12, 12)] {
             assert!(

@@ -167,19 +167,19 @@ async fn scan_in(
             let rows = match order {
                 // Recent events come from the sync engine's rings when they hold the whole
                 // range (the same rows, checked below like any other).
-                Order::Stream => match svc.sync_engine.recent_events(
-                    room_id,
-                    (from.stream, to.stream),
-                    page,
-                    direction,
-                ) {
-                    Some(rows) => rows,
-                    None => {
-                        svc.store
-                            .room_events(room_id, from.stream, to.stream, page as i64, direction)
-                            .await?
+                Order::Stream => {
+                    match svc
+                        .sync_engine
+                        .recent_events(room_id, (from.stream, to.stream), page, direction)
+                    {
+                        Some(rows) => rows,
+                        None => {
+                            svc.store
+                                .room_events(room_id, from.stream, to.stream, page as i64, direction)
+                                .await?
+                        }
                     }
-                },
+                }
                 Order::Topo => {
                     svc.store
                         .room_events_topo(room_id, from, to, page as i64, direction)

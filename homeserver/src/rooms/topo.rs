@@ -85,6 +85,15 @@ impl PageToken {
     }
 }
 
+/// The stream position of a token, for reads that page by stream position (`/relations`): a
+/// topological place's own (live events sort alike in both orders).
+pub fn stream_position(token: &str) -> Result<i64> {
+    Ok(match PageToken::parse(token)? {
+        PageToken::Stream(token) => token.events,
+        PageToken::Topo(topo) => topo.stream,
+    })
+}
+
 impl std::fmt::Display for PageToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -114,12 +123,30 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_garbage_is_refused() {
-        let t = PageToken::Topo(Topo { depth: 12, stream: -40 });
+        let t = PageToken::Topo(Topo {
+            depth: 12,
+            stream: -40,
+        });
         assert_eq!(PageToken::parse(&t.to_string()).unwrap(), t);
         let s = PageToken::parse("s5_1_2").unwrap();
         assert!(matches!(s, PageToken::Stream(StreamToken { events: 5, .. })));
-        for bad in ["", "t", "t1", "t1_", "t_1", "tx_1", "t1_2_3", "t99999999999999999999_1", "garbage", "t1_-9223372036854775808"] {
-            assert_eq!(PageToken::parse(bad).unwrap_err().errcode(), "M_INVALID_PARAM", "{bad}");
+        for bad in [
+            "",
+            "t",
+            "t1",
+            "t1_",
+            "t_1",
+            "tx_1",
+            "t1_2_3",
+            "t99999999999999999999_1",
+            "garbage",
+            "t1_-9223372036854775808",
+        ] {
+            assert_eq!(
+                PageToken::parse(bad).unwrap_err().errcode(),
+                "M_INVALID_PARAM",
+                "{bad}"
+            );
         }
     }
 }

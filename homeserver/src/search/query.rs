@@ -29,12 +29,8 @@ use crate::{
     error::{Error, Result},
     filter::{RoomEventFilter, type_matches},
     rooms::{
-        self,
-        access::RoomAccess,
-        client_event::Viewer,
-        history,
+        self, access::RoomAccess, client_event::Viewer, history, relations::format_with_bundles,
         topo::PageToken,
-        relations::format_with_bundles,
     },
     services::Services,
     store::{Direction, EventRow, Topo},

@@ -751,10 +751,8 @@ impl Store {
     /// The highest `topological_ordering` among the room's forward extremities: at or above
     /// every timeline event's (each event sorts above its prev events).
     pub async fn max_extremity_topo(&self, room_id: &str) -> StoreResult<Option<i64>> {
-        let row = q(
-            "SELECT MAX(e.topological_ordering) FROM forward_extremities f \
-             JOIN events e ON e.event_id = f.event_id WHERE f.room_id = $1",
-        )
+        let row = q("SELECT MAX(e.topological_ordering) FROM forward_extremities f \
+             JOIN events e ON e.event_id = f.event_id WHERE f.room_id = $1")
         .bind(room_id.to_owned())
         .fetch_one(&self.pool)
         .await?;
