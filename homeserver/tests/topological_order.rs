@@ -160,6 +160,24 @@ impl FakeRoom {
         .unwrap()
     }
 
+    /// The room's topic, set by the creator after `prev`.
+    fn topic(&self, prev: &Pdu, topic: &str) -> Pdu {
+        PduTemplate {
+            room_id: Some(RoomId::parse(&self.room_id).unwrap()),
+            sender: UserId::parse(format!("@creator:{FAR}")).unwrap(),
+            event_type: "m.room.topic".into(),
+            state_key: Some(String::new()),
+            content: json!({ "topic": topic }),
+            prev_events: vec![prev.event_id.clone()],
+            auth_events: vec![self.create.event_id.clone(), self.member.event_id.clone()],
+            depth: prev.depth + 1,
+            origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(now_ms()).unwrap()),
+            redacts: None,
+        }
+        .finish(&RoomVersionId::V10.rules().unwrap(), FAR, &self.key)
+        .unwrap()
+    }
+
     fn template(&self, user: &str) -> Value {
         json!({
             "room_version": "10",
@@ -383,14 +401,16 @@ async fn partition_messages_fetched_as_missing_prev_events_are_history_not_news(
     let timeline = &sync["rooms"]["join"][&room.room_id]["timeline"];
     assert_eq!(messages(timeline["events"].as_array().unwrap()), ["m1", "m2"]);
 
-    // A partition: p1..p3 never reached this server; m3 names p3, and the three are fetched.
+    // A partition: p1..p3 and a topic never reached this server; m3 names the topic, and the
+    // four are fetched.
     let p1 = room.message(&[&m2], "p1", None);
     let p2 = room.message(&[&p1], "p2", None);
     let p3 = room.message(&[&p2], "p3", None);
-    for p in [&p1, &p2, &p3] {
+    let topic = room.topic(&p3, "set in the partition");
+    for p in [&p1, &p2, &p3, &topic] {
         t.serve_event(p).await;
     }
-    let m3 = room.message(&[&p3], "m3", None);
+    let m3 = room.message(&[&topic], "m3", None);
     t.send(&[&m3]).await;
 
     // The sync after it: only m3 is new, and the timeline says it is not whole.
@@ -402,6 +422,25 @@ async fn partition_messages_fetched_as_missing_prev_events_are_history_not_news(
         "late events are not new: {sync}"
     );
     assert_eq!(timeline["limited"], true, "{sync}");
+    // The late topic is part of the state: in the sync's state section and the current state.
+    let state = sync["rooms"]["join"][&room.room_id]["state"]["events"]
+        .as_array()
+        .unwrap();
+    assert!(
+        state
+            .iter()
+            .any(|e| e["type"] == "m.room.topic" && e["content"]["topic"] == "set in the partition"),
+        "{sync}"
+    );
+    let current = t
+        .bob
+        .ok(
+            Method::GET,
+            &format!("/rooms/{}/state/m.room.topic/", encode(&room.room_id)),
+            None,
+        )
+        .await;
+    assert_eq!(current["topic"], "set in the partition");
     let prev_batch = timeline["prev_batch"].as_str().unwrap().to_owned();
     // Its prev_batch leads to them, in their places, once; then to what the client had.
     assert_eq!(
@@ -439,10 +478,9 @@ async fn partition_messages_fetched_as_missing_prev_events_are_history_not_news(
         messages(context["events_before"].as_array().unwrap()),
         ["p1", "m2"]
     );
-    assert_eq!(
-        messages(context["events_after"].as_array().unwrap()),
-        ["p3", "m3"]
-    );
+    let after = context["events_after"].as_array().unwrap();
+    assert_eq!(messages(after), ["p3"]);
+    assert_eq!(after[1]["type"], "m.room.topic", "{context}");
     // Its tokens page on from there.
     let before = context["start"].as_str().unwrap();
     assert_eq!(t.page_all("b", Some(before)).await, strings(&["m1"]));
