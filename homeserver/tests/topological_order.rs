@@ -162,12 +162,17 @@ impl FakeRoom {
 
     /// The room's topic, set by the creator after `prev`.
     fn topic(&self, prev: &Pdu, topic: &str) -> Pdu {
+        self.state(prev, "m.room.topic", json!({ "topic": topic }))
+    }
+
+    /// A state event (empty state key) from the creator after `prev`.
+    fn state(&self, prev: &Pdu, event_type: &str, content: Value) -> Pdu {
         PduTemplate {
             room_id: Some(RoomId::parse(&self.room_id).unwrap()),
             sender: UserId::parse(format!("@creator:{FAR}")).unwrap(),
-            event_type: "m.room.topic".into(),
+            event_type: event_type.into(),
             state_key: Some(String::new()),
-            content: json!({ "topic": topic }),
+            content,
             prev_events: vec![prev.event_id.clone()],
             auth_events: vec![self.create.event_id.clone(), self.member.event_id.clone()],
             depth: prev.depth + 1,
@@ -493,6 +498,23 @@ async fn partition_messages_fetched_as_missing_prev_events_are_history_not_news(
     let timeline = &sync["rooms"]["join"][&room.room_id]["timeline"];
     assert_eq!(messages(timeline["events"].as_array().unwrap()), ["m4"]);
     assert_eq!(timeline["limited"], false, "{sync}");
+
+    // Another late topic, then a live state event: the sync's state is the state before that
+    // event (the late topic in, the live name out: it is in the timeline).
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    let second = room.topic(&m4, "second");
+    t.serve_event(&second).await;
+    let name = room.state(&second, "m.room.name", json!({ "name": "Live" }));
+    t.send(&[&name]).await;
+    let sync = t.bob.sync(Some(&since), 0, 10).await;
+    let joined = &sync["rooms"]["join"][&room.room_id];
+    let events = joined["timeline"]["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{sync}");
+    assert_eq!(events[0]["type"], "m.room.name");
+    assert_eq!(joined["timeline"]["limited"], true);
+    let state = joined["state"]["events"].as_array().unwrap();
+    assert!(state.iter().any(|e| e["content"]["topic"] == "second"), "{sync}");
+    assert!(!state.iter().any(|e| e["type"] == "m.room.name"), "{sync}");
 }
 
 #[tokio::test]

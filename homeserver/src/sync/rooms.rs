@@ -387,13 +387,13 @@ async fn add_state(
     };
     let mut points: Vec<(String, i64)> = Vec::new();
     // Points whose group is known without a query: after late events, the state before the
-    // timeline is its first event's (a message's state before and after are one), which
-    // resolved the late events' state in; the position before it may be a late event's.
+    // timeline is read from its first event's group (which resolved the late events' state
+    // in; the position before it may be a late event's), that event's own change undone.
     let mut known: Vec<(usize, i64)> = Vec::new();
     for (w, plan) in wanted.iter().zip(plans.iter()) {
         if let Some(plan) = plan.as_ref().filter(|_| needs_state(w, plan)) {
             if plan.late
-                && let Some(first) = plan.timeline.first().filter(|f| f.state_key.is_none())
+                && let Some(first) = plan.timeline.first()
             {
                 known.push((points.len(), first.state_group));
             }
@@ -429,7 +429,22 @@ async fn add_state(
             ids_per_room.push(Vec::new());
             continue;
         }
-        let state_at_start = state_of.next().unwrap_or(&empty);
+        let mut state_at_start = state_of.next().unwrap_or(&empty);
+        // Read after the first timeline event (late events came before it): without its own
+        // change, when it is a state event.
+        let undone;
+        if let Some(first) = plan.as_ref().filter(|p| p.late).and_then(|p| p.timeline.first())
+            && let Some(state_key) = &first.state_key
+        {
+            let mut before = state_at_start.clone();
+            let key = (first.event_type.clone(), state_key.clone());
+            match &first.replaces_state {
+                Some(replaced) => before.insert(key, replaced.clone()),
+                None => before.remove(&key),
+            };
+            undone = before;
+            state_at_start = &undone;
+        }
         let ids: Vec<String> = if w.window.fresh || w.window.full_state {
             state_at_start.values().cloned().collect()
         } else {
