@@ -284,13 +284,12 @@ pub async fn messages(
     let upper = access.events_until_topo();
     let (from_token, from) = match req.from {
         Some(token) => (token, token.place(svc, room_id.as_str()).await?),
-        None => {
-            let now = PageToken::Stream(StreamToken::current(svc).await?);
-            match req.direction {
-                Direction::Backwards => (now, Topo::MAX),
-                Direction::Forwards => (now, Topo::MIN),
-            }
-        }
+        // Backwards from now (a stream token: the live events after it come later); forwards
+        // from the start of the room.
+        None => match req.direction {
+            Direction::Backwards => (PageToken::Stream(StreamToken::current(svc).await?), Topo::MAX),
+            Direction::Forwards => (PageToken::Topo(Topo::MIN), Topo::MIN),
+        },
     };
     let to = match req.to {
         Some(token) => Some(token.place(svc, room_id.as_str()).await?),
