@@ -23,6 +23,7 @@ use crate::{
     rooms::{
         power,
         timeline::{self, pdu_of},
+        topo,
     },
     services::Services,
     store::{Appending, EventPlace, NewEvent, StateEntry, StateMap},
@@ -109,8 +110,30 @@ pub struct Accepted {
     pub fate: Fate,
 }
 
+/// How a PDU came to be placed: whether it may be late (`rooms::topo`, `NewEvent::late`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Sent to this server as it happened (`/send`, joins, leaves): new.
+    Live,
+    /// Fetched because a later PDU names it as a prev event: late.
+    Fetched,
+    /// A pending PDU placed once its missing prev event came: late when it sorts below what
+    /// the room already shows.
+    Pending,
+}
+
 /// The whole pipeline for one PDU of a room this server knows.
 pub async fn accept(svc: &Services, origin: &ServerName, raw: &RawValue) -> Result<Accepted, Refused> {
+    accept_as(svc, origin, raw, Arrival::Live).await
+}
+
+/// `accept`, for a PDU that arrived as `arrival` says.
+pub async fn accept_as(
+    svc: &Services,
+    origin: &ServerName,
+    raw: &RawValue,
+    arrival: Arrival,
+) -> Result<Accepted, Refused> {
     let object = pdu_checks::parse(raw).map_err(|e| Refused::new(None, e.to_string()))?;
     let room_id = match object.get("room_id") {
         Some(ruma::CanonicalJsonValue::String(s)) => {
@@ -136,7 +159,7 @@ pub async fn accept(svc: &Services, origin: &ServerName, raw: &RawValue) -> Resu
     if pdu.room_id.as_deref() != Some(&*room_id) {
         return Err(refuse("room_id changed by redaction".into()));
     }
-    accept_checked(svc, origin, &rules, pdu)
+    accept_in(svc, origin, &rules, pdu, &mut Budget::default(), 0, arrival)
         .await
         .map_err(|e| Refused {
             event_id: Some(id),
@@ -151,7 +174,7 @@ pub async fn accept_checked(
     rules: &RoomVersionRules,
     pdu: Pdu,
 ) -> Result<Accepted, Refused> {
-    accept_in(svc, origin, rules, pdu, &mut Budget::default(), 0).await
+    accept_in(svc, origin, rules, pdu, &mut Budget::default(), 0, Arrival::Live).await
 }
 
 /// What `accept_in` returns (boxed: it recurses into missing prev_events).
@@ -164,8 +187,9 @@ fn accept_in<'a>(
     pdu: Pdu,
     budget: &'a mut Budget,
     depth: usize,
+    arrival: Arrival,
 ) -> AcceptFuture<'a> {
-    Box::pin(accept_inner(svc, origin, rules, pdu, budget, depth))
+    Box::pin(accept_inner(svc, origin, rules, pdu, budget, depth, arrival))
 }
 
 async fn accept_inner(
@@ -175,6 +199,7 @@ async fn accept_inner(
     pdu: Pdu,
     budget: &mut Budget,
     depth: usize,
+    arrival: Arrival,
 ) -> Result<Accepted, Refused> {
     let id = pdu.event_id.clone();
     let refuse = |reason: String| Refused::new(Some(&id), reason);
@@ -290,7 +315,7 @@ async fn accept_inner(
         if fetched.room_id.as_deref() != Some(&*room_id) {
             return Err(refuse(format!("prev event {prev} is of another room")));
         }
-        accept_in(svc, origin, rules, fetched, budget, depth + 1)
+        accept_in(svc, origin, rules, fetched, budget, depth + 1, Arrival::Fetched)
             .await
             .map_err(|r| Refused {
                 missing_prev: r.missing_prev,
@@ -310,7 +335,7 @@ async fn accept_inner(
     groups.dedup();
 
     svc.timeline
-        .with_append_lock(&room_id, place(svc, rules, &pdu, &room_id, groups))
+        .with_append_lock(&room_id, place(svc, rules, &pdu, &room_id, groups, arrival))
         .await
         .map_err(|e| match e {
             Placement::Rejected(reason) => refuse(format!("rejected: {reason}")),
@@ -349,6 +374,7 @@ async fn place(
     pdu: &Pdu,
     room_id: &RoomId,
     groups: Vec<i64>,
+    arrival: Arrival,
 ) -> Result<Fate, Placement> {
     // Placed since the check before the lock (two transactions fetched it as a missing prev
     // event at once): the same answer, and no second insert.
@@ -385,22 +411,36 @@ async fn place(
         reject(svc, pdu, &reason).await;
         return Err(Placement::Rejected(reason));
     }
+    // Where it sorts, and whether it is late (rooms::topo): after its prev events here; a
+    // live one also at or above everything the room shows.
+    let prevs: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
+    let max_prev = svc.store.max_topo_of(&prevs).await?;
+    let top = svc.store.max_extremity_topo(room_id.as_str()).await?;
+    let claimed = pdu.depth as i64;
+    let late = match arrival {
+        Arrival::Live => false,
+        Arrival::Fetched => top.is_some(),
+        Arrival::Pending => top.is_some_and(|top| topo::of_received(claimed, max_prev, None, true) < top),
+    };
+    let mut event = new_event(pdu);
+    event.topo = topo::of_received(claimed, max_prev, top, late);
+    event.late = late;
     if before.is_some() {
         let current = current_entries(svc, room_id, &wanted).await?;
         if let Err(reason) = check_against_state(rules, pdu, &current) {
             // Soft failure: part of the DAG (a later event may build on it, and its state takes
             // part in resolution then), never shown to clients nor a forward extremity.
             tracing::info!(event_id = %pdu.event_id, %reason, "PDU soft-failed");
-            svc.store
-                .insert_soft_failed(&new_event(pdu), before_group)
-                .await?;
+            svc.store.insert_soft_failed(&event, before_group).await?;
             return Ok(Fate::SoftFailed);
         }
     }
 
     // Known as an outlier (fetched to check another event): it enters the timeline now.
     svc.store.drop_outlier(pdu.event_id.as_str()).await?;
-    let mut event = new_event(pdu);
+    if late {
+        tracing::info!(event_id = %pdu.event_id, depth = event.topo, "late event placed in the DAG");
+    }
     let may_redact = may_redact(rules, &state_before, pdu);
     event.redacts = redaction_target(svc, pdu, room_id, may_redact).await?;
     apply_awaiting_redactions(svc, pdu, room_id).await?;
@@ -930,6 +970,9 @@ pub fn new_event(pdu: &Pdu) -> NewEvent {
         state_key: pdu.state_key.clone(),
         sender: pdu.sender.to_string(),
         depth: pdu.depth as i64,
+        // Its claimed depth until `place` computes where it sorts.
+        topo: pdu.depth as i64,
+        late: false,
         origin_server_ts: u64::from(pdu.origin_server_ts.0) as i64,
         redacts: None,
         rel_type: field("rel_type"),

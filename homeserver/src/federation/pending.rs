@@ -153,7 +153,7 @@ async fn try_one(svc: &Services, row: &PendingPdu) -> bool {
         let _ = svc.store.drop_pending_pdu(&row.event_id).await;
         return false;
     };
-    let outcome = inbound::accept(svc, origin, &raw).await;
+    let outcome = inbound::accept_as(svc, origin, &raw, inbound::Arrival::Pending).await;
     let result = match &outcome {
         Ok(accepted) => {
             tracing::info!(event_id = %row.event_id, fate = ?accepted.fate, "pending PDU placed");

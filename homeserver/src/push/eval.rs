@@ -32,7 +32,8 @@ pub struct PushListener;
 impl AppendListener for PushListener {
     fn prepare<'a>(&'a self, svc: &'a Services, batch: &'a mut [Appending]) -> Option<ListenerFuture<'a>> {
         Some(Box::pin(async move {
-            for appending in batch.iter_mut() {
+            // A late event is not new: it notifies no one and counts as no unread message.
+            for appending in batch.iter_mut().filter(|a| !a.event.late) {
                 appending.push = outcomes(svc, &appending.event).await;
             }
         }))

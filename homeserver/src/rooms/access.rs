@@ -15,16 +15,18 @@
 //! (so a user always sees their own join, and their leave from a join).
 //!
 //! "At that event" is read from the room's history visibility changes and the viewer's
-//! membership changes in stream order, which is the room's DAG order while every event of a
-//! room is appended here one after another. (Federated rooms will need the state at each
-//! event, from its state group, instead.)
+//! membership changes in the room's topological order (`rooms::topo`): a late event (fetched as
+//! a missing prev event) or a backfilled one is judged at its place in the DAG, not at its
+//! arrival. (The state at each event, from its state group, would be exact on forks.) The same
+//! changes by stream position say how the viewer may read the room now and which stream ranges
+//! a `/sync` scan visits: live events sort alike in both orders.
 //!
-//! Backfilled events (`federation::backfill`) sit at negative stream positions, in depth order,
-//! below everything else. Before the first change of visibility stored among them, the setting
-//! is the one of the state this server adopted when it joined (that event, not yet backfilled,
-//! is older than all of them); once it is backfilled too and nothing older is, the setting is
-//! unknown until the room's creation is reached, and unknown reads as `joined` (the strictest
-//! for a viewer who was not a member then), never as the spec's default `shared`.
+//! Backfilled events (`federation::backfill`) sit at negative stream positions, at their claimed
+//! depth below the events that name them. Before the first change of visibility known here
+//! (the state this server adopted when it joined counts, at its own depth), a backfilled
+//! event's setting is unknown until the room's creation is reached, and unknown reads as
+//! `joined` (the strictest for a viewer who was not a member then), never as the spec's
+//! default `shared`.
 //!
 //! Endpoints: the room's events and state may be read by anyone who has been joined to it, or
 //! left or was banned after (then up to that point), and by anyone at all while the room is
@@ -38,7 +40,7 @@ use serde_json::Value;
 use crate::{
     error::{Error, Result},
     services::Services,
-    store::{EventRow, StateMap},
+    store::{EventRow, StateMap, Topo},
 };
 
 /// The four settings of `m.room.history_visibility`.
@@ -64,20 +66,141 @@ impl HistoryVisibility {
     }
 }
 
+/// A place in one of the two orders the changes are kept in: stream positions (what `/sync`
+/// scans) and the topological order (what `can_see` judges by, and `/messages` scans).
+trait Key: Ord + Copy {
+    /// Below every event.
+    const LOW: Self;
+    /// Above every event.
+    const HIGH: Self;
+    fn next(self) -> Self;
+    fn prev(self) -> Self;
+}
+
+impl Key for i64 {
+    const LOW: i64 = FLOOR;
+    const HIGH: i64 = i64::MAX;
+    fn next(self) -> i64 {
+        self.saturating_add(1)
+    }
+    fn prev(self) -> i64 {
+        self - 1
+    }
+}
+
+impl Key for Topo {
+    const LOW: Topo = Topo::MIN;
+    const HIGH: Topo = Topo::MAX;
+    fn next(self) -> Topo {
+        Topo::next(self)
+    }
+    fn prev(self) -> Topo {
+        Topo::prev(self)
+    }
+}
+
+/// The room's history visibility changes and the viewer's membership changes, in one order.
+#[derive(Debug, Clone)]
+struct Changes<K> {
+    visibility: Vec<(K, HistoryVisibility)>,
+    membership: Vec<(K, String)>,
+}
+
+impl<K: Key> Changes<K> {
+    /// The setting after the last change before `at`, if any.
+    fn visibility_before(&self, at: K) -> Option<HistoryVisibility> {
+        let i = self.visibility.partition_point(|(s, _)| *s < at);
+        i.checked_sub(1).map(|i| self.visibility[i].1)
+    }
+
+    /// The viewer's membership after their last change before `at`.
+    fn membership_before(&self, at: K) -> Option<&str> {
+        let i = self.membership.partition_point(|(s, _)| *s < at);
+        i.checked_sub(1).map(|i| self.membership[i].1.as_str())
+    }
+
+    /// The viewer's membership after their last change at or before `at`.
+    fn membership_at(&self, at: K) -> Option<&str> {
+        let i = self.membership.partition_point(|(s, _)| *s <= at);
+        i.checked_sub(1).map(|i| self.membership[i].1.as_str())
+    }
+
+    fn joined_after(&self, at: K) -> bool {
+        self.membership.iter().any(|(s, m)| *s > at && m == "join")
+    }
+
+    /// Rules 1–5 for an event at `at` under `visibility`, with the viewer's membership then.
+    fn allows(&self, visibility: HistoryVisibility, membership: Option<&str>, at: K) -> bool {
+        use HistoryVisibility::*;
+        visibility == WorldReadable
+            || membership == Some("join")
+            || (visibility == Shared && self.joined_after(at))
+            || (visibility == Invited && membership == Some("invite"))
+    }
+
+    /// The ranges `[lo, hi]` (ascending, disjoint) within `(after, upto]` that can hold events
+    /// the viewer may see. Between two changes (of visibility or of the viewer's membership)
+    /// rules 1–5 give one answer for every event; a change itself is one event, kept as a
+    /// range of its own for `can_see` to decide. `visibility_at` gives the setting before a
+    /// place (with the fallbacks before the first change); `extra` are further boundaries.
+    fn candidate_ranges(
+        &self,
+        after: K,
+        upto: K,
+        extra: &[K],
+        visibility_at: impl Fn(K) -> HistoryVisibility,
+    ) -> Vec<(K, K)> {
+        let mut points: Vec<K> = self
+            .visibility
+            .iter()
+            .map(|(s, _)| *s)
+            .chain(self.membership.iter().map(|(s, _)| *s))
+            .chain(extra.iter().copied())
+            .collect();
+        points.sort_unstable();
+        points.dedup();
+        let mut ranges: Vec<(K, K)> = Vec::new();
+        let mut push = |lo: K, hi: K| {
+            let (lo, hi) = (lo.max(after.next()), hi.min(upto));
+            if lo > hi {
+                return;
+            }
+            match ranges.last_mut() {
+                Some(last) if last.1.next() >= lo => last.1 = last.1.max(hi),
+                _ => ranges.push((lo, hi)),
+            }
+        };
+        // The open segments (start, next): start = LOW before the first change.
+        let starts = std::iter::once(K::LOW).chain(points.iter().copied());
+        let ends = points.iter().copied().chain(std::iter::once(K::HIGH));
+        for (start, end) in starts.zip(ends) {
+            if start > K::LOW {
+                push(start, start);
+            }
+            let probe = start.next();
+            if probe < end && self.allows(visibility_at(probe), self.membership_before(probe), probe) {
+                push(probe, end.prev());
+            }
+        }
+        ranges
+    }
+}
+
 /// What one viewer's access to one room depends on, read once per request (two small indexed
 /// queries), then asked per event without further I/O.
 #[derive(Debug, Clone)]
 pub struct RoomAccess {
     viewer: Option<String>,
-    /// History visibility changes: (stream position, setting from then on), in stream order.
-    visibility: Vec<(i64, HistoryVisibility)>,
+    /// History visibility changes and the viewer's membership changes by stream position:
+    /// what the viewer's access now is, and which stream ranges a `/sync` scan visits.
+    stream: Changes<i64>,
+    /// The same changes in topological order: the visibility and membership at each event.
+    topo: Changes<Topo>,
     /// The setting of the state a remote join adopted (an outlier), for backfilled events
     /// older than every change stored in the timeline.
     adopted: Option<HistoryVisibility>,
     /// The room's creation is in the timeline: its history here starts at the beginning.
     complete: bool,
-    /// The viewer's membership changes: (stream position, membership from then on).
-    membership: Vec<(i64, String)>,
 }
 
 impl RoomAccess {
@@ -96,23 +219,50 @@ impl RoomAccess {
             .iter()
             .map(|room| {
                 let rows = visibility.remove(room).unwrap_or_default();
-                let access = RoomAccess {
-                    viewer: viewer.map(ToOwned::to_owned),
-                    visibility: rows
-                        .iter()
-                        .filter(|r| !r.create)
-                        .map(|r| (r.at, HistoryVisibility::of_pdu(&r.json)))
-                        .collect(),
-                    adopted: rows
-                        .iter()
+                let changes: Vec<_> = rows
+                    .iter()
+                    .filter(|r| !r.create)
+                    .map(|r| (r.at, r.topo, HistoryVisibility::of_pdu(&r.json)))
+                    .collect();
+                let memberships = membership.remove(room).unwrap_or_default();
+                let access = RoomAccess::new(
+                    viewer,
+                    changes,
+                    memberships,
+                    rows.iter()
                         .find(|r| !r.create && r.outlier)
                         .map(|r| HistoryVisibility::of_pdu(&r.json)),
-                    complete: rows.iter().any(|r| r.create && !r.outlier),
-                    membership: membership.remove(room).unwrap_or_default(),
-                };
+                    rows.iter().any(|r| r.create && !r.outlier),
+                );
                 (room.clone(), access)
             })
             .collect())
+    }
+
+    /// From the changes in stream order: (stream position, topological place, what).
+    fn new(
+        viewer: Option<&str>,
+        visibility: Vec<(i64, Topo, HistoryVisibility)>,
+        membership: Vec<(i64, Topo, String)>,
+        adopted: Option<HistoryVisibility>,
+        complete: bool,
+    ) -> RoomAccess {
+        let mut topo = Changes {
+            visibility: visibility.iter().map(|(_, t, v)| (*t, *v)).collect(),
+            membership: membership.iter().map(|(_, t, m)| (*t, m.clone())).collect(),
+        };
+        topo.visibility.sort_by_key(|(t, _)| *t);
+        topo.membership.sort_by_key(|(t, _)| *t);
+        RoomAccess {
+            viewer: viewer.map(ToOwned::to_owned),
+            stream: Changes {
+                visibility: visibility.into_iter().map(|(s, _, v)| (s, v)).collect(),
+                membership: membership.into_iter().map(|(s, _, m)| (s, m)).collect(),
+            },
+            topo,
+            adopted,
+            complete,
+        }
     }
 
     pub async fn load(svc: &Services, room_id: &RoomId, viewer: &str) -> Result<RoomAccess> {
@@ -122,13 +272,12 @@ impl RoomAccess {
             .ok_or_else(|| Error::internal("access not loaded"))
     }
 
-    /// The setting in force after the last change before `at` (`shared` when never set); for a
-    /// backfilled event (below 0) before every stored change, the adopted state's setting, or
-    /// `joined` while the history back to the room's creation is not here.
+    /// The setting in force after the last change before stream position `at` (`shared` when
+    /// never set); for a backfilled event (below 0) before every stored change, the adopted
+    /// state's setting, or `joined` while the history back to the room's creation is not here.
     fn visibility_before(&self, at: i64) -> HistoryVisibility {
-        let i = self.visibility.partition_point(|(s, _)| *s < at);
-        match i.checked_sub(1) {
-            Some(i) => self.visibility[i].1,
+        match self.stream.visibility_before(at) {
+            Some(v) => v,
             None if at < 0 => match self.adopted {
                 Some(adopted) => adopted,
                 None if self.complete => HistoryVisibility::Shared,
@@ -138,96 +287,60 @@ impl RoomAccess {
         }
     }
 
-    /// The viewer's membership after their last change before `at`.
-    fn membership_before(&self, at: i64) -> Option<&str> {
-        let i = self.membership.partition_point(|(s, _)| *s < at);
-        i.checked_sub(1).map(|i| self.membership[i].1.as_str())
+    /// The setting in force at a topological place: after the last change before it. Before
+    /// every change known here (the adopted state's setting is among them, at its own depth),
+    /// a backfilled event's setting is unknown until the room's creation is here, and unknown
+    /// reads as `joined`; any other event's is the spec's default, `shared`.
+    fn visibility_at_topo(&self, at: Topo) -> HistoryVisibility {
+        match self.topo.visibility_before(at) {
+            Some(v) => v,
+            None if at.stream < 0 && !self.complete => HistoryVisibility::Joined,
+            None => HistoryVisibility::Shared,
+        }
     }
 
-    /// The viewer's membership after their last change at or before `at`.
-    fn membership_at(&self, at: i64) -> Option<&str> {
-        let i = self.membership.partition_point(|(s, _)| *s <= at);
-        i.checked_sub(1).map(|i| self.membership[i].1.as_str())
-    }
-
-    fn joined_after(&self, at: i64) -> bool {
-        self.membership.iter().any(|(s, m)| *s > at && m == "join")
-    }
-
-    /// Rules 1–5 for an event at `at` under `visibility`, with the viewer's membership then.
-    fn allows(&self, visibility: HistoryVisibility, membership: Option<&str>, at: i64) -> bool {
-        use HistoryVisibility::*;
-        visibility == WorldReadable
-            || membership == Some("join")
-            || (visibility == Shared && self.joined_after(at))
-            || (visibility == Invited && membership == Some("invite"))
-    }
-
-    /// Whether the viewer may see this event of the room.
+    /// Whether the viewer may see this event of the room, judged at its place in the room's
+    /// topological order (so a late or backfilled event by the setting and the viewer's
+    /// membership at its place in the DAG, not at its arrival).
     pub fn can_see(&self, row: &EventRow) -> bool {
-        let at = row.stream_ordering;
-        let membership = self.membership_before(at);
-        if self.allows(self.visibility_before(at), membership, at) {
+        let at = Topo::of(row);
+        let changes = &self.topo;
+        let membership = changes.membership_before(at);
+        let visibility = self.visibility_at_topo(at);
+        if changes.allows(visibility, membership, at) {
             return true;
         }
         match (row.event_type.as_str(), row.state_key.as_deref()) {
             ("m.room.history_visibility", Some("")) => {
-                self.allows(HistoryVisibility::of_pdu(&row.json), membership, at)
+                changes.allows(HistoryVisibility::of_pdu(&row.json), membership, at)
             }
             ("m.room.member", Some(target)) if self.viewer.as_deref() == Some(target) => {
-                // The membership this event sets is the viewer's change at its position.
-                let after = self.membership_at(at);
-                self.allows(self.visibility_before(at), after, at)
+                // The membership this event sets is the viewer's change at its place.
+                let after = changes.membership_at(at);
+                changes.allows(visibility, after, at)
             }
             _ => false,
         }
     }
 
     /// The stream ranges `[lo, hi]` (ascending, disjoint) within `(after, upto]` that can hold
-    /// events the viewer may see, so scans skip the rest. Between two changes (of visibility or
-    /// of the viewer's membership) rules 1–5 give one answer for every event; a change itself
-    /// is one event, kept as a range of its own for `can_see` to decide.
+    /// events the viewer may see, so stream scans (`/sync`) skip the rest. Events that did not
+    /// arrive late sort alike by stream and topologically, so these agree with `can_see`; late
+    /// events are never in a `/sync` timeline.
     pub fn candidate_ranges(&self, after: i64, upto: i64) -> Vec<(i64, i64)> {
         // 0 too: below it lie backfilled events, whose setting before any change differs.
-        let mut points: Vec<i64> = self
-            .visibility
-            .iter()
-            .map(|(s, _)| *s)
-            .chain(self.membership.iter().map(|(s, _)| *s))
-            .chain([0])
-            .collect();
-        points.sort_unstable();
-        points.dedup();
-        let mut ranges: Vec<(i64, i64)> = Vec::new();
-        let mut push = |lo: i64, hi: i64| {
-            let (lo, hi) = (lo.max(after + 1), hi.min(upto));
-            if lo > hi {
-                return;
-            }
-            match ranges.last_mut() {
-                Some(last) if last.1 + 1 >= lo => last.1 = last.1.max(hi),
-                _ => ranges.push((lo, hi)),
-            }
-        };
-        // The open segments (start, next): start = FLOOR before the first change.
-        let starts = std::iter::once(FLOOR).chain(points.iter().copied());
-        let ends = points.iter().copied().chain(std::iter::once(i64::MAX));
-        for (start, end) in starts.zip(ends) {
-            if start > FLOOR {
-                push(start, start);
-            }
-            let probe = start + 1;
-            if probe < end
-                && self.allows(
-                    self.visibility_before(probe),
-                    self.membership_before(probe),
-                    probe,
-                )
-            {
-                push(probe, end - 1);
-            }
-        }
-        ranges
+        self.stream
+            .candidate_ranges(after, upto, &[0], |at| self.visibility_before(at))
+    }
+
+    /// `candidate_ranges` in topological order, for `/messages` and `/context`. Before the
+    /// first change, `shared` (the looser of the two fallbacks: `can_see` decides per event).
+    pub fn candidate_topo_ranges(&self, after: Topo, upto: Topo) -> Vec<(Topo, Topo)> {
+        self.topo.candidate_ranges(after, upto, &[], |at| {
+            self.topo
+                .visibility_before(at)
+                .unwrap_or(HistoryVisibility::Shared)
+        })
     }
 
     /// Keeps the events the viewer may see.
@@ -237,18 +350,18 @@ impl RoomAccess {
 
     /// The viewer's membership now.
     pub fn membership(&self) -> Option<&str> {
-        self.membership.last().map(|(_, m)| m.as_str())
+        self.stream.membership.last().map(|(_, m)| m.as_str())
     }
 
     /// Whether the room is `world_readable` now.
     pub fn world_readable(&self) -> bool {
-        self.visibility.last().map(|(_, v)| *v) == Some(HistoryVisibility::WorldReadable)
+        self.stream.visibility.last().map(|(_, v)| *v) == Some(HistoryVisibility::WorldReadable)
     }
 
     /// The stream position of the viewer's last join before their current membership, when
     /// they are no longer joined (they left or were banned after being joined).
     fn left_after_joining(&self) -> Option<i64> {
-        let (last, rest) = self.membership.split_last()?;
+        let (last, rest) = self.stream.membership.split_last()?;
         (last.1 != "join" && rest.iter().any(|(_, m)| m == "join")).then_some(last.0)
     }
 
@@ -265,6 +378,7 @@ impl RoomAccess {
         {
             // Events after the leave stay hidden unless the room became world-readable.
             let reopened = self
+                .stream
                 .visibility
                 .iter()
                 .any(|(s, v)| *s >= left && *v == HistoryVisibility::WorldReadable)
@@ -287,6 +401,20 @@ impl RoomAccess {
             }) => left,
             _ => i64::MAX,
         }
+    }
+
+    /// `events_until` as a topological place: the viewer's leave's (`Topo::MAX`: no bound).
+    pub fn events_until_topo(&self) -> Topo {
+        let until = self.events_until();
+        if until == i64::MAX {
+            return Topo::MAX;
+        }
+        self.topo
+            .membership
+            .iter()
+            .map(|(t, _)| *t)
+            .find(|t| t.stream == until)
+            .unwrap_or(Topo::MAX)
     }
 }
 
@@ -364,6 +492,8 @@ mod tests {
             relates_to: None,
             json: json.into(),
             soft_failed: false,
+            topo: at,
+            late: false,
         }
     }
 
@@ -371,14 +501,20 @@ mod tests {
         row(at, "m.room.message", None, "{}")
     }
 
+    /// Changes at stream positions whose topological places are in the same order (depth =
+    /// stream position, as `row` builds events).
     fn access(visibility: &[(i64, HistoryVisibility)], membership: &[(i64, &str)]) -> RoomAccess {
-        RoomAccess {
-            viewer: Some("@v:x".into()),
-            visibility: visibility.to_vec(),
-            adopted: None,
-            complete: true,
-            membership: membership.iter().map(|(s, m)| (*s, m.to_string())).collect(),
-        }
+        let topo = |s: i64| Topo { depth: s, stream: s };
+        RoomAccess::new(
+            Some("@v:x"),
+            visibility.iter().map(|(s, v)| (*s, topo(*s), *v)).collect(),
+            membership
+                .iter()
+                .map(|(s, m)| (*s, topo(*s), m.to_string()))
+                .collect(),
+            None,
+            true,
+        )
     }
 
     #[test]
@@ -472,29 +608,71 @@ mod tests {
         }
     }
 
+    /// A message at a topological place that differs from its stream position.
+    fn placed(depth: i64, stream: i64) -> EventRow {
+        EventRow {
+            topo: depth,
+            ..msg(stream)
+        }
+    }
+
     #[test]
-    fn backfilled_events_take_the_adopted_setting_or_the_strictest() {
-        // Nothing of visibility backfilled yet: the setting the join adopted.
-        let mut a = access(&[(5, Joined)], &[(10, "join")]);
-        (a.adopted, a.complete) = (Some(Joined), false);
-        assert!(!a.can_see(&msg(-3)));
-        a.adopted = Some(Shared);
-        assert!(a.can_see(&msg(-3)));
-        // The adopted event backfilled at -5: after it its setting, before it unknown until
-        // the room's creation is here too.
-        let mut a = access(&[(-5, Shared)], &[(10, "join")]);
-        (a.adopted, a.complete) = (None, false);
-        assert!(a.can_see(&msg(-3)));
-        assert!(!a.can_see(&msg(-7)));
+    fn backfilled_events_take_the_setting_at_their_place_or_the_strictest() {
+        let t = |depth, stream| Topo { depth, stream };
+        // The state the join adopted set `shared` (an outlier at depth 2); the join at 10.
+        let mut a = RoomAccess::new(
+            Some("@v:x"),
+            vec![(8, t(2, 8), Shared)],
+            vec![(10, t(10, 10), "join".into())],
+            Some(Shared),
+            false,
+        );
+        assert!(a.can_see(&placed(3, -3)), "after the adopted setting: shared");
+        assert!(
+            !a.can_see(&placed(1, -7)),
+            "older than every setting known here: unknown, read as joined"
+        );
         a.complete = true;
-        assert!(a.can_see(&msg(-7)));
+        assert!(
+            a.can_see(&placed(1, -7)),
+            "the room's creation is here: the default"
+        );
+        let ranges = a.candidate_topo_ranges(Topo::MIN, Topo::MAX);
+        for at in [t(1, -7), t(3, -3), t(12, 12)] {
+            assert!(
+                ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&at)),
+                "{at:?} in {ranges:?}"
+            );
+        }
+        // Stream ranges keep the adopted setting for what lies below 0.
         let ranges = a.candidate_ranges(FLOOR, 20);
-        for at in [-7, -5, -3, 12] {
+        for at in [-7, -3, 12] {
             assert!(
                 ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&at)),
                 "{at} in {ranges:?}"
             );
         }
+    }
+
+    #[test]
+    fn late_events_are_judged_at_their_place_in_the_dag() {
+        let t = |depth, stream| Topo { depth, stream };
+        // `joined` history; the viewer joined at depth 10 (stream 10), left at depth 20.
+        let a = RoomAccess::new(
+            Some("@v:x"),
+            vec![(2, t(2, 2), Joined)],
+            vec![(10, t(10, 10), "join".into()), (30, t(20, 30), "leave".into())],
+            None,
+            true,
+        );
+        // Arrived at stream 25 (while joined by stream order) but sent at depth 5, before
+        // the join: hidden. Sent at depth 15 while joined, arriving at 40 after the leave: seen.
+        assert!(!a.can_see(&placed(5, 25)));
+        assert!(a.can_see(&placed(15, 40)));
+        assert!(!a.can_see(&placed(25, 26)), "after the leave in the DAG");
+        let ranges = a.candidate_topo_ranges(Topo::MIN, Topo::MAX);
+        assert!(ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&t(15, 40))));
+        assert!(!ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&t(5, 25))));
     }
 
     #[test]

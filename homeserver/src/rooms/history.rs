@@ -22,12 +22,13 @@ use crate::{
     filter::RoomEventFilter,
     rooms::{
         self,
-        access::{FLOOR, Reading, RoomAccess},
+        access::{Reading, RoomAccess},
         client_event::{Viewer, client_events},
         relations::format_with_bundles,
+        topo::PageToken,
     },
     services::Services,
-    store::{Direction, EventRow},
+    store::{Direction, EventRow, Topo},
     stream::StreamToken,
 };
 
@@ -42,18 +43,31 @@ const PAGE: usize = 200;
 
 /// What a scan found.
 #[derive(Debug)]
-pub struct Scanned {
+pub struct Scanned<K = i64> {
     /// The kept events, in scan order (newest first when scanning backwards).
     pub rows: Vec<EventRow>,
     /// The scan stopped before the end of its range: more events may match.
     pub more: bool,
     /// Where a next scan in the same direction continues: backwards, the events at or before
     /// this position remain; forwards, the events after it.
-    pub next: i64,
+    pub next: K,
+    /// A late event the viewer may see lay in the range: left out of a stream scan (`/sync`
+    /// never delivers late events as new), which tells the timeline is not whole.
+    pub late: bool,
 }
 
-/// Up to `limit` events of `(after, upto]` that the viewer may see and the filter allows,
-/// scanning in `direction`.
+/// Which order a scan walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// Stream positions, late events left out: `/sync` timelines. Positions are `Topo`s of
+    /// depth 0 inside the scan.
+    Stream,
+    /// The topological order: `/messages`, `/context`.
+    Topo,
+}
+
+/// Up to `limit` events of stream positions `(after, upto]` that the viewer may see and the
+/// filter allows, scanning in `direction`; late events are left out (and noted in `late`).
 pub async fn scan(
     svc: &Services,
     room_id: &str,
@@ -63,11 +77,71 @@ pub async fn scan(
     limit: usize,
     filter: &RoomEventFilter,
 ) -> Result<Scanned> {
-    let mut ranges = access.candidate_ranges(after, upto);
+    let at = |stream| Topo { depth: 0, stream };
+    let scanned = scan_in(
+        svc,
+        room_id,
+        access,
+        Order::Stream,
+        (at(after), at(upto)),
+        direction,
+        limit,
+        filter,
+    )
+    .await?;
+    Ok(Scanned {
+        rows: scanned.rows,
+        more: scanned.more,
+        next: scanned.next.stream,
+        late: scanned.late,
+    })
+}
+
+/// Up to `limit` events of `(after, upto]` in the room's topological order that the viewer
+/// may see and the filter allows, scanning in `direction`.
+pub async fn scan_topo(
+    svc: &Services,
+    room_id: &str,
+    access: &RoomAccess,
+    range: (Topo, Topo),
+    direction: Direction,
+    limit: usize,
+    filter: &RoomEventFilter,
+) -> Result<Scanned<Topo>> {
+    scan_in(svc, room_id, access, Order::Topo, range, direction, limit, filter).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn scan_in(
+    svc: &Services,
+    room_id: &str,
+    access: &RoomAccess,
+    order: Order,
+    (after, upto): (Topo, Topo),
+    direction: Direction,
+    limit: usize,
+    filter: &RoomEventFilter,
+) -> Result<Scanned<Topo>> {
+    let key = |row: &EventRow| match order {
+        Order::Stream => Topo {
+            depth: 0,
+            stream: row.stream_ordering,
+        },
+        Order::Topo => Topo::of(row),
+    };
+    let mut ranges: Vec<(Topo, Topo)> = match order {
+        Order::Stream => access
+            .candidate_ranges(after.stream, upto.stream)
+            .into_iter()
+            .map(|(lo, hi)| (Topo { depth: 0, stream: lo }, Topo { depth: 0, stream: hi }))
+            .collect(),
+        Order::Topo => access.candidate_topo_ranges(after, upto),
+    };
     if direction == Direction::Backwards {
         ranges.reverse();
     }
     let mut kept = Vec::new();
+    let mut late = false;
     let mut examined = 0;
     let mut pos = match direction {
         Direction::Backwards => upto,
@@ -77,7 +151,7 @@ pub async fn scan(
     let mut want = limit.saturating_add(1).min(PAGE);
     for (lo, hi) in ranges {
         // The part of the range still to read: (from, to].
-        let (mut from, mut to) = (lo - 1, hi);
+        let (mut from, mut to) = (lo.prev(), hi);
         loop {
             let budget = MAX_SCANNED - examined;
             if budget == 0 {
@@ -85,20 +159,30 @@ pub async fn scan(
                     rows: kept,
                     more: true,
                     next: pos,
+                    late,
                 });
             }
             let page = budget.min(want);
             want = want.saturating_mul(2).min(PAGE);
-            // Recent events come from the sync engine's rings when they hold the whole range
-            // (the same rows, checked below like any other).
-            let rows = match svc
-                .sync_engine
-                .recent_events(room_id, (from, to), page, direction)
-            {
-                Some(rows) => rows,
-                None => {
+            let rows = match order {
+                // Recent events come from the sync engine's rings when they hold the whole
+                // range (the same rows, checked below like any other).
+                Order::Stream => {
+                    match svc
+                        .sync_engine
+                        .recent_events(room_id, (from.stream, to.stream), page, direction)
+                    {
+                        Some(rows) => rows,
+                        None => {
+                            svc.store
+                                .room_events(room_id, from.stream, to.stream, page as i64, direction)
+                                .await?
+                        }
+                    }
+                }
+                Order::Topo => {
                     svc.store
-                        .room_events(room_id, from, to, page as i64, direction)
+                        .room_events_topo(room_id, from, to, page as i64, direction)
                         .await?
                 }
             };
@@ -123,22 +207,27 @@ pub async fn scan(
             };
             for row in rows {
                 examined += 1;
-                let at = row.stream_ordering;
+                let at = key(&row);
                 if access.can_see(&row)
                     && filter.allows_event(&row)
                     && related.as_ref().is_none_or(|r| r.contains(&row.event_id))
                 {
-                    if kept.len() == limit {
-                        return Ok(Scanned {
-                            rows: kept,
-                            more: true,
-                            next: pos,
-                        });
+                    if order == Order::Stream && row.late {
+                        late = true;
+                    } else {
+                        if kept.len() == limit {
+                            return Ok(Scanned {
+                                rows: kept,
+                                more: true,
+                                next: pos,
+                                late,
+                            });
+                        }
+                        kept.push(row);
                     }
-                    kept.push(row);
                 }
                 match direction {
-                    Direction::Backwards => to = at - 1,
+                    Direction::Backwards => to = at.prev(),
                     Direction::Forwards => from = at,
                 }
                 pos = match direction {
@@ -151,7 +240,7 @@ pub async fn scan(
             }
         }
         pos = match direction {
-            Direction::Backwards => lo - 1,
+            Direction::Backwards => lo.prev(),
             Direction::Forwards => hi,
         };
     }
@@ -159,13 +248,14 @@ pub async fn scan(
         rows: kept,
         more: false,
         next: pos,
+        late,
     })
 }
 
 /// A `/messages` request, parsed.
 pub struct MessagesRequest {
-    pub from: Option<StreamToken>,
-    pub to: Option<StreamToken>,
+    pub from: Option<PageToken>,
+    pub to: Option<PageToken>,
     pub direction: Direction,
     pub limit: usize,
     pub filter: RoomEventFilter,
@@ -174,15 +264,15 @@ pub struct MessagesRequest {
 /// A `/messages` page: events in the order asked, the tokens, and (lazy loading) the member
 /// events of the chunk's senders.
 pub struct Messages {
-    pub start: StreamToken,
-    pub end: Option<StreamToken>,
+    pub start: PageToken,
+    pub end: Option<PageToken>,
     pub chunk: Vec<EventRow>,
     pub state: Vec<EventRow>,
     /// The viewer's access, for the bundled aggregations.
     pub access: RoomAccess,
 }
 
-/// `GET /rooms/{roomId}/messages`.
+/// `GET /rooms/{roomId}/messages`: pages in the room's topological order (`rooms::topo`).
 pub async fn messages(
     svc: &Services,
     room_id: &RoomId,
@@ -191,22 +281,29 @@ pub async fn messages(
 ) -> Result<Messages> {
     let mut access = RoomAccess::load(svc, room_id, viewer).await?;
     access.reading()?;
-    let now = StreamToken::current(svc).await?;
-    let upper = access.events_until().min(now.events);
-    let from = match req.from {
-        Some(token) => token,
-        None if req.direction == Direction::Backwards => now,
-        None => now.at_events(FLOOR),
+    let upper = access.events_until_topo();
+    let (from_token, from) = match req.from {
+        Some(token) => (token, token.place(svc, room_id.as_str()).await?),
+        // Backwards from now (a stream token: the live events after it come later); forwards
+        // from the start of the room.
+        None => match req.direction {
+            Direction::Backwards => (PageToken::Stream(StreamToken::current(svc).await?), Topo::MAX),
+            Direction::Forwards => (PageToken::Topo(Topo::MIN), Topo::MIN),
+        },
+    };
+    let to = match req.to {
+        Some(token) => Some(token.place(svc, room_id.as_str()).await?),
+        None => None,
     };
     let range = match req.direction {
-        Direction::Backwards => (req.to.map(|t| t.events).unwrap_or(FLOOR), from.events.min(upper)),
-        Direction::Forwards => (from.events, req.to.map(|t| t.events).unwrap_or(upper).min(upper)),
+        Direction::Backwards => (to.unwrap_or(Topo::MIN), from.min(upper)),
+        Direction::Forwards => (from, to.unwrap_or(Topo::MAX).min(upper)),
     };
     let read = |access: &RoomAccess| {
         let access = access.clone();
         let filter = &req.filter;
         async move {
-            scan(
+            scan_topo(
                 svc,
                 room_id.as_str(),
                 &access,
@@ -235,8 +332,8 @@ pub async fn messages(
         Vec::new()
     };
     Ok(Messages {
-        start: from,
-        end: scanned.more.then(|| from.at_events(scanned.next)),
+        start: from_token,
+        end: scanned.more.then_some(PageToken::Topo(scanned.next)),
         chunk: scanned.rows,
         state,
         access,
@@ -301,10 +398,44 @@ pub struct Context {
     /// Newest first.
     pub before: Vec<EventRow>,
     pub after: Vec<EventRow>,
-    pub start: StreamToken,
-    pub end: StreamToken,
+    pub start: PageToken,
+    pub end: PageToken,
     pub state: Vec<EventRow>,
     pub access: RoomAccess,
+}
+
+/// The visible events around `event` in the room's topological order: up to `before_n`
+/// before it (newest first) and `after_n` after it, with the tokens to page on from each end.
+pub async fn around(
+    svc: &Services,
+    room_id: &str,
+    access: &RoomAccess,
+    event: &EventRow,
+    (before_n, after_n): (usize, usize),
+    filter: &RoomEventFilter,
+) -> Result<(Scanned<Topo>, Scanned<Topo>)> {
+    let at = Topo::of(event);
+    let before = scan_topo(
+        svc,
+        room_id,
+        access,
+        (Topo::MIN, at.prev()),
+        Direction::Backwards,
+        before_n,
+        filter,
+    )
+    .await?;
+    let after = scan_topo(
+        svc,
+        room_id,
+        access,
+        (at, access.events_until_topo().max(at)),
+        Direction::Forwards,
+        after_n,
+        filter,
+    )
+    .await?;
+    Ok((before, after))
 }
 
 pub async fn context(
@@ -317,26 +448,14 @@ pub async fn context(
     let access = RoomAccess::load(svc, room_id, viewer).await?;
     let event = visible_event(svc, room_id, &access, event_id).await?;
     let now = StreamToken::current(svc).await?;
-    let upper = access.events_until().min(now.events);
     let before_n = limit / 2;
     let everything = RoomEventFilter::default();
-    let before = scan(
+    let (before, after) = around(
         svc,
         room_id.as_str(),
         &access,
-        (FLOOR, event.stream_ordering - 1),
-        Direction::Backwards,
-        before_n,
-        &everything,
-    )
-    .await?;
-    let after = scan(
-        svc,
-        room_id.as_str(),
-        &access,
-        (event.stream_ordering, upper.max(event.stream_ordering)),
-        Direction::Forwards,
-        limit - before_n,
+        &event,
+        (before_n, limit - before_n),
         &everything,
     )
     .await?;
@@ -349,8 +468,13 @@ pub async fn context(
     let mut state = svc.store.events(&state_ids).await?;
     state.sort_by_key(|r| r.stream_ordering);
     Ok(Context {
-        start: now.at_events(before.next),
-        end: now.at_events(after.next),
+        start: PageToken::Topo(before.next),
+        // Read to the end: forwards from now on, so events sent later are found.
+        end: if after.more {
+            PageToken::Topo(after.next)
+        } else {
+            PageToken::Stream(now)
+        },
         event,
         before: before.rows,
         after: after.rows,
@@ -400,8 +524,8 @@ pub async fn messages_for_client(
     };
     let lazy_load = filter.lazy_load_members == Some(true);
     let parsed = MessagesRequest {
-        from: req.from.as_deref().map(StreamToken::parse).transpose()?,
-        to: req.to.as_deref().map(StreamToken::parse).transpose()?,
+        from: req.from.as_deref().map(PageToken::parse).transpose()?,
+        to: req.to.as_deref().map(PageToken::parse).transpose()?,
         direction,
         limit: u64::from(req.limit).clamp(1, MAX_MESSAGES_LIMIT) as usize,
         filter,

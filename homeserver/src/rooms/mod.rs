@@ -18,6 +18,7 @@ pub mod send;
 pub mod state;
 pub mod tags;
 pub mod timeline;
+pub mod topo;
 pub mod typing;
 pub mod upgrade;
 

@@ -365,8 +365,17 @@ pub async fn relations(
         .filter(|e| e.room_id == room_id.as_str() && access.can_see(e))
         .ok_or_else(|| Error::not_found("Event not found"))?;
     let limit = req.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as usize;
-    let from = req.from.as_deref().map(StreamToken::parse).transpose()?;
-    let to = req.to.as_deref().map(StreamToken::parse).transpose()?;
+    // `/messages` tokens are accepted too (the spec allows them): their stream positions.
+    let from = req
+        .from
+        .as_deref()
+        .map(crate::rooms::topo::stream_position)
+        .transpose()?;
+    let to = req
+        .to
+        .as_deref()
+        .map(crate::rooms::topo::stream_position)
+        .transpose()?;
     let now = StreamToken::current(svc).await?;
     let upper = access.events_until().min(now.events);
     let direction = match req.dir {
@@ -374,14 +383,8 @@ pub async fn relations(
         ruma::api::Direction::Forward => Direction::Forwards,
     };
     let (mut after, mut upto) = match direction {
-        Direction::Backwards => (
-            to.map_or(0, |t| t.events),
-            from.map_or(upper, |t| t.events).min(upper),
-        ),
-        Direction::Forwards => (
-            from.map_or(0, |t| t.events),
-            to.map_or(upper, |t| t.events).min(upper),
-        ),
+        Direction::Backwards => (to.unwrap_or(0), from.unwrap_or(upper).min(upper)),
+        Direction::Forwards => (from.unwrap_or(0), to.unwrap_or(upper).min(upper)),
     };
 
     let mut parents = vec![event_id.to_string()];

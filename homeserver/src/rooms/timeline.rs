@@ -140,8 +140,8 @@ struct Draft {
     stored: bool,
     /// Entries of the current state read or built so far (not all of it).
     state: HashMap<(String, String), Pdu>,
-    /// prev_events and their greatest depth, once known.
-    extremities: Option<(Vec<OwnedEventId>, u64)>,
+    /// prev_events, their greatest depth and their greatest topological depth, once known.
+    extremities: Option<(Vec<OwnedEventId>, u64, i64)>,
     /// The state group after the newest stored event (`None` before the first).
     state_group: Option<i64>,
     /// Whether `state` holds the room's privacy mode and encryption events (when it has them):
@@ -171,7 +171,7 @@ impl Draft {
             version,
             stored: false,
             state: HashMap::new(),
-            extremities: Some((Vec::new(), 0)),
+            extremities: Some((Vec::new(), 0, 0)),
             state_group: None,
             privacy_read: true,
             annotations: HashSet::new(),
@@ -596,14 +596,15 @@ impl Timeline {
         {
             let stored = svc.store.forward_extremities(room_id.as_str()).await?;
             let depth = stored.iter().map(|(_, d)| *d).max().unwrap_or(0) as u64;
+            let topo = svc.store.max_extremity_topo(room_id.as_str()).await?.unwrap_or(0);
             let prev = stored
                 .into_iter()
                 .take(MAX_PREV_EVENTS)
                 .map(|(id, _)| parse_event_id(&id))
                 .collect::<Result<Vec<_>>>()?;
-            draft.extremities = Some((prev, depth));
+            draft.extremities = Some((prev, depth, topo));
         }
-        let (prev_events, max_depth) = draft.extremities.clone().unwrap_or_default();
+        let (prev_events, max_depth, max_topo) = draft.extremities.clone().unwrap_or_default();
 
         let pdu = PduTemplate {
             room_id: draft.room_id.clone(),
@@ -613,7 +614,8 @@ impl Timeline {
             content: spec.content.clone(),
             prev_events,
             auth_events,
-            depth: max_depth + 1,
+            // The spec's depth, held at its limit (a remote event may claim the largest).
+            depth: (max_depth + 1).min(crate::rooms::topo::MAX_DEPTH as u64),
             origin_server_ts: MilliSecondsSinceUnixEpoch(
                 UInt::new(svc.clock.now_ms() as u64).unwrap_or_default(),
             ),
@@ -660,6 +662,9 @@ impl Timeline {
             state_key: spec.state_key.clone(),
             sender: sender.to_string(),
             depth: pdu.depth as i64,
+            // Local events follow every extremity, so they sort above all the room has.
+            topo: crate::rooms::topo::after(max_topo),
+            late: false,
             origin_server_ts: u64::from(pdu.origin_server_ts.0) as i64,
             redacts,
             rel_type: relation_field("rel_type"),
@@ -678,7 +683,7 @@ impl Timeline {
             txn,
             json: pdu.to_canonical_string(),
         };
-        draft.extremities = Some((vec![pdu.event_id.clone()], pdu.depth));
+        draft.extremities = Some((vec![pdu.event_id.clone()], pdu.depth, new.topo));
         draft.annotations.extend(annotation);
         let event_id = pdu.event_id.clone();
         if let Some(state_key) = &spec.state_key {

@@ -29,14 +29,11 @@ use crate::{
     error::{Error, Result},
     filter::{RoomEventFilter, type_matches},
     rooms::{
-        self,
-        access::RoomAccess,
-        client_event::Viewer,
-        history::{self, scan},
-        relations::format_with_bundles,
+        self, access::RoomAccess, client_event::Viewer, history, relations::format_with_bundles,
+        topo::PageToken,
     },
     services::Services,
-    store::{Direction, EventRow},
+    store::{Direction, EventRow, Topo},
     stream::StreamToken,
 };
 
@@ -526,13 +523,14 @@ async fn event_context(
     now: StreamToken,
 ) -> Result<Value> {
     let everything = RoomEventFilter::default();
-    let upper = access.events_until().min(now.events);
+    // The same events around it as `/context` gives, in the room's topological order.
+    let at = Topo::of(row);
     let before_rows = if before > 0 {
-        scan(
+        history::scan_topo(
             svc,
             &row.room_id,
             access,
-            (0, row.stream_ordering - 1),
+            (Topo::MIN, at.prev()),
             Direction::Backwards,
             before,
             &everything,
@@ -542,15 +540,16 @@ async fn event_context(
         history::Scanned {
             rows: Vec::new(),
             more: true,
-            next: row.stream_ordering - 1,
+            next: at.prev(),
+            late: false,
         }
     };
     let after_rows = if after > 0 {
-        scan(
+        history::scan_topo(
             svc,
             &row.room_id,
             access,
-            (row.stream_ordering, upper.max(row.stream_ordering)),
+            (at, access.events_until_topo().max(at)),
             Direction::Forwards,
             after,
             &everything,
@@ -560,14 +559,20 @@ async fn event_context(
         history::Scanned {
             rows: Vec::new(),
             more: true,
-            next: row.stream_ordering,
+            next: at,
+            late: false,
         }
     };
     let events_before = format_with_bundles(svc, viewer, access, version, &before_rows.rows).await?;
     let events_after = format_with_bundles(svc, viewer, access, version, &after_rows.rows).await?;
+    let end = if after_rows.more {
+        PageToken::Topo(after_rows.next)
+    } else {
+        PageToken::Stream(now)
+    };
     let mut context = json!({
-        "start": now.at_events(before_rows.next).to_string(),
-        "end": now.at_events(after_rows.next).to_string(),
+        "start": PageToken::Topo(before_rows.next).to_string(),
+        "end": end.to_string(),
         "events_before": events_before,
         "events_after": events_after,
     });

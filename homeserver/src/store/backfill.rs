@@ -18,7 +18,8 @@ impl Store {
     pub async fn backward_extremities(&self, room_id: &str, limit: i64) -> StoreResult<Vec<String>> {
         let rows = q(
             "SELECT DISTINCT d.prev_event_id FROM event_edges d WHERE d.event_id IN \
-               (SELECT event_id FROM events WHERE room_id = $1 AND outlier = 0 ORDER BY stream_ordering LIMIT $2) \
+               (SELECT event_id FROM events WHERE room_id = $1 AND outlier = 0 \
+               ORDER BY topological_ordering, stream_ordering LIMIT $2) \
              AND NOT EXISTS (SELECT 1 FROM events p WHERE p.event_id = d.prev_event_id AND p.outlier IN (0, 2)) \
              AND NOT EXISTS (SELECT 1 FROM unserved_events u WHERE u.event_id = d.prev_event_id) \
              ORDER BY d.prev_event_id LIMIT $3",
@@ -55,10 +56,22 @@ impl Store {
             .bind(event.event_id.clone())
             .execute(&mut *tx)
             .await?;
+        // Its place: the claimed depth, but below every child already here (the events that
+        // named it as a prev event), so a lying depth cannot lift it among later history.
+        let children: Option<i64> = q(
+            "SELECT MIN(e.topological_ordering) FROM event_edges d JOIN events e ON e.event_id = d.event_id \
+             WHERE d.prev_event_id = $1 AND e.outlier IN (0, 2)",
+        )
+        .bind(event.event_id.clone())
+        .fetch_one(&mut *tx)
+        .await?
+        .get(0);
+        let topo = children.map_or(event.topo, |c| event.topo.min(c - 1));
         let inserted = q(
             "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth, \
-             origin_server_ts, redacts, rel_type, relates_to, relation_key, state_group, json, outlier) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0) \
+             origin_server_ts, redacts, rel_type, relates_to, relation_key, state_group, json, outlier, \
+             topological_ordering) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15) \
              ON CONFLICT (event_id) DO NOTHING",
         )
         .bind(stream_ordering)
@@ -75,6 +88,7 @@ impl Store {
         .bind(event.relation_key.clone())
         .bind(state_group)
         .bind(event.json.clone())
+        .bind(topo)
         .execute(&mut *tx)
         .await?
         .rows_affected()

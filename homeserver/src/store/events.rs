@@ -13,6 +13,12 @@ pub struct NewEvent {
     pub state_key: Option<String>,
     pub sender: String,
     pub depth: i64,
+    /// Where it sorts in the room's topological order (`Topo`): its depth as this server
+    /// computes it from its prev events (see `rooms::topo`); the claimed `depth` until then.
+    pub topo: i64,
+    /// Arrived late (a missing prev event fetched, a pending PDU placed below what the room
+    /// shows): in the DAG and the state, never delivered as new (`/sync`, push).
+    pub late: bool,
     pub origin_server_ts: i64,
     pub redacts: Option<String>,
     pub rel_type: Option<String>,
@@ -116,11 +122,13 @@ impl Statements {
             self.opt_text(event.txn.as_ref().map(|t| t.device_id.as_str())),
             self.opt_text(event.txn.as_ref().map(|t| t.txn_id.as_str())),
             self.text(&event.json),
+            self.int(event.topo),
+            self.int(i64::from(event.late)),
         ];
         self.sql.push_str(&format!(
             "INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, \
-             redacts, rel_type, relates_to, relation_key, state_group, txn_device_id, txn_id, json) VALUES ({}) \
-             RETURNING stream_ordering;",
+             redacts, rel_type, relates_to, relation_key, state_group, txn_device_id, txn_id, json, \
+             topological_ordering, late) VALUES ({}) RETURNING stream_ordering;",
             columns.join(", ")
         ));
         if !event.prev_events.is_empty() {
@@ -235,6 +243,55 @@ pub struct EventRow {
     pub json: String,
     /// Soft-failed (`outlier = 2`): in the DAG, served to other servers, never to clients.
     pub soft_failed: bool,
+    /// `events.topological_ordering`: with `stream_ordering`, the event's place in `Topo` order.
+    pub topo: i64,
+    /// Arrived late (`NewEvent::late`): never in a `/sync` timeline.
+    pub late: bool,
+}
+
+/// A place in a room's topological order: (depth as computed here, stream position), the
+/// order of `/messages` and `/context`. Events that are not late sort in the same order by
+/// either key (see `rooms::topo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Topo {
+    pub depth: i64,
+    pub stream: i64,
+}
+
+impl Topo {
+    /// Below every event.
+    pub const MIN: Topo = Topo {
+        depth: i64::MIN / 4,
+        stream: i64::MIN / 4,
+    };
+    /// Above every event.
+    pub const MAX: Topo = Topo {
+        depth: i64::MAX / 4,
+        stream: i64::MAX / 4,
+    };
+
+    pub fn of(row: &EventRow) -> Topo {
+        Topo {
+            depth: row.topo,
+            stream: row.stream_ordering,
+        }
+    }
+
+    /// The place just before this one (no event lies between them).
+    pub fn prev(self) -> Topo {
+        Topo {
+            stream: self.stream - 1,
+            ..self
+        }
+    }
+
+    /// The place just after this one.
+    pub fn next(self) -> Topo {
+        Topo {
+            stream: self.stream + 1,
+            ..self
+        }
+    }
 }
 
 macro_rules! select_events {
@@ -244,7 +301,7 @@ macro_rules! select_events {
              e.origin_server_ts, e.depth, e.state_group, e.replaces_state, e.txn_device_id, e.txn_id, \
              (SELECT MIN(r.event_id) FROM events r WHERE r.redacts = e.event_id AND r.room_id = e.room_id \
               AND r.type = 'm.room.redaction' AND r.state_key IS NULL), e.json, e.rel_type, e.relates_to, \
-             e.outlier FROM events e ",
+             e.outlier, e.topological_ordering, e.late FROM events e ",
             $rest
         )
     };
@@ -272,6 +329,8 @@ pub(super) fn event_row(r: AnyRow) -> EventRow {
         rel_type: r.get(14),
         relates_to: r.get(15),
         soft_failed: r.get::<i64, _>(16) == 2,
+        topo: r.get(17),
+        late: r.get::<i64, _>(18) == 1,
     }
 }
 
@@ -384,7 +443,8 @@ impl Store {
         let stream: i64 = q(
             "INSERT INTO events (event_id, room_id, type, state_key, sender, depth, \
              origin_server_ts, redacts, rel_type, relates_to, relation_key, state_group, txn_device_id, \
-             txn_id, json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+             txn_id, json, topological_ordering, late) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
              RETURNING stream_ordering",
         )
         .bind(event.event_id.clone())
@@ -402,6 +462,8 @@ impl Store {
         .bind(event.txn.as_ref().map(|t| t.device_id.clone()))
         .bind(event.txn.as_ref().map(|t| t.txn_id.clone()))
         .bind(event.json.clone())
+        .bind(event.topo)
+        .bind(i64::from(event.late))
         .fetch_one(&mut **tx)
         .await?
         .get(0);
@@ -609,6 +671,92 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.into_iter().map(event_row).collect())
+    }
+
+    /// Up to `limit` timeline events of a room with `after < (topo, stream) <= upto`, in
+    /// topological order: the highest first (`Backwards`) or the lowest first (`Forwards`).
+    /// Served by `events_by_room_topological`.
+    pub async fn room_events_topo(
+        &self,
+        room_id: &str,
+        after: Topo,
+        upto: Topo,
+        limit: i64,
+        direction: Direction,
+    ) -> StoreResult<Vec<EventRow>> {
+        // Row comparisons spelled out: both databases use the index for the leading column.
+        let sql = match direction {
+            Direction::Backwards => select_events!(
+                "WHERE e.room_id = $1 AND e.topological_ordering >= $2 AND e.topological_ordering <= $4 \
+                 AND (e.topological_ordering > $2 OR e.stream_ordering > $3) \
+                 AND (e.topological_ordering < $4 OR e.stream_ordering <= $5) AND e.outlier = 0 \
+                 ORDER BY e.topological_ordering DESC, e.stream_ordering DESC LIMIT $6"
+            ),
+            Direction::Forwards => select_events!(
+                "WHERE e.room_id = $1 AND e.topological_ordering >= $2 AND e.topological_ordering <= $4 \
+                 AND (e.topological_ordering > $2 OR e.stream_ordering > $3) \
+                 AND (e.topological_ordering < $4 OR e.stream_ordering <= $5) AND e.outlier = 0 \
+                 ORDER BY e.topological_ordering ASC, e.stream_ordering ASC LIMIT $6"
+            ),
+        };
+        let rows = q(sql)
+            .bind(room_id.to_owned())
+            .bind(after.depth)
+            .bind(after.stream)
+            .bind(upto.depth)
+            .bind(upto.stream)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(event_row).collect())
+    }
+
+    /// The topological place of the room's first timeline event after stream position
+    /// `stream` that did not arrive late (`None`: there is none).
+    pub async fn first_live_after(&self, room_id: &str, stream: i64) -> StoreResult<Option<Topo>> {
+        let row = q(
+            "SELECT topological_ordering, stream_ordering FROM events WHERE room_id = $1 \
+             AND stream_ordering > $2 AND outlier = 0 AND late = 0 ORDER BY stream_ordering LIMIT 1",
+        )
+        .bind(room_id.to_owned())
+        .bind(stream)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| Topo {
+            depth: r.get(0),
+            stream: r.get(1),
+        }))
+    }
+
+    /// The highest `topological_ordering` among the events of the DAG (timeline, soft-failed)
+    /// in `event_ids`, if any is there.
+    pub async fn max_topo_of(&self, event_ids: &[String]) -> StoreResult<Option<i64>> {
+        let mut max = None;
+        for chunk in event_ids.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT MAX(topological_ordering) FROM events WHERE outlier IN (0, 2) AND event_id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = qs(sql);
+            for id in chunk {
+                query = query.bind(id.clone());
+            }
+            let found: Option<i64> = query.fetch_one(&self.pool).await?.get(0);
+            max = max.max(found);
+        }
+        Ok(max)
+    }
+
+    /// The highest `topological_ordering` among the room's forward extremities: at or above
+    /// every timeline event's (each event sorts above its prev events).
+    pub async fn max_extremity_topo(&self, room_id: &str) -> StoreResult<Option<i64>> {
+        let row = q("SELECT MAX(e.topological_ordering) FROM forward_extremities f \
+             JOIN events e ON e.event_id = f.event_id WHERE f.room_id = $1")
+        .bind(room_id.to_owned())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get(0))
     }
 
     /// Every event of a room in stream order (for DAG checks and exports).

@@ -48,7 +48,7 @@ use sqlx::{
 pub use admin::AuditRow;
 pub use backup::{BackupSessionRow, BackupVersionRow, BackupWrite};
 pub use e2ee::{KeyUpload, KeysUpload, Queued, ToDeviceOut, ToDeviceRow, UploadRefusal};
-pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Txn};
+pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Topo, Txn};
 pub use federation::{NewOutbound, RemoteKeyRow};
 pub use media::{MediaRow, RemoteThumbnail, RemoteThumbnailKey, UploadedContent};
 pub use outliers::{EventPlace, StateEntry};
@@ -127,6 +127,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(20, "0020_openid_tokens"),
     migration!(21, "0021_pending_pdus"),
     migration!(24, "0024_federation_outbound_room"),
+    migration!(25, "0025_topological_order"),
     migration!(26, "0026_edu_queue_and_redactions"),
 ];
 

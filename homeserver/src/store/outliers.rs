@@ -59,8 +59,8 @@ impl Store {
         for event in events {
             q(
                 "INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, \
-               redacts, rel_type, relates_to, relation_key, state_group, json, outlier) \
-               VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL, NULL, 0, $8, 1) \
+               redacts, rel_type, relates_to, relation_key, state_group, json, outlier, topological_ordering) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL, NULL, 0, $8, 1, $6) \
                ON CONFLICT (event_id) DO NOTHING",
             )
             .bind(event.event_id.clone())
@@ -113,8 +113,8 @@ impl Store {
             .await?;
         q(
             "INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, \
-           redacts, rel_type, relates_to, relation_key, state_group, json, outlier) \
-           VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL, NULL, $8, $9, 2) \
+           redacts, rel_type, relates_to, relation_key, state_group, json, outlier, topological_ordering) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL, NULL, $8, $9, 2, $10) \
            ON CONFLICT (event_id) DO NOTHING",
         )
         .bind(event.event_id.clone())
@@ -126,6 +126,7 @@ impl Store {
         .bind(event.origin_server_ts)
         .bind(group)
         .bind(event.json.clone())
+        .bind(event.topo)
         .execute(&mut *tx)
         .await?;
         Self::insert_edges_in(&mut tx, event).await?;

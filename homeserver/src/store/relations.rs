@@ -165,7 +165,8 @@ impl Store {
             "SELECT e.stream_ordering, e.event_id, e.room_id, e.type, e.state_key, e.sender, \
              e.origin_server_ts, e.depth, e.state_group, e.replaces_state, e.txn_device_id, e.txn_id, \
              CAST(NULL AS TEXT), CASE WHEN e.rel_type = 'm.replace' THEN e.json ELSE '{{}}' END, \
-             e.rel_type, e.relates_to, e.outlier FROM events e WHERE e.relates_to IN ({}) \
+             e.rel_type, e.relates_to, e.outlier, e.topological_ordering, e.late FROM events e \
+             WHERE e.relates_to IN ({}) \
              AND e.rel_type IN ('m.replace', 'm.thread', 'm.reference') AND {NOT_REDACTED} \
              ORDER BY e.stream_ordering DESC LIMIT $1",
             placeholders(2, parents.len())

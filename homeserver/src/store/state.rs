@@ -17,6 +17,8 @@ const MAX_DELTA_CHAIN: i64 = 50;
 #[derive(Debug, Clone)]
 pub struct HistoryRow {
     pub at: i64,
+    /// Its place in the room's topological order.
+    pub topo: super::Topo,
     /// The room's `m.room.create` (else an `m.room.history_visibility`).
     pub create: bool,
     /// Known outside the timeline (the state a remote join adopted).
@@ -179,7 +181,7 @@ impl Store {
         for chunk in room_ids.chunks(500) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "SELECT room_id, stream_ordering, json, type, outlier FROM events WHERE room_id IN ({}) \
+                "SELECT room_id, stream_ordering, json, type, outlier, topological_ordering FROM events WHERE room_id IN ({}) \
                  AND type IN ('m.room.history_visibility', 'm.room.create') AND state_key = '' \
                  AND outlier <> 2 ORDER BY stream_ordering",
                 placeholders.join(", ")
@@ -198,6 +200,10 @@ impl Store {
                 };
                 out.entry(room_id).or_default().push(HistoryRow {
                     at: r.get(1),
+                    topo: super::Topo {
+                        depth: r.get(5),
+                        stream: r.get(1),
+                    },
                     create,
                     outlier: r.get::<i64, _>(4) == 1,
                     json,
@@ -208,18 +214,19 @@ impl Store {
     }
 
     /// A user's membership changes in each of the rooms, in stream order: room → (stream
-    /// position, membership).
+    /// position, the event's place in topological order, membership).
     pub async fn membership_changes(
         &self,
         user_id: &str,
         room_ids: &[String],
-    ) -> StoreResult<HashMap<String, Vec<(i64, String)>>> {
-        let mut out: HashMap<String, Vec<(i64, String)>> = HashMap::new();
+    ) -> StoreResult<HashMap<String, Vec<(i64, super::Topo, String)>>> {
+        let mut out: HashMap<String, Vec<(i64, super::Topo, String)>> = HashMap::new();
         for chunk in room_ids.chunks(500) {
             let placeholders: Vec<String> = (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
             let sql = format!(
-                "SELECT room_id, stream_ordering, membership FROM room_memberships \
-                 WHERE user_id = $1 AND room_id IN ({}) ORDER BY stream_ordering",
+                "SELECT m.room_id, m.stream_ordering, m.membership, e.topological_ordering, e.stream_ordering \
+                 FROM room_memberships m JOIN events e ON e.event_id = m.event_id \
+                 WHERE m.user_id = $1 AND m.room_id IN ({}) ORDER BY m.stream_ordering",
                 placeholders.join(", ")
             );
             let mut query = qs(sql).bind(user_id.to_owned());
@@ -229,7 +236,11 @@ impl Store {
             for r in query.fetch_all(&self.pool).await? {
                 let room_id: String = r.get(0);
                 let json = super::at_rest::open(&room_id, r.get(2));
-                out.entry(room_id).or_default().push((r.get(1), json));
+                let topo = super::Topo {
+                    depth: r.get(3),
+                    stream: r.get(4),
+                };
+                out.entry(room_id).or_default().push((r.get(1), topo, json));
             }
         }
         Ok(out)

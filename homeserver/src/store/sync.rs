@@ -69,7 +69,7 @@ impl Store {
                 .collect();
             let sql = format!(
                 "SELECT v.column3, COALESCE((SELECT e.state_group FROM events e WHERE e.room_id = v.column1 \
-                 AND e.stream_ordering < v.column2 AND e.outlier = 0 ORDER BY e.stream_ordering DESC LIMIT 1), \
+                 AND e.stream_ordering < v.column2 AND e.outlier = 0 AND e.late = 0 ORDER BY e.stream_ordering DESC LIMIT 1), \
                  ({FIRST_PREV_GROUP})) FROM (VALUES {}) AS v",
                 values.join(", ")
             );

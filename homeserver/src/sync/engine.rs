@@ -352,6 +352,8 @@ mod tests {
             state_key: None,
             sender: "@u:hs".into(),
             depth: 1,
+            topo: 1,
+            late: false,
             origin_server_ts: 0,
             redacts: None,
             rel_type: None,

@@ -201,8 +201,10 @@ fn row_of(event: &NewEvent, position: i64, state_group: i64) -> EventRow {
         rel_type: event.rel_type.clone(),
         relates_to: event.relates_to.clone(),
         json: event.json.clone(),
-        // Only local events enter the rings, and they are never soft-failed.
+        // Only local events enter the rings, and they are never soft-failed nor late.
         soft_failed: false,
+        topo: event.topo,
+        late: false,
     }
 }
 
@@ -218,6 +220,8 @@ mod tests {
             state_key: None,
             sender: "@a:hs".into(),
             depth: 1,
+            topo: 1,
+            late: false,
             origin_server_ts: 0,
             redacts: None,
             rel_type: None,

@@ -60,6 +60,9 @@ struct Plan {
     limited: bool,
     /// Stream position of the first timeline event (one past the window when it is empty).
     start: i64,
+    /// Late events (in the DAG, never delivered as new) lay in the window: the timeline is
+    /// `limited`, and the state at its start is read from its first event (see `add_state`).
+    late: bool,
     state: Vec<EventRow>,
     /// The viewer may read none of the room's state (a rejected invite, a withdrawn knock).
     stateless: bool,
@@ -313,6 +316,7 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Res
                 start: upto.events,
                 timeline: own,
                 limited: false,
+                late: false,
                 state: Vec::new(),
                 stateless: true,
                 access: None,
@@ -330,7 +334,9 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Res
             &timeline_filter,
         )
         .await?;
-        let (mut timeline, limited) = (scanned.rows, scanned.more);
+        // Late events are left out of the timeline, which is then `limited`: its `prev_batch`
+        // leads `/messages` to them in their topological places (rooms::topo).
+        let (mut timeline, limited) = (scanned.rows, scanned.more || scanned.late);
         timeline.reverse();
         if !full && timeline.is_empty() && !limited {
             plans.push(None);
@@ -338,7 +344,7 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Res
         }
         // A cut timeline continues (`prev_batch`) where the scan stopped.
         let start = match timeline.first() {
-            _ if limited => scanned.next + 1,
+            _ if scanned.more => scanned.next + 1,
             Some(first) => first.stream_ordering,
             None => upto.events + 1,
         };
@@ -346,6 +352,7 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Res
             version: room.room_version.clone(),
             timeline,
             limited,
+            late: scanned.late,
             start,
             state: Vec::new(),
             stateless: false,
@@ -379,8 +386,17 @@ async fn add_state(
         })
     };
     let mut points: Vec<(String, i64)> = Vec::new();
+    // Points whose group is known without a query: after late events, the state before the
+    // timeline is read from its first event's group (which resolved the late events' state
+    // in; the position before it may be a late event's), that event's own change undone.
+    let mut known: Vec<(usize, i64)> = Vec::new();
     for (w, plan) in wanted.iter().zip(plans.iter()) {
         if let Some(plan) = plan.as_ref().filter(|_| needs_state(w, plan)) {
+            if plan.late
+                && let Some(first) = plan.timeline.first()
+            {
+                known.push((points.len(), first.state_group));
+            }
             points.push((w.room_id.clone(), plan.start));
             if !(w.window.fresh || w.window.full_state) {
                 points.push((w.room_id.clone(), w.window.since.events + 1));
@@ -390,7 +406,10 @@ async fn add_state(
     if points.is_empty() {
         return Ok(());
     }
-    let groups = svc.store.state_groups_before(&points).await?;
+    let mut groups = svc.store.state_groups_before(&points).await?;
+    for (i, group) in known {
+        groups[i] = Some(group);
+    }
     let distinct: Vec<i64> = groups
         .iter()
         .flatten()
@@ -410,7 +429,22 @@ async fn add_state(
             ids_per_room.push(Vec::new());
             continue;
         }
-        let state_at_start = state_of.next().unwrap_or(&empty);
+        let mut state_at_start = state_of.next().unwrap_or(&empty);
+        // Read after the first timeline event (late events came before it): without its own
+        // change, when it is a state event.
+        let undone;
+        if let Some(first) = plan.as_ref().filter(|p| p.late).and_then(|p| p.timeline.first())
+            && let Some(state_key) = &first.state_key
+        {
+            let mut before = state_at_start.clone();
+            let key = (first.event_type.clone(), state_key.clone());
+            match &first.replaces_state {
+                Some(replaced) => before.insert(key, replaced.clone()),
+                None => before.remove(&key),
+            };
+            undone = before;
+            state_at_start = &undone;
+        }
         let ids: Vec<String> = if w.window.fresh || w.window.full_state {
             state_at_start.values().cloned().collect()
         } else {
