@@ -9,13 +9,12 @@ mod common;
 
 use std::{
     io::Cursor,
-    net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
+use common::federation::tls_front;
 use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, count, free_port, hearth_command};
 use hearth::{config::FederationConfig, federation::FederationClient};
 use hearth_federation::{SigningKey, request_auth};
@@ -27,11 +26,6 @@ use ruma::{
         IncomingResponseExt,
         federation::authenticated_media::{FileOrLocation, get_content, get_content_thumbnail},
     },
-};
-use rustls::{
-    ServerConfig,
-    crypto::ring,
-    pki_types::{PrivateKeyDer, pem::PemObject},
 };
 use serde_json::Value;
 use sqlx::Row;
@@ -407,39 +401,6 @@ async fn media_uploaded_on_a_is_served_to_b_and_cached_there() {
     )
     .await;
     other_size.expect_err(StatusCode::BAD_GATEWAY, "M_UNKNOWN");
-}
-
-/// A TLS front for a plain-HTTP mock server, with a certificate for `names` (IP addresses
-/// among them become IP SANs).
-async fn tls_front(upstream: SocketAddr, names: &[&str], dir: &Path) -> (u16, PathBuf) {
-    let cert =
-        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    let ca = dir.join("front.crt");
-    std::fs::write(&ca, cert.cert.pem()).unwrap();
-    let key = PrivateKeyDer::from_pem_slice(cert.signing_key.serialize_pem().as_bytes()).unwrap();
-    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await
-                    && let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await
-                {
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-                }
-            });
-        }
-    });
-    (port, ca)
 }
 
 /// A `multipart/mixed` answer as the spec frames it: metadata, then `part` (headers + body).

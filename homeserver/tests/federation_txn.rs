@@ -8,24 +8,18 @@ mod common;
 mod e2ee_support;
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
+use common::federation::tls_front;
 use common::{Backend, RATE_LIMIT_FIELDS, Server, count, encode, free_port, hearth_command};
 use e2ee_support::Device;
 use hearth::{config::FederationConfig, federation::FederationClient};
 use hearth_federation::{SigningKey, request_auth};
 use reqwest::{Method, StatusCode};
 use ruma::ServerName;
-use rustls::{
-    ServerConfig,
-    crypto::ring,
-    pki_types::{PrivateKeyDer, pem::PemObject},
-};
 use serde_json::{Value, json};
 use sqlx::Row;
 use wiremock::{
@@ -157,38 +151,6 @@ async fn two() -> (Fed, Fed, tempfile::TempDir) {
     let a = start("hs-a.test", a_port, certs.path(), &cas, &resolve).await;
     let b = start("hs-b.test", b_port, certs.path(), &cas, &resolve).await;
     (a, b, certs)
-}
-
-/// A TLS front for a plain-HTTP mock server (HTTP/1.1), with a certificate for `names`.
-async fn tls_front(upstream: SocketAddr, names: &[&str], dir: &Path) -> (u16, PathBuf) {
-    let cert =
-        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    let ca = dir.join("front.crt");
-    std::fs::write(&ca, cert.cert.pem()).unwrap();
-    let key = PrivateKeyDer::from_pem_slice(cert.signing_key.serialize_pem().as_bytes()).unwrap();
-    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await
-                    && let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await
-                {
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-                }
-            });
-        }
-    });
-    (port, ca)
 }
 
 /// One Hearth (`hs-a.test`) whose destination `hs-w.test` is the mock server.

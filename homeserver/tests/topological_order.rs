@@ -9,22 +9,13 @@
 
 mod common;
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::time::Duration;
 
+use common::federation::tls_front;
 use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, count, encode, free_port};
 use hearth_federation::{Pdu, SigningKey, pdu::PduTemplate, server_keys};
 use reqwest::{Method, StatusCode};
 use ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, RoomVersionId, ServerName, UInt, UserId};
-use rustls::{
-    ServerConfig,
-    crypto::ring,
-    pki_types::{PrivateKeyDer, pem::PemObject},
-};
 use serde_json::{Value, json};
 use wiremock::{
     Mock, MockServer, ResponseTemplate,
@@ -43,37 +34,6 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-/// A TLS front for the plain-HTTP mock server, with a certificate for `FAR`.
-async fn tls_front(upstream: SocketAddr, dir: &Path) -> (u16, PathBuf) {
-    let cert = rcgen::generate_simple_self_signed(vec![FAR.to_owned()]).unwrap();
-    let ca = dir.join("front.crt");
-    std::fs::write(&ca, cert.cert.pem()).unwrap();
-    let key = PrivateKeyDer::from_pem_slice(cert.signing_key.serialize_pem().as_bytes()).unwrap();
-    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.cert.der().clone()], key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await
-                    && let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await
-                {
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-                }
-            });
-        }
-    });
-    (port, ca)
 }
 
 /// A version 10 room on the fake server: create, the creator's join, public join rules.
@@ -222,7 +182,7 @@ struct Setup {
 async fn setup() -> Setup {
     let mock = MockServer::start().await;
     let certs = tempfile::tempdir().unwrap();
-    let (front, front_ca) = tls_front(*mock.address(), certs.path()).await;
+    let (front, front_ca) = tls_front(*mock.address(), &[FAR], certs.path()).await;
     let fed_port = free_port();
     let server_cert = certs.path().join("hs-b.test.crt");
     let server_key = certs.path().join("hs-b.test.key");

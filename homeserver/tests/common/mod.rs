@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod federation;
+
 use std::{
     collections::HashMap,
     fs,
