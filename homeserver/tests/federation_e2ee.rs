@@ -14,8 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::federation::tls_front;
-use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, count, encode, free_port, hearth_command};
+use common::federation::{dev_cert, tls_front};
+use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, count, encode, free_port};
 use e2ee_support::{login, password_auth};
 use hearth_e2ee::{ClientError, DecryptedEvent, E2eeClient, MEGOLM_ALGORITHM, Transport};
 use hearth_federation::{SigningKey, request_auth, server_keys};
@@ -74,21 +74,6 @@ async fn device(client: &Client) -> Dev {
     d
 }
 
-/// `hearth generate-dev-cert` for `server_name` into `dir`.
-fn dev_cert(dir: &Path, server_name: &str) -> PathBuf {
-    let cert = dir.join(format!("{server_name}.crt"));
-    let key = dir.join(format!("{server_name}.key"));
-    let status = hearth_command()
-        .args(["generate-dev-cert", "--server-name", server_name, "--cert"])
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .status()
-        .expect("run hearth generate-dev-cert");
-    assert!(status.success());
-    cert
-}
-
 /// Starts `server_name` on federation port `port`, trusting `ca_files`, finding the servers of
 /// `resolve` (name → port on 127.0.0.1), retrying quickly.
 async fn start(
@@ -136,8 +121,8 @@ const FAKE: &str = "hs-f.test";
 
 async fn setup() -> Setup {
     let certs = tempfile::tempdir().unwrap();
-    let a_cert = dev_cert(certs.path(), "hs-a.test");
-    let b_cert = dev_cert(certs.path(), "hs-b.test");
+    let a_cert = dev_cert(certs.path(), "hs-a.test").0;
+    let b_cert = dev_cert(certs.path(), "hs-b.test").0;
     let mock = MockServer::start().await;
     let (front, front_ca) = tls_front(*mock.address(), &[FAKE], certs.path()).await;
     let fake_key = SigningKey::generate("fake").unwrap();

@@ -14,8 +14,8 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::federation::tls_front;
-use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, count, free_port, hearth_command};
+use common::federation::{dev_cert, tls_front};
+use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, count, free_port};
 use hearth::{config::FederationConfig, federation::FederationClient};
 use hearth_federation::{SigningKey, request_auth};
 use image::{DynamicImage, ImageFormat, RgbImage};
@@ -39,23 +39,6 @@ const MAX_BYTES: usize = 256 * 1024;
 
 fn name(s: &str) -> &ServerName {
     <&ServerName>::try_from(s).unwrap()
-}
-
-fn dev_cert(dir: &Path, server_name: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{server_name}.crt"));
-    let key = dir.join(format!("{server_name}.key"));
-    let status = hearth_command()
-        .arg("generate-dev-cert")
-        .arg("--server-name")
-        .arg(server_name)
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .status()
-        .expect("run hearth generate-dev-cert");
-    assert!(status.success());
-    (cert, key)
 }
 
 struct Fed {

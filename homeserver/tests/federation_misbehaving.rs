@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::federation::tls_front;
+use common::federation::{dev_cert, tls_front};
 use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, count, encode, free_port};
 use hearth_federation::{Pdu, SigningKey, pdu::PduTemplate, server_keys};
 use reqwest::{Method, StatusCode};
@@ -224,16 +224,7 @@ async fn joins_through_misbehaving_servers_fail_cleanly() {
         .map(|n| format!("\"{n}\" = \"127.0.0.1:{front}\"\n"))
         .collect();
     let fed_port = free_port();
-    let server_cert = certs.path().join("hs-b.test.crt");
-    let server_key = certs.path().join("hs-b.test.key");
-    let status = common::hearth_command()
-        .args(["generate-dev-cert", "--server-name", "hs-b.test", "--cert"])
-        .arg(&server_cert)
-        .arg("--key")
-        .arg(&server_key)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (server_cert, server_key) = dev_cert(certs.path(), "hs-b.test");
     let server = Server::start_named(
         Backend::from_env(),
         "hs-b.test",
@@ -627,16 +618,7 @@ async fn backfill_from_a_misbehaving_server() {
     let certs = tempfile::tempdir().unwrap();
     let (front, front_ca) = tls_front(*mock.address(), &["hist.test"], certs.path()).await;
     let fed_port = free_port();
-    let server_cert = certs.path().join("hs-b.test.crt");
-    let server_key = certs.path().join("hs-b.test.key");
-    let status = common::hearth_command()
-        .args(["generate-dev-cert", "--server-name", "hs-b.test", "--cert"])
-        .arg(&server_cert)
-        .arg("--key")
-        .arg(&server_key)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (server_cert, server_key) = dev_cert(certs.path(), "hs-b.test");
     let server = Server::start_named(
         Backend::from_env(),
         "hs-b.test",

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, count, encode, free_port, hearth_command};
+use common::federation::dev_cert;
+use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, count, encode, free_port};
 use hearth::{config::FederationConfig, federation::FederationClient};
 use reqwest::{Method, StatusCode};
 use ruma::ServerName;
@@ -19,18 +20,7 @@ struct Fed {
 
 async fn start() -> Fed {
     let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = (
-        certs.path().join("hs-a.test.crt"),
-        certs.path().join("hs-a.test.key"),
-    );
-    let status = hearth_command()
-        .args(["generate-dev-cert", "--server-name", "hs-a.test", "--cert"])
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (cert, key) = dev_cert(certs.path(), "hs-a.test");
     let port = free_port();
     let server = Server::start_named(
         Backend::from_env(),

@@ -5,10 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::{Backend, RATE_LIMIT_FIELDS, Server, encode, free_port, hearth_command};
+use common::federation::dev_cert;
+use common::{Backend, RATE_LIMIT_FIELDS, Server, encode, free_port};
 use hearth::{config::FederationConfig, federation::FederationClient};
 use hearth_federation::{SigningKey, pdu::PduTemplate, request_auth};
 use reqwest::{Method, StatusCode};
@@ -20,23 +21,6 @@ use sqlx::Row;
 
 fn name(s: &str) -> &ServerName {
     <&ServerName>::try_from(s).unwrap()
-}
-
-fn dev_cert(dir: &Path, server_name: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{server_name}.crt"));
-    let key = dir.join(format!("{server_name}.key"));
-    let status = hearth_command()
-        .arg("generate-dev-cert")
-        .arg("--server-name")
-        .arg(server_name)
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .status()
-        .expect("run hearth generate-dev-cert");
-    assert!(status.success());
-    (cert, key)
 }
 
 struct Fed {

@@ -15,7 +15,8 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, encode, free_port, hearth_command};
+use common::federation::dev_cert;
+use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, encode, free_port};
 use hearth::{config::FederationConfig, federation::FederationClient};
 use hearth_federation::{SigningKey, request_auth};
 use reqwest::{Method, StatusCode};
@@ -27,20 +28,6 @@ const NAMES: [&str; 3] = ["hs-a.test", "hs-b.test", "hs-c.test"];
 
 fn name(s: &str) -> &ServerName {
     <&ServerName>::try_from(s).unwrap()
-}
-
-fn dev_cert(dir: &Path, server_name: &str) {
-    let status = hearth_command()
-        .arg("generate-dev-cert")
-        .arg("--server-name")
-        .arg(server_name)
-        .arg("--cert")
-        .arg(dir.join(format!("{server_name}.crt")))
-        .arg("--key")
-        .arg(dir.join(format!("{server_name}.key")))
-        .status()
-        .expect("run hearth generate-dev-cert");
-    assert!(status.success());
 }
 
 /// A federating Hearth: the process, its name and its federation port.

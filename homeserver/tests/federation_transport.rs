@@ -7,13 +7,13 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::federation::tls_front;
+use common::federation::{dev_cert, tls_front};
 use common::{Backend, RATE_LIMIT_FIELDS, Server, free_port, hearth_command};
 use hearth::{config::FederationConfig, federation::FederationClient};
 use hearth_federation::{SigningKey, request_auth, server_keys};
@@ -35,24 +35,6 @@ const LOOPBACK: &str = "allow_ip_ranges = [\"127.0.0.1/32\"]\n";
 
 fn name(s: &str) -> &ServerName {
     <&ServerName>::try_from(s).unwrap()
-}
-
-/// `hearth generate-dev-cert` for `server_name` into `dir`.
-fn dev_cert(dir: &Path, server_name: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{server_name}.crt"));
-    let key = dir.join(format!("{server_name}.key"));
-    let status = hearth_command()
-        .arg("generate-dev-cert")
-        .arg("--server-name")
-        .arg(server_name)
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .status()
-        .expect("run hearth generate-dev-cert");
-    assert!(status.success());
-    (cert, key)
 }
 
 /// The `[federation]` section of a server listening on `port`.

@@ -13,8 +13,8 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
-use common::federation::tls_front;
-use common::{Backend, RATE_LIMIT_FIELDS, Server, count, encode, free_port, hearth_command};
+use common::federation::{dev_cert, tls_front};
+use common::{Backend, RATE_LIMIT_FIELDS, Server, count, encode, free_port};
 use e2ee_support::Device;
 use hearth::{config::FederationConfig, federation::FederationClient};
 use hearth_federation::{SigningKey, request_auth};
@@ -29,24 +29,6 @@ use wiremock::{
 
 fn name(s: &str) -> &ServerName {
     <&ServerName>::try_from(s).unwrap()
-}
-
-/// `hearth generate-dev-cert` for `server_name` into `dir`.
-fn dev_cert(dir: &Path, server_name: &str) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{server_name}.crt"));
-    let key = dir.join(format!("{server_name}.key"));
-    let status = hearth_command()
-        .arg("generate-dev-cert")
-        .arg("--server-name")
-        .arg(server_name)
-        .arg("--cert")
-        .arg(&cert)
-        .arg("--key")
-        .arg(&key)
-        .status()
-        .expect("run hearth generate-dev-cert");
-    assert!(status.success());
-    (cert, key)
 }
 
 /// A federating Hearth: the process, its name and its federation port.

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::federation::tls_front;
+use common::federation::{dev_cert, tls_front};
 use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, count, encode, free_port};
 use hearth_federation::{Pdu, SigningKey, pdu::PduTemplate, server_keys};
 use reqwest::{Method, StatusCode};
@@ -184,16 +184,7 @@ async fn setup() -> Setup {
     let certs = tempfile::tempdir().unwrap();
     let (front, front_ca) = tls_front(*mock.address(), &[FAR], certs.path()).await;
     let fed_port = free_port();
-    let server_cert = certs.path().join("hs-b.test.crt");
-    let server_key = certs.path().join("hs-b.test.key");
-    let status = common::hearth_command()
-        .args(["generate-dev-cert", "--server-name", "hs-b.test", "--cert"])
-        .arg(&server_cert)
-        .arg("--key")
-        .arg(&server_key)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (server_cert, server_key) = dev_cert(certs.path(), "hs-b.test");
     let server = Server::start_named(
         Backend::from_env(),
         "hs-b.test",

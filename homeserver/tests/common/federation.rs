@@ -45,3 +45,19 @@ pub async fn tls_front(upstream: SocketAddr, names: &[&str], dir: &Path) -> (u16
     });
     (port, ca)
 }
+
+/// `hearth generate-dev-cert` for `server_name`, written in `dir` as `<name>.crt` and
+/// `<name>.key`; returns their paths.
+pub fn dev_cert(dir: &Path, server_name: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{server_name}.crt"));
+    let key = dir.join(format!("{server_name}.key"));
+    let status = super::hearth_command()
+        .args(["generate-dev-cert", "--server-name", server_name, "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .status()
+        .expect("run hearth generate-dev-cert");
+    assert!(status.success());
+    (cert, key)
+}
