@@ -12,8 +12,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::federation::{dev_cert, tls_front};
-use common::{Backend, Client, RATE_LIMIT_FIELDS, Server, count, encode, free_port};
+use common::federation::{hearth_with_fakes, tls_front};
+use common::{Client, Server, count, encode};
 use hearth_federation::{Pdu, SigningKey, pdu::PduTemplate, server_keys};
 use reqwest::{Method, StatusCode};
 use ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, RoomVersionId, ServerName, UInt, UserId};
@@ -219,29 +219,7 @@ async fn joins_through_misbehaving_servers_fail_cleanly() {
         "badjoin.test",
     ];
     let (front, front_ca) = tls_front(*mock.address(), &names, certs.path()).await;
-    let resolve: String = names
-        .iter()
-        .map(|n| format!("\"{n}\" = \"127.0.0.1:{front}\"\n"))
-        .collect();
-    let fed_port = free_port();
-    let (server_cert, server_key) = dev_cert(certs.path(), "hs-b.test");
-    let server = Server::start_named(
-        Backend::from_env(),
-        "hs-b.test",
-        "",
-        &format!("enabled = false\n{RATE_LIMIT_FIELDS}"),
-        &format!(
-            "[privacy]\ndefault_mode = \"none\"\n\
-             [federation]\nenabled = true\nlisten = \"127.0.0.1:{fed_port}\"\n\
-             tls_certificate = \"{}\"\ntls_private_key = \"{}\"\n\
-             allow_ip_ranges = [\"127.0.0.1/32\"]\nca_files = [\"{}\"]\n\
-             [federation.resolve]\n{resolve}",
-            server_cert.display(),
-            server_key.display(),
-            front_ca.display()
-        ),
-    )
-    .await;
+    let (server, fed_port) = hearth_with_fakes(certs.path(), &names, front, &front_ca).await;
     let bob = server.register("bob").await;
 
     // Every fake server publishes a real key; forged.test then signs its room with another.
@@ -617,25 +595,7 @@ async fn backfill_from_a_misbehaving_server() {
     let mock = MockServer::start().await;
     let certs = tempfile::tempdir().unwrap();
     let (front, front_ca) = tls_front(*mock.address(), &["hist.test"], certs.path()).await;
-    let fed_port = free_port();
-    let (server_cert, server_key) = dev_cert(certs.path(), "hs-b.test");
-    let server = Server::start_named(
-        Backend::from_env(),
-        "hs-b.test",
-        "",
-        &format!("enabled = false\n{RATE_LIMIT_FIELDS}"),
-        &format!(
-            "[privacy]\ndefault_mode = \"none\"\n\
-             [federation]\nenabled = true\nlisten = \"127.0.0.1:{fed_port}\"\n\
-             tls_certificate = \"{}\"\ntls_private_key = \"{}\"\n\
-             allow_ip_ranges = [\"127.0.0.1/32\"]\nca_files = [\"{}\"]\n\
-             [federation.resolve]\n\"hist.test\" = \"127.0.0.1:{front}\"\n",
-            server_cert.display(),
-            server_key.display(),
-            front_ca.display()
-        ),
-    )
-    .await;
+    let (server, _) = hearth_with_fakes(certs.path(), &["hist.test"], front, &front_ca).await;
     let bob = server.register("bob").await;
     let key = SigningKey::generate("fake").unwrap();
     serve_keys(&mock, "hist.test", &key).await;

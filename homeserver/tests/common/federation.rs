@@ -61,3 +61,38 @@ pub fn dev_cert(dir: &Path, server_name: &str) -> (PathBuf, PathBuf) {
     assert!(status.success());
     (cert, key)
 }
+
+/// `hs-b.test`: a Hearth with federation on, privacy mode `none` by default and rate limits
+/// off, that trusts `front_ca` and finds each of `fakes` at the TLS front on port `front`;
+/// returns it and its federation port.
+pub async fn hearth_with_fakes(
+    certs: &Path,
+    fakes: &[&str],
+    front: u16,
+    front_ca: &Path,
+) -> (super::Server, u16) {
+    let resolve: String = fakes
+        .iter()
+        .map(|n| format!("\"{n}\" = \"127.0.0.1:{front}\"\n"))
+        .collect();
+    let fed_port = super::free_port();
+    let (server_cert, server_key) = dev_cert(certs, "hs-b.test");
+    let server = super::Server::start_named(
+        super::Backend::from_env(),
+        "hs-b.test",
+        "",
+        &format!("enabled = false\n{}", super::RATE_LIMIT_FIELDS),
+        &format!(
+            "[privacy]\ndefault_mode = \"none\"\n\
+             [federation]\nenabled = true\nlisten = \"127.0.0.1:{fed_port}\"\n\
+             tls_certificate = \"{}\"\ntls_private_key = \"{}\"\n\
+             allow_ip_ranges = [\"127.0.0.1/32\"]\nca_files = [\"{}\"]\n\
+             [federation.resolve]\n{resolve}",
+            server_cert.display(),
+            server_key.display(),
+            front_ca.display()
+        ),
+    )
+    .await;
+    (server, fed_port)
+}
