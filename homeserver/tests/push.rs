@@ -1168,3 +1168,83 @@ async fn room_changes_reach_evaluation() {
     assert_eq!(outcome(&db, &bob.user_id, &third).await, None);
     assert_eq!(outcome(&db, &carol.user_id, &third).await, Some((false, None)));
 }
+
+/// The counts in `/sync` come from memory after the first read (`push/unread.rs`): they must
+/// follow every new notifying event, every read receipt (public or private), and stay per user,
+/// exactly as the database would count them.
+#[tokio::test]
+async fn sync_counts_follow_messages_and_receipts() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    carol.join(&room).await;
+    let counts = |sync: &Value| {
+        let c = &sync["rooms"]["join"][&room]["unread_notifications"];
+        (c["notification_count"].as_u64(), c["highlight_count"].as_u64())
+    };
+
+    // Bob's first sync fills the cache with nothing unread.
+    let first = bob.sync(None, 0, 10).await;
+    assert_eq!(counts(&first), (Some(0), Some(0)), "{first}");
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+
+    // Each round adds notifying events (one a mention) and checks the counts bob sees.
+    let mut sent = Vec::new();
+    for round in 0..3u64 {
+        sent.push(alice.send_text(&room, &format!("round {round} a")).await);
+        sent.push(
+            alice
+                .send(
+                    &room,
+                    "m.room.message",
+                    json!({"msgtype": "m.text", "body": "bob!", "m.mentions": {"user_ids": [bob.user_id]}}),
+                )
+                .await,
+        );
+        let sync = bob.sync(Some(&since), 0, 10).await;
+        assert_eq!(
+            counts(&sync),
+            (Some(2 * (round + 1)), Some(round + 1)),
+            "round {round}: {sync}"
+        );
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+
+    // A read receipt on the fourth event leaves the two after it.
+    let receipt = |kind: &'static str, event: String| {
+        let bob = &bob;
+        let room = room.clone();
+        async move {
+            let (status, body) = bob
+                .request(
+                    Method::POST,
+                    &format!("/rooms/{}/receipt/{kind}/{}", encode(&room), encode(&event)),
+                    Some(&json!({})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    receipt("m.read", sent[3].clone()).await;
+    sent.push(alice.send_text(&room, "after the receipt").await);
+    let sync = bob.sync(Some(&since), 0, 10).await;
+    assert_eq!(counts(&sync), (Some(3), Some(1)), "{sync}");
+    since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // A private receipt counts as well; then everything is read.
+    receipt("m.read.private", sent[6].clone()).await;
+    alice.send_text(&room, "one more").await;
+    let sync = bob.sync(Some(&since), 0, 10).await;
+    assert_eq!(counts(&sync), (Some(1), Some(0)), "{sync}");
+
+    // Carol was never mentioned and sent no receipt: every message counts, no highlight. Bob's
+    // receipts changed nothing of hers.
+    let carol_sync = carol.sync(None, 0, 10).await;
+    assert_eq!(counts(&carol_sync), (Some(8), Some(0)), "{carol_sync}");
+    // Alice's own messages never count for her.
+    let alice_sync = alice.sync(None, 0, 10).await;
+    assert_eq!(counts(&alice_sync), (Some(0), Some(0)), "{alice_sync}");
+}

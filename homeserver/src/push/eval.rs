@@ -39,7 +39,18 @@ impl AppendListener for PushListener {
         }))
     }
 
-    fn committed(&self, svc: &Services, batch: &[Appending], _placed: &[Placed]) {
+    fn committed(&self, svc: &Services, batch: &[Appending], placed: &[Placed]) {
+        // The stored rows' positions are their events'.
+        let rows = batch.iter().zip(placed).flat_map(|(appending, at)| {
+            appending.push.iter().map(move |row| PushActionRow {
+                stream_ordering: at.stream_ordering,
+                ..row.clone()
+            })
+        });
+        let rows: Vec<PushActionRow> = rows.collect();
+        if let Some(last) = placed.iter().map(|p| p.stream_ordering).max() {
+            svc.push.unread.committed(&rows, last);
+        }
         for appending in batch {
             after_append(svc, &appending.event, &appending.push);
         }
@@ -94,6 +105,10 @@ async fn on_room_created(svc: &Services, events: &[NewEvent]) {
                     }
                     if let Err(error) = svc.store.insert_push_actions(&rows).await {
                         tracing::error!(event_id = %event.event_id, %error, "storing push actions failed");
+                    }
+                    // Written outside the timeline's batches: counted from the database again.
+                    for row in &rows {
+                        svc.push.unread.drop_entry(&row.user_id, &row.room_id);
                     }
                 }
                 Ok(None) => tracing::error!(event_id = %event.event_id, "created room's event not found"),

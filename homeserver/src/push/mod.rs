@@ -12,6 +12,7 @@ pub mod eval;
 pub mod notifications;
 pub mod pushers;
 pub mod rules;
+pub mod unread;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -36,6 +37,8 @@ pub struct PushState {
     rulesets: Mutex<HashMap<String, (i64, Arc<Ruleset>)>>,
     /// Room ID → members and power levels, for evaluation (see `eval`).
     rooms: Mutex<HashMap<String, Arc<eval::RoomContext>>>,
+    /// Unread notification counts for `/sync`, kept from the committed outcomes.
+    pub unread: unread::UnreadCache,
     pub(crate) http: reqwest::Client,
     /// Where gateways may be; the client's resolver applies it to names, delivery to literals.
     pub(crate) addresses: address::AddressPolicy,
@@ -46,6 +49,7 @@ impl PushState {
         Self {
             rulesets: Mutex::default(),
             rooms: Mutex::default(),
+            unread: unread::UnreadCache::default(),
             http: address::gateway_client(address::AddressPolicy::new(config)),
             addresses: address::AddressPolicy::new(config),
         }

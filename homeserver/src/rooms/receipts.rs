@@ -127,6 +127,7 @@ pub async fn store_receipt(
         .put_receipt(room_id, user_id, receipt_type, thread_id, event_id, ts)
         .await?;
     svc.sync_engine.receipt_stored(room_id, position);
+    svc.push.unread.drop_entry(user_id, room_id);
     Ok(())
 }
 

@@ -182,11 +182,13 @@ impl Store {
 
     /// A user's unread notification and highlight counts per room and thread: notifying events
     /// after the event of their newest unthreaded `m.read` or `m.read.private` receipt (as
-    /// `receipt_position` + `push_counts` per room). Rooms with no counts are absent.
+    /// `receipt_position` + `push_counts` per room), up to position `upto`. Rooms with no counts
+    /// are absent.
     pub async fn unread_counts_in_rooms(
         &self,
         user_id: &str,
         room_ids: &[String],
+        upto: i64,
     ) -> StoreResult<HashMap<String, ThreadCounts>> {
         let mut out: HashMap<String, ThreadCounts> = HashMap::new();
         for chunk in room_ids.chunks(CHUNK) {
@@ -200,11 +202,12 @@ impl Store {
                  SELECT a.room_id, a.thread_id, COUNT(*), CAST(COALESCE(SUM(a.highlight), 0) AS BIGINT) \
                  FROM event_push_actions a LEFT JOIN reads ON reads.room_id = a.room_id \
                  WHERE a.user_id = $1 AND a.room_id IN ({}) AND a.notify = 1 \
-                 AND a.stream_ordering > COALESCE(reads.pos, 0) GROUP BY a.room_id, a.thread_id",
-                placeholders(2, n),
-                placeholders(2 + n, n)
+                 AND a.stream_ordering > COALESCE(reads.pos, 0) AND a.stream_ordering <= $2 \
+                 GROUP BY a.room_id, a.thread_id",
+                placeholders(3, n),
+                placeholders(3 + n, n)
             );
-            let mut query = qs(sql).bind(user_id.to_owned());
+            let mut query = qs(sql).bind(user_id.to_owned()).bind(upto);
             for _ in 0..2 {
                 for id in chunk {
                     query = query.bind(id.clone());

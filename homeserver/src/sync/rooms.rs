@@ -15,7 +15,6 @@ use super::{
 use crate::{
     error::{Error, Result},
     filter::RoomFilter,
-    push::Counts,
     rooms::{
         access::RoomAccess,
         client_event::{Related, Viewer},
@@ -608,7 +607,7 @@ async fn add_unread_notifications(
     if ids.is_empty() {
         return Ok(());
     }
-    let mut counts = svc.store.unread_counts_in_rooms(ask.user_id, &ids).await?;
+    let mut counts = svc.push.unread.counts_in_rooms(svc, ask.user_id, &ids).await?;
     let threaded = ask
         .room_filter
         .timeline
@@ -619,7 +618,7 @@ async fn add_unread_notifications(
         if typing_only.contains(room_id) {
             continue;
         }
-        let counts = Counts::from_rows(counts.remove(room_id).unwrap_or_default());
+        let counts = counts.remove(room_id).unwrap_or_default();
         if !threaded {
             section.unread_notifications = Some(UnreadCounts {
                 notification_count: counts.total_notifications(),
