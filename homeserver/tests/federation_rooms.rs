@@ -852,6 +852,237 @@ async fn backfilled_history_keeps_its_visibility() {
     }
 }
 
+/// The backfilled event `event_id` of `events` (a `/messages` chunk).
+fn find<'a>(events: &'a [Value], event_id: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["event_id"] == event_id)
+        .unwrap_or_else(|| panic!("{event_id} not in the history: {events:?}"))
+}
+
+/// The state `/context` gives with `event_id` (the state after it), as (type, key) → content.
+async fn context_state(
+    client: &common::Client,
+    room_id: &str,
+    event_id: &str,
+) -> Vec<((String, String), Value)> {
+    let context = client
+        .ok(
+            Method::GET,
+            &format!("/rooms/{}/context/{}?limit=0", encode(room_id), encode(event_id)),
+            None,
+        )
+        .await;
+    context["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                (
+                    e["type"].as_str().unwrap().to_owned(),
+                    e["state_key"].as_str().unwrap().to_owned(),
+                ),
+                e["content"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn state_content<'a>(
+    state: &'a [((String, String), Value)],
+    event_type: &str,
+    key: &str,
+) -> Option<&'a Value> {
+    state
+        .iter()
+        .find(|((t, k), _)| t == event_type && k == key)
+        .map(|(_, c)| c)
+}
+
+/// History from before B's join with state changes in its middle (a topic, a member who
+/// joins and leaves, the history visibility opened): each backfilled event carries the state
+/// at it (`prev_content`, `/context`), and is visible per event by the setting at it (a
+/// peeker on B sees only what came after the room turned `world_readable`).
+#[tokio::test]
+async fn backfilled_events_have_the_state_at_them() {
+    let p = pair().await;
+    let alice = p.a.server.register("alice").await;
+    let carol = p.a.server.register("carol").await;
+    let bob = p.b.server.register("bob").await;
+    let dave = p.b.server.register("dave").await;
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "topic": "T0" }))
+        .await;
+    let early = alice.send_text(&room, "early").await;
+    let t1 = alice
+        .set_state(&room, "m.room.topic", "", json!({ "topic": "T1" }))
+        .await;
+    carol.join(&room).await;
+    let from_carol = carol.send_text(&room, "from carol").await;
+    carol.leave(&room).await;
+    let opened = alice
+        .set_state(
+            &room,
+            "m.room.history_visibility",
+            "",
+            json!({ "history_visibility": "world_readable" }),
+        )
+        .await;
+    let late = alice.send_text(&room, "late").await;
+    alice
+        .set_state(&room, "m.room.topic", "", json!({ "topic": "T2" }))
+        .await;
+    bob.ok(
+        Method::POST,
+        &format!("/join/{}?via=hs-a.test", encode(&room)),
+        Some(&json!({})),
+    )
+    .await;
+
+    let events = all_messages_backwards(&bob, &room).await;
+    assert_eq!(
+        bodies(&events),
+        ["late", "from carol", "early"],
+        "B: {}",
+        p.b.server.log_tail()
+    );
+    assert_eq!(
+        find(&events, &t1)["unsigned"]["prev_content"]["topic"],
+        "T0",
+        "the topic it replaced, from the backfilled state: {}",
+        find(&events, &t1)
+    );
+    let carol_leave = events
+        .iter()
+        .find(|e| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == carol.user_id
+                && e["content"]["membership"] == "leave"
+        })
+        .expect("carol's leave");
+    assert_eq!(
+        carol_leave["unsigned"]["prev_content"]["membership"], "join",
+        "{carol_leave}"
+    );
+    assert_eq!(
+        find(&events, &opened)["unsigned"]["prev_content"],
+        json!({ "history_visibility": "shared" })
+    );
+    let at_early = context_state(&bob, &room, &early).await;
+    assert_eq!(
+        state_content(&at_early, "m.room.topic", "").map(|c| &c["topic"]),
+        Some(&json!("T0"))
+    );
+    assert_eq!(state_content(&at_early, "m.room.member", &carol.user_id), None);
+    let at_carol = context_state(&bob, &room, &from_carol).await;
+    assert_eq!(
+        state_content(&at_carol, "m.room.topic", "").map(|c| &c["topic"]),
+        Some(&json!("T1"))
+    );
+    assert_eq!(
+        state_content(&at_carol, "m.room.member", &carol.user_id).map(|c| &c["membership"]),
+        Some(&json!("join"))
+    );
+    let at_late = context_state(&bob, &room, &late).await;
+    assert_eq!(
+        state_content(&at_late, "m.room.member", &carol.user_id).map(|c| &c["membership"]),
+        Some(&json!("leave"))
+    );
+    assert_eq!(
+        state_content(&at_late, "m.room.history_visibility", ""),
+        Some(&json!({ "history_visibility": "world_readable" }))
+    );
+
+    // Dave on B never joined: the room is world_readable now, so he may peek, and sees the
+    // backfilled events from the change on, not those from before it (`shared` then).
+    let peeked = all_messages_backwards(&dave, &room).await;
+    assert_eq!(bodies(&peeked), ["late"], "{peeked:?}");
+    assert!(
+        peeked.iter().any(|e| e["event_id"] == opened),
+        "the change itself shows"
+    );
+    assert!(
+        !peeked.iter().any(|e| e["event_id"] == t1),
+        "T1 was set while `shared`"
+    );
+}
+
+/// More history than one `/backfill` answer holds: the oldest event of the first answer has
+/// its prev event missing, so B asks A's `/state_ids` for the state there. That state (topic
+/// T0, set long before) is the one B gives the event, not the state B joined with (T1).
+#[tokio::test]
+async fn the_oldest_backfilled_event_gets_its_state_from_state_ids() {
+    let p = pair().await;
+    let alice = p.a.server.register("alice").await;
+    let bob = p.b.server.register("bob").await;
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "topic": "T0" }))
+        .await;
+    let mut ids = Vec::new();
+    for i in 1..=110 {
+        ids.push(alice.send_text(&room, &format!("m{i}")).await);
+    }
+    let t1 = alice
+        .set_state(&room, "m.room.topic", "", json!({ "topic": "T1" }))
+        .await;
+    bob.ok(
+        Method::POST,
+        &format!("/join/{}?via=hs-a.test", encode(&room)),
+        Some(&json!({})),
+    )
+    .await;
+    // One page: the first backfill answer (100 events: T1 and the 99 messages before it).
+    let first = bob
+        .ok(
+            Method::GET,
+            &format!("/rooms/{}/messages?dir=b&limit=5", encode(&room)),
+            None,
+        )
+        .await;
+    assert!(!first["chunk"].as_array().unwrap().is_empty(), "{first}");
+    let oldest = &ids[110 - 99];
+    assert_eq!(
+        p.b.count(
+            "SELECT COUNT(*) FROM events WHERE event_id = $1 AND stream_ordering < 0",
+            oldest
+        )
+        .await,
+        1,
+        "m12 came in the first answer: {}",
+        p.b.server.log_tail()
+    );
+    assert_eq!(
+        p.b.count(
+            "SELECT COUNT(*) FROM events WHERE event_id = $1 AND outlier = 0",
+            &ids[110 - 100]
+        )
+        .await,
+        0,
+        "m11 did not (it is m12's missing prev event)"
+    );
+    let at_oldest = context_state(&bob, &room, oldest).await;
+    assert_eq!(
+        state_content(&at_oldest, "m.room.topic", "").map(|c| &c["topic"]),
+        Some(&json!("T0")),
+        "the state at m12 came from A's /state_ids: {at_oldest:?}\nB: {}",
+        p.b.server.log_tail()
+    );
+    let events = all_messages_backwards(&bob, &room).await;
+    let expected: Vec<String> = (1..=110).rev().map(|i| format!("m{i}")).collect();
+    assert_eq!(bodies(&events), expected, "B: {}", p.b.server.log_tail());
+    assert_eq!(find(&events, &t1)["unsigned"]["prev_content"]["topic"], "T0");
+    assert_eq!(events.last().unwrap()["type"], "m.room.create");
+    for id in [&ids[0], &ids[50], oldest] {
+        let state = context_state(&bob, &room, id).await;
+        assert_eq!(
+            state_content(&state, "m.room.topic", "").map(|c| &c["topic"]),
+            Some(&json!("T0")),
+            "at {id}"
+        );
+    }
+}
+
 /// The content of `event_id` as `client` reads it (`/rooms/{roomId}/event/{eventId}`), or
 /// `None` while the event is not there.
 async fn content_of(client: &common::Client, room_id: &str, event_id: &str) -> Option<Value> {

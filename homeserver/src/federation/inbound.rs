@@ -510,6 +510,31 @@ pub async fn check_without_state(
     Ok(pdu)
 }
 
+/// Step 5 for an event whose state before it was worked out elsewhere (a backfilled one):
+/// the auth rules against `before`; failing them, the event is stored as rejected and the
+/// reason returned. Passing, whether the event may redact (`may_redact`) in that state.
+pub(crate) async fn check_against_state_before(
+    svc: &Services,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    before: &StateMap,
+) -> Result<Result<bool, String>> {
+    let wanted = match wanted_state(rules, pdu) {
+        Ok(wanted) => wanted,
+        Err(Placement::Rejected(reason)) => {
+            reject(svc, pdu, &reason).await;
+            return Ok(Err(reason));
+        }
+        Err(Placement::Error(e)) => return Err(e),
+    };
+    let state = entries_of(svc, before, &wanted).await?;
+    if let Err(reason) = check_against_state(rules, pdu, &state) {
+        reject(svc, pdu, &reason).await;
+        return Ok(Err(reason));
+    }
+    Ok(Ok(may_redact(rules, &state, pdu)))
+}
+
 /// The room's version and rules; an error for rooms this server does not know.
 pub async fn room_rules(svc: &Services, room_id: &RoomId) -> Result<(RoomVersionId, RoomVersionRules)> {
     let room = svc
@@ -622,7 +647,7 @@ pub struct Budget {
 /// rejected ones), else fetched from `origin`, checked against their own auth events
 /// (fetched in turn, up to `MAX_FETCH_DEPTH`) and kept as outliers. An event that cannot be had
 /// or is rejected is an error.
-fn ensure_events<'a>(
+pub(crate) fn ensure_events<'a>(
     svc: &'a Services,
     origin: &'a ServerName,
     rules: &'a RoomVersionRules,
