@@ -1161,9 +1161,12 @@ async fn a_moderators_redaction_of_the_other_servers_event_applies_on_both() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    bob.redact(&room, &from_a).await;
+    let redaction = bob.redact(&room, &from_a).await;
     assert_eq!(content_of(&bob, &room, &from_a).await, Some(json!({})));
     wait_for_content(&alice, &room, &from_a, &json!({}), &p).await;
+    // A redaction that applies is an event clients see, on both servers.
+    assert_eq!(shown_to(&alice, &room, &redaction).await, [true; 4]);
+    assert_eq!(shown_to(&bob, &room, &redaction).await, [true; 4]);
 }
 
 /// The room's current state event ID of (`event_type`, `state_key`) and its forward
@@ -1248,6 +1251,28 @@ fn accepted(results: &Value, event_id: &EventId) -> bool {
         .is_some_and(|r| r.get("error").is_none())
 }
 
+/// Whether `event_id` reaches `client` anywhere a client reads events: `/event`, `/context`,
+/// `/messages` and a full `/sync` (its timeline of the room).
+async fn shown_to(client: &common::Client, room_id: &str, event_id: &str) -> [bool; 4] {
+    let event = content_of(client, room_id, event_id).await.is_some();
+    let (status, _) = client
+        .request(
+            Method::GET,
+            &format!("/rooms/{}/context/{}?limit=1", encode(room_id), encode(event_id)),
+            None,
+        )
+        .await;
+    let messages = all_messages_backwards(client, room_id)
+        .await
+        .iter()
+        .any(|e| e["event_id"] == event_id);
+    let sync = client.sync(None, 0, 50).await;
+    let synced = common::timeline_ids(&sync, room_id)
+        .iter()
+        .any(|id| id == event_id);
+    [event, status == StatusCode::OK, messages, synced]
+}
+
 #[tokio::test]
 async fn redactions_without_the_power_apply_nowhere() {
     let p = pair().await;
@@ -1282,10 +1307,25 @@ async fn redactions_without_the_power_apply_nowhere() {
     );
     let results = send_to_a(&p, &b_key, "forged-1", vec![pdu]).await;
     assert!(accepted(&results, &redaction), "{results}");
-    assert!(
-        content_of(&alice, &room, redaction.as_str()).await.is_some(),
+    assert_eq!(
+        p.a.count(
+            "SELECT COUNT(*) FROM events WHERE event_id = $1",
+            redaction.as_str()
+        )
+        .await,
+        1,
         "stored"
     );
+    // It does not apply, so clients never see it (held back).
+    assert_eq!(
+        shown_to(&alice, &room, redaction.as_str()).await,
+        [false; 4],
+        "A: {}",
+        p.a.server.log_tail()
+    );
+    // The DAG goes on from it: Alice's next message is shown as ever.
+    let next = alice.send_text(&room, "after the forged redaction").await;
+    assert_eq!(shown_to(&alice, &room, &next).await, [true; 4]);
     assert_eq!(content_of(&alice, &room, &from_a).await, Some(a_message.clone()));
 
     // A redaction claiming to be Alice's (the room's creator) from a key that is not A's,
@@ -1357,9 +1397,18 @@ async fn a_redaction_that_arrives_before_its_target_applies_when_it_comes() {
     );
     let results = send_to_a(&p, &b_key, "early-1", vec![redaction_pdu]).await;
     assert!(accepted(&results, &redaction), "{results}");
+    assert_eq!(
+        content_of(&alice, &room, redaction.as_str()).await,
+        None,
+        "held back while its target is not here"
+    );
     let results = send_to_a(&p, &b_key, "early-2", vec![target_pdu]).await;
     assert!(accepted(&results, &target), "{results}");
     assert_eq!(content_of(&alice, &room, target.as_str()).await, Some(json!({})));
+    assert!(
+        content_of(&alice, &room, redaction.as_str()).await.is_some(),
+        "shown once it applies"
+    );
 
     // Bob's redaction of an event not here yet that turns out to be Alice's (A's; the test
     // signs it with A's key, as if it came late through B): it waited for nothing, not applied.
@@ -1390,6 +1439,11 @@ async fn a_redaction_that_arrives_before_its_target_applies_when_it_comes() {
     let results = send_to_a(&p, &b_key, "early-4", vec![target_pdu]).await;
     assert!(accepted(&results, &target), "{results}");
     assert_eq!(content_of(&alice, &room, target.as_str()).await, Some(stays));
+    assert_eq!(
+        shown_to(&alice, &room, redaction.as_str()).await,
+        [false; 4],
+        "never applies, never shown"
+    );
 
     // The same once Bob is a moderator (in the state before his redaction): it names its target
     // at once, and applies when the target comes, whoever's it is.

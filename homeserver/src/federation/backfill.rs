@@ -334,7 +334,13 @@ async fn store_batch(
         };
         if svc
             .store
-            .insert_backfilled(&event, first + i as i64, before_group, before_state)
+            .insert_backfilled(
+                &event,
+                first + i as i64,
+                before_group,
+                before_state,
+                inbound::held_back(&pdu, &event),
+            )
             .await?
         {
             count += 1;

@@ -45,13 +45,16 @@ impl Store {
     /// a state event gets a new group (a delta of `before_group`, or a snapshot once the chain
     /// is long) and `replaces_state` (its `prev_content`). Without `before` (the state before
     /// it could not be had) it takes `before_group` as it is. An outlier row of the same event
-    /// is replaced. Returns whether it was stored (an event already in the DAG is left alone).
+    /// is replaced. A redaction that does not apply is `held_back` (`outlier = 2`: in the DAG,
+    /// never shown to clients). Returns whether it was stored (an event already in the DAG is
+    /// left alone).
     pub async fn insert_backfilled(
         &self,
         event: &NewEvent,
         stream_ordering: i64,
         before_group: i64,
         before: Option<&StateMap>,
+        held_back: bool,
     ) -> StoreResult<bool> {
         let sealed = super::at_rest::sealed(std::slice::from_ref(event));
         let event = &sealed[0];
@@ -83,7 +86,7 @@ impl Store {
             "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth, \
              origin_server_ts, redacts, rel_type, relates_to, relation_key, state_group, json, outlier, \
              topological_ordering, replaces_state) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $17, $15, $16) \
              ON CONFLICT (event_id) DO NOTHING",
         )
         .bind(stream_ordering)
@@ -102,6 +105,7 @@ impl Store {
         .bind(event.json.clone())
         .bind(topo)
         .bind(replaces_state)
+        .bind(if held_back { 2_i64 } else { 0 })
         .execute(&mut *tx)
         .await?
         .rows_affected()

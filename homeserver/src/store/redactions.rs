@@ -49,8 +49,9 @@ impl Store {
             if room != room_id || server != sender_server {
                 continue;
             }
+            // Held back from clients while it waited (`outlier = 2`): shown from now on.
             applied += q(
-                "UPDATE events SET redacts = $1 WHERE event_id = $2 AND room_id = $3 \
+                "UPDATE events SET redacts = $1, outlier = 0 WHERE event_id = $2 AND room_id = $3 \
                           AND redacts IS NULL",
             )
             .bind(event_id.to_owned())
