@@ -1477,3 +1477,96 @@ async fn a_redaction_that_arrives_before_its_target_applies_when_it_comes() {
     assert!(accepted(&results, &target), "{results}");
     assert_eq!(content_of(&alice, &room, target.as_str()).await, Some(json!({})));
 }
+
+/// How many `redactions_awaiting_target` rows of A's name `redaction`.
+async fn waiting_rows(p: &Pair, redaction: &EventId) -> i64 {
+    p.a.count(
+        "SELECT COUNT(*) FROM redactions_awaiting_target WHERE redaction_id = $1",
+        redaction.as_str(),
+    )
+    .await
+}
+
+/// A redaction whose target never comes waits a day, then is forgotten by A's timer (the
+/// first pass runs as A starts); one still within the day stays, and after the restart still
+/// applies when its target comes (the in-memory count of waiting rows is read again).
+#[tokio::test]
+async fn redactions_whose_target_never_comes_are_forgotten() {
+    let mut p = pair().await;
+    let alice = p.a.server.register("alice").await;
+    let bob = p.b.server.register("bob").await;
+    let (room, _, _) = shared_room(&p, &alice, &bob).await;
+    let b_key = p.b.signing_key().await;
+    let mut redactions = Vec::new();
+    let mut targets = Vec::new();
+    for (i, body) in ["never sent", "sent later"].into_iter().enumerate() {
+        let tips = room_tips(&p, &room, &bob.user_id).await;
+        let (target, target_pdu) = crafted(
+            &room,
+            &bob.user_id,
+            "m.room.message",
+            json!({ "msgtype": "m.text", "body": body }),
+            &tips,
+            "hs-b.test",
+            &b_key,
+        );
+        let (redaction, redaction_pdu) = crafted(
+            &room,
+            &bob.user_id,
+            "m.room.redaction",
+            json!({ "redacts": target }),
+            &tips,
+            "hs-b.test",
+            &b_key,
+        );
+        let results = send_to_a(&p, &b_key, &format!("wait-{i}"), vec![redaction_pdu]).await;
+        assert!(accepted(&results, &redaction), "{results}");
+        redactions.push(redaction);
+        targets.push((target, target_pdu));
+    }
+    assert_eq!(waiting_rows(&p, &redactions[0]).await, 1);
+    assert_eq!(waiting_rows(&p, &redactions[1]).await, 1);
+    // Back-dated while A is down (the tests' pools on a running server are read-only).
+    p.a.server.stop().await;
+    {
+        let db = sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&p.a.server.db_url)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE redactions_awaiting_target SET received_ts = $1 WHERE redaction_id = $2")
+            .bind(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64
+                    - 25 * 3600 * 1000,
+            )
+            .bind(redactions[0].to_string())
+            .execute(&db)
+            .await
+            .unwrap();
+        db.close().await;
+    }
+    p.a.server.start_again().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while waiting_rows(&p, &redactions[0]).await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the day-old row was never pruned\nA: {}",
+            p.a.server.log_tail()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(waiting_rows(&p, &redactions[1]).await, 1, "the recent one stays");
+
+    let (target, target_pdu) = targets.pop().unwrap();
+    let results = send_to_a(&p, &b_key, "late-target", vec![target_pdu]).await;
+    assert!(accepted(&results, &target), "{results}");
+    assert_eq!(
+        content_of(&alice, &room, target.as_str()).await,
+        Some(json!({})),
+        "the waiting redaction applies after the restart"
+    );
+    assert!(content_of(&alice, &room, redactions[1].as_str()).await.is_some());
+}

@@ -893,6 +893,7 @@ pub(crate) async fn redaction_target(
                 pdu.event_id.as_str(),
                 room_id.as_str(),
                 pdu.sender.server_name().as_str(),
+                now_ms(),
             )
             .await?;
         return Ok(None);
