@@ -648,6 +648,18 @@ async fn backfill_from_a_misbehaving_server() {
         })))
         .mount(&mock)
         .await;
+    // h3's prev event (h2) is not here: its state is asked of /state_ids, which names more
+    // events than are read. Refused whole: none of them is fetched, h3 keeps the state the
+    // join brought (logged), and the history shows as below.
+    let flood: Vec<String> = (0..6_000).map(|i| format!("$flood{i:0>38}")).collect();
+    Mock::given(method("GET"))
+        .and(path_regex("^/_matrix/federation/v1/state_ids/"))
+        .and(header_is("host", "hist.test"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({ "pdu_ids": flood, "auth_chain_ids": [] })),
+        )
+        .mount(&mock)
+        .await;
     let (status, body, _) = join(&bob, &room.room_id).await;
     assert_eq!(status, StatusCode::OK, "{body}\n{}", server.log_tail());
 
@@ -719,6 +731,19 @@ async fn backfill_from_a_misbehaving_server() {
         .filter(|r| r.url.path().starts_with("/_matrix/federation/v1/backfill/"))
         .count();
     assert!((1..=2).contains(&asked), "{asked} backfill requests");
+    let requests = mock.received_requests().await.unwrap();
+    let state_asked = requests
+        .iter()
+        .filter(|r| r.url.path().starts_with("/_matrix/federation/v1/state_ids/"))
+        .count();
+    assert!(
+        (1..=asked).contains(&state_asked),
+        "{state_asked} /state_ids requests"
+    );
+    assert!(
+        !requests.iter().any(|r| r.url.path().contains("flood")),
+        "no event the flood names is fetched"
+    );
 }
 
 /// A PDU of the fake room's version 10 with every field chosen by the test.
