@@ -648,6 +648,18 @@ async fn backfill_from_a_misbehaving_server() {
         })))
         .mount(&mock)
         .await;
+    // h3's prev event (h2) is not here: its state is asked of /state_ids, which names more
+    // events than are read. Refused whole: none of them is fetched, h3 keeps the state the
+    // join brought (logged), and the history shows as below.
+    let flood: Vec<String> = (0..6_000).map(|i| format!("$flood{i:0>38}")).collect();
+    Mock::given(method("GET"))
+        .and(path_regex("^/_matrix/federation/v1/state_ids/"))
+        .and(header_is("host", "hist.test"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({ "pdu_ids": flood, "auth_chain_ids": [] })),
+        )
+        .mount(&mock)
+        .await;
     let (status, body, _) = join(&bob, &room.room_id).await;
     assert_eq!(status, StatusCode::OK, "{body}\n{}", server.log_tail());
 
@@ -719,4 +731,209 @@ async fn backfill_from_a_misbehaving_server() {
         .filter(|r| r.url.path().starts_with("/_matrix/federation/v1/backfill/"))
         .count();
     assert!((1..=2).contains(&asked), "{asked} backfill requests");
+    let requests = mock.received_requests().await.unwrap();
+    let state_asked = requests
+        .iter()
+        .filter(|r| r.url.path().starts_with("/_matrix/federation/v1/state_ids/"))
+        .count();
+    assert!(
+        (1..=asked).contains(&state_asked),
+        "{state_asked} /state_ids requests"
+    );
+    assert!(
+        !requests.iter().any(|r| r.url.path().contains("flood")),
+        "no event the flood names is fetched"
+    );
+}
+
+/// A PDU of the fake room's version 10 with every field chosen by the test.
+#[allow(clippy::too_many_arguments)]
+fn pdu_of(
+    room: &FakeRoom,
+    sender: &str,
+    event_type: &str,
+    state_key: Option<&str>,
+    content: Value,
+    prev: &[&Pdu],
+    auth: &[&Pdu],
+) -> Pdu {
+    let ids = |pdus: &[&Pdu]| -> Vec<OwnedEventId> { pdus.iter().map(|p| p.event_id.clone()).collect() };
+    PduTemplate {
+        room_id: Some(RoomId::parse(&room.room_id).unwrap()),
+        sender: UserId::parse(sender).unwrap(),
+        event_type: event_type.into(),
+        state_key: state_key.map(ToOwned::to_owned),
+        content,
+        prev_events: ids(prev),
+        auth_events: ids(auth),
+        depth: prev.iter().map(|p| p.depth).max().unwrap_or(0) + 1,
+        origin_server_ts: MilliSecondsSinceUnixEpoch(UInt::new(now_ms()).unwrap()),
+        redacts: None,
+    }
+    .finish(&RoomVersionId::V10.rules().unwrap(), &room.server, &room.key)
+    .unwrap()
+}
+
+/// A backfilled message from a user the same history banned earlier, whose auth events name
+/// the user's older join (so it passes against its auth events): against the state before it
+/// (the ban) it fails, so it is rejected, never shown; the history around it is.
+#[tokio::test]
+async fn backfilled_event_failing_the_state_before_it_is_rejected() {
+    let mock = MockServer::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (front, front_ca) = tls_front(*mock.address(), &["ban.test"], certs.path()).await;
+    let (server, _) = hearth_with_fakes(certs.path(), &["ban.test"], front, &front_ca).await;
+    let bob = server.register("bob").await;
+    let key = SigningKey::generate("fake").unwrap();
+    serve_keys(&mock, "ban.test", &key).await;
+    let room = fake_room("ban.test", key);
+    let [create, creator_join, rules] = &room.events[..] else {
+        unreachable!()
+    };
+    let (creator, eve) = ("@creator:ban.test", "@eve:ban.test");
+    let eve_join = pdu_of(
+        &room,
+        eve,
+        "m.room.member",
+        Some(eve),
+        json!({ "membership": "join" }),
+        &[rules],
+        &[create, rules],
+    );
+    let ban = pdu_of(
+        &room,
+        creator,
+        "m.room.member",
+        Some(eve),
+        json!({ "membership": "ban" }),
+        &[&eve_join],
+        &[create, creator_join, &eve_join],
+    );
+    let text = |body: &str| json!({ "msgtype": "m.text", "body": body });
+    let spam = pdu_of(
+        &room,
+        eve,
+        "m.room.message",
+        None,
+        text("spam after the ban"),
+        &[&ban],
+        &[create, &eve_join],
+    );
+    let after = pdu_of(
+        &room,
+        creator,
+        "m.room.message",
+        None,
+        text("after"),
+        &[&spam, &ban],
+        &[create, creator_join],
+    );
+    let mut template = room.template(&bob.user_id);
+    template["event"]["prev_events"] = json!([after.event_id]);
+    template["event"]["depth"] = json!(after.depth + 1);
+    serve_make_join(
+        &mock,
+        "ban.test",
+        ResponseTemplate::new(200).set_body_json(template),
+    )
+    .await;
+    let json_of = |p: &Pdu| serde_json::to_value(&p.json).unwrap();
+    let state: Vec<Value> = [create, creator_join, rules, &ban]
+        .into_iter()
+        .map(json_of)
+        .collect();
+    let chain: Vec<Value> = [create, creator_join, rules, &eve_join, &ban]
+        .into_iter()
+        .map(json_of)
+        .collect();
+    serve_send_join(
+        &mock,
+        "ban.test",
+        ResponseTemplate::new(200).set_body_json(json!({ "state": state, "auth_chain": chain })),
+    )
+    .await;
+    let pdus: Vec<Value> = [&after, &spam, &ban, &eve_join, rules, creator_join, create]
+        .into_iter()
+        .map(json_of)
+        .collect();
+    Mock::given(method("GET"))
+        .and(path_regex("^/_matrix/federation/v1/backfill/"))
+        .and(header_is("host", "ban.test"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "origin": "ban.test",
+            "origin_server_ts": now_ms(),
+            "pdus": pdus,
+        })))
+        .mount(&mock)
+        .await;
+    let (status, body, _) = join(&bob, &room.room_id).await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", server.log_tail());
+
+    let mut events: Vec<Value> = Vec::new();
+    let mut from: Option<String> = None;
+    loop {
+        let mut uri = format!("/rooms/{}/messages?dir=b&limit=4", encode(&room.room_id));
+        if let Some(from) = &from {
+            uri.push_str(&format!("&from={}", encode(from)));
+        }
+        let page = bob.ok(Method::GET, &uri, None).await;
+        events.extend(page["chunk"].as_array().unwrap().iter().cloned());
+        match page["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => break,
+        }
+    }
+    let ids: Vec<&str> = events.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    for shown in [&after, &ban, &eve_join, create] {
+        assert!(
+            ids.contains(&shown.event_id.as_str()),
+            "{} is shown: {ids:?}\n{}",
+            shown.event_id,
+            server.log_tail()
+        );
+    }
+    assert!(
+        !ids.contains(&spam.event_id.as_str()),
+        "the banned user's message is not: {events:?}"
+    );
+    let ban_shown = events
+        .iter()
+        .find(|e| e["event_id"] == ban.event_id.as_str())
+        .unwrap();
+    assert_eq!(
+        ban_shown["unsigned"]["prev_content"]["membership"], "join",
+        "{ban_shown}"
+    );
+    let (status, _) = bob
+        .request(
+            Method::GET,
+            &format!(
+                "/rooms/{}/event/{}",
+                encode(&room.room_id),
+                encode(spam.event_id.as_str())
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let db = server.db().await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM unserved_events WHERE event_id = $1 AND kind = 'rejected'",
+            &[spam.event_id.as_str()]
+        )
+        .await,
+        1,
+        "stored as rejected"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM events WHERE event_id = $1",
+            &[spam.event_id.as_str()]
+        )
+        .await,
+        0
+    );
 }

@@ -852,6 +852,237 @@ async fn backfilled_history_keeps_its_visibility() {
     }
 }
 
+/// The backfilled event `event_id` of `events` (a `/messages` chunk).
+fn find<'a>(events: &'a [Value], event_id: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["event_id"] == event_id)
+        .unwrap_or_else(|| panic!("{event_id} not in the history: {events:?}"))
+}
+
+/// The state `/context` gives with `event_id` (the state after it), as (type, key) → content.
+async fn context_state(
+    client: &common::Client,
+    room_id: &str,
+    event_id: &str,
+) -> Vec<((String, String), Value)> {
+    let context = client
+        .ok(
+            Method::GET,
+            &format!("/rooms/{}/context/{}?limit=0", encode(room_id), encode(event_id)),
+            None,
+        )
+        .await;
+    context["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                (
+                    e["type"].as_str().unwrap().to_owned(),
+                    e["state_key"].as_str().unwrap().to_owned(),
+                ),
+                e["content"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn state_content<'a>(
+    state: &'a [((String, String), Value)],
+    event_type: &str,
+    key: &str,
+) -> Option<&'a Value> {
+    state
+        .iter()
+        .find(|((t, k), _)| t == event_type && k == key)
+        .map(|(_, c)| c)
+}
+
+/// History from before B's join with state changes in its middle (a topic, a member who
+/// joins and leaves, the history visibility opened): each backfilled event carries the state
+/// at it (`prev_content`, `/context`), and is visible per event by the setting at it (a
+/// peeker on B sees only what came after the room turned `world_readable`).
+#[tokio::test]
+async fn backfilled_events_have_the_state_at_them() {
+    let p = pair().await;
+    let alice = p.a.server.register("alice").await;
+    let carol = p.a.server.register("carol").await;
+    let bob = p.b.server.register("bob").await;
+    let dave = p.b.server.register("dave").await;
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "topic": "T0" }))
+        .await;
+    let early = alice.send_text(&room, "early").await;
+    let t1 = alice
+        .set_state(&room, "m.room.topic", "", json!({ "topic": "T1" }))
+        .await;
+    carol.join(&room).await;
+    let from_carol = carol.send_text(&room, "from carol").await;
+    carol.leave(&room).await;
+    let opened = alice
+        .set_state(
+            &room,
+            "m.room.history_visibility",
+            "",
+            json!({ "history_visibility": "world_readable" }),
+        )
+        .await;
+    let late = alice.send_text(&room, "late").await;
+    alice
+        .set_state(&room, "m.room.topic", "", json!({ "topic": "T2" }))
+        .await;
+    bob.ok(
+        Method::POST,
+        &format!("/join/{}?via=hs-a.test", encode(&room)),
+        Some(&json!({})),
+    )
+    .await;
+
+    let events = all_messages_backwards(&bob, &room).await;
+    assert_eq!(
+        bodies(&events),
+        ["late", "from carol", "early"],
+        "B: {}",
+        p.b.server.log_tail()
+    );
+    assert_eq!(
+        find(&events, &t1)["unsigned"]["prev_content"]["topic"],
+        "T0",
+        "the topic it replaced, from the backfilled state: {}",
+        find(&events, &t1)
+    );
+    let carol_leave = events
+        .iter()
+        .find(|e| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == carol.user_id
+                && e["content"]["membership"] == "leave"
+        })
+        .expect("carol's leave");
+    assert_eq!(
+        carol_leave["unsigned"]["prev_content"]["membership"], "join",
+        "{carol_leave}"
+    );
+    assert_eq!(
+        find(&events, &opened)["unsigned"]["prev_content"],
+        json!({ "history_visibility": "shared" })
+    );
+    let at_early = context_state(&bob, &room, &early).await;
+    assert_eq!(
+        state_content(&at_early, "m.room.topic", "").map(|c| &c["topic"]),
+        Some(&json!("T0"))
+    );
+    assert_eq!(state_content(&at_early, "m.room.member", &carol.user_id), None);
+    let at_carol = context_state(&bob, &room, &from_carol).await;
+    assert_eq!(
+        state_content(&at_carol, "m.room.topic", "").map(|c| &c["topic"]),
+        Some(&json!("T1"))
+    );
+    assert_eq!(
+        state_content(&at_carol, "m.room.member", &carol.user_id).map(|c| &c["membership"]),
+        Some(&json!("join"))
+    );
+    let at_late = context_state(&bob, &room, &late).await;
+    assert_eq!(
+        state_content(&at_late, "m.room.member", &carol.user_id).map(|c| &c["membership"]),
+        Some(&json!("leave"))
+    );
+    assert_eq!(
+        state_content(&at_late, "m.room.history_visibility", ""),
+        Some(&json!({ "history_visibility": "world_readable" }))
+    );
+
+    // Dave on B never joined: the room is world_readable now, so he may peek, and sees the
+    // backfilled events from the change on, not those from before it (`shared` then).
+    let peeked = all_messages_backwards(&dave, &room).await;
+    assert_eq!(bodies(&peeked), ["late"], "{peeked:?}");
+    assert!(
+        peeked.iter().any(|e| e["event_id"] == opened),
+        "the change itself shows"
+    );
+    assert!(
+        !peeked.iter().any(|e| e["event_id"] == t1),
+        "T1 was set while `shared`"
+    );
+}
+
+/// More history than one `/backfill` answer holds: the oldest event of the first answer has
+/// its prev event missing, so B asks A's `/state_ids` for the state there. That state (topic
+/// T0, set long before) is the one B gives the event, not the state B joined with (T1).
+#[tokio::test]
+async fn the_oldest_backfilled_event_gets_its_state_from_state_ids() {
+    let p = pair().await;
+    let alice = p.a.server.register("alice").await;
+    let bob = p.b.server.register("bob").await;
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "topic": "T0" }))
+        .await;
+    let mut ids = Vec::new();
+    for i in 1..=110 {
+        ids.push(alice.send_text(&room, &format!("m{i}")).await);
+    }
+    let t1 = alice
+        .set_state(&room, "m.room.topic", "", json!({ "topic": "T1" }))
+        .await;
+    bob.ok(
+        Method::POST,
+        &format!("/join/{}?via=hs-a.test", encode(&room)),
+        Some(&json!({})),
+    )
+    .await;
+    // One page: the first backfill answer (100 events: T1 and the 99 messages before it).
+    let first = bob
+        .ok(
+            Method::GET,
+            &format!("/rooms/{}/messages?dir=b&limit=5", encode(&room)),
+            None,
+        )
+        .await;
+    assert!(!first["chunk"].as_array().unwrap().is_empty(), "{first}");
+    let oldest = &ids[110 - 99];
+    assert_eq!(
+        p.b.count(
+            "SELECT COUNT(*) FROM events WHERE event_id = $1 AND stream_ordering < 0",
+            oldest
+        )
+        .await,
+        1,
+        "m12 came in the first answer: {}",
+        p.b.server.log_tail()
+    );
+    assert_eq!(
+        p.b.count(
+            "SELECT COUNT(*) FROM events WHERE event_id = $1 AND outlier = 0",
+            &ids[110 - 100]
+        )
+        .await,
+        0,
+        "m11 did not (it is m12's missing prev event)"
+    );
+    let at_oldest = context_state(&bob, &room, oldest).await;
+    assert_eq!(
+        state_content(&at_oldest, "m.room.topic", "").map(|c| &c["topic"]),
+        Some(&json!("T0")),
+        "the state at m12 came from A's /state_ids: {at_oldest:?}\nB: {}",
+        p.b.server.log_tail()
+    );
+    let events = all_messages_backwards(&bob, &room).await;
+    let expected: Vec<String> = (1..=110).rev().map(|i| format!("m{i}")).collect();
+    assert_eq!(bodies(&events), expected, "B: {}", p.b.server.log_tail());
+    assert_eq!(find(&events, &t1)["unsigned"]["prev_content"]["topic"], "T0");
+    assert_eq!(events.last().unwrap()["type"], "m.room.create");
+    for id in [&ids[0], &ids[50], oldest] {
+        let state = context_state(&bob, &room, id).await;
+        assert_eq!(
+            state_content(&state, "m.room.topic", "").map(|c| &c["topic"]),
+            Some(&json!("T0")),
+            "at {id}"
+        );
+    }
+}
+
 /// The content of `event_id` as `client` reads it (`/rooms/{roomId}/event/{eventId}`), or
 /// `None` while the event is not there.
 async fn content_of(client: &common::Client, room_id: &str, event_id: &str) -> Option<Value> {
@@ -930,9 +1161,12 @@ async fn a_moderators_redaction_of_the_other_servers_event_applies_on_both() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    bob.redact(&room, &from_a).await;
+    let redaction = bob.redact(&room, &from_a).await;
     assert_eq!(content_of(&bob, &room, &from_a).await, Some(json!({})));
     wait_for_content(&alice, &room, &from_a, &json!({}), &p).await;
+    // A redaction that applies is an event clients see, on both servers.
+    assert_eq!(shown_to(&alice, &room, &redaction).await, [true; 4]);
+    assert_eq!(shown_to(&bob, &room, &redaction).await, [true; 4]);
 }
 
 /// The room's current state event ID of (`event_type`, `state_key`) and its forward
@@ -1017,6 +1251,28 @@ fn accepted(results: &Value, event_id: &EventId) -> bool {
         .is_some_and(|r| r.get("error").is_none())
 }
 
+/// Whether `event_id` reaches `client` anywhere a client reads events: `/event`, `/context`,
+/// `/messages` and a full `/sync` (its timeline of the room).
+async fn shown_to(client: &common::Client, room_id: &str, event_id: &str) -> [bool; 4] {
+    let event = content_of(client, room_id, event_id).await.is_some();
+    let (status, _) = client
+        .request(
+            Method::GET,
+            &format!("/rooms/{}/context/{}?limit=1", encode(room_id), encode(event_id)),
+            None,
+        )
+        .await;
+    let messages = all_messages_backwards(client, room_id)
+        .await
+        .iter()
+        .any(|e| e["event_id"] == event_id);
+    let sync = client.sync(None, 0, 50).await;
+    let synced = common::timeline_ids(&sync, room_id)
+        .iter()
+        .any(|id| id == event_id);
+    [event, status == StatusCode::OK, messages, synced]
+}
+
 #[tokio::test]
 async fn redactions_without_the_power_apply_nowhere() {
     let p = pair().await;
@@ -1051,10 +1307,25 @@ async fn redactions_without_the_power_apply_nowhere() {
     );
     let results = send_to_a(&p, &b_key, "forged-1", vec![pdu]).await;
     assert!(accepted(&results, &redaction), "{results}");
-    assert!(
-        content_of(&alice, &room, redaction.as_str()).await.is_some(),
+    assert_eq!(
+        p.a.count(
+            "SELECT COUNT(*) FROM events WHERE event_id = $1",
+            redaction.as_str()
+        )
+        .await,
+        1,
         "stored"
     );
+    // It does not apply, so clients never see it (held back).
+    assert_eq!(
+        shown_to(&alice, &room, redaction.as_str()).await,
+        [false; 4],
+        "A: {}",
+        p.a.server.log_tail()
+    );
+    // The DAG goes on from it: Alice's next message is shown as ever.
+    let next = alice.send_text(&room, "after the forged redaction").await;
+    assert_eq!(shown_to(&alice, &room, &next).await, [true; 4]);
     assert_eq!(content_of(&alice, &room, &from_a).await, Some(a_message.clone()));
 
     // A redaction claiming to be Alice's (the room's creator) from a key that is not A's,
@@ -1126,9 +1397,18 @@ async fn a_redaction_that_arrives_before_its_target_applies_when_it_comes() {
     );
     let results = send_to_a(&p, &b_key, "early-1", vec![redaction_pdu]).await;
     assert!(accepted(&results, &redaction), "{results}");
+    assert_eq!(
+        content_of(&alice, &room, redaction.as_str()).await,
+        None,
+        "held back while its target is not here"
+    );
     let results = send_to_a(&p, &b_key, "early-2", vec![target_pdu]).await;
     assert!(accepted(&results, &target), "{results}");
     assert_eq!(content_of(&alice, &room, target.as_str()).await, Some(json!({})));
+    assert!(
+        content_of(&alice, &room, redaction.as_str()).await.is_some(),
+        "shown once it applies"
+    );
 
     // Bob's redaction of an event not here yet that turns out to be Alice's (A's; the test
     // signs it with A's key, as if it came late through B): it waited for nothing, not applied.
@@ -1159,6 +1439,11 @@ async fn a_redaction_that_arrives_before_its_target_applies_when_it_comes() {
     let results = send_to_a(&p, &b_key, "early-4", vec![target_pdu]).await;
     assert!(accepted(&results, &target), "{results}");
     assert_eq!(content_of(&alice, &room, target.as_str()).await, Some(stays));
+    assert_eq!(
+        shown_to(&alice, &room, redaction.as_str()).await,
+        [false; 4],
+        "never applies, never shown"
+    );
 
     // The same once Bob is a moderator (in the state before his redaction): it names its target
     // at once, and applies when the target comes, whoever's it is.
@@ -1191,4 +1476,97 @@ async fn a_redaction_that_arrives_before_its_target_applies_when_it_comes() {
     let results = send_to_a(&p, &b_key, "early-6", vec![target_pdu]).await;
     assert!(accepted(&results, &target), "{results}");
     assert_eq!(content_of(&alice, &room, target.as_str()).await, Some(json!({})));
+}
+
+/// How many `redactions_awaiting_target` rows of A's name `redaction`.
+async fn waiting_rows(p: &Pair, redaction: &EventId) -> i64 {
+    p.a.count(
+        "SELECT COUNT(*) FROM redactions_awaiting_target WHERE redaction_id = $1",
+        redaction.as_str(),
+    )
+    .await
+}
+
+/// A redaction whose target never comes waits a day, then is forgotten by A's timer (the
+/// first pass runs as A starts); one still within the day stays, and after the restart still
+/// applies when its target comes (the in-memory count of waiting rows is read again).
+#[tokio::test]
+async fn redactions_whose_target_never_comes_are_forgotten() {
+    let mut p = pair().await;
+    let alice = p.a.server.register("alice").await;
+    let bob = p.b.server.register("bob").await;
+    let (room, _, _) = shared_room(&p, &alice, &bob).await;
+    let b_key = p.b.signing_key().await;
+    let mut redactions = Vec::new();
+    let mut targets = Vec::new();
+    for (i, body) in ["never sent", "sent later"].into_iter().enumerate() {
+        let tips = room_tips(&p, &room, &bob.user_id).await;
+        let (target, target_pdu) = crafted(
+            &room,
+            &bob.user_id,
+            "m.room.message",
+            json!({ "msgtype": "m.text", "body": body }),
+            &tips,
+            "hs-b.test",
+            &b_key,
+        );
+        let (redaction, redaction_pdu) = crafted(
+            &room,
+            &bob.user_id,
+            "m.room.redaction",
+            json!({ "redacts": target }),
+            &tips,
+            "hs-b.test",
+            &b_key,
+        );
+        let results = send_to_a(&p, &b_key, &format!("wait-{i}"), vec![redaction_pdu]).await;
+        assert!(accepted(&results, &redaction), "{results}");
+        redactions.push(redaction);
+        targets.push((target, target_pdu));
+    }
+    assert_eq!(waiting_rows(&p, &redactions[0]).await, 1);
+    assert_eq!(waiting_rows(&p, &redactions[1]).await, 1);
+    // Back-dated while A is down (the tests' pools on a running server are read-only).
+    p.a.server.stop().await;
+    {
+        let db = sqlx::any::AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&p.a.server.db_url)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE redactions_awaiting_target SET received_ts = $1 WHERE redaction_id = $2")
+            .bind(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64
+                    - 25 * 3600 * 1000,
+            )
+            .bind(redactions[0].to_string())
+            .execute(&db)
+            .await
+            .unwrap();
+        db.close().await;
+    }
+    p.a.server.start_again().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while waiting_rows(&p, &redactions[0]).await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the day-old row was never pruned\nA: {}",
+            p.a.server.log_tail()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(waiting_rows(&p, &redactions[1]).await, 1, "the recent one stays");
+
+    let (target, target_pdu) = targets.pop().unwrap();
+    let results = send_to_a(&p, &b_key, "late-target", vec![target_pdu]).await;
+    assert!(accepted(&results, &target), "{results}");
+    assert_eq!(
+        content_of(&alice, &room, target.as_str()).await,
+        Some(json!({})),
+        "the waiting redaction applies after the restart"
+    );
+    assert!(content_of(&alice, &room, redactions[1].as_str()).await.is_some());
 }

@@ -2,9 +2,16 @@
 //! event this server has of a room and that event's prev events are not here, the room's other
 //! servers are asked (`GET /_matrix/federation/v1/backfill/{roomId}`) for what came before.
 //! Every returned PDU goes through `inbound::check_without_state` (format, signatures, content
-//! hash, ACL, auth against its own auth events); accepted ones are stored at negative stream
-//! positions, in depth order, below everything this server had (`store/backfill.rs`), without
+//! hash, ACL, auth against its own auth events), then, oldest first, against the state before
+//! it (spec step 5): its prev events' states, resolved when they differ (`resolve`); for a prev
+//! event not here (the oldest events of a block), the origin's `/state_ids` at it, the state
+//! events not here fetched and checked as outliers. Failing that check it is rejected. Accepted
+//! ones are stored at negative stream positions, in depth order, below everything this server
+//! had (`store/backfill.rs`), each with the state after it (`prev_content`, `/context`), without
 //! the timeline's listeners: no `/sync` wake-up, push, notification count or federation send.
+//! When the state before an event cannot be had (`MAX_STATE_FETCHES` used, the origin does not
+//! answer), it is checked against its auth events only and given the state this server joined
+//! with, as before; that is logged.
 //!
 //! Bounded: at most `MAX_EVENTS` per request, `MAX_SERVERS` servers, `TIME_BOUND` in all; one
 //! backfill per room at a time (later requests wait for it, then read what it stored); a room
@@ -19,11 +26,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ruma::{OwnedServerName, RoomId, ServerName, UserId, room_version_rules::RoomVersionRules};
+use hearth_federation::Pdu;
+use ruma::{
+    EventId, OwnedEventId, OwnedServerName, RoomId, ServerName, UserId, room_version_rules::RoomVersionRules,
+};
 use serde_json::value::RawValue;
 
-use super::inbound::{self, Budget, encode};
-use crate::{error::Result, services::Services, store::EventPlace};
+use super::{
+    inbound::{self, Budget, encode},
+    resolve,
+};
+use crate::{
+    error::Result,
+    services::Services,
+    store::{EventPlace, StateMap},
+};
 
 /// Most events asked of a server at once (the spec's `limit`).
 pub const MAX_EVENTS: usize = 100;
@@ -38,6 +55,12 @@ const RESPONSE_LIMIT: usize = 8 << 20;
 /// Wait after a backfill that stored nothing, doubling up to `LAST_RETRY`.
 const FIRST_RETRY: Duration = Duration::from_secs(30);
 const LAST_RETRY: Duration = Duration::from_secs(3600);
+/// Most `/state_ids` requests one backfill makes (for prev events that are not here).
+const MAX_STATE_FETCHES: usize = 3;
+/// Most state events a `/state_ids` answer may name.
+const MAX_STATE_IDS: usize = 5_000;
+/// Largest `/state_ids` answer read.
+const STATE_IDS_LIMIT: usize = 2 << 20;
 
 /// Backfill state kept in `Federation`: per-room locks, remembered failures, and the next free
 /// negative stream position.
@@ -171,6 +194,7 @@ async fn from_servers(
     let (_, rules) = inbound::room_rules(svc, room_id).await?;
     let client = svc.federation.client()?;
     let v: Vec<String> = from.iter().map(|id| format!("v={}", encode(id))).collect();
+    let mut prev_states = PrevStates::default();
     let path = format!(
         "/_matrix/federation/v1/backfill/{}?{}&limit={MAX_EVENTS}",
         encode(room_id.as_str()),
@@ -199,7 +223,13 @@ async fn from_servers(
             }
         };
         pdus.truncate(MAX_EVENTS);
-        if store_batch(svc, server, &rules, room_id, pdus, group, stored).await? > 0 {
+        let batch = Batch {
+            origin: server,
+            rules: &rules,
+            room_id,
+            fallback: group,
+        };
+        if store_batch(svc, &batch, pdus, &mut prev_states, stored).await? > 0 {
             break;
         }
     }
@@ -224,16 +254,32 @@ async fn servers(svc: &Services, room_id: &RoomId) -> Result<Vec<OwnedServerName
     Ok(servers)
 }
 
-/// Checks and stores one server's answer, oldest first (so an event's auth events from the same
-/// answer are here before it), each at its own position of a block reserved below every event.
-/// Returns how many were stored.
+/// One server's answer being stored.
+struct Batch<'a> {
+    origin: &'a ServerName,
+    rules: &'a RoomVersionRules,
+    room_id: &'a RoomId,
+    /// The state group this server joined with: what an event gets when the state before it
+    /// cannot be had.
+    fallback: i64,
+}
+
+/// The states after prev events that are not here, asked of the origin during one backfill:
+/// prev event → its state group (`None`: it could not be had; not asked again).
+#[derive(Default)]
+struct PrevStates {
+    groups: HashMap<OwnedEventId, Option<i64>>,
+    asked: usize,
+}
+
+/// Checks and stores one server's answer, oldest first (so an event's auth and prev events from
+/// the same answer are here before it), each at its own position of a block reserved below
+/// every event. Returns how many were stored.
 async fn store_batch(
     svc: &Services,
-    origin: &ServerName,
-    rules: &RoomVersionRules,
-    room_id: &RoomId,
+    batch: &Batch<'_>,
     mut pdus: Vec<Box<RawValue>>,
-    group: i64,
+    prev_states: &mut PrevStates,
     stored: &AtomicUsize,
 ) -> Result<usize> {
     #[derive(serde::Deserialize)]
@@ -241,6 +287,7 @@ async fn store_batch(
         #[serde(default)]
         depth: i64,
     }
+    let (origin, rules, room_id) = (batch.origin, batch.rules, batch.room_id);
     pdus.sort_by_cached_key(|raw| serde_json::from_str::<Depth>(raw.get()).map_or(0, |d| d.depth));
     let first = svc.federation.backfill.reserve(svc, pdus.len()).await?;
     let mut budget = Budget::default();
@@ -262,12 +309,38 @@ async fn store_batch(
             continue;
         }
         let mut event = inbound::new_event(&pdu);
-        let may_redact = inbound::may_redact_by_auth_events(svc, rules, &pdu, room_id).await?;
+        let before = state_before(svc, batch, &pdu, prev_states).await?;
+        let may_redact = match &before {
+            Some((_, state)) => match inbound::check_against_state_before(svc, rules, &pdu, state).await? {
+                Ok(may_redact) => may_redact,
+                Err(reason) => {
+                    tracing::info!(%origin, %room_id, event_id = %pdu.event_id, %reason,
+                        "backfilled PDU rejected against the state before it");
+                    continue;
+                }
+            },
+            None => {
+                tracing::warn!(%origin, %room_id, event_id = %pdu.event_id,
+                    "the state before a backfilled PDU could not be had: checked against its auth \
+                     events only, given the state this server joined with");
+                inbound::may_redact_by_auth_events(svc, rules, &pdu, room_id).await?
+            }
+        };
         event.redacts = inbound::redaction_target(svc, &pdu, room_id, may_redact).await?;
         inbound::apply_awaiting_redactions(svc, &pdu, room_id).await?;
+        let (before_group, before_state) = match &before {
+            Some((group, state)) => (*group, Some(state)),
+            None => (batch.fallback, None),
+        };
         if svc
             .store
-            .insert_backfilled(&event, first + i as i64, group)
+            .insert_backfilled(
+                &event,
+                first + i as i64,
+                before_group,
+                before_state,
+                inbound::held_back(&pdu, &event),
+            )
             .await?
         {
             count += 1;
@@ -275,6 +348,145 @@ async fn store_batch(
         }
     }
     Ok(count)
+}
+
+/// The state before a backfilled event, as a state group and its map: its prev events' states
+/// (each stored with a state group, or for one not here the origin's answer), resolved when
+/// they differ. Rejected prev events are passed over. `None` when a state cannot be had.
+async fn state_before(
+    svc: &Services,
+    batch: &Batch<'_>,
+    pdu: &Pdu,
+    prev_states: &mut PrevStates,
+) -> Result<Option<(i64, StateMap)>> {
+    let room = batch.room_id.as_str();
+    if pdu.prev_events.is_empty() {
+        // The room's create event: nothing before it.
+        let group = svc.store.snapshot_group(room, &[]).await?;
+        return Ok(Some((group, StateMap::new())));
+    }
+    let prevs: Vec<String> = pdu.prev_events.iter().map(ToString::to_string).collect();
+    let here = svc.store.dag_events_state(&prevs).await?;
+    let mut groups = Vec::new();
+    for prev in &pdu.prev_events {
+        if let Some((_, group, _)) = here.iter().find(|(id, g, _)| id == prev.as_str() && *g != 0) {
+            groups.push(*group);
+            continue;
+        }
+        if let Some((kind, _)) = svc.store.unserved(prev.as_str()).await?
+            && kind == "rejected"
+        {
+            continue;
+        }
+        match prev_state(svc, batch, prev, prev_states).await? {
+            Some(group) => groups.push(group),
+            None => return Ok(None),
+        }
+    }
+    groups.sort_unstable();
+    groups.dedup();
+    match groups[..] {
+        [] => Ok(None),
+        [group] => Ok(Some((group, svc.store.state_of_group(group).await?))),
+        _ => {
+            let mut states = Vec::with_capacity(groups.len());
+            for g in &groups {
+                states.push(svc.store.state_of_group(*g).await?);
+            }
+            let resolved = resolve::resolve(svc, batch.rules, &states).await?;
+            let entries = inbound::state_entries(svc, &resolved).await?;
+            let group = svc.store.snapshot_group(room, &entries).await?;
+            Ok(Some((group, resolved)))
+        }
+    }
+}
+
+/// The state group after a prev event that is not here: asked of the origin once per backfill,
+/// at most `MAX_STATE_FETCHES` times; `None` when it cannot be had.
+async fn prev_state(
+    svc: &Services,
+    batch: &Batch<'_>,
+    prev: &EventId,
+    prev_states: &mut PrevStates,
+) -> Result<Option<i64>> {
+    if let Some(known) = prev_states.groups.get(prev) {
+        return Ok(*known);
+    }
+    if prev_states.asked >= MAX_STATE_FETCHES {
+        tracing::info!(room_id = %batch.room_id, %prev, "no more state fetches in this backfill");
+        return Ok(None);
+    }
+    prev_states.asked += 1;
+    let group = match state_after_missing(svc, batch, prev).await {
+        Ok(state) => {
+            let entries = inbound::state_entries(svc, &state).await?;
+            Some(svc.store.snapshot_group(batch.room_id.as_str(), &entries).await?)
+        }
+        Err(error) => {
+            tracing::info!(origin = %batch.origin, room_id = %batch.room_id, %prev, %error,
+                "the state at a backfilled event's prev event could not be had");
+            None
+        }
+    };
+    prev_states.groups.insert(prev.to_owned(), group);
+    Ok(group)
+}
+
+/// The state after `prev` from the origin: `GET /state_ids` at it (the state before it), the
+/// events not here fetched and checked against their auth events (kept as outliers, within one
+/// `Budget`), and `prev` itself when it is a state event.
+async fn state_after_missing(svc: &Services, batch: &Batch<'_>, prev: &EventId) -> Result<StateMap, String> {
+    #[derive(serde::Deserialize)]
+    struct StateIds {
+        pdu_ids: Vec<OwnedEventId>,
+    }
+    let client = svc.federation.client().map_err(|e| e.to_string())?;
+    let path = format!(
+        "/_matrix/federation/v1/state_ids/{}?event_id={}",
+        encode(batch.room_id.as_str()),
+        encode(prev.as_str())
+    );
+    let body = client
+        .get(batch.origin, &path, Some(&svc.signing_key), STATE_IDS_LIMIT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut ids = serde_json::from_slice::<StateIds>(&body)
+        .map_err(|e| format!("bad /state_ids answer: {e}"))?
+        .pdu_ids;
+    if ids.len() > MAX_STATE_IDS {
+        return Err(format!("/state_ids names {} events", ids.len()));
+    }
+    ids.push(prev.to_owned());
+    ids.sort();
+    ids.dedup();
+    let events = inbound::ensure_events(
+        svc,
+        batch.origin,
+        batch.rules,
+        batch.room_id,
+        &ids,
+        &mut Budget::default(),
+        0,
+    )
+    .await?;
+    let mut state = StateMap::new();
+    // The state before `prev`, then `prev` over it.
+    let mut order: Vec<&Pdu> = events.values().filter(|p| p.event_id != prev).collect();
+    order.extend(events.get(prev));
+    for event in order {
+        let Some(key) = &event.state_key else {
+            if event.event_id == prev {
+                continue;
+            }
+            return Err(format!("/state_ids names {}, not a state event", event.event_id));
+        };
+        let slot = (event.event_type.to_string(), key.clone());
+        if event.event_id != prev && state.contains_key(&slot) {
+            return Err(format!("/state_ids names two events for {slot:?}"));
+        }
+        state.insert(slot, event.event_id.to_string());
+    }
+    Ok(state)
 }
 
 #[cfg(test)]

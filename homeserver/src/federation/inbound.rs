@@ -101,6 +101,8 @@ pub enum Fate {
     Timeline,
     /// Passed auth but not against the current state: in the DAG, never shown to clients.
     SoftFailed,
+    /// A redaction that does not apply (`held_back`): in the DAG, never shown to clients.
+    HeldBack,
 }
 
 #[derive(Debug)]
@@ -444,13 +446,20 @@ async fn place(
     let may_redact = may_redact(rules, &state_before, pdu);
     event.redacts = redaction_target(svc, pdu, room_id, may_redact).await?;
     apply_awaiting_redactions(svc, pdu, room_id).await?;
-    let mut batch = [Appending {
-        event,
-        previous_group: Some(before_group),
-        push: Vec::new(),
-        outbound: Vec::new(),
-    }];
-    timeline::persist(svc, &mut batch).await?;
+    let fate = if held_back(pdu, &event) {
+        tracing::info!(event_id = %pdu.event_id, "a redaction that does not apply: held back from clients");
+        svc.store.insert_held_back(&event, before_group).await?;
+        Fate::HeldBack
+    } else {
+        let mut batch = [Appending {
+            event,
+            previous_group: Some(before_group),
+            push: Vec::new(),
+            outbound: Vec::new(),
+        }];
+        timeline::persist(svc, &mut batch).await?;
+        Fate::Timeline
+    };
 
     let groups = svc.store.extremity_state_groups(room_id.as_str()).await?;
     if groups.len() > 1 {
@@ -462,7 +471,7 @@ async fn place(
         let entries = state_entries(svc, &resolved).await?;
         svc.store.set_current_state(room_id.as_str(), &entries).await?;
     }
-    Ok(Fate::Timeline)
+    Ok(fate)
 }
 
 /// The checks of a PDU that joins the timeline without the state before it (a backfilled one:
@@ -508,6 +517,31 @@ pub async fn check_without_state(
         return Err(format!("rejected: {reason}"));
     }
     Ok(pdu)
+}
+
+/// Step 5 for an event whose state before it was worked out elsewhere (a backfilled one):
+/// the auth rules against `before`; failing them, the event is stored as rejected and the
+/// reason returned. Passing, whether the event may redact (`may_redact`) in that state.
+pub(crate) async fn check_against_state_before(
+    svc: &Services,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    before: &StateMap,
+) -> Result<Result<bool, String>> {
+    let wanted = match wanted_state(rules, pdu) {
+        Ok(wanted) => wanted,
+        Err(Placement::Rejected(reason)) => {
+            reject(svc, pdu, &reason).await;
+            return Ok(Err(reason));
+        }
+        Err(Placement::Error(e)) => return Err(e),
+    };
+    let state = entries_of(svc, before, &wanted).await?;
+    if let Err(reason) = check_against_state(rules, pdu, &state) {
+        reject(svc, pdu, &reason).await;
+        return Ok(Err(reason));
+    }
+    Ok(Ok(may_redact(rules, &state, pdu)))
 }
 
 /// The room's version and rules; an error for rooms this server does not know.
@@ -622,7 +656,7 @@ pub struct Budget {
 /// rejected ones), else fetched from `origin`, checked against their own auth events
 /// (fetched in turn, up to `MAX_FETCH_DEPTH`) and kept as outliers. An event that cannot be had
 /// or is rejected is an error.
-fn ensure_events<'a>(
+pub(crate) fn ensure_events<'a>(
     svc: &'a Services,
     origin: &'a ServerName,
     rules: &'a RoomVersionRules,
@@ -859,6 +893,7 @@ pub(crate) async fn redaction_target(
                 pdu.event_id.as_str(),
                 room_id.as_str(),
                 pdu.sender.server_name().as_str(),
+                now_ms(),
             )
             .await?;
         return Ok(None);
@@ -866,6 +901,18 @@ pub(crate) async fn redaction_target(
     let same_server =
         UserId::parse(row.sender.as_str()).is_ok_and(|s| s.server_name() == pdu.sender.server_name());
     Ok((row.room_id == room_id.as_str() && (may_redact || same_server)).then(|| target.to_string()))
+}
+
+/// Whether a received redaction is held back from clients: it does not apply (`redaction_target`
+/// named no target: its sender lacks the redact level and the target is not of its server, or
+/// the target is not here yet). The spec: a redaction is not sent to clients until it can be
+/// applied. One waiting for its target is released when that target arrives and it applies
+/// (`Store::apply_awaiting_redactions`).
+pub(crate) fn held_back(pdu: &Pdu, event: &NewEvent) -> bool {
+    pdu.event_type.to_string() == "m.room.redaction"
+        && pdu.state_key.is_none()
+        && pdu.redacts.is_some()
+        && event.redacts.is_none()
 }
 
 /// Whether a redaction's sender has the room's redact level in `state` (the state before the

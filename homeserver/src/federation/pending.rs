@@ -24,6 +24,10 @@ const TICK: Duration = Duration::from_secs(2);
 const MAX_PER_ROOM: i64 = 200;
 /// Most pending PDUs tried per room and pass.
 const BATCH: i64 = 50;
+/// How long a received redaction waits for its target (`redactions_awaiting_target`).
+const REDACTION_WAIT_MS: i64 = 24 * 60 * 60 * 1_000;
+/// Ticks between prunings of redactions whose target never came (about an hour).
+const PRUNE_EVERY: u64 = 1_800;
 
 /// Rooms whose pending PDUs are being tried (one retry per room at a time).
 #[derive(Default)]
@@ -180,12 +184,24 @@ async fn try_one(svc: &Services, row: &PendingPdu) -> bool {
     outcome.is_ok()
 }
 
-/// The timer: every `TICK`, the rooms with due pending PDUs are tried.
+/// The timer: every `TICK`, the rooms with due pending PDUs are tried; every `PRUNE_EVERY`
+/// ticks (and at the first), redactions that waited a day for their target are forgotten.
 pub fn start(svc: &Services) {
     let svc = svc.clone();
     tokio::spawn(async move {
-        loop {
+        for tick in 0_u64.. {
             tokio::time::sleep(TICK).await;
+            if tick % PRUNE_EVERY == 0 {
+                match svc
+                    .store
+                    .prune_awaiting_redactions(now_ms() - REDACTION_WAIT_MS)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(pruned) => tracing::info!(pruned, "redactions whose target never came forgotten"),
+                    Err(error) => tracing::warn!(%error, "pruning waiting redactions failed"),
+                }
+            }
             let rooms = match svc.store.rooms_with_due_pending_pdus(now_ms()).await {
                 Ok(rooms) => rooms,
                 Err(error) => {

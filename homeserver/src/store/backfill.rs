@@ -5,9 +5,9 @@
 //! never sees them as new. No forward extremity, current state, membership history or
 //! notification is written for them.
 
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 
-use super::{NewEvent, Store, StoreResult, Stream, q};
+use super::{NewEvent, StateMap, Store, StoreResult, Stream, q, state::MAX_DELTA_CHAIN};
 
 /// How many of a room's oldest timeline events are looked at for missing prev events.
 const OLDEST_LOOKED_AT: i64 = 50;
@@ -40,14 +40,21 @@ impl Store {
         Ok(row.get::<Option<i64>, _>(0).unwrap_or(0).min(0))
     }
 
-    /// Stores a backfilled event at `stream_ordering` (below 0) with `state_group` and its DAG
-    /// edges; an outlier row of the same event is replaced. Returns whether it was stored (an
-    /// event already in the DAG is left alone).
+    /// Stores a backfilled event at `stream_ordering` (below 0) with its DAG edges and the state
+    /// after it: `before_group` holds the state before it; when that state is known (`before`),
+    /// a state event gets a new group (a delta of `before_group`, or a snapshot once the chain
+    /// is long) and `replaces_state` (its `prev_content`). Without `before` (the state before
+    /// it could not be had) it takes `before_group` as it is. An outlier row of the same event
+    /// is replaced. A redaction that does not apply is `held_back` (`outlier = 2`: in the DAG,
+    /// never shown to clients). Returns whether it was stored (an event already in the DAG is
+    /// left alone).
     pub async fn insert_backfilled(
         &self,
         event: &NewEvent,
         stream_ordering: i64,
-        state_group: i64,
+        before_group: i64,
+        before: Option<&StateMap>,
+        held_back: bool,
     ) -> StoreResult<bool> {
         let sealed = super::at_rest::sealed(std::slice::from_ref(event));
         let event = &sealed[0];
@@ -67,11 +74,19 @@ impl Store {
         .await?
         .get(0);
         let topo = children.map_or(event.topo, |c| event.topo.min(c - 1));
+        let (state_group, replaces_state) = match (&event.state_key, before) {
+            (Some(key), Some(before)) => {
+                let replaced = before.get(&(event.event_type.clone(), key.clone())).cloned();
+                let group = Self::group_after_in(&mut tx, event, key, before_group, before).await?;
+                (group, replaced)
+            }
+            _ => (before_group, None),
+        };
         let inserted = q(
             "INSERT INTO events (stream_ordering, event_id, room_id, type, state_key, sender, depth, \
              origin_server_ts, redacts, rel_type, relates_to, relation_key, state_group, json, outlier, \
-             topological_ordering) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15) \
+             topological_ordering, replaces_state) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $17, $15, $16) \
              ON CONFLICT (event_id) DO NOTHING",
         )
         .bind(stream_ordering)
@@ -89,6 +104,8 @@ impl Store {
         .bind(state_group)
         .bind(event.json.clone())
         .bind(topo)
+        .bind(replaces_state)
+        .bind(if held_back { 2_i64 } else { 0 })
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -98,5 +115,54 @@ impl Store {
         }
         tx.commit().await?;
         Ok(inserted)
+    }
+
+    /// The state group after a backfilled state event whose state before is `before` (group
+    /// `before_group`): a delta naming the event, or a full snapshot when the delta chain would
+    /// grow too long (as `apply_state_event`, without touching the current state).
+    async fn group_after_in(
+        tx: &mut Transaction<'static, Any>,
+        event: &NewEvent,
+        state_key: &str,
+        before_group: i64,
+        before: &StateMap,
+    ) -> StoreResult<i64> {
+        let chain_len: Option<i64> = q("SELECT chain_len FROM state_groups WHERE id = $1")
+            .bind(before_group)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| r.get(0));
+        let (prev, len) = match chain_len {
+            Some(n) if n + 1 < MAX_DELTA_CHAIN => (Some(before_group), n + 1),
+            _ => (None, 0),
+        };
+        let group: i64 =
+            q("INSERT INTO state_groups (room_id, prev_group, chain_len) VALUES ($1, $2, $3) RETURNING id")
+                .bind(event.room_id.clone())
+                .bind(prev)
+                .bind(len)
+                .fetch_one(&mut **tx)
+                .await?
+                .get(0);
+        let mut entries: Vec<(&str, &str, &str)> = Vec::new();
+        if prev.is_none() {
+            entries.extend(
+                before
+                    .iter()
+                    .filter(|((t, k), _)| !(t == &event.event_type && k == state_key))
+                    .map(|((t, k), id)| (t.as_str(), k.as_str(), id.as_str())),
+            );
+        }
+        entries.push((&event.event_type, state_key, &event.event_id));
+        for (event_type, key, event_id) in entries {
+            q("INSERT INTO state_group_entries (state_group, type, state_key, event_id) VALUES ($1, $2, $3, $4)")
+                .bind(group)
+                .bind(event_type.to_owned())
+                .bind(key.to_owned())
+                .bind(event_id.to_owned())
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(group)
     }
 }

@@ -89,6 +89,8 @@ pub struct Store {
     backend: Backend,
     /// Token hash → owner, for the lookup every authenticated request makes.
     tokens: Arc<Mutex<users::TokenCache>>,
+    /// Rows of `redactions_awaiting_target` (`redactions.rs`; -1 until first read).
+    awaiting_redactions: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// One migration: its version, and its file (same name under `migrations/sqlite/` and
@@ -129,6 +131,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(24, "0024_federation_outbound_room"),
     migration!(25, "0025_topological_order"),
     migration!(26, "0026_edu_queue_and_redactions"),
+    migration!(27, "0027_redactions_awaiting_received"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside
@@ -230,6 +233,7 @@ impl Store {
             pool,
             backend,
             tokens: Arc::default(),
+            awaiting_redactions: Arc::new(std::sync::atomic::AtomicI64::new(-1)),
         };
         store.migrate().await?;
         Ok(store)

@@ -134,6 +134,60 @@ impl Store {
         Ok(())
     }
 
+    /// Stores a received redaction that does not apply (`federation::inbound::held_back`): like
+    /// a soft-failed event (`outlier = 2`: in the DAG, served to other servers, never to
+    /// clients), with the state before it (a redaction changes no state), but a forward
+    /// extremity of the room like any timeline event: the DAG goes on from it. An outlier row
+    /// of the same event is replaced.
+    pub async fn insert_held_back(&self, event: &NewEvent, before_group: i64) -> StoreResult<()> {
+        let sealed = super::at_rest::sealed(std::slice::from_ref(event));
+        let event = &sealed[0];
+        let mut tx = self.begin_stream_write(Stream::Events).await?;
+        q("DELETE FROM events WHERE event_id = $1 AND outlier = 1")
+            .bind(event.event_id.clone())
+            .execute(&mut *tx)
+            .await?;
+        let inserted = q(
+            "INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, \
+           redacts, rel_type, relates_to, relation_key, state_group, json, outlier, topological_ordering, late) \
+           VALUES ($1, $2, $3, NULL, $4, $5, $6, NULL, $7, $8, NULL, $9, $10, 2, $11, $12) \
+           ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(event.event_id.clone())
+        .bind(event.room_id.clone())
+        .bind(event.event_type.clone())
+        .bind(event.sender.clone())
+        .bind(event.depth)
+        .bind(event.origin_server_ts)
+        .bind(event.rel_type.clone())
+        .bind(event.relates_to.clone())
+        .bind(before_group)
+        .bind(event.json.clone())
+        .bind(event.topo)
+        .bind(i64::from(event.late))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if inserted {
+            Self::insert_edges_in(&mut tx, event).await?;
+            for prev in &event.prev_events {
+                q("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
+                    .bind(event.room_id.clone())
+                    .bind(prev.clone())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            q("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(event.room_id.clone())
+                .bind(event.event_id.clone())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Removes an outlier row, so the event can enter the timeline (where it gets a stream
     /// position of its own). Timeline events are left alone.
     pub async fn drop_outlier(&self, event_id: &str) -> StoreResult<()> {

@@ -11,7 +11,7 @@ pub type StateMap = HashMap<(String, String), String>;
 
 /// After this many deltas in a row a group is written as a full snapshot, bounding the reads
 /// needed to rebuild state while keeping most groups one row.
-const MAX_DELTA_CHAIN: i64 = 50;
+pub(super) const MAX_DELTA_CHAIN: i64 = 50;
 
 /// A row of `history_visibility_changes`.
 #[derive(Debug, Clone)]
