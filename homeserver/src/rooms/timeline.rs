@@ -30,7 +30,7 @@ use crate::{
     error::{Error, Result},
     rooms::{checks, listener, privacy, relations},
     services::Services,
-    store::{Appending, EventRow, NewEvent, Placed, RoomRow, StoreResult, Txn},
+    store::{Appending, EventRow, NewEvent, Placed, RoomRow, StoreResult, Txn, TxnKey},
     util::now_ms,
 };
 
@@ -95,7 +95,16 @@ pub struct Timeline {
     /// The append lock, and the rooms as the last append left them.
     write_lock: Mutex<HashMap<OwnedRoomId, Draft>>,
     /// Appends waiting for the lock's holder to write them.
-    queue: std::sync::Mutex<VecDeque<Pending>>,
+    queue: std::sync::Mutex<Queue>,
+}
+
+/// The appends waiting, and whether a writer task is already on its way to write them.
+#[derive(Default)]
+struct Queue {
+    pending: VecDeque<Pending>,
+    /// Set by the append that spawns a writer, cleared by that writer when it finds the queue
+    /// empty (under this same mutex, so no append is left without a writer).
+    writer: bool,
 }
 
 /// Most events written in one transaction.
@@ -110,14 +119,10 @@ struct Pending {
     reply: oneshot::Sender<Result<Appended>>,
 }
 
-/// What preparing a queued append gave.
-enum Prepared {
-    /// Its transaction ID already produced this event.
-    Existing(Appended),
-    Built {
-        appending: Box<Appending>,
-        event_id: OwnedEventId,
-    },
+/// A queued append built and authorized, ready to store.
+struct Prepared {
+    appending: Box<Appending>,
+    event_id: OwnedEventId,
 }
 
 /// A built event's callers (the first, and retries of its transaction in the same batch).
@@ -218,18 +223,22 @@ impl Timeline {
             checks::check_txn(txn)?;
         }
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(Pending {
+        let spawn_writer = {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.pending.push_back(Pending {
                 room_id: room_id.to_owned(),
                 sender: sender.to_owned(),
                 spec,
                 txn,
                 reply,
             });
-        let writer = svc.clone();
-        tokio::spawn(async move { writer.timeline.write_queued(&writer).await });
+            !std::mem::replace(&mut queue.writer, true)
+        };
+        // One writer at a time: appends queued while it works go in its next batch.
+        if spawn_writer {
+            let writer = svc.clone();
+            tokio::spawn(async move { writer.timeline.write_queued(&writer).await });
+        }
         answer
             .await
             .unwrap_or_else(|_| Err(Error::internal("the append was abandoned")))
@@ -246,12 +255,16 @@ impl Timeline {
         out
     }
 
-    /// Writes queued appends, batch after batch, until the queue is empty.
+    /// Writes queued appends, batch after batch, until the queue is empty (then the next
+    /// append spawns a writer again).
     async fn write_queued(&self, svc: &Services) {
+        // Should this task end early (a panic), the queue gets a new writer.
+        let mut guard = WriterGuard { svc, done: false };
         let mut drafts = self.write_lock.lock().await;
         loop {
             let batch = self.next_batch();
             if batch.is_empty() {
+                guard.done = true;
                 return;
             }
             self.write_batch(svc, &mut drafts, batch).await;
@@ -259,19 +272,22 @@ impl Timeline {
     }
 
     /// The next queued appends to write together: messages up to `MAX_BATCH`, or one state event
-    /// alone (the events after it need the state group it creates).
+    /// alone (the events after it need the state group it creates). Empty: the writer is done.
     fn next_batch(&self) -> Vec<Pending> {
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let mut batch = Vec::new();
-        while let Some(next) = queue.front() {
+        while let Some(next) = queue.pending.front() {
             let is_state = next.spec.state_key.is_some();
             if batch.len() >= MAX_BATCH || (is_state && !batch.is_empty()) {
                 break;
             }
-            batch.extend(queue.pop_front());
+            batch.extend(queue.pending.pop_front());
             if is_state {
                 break;
             }
+        }
+        if batch.is_empty() {
+            queue.writer = false;
         }
         batch
     }
@@ -321,22 +337,49 @@ impl Timeline {
         let mut touched: HashMap<OwnedRoomId, Draft> = HashMap::new();
         let mut appendings: Vec<Appending> = Vec::new();
         let mut built: Vec<BuiltFor> = Vec::new();
-        let mut txns: HashMap<(String, String, String), usize> = HashMap::new();
-        for pending in batch {
-            let txn_key = pending
-                .txn
-                .as_ref()
-                .map(|t| (pending.sender.to_string(), t.device_id.clone(), t.key()));
+        let mut txns: HashMap<TxnKey, usize> = HashMap::new();
+        let keys: Vec<Option<TxnKey>> = batch
+            .iter()
+            .map(|p| {
+                p.txn
+                    .as_ref()
+                    .map(|t| (p.sender.to_string(), t.device_id.clone(), t.key()))
+            })
+            .collect();
+        // The transactions that already produced an event (before this batch, or before a
+        // restart): one lookup for the whole batch.
+        let lookup: Vec<TxnKey> = keys.iter().flatten().cloned().collect();
+        let stored = if lookup.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            svc.store.events_for_txns(&lookup).await.map_err(Error::from)
+        };
+        for (pending, txn_key) in batch.into_iter().zip(keys) {
             // A retry queued in the same batch as its first attempt gets the same answer.
             if let Some(first) = txn_key.as_ref().and_then(|k| txns.get(k)) {
                 built[*first].waiting.push(pending);
                 continue;
             }
-            match self.prepare(svc, drafts, &mut touched, &pending).await {
-                Ok(Prepared::Existing(appended)) => {
-                    let _ = pending.reply.send(Ok(appended));
+            let existing = match (&txn_key, &stored) {
+                (Some(key), Ok(stored)) => stored.get(key).cloned(),
+                (Some(_), Err(error)) => {
+                    let _ = pending.reply.send(Err(Error::internal(error.to_string())));
+                    continue;
                 }
-                Ok(Prepared::Built { appending, event_id }) => {
+                (None, _) => None,
+            };
+            if let Some((event_id, stream_ordering)) = existing {
+                let _ = pending
+                    .reply
+                    .send(parse_event_id(&event_id).map(|event_id| Appended {
+                        event_id,
+                        room_id: pending.room_id.clone(),
+                        stream_ordering,
+                    }));
+                continue;
+            }
+            match self.prepare(svc, drafts, &mut touched, &pending).await {
+                Ok(Prepared { appending, event_id }) => {
                     if let Some(key) = txn_key {
                         txns.insert(key, built.len());
                     }
@@ -390,8 +433,8 @@ impl Timeline {
         Ok(())
     }
 
-    /// One queued append: the event its transaction already produced, or the event built and
-    /// authorized against the room's draft (taken into `touched`).
+    /// One queued append (its transaction new): the event built and authorized against the
+    /// room's draft (taken into `touched`).
     async fn prepare(
         &self,
         svc: &Services,
@@ -406,20 +449,6 @@ impl Timeline {
             txn,
             ..
         } = pending;
-        if let Some(txn) = txn
-            && let Some(existing) = svc.store.event_for_txn(sender.as_str(), txn).await?
-        {
-            let row = svc
-                .store
-                .event(&existing)
-                .await?
-                .ok_or_else(|| Error::internal("txn event vanished"))?;
-            return Ok(Prepared::Existing(Appended {
-                event_id: parse_event_id(&existing)?,
-                room_id: room_id.clone(),
-                stream_ordering: row.stream_ordering,
-            }));
-        }
         if !touched.contains_key(room_id) {
             let draft = match drafts.remove(room_id) {
                 Some(draft) => draft,
@@ -446,7 +475,7 @@ impl Timeline {
         let previous_group = draft.state_group;
         // A refused event leaves the draft as it was (build changes it only on success).
         let built = self.build(svc, draft, sender, spec, txn.clone()).await?;
-        Ok(Prepared::Built {
+        Ok(Prepared {
             appending: Box::new(Appending {
                 event: built.new,
                 previous_group,
@@ -780,6 +809,29 @@ fn privacy_state(draft: &Draft) -> Result<privacy::PrivacyState<'_>> {
         mode_event: entry(privacy::PRIVACY_EVENT_TYPE)?,
         encryption: entry("m.room.encryption")?,
     })
+}
+
+/// Hands the queue to a new writer when one ends before emptying it.
+struct WriterGuard<'a> {
+    svc: &'a Services,
+    done: bool,
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut queue = self.svc.timeline.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let runtime = tokio::runtime::Handle::try_current();
+        queue.writer = !queue.pending.is_empty() && runtime.is_ok();
+        if queue.writer
+            && let Ok(runtime) = runtime
+        {
+            let writer = self.svc.clone();
+            runtime.spawn(async move { writer.timeline.write_queued(&writer).await });
+        }
+    }
 }
 
 /// Puts a room's draft back for the next append.

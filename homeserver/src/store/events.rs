@@ -1,8 +1,10 @@
 //! The event log: appending events with their DAG edges and state, and reading them back.
 
+use std::{collections::HashMap, sync::OnceLock};
+
 use sqlx::{Any, Row, Transaction, any::AnyRow};
 
-use super::{Backend, PushActionRow, RoomRow, Store, StoreResult, Stream, q, qs};
+use super::{Backend, PushActionRow, RoomRow, Store, StoreError, StoreResult, Stream, q, qs};
 
 /// An event to append, with the columns queries need beside its opaque JSON.
 #[derive(Debug, Clone)]
@@ -47,6 +49,27 @@ impl Txn {
     pub fn key(&self) -> String {
         format!("{}/{}", self.scope, self.txn_id)
     }
+}
+
+/// A client transaction as `Store::events_for_txns` looks it up: (user ID, device ID, `Txn::key`).
+pub type TxnKey = (String, String, String);
+
+/// Transaction keys looked up per query, and the shorter padded length for small batches.
+const TXN_CHUNK: usize = 64;
+const TXN_SHORT: usize = 8;
+
+/// The lookup of `len` transaction keys (`$1..$3len`, three per key).
+fn txns_sql(len: usize) -> String {
+    let wanted: Vec<String> = (0..len)
+        .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+        .collect();
+    format!(
+        "WITH wanted (user_id, device_id, txn_id) AS (VALUES {}) \
+         SELECT DISTINCT t.user_id, t.device_id, t.txn_id, t.event_id, e.stream_ordering \
+         FROM wanted w JOIN transaction_ids t ON t.user_id = w.user_id AND t.device_id = w.device_id \
+         AND t.txn_id = w.txn_id LEFT JOIN events e ON e.event_id = t.event_id",
+        wanted.join(", ")
+    )
 }
 
 /// Push outcomes written by a message's own multi-statement query; more go in separate inserts.
@@ -593,6 +616,39 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    /// The events that client transactions already produced, with their stream positions, for
+    /// a batch of appends: keys are (user ID, device ID, `Txn::key`). One query per
+    /// `TXN_CHUNK` keys whatever the batch's size: the key list is padded to one of two lengths
+    /// (repeating its first key), so the statement is prepared once per connection and cached.
+    pub async fn events_for_txns(&self, keys: &[TxnKey]) -> StoreResult<HashMap<TxnKey, (String, i64)>> {
+        static SHORT: OnceLock<String> = OnceLock::new();
+        static LONG: OnceLock<String> = OnceLock::new();
+        let mut found = HashMap::new();
+        for chunk in keys.chunks(TXN_CHUNK) {
+            let (len, sql) = if chunk.len() <= TXN_SHORT {
+                (TXN_SHORT, &SHORT)
+            } else {
+                (TXN_CHUNK, &LONG)
+            };
+            let sql = sql.get_or_init(|| txns_sql(len));
+            let mut query = q(sql.as_str());
+            for i in 0..len {
+                let (user, device, key) = chunk.get(i).unwrap_or(&chunk[0]);
+                query = query.bind(user.clone()).bind(device.clone()).bind(key.clone());
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let key = (row.get(0), row.get(1), row.get(2));
+                let event_id: String = row.get(3);
+                let stream: Option<i64> = row.get(4);
+                let stream = stream.ok_or_else(|| {
+                    StoreError::Corrupt(format!("transaction event {event_id} is not stored"))
+                })?;
+                found.insert(key, (event_id, stream));
+            }
+        }
+        Ok(found)
     }
 
     /// The room's forward extremities with their depths.

@@ -48,7 +48,7 @@ use sqlx::{
 pub use admin::AuditRow;
 pub use backup::{BackupSessionRow, BackupVersionRow, BackupWrite};
 pub use e2ee::{KeyUpload, KeysUpload, Queued, ToDeviceOut, ToDeviceRow, UploadRefusal};
-pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Topo, Txn};
+pub use events::{Appending, Direction, EventRow, NewEvent, Placed, Topo, Txn, TxnKey};
 pub use federation::{NewOutbound, RemoteKeyRow};
 pub use media::{MediaRow, RemoteThumbnail, RemoteThumbnailKey, UploadedContent};
 pub use outliers::{EventPlace, StateEntry};
