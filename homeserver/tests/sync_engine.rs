@@ -808,3 +808,37 @@ async fn shared_to_device_messages_reach_only_their_device() {
     let after = stats(&alice).await;
     assert_eq!(stat(&after, "shared_answers") - stat(&before, "shared_answers"), 1, "{before} -> {after}");
 }
+
+/// A long-poll that found nothing keeps its step from its own `since`: the device's identical
+/// request (another tab) continues it instead of computing in full, and both get the message.
+#[tokio::test]
+async fn an_identical_request_continues_a_waiting_step() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let rooms = rooms_with(&bob, &[&alice], 2).await;
+    let mut since = next_batch(&alice.sync(None, 0, 10).await);
+    since = next_batch(&alice.sync(Some(&since), 0, 10).await);
+    // Another filter than the steps kept so far: the first long-poll computes in full.
+    let poll = |client: &Client, since: &str| {
+        let (client, since) = (client.clone(), since.to_owned());
+        tokio::spawn(async move { client.sync(Some(&since), 10_000, 9).await })
+    };
+
+    let before = stats(&alice).await;
+    let one = poll(&alice, &since);
+    until_waiting(&alice, stat(&before, "waits"), 1).await;
+    let middle = stats(&alice).await;
+    assert_eq!(stat(&middle, "full_computes"), stat(&before, "full_computes") + 1);
+    let two = poll(&alice, &since);
+    until_waiting(&alice, stat(&middle, "waits"), 1).await;
+    let after = stats(&alice).await;
+    assert_eq!(stat(&after, "full_computes"), stat(&middle, "full_computes"), "{middle} -> {after}");
+    assert_eq!(stat(&after, "continued_computes"), stat(&middle, "continued_computes") + 1);
+
+    let event_id = bob.send_text(&rooms[0], "to both").await;
+    for poll in [one, two] {
+        let answer = poll.await.unwrap();
+        assert_eq!(timeline_ids(&answer, &rooms[0]), vec![event_id.clone()], "{answer}");
+    }
+}

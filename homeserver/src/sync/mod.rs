@@ -191,7 +191,9 @@ pub async fn sync_step(svc: &Services, user_id: &str, device_id: &str, req: &Syn
             _ => None,
         };
         let full = moved.is_none();
-        let (computed, queries) = crate::store::count_queries(async {
+        // Boxed: a computation's futures are large, and a waiting request (which may wait for
+        // minutes, by the ten thousand) should not carry their space.
+        let (computed, queries) = Box::pin(crate::store::count_queries(async {
             match (&baseline, moved) {
                 (Some(base), Some(moved)) => {
                     compute_moved(svc, Viewer { user_id, device_id }, req, base, moved)
@@ -202,7 +204,7 @@ pub async fn sync_step(svc: &Services, user_id: &str, device_id: &str, req: &Syn
                     .await
                     .map(|(response, has_changes, base)| (response, has_changes, Some(base))),
             }
-        })
+        }))
         .await;
         let (response, has_changes, new_baseline) = computed?;
         svc.sync_engine.stats.computed(woken, continued, full, queries);
@@ -242,6 +244,13 @@ pub async fn sync_step(svc: &Services, user_id: &str, device_id: &str, req: &Syn
         drop(leader);
         if full && let Some(base) = &baseline {
             waiter.watch(base.interest.iter().cloned());
+            // Found nothing since `since`: an identical request of the device (another tab, a
+            // retry) continues from here instead of computing in full, and shares this
+            // baseline.
+            if let Some(since) = req.since {
+                let kept = Continuation::new(since, req.filter_param.clone(), mark, base.clone());
+                continuations.keep(user_id, device_id, kept);
+            }
         }
         last_mark = Some(mark);
         bump(&svc.sync_engine.stats.waits);

@@ -207,13 +207,17 @@ impl Connection {
             if let Err(e) = authenticate(&self.svc, &token, self.ip.as_deref()).await {
                 return outbox.stop(stop_for(e));
             }
-            if !answer.has_changes {
-                continue;
-            }
             let next = match StreamToken::parse(&answer.next_batch) {
                 Ok(next) => next,
                 Err(e) => return outbox.stop(stop_for(Error::internal(e))),
             };
+            if !answer.has_changes {
+                // As a long-polling client does with an empty answer: the next step starts from
+                // its `next_batch` (nothing for this user lies before it), which the device's
+                // kept step continues; from the old token every quiet step computed in full.
+                req.since = Some(next);
+                continue;
+            }
             let frame = Out {
                 text: sync_frame(&answer.body),
                 next_batch: Some(answer.next_batch.clone()),
