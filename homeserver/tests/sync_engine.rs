@@ -673,7 +673,11 @@ async fn identical_long_polls_share_one_computation() {
         answers.push(poll.await.unwrap());
     }
     for answer in &answers {
-        assert_eq!(timeline_ids(answer, &rooms[1]), vec![event_id.clone()], "{answer}");
+        assert_eq!(
+            timeline_ids(answer, &rooms[1]),
+            vec![event_id.clone()],
+            "{answer}"
+        );
     }
     assert_eq!(answers[0]["next_batch"], answers[1]["next_batch"]);
     let after = stats(&alice).await;
@@ -682,10 +686,15 @@ async fn identical_long_polls_share_one_computation() {
         1,
         "one computation: {before} -> {after}"
     );
-    assert_eq!(stat(&after, "shared_answers") - stat(&before, "shared_answers"), 1);
+    assert_eq!(
+        stat(&after, "shared_answers") - stat(&before, "shared_answers"),
+        1
+    );
 
     // The device's next request, from that `next_batch`, continues from the shared step.
-    let next = alice.sync(Some(answers[0]["next_batch"].as_str().unwrap()), 0, 10).await;
+    let next = alice
+        .sync(Some(answers[0]["next_batch"].as_str().unwrap()), 0, 10)
+        .await;
     assert!(next["rooms"]["join"].as_object().unwrap().is_empty(), "{next}");
     assert_eq!(
         stat(&stats(&alice).await, "full_computes"),
@@ -759,7 +768,10 @@ async fn another_device_or_user_never_gets_a_shared_answer() {
         1,
         "{before} -> {after}"
     );
-    assert_eq!(stat(&after, "woken_computes") - stat(&before, "woken_computes"), 3);
+    assert_eq!(
+        stat(&after, "woken_computes") - stat(&before, "woken_computes"),
+        3
+    );
 }
 
 /// To-device messages for one device reach both of its identical long-polls and no poll of the
@@ -785,7 +797,8 @@ async fn shared_to_device_messages_reach_only_their_device() {
     };
     until_waiting(&alice, stat(&before, "waits"), 3).await;
     let before = stats(&alice).await;
-    let messages = json!({ alice.user_id.clone(): { alice.device_id.clone(): { "secret": "for the first device" } } });
+    let messages =
+        json!({ alice.user_id.clone(): { alice.device_id.clone(): { "secret": "for the first device" } } });
     let (status, body) = bob
         .request(
             Method::PUT,
@@ -796,17 +809,26 @@ async fn shared_to_device_messages_reach_only_their_device() {
     assert_eq!(status, 200, "{body}");
     for poll in polls {
         let answer = poll.await.unwrap();
-        let events = answer["to_device"]["events"].as_array().cloned().unwrap_or_default();
+        let events = answer["to_device"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(events.len(), 1, "{answer}");
         assert_eq!(events[0]["content"]["secret"], "for the first device");
     }
     let other = other.await.unwrap();
     assert!(
-        other["to_device"]["events"].as_array().is_none_or(|e| e.is_empty()),
+        other["to_device"]["events"]
+            .as_array()
+            .is_none_or(|e| e.is_empty()),
         "the other device's poll: {other}"
     );
     let after = stats(&alice).await;
-    assert_eq!(stat(&after, "shared_answers") - stat(&before, "shared_answers"), 1, "{before} -> {after}");
+    assert_eq!(
+        stat(&after, "shared_answers") - stat(&before, "shared_answers"),
+        1,
+        "{before} -> {after}"
+    );
 }
 
 /// A long-poll that found nothing keeps its step from its own `since`: the device's identical
@@ -833,12 +855,23 @@ async fn an_identical_request_continues_a_waiting_step() {
     let two = poll(&alice, &since);
     until_waiting(&alice, stat(&middle, "waits"), 1).await;
     let after = stats(&alice).await;
-    assert_eq!(stat(&after, "full_computes"), stat(&middle, "full_computes"), "{middle} -> {after}");
-    assert_eq!(stat(&after, "continued_computes"), stat(&middle, "continued_computes") + 1);
+    assert_eq!(
+        stat(&after, "full_computes"),
+        stat(&middle, "full_computes"),
+        "{middle} -> {after}"
+    );
+    assert_eq!(
+        stat(&after, "continued_computes"),
+        stat(&middle, "continued_computes") + 1
+    );
 
     let event_id = bob.send_text(&rooms[0], "to both").await;
     for poll in [one, two] {
         let answer = poll.await.unwrap();
-        assert_eq!(timeline_ids(&answer, &rooms[0]), vec![event_id.clone()], "{answer}");
+        assert_eq!(
+            timeline_ids(&answer, &rooms[0]),
+            vec![event_id.clone()],
+            "{answer}"
+        );
     }
 }

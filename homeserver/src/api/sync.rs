@@ -21,7 +21,11 @@ use crate::{
 };
 
 /// `GET /sync`: the answer's JSON as serialized once (identical long-polls share it).
-pub async fn sync(State(svc): State<Services>, auth: Auth, Query(q): Query<SyncQuery>) -> ApiResult<Response> {
+pub async fn sync(
+    State(svc): State<Services>,
+    auth: Auth,
+    Query(q): Query<SyncQuery>,
+) -> ApiResult<Response> {
     let answer = sync_for_client(&svc, &auth.user_id, &auth.device_id, q).await?;
     let mut response = Response::new(Body::from(answer.body.clone()));
     response.headers_mut().insert(

@@ -138,7 +138,12 @@ pub async fn sync(svc: &Services, user_id: &str, device_id: &str, req: SyncReque
 /// registered for the user's rooms and the user is woken only by notifications of those;
 /// positions are compared, so nothing stored after the response's positions were read can be
 /// missed.
-pub async fn sync_step(svc: &Services, user_id: &str, device_id: &str, req: &SyncRequest) -> Result<Arc<Answer>> {
+pub async fn sync_step(
+    svc: &Services,
+    user_id: &str,
+    device_id: &str,
+    req: &SyncRequest,
+) -> Result<Arc<Answer>> {
     let deadline = tokio::time::Instant::now() + req.timeout;
     let mut waiter = svc.notifier.subscribe();
     let continuations = &svc.sync_engine.continuations;

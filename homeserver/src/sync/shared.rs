@@ -97,7 +97,9 @@ impl SharedSteps {
         let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if table.swept.is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY) {
-            table.groups.retain(|_, group| now.duration_since(group.started) < KEEP);
+            table
+                .groups
+                .retain(|_, group| now.duration_since(group.started) < KEEP);
             table.swept = Some(now);
         }
         if let Some(group) = table.groups.get(&key)
@@ -123,7 +125,9 @@ impl SharedSteps {
 }
 
 /// The leader's answer when it has something to share; `None` when the others must compute.
-pub(super) async fn answer_of(mut group: watch::Receiver<Option<Option<Arc<Answer>>>>) -> Option<Arc<Answer>> {
+pub(super) async fn answer_of(
+    mut group: watch::Receiver<Option<Option<Arc<Answer>>>>,
+) -> Option<Arc<Answer>> {
     match group.wait_for(Option::is_some).await {
         Ok(published) => published.clone().flatten(),
         // The leader went away without an answer.
