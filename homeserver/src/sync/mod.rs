@@ -177,6 +177,7 @@ pub async fn sync_step(
                 device_id: device_id.to_owned(),
                 since,
                 filter: req.filter_param.clone(),
+                full_state: req.full_state,
             };
             match svc.sync_engine.shared.enter(key, waiter.moved_position(), mark) {
                 Role::Join(group) => {

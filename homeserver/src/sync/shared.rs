@@ -47,6 +47,8 @@ pub(super) struct StepKey {
     pub device_id: String,
     pub since: StreamToken,
     pub filter: Option<String>,
+    /// A `full_state` request's answer carries state the others' would not.
+    pub full_state: bool,
 }
 
 /// A computation of one group, under way or done: `None` until its leader publishes, then its
@@ -145,6 +147,7 @@ mod tests {
             device_id: device.into(),
             since: StreamToken::default(),
             filter: None,
+            full_state: false,
         }
     }
 
