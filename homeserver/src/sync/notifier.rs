@@ -189,11 +189,6 @@ impl Subscription {
         self.shared.moved.load(Ordering::Acquire) > mark
     }
 
-    /// The newest position of a notification of a watched key (what a woken step has heard).
-    pub fn moved_position(&self) -> u64 {
-        self.shared.moved.load(Ordering::Acquire)
-    }
-
     /// The watched keys notified after `mark`: what a woken sync needs to recompute. A lookup
     /// per watched key, no I/O.
     pub fn moved_keys(&self, mark: u64) -> Vec<String> {
