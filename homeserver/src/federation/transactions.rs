@@ -174,7 +174,6 @@ async fn apply_typing(svc: &Services, origin: &ServerName, typing: TypingContent
 
 async fn apply_receipts(svc: &Services, origin: &ServerName, receipts: ReceiptContent) -> Result<()> {
     for (room_id, map) in receipts.receipts.iter().take(MAX_EDUS) {
-        let mut changed = false;
         for (user_id, data) in map.read.iter().take(MAX_EDUS) {
             if !may_act_in(svc, origin, room_id, user_id).await? {
                 continue;
@@ -202,10 +201,6 @@ async fn apply_receipts(svc: &Services, origin: &ServerName, receipts: ReceiptCo
                 ts,
             )
             .await?;
-            changed = true;
-        }
-        if changed {
-            svc.notifier.notify(vec![room_id.to_string()]);
         }
     }
     Ok(())

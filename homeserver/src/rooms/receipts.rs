@@ -12,6 +12,7 @@ use crate::{
     rooms::require_joined,
     services::Services,
     store::ReceiptRow,
+    sync::notifier::Covered,
     util::now_ms,
 };
 
@@ -106,7 +107,6 @@ async fn set_receipt(
         )
         .await?;
     }
-    svc.notifier.notify(vec![room_id.to_string()]);
     Ok(())
 }
 
@@ -128,6 +128,9 @@ pub async fn store_receipt(
         .await?;
     svc.sync_engine.receipt_stored(room_id, position);
     svc.push.unread.drop_entry(user_id, room_id);
+    // Under the write lock: receipts are notified in stream order (`notifier::Covered`).
+    svc.notifier
+        .notify_at(vec![room_id.to_owned()], Covered::receipts(position));
     Ok(())
 }
 

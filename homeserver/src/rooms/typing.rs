@@ -17,6 +17,7 @@ use crate::{
     ratelimit::Action,
     rooms,
     services::Services,
+    sync::notifier::Covered,
     util::now_ms,
 };
 
@@ -70,7 +71,9 @@ impl Typing {
         Some(users)
     }
 
-    fn set(&self, room_id: &str, user_id: &str, until: Option<Instant>) -> bool {
+    /// Records a change; `changed` hears its serial under the lock, so that changes are
+    /// notified in serial order (see `notifier::Covered`).
+    fn set(&self, room_id: &str, user_id: &str, until: Option<Instant>, changed: impl FnOnce(i64)) {
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
         let room = rooms.entry(room_id.to_owned()).or_default();
         let was_typing = room.until.contains_key(user_id);
@@ -83,25 +86,23 @@ impl Typing {
             }
         }
         // Renewing a running timeout changes nothing a client sees.
-        let changed = was_typing != until.is_some();
-        if changed {
+        if was_typing != until.is_some() {
             room.serial = self.next_serial();
+            changed(room.serial);
         }
-        changed
     }
 
     /// Ends a typing notification whose time ran out, unless it was renewed meanwhile.
-    fn expire(&self, room_id: &str, user_id: &str) -> bool {
+    fn expire(&self, room_id: &str, user_id: &str, changed: impl FnOnce(i64)) {
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
         let Some(room) = rooms.get_mut(room_id) else {
-            return false;
+            return;
         };
         if room.until.get(user_id).is_some_and(|t| *t <= Instant::now()) {
             room.until.remove(user_id);
             room.serial = self.next_serial();
-            return true;
+            changed(room.serial);
         }
-        false
     }
 }
 
@@ -130,19 +131,21 @@ pub async fn typing(
 pub(crate) fn set_typing(svc: &Services, room_id: &RoomId, user_id: &UserId, timeout: Option<Duration>) {
     let (room_id, user_id) = (room_id.as_str(), user_id.as_str());
     let timeout = timeout.map(|t| t.min(MAX_TIMEOUT));
-    if svc
-        .typing
-        .set(room_id, user_id, timeout.map(|t| Instant::now() + t))
-    {
-        svc.notifier.notify(vec![room_id.to_owned()]);
-    }
+    let notify = |serial| {
+        svc.notifier
+            .notify_at(vec![room_id.to_owned()], Covered::typing(serial))
+    };
+    svc.typing
+        .set(room_id, user_id, timeout.map(|t| Instant::now() + t), notify);
     if let Some(timeout) = timeout {
         let (svc, room_id, user_id) = (svc.clone(), room_id.to_owned(), user_id.to_owned());
         tokio::spawn(async move {
             tokio::time::sleep(timeout).await;
-            if svc.typing.expire(&room_id, &user_id) {
-                svc.notifier.notify(vec![room_id]);
-            }
+            let notify = |serial| {
+                svc.notifier
+                    .notify_at(vec![room_id.clone()], Covered::typing(serial))
+            };
+            svc.typing.expire(&room_id, &user_id, notify);
         });
     }
 }

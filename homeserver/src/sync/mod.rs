@@ -31,6 +31,7 @@ use crate::{
 };
 use carry::Continuation;
 use engine::SyncEngine;
+use notifier::Covered;
 use response::{DeviceLists, Events, InvitedRoom, KnockedRoom, RoomSection, Rooms, SyncResponse, Timeline};
 use stats::bump;
 
@@ -147,7 +148,10 @@ pub async fn sync_step(
         // Woken: only what moved since the last computation is computed again, when all of it
         // is rooms the user is joined to (anything else: everything again).
         let moved = match (&baseline, last_mark) {
-            (Some(base), Some(last)) => base.moved(waiter.moved_keys(last), user_id, &svc.sync_engine),
+            (Some(base), Some(last)) => {
+                let (keys, covered) = waiter.moved_keys(last);
+                base.moved(keys, covered, user_id, &svc.sync_engine)
+            }
             _ => None,
         };
         // A continued request's first computation is not a wake-up (stats).
@@ -228,6 +232,9 @@ struct Baseline {
 struct Moved {
     rooms: Vec<String>,
     presence: bool,
+    /// The stream positions notified when the moved keys were read: the computation reaches
+    /// no further, so whatever lies beyond is in a key that moves after.
+    covered: Covered,
 }
 
 impl Baseline {
@@ -255,11 +262,18 @@ impl Baseline {
     /// account data, to-device messages, device lists and membership changes notify the user's
     /// own key, which means computing everything again. So does another member joining or
     /// leaving one of the rooms (`engine`): it changes whose device lists the user follows.
-    fn moved(&self, keys: Vec<String>, user_id: &str, engine: &SyncEngine) -> Option<Moved> {
+    fn moved(
+        &self,
+        keys: Vec<String>,
+        covered: Covered,
+        user_id: &str,
+        engine: &SyncEngine,
+    ) -> Option<Moved> {
         let presence_key = presence_key(user_id);
         let mut moved = Moved {
             rooms: Vec::new(),
             presence: false,
+            covered,
         };
         for key in keys {
             if key == presence_key {
@@ -288,15 +302,13 @@ async fn compute_moved(
     moved: Moved,
 ) -> Result<(SyncResponse, bool)> {
     let since = req.since.unwrap_or_default();
-    let engine = &svc.sync_engine;
-    let receipts = match engine.receipts_position() {
-        Some(position) => position,
-        None => svc.store.max_receipts_stream().await?,
-    };
+    // Only the moved rooms are computed, so the response claims only what was notified when
+    // they were read: an event committed since, in a room not read here, lies beyond `now`
+    // and moves its key for the next step.
     let mut now = StreamToken {
-        events: base.now.events.max(engine.events_position()),
-        receipts: base.now.receipts.max(receipts),
-        typing: svc.typing.current_serial(),
+        events: base.now.events.max(moved.covered.events),
+        receipts: base.now.receipts.max(moved.covered.receipts),
+        typing: base.now.typing.max(moved.covered.typing),
         ..base.now
     };
     let presence = if moved.presence {

@@ -32,9 +32,56 @@ use crate::{
 /// burst wakes it once.
 pub const COALESCE: Duration = Duration::from_millis(3);
 
+/// Stream positions a notification carries. A stream's writer notifies in commit order, so
+/// once a notification with position P is recorded, every change of that stream up to P has
+/// been notified: a woken sync that computes only the keys that moved may claim positions up
+/// to what was notified when it read them, and no further (a change committed but not yet
+/// notified is in no moved key: claiming its position would skip it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Covered {
+    pub events: i64,
+    pub receipts: i64,
+    pub typing: i64,
+}
+
+impl Covered {
+    pub fn events(position: i64) -> Self {
+        Self {
+            events: position,
+            ..Self::default()
+        }
+    }
+
+    pub fn receipts(position: i64) -> Self {
+        Self {
+            receipts: position,
+            ..Self::default()
+        }
+    }
+
+    pub fn typing(serial: i64) -> Self {
+        Self {
+            typing: serial,
+            ..Self::default()
+        }
+    }
+
+    fn absorb(&mut self, other: Covered) {
+        self.events = self.events.max(other.events);
+        self.receipts = self.receipts.max(other.receipts);
+        self.typing = self.typing.max(other.typing);
+    }
+}
+
 pub trait Notifier: Send + Sync {
-    /// Something concerning these keys (room and user IDs) is stored.
-    fn notify(&self, keys: Vec<String>);
+    /// Something concerning these keys (room and user IDs) is stored, outside the streams
+    /// whose positions notifications carry (account data, to-device messages, presence...).
+    fn notify(&self, keys: Vec<String>) {
+        self.notify_at(keys, Covered::default());
+    }
+    /// Changes of these keys up to these stream positions are stored; called in each stream's
+    /// commit order (see [`Covered`]).
+    fn notify_at(&self, keys: Vec<String>, covered: Covered);
     /// A waiter with no interest yet: see [`Subscription`].
     fn subscribe(&self) -> Subscription;
     /// How many waiters have been woken since start (a debugging and test counter).
@@ -48,8 +95,8 @@ pub struct LocalNotifier {
 }
 
 impl Notifier for LocalNotifier {
-    fn notify(&self, keys: Vec<String>) {
-        self.waiters.wake(&keys);
+    fn notify_at(&self, keys: Vec<String>, covered: Covered) {
+        self.waiters.wake(&keys, covered);
     }
 
     fn subscribe(&self) -> Subscription {
@@ -72,6 +119,8 @@ pub struct Waiters {
 struct Table {
     /// Position of the newest notification.
     position: u64,
+    /// The stream positions notified so far.
+    covered: Covered,
     /// Per key: position of its last notification, and its waiters. A key stays after its
     /// waiters leave (a waiter registering later must see that it moved); one entry per room
     /// and user the server has notified.
@@ -93,12 +142,13 @@ struct Shared {
 }
 
 impl Waiters {
-    /// Records a notification of `keys` and wakes their waiters.
-    pub fn wake(&self, keys: &[String]) {
+    /// Records a notification of `keys` (up to `covered`) and wakes their waiters.
+    pub fn wake(&self, keys: &[String], covered: Covered) {
         let mut woken: Vec<Arc<Shared>> = Vec::new();
         {
             let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             table.position += 1;
+            table.covered.absorb(covered);
             let position = table.position;
             for key in keys {
                 let entry = match table.keys.get_mut(key.as_str()) {
@@ -189,15 +239,18 @@ impl Subscription {
         self.shared.moved.load(Ordering::Acquire) > mark
     }
 
-    /// The watched keys notified after `mark`: what a woken sync needs to recompute. A lookup
-    /// per watched key, no I/O.
-    pub fn moved_keys(&self, mark: u64) -> Vec<String> {
+    /// The watched keys notified after `mark`, and the stream positions notified so far, read
+    /// together: what a woken sync needs to recompute, and how far that computation may claim
+    /// to reach. A lookup per watched key, no I/O.
+    pub fn moved_keys(&self, mark: u64) -> (Vec<String>, Covered) {
         let table = self.waiters.inner.lock().unwrap_or_else(|e| e.into_inner());
-        self.keys
+        let keys = self
+            .keys
             .iter()
             .filter(|key| table.keys.get(*key).is_some_and(|entry| entry.last > mark))
             .map(|key| key.to_string())
-            .collect()
+            .collect();
+        (keys, table.covered)
     }
 
     /// Waits until a watched key moves past `mark` (then lets the burst gather for
@@ -245,8 +298,11 @@ impl AppendListener for WakeSyncs {
                 .map(|(appending, placed)| (&appending.event, placed.stream_ordering, placed.state_group)),
             svc.server_name(),
         );
-        svc.notifier
-            .notify(notification_keys(batch.iter().map(|appending| &appending.event)));
+        let newest = placed.iter().map(|p| p.stream_ordering).max().unwrap_or_default();
+        svc.notifier.notify_at(
+            notification_keys(batch.iter().map(|appending| &appending.event)),
+            Covered::events(newest),
+        );
     }
 
     fn room_created<'a>(
@@ -258,7 +314,8 @@ impl AppendListener for WakeSyncs {
         if let Some(first) = events.first() {
             svc.sync_engine.room_created(&first.room_id, last.stream_ordering);
         }
-        svc.notifier.notify(notification_keys(events));
+        svc.notifier
+            .notify_at(notification_keys(events), Covered::events(last.stream_ordering));
         None
     }
 }
@@ -358,10 +415,33 @@ mod tests {
         let mut x = notifier.subscribe();
         x.watch(keys(&["!x:hs", "!y:hs", "@alice:hs"]));
         let mark = x.mark();
-        notifier.notify(keys(&["!y:hs", "!z:hs"]));
-        assert_eq!(x.moved_keys(mark), keys(&["!y:hs"]));
+        notifier.notify_at(keys(&["!y:hs", "!z:hs"]), Covered::events(7));
+        assert_eq!(x.moved_keys(mark), (keys(&["!y:hs"]), Covered::events(7)));
         let later = x.mark();
-        assert!(x.moved_keys(later).is_empty());
+        assert!(x.moved_keys(later).0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_positions_read_with_the_keys_are_those_notified() {
+        let notifier = LocalNotifier::default();
+        let mut x = notifier.subscribe();
+        x.watch(keys(&["!x:hs"]));
+        let mark = x.mark();
+        notifier.notify_at(keys(&["!x:hs"]), Covered::events(10));
+        notifier.notify_at(keys(&["!y:hs"]), Covered::receipts(4));
+        notifier.notify_at(keys(&["!y:hs"]), Covered::typing(2));
+        // Notifications without positions (account data, to-device...) move none of them.
+        notifier.notify(keys(&["@alice:hs"]));
+        let (moved, covered) = x.moved_keys(mark);
+        assert_eq!(moved, keys(&["!x:hs"]));
+        assert_eq!(
+            covered,
+            Covered {
+                events: 10,
+                receipts: 4,
+                typing: 2
+            }
+        );
     }
 
     #[tokio::test]
