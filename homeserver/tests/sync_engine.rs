@@ -102,7 +102,9 @@ async fn a_woken_sync_is_measured_and_delivers_the_message() {
     );
     let queries = stat(&after, "last_woken_queries");
     eprintln!("a woken sync of a user in 10 rooms, one room with a message: {queries} queries");
-    assert!(queries > 0);
+    // The room's new event comes from the recent-event ring and its unread counts from memory
+    // (push/unread.rs): a woken step reads at most a handful of rows.
+    assert!(queries <= 2, "{queries} queries");
     // The woken computation read one room's timeline: the one that moved.
     assert_eq!(
         stat(&after, "rooms_scanned"),
