@@ -6,7 +6,7 @@ use crate::{
     services::Services,
 };
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct StreamToken {
     pub events: i64,
     pub account_data: i64,

@@ -645,3 +645,235 @@ async fn a_continued_step_after_a_kick_shows_the_leave_and_nothing_after() {
     let next = alice.sync(Some(&next_batch(&resp)), 0, 10).await;
     assert!(!next.to_string().contains("later still"), "{next}");
 }
+
+/// The events of `room`'s timeline in a sync response.
+fn timeline(resp: &Value, room: &str) -> Vec<Value> {
+    resp["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Two identical long-polls (one device, one `since`, one filter) woken by one message: one
+/// computation answers both, with the same events and `next_batch`.
+#[tokio::test]
+async fn identical_long_polls_share_one_computation() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let rooms = rooms_with(&bob, &[&alice], 2).await;
+    let mut since = next_batch(&alice.sync(None, 0, 10).await);
+    since = next_batch(&alice.sync(Some(&since), 0, 10).await);
+
+    let before = stats(&alice).await;
+    let polls = [long_poll(&alice, &since), long_poll(&alice, &since)];
+    until_waiting(&alice, stat(&before, "waits"), 2).await;
+    let before = stats(&alice).await;
+    let event_id = bob.send_text(&rooms[1], "to both tabs").await;
+    let mut answers = Vec::new();
+    for poll in polls {
+        answers.push(poll.await.unwrap());
+    }
+    for answer in &answers {
+        assert_eq!(
+            timeline_ids(answer, &rooms[1]),
+            vec![event_id.clone()],
+            "{answer}"
+        );
+    }
+    assert_eq!(answers[0]["next_batch"], answers[1]["next_batch"]);
+    let after = stats(&alice).await;
+    assert_eq!(
+        stat(&after, "woken_computes") - stat(&before, "woken_computes"),
+        1,
+        "one computation: {before} -> {after}"
+    );
+    assert_eq!(
+        stat(&after, "shared_answers") - stat(&before, "shared_answers"),
+        1
+    );
+
+    // The device's next request, from that `next_batch`, continues from the shared step.
+    let next = alice
+        .sync(Some(answers[0]["next_batch"].as_str().unwrap()), 0, 10)
+        .await;
+    assert!(next["rooms"]["join"].as_object().unwrap().is_empty(), "{next}");
+    assert_eq!(
+        stat(&stats(&alice).await, "full_computes"),
+        stat(&after, "full_computes")
+    );
+}
+
+/// Identical-looking long-polls of another device of the same user, and of another user, from
+/// the same `since`, never get the shared answer: only the sending device sees its transaction
+/// ID, whoever computed first.
+#[tokio::test]
+async fn another_device_or_user_never_gets_a_shared_answer() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let rooms = rooms_with(&bob, &[&alice, &carol], 1).await;
+    let alice2 = e2ee_support::login(&server, "alice").await;
+    assert_ne!(alice.device_id, alice2.device_id);
+    // Past everyone's presence of coming online, then one token for all.
+    for client in [&alice, &alice2, &bob, &carol] {
+        client.sync(None, 0, 10).await;
+    }
+    let since = next_batch(&alice.sync(None, 0, 10).await);
+    for client in [&alice2, &carol] {
+        client.sync(Some(&since), 0, 10).await;
+    }
+
+    let before = stats(&alice).await;
+    let polls = [
+        long_poll(&alice, &since),
+        long_poll(&alice2, &since),
+        long_poll(&carol, &since),
+        long_poll(&alice, &since),
+    ];
+    until_waiting(&alice, stat(&before, "waits"), 4).await;
+    let before = stats(&alice).await;
+    let path = alice.send_path(&rooms[0], "m.room.message");
+    let txn = path.rsplit('/').next().unwrap().to_owned();
+    let (status, sent) = alice
+        .request(
+            Method::PUT,
+            &path,
+            Some(&json!({ "msgtype": "m.text", "body": "from alice's first device" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    let event_id = sent["event_id"].as_str().unwrap().to_owned();
+    let mut answers = Vec::new();
+    for poll in polls {
+        answers.push(poll.await.unwrap());
+    }
+    for (i, answer) in answers.iter().enumerate() {
+        let events = timeline(answer, &rooms[0]);
+        let event = events
+            .iter()
+            .find(|e| e["event_id"] == event_id.as_str())
+            .unwrap_or_else(|| panic!("poll {i}: the event in {answer}"));
+        let txn_id = &txn;
+        let txn = &event["unsigned"]["transaction_id"];
+        if i == 0 || i == 3 {
+            assert_eq!(txn, txn_id.as_str(), "the sending device's poll {i}: {event}");
+        } else {
+            assert!(txn.is_null(), "poll {i} is not the sending device's: {event}");
+        }
+    }
+    let after = stats(&alice).await;
+    // Only alice's first device's two polls shared.
+    assert_eq!(
+        stat(&after, "shared_answers") - stat(&before, "shared_answers"),
+        1,
+        "{before} -> {after}"
+    );
+    assert_eq!(
+        stat(&after, "woken_computes") - stat(&before, "woken_computes"),
+        3
+    );
+}
+
+/// To-device messages for one device reach both of its identical long-polls and no poll of the
+/// user's other device.
+#[tokio::test]
+async fn shared_to_device_messages_reach_only_their_device() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let alice2 = e2ee_support::login(&server, "alice").await;
+    for client in [&alice, &alice2, &bob] {
+        client.sync(None, 0, 10).await;
+    }
+    let since = next_batch(&alice.sync(None, 0, 10).await);
+    alice2.sync(Some(&since), 0, 10).await;
+
+    let before = stats(&alice).await;
+    let polls = [long_poll(&alice, &since), long_poll(&alice, &since)];
+    let other = {
+        let alice2 = alice2.clone();
+        let since = since.clone();
+        tokio::spawn(async move { alice2.sync(Some(&since), 1_500, 10).await })
+    };
+    until_waiting(&alice, stat(&before, "waits"), 3).await;
+    let before = stats(&alice).await;
+    let messages =
+        json!({ alice.user_id.clone(): { alice.device_id.clone(): { "secret": "for the first device" } } });
+    let (status, body) = bob
+        .request(
+            Method::PUT,
+            "/sendToDevice/org.example.test/t1",
+            Some(&json!({ "messages": messages })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for poll in polls {
+        let answer = poll.await.unwrap();
+        let events = answer["to_device"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(events.len(), 1, "{answer}");
+        assert_eq!(events[0]["content"]["secret"], "for the first device");
+    }
+    let other = other.await.unwrap();
+    assert!(
+        other["to_device"]["events"]
+            .as_array()
+            .is_none_or(|e| e.is_empty()),
+        "the other device's poll: {other}"
+    );
+    let after = stats(&alice).await;
+    assert_eq!(
+        stat(&after, "shared_answers") - stat(&before, "shared_answers"),
+        1,
+        "{before} -> {after}"
+    );
+}
+
+/// A long-poll that found nothing keeps its step from its own `since`: the device's identical
+/// request (another tab) continues it instead of computing in full, and both get the message.
+#[tokio::test]
+async fn an_identical_request_continues_a_waiting_step() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let rooms = rooms_with(&bob, &[&alice], 2).await;
+    let mut since = next_batch(&alice.sync(None, 0, 10).await);
+    since = next_batch(&alice.sync(Some(&since), 0, 10).await);
+    // Another filter than the steps kept so far: the first long-poll computes in full.
+    let poll = |client: &Client, since: &str| {
+        let (client, since) = (client.clone(), since.to_owned());
+        tokio::spawn(async move { client.sync(Some(&since), 10_000, 9).await })
+    };
+
+    let before = stats(&alice).await;
+    let one = poll(&alice, &since);
+    until_waiting(&alice, stat(&before, "waits"), 1).await;
+    let middle = stats(&alice).await;
+    assert_eq!(stat(&middle, "full_computes"), stat(&before, "full_computes") + 1);
+    let two = poll(&alice, &since);
+    until_waiting(&alice, stat(&middle, "waits"), 1).await;
+    let after = stats(&alice).await;
+    assert_eq!(
+        stat(&after, "full_computes"),
+        stat(&middle, "full_computes"),
+        "{middle} -> {after}"
+    );
+    assert_eq!(
+        stat(&after, "continued_computes"),
+        stat(&middle, "continued_computes") + 1
+    );
+
+    let event_id = bob.send_text(&rooms[0], "to both").await;
+    for poll in [one, two] {
+        let answer = poll.await.unwrap();
+        assert_eq!(
+            timeline_ids(&answer, &rooms[0]),
+            vec![event_id.clone()],
+            "{answer}"
+        );
+    }
+}

@@ -2,7 +2,10 @@
 
 use axum::{
     Json,
+    body::Body,
     extract::{Path, Query, State},
+    http::header,
+    response::Response,
 };
 use ruma::api::client::filter::create_filter;
 
@@ -14,18 +17,22 @@ use crate::{
     },
     filter::Filter,
     services::Services,
-    sync::{SyncQuery, filter, response::SyncResponse, sync_for_client},
+    sync::{SyncQuery, filter, sync_for_client},
 };
 
-/// `GET /sync`
+/// `GET /sync`: the answer's JSON as serialized once (identical long-polls share it).
 pub async fn sync(
     State(svc): State<Services>,
     auth: Auth,
     Query(q): Query<SyncQuery>,
-) -> ApiResult<Json<SyncResponse>> {
-    Ok(Json(
-        sync_for_client(&svc, &auth.user_id, &auth.device_id, q).await?,
-    ))
+) -> ApiResult<Response> {
+    let answer = sync_for_client(&svc, &auth.user_id, &auth.device_id, q).await?;
+    let mut response = Response::new(Body::from(answer.body.clone()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
 /// `POST /user/{userId}/filter`. The body is our `Filter`: it keeps what ruma's type would refuse

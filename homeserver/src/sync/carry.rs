@@ -11,6 +11,10 @@
 //! long-poll woken in place. Anything but joined rooms and presence moving means a full
 //! computation, as for a woken one.
 //!
+//! A step that found nothing and starts waiting keeps one too, from its own `since`: the
+//! device's identical requests (tabs, a client's several sync loops, a retry) start from its
+//! baseline instead of each computing in full, and share it while they wait.
+//!
 //! A cache: a request that does not continue the kept step (another token, filter or
 //! `full_state`), a restart, or an evicted entry means a full computation, never a wrong one.
 

@@ -39,6 +39,8 @@ pub struct SyncEngine {
     pub stats: SyncStats,
     /// Where each device's last step left off, for its next request (carry.rs).
     pub continuations: Continuations,
+    /// Identical woken steps computing once (shared.rs).
+    pub shared: super::SharedSteps,
     /// Stored filters already read (filter.rs).
     pub filters: super::filter::StoredFilters,
     /// The last events of each room, formatted once for every receiver.

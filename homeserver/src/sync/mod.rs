@@ -8,6 +8,7 @@ pub mod notifier;
 pub mod recent;
 pub mod response;
 mod rooms;
+mod shared;
 pub mod stats;
 
 use std::{
@@ -33,6 +34,8 @@ use carry::Continuation;
 use engine::SyncEngine;
 use notifier::Covered;
 use response::{DeviceLists, Events, InvitedRoom, KnockedRoom, RoomSection, Rooms, SyncResponse, Timeline};
+pub use shared::SharedSteps;
+use shared::{Role, StepKey};
 use stats::bump;
 
 /// Longest long-poll a client can ask for.
@@ -56,7 +59,7 @@ pub async fn sync_for_client(
     user_id: &UserId,
     device_id: &str,
     q: SyncQuery,
-) -> Result<SyncResponse> {
+) -> Result<Arc<Answer>> {
     let since = q.since.as_deref().map(StreamToken::parse).transpose()?;
     let timeout = match &q.timeout {
         Some(t) => t
@@ -108,21 +111,40 @@ pub(crate) const INVITE_STATE_TYPES: &[&str] = &[
 
 const DEFAULT_TIMELINE_LIMIT: usize = 10;
 
-/// Runs a sync, long-polling up to `timeout` when an incremental sync finds nothing new.
-pub async fn sync(svc: &Services, user_id: &str, device_id: &str, req: SyncRequest) -> Result<SyncResponse> {
-    Ok(sync_step(svc, user_id, device_id, &req).await?.0)
+/// A sync step's answer: the response serialized once (identical woken steps share it,
+/// `shared.rs`), its `next_batch`, and whether it has anything new (an initial sync always has).
+pub struct Answer {
+    /// The `SyncResponse` as JSON.
+    pub body: bytes::Bytes,
+    pub next_batch: String,
+    pub has_changes: bool,
 }
 
-/// A sync and whether it has anything new (an initial sync always has): the step of a `/sync`
-/// long-poll and of a stream (`org.hearth.ws`). A waiter registered for the user's rooms and
-/// the user is woken only by notifications of those; positions are compared, so nothing stored
-/// after the response's positions were read can be missed.
+impl Answer {
+    fn new(response: &SyncResponse, has_changes: bool) -> Result<Self> {
+        Ok(Self {
+            body: serde_json::to_vec(response).map_err(Error::internal)?.into(),
+            next_batch: response.next_batch.clone(),
+            has_changes,
+        })
+    }
+}
+
+/// Runs a sync, long-polling up to `timeout` when an incremental sync finds nothing new.
+pub async fn sync(svc: &Services, user_id: &str, device_id: &str, req: SyncRequest) -> Result<Arc<Answer>> {
+    sync_step(svc, user_id, device_id, &req).await
+}
+
+/// A sync step: the step of a `/sync` long-poll and of a stream (`org.hearth.ws`). A waiter
+/// registered for the user's rooms and the user is woken only by notifications of those;
+/// positions are compared, so nothing stored after the response's positions were read can be
+/// missed.
 pub async fn sync_step(
     svc: &Services,
     user_id: &str,
     device_id: &str,
     req: &SyncRequest,
-) -> Result<(SyncResponse, bool)> {
+) -> Result<Arc<Answer>> {
     let deadline = tokio::time::Instant::now() + req.timeout;
     let mut waiter = svc.notifier.subscribe();
     let continuations = &svc.sync_engine.continuations;
@@ -145,6 +167,30 @@ pub async fn sync_step(
     loop {
         // Marked before computing: whatever is stored after the positions were read is heard.
         let mark = waiter.mark();
+        // A continued request's first computation is not a wake-up (stats).
+        let woken = last_mark.is_some() && !continued;
+        // Woken with identical steps (same device, `since` and filter): one computes, the
+        // others send its answer (shared.rs).
+        let mut leader = None;
+        if woken && let Some(since) = req.since {
+            let key = StepKey {
+                user_id: user_id.to_owned(),
+                device_id: device_id.to_owned(),
+                since,
+                filter: req.filter_param.clone(),
+                full_state: req.full_state,
+            };
+            match svc.sync_engine.shared.enter(key, waiter.moved_position(), mark) {
+                Role::Join(group) => {
+                    if let Some(answer) = shared::answer_of(group).await {
+                        bump(&svc.sync_engine.stats.shared_answers);
+                        return Ok(answer);
+                    }
+                }
+                Role::Lead(lead) => leader = Some(lead),
+                Role::Alone => {}
+            }
+        }
         // Woken: only what moved since the last computation is computed again, when all of it
         // is rooms the user is joined to (anything else: everything again).
         let moved = match (&baseline, last_mark) {
@@ -154,10 +200,10 @@ pub async fn sync_step(
             }
             _ => None,
         };
-        // A continued request's first computation is not a wake-up (stats).
-        let woken = last_mark.is_some() && !continued;
         let full = moved.is_none();
-        let (computed, queries) = crate::store::count_queries(async {
+        // Boxed: a computation's futures are large, and a waiting request (which may wait for
+        // minutes, by the ten thousand) should not carry their space.
+        let (computed, queries) = Box::pin(crate::store::count_queries(async {
             match (&baseline, moved) {
                 (Some(base), Some(moved)) => {
                     compute_moved(svc, Viewer { user_id, device_id }, req, base, moved)
@@ -168,7 +214,7 @@ pub async fn sync_step(
                     .await
                     .map(|(response, has_changes, base)| (response, has_changes, Some(base))),
             }
-        })
+        }))
         .await;
         let (response, has_changes, new_baseline) = computed?;
         svc.sync_engine.stats.computed(woken, continued, full, queries);
@@ -199,16 +245,28 @@ pub async fn sync_step(
         };
         if req.since.is_none() || req.full_state || has_changes {
             keep(&response, &baseline);
-            return Ok((response, true));
+            let answer = Arc::new(Answer::new(&response, true)?);
+            if let Some(leader) = leader {
+                leader.publish(&answer);
+            }
+            return Ok(answer);
         }
+        drop(leader);
         if full && let Some(base) = &baseline {
             waiter.watch(base.interest.iter().cloned());
+            // Found nothing since `since`: an identical request of the device (another tab, a
+            // retry) continues from here instead of computing in full, and shares this
+            // baseline.
+            if let Some(since) = req.since {
+                let kept = Continuation::new(since, req.filter_param.clone(), mark, base.clone());
+                continuations.keep(user_id, device_id, kept);
+            }
         }
         last_mark = Some(mark);
         bump(&svc.sync_engine.stats.waits);
         if !waiter.wait(mark, deadline).await {
             keep(&response, &baseline);
-            return Ok((response, false));
+            return Ok(Arc::new(Answer::new(&response, false)?));
         }
     }
 }

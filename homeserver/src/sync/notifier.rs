@@ -239,6 +239,11 @@ impl Subscription {
         self.shared.moved.load(Ordering::Acquire) > mark
     }
 
+    /// The newest position of a notification of a watched key (what a woken step has heard).
+    pub fn moved_position(&self) -> u64 {
+        self.shared.moved.load(Ordering::Acquire)
+    }
+
     /// The watched keys notified after `mark`, and the stream positions notified so far, read
     /// together: what a woken sync needs to recompute, and how far that computation may claim
     /// to reach. A lookup per watched key, no I/O.

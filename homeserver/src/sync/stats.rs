@@ -30,6 +30,8 @@ pub struct SyncStats {
     pub format_misses: AtomicU64,
     /// Timeline reads answered from the recent-event rings instead of the database.
     pub ring_hits: AtomicU64,
+    /// Woken steps answered by an identical step's computation (shared.rs), not computed.
+    pub shared_answers: AtomicU64,
 }
 
 /// A snapshot, as served.
@@ -46,6 +48,7 @@ pub struct StatsSnapshot {
     pub format_hits: u64,
     pub format_misses: u64,
     pub ring_hits: u64,
+    pub shared_answers: u64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -67,6 +70,7 @@ impl SyncStats {
             format_hits: get(&self.format_hits),
             format_misses: get(&self.format_misses),
             ring_hits: get(&self.ring_hits),
+            shared_answers: get(&self.shared_answers),
         }
     }
 

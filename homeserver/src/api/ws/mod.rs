@@ -23,7 +23,7 @@ use axum::{
 };
 use futures_util::{StreamExt, stream::SplitStream};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use self::writer::{
     CLOSE_BAD_REQUEST, CLOSE_INTERNAL, CLOSE_TOO_MANY, CLOSE_UNAUTHORIZED, Out, Outbox, Stop,
@@ -198,8 +198,8 @@ impl Connection {
         };
         loop {
             let step = sync_step(&self.svc, session.user_id.as_str(), &session.device_id, &req).await;
-            let (response, has_changes) = match step {
-                Ok(step) => step,
+            let answer = match step {
+                Ok(answer) => answer,
                 Err(e) => return outbox.stop(stop_for(e)),
             };
             // A token revoked (logout, deactivation) or expired since the last step ends the
@@ -207,16 +207,20 @@ impl Connection {
             if let Err(e) = authenticate(&self.svc, &token, self.ip.as_deref()).await {
                 return outbox.stop(stop_for(e));
             }
-            if !has_changes {
-                continue;
-            }
-            let next = match StreamToken::parse(&response.next_batch) {
+            let next = match StreamToken::parse(&answer.next_batch) {
                 Ok(next) => next,
                 Err(e) => return outbox.stop(stop_for(Error::internal(e))),
             };
+            if !answer.has_changes {
+                // As a long-polling client does with an empty answer: the next step starts from
+                // its `next_batch` (nothing for this user lies before it), which the device's
+                // kept step continues; from the old token every quiet step computed in full.
+                req.since = Some(next);
+                continue;
+            }
             let frame = Out {
-                text: json!({ "type": "sync", "body": response }).to_string(),
-                next_batch: Some(response.next_batch),
+                text: sync_frame(&answer.body),
+                next_batch: Some(answer.next_batch.clone()),
             };
             if !outbox.queue(frame) {
                 return;
@@ -224,6 +228,18 @@ impl Connection {
             req.since = Some(next);
         }
     }
+}
+
+/// `{"type":"sync","body":…}` around a step's serialized response (shared by identical
+/// steps: spliced, not parsed and serialized again).
+fn sync_frame(body: &[u8]) -> String {
+    const HEAD: &str = r#"{"type":"sync","body":"#;
+    let mut frame = String::with_capacity(HEAD.len() + body.len() + 1);
+    frame.push_str(HEAD);
+    // Serialized by serde_json from a `SyncResponse`: UTF-8.
+    frame.push_str(&String::from_utf8_lossy(body));
+    frame.push('}');
+    frame
 }
 
 /// The close for a domain error: 4401 for tokens, 4429 for limits, 4400 for other client
