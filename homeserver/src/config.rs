@@ -179,11 +179,24 @@ pub enum DefaultMode {
 }
 
 /// Server-side search (`POST /search`, spec/privacy-modes.md).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SearchConfig {
     /// The tantivy index directory; `<data_dir>/search` when absent.
     pub index_path: Option<PathBuf>,
+    /// Least time between two index commits while events keep coming (milliseconds). Each
+    /// commit makes a segment that tantivy's merger folds again; a `/search` never waits for it
+    /// (it asks for a commit at once).
+    pub commit_interval_ms: u64,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            index_path: None,
+            commit_interval_ms: 500,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -858,6 +871,8 @@ notify_admin_reads = true         # a notice in the room whenever an admin reads
 
 [search]
 # index_path = "./hearth-data/search"   # default: <data_dir>/search
+# Least time between two index commits under a steady stream of events (a /search commits at once).
+commit_interval_ms = 500
 
 [messages]
 # How long after sending it a local user may still edit or delete (redact) their own event:

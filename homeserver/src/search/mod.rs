@@ -32,6 +32,8 @@ pub struct Search {
     index: OnceLock<Arc<SearchIndex>>,
     /// Woken by every stored batch.
     wake: Notify,
+    /// Woken by a `/search` waiting for the index: ends the pause between two commits.
+    hurry: Notify,
     /// The stream position the index (and its reader) has reached.
     indexed: watch::Sender<i64>,
 }
@@ -86,6 +88,9 @@ impl Search {
         let target = svc.store.max_stream_ordering().await?;
         let mut indexed = self.indexed.subscribe();
         self.wake.notify_one();
+        if *indexed.borrow() < target {
+            self.hurry.notify_one();
+        }
         let reached = tokio::time::timeout(CATCH_UP, indexed.wait_for(|at| *at >= target)).await;
         if reached.is_err() {
             tracing::warn!(

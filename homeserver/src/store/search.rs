@@ -39,16 +39,22 @@ impl Store {
     /// Up to `limit` events of every room after stream position `after`, oldest first, with
     /// the outliers and soft-failed ones left out (never indexed), and the position of the last
     /// event looked at, so the indexer moves past those too (a search waits until the indexer
-    /// reaches the newest stored position).
-    pub async fn events_after(&self, after: i64, limit: i64) -> StoreResult<(Vec<EventRow>, Option<i64>)> {
+    /// reaches the newest stored position), and whether `limit` events were looked at (more may
+    /// follow).
+    pub async fn events_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<(Vec<EventRow>, Option<i64>, bool)> {
         let sql = format!("{SELECT_EVENTS}WHERE e.stream_ordering > $1 ORDER BY e.stream_ordering LIMIT $2");
         let rows = qs(sql).bind(after).bind(limit).fetch_all(&self.pool).await?;
         let last = rows.last().map(|r| r.get::<i64, _>(0));
+        let full = rows.len() as i64 >= limit;
         let timeline = rows
             .into_iter()
             .filter(|r| r.get::<i64, _>(16) == 0)
             .map(event_row)
             .collect();
-        Ok((timeline, last))
+        Ok((timeline, last, full))
     }
 }
