@@ -86,6 +86,11 @@ pub enum Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Where write transactions run (`begin_write`). On SQLite a pool of one connection: SQLite
+    /// runs one writer at a time anyway, so writers queue here instead of polling the file lock
+    /// (the busy handler sleeps in steps of milliseconds), and the one connection's page cache
+    /// stays warm (a commit by another connection voids it). On PostgreSQL, `pool`.
+    writer: AnyPool,
     backend: Backend,
     /// Token hash → owner, for the lookup every authenticated request makes.
     tokens: Arc<Mutex<users::TokenCache>>,
@@ -183,6 +188,21 @@ pub async fn count_queries<T>(work: impl std::future::Future<Output = T>) -> (T,
         .await
 }
 
+/// Copies the SQLite write-ahead log back into the database file every 50 ms, on a reader
+/// connection, beside readers and the writer. The writer still checkpoints itself past 4,000
+/// pages (16 MiB; SQLite restarts the log only after a checkpoint in the writer's own gap
+/// between transactions), but finds most of the log already copied.
+async fn checkpoint_wal(pool: AnyPool) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !pool.is_closed() {
+        tick.tick().await;
+        if let Err(error) = q("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+            tracing::warn!(%error, "WAL checkpoint failed");
+        }
+    }
+}
+
 impl Store {
     /// Connects, creating the SQLite file (and its directory) when needed, and migrates.
     pub async fn connect(url: &str, max_connections: Option<u32>) -> StoreResult<Self> {
@@ -205,7 +225,30 @@ impl Store {
             }
             Backend::Postgres => (url.to_owned(), max_connections.unwrap_or(16)),
         };
-        let pool = AnyPoolOptions::new()
+        let pool = Self::pool_options(backend, max, false).connect(&url).await?;
+        let writer = match backend {
+            Backend::Sqlite => {
+                let writer = Self::pool_options(backend, 1, true).connect(&url).await?;
+                tokio::spawn(checkpoint_wal(pool.clone()));
+                writer
+            }
+            Backend::Postgres => pool.clone(),
+        };
+        let store = Self {
+            pool,
+            writer,
+            backend,
+            tokens: Arc::default(),
+            awaiting_redactions: Arc::new(std::sync::atomic::AtomicI64::new(-1)),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// `writer`: the SQLite connection that runs write transactions, which leaves checkpoints
+    /// to `checkpoint_wal`.
+    fn pool_options(backend: Backend, max: u32, writer: bool) -> AnyPoolOptions {
+        AnyPoolOptions::new()
             .max_connections(max)
             // A SQLite connection is a file handle that cannot drop; pinging it before each use
             // cost a thread hand-off per query. PostgreSQL connections can, so keep the check.
@@ -223,20 +266,16 @@ impl Store {
                         // every commit empties the other connections' page caches, so misses
                         // are the common case (they were a quarter of an append's CPU).
                         conn.execute("PRAGMA mmap_size = 1073741824").await?;
+                        // Statement journals (a batch's statements each) in memory, not in a
+                        // temporary file.
+                        conn.execute("PRAGMA temp_store = MEMORY").await?;
+                        if writer {
+                            conn.execute("PRAGMA wal_autocheckpoint = 4000").await?;
+                        }
                     }
                     Ok(())
                 })
             })
-            .connect(&url)
-            .await?;
-        let store = Self {
-            pool,
-            backend,
-            tokens: Arc::default(),
-            awaiting_redactions: Arc::new(std::sync::atomic::AtomicI64::new(-1)),
-        };
-        store.migrate().await?;
-        Ok(store)
     }
 
     async fn migrate(&self) -> StoreResult<()> {
@@ -266,8 +305,8 @@ impl Store {
     /// "database is locked" when another writer committed meanwhile, and no timeout helps.
     pub(crate) async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, Any>> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writer.begin().await?,
         })
     }
 

@@ -212,7 +212,7 @@ impl Store {
     /// Adds or replaces a pusher. Unless `append`, pushers of other users with the same app ID
     /// and pushkey are removed.
     pub async fn upsert_pusher(&self, pusher: &PusherRow, append: bool) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if !append {
             q("DELETE FROM pushers WHERE app_id = $1 AND pushkey = $2 AND user_id <> $3")
                 .bind(pusher.app_id.clone())
