@@ -34,7 +34,10 @@ mod users;
 use std::{
     borrow::Cow,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -96,6 +99,8 @@ pub struct Store {
     tokens: Arc<Mutex<users::TokenCache>>,
     /// Rows of `redactions_awaiting_target` (`redactions.rs`; -1 until first read).
     awaiting_redactions: Arc<std::sync::atomic::AtomicI64>,
+    /// Write transactions begun (`begin_write`): `checkpoint_wal` skips a quiet server.
+    writes: Arc<AtomicU64>,
 }
 
 /// One migration: its version, and its file (same name under `migrations/sqlite/` and
@@ -191,12 +196,19 @@ pub async fn count_queries<T>(work: impl std::future::Future<Output = T>) -> (T,
 /// Copies the SQLite write-ahead log back into the database file every 50 ms, on a reader
 /// connection, beside readers and the writer. The writer still checkpoints itself past 4,000
 /// pages (16 MiB; SQLite restarts the log only after a checkpoint in the writer's own gap
-/// between transactions), but finds most of the log already copied.
-async fn checkpoint_wal(pool: AnyPool) {
+/// between transactions), but finds most of the log already copied. Nothing written since the
+/// last one, nothing done.
+async fn checkpoint_wal(pool: AnyPool, writes: Arc<AtomicU64>) {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = 0;
     while !pool.is_closed() {
         tick.tick().await;
+        let now = writes.load(Ordering::Relaxed);
+        if now == seen {
+            continue;
+        }
+        seen = now;
         if let Err(error) = q("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
             tracing::warn!(%error, "WAL checkpoint failed");
         }
@@ -226,10 +238,11 @@ impl Store {
             Backend::Postgres => (url.to_owned(), max_connections.unwrap_or(16)),
         };
         let pool = Self::pool_options(backend, max, false).connect(&url).await?;
+        let writes = Arc::new(AtomicU64::new(0));
         let writer = match backend {
             Backend::Sqlite => {
                 let writer = Self::pool_options(backend, 1, true).connect(&url).await?;
-                tokio::spawn(checkpoint_wal(pool.clone()));
+                tokio::spawn(checkpoint_wal(pool.clone(), writes.clone()));
                 writer
             }
             Backend::Postgres => pool.clone(),
@@ -240,13 +253,14 @@ impl Store {
             backend,
             tokens: Arc::default(),
             awaiting_redactions: Arc::new(std::sync::atomic::AtomicI64::new(-1)),
+            writes,
         };
         store.migrate().await?;
         Ok(store)
     }
 
-    /// `writer`: the SQLite connection that runs write transactions, which leaves checkpoints
-    /// to `checkpoint_wal`.
+    /// `writer`: the SQLite connection that runs write transactions; it checkpoints only past
+    /// 4,000 pages, leaving the rest to `checkpoint_wal`.
     fn pool_options(backend: Backend, max: u32, writer: bool) -> AnyPoolOptions {
         AnyPoolOptions::new()
             .max_connections(max)
@@ -304,6 +318,7 @@ impl Store {
     /// (`BEGIN IMMEDIATE`): a transaction that reads first and upgrades later fails with
     /// "database is locked" when another writer committed meanwhile, and no timeout helps.
     pub(crate) async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, Any>> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(match self.backend {
             Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.writer.begin().await?,
