@@ -322,7 +322,8 @@ macro_rules! select_events {
         concat!(
             "SELECT e.stream_ordering, e.event_id, e.room_id, e.type, e.state_key, e.sender, \
              e.origin_server_ts, e.depth, e.state_group, e.replaces_state, e.txn_device_id, e.txn_id, \
-             (SELECT MIN(r.event_id) FROM events r WHERE r.redacts = e.event_id AND r.room_id = e.room_id \
+             (SELECT MIN(r.event_id) FROM events r WHERE r.redacts IS NOT NULL AND r.redacts = e.event_id \
+              AND r.room_id = e.room_id \
               AND r.type = 'm.room.redaction' AND r.state_key IS NULL), e.json, e.rel_type, e.relates_to, \
              e.outlier, e.topological_ordering, e.late FROM events e ",
             $rest

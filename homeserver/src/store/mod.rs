@@ -142,6 +142,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(25, "0025_topological_order"),
     migration!(26, "0026_edu_queue_and_redactions"),
     migration!(27, "0027_redactions_awaiting_received"),
+    migration!(28, "0028_partial_event_indexes"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside

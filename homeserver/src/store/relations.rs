@@ -13,7 +13,7 @@ use super::{
 };
 
 /// `e` is not redacted (by a checked redaction; see `EventRow::redacted_by`).
-const NOT_REDACTED: &str = "NOT EXISTS (SELECT 1 FROM events r WHERE r.redacts = e.event_id \
+const NOT_REDACTED: &str = "NOT EXISTS (SELECT 1 FROM events r WHERE r.redacts IS NOT NULL AND r.redacts = e.event_id \
      AND r.room_id = e.room_id AND r.type = 'm.room.redaction' AND r.state_key IS NULL)";
 
 /// Placeholders `$from..` for `n` parameters.
