@@ -1,7 +1,8 @@
 -- Most events are plain messages: no relation, no redaction target, no state key. Indexes that
 -- only queries for those columns read now hold only the rows that have them, so a message is
--- written into four b-trees fewer (each query below names its column with `=`, `IN` or
--- `IS NOT NULL`, which lets both databases use a partial index).
+-- written into four b-trees fewer. The queries that read them (store/relations.rs, the redaction
+-- lookups of store/events.rs, history visibility in store/state.rs) name the column with `=`,
+-- `IN` or `IS NOT NULL`, which both databases need to use a partial index.
 DROP INDEX events_by_relation;
 CREATE INDEX events_by_relation ON events (relates_to, rel_type) WHERE relates_to IS NOT NULL;
 DROP INDEX events_by_room_relation;
