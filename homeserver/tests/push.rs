@@ -1248,3 +1248,59 @@ async fn sync_counts_follow_messages_and_receipts() {
     let alice_sync = alice.sync(None, 0, 10).await;
     assert_eq!(counts(&alice_sync), (Some(0), Some(0)), "{alice_sync}");
 }
+
+/// The counts of several rooms are read together (one scan of the user's outcomes from the
+/// oldest of their receipts, from the start when a room has none): each room still counts only
+/// what follows its own receipt.
+#[tokio::test]
+async fn counts_of_several_rooms_follow_each_rooms_receipt() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let mut rooms = Vec::new();
+    for _ in 0..3 {
+        let room = alice.create_room(json!({"preset": "public_chat"})).await;
+        bob.join(&room).await;
+        carol.join(&room).await;
+        rooms.push(room);
+    }
+    let [early, late, third] = [&rooms[0], &rooms[1], &rooms[2]];
+    let receipt = |reader: &Client, room: &str, event: &str| {
+        let path = format!("/rooms/{}/receipt/m.read/{}", encode(room), encode(event));
+        let reader = reader.clone();
+        async move {
+            let (status, body) = reader.request(Method::POST, &path, Some(&json!({}))).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+
+    // Interleaved: the early room's receipt is older than most of the late room's messages.
+    let first_early = alice.send_text(early, "early 1").await;
+    let mut in_third = Vec::new();
+    for i in 0..3 {
+        alice.send_text(late, &format!("late {i}")).await;
+        alice.send_text(early, &format!("early {}", i + 2)).await;
+        in_third.push(alice.send_text(third, &format!("third {i}")).await);
+    }
+    let last_late = alice.send_text(late, "late last").await;
+    for reader in [&bob, &carol] {
+        receipt(reader, early, &first_early).await;
+        receipt(reader, late, &last_late).await;
+    }
+    // Carol has a receipt in every room, bob none in the third.
+    receipt(&carol, third, &in_third[0]).await;
+
+    // Each first sync fills every room's counts at once.
+    for (reader, in_third) in [(&bob, 3), (&carol, 2)] {
+        let sync = reader.sync(None, 0, 10).await;
+        let count =
+            |room: &str| sync["rooms"]["join"][room]["unread_notifications"]["notification_count"].as_u64();
+        assert_eq!(
+            (count(early), count(late), count(third)),
+            (Some(3), Some(0), Some(in_third)),
+            "{}: {sync}",
+            reader.user_id
+        );
+    }
+}

@@ -197,7 +197,7 @@ impl Statements {
                 "INSERT INTO event_push_actions (event_id, room_id, user_id, stream_ordering, notify, \
                  highlight, thread_id, actions) SELECT e.event_id, e.room_id, v.column1, e.stream_ordering, 1, \
                  v.column2, v.column3, v.column4 FROM (VALUES {}) AS v JOIN events e ON e.event_id = {id} \
-                 WHERE true ON CONFLICT (user_id, room_id, stream_ordering) DO NOTHING;",
+                 WHERE true ON CONFLICT (user_id, stream_ordering) DO NOTHING;",
                 rows.join(", ")
             ));
         }

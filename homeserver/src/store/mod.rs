@@ -143,6 +143,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(26, "0026_edu_queue_and_redactions"),
     migration!(27, "0027_redactions_awaiting_received"),
     migration!(28, "0028_partial_event_indexes"),
+    migration!(29, "0029_push_actions_by_user_position"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside

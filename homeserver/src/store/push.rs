@@ -94,7 +94,7 @@ impl Store {
                 .collect();
             let sql = format!(
                 "INSERT INTO event_push_actions (event_id, room_id, user_id, stream_ordering, notify, \
-                 highlight, thread_id, actions) VALUES {} ON CONFLICT (user_id, room_id, stream_ordering) DO NOTHING",
+                 highlight, thread_id, actions) VALUES {} ON CONFLICT (user_id, stream_ordering) DO NOTHING",
                 values.join(", ")
             );
             let mut query = qs(sql);
