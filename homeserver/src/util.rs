@@ -64,9 +64,17 @@ impl Drop for Slot {
     }
 }
 
+/// Whether a user ID (`@localpart:server_name`) belongs to `server_name`. A localpart holds no
+/// `:`, a server name may (`host:port`): the ID splits at its first colon.
+pub fn is_user_of(user_id: &str, server_name: &str) -> bool {
+    user_id
+        .split_once(':')
+        .is_some_and(|(_, server)| server == server_name)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Slots;
+    use super::{Slots, is_user_of};
 
     #[test]
     fn slots_are_bounded_per_key_and_given_back() {
@@ -79,5 +87,15 @@ mod tests {
         assert!(slots.take("a", 2).is_some());
         assert!(slots.take("c", 0).is_none());
         assert!(slots.held.lock().unwrap().get("c").is_none());
+    }
+
+    #[test]
+    fn user_ids_split_at_their_first_colon() {
+        assert!(is_user_of("@a:hs", "hs"));
+        assert!(is_user_of("@a:localhost:8448", "localhost:8448"));
+        assert!(!is_user_of("@a:localhost:8448", "8448"));
+        assert!(!is_user_of("@a:evil.localhost:8448", "localhost:8448"));
+        assert!(!is_user_of("@a:hs.other", "hs"));
+        assert!(!is_user_of("no colon", "hs"));
     }
 }

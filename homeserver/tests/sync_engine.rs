@@ -115,6 +115,42 @@ async fn a_woken_sync_is_measured_and_delivers_the_message() {
     assert!(stat(&after, "ring_hits") > stat(&before, "ring_hits"));
 }
 
+/// A server name with a port (`host:port`, as in development and on loopback) still counts its
+/// own users as local: their events go into the recent-event rings (a user ID splits at its
+/// first colon, not its last).
+#[tokio::test]
+async fn a_server_name_with_a_port_serves_woken_syncs_from_the_ring() {
+    let server = Server::start_named(
+        Backend::from_env(),
+        "localhost:8448",
+        "",
+        &format!("enabled = false\n{}", common::RATE_LIMIT_FIELDS),
+        "[privacy]\ndefault_mode = \"none\"\n[testing]\nsync_stats = true\n",
+    )
+    .await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    assert!(alice.user_id.ends_with(":localhost:8448"), "{}", alice.user_id);
+    let rooms = rooms_with(&bob, &[&alice], 1).await;
+    // A first message gives the room its ring.
+    bob.send_text(&rooms[0], "first").await;
+    let since = alice.sync(None, 0, 10).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let before = stats(&alice).await;
+    let poll = long_poll(&alice, &since);
+    until_waiting(&alice, stat(&before, "waits"), 1).await;
+    let event_id = bob.send_text(&rooms[0], "second").await;
+    assert_eq!(timeline_ids(&poll.await.unwrap(), &rooms[0]), vec![event_id]);
+    let after = stats(&alice).await;
+    assert!(
+        stat(&after, "ring_hits") > stat(&before, "ring_hits"),
+        "{before} -> {after}"
+    );
+}
+
 /// Three receivers of one event: it is formatted once, and each gets its own per-receiver
 /// fields (only the sending device sees its transaction ID).
 #[tokio::test]

@@ -62,9 +62,7 @@ pub(crate) fn signed_part(object: &Value) -> Value {
 
 /// Whether `user_id` is one of this server's users (others are remote).
 pub(crate) fn is_local(svc: &crate::services::Services, user_id: &str) -> bool {
-    user_id
-        .split_once(':')
-        .is_some_and(|(_, server)| server == svc.server_name())
+    crate::util::is_user_of(user_id, svc.server_name())
 }
 
 #[cfg(test)]

@@ -75,10 +75,7 @@ fn queues_any(svc: &Services, batch: &[Appending]) -> bool {
 }
 
 fn is_local(svc: &Services, event: &NewEvent) -> bool {
-    event
-        .sender
-        .strip_suffix(svc.server_name())
-        .is_some_and(|rest| rest.ends_with(':'))
+    crate::util::is_user_of(&event.sender, svc.server_name())
 }
 
 /// Sets each local event's destinations. A failure leaves the event unqueued (a listener

@@ -120,10 +120,7 @@ impl SyncEngine {
                         started.then_some(floor)
                     }
                 };
-                let local = event
-                    .sender
-                    .rsplit_once(':')
-                    .is_some_and(|(_, server)| server == server_name);
+                let local = crate::util::is_user_of(&event.sender, server_name);
                 self.recent
                     .appended(event, position, state_group, previous, local);
             }
