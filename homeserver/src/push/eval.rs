@@ -180,7 +180,7 @@ async fn room_context(svc: &Services, event: &NewEvent) -> Result<Arc<RoomContex
 }
 
 async fn evaluate(svc: &Services, event: &NewEvent) -> Result<Vec<PushActionRow>> {
-    let suffix = format!(":{}", svc.server_name());
+    let local = |user: &str| crate::util::is_user_of(user, svc.server_name());
     let room = room_context(svc, event).await?;
     let names = &room.members;
     let member_count = names.len();
@@ -188,12 +188,12 @@ async fn evaluate(svc: &Services, event: &NewEvent) -> Result<Vec<PushActionRow>
     let mut targets: Vec<&str> = names
         .keys()
         .map(String::as_str)
-        .filter(|u| *u != event.sender && u.ends_with(&suffix))
+        .filter(|u| *u != event.sender && local(u))
         .collect();
     if event.membership.as_deref() == Some("invite")
         && let Some(invitee) = event.state_key.as_deref()
         && invitee != event.sender
-        && invitee.ends_with(&suffix)
+        && local(invitee)
         && !names.contains_key(invitee)
     {
         targets.push(invitee);
