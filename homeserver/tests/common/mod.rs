@@ -93,8 +93,10 @@ fn unique(prefix: &str) -> String {
 /// outgoing connection's local port comes from, so once released it could be taken by any
 /// connection on the machine before `hearth` binds it. Below the range only a process picking
 /// ports this way can collide: each test process starts at its own place (by process ID and
-/// time), and a server whose client port was taken anyway starts again on another
-/// (`Server::spawn`).
+/// time) and holds a lock on every port it hands out (`reserve`) until it exits, so two test
+/// processes never get the same port. A server whose client port was taken anyway starts again
+/// on another (`Server::spawn`); a federation port cannot move (its peers were told it), which
+/// is why the lock matters.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -113,7 +115,7 @@ pub fn free_port() -> u16 {
         });
         for _ in 0..span {
             let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-            if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            if reserve(port as u16) && TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
                 return port as u16;
             }
         }
@@ -122,6 +124,28 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind an ephemeral port")
+}
+
+/// Takes `port` for this test process: an exclusive advisory lock on a file named after it,
+/// held (the file stays open) until the process exits, when the kernel releases it; false when
+/// another test process holds it.
+fn reserve(port: u16) -> bool {
+    static HELD: std::sync::Mutex<Vec<fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("hearth-test-ports");
+    let Ok(file) = fs::create_dir_all(&dir).and_then(|()| {
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+    }) else {
+        return true;
+    };
+    if file.try_lock().is_err() {
+        return false;
+    }
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+    true
 }
 
 /// The binary under test: `HEARTH_BIN` when set, else the one cargo built for these tests,
