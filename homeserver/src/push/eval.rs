@@ -40,19 +40,22 @@ impl AppendListener for PushListener {
     }
 
     fn committed(&self, svc: &Services, batch: &[Appending], placed: &[Placed]) {
-        // The stored rows' positions are their events'.
-        let rows = batch.iter().zip(placed).flat_map(|(appending, at)| {
-            appending.push.iter().map(move |row| PushActionRow {
-                stream_ordering: at.stream_ordering,
-                ..row.clone()
-            })
-        });
-        let rows: Vec<PushActionRow> = rows.collect();
+        // The store filled in the rows' positions (their events').
         if let Some(last) = placed.iter().map(|p| p.stream_ordering).max() {
-            svc.push.unread.committed(&rows, last);
+            svc.push
+                .unread
+                .committed(batch.iter().flat_map(|a| &a.push), last);
         }
         for appending in batch {
-            after_append(svc, &appending.event, &appending.push);
+            after_append(svc, &appending.event);
+        }
+        let notified: Vec<(NewEvent, Vec<PushActionRow>)> = batch
+            .iter()
+            .filter(|a| !a.push.is_empty())
+            .map(|a| (a.event.clone(), a.push.clone()))
+            .collect();
+        if !notified.is_empty() {
+            pushers::spawn_delivery(svc.clone(), notified);
         }
     }
 
@@ -79,16 +82,12 @@ pub async fn outcomes(svc: &Services, event: &NewEvent) -> Vec<PushActionRow> {
     }
 }
 
-/// After the event and its outcomes are stored: drops the room's cached context when the event
-/// changed its state, and hands the notifications to the pushers in the background.
-fn after_append(svc: &Services, event: &NewEvent, notified: &[PushActionRow]) {
+/// After the event is stored: drops the room's cached context when the event changed its state.
+fn after_append(svc: &Services, event: &NewEvent) {
     if event.state_key.is_some()
         && let Ok(mut rooms) = svc.push.rooms.lock()
     {
         rooms.remove(&event.room_id);
-    }
-    if !notified.is_empty() {
-        pushers::spawn_delivery(svc.clone(), event.clone(), notified.to_vec());
     }
 }
 
@@ -117,7 +116,10 @@ async fn on_room_created(svc: &Services, events: &[NewEvent]) {
                 }
             }
         }
-        after_append(svc, event, &rows);
+        after_append(svc, event);
+        if !rows.is_empty() {
+            pushers::spawn_delivery(svc.clone(), vec![(event.clone(), rows)]);
+        }
     }
 }
 
@@ -212,33 +214,30 @@ async fn evaluate(svc: &Services, event: &NewEvent) -> Result<Vec<PushActionRow>
         .unwrap_or_default();
     let thread_id = thread_of(&content);
 
+    let mut memo = super::memo::EventMemo::default();
+    // One context, its member fields set per member (the power levels are not cloned per member).
+    let mut ctx = PushConditionRoomCtx::new(
+        room_id,
+        UInt::new(member_count as u64).unwrap_or_default(),
+        OwnedUserId::try_from(event.sender.as_str()).map_err(Error::internal)?,
+        String::new(),
+    );
+    if let Some(levels) = &room.power_levels {
+        ctx = ctx.with_power_levels(levels.clone());
+    }
     let mut rows = Vec::new();
     for user in targets {
         let Ok(user_id) = UserId::parse(user) else {
             continue;
         };
-        let ruleset = super::ruleset(svc, &user_id).await?;
-        let display = names
+        let rules = super::ruleset(svc, &user_id).await?;
+        ctx.user_display_name = names
             .get(user)
             .cloned()
             .flatten()
             .unwrap_or_else(|| user_id.localpart().to_owned());
-        let mut ctx = PushConditionRoomCtx::new(
-            room_id.clone(),
-            UInt::new(member_count as u64).unwrap_or_default(),
-            user_id.clone(),
-            display,
-        );
-        if let Some(levels) = &room.power_levels {
-            ctx = ctx.with_power_levels(levels.clone());
-        }
-        let mut actions: &[Action] = &[];
-        for rule in ruleset.iter() {
-            if rule.applies(&flattened, &ctx).await {
-                actions = rule.actions();
-                break;
-            }
-        }
+        ctx.user_id = user_id;
+        let actions = memo.actions(&rules, &flattened, &ctx).await;
         if !actions.iter().any(Action::should_notify) {
             continue;
         }
@@ -349,6 +348,59 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(own, crate::push::Counts::default());
+    }
+
+    /// Outcomes shared between members (`memo`) never cross a difference in their rules: carol
+    /// turned off `.m.rule.message`, and only bob is mentioned (a rule naming each user).
+    #[tokio::test]
+    async fn members_with_different_rules_or_names_get_their_own_outcomes() {
+        let test = TestServices::new().await;
+        let svc = &test.svc;
+        let room_id = public_room(svc).await;
+        let carol = ruma::user_id!("@carol:hearth.test");
+        for user in [bob(), carol] {
+            let join = EventSpec::state("m.room.member", user.as_str(), json!({ "membership": "join" }));
+            svc.timeline
+                .append(svc, &room_id, user, join, None)
+                .await
+                .expect("joins");
+        }
+        crate::push::rules::set_enabled(
+            svc,
+            carol,
+            ruma::push::RuleKind::Underride,
+            ".m.rule.message",
+            false,
+        )
+        .await
+        .expect("carol turns off messages");
+
+        send(
+            svc,
+            &room_id,
+            alice(),
+            json!({ "msgtype": "m.text", "body": "morning" }),
+        )
+        .await
+        .expect("sent");
+        let mention = json!({
+            "msgtype": "m.text",
+            "body": "over to you, bob",
+            "m.mentions": { "user_ids": [bob().as_str()] },
+        });
+        send(svc, &room_id, alice(), mention).await.expect("sent");
+
+        let counts = |user: &'static ruma::UserId| {
+            let room_id = room_id.clone();
+            async move {
+                let c = crate::push::unread_counts(svc, user.as_str(), room_id.as_str(), 0)
+                    .await
+                    .unwrap();
+                (c.notification_count, c.highlight_count)
+            }
+        };
+        assert_eq!(counts(bob()).await, (2, 1));
+        assert_eq!(counts(carol).await, (0, 0));
     }
 
     #[tokio::test]

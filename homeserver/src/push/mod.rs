@@ -3,12 +3,14 @@
 //!
 //! - `rules`: the server-default rule set and the stored form (`m.push_rules` account data).
 //! - `eval`: runs on every appended event (a timeline listener) for every local member except
-//!   the sender and stores the outcome per (user, event) in `event_push_actions`.
+//!   the sender and stores the outcome per (user, event) in `event_push_actions`; `memo` shares
+//!   the outcomes that do not depend on the member between them.
 //! - `pushers`: pusher validation and HTTP delivery (`/_matrix/push/v1/notify`), off the send path.
 //! - `address`: which addresses gateways may be on (no loopback or private ones by default).
 
 pub mod address;
 pub mod eval;
+pub mod memo;
 pub mod notifications;
 pub mod pushers;
 pub mod rules;
@@ -34,7 +36,7 @@ pub struct PushState {
     /// User ID → the account data stream position the rule set was stored at (0: never
     /// stored) and the rule set. A newer position always wins, so a slow reader cannot put back
     /// a set that a concurrent change already replaced.
-    rulesets: Mutex<HashMap<String, (i64, Arc<Ruleset>)>>,
+    rulesets: Mutex<HashMap<String, (i64, Arc<memo::Rules>)>>,
     /// Room ID → members and power levels, for evaluation (see `eval`).
     rooms: Mutex<HashMap<String, Arc<eval::RoomContext>>>,
     /// Unread notification counts for `/sync`, kept from the committed outcomes.
@@ -57,7 +59,7 @@ impl PushState {
 }
 
 /// A user's push rules: the stored set, or the server defaults when the user never changed them.
-pub async fn ruleset(svc: &Services, user_id: &UserId) -> Result<Arc<Ruleset>> {
+pub async fn ruleset(svc: &Services, user_id: &UserId) -> Result<Arc<memo::Rules>> {
     if let Some((_, found)) = svc
         .push
         .rulesets
@@ -72,16 +74,21 @@ pub async fn ruleset(svc: &Services, user_id: &UserId) -> Result<Arc<Ruleset>> {
         .account_data_at(user_id.as_str(), None, rules::ACCOUNT_DATA_TYPE)
         .await?;
     let at = stored.as_ref().map_or(0, |(_, at)| *at);
-    let ruleset = Arc::new(rules::from_account_data(
+    let ruleset = Arc::new(memo::Rules::new(rules::from_account_data(
         user_id,
         stored.as_ref().map(|(content, _)| content.as_str()),
-    ));
+    )));
     cache_ruleset(svc, user_id, at, ruleset)
 }
 
 /// Caches a rule set read or written at stream position `at`, unless a newer one is cached;
 /// returns the cached one.
-fn cache_ruleset(svc: &Services, user_id: &UserId, at: i64, ruleset: Arc<Ruleset>) -> Result<Arc<Ruleset>> {
+fn cache_ruleset(
+    svc: &Services,
+    user_id: &UserId,
+    at: i64,
+    ruleset: Arc<memo::Rules>,
+) -> Result<Arc<memo::Rules>> {
     let mut cache = svc.push.rulesets.lock().map_err(Error::internal)?;
     let entry = cache
         .entry(user_id.to_string())
@@ -109,7 +116,7 @@ pub async fn update_ruleset(
             Ok::<_, Error>((rules::to_account_data(&ruleset)?, ruleset))
         })
         .await??;
-    cache_ruleset(svc, user_id, at, Arc::new(ruleset))?;
+    cache_ruleset(svc, user_id, at, Arc::new(memo::Rules::new(ruleset)))?;
     svc.notifier.notify(vec![user_id.to_string()]);
     Ok(())
 }
@@ -121,7 +128,7 @@ pub async fn push_rules_event(svc: &Services, user_id: &UserId) -> Result<serde_
     let ruleset = ruleset(svc, user_id).await?;
     Ok(serde_json::json!({
         "type": rules::ACCOUNT_DATA_TYPE,
-        "content": { "global": rules::to_client_json(&ruleset)? },
+        "content": { "global": rules::to_client_json(&ruleset.set)? },
     }))
 }
 

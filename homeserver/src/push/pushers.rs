@@ -182,21 +182,47 @@ pub async fn of_user(svc: &Services, user_id: &UserId) -> Result<Vec<Value>> {
     Ok(rows.iter().map(pusher_json).collect())
 }
 
-/// Sends the notification for `event` to the pushers of the users it notified (its stored push
-/// rule outcomes), in the background.
-pub fn spawn_delivery(svc: Services, event: NewEvent, notified: Vec<PushActionRow>) {
+/// Sends the notifications of a batch of stored events (each with the stored push rule
+/// outcomes of the users it notified) to those users' pushers, in order, in the background.
+/// One lookup finds the batch's pushers: most users have none, and a batch to large rooms
+/// notifies thousands of them.
+pub fn spawn_delivery(svc: Services, batch: Vec<(NewEvent, Vec<PushActionRow>)>) {
     tokio::spawn(async move {
-        let notified: Vec<(String, Vec<Action>)> = notified
-            .into_iter()
-            .map(|row| {
-                (
-                    row.user_id,
-                    serde_json::from_str(&row.actions).unwrap_or_default(),
-                )
-            })
+        let mut users: Vec<String> = batch
+            .iter()
+            .flat_map(|(_, rows)| rows.iter().map(|row| row.user_id.clone()))
             .collect();
-        if let Err(error) = deliver(&svc, &event, &notified).await {
-            tracing::warn!(event_id = %event.event_id, error = %error, "push delivery failed");
+        users.sort_unstable();
+        users.dedup();
+        let pushers = match svc.store.pushers_of(&users).await {
+            Ok(pushers) => pushers,
+            Err(error) => {
+                tracing::warn!(error = %error, "push delivery failed: pushers not read");
+                return;
+            }
+        };
+        if pushers.is_empty() {
+            return;
+        }
+        let with_pushers: std::collections::HashSet<&str> =
+            pushers.iter().map(|p| p.user_id.as_str()).collect();
+        for (event, rows) in batch {
+            let notified: Vec<(String, Vec<Action>)> = rows
+                .into_iter()
+                .filter(|row| with_pushers.contains(row.user_id.as_str()))
+                .map(|row| {
+                    (
+                        row.user_id,
+                        serde_json::from_str(&row.actions).unwrap_or_default(),
+                    )
+                })
+                .collect();
+            if notified.is_empty() {
+                continue;
+            }
+            if let Err(error) = deliver(&svc, &event, &notified, &pushers).await {
+                tracing::warn!(event_id = %event.event_id, error = %error, "push delivery failed");
+            }
         }
     });
 }
@@ -219,12 +245,12 @@ fn tweaks(actions: &[Action]) -> Value {
     Value::Object(out)
 }
 
-async fn deliver(svc: &Services, event: &NewEvent, notified: &[(String, Vec<Action>)]) -> Result<()> {
-    let users: Vec<String> = notified.iter().map(|(u, _)| u.clone()).collect();
-    let pushers = svc.store.pushers_of(&users).await?;
-    if pushers.is_empty() {
-        return Ok(());
-    }
+async fn deliver(
+    svc: &Services,
+    event: &NewEvent,
+    notified: &[(String, Vec<Action>)],
+    pushers: &[PusherRow],
+) -> Result<()> {
     let pdu: Value = serde_json::from_str(&event.json).map_err(Error::internal)?;
     let content = pdu.get("content").cloned().unwrap_or_else(|| json!({}));
     let sender_display_name = state_content(svc, &event.room_id, "m.room.member", &event.sender)

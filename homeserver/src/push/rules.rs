@@ -80,7 +80,7 @@ pub fn parse_kind(kind: &str) -> Result<RuleKind> {
 
 /// A user's rule set as clients see it (`GET /pushrules/global/`).
 pub async fn client_rules(svc: &Services, user_id: &UserId) -> Result<Value> {
-    to_client_json(&*super::ruleset(svc, user_id).await?)
+    to_client_json(&super::ruleset(svc, user_id).await?.set)
 }
 
 /// One rule as clients see it, or 404 `M_NOT_FOUND`.
