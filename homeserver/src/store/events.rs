@@ -72,9 +72,6 @@ fn txns_sql(len: usize) -> String {
     )
 }
 
-/// Push outcomes written by a message's own multi-statement query; more go in separate inserts.
-const MAX_BATCHED_PUSH_ROWS: usize = 1000;
-
 /// Parameters in one multi-statement query (SQLite allows 32,766).
 const MAX_QUERY_PARAMS: usize = 30_000;
 
@@ -88,8 +85,7 @@ fn messages_fitting_one_query(batch: &[Appending]) -> usize {
         if appending.event.state_key.is_some() {
             break;
         }
-        params +=
-            21 + appending.event.prev_events.len() + 4 * appending.push.len().min(MAX_BATCHED_PUSH_ROWS);
+        params += 21 + appending.event.prev_events.len();
         if n > 0 && params > MAX_QUERY_PARAMS {
             break;
         }
@@ -124,9 +120,9 @@ enum Param {
 }
 
 impl Statements {
-    /// The statements that append one message (no state key): event, edges, extremities,
-    /// transaction ID, and its first `MAX_BATCHED_PUSH_ROWS` push outcomes.
-    fn message(&mut self, event: &NewEvent, state_group: i64, push: &[PushActionRow]) {
+    /// The statements that append one message (no state key): event, edges, extremities and
+    /// transaction ID.
+    fn message(&mut self, event: &NewEvent, state_group: i64) {
         let id = self.text(&event.event_id);
         let room = self.text(&event.room_id);
         let columns = [
@@ -178,27 +174,6 @@ impl Statements {
             self.sql.push_str(&format!(
                 "INSERT INTO transaction_ids (user_id, device_id, txn_id, event_id, created_ts) VALUES ({});",
                 values.join(", ")
-            ));
-        }
-        let push = &push[..push.len().min(MAX_BATCHED_PUSH_ROWS)];
-        if !push.is_empty() {
-            let rows: Vec<String> = push
-                .iter()
-                .map(|row| {
-                    let user = self.text(&row.user_id);
-                    let highlight = self.int(i64::from(row.highlight));
-                    let thread = self.opt_text(row.thread_id.as_deref());
-                    let actions = self.text(&row.actions);
-                    format!("({user}, {highlight}, {thread}, {actions})")
-                })
-                .collect();
-            // The position is the one the event's INSERT just assigned.
-            self.sql.push_str(&format!(
-                "INSERT INTO event_push_actions (event_id, room_id, user_id, stream_ordering, notify, \
-                 highlight, thread_id, actions) SELECT e.event_id, e.room_id, v.column1, e.stream_ordering, 1, \
-                 v.column2, v.column3, v.column4 FROM (VALUES {}) AS v JOIN events e ON e.event_id = {id} \
-                 WHERE true ON CONFLICT (user_id, stream_ordering) DO NOTHING;",
-                rows.join(", ")
             ));
         }
     }
@@ -388,26 +363,24 @@ impl Store {
                 placed.extend(Self::append_messages_sqlite(&mut tx, done).await?);
             } else {
                 let one = &mut done[0];
-                let at = Self::append_in(&mut tx, &one.event, one.previous_group).await?;
-                placed.push((at, 0));
+                placed.push(Self::append_in(&mut tx, &one.event, one.previous_group).await?);
             }
             rest = tail;
         }
-        let mut out = Vec::with_capacity(batch.len());
-        for (appending, (at, written)) in batch.iter_mut().zip(placed) {
+        for (appending, at) in batch.iter_mut().zip(&placed) {
             for row in appending.push.iter_mut() {
                 row.stream_ordering = at.stream_ordering;
             }
-            Self::insert_push_actions_in(&mut tx, &appending.push[written..]).await?;
-            out.push(at);
         }
+        let push: Vec<&PushActionRow> = batch.iter().flat_map(|a| &a.push).collect();
+        Self::insert_push_actions_in(&mut tx, self.backend, &push).await?;
         let queued = batch
             .iter()
             .map(|a| (&a.outbound[..], a.event.room_id.as_str(), a.event.json.as_str()));
         self.enqueue_pdus_in(&mut tx, queued, crate::util::now_ms())
             .await?;
         tx.commit().await?;
-        Ok(out)
+        Ok(placed)
     }
 
     /// Creates a room with its first events (and its alias, if any) and their federation queue
@@ -562,24 +535,21 @@ impl Store {
         })
     }
 
-    /// Messages' rows (and up to `MAX_BATCHED_PUSH_ROWS` push outcomes each) as one
-    /// multi-statement query. SQLite runs it in one hand-off to the connection's thread instead of
-    /// one per statement: those hand-offs (thread wake-ups) were most of an append's CPU. Returns
-    /// where each event landed and how many of its push outcomes were written. Same rows as
-    /// `append_in`.
+    /// Messages' rows as one multi-statement query. SQLite runs it in one hand-off to the
+    /// connection's thread instead of one per statement: those hand-offs (thread wake-ups) were
+    /// most of an append's CPU. Returns where each event landed. Same rows as `append_in`.
     async fn append_messages_sqlite(
         tx: &mut Transaction<'static, Any>,
         batch: &[Appending],
-    ) -> StoreResult<Vec<(Placed, usize)>> {
+    ) -> StoreResult<Vec<Placed>> {
         let mut b = Statements::default();
         for Appending {
             event,
             previous_group,
-            push,
             ..
         } in batch
         {
-            b.message(event, previous_group.unwrap_or(0), push);
+            b.message(event, previous_group.unwrap_or(0));
         }
         let mut query = qs(b.sql);
         for param in b.params {
@@ -598,11 +568,10 @@ impl Store {
             .iter()
             .zip(rows)
             .map(|(appending, row)| {
-                let placed = Placed {
+                Ok(Placed {
                     stream_ordering: row.try_get(0)?,
                     state_group: appending.previous_group.unwrap_or(0),
-                };
-                Ok((placed, appending.push.len().min(MAX_BATCHED_PUSH_ROWS)))
+                })
             })
             .collect()
     }
