@@ -23,15 +23,21 @@ use std::{
     },
 };
 
-use super::{carry::Continuations, recent::RecentEvents, stats::SyncStats};
+use super::{
+    carry::Continuations,
+    recent::RecentEvents,
+    response::{SharedEvent, SyncEvent},
+    stats::SyncStats,
+};
 use ruma::room_version_rules::RoomVersionRules;
 use serde_json::Value;
 
 use crate::{
     error::Result,
-    rooms::client_event::{Related, Viewer, add_viewer_fields, format_event},
+    rooms::client_event::{Related, Viewer, format_event},
     services::Services,
     store::{Direction, EventRow, NewEvent},
+    util::now_ms,
 };
 
 #[derive(Default)]
@@ -178,21 +184,22 @@ impl SyncEngine {
         Some(rows)
     }
 
-    /// An event formatted for `viewer`: from the shared formatted copy when the event is in a
-    /// ring (formatted there once, for everyone), else afresh.
+    /// An event formatted for `viewer` as a room's section holds it (without `room_id`): the
+    /// shared formatted copy when the event is in a ring (formatted there once, for everyone),
+    /// else afresh.
     pub fn format(
         &self,
         row: &EventRow,
         rules: &RoomVersionRules,
         related: &Related,
         viewer: Viewer<'_>,
-    ) -> Result<Value> {
+    ) -> Result<SyncEvent> {
         let cached = (row.redacted_by.is_none() && row.replaces_state.is_none())
             .then(|| self.recent.get(&row.room_id, row.stream_ordering, &row.event_id))
             .flatten();
         let Some(cached) = cached else {
             super::stats::bump(&self.stats.format_misses);
-            return format_event(row, rules, related, Some(viewer));
+            return own(format_event(row, rules, related, Some(viewer))?);
         };
         // Formatted inside `get_or_init`: receivers woken together wait for the first one's
         // formatting (microseconds) instead of each formatting the event.
@@ -200,27 +207,38 @@ impl SyncEngine {
         let mut formatted_here = false;
         let shared = cached.formatted.get_or_init(|| {
             formatted_here = true;
-            format_event(&cached.row, rules, &Related::default(), None).unwrap_or_else(|e| {
-                failed = Some(e);
-                Value::Null
-            })
+            match format_event(&cached.row, rules, &Related::default(), None) {
+                Ok(formatted) => SharedEvent::new(formatted).map(Arc::new),
+                Err(e) => {
+                    failed = Some(e);
+                    None
+                }
+            }
         });
         if let Some(e) = failed {
             return Err(e);
         }
-        if shared.is_null() {
+        let Some(shared) = shared else {
             // Another receiver's formatting failed: this one gets the error afresh.
-            return format_event(row, rules, related, Some(viewer));
-        }
+            return own(format_event(row, rules, related, Some(viewer))?);
+        };
         let counter = if formatted_here {
             &self.stats.format_misses
         } else {
             &self.stats.format_hits
         };
         super::stats::bump(counter);
-        let mut event = shared.clone();
-        add_viewer_fields(&mut event, row, Some(viewer));
-        Ok(event)
+        let transaction_id = match (&row.txn_id, &row.txn_device_id) {
+            (Some(txn_id), Some(device)) if viewer.user_id == row.sender && viewer.device_id == device => {
+                Some(txn_id.clone())
+            }
+            _ => None,
+        };
+        Ok(SyncEvent::Shared {
+            event: shared.clone(),
+            age: (now_ms() - row.origin_server_ts).max(0),
+            transaction_id,
+        })
     }
 
     /// Held while a receipt is written and recorded, so that receipts are recorded here in
@@ -317,6 +335,14 @@ impl SyncEngine {
             .entry(Arc::from(room_id))
             .or_insert_with(|| Arc::from(version));
     }
+}
+
+/// An event formatted for one receiver, as a room's section holds it (without `room_id`).
+fn own(mut event: Value) -> Result<SyncEvent> {
+    if let Some(object) = event.as_object_mut() {
+        object.remove("room_id");
+    }
+    Ok(SyncEvent::Own(event))
 }
 
 #[cfg(test)]

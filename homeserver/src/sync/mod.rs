@@ -279,7 +279,7 @@ struct Baseline {
     /// The joined rooms the filter lets through, and what their sections would cover.
     joined: HashMap<String, Window>,
     /// The viewer's access to those rooms, read at events position `access_at`.
-    access: Arc<HashMap<String, RoomAccess>>,
+    access: Arc<HashMap<String, Arc<RoomAccess>>>,
     access_at: i64,
     interest: HashSet<String>,
     device_one_time_keys_count: BTreeMap<String, u64>,
@@ -555,7 +555,11 @@ async fn compute(
     let access = if joined_ids.is_empty() {
         HashMap::new()
     } else {
-        RoomAccess::load_many(svc, &joined_ids, Some(user_id)).await?
+        RoomAccess::load_many(svc, &joined_ids, Some(user_id))
+            .await?
+            .into_iter()
+            .map(|(room, access)| (room, Arc::new(access)))
+            .collect()
     };
     let presence = presence_events(svc, user_id, req, since, now).await?;
     // Clients expect the push rules in an initial sync, also when the user never changed them

@@ -24,8 +24,6 @@ use std::{
     },
 };
 
-use serde_json::Value;
-
 use crate::store::{Direction, EventRow, NewEvent};
 
 /// Events kept per room.
@@ -35,8 +33,9 @@ const MAX_RINGS: usize = 10_000;
 
 pub struct CachedEvent {
     pub row: EventRow,
-    /// The event as every client sees it, before per-receiver fields; formatted on first use.
-    pub formatted: OnceLock<Value>,
+    /// The event as every client sees it, before per-receiver fields; formatted on first use
+    /// (None: formatting failed).
+    pub formatted: OnceLock<Option<Arc<super::response::SharedEvent>>>,
     /// Whether an event relating to this one was appended. A ring holds local events appended
     /// since start-up, and an event's children can only be created after it (they name its ID, a
     /// hash of it), so they were all appended since start-up too: one without children needs no

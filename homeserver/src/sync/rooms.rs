@@ -3,13 +3,16 @@
 //! events that formatting needs) with one query per kind for all the rooms: on PostgreSQL a
 //! dozen statements per room made an initial sync of 20 rooms take seconds.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
+};
 
 use serde_json::{Value, json};
 
 use super::{
     DEFAULT_TIMELINE_LIMIT, Window, empty_section,
-    response::{Events, JoinedRoom, LeftRoom, RoomSection, Summary, Timeline, UnreadCounts},
+    response::{Events, JoinedRoom, LeftRoom, RoomSection, Summary, SyncEvent, Timeline, UnreadCounts},
     stats::bump,
 };
 use crate::{
@@ -49,7 +52,7 @@ pub(super) struct Ask<'a> {
     pub woken: bool,
     /// The viewer's access to rooms as read at an events position: reused for a room whose
     /// state has not moved since (sync/engine.rs), instead of read again.
-    pub known_access: Option<(&'a HashMap<String, RoomAccess>, i64)>,
+    pub known_access: Option<(&'a HashMap<String, Arc<RoomAccess>>, i64)>,
 }
 
 /// A room that changed: its timeline and the state the client is to be given.
@@ -66,7 +69,7 @@ struct Plan {
     /// The viewer may read none of the room's state (a rejected invite, a withdrawn knock).
     stateless: bool,
     /// The viewer's access, when the timeline was read through it (for bundled aggregations).
-    access: Option<RoomAccess>,
+    access: Option<Arc<RoomAccess>>,
 }
 
 /// Builds the sections of the wanted rooms: `(join, leave)`. Takes the rooms' account data
@@ -268,7 +271,12 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Res
         }
     }
     if !to_load.is_empty() {
-        access.extend(RoomAccess::load_many(svc, &to_load, Some(ask.user_id)).await?);
+        access.extend(
+            RoomAccess::load_many(svc, &to_load, Some(ask.user_id))
+                .await?
+                .into_iter()
+                .map(|(room, loaded)| (room, Arc::new(loaded))),
+        );
     }
     let timeline_filter = ask.room_filter.timeline.clone().unwrap_or_default();
     let limit = timeline_filter
@@ -530,18 +538,20 @@ fn format_section(
     members: Option<&(Vec<String>, Vec<String>)>,
 ) -> Result<RoomSection> {
     let rules = rules_of(&plan.version)?;
-    let format = |rows: &[EventRow]| -> Result<Vec<Value>> {
+    // Events inside a room's section are in the ClientEventWithoutRoomID format (the engine
+    // leaves `room_id` out).
+    let format = |rows: &[EventRow]| -> Result<Vec<SyncEvent>> {
         rows.iter()
             .map(|row| {
-                let mut event = svc.sync_engine.format(row, &rules, related, ask.viewer)?;
-                if let Some(bundle) = bundles.get(&row.event_id) {
-                    relations::attach(&mut event, bundle.clone());
-                }
-                // Events inside a room's section are in the ClientEventWithoutRoomID format.
-                if let Some(object) = event.as_object_mut() {
-                    object.remove("room_id");
-                }
-                Ok(event)
+                let event = svc.sync_engine.format(row, &rules, related, ask.viewer)?;
+                Ok(match bundles.get(&row.event_id) {
+                    Some(bundle) => {
+                        let mut event = event.into_value();
+                        relations::attach(&mut event, bundle.clone());
+                        SyncEvent::Own(event)
+                    }
+                    None => event,
+                })
             })
             .collect()
     };
