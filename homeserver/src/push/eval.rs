@@ -353,7 +353,7 @@ mod tests {
     /// Outcomes shared between members (`memo`) never cross a difference in their rules: carol
     /// turned off `.m.rule.message`, and only bob is mentioned (a rule naming each user).
     #[tokio::test]
-    async fn members_with_different_rules_or_names_get_their_own_outcomes() {
+    async fn members_with_different_rules_get_their_own_outcomes() {
         let test = TestServices::new().await;
         let svc = &test.svc;
         let room_id = public_room(svc).await;
