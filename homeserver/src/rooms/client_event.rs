@@ -111,12 +111,24 @@ pub fn add_viewer_fields(event: &mut Value, row: &EventRow, viewer: Option<Viewe
     let Some(unsigned) = event.get_mut("unsigned").and_then(Value::as_object_mut) else {
         return;
     };
-    unsigned.insert("age".into(), json!((now_ms() - row.origin_server_ts).max(0)));
-    if let (Some(viewer), Some(txn_id), Some(device)) = (viewer, &row.txn_id, &row.txn_device_id)
-        && viewer.user_id == row.sender
-        && viewer.device_id == device
-    {
+    unsigned.insert("age".into(), json!(age(row)));
+    if let Some(txn_id) = viewer.and_then(|viewer| transaction_id_for(row, viewer)) {
         unsigned.insert("transaction_id".into(), json!(txn_id));
+    }
+}
+
+/// `unsigned.age`: milliseconds since the event was sent (never negative).
+pub fn age(row: &EventRow) -> i64 {
+    (now_ms() - row.origin_server_ts).max(0)
+}
+
+/// `unsigned.transaction_id`: only for the device that sent the event.
+pub fn transaction_id_for<'r>(row: &'r EventRow, viewer: Viewer<'_>) -> Option<&'r str> {
+    match (&row.txn_id, &row.txn_device_id) {
+        (Some(txn_id), Some(device)) if viewer.user_id == row.sender && viewer.device_id == device => {
+            Some(txn_id)
+        }
+        _ => None,
     }
 }
 

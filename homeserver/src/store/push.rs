@@ -2,7 +2,7 @@
 
 use sqlx::{Any, Row, Transaction, any::AnyRow};
 
-use super::{Backend, Store, StoreError, StoreResult, q, qs};
+use super::{Backend, Store, StoreResult, q, qs};
 
 /// One user's push rule outcome for one event (only events that notify are stored).
 #[derive(Debug, Clone)]
@@ -113,8 +113,7 @@ impl Store {
                     )
                 })
                 .collect();
-            // Serializing strings and integers cannot fail.
-            let json = serde_json::to_string(&array).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let json = serde_json::to_string(&array).map_err(|e| sqlx::Error::Encode(e.into()))?;
             q(sql).bind(json).execute(&mut **tx).await?;
         }
         Ok(())

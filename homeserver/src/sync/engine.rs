@@ -34,10 +34,9 @@ use serde_json::Value;
 
 use crate::{
     error::Result,
-    rooms::client_event::{Related, Viewer, format_event},
+    rooms::client_event::{Related, Viewer, age, format_event, transaction_id_for},
     services::Services,
     store::{Direction, EventRow, NewEvent},
-    util::now_ms,
 };
 
 #[derive(Default)]
@@ -228,16 +227,10 @@ impl SyncEngine {
             &self.stats.format_hits
         };
         super::stats::bump(counter);
-        let transaction_id = match (&row.txn_id, &row.txn_device_id) {
-            (Some(txn_id), Some(device)) if viewer.user_id == row.sender && viewer.device_id == device => {
-                Some(txn_id.clone())
-            }
-            _ => None,
-        };
         Ok(SyncEvent::Shared {
             event: shared.clone(),
-            age: (now_ms() - row.origin_server_ts).max(0),
-            transaction_id,
+            age: age(row),
+            transaction_id: transaction_id_for(row, viewer).map(ToOwned::to_owned),
         })
     }
 
