@@ -9,6 +9,7 @@ pub mod e2ee;
 pub mod error;
 pub mod federation;
 pub mod filter;
+pub mod listener;
 
 pub use error::Error;
 pub mod media;
@@ -175,12 +176,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     serve_federation(&svc)?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(address = %listener.local_addr()?, "listening");
-    axum::serve(
-        listener,
-        api::router(svc).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    listener::serve(listener, api::router(svc), shutdown_signal()).await;
     Ok(())
 }
 
