@@ -116,7 +116,9 @@ impl FromRequestParts<Services> for Auth {
     async fn from_request_parts(parts: &mut Parts, svc: &Services) -> Result<Self, ApiError> {
         let token = access_token(parts).ok_or_else(|| ApiError::missing_token("Missing access token"))?;
         let ip = client_ip(parts, &svc.config.trusted_proxies);
-        let session = crate::users::authenticate(svc, &token, ip.as_deref()).await?;
+        // Boxed: a request's future is as large as its largest step, and a long-poll keeps its
+        // future (by the ten thousand) long after this lookup is over.
+        let session = Box::pin(crate::users::authenticate(svc, &token, ip.as_deref())).await?;
         let (user_id, device_id, token_hash) = (session.user_id, session.device_id, session.token_hash);
         Ok(Self {
             user_id,

@@ -1,7 +1,10 @@
 //! Stored filters: `POST /user/{userId}/filter`, `GET /user/{userId}/filter/{filterId}`, and the
 //! `filter` parameter of `/sync` (inline JSON or a stored filter's ID).
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, LazyLock, Mutex},
+};
 
 use ruma::UserId;
 
@@ -11,16 +14,35 @@ use crate::{
     services::Services,
 };
 
-/// A filter given to `/sync` inline as JSON, or by the ID of one the user stored.
-pub async fn load(svc: &Services, user_id: &UserId, filter: &str) -> Result<Filter> {
-    if filter.trim_start().starts_with('{') {
-        return Filter::parse(filter);
+/// A filter given to `/sync` inline as JSON, or by the ID of one the user stored. Parsed once:
+/// the parsed filter is shared by every request that sends the same parameter (each long-poll
+/// holds it while it waits).
+pub async fn load(svc: &Services, user_id: &UserId, filter: &str) -> Result<Arc<Filter>> {
+    let inline = filter.trim_start().starts_with('{');
+    // An inline filter means the same for everyone; an ID only for its owner.
+    let owner = if inline { "" } else { user_id.as_str() };
+    let cache = &svc.sync_engine.filters;
+    if let Some(parsed) = cache.parsed(owner, filter) {
+        return Ok(parsed);
     }
-    let id: i64 = filter
-        .parse()
-        .map_err(|_| Error::invalid_param("Unknown filter"))?;
-    // Checked again: filters stored before the limits existed may exceed them.
-    Filter::parse(&stored(svc, user_id.as_str(), id).await?)
+    let parsed = if inline {
+        Filter::parse(filter)?
+    } else {
+        let id: i64 = filter
+            .parse()
+            .map_err(|_| Error::invalid_param("Unknown filter"))?;
+        // Checked again: filters stored before the limits existed may exceed them.
+        Filter::parse(&stored(svc, user_id.as_str(), id).await?)?
+    };
+    let parsed = Arc::new(parsed);
+    cache.keep_parsed(owner, filter, &parsed);
+    Ok(parsed)
+}
+
+/// The filter of a request that names none.
+pub fn none() -> Arc<Filter> {
+    static NONE: LazyLock<Arc<Filter>> = LazyLock::new(|| Arc::new(Filter::default()));
+    NONE.clone()
 }
 
 async fn stored(svc: &Services, user_id: &str, id: i64) -> Result<String> {
@@ -42,10 +64,16 @@ async fn stored(svc: &Services, user_id: &str, id: i64) -> Result<String> {
 #[derive(Default)]
 pub struct StoredFilters {
     by_id: Mutex<HashMap<(String, i64), String>>,
+    /// Parsed filters by (owner, `filter` parameter); the owner is empty for inline ones.
+    parsed: Mutex<HashMap<(String, String), Arc<Filter>>>,
 }
 
 /// Filters kept at most (then the cache starts over).
 const MAX_CACHED_FILTERS: usize = 50_000;
+/// Parsed filters kept at most, and the longest parameter kept: a client inventing inline
+/// filters costs at most ~20 MB here, then parses as before.
+const MAX_PARSED_FILTERS: usize = 10_000;
+const MAX_PARSED_PARAMETER: usize = 1024;
 
 impl StoredFilters {
     fn get(&self, user_id: &str, id: i64) -> Option<String> {
@@ -59,6 +87,22 @@ impl StoredFilters {
             cached.clear();
         }
         cached.insert((user_id.to_owned(), id), json.to_owned());
+    }
+
+    fn parsed(&self, owner: &str, parameter: &str) -> Option<Arc<Filter>> {
+        let parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        parsed.get(&(owner.to_owned(), parameter.to_owned())).cloned()
+    }
+
+    fn keep_parsed(&self, owner: &str, parameter: &str, filter: &Arc<Filter>) {
+        if parameter.len() > MAX_PARSED_PARAMETER {
+            return;
+        }
+        let mut parsed = self.parsed.lock().unwrap_or_else(|e| e.into_inner());
+        if parsed.len() >= MAX_PARSED_FILTERS {
+            parsed.clear();
+        }
+        parsed.insert((owner.to_owned(), parameter.to_owned()), filter.clone());
     }
 }
 

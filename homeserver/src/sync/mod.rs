@@ -72,13 +72,15 @@ pub async fn sync_for_client(
         Some("true") => true,
         Some(_) => return Err(Error::invalid_param("full_state must be true or false")),
     };
+    // These two are boxed: a long-poll keeps its future while it waits, and that future is as
+    // large as its largest step, so steps that are over before the wait should not size it.
     let filter = match &q.filter {
-        Some(f) => filter::load(svc, user_id, f).await?,
-        None => Filter::default(),
+        Some(f) => Box::pin(filter::load(svc, user_id, f)).await?,
+        None => filter::none(),
     };
     // Syncing counts as activity: the client says which state that means (online by default).
     let presence = q.set_presence.as_deref().unwrap_or("online");
-    crate::users::presence::mark_active(svc, user_id, presence).await?;
+    Box::pin(crate::users::presence::mark_active(svc, user_id, presence)).await?;
     let req = SyncRequest {
         since,
         timeout: Duration::from_millis(timeout.min(MAX_TIMEOUT_MS)),
@@ -93,7 +95,9 @@ pub struct SyncRequest {
     pub since: Option<StreamToken>,
     pub timeout: Duration,
     pub full_state: bool,
-    pub filter: Filter,
+    /// Shared (`filter::load`): a filter is over a kilobyte, and a waiting request's future
+    /// would carry it (and the copies a move between futures leaves) while it waits.
+    pub filter: Arc<Filter>,
     /// The `filter` parameter as sent: a request continues a kept step only with the same one.
     pub filter_param: Option<String>,
 }
@@ -421,10 +425,10 @@ async fn compute_moved(
 }
 
 /// The `filter` parameter of a stream, read like `/sync`'s: inline JSON or a stored filter's ID.
-pub async fn stream_filter(svc: &Services, user_id: &UserId, filter: Option<&str>) -> Result<Filter> {
+pub async fn stream_filter(svc: &Services, user_id: &UserId, filter: Option<&str>) -> Result<Arc<Filter>> {
     match filter {
         Some(f) => filter::load(svc, user_id, f).await,
-        None => Ok(Filter::default()),
+        None => Ok(filter::none()),
     }
 }
 

@@ -62,7 +62,7 @@ pub struct StreamQuery {
 struct Authed {
     token: String,
     session: Session,
-    filter: Filter,
+    filter: std::sync::Arc<Filter>,
     _slot: Slot,
 }
 
