@@ -167,3 +167,59 @@ async fn oversized_filters_are_refused_on_upload_and_inline() {
     let id = body["filter_id"].as_str().expect("filter_id");
     alice.ok(Method::GET, &format!("/sync?filter={id}"), None).await;
 }
+
+/// Parsed filters are shared between requests: a stored filter's ID still means only its owner's
+/// filter, whoever used it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_filter_id_is_its_owners_alone() {
+    let server = Server::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    for n in 0..4 {
+        alice.send_text(&room, &format!("m{n}")).await;
+    }
+    let limit = |n: u32| json!({ "room": { "timeline": { "limit": n } } });
+    let (status, a) = upload(&alice, &limit(1)).await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    let (status, b) = upload(&bob, &limit(3)).await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    let (a_id, b_id) = (a["filter_id"].as_str().unwrap(), b["filter_id"].as_str().unwrap());
+    let timeline_len = |sync: &Value| {
+        sync["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .map(Vec::len)
+    };
+    for _ in 0..2 {
+        // Alice's first, so her parsed filter is the one cached when Bob asks.
+        let (status, sync) = alice
+            .request(Method::GET, &format!("/sync?filter={a_id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{sync}");
+        assert_eq!(timeline_len(&sync), Some(1), "alice's filter: {sync}");
+        let (status, sync) = bob
+            .request(Method::GET, &format!("/sync?filter={b_id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{sync}");
+        assert_eq!(timeline_len(&sync), Some(3), "bob's filter: {sync}");
+    }
+    if a_id != b_id {
+        let (status, body) = bob
+            .request(Method::GET, &format!("/sync?filter={a_id}"), None)
+            .await;
+        assert!(
+            status.is_client_error(),
+            "bob used alice's filter ID: {status} {body}"
+        );
+    }
+    // The same inline filter is shared, and means the same for both.
+    let inline = encode(&limit(2).to_string());
+    for client in [&alice, &bob] {
+        let (status, sync) = client
+            .request(Method::GET, &format!("/sync?filter={inline}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{sync}");
+        assert_eq!(timeline_len(&sync), Some(2), "inline filter: {sync}");
+    }
+}
