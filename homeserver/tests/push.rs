@@ -19,7 +19,8 @@ use wiremock::{
 /// thread ID).
 async fn outcome(db: &AnyPool, user: &str, event_id: &str) -> Option<(bool, Option<String>)> {
     sqlx::query(
-        "SELECT highlight, thread_id FROM event_push_actions WHERE user_id = $1 AND event_id = $2 AND notify = 1",
+        "SELECT a.highlight, a.thread_id FROM event_push_actions a JOIN events e \
+         ON e.stream_ordering = a.stream_ordering WHERE a.user_id = $1 AND e.event_id = $2 AND a.notify = 1",
     )
     .bind(user.to_owned())
     .bind(event_id.to_owned())

@@ -372,7 +372,9 @@ impl Store {
                 row.stream_ordering = at.stream_ordering;
             }
         }
-        let push: Vec<&PushActionRow> = batch.iter().flat_map(|a| &a.push).collect();
+        let mut push: Vec<&PushActionRow> = batch.iter().flat_map(|a| &a.push).collect();
+        // In key order: consecutive rows land on the same page instead of one per member.
+        push.sort_unstable_by(|a, b| (&a.user_id, a.stream_ordering).cmp(&(&b.user_id, b.stream_ordering)));
         Self::insert_push_actions_in(&mut tx, self.backend, &push).await?;
         let queued = batch
             .iter()

@@ -144,6 +144,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(27, "0027_redactions_awaiting_received"),
     migration!(28, "0028_partial_event_indexes"),
     migration!(29, "0029_push_actions_by_user_position"),
+    migration!(30, "0030_push_actions_narrow"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside

@@ -58,6 +58,9 @@ fn pusher_row(r: AnyRow) -> PusherRow {
 /// (thread ID, notifications, highlights) for one room.
 pub type ThreadCounts = Vec<(Option<String>, i64, i64)>;
 
+/// The actions most stored outcomes have, stored as NULL (migration 0030).
+const PLAIN_NOTIFY: &str = r#"["notify"]"#;
+
 /// Push outcomes per insert statement (a bound on one statement's JSON parameter).
 const PUSH_ROWS_PER_STATEMENT: usize = 5_000;
 
@@ -86,15 +89,15 @@ impl Store {
     ) -> StoreResult<()> {
         let sql = match backend {
             Backend::Sqlite => {
-                "INSERT INTO event_push_actions (event_id, room_id, user_id, stream_ordering, notify, \
-                 highlight, thread_id, actions) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 1, \
-                 value ->> 4, value ->> 5, value ->> 6 FROM jsonb_each($1) WHERE true \
+                "INSERT INTO event_push_actions (room_id, user_id, stream_ordering, notify, highlight, \
+                 thread_id, actions) SELECT value ->> 0, value ->> 1, value ->> 2, 1, value ->> 3, \
+                 value ->> 4, value ->> 5 FROM jsonb_each($1) WHERE true \
                  ON CONFLICT (user_id, stream_ordering) DO NOTHING"
             }
             Backend::Postgres => {
-                "INSERT INTO event_push_actions (event_id, room_id, user_id, stream_ordering, notify, \
-                 highlight, thread_id, actions) SELECT r ->> 0, r ->> 1, r ->> 2, (r ->> 3)::BIGINT, 1, \
-                 (r ->> 4)::BIGINT, r ->> 5, r ->> 6 FROM jsonb_array_elements($1::jsonb) AS r \
+                "INSERT INTO event_push_actions (room_id, user_id, stream_ordering, notify, highlight, \
+                 thread_id, actions) SELECT r ->> 0, r ->> 1, (r ->> 2)::BIGINT, 1, (r ->> 3)::BIGINT, \
+                 r ->> 4, r ->> 5 FROM jsonb_array_elements($1::jsonb) AS r \
                  ON CONFLICT (user_id, stream_ordering) DO NOTHING"
             }
         };
@@ -103,13 +106,12 @@ impl Store {
                 .iter()
                 .map(|row| {
                     (
-                        &row.event_id,
                         &row.room_id,
                         &row.user_id,
                         row.stream_ordering,
                         i64::from(row.highlight),
                         &row.thread_id,
-                        &row.actions,
+                        (row.actions != PLAIN_NOTIFY).then_some(&row.actions),
                     )
                 })
                 .collect();
@@ -152,9 +154,10 @@ impl Store {
         only_highlight: bool,
     ) -> StoreResult<Vec<PushActionRow>> {
         let rows = q(
-            "SELECT event_id, room_id, user_id, stream_ordering, highlight, thread_id, actions \
-             FROM event_push_actions WHERE user_id = $1 AND stream_ordering < $2 AND notify = 1 \
-             AND highlight >= $3 ORDER BY stream_ordering DESC LIMIT $4",
+            "SELECT e.event_id, a.room_id, a.user_id, a.stream_ordering, a.highlight, a.thread_id, \
+             a.actions FROM event_push_actions a JOIN events e ON e.stream_ordering = a.stream_ordering \
+             WHERE a.user_id = $1 AND a.stream_ordering < $2 AND a.notify = 1 AND a.highlight >= $3 \
+             ORDER BY a.stream_ordering DESC LIMIT $4",
         )
         .bind(user_id.to_owned())
         .bind(before)
@@ -171,7 +174,9 @@ impl Store {
                 stream_ordering: r.get(3),
                 highlight: r.get::<i64, _>(4) != 0,
                 thread_id: r.get(5),
-                actions: r.get(6),
+                actions: r
+                    .get::<Option<String>, _>(6)
+                    .unwrap_or_else(|| PLAIN_NOTIFY.to_owned()),
             })
             .collect())
     }
