@@ -21,6 +21,7 @@ pub mod timeline;
 pub mod topo;
 pub mod typing;
 pub mod upgrade;
+mod writer_thread;
 
 use ruma::{RoomId, RoomVersionId, room_version_rules::RoomVersionRules};
 

@@ -237,7 +237,9 @@ impl Timeline {
         // One writer at a time: appends queued while it works go in its next batch.
         if spawn_writer {
             let writer = svc.clone();
-            tokio::spawn(async move { writer.timeline.write_queued(&writer).await });
+            super::writer_thread::spawn(&tokio::runtime::Handle::current(), async move {
+                writer.timeline.write_queued(&writer).await
+            });
         }
         answer
             .await
@@ -829,7 +831,10 @@ impl Drop for WriterGuard<'_> {
             && let Ok(runtime) = runtime
         {
             let writer = self.svc.clone();
-            runtime.spawn(async move { writer.timeline.write_queued(&writer).await });
+            super::writer_thread::spawn(
+                &runtime,
+                async move { writer.timeline.write_queued(&writer).await },
+            );
         }
     }
 }
