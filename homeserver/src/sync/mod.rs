@@ -122,15 +122,42 @@ pub struct Answer {
     pub body: bytes::Bytes,
     pub next_batch: String,
     pub has_changes: bool,
+    /// The body as an `org.hearth.ws` `sync` frame, made by the first stream that sends it: one
+    /// message to a room with thousands of streams open made a copy per stream.
+    frame: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl Answer {
     fn new(response: &SyncResponse, has_changes: bool) -> Result<Self> {
-        Ok(Self {
-            body: serde_json::to_vec(response).map_err(Error::internal)?.into(),
-            next_batch: response.next_batch.clone(),
+        Ok(Self::of(
+            serde_json::to_vec(response).map_err(Error::internal)?.into(),
+            response.next_batch.clone(),
             has_changes,
-        })
+        ))
+    }
+
+    pub(crate) fn of(body: bytes::Bytes, next_batch: String, has_changes: bool) -> Self {
+        Self {
+            body,
+            next_batch,
+            has_changes,
+            frame: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// `{"type":"sync","body":…}` around the body (spliced, not parsed and serialized again),
+    /// made once for every stream that sends this answer.
+    pub fn stream_frame(&self) -> bytes::Bytes {
+        self.frame
+            .get_or_init(|| {
+                const HEAD: &[u8] = br#"{"type":"sync","body":"#;
+                let mut frame = Vec::with_capacity(HEAD.len() + self.body.len() + 1);
+                frame.extend_from_slice(HEAD);
+                frame.extend_from_slice(&self.body);
+                frame.push(b'}');
+                frame.into()
+            })
+            .clone()
     }
 }
 
@@ -205,21 +232,31 @@ pub async fn sync_step(
             _ => None,
         };
         let full = moved.is_none();
-        // Boxed: a computation's futures are large, and a waiting request (which may wait for
-        // minutes, by the ten thousand) should not carry their space.
-        let (computed, queries) = Box::pin(crate::store::count_queries(async {
-            match (&baseline, moved) {
-                (Some(base), Some(moved)) => {
-                    compute_moved(svc, Viewer { user_id, device_id }, req, base, moved)
-                        .await
-                        .map(|(response, has_changes)| (response, has_changes, None))
-                }
-                _ => compute(svc, user_id, device_id, req)
-                    .await
-                    .map(|(response, has_changes, base)| (response, has_changes, Some(base))),
+        let (computed, queries) = match (&baseline, moved) {
+            // Nothing moved since the kept step (a stream's next step after a frame, by the
+            // thousand after one message): the empty answer, without a computation, whose
+            // boxed future is kilobytes that the allocator hands out slowly by the thousand.
+            (Some(base), Some(moved)) if moved.rooms.is_empty() && !moved.presence => {
+                (Ok((quiet_response(base, moved.covered), false, None)), 0)
             }
-        }))
-        .await;
+            // Boxed: a computation's futures are large, and a waiting request (which may wait
+            // for minutes, by the ten thousand) should not carry their space.
+            (baseline, moved) => {
+                Box::pin(crate::store::count_queries(async {
+                    match (baseline, moved) {
+                        (Some(base), Some(moved)) => {
+                            compute_moved(svc, Viewer { user_id, device_id }, req, base, moved)
+                                .await
+                                .map(|(response, has_changes)| (response, has_changes, None))
+                        }
+                        _ => compute(svc, user_id, device_id, req)
+                            .await
+                            .map(|(response, has_changes, base)| (response, has_changes, Some(base))),
+                    }
+                }))
+                .await
+            }
+        };
         let (response, has_changes, new_baseline) = computed?;
         svc.sync_engine.stats.computed(woken, continued, full, queries);
         tracing::debug!(
@@ -364,15 +401,7 @@ async fn compute_moved(
     moved: Moved,
 ) -> Result<(SyncResponse, bool)> {
     let since = req.since.unwrap_or_default();
-    // Only the moved rooms are computed, so the response claims only what was notified when
-    // they were read: an event committed since, in a room not read here, lies beyond `now`
-    // and moves its key for the next step.
-    let mut now = StreamToken {
-        events: base.now.events.max(moved.covered.events),
-        receipts: base.now.receipts.max(moved.covered.receipts),
-        typing: base.now.typing.max(moved.covered.typing),
-        ..base.now
-    };
+    let mut now = moved_now(base, moved.covered);
     let presence = if moved.presence {
         now.presence = base.now.presence.max(svc.store.max_presence_stream().await?);
         presence_events(svc, viewer.user_id, req, since, now).await?
@@ -422,6 +451,32 @@ async fn compute_moved(
         device_unused_fallback_key_types: base.device_unused_fallback_key_types.clone(),
     };
     Ok((response, has_changes))
+}
+
+/// Where a woken or continued step's response reaches: only the moved rooms are computed, so
+/// it claims only what was notified when they were read (an event committed since, in a room
+/// not read here, lies beyond it and moves its key for the next step).
+fn moved_now(base: &Baseline, covered: Covered) -> StreamToken {
+    StreamToken {
+        events: base.now.events.max(covered.events),
+        receipts: base.now.receipts.max(covered.receipts),
+        typing: base.now.typing.max(covered.typing),
+        ..base.now
+    }
+}
+
+/// What `compute_moved` answers when nothing moved: no sections, the baseline's key counts.
+fn quiet_response(base: &Baseline, covered: Covered) -> SyncResponse {
+    SyncResponse {
+        next_batch: moved_now(base, covered).to_string(),
+        rooms: Rooms::default(),
+        account_data: Events::default(),
+        presence: Events::new(Vec::new()),
+        to_device: Events::default(),
+        device_lists: DeviceLists::default(),
+        device_one_time_keys_count: base.device_one_time_keys_count.clone(),
+        device_unused_fallback_key_types: base.device_unused_fallback_key_types.clone(),
+    }
 }
 
 /// The `filter` parameter of a stream, read like `/sync`'s: inline JSON or a stored filter's ID.

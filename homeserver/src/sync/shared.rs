@@ -152,11 +152,11 @@ mod tests {
     }
 
     fn answer(has_changes: bool) -> Arc<Answer> {
-        Arc::new(Answer {
-            body: bytes::Bytes::from_static(b"{}"),
-            next_batch: "s1".into(),
+        Arc::new(Answer::of(
+            bytes::Bytes::from_static(b"{}"),
+            "s1".into(),
             has_changes,
-        })
+        ))
     }
 
     #[tokio::test]

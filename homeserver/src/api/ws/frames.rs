@@ -62,7 +62,7 @@ pub async fn read(svc: Services, session: Session, mut incoming: SplitStream<Web
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) => continue,
         };
         let frame = Out {
-            text: answer.to_string(),
+            text: answer.to_string().into(),
             next_batch: None,
         };
         if !outbox.queue(frame) {

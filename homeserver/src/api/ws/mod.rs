@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::{
     extract::{
         Query, State,
-        ws::{Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
+        ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection},
     },
     http::request::Parts,
     response::Response,
@@ -218,8 +218,13 @@ impl Connection {
                 req.since = Some(next);
                 continue;
             }
+            // Serialized by serde_json: UTF-8 (checked, not copied).
+            let text = match Utf8Bytes::try_from(answer.stream_frame()) {
+                Ok(text) => text,
+                Err(e) => return outbox.stop(stop_for(Error::internal(e))),
+            };
             let frame = Out {
-                text: sync_frame(&answer.body),
+                text,
                 next_batch: Some(answer.next_batch.clone()),
             };
             if !outbox.queue(frame) {
@@ -228,18 +233,6 @@ impl Connection {
             req.since = Some(next);
         }
     }
-}
-
-/// `{"type":"sync","body":…}` around a step's serialized response (shared by identical
-/// steps: spliced, not parsed and serialized again).
-fn sync_frame(body: &[u8]) -> String {
-    const HEAD: &str = r#"{"type":"sync","body":"#;
-    let mut frame = String::with_capacity(HEAD.len() + body.len() + 1);
-    frame.push_str(HEAD);
-    // Serialized by serde_json from a `SyncResponse`: UTF-8.
-    frame.push_str(&String::from_utf8_lossy(body));
-    frame.push('}');
-    frame
 }
 
 /// The close for a domain error: 4401 for tokens, 4429 for limits, 4400 for other client

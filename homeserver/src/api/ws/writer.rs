@@ -35,7 +35,8 @@ pub enum Stop {
 
 /// A frame queued for the writer.
 pub struct Out {
-    pub text: String,
+    /// Shared with the other streams sending the same step (`Answer::stream_frame`).
+    pub text: Utf8Bytes,
     /// The `next_batch` of a `sync` frame.
     pub next_batch: Option<String>,
 }
@@ -117,7 +118,7 @@ pub async fn write(mut sink: SplitSink<WebSocket, Message>, mut inbox: Inbox) {
             break inbox.stop.borrow().clone();
         }
         let (message, next_batch) = match out {
-            Some(out) => (Message::Text(Utf8Bytes::from(out.text)), out.next_batch),
+            Some(out) => (Message::Text(out.text), out.next_batch),
             None => (Message::Ping(Default::default()), None),
         };
         match tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)).await {
