@@ -36,7 +36,7 @@ impl Store {
         q("INSERT INTO server_admins (user_id, granted_ts) VALUES ($1, $2) ON CONFLICT (user_id) DO NOTHING")
             .bind(user_id.to_owned())
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -61,7 +61,7 @@ impl Store {
         .bind(entry.range_from.clone())
         .bind(entry.range_limit)
         .bind(entry.ts)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?;
         Ok(row.get(0))
     }

@@ -13,7 +13,7 @@ impl Store {
         .bind(alias.to_owned())
         .bind(room_id.to_owned())
         .bind(creator.to_owned())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -47,7 +47,7 @@ impl Store {
     pub async fn delete_alias(&self, alias: &str) -> StoreResult<()> {
         q("DELETE FROM room_aliases WHERE alias = $1")
             .bind(alias.to_owned())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

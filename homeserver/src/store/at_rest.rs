@@ -67,7 +67,7 @@ impl Store {
         .bind(room_id.to_owned())
         .bind(server.wrap(room_id, &Key::generate()))
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         let wrapped: String = q("SELECT wrapped_key FROM room_data_keys WHERE room_id = $1")
             .bind(room_id.to_owned())

@@ -126,7 +126,7 @@ impl Store {
             .bind(user_id.to_owned())
             .bind(version)
             .bind(auth_data.to_owned())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
             .rows_affected();
         Ok(updated == 1)

@@ -256,7 +256,7 @@ impl Store {
             .bind(user_id.to_owned())
             .bind(device_id.to_owned())
             .bind(algorithm.to_owned())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.writer)
             .await?;
             if let Some(row) = row {
                 return Ok(Some((row.get(0), row.get(1))));
@@ -288,7 +288,7 @@ impl Store {
         .bind(user_id.to_owned())
         .bind(device_id.to_owned())
         .bind(algorithm.to_owned())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await?;
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
@@ -540,7 +540,7 @@ impl Store {
             .bind(user_id.to_owned())
             .bind(device_id.to_owned())
             .bind(upto)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

@@ -251,7 +251,7 @@ impl Store {
         q("DELETE FROM federation_outbound WHERE destination = $1 AND id <= $2")
             .bind(destination.to_owned())
             .bind(last_id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -366,7 +366,7 @@ impl Store {
         .bind(txn_id.to_owned())
         .bind(response.to_owned())
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

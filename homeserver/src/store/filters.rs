@@ -9,7 +9,7 @@ impl Store {
         let row = q("INSERT INTO filters (user_id, json) VALUES ($1, $2) RETURNING filter_id")
             .bind(user_id.to_owned())
             .bind(json.to_owned())
-            .fetch_one(&self.pool)
+            .fetch_one(&self.writer)
             .await?;
         Ok(row.get(0))
     }

@@ -48,7 +48,7 @@ impl Store {
         q("INSERT INTO server_settings (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(name.to_owned())
             .bind(value.to_owned())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         let row = q("SELECT value FROM server_settings WHERE name = $1")
             .bind(name.to_owned())
@@ -71,7 +71,7 @@ impl Store {
         .bind(key_id.to_owned())
         .bind(pkcs8.to_owned())
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(self.signing_key().await?.expect("a key was just stored"))
     }

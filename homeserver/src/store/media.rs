@@ -71,7 +71,7 @@ impl Store {
         .bind(content.filename.clone())
         .bind(content.size)
         .bind(content.sha256.clone())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -94,7 +94,7 @@ impl Store {
         .bind(uploader.to_owned())
         .bind(now)
         .bind(expires_ts)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -144,7 +144,7 @@ impl Store {
         .bind(content.size)
         .bind(content.sha256.clone())
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -191,7 +191,7 @@ impl Store {
         .bind(content.filename.clone())
         .bind(content.size)
         .bind(content.sha256.clone())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -240,7 +240,7 @@ impl Store {
         .bind(thumbnail.size)
         .bind(thumbnail.sha256.clone())
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

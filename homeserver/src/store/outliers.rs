@@ -193,7 +193,7 @@ impl Store {
     pub async fn drop_outlier(&self, event_id: &str) -> StoreResult<()> {
         q("DELETE FROM events WHERE event_id = $1 AND outlier = 1")
             .bind(event_id.to_owned())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -219,7 +219,7 @@ impl Store {
         .bind(reason.to_owned())
         .bind(json.to_owned())
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

@@ -39,7 +39,7 @@ impl Store {
         .bind(reason.to_owned())
         .bind(next_try_ts)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -93,7 +93,7 @@ impl Store {
         .bind(event_id.to_owned())
         .bind(reason.to_owned())
         .bind(next_try_ts)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -101,7 +101,7 @@ impl Store {
     pub async fn drop_pending_pdu(&self, event_id: &str) -> StoreResult<()> {
         q("DELETE FROM federation_pending_pdus WHERE event_id = $1")
             .bind(event_id.to_owned())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

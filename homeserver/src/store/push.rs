@@ -263,7 +263,7 @@ impl Store {
             .bind(user_id.to_owned())
             .bind(app_id.to_owned())
             .bind(pushkey.to_owned())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
     }

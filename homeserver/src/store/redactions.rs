@@ -33,7 +33,7 @@ impl Store {
         .bind(room_id.to_owned())
         .bind(sender_server.to_owned())
         .bind(received_ts)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         if !matches!(&inserted, Ok(r) if r.rows_affected() > 0) {
             count.fetch_sub(1, Ordering::SeqCst);
@@ -51,7 +51,7 @@ impl Store {
         }
         let pruned = q("DELETE FROM redactions_awaiting_target WHERE received_ts < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
             .rows_affected();
         count.fetch_sub(pruned as i64, Ordering::SeqCst);
@@ -88,7 +88,7 @@ impl Store {
         let waiting = q("DELETE FROM redactions_awaiting_target WHERE target_id = $1 \
                          RETURNING redaction_id, room_id, sender_server")
         .bind(event_id.to_owned())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.writer)
         .await?;
         count.fetch_sub(waiting.len() as i64, Ordering::SeqCst);
         let mut applied = 0;
@@ -105,7 +105,7 @@ impl Store {
             .bind(event_id.to_owned())
             .bind(redaction_id)
             .bind(room_id.to_owned())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
             .rows_affected();
         }

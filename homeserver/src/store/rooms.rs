@@ -46,7 +46,7 @@ impl Store {
         q("UPDATE rooms SET is_public = $2 WHERE room_id = $1")
             .bind(room_id.to_owned())
             .bind(i64::from(is_public))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -63,7 +63,7 @@ impl Store {
         q("INSERT INTO forgotten_rooms (user_id, room_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(user_id.to_owned())
             .bind(room_id.to_owned())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -73,7 +73,7 @@ impl Store {
         q("DELETE FROM forgotten_rooms WHERE user_id = $1 AND room_id = $2")
             .bind(user_id.to_owned())
             .bind(room_id.to_owned())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

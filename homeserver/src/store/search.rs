@@ -25,14 +25,16 @@ impl Store {
         )
         .bind(index_id.to_owned())
         .bind(position)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
 
     /// Forgets the position: the indexer starts again from an empty index.
     pub async fn clear_search_position(&self) -> StoreResult<()> {
-        q("DELETE FROM search_index_position").execute(&self.pool).await?;
+        q("DELETE FROM search_index_position")
+            .execute(&self.writer)
+            .await?;
         Ok(())
     }
 

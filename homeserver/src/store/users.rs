@@ -89,7 +89,7 @@ impl Store {
         .bind(password_hash.map(ToOwned::to_owned))
         .bind(displayname.to_owned())
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -115,7 +115,7 @@ impl Store {
         q("UPDATE users SET password_hash = $2 WHERE user_id = $1")
             .bind(user_id.to_owned())
             .bind(hash.map(ToOwned::to_owned))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -124,7 +124,7 @@ impl Store {
         q("UPDATE users SET displayname = $2 WHERE user_id = $1")
             .bind(user_id.to_owned())
             .bind(name.map(ToOwned::to_owned))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -133,7 +133,7 @@ impl Store {
         q("UPDATE users SET avatar_url = $2 WHERE user_id = $1")
             .bind(user_id.to_owned())
             .bind(url.map(ToOwned::to_owned))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -336,7 +336,7 @@ impl Store {
             .bind(device_id.to_owned())
             .bind(now)
             .bind(ip.map(ToOwned::to_owned))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -344,7 +344,7 @@ impl Store {
     pub async fn delete_token(&self, token_hash: &str) -> StoreResult<()> {
         q("DELETE FROM access_tokens WHERE token_hash = $1")
             .bind(token_hash.to_owned())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         self.forget_tokens();
         Ok(())
@@ -440,7 +440,7 @@ impl Store {
             .bind(user_id.to_owned())
             .bind(device_id.to_owned())
             .bind(name.map(ToOwned::to_owned))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -484,7 +484,7 @@ impl Store {
     ) -> StoreResult<()> {
         q("DELETE FROM uia_sessions WHERE created_ts < $1")
             .bind(expired_before)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         q(
             "INSERT INTO uia_sessions (session_id, user_id, completed, created_ts, operation) \
@@ -494,7 +494,7 @@ impl Store {
         .bind(user_id.map(ToOwned::to_owned))
         .bind(now)
         .bind(operation.to_owned())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -519,7 +519,7 @@ impl Store {
         q("UPDATE uia_sessions SET completed = $2 WHERE session_id = $1")
             .bind(session_id.to_owned())
             .bind(completed.to_owned())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -527,7 +527,7 @@ impl Store {
     pub async fn delete_uia_session(&self, session_id: &str) -> StoreResult<()> {
         q("DELETE FROM uia_sessions WHERE session_id = $1")
             .bind(session_id.to_owned())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
