@@ -998,7 +998,7 @@ async fn delivery_to_push_gateway() {
         .await;
     let url = format!("{}/_matrix/push/v1/notify", gateway.uri());
 
-    let server = start_allowing_local_gateways().await;
+    let mut server = start_allowing_local_gateways().await;
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let carol = server.register("carol").await;
@@ -1079,6 +1079,20 @@ async fn delivery_to_push_gateway() {
         bodies[2]["notification"]["devices"][0]["pushkey"],
         json!("carolkey")
     );
+
+    // A restarted server knows its users' pushers from the database: still delivered.
+    server.restart().await;
+    let after = alice.send_text(&room, "after the restart").await;
+    let bodies = received(&gateway, 5).await;
+    let mut keys: Vec<_> = bodies[3..]
+        .iter()
+        .map(|b| {
+            assert_eq!(b["notification"]["event_id"], json!(after));
+            b["notification"]["devices"][0]["pushkey"].clone()
+        })
+        .collect();
+    keys.sort_by_key(|k| k.to_string());
+    assert_eq!(keys, [json!("bobkey"), json!("carolkey")]);
 }
 
 #[tokio::test]

@@ -49,10 +49,14 @@ impl AppendListener for PushListener {
         for appending in batch {
             after_append(svc, &appending.event);
         }
+        // Only rows of users with pushers go on: a batch to large rooms carries thousands of
+        // rows, cloned and looked up for nothing when nobody has a pusher.
         let notified: Vec<(NewEvent, Vec<PushActionRow>)> = batch
             .iter()
-            .filter(|a| !a.push.is_empty())
-            .map(|a| (a.event.clone(), a.push.clone()))
+            .filter_map(|a| {
+                let rows = svc.store.rows_with_pushers(&a.push);
+                (!rows.is_empty()).then(|| (a.event.clone(), rows.into_iter().cloned().collect()))
+            })
             .collect();
         if !notified.is_empty() {
             pushers::spawn_delivery(svc.clone(), notified);

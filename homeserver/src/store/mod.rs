@@ -94,7 +94,7 @@ pub struct Store {
     /// (the busy handler sleeps in steps of milliseconds), and the one connection's page cache
     /// stays warm (a commit by another connection voids it). Single-statement writes run here
     /// too: on a reader connection one collided with the timeline's batch and cost it the busy
-    /// handler's sleep (BEGIN IMMEDIATE waited 9 ms at the 95th percentile under load). On
+    /// handler's sleep (BEGIN IMMEDIATE waiting 9 ms at the 95th percentile under load). On
     /// PostgreSQL, `pool`.
     writer: AnyPool,
     backend: Backend,
@@ -104,6 +104,8 @@ pub struct Store {
     awaiting_redactions: Arc<std::sync::atomic::AtomicI64>,
     /// Write transactions begun (`begin_write`): `checkpoint_wal` skips a quiet server.
     writes: Arc<AtomicU64>,
+    /// Users who may have a pusher (`push.rs`): read at start, added to by `upsert_pusher`.
+    pusher_users: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
 }
 
 /// One migration: its version, and its file (same name under `migrations/sqlite/` and
@@ -260,8 +262,10 @@ impl Store {
             tokens: Arc::default(),
             awaiting_redactions: Arc::new(std::sync::atomic::AtomicI64::new(-1)),
             writes,
+            pusher_users: Arc::default(),
         };
         store.migrate().await?;
+        store.load_pusher_users().await?;
         Ok(store)
     }
 

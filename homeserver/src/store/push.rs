@@ -254,7 +254,33 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.pusher_users
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pusher.user_id.clone());
         Ok(())
+    }
+
+    /// Reads which users have pushers (at start).
+    pub(super) async fn load_pusher_users(&self) -> StoreResult<()> {
+        let rows = q("SELECT DISTINCT user_id FROM pushers")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut users = self.pusher_users.write().unwrap_or_else(|e| e.into_inner());
+        users.extend(rows.into_iter().map(|r| r.get::<String, _>(0)));
+        Ok(())
+    }
+
+    /// Keeps the rows of users who may have a pusher: a superset of those who do (a removed
+    /// pusher leaves its user in), so that a batch notifying nobody with a pusher (the usual
+    /// case) skips push delivery without a query. Only this process's additions are seen: a
+    /// deployment of several processes must share them (the notifier's bus) before relying on it.
+    pub fn rows_with_pushers<'a>(&self, rows: &'a [PushActionRow]) -> Vec<&'a PushActionRow> {
+        let users = self.pusher_users.read().unwrap_or_else(|e| e.into_inner());
+        if users.is_empty() {
+            return Vec::new();
+        }
+        rows.iter().filter(|row| users.contains(&row.user_id)).collect()
     }
 
     /// Removes a pusher; true if there was one.
