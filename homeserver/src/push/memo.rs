@@ -10,11 +10,14 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    hash::{BuildHasher, Hash, Hasher, RandomState},
+    hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState},
     sync::{Arc, Mutex, OnceLock},
 };
 
-use ruma::push::{AnyPushRuleRef, FlattenedJson, PushCondition, PushConditionRoomCtx, Ruleset};
+use ruma::{
+    UserId,
+    push::{AnyPushRuleRef, FlattenedJson, PushCondition, PushConditionRoomCtx, Ruleset},
+};
 
 /// A user's rule set with, for each rule in evaluation order (`Ruleset::iter`), the key of what
 /// it tests when that does not depend on the member.
@@ -24,8 +27,18 @@ pub struct Rules {
 }
 
 impl Rules {
-    pub fn new(set: Ruleset) -> Self {
-        let keys = set.iter().map(RuleKey::of).collect();
+    /// `user_id`'s rule set. Rules naming the user (their ID, or their localpart as a content
+    /// pattern: the default mention rules) have no key: no other member shares their outcome,
+    /// so memoizing them would only cost an insertion per member and event.
+    pub fn new(set: Ruleset, user_id: &UserId) -> Self {
+        let own_pattern = format!("\"pattern\":\"{}\"", user_id.localpart());
+        let keys = set
+            .iter()
+            .map(|rule| {
+                RuleKey::of(rule)
+                    .filter(|key| !key.text.contains(user_id.as_str()) && !key.text.contains(&own_pattern))
+            })
+            .collect();
         Self { set, keys }
     }
 }
@@ -109,7 +122,29 @@ impl Hash for RuleKey {
 /// The outcomes of member-independent rules for one event, filled as its members are evaluated.
 #[derive(Default)]
 pub struct EventMemo {
-    applies: HashMap<RuleKey, bool>,
+    applies: HashMap<RuleKey, bool, BuildHasherDefault<KeyHash>>,
+}
+
+/// Hashes a `RuleKey` by the hash it carries (already keyed per process), instead of hashing
+/// that again for each of a member's rules.
+#[derive(Default)]
+struct KeyHash(u64);
+
+impl Hasher for KeyHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is expected (`RuleKey::hash`); anything else is still hashed.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl EventMemo {
@@ -138,5 +173,49 @@ impl EventMemo {
             }
         }
         &[]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{UserId, push::Ruleset};
+
+    use super::Rules;
+
+    #[test]
+    fn only_rules_that_do_not_name_the_member_are_shared() {
+        let alice = UserId::parse("@alice:example.org").unwrap();
+        let rules = Rules::new(Ruleset::server_default(&alice), &alice);
+        let keyed = |id: &str| {
+            rules
+                .set
+                .iter()
+                .zip(rules.keys.iter())
+                .find(|(rule, _)| rule.rule_id() == id)
+                .map(|(_, key)| key.is_some())
+                .unwrap_or_else(|| panic!("{id} is a default rule"))
+        };
+        assert!(keyed(".m.rule.message"));
+        assert!(keyed(".m.rule.is_room_mention"));
+        // Name alice: their outcome is hers alone.
+        assert!(!keyed(".m.rule.is_user_mention"));
+        assert!(!keyed(".m.rule.invite_for_me"));
+
+        // The same rule in two members' sets is one interned key.
+        let bob = UserId::parse("@bob:example.org").unwrap();
+        let bobs = Rules::new(Ruleset::server_default(&bob), &bob);
+        let message = |r: &Rules| {
+            r.set
+                .iter()
+                .zip(r.keys.iter())
+                .find(|(rule, _)| rule.rule_id() == ".m.rule.message")
+                .and_then(|(_, key)| key.clone())
+                .unwrap()
+        };
+        assert!(message(&rules) == message(&bobs));
+        assert!(std::sync::Arc::ptr_eq(
+            &message(&rules).text,
+            &message(&bobs).text
+        ));
     }
 }

@@ -74,10 +74,10 @@ pub async fn ruleset(svc: &Services, user_id: &UserId) -> Result<Arc<memo::Rules
         .account_data_at(user_id.as_str(), None, rules::ACCOUNT_DATA_TYPE)
         .await?;
     let at = stored.as_ref().map_or(0, |(_, at)| *at);
-    let ruleset = Arc::new(memo::Rules::new(rules::from_account_data(
+    let ruleset = Arc::new(memo::Rules::new(
+        rules::from_account_data(user_id, stored.as_ref().map(|(content, _)| content.as_str())),
         user_id,
-        stored.as_ref().map(|(content, _)| content.as_str()),
-    )));
+    ));
     cache_ruleset(svc, user_id, at, ruleset)
 }
 
@@ -116,7 +116,7 @@ pub async fn update_ruleset(
             Ok::<_, Error>((rules::to_account_data(&ruleset)?, ruleset))
         })
         .await??;
-    cache_ruleset(svc, user_id, at, Arc::new(memo::Rules::new(ruleset)))?;
+    cache_ruleset(svc, user_id, at, Arc::new(memo::Rules::new(ruleset, user_id)))?;
     svc.notifier.notify(vec![user_id.to_string()]);
     Ok(())
 }
