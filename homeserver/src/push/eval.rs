@@ -121,8 +121,9 @@ async fn on_room_created(svc: &Services, events: &[NewEvent]) {
             }
         }
         after_append(svc, event);
-        if !rows.is_empty() {
-            pushers::spawn_delivery(svc.clone(), vec![(event.clone(), rows)]);
+        let pushed: Vec<PushActionRow> = svc.store.rows_with_pushers(&rows).into_iter().cloned().collect();
+        if !pushed.is_empty() {
+            pushers::spawn_delivery(svc.clone(), vec![(event.clone(), pushed)]);
         }
     }
 }

@@ -253,11 +253,13 @@ impl Store {
         .bind(pusher.device_id.clone())
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        // Known before the commit, so that no batch committed right after the pusher's skips
+        // it (a failed commit leaves a user in: the set is a superset anyway).
         self.pusher_users
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(pusher.user_id.clone());
+        tx.commit().await?;
         Ok(())
     }
 
