@@ -19,14 +19,15 @@ use wiremock::{
 /// thread ID).
 async fn outcome(db: &AnyPool, user: &str, event_id: &str) -> Option<(bool, Option<String>)> {
     sqlx::query(
-        "SELECT a.highlight, a.thread_id FROM event_push_actions a JOIN events e \
-         ON e.stream_ordering = a.stream_ordering WHERE a.user_id = $1 AND e.event_id = $2 AND a.notify = 1",
+        "SELECT a.highlight, a.thread_id FROM event_push_outcomes a JOIN events e \
+         ON e.stream_ordering = a.stream_ordering JOIN push_audience_members m \
+         ON m.audience_id = a.audience_id WHERE m.user_id = $1 AND e.event_id = $2 AND a.notify = 1",
     )
     .bind(user.to_owned())
     .bind(event_id.to_owned())
     .fetch_optional(db)
     .await
-    .expect("read event_push_actions")
+    .expect("read event_push_outcomes")
     .map(|r| (r.get::<i64, _>(0) != 0, r.get::<Option<String>, _>(1)))
 }
 
@@ -1318,4 +1319,95 @@ async fn counts_of_several_rooms_follow_each_rooms_receipt() {
             reader.user_id
         );
     }
+}
+
+/// Outcomes are stored per audience (the members who got the same one): a member who joins
+/// later, one mentioned alone, and the sender each count exactly their own, in every room, and
+/// audiences written before a restart (which empties the server's memory of them) still count.
+#[tokio::test]
+async fn each_member_counts_only_what_their_audience_got() {
+    let mut server = Server::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let other = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    bob.join(&other).await;
+    let counts = |sync: &Value, room: &str| {
+        let c = &sync["rooms"]["join"][room]["unread_notifications"];
+        (c["notification_count"].as_u64(), c["highlight_count"].as_u64())
+    };
+    let notified = |list: &Value| -> Vec<String> {
+        list["notifications"]
+            .as_array()
+            .expect("notifications array")
+            .iter()
+            .map(|n| n["event"]["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Bob alone in both rooms with alice: one audience {bob} for both rooms' messages.
+    let before_carol = alice.send_text(&room, "before carol").await;
+    let elsewhere = alice.send_text(&other, "in the other room").await;
+    carol.join(&room).await;
+    // Now {bob, carol}; then a mention of carol alone (bob keeps the plain outcome).
+    let after_carol = alice.send_text(&room, "after carol").await;
+    let mention = alice
+        .send(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "carol!", "m.mentions": {"user_ids": [carol.user_id]}}),
+        )
+        .await;
+    let from_bob = bob.send_text(&room, "from bob").await;
+
+    let check = |label: &'static str| {
+        let (alice, bob, carol) = (&alice, &bob, &carol);
+        let (room, other) = (room.clone(), other.clone());
+        let (before_carol, elsewhere, after_carol, mention, from_bob) = (
+            before_carol.clone(),
+            elsewhere.clone(),
+            after_carol.clone(),
+            mention.clone(),
+            from_bob.clone(),
+        );
+        async move {
+            let sync = bob.sync(None, 0, 10).await;
+            assert_eq!(counts(&sync, &room), (Some(3), Some(0)), "{label} bob: {sync}");
+            assert_eq!(counts(&sync, &other), (Some(1), Some(0)), "{label} bob: {sync}");
+            let sync = carol.sync(None, 0, 10).await;
+            assert_eq!(counts(&sync, &room), (Some(3), Some(1)), "{label} carol: {sync}");
+            let sync = alice.sync(None, 0, 10).await;
+            assert_eq!(counts(&sync, &room), (Some(1), Some(0)), "{label} alice: {sync}");
+            assert_eq!(counts(&sync, &other), (Some(0), Some(0)), "{label} alice: {sync}");
+
+            let list = bob.ok(Method::GET, "/notifications", None).await;
+            assert_eq!(
+                notified(&list),
+                [&*mention, &*after_carol, &*elsewhere, &*before_carol],
+                "{label}: {list}"
+            );
+            let list = carol.ok(Method::GET, "/notifications", None).await;
+            assert_eq!(
+                notified(&list),
+                [&*from_bob, &*mention, &*after_carol],
+                "{label}: {list}"
+            );
+            let list = carol.ok(Method::GET, "/notifications?only=highlight", None).await;
+            assert_eq!(notified(&list), [&*mention], "{label}: {list}");
+            let list = alice.ok(Method::GET, "/notifications", None).await;
+            assert_eq!(notified(&list), [&*from_bob], "{label}: {list}");
+        }
+    };
+    check("before the restart").await;
+    server.restart().await;
+    check("after the restart").await;
+
+    // The same audiences again after the restart: written again (ignored), counted once.
+    alice.send_text(&room, "again").await;
+    let sync = bob.sync(None, 0, 10).await;
+    assert_eq!(counts(&sync, &room), (Some(4), Some(0)), "{sync}");
+    let sync = carol.sync(None, 0, 10).await;
+    assert_eq!(counts(&sync, &room), (Some(4), Some(1)), "{sync}");
 }

@@ -1,7 +1,7 @@
 //! Unread notification counts per (user, room), kept in memory so that a woken `/sync` step
 //! does not ask the database for them.
 //!
-//! The database stays the source of truth (`event_push_actions` after the user's read receipt);
+//! The database stays the source of truth (stored push outcomes after the user's read receipt);
 //! this is a cache of its answers, kept exact:
 //! - an entry is filled from the database, counting only events up to `applied`, the last
 //!   position whose push outcomes this cache has seen committed (`PushListener::committed` runs

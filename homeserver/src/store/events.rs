@@ -372,16 +372,15 @@ impl Store {
                 row.stream_ordering = at.stream_ordering;
             }
         }
-        let mut push: Vec<&PushActionRow> = batch.iter().flat_map(|a| &a.push).collect();
-        // In key order: consecutive rows land on the same page instead of one per member.
-        push.sort_unstable_by(|a, b| (&a.user_id, a.stream_ordering).cmp(&(&b.user_id, b.stream_ordering)));
-        Self::insert_push_actions_in(&mut tx, self.backend, &push).await?;
+        let push: Vec<&PushActionRow> = batch.iter().flat_map(|a| &a.push).collect();
+        let audiences = self.insert_push_outcomes_in(&mut tx, &push).await?;
         let queued = batch
             .iter()
             .map(|a| (&a.outbound[..], a.event.room_id.as_str(), a.event.json.as_str()));
         self.enqueue_pdus_in(&mut tx, queued, crate::util::now_ms())
             .await?;
         tx.commit().await?;
+        self.audiences_committed(audiences);
         Ok(placed)
     }
 

@@ -22,6 +22,7 @@ mod outliers;
 mod pending_pdus;
 mod presence;
 mod push;
+mod push_outcomes;
 mod receipts;
 mod redactions;
 mod relations;
@@ -106,6 +107,8 @@ pub struct Store {
     writes: Arc<AtomicU64>,
     /// Users who may have a pusher (`push.rs`): read at start, added to by `upsert_pusher`.
     pusher_users: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+    /// Push audiences known to be stored (`push_outcomes.rs`).
+    known_audiences: Arc<push_outcomes::KnownAudiences>,
 }
 
 /// One migration: its version, and its file (same name under `migrations/sqlite/` and
@@ -150,6 +153,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(28, "0028_partial_event_indexes"),
     migration!(29, "0029_push_actions_by_user_position"),
     migration!(30, "0030_push_actions_narrow"),
+    migration!(31, "0031_push_outcomes_by_audience"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside
@@ -263,6 +267,7 @@ impl Store {
             awaiting_redactions: Arc::new(std::sync::atomic::AtomicI64::new(-1)),
             writes,
             pusher_users: Arc::default(),
+            known_audiences: Arc::default(),
         };
         store.migrate().await?;
         store.load_pusher_users().await?;

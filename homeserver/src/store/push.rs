@@ -1,8 +1,8 @@
-//! Push notifications: per-(user, event) push rule outcomes and pushers.
+//! Push notifications: per-member push rule outcomes (stored by `push_outcomes`) and pushers.
 
-use sqlx::{Any, Row, Transaction, any::AnyRow};
+use sqlx::{Row, any::AnyRow};
 
-use super::{Backend, Store, StoreResult, q, qs};
+use super::{Store, StoreResult, q, qs};
 
 /// One user's push rule outcome for one event (only events that notify are stored).
 #[derive(Debug, Clone)]
@@ -58,129 +58,7 @@ fn pusher_row(r: AnyRow) -> PusherRow {
 /// (thread ID, notifications, highlights) for one room.
 pub type ThreadCounts = Vec<(Option<String>, i64, i64)>;
 
-/// The actions most stored outcomes have, stored as NULL (migration 0030).
-const PLAIN_NOTIFY: &str = r#"["notify"]"#;
-
-/// Push outcomes per insert statement (a bound on one statement's JSON parameter).
-const PUSH_ROWS_PER_STATEMENT: usize = 5_000;
-
 impl Store {
-    /// Records the outcomes of one event for several users.
-    pub async fn insert_push_actions(&self, rows: &[PushActionRow]) -> StoreResult<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.begin_write().await?;
-        let rows: Vec<&PushActionRow> = rows.iter().collect();
-        Self::insert_push_actions_in(&mut tx, self.backend, &rows).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// The same inside a caller's transaction (the events' own, see `append_events`). The rows
-    /// travel as one JSON array per statement, expanded by the database: a batch of messages to
-    /// large rooms carries thousands of rows, and binding seven parameters each (and preparing a
-    /// new VALUES list every time) cost more than the rows' insertion. On SQLite `jsonb_each`
-    /// hands each row over in binary form, so `->>` does not parse it again.
-    pub(super) async fn insert_push_actions_in(
-        tx: &mut Transaction<'static, Any>,
-        backend: Backend,
-        rows: &[&PushActionRow],
-    ) -> StoreResult<()> {
-        let sql = match backend {
-            Backend::Sqlite => {
-                "INSERT INTO event_push_actions (room_id, user_id, stream_ordering, notify, highlight, \
-                 thread_id, actions) SELECT value ->> 0, value ->> 1, value ->> 2, 1, value ->> 3, \
-                 value ->> 4, value ->> 5 FROM jsonb_each($1) WHERE true \
-                 ON CONFLICT (user_id, stream_ordering) DO NOTHING"
-            }
-            Backend::Postgres => {
-                "INSERT INTO event_push_actions (room_id, user_id, stream_ordering, notify, highlight, \
-                 thread_id, actions) SELECT r ->> 0, r ->> 1, (r ->> 2)::BIGINT, 1, (r ->> 3)::BIGINT, \
-                 r ->> 4, r ->> 5 FROM jsonb_array_elements($1::jsonb) AS r \
-                 ON CONFLICT (user_id, stream_ordering) DO NOTHING"
-            }
-        };
-        for chunk in rows.chunks(PUSH_ROWS_PER_STATEMENT) {
-            let array: Vec<_> = chunk
-                .iter()
-                .map(|row| {
-                    (
-                        &row.room_id,
-                        &row.user_id,
-                        row.stream_ordering,
-                        i64::from(row.highlight),
-                        &row.thread_id,
-                        (row.actions != PLAIN_NOTIFY).then_some(&row.actions),
-                    )
-                })
-                .collect();
-            let json = serde_json::to_string(&array).map_err(|e| sqlx::Error::Encode(e.into()))?;
-            q(sql).bind(json).execute(&mut **tx).await?;
-        }
-        Ok(())
-    }
-
-    /// Notification and highlight counts per thread for a user in a room, for events after a
-    /// stream position.
-    pub async fn push_counts(&self, user_id: &str, room_id: &str, after: i64) -> StoreResult<ThreadCounts> {
-        let rows = q(
-            "SELECT thread_id, COUNT(*), CAST(COALESCE(SUM(highlight), 0) AS BIGINT) FROM event_push_actions \
-             WHERE user_id = $1 AND room_id = $2 AND stream_ordering > $3 AND notify = 1 GROUP BY thread_id",
-        )
-        .bind(user_id.to_owned())
-        .bind(room_id.to_owned())
-        .bind(after)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
-    }
-
-    /// How many notifying events a user has in all rooms (the badge count sent to push gateways).
-    pub async fn push_total_count(&self, user_id: &str) -> StoreResult<i64> {
-        let row = q("SELECT COUNT(*) FROM event_push_actions WHERE user_id = $1 AND notify = 1")
-            .bind(user_id.to_owned())
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.get(0))
-    }
-
-    /// A page of a user's notifications, newest first, with stream positions below `before`.
-    pub async fn push_notifications(
-        &self,
-        user_id: &str,
-        before: i64,
-        limit: i64,
-        only_highlight: bool,
-    ) -> StoreResult<Vec<PushActionRow>> {
-        let rows = q(
-            "SELECT e.event_id, a.room_id, a.user_id, a.stream_ordering, a.highlight, a.thread_id, \
-             a.actions FROM event_push_actions a JOIN events e ON e.stream_ordering = a.stream_ordering \
-             WHERE a.user_id = $1 AND a.stream_ordering < $2 AND a.notify = 1 AND a.highlight >= $3 \
-             ORDER BY a.stream_ordering DESC LIMIT $4",
-        )
-        .bind(user_id.to_owned())
-        .bind(before)
-        .bind(i64::from(only_highlight))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| PushActionRow {
-                event_id: r.get(0),
-                room_id: r.get(1),
-                user_id: r.get(2),
-                stream_ordering: r.get(3),
-                highlight: r.get::<i64, _>(4) != 0,
-                thread_id: r.get(5),
-                actions: r
-                    .get::<Option<String>, _>(6)
-                    .unwrap_or_else(|| PLAIN_NOTIFY.to_owned()),
-            })
-            .collect())
-    }
-
     /// Joined members of a room with their `m.room.member` event JSON (for display names).
     pub async fn joined_member_events(&self, room_id: &str) -> StoreResult<Vec<(String, String)>> {
         let rows = q(

@@ -183,8 +183,8 @@ impl Store {
     /// A user's unread notification and highlight counts per room and thread: notifying events
     /// after the event of their newest unthreaded `m.read` or `m.read.private` receipt (as
     /// `receipt_position` + `push_counts` per room), up to position `upto`. Rooms with no counts
-    /// are absent. The outcomes are keyed by (user, position): one range scan from the oldest
-    /// of the rooms' receipts (from the start when one of them has none), filtered by room.
+    /// are absent. One range scan of the rooms' outcomes from the oldest of their receipts (from
+    /// the start when one of them has none), each outcome's audience looked up for the user.
     pub async fn unread_counts_in_rooms(
         &self,
         user_id: &str,
@@ -201,8 +201,10 @@ impl Store {
                    WHERE r.room_id IN ({}) AND r.user_id = $1 AND r.thread_id = '' \
                    AND r.receipt_type IN ('m.read', 'm.read.private') GROUP BY r.room_id) \
                  SELECT a.room_id, a.thread_id, COUNT(*), CAST(COALESCE(SUM(a.highlight), 0) AS BIGINT) \
-                 FROM event_push_actions a LEFT JOIN reads ON reads.room_id = a.room_id \
-                 WHERE a.user_id = $1 AND a.stream_ordering > (SELECT CASE WHEN COUNT(*) = {n} \
+                 FROM event_push_outcomes a JOIN push_audience_members m \
+                 ON m.audience_id = a.audience_id AND m.user_id = $1 \
+                 LEFT JOIN reads ON reads.room_id = a.room_id \
+                 WHERE a.stream_ordering > (SELECT CASE WHEN COUNT(*) = {n} \
                  THEN MIN(pos) ELSE 0 END FROM reads) AND a.stream_ordering <= $2 \
                  AND a.room_id IN ({}) AND a.notify = 1 \
                  AND a.stream_ordering > COALESCE(reads.pos, 0) \
