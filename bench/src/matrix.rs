@@ -114,6 +114,27 @@ impl Api {
         token: Option<&str>,
         body: Option<&Value>,
     ) -> Result<Response> {
+        let (status, bytes) = self.call_bytes(method, url, token, body).await?;
+        let parsed = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        Ok(Response {
+            status,
+            body: parsed,
+            bytes: bytes.len(),
+        })
+    }
+
+    /// `call` without parsing the final answer's body.
+    pub async fn call_bytes(
+        &self,
+        method: Method,
+        url: Url,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, bytes::Bytes)> {
         let mut attempt = 0;
         loop {
             let mut req = self.http.request(method.clone(), url.clone());
@@ -139,17 +160,12 @@ impl Api {
                 .bytes()
                 .await
                 .with_context(|| format!("reading body of {method} {}", url.path()))?;
-            let parsed = if bytes.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-            };
             if status == StatusCode::TOO_MANY_REQUESTS && attempt < MAX_RATE_LIMIT_RETRIES {
                 attempt += 1;
                 self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-                let wait = parsed
-                    .get("retry_after_ms")
-                    .and_then(Value::as_u64)
+                let wait = serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .and_then(|parsed| parsed.get("retry_after_ms").and_then(Value::as_u64))
                     .map(Duration::from_millis)
                     .or(header_wait)
                     .unwrap_or(Duration::from_millis(500))
@@ -158,11 +174,7 @@ impl Api {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            return Ok(Response {
-                status,
-                body: parsed,
-                bytes: bytes.len(),
-            });
+            return Ok((status, bytes));
         }
     }
 
@@ -340,14 +352,7 @@ impl Api {
         crate::ws::SyncStream::connect(&self.base, token, since, filter, self.local_address).await
     }
 
-    /// GET /sync. `filter` is an inline JSON filter (or None for the server default).
-    pub async fn sync(
-        &self,
-        token: &str,
-        since: Option<&str>,
-        timeout_ms: u64,
-        filter: Option<&str>,
-    ) -> Result<Response> {
+    fn sync_url(&self, since: Option<&str>, timeout_ms: u64, filter: Option<&str>) -> Url {
         let mut url = self.url(&["sync"]);
         {
             let mut q = url.query_pairs_mut();
@@ -362,9 +367,42 @@ impl Api {
                 q.append_pair("set_presence", presence);
             }
         }
+        url
+    }
+
+    /// GET /sync. `filter` is an inline JSON filter (or None for the server default).
+    pub async fn sync(
+        &self,
+        token: &str,
+        since: Option<&str>,
+        timeout_ms: u64,
+        filter: Option<&str>,
+    ) -> Result<Response> {
+        let url = self.sync_url(since, timeout_ms, filter);
         self.call(Method::GET, url, Some(token), None)
             .await?
             .ok_or_error("GET /sync")
+    }
+
+    /// `sync`, read as a `deliver` receiver reads it (`digest`): only this run's stamps.
+    pub async fn sync_digest(
+        &self,
+        token: &str,
+        since: &str,
+        timeout_ms: u64,
+        filter: Option<&str>,
+        run_id: &str,
+    ) -> Result<crate::digest::SyncDigest> {
+        let url = self.sync_url(Some(since), timeout_ms, filter);
+        let (status, bytes) = self.call_bytes(Method::GET, url, Some(token), None).await?;
+        if !status.is_success() {
+            bail!(
+                "GET /sync: HTTP {} {}",
+                status.as_u16(),
+                String::from_utf8_lossy(&bytes)
+            );
+        }
+        crate::digest::sync_body(&bytes, run_id)
     }
 }
 

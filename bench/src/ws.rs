@@ -5,7 +5,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
-use serde_json::Value;
 use tokio::net::{TcpSocket, TcpStream, lookup_host};
 use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream, client_async,
@@ -87,15 +86,14 @@ impl SyncStream {
         Ok(Self { ws })
     }
 
-    /// The body of the next `sync` frame (other frames are skipped; pings are answered by the
-    /// library).
-    pub async fn next_body(&mut self) -> Result<Value> {
+    /// The next `sync` frame, read as a receiver reads it (`digest`); other frames are skipped,
+    /// pings are answered by the library.
+    pub async fn next_digest(&mut self, run_id: &str) -> Result<crate::digest::SyncDigest> {
         loop {
             match self.ws.next().await {
                 Some(Ok(Message::Text(text))) => {
-                    let mut frame: Value = serde_json::from_str(text.as_str())?;
-                    if frame["type"] == "sync" {
-                        return Ok(frame["body"].take());
+                    if let Some(digest) = crate::digest::stream_frame(text.as_str(), run_id)? {
+                        return Ok(digest);
                     }
                 }
                 Some(Ok(Message::Close(frame))) => bail!("stream closed: {frame:?}"),
@@ -107,23 +105,24 @@ impl SyncStream {
     }
 }
 
-/// The next body for a receiver following `since` over a stream: opens it (from `since`) when
+/// The next step for a receiver following `since` over a stream: opens it (from `since`) when
 /// there is none, and forgets it when it fails so that the next call reconnects from the last
 /// token the caller kept.
-pub async fn next_streamed(
+pub async fn next_streamed_digest(
     api: &crate::matrix::Api,
     stream: &mut Option<SyncStream>,
     token: &str,
     since: &str,
     filter: Option<&str>,
-) -> Result<Value> {
+    run_id: &str,
+) -> Result<crate::digest::SyncDigest> {
     let open = match stream {
         Some(open) => open,
         None => stream.insert(api.stream(token, Some(since), filter).await?),
     };
-    let body = open.next_body().await;
-    if body.is_err() {
+    let digest = open.next_digest(run_id).await;
+    if digest.is_err() {
         *stream = None;
     }
-    body
+    digest
 }

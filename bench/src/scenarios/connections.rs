@@ -18,7 +18,7 @@ use clap::Args;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{Ctx, Start, TOKEN_SYNC_FILTER, bounded, finish_process, read_stamp, stamped_content};
+use super::{Ctx, Start, TOKEN_SYNC_FILTER, bounded, finish_process, stamped_content};
 use crate::matrix::{self, Api, now_micros};
 use crate::procstat;
 use crate::report::{Better, Report, ms};
@@ -173,17 +173,16 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
                 };
                 in_poll.fetch_add(1, Ordering::Relaxed);
                 loop {
-                    let body = stream.next_body().await;
+                    let digest = stream.next_digest(&run_id).await;
                     let now = now_micros();
-                    let body = match body {
-                        Ok(body) => body,
+                    let digest = match digest {
+                        Ok(digest) => digest,
                         Err(e) => {
                             in_poll.fetch_sub(1, Ordering::Relaxed);
                             return fail(e);
                         }
                     };
-                    let stamp = matrix::timeline_events(&body).find_map(|(_, ev)| read_stamp(ev, &run_id));
-                    if let Some((_, sent_at)) = stamp {
+                    if let Some(&(_, sent_at)) = digest.stamps.first() {
                         let latency = now.saturating_sub(sent_at) as f64 / 1000.0;
                         state.lock().expect("state").latencies_ms.push(latency);
                         delivered.fetch_add(1, Ordering::Relaxed);
@@ -196,7 +195,7 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
             for _ in 0..10_000 {
                 in_poll.fetch_add(1, Ordering::Relaxed);
                 let resp = {
-                    let poll = api.sync(&token, Some(&since), poll_ms, filter.as_deref());
+                    let poll = api.sync_digest(&token, &since, poll_ms, filter.as_deref(), &run_id);
                     tokio::pin!(poll);
                     // The first poll holds a ramp slot only until its connection is surely open and
                     // the request sent (a long-poll never answers by itself), so that connections
@@ -219,22 +218,18 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
                 };
                 let now = now_micros();
                 in_poll.fetch_sub(1, Ordering::Relaxed);
-                let resp = match resp {
-                    Ok(r) => r,
+                let digest = match resp {
+                    Ok(digest) => digest,
                     Err(e) => return fail(e),
                 };
-                let stamp = matrix::timeline_events(&resp.body).find_map(|(_, ev)| read_stamp(ev, &run_id));
-                if let Some((_, sent_at)) = stamp {
+                if let Some(&(_, sent_at)) = digest.stamps.first() {
                     let latency = now.saturating_sub(sent_at) as f64 / 1000.0;
                     state.lock().expect("state").latencies_ms.push(latency);
                     delivered.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
                 early.fetch_add(1, Ordering::Relaxed);
-                match matrix::next_batch(&resp.body) {
-                    Ok(next) => since = next,
-                    Err(e) => return fail(e),
-                }
+                since = digest.next_batch;
             }
         });
     }

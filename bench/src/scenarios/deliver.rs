@@ -12,10 +12,10 @@ use clap::Args;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{Ctx, Start, TOKEN_SYNC_FILTER, bounded, finish_process, read_stamp, stamped_content};
+use super::{Ctx, Start, TOKEN_SYNC_FILTER, bounded, finish_process, stamped_content};
 use crate::matrix::{self, now_micros};
 use crate::report::{Better, Report, ms};
-use crate::ws::{Transport, next_streamed};
+use crate::ws::{Transport, next_streamed_digest};
 
 #[derive(Args, Debug, Clone)]
 pub struct DeliverArgs {
@@ -122,49 +122,31 @@ pub async fn run(ctx: &Ctx, args: &DeliverArgs, report: &mut Report) -> Result<(
             let mut stream = None;
             loop {
                 let resp = match transport {
-                    Transport::LongPoll => api
-                        .sync(&token, Some(&since), poll_ms, filter.as_deref())
-                        .await
-                        .map(|r| r.body),
+                    Transport::LongPoll => {
+                        api.sync_digest(&token, &since, poll_ms, filter.as_deref(), &run_id)
+                            .await
+                    }
                     Transport::Ws => {
-                        next_streamed(&api, &mut stream, &token, &since, filter.as_deref()).await
+                        next_streamed_digest(&api, &mut stream, &token, &since, filter.as_deref(), &run_id)
+                            .await
                     }
                 };
                 let now = now_micros();
                 let failed = {
                     let mut rx = received.lock().expect("received lock");
                     match resp {
-                        Ok(body) => {
-                            for (_, ev) in matrix::timeline_events(&body) {
-                                if let Some((seq, sent_at)) = read_stamp(ev, &run_id) {
-                                    if seen.insert(seq) {
-                                        rx.latencies_ms.push(now.saturating_sub(sent_at) as f64 / 1000.0);
-                                        deliveries.fetch_add(1, Ordering::Relaxed);
-                                    } else {
-                                        rx.duplicates += 1;
-                                    }
+                        Ok(digest) => {
+                            for (seq, sent_at) in digest.stamps {
+                                if seen.insert(seq) {
+                                    rx.latencies_ms.push(now.saturating_sub(sent_at) as f64 / 1000.0);
+                                    deliveries.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    rx.duplicates += 1;
                                 }
                             }
-                            rx.limited += body["rooms"]["join"]
-                                .as_object()
-                                .map(|rooms| {
-                                    rooms
-                                        .values()
-                                        .filter(|r| r["timeline"]["limited"] == true)
-                                        .count()
-                                })
-                                .unwrap_or(0) as u64;
-                            match matrix::next_batch(&body) {
-                                Ok(next) => {
-                                    since = next;
-                                    false
-                                }
-                                Err(e) => {
-                                    rx.sync_errors += 1;
-                                    rx.first_error.get_or_insert(format!("{e:#}"));
-                                    true
-                                }
-                            }
+                            rx.limited += digest.limited_rooms;
+                            since = digest.next_batch;
+                            false
                         }
                         Err(e) => {
                             rx.sync_errors += 1;
