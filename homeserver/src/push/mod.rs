@@ -3,8 +3,8 @@
 //!
 //! - `rules`: the server-default rule set and the stored form (`m.push_rules` account data).
 //! - `eval`: runs on every appended event (a timeline listener) for every local member except
-//!   the sender and stores the outcomes per event and audience (`store/push_outcomes.rs`); `memo` shares
-//!   the outcomes that do not depend on the member between them.
+//!   the sender and stores the outcomes per event and audience (`store/push_outcomes.rs`);
+//!   `memo` shares the outcomes that do not depend on the member between them.
 //! - `pushers`: pusher validation and HTTP delivery (`/_matrix/push/v1/notify`), off the send path.
 //! - `address`: which addresses gateways may be on (no loopback or private ones by default).
 

@@ -5,7 +5,7 @@
 //! rows were most of what the timeline's batch wrote (4.5 µs each on SQLite, ~3,000 a batch under
 //! the deliver benchmark). Audiences repeat from one message to the next (the same room and
 //! sender give the same set), so their members are written once, when the set is first seen;
-//! `known` remembers the sets already committed so that a batch does not write them again.
+//! `Store::known_audiences` holds the sets already committed, so a batch does not write them again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
