@@ -225,6 +225,9 @@ impl Store {
     }
 
     /// A page of a user's notifications, newest first, with stream positions below `before`.
+    /// Each of the user's audiences contributes at most its newest `limit` outcomes (walked down
+    /// its (audience, position) index), so a page costs a bounded read per audience instead of
+    /// sorting the user's whole history.
     pub async fn push_notifications(
         &self,
         user_id: &str,
@@ -236,7 +239,10 @@ impl Store {
             "SELECT e.event_id, o.room_id, o.stream_ordering, o.highlight, o.thread_id, o.actions \
              FROM push_audience_members m JOIN event_push_outcomes o ON o.audience_id = m.audience_id \
              JOIN events e ON e.stream_ordering = o.stream_ordering \
-             WHERE m.user_id = $1 AND o.stream_ordering < $2 AND o.notify = 1 AND o.highlight >= $3 \
+             WHERE m.user_id = $1 AND o.stream_ordering IN ( \
+               SELECT p.stream_ordering FROM event_push_outcomes p WHERE p.audience_id = m.audience_id \
+               AND p.stream_ordering < $2 AND p.notify = 1 AND p.highlight >= $3 \
+               ORDER BY p.stream_ordering DESC LIMIT $4) \
              ORDER BY o.stream_ordering DESC LIMIT $4",
         )
         .bind(user_id.to_owned())
