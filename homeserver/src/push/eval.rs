@@ -6,7 +6,7 @@
 //! that notify are written by the event's own transaction (`PushListener::prepare`, before the
 //! timeline stores a batch); delivery to push gateways is spawned after the commit.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::HashSet, sync::Arc};
 
 use ruma::{
     OwnedUserId, RoomId, UInt, UserId,
@@ -148,9 +148,17 @@ pub fn thread_of(content: &Value) -> Option<String> {
 /// What evaluation needs to know about a room, cached between events and dropped whenever a
 /// state event is stored in the room (every local event passes through `after_append`).
 pub struct RoomContext {
-    /// Joined members with their display names in the room.
-    members: BTreeMap<String, Option<String>>,
+    /// Every joined member's user ID (on any server): the room's member count, and who is in.
+    joined: HashSet<String>,
+    /// The joined members of this server, the only ones evaluated for: their IDs parsed once
+    /// per context rather than once per event, with their display names in the room.
+    local: Vec<LocalMember>,
     power_levels: Option<PushConditionPowerLevelsCtx>,
+}
+
+struct LocalMember {
+    user_id: OwnedUserId,
+    display_name: Option<String>,
 }
 
 /// Rooms kept in the cache before it is emptied (a crude bound on memory).
@@ -163,19 +171,23 @@ async fn room_context(svc: &Services, event: &NewEvent) -> Result<Arc<RoomContex
             return Ok(found.clone());
         }
     }
-    let members = svc
-        .store
-        .joined_member_events(&event.room_id)
-        .await?
-        .into_iter()
-        .map(|(user, json)| {
-            let name = display_name(&json);
-            (user, name)
-        })
-        .collect();
+    let mut joined = HashSet::new();
+    let mut local = Vec::new();
+    for (user, json) in svc.store.joined_member_events(&event.room_id).await? {
+        if crate::util::is_user_of(&user, svc.server_name())
+            && let Ok(user_id) = OwnedUserId::try_from(user.as_str())
+        {
+            local.push(LocalMember {
+                user_id,
+                display_name: display_name(&json),
+            });
+        }
+        joined.insert(user);
+    }
     let room_id = RoomId::parse(&event.room_id).map_err(Error::internal)?;
     let context = Arc::new(RoomContext {
-        members,
+        joined,
+        local,
         power_levels: power_levels_ctx(svc, &room_id).await?,
     });
     let mut rooms = svc.push.rooms.lock().map_err(Error::internal)?;
@@ -187,23 +199,21 @@ async fn room_context(svc: &Services, event: &NewEvent) -> Result<Arc<RoomContex
 }
 
 async fn evaluate(svc: &Services, event: &NewEvent) -> Result<Vec<PushActionRow>> {
-    let local = |user: &str| crate::util::is_user_of(user, svc.server_name());
     let room = room_context(svc, event).await?;
-    let names = &room.members;
-    let member_count = names.len();
-
-    let mut targets: Vec<&str> = names
-        .keys()
-        .map(String::as_str)
-        .filter(|u| *u != event.sender && local(u))
+    let mut targets: Vec<(OwnedUserId, Option<&str>)> = room
+        .local
+        .iter()
+        .filter(|m| m.user_id != event.sender.as_str())
+        .map(|m| (m.user_id.clone(), m.display_name.as_deref()))
         .collect();
     if event.membership.as_deref() == Some("invite")
         && let Some(invitee) = event.state_key.as_deref()
         && invitee != event.sender
-        && local(invitee)
-        && !names.contains_key(invitee)
+        && crate::util::is_user_of(invitee, svc.server_name())
+        && !room.joined.contains(invitee)
+        && let Ok(invitee) = OwnedUserId::try_from(invitee)
     {
-        targets.push(invitee);
+        targets.push((invitee, None));
     }
     if targets.is_empty() {
         return Ok(Vec::new());
@@ -223,7 +233,7 @@ async fn evaluate(svc: &Services, event: &NewEvent) -> Result<Vec<PushActionRow>
     // One context, its member fields set per member (the power levels are not cloned per member).
     let mut ctx = PushConditionRoomCtx::new(
         room_id,
-        UInt::new(member_count as u64).unwrap_or_default(),
+        UInt::new(room.joined.len() as u64).unwrap_or_default(),
         OwnedUserId::try_from(event.sender.as_str()).map_err(Error::internal)?,
         String::new(),
     );
@@ -231,16 +241,14 @@ async fn evaluate(svc: &Services, event: &NewEvent) -> Result<Vec<PushActionRow>
         ctx = ctx.with_power_levels(levels.clone());
     }
     let mut rows = Vec::new();
-    for user in targets {
-        let Ok(user_id) = UserId::parse(user) else {
-            continue;
-        };
+    for (user_id, name) in targets {
         let rules = super::ruleset(svc, &user_id).await?;
-        ctx.user_display_name = names
-            .get(user)
-            .cloned()
-            .flatten()
-            .unwrap_or_else(|| user_id.localpart().to_owned());
+        // Only `contains_display_name` reads the name: most rule sets no longer have it.
+        ctx.user_display_name.clear();
+        if rules.reads_display_name() {
+            ctx.user_display_name
+                .push_str(name.unwrap_or_else(|| user_id.localpart()));
+        }
         ctx.user_id = user_id;
         let actions = memo.actions(&rules, &flattened, &ctx).await;
         if !actions.iter().any(Action::should_notify) {
@@ -250,7 +258,7 @@ async fn evaluate(svc: &Services, event: &NewEvent) -> Result<Vec<PushActionRow>
         rows.push(PushActionRow {
             event_id: event.event_id.clone(),
             room_id: event.room_id.clone(),
-            user_id: user.to_owned(),
+            user_id: ctx.user_id.as_str().to_owned(),
             stream_ordering: 0,
             highlight,
             thread_id: thread_id.clone(),

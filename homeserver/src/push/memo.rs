@@ -7,6 +7,12 @@
 //! evaluation computes it once (`EventMemo`) instead of once per member: pattern matching
 //! lowercases and compiles a glob on every check, which made evaluation most of a large room's
 //! send cost.
+//!
+//! A rule that names the member (`.m.rule.invite_for_me`, `.m.rule.is_user_mention`) is
+//! evaluated per member, but its other conditions are not about the member: they are shared the
+//! same way (`Prefilter`), and when one of them fails the rule fails for every member without
+//! its own condition being looked at (`invite_for_me` asks once per event whether it is a member
+//! event at all).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -24,7 +30,15 @@ use ruma::{
 pub struct Rules {
     pub set: Ruleset,
     keys: Box<[Option<RuleKey>]>,
+    /// For each rule without a key: its conditions that do not depend on the member.
+    prefilters: Box<[Prefilter]>,
+    /// Whether a rule tests the member's display name (`contains_display_name`).
+    reads_display_name: bool,
 }
+
+/// Conditions a rule needs (a conditional rule applies only when all of its conditions hold)
+/// whose outcome is the same for every member, each with its key.
+type Prefilter = Box<[(RuleKey, PushCondition)]>;
 
 impl Rules {
     /// `user_id`'s rule set. Rules naming the user (their ID, or their localpart as a content
@@ -32,14 +46,46 @@ impl Rules {
     /// so memoizing them would only cost an insertion per member and event.
     pub fn new(set: Ruleset, user_id: &UserId) -> Self {
         let own_pattern = format!("\"pattern\":\"{}\"", user_id.localpart());
-        let keys = set
+        let names_member = |text: &str| text.contains(user_id.as_str()) || text.contains(&own_pattern);
+        let keys: Box<[Option<RuleKey>]> = set
             .iter()
-            .map(|rule| {
-                RuleKey::of(rule)
-                    .filter(|key| !key.text.contains(user_id.as_str()) && !key.text.contains(&own_pattern))
+            .map(|rule| RuleKey::of(rule).filter(|key| !names_member(&key.text)))
+            .collect();
+        let prefilters = set
+            .iter()
+            .zip(keys.iter())
+            .map(|(rule, key)| match (rule, key) {
+                (AnyPushRuleRef::Override(r) | AnyPushRuleRef::Underride(r), None) => r
+                    .conditions
+                    .iter()
+                    .filter_map(|condition| {
+                        RuleKey::of_condition(condition)
+                            .filter(|key| !names_member(&key.text))
+                            .map(|key| (key, condition.clone()))
+                    })
+                    .collect(),
+                _ => Box::default(),
             })
             .collect();
-        Self { set, keys }
+        #[allow(deprecated)]
+        let reads_display_name = set.iter().any(|rule| match rule {
+            AnyPushRuleRef::Override(r) | AnyPushRuleRef::Underride(r) => r
+                .conditions
+                .iter()
+                .any(|c| matches!(c, PushCondition::ContainsDisplayName)),
+            _ => false,
+        });
+        Self {
+            set,
+            keys,
+            prefilters,
+            reads_display_name,
+        }
+    }
+
+    /// Whether evaluating these rules needs the member's display name.
+    pub fn reads_display_name(&self) -> bool {
+        self.reads_display_name
     }
 }
 
@@ -76,13 +122,34 @@ impl RuleKey {
             _ => return None,
         };
         let (kind, json) = serialized.ok()?;
-        let text = format!("{kind}:{json}");
+        Some(Self::new(format!("{kind}:{json}")))
+    }
+
+    /// A condition whose outcome depends only on the event and the room, never on the member
+    /// it is evaluated for: ruma's `applies` reads none of the member's fields for these, except
+    /// to refuse the sender, who is never evaluated for.
+    fn of_condition(condition: &PushCondition) -> Option<Self> {
+        use PushCondition::*;
+        match condition {
+            EventMatch(_)
+            | EventPropertyIs(_)
+            | EventPropertyContains(_)
+            | RoomMemberCount(_)
+            | SenderNotificationPermission(_) => {
+                let json = serde_json::to_string(condition).ok()?;
+                Some(Self::new(format!("condition:{json}")))
+            }
+            _ => None,
+        }
+    }
+
+    fn new(text: String) -> Self {
         static HASHER: OnceLock<RandomState> = OnceLock::new();
         let hash = HASHER.get_or_init(RandomState::new).hash_one(&text);
-        Some(Self {
+        Self {
             hash,
             text: intern(text),
-        })
+        }
     }
 }
 
@@ -156,7 +223,12 @@ impl EventMemo {
         event: &FlattenedJson,
         ctx: &PushConditionRoomCtx,
     ) -> &'r [ruma::push::Action] {
-        for (rule, key) in rules.set.iter().zip(rules.keys.iter()) {
+        for ((rule, key), prefilter) in rules
+            .set
+            .iter()
+            .zip(rules.keys.iter())
+            .zip(rules.prefilters.iter())
+        {
             let applies = match key {
                 Some(key) => match self.applies.get(key) {
                     Some(&known) => known,
@@ -166,13 +238,36 @@ impl EventMemo {
                         answer
                     }
                 },
-                None => rule.applies(event, ctx).await,
+                None => self.all_hold(prefilter, event, ctx).await && rule.applies(event, ctx).await,
             };
             if applies {
                 return rule.actions();
             }
         }
         &[]
+    }
+
+    /// Whether every member-independent condition holds, each computed once per event.
+    async fn all_hold(
+        &mut self,
+        prefilter: &Prefilter,
+        event: &FlattenedJson,
+        ctx: &PushConditionRoomCtx,
+    ) -> bool {
+        for (key, condition) in prefilter {
+            let holds = match self.applies.get(key) {
+                Some(&known) => known,
+                None => {
+                    let answer = condition.applies(event, ctx).await;
+                    self.applies.insert(key.clone(), answer);
+                    answer
+                }
+            };
+            if !holds {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -200,6 +295,31 @@ mod tests {
         // Name alice: their outcome is hers alone.
         assert!(!keyed(".m.rule.is_user_mention"));
         assert!(!keyed(".m.rule.invite_for_me"));
+        // Their conditions that are not about alice are still shared.
+        let prefilter = |id: &str| {
+            let at = rules.set.iter().position(|rule| rule.rule_id() == id).unwrap();
+            rules.prefilters[at]
+                .iter()
+                .map(|(key, _)| key.text.to_string())
+                .collect::<Vec<_>>()
+        };
+        let invite = prefilter(".m.rule.invite_for_me");
+        assert_eq!(invite.len(), 2, "type and membership, not state_key: {invite:?}");
+        assert!(invite.iter().all(|text| !text.contains("alice")));
+        assert!(prefilter(".m.rule.is_user_mention").is_empty());
+        assert!(prefilter(".m.rule.message").is_empty(), "keyed rules need none");
+        assert!(!rules.reads_display_name());
+
+        // A legacy rule set that still tests display names.
+        let mut legacy = Ruleset::server_default(&alice);
+        let rule: ruma::push::NewConditionalPushRule = serde_json::from_value(serde_json::json!({
+            "rule_id": "name", "conditions": [{ "kind": "contains_display_name" }], "actions": ["notify"],
+        }))
+        .unwrap();
+        legacy
+            .insert(ruma::push::NewPushRule::Override(rule), None, None)
+            .unwrap();
+        assert!(Rules::new(legacy, &alice).reads_display_name());
 
         // The same rule in two members' sets is one interned key.
         let bob = UserId::parse("@bob:example.org").unwrap();
