@@ -658,8 +658,23 @@ impl Timeline {
             e => Error::bad_json(e.to_string()),
         })?;
 
-        let by_id: HashMap<&EventId, &Pdu> = draft.state.values().map(|p| (&*p.event_id, p)).collect();
-        check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| by_id.get(id).copied())
+        // What the checks fetch by ID: the new event's auth events and the create event. Found
+        // by their state keys rather than by indexing the whole state (a large room's members)
+        // for every event; anything else is looked for in the whole state.
+        let fetchable: Vec<&Pdu> = auth_types
+            .iter()
+            .map(|(t, k)| (t.to_string(), k.clone()))
+            .chain([("m.room.create".to_owned(), String::new())])
+            .filter_map(|key| draft.state.get(&key))
+            .collect();
+        let by_id = |id: &EventId| {
+            fetchable
+                .iter()
+                .copied()
+                .find(|p| *p.event_id == *id)
+                .or_else(|| draft.state.values().find(|p| *p.event_id == *id))
+        };
+        check_state_independent_auth_rules(&rules.authorization, &pdu, by_id)
             .map_err(|reason| Error::forbidden(format!("Event is not allowed: {reason}")))?;
         check_state_dependent_auth_rules(&rules.authorization, &pdu, |t, k: &str| {
             draft.state.get(&(t.to_string(), k.to_owned()))
