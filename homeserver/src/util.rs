@@ -99,3 +99,8 @@ mod tests {
         assert!(!is_user_of("no colon", "hs"));
     }
 }
+
+/// A map for hot paths keyed by IDs: hashed with foldhash, randomly seeded (std's
+/// SipHash is several times slower on short keys, and a per-member map is hashed once per
+/// member and event).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -18,7 +18,7 @@ use std::{
 };
 
 use super::Counts;
-use crate::{error::Result, services::Services, store::PushActionRow};
+use crate::{error::Result, services::Services, store::PushActionRow, util::FastMap};
 
 /// Entries kept before the cache is emptied (a crude bound: ~100 bytes each).
 const MAX_ENTRIES: usize = 200_000;
@@ -31,7 +31,7 @@ pub struct UnreadCache {
 #[derive(Default)]
 struct Inner {
     /// Counts per user, then per room.
-    entries: HashMap<String, HashMap<String, Counts>>,
+    entries: FastMap<String, FastMap<String, Counts>>,
     len: usize,
     /// The last stream position whose push outcomes were applied; `None` until the first
     /// commit after start-up (before it, what the database holds is all there is).

@@ -7,7 +7,7 @@
 //! sender give the same set), so their members are written once, when the set is first seen;
 //! `Store::known_audiences` holds the sets already committed, so a batch does not write them again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
@@ -81,7 +81,7 @@ struct Outcome<'a> {
 
 /// Groups per-member rows by outcome; each group's members sorted and unique.
 fn group<'a>(rows: &[&'a PushActionRow]) -> Vec<(Outcome<'a>, Vec<&'a str>)> {
-    let mut groups: HashMap<Outcome<'a>, Vec<&'a str>> = HashMap::new();
+    let mut groups: crate::util::FastMap<Outcome<'a>, Vec<&'a str>> = Default::default();
     for row in rows {
         let outcome = Outcome {
             stream_ordering: row.stream_ordering,
