@@ -72,6 +72,11 @@ pub fn is_user_of(user_id: &str, server_name: &str) -> bool {
         .is_some_and(|(_, server)| server == server_name)
 }
 
+/// A map for hot paths keyed by IDs: hashed with foldhash, randomly seeded (std's
+/// SipHash is several times slower on short keys, and a per-member map is hashed once per
+/// member and event).
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 #[cfg(test)]
 mod tests {
     use super::{Slots, is_user_of};
@@ -99,8 +104,3 @@ mod tests {
         assert!(!is_user_of("no colon", "hs"));
     }
 }
-
-/// A map for hot paths keyed by IDs: hashed with foldhash, randomly seeded (std's
-/// SipHash is several times slower on short keys, and a per-member map is hashed once per
-/// member and event).
-pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
