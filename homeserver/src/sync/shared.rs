@@ -36,6 +36,10 @@ use crate::stream::StreamToken;
 /// How long an answer stays for the identical steps woken with it: the last of a large group
 /// may be scheduled seconds after the first.
 const KEEP: Duration = Duration::from_secs(10);
+/// How long an answer no other step has joined stays. Most devices hold one request at a time,
+/// so most answers are never joined: kept for `KEEP`, the answers of 100 receivers following
+/// busy rooms (each serialized response, tens of kilobytes) held ~400 MiB.
+const ALONE_KEEP: Duration = Duration::from_secs(1);
 /// Groups kept at most (past it, steps compute alone until old ones expire).
 const MAX_GROUPS: usize = 100_000;
 /// The table is swept of old answers at most this often.
@@ -57,6 +61,15 @@ struct Group {
     mark: u64,
     answer: watch::Receiver<Option<Option<Arc<Answer>>>>,
     started: Instant,
+    /// Whether another step joined (then it may be a large group, whose last members come late).
+    joined: bool,
+}
+
+impl Group {
+    fn kept_at(&self, now: Instant) -> bool {
+        let age = now.duration_since(self.started);
+        age < KEEP && (self.joined || age < ALONE_KEEP)
+    }
 }
 
 #[derive(Default)]
@@ -96,18 +109,20 @@ impl SharedSteps {
     /// A step woken by notifications up to `moved`, about to compute at notifier position
     /// `mark`: joins a group whose computation covers `moved`, or leads a new one.
     pub(super) fn enter(&self, key: StepKey, moved: u64, mark: u64) -> Role {
+        self.enter_at(key, moved, mark, Instant::now())
+    }
+
+    fn enter_at(&self, key: StepKey, moved: u64, mark: u64, now: Instant) -> Role {
         let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
         if table.swept.is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY) {
-            table
-                .groups
-                .retain(|_, group| now.duration_since(group.started) < KEEP);
+            table.groups.retain(|_, group| group.kept_at(now));
             table.swept = Some(now);
         }
-        if let Some(group) = table.groups.get(&key)
+        if let Some(group) = table.groups.get_mut(&key)
             && group.mark >= moved
-            && now.duration_since(group.started) < KEEP
+            && group.kept_at(now)
         {
+            group.joined = true;
             return Role::Join(group.answer.clone());
         }
         if table.groups.len() >= MAX_GROUPS && !table.groups.contains_key(&key) {
@@ -120,6 +135,7 @@ impl SharedSteps {
                 mark,
                 answer: receiver,
                 started: now,
+                joined: false,
             },
         );
         Role::Lead(Leader { answer: sender })
@@ -182,6 +198,52 @@ mod tests {
         assert!(matches!(steps.enter(key("@a:hs", "E"), 5, 6), Role::Lead(_)));
         // Woken by a notification after the leader's mark: its answer may lack it.
         assert!(matches!(steps.enter(key("@a:hs", "D"), 7, 8), Role::Lead(_)));
+    }
+
+    #[tokio::test]
+    async fn answers_nobody_joined_are_dropped_sooner() {
+        let steps = SharedSteps::default();
+        let start = Instant::now();
+        let later = |ms| start + Duration::from_millis(ms);
+        let Role::Lead(alone) = steps.enter_at(key("@a:hs", "D"), 1, 1, start) else {
+            panic!("leads");
+        };
+        alone.publish(&answer(true));
+        let Role::Lead(leader) = steps.enter_at(key("@b:hs", "D"), 1, 1, start) else {
+            panic!("leads");
+        };
+        let Role::Join(_) = steps.enter_at(key("@b:hs", "D"), 1, 1, start) else {
+            panic!("joins");
+        };
+        leader.publish(&answer(true));
+        // Within a second, a late identical step still finds either answer.
+        assert!(matches!(
+            steps.enter_at(key("@a:hs", "D"), 1, 1, later(900)),
+            Role::Join(_)
+        ));
+        let Role::Lead(alone) = steps.enter_at(key("@c:hs", "D"), 1, 1, later(900)) else {
+            panic!("leads");
+        };
+        alone.publish(&answer(true));
+        // Past `ALONE_KEEP`, only the joined groups are left; past `KEEP`, none.
+        assert!(matches!(
+            steps.enter_at(key("@c:hs", "D"), 1, 1, later(2_000)),
+            Role::Lead(_)
+        ));
+        assert!(matches!(
+            steps.enter_at(key("@b:hs", "D"), 1, 1, later(2_000)),
+            Role::Join(_)
+        ));
+        // @a's was joined late, and stays like any joined group's.
+        assert!(matches!(
+            steps.enter_at(key("@a:hs", "D"), 1, 1, later(2_000)),
+            Role::Join(_)
+        ));
+        assert!(matches!(
+            steps.enter_at(key("@b:hs", "D"), 1, 1, later(10_500)),
+            Role::Lead(_)
+        ));
+        assert!(steps.inner.lock().unwrap().groups.len() <= 2);
     }
 
     #[tokio::test]
