@@ -230,14 +230,7 @@ impl EventMemo {
             .zip(rules.prefilters.iter())
         {
             let applies = match key {
-                Some(key) => match self.applies.get(key) {
-                    Some(&known) => known,
-                    None => {
-                        let answer = rule.applies(event, ctx).await;
-                        self.applies.insert(key.clone(), answer);
-                        answer
-                    }
-                },
+                Some(key) => self.remembered(key, rule.applies(event, ctx)).await,
                 None => self.all_hold(prefilter, event, ctx).await && rule.applies(event, ctx).await,
             };
             if applies {
@@ -255,19 +248,21 @@ impl EventMemo {
         ctx: &PushConditionRoomCtx,
     ) -> bool {
         for (key, condition) in prefilter {
-            let holds = match self.applies.get(key) {
-                Some(&known) => known,
-                None => {
-                    let answer = condition.applies(event, ctx).await;
-                    self.applies.insert(key.clone(), answer);
-                    answer
-                }
-            };
-            if !holds {
+            if !self.remembered(key, condition.applies(event, ctx)).await {
                 return false;
             }
         }
         true
+    }
+
+    /// The answer already computed for `key` during this event, else `answer`'s, remembered.
+    async fn remembered(&mut self, key: &RuleKey, answer: impl Future<Output = bool>) -> bool {
+        if let Some(&known) = self.applies.get(key) {
+            return known;
+        }
+        let answer = answer.await;
+        self.applies.insert(key.clone(), answer);
+        answer
     }
 }
 
