@@ -407,6 +407,36 @@ async fn streams_per_user_are_bounded_and_frames_too() {
     assert_eq!(next_ok(&mut again).await["type"], "sync");
 }
 
+/// The server reads a socket a couple of kilobytes at a time (memory per idle stream); a frame
+/// many times that size still arrives whole, and is sent as one event.
+#[tokio::test]
+async fn a_frame_larger_than_the_read_buffer_arrives_whole() {
+    let server = Server::start().await;
+    let (alice, bob, room) = two_in_a_room(&server).await;
+    let mut ws = connect(&server, &bob, &format!("filter={}", encode(&filter(50)))).await;
+    assert_eq!(next_ok(&mut ws).await["type"], "sync");
+    // 40,000 characters, not one repeated: a frame cut or spliced wrongly would not match.
+    let body: String = (0..40_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let txn = txn_id();
+    ws.send(send_frame(&room, &txn, &body)).await.unwrap();
+    let event_id = loop {
+        let frame = next_ok(&mut ws).await;
+        if frame["type"] == "send_result" {
+            assert_eq!(frame["txn_id"], txn.as_str(), "{frame}");
+            break frame["event_id"].as_str().unwrap().to_owned();
+        }
+        assert_eq!(frame["type"], "sync", "{frame}");
+    };
+    let event = alice
+        .ok(
+            Method::GET,
+            &format!("/rooms/{}/event/{}", encode(&room), encode(&event_id)),
+            None,
+        )
+        .await;
+    assert_eq!(event["content"]["body"].as_str(), Some(body.as_str()));
+}
+
 /// Counts each body once; panics on a repeat.
 fn collect(seen: &mut HashSet<String>, body: &Value, room: &str) {
     for b in bodies(body, room) {

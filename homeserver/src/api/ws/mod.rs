@@ -46,9 +46,14 @@ use crate::{
 const OUTBOUND_FRAMES: usize = 32;
 /// How long one `sync_step` long-polls before it starts again (and checks the token).
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Read and write buffers of a socket (the library's default, 128 KiB each, made an idle
-/// stream cost several times a long-poll).
-const SOCKET_BUFFER: usize = 8 * 1024;
+/// A socket's read buffer. The library fills the whole buffer with zeroes before each read, so
+/// every stream, idle ones included, keeps all of it resident: its default (128 KiB) made an
+/// idle stream cost several times a long-poll, and 8 KiB was still a quarter of a stream's
+/// memory. Client frames are small (a `send`); a larger one is read in several calls.
+const READ_BUFFER: usize = 2 * 1024;
+/// How much the library gathers before writing to the socket (128 KiB by default); each frame
+/// is flushed when queued anyway.
+const WRITE_BUFFER: usize = 8 * 1024;
 /// How long a client has to authenticate with its first frame.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -86,8 +91,8 @@ pub async fn stream(
     let limit = svc.config.limits.max_request_bytes;
     Ok(upgrade
         .max_message_size(limit)
-        .read_buffer_size(SOCKET_BUFFER)
-        .write_buffer_size(SOCKET_BUFFER)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let connection = Connection {
                 svc,
