@@ -16,6 +16,7 @@ pub mod media;
 pub mod messages;
 pub mod profile;
 pub mod push;
+mod refuse_nul;
 pub mod relations;
 pub mod room_keys;
 pub mod rooms;
@@ -30,7 +31,6 @@ use axum::{
     Router,
     extract::DefaultBodyLimit,
     http::{HeaderName, Method, StatusCode, header},
-    response::IntoResponse,
     routing::{get, post, put},
 };
 use tower_http::{
@@ -301,25 +301,10 @@ pub fn router(svc: Services) -> Router {
         .fallback(|| async { ApiError::unrecognized(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { ApiError::unrecognized(StatusCode::METHOD_NOT_ALLOWED) })
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn(refuse_nul))
+        .layer(refuse_nul::RefuseNulLayer)
         .layer(cors())
         .layer(TraceLayer::new_for_http())
         .with_state(svc)
-}
-
-/// U+0000 in a path or query parameter: SQLite would store it, PostgreSQL refuses it, and no
-/// Matrix identifier, type or token contains it. Refused before any handler runs, alike on
-/// both backends.
-async fn refuse_nul(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let uri = request.uri();
-    if uri.path().contains("%00") || uri.query().is_some_and(|q| q.contains("%00")) {
-        return ApiError::invalid_param("U+0000 is not allowed in request paths or parameters")
-            .into_response();
-    }
-    next.run(request).await
 }
 
 /// The CORS headers the spec asks every response to carry, so web clients work.
