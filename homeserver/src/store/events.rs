@@ -72,28 +72,6 @@ fn txns_sql(len: usize) -> String {
     )
 }
 
-/// Parameters in one multi-statement query (SQLite allows 32,766).
-const MAX_QUERY_PARAMS: usize = 30_000;
-
-/// How many messages from the start of `batch` go in one multi-statement query: none when the
-/// first is a state event (those take `append_in`'s path), else as many as fit the parameter
-/// budget (at least one).
-fn messages_fitting_one_query(batch: &[Appending]) -> usize {
-    let mut params = 0;
-    let mut n = 0;
-    for appending in batch {
-        if appending.event.state_key.is_some() {
-            break;
-        }
-        params += 21 + appending.event.prev_events.len();
-        if n > 0 && params > MAX_QUERY_PARAMS {
-            break;
-        }
-        n += 1;
-    }
-    n
-}
-
 /// One event to append, with what `append_events` needs beside it.
 #[derive(Debug)]
 pub struct Appending {
@@ -105,100 +83,6 @@ pub struct Appending {
     /// The other servers it goes to: queued (`federation_outbound`) in its own transaction, so
     /// a committed event is never missing from the queue.
     pub outbound: Vec<String>,
-}
-
-/// A multi-statement query being built: its SQL and its parameters, numbered across statements.
-#[derive(Default)]
-struct Statements {
-    sql: String,
-    params: Vec<Param>,
-}
-
-enum Param {
-    Text(Option<String>),
-    Int(i64),
-}
-
-impl Statements {
-    /// The statements that append one message (no state key): event, edges, extremities and
-    /// transaction ID.
-    fn message(&mut self, event: &NewEvent, state_group: i64) {
-        let id = self.text(&event.event_id);
-        let room = self.text(&event.room_id);
-        let columns = [
-            id.clone(),
-            room.clone(),
-            self.text(&event.event_type),
-            self.null(),
-            self.text(&event.sender),
-            self.int(event.depth),
-            self.int(event.origin_server_ts),
-            self.opt_text(event.redacts.as_deref()),
-            self.opt_text(event.rel_type.as_deref()),
-            self.opt_text(event.relates_to.as_deref()),
-            self.opt_text(event.relation_key.as_deref()),
-            self.int(state_group),
-            self.opt_text(event.txn.as_ref().map(|t| t.device_id.as_str())),
-            self.opt_text(event.txn.as_ref().map(|t| t.txn_id.as_str())),
-            self.text(&event.json),
-            self.int(event.topo),
-            self.int(i64::from(event.late)),
-        ];
-        self.sql.push_str(&format!(
-            "INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, \
-             redacts, rel_type, relates_to, relation_key, state_group, txn_device_id, txn_id, json, \
-             topological_ordering, late) VALUES ({}) RETURNING stream_ordering;",
-            columns.join(", ")
-        ));
-        if !event.prev_events.is_empty() {
-            let prevs: Vec<String> = event.prev_events.iter().map(|p| self.text(p)).collect();
-            let edges: Vec<String> = prevs.iter().map(|p| format!("({id}, {p})")).collect();
-            self.sql.push_str(&format!(
-                "INSERT INTO event_edges (event_id, prev_event_id) VALUES {} ON CONFLICT DO NOTHING;\
-                 DELETE FROM forward_extremities WHERE room_id = {room} AND event_id IN ({});",
-                edges.join(", "),
-                prevs.join(", ")
-            ));
-        }
-        self.sql.push_str(&format!(
-            "INSERT INTO forward_extremities (room_id, event_id) VALUES ({room}, {id});"
-        ));
-        if let Some(txn) = &event.txn {
-            let values = [
-                self.text(&event.sender),
-                self.text(&txn.device_id),
-                self.text(&txn.key()),
-                id.clone(),
-                self.int(event.origin_server_ts),
-            ];
-            self.sql.push_str(&format!(
-                "INSERT INTO transaction_ids (user_id, device_id, txn_id, event_id, created_ts) VALUES ({});",
-                values.join(", ")
-            ));
-        }
-    }
-
-    /// Adds a parameter; returns its placeholder.
-    fn add(&mut self, param: Param) -> String {
-        self.params.push(param);
-        format!("${}", self.params.len())
-    }
-
-    fn text(&mut self, value: &str) -> String {
-        self.add(Param::Text(Some(value.to_owned())))
-    }
-
-    fn opt_text(&mut self, value: Option<&str>) -> String {
-        self.add(Param::Text(value.map(ToOwned::to_owned)))
-    }
-
-    fn null(&mut self) -> String {
-        self.add(Param::Text(None))
-    }
-
-    fn int(&mut self, value: i64) -> String {
-        self.add(Param::Int(value))
-    }
 }
 
 /// Where an appended event landed.
@@ -353,14 +237,16 @@ impl Store {
         let mut placed = Vec::with_capacity(batch.len());
         let mut rest = &mut batch[..];
         while !rest.is_empty() {
+            // SQLite writes a run of messages as one query; state events (and PostgreSQL) go
+            // one by one.
             let n = if self.backend == Backend::Sqlite {
-                messages_fitting_one_query(rest)
+                rest.iter().take_while(|a| a.event.state_key.is_none()).count()
             } else {
                 0
             };
             let (done, tail) = rest.split_at_mut(n.max(1));
             if n > 0 {
-                placed.extend(Self::append_messages_sqlite(&mut tx, done).await?);
+                placed.extend(super::message_rows::append_messages(&mut tx, done).await?);
             } else {
                 let one = &mut done[0];
                 placed.push(Self::append_in(&mut tx, &one.event, one.previous_group).await?);
@@ -429,9 +315,9 @@ impl Store {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// One event's rows. A message costs five statements (event, edges, extremities removed and
-    /// added, transaction ID): each is a round trip to the database's connection thread, which is
-    /// what an append spends its time on.
+    /// One event's rows: a state event's, and every event's on PostgreSQL (SQLite writes runs
+    /// of messages together, `message_rows`). A message costs five statements (event, edges,
+    /// extremities removed and added, transaction ID), each a round trip to the database.
     async fn append_in(
         tx: &mut Transaction<'static, Any>,
         event: &NewEvent,
@@ -534,47 +420,6 @@ impl Store {
             stream_ordering: stream,
             state_group,
         })
-    }
-
-    /// Messages' rows as one multi-statement query. SQLite runs it in one hand-off to the
-    /// connection's thread instead of one per statement: those hand-offs (thread wake-ups) were
-    /// most of an append's CPU. Returns where each event landed. Same rows as `append_in`.
-    async fn append_messages_sqlite(
-        tx: &mut Transaction<'static, Any>,
-        batch: &[Appending],
-    ) -> StoreResult<Vec<Placed>> {
-        let mut b = Statements::default();
-        for Appending {
-            event,
-            previous_group,
-            ..
-        } in batch
-        {
-            b.message(event, previous_group.unwrap_or(0));
-        }
-        let mut query = qs(b.sql);
-        for param in b.params {
-            query = match param {
-                Param::Text(text) => query.bind(text),
-                Param::Int(int) => query.bind(int),
-            };
-        }
-        // fetch_all: every statement runs (a stream stopped at the first row would skip the
-        // rest). The events' INSERT … RETURNING are the only statements that return rows.
-        let rows = query.fetch_all(&mut **tx).await?;
-        if rows.len() != batch.len() {
-            return Err(sqlx::Error::RowNotFound.into());
-        }
-        batch
-            .iter()
-            .zip(rows)
-            .map(|(appending, row)| {
-                Ok(Placed {
-                    stream_ordering: row.try_get(0)?,
-                    state_group: appending.previous_group.unwrap_or(0),
-                })
-            })
-            .collect()
     }
 
     /// The event a user's transaction already produced.

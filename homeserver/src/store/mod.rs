@@ -17,6 +17,7 @@ mod federation;
 mod filters;
 mod keys;
 mod media;
+mod message_rows;
 mod openid;
 mod outliers;
 mod pending_pdus;
