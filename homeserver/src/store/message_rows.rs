@@ -7,9 +7,9 @@
 //! and statement result came back through the driver's channel as its own thread hand-off,
 //! which is what serialized the writer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use serde_json::{Value, json};
+use serde::Serialize;
 use sqlx::{Any, Row, Transaction};
 
 use super::{Appending, Placed, StoreError, StoreResult, q};
@@ -33,6 +33,31 @@ INSERT INTO transaction_ids (user_id, device_id, txn_id, event_id, created_ts) \
 SELECT json_group_array(json_array(event_id, stream_ordering)) FROM events \
  WHERE event_id IN (SELECT value ->> 0 FROM json_each($1))";
 
+/// An event's row as `$1` carries it, in the order the query reads it.
+type EventColumns<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    i64,
+    i64,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    i64,
+    Option<&'a str>,
+    Option<&'a str>,
+    &'a str,
+    i64,
+    i64,
+);
+
+/// Rows as one JSON array, serialized straight from borrowed columns.
+fn json_text(rows: &impl Serialize) -> StoreResult<String> {
+    serde_json::to_string(rows).map_err(|e| sqlx::Error::Encode(e.into()).into())
+}
+
 /// Writes messages (events without a state key) in the caller's transaction: the same rows as
 /// `Store::append_in` writes one by one. A message keeps its room's state group. Returns where
 /// each landed, in `batch`'s order.
@@ -40,64 +65,64 @@ pub(super) async fn append_messages(
     tx: &mut Transaction<'static, Any>,
     batch: &[Appending],
 ) -> StoreResult<Vec<Placed>> {
-    let mut events = Vec::with_capacity(batch.len());
-    let mut edges = Vec::new();
-    let mut replaced = Vec::new();
-    let mut txns = Vec::new();
+    let mut events: Vec<EventColumns> = Vec::with_capacity(batch.len());
+    let mut edges: Vec<(&str, &str)> = Vec::new();
+    let mut replaced: Vec<(&str, &str)> = Vec::new();
+    let mut txns: Vec<(&str, &str, String, &str, i64)> = Vec::new();
     // Every prev event stops being an extremity, those of this batch included; what is left
     // of the batch (what no later message follows) becomes one.
-    let mut followed: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
+    let mut followed: HashSet<(&str, &str)> = HashSet::new();
     for Appending {
         event,
         previous_group,
         ..
     } in batch
     {
-        events.push(json!([
-            event.event_id,
-            event.room_id,
-            event.event_type,
-            event.sender,
+        let txn = event.txn.as_ref();
+        events.push((
+            &event.event_id,
+            &event.room_id,
+            &event.event_type,
+            &event.sender,
             event.depth,
             event.origin_server_ts,
-            event.redacts,
-            event.rel_type,
-            event.relates_to,
-            event.relation_key,
+            event.redacts.as_deref(),
+            event.rel_type.as_deref(),
+            event.relates_to.as_deref(),
+            event.relation_key.as_deref(),
             previous_group.unwrap_or(0),
-            event.txn.as_ref().map(|t| &t.device_id),
-            event.txn.as_ref().map(|t| &t.txn_id),
-            event.json,
+            txn.map(|t| t.device_id.as_str()),
+            txn.map(|t| t.txn_id.as_str()),
+            &event.json,
             event.topo,
             i64::from(event.late),
-        ]));
+        ));
         for prev in &event.prev_events {
-            edges.push(json!([event.event_id, prev]));
-            replaced.push(json!([event.room_id, prev]));
-            followed.insert((event.room_id.as_str(), prev.as_str()));
+            edges.push((&event.event_id, prev));
+            replaced.push((&event.room_id, prev));
+            followed.insert((&event.room_id, prev));
         }
-        if let Some(txn) = &event.txn {
-            txns.push(json!([
-                event.sender,
-                txn.device_id,
+        if let Some(txn) = txn {
+            txns.push((
+                &event.sender,
+                &txn.device_id,
                 txn.key(),
-                event.event_id,
-                event.origin_server_ts
-            ]));
+                &event.event_id,
+                event.origin_server_ts,
+            ));
         }
     }
-    let added: Vec<Value> = batch
+    let added: Vec<(&str, &str)> = batch
         .iter()
-        .map(|a| &a.event)
-        .filter(|e| !followed.contains(&(e.room_id.as_str(), e.event_id.as_str())))
-        .map(|e| json!([e.room_id, e.event_id]))
+        .map(|a| (a.event.room_id.as_str(), a.event.event_id.as_str()))
+        .filter(|key| !followed.contains(key))
         .collect();
     let rows = q(SQL)
-        .bind(Value::Array(events).to_string())
-        .bind(Value::Array(edges).to_string())
-        .bind(Value::Array(replaced).to_string())
-        .bind(Value::Array(added).to_string())
-        .bind(Value::Array(txns).to_string())
+        .bind(json_text(&events)?)
+        .bind(json_text(&edges)?)
+        .bind(json_text(&replaced)?)
+        .bind(json_text(&added)?)
+        .bind(json_text(&txns)?)
         // fetch_all: every statement runs (fetch_one stops at the first statement's result).
         .fetch_all(&mut **tx)
         .await?;
