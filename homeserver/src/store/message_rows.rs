@@ -67,10 +67,9 @@ pub(super) async fn append_messages(
 ) -> StoreResult<Vec<Placed>> {
     let mut events: Vec<EventColumns> = Vec::with_capacity(batch.len());
     let mut edges: Vec<(&str, &str)> = Vec::new();
-    let mut replaced: Vec<(&str, &str)> = Vec::new();
     let mut txns: Vec<(&str, &str, String, &str, i64)> = Vec::new();
-    // Every prev event stops being an extremity, those of this batch included; what is left
-    // of the batch (what no later message follows) becomes one.
+    // Every prev event (room, event) stops being an extremity, those of this batch included
+    // ($3, each once); what is left of the batch (what no later message follows) becomes one.
     let mut followed: HashSet<(&str, &str)> = HashSet::new();
     for Appending {
         event,
@@ -99,7 +98,6 @@ pub(super) async fn append_messages(
         ));
         for prev in &event.prev_events {
             edges.push((&event.event_id, prev));
-            replaced.push((&event.room_id, prev));
             followed.insert((&event.room_id, prev));
         }
         if let Some(txn) = txn {
@@ -120,7 +118,7 @@ pub(super) async fn append_messages(
     let rows = q(SQL)
         .bind(json_text(&events)?)
         .bind(json_text(&edges)?)
-        .bind(json_text(&replaced)?)
+        .bind(json_text(&followed)?)
         .bind(json_text(&added)?)
         .bind(json_text(&txns)?)
         // fetch_all: every statement runs (fetch_one stops at the first statement's result).
