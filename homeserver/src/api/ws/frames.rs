@@ -56,7 +56,9 @@ pub async fn read(svc: Services, session: Session, mut incoming: SplitStream<Web
             Ok(Some(Ok(message))) => message,
         };
         let answer = match message {
-            Message::Text(text) => answer(&svc, &session, text.as_str()).await,
+            // Boxed: a send's future is kilobytes that an idle reader (by the ten thousand)
+            // should not carry.
+            Message::Text(text) => Box::pin(answer(&svc, &session, text.as_str())).await,
             Message::Binary(_) => error_frame(None, "M_NOT_JSON", "Frames are JSON text"),
             // Pings are answered by the socket; pongs only prove the client is alive.
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) => continue,

@@ -48,9 +48,10 @@ const OUTBOUND_FRAMES: usize = 32;
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// A socket's read buffer. The library fills the whole buffer with zeroes before each read, so
 /// every stream, idle ones included, keeps all of it resident: its default (128 KiB) made an
-/// idle stream cost several times a long-poll, and 8 KiB was still a quarter of a stream's
-/// memory. Client frames are small (a `send`); a larger one is read in several calls.
-const READ_BUFFER: usize = 2 * 1024;
+/// idle stream cost several times a long-poll, 8 KiB was still a quarter of a stream's memory,
+/// and 2 KiB the largest single piece of one. Client frames are small (a `send`); a larger one
+/// is read in several calls.
+const READ_BUFFER: usize = 1024;
 /// How much the library gathers before writing to the socket (128 KiB by default); each frame
 /// is flushed when queued anyway.
 const WRITE_BUFFER: usize = 8 * 1024;
@@ -133,11 +134,14 @@ struct Connection {
 }
 
 impl Connection {
+    /// The steps taken once (authenticating, marking the user active) and per frame (checking
+    /// the token) are boxed: their futures are kilobytes, and inline they would be part of the
+    /// connection's tasks, which a held stream keeps for as long as it lives.
     async fn run(self, socket: WebSocket, authed: Option<Authed>) {
         let (mut sink, mut incoming) = socket.split();
         let authed = match authed {
             Some(authed) => authed,
-            None => match self.first_frame_auth(&mut incoming).await {
+            None => match Box::pin(self.first_frame_auth(&mut incoming)).await {
                 Ok(authed) => authed,
                 Err(stop) => {
                     writer::close(&mut sink, &stop, None).await;
@@ -145,7 +149,7 @@ impl Connection {
                 }
             },
         };
-        if let Err(e) = mark_active(&self.svc, &authed.session.user_id, "online").await {
+        if let Err(e) = Box::pin(mark_active(&self.svc, &authed.session.user_id, "online")).await {
             tracing::warn!(error = %e, "marking a stream's user active");
         }
         let (outbox, inbox) = writer::outbox(OUTBOUND_FRAMES);
@@ -209,7 +213,7 @@ impl Connection {
             };
             // A token revoked (logout, deactivation) or expired since the last step ends the
             // stream.
-            if let Err(e) = authenticate(&self.svc, &token, self.ip.as_deref()).await {
+            if let Err(e) = Box::pin(authenticate(&self.svc, &token, self.ip.as_deref())).await {
                 return outbox.stop(stop_for(e));
             }
             let next = match StreamToken::parse(&answer.next_batch) {
