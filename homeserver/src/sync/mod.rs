@@ -32,7 +32,7 @@ use crate::{
 };
 use carry::Continuation;
 use engine::SyncEngine;
-use notifier::Covered;
+use notifier::{Covered, Subscription};
 use response::{DeviceLists, Events, InvitedRoom, KnockedRoom, RoomSection, Rooms, SyncResponse, Timeline};
 pub use shared::SharedSteps;
 use shared::{Role, StepKey};
@@ -176,8 +176,23 @@ pub async fn sync_step(
     device_id: &str,
     req: &SyncRequest,
 ) -> Result<Arc<Answer>> {
-    let deadline = tokio::time::Instant::now() + req.timeout;
     let mut waiter = svc.notifier.subscribe();
+    sync_step_with(svc, user_id, device_id, req, &mut waiter).await
+}
+
+/// A sync step with a waiter kept from step to step (a stream's). Registering a waiter's keys
+/// and taking them back are locked writes to the notifier's table, per key; a stream's next
+/// step mostly watches the same keys again, and after one message to a room with thousands of
+/// streams, they all did so at once. Positions are compared, never the waiter's history, so
+/// what an earlier step heard changes nothing here.
+pub async fn sync_step_with(
+    svc: &Services,
+    user_id: &str,
+    device_id: &str,
+    req: &SyncRequest,
+    waiter: &mut Subscription,
+) -> Result<Arc<Answer>> {
+    let deadline = tokio::time::Instant::now() + req.timeout;
     let continuations = &svc.sync_engine.continuations;
     // A request from the `next_batch` of this device's last step starts where that step left
     // off, as if woken (carry.rs).

@@ -15,7 +15,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -28,8 +28,8 @@ use crate::{
     store::{Appending, NewEvent, Placed},
 };
 
-/// How long a woken waiter lets a burst of notifications gather before it computes, so that a
-/// burst wakes it once.
+/// How long a burst of notifications gathers before the waiters it concerns are woken, so that
+/// a burst wakes each of them once.
 pub const COALESCE: Duration = Duration::from_millis(3);
 
 /// Stream positions a notification carries. A stream's writer notifies in commit order, so
@@ -113,6 +113,15 @@ impl Notifier for LocalNotifier {
 pub struct Waiters {
     inner: Mutex<Table>,
     wakeups: AtomicU64,
+    /// Waiters to wake when the current burst has gathered (each once: `Shared::queued`).
+    burst: Mutex<Burst>,
+}
+
+#[derive(Default)]
+struct Burst {
+    waiters: Vec<Arc<Shared>>,
+    /// A task is gathering this burst and will wake its waiters.
+    gathering: bool,
 }
 
 #[derive(Default)]
@@ -139,11 +148,13 @@ struct Shared {
     /// Newest position of a notification of one of its keys.
     moved: AtomicU64,
     notify: Notify,
+    /// In the burst being gathered.
+    queued: AtomicBool,
 }
 
 impl Waiters {
     /// Records a notification of `keys` (up to `covered`) and wakes their waiters.
-    pub fn wake(&self, keys: &[String], covered: Covered) {
+    pub fn wake(self: &Arc<Self>, keys: &[String], covered: Covered) {
         let mut woken: Vec<Arc<Shared>> = Vec::new();
         {
             let mut table = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -165,10 +176,48 @@ impl Waiters {
             }
         }
         self.wakeups.fetch_add(woken.len() as u64, Ordering::Relaxed);
-        for waiter in woken {
-            // Stores a permit when the waiter is not waiting right now: nothing is lost.
-            waiter.notify.notify_one();
+        self.gather(woken);
+    }
+
+    /// Wakes `woken` once the burst they belong to has gathered for [`COALESCE`]: one timer
+    /// per burst, where a timer per woken waiter cost each of them a second poll (after one
+    /// message to a room with thousands of streams, thousands of timers at once). Without a
+    /// runtime to gather on, at once.
+    fn gather(self: &Arc<Self>, woken: Vec<Arc<Shared>>) {
+        let mut burst = self.burst.lock().unwrap_or_else(|e| e.into_inner());
+        burst.waiters.extend(
+            woken
+                .into_iter()
+                .filter(|waiter| !waiter.queued.swap(true, Ordering::AcqRel)),
+        );
+        if burst.gathering || burst.waiters.is_empty() {
+            return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            let waiters = std::mem::take(&mut burst.waiters);
+            drop(burst);
+            wake_all(waiters);
+            return;
+        };
+        burst.gathering = true;
+        let this = self.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(COALESCE).await;
+            let waiters = {
+                let mut burst = this.burst.lock().unwrap_or_else(|e| e.into_inner());
+                burst.gathering = false;
+                std::mem::take(&mut burst.waiters)
+            };
+            wake_all(waiters);
+        });
+    }
+}
+
+fn wake_all(waiters: Vec<Arc<Shared>>) {
+    for waiter in waiters {
+        waiter.queued.store(false, Ordering::Release);
+        // Stores a permit when the waiter is not waiting right now: nothing is lost.
+        waiter.notify.notify_one();
     }
 }
 
@@ -194,6 +243,7 @@ impl Subscription {
             shared: Arc::new(Shared {
                 moved: AtomicU64::new(0),
                 notify: Notify::new(),
+                queued: AtomicBool::new(false),
             }),
             keys: HashSet::new(),
         }
@@ -258,19 +308,24 @@ impl Subscription {
         (keys, table.covered)
     }
 
-    /// Waits until a watched key moves past `mark` (then lets the burst gather for
-    /// [`COALESCE`]), or until `deadline`. Returns whether something moved.
+    /// Waits until a watched key moves past `mark`, or until `deadline`. Returns whether
+    /// something moved. A waiter is woken once its burst has gathered ([`Waiters::gather`]);
+    /// one that finds a key already moved lets the burst gather for [`COALESCE`] itself.
     pub async fn wait(&self, mark: u64, deadline: Instant) -> bool {
+        if self.moved_since(mark) {
+            tokio::time::sleep(COALESCE.min(deadline.saturating_duration_since(Instant::now()))).await;
+            return true;
+        }
         loop {
-            if self.moved_since(mark) {
-                tokio::time::sleep(COALESCE.min(deadline.saturating_duration_since(Instant::now()))).await;
-                return true;
-            }
             if tokio::time::timeout_at(deadline, self.shared.notify.notified())
                 .await
                 .is_err()
             {
                 return self.moved_since(mark);
+            }
+            // A permit left by a notification already seen is no change.
+            if self.moved_since(mark) {
+                return true;
             }
         }
     }
@@ -382,6 +437,51 @@ mod tests {
         // The permit left by a notification already seen does not count as a change.
         let mark = x.mark();
         assert!(!x.wait(mark, soon()).await);
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_gathered_once_and_wakes_each_waiter_once() {
+        let notifier = LocalNotifier::default();
+        let mut x = notifier.subscribe();
+        x.watch(keys(&["!x:hs"]));
+        let mark = x.mark();
+        let waiting = tokio::spawn(async move {
+            let start = Instant::now();
+            let moved = x.wait(mark, start + Duration::from_secs(5)).await;
+            (moved, start.elapsed())
+        });
+        tokio::task::yield_now().await;
+        for _ in 0..100 {
+            notifier.notify(keys(&["!x:hs"]));
+        }
+        {
+            // One timer for the burst, the waiter in it once.
+            let burst = notifier.waiters.burst.lock().unwrap();
+            assert!(burst.gathering);
+            assert_eq!(burst.waiters.len(), 1);
+        }
+        let (moved, waited) = waiting.await.unwrap();
+        assert!(moved);
+        assert!(waited >= COALESCE, "woken before the burst gathered: {waited:?}");
+        let burst = notifier.waiters.burst.lock().unwrap();
+        assert!(!burst.gathering && burst.waiters.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_kept_across_steps_hears_only_what_is_new() {
+        let notifier = LocalNotifier::default();
+        let mut x = notifier.subscribe();
+        x.watch(keys(&["!x:hs"]));
+        let mark = x.mark();
+        notifier.notify(keys(&["!x:hs"]));
+        assert!(x.wait(mark, soon()).await);
+        // The next step, same waiter: the permit the burst left is not a change...
+        let mark = x.mark();
+        x.watch(keys(&["!x:hs"]));
+        assert!(!x.wait(mark, soon()).await);
+        // ...and what comes next is heard.
+        notifier.notify(keys(&["!x:hs"]));
+        assert!(x.wait(mark, soon()).await);
     }
 
     #[tokio::test]

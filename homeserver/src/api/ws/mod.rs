@@ -37,7 +37,7 @@ use crate::{
     filter::Filter,
     services::Services,
     stream::StreamToken,
-    sync::{SyncRequest, stream_filter, sync_step},
+    sync::{SyncRequest, stream_filter, sync_step_with},
     users::{Session, authenticate, presence::mark_active},
     util::Slot,
 };
@@ -205,8 +205,17 @@ impl Connection {
             filter,
             filter_param: self.filter.clone(),
         };
+        // One waiter for the stream's life: its keys stay registered between steps.
+        let mut waiter = self.svc.notifier.subscribe();
         loop {
-            let step = sync_step(&self.svc, session.user_id.as_str(), &session.device_id, &req).await;
+            let step = sync_step_with(
+                &self.svc,
+                session.user_id.as_str(),
+                &session.device_id,
+                &req,
+                &mut waiter,
+            )
+            .await;
             let answer = match step {
                 Ok(answer) => answer,
                 Err(e) => return outbox.stop(stop_for(e)),
