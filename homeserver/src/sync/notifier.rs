@@ -153,7 +153,8 @@ struct Shared {
 }
 
 impl Waiters {
-    /// Records a notification of `keys` (up to `covered`) and wakes their waiters.
+    /// Records a notification of `keys` (up to `covered`) and queues their waiters for the
+    /// burst being gathered (`Waiters::gather`).
     pub fn wake(self: &Arc<Self>, keys: &[String], covered: Covered) {
         let mut woken: Vec<Arc<Shared>> = Vec::new();
         {
@@ -309,7 +310,7 @@ impl Subscription {
     }
 
     /// Waits until a watched key moves past `mark`, or until `deadline`. Returns whether
-    /// something moved. A waiter is woken once its burst has gathered ([`Waiters::gather`]);
+    /// something moved. A waiter is woken once its burst has gathered (`Waiters::gather`);
     /// one that finds a key already moved lets the burst gather for [`COALESCE`] itself.
     pub async fn wait(&self, mark: u64, deadline: Instant) -> bool {
         if self.moved_since(mark) {
