@@ -12,6 +12,11 @@ use super::{NewEvent, StateMap, Store, StoreResult, Stream, q, state::MAX_DELTA_
 /// How many of a room's oldest timeline events are looked at for missing prev events.
 const OLDEST_LOOKED_AT: i64 = 50;
 
+/// The lowest topological position among the DAG events that name `$1` as a prev event, read
+/// through `event_edges_by_prev` (without it, every edge on the server, per backfilled event).
+const CHILDREN_LOWEST_TOPO: &str = "SELECT MIN(e.topological_ordering) FROM event_edges d \
+     JOIN events e ON e.event_id = d.event_id WHERE d.prev_event_id = $1 AND e.outlier IN (0, 2)";
+
 impl Store {
     /// The prev events of the room's oldest timeline events that are not in the DAG here and
     /// were not rejected: where a backfill starts (at most `limit`).
@@ -65,14 +70,11 @@ impl Store {
             .await?;
         // Its place: the claimed depth, but below every child already here (the events that
         // named it as a prev event), so a lying depth cannot lift it among later history.
-        let children: Option<i64> = q(
-            "SELECT MIN(e.topological_ordering) FROM event_edges d JOIN events e ON e.event_id = d.event_id \
-             WHERE d.prev_event_id = $1 AND e.outlier IN (0, 2)",
-        )
-        .bind(event.event_id.clone())
-        .fetch_one(&mut *tx)
-        .await?
-        .get(0);
+        let children: Option<i64> = q(CHILDREN_LOWEST_TOPO)
+            .bind(event.event_id.clone())
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
         let topo = children.map_or(event.topo, |c| event.topo.min(c - 1));
         let (state_group, replaces_state) = match (&event.state_key, before) {
             (Some(key), Some(before)) => {
@@ -164,5 +166,34 @@ impl Store {
                 .await?;
         }
         Ok(group)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Row;
+
+    use super::CHILDREN_LOWEST_TOPO;
+    use crate::services::TestServices;
+
+    /// Finding a backfilled event's children reads the edges that name it, not every edge.
+    #[tokio::test]
+    async fn the_children_of_a_backfilled_event_are_found_through_an_index() {
+        let test = TestServices::new().await;
+        let explain = format!("EXPLAIN QUERY PLAN {CHILDREN_LOWEST_TOPO}");
+        // Two constants joined: nothing from outside.
+        let plan: Vec<String> = sqlx::query::<sqlx::Any>(sqlx::AssertSqlSafe(explain))
+            .bind("$missing:hearth.test")
+            .fetch_all(&test.svc.store.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>(3))
+            .collect();
+        assert!(
+            plan.iter().any(|step| step.contains("event_edges_by_prev")),
+            "{plan:?}"
+        );
+        assert!(!plan.iter().any(|step| step.starts_with("SCAN d")), "{plan:?}");
     }
 }

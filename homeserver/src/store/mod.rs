@@ -155,6 +155,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(29, "0029_push_actions_by_user_position"),
     migration!(30, "0030_push_actions_narrow"),
     migration!(31, "0031_push_outcomes_by_audience"),
+    migration!(32, "0032_event_edges_by_prev"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside
