@@ -13,9 +13,11 @@ use super::{NewEvent, StateMap, Store, StoreResult, Stream, q, state::MAX_DELTA_
 const OLDEST_LOOKED_AT: i64 = 50;
 
 /// The lowest topological position among the DAG events that name `$1` as a prev event, read
-/// through `event_edges_by_prev` (without it, every edge on the server, per backfilled event).
+/// through `event_edges_by_absent_prev` (without it, every edge on the server, per backfilled
+/// event). `$1` is not in the DAG, so every such edge was stored with `prev_absent`.
 const CHILDREN_LOWEST_TOPO: &str = "SELECT MIN(e.topological_ordering) FROM event_edges d \
-     JOIN events e ON e.event_id = d.event_id WHERE d.prev_event_id = $1 AND e.outlier IN (0, 2)";
+     JOIN events e ON e.event_id = d.event_id \
+     WHERE d.prev_event_id = $1 AND d.prev_absent = 1 AND e.outlier IN (0, 2)";
 
 impl Store {
     /// The prev events of the room's oldest timeline events that are not in the DAG here and
@@ -174,7 +176,66 @@ mod tests {
     use sqlx::Row;
 
     use super::CHILDREN_LOWEST_TOPO;
-    use crate::services::TestServices;
+    use crate::{services::TestServices, store::NewEvent};
+
+    fn dag_event(event_id: &str, depth: i64, prev_events: &[&str]) -> NewEvent {
+        NewEvent {
+            event_id: event_id.into(),
+            room_id: "!hist:remote.test".into(),
+            event_type: "m.room.message".into(),
+            state_key: None,
+            sender: "@a:remote.test".into(),
+            depth,
+            topo: depth,
+            late: false,
+            origin_server_ts: 0,
+            redacts: None,
+            rel_type: None,
+            relates_to: None,
+            relation_key: None,
+            prev_events: prev_events.iter().map(|p| (*p).to_owned()).collect(),
+            membership: None,
+            txn: None,
+            json: "{}".into(),
+        }
+    }
+
+    /// An edge records whether its prev event was in the DAG when it was stored; a prev event
+    /// backfilled later finds its children through those edges and goes below them, whatever
+    /// depth it claims.
+    #[tokio::test]
+    async fn a_backfilled_event_goes_below_the_children_stored_before_it() {
+        let test = TestServices::new().await;
+        let store = &test.svc.store;
+        let topo = |event_id: &'static str| async move {
+            sqlx::query("SELECT topological_ordering FROM events WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_one(&store.pool)
+                .await
+                .unwrap()
+                .get::<i64, _>(0)
+        };
+        let absent = |event_id: &'static str| async move {
+            sqlx::query("SELECT prev_absent FROM event_edges WHERE event_id = $1")
+                .bind(event_id)
+                .fetch_one(&store.pool)
+                .await
+                .unwrap()
+                .get::<i64, _>(0)
+        };
+        // The child first, naming a prev event not here; then one naming the child (here).
+        let child = dag_event("$child", 5, &["$parent"]);
+        assert!(store.insert_backfilled(&child, -10, 0, None, false).await.unwrap());
+        let grandchild = dag_event("$grandchild", 6, &["$child"]);
+        assert!(store.insert_backfilled(&grandchild, -5, 0, None, false).await.unwrap());
+        assert_eq!(absent("$child").await, 1);
+        assert_eq!(absent("$grandchild").await, 0);
+
+        // The parent claims to be far above its child.
+        let parent = dag_event("$parent", 50, &[]);
+        assert!(store.insert_backfilled(&parent, -20, 0, None, false).await.unwrap());
+        assert!(topo("$parent").await < topo("$child").await);
+    }
 
     /// Finding a backfilled event's children reads the edges that name it, not every edge.
     #[tokio::test]
@@ -191,7 +252,7 @@ mod tests {
             .map(|row| row.get::<String, _>(3))
             .collect();
         assert!(
-            plan.iter().any(|step| step.contains("event_edges_by_prev")),
+            plan.iter().any(|step| step.contains("event_edges_by_absent_prev")),
             "{plan:?}"
         );
         assert!(!plan.iter().any(|step| step.starts_with("SCAN d")), "{plan:?}");

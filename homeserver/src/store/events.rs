@@ -379,9 +379,13 @@ impl Store {
         if !event.prev_events.is_empty() {
             // One statement each for all prev_events (numbered from $2; $1 is this event or room).
             let params = (2..event.prev_events.len() + 2).map(|i| format!("${i}"));
-            let edges: Vec<String> = params.clone().map(|p| format!("($1, {p})")).collect();
+            let edges: Vec<String> = params.clone().map(|p| format!("({p})")).collect();
             let sql = format!(
-                "INSERT INTO event_edges (event_id, prev_event_id) VALUES {} ON CONFLICT DO NOTHING",
+                concat!(
+                    "INSERT INTO event_edges (event_id, prev_event_id, prev_absent) SELECT $1, v.column1, ",
+                    prev_absent!("v.column1"),
+                    " FROM (VALUES {}) AS v WHERE true ON CONFLICT DO NOTHING"
+                ),
                 edges.join(", ")
             );
             let mut insert = qs(sql).bind(event.event_id.clone());

@@ -5,6 +5,20 @@
 //! `RETURNING`); integers are `BIGINT`/`i64` everywhere. Migrations differ per backend only where
 //! DDL must (auto-increment keys) and are embedded in the binary.
 
+/// `event_edges.prev_absent` for an edge whose prev event is the SQL expression `$prev`: 1 when
+/// that event is not in the DAG here (absent, or only an outlier). Only such a prev event can
+/// be backfilled later (a DAG event is never removed), so only those edges are indexed by
+/// prev event (`event_edges_by_absent_prev`, for `store/backfill.rs`).
+macro_rules! prev_absent {
+    ($prev:literal) => {
+        concat!(
+            "CASE WHEN EXISTS (SELECT 1 FROM events p WHERE p.event_id = ",
+            $prev,
+            " AND p.outlier IN (0, 2)) THEN 0 ELSE 1 END"
+        )
+    };
+}
+
 mod account_data;
 mod admin;
 mod aliases;
@@ -156,6 +170,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(30, "0030_push_actions_narrow"),
     migration!(31, "0031_push_outcomes_by_audience"),
     migration!(32, "0032_event_edges_by_prev"),
+    migration!(33, "0033_event_edges_absent_prev"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside

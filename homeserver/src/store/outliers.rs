@@ -46,7 +46,11 @@ impl Store {
         event: &NewEvent,
     ) -> StoreResult<()> {
         for prev in &event.prev_events {
-            q("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            q(concat!(
+                "INSERT INTO event_edges (event_id, prev_event_id, prev_absent) VALUES ($1, $2, ",
+                prev_absent!("$2"),
+                ") ON CONFLICT DO NOTHING"
+            ))
                 .bind(event.event_id.clone())
                 .bind(prev.clone())
                 .execute(&mut **tx)
