@@ -11,6 +11,17 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Lower-case hex digits of `bytes` (token hashes, digests as IDs).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
 /// Letters and digits, for device IDs, session IDs, media IDs and room ID localparts.
 pub fn random_string(len: usize) -> String {
     rand::rng()

@@ -27,7 +27,7 @@ use crate::{
     ratelimit::Action,
     services::Services,
     store::UploadedContent,
-    util::now_ms,
+    util::{hex, now_ms},
 };
 
 pub use thumbnail::{Method, ThumbnailRequest};
@@ -224,10 +224,6 @@ async fn place(temp: &Path, target: &Path) -> std::io::Result<()> {
 
 pub fn too_large(max_bytes: u64) -> Error {
     Error::too_large(format!("Upload is larger than the limit of {max_bytes} bytes"))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether `id` may be a media ID: the spec allows only `A-Za-z0-9`, `_` and `-`.

@@ -65,7 +65,7 @@ fn audience_id(sorted_members: &[&str]) -> String {
         hasher.update(member.as_bytes());
     }
     let digest = hasher.finalize();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    crate::util::hex(&digest[..16])
 }
 
 /// One stored outcome: an event's position, room, highlight, thread and actions (`None` for the

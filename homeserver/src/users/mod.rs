@@ -37,10 +37,7 @@ pub fn new_refresh_token() -> String {
 
 /// What is stored for a token: its SHA-256, hex.
 pub fn hash_token(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::util::hex(&Sha256::digest(token.as_bytes()))
 }
 
 /// Password hashes computed at once. Each argon2id hash holds 19 MiB while it runs; unbounded,

@@ -47,7 +47,7 @@ impl Operation {
             .chain_update(key.as_bytes())
             .chain_update(canonical.as_bytes())
             .finalize();
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::util::hex(&digest);
         Self(format!("{method} {path} {hex}"))
     }
 }
