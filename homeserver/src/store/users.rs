@@ -317,6 +317,12 @@ impl Store {
         Ok(())
     }
 
+    /// How many times tokens were deleted by this process: an answer about a token read while
+    /// this has not moved still stands (see [`crate::users::HeldToken`]).
+    pub fn tokens_generation(&self) -> u64 {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).generation
+    }
+
     /// Forgets every cached token owner (after tokens were deleted).
     fn forget_tokens(&self) {
         let mut cache = self.tokens.lock().unwrap_or_else(|e| e.into_inner());

@@ -247,7 +247,6 @@ fn refresh_refused(message: &str, soft_logout: bool) -> Error {
 /// How stale a device's stored last-seen time may get before a request refreshes it.
 const LAST_SEEN_RESOLUTION_MS: i64 = 60_000;
 
-/// Records that a device made a request, writing to the database at most once a minute.
 /// Who an access token belongs to.
 #[derive(Clone)]
 pub struct Session {
@@ -260,6 +259,11 @@ pub struct Session {
 /// Unknown: `M_UNKNOWN_TOKEN`; expired: the same with `soft_logout` (the client may refresh or
 /// log in again).
 pub async fn authenticate(svc: &Services, token: &str, ip: Option<&str>) -> Result<Session> {
+    Ok(authenticate_until(svc, token, ip).await?.0)
+}
+
+/// [`authenticate`], with when the token stops working (`None`: never).
+async fn authenticate_until(svc: &Services, token: &str, ip: Option<&str>) -> Result<(Session, Option<i64>)> {
     let token_hash = hash_token(token);
     let now = now_ms();
     let owner = svc
@@ -272,11 +276,59 @@ pub async fn authenticate(svc: &Services, token: &str, ip: Option<&str>) -> Resu
     }
     let user_id = UserId::parse(owner.user_id).map_err(Error::internal)?;
     record_last_seen(svc, &user_id, &owner.device_id, ip).await?;
-    Ok(Session {
+    let session = Session {
         user_id,
         device_id: owner.device_id,
         token_hash,
-    })
+    };
+    Ok((session, owner.expires_ts))
+}
+
+/// The access token of a held connection (a WebSocket stream), checked again before each
+/// thing it delivers. The full check ([`authenticate`]: hash, owner, last seen) runs only when
+/// its answer could have changed: a token was deleted since (the store's token generation
+/// moved: logout, deactivation, refresh), the token's expiry has come, or the device's last-seen
+/// time is due for a refresh ([`HeldToken::unchanged`]); otherwise the last answer stands.
+pub struct HeldToken {
+    token: String,
+    generation: u64,
+    expires_ts: Option<i64>,
+    checked_at: i64,
+}
+
+impl HeldToken {
+    /// Authenticates `token` (as [`authenticate`]) and keeps it for [`HeldToken::check`].
+    pub async fn authenticate(svc: &Services, token: String, ip: Option<&str>) -> Result<(Self, Session)> {
+        // Read before the check: a deletion during it moves the generation past this one.
+        let generation = svc.store.tokens_generation();
+        let (session, expires_ts) = authenticate_until(svc, &token, ip).await?;
+        let held = Self {
+            token,
+            generation,
+            expires_ts,
+            checked_at: now_ms(),
+        };
+        Ok((held, session))
+    }
+
+    /// Whether the last check's answer still stands: nothing that could change it happened.
+    pub fn unchanged(&self, svc: &Services) -> bool {
+        let now = now_ms();
+        svc.store.tokens_generation() == self.generation
+            && self.expires_ts.is_none_or(|at| at > now)
+            && now - self.checked_at < LAST_SEEN_RESOLUTION_MS
+    }
+
+    /// Checks the token again in full: the errors of [`authenticate`].
+    pub async fn check(&mut self, svc: &Services, ip: Option<&str>) -> Result<()> {
+        let now = now_ms();
+        let generation = svc.store.tokens_generation();
+        let (_, expires_ts) = authenticate_until(svc, &self.token, ip).await?;
+        self.generation = generation;
+        self.expires_ts = expires_ts;
+        self.checked_at = now;
+        Ok(())
+    }
 }
 
 pub async fn record_last_seen(
@@ -330,6 +382,31 @@ mod tests {
         let (refresh, access) = (new_refresh_token(), new_access_token());
         assert!(refresh.starts_with("hthr_") && access.starts_with("hth_"));
         assert_ne!(hash_token(&refresh), hash_token(&access));
+    }
+
+    /// A held token is checked in full again only after tokens were deleted, and a deletion
+    /// of its own is then refused.
+    #[tokio::test]
+    async fn a_held_token_is_checked_again_after_any_token_is_deleted() {
+        let test = crate::services::TestServices::new().await;
+        let svc = &test.svc;
+        let alice = ruma::user_id!("@alice:hearth.test");
+        svc.store.create_user(alice.as_str(), None, "alice", now_ms()).await.unwrap();
+        let phone = login_device(svc, alice, Some("PHONE"), None, false).await.unwrap();
+        login_device(svc, alice, Some("LAPTOP"), None, false).await.unwrap();
+        let (mut held, session) = HeldToken::authenticate(svc, phone.access_token, None).await.unwrap();
+        assert_eq!(session.device_id, "PHONE");
+        assert!(held.unchanged(svc));
+
+        account::logout(svc, alice, "LAPTOP").await.unwrap();
+        assert!(!held.unchanged(svc), "a deletion may have been this token's");
+        held.check(svc, None).await.expect("still valid");
+        assert!(held.unchanged(svc));
+
+        account::logout(svc, alice, "PHONE").await.unwrap();
+        assert!(!held.unchanged(svc));
+        let refused = held.check(svc, None).await.expect_err("logged out");
+        assert_eq!(refused.errcode(), "M_UNKNOWN_TOKEN");
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::{
     services::Services,
     stream::StreamToken,
     sync::{SyncRequest, stream_filter, sync_step_with},
-    users::{Session, authenticate, presence::mark_active},
+    users::{HeldToken, Session, presence::mark_active},
     util::Slot,
 };
 
@@ -66,7 +66,7 @@ pub struct StreamQuery {
 
 /// An authenticated stream: who, with which token, filter and stream slot.
 struct Authed {
-    token: String,
+    token: HeldToken,
     session: Session,
     filter: std::sync::Arc<Filter>,
     _slot: Slot,
@@ -112,7 +112,7 @@ async fn authenticate_stream(
     ip: Option<&str>,
     filter: Option<&str>,
 ) -> crate::error::Result<Authed> {
-    let session = authenticate(svc, &token, ip).await?;
+    let (token, session) = HeldToken::authenticate(svc, token, ip).await?;
     let filter = stream_filter(svc, &session.user_id, filter).await?;
     let slot = svc
         .streams
@@ -193,7 +193,7 @@ impl Connection {
     /// an incremental `/sync` from the previous frame's `next_batch` returns.
     async fn produce(self, authed: Authed, outbox: Outbox) {
         let Authed {
-            token,
+            mut token,
             session,
             filter,
             _slot,
@@ -222,7 +222,9 @@ impl Connection {
             };
             // A token revoked (logout, deactivation) or expired since the last step ends the
             // stream.
-            if let Err(e) = Box::pin(authenticate(&self.svc, &token, self.ip.as_deref())).await {
+            if !token.unchanged(&self.svc)
+                && let Err(e) = Box::pin(token.check(&self.svc, self.ip.as_deref())).await
+            {
                 return outbox.stop(stop_for(e));
             }
             let next = match StreamToken::parse(&answer.next_batch) {
