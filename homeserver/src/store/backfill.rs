@@ -224,16 +224,19 @@ mod tests {
                 .get::<i64, _>(0)
         };
         // The child first, naming a prev event not here; then one naming the child (here).
-        let child = dag_event("$child", 5, &["$parent"]);
-        assert!(store.insert_backfilled(&child, -10, 0, None, false).await.unwrap());
-        let grandchild = dag_event("$grandchild", 6, &["$child"]);
-        assert!(store.insert_backfilled(&grandchild, -5, 0, None, false).await.unwrap());
+        // The parent last, claiming to be far above its child.
+        let events = [
+            (dag_event("$child", 5, &["$parent"]), -10),
+            (dag_event("$grandchild", 6, &["$child"]), -5),
+            (dag_event("$parent", 50, &[]), -20),
+        ];
+        for (event, position) in &events {
+            let stored = store.insert_backfilled(event, *position, 0, None, false);
+            assert!(stored.await.unwrap());
+        }
+        // As they were when stored: the child's prev event was not here, the grandchild's was.
         assert_eq!(absent("$child").await, 1);
         assert_eq!(absent("$grandchild").await, 0);
-
-        // The parent claims to be far above its child.
-        let parent = dag_event("$parent", 50, &[]);
-        assert!(store.insert_backfilled(&parent, -20, 0, None, false).await.unwrap());
         assert!(topo("$parent").await < topo("$child").await);
     }
 
@@ -252,7 +255,8 @@ mod tests {
             .map(|row| row.get::<String, _>(3))
             .collect();
         assert!(
-            plan.iter().any(|step| step.contains("event_edges_by_absent_prev")),
+            plan.iter()
+                .any(|step| step.contains("event_edges_by_absent_prev")),
             "{plan:?}"
         );
         assert!(!plan.iter().any(|step| step.starts_with("SCAN d")), "{plan:?}");

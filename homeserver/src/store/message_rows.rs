@@ -17,21 +17,24 @@ use super::{Appending, Placed, StoreError, StoreResult, q};
 /// $1 events, $2 edges, $3 extremities replaced, $4 extremities added, $5 transactions; the
 /// answer is `[[event_id, stream_ordering], …]`. Events go in in array order (`ORDER BY key`),
 /// so their stream positions follow the batch's order.
-const SQL: &str = concat!("\
+const SQL: &str = concat!(
+    "\
 INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, redacts, \
  rel_type, relates_to, relation_key, state_group, txn_device_id, txn_id, json, topological_ordering, late) \
  SELECT value ->> 0, value ->> 1, value ->> 2, NULL, value ->> 3, value ->> 4, value ->> 5, value ->> 6, \
  value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, value ->> 12, value ->> 13, \
  value ->> 14, value ->> 15 FROM json_each($1) WHERE true ORDER BY key;\
 INSERT INTO event_edges (event_id, prev_event_id, prev_absent) SELECT value ->> 0, value ->> 1, ",
-prev_absent!("value ->> 1"), " FROM json_each($2) WHERE true ON CONFLICT DO NOTHING;\
+    prev_absent!("value ->> 1"),
+    " FROM json_each($2) WHERE true ON CONFLICT DO NOTHING;\
 DELETE FROM forward_extremities WHERE (room_id, event_id) IN \
  (SELECT value ->> 0, value ->> 1 FROM json_each($3));\
 INSERT INTO forward_extremities (room_id, event_id) SELECT value ->> 0, value ->> 1 FROM json_each($4);\
 INSERT INTO transaction_ids (user_id, device_id, txn_id, event_id, created_ts) \
  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each($5);\
 SELECT json_group_array(json_array(event_id, stream_ordering)) FROM events \
- WHERE event_id IN (SELECT value ->> 0 FROM json_each($1))");
+ WHERE event_id IN (SELECT value ->> 0 FROM json_each($1))"
+);
 
 /// An event's row as `$1` carries it, in the order the query reads it.
 type EventColumns<'a> = (

@@ -51,10 +51,10 @@ impl Store {
                 prev_absent!("$2"),
                 ") ON CONFLICT DO NOTHING"
             ))
-                .bind(event.event_id.clone())
-                .bind(prev.clone())
-                .execute(&mut **tx)
-                .await?;
+            .bind(event.event_id.clone())
+            .bind(prev.clone())
+            .execute(&mut **tx)
+            .await?;
         }
         Ok(())
     }

@@ -331,6 +331,7 @@ impl HeldToken {
     }
 }
 
+/// Records that a device made a request, writing to the database at most once a minute.
 pub async fn record_last_seen(
     svc: &Services,
     user_id_typed: &UserId,
@@ -391,10 +392,19 @@ mod tests {
         let test = crate::services::TestServices::new().await;
         let svc = &test.svc;
         let alice = ruma::user_id!("@alice:hearth.test");
-        svc.store.create_user(alice.as_str(), None, "alice", now_ms()).await.unwrap();
-        let phone = login_device(svc, alice, Some("PHONE"), None, false).await.unwrap();
-        login_device(svc, alice, Some("LAPTOP"), None, false).await.unwrap();
-        let (mut held, session) = HeldToken::authenticate(svc, phone.access_token, None).await.unwrap();
+        svc.store
+            .create_user(alice.as_str(), None, "alice", now_ms())
+            .await
+            .unwrap();
+        let phone = login_device(svc, alice, Some("PHONE"), None, false)
+            .await
+            .unwrap();
+        login_device(svc, alice, Some("LAPTOP"), None, false)
+            .await
+            .unwrap();
+        let (mut held, session) = HeldToken::authenticate(svc, phone.access_token, None)
+            .await
+            .unwrap();
         assert_eq!(session.device_id, "PHONE");
         assert!(held.unchanged(svc));
 
