@@ -194,6 +194,11 @@ pub async fn run(ctx: &Ctx, args: &ConnectionsArgs, report: &mut Report) -> Resu
                         let latency = now.saturating_sub(sent_at) as f64 / 1000.0;
                         state.lock().expect("state").latencies_ms.push(latency);
                         delivered.fetch_add(1, Ordering::Relaxed);
+                        // The stream stays open, as a client keeps it (and as a long-poll's
+                        // connection stays in its client's pool): closing it here would put
+                        // the server's teardown of each connection inside the fan-out being
+                        // measured. The scenario aborts the task at its end.
+                        while stream.next_digest(&run_id).await.is_ok() {}
                         return;
                     }
                     early.fetch_add(1, Ordering::Relaxed);
