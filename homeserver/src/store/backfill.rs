@@ -180,23 +180,10 @@ mod tests {
 
     fn dag_event(event_id: &str, depth: i64, prev_events: &[&str]) -> NewEvent {
         NewEvent {
-            event_id: event_id.into(),
-            room_id: "!hist:remote.test".into(),
-            event_type: "m.room.message".into(),
-            state_key: None,
-            sender: "@a:remote.test".into(),
             depth,
             topo: depth,
-            late: false,
-            origin_server_ts: 0,
-            redacts: None,
-            rel_type: None,
-            relates_to: None,
-            relation_key: None,
             prev_events: prev_events.iter().map(|p| (*p).to_owned()).collect(),
-            membership: None,
-            txn: None,
-            json: "{}".into(),
+            ..NewEvent::test_message("!hist:remote.test", event_id)
         }
     }
 
@@ -207,21 +194,26 @@ mod tests {
     async fn a_backfilled_event_goes_below_the_children_stored_before_it() {
         let test = TestServices::new().await;
         let store = &test.svc.store;
-        let topo = |event_id: &'static str| async move {
-            sqlx::query("SELECT topological_ordering FROM events WHERE event_id = $1")
+        // One number about an event.
+        let read = |sql: &'static str, event_id: &'static str| async move {
+            sqlx::query(sql)
                 .bind(event_id)
                 .fetch_one(&store.pool)
                 .await
                 .unwrap()
                 .get::<i64, _>(0)
         };
-        let absent = |event_id: &'static str| async move {
-            sqlx::query("SELECT prev_absent FROM event_edges WHERE event_id = $1")
-                .bind(event_id)
-                .fetch_one(&store.pool)
-                .await
-                .unwrap()
-                .get::<i64, _>(0)
+        let topo = |event_id| {
+            read(
+                "SELECT topological_ordering FROM events WHERE event_id = $1",
+                event_id,
+            )
+        };
+        let absent = |event_id| {
+            read(
+                "SELECT prev_absent FROM event_edges WHERE event_id = $1",
+                event_id,
+            )
         };
         // The child first, naming a prev event not here; then one naming the child (here).
         // The parent last, claiming to be far above its child.

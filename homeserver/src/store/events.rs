@@ -35,6 +35,33 @@ pub struct NewEvent {
     pub json: String,
 }
 
+#[cfg(test)]
+impl NewEvent {
+    /// A plain `m.room.message` from `@a:hs` at depth 1 with no prev events, for tests that
+    /// need an event's columns.
+    pub(crate) fn test_message(room_id: &str, event_id: &str) -> Self {
+        Self {
+            event_id: event_id.into(),
+            room_id: room_id.into(),
+            event_type: "m.room.message".into(),
+            state_key: None,
+            sender: "@a:hs".into(),
+            depth: 1,
+            topo: 1,
+            late: false,
+            origin_server_ts: 0,
+            redacts: None,
+            rel_type: None,
+            relates_to: None,
+            relation_key: None,
+            prev_events: Vec::new(),
+            membership: None,
+            txn: None,
+            json: "{}".into(),
+        }
+    }
+}
+
 /// A client transaction: its ID is scoped to one device and one request path.
 #[derive(Debug, Clone)]
 pub struct Txn {

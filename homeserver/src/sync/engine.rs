@@ -363,25 +363,7 @@ mod tests {
     #[test]
     fn appended_rooms_move_and_others_stay_quiet() {
         let engine = started(10);
-        let event = |id: &str| NewEvent {
-            event_id: id.into(),
-            room_id: "!a:hs".into(),
-            event_type: "m.room.message".into(),
-            state_key: None,
-            sender: "@u:hs".into(),
-            depth: 1,
-            topo: 1,
-            late: false,
-            origin_server_ts: 0,
-            redacts: None,
-            rel_type: None,
-            relates_to: None,
-            relation_key: None,
-            prev_events: Vec::new(),
-            membership: None,
-            txn: None,
-            json: "{}".into(),
-        };
+        let event = |id: &str| NewEvent::test_message("!a:hs", id);
         let (one, two) = (event("$1"), event("$2"));
         engine.appended([(&one, 11, 1), (&two, 12, 1)], "hs");
         assert_eq!(engine.events_position(), 12);

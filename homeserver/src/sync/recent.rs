@@ -212,25 +212,7 @@ mod tests {
     use super::*;
 
     fn message(room: &str, id: &str) -> NewEvent {
-        NewEvent {
-            event_id: id.into(),
-            room_id: room.into(),
-            event_type: "m.room.message".into(),
-            state_key: None,
-            sender: "@a:hs".into(),
-            depth: 1,
-            topo: 1,
-            late: false,
-            origin_server_ts: 0,
-            redacts: None,
-            rel_type: None,
-            relates_to: None,
-            relation_key: None,
-            prev_events: Vec::new(),
-            membership: None,
-            txn: None,
-            json: "{}".into(),
-        }
+        NewEvent::test_message(room, id)
     }
 
     fn ids(rows: Option<Vec<EventRow>>) -> Option<Vec<String>> {
