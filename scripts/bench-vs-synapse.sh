@@ -32,7 +32,8 @@
 #   connections   min(50,000, open-file hard limit - 1,000) long-polls, 100 per user (so only a
 #                 few hundred registrations; one initial /sync per user, each long-poll on its own
 #                 TCP connection), over 127.0.0.x source addresses (one per 10,000), 10 s hold,
-#                 60 s for the fan-out of one message. Each long-poll is a socket in the server and
+#                 60 s for the fan-out of one message (a client that has it keeps its connection,
+#                 as a real one does, until every client has it). Each long-poll is a socket in the server and
 #                 in the benchmark, so the per-process open-file hard limit (`ulimit -Hn`: 20,000
 #                 on the 2-core reference machine, which cannot raise it: no CAP_SYS_RESOURCE)
 #                 caps it at 19,000; the table then says "not measured" and gives the RSS per
