@@ -88,6 +88,9 @@ pub fn is_user_of(user_id: &str, server_name: &str) -> bool {
 /// member and event).
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The set of [`FastMap`].
+pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
 #[cfg(test)]
 mod tests {
     use super::{Slots, is_user_of};

@@ -204,7 +204,7 @@ pub async fn sync_step_with(
     };
     let (mut baseline, mut last_mark) = match continued {
         Some(kept) => {
-            waiter.watch(kept.base.interest.iter().cloned());
+            waiter.watch(&kept.base.interest);
             (Some(kept.base), Some(kept.mark))
         }
         None => (None, None),
@@ -309,7 +309,7 @@ pub async fn sync_step_with(
         }
         drop(leader);
         if full && let Some(base) = &baseline {
-            waiter.watch(base.interest.iter().cloned());
+            waiter.watch(&base.interest);
             // Found nothing since `since`: an identical request of the device (another tab, a
             // retry) continues from here instead of computing in full, and shares this
             // baseline.

@@ -12,7 +12,7 @@
 //! (through Redis pub/sub: a subscriber task feeds [`Waiters::wake`]).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::{
         Arc, Mutex, Weak,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -26,6 +26,7 @@ use crate::{
     rooms::listener::{AppendListener, ListenerFuture},
     services::Services,
     store::{Appending, NewEvent, Placed},
+    util::{FastMap, FastSet},
 };
 
 /// How long a burst of notifications gathers before the waiters it concerns are woken, so that
@@ -133,14 +134,14 @@ struct Table {
     /// Per key: position of its last notification, and its waiters. A key stays after its
     /// waiters leave (a waiter registering later must see that it moved); one entry per room
     /// and user the server has notified.
-    keys: HashMap<Arc<str>, Key>,
+    keys: FastMap<Arc<str>, Key>,
     next_waiter: u64,
 }
 
 #[derive(Default)]
 struct Key {
     last: u64,
-    waiters: HashMap<u64, Weak<Shared>>,
+    waiters: FastMap<u64, Weak<Shared>>,
 }
 
 /// What a notification writes into a waiter.
@@ -228,7 +229,7 @@ pub struct Subscription {
     waiters: Arc<Waiters>,
     id: u64,
     shared: Arc<Shared>,
-    keys: HashSet<Arc<str>>,
+    keys: FastSet<Arc<str>>,
 }
 
 impl Subscription {
@@ -246,7 +247,7 @@ impl Subscription {
                 notify: Notify::new(),
                 queued: AtomicBool::new(false),
             }),
-            keys: HashSet::new(),
+            keys: FastSet::default(),
         }
     }
 
@@ -262,11 +263,13 @@ impl Subscription {
 
     /// Sets the keys this waiter cares about. A key that moved earlier counts as moved (see
     /// [`Self::moved_since`]).
-    pub fn watch(&mut self, keys: impl IntoIterator<Item = String>) {
-        let wanted: HashSet<Arc<str>> = keys.into_iter().map(Arc::from).collect();
-        if wanted == self.keys {
+    pub fn watch(&mut self, keys: &HashSet<String>) {
+        // The keys of the last step, almost always: compared in place (both are sets, so equal
+        // sizes and one inside the other is equality), nothing allocated, no lock taken.
+        if keys.len() == self.keys.len() && keys.iter().all(|key| self.keys.contains(key.as_str())) {
             return;
         }
+        let wanted: FastSet<Arc<str>> = keys.iter().map(|key| Arc::from(key.as_str())).collect();
         let mut table = self.waiters.inner.lock().unwrap_or_else(|e| e.into_inner());
         for gone in self.keys.difference(&wanted) {
             if let Some(entry) = table.keys.get_mut(gone) {
@@ -401,7 +404,8 @@ fn notification_keys<'a>(events: impl IntoIterator<Item = &'a NewEvent>) -> Vec<
 mod tests {
     use super::*;
 
-    fn keys(list: &[&str]) -> Vec<String> {
+    /// Keys as a waiter watches them (a set) or a notification carries them (a list).
+    fn keys<C: FromIterator<String>>(list: &[&str]) -> C {
         list.iter().map(|k| k.to_string()).collect()
     }
 
@@ -414,7 +418,7 @@ mod tests {
         let notifier = LocalNotifier::default();
         let mut x = notifier.subscribe();
         let mark = x.mark();
-        x.watch(keys(&["!x:hs", "@alice:hs"]));
+        x.watch(&keys(&["!x:hs", "@alice:hs"]));
         notifier.notify(keys(&["!y:hs"]));
         notifier.notify(keys(&["@bob:hs"]));
         assert!(!x.wait(mark, soon()).await);
@@ -429,7 +433,7 @@ mod tests {
     async fn a_burst_wakes_a_waiter_once() {
         let notifier = LocalNotifier::default();
         let mut x = notifier.subscribe();
-        x.watch(keys(&["!x:hs", "@alice:hs"]));
+        x.watch(&keys(&["!x:hs", "@alice:hs"]));
         let mark = x.mark();
         // One notification naming both keys wakes once.
         notifier.notify(keys(&["!x:hs", "@alice:hs"]));
@@ -444,7 +448,7 @@ mod tests {
     async fn a_burst_is_gathered_once_and_wakes_each_waiter_once() {
         let notifier = LocalNotifier::default();
         let mut x = notifier.subscribe();
-        x.watch(keys(&["!x:hs"]));
+        x.watch(&keys(&["!x:hs"]));
         let mark = x.mark();
         let waiting = tokio::spawn(async move {
             let start = Instant::now();
@@ -472,13 +476,13 @@ mod tests {
     async fn a_waiter_kept_across_steps_hears_only_what_is_new() {
         let notifier = LocalNotifier::default();
         let mut x = notifier.subscribe();
-        x.watch(keys(&["!x:hs"]));
+        x.watch(&keys(&["!x:hs"]));
         let mark = x.mark();
         notifier.notify(keys(&["!x:hs"]));
         assert!(x.wait(mark, soon()).await);
         // The next step, same waiter: the permit the burst left is not a change...
         let mark = x.mark();
-        x.watch(keys(&["!x:hs"]));
+        x.watch(&keys(&["!x:hs"]));
         assert!(!x.wait(mark, soon()).await);
         // ...and what comes next is heard.
         notifier.notify(keys(&["!x:hs"]));
@@ -492,13 +496,13 @@ mod tests {
         // The sync read its positions at `mark`; the event lands before it registers.
         let mark = x.mark();
         notifier.notify(keys(&["!x:hs"]));
-        x.watch(keys(&["!x:hs"]));
+        x.watch(&keys(&["!x:hs"]));
         assert!(x.moved_since(mark));
         assert!(x.wait(mark, soon()).await);
         // But not a move older than the mark.
         let mut late = notifier.subscribe();
         let mark = late.mark();
-        late.watch(keys(&["!x:hs"]));
+        late.watch(&keys(&["!x:hs"]));
         assert!(!late.moved_since(mark));
     }
 
@@ -506,7 +510,7 @@ mod tests {
     async fn a_slow_waiter_loses_nothing() {
         let notifier = LocalNotifier::default();
         let mut x = notifier.subscribe();
-        x.watch(keys(&["!x:hs"]));
+        x.watch(&keys(&["!x:hs"]));
         let mark = x.mark();
         // Many notifications while the waiter is busy elsewhere: no queue to overflow.
         for _ in 0..100_000 {
@@ -519,7 +523,7 @@ mod tests {
     async fn a_waiter_learns_which_keys_moved() {
         let notifier = LocalNotifier::default();
         let mut x = notifier.subscribe();
-        x.watch(keys(&["!x:hs", "!y:hs", "@alice:hs"]));
+        x.watch(&keys(&["!x:hs", "!y:hs", "@alice:hs"]));
         let mark = x.mark();
         notifier.notify_at(keys(&["!y:hs", "!z:hs"]), Covered::events(7));
         assert_eq!(x.moved_keys(mark), (keys(&["!y:hs"]), Covered::events(7)));
@@ -531,7 +535,7 @@ mod tests {
     async fn the_positions_read_with_the_keys_are_those_notified() {
         let notifier = LocalNotifier::default();
         let mut x = notifier.subscribe();
-        x.watch(keys(&["!x:hs"]));
+        x.watch(&keys(&["!x:hs"]));
         let mark = x.mark();
         notifier.notify_at(keys(&["!x:hs"]), Covered::events(10));
         notifier.notify_at(keys(&["!y:hs"]), Covered::receipts(4));
@@ -539,7 +543,7 @@ mod tests {
         // Notifications without positions (account data, to-device...) move none of them.
         notifier.notify(keys(&["@alice:hs"]));
         let (moved, covered) = x.moved_keys(mark);
-        assert_eq!(moved, keys(&["!x:hs"]));
+        assert_eq!(moved, keys::<Vec<String>>(&["!x:hs"]));
         assert_eq!(
             covered,
             Covered {
@@ -554,7 +558,7 @@ mod tests {
     async fn dropped_waiters_are_forgotten() {
         let notifier = LocalNotifier::default();
         let mut x = notifier.subscribe();
-        x.watch(keys(&["!x:hs"]));
+        x.watch(&keys(&["!x:hs"]));
         drop(x);
         notifier.notify(keys(&["!x:hs"]));
         assert_eq!(notifier.wakeups(), 0);
