@@ -4,7 +4,7 @@
 //! request, then answers with what it found and a position to continue from — a filter or a
 //! history that matches nothing costs the server little (the spec lets a page be short).
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use ruma::{
     EventId, RoomId,
@@ -45,7 +45,8 @@ const PAGE: usize = 200;
 #[derive(Debug)]
 pub struct Scanned<K = i64> {
     /// The kept events, in scan order (newest first when scanning backwards).
-    pub rows: Vec<EventRow>,
+    /// Shared: rows from the sync engine's rings are the ring's own, not copies.
+    pub rows: Vec<Arc<EventRow>>,
     /// The scan stopped before the end of its range: more events may match.
     pub more: bool,
     /// Where a next scan in the same direction continues: backwards, the events at or before
@@ -173,18 +174,22 @@ async fn scan_in(
                         .recent_events(room_id, (from.stream, to.stream), page, direction)
                     {
                         Some(rows) => rows,
-                        None => {
-                            svc.store
-                                .room_events(room_id, from.stream, to.stream, page as i64, direction)
-                                .await?
-                        }
+                        None => svc
+                            .store
+                            .room_events(room_id, from.stream, to.stream, page as i64, direction)
+                            .await?
+                            .into_iter()
+                            .map(Arc::new)
+                            .collect(),
                     }
                 }
-                Order::Topo => {
-                    svc.store
-                        .room_events_topo(room_id, from, to, page as i64, direction)
-                        .await?
-                }
+                Order::Topo => svc
+                    .store
+                    .room_events_topo(room_id, from, to, page as i64, direction)
+                    .await?
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect(),
             };
             let exhausted = rows.len() < page;
             // `related_by_*`: which events of the page have such children, in one query.
@@ -266,7 +271,7 @@ pub struct MessagesRequest {
 pub struct Messages {
     pub start: PageToken,
     pub end: Option<PageToken>,
-    pub chunk: Vec<EventRow>,
+    pub chunk: Vec<Arc<EventRow>>,
     pub state: Vec<EventRow>,
     /// The viewer's access, for the bundled aggregations.
     pub access: RoomAccess,
@@ -345,7 +350,7 @@ async fn members_of_senders(
     svc: &Services,
     room_id: &RoomId,
     access: &RoomAccess,
-    rows: &[EventRow],
+    rows: &[Arc<EventRow>],
 ) -> Result<Vec<EventRow>> {
     let senders: std::collections::BTreeSet<(String, String)> = rows
         .iter()
@@ -396,8 +401,8 @@ async fn visible_event(
 pub struct Context {
     pub event: EventRow,
     /// Newest first.
-    pub before: Vec<EventRow>,
-    pub after: Vec<EventRow>,
+    pub before: Vec<Arc<EventRow>>,
+    pub after: Vec<Arc<EventRow>>,
     pub start: PageToken,
     pub end: PageToken,
     pub state: Vec<EventRow>,
@@ -596,9 +601,9 @@ pub async fn context_for_client(
     let context = context(svc, &req.room_id, viewer.user_id, &req.event_id, limit).await?;
     let version = &room.row.room_version;
     // One bundle query for the event and those around it.
-    let mut rows = vec![context.event.clone()];
-    rows.extend(context.before.iter().cloned());
-    rows.extend(context.after.iter().cloned());
+    let mut rows = vec![&context.event];
+    rows.extend(context.before.iter().map(|row| &**row));
+    rows.extend(context.after.iter().map(|row| &**row));
     let mut formatted = format_with_bundles(svc, viewer, &context.access, version, &rows).await?;
     let events_after = formatted.split_off(1 + context.before.len());
     let events_before = formatted.split_off(1);

@@ -17,7 +17,10 @@
 //!   bundled. Only children the viewer may see (`RoomAccess`) count. State events get none.
 //!   One query for the children of a whole page, one for the threads' latest events.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::{
+    borrow::Borrow,
+    collections::{BTreeSet, HashMap, HashSet},
+};
 
 use ruma::{EventId, RoomId, UserId, room_version_rules::RoomVersionRules};
 use serde::Serialize;
@@ -203,11 +206,7 @@ async fn bundles_one_level(
         .copied()
         .filter(|row| row.state_key.is_none() && rooms.contains_key(&row.room_id))
         // A recent event known to have no children has nothing to bundle (sync/recent.rs).
-        .filter(|row| {
-            recent
-                .get(&row.room_id, row.stream_ordering, &row.event_id)
-                .is_none_or(|cached| !cached.childless())
-        })
+        .filter(|row| recent.get(row).is_none_or(|cached| !cached.childless()))
         .collect();
     let ids: Vec<String> = parents
         .iter()
@@ -295,10 +294,11 @@ pub async fn format_with_bundles(
     viewer: Viewer<'_>,
     access: &RoomAccess,
     version: &str,
-    rows: &[EventRow],
+    rows: &[impl Borrow<EventRow>],
 ) -> Result<Vec<Value>> {
+    let rows: Vec<&EventRow> = rows.iter().map(Borrow::borrow).collect();
     let rules = rooms::rules_of(version)?;
-    let related = Related::fetch(svc, Related::ids_for(rows)).await?;
+    let related = Related::fetch(svc, Related::ids_for(rows.iter().copied())).await?;
     let mut formatted = rows
         .iter()
         .map(|row| format_event(row, &rules, &related, Some(viewer)))
@@ -313,8 +313,7 @@ pub async fn format_with_bundles(
             rules: &rules,
         },
     )]);
-    let refs: Vec<&EventRow> = rows.iter().collect();
-    let mut bundles = bundles(svc, viewer, &rooms, &refs).await?;
+    let mut bundles = bundles(svc, viewer, &rooms, &rows).await?;
     for (row, event) in rows.iter().zip(formatted.iter_mut()) {
         if let Some(bundle) = bundles.remove(&row.event_id) {
             attach(event, bundle);

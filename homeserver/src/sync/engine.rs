@@ -174,7 +174,7 @@ impl SyncEngine {
         (from, to): (i64, i64),
         limit: usize,
         direction: Direction,
-    ) -> Option<Vec<EventRow>> {
+    ) -> Option<Vec<Arc<EventRow>>> {
         if to > self.events_position() {
             return None;
         }
@@ -194,7 +194,7 @@ impl SyncEngine {
         viewer: Viewer<'_>,
     ) -> Result<SyncEvent> {
         let cached = (row.redacted_by.is_none() && row.replaces_state.is_none())
-            .then(|| self.recent.get(&row.room_id, row.stream_ordering, &row.event_id))
+            .then(|| self.recent.get(row))
             .flatten();
         let Some(cached) = cached else {
             super::stats::bump(&self.stats.format_misses);

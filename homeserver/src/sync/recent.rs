@@ -32,7 +32,9 @@ pub const RING_SIZE: usize = 64;
 const MAX_RINGS: usize = 10_000;
 
 pub struct CachedEvent {
-    pub row: EventRow,
+    /// Shared with every scan that reads it: a woken receiver takes a reference, not a copy
+    /// of the event's JSON and IDs.
+    pub row: Arc<EventRow>,
     /// The event as every client sees it, before per-receiver fields; formatted on first use
     /// (None: formatting failed).
     pub formatted: OnceLock<Option<Arc<super::response::SharedEvent>>>,
@@ -97,7 +99,7 @@ impl RecentEvents {
             }
         }
         ring.events.push_back(Arc::new(CachedEvent {
-            row: row_of(event, position, state_group),
+            row: Arc::new(row_of(event, position, state_group)),
             formatted: OnceLock::new(),
             has_children: AtomicBool::new(false),
         }));
@@ -120,7 +122,7 @@ impl RecentEvents {
         (from, to): (i64, i64),
         limit: usize,
         direction: Direction,
-    ) -> Option<Vec<EventRow>> {
+    ) -> Option<Vec<Arc<EventRow>>> {
         let rings = self.rings.read().unwrap_or_else(|e| e.into_inner());
         let ring = rings.get(room_id)?;
         let whole = from >= ring.after;
@@ -150,16 +152,17 @@ impl RecentEvents {
         (whole || rows.len() == limit).then_some(rows)
     }
 
-    /// The cached entry of an event, to format it once for every receiver.
-    pub fn get(&self, room_id: &str, position: i64, event_id: &str) -> Option<Arc<CachedEvent>> {
+    /// The cached entry of an event, to format it once for every receiver. A row read from
+    /// the ring is the ring's own (the common case: no IDs compared).
+    pub fn get(&self, row: &EventRow) -> Option<Arc<CachedEvent>> {
         let rings = self.rings.read().unwrap_or_else(|e| e.into_inner());
-        let ring = rings.get(room_id)?;
+        let ring = rings.get(row.room_id.as_str())?;
         let index = ring
             .events
-            .binary_search_by_key(&position, |e| e.row.stream_ordering)
+            .binary_search_by_key(&row.stream_ordering, |e| e.row.stream_ordering)
             .ok()?;
         let cached = &ring.events[index];
-        (cached.row.event_id == event_id).then(|| cached.clone())
+        (std::ptr::eq(&*cached.row, row) || cached.row.event_id == row.event_id).then(|| cached.clone())
     }
 }
 
@@ -215,8 +218,8 @@ mod tests {
         NewEvent::test_message(room, id)
     }
 
-    fn ids(rows: Option<Vec<EventRow>>) -> Option<Vec<String>> {
-        rows.map(|rows| rows.into_iter().map(|r| r.event_id).collect())
+    fn ids(rows: Option<Vec<Arc<EventRow>>>) -> Option<Vec<String>> {
+        rows.map(|rows| rows.iter().map(|r| r.event_id.clone()).collect())
     }
 
     #[test]
@@ -264,7 +267,7 @@ mod tests {
         redaction.event_type = "m.room.redaction".into();
         redaction.redacts = Some("$1".into());
         recent.appended(&redaction, 12, 1, Some(11), true);
-        assert!(recent.get("!r:hs", 11, "$1").is_none());
+        assert!(recent.get(&row("!r:hs", "$1", 11)).is_none());
         assert_eq!(
             ids(recent.room_events("!r:hs", (5, 12), 10, Direction::Forwards)),
             None
@@ -281,6 +284,25 @@ mod tests {
         );
     }
 
+    /// A row as the database would read it back: equal to the ring's, not the ring's own.
+    fn row(room_id: &str, event_id: &str, position: i64) -> EventRow {
+        row_of(&message(room_id, event_id), position, 1)
+    }
+
+    #[test]
+    fn a_cached_event_is_found_by_its_ring_row_or_an_equal_one_only() {
+        let recent = RecentEvents::default();
+        recent.appended(&message("!r:hs", "$1"), 11, 1, Some(5), true);
+        let from_ring = recent
+            .room_events("!r:hs", (5, 11), 10, Direction::Forwards)
+            .expect("the ring holds the range");
+        assert!(recent.get(&from_ring[0]).is_some());
+        assert!(recent.get(&row("!r:hs", "$1", 11)).is_some());
+        // Same place, another event (a row from before a restart): not this entry.
+        assert!(recent.get(&row("!r:hs", "$other", 11)).is_none());
+        assert!(recent.get(&row("!other:hs", "$1", 11)).is_none());
+    }
+
     #[test]
     fn a_full_ring_forgets_its_oldest() {
         let recent = RecentEvents::default();
@@ -293,8 +315,8 @@ mod tests {
                 true,
             );
         }
-        assert!(recent.get("!r:hs", 100, "$0").is_none());
-        assert!(recent.get("!r:hs", 103, "$3").is_some());
+        assert!(recent.get(&row("!r:hs", "$0", 100)).is_none());
+        assert!(recent.get(&row("!r:hs", "$3", 103)).is_some());
         assert_eq!(
             ids(recent.room_events("!r:hs", (99, 200), 1, Direction::Forwards)),
             None

@@ -58,7 +58,8 @@ pub(super) struct Ask<'a> {
 /// A room that changed: its timeline and the state the client is to be given.
 struct Plan {
     version: String,
-    timeline: Vec<EventRow>,
+    /// Shared with the sync engine's rings when read from them.
+    timeline: Vec<Arc<EventRow>>,
     limited: bool,
     /// Stream position of the first timeline event (one past the window when it is empty).
     start: i64,
@@ -87,7 +88,7 @@ pub(super) async fn sections(
         plans
             .iter()
             .flatten()
-            .flat_map(|p| p.timeline.iter().chain(p.state.iter())),
+            .flat_map(|p| p.timeline.iter().map(|row| &**row).chain(p.state.iter())),
     );
     let related = Related::fetch(svc, related_ids).await?;
     let bundles = timeline_bundles(svc, ask, wanted, &plans).await?;
@@ -317,7 +318,10 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Res
             let own = svc
                 .store
                 .room_events(&w.room_id, upto.events - 1, upto.events, 1, Direction::Forwards)
-                .await?;
+                .await?
+                .into_iter()
+                .map(Arc::new)
+                .collect();
             plans.push(Some(Plan {
                 version: room.room_version.clone(),
                 start: upto.events,
@@ -522,7 +526,7 @@ async fn timeline_bundles(
             && let Some(access) = &plan.access
         {
             rooms.insert(w.room_id.clone(), BundleRoom { access, rules });
-            rows.extend(plan.timeline.iter());
+            rows.extend(plan.timeline.iter().map(|row| &**row));
         }
     }
     relations::bundles(svc, ask.viewer, &rooms, &rows).await
@@ -540,20 +544,19 @@ fn format_section(
     let rules = rules_of(&plan.version)?;
     // Events inside a room's section are in the ClientEventWithoutRoomID format (the engine
     // leaves `room_id` out).
-    let format = |rows: &[EventRow]| -> Result<Vec<SyncEvent>> {
-        rows.iter()
-            .map(|row| {
-                let event = svc.sync_engine.format(row, &rules, related, ask.viewer)?;
-                Ok(match bundles.get(&row.event_id) {
-                    Some(bundle) => {
-                        let mut event = event.into_value();
-                        relations::attach(&mut event, bundle.clone());
-                        SyncEvent::Own(event)
-                    }
-                    None => event,
-                })
+    let format = |rows: &mut dyn Iterator<Item = &EventRow>| -> Result<Vec<SyncEvent>> {
+        rows.map(|row| {
+            let event = svc.sync_engine.format(row, &rules, related, ask.viewer)?;
+            Ok(match bundles.get(&row.event_id) {
+                Some(bundle) => {
+                    let mut event = event.into_value();
+                    relations::attach(&mut event, bundle.clone());
+                    SyncEvent::Own(event)
+                }
+                None => event,
             })
-            .collect()
+        })
+        .collect()
     };
     // No members: unchanged since the token, an empty summary (as Synapse sends).
     let summary = members.map(|(joined, invited)| Summary {
@@ -571,11 +574,11 @@ fn format_section(
     });
     Ok(RoomSection {
         timeline: Timeline {
-            events: format(&plan.timeline)?,
+            events: format(&mut plan.timeline.iter().map(|row| &**row))?,
             limited: plan.limited,
             prev_batch: since.at_events(plan.start - 1).to_string(),
         },
-        state: Events::new(format(&plan.state)?),
+        state: Events::new(format(&mut plan.state.iter())?),
         summary: Some(summary.unwrap_or_default()),
     })
 }
