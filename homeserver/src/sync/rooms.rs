@@ -29,6 +29,7 @@ use crate::{
     services::Services,
     store::{Direction, EventRow, StateMap, SyncRoom},
     stream::StreamToken,
+    util::FastMap,
 };
 
 /// A room whose section the sync may include.
@@ -218,7 +219,8 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Res
         .zip(&moved)
         .map(|(w, moved)| !full(w) && *moved == Some(false))
         .collect();
-    let mut rooms: HashMap<String, SyncRoom> = HashMap::new();
+    // Room IDs are hashed a few times per room per step: the fast hasher (util::FastMap).
+    let mut rooms: FastMap<String, SyncRoom> = FastMap::default();
     let mut ask_db = Vec::new();
     for ((w, quiet), moved) in wanted.iter().zip(&quiet).zip(&moved) {
         if *quiet {
@@ -256,7 +258,7 @@ async fn plan_timelines(svc: &Services, ask: &Ask<'_>, wanted: &[Wanted]) -> Res
         })
         .map(|w| w.room_id.clone())
         .collect();
-    let mut access = HashMap::new();
+    let mut access = FastMap::default();
     let mut to_load = Vec::new();
     for room_id in active {
         let known = ask.known_access.and_then(|(known, at)| {
@@ -507,7 +509,7 @@ async fn timeline_bundles(
     wanted: &[Wanted],
     plans: &[Option<Plan>],
 ) -> Result<HashMap<String, Value>> {
-    let mut rules = HashMap::new();
+    let mut rules = FastMap::default();
     for (w, plan) in wanted.iter().zip(plans) {
         if let Some(plan) = plan
             && plan.access.is_some()
