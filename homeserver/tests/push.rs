@@ -1096,6 +1096,62 @@ async fn delivery_to_push_gateway() {
     assert_eq!(keys, [json!("bobkey"), json!("carolkey")]);
 }
 
+/// The badge (`counts.unread`) is what the user has not read: each joined room's notifications
+/// after the user's read receipt there, as `/sync` counts them; a room the user left no longer
+/// counts. (It once counted every notification the user ever had.)
+#[tokio::test]
+async fn the_badge_counts_what_is_unread_in_joined_rooms() {
+    let gateway = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/_matrix/push/v1/notify"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"rejected": []})))
+        .mount(&gateway)
+        .await;
+    let url = format!("{}/_matrix/push/v1/notify", gateway.uri());
+    let server = start_allowing_local_gateways().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let tea = alice.create_room(json!({"preset": "public_chat"})).await;
+    let cake = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&tea).await;
+    bob.join(&cake).await;
+    bob.ok(
+        Method::POST,
+        "/pushers/set",
+        Some(&pusher_body("org.example.app", "bobkey", &url)),
+    )
+    .await;
+    let badge = |bodies: &[Value], event: &str| {
+        bodies
+            .iter()
+            .find(|b| b["notification"]["event_id"] == event)
+            .unwrap_or_else(|| panic!("no notification for {event}: {bodies:?}"))["notification"]
+            ["counts"]["unread"]
+            .clone()
+    };
+
+    // In a two-member room every message notifies: three unread in all, across both rooms.
+    alice.send_text(&tea, "one").await;
+    let second = alice.send_text(&tea, "two").await;
+    let third = alice.send_text(&cake, "three").await;
+    let bodies = received(&gateway, 3).await;
+    assert_eq!(badge(&bodies, &third), json!(3));
+
+    // Bob reads the tea room: only the cake room's message and the new one are left.
+    let path = format!("/rooms/{}/receipt/m.read/{}", encode(&tea), encode(&second));
+    let (status, body) = bob.request(Method::POST, &path, Some(&json!({}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let fourth = alice.send_text(&tea, "four").await;
+    let bodies = received(&gateway, 4).await;
+    assert_eq!(badge(&bodies, &fourth), json!(2), "read messages still counted");
+
+    // Bob leaves the cake room, unread message and all: it no longer counts.
+    bob.leave(&cake).await;
+    let fifth = alice.send_text(&tea, "five").await;
+    let bodies = received(&gateway, 5).await;
+    assert_eq!(badge(&bodies, &fifth), json!(2), "a left room still counted");
+}
+
 #[tokio::test]
 async fn rejected_pushkeys_are_removed() {
     let gateway = MockServer::start().await;

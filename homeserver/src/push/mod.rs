@@ -203,3 +203,19 @@ pub async fn unread_counts(
     let rows = svc.store.push_counts(user_id, room_id, after_stream).await?;
     Ok(Counts::from_rows(rows))
 }
+
+/// The badge a push gateway shows (`counts.unread`, push gateway API): the user's unread
+/// notifications across the rooms they are joined to, each room counted after the user's read
+/// receipt there, as `/sync` counts them. Left rooms no longer count.
+pub async fn unread_badge(svc: &Services, user_id: &str) -> Result<u64> {
+    let joined: Vec<String> = svc
+        .store
+        .rooms_of_user(user_id)
+        .await?
+        .into_iter()
+        .filter(|(_, membership, _)| membership == "join")
+        .map(|(room_id, ..)| room_id)
+        .collect();
+    let counts = svc.push.unread.counts_in_rooms(svc, user_id, &joined).await?;
+    Ok(counts.values().map(Counts::total_notifications).sum())
+}

@@ -268,7 +268,7 @@ async fn deliver(
         .and_then(|c| c.get("alias").and_then(Value::as_str).map(ToOwned::to_owned));
 
     for (user, actions) in notified {
-        let unread = svc.store.push_total_count(user).await?;
+        let unread = super::unread_badge(svc, user).await?;
         let tweaks = tweaks(actions);
         let high = tweaks.get("highlight") == Some(&json!(true))
             || tweaks.get("sound").is_some()

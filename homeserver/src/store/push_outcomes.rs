@@ -212,18 +212,6 @@ impl Store {
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 
-    /// How many notifying events a user has in all rooms (the badge count sent to push gateways).
-    pub async fn push_total_count(&self, user_id: &str) -> StoreResult<i64> {
-        let row = q(
-            "SELECT COUNT(*) FROM push_audience_members m JOIN event_push_outcomes o \
-             ON o.audience_id = m.audience_id WHERE m.user_id = $1 AND o.notify = 1",
-        )
-        .bind(user_id.to_owned())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.get(0))
-    }
-
     /// A page of a user's notifications, newest first, with stream positions below `before`.
     /// Each of the user's audiences contributes at most its newest `limit` outcomes (walked down
     /// its (audience, position) index), so a page costs a bounded read per audience instead of
