@@ -381,6 +381,9 @@ pub struct PushConfig {
     pub allow_private_addresses: bool,
     /// Non-global networks that push gateways may nevertheless be on (e.g. `10.1.2.3/32`).
     pub allowed_networks: Vec<Network>,
+    /// PEM files of certificate authorities trusted for `https://` gateways besides the
+    /// system's (a gateway on an internal network with its own CA).
+    pub ca_files: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -46,6 +46,10 @@ pub async fn build(config: Config) -> anyhow::Result<Services> {
             config.server_name
         );
     }
+    if !config.push.ca_files.is_empty() {
+        // Read now so that a bad file stops start-up; the gateway client reads them again.
+        federation::tls::client_config(true, &config.push.ca_files, "push.ca_files")?;
+    }
     let at_rest_key = at_rest::load_server_key(&config)?;
     let sealed_rooms = store.load_at_rest_keys(&at_rest_key).await?;
     tracing::info!(sealed_rooms, "at-rest keys loaded");

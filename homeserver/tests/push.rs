@@ -1096,6 +1096,75 @@ async fn delivery_to_push_gateway() {
     assert_eq!(keys, [json!("bobkey"), json!("carolkey")]);
 }
 
+/// A gateway behind HTTPS (as real ones are) gets its notifications when its certificate is
+/// trusted (`push.ca_files` here; the system's authorities otherwise); one whose certificate is
+/// not trusted gets nothing, and its pusher is kept (an unreachable gateway rejected nothing).
+#[tokio::test]
+async fn delivery_to_an_https_gateway() {
+    let mock_gateway = || async {
+        let gateway = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/_matrix/push/v1/notify"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"rejected": []})))
+            .mount(&gateway)
+            .await;
+        gateway
+    };
+    let (trusted, untrusted) = (mock_gateway().await, mock_gateway().await);
+    let certs = tempfile::tempdir().unwrap();
+    let trusted_dir = certs.path().join("trusted");
+    let untrusted_dir = certs.path().join("untrusted");
+    std::fs::create_dir_all(&trusted_dir).unwrap();
+    std::fs::create_dir_all(&untrusted_dir).unwrap();
+    let (trusted_port, ca) =
+        common::federation::tls_front(*trusted.address(), &["localhost"], &trusted_dir).await;
+    let (untrusted_port, _) =
+        common::federation::tls_front(*untrusted.address(), &["localhost"], &untrusted_dir).await;
+    let server = Server::start_with_config(
+        common::Backend::from_env(),
+        &format!(
+            "[push]\nallow_private_addresses = true\nca_files = [\"{}\"]\n",
+            ca.display()
+        ),
+    )
+    .await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    let notify = |port: u16| format!("https://localhost:{port}/_matrix/push/v1/notify");
+    bob.ok(
+        Method::POST,
+        "/pushers/set",
+        Some(&pusher_body(
+            "org.example.untrusted",
+            "untrusted",
+            &notify(untrusted_port),
+        )),
+    )
+    .await;
+    alice.send_text(&room, "to an untrusted gateway").await;
+    bob.ok(
+        Method::POST,
+        "/pushers/set",
+        Some(&pusher_body("org.example.app", "bobkey", &notify(trusted_port))),
+    )
+    .await;
+    let event_id = alice.send_text(&room, "over TLS").await;
+
+    let bodies = received(&trusted, 1).await;
+    let n = &bodies
+        .iter()
+        .find(|b| b["notification"]["event_id"] == event_id)
+        .unwrap_or_else(|| panic!("no notification for {event_id}: {bodies:?}"))["notification"];
+    assert_eq!(n["room_id"], json!(room));
+    assert_eq!(n["devices"][0]["pushkey"], json!("bobkey"));
+    // The untrusted front never completes a handshake, so nothing can reach its gateway.
+    assert!(untrusted.received_requests().await.unwrap().is_empty());
+    let pushers = bob.ok(Method::GET, "/pushers", None).await;
+    assert_eq!(pushers["pushers"].as_array().unwrap().len(), 2, "{pushers}");
+}
+
 /// The badge (`counts.unread`) is what the user has not read: each joined room's notifications
 /// after the user's read receipt there, as `/sync` counts them; a room the user left no longer
 /// counts. (It once counted every notification the user ever had.)

@@ -24,7 +24,7 @@ use hyper::{HeaderMap, Request, StatusCode, header};
 use hyper_util::{
     client::legacy::{
         Client,
-        connect::{HttpConnector, dns::Name},
+        connect::{Connect, HttpConnector, dns::Name},
     },
     rt::TokioExecutor,
 };
@@ -34,7 +34,7 @@ use super::lookup::NetLookup;
 use crate::{config::FederationConfig, push::address::AddressPolicy};
 
 /// How long a connection may take to open.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a whole request (connect, send, the full response) may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -128,8 +128,8 @@ fn https_client(tls: rustls::ClientConfig, dns: FederationDns) -> HttpsClient {
 
 /// Sends `request` and reads the response, at most `limit` bytes of body, all within
 /// `timeout`. Any status is returned.
-pub(crate) async fn fetch(
-    client: &HttpsClient,
+pub(crate) async fn fetch<C: Connect + Clone + Send + Sync + 'static>(
+    client: &Client<C, Full<Bytes>>,
     request: Request<Full<Bytes>>,
     limit: usize,
     who: &str,
@@ -185,7 +185,7 @@ pub struct FederationClient {
 
 impl FederationClient {
     pub fn new(origin: OwnedServerName, config: &FederationConfig) -> anyhow::Result<Self> {
-        let tls = super::tls::client_config(config.verify_tls, &config.ca_files)?;
+        let tls = super::tls::client_config(config.verify_tls, &config.ca_files, "federation.ca_files")?;
         let policy = AddressPolicy::from_networks(config.allow_ip_ranges.clone());
         let dns = FederationDns::new(policy.clone());
         let http = https_client(tls.clone(), dns.clone());

@@ -44,9 +44,13 @@ pub fn server_config(certificate: &Path, private_key: &Path) -> anyhow::Result<S
     Ok(config)
 }
 
-/// The outbound client's TLS: the system's roots plus `ca_files`, or no certificate checks at
-/// all when `verify` is false.
-pub fn client_config(verify: bool, ca_files: &[std::path::PathBuf]) -> anyhow::Result<ClientConfig> {
+/// An outbound client's TLS: the system's roots plus `ca_files` (the setting named `setting`),
+/// or no certificate checks at all when `verify` is false.
+pub fn client_config(
+    verify: bool,
+    ca_files: &[std::path::PathBuf],
+    setting: &str,
+) -> anyhow::Result<ClientConfig> {
     let builder = ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     // ALPN (h2, http/1.1) is set by the HTTPS connector.
     let config = if verify {
@@ -60,14 +64,14 @@ pub fn client_config(verify: bool, ca_files: &[std::path::PathBuf]) -> anyhow::R
         for file in ca_files {
             let certs = CertificateDer::pem_file_iter(file)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .with_context(|| format!("federation.ca_files: {}", file.display()))?;
+                .with_context(|| format!("{setting}: {}", file.display()))?;
             if certs.is_empty() {
-                anyhow::bail!("federation.ca_files: {} holds no certificate", file.display());
+                anyhow::bail!("{setting}: {} holds no certificate", file.display());
             }
             for cert in certs {
                 roots
                     .add(cert)
-                    .with_context(|| format!("federation.ca_files: {}", file.display()))?;
+                    .with_context(|| format!("{setting}: {}", file.display()))?;
             }
         }
         builder.with_root_certificates(roots).with_no_client_auth()

@@ -3,10 +3,7 @@
 //! metadata service on the user's behalf (a blind server-side request forgery). Only global
 //! unicast addresses are reachable unless the operator allows more (`[push]` config).
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::Arc,
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::config::{Network, PushConfig};
 
@@ -48,36 +45,6 @@ impl AddressPolicy {
         };
         Ok(found.into_iter().filter(|a| self.permits(a.ip())).collect())
     }
-}
-
-/// The HTTP client's resolver: hands out only permitted addresses, so the connection goes to
-/// an address that was checked (a name that resolves differently later is checked again).
-pub struct PolicyResolver(pub AddressPolicy);
-
-impl reqwest::dns::Resolve for PolicyResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let policy = self.0.clone();
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let permitted = policy.resolve(&host, 0).await?;
-            if permitted.is_empty() {
-                return Err(format!("{host} resolves to no address push gateways may use").into());
-            }
-            Ok(Box::new(permitted.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
-/// The push gateway client: resolves through `policy`, follows no redirects (a redirect could
-/// point anywhere) and uses no proxy from the environment.
-pub fn gateway_client(policy: AddressPolicy) -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .dns_resolver(Arc::new(PolicyResolver(policy)))
-        .build()
-        .unwrap_or_default()
 }
 
 /// Global unicast: not loopback, private, shared, link-local, unspecified, documentation,
@@ -190,12 +157,13 @@ mod tests {
         let some = AddressPolicy::new(&PushConfig {
             allow_private_addresses: false,
             allowed_networks: vec!["10.1.2.0/24".parse().unwrap()],
+            ..PushConfig::default()
         });
         assert!(some.permits("10.1.2.3".parse().unwrap()));
         assert!(!some.permits("10.1.3.3".parse().unwrap()));
         let all = AddressPolicy::new(&PushConfig {
             allow_private_addresses: true,
-            allowed_networks: Vec::new(),
+            ..PushConfig::default()
         });
         assert!(all.permits("127.0.0.1".parse().unwrap()));
     }

@@ -10,6 +10,7 @@
 
 pub mod address;
 pub mod eval;
+pub mod gateway;
 pub mod memo;
 pub mod notifications;
 pub mod pushers;
@@ -41,7 +42,7 @@ pub struct PushState {
     rooms: Mutex<HashMap<String, Arc<eval::RoomContext>>>,
     /// Unread notification counts for `/sync`, kept from the committed outcomes.
     pub unread: unread::UnreadCache,
-    pub(crate) http: reqwest::Client,
+    pub(crate) gateways: gateway::Gateways,
     /// Where gateways may be; the client's resolver applies it to names, delivery to literals.
     pub(crate) addresses: address::AddressPolicy,
 }
@@ -52,7 +53,7 @@ impl PushState {
             rulesets: Mutex::default(),
             rooms: Mutex::default(),
             unread: unread::UnreadCache::default(),
-            http: address::gateway_client(address::AddressPolicy::new(config)),
+            gateways: gateway::Gateways::new(config),
             addresses: address::AddressPolicy::new(config),
         }
     }

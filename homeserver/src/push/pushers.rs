@@ -1,10 +1,8 @@
 //! Pushers: where a user's notifications go, and delivery to HTTP push gateways
 //! (Push Gateway API, `POST /_matrix/push/v1/notify`).
 //!
-//! Delivery runs in a spawned task so that a slow or unreachable gateway never delays sending.
-//! Only plain `http://` gateways can be reached for now (no TLS provider is configured for the
-//! outgoing client); `https://` URLs are accepted and stored, and their delivery fails with a log
-//! line until TLS is added.
+//! Delivery runs in a spawned task so that a slow or unreachable gateway never delays sending;
+//! the client is `gateway`'s (`https://` and `http://`).
 //!
 //! Gateway addresses are checked twice (see `address`): when the pusher is set, for an early
 //! 400, and when delivering, where the client connects only to addresses it checked.
@@ -130,10 +128,19 @@ fn check_url(url: Option<&Value>) -> Result<()> {
 /// Refuses a gateway URL whose host is, or resolves only to, addresses gateways may not use.
 /// A name that does not resolve (now) is accepted: delivery checks again.
 async fn check_destination(svc: &Services, url: &str) -> Result<()> {
-    let parsed = reqwest::Url::parse(url).map_err(|_| Error::invalid_param("data.url is not a valid URL"))?;
-    let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
+    let parsed: hyper::Uri = url
+        .parse()
+        .map_err(|_| Error::invalid_param("data.url is not a valid URL"))?;
+    let Some(host) = parsed.host() else {
         return Err(Error::invalid_param("data.url has no host"));
     };
+    let port = parsed
+        .port_u16()
+        .unwrap_or(if parsed.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
     let lookup = svc.push.addresses.resolve(host, port);
     match tokio::time::timeout(std::time::Duration::from_secs(5), lookup).await {
         Ok(Ok(permitted)) if permitted.is_empty() => Err(Error::invalid_param(
@@ -144,12 +151,13 @@ async fn check_destination(svc: &Services, url: &str) -> Result<()> {
 }
 
 /// True when `url` names an IP address gateways may not use. (Names are checked by the
-/// client's resolver as it connects; literals never reach a resolver.)
+/// client's resolver as it connects; literals never reach a resolver.) Parsed as the client
+/// parses it, so the two cannot read another host out of one URL.
 fn refused_literal(svc: &Services, url: &str) -> bool {
-    let Ok(parsed) = reqwest::Url::parse(url) else {
+    let Ok(parsed) = url.parse::<hyper::Uri>() else {
         return true;
     };
-    let Some(host) = parsed.host_str() else {
+    let Some(host) = parsed.host() else {
         return true;
     };
     match host.trim_start_matches('[').trim_end_matches(']').parse() {
@@ -322,18 +330,17 @@ async fn post(svc: &Services, pusher: &PusherRow, url: &str, body: Value) {
         tracing::warn!(%url, "push gateway address refused (not a public address)");
         return;
     }
-    let response = match svc.push.http.post(url).json(&body).send().await {
-        Ok(response) => response,
+    let (status, answer) = match svc.push.gateways.post_json(url, &body).await {
+        Ok(answer) => answer,
         Err(error) => {
             tracing::warn!(%url, %error, "push gateway unreachable");
             return;
         }
     };
-    if !response.status().is_success() {
-        tracing::warn!(%url, status = %response.status(), "push gateway refused the notification");
+    if !status.is_success() {
+        tracing::warn!(%url, %status, "push gateway refused the notification");
         return;
     }
-    let answer: Value = response.json().await.unwrap_or_default();
     let rejected = answer
         .get("rejected")
         .and_then(Value::as_array)
