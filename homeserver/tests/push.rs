@@ -10,10 +10,7 @@ use common::{Client, Server, encode};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::{AnyPool, Row};
-use wiremock::{
-    Mock, MockServer, ResponseTemplate,
-    matchers::{method, path},
-};
+use wiremock::MockServer;
 
 /// Bob's stored outcome for an event: `None` when it does not notify him, else (highlight,
 /// thread ID).
@@ -991,12 +988,7 @@ async fn received(gateway: &MockServer, n: usize) -> Vec<Value> {
 
 #[tokio::test]
 async fn delivery_to_push_gateway() {
-    let gateway = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/_matrix/push/v1/notify"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"rejected": []})))
-        .mount(&gateway)
-        .await;
+    let gateway = common::push_gateway(&[]).await;
     let url = format!("{}/_matrix/push/v1/notify", gateway.uri());
 
     let mut server = start_allowing_local_gateways().await;
@@ -1101,16 +1093,7 @@ async fn delivery_to_push_gateway() {
 /// not trusted gets nothing, and its pusher is kept (an unreachable gateway rejected nothing).
 #[tokio::test]
 async fn delivery_to_an_https_gateway() {
-    let mock_gateway = || async {
-        let gateway = MockServer::start().await;
-        Mock::given(method("POST"))
-            .and(path("/_matrix/push/v1/notify"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"rejected": []})))
-            .mount(&gateway)
-            .await;
-        gateway
-    };
-    let (trusted, untrusted) = (mock_gateway().await, mock_gateway().await);
+    let (trusted, untrusted) = (common::push_gateway(&[]).await, common::push_gateway(&[]).await);
     let certs = tempfile::tempdir().unwrap();
     let trusted_dir = certs.path().join("trusted");
     let untrusted_dir = certs.path().join("untrusted");
@@ -1170,12 +1153,7 @@ async fn delivery_to_an_https_gateway() {
 /// counts. (It once counted every notification the user ever had.)
 #[tokio::test]
 async fn the_badge_counts_what_is_unread_in_joined_rooms() {
-    let gateway = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/_matrix/push/v1/notify"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"rejected": []})))
-        .mount(&gateway)
-        .await;
+    let gateway = common::push_gateway(&[]).await;
     let url = format!("{}/_matrix/push/v1/notify", gateway.uri());
     let server = start_allowing_local_gateways().await;
     let alice = server.register("alice").await;
@@ -1223,12 +1201,7 @@ async fn the_badge_counts_what_is_unread_in_joined_rooms() {
 
 #[tokio::test]
 async fn rejected_pushkeys_are_removed() {
-    let gateway = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/_matrix/push/v1/notify"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"rejected": ["stale"]})))
-        .mount(&gateway)
-        .await;
+    let gateway = common::push_gateway(&["stale"]).await;
     let url = format!("{}/_matrix/push/v1/notify", gateway.uri());
     let server = start_allowing_local_gateways().await;
     let alice = server.register("alice").await;

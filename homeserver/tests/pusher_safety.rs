@@ -10,10 +10,7 @@ use std::time::Duration;
 use common::{Backend, Client, PASSWORD, Server, count};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use wiremock::{
-    Mock, MockServer, ResponseTemplate,
-    matchers::{method, path},
-};
+use wiremock::MockServer;
 
 const ALLOW_LOCAL: &str = "[push]\nallow_private_addresses = true\n";
 
@@ -110,12 +107,7 @@ async fn deliveries_after_a_while(gateway: &MockServer) -> usize {
 /// address: before the request).
 #[tokio::test]
 async fn delivery_checks_the_address_again() {
-    let gateway = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/_matrix/push/v1/notify"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"rejected": []})))
-        .mount(&gateway)
-        .await;
+    let gateway = common::push_gateway(&[]).await;
     let port = gateway.address().port();
     let mut server = Server::start_with_config(Backend::from_env(), ALLOW_LOCAL).await;
     let alice = server.register("alice").await;
@@ -139,11 +131,7 @@ async fn delivery_checks_the_address_again() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     gateway.reset().await;
-    Mock::given(method("POST"))
-        .and(path("/_matrix/push/v1/notify"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"rejected": []})))
-        .mount(&gateway)
-        .await;
+    common::accept_notifications(&gateway, &[]).await;
 
     // The operator withdraws the allowance.
     let config_path = server.dir().join("hearth.toml");

@@ -886,3 +886,20 @@ pub fn timeline_ids(sync: &Value, room_id: &str) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A mock push gateway answering every notification with `{"rejected": rejected}`.
+pub async fn push_gateway(rejected: &[&str]) -> wiremock::MockServer {
+    let gateway = wiremock::MockServer::start().await;
+    accept_notifications(&gateway, rejected).await;
+    gateway
+}
+
+/// Makes `gateway` answer notifications (`POST /_matrix/push/v1/notify`) with
+/// `{"rejected": rejected}`.
+pub async fn accept_notifications(gateway: &wiremock::MockServer, rejected: &[&str]) {
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path("/_matrix/push/v1/notify"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({"rejected": rejected})))
+        .mount(gateway)
+        .await;
+}
