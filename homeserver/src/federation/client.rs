@@ -96,13 +96,13 @@ impl tower::Service<Name> for FederationDns {
             .cloned()
             .unwrap_or_else(|| requested.clone());
         Box::pin(async move {
-            let permitted = policy.resolve(&host, 0).await?;
-            if permitted.is_empty() {
-                return Err(std::io::Error::other(format!(
-                    "{requested} resolves to no address federation may use (see federation.allow_ip_ranges)"
-                )));
-            }
-            Ok(permitted.into_iter())
+            policy
+                .connect_to(
+                    &host,
+                    &requested,
+                    "federation may use (see federation.allow_ip_ranges)",
+                )
+                .await
         })
     }
 }

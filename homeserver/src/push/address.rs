@@ -45,6 +45,23 @@ impl AddressPolicy {
         };
         Ok(found.into_iter().filter(|a| self.permits(a.ip())).collect())
     }
+
+    /// What a connector's resolver hands out for `host`: its permitted addresses, or the error
+    /// "`requested` resolves to no address `refused`" when none is.
+    pub async fn connect_to(
+        &self,
+        host: &str,
+        requested: &str,
+        refused: &str,
+    ) -> std::io::Result<std::vec::IntoIter<SocketAddr>> {
+        let permitted = self.resolve(host, 0).await?;
+        if permitted.is_empty() {
+            return Err(std::io::Error::other(format!(
+                "{requested} resolves to no address {refused}"
+            )));
+        }
+        Ok(permitted.into_iter())
+    }
 }
 
 /// Global unicast: not loopback, private, shared, link-local, unspecified, documentation,

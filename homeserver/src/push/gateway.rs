@@ -101,14 +101,6 @@ impl tower::Service<Name> for PolicyResolver {
     fn call(&mut self, name: Name) -> Self::Future {
         let policy = self.0.clone();
         let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let permitted = policy.resolve(&host, 0).await?;
-            if permitted.is_empty() {
-                return Err(std::io::Error::other(format!(
-                    "{host} resolves to no address push gateways may use"
-                )));
-            }
-            Ok(permitted.into_iter())
-        })
+        Box::pin(async move { policy.connect_to(&host, &host, "push gateways may use").await })
     }
 }
