@@ -1,4 +1,8 @@
-//! The Client-Server API's listener: HTTP/1.1 connections served by hyper, each on its own task.
+//! The Client-Server API's listener: HTTP/1.1 connections, each on its own task. The plain
+//! exchanges that make up nearly all of a client's traffic (and every held `/sync` long-poll)
+//! are served by `http1.rs`, which keeps no buffer while a request waits; a request it does not
+//! serve hands the connection to hyper for the rest of its life (`prefixed.rs` replays the bytes
+//! already read).
 //!
 //! Not `axum::serve`: that one serves HTTP/1.1 and cleartext HTTP/2 alike, and tells them apart by
 //! reading the first 24 bytes of each connection on their own. HTTP/1.1's parser then finds a
@@ -6,10 +10,13 @@
 //! 16 KiB for a request of a few hundred bytes. Clients and reverse proxies speak HTTP/1.1 to a
 //! homeserver (Synapse serves nothing else); HTTP/2 belongs to the TLS terminator in front.
 
-use std::time::Duration;
+mod http1;
+mod prefixed;
+
+use std::{net::SocketAddr, time::Duration};
 
 use axum::{Router, extract::ConnectInfo};
-use hyper::{body::Incoming, server::conn::http1};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpListener, sync::watch};
 use tower::ServiceExt;
@@ -21,7 +28,7 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
     let (stopping, _) = watch::channel(false);
     // No timer, so no header read timeout: an idle keep-alive connection stays open, as before
     // (a 30 s timeout would also close pooled connections between a client's requests).
-    let http = http1::Builder::new();
+    let http = hyper::server::conn::http1::Builder::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -35,34 +42,50 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
             () = &mut shutdown => break,
         };
         let app = app.clone();
-        // The peer's address, for `ConnectInfo` (rate limits, trusted proxies).
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request)
-        });
-        let mut connection = http
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
+        let http = http.clone();
         let mut stop = stopping.subscribe();
         tokio::spawn(async move {
-            let mut connection = std::pin::Pin::new(&mut connection);
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                _ = stop.changed() => {
-                    // Answers the request in flight, then closes.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
+            let mut stream = stream;
+            let http1::Served::HandOver(read) = http1::serve(&mut stream, &app, peer, &mut stop).await else {
+                return;
             };
-            if let Err(error) = ended {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-            drop(stop);
+            let io = TokioIo::new(prefixed::Prefixed::new(read, stream));
+            // Boxed: a held long-poll's task is not sized for hyper's connection state.
+            Box::pin(serve_with_hyper(&http, io, app, peer, stop)).await;
         });
     }
     drop(listener);
     stopping.send_replace(true);
     stopping.closed().await;
+}
+
+/// Serves the rest of a connection with hyper, until it ends or the server stops (then after
+/// answering the request in flight).
+async fn serve_with_hyper(
+    http: &hyper::server::conn::http1::Builder,
+    io: TokioIo<prefixed::Prefixed>,
+    app: Router,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    // The peer's address, for `ConnectInfo` (rate limits, trusted proxies).
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(request)
+    });
+    let mut connection = http.serve_connection(io, service).with_upgrades();
+    let mut connection = std::pin::Pin::new(&mut connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        _ = stop.changed() => {
+            // Answers the request in flight, then closes.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = ended {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
 }
 
 /// Accepting fails for the connection at hand (reset before it was accepted: go on) or for the
