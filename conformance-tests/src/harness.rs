@@ -464,6 +464,7 @@ impl TestServer {
             }
             if let Ok(resp) = http.get(&url).timeout(Duration::from_secs(2)).send().await
                 && resp.status().is_success()
+                && self.federation_listening().await
             {
                 return Ok(());
             }
@@ -472,6 +473,24 @@ impl TestServer {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// True without a federation listener, or when something accepts connections on it. The
+    /// two ports come from `free_port`, so another test's server can take one of them before
+    /// this one binds it: this server then exits, yet another one may answer on `base_url`.
+    /// Its federation listener, bound before the client one, is then gone, and the wait goes
+    /// on until the exit is seen (and the start is tried again on other ports).
+    async fn federation_listening(&self) -> bool {
+        let Some(address) = self
+            .federation_url
+            .as_deref()
+            .and_then(|url| url.strip_prefix("https://"))
+        else {
+            return true;
+        };
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(address))
+            .await
+            .is_ok_and(|connected| connected.is_ok())
     }
 
     fn log_tail(&self, lines: usize) -> String {
