@@ -210,8 +210,12 @@ fn head(request: &httparse::Request<'_, '_>, len: usize) -> Result<Head, Unserve
 
 /// Reads until `read` holds `len` bytes; false if the client went away first.
 async fn read_body(stream: &mut TcpStream, read: &mut Vec<u8>, len: usize) -> bool {
-    read.reserve(len - read.len());
     while read.len() < len {
+        // Grown as the body arrives: a head announcing 64 KiB and sending nothing gets no
+        // 64 KiB buffer (by the connection, from a client that spends nothing).
+        if read.capacity() == read.len() {
+            read.reserve((len - read.len()).min(8 * 1024));
+        }
         match stream.read_buf(read).await {
             Ok(0) | Err(_) => return false,
             Ok(_) => {}
