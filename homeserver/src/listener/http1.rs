@@ -77,16 +77,15 @@ pub async fn serve(
         if read.len() < head.body_len && !read_body(stream, &mut read, head.body_len).await {
             return Served::Closed;
         }
-        let body = if head.body_len == 0 {
+        // The body is the buffer itself (not a copy), and what follows it (rarely anything) the
+        // new buffer: a held long-poll keeps no read buffer.
+        let rest = read.split_off(head.body_len);
+        let body = std::mem::replace(&mut read, rest);
+        let body = if body.is_empty() {
             Body::empty()
         } else {
-            Body::from(Bytes::copy_from_slice(&read[..head.body_len]))
+            Body::from(Bytes::from(body))
         };
-        read.drain(..head.body_len);
-        if read.is_empty() {
-            // Frees what the request took: a held long-poll keeps no read buffer.
-            read = Vec::new();
-        }
         let close = head.close;
         let mut request = Request::new(body);
         *request.method_mut() = head.method;

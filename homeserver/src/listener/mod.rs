@@ -26,9 +26,6 @@ use tower::ServiceExt;
 pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
     // Sent once at shutdown; each connection holds a receiver until it has finished.
     let (stopping, _) = watch::channel(false);
-    // No timer, so no header read timeout: an idle keep-alive connection stays open, as before
-    // (a 30 s timeout would also close pooled connections between a client's requests).
-    let http = hyper::server::conn::http1::Builder::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -42,7 +39,6 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
             () = &mut shutdown => break,
         };
         let app = app.clone();
-        let http = http.clone();
         let mut stop = stopping.subscribe();
         tokio::spawn(async move {
             let mut stream = stream;
@@ -51,7 +47,7 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
             };
             let io = TokioIo::new(prefixed::Prefixed::new(read, stream));
             // Boxed: a held long-poll's task is not sized for hyper's connection state.
-            Box::pin(serve_with_hyper(&http, io, app, peer, stop)).await;
+            Box::pin(serve_with_hyper(io, app, peer, stop)).await;
         });
     }
     drop(listener);
@@ -62,7 +58,6 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
 /// Serves the rest of a connection with hyper, until it ends or the server stops (then after
 /// answering the request in flight).
 async fn serve_with_hyper(
-    http: &hyper::server::conn::http1::Builder,
     io: TokioIo<prefixed::Prefixed>,
     app: Router,
     peer: SocketAddr,
@@ -73,7 +68,11 @@ async fn serve_with_hyper(
         request.extensions_mut().insert(ConnectInfo(peer));
         app.clone().oneshot(request)
     });
-    let mut connection = http.serve_connection(io, service).with_upgrades();
+    // No timer, so no header read timeout: an idle keep-alive connection stays open, as before
+    // (a 30 s timeout would also close pooled connections between a client's requests).
+    let mut connection = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .with_upgrades();
     let mut connection = std::pin::Pin::new(&mut connection);
     let ended = tokio::select! {
         ended = connection.as_mut() => ended,
