@@ -373,7 +373,7 @@ impl<'de> Deserialize<'de> for Network {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PushConfig {
     /// Let pushers reach gateways on loopback, private, link-local and other non-global
@@ -384,6 +384,20 @@ pub struct PushConfig {
     /// PEM files of certificate authorities trusted for `https://` gateways besides the
     /// system's (a gateway on an internal network with its own CA).
     pub ca_files: Vec<std::path::PathBuf>,
+    /// How long stored push outcomes (`/notifications`) are kept; a duration like the message
+    /// windows', 0 for ever. Unread counts do not change when they go (push/retention.rs).
+    pub outcome_retention: Window,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            allow_private_addresses: false,
+            allowed_networks: Vec::new(),
+            ca_files: Vec::new(),
+            outcome_retention: Window(Some(30 * 24 * 60 * 60 * 1000)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -854,6 +868,9 @@ max_concurrent_thumbnails = 4     # image decodes at once
 # addresses are refused, when set and when delivering, unless allowed here.
 allow_private_addresses = false
 allowed_networks = []             # e.g. ["10.1.2.3/32"]
+# Stored notifications (GET /notifications) older than this are deleted; unread counts keep
+# what was not read. A duration ("30d", "12h") or 0 to keep them for ever.
+outcome_retention = "30d"
 
 [uia]
 session_timeout_secs = 600        # user-interactive auth sessions expire after this

@@ -65,6 +65,7 @@ pub async fn build(config: Config) -> anyhow::Result<Services> {
         )
     })?;
     search::Search::start(&svc).await?;
+    tokio::spawn(push::retention::run(svc.clone()));
     Ok(svc)
 }
 

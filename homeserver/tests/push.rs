@@ -1509,3 +1509,112 @@ async fn each_member_counts_only_what_their_audience_got() {
     let sync = carol.sync(None, 0, 10).await;
     assert_eq!(counts(&sync, &room), (Some(4), Some(1)), "{sync}");
 }
+
+/// `POST /_hearth/testing/v1/{path}` as `client`.
+async fn testing_post(client: &Client, path: &str, body: Value) -> (StatusCode, Value) {
+    let resp = client
+        .http
+        .post(format!("{}/_hearth/testing/v1/{path}", client.base_url))
+        .bearer_auth(client.token.as_deref().unwrap_or_default())
+        .json(&body)
+        .send()
+        .await
+        .expect("testing request");
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Old notifications are pruned by the server itself (`push.outcome_retention`, 30 days; the
+/// testing route runs the hourly prune at once, at the adjustable clock's time): they leave
+/// `/notifications`, the unread counts `/sync` shows stay, the same members are notified by the
+/// next message, and a receipt after the pruned events reads them. Without the adjustable clock
+/// the route does not exist.
+#[tokio::test]
+async fn pruned_notifications_keep_unread_counts() {
+    let server = Server::start_with_config(
+        common::Backend::from_env(),
+        "[testing]\nadjustable_clock = true\n",
+    )
+    .await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&room).await;
+    carol.join(&room).await;
+    let counts = |sync: &Value| {
+        let c = &sync["rooms"]["join"][&room]["unread_notifications"];
+        (c["notification_count"].as_u64(), c["highlight_count"].as_u64())
+    };
+    let listed = |client: &Client| {
+        let client = client.clone();
+        async move {
+            let page = client.ok(Method::GET, "/notifications", None).await;
+            page["notifications"].as_array().expect("notifications").len()
+        }
+    };
+    let prune = |client: &Client| {
+        let client = client.clone();
+        async move {
+            let (status, body) = testing_post(&client, "push/prune", json!({})).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["pruned"].as_u64().expect("pruned")
+        }
+    };
+    let first = alice.send_text(&room, "one").await;
+    alice
+        .send(
+            &room,
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": "bob!", "m.mentions": {"user_ids": [bob.user_id]}}),
+        )
+        .await;
+    alice.send_text(&room, "three").await;
+    let (status, body) = bob
+        .request(
+            Method::POST,
+            &format!("/rooms/{}/receipt/m.read/{}", encode(&room), encode(&first)),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(counts(&bob.sync(None, 0, 10).await), (Some(2), Some(1)));
+    assert_eq!(counts(&carol.sync(None, 0, 10).await), (Some(3), Some(0)));
+    assert_eq!(listed(&carol).await, 3);
+
+    // The stream is marked now; 35 days later what came before the mark goes: four outcomes
+    // (the mention highlights bob, not carol: two outcomes).
+    assert_eq!(prune(&alice).await, 0);
+    for _ in 0..5 {
+        let (status, body) =
+            testing_post(&alice, "clock/advance", json!({ "ms": 7 * 24 * 3600 * 1000_i64 })).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(prune(&alice).await, 4);
+    assert_eq!(listed(&carol).await, 0);
+    assert_eq!(listed(&bob).await, 0);
+    assert_eq!(counts(&bob.sync(None, 0, 10).await), (Some(2), Some(1)));
+    assert_eq!(counts(&carol.sync(None, 0, 10).await), (Some(3), Some(0)));
+
+    let later = alice.send_text(&room, "later").await;
+    assert_eq!(counts(&bob.sync(None, 0, 10).await), (Some(3), Some(1)));
+    assert_eq!(counts(&carol.sync(None, 0, 10).await), (Some(4), Some(0)));
+    assert_eq!(listed(&carol).await, 1);
+    let (status, body) = carol
+        .request(
+            Method::POST,
+            &format!("/rooms/{}/receipt/m.read/{}", encode(&room), encode(&later)),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(counts(&carol.sync(None, 0, 10).await), (Some(0), Some(0)));
+    assert_eq!(counts(&bob.sync(None, 0, 10).await), (Some(3), Some(1)));
+
+    // A server without the adjustable clock has no such route.
+    let plain = Server::start().await;
+    let dave = plain.register("dave").await;
+    let (status, body) = testing_post(&dave, "push/prune", json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_UNRECOGNIZED");
+}

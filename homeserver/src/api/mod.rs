@@ -285,6 +285,10 @@ pub fn router(svc: Services) -> Router {
         .route("/_hearth/testing/v1/clock/advance", post(testing::advance_clock))
         .route("/_hearth/testing/v1/sync_stats", get(testing::sync_stats))
         .route(
+            "/_hearth/testing/v1/push/prune",
+            post(testing::prune_push_outcomes),
+        )
+        .route(
             "/_hearth/admin/v1/rooms/{room_id}/messages",
             get(admin::room_messages),
         )

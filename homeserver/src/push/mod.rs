@@ -7,6 +7,7 @@
 //!   `memo` shares the outcomes that do not depend on the member between them.
 //! - `pushers`: pusher validation and HTTP delivery (`/_matrix/push/v1/notify`), off the send path.
 //! - `address`: which addresses gateways may be on (no loopback or private ones by default).
+//! - `retention`: stored outcomes pruned after `push.outcome_retention`, unread counts kept.
 
 pub mod address;
 pub mod eval;
@@ -14,6 +15,7 @@ pub mod gateway;
 pub mod memo;
 pub mod notifications;
 pub mod pushers;
+pub mod retention;
 pub mod rules;
 pub mod unread;
 

@@ -38,6 +38,7 @@ mod pending_pdus;
 mod presence;
 mod push;
 mod push_outcomes;
+mod push_retention;
 mod receipts;
 mod redactions;
 mod relations;
@@ -171,6 +172,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
     migration!(31, "0031_push_outcomes_by_audience"),
     migration!(32, "0032_event_edges_by_prev"),
     migration!(33, "0033_event_edges_absent_prev"),
+    migration!(34, "0034_push_outcome_retention"),
 ];
 
 /// The streams whose positions sync tokens count. Writers of one stream take its lock inside

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{Any, Row, Transaction};
 
 use super::{
-    Backend, Store, StoreResult,
+    Backend, Store, StoreResult, Stream,
     push::{PushActionRow, ThreadCounts},
     q,
 };
@@ -44,6 +44,18 @@ impl KnownAudiences {
             known.clear();
         }
         known.extend(ids);
+    }
+
+    /// Audiences deleted (`Store::prune_push_outcomes`): a batch naming one again writes its
+    /// members again.
+    pub(super) fn forget(&self, ids: &[String]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            known.remove(id);
+        }
     }
 }
 
@@ -112,7 +124,8 @@ impl Store {
             return Ok(());
         }
         let rows: Vec<&PushActionRow> = rows.iter().collect();
-        let mut tx = self.begin_write().await?;
+        // The timeline's lock, as its batches: an audience pruned meanwhile is not assumed stored.
+        let mut tx = self.begin_stream_write(Stream::Events).await?;
         let new = self.insert_push_outcomes_in(&mut tx, &rows).await?;
         tx.commit().await?;
         self.audiences_committed(new);
@@ -196,13 +209,17 @@ impl Store {
 
 impl Store {
     /// Notification and highlight counts per thread for a user in a room, for events after a
-    /// stream position.
+    /// stream position: stored outcomes, and the summary of pruned ones while the position is
+    /// no further than where it was made (store/push_retention.rs).
     pub async fn push_counts(&self, user_id: &str, room_id: &str, after: i64) -> StoreResult<ThreadCounts> {
         let rows = q(
             "SELECT o.thread_id, COUNT(*), CAST(COALESCE(SUM(o.highlight), 0) AS BIGINT) \
              FROM event_push_outcomes o JOIN push_audience_members m \
              ON m.audience_id = o.audience_id AND m.user_id = $1 \
-             WHERE o.room_id = $2 AND o.stream_ordering > $3 AND o.notify = 1 GROUP BY o.thread_id",
+             WHERE o.room_id = $2 AND o.stream_ordering > $3 AND o.notify = 1 GROUP BY o.thread_id \
+             UNION ALL SELECT NULLIF(s.thread_id, ''), s.notifications, s.highlights \
+             FROM push_count_summaries s \
+             WHERE s.user_id = $1 AND s.room_id = $2 AND s.read_upto >= $3",
         )
         .bind(user_id.to_owned())
         .bind(room_id.to_owned())

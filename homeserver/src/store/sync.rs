@@ -184,7 +184,8 @@ impl Store {
     /// after the event of their newest unthreaded `m.read` or `m.read.private` receipt (as
     /// `receipt_position` + `push_counts` per room), up to position `upto`. Rooms with no counts
     /// are absent. One range scan of the rooms' outcomes from the oldest of their receipts (from
-    /// the start when one of them has none), each outcome's audience looked up for the user.
+    /// the start when one of them has none), each outcome's audience looked up for the user,
+    /// plus the summaries of pruned outcomes (store/push_retention.rs) the receipts leave unread.
     pub async fn unread_counts_in_rooms(
         &self,
         user_id: &str,
@@ -208,12 +209,16 @@ impl Store {
                  THEN MIN(pos) ELSE 0 END FROM reads) AND a.stream_ordering <= $2 \
                  AND a.room_id IN ({}) AND a.notify = 1 \
                  AND a.stream_ordering > COALESCE(reads.pos, 0) \
-                 GROUP BY a.room_id, a.thread_id",
+                 GROUP BY a.room_id, a.thread_id \
+                 UNION ALL SELECT s.room_id, NULLIF(s.thread_id, ''), s.notifications, s.highlights \
+                 FROM push_count_summaries s LEFT JOIN reads ON reads.room_id = s.room_id \
+                 WHERE s.user_id = $1 AND s.room_id IN ({}) AND s.read_upto >= COALESCE(reads.pos, 0)",
                 placeholders(3, n),
-                placeholders(3 + n, n)
+                placeholders(3 + n, n),
+                placeholders(3 + 2 * n, n)
             );
             let mut query = qs(sql).bind(user_id.to_owned()).bind(upto);
-            for _ in 0..2 {
+            for _ in 0..3 {
                 for id in chunk {
                     query = query.bind(id.clone());
                 }
