@@ -385,7 +385,8 @@ pub struct PushConfig {
     /// system's (a gateway on an internal network with its own CA).
     pub ca_files: Vec<std::path::PathBuf>,
     /// How long stored push outcomes (`/notifications`) are kept; a duration like the message
-    /// windows', 0 for ever. Unread counts do not change when they go (push/retention.rs).
+    /// windows' (at least a day is kept), 0 for ever. Unread counts do not change when they go
+    /// (push/retention.rs).
     pub outcome_retention: Window,
 }
 
@@ -869,7 +870,7 @@ max_concurrent_thumbnails = 4     # image decodes at once
 allow_private_addresses = false
 allowed_networks = []             # e.g. ["10.1.2.3/32"]
 # Stored notifications (GET /notifications) older than this are deleted; unread counts keep
-# what was not read. A duration ("30d", "12h") or 0 to keep them for ever.
+# what was not read. A duration ("30d", "48h"; at least a day is kept) or 0 to keep them for ever.
 outcome_retention = "30d"
 
 [uia]

@@ -44,19 +44,13 @@ pub struct PruneResponse {
 
 /// `POST /_hearth/testing/v1/push/prune`: the retention's mark and prune, now.
 pub async fn prune_push_outcomes(State(svc): State<Services>, _auth: Auth) -> ApiResult<Json<PruneResponse>> {
-    let Some(retention) = svc
-        .config
-        .push
-        .outcome_retention
-        .0
-        .filter(|_| svc.config.testing.adjustable_clock)
-    else {
+    let retention = crate::push::retention::retention_ms(&svc);
+    let Some(retention) = retention.filter(|_| svc.config.testing.adjustable_clock) else {
         return Err(crate::error::Error::Unrecognized {
             method_not_allowed: false,
         }
         .into());
     };
-    let retention = i64::try_from(retention).unwrap_or(i64::MAX);
     let pruned = crate::push::retention::prune(&svc, svc.clock.now_ms(), retention).await?;
     Ok(Json(PruneResponse { pruned }))
 }

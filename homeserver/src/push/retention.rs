@@ -19,13 +19,27 @@ const EVERY: Duration = Duration::from_secs(60 * 60);
 /// Outcome rows pruned per transaction: the timeline's appends wait while one runs.
 const ROWS_PER_STEP: i64 = 2_000;
 
+/// The shortest retention: what another process remembers of the audiences it stored lapses
+/// after an hour (`store/push_outcomes.rs`), so none may be deleted sooner than that after it
+/// was last named; a day leaves the hourly marks room.
+const MIN_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// `push.outcome_retention` as applied: `None` keeps outcomes for ever; at least a day.
+pub fn retention_ms(svc: &Services) -> Option<i64> {
+    let configured = svc.config.push.outcome_retention.0?;
+    Some(
+        i64::try_from(configured)
+            .unwrap_or(i64::MAX)
+            .max(MIN_RETENTION_MS),
+    )
+}
+
 /// Marks and prunes once an hour, for ever (spawned at start-up; nothing when outcomes are kept
 /// for ever).
 pub async fn run(svc: Services) {
-    let Some(retention_ms) = svc.config.push.outcome_retention.0 else {
+    let Some(retention_ms) = retention_ms(&svc) else {
         return;
     };
-    let retention_ms = i64::try_from(retention_ms).unwrap_or(i64::MAX);
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -7,8 +7,9 @@
 //! sender give the same set), so their members are written once, when the set is first seen;
 //! `Store::known_audiences` holds the sets already committed, so a batch does not write them again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use sqlx::{Any, Row, Transaction};
@@ -25,25 +26,45 @@ pub(super) const PLAIN_NOTIFY: &str = r#"["notify"]"#;
 /// Rows per insert statement (a bound on one statement's JSON parameter).
 const ROWS_PER_STATEMENT: usize = 5_000;
 
-/// Committed audiences remembered before the set is emptied (each ~50 bytes; forgetting one only
+/// Committed audiences remembered before the set is emptied (each ~70 bytes; forgetting one only
 /// costs rewriting its members, which the insert ignores).
 const MAX_KNOWN: usize = 100_000;
 
-/// Audiences this process has seen committed.
+/// How long this process trusts that an audience it committed is still stored. Any process may
+/// delete an audience once every outcome naming it is older than the retention
+/// (`push::retention`, at least a day), so what another process remembers must lapse well
+/// before: after an hour its members are written again (ignored when they are there).
+const KNOWN_FOR: Duration = Duration::from_secs(60 * 60);
+
+/// Whether what was learnt `at` is no longer trusted `now`.
+fn lapsed(at: Instant, now: Instant) -> bool {
+    now.saturating_duration_since(at) >= KNOWN_FOR
+}
+
+/// Audiences this process has seen committed, with when.
 #[derive(Debug, Default)]
-pub(super) struct KnownAudiences(Mutex<HashSet<String>>);
+pub(super) struct KnownAudiences(Mutex<HashMap<String, Instant>>);
 
 impl KnownAudiences {
     fn contains(&self, id: &str) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).contains(id)
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .is_some_and(|at| !lapsed(*at, Instant::now()))
     }
 
     fn extend(&self, ids: Vec<String>) {
         let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if known.len() + ids.len() > MAX_KNOWN {
-            known.clear();
+            let now = Instant::now();
+            known.retain(|_, at| !lapsed(*at, now));
+            if known.len() + ids.len() > MAX_KNOWN {
+                known.clear();
+            }
         }
-        known.extend(ids);
+        let now = Instant::now();
+        known.extend(ids.into_iter().map(|id| (id, now)));
     }
 
     /// Audiences deleted (`Store::prune_push_outcomes`): a batch naming one again writes its
@@ -329,5 +350,20 @@ mod tests {
         assert!(summary.contains(&(7, true, vec!["@b:hs"])));
         assert!(summary.contains(&(8, false, vec!["@a:hs", "@c:hs"])));
         assert_eq!(summary[2].0, 8, "in position order");
+    }
+
+    /// Another process may delete an audience once it was named a day ago: what this one
+    /// remembers lapses after an hour, and a forgotten audience is not known.
+    #[test]
+    fn a_known_audience_lapses_after_an_hour() {
+        let at = Instant::now();
+        assert!(!lapsed(at, at + KNOWN_FOR - Duration::from_secs(1)));
+        assert!(lapsed(at, at + KNOWN_FOR));
+        assert!(!lapsed(at, at), "the clock going nowhere");
+        let known = KnownAudiences::default();
+        known.extend(vec!["@a:hs".to_owned(), "0123".to_owned()]);
+        assert!(known.contains("@a:hs") && known.contains("0123"));
+        known.forget(&["0123".to_owned()]);
+        assert!(known.contains("@a:hs") && !known.contains("0123"));
     }
 }
