@@ -1561,6 +1561,16 @@ async fn pruned_notifications_keep_unread_counts() {
             body["pruned"].as_u64().expect("pruned")
         }
     };
+    let read_up_to = |client: &Client, event_id: &str| {
+        let (client, path) = (
+            client.clone(),
+            format!("/rooms/{}/receipt/m.read/{}", encode(&room), encode(event_id)),
+        );
+        async move {
+            let (status, body) = client.request(Method::POST, &path, Some(&json!({}))).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
     let first = alice.send_text(&room, "one").await;
     alice
         .send(
@@ -1570,14 +1580,7 @@ async fn pruned_notifications_keep_unread_counts() {
         )
         .await;
     alice.send_text(&room, "three").await;
-    let (status, body) = bob
-        .request(
-            Method::POST,
-            &format!("/rooms/{}/receipt/m.read/{}", encode(&room), encode(&first)),
-            Some(&json!({})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    read_up_to(&bob, &first).await;
     assert_eq!(counts(&bob.sync(None, 0, 10).await), (Some(2), Some(1)));
     assert_eq!(counts(&carol.sync(None, 0, 10).await), (Some(3), Some(0)));
     assert_eq!(listed(&carol).await, 3);
@@ -1600,14 +1603,7 @@ async fn pruned_notifications_keep_unread_counts() {
     assert_eq!(counts(&bob.sync(None, 0, 10).await), (Some(3), Some(1)));
     assert_eq!(counts(&carol.sync(None, 0, 10).await), (Some(4), Some(0)));
     assert_eq!(listed(&carol).await, 1);
-    let (status, body) = carol
-        .request(
-            Method::POST,
-            &format!("/rooms/{}/receipt/m.read/{}", encode(&room), encode(&later)),
-            Some(&json!({})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    read_up_to(&carol, &later).await;
     assert_eq!(counts(&carol.sync(None, 0, 10).await), (Some(0), Some(0)));
     assert_eq!(counts(&bob.sync(None, 0, 10).await), (Some(3), Some(1)));
 

@@ -125,6 +125,21 @@ mod tests {
         (direct.notification_count, direct.highlight_count, thread)
     }
 
+    /// `user`'s `m.read` receipt moves to `event_id`.
+    async fn read_up_to(svc: &Services, room_id: &ruma::RoomId, user: &UserId, event_id: &ruma::EventId) {
+        store_receipt(
+            svc,
+            room_id.as_str(),
+            user.as_str(),
+            "m.read",
+            "",
+            event_id.as_str(),
+            0,
+        )
+        .await
+        .expect("receipt stored");
+    }
+
     async fn stored_outcomes(svc: &Services) -> i64 {
         let row = sqlx::query("SELECT COUNT(*) FROM event_push_outcomes")
             .fetch_one(svc.store.pool())
@@ -166,17 +181,7 @@ mod tests {
             "m.relates_to": { "rel_type": "m.thread", "event_id": first.event_id.as_str() },
         });
         send(svc, &room_id, alice(), reply).await.unwrap();
-        store_receipt(
-            svc,
-            room_id.as_str(),
-            bob().as_str(),
-            "m.read",
-            "",
-            read.event_id.as_str(),
-            0,
-        )
-        .await
-        .unwrap();
+        read_up_to(svc, &room_id, bob(), &read.event_id).await;
 
         let bob_before = counts(svc, bob(), &room_id, read.stream_ordering).await;
         let carol_before = counts(svc, carol(), &room_id, 0).await;
@@ -216,17 +221,7 @@ mod tests {
         assert_eq!(counts(svc, carol(), &room_id, 0).await, (4, 1, 1));
 
         // Reading the latest event reads the pruned ones too.
-        store_receipt(
-            svc,
-            room_id.as_str(),
-            carol().as_str(),
-            "m.read",
-            "",
-            later.event_id.as_str(),
-            0,
-        )
-        .await
-        .unwrap();
+        read_up_to(svc, &room_id, carol(), &later.event_id).await;
         assert_eq!(
             counts(svc, carol(), &room_id, later.stream_ordering).await,
             (0, 0, 0)
@@ -248,17 +243,7 @@ mod tests {
         join(svc, &room_id, bob()).await;
         let text = json!({ "msgtype": "m.text", "body": "hello" });
         let sent = send(svc, &room_id, alice(), text.clone()).await.unwrap();
-        store_receipt(
-            svc,
-            room_id.as_str(),
-            bob().as_str(),
-            "m.read",
-            "",
-            sent.event_id.as_str(),
-            0,
-        )
-        .await
-        .unwrap();
+        read_up_to(svc, &room_id, bob(), &sent.event_id).await;
         assert!(audience_rows(svc).await > 0);
 
         let now = svc.clock.now_ms();
@@ -323,17 +308,7 @@ mod tests {
 
         // Bob reads the last; one more arrives and is pruned: one unread, not six.
         let last = last.unwrap();
-        store_receipt(
-            svc,
-            room_id.as_str(),
-            bob().as_str(),
-            "m.read",
-            "",
-            last.event_id.as_str(),
-            0,
-        )
-        .await
-        .unwrap();
+        read_up_to(svc, &room_id, bob(), &last.event_id).await;
         send(svc, &room_id, alice(), text).await.unwrap();
         prune(svc, day0 + RETENTION + 3 * DAY, RETENTION).await.unwrap();
         assert_eq!(
