@@ -57,11 +57,7 @@ impl KnownAudiences {
     fn extend(&self, ids: Vec<String>) {
         let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if known.len() + ids.len() > MAX_KNOWN {
-            let now = Instant::now();
-            known.retain(|_, at| !lapsed(*at, now));
-            if known.len() + ids.len() > MAX_KNOWN {
-                known.clear();
-            }
+            known.clear();
         }
         let now = Instant::now();
         known.extend(ids.into_iter().map(|id| (id, now)));
