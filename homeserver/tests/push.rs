@@ -1283,6 +1283,12 @@ async fn room_changes_reach_evaluation() {
     assert_eq!(outcome(&db, &carol.user_id, &third).await, Some((false, None)));
 }
 
+/// A joined room's `unread_notifications` in a `/sync` answer: (notifications, highlights).
+fn unread(sync: &Value, room: &str) -> (Option<u64>, Option<u64>) {
+    let c = &sync["rooms"]["join"][room]["unread_notifications"];
+    (c["notification_count"].as_u64(), c["highlight_count"].as_u64())
+}
+
 /// The counts in `/sync` come from memory after the first read (`push/unread.rs`): they must
 /// follow every new notifying event, every read receipt (public or private), and stay per user,
 /// exactly as the database would count them.
@@ -1295,10 +1301,7 @@ async fn sync_counts_follow_messages_and_receipts() {
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
     bob.join(&room).await;
     carol.join(&room).await;
-    let counts = |sync: &Value| {
-        let c = &sync["rooms"]["join"][&room]["unread_notifications"];
-        (c["notification_count"].as_u64(), c["highlight_count"].as_u64())
-    };
+    let counts = |sync: &Value| unread(sync, &room);
 
     // Bob's first sync fills the cache with nothing unread.
     let first = bob.sync(None, 0, 10).await;
@@ -1432,10 +1435,7 @@ async fn each_member_counts_only_what_their_audience_got() {
     let other = alice.create_room(json!({"preset": "public_chat"})).await;
     bob.join(&room).await;
     bob.join(&other).await;
-    let counts = |sync: &Value, room: &str| {
-        let c = &sync["rooms"]["join"][room]["unread_notifications"];
-        (c["notification_count"].as_u64(), c["highlight_count"].as_u64())
-    };
+    let counts = unread;
     let notified = |list: &Value| -> Vec<String> {
         list["notifications"]
             .as_array()
@@ -1542,10 +1542,7 @@ async fn pruned_notifications_keep_unread_counts() {
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
     bob.join(&room).await;
     carol.join(&room).await;
-    let counts = |sync: &Value| {
-        let c = &sync["rooms"]["join"][&room]["unread_notifications"];
-        (c["notification_count"].as_u64(), c["highlight_count"].as_u64())
-    };
+    let counts = |sync: &Value| unread(sync, &room);
     let listed = |client: &Client| {
         let client = client.clone();
         async move {

@@ -140,19 +140,9 @@ mod tests {
         .expect("receipt stored");
     }
 
-    async fn stored_outcomes(svc: &Services) -> i64 {
-        let row = sqlx::query("SELECT COUNT(*) FROM event_push_outcomes")
-            .fetch_one(svc.store.pool())
-            .await
-            .unwrap();
-        sqlx::Row::get(&row, 0)
-    }
-
-    async fn audience_rows(svc: &Services) -> i64 {
-        let row = sqlx::query("SELECT COUNT(*) FROM push_audience_members")
-            .fetch_one(svc.store.pool())
-            .await
-            .unwrap();
+    /// The answer to a `SELECT COUNT(*)`.
+    async fn count(svc: &Services, sql: &'static str) -> i64 {
+        let row = sqlx::query(sql).fetch_one(svc.store.pool()).await.unwrap();
         sqlx::Row::get(&row, 0)
     }
 
@@ -244,22 +234,22 @@ mod tests {
         let text = json!({ "msgtype": "m.text", "body": "hello" });
         let sent = send(svc, &room_id, alice(), text.clone()).await.unwrap();
         read_up_to(svc, &room_id, bob(), &sent.event_id).await;
-        assert!(audience_rows(svc).await > 0);
+        assert!(count(svc, "SELECT COUNT(*) FROM push_audience_members").await > 0);
 
         let now = svc.clock.now_ms();
         prune(svc, now, RETENTION).await.unwrap();
         assert_eq!(prune(svc, now + RETENTION + DAY, RETENTION).await.unwrap(), 1);
-        assert_eq!(stored_outcomes(svc).await, 0);
+        assert_eq!(count(svc, "SELECT COUNT(*) FROM event_push_outcomes").await, 0);
         assert_eq!(
-            audience_rows(svc).await,
+            count(svc, "SELECT COUNT(*) FROM push_audience_members").await,
             0,
             "the audience went with its last outcome"
         );
-        let summaries = sqlx::query("SELECT COUNT(*) FROM push_count_summaries")
-            .fetch_one(svc.store.pool())
-            .await
-            .unwrap();
-        assert_eq!(sqlx::Row::get::<i64, _>(&summaries, 0), 0, "nothing was unread");
+        assert_eq!(
+            count(svc, "SELECT COUNT(*) FROM push_count_summaries").await,
+            0,
+            "nothing was unread"
+        );
 
         let again = send(svc, &room_id, alice(), text).await.unwrap();
         assert_eq!(
@@ -321,6 +311,6 @@ mod tests {
             counts(svc, bob(), &room_id, last.stream_ordering).await,
             (1, 0, 0)
         );
-        assert_eq!(stored_outcomes(svc).await, 0);
+        assert_eq!(count(svc, "SELECT COUNT(*) FROM event_push_outcomes").await, 0);
     }
 }
