@@ -190,6 +190,16 @@ impl EventFilter {
         check_list("not_senders", &self.not_senders)
     }
 
+    /// Whether no event of `event_type` passes, whoever sent it, so that what would only be
+    /// filtered out need not be read at all (`"not_types": ["*"]`, a `types` list without it, an
+    /// empty `senders` list).
+    pub fn excludes_type(&self, event_type: &str) -> bool {
+        let matches = |list: &Vec<String>| list.iter().any(|p| type_matches(p, event_type));
+        self.not_types.as_ref().is_some_and(matches)
+            || self.types.as_ref().is_some_and(|t| !matches(t))
+            || self.senders.as_ref().is_some_and(Vec::is_empty)
+    }
+
     pub fn allows(&self, event_type: &str, sender: &str) -> bool {
         if let Some(not) = &self.not_types
             && not.iter().any(|p| type_matches(p, event_type))
@@ -330,6 +340,28 @@ mod tests {
         assert!(f.allows("m.room.message", "@a:x"));
         assert!(!f.allows("m.room.member", "@a:x"));
         assert!(!f.allows("org.other", "@a:x"));
+    }
+
+    #[test]
+    fn a_type_is_excluded_only_when_no_sender_could_pass() {
+        let filter = |json: &str| serde_json::from_str::<EventFilter>(json).unwrap();
+        for excluding in [
+            r#"{"not_types":["*"]}"#,
+            r#"{"not_types":["m.pres*"]}"#,
+            r#"{"types":["m.room.*"]}"#,
+            r#"{"types":[]}"#,
+            r#"{"senders":[]}"#,
+        ] {
+            assert!(filter(excluding).excludes_type("m.presence"), "{excluding}");
+        }
+        for passing in [
+            "{}",
+            r#"{"types":["m.*"],"not_types":["m.room.*"]}"#,
+            r#"{"senders":["@a:x"]}"#,
+            r#"{"not_senders":["@a:x"],"limit":1}"#,
+        ] {
+            assert!(!filter(passing).excludes_type("m.presence"), "{passing}");
+        }
     }
 
     #[test]

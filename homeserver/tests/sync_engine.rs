@@ -330,6 +330,54 @@ async fn presence_wakes_only_users_who_share_a_room() {
     assert_eq!(stat(&after, "woken_computes"), stat(&before, "woken_computes"));
 }
 
+/// A filter that excludes all presence (`"not_types": ["*"]`, as bots and benchmarks ask) gets
+/// none in a catch-up and is not woken by it, while the same sync without it sees the change.
+#[tokio::test]
+async fn a_filter_without_presence_is_not_woken_by_it() {
+    let server = start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    rooms_with(&bob, &[&alice], 1).await;
+    let filter = encode(&json!({ "presence": { "not_types": ["*"] } }).to_string());
+    let filtered = |since: String, timeout: u64| {
+        let (alice, filter) = (alice.clone(), filter.clone());
+        async move {
+            let path = format!("/sync?timeout={timeout}&filter={filter}&since={}", encode(&since));
+            alice.ok(Method::GET, &path, None).await
+        }
+    };
+    let since = alice.sync(None, 0, 10).await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let set_away = |status: &'static str| {
+        let bob = bob.clone();
+        async move {
+            let path = format!("/presence/{}/status", encode(&bob.user_id));
+            let body = json!({ "presence": "unavailable", "status_msg": status });
+            bob.ok(Method::PUT, &path, Some(&body)).await;
+        }
+    };
+    set_away("away").await;
+    let unfiltered = alice.sync(Some(&since), 0, 10).await;
+    assert!(
+        unfiltered["presence"].to_string().contains("away"),
+        "{unfiltered}"
+    );
+    let caught_up = filtered(since.clone(), 0).await;
+    assert!(!caught_up.to_string().contains("away"), "{caught_up}");
+
+    let since = caught_up["next_batch"].as_str().unwrap().to_owned();
+    let before = stats(&alice).await;
+    let poll = tokio::spawn(filtered(since, 1500));
+    until_waiting(&alice, stat(&before, "waits"), 1).await;
+    set_away("still away").await;
+    let resp = poll.await.unwrap();
+    assert!(!resp.to_string().contains("still away"), "{resp}");
+    let after = stats(&alice).await;
+    assert_eq!(stat(&after, "woken_computes"), stat(&before, "woken_computes"));
+}
+
 /// An event cached (formatted and in its room's ring) and then redacted: the next syncs show
 /// it redacted, not the cached copy.
 #[tokio::test]

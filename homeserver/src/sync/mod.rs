@@ -557,7 +557,11 @@ async fn compute(
             .map(|(r, _, _)| r)
             .collect()
     };
-    let mut interest: HashSet<String> = HashSet::from([user_id.to_owned(), presence_key(user_id)]);
+    // A filter that excludes all presence is not woken by it either.
+    let mut interest: HashSet<String> = HashSet::from([user_id.to_owned()]);
+    if wants_presence(req) {
+        interest.insert(presence_key(user_id));
+    }
     let mut joined = HashMap::new();
     // Joined and left rooms are built together below (their queries batched across rooms).
     let mut wanted = Vec::new();
@@ -708,8 +712,16 @@ async fn compute(
     Ok((response, has_changes, baseline))
 }
 
+/// Whether the request's filter lets any presence through.
+fn wants_presence(req: &SyncRequest) -> bool {
+    !req.filter
+        .presence
+        .as_ref()
+        .is_some_and(|f| f.excludes_type("m.presence"))
+}
+
 /// Presence changes in `(since, now]` of the users sharing a room with the user (and the
-/// user's own), as the filter allows.
+/// user's own), as the filter allows; none read when it allows none.
 async fn presence_events(
     svc: &Services,
     user_id: &str,
@@ -717,6 +729,9 @@ async fn presence_events(
     since: StreamToken,
     now: StreamToken,
 ) -> Result<Vec<Value>> {
+    if !wants_presence(req) {
+        return Ok(Vec::new());
+    }
     Ok(svc
         .store
         .presence_changes_for(user_id, since.presence, now.presence)
