@@ -1542,6 +1542,13 @@ async fn pruned_notifications_keep_unread_counts() {
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
     bob.join(&room).await;
     carol.join(&room).await;
+    // Eight more who read nothing: the prune writes their summaries as one statement.
+    let mut others = Vec::new();
+    for i in 0..8 {
+        let other = server.register(&format!("dave{i}")).await;
+        other.join(&room).await;
+        others.push(other);
+    }
     let counts = |sync: &Value| unread(sync, &room);
     let listed = |client: &Client| {
         let client = client.clone();
@@ -1595,6 +1602,9 @@ async fn pruned_notifications_keep_unread_counts() {
     assert_eq!(listed(&bob).await, 0);
     assert_eq!(counts(&bob.sync(None, 0, 10).await), (Some(2), Some(1)));
     assert_eq!(counts(&carol.sync(None, 0, 10).await), (Some(3), Some(0)));
+    for other in &others {
+        assert_eq!(counts(&other.sync(None, 0, 10).await), (Some(3), Some(0)));
+    }
 
     let later = alice.send_text(&room, "later").await;
     assert_eq!(counts(&bob.sync(None, 0, 10).await), (Some(3), Some(1)));

@@ -313,4 +313,54 @@ mod tests {
         );
         assert_eq!(count(svc, "SELECT COUNT(*) FROM event_push_outcomes").await, 0);
     }
+
+    /// A room larger than a statement's chunk of summaries (73 members: chunks of 64, 8 and 1):
+    /// every member keeps their own counts, one summary each.
+    #[tokio::test]
+    async fn every_member_of_a_large_room_keeps_their_counts() {
+        let test = TestServices::new().await;
+        let svc = &test.svc;
+        let room_id = public_room(svc).await;
+        let members: Vec<ruma::OwnedUserId> = (0..73)
+            .map(|i| UserId::parse(format!("@m{i}:hearth.test")).unwrap())
+            .collect();
+        for member in &members {
+            join(svc, &room_id, member).await;
+        }
+        let text = |body: &str| json!({ "msgtype": "m.text", "body": body });
+        let first = send(svc, &room_id, alice(), text("one")).await.unwrap();
+        let mention = json!({
+            "msgtype": "m.text",
+            "body": "m0: look",
+            "m.mentions": { "user_ids": [members[0].as_str()] },
+        });
+        send(svc, &room_id, alice(), mention).await.unwrap();
+        send(svc, &room_id, alice(), text("three")).await.unwrap();
+        read_up_to(svc, &room_id, &members[1], &first.event_id).await;
+        let read = |i: usize| if i == 1 { first.stream_ordering } else { 0 };
+        let mut before = Vec::new();
+        for (i, member) in members.iter().enumerate() {
+            before.push(counts(svc, member, &room_id, read(i)).await);
+        }
+        assert_eq!(before[0], (3, 1, 0));
+        assert_eq!(before[1], (2, 0, 0));
+        assert_eq!(before[2], (3, 0, 0));
+
+        let now = svc.clock.now_ms();
+        prune(svc, now, RETENTION).await.unwrap();
+        assert!(prune(svc, now + RETENTION + DAY, RETENTION).await.unwrap() >= 3);
+        assert_eq!(count(svc, "SELECT COUNT(*) FROM event_push_outcomes").await, 0);
+        assert_eq!(
+            count(svc, "SELECT COUNT(*) FROM push_count_summaries").await,
+            73,
+            "one summary per member"
+        );
+        for (i, member) in members.iter().enumerate() {
+            assert_eq!(
+                counts(svc, member, &room_id, read(i)).await,
+                before[i],
+                "{member}"
+            );
+        }
+    }
 }

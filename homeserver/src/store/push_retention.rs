@@ -10,7 +10,7 @@ use std::collections::{HashMap, hash_map::Entry};
 
 use sqlx::Row;
 
-use super::{Store, StoreResult, Stream, q};
+use super::{Store, StoreResult, Stream, q, qs};
 
 /// (user, room, thread: '' for the main timeline) of a count summary.
 type SummaryKey = (String, String, String);
@@ -21,6 +21,36 @@ struct Summed {
     read_upto: i64,
     notifications: i64,
     highlights: i64,
+}
+
+/// Summaries written per statement: chunks of the first length that fits, largest first (at
+/// most 7 single rows after the larger chunks).
+const SUMMARY_CHUNKS: [usize; 3] = [64, 8, 1];
+
+/// Adds `len` summaries (`$1..$6len`, six per row: user, room, thread, read position,
+/// notifications, highlights). A summary made at another read position is replaced: that
+/// receipt read it all. Every key appears once in a statement (PostgreSQL refuses to update a
+/// row twice in one).
+fn upsert_summaries_sql(len: usize) -> String {
+    let rows: Vec<String> = (0..len)
+        .map(|i| {
+            let p: Vec<String> = (1..=6).map(|c| format!("${}", 6 * i + c)).collect();
+            format!("({})", p.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO push_count_summaries \
+         (user_id, room_id, thread_id, read_upto, notifications, highlights) VALUES {} \
+         ON CONFLICT (user_id, room_id, thread_id) DO UPDATE SET \
+         notifications = CASE WHEN push_count_summaries.read_upto = excluded.read_upto \
+           THEN push_count_summaries.notifications + excluded.notifications \
+           ELSE excluded.notifications END, \
+         highlights = CASE WHEN push_count_summaries.read_upto = excluded.read_upto \
+           THEN push_count_summaries.highlights + excluded.highlights \
+           ELSE excluded.highlights END, \
+         read_upto = excluded.read_upto",
+        rows.join(", ")
+    )
 }
 
 impl Store {
@@ -138,27 +168,25 @@ impl Store {
                 entry.highlights += highlight;
             }
         }
-        for ((user_id, room_id, thread_id), s) in summed {
-            // A summary made at another read position is replaced: that receipt read it all.
-            q("INSERT INTO push_count_summaries \
-               (user_id, room_id, thread_id, read_upto, notifications, highlights) \
-               VALUES ($1, $2, $3, $4, $5, $6) \
-               ON CONFLICT (user_id, room_id, thread_id) DO UPDATE SET \
-               notifications = CASE WHEN push_count_summaries.read_upto = excluded.read_upto \
-                 THEN push_count_summaries.notifications + excluded.notifications \
-                 ELSE excluded.notifications END, \
-               highlights = CASE WHEN push_count_summaries.read_upto = excluded.read_upto \
-                 THEN push_count_summaries.highlights + excluded.highlights \
-                 ELSE excluded.highlights END, \
-               read_upto = excluded.read_upto")
-            .bind(user_id)
-            .bind(room_id)
-            .bind(thread_id)
-            .bind(s.read_upto)
-            .bind(s.notifications)
-            .bind(s.highlights)
-            .execute(&mut *tx)
-            .await?;
+        let summed: Vec<(SummaryKey, Summed)> = summed.into_iter().collect();
+        // A few statements however large the audiences: a 10,000-member room adds up to 10,000
+        // summaries in a step, written while appends wait for the lock.
+        let mut rest = &summed[..];
+        while !rest.is_empty() {
+            let len = SUMMARY_CHUNKS.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
+            let (chunk, tail) = rest.split_at(len);
+            let mut query = qs(upsert_summaries_sql(len));
+            for ((user_id, room_id, thread_id), s) in chunk {
+                query = query
+                    .bind(user_id.clone())
+                    .bind(room_id.clone())
+                    .bind(thread_id.clone())
+                    .bind(s.read_upto)
+                    .bind(s.notifications)
+                    .bind(s.highlights);
+            }
+            query.execute(&mut *tx).await?;
+            rest = tail;
         }
 
         let pruned = q("DELETE FROM event_push_outcomes WHERE stream_ordering <= $1")
