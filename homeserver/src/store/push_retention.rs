@@ -6,11 +6,14 @@
 //! summary, which the count queries add while the member has not read further, so unread counts
 //! do not change when outcomes go. An audience whose last outcome went is deleted too.
 
-use std::collections::{HashMap, hash_map::Entry};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    sync::OnceLock,
+};
 
 use sqlx::Row;
 
-use super::{Store, StoreResult, Stream, q, qs};
+use super::{Store, StoreResult, Stream, q};
 
 /// (user, room, thread: '' for the main timeline) of a count summary.
 type SummaryKey = (String, String, String);
@@ -26,6 +29,10 @@ struct Summed {
 /// Summaries written per statement: chunks of the first length that fits, largest first (at
 /// most 7 single rows after the larger chunks).
 const SUMMARY_CHUNKS: [usize; 3] = [64, 8, 1];
+
+/// Each chunk length's statement, made once (and so prepared once per connection).
+static UPSERT_SUMMARIES: [OnceLock<String>; SUMMARY_CHUNKS.len()] =
+    [const { OnceLock::new() }; SUMMARY_CHUNKS.len()];
 
 /// Adds `len` summaries (`$1..$6len`, six per row: user, room, thread, read position,
 /// notifications, highlights). A summary made at another read position is replaced: that
@@ -168,25 +175,28 @@ impl Store {
                 entry.highlights += highlight;
             }
         }
-        let summed: Vec<(SummaryKey, Summed)> = summed.into_iter().collect();
         // A few statements however large the audiences: a 10,000-member room adds up to 10,000
         // summaries in a step, written while appends wait for the lock.
-        let mut rest = &summed[..];
+        let mut rest: Vec<(SummaryKey, Summed)> = summed.into_iter().collect();
         while !rest.is_empty() {
-            let len = SUMMARY_CHUNKS.into_iter().find(|&n| n <= rest.len()).unwrap_or(1);
-            let (chunk, tail) = rest.split_at(len);
-            let mut query = qs(upsert_summaries_sql(len));
-            for ((user_id, room_id, thread_id), s) in chunk {
+            // The last length is 1: some length always fits.
+            let i = SUMMARY_CHUNKS
+                .iter()
+                .position(|&n| n <= rest.len())
+                .unwrap_or(SUMMARY_CHUNKS.len() - 1);
+            let len = SUMMARY_CHUNKS[i];
+            let sql = UPSERT_SUMMARIES[i].get_or_init(|| upsert_summaries_sql(len));
+            let mut query = q(sql.as_str());
+            for ((user_id, room_id, thread_id), s) in rest.drain(rest.len() - len..) {
                 query = query
-                    .bind(user_id.clone())
-                    .bind(room_id.clone())
-                    .bind(thread_id.clone())
+                    .bind(user_id)
+                    .bind(room_id)
+                    .bind(thread_id)
                     .bind(s.read_upto)
                     .bind(s.notifications)
                     .bind(s.highlights);
             }
             query.execute(&mut *tx).await?;
-            rest = tail;
         }
 
         let pruned = q("DELETE FROM event_push_outcomes WHERE stream_ordering <= $1")
