@@ -462,7 +462,8 @@ impl TestServer {
             {
                 return Err(format!("hearth exited during startup with {status}"));
             }
-            if let Ok(resp) = http.get(&url).timeout(Duration::from_secs(2)).send().await
+            if self.log_says_listening()
+                && let Ok(resp) = http.get(&url).timeout(Duration::from_secs(2)).send().await
                 && resp.status().is_success()
                 && self.federation_listening().await
             {
@@ -491,6 +492,26 @@ impl TestServer {
         tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(address))
             .await
             .is_ok_and(|connected| connected.is_ok())
+    }
+
+    /// True for a server not spawned here, or once the spawned one's log says its client
+    /// listener is bound to `base_url`'s port: only then is an answer there surely its own. The
+    /// port comes from `free_port`, so another test's server may hold it meanwhile and answer
+    /// `/versions` while this one fails to bind and exits (a failure seen in CI).
+    fn log_says_listening(&self) -> bool {
+        let Some(path) = &self.log_path else {
+            return true;
+        };
+        let Some(address) = self.base_url.strip_prefix("http://") else {
+            return true;
+        };
+        let Ok(log) = std::fs::read_to_string(path) else {
+            return false;
+        };
+        let wanted = format!("address={address}");
+        strip_ansi(&log)
+            .lines()
+            .any(|line| line.contains(" listening") && line.trim_end().ends_with(&wanted))
     }
 
     fn log_tail(&self, lines: usize) -> String {
@@ -646,4 +667,41 @@ macro_rules! two_server_test {
             $body
         }
     };
+}
+
+/// `text` without its terminal colour sequences (`ESC [ ... m`), as a log written for a terminal
+/// has them around field names.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_ansi;
+
+    /// A line as a spawned Hearth writes it to its log (colours on).
+    #[test]
+    fn colour_sequences_are_stripped_from_log_lines() {
+        let line = "\u{1b}[2m2026-12-05T16:26:36.917016Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \
+                    \u{1b}[2mhearth\u{1b}[0m\u{1b}[2m:\u{1b}[0m listening \
+                    \u{1b}[3maddress\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:42595";
+        assert_eq!(
+            strip_ansi(line),
+            "2026-12-05T16:26:36.917016Z  INFO hearth: listening address=127.0.0.1:42595"
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
+    }
 }
