@@ -426,6 +426,7 @@ impl TestServer {
                 .env_remove("HEARTH_DATA_DIR")
                 .env_remove("HEARTH_DATABASE__URL")
                 .env("HEARTH_RATE_LIMITS__ENABLED", "false")
+                .env("RUST_LOG", child_log_filter())
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
@@ -669,6 +670,16 @@ macro_rules! two_server_test {
     };
 }
 
+/// A spawned server's log filter: the caller's `RUST_LOG` (else Hearth's default) with the
+/// "listening" line that `wait_ready` reads kept, whatever the caller's filter says.
+fn child_log_filter() -> String {
+    let base = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|filter| !filter.trim().is_empty())
+        .unwrap_or_else(|| "info,ruma_state_res=warn".into());
+    format!("{base},hearth::listening=info")
+}
+
 /// `text` without its terminal colour sequences (`ESC [ ... m`), as a log written for a terminal
 /// has them around field names.
 fn strip_ansi(text: &str) -> String {
@@ -696,11 +707,11 @@ mod tests {
     #[test]
     fn colour_sequences_are_stripped_from_log_lines() {
         let line = "\u{1b}[2m2026-12-05T16:26:36.917016Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \
-                    \u{1b}[2mhearth\u{1b}[0m\u{1b}[2m:\u{1b}[0m listening \
+                    \u{1b}[2mhearth::listening\u{1b}[0m\u{1b}[2m:\u{1b}[0m listening \
                     \u{1b}[3maddress\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:42595";
         assert_eq!(
             strip_ansi(line),
-            "2026-12-05T16:26:36.917016Z  INFO hearth: listening address=127.0.0.1:42595"
+            "2026-12-05T16:26:36.917016Z  INFO hearth::listening: listening address=127.0.0.1:42595"
         );
         assert_eq!(strip_ansi("plain"), "plain");
     }
