@@ -416,7 +416,13 @@ impl TestServer {
             std::fs::write(&config_path, config).unwrap();
             let log_path = dir.path().join("hearth.log");
             let log = std::fs::File::create(&log_path).unwrap();
-            let child = Command::new(&bin)
+            let mut command = Command::new(&bin);
+            // Hearth's default filter logs the "listening" line `wait_ready` reads; a caller's
+            // own filter gets it added.
+            if let Some(filter) = std::env::var("RUST_LOG").ok().filter(|f| !f.trim().is_empty()) {
+                command.env("RUST_LOG", format!("{filter},hearth::listening=info"));
+            }
+            let child = command
                 .arg("serve")
                 .arg("--config")
                 .arg(&config_path)
@@ -426,7 +432,6 @@ impl TestServer {
                 .env_remove("HEARTH_DATA_DIR")
                 .env_remove("HEARTH_DATABASE__URL")
                 .env("HEARTH_RATE_LIMITS__ENABLED", "false")
-                .env("RUST_LOG", child_log_filter())
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
@@ -668,16 +673,6 @@ macro_rules! two_server_test {
             $body
         }
     };
-}
-
-/// A spawned server's log filter: the caller's `RUST_LOG` (else Hearth's default) with the
-/// "listening" line that `wait_ready` reads kept, whatever the caller's filter says.
-fn child_log_filter() -> String {
-    let base = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|filter| !filter.trim().is_empty())
-        .unwrap_or_else(|| "info,ruma_state_res=warn".into());
-    format!("{base},hearth::listening=info")
 }
 
 /// `text` without its terminal colour sequences (`ESC [ ... m`), as a log written for a terminal
